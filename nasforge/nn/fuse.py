@@ -1,0 +1,50 @@
+"""Batch-norm folding for inference: conv followed by BN becomes one conv with bias."""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+
+_CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+_BNS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+
+
+def fold_conv_bn(conv: nn.Module, bn: nn.Module) -> nn.Module:
+    """Return a new conv equal to ``bn(conv(x))`` in eval mode."""
+    fused = copy.deepcopy(conv)
+    w = conv.weight.detach()
+    b = conv.bias.detach() if conv.bias is not None else torch.zeros(w.shape[0], dtype=w.dtype)
+    std = torch.sqrt(bn.running_var + bn.eps)
+    gamma = bn.weight.detach() if bn.weight is not None else torch.ones_like(std)
+    beta = bn.bias.detach() if bn.bias is not None else torch.zeros_like(std)
+    scale = gamma / std
+    fused.weight = nn.Parameter(w * scale.reshape(-1, *([1] * (w.dim() - 1))))
+    fused.bias = nn.Parameter((b - bn.running_mean) * scale + beta)
+    return fused
+
+
+def fuse_bn(model: nn.Module, inplace: bool = False) -> nn.Module:
+    """Fold every BatchNorm that directly follows a conv inside an ``nn.Sequential``.
+
+    The model is put in eval mode; BN layers that do not follow a conv are left alone.
+    Returns the fused model (a copy unless ``inplace``).
+    """
+    if not inplace:
+        model = copy.deepcopy(model)
+    model.eval()
+    _fuse_children(model)
+    return model
+
+
+def _fuse_children(module: nn.Module) -> None:
+    if isinstance(module, nn.Sequential):
+        names = list(module._modules.keys())
+        for a, b in zip(names, names[1:]):
+            conv, bn = module._modules[a], module._modules[b]
+            if isinstance(conv, _CONVS) and isinstance(bn, _BNS) and bn.track_running_stats:
+                module._modules[a] = fold_conv_bn(conv, bn)
+                module._modules[b] = nn.Identity()
+    for child in module.children():
+        _fuse_children(child)
