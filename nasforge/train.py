@@ -112,7 +112,7 @@ def train_model(
             logits = model(xb)
             loss = loss_fn(logits, yb, xb) if loss_fn is not None else ce(logits, yb)
             if not torch.isfinite(loss):
-                raise TrainingDiverged(f"loss became {float(loss)} at epoch {epoch}, step {i // cfg.batch_size}")
+                raise TrainingDiverged(f"loss became {loss.item()} at epoch {epoch}, step {i // cfg.batch_size}")
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

@@ -1,0 +1,33 @@
+# nasforge: `make demo` and `make test` are the two set-up commands on a fresh machine.
+PYTHON ?= python3.11
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
+
+.PHONY: install demo test test-all bench lint clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q -e '.[test]'
+	rm -f $(VENV)/.installed-*; touch $(STAMP)
+
+install: $(STAMP)
+
+demo: install
+	$(VENV)/bin/nasforge search examples/quickstart.yaml --name quickstart-$(shell date +%Y%m%d-%H%M%S)
+
+test: install
+	$(PY) -m pytest -q
+
+test-all: install
+	$(PY) -m pytest -q -m "not gpu"
+
+bench: install
+	$(PY) benchmarks/overhead.py
+
+lint: install
+	$(PY) -m pip install -q ruff
+	$(VENV)/bin/ruff check nasforge tests benchmarks
+
+clean:
+	rm -rf $(VENV) build *.egg-info

@@ -1,0 +1,190 @@
+"""The `nasforge` command line: search, show, export, spaces, doctor (+ latency, compress)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from nasforge.errors import NasforgeError
+
+app = typer.Typer(help="Search, scale and compress neural networks for a measured target.",
+                  no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+out = Console()
+err = Console(stderr=True)
+
+
+def _fail(exc: BaseException) -> None:
+    lines = str(exc).splitlines() or [type(exc).__name__]
+    for line in lines:
+        err.print(f"[red]error:[/] {line}", highlight=False, markup=True, soft_wrap=True)
+    raise typer.Exit(2)
+
+
+@app.command()
+def search(
+    config: Annotated[Path, typer.Argument(help="experiment YAML config")],
+    resume: Annotated[bool, typer.Option(help="continue a stopped run from its store")] = False,
+    runs_dir: Annotated[Path | None, typer.Option(help="parent folder of run directories")] = None,
+    name: Annotated[str | None, typer.Option(help="run name (overrides the config's)")] = None,
+    no_final: Annotated[bool, typer.Option("--no-final", help="skip retraining and export")] = False,
+    quiet: Annotated[bool, typer.Option(help="no progress bar")] = False,
+) -> None:
+    """Run a search; writes runs/<name>/ with trials.db, report.html and best/."""
+    from nasforge.experiment.config import load_config
+    from nasforge.experiment.runner import Experiment
+
+    try:
+        cfg = load_config(config, {"name": name} if name else None)
+        exp = Experiment(cfg, cfg.run_dir(runs_dir), console=err, progress=not quiet)
+        summary = exp.run(resume=resume, final=not no_final)
+    except NasforgeError as exc:
+        _fail(exc)
+        return
+    out.print(f"trials: {summary.trials_complete} complete, {summary.trials_failed} failed; "
+              f"search {summary.search_seconds:.1f}s")
+    if summary.final:
+        out.print(f"final test accuracy: {summary.final['test_acc']:.4f}")
+    out.print(f"report: {summary.run_dir / 'report.html'}")
+
+
+@app.command()
+def show(
+    run: Annotated[Path, typer.Argument(help="run directory")],
+    top: Annotated[int, typer.Option(help="rows to show")] = 10,
+) -> None:
+    """Print the leaderboard of a run."""
+    from nasforge.experiment.report import leaderboard
+    from nasforge.experiment.store import TrialStore
+
+    db = run / "trials.db"
+    if not db.is_file():
+        _fail(NasforgeError(f"{run}: not a run directory (no trials.db)"))
+    with TrialStore(db) as store:
+        rows = leaderboard(store, top)
+        counts = {s: store.count((s,)) for s in ("complete", "failed", "running", "interrupted")}
+        final = store.get_meta("final")
+        cost = store.total_cost_seconds()
+    table = Table(title=f"{run.name}: " + ", ".join(f"{v} {k}" for k, v in counts.items() if v))
+    for col in ("trial", "score", "val_acc", "latency_ms", "params", "cost s"):
+        table.add_column(col, justify="right")
+    for t in rows:
+        score = t.score[0] if isinstance(t.score, tuple) else t.score
+        table.add_row(str(t.id), f"{score:.4f}", f"{t.metrics.get('val_acc', float('nan')):.4f}",
+                      f"{t.metrics.get('latency_ms', float('nan')):.3f}", f"{int(t.metrics.get('params', 0))}",
+                      f"{t.cost_seconds:.1f}")
+    out.print(table)
+    out.print(f"search cost: {cost:.1f} device-seconds")
+    if final:
+        f0 = final[0]
+        out.print(f"final model (trial {f0['trial_id']}): test accuracy {f0['test_acc']:.4f}, "
+                  f"latency {f0['latency_ms_torch']:.3f} ms")
+
+
+@app.command()
+def export(
+    run: Annotated[Path, typer.Argument(help="run directory")],
+    out_dir: Annotated[Path | None, typer.Option("--out", help="where to write (default RUN/best)")] = None,
+) -> None:
+    """Export the run's best model to ONNX (retraining it first if the run stopped before)."""
+    import torch
+
+    from nasforge.experiment.config import load_config
+    from nasforge.experiment.export import export_onnx
+
+    try:
+        best = run / "best" / "model.pt"
+        if not best.is_file():
+            from nasforge.experiment.final import finalize
+            from nasforge.experiment.setup import make_dataset, make_objective, make_space
+            from nasforge.experiment.store import TrialStore
+
+            if not (run / "trials.db").is_file():
+                raise NasforgeError(f"{run}: not a run directory (no trials.db)")
+            cfg = load_config(run / "config.yaml")
+            ds = make_dataset(cfg)
+            with TrialStore(run / "trials.db") as store:
+                if finalize(cfg, run, store, ds, make_space(cfg, ds), make_objective(cfg), err) is None:
+                    raise NasforgeError(f"{run}: no completed trial to export")
+        card = json.loads((run / "best" / "card.json").read_text())
+        model = torch.load(best, weights_only=False)
+        from nasforge.nn import fuse_bn
+
+        target = out_dir or run / "best"
+        target.mkdir(parents=True, exist_ok=True)
+        export_onnx(fuse_bn(model), tuple(card["input_shape"]), target / "model.onnx")
+    except NasforgeError as exc:
+        _fail(exc)
+        return
+    out.print(f"exported {target / 'model.onnx'}")
+
+
+@app.command()
+def spaces() -> None:
+    """List the registered search spaces."""
+    from nasforge.spaces import list_spaces
+
+    table = Table(title="search spaces")
+    table.add_column("name")
+    table.add_column("description")
+    for e in list_spaces():
+        table.add_row(e.name, e.description)
+    out.print(table)
+
+
+@app.command()
+def doctor(config: Annotated[Path, typer.Argument(help="experiment YAML config")]) -> None:
+    """Name anti-patterns in a config (FLOPs as latency, test-split search, ...) before a run."""
+    from nasforge.experiment.config import load_config
+    from nasforge.experiment.doctor import diagnose
+
+    try:
+        cfg = load_config(config)
+    except NasforgeError as exc:
+        _fail(exc)
+        return
+    findings = diagnose(cfg)
+    colors = {"error": "red", "warning": "yellow", "info": "cyan"}
+    for f in findings:
+        out.print(f"[{colors[f.level]}]{f.level}[/] {f.field}: {f.message}", soft_wrap=True)
+    if not findings:
+        out.print("[green]no problems found[/]")
+    if any(f.level == "error" for f in findings):
+        raise typer.Exit(1)
+
+
+def _mount_optional() -> None:
+    """Sub-commands whose modules import heavy parts lazily."""
+    try:
+        from nasforge.hardware.cli import app as latency_app
+
+        app.add_typer(latency_app, name="latency", help="Build, predict and validate latency tables.")
+    except ImportError:
+        pass
+    try:
+        from nasforge.compression.cli import compress
+
+        app.command(name="compress")(compress)
+    except ImportError:
+        pass
+
+
+_mount_optional()
+
+
+def main() -> None:
+    try:
+        app()
+    except NasforgeError as exc:  # errors raised outside a command's own handling
+        for line in str(exc).splitlines():
+            err.print(f"[red]error:[/] {line}")
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,135 @@
+"""Where trials run: ``inline`` (this process), ``process`` (a local pool, the default),
+``ray`` (tasks on a Ray cluster). All take a picklable payload and return futures."""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import traceback
+from concurrent.futures import Future, ProcessPoolExecutor
+from typing import Any
+
+from nasforge.errors import ConfigError, TrainingDiverged
+
+_EVALUATORS: dict[str, Any] = {}
+
+
+def _init_worker(threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
+
+
+def evaluate_payload(payload: dict[str, Any]) -> dict[str, Any]:
+    """Evaluate one trial; runs in whichever process the executor chose.
+
+    The evaluator (dataset, space) is built once per process and cached. Exceptions become
+    ``{"ok": False, "error": ...}`` so the search records the trial as failed and goes on.
+    """
+    import time
+
+    from nasforge.experiment.config import parse_config
+    from nasforge.experiment.setup import make_evaluator
+    from nasforge.space import Arch
+
+    t0 = time.perf_counter()
+    try:
+        key = payload["config_json"] + "|" + str(payload.get("run_dir"))
+        ev = _EVALUATORS.get(key)
+        if ev is None:
+            cfg = parse_config(__import__("json").loads(payload["config_json"]))
+            ev = make_evaluator(cfg, payload.get("run_dir"))
+            _EVALUATORS.clear()
+            _EVALUATORS[key] = ev
+        arch = Arch.from_json(payload["arch_json"])
+        result = ev.evaluate(arch)
+        return {"ok": True, "metrics": result.metrics, "cost_seconds": result.cost_seconds,
+                "info": result.info, "worker": f"{os.uname().nodename}:{os.getpid()}"}
+    except TrainingDiverged as exc:
+        error = f"TrainingDiverged: {exc}"
+    except MemoryError:
+        error = "MemoryError: out of memory while evaluating"
+    except RuntimeError as exc:
+        msg = str(exc)
+        error = ("out of memory: " if "out of memory" in msg.lower() else "RuntimeError: ") + msg[:2000]
+    except Exception as exc:  # noqa: BLE001 - any failure of a candidate is recorded, not raised
+        error = f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=5)}"[:4000]
+    return {"ok": False, "error": error, "cost_seconds": time.perf_counter() - t0,
+            "worker": f"{os.uname().nodename}:{os.getpid()}"}
+
+
+class Executor:
+    """``submit(payload) -> Future`` of :func:`evaluate_payload`'s dict; ``shutdown()``."""
+
+    workers = 1
+
+    def submit(self, payload: dict[str, Any]) -> Future:
+        raise NotImplementedError
+
+    def restart(self) -> None:
+        """Recover after a worker died (out of memory, killed)."""
+
+    def shutdown(self) -> None:
+        pass
+
+
+class InlineExecutor(Executor):
+    def submit(self, payload: dict[str, Any]) -> Future:
+        fut: Future = Future()
+        fut.set_result(evaluate_payload(payload))
+        return fut
+
+
+class ProcessExecutor(Executor):
+    """A local pool of spawned processes (fork is unsafe with torch's threads)."""
+
+    def __init__(self, workers: int = 1, threads: int = 1) -> None:
+        self.workers = workers
+        self.threads = threads
+        self._pool = self._make()
+
+    def _make(self) -> ProcessPoolExecutor:
+        return ProcessPoolExecutor(self.workers, mp_context=mp.get_context("spawn"),
+                                   initializer=_init_worker, initargs=(self.threads,))
+
+    def submit(self, payload: dict[str, Any]) -> Future:
+        return self._pool.submit(evaluate_payload, payload)
+
+    def restart(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        self._pool = self._make()
+
+    def shutdown(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+class RayExecutor(Executor):
+    """Trials as Ray tasks on the cluster at ``address`` (``None`` starts a local one)."""
+
+    def __init__(self, workers: int = 1, address: str | None = None, threads: int = 1) -> None:
+        try:
+            import ray
+        except ImportError:
+            raise ConfigError("search.executor: 'ray' needs the ray package "
+                              "(pip install 'nasforge[ray]')") from None
+        self.workers = workers
+        if not ray.is_initialized():
+            ray.init(address=address, include_dashboard=False, log_to_driver=False,
+                     ignore_reinit_error=True)
+        self._remote = ray.remote(num_cpus=threads)(evaluate_payload)
+
+    def submit(self, payload: dict[str, Any]) -> Future:
+        return self._remote.remote(payload).future()
+
+    def shutdown(self) -> None:
+        pass
+
+
+def make_executor(kind: str, workers: int, threads: int, ray_address: str | None = None) -> Executor:
+    if kind == "inline":
+        return InlineExecutor()
+    if kind == "process":
+        return ProcessExecutor(workers, threads)
+    if kind == "ray":
+        return RayExecutor(workers, ray_address, threads)
+    raise ConfigError(f"search.executor: expected inline, process or ray, got {kind!r}")

@@ -1,0 +1,67 @@
+"""ONNX export and the onnxruntime check (max abs difference against PyTorch)."""
+
+from __future__ import annotations
+
+import io
+import statistics
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+def export_onnx(model: torch.nn.Module, input_shape: tuple[int, ...], path: str | Path | None = None,
+                dynamic_batch: bool = True) -> bytes:
+    """Export with the TorchScript-based exporter (no onnxscript needed); returns the bytes."""
+    model.eval()
+    x = torch.randn(1, *input_shape)
+    buf = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            model, (x,), buf, dynamo=False, input_names=["input"], output_names=["logits"],
+            dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}} if dynamic_batch else None,
+            opset_version=17)
+    data = buf.getvalue()
+    if path is not None:
+        Path(path).write_bytes(data)
+    return data
+
+
+def ort_session(model_bytes: bytes | str, threads: int = 1):  # noqa: ANN201 - ort type is lazy
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return ort.InferenceSession(model_bytes, opts, providers=["CPUExecutionProvider"])
+
+
+def onnx_max_abs_diff(model: torch.nn.Module, onnx_bytes: bytes, x: torch.Tensor) -> float:
+    """Largest absolute difference between PyTorch and onnxruntime logits on ``x``."""
+    model.eval()
+    with torch.no_grad():
+        ref = model(x).numpy()
+    sess = ort_session(onnx_bytes)
+    out = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0]
+    return float(np.abs(out - ref).max())
+
+
+def onnx_latency_ms(model: torch.nn.Module | bytes, input_shape: tuple[int, ...], batch_size: int = 1,
+                    threads: int = 1, warmup: int = 5, repeats: int = 30) -> float:
+    """Median onnxruntime CPU latency in ms (spinning off, so it does not steal cores)."""
+    data = model if isinstance(model, bytes) else export_onnx(model, input_shape)
+    sess = ort_session(data, threads)
+    name = sess.get_inputs()[0].name
+    x = np.random.default_rng(0).standard_normal((batch_size, *input_shape)).astype(np.float32)
+    for _ in range(warmup):
+        sess.run(None, {name: x})
+    samples = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        sess.run(None, {name: x})
+        samples.append((time.perf_counter() - t0) * 1e3)
+    return statistics.median(samples)

@@ -1,0 +1,167 @@
+"""`report.json` (numbers for machines) and `report.html` (standalone: plots as inline PNGs)."""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+from nasforge.experiment.config import ExperimentConfig
+from nasforge.experiment.store import TrialRecord, TrialStore
+from nasforge.objectives import Objective, pareto_front
+from nasforge.space import SearchSpace
+from nasforge.strategies.base import scalar
+
+
+def leaderboard(store: TrialStore, top: int = 20) -> list[TrialRecord]:
+    complete = [t for t in store.trials(("complete",)) if t.score is not None]
+    complete.sort(key=lambda t: -scalar(t.score))
+    return complete[:top]
+
+
+def build_report(run_dir: Path, cfg: ExperimentConfig, store: TrialStore, objective: Objective) -> dict[str, Any]:
+    trials = store.trials()
+    complete = [t for t in trials if t.state == "complete" and t.score is not None]
+    acc_lat = [(t.metrics.get(objective.metric, float("nan")),
+                t.metrics.get(objective.cost_metric, float("nan"))) for t in complete]
+    front = [complete[i].id for i in pareto_front([[a, -c] for a, c in acc_lat])] if complete else []
+    return {
+        "name": cfg.name,
+        "config": cfg.model_dump(mode="json"),
+        "objective": {"kind": objective.kind, "metric": objective.metric,
+                      "cost_metric": objective.cost_metric, "target": objective.target, "w": objective.w},
+        "hardware": store.get_meta("hardware"),
+        "dataset": store.get_meta("dataset"),
+        "search_cost": {
+            "device_seconds": store.total_cost_seconds(),
+            "wall_seconds": store.get_meta("search_seconds", 0.0),
+            "candidates_evaluated": len([t for t in trials if t.state in ("complete", "failed")]),
+            "complete": len(complete),
+            "failed": len([t for t in trials if t.state == "failed"]),
+            "interrupted": len([t for t in trials if t.state == "interrupted"]),
+            "executor": cfg.search.executor, "workers": cfg.search.workers,
+        },
+        "leaderboard": [t.to_dict() for t in leaderboard(store)],
+        "pareto_front_ids": front,
+        "final": store.get_meta("final"),
+        "failed": [{"id": t.id, "error": (t.error or "").splitlines()[0] if t.error else ""}
+                   for t in trials if t.state == "failed"],
+        "events": [{"time": e[0], "kind": e[1], "message": e[2]} for e in store.events()],
+        "trials": [t.to_dict() for t in trials],
+    }
+
+
+def _png(fig: Any) -> str:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def _plots(store: TrialStore, objective: Objective) -> dict[str, str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    complete = [t for t in store.trials(("complete",), order="finished") if t.score is not None]
+    if not complete:
+        return {}
+    out = {}
+    accs = [t.metrics.get(objective.metric, float("nan")) for t in complete]
+    lats = [t.metrics.get(objective.cost_metric, float("nan")) for t in complete]
+    front = pareto_front([[a, -c] for a, c in zip(accs, lats)])
+    best = max(range(len(complete)), key=lambda i: scalar(complete[i].score))
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.scatter(lats, accs, s=18, alpha=0.6, label="trials")
+    fr = sorted(front, key=lambda i: lats[i])
+    ax.plot([lats[i] for i in fr], [accs[i] for i in fr], "r-o", ms=4, label="Pareto front")
+    ax.scatter([lats[best]], [accs[best]], marker="*", s=200, c="gold", edgecolors="k", label="best", zorder=5)
+    if objective.target:
+        ax.axvline(objective.target, ls="--", c="gray", label=f"target {objective.target:g}")
+    ax.set_xlabel(objective.cost_metric)
+    ax.set_ylabel(objective.metric)
+    ax.legend(fontsize=8)
+    ax.set_title("accuracy vs latency")
+    out["scatter"] = _png(fig)
+
+    t0 = min(t.created for t in store.trials())
+    times = [(t.finished or t0) - t0 for t in complete]
+    scores = [scalar(t.score) for t in complete]
+    running, cur = [], float("-inf")
+    for s in scores:
+        cur = max(cur, s)
+        running.append(cur)
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.scatter(times, scores, s=12, alpha=0.5, label="trial score")
+    ax.step(times, running, where="post", c="r", label="best so far")
+    ax.set_xlabel("seconds since start")
+    ax.set_ylabel("score")
+    ax.legend(fontsize=8)
+    ax.set_title("search progress")
+    out["progress"] = _png(fig)
+    return out
+
+
+def _table(rows: list[list[Any]], header: list[str]) -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in r) + "</tr>" for r in rows)
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def _num(v: Any, fmt: str = ".4f") -> str:
+    return format(v, fmt) if isinstance(v, (int, float)) else "-"
+
+
+def render_html(report: dict[str, Any], plots: dict[str, str], space: SearchSpace) -> str:
+    cost = report["search_cost"]
+    hw = report.get("hardware") or {}
+    parts = [f"<h1>nasforge run: {html.escape(report['name'])}</h1>",
+             f"<p>{html.escape(str(report.get('dataset')))}; objective {html.escape(report['objective']['kind'])}</p>"]
+    final = report.get("final") or []
+    if final:
+        f0 = final[0]
+        parts.append("<h2>Best model</h2>")
+        rows = [["test accuracy (once, on the test split)", _num(f0.get("test_acc"))],
+                ["search validation accuracy", _num(f0["search_metrics"].get("val_acc"))],
+                ["latency, torch (ms)", _num(f0.get("latency_ms_torch"), ".3f")],
+                ["latency, onnxruntime (ms)", _num(f0.get("latency_ms_onnxruntime"), ".3f")],
+                ["latency predicted in search (ms)", _num(f0.get("latency_ms_predicted"), ".3f")],
+                ["ONNX max abs diff vs PyTorch", _num(f0.get("onnx_max_abs_diff"), ".2e")],
+                ["params", f0.get("params")], ["FLOPs", f0.get("flops")],
+                ["size (bytes, BN folded)", f0.get("size_bytes")]]
+        parts.append(_table(rows, ["", "value"]))
+        parts.append(f"<pre>{html.escape(f0.get('arch_description', ''))}</pre>")
+    for key, title in (("scatter", "Accuracy vs latency"), ("progress", "Search progress")):
+        if key in plots:
+            parts.append(f"<h2>{title}</h2><img src='{plots[key]}'/>")
+    parts.append("<h2>Leaderboard</h2>")
+    rows = [[t["id"], _num(t["score"] if not isinstance(t["score"], list) else t["score"][0]),
+             _num(t["metrics"].get("val_acc")), _num(t["metrics"].get("latency_ms"), ".3f"),
+             int(t["metrics"].get("params", 0)), _num(t["cost_seconds"], ".1f"), t["key"]]
+            for t in report["leaderboard"]]
+    parts.append(_table(rows, ["trial", "score", "val_acc", "latency_ms", "params", "cost s", "key"]))
+    parts.append("<h2>Search cost</h2>")
+    parts.append(_table([[k, v] for k, v in cost.items()] + [[f"hardware.{k}", v] for k, v in hw.items()],
+                        ["", "value"]))
+    if report["failed"]:
+        parts.append("<h2>Failed trials</h2>")
+        parts.append(_table([[f["id"], f["error"]] for f in report["failed"]], ["trial", "error"]))
+    style = ("body{font-family:sans-serif;max-width:960px;margin:2em auto}table{border-collapse:collapse}"
+             "td,th{border:1px solid #ccc;padding:3px 8px;font-size:13px}pre{background:#f4f4f4;padding:8px}")
+    return f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(report['name'])}</title>" \
+           f"<style>{style}</style></head><body>{''.join(parts)}</body></html>"
+
+
+def write_report(run_dir: Path, cfg: ExperimentConfig, store: TrialStore, space: SearchSpace,
+                 objective: Objective) -> Path:
+    report = build_report(run_dir, cfg, store, objective)
+    (run_dir / "report.json").write_text(json.dumps(report, indent=2, default=str))
+    out = run_dir / "report.html"
+    out.write_text(render_html(report, _plots(store, objective), space))
+    return out

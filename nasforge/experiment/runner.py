@@ -1,0 +1,232 @@
+"""`Experiment`: config -> run directory -> loop (ask, evaluate, record, tell) -> final -> report.
+
+The store is the source of truth: ``resume=True`` marks trials left running by a killed
+process as interrupted, rebuilds the strategy by replaying finished trials, and evaluates
+nothing that finished before.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import time
+from concurrent.futures import FIRST_COMPLETED, Future, wait
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from nasforge.errors import ConfigError
+from nasforge.experiment.config import ExperimentConfig, load_config
+from nasforge.experiment.executors import Executor, make_executor
+from nasforge.experiment.setup import make_dataset, make_objective, make_space, make_strategy
+from nasforge.experiment.store import FINISHED, TrialStore
+from nasforge.objectives import Objective
+from nasforge.space import Arch
+from nasforge.strategies.base import Score, scalar
+
+
+@dataclass
+class RunSummary:
+    run_dir: Path
+    trials_complete: int
+    trials_failed: int
+    best: dict[str, Any] | None
+    final: dict[str, Any] | None = None
+    search_seconds: float = 0.0
+    notes: list[str] = field(default_factory=list)
+
+
+def hardware_info() -> dict[str, Any]:
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    import os
+
+    return {"cpu": cpu, "cores": os.cpu_count(), "torch": torch.__version__,
+            "torch_threads": torch.get_num_threads(), "python": platform.python_version(),
+            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
+
+
+class Experiment:
+    """Run a search from a validated config.
+
+    Args:
+        config: the experiment config.
+        run_dir: where the run lives (default ``runs_dir/name``).
+        console: rich console for progress and messages.
+        progress: show a progress bar.
+    """
+
+    def __init__(self, config: ExperimentConfig, run_dir: str | Path | None = None,
+                 console: Console | None = None, progress: bool = True) -> None:
+        self.cfg = config
+        self.run_dir = Path(run_dir) if run_dir is not None else config.run_dir()
+        self.console = console or Console(stderr=True)
+        self.show_progress = progress
+
+    @classmethod
+    def from_yaml(cls, path: str | Path, **kwargs: Any) -> Experiment:
+        return cls(load_config(path), **kwargs)
+
+    # -- directory ------------------------------------------------------------------------------
+    def _prepare_dir(self, resume: bool) -> None:
+        db = self.run_dir / "trials.db"
+        if resume:
+            if not db.is_file():
+                raise ConfigError(f"{self.run_dir}: nothing to resume (no trials.db); run without --resume")
+            saved = self.run_dir / "config.yaml"
+            if saved.is_file():
+                old = load_config(saved)
+                if old.model_dump(exclude={"search", "final", "compress"}) != self.cfg.model_dump(
+                        exclude={"search", "final", "compress"}):
+                    raise ConfigError(
+                        f"{saved}: the config differs from the one this run started with (only "
+                        "search, final and compress may change on resume); use a new run name")
+        elif db.exists():
+            raise ConfigError(f"{self.run_dir}: a run with this name exists; pass --resume to continue "
+                              "it or choose another name")
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        (self.run_dir / "config.yaml").write_text(self.cfg.to_yaml())
+
+    # -- main loop ------------------------------------------------------------------------------
+    def run(self, resume: bool = False, final: bool = True) -> RunSummary:
+        self._prepare_dir(resume)
+        dataset = make_dataset(self.cfg)
+        space = make_space(self.cfg, dataset)
+        objective = make_objective(self.cfg)
+        strategy = make_strategy(self.cfg, space)
+        store = TrialStore(self.run_dir / "trials.db")
+        try:
+            if resume:
+                n = store.mark_interrupted()
+                if n:
+                    self.console.print(f"[yellow]resume:[/] {n} interrupted trial(s) will be run again")
+            finished = store.trials(FINISHED, order="finished")
+            strategy.replay((t.arch, t.score) for t in finished)
+            store.set_meta("hardware", hardware_info())
+            store.set_meta("dataset", dataset.summary())
+            store.log_event("start", f"{'resumed' if resume else 'started'} with {len(finished)} finished trials")
+            self.console.print(f"[bold]nasforge[/] {self.cfg.name}: {dataset.summary()}; space "
+                               f"{space.name}; strategy {strategy.name}; {self.cfg.search.trials} trials")
+            search_seconds = self._loop(store, strategy, objective)
+            summary = self._summary(store, objective, search_seconds)
+            if final:
+                from nasforge.experiment.final import finalize
+
+                summary.final = finalize(self.cfg, self.run_dir, store, dataset, space, objective,
+                                         self.console)
+            from nasforge.experiment.report import write_report
+
+            write_report(self.run_dir, self.cfg, store, space, objective)
+            return summary
+        finally:
+            store.close()
+
+    def _loop(self, store: TrialStore, strategy: Any, objective: Objective) -> float:
+        search = self.cfg.search
+        budget = search.trials
+        prior_seconds = float(store.get_meta("search_seconds", 0.0))
+        t_start = time.time()
+        cfg_json = json.dumps(self.cfg.model_dump(mode="json"))
+        executor: Executor = make_executor(search.executor, search.workers, self.cfg.latency.threads,
+                                           search.ray_address)
+        pending: dict[Future, tuple[int, Arch]] = {}
+        best = max((scalar(t.score) for t in store.trials(("complete",))), default=None)
+
+        def n_finished() -> int:
+            return store.count(FINISHED)
+
+        def elapsed() -> float:
+            return prior_seconds + time.time() - t_start
+
+        def out_of_time() -> bool:
+            return search.time_budget_s is not None and elapsed() >= search.time_budget_s
+
+        progress = Progress(
+            TextColumn("[bold]search"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("best {task.fields[best]}"), TimeElapsedColumn(),
+            TextColumn("~{task.fields[remaining]} left"),
+            console=self.console, disable=not self.show_progress, transient=False)
+        task = progress.add_task("search", total=budget, completed=n_finished(),
+                                 best=_fmt(best), remaining="?")
+        duplicates = 0
+        try:
+            with progress:
+                while True:
+                    done = n_finished()
+                    while (len(pending) < executor.workers and done + len(pending) < budget
+                           and not out_of_time() and duplicates < 10 * budget):
+                        arch = strategy.ask(1)[0]
+                        previous = store.finished_by_key(arch.key)
+                        if previous is not None:  # same network already paid for: reuse it
+                            strategy.tell(arch, previous.score)
+                            duplicates += 1
+                            continue
+                        tid = store.add_trial(arch)
+                        payload = {"config_json": cfg_json, "arch_json": arch.to_json(),
+                                   "run_dir": str(self.run_dir), "trial_id": tid}
+                        pending[executor.submit(payload)] = (tid, arch)
+                    if not pending:
+                        break
+                    ready, _ = wait(list(pending), timeout=1.0, return_when=FIRST_COMPLETED)
+                    for fut in ready:
+                        tid, arch = pending.pop(fut)
+                        score = self._record(store, fut, tid, arch, objective, executor)
+                        strategy.tell(arch, score)
+                        if score is not None and (best is None or scalar(score) > best):
+                            best = scalar(score)
+                    done = n_finished()
+                    store.set_meta("search_seconds", elapsed())
+                    rate = (time.time() - t_start) / max(done - progress.tasks[0].completed + 1e-9, 1e-9)
+                    left = max(budget - done, 0) * rate if done > 0 else None
+                    progress.update(task, completed=done, best=_fmt(best),
+                                    remaining=f"{left:.0f}s" if left is not None else "?")
+        except KeyboardInterrupt:
+            store.log_event("interrupt", "search interrupted by the user; resume with --resume")
+            raise
+        finally:
+            executor.shutdown()
+        store.set_meta("search_seconds", elapsed())
+        if out_of_time():
+            store.log_event("budget", f"time budget of {search.time_budget_s}s reached")
+        return elapsed()
+
+    def _record(self, store: TrialStore, fut: Future, tid: int, arch: Arch, objective: Objective,
+                executor: Executor) -> Score:
+        try:
+            out = fut.result()
+        except BrokenProcessPool:
+            out = {"ok": False, "error": "worker process died (out of memory or killed)",
+                   "cost_seconds": 0.0}
+            executor.restart()
+        except Exception as exc:  # noqa: BLE001 - executor failures (ray) are the trial's failure
+            out = {"ok": False, "error": f"{type(exc).__name__}: {exc}", "cost_seconds": 0.0}
+        if not out["ok"]:
+            store.finish_trial(tid, "failed", cost_seconds=out.get("cost_seconds", 0.0),
+                               error=out["error"])
+            self.console.print(f"[red]trial {tid} failed:[/] {out['error'].splitlines()[0]}")
+            return None
+        score = objective.score(out["metrics"])
+        store.finish_trial(tid, "complete", out["metrics"], score, out["cost_seconds"])
+        return score
+
+    def _summary(self, store: TrialStore, objective: Objective, seconds: float) -> RunSummary:
+        complete = store.trials(("complete",))
+        best = max(complete, key=lambda t: scalar(t.score), default=None)
+        return RunSummary(self.run_dir, len(complete), store.count(("failed",)),
+                          best.to_dict() if best else None, search_seconds=seconds)
+
+
+def _fmt(v: float | None) -> str:
+    return "-" if v is None else f"{v:.4f}"

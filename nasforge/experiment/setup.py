@@ -1,0 +1,100 @@
+"""Build the pieces of a run from its config: dataset, space, strategy, objective, evaluator."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+from nasforge.data import Dataset, load_dataset
+from nasforge.errors import ConfigError, SpaceError
+from nasforge.evaluators.train import LatencySettings, TrainEvaluator
+from nasforge.experiment.config import ExperimentConfig
+from nasforge.objectives import Objective
+from nasforge.space import Categorical, SearchSpace
+from nasforge.spaces import create_space
+from nasforge.strategies import Strategy, create_strategy
+from nasforge.train import TrainConfig
+
+
+def make_dataset(cfg: ExperimentConfig) -> Dataset:
+    d = cfg.data
+    return load_dataset(d.name, d.path, d.val_fraction, cfg.seed, d.image_size, d.channels, d.limit)
+
+
+def pin_labels(space: SearchSpace, fixed: dict[str, Any]) -> SearchSpace:
+    """A copy of ``space`` whose ``fixed`` labels have exactly one allowed value."""
+    if not fixed:
+        return space
+    dims = []
+    labels = set(space.labels())
+    for label, value in fixed.items():
+        if label not in labels:
+            raise SpaceError(f"space.fixed: {space._unknown_label_message(label)}")
+        dim = space.dimension(label)
+        if not dim.contains(value):
+            raise SpaceError(f"space.fixed: {label} = {value!r} is not allowed; expected {dim.describe()}")
+    for d in space.dimensions():
+        if d.label in fixed:
+            d = Categorical(d.label, choices=(fixed[d.label],), when=d.when)
+        dims.append(d)
+    pinned = copy.copy(space)
+    SearchSpace.__init__(pinned, dims, name=space.name)
+    return pinned
+
+
+def make_space(cfg: ExperimentConfig, dataset: Dataset) -> SearchSpace:
+    space = create_space(cfg.space.name, dataset.input_shape, dataset.num_classes, **cfg.space.options)
+    return pin_labels(space, cfg.space.fixed)
+
+
+def make_objective(cfg: ExperimentConfig) -> Objective:
+    o = cfg.objective
+    try:
+        return Objective(o.kind, o.metric, o.cost_metric, o.target, o.w)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+
+
+def make_strategy(cfg: ExperimentConfig, space: SearchSpace) -> Strategy:
+    options = dict(cfg.strategy.options)
+    if cfg.objective.kind == "pareto" and cfg.strategy.name == "evolution":
+        options.setdefault("selection", "pareto")
+    return create_strategy(cfg.strategy.name, space, seed=cfg.seed, **options)
+
+
+def train_config(cfg: ExperimentConfig, epochs: int | None = None) -> TrainConfig:
+    t = cfg.train
+    return TrainConfig(epochs=t.epochs if epochs is None else epochs, batch_size=t.batch_size,
+                       optimizer=t.optimizer, lr=t.lr, weight_decay=t.weight_decay,
+                       momentum=t.momentum, label_smoothing=t.label_smoothing, cosine=t.cosine,
+                       seed=cfg.seed, augment=t.augment)
+
+
+def make_latency_predictor(cfg: ExperimentConfig, space: SearchSpace):  # noqa: ANN201
+    """The latency-table predictor for ``latency.mode: predict`` (None otherwise)."""
+    lat = cfg.latency
+    if lat.mode != "predict":
+        return None
+    if not lat.table:
+        raise ConfigError("latency.table: latency.mode 'predict' needs a latency table file "
+                          "(build one with `nasforge latency build`)")
+    if not Path(lat.table).is_file():
+        raise ConfigError(f"latency.table: {lat.table} does not exist")
+    from nasforge.hardware.table import LatencyTable
+
+    table = LatencyTable.load(lat.table)
+    return lambda arch: table.predict(space, arch)
+
+
+def make_evaluator(cfg: ExperimentConfig, run_dir: str | Path | None = None,
+                   dataset: Dataset | None = None, space: SearchSpace | None = None) -> TrainEvaluator:
+    dataset = dataset if dataset is not None else make_dataset(cfg)
+    space = space if space is not None else make_space(cfg, dataset)
+    lat = cfg.latency
+    settings = LatencySettings(
+        mode=lat.mode, backend=lat.backend, batch_size=lat.batch_size, threads=lat.threads,
+        warmup=lat.warmup, repeats=lat.repeats,
+        lock_path=str(Path(run_dir) / ".latency.lock") if run_dir is not None else None)
+    return TrainEvaluator(space, dataset, train_config(cfg), settings,
+                          predictor=make_latency_predictor(cfg, space))
