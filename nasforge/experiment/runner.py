@@ -142,10 +142,8 @@ class Experiment:
         executor: Executor = make_executor(search.executor, search.workers, self.cfg.latency.threads,
                                            search.ray_address)
         pending: dict[Future, tuple[int, Arch]] = {}
-        best = max((scalar(t.score) for t in store.trials(("complete",))), default=None)
-
-        def n_finished() -> int:
-            return store.count(FINISHED)
+        book = LoopBook(store)
+        best = book.best
 
         def elapsed() -> float:
             return prior_seconds + time.time() - t_start
@@ -158,19 +156,17 @@ class Experiment:
             TextColumn("best {task.fields[best]}"), TimeElapsedColumn(),
             TextColumn("~{task.fields[remaining]} left"),
             console=self.console, disable=not self.show_progress, transient=False)
-        task = progress.add_task("search", total=budget, completed=n_finished(),
-                                 best=_fmt(best), remaining="?")
+        done0 = book.finished
+        task = progress.add_task("search", total=budget, completed=done0, best=_fmt(best), remaining="?")
         duplicates = 0
         try:
             with progress:
                 while True:
-                    done = n_finished()
-                    while (len(pending) < executor.workers and done + len(pending) < budget
+                    while (len(pending) < executor.workers and book.finished + len(pending) < budget
                            and not out_of_time() and duplicates < 10 * budget):
                         arch = strategy.ask(1)[0]
-                        previous = store.finished_by_key(arch.key)
-                        if previous is not None:  # same network already paid for: reuse it
-                            strategy.tell(arch, previous.score)
+                        if book.seen(arch.key):  # same network already paid for: reuse it
+                            strategy.tell(arch, book.score_of(arch.key))
                             duplicates += 1
                             continue
                         tid = store.add_trial(arch)
@@ -183,21 +179,19 @@ class Experiment:
                     for fut in ready:
                         tid, arch = pending.pop(fut)
                         score = self._record(store, fut, tid, arch, objective, executor)
+                        book.add(arch.key, score)
                         strategy.tell(arch, score)
-                        if score is not None and (best is None or scalar(score) > best):
-                            best = scalar(score)
-                    done = n_finished()
-                    store.set_meta("search_seconds", elapsed())
-                    rate = (time.time() - t_start) / max(done - progress.tasks[0].completed + 1e-9, 1e-9)
-                    left = max(budget - done, 0) * rate if done > 0 else None
-                    progress.update(task, completed=done, best=_fmt(best),
+                    book.save_elapsed(elapsed())
+                    done = book.finished
+                    left = (time.time() - t_start) / (done - done0) * (budget - done) if done > done0 else None
+                    progress.update(task, completed=done, best=_fmt(book.best),
                                     remaining=f"{left:.0f}s" if left is not None else "?")
         except KeyboardInterrupt:
             store.log_event("interrupt", "search interrupted by the user; resume with --resume")
             raise
         finally:
             executor.shutdown()
-        store.set_meta("search_seconds", elapsed())
+        book.save_elapsed(elapsed(), force=True)
         if out_of_time():
             store.log_event("budget", f"time budget of {search.time_budget_s}s reached")
         return elapsed()
@@ -226,6 +220,40 @@ class Experiment:
         best = max(complete, key=lambda t: scalar(t.score), default=None)
         return RunSummary(self.run_dir, len(complete), store.count(("failed",)),
                           best.to_dict() if best else None, search_seconds=seconds)
+
+
+class LoopBook:
+    """The loop's running tally (finished count, best score, finished keys) kept in memory,
+    so that per-trial bookkeeping costs three SQLite statements, not a scan of the store."""
+
+    def __init__(self, store: TrialStore, save_every_s: float = 1.0) -> None:
+        self.store = store
+        self._scores: dict[str, Score] = {}
+        self.best: float | None = None
+        self.finished = 0
+        for t in store.trials(FINISHED):
+            self.add(t.key, t.score)
+        self._save_every_s = save_every_s
+        self._last_save = 0.0
+
+    def add(self, key: str, score: Score) -> None:
+        self._scores.setdefault(key, score)
+        self.finished += 1
+        if score is not None and (self.best is None or scalar(score) > self.best):
+            self.best = scalar(score)
+
+    def seen(self, key: str) -> bool:
+        """Whether a trial of the same network (same canonical key) already finished."""
+        return key in self._scores
+
+    def score_of(self, key: str) -> Score:
+        return self._scores[key]
+
+    def save_elapsed(self, seconds: float, force: bool = False) -> None:
+        now = time.monotonic()
+        if force or now - self._last_save >= self._save_every_s:
+            self.store.set_meta("search_seconds", seconds)
+            self._last_save = now
 
 
 def _fmt(v: float | None) -> str:

@@ -109,7 +109,7 @@ class SearchSpace:
         vals = dict(arch)
         child = arch
         for _ in range(max_tries):
-            labels = [lb for lb in vals if self._by_label[lb].neighbors(vals[lb])]
+            labels = [lb for lb in vals if self._by_label[lb].mutable]
             if not labels:
                 return arch
             label = labels[int(rng.integers(len(labels)))]

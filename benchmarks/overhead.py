@@ -1,0 +1,107 @@
+"""Search-loop overhead: ask + tell + store per trial, with an instant evaluator.
+
+Runs nasforge's per-trial bookkeeping exactly as the experiment loop does it (ask, duplicate
+check in the store, insert running trial, record result, tell, count finished, save elapsed
+time) on a real SQLite (WAL) store in a temp folder, for 10,000 trials on the `mobile`
+space. Beside it, in the same process: Optuna's ask/tell on its SQLite storage with the same
+space flattened to suggest_* calls. Optuna's per-trial cost grows with the study size, so
+its number for fewer trials is a lower bound for 10,000.
+
+    python benchmarks/overhead.py [--trials 10000] [--optuna-trials 500]
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from nasforge.experiment.runner import LoopBook
+from nasforge.experiment.store import FINISHED, TrialStore
+from nasforge.space import Categorical, Int
+from nasforge.spaces import create_space
+from nasforge.strategies import EvolutionStrategy, RandomStrategy
+
+
+def instant_metrics(arch, rng: np.random.Generator) -> dict[str, float]:
+    return {"val_acc": float(rng.random()), "latency_ms": float(rng.random() * 3)}
+
+
+def nasforge_loop(strategy, store: TrialStore, trials: int) -> float:
+    """The experiment loop's per-trial work (runner.Experiment._loop), evaluator replaced."""
+    rng = np.random.default_rng(0)
+    t0 = time.perf_counter()
+    book = LoopBook(store)
+    for _ in range(trials):
+        arch = strategy.ask(1)[0]
+        if book.seen(arch.key):
+            strategy.tell(arch, book.score_of(arch.key))
+            continue
+        tid = store.add_trial(arch)
+        metrics = instant_metrics(arch, rng)
+        score = metrics["val_acc"]
+        store.finish_trial(tid, "complete", metrics, score, 0.0)
+        book.add(arch.key, score)
+        strategy.tell(arch, score)
+        book.save_elapsed(time.perf_counter() - t0)
+    return (time.perf_counter() - t0) / trials
+
+
+def optuna_loop(space, path: Path, trials: int) -> float:
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(storage=f"sqlite:///{path}", sampler=optuna.samplers.RandomSampler(seed=0))
+    rng = np.random.default_rng(0)
+    dims = space.dimensions()
+    t0 = time.perf_counter()
+    for _ in range(trials):
+        trial = study.ask()
+        values = {}
+        for d in dims:
+            if not d.active(values):
+                continue
+            if isinstance(d, Int):
+                values[d.label] = trial.suggest_int(d.label, d.low, d.high)
+            elif isinstance(d, Categorical):
+                values[d.label] = trial.suggest_categorical(d.label, list(d.choices))
+        study.tell(trial, instant_metrics(values, rng)["val_acc"])
+    return (time.perf_counter() - t0) / trials
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--trials", type=int, default=10_000)
+    ap.add_argument("--optuna-trials", type=int, default=500)
+    args = ap.parse_args()
+    space = create_space("mobile", (1, 28, 28), 10)
+    print(f"machine: {platform.processor() or platform.machine()}, python {platform.python_version()}")
+    print(f"space: mobile ({len(space.dimensions())} dimensions); instant evaluator; SQLite WAL stores in a temp dir")
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, cls in (("random", RandomStrategy), ("evolution", EvolutionStrategy)):
+            with TrialStore(Path(tmp) / f"{name}.db") as store:
+                per = nasforge_loop(cls(space, seed=0), store, args.trials)
+                n = store.count(FINISHED)
+            rows.append((f"nasforge {name}", args.trials, n, per))
+        try:
+            per_opt = optuna_loop(space, Path(tmp) / "optuna.db", args.optuna_trials)
+            rows.append(("optuna RandomSampler, SQLite", args.optuna_trials, args.optuna_trials, per_opt))
+        except ImportError:
+            per_opt = None
+            print("optuna is not installed: baseline skipped")
+    print(f"\n{'loop':32s} {'trials':>8s} {'stored':>8s} {'ms/trial':>10s}")
+    for name, n, stored, per in rows:
+        print(f"{name:32s} {n:8d} {stored:8d} {per * 1e3:10.3f}")
+    if per_opt is not None:
+        for name, _, _, per in rows[:2]:
+            print(f"{name}: {per_opt / per:.1f}x cheaper per trial than Optuna on SQLite "
+                  f"(goal: >= 20x and < 1 ms/trial; {'met' if per < 1e-3 and per_opt / per >= 20 else 'NOT met'})")
+
+
+if __name__ == "__main__":
+    main()
