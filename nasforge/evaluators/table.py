@@ -23,7 +23,7 @@ import io
 import math
 import os
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -82,19 +82,22 @@ class TableSpec:
     hardware_columns: tuple[tuple[str, str], ...] = ()
     latency_column: str | None = None
     extra_columns: tuple[tuple[str, str, float], ...] = ()
-    name: str = field(default="table")
+    name: str = "table"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "path", Path(self.path).expanduser())
         object.__setattr__(self, "op_columns", _pairs(self.op_columns, "op_columns", 2))
-        object.__setattr__(self, "hardware_columns", _pairs(self.hardware_columns, "hardware_columns", 2))
-        object.__setattr__(self, "extra_columns", tuple(
-            (str(c), str(m), float(s)) for c, m, s in _pairs(self.extra_columns, "extra_columns", 3)))
+        object.__setattr__(self, "hardware_columns",
+                           _pairs(self.hardware_columns, "hardware_columns", 2))
+        extra = _pairs(self.extra_columns, "extra_columns", 3)
+        object.__setattr__(self, "extra_columns",
+                           tuple((str(c), str(m), float(s)) for c, m, s in extra))
         if self.key_column is None and not self.op_columns:
             raise ConfigError("table: give key_column (an arch-string column) or op_columns "
                               "(arch label -> column) so rows can be found")
         if not (math.isfinite(self.cost_multiplier) and self.cost_multiplier >= 0):
-            raise ConfigError(f"table.cost_multiplier: must be a finite number >= 0, got {self.cost_multiplier}")
+            raise ConfigError(f"table.cost_multiplier: must be a finite number >= 0, "
+                              f"got {self.cost_multiplier}")
         names = [self.signal_metric, *(m for _, m in self.hardware_columns),
                  *(m for _, m, _ in self.extra_columns)]
         if self.reported_column is not None:
@@ -104,6 +107,30 @@ class TableSpec:
         dup = sorted({n for n in names if names.count(n) > 1})
         if dup:
             raise ConfigError(f"table: metric name(s) {dup} are produced by more than one column")
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready fields (path as a string, pairs as lists); :meth:`from_dict` inverts it."""
+        out = asdict(self)
+        out["path"] = str(self.path)
+        for key in ("op_columns", "hardware_columns", "extra_columns"):
+            out[key] = [list(item) for item in out[key]]
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> TableSpec:
+        """Build a spec from :meth:`to_dict` output or a config mapping.
+
+        Raises:
+            ConfigError: unknown or missing fields (the message lists the valid ones).
+        """
+        names = list(cls.__dataclass_fields__)
+        unknown = sorted(set(data) - set(names))
+        if unknown:
+            raise ConfigError(f"table: unknown field(s) {unknown}; expected {', '.join(names)}")
+        missing = [n for n in ("path", "signal_column") if n not in data]
+        if missing:
+            raise ConfigError(f"table: missing field(s) {', '.join(missing)}")
+        return cls(**dict(data))
 
     def columns(self) -> dict[str, str]:
         """Every column the spec reads, mapped to the spec field that names it."""
@@ -189,7 +216,8 @@ def _load_table_cached(path: str, mtime_ns: int, size: int) -> _Table:
         if not row:
             continue
         if len(row) != len(header):
-            raise DataError(f"{p}: line {line_no} has {len(row)} fields, the header has {len(header)}")
+            raise DataError(f"{p}: line {line_no} has {len(row)} fields, "
+                            f"the header has {len(header)}")
         rows.append(row)
     return _Table(p, header, rows)
 
@@ -256,9 +284,10 @@ class TableEvaluator(Evaluator):
             table.require(col, fname)
         self._table = table
         self._labels = tuple(label for label, _ in spec.op_columns)
-        self._op_index = table.index(tuple(c for _, c in spec.op_columns)) if spec.op_columns else None
+        op_cols = tuple(c for _, c in spec.op_columns)
+        self._op_index = table.index(op_cols) if op_cols else None
         self._key_index = table.index((spec.key_column,)) if spec.key_column else None
-        named: list[tuple[str, np.ndarray]] = [(spec.signal_metric, table.floats(spec.signal_column))]
+        named = [(spec.signal_metric, table.floats(spec.signal_column))]
         if spec.reported_column is not None:
             named.append((spec.reported_metric, table.floats(spec.reported_column)))
         if spec.latency_column is not None:
@@ -307,8 +336,8 @@ class TableEvaluator(Evaluator):
             try:
                 key = tuple(str(arch[label]) for label in self._labels)
             except KeyError as exc:
-                raise NasforgeError(f"{self.spec.name}: arch has no label {exc.args[0]!r}; the table "
-                                    f"is keyed by {', '.join(self._labels)}") from None
+                raise NasforgeError(f"{self.spec.name}: arch has no label {exc.args[0]!r}; "
+                                    f"the table is keyed by {', '.join(self._labels)}") from None
             row = self._op_index.get(key if len(key) > 1 else key[0])
             if row is None:
                 shown = ", ".join(f"{lb}={v}" for lb, v in zip(self._labels, key))
@@ -348,8 +377,9 @@ class TableEvaluator(Evaluator):
         if self.max_queries is not None and self.queries >= self.max_queries:
             raise BudgetExhausted(f"{self.spec.name}: query budget of {self.max_queries} spent")
         if self.max_seconds is not None and self.spent_seconds >= self.max_seconds:
-            raise BudgetExhausted(f"{self.spec.name}: simulated time budget of {self.max_seconds:g} s "
-                                  f"spent ({self.spent_seconds:.0f} s over {self.queries} queries)")
+            raise BudgetExhausted(f"{self.spec.name}: simulated time budget of "
+                                  f"{self.max_seconds:g} s spent ({self.spent_seconds:.0f} s "
+                                  f"over {self.queries} queries)")
         cost = self._cost[row]
         self.queries += 1
         self.spent_seconds += cost
@@ -413,7 +443,8 @@ class TableEvaluator(Evaluator):
         row = int(np.argmax(score))
         if not np.isfinite(score[row]):
             raise NasforgeError(f"{self.spec.name}: no row has {limit_metric} <= {limit}")
-        key = self._table.strings(self.spec.key_column)[row].strip() if self.spec.key_column else None
+        key_col = self.spec.key_column
+        key = self._table.strings(key_col)[row].strip() if key_col is not None else None
         return OracleBest(row=row, key=key, metrics=self.metrics_at(row))
 
 
@@ -447,7 +478,7 @@ def nb201_cifar10_spec(path: str | Path | None = None, device: str | None = "pix
     Args:
         path: the CSV.gz; default ``<shared data>/nas-bench-201/nb201_cifar10.csv.gz``
             (see :func:`shared_data_dir`).
-        device: which device's latency is ``latency_ms`` (one of :data:`NB201_DEVICES`), or ``None``.
+        device: whose latency is ``latency_ms`` (one of :data:`NB201_DEVICES`), or ``None``.
         epochs: training epochs a query pays for.
 
     Raises:
@@ -459,7 +490,8 @@ def nb201_cifar10_spec(path: str | Path | None = None, device: str | None = "pix
         raise DataError(f"nb201 table: {p} does not exist; set NASFORGE_SHARED_DATA to the folder "
                         f"holding {NB201_CIFAR10_FILE} or pass path=")
     if device is not None and device not in NB201_DEVICES:
-        raise ConfigError(f"nb201 table: device must be one of {', '.join(NB201_DEVICES)}, got {device!r}")
+        raise ConfigError(f"nb201 table: device must be one of {', '.join(NB201_DEVICES)}, "
+                          f"got {device!r}")
     if epochs <= 0:
         raise ConfigError(f"nb201 table: epochs must be > 0, got {epochs}")
     return TableSpec(
