@@ -11,6 +11,9 @@ _LAZY = {
     "TrainEvaluator": "nasforge.evaluators.train",
     "TableEvaluator": "nasforge.evaluators.table",
     "TableSpec": "nasforge.evaluators.table",
+    "BudgetExhausted": "nasforge.evaluators.table",
+    "OracleBest": "nasforge.evaluators.table",
+    "nb201_cifar10_spec": "nasforge.evaluators.table",
 }
 
 

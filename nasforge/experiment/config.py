@@ -40,9 +40,21 @@ class StrategyConfig(_Section):
 class SearchConfig(_Section):
     trials: int = Field(20, ge=1)
     time_budget_s: float | None = Field(None, gt=0)
+    cost_budget_s: float | None = Field(None, gt=0, description="stop when summed trial cost reaches it")
     executor: Literal["inline", "process", "ray"] = "process"
     workers: int = Field(1, ge=1)
     ray_address: str | None = None
+
+
+class EvaluatorConfig(_Section):
+    """``train``: train each candidate on the data; ``table``: look it up in a benchmark table.
+
+    ``table`` is either ``{preset: nb201_cifar10, device: pixel3, path: ...}`` or the fields of
+    :class:`~nasforge.evaluators.table.TableSpec`.
+    """
+
+    kind: Literal["train", "table"] = "train"
+    table: dict[str, Any] | None = None
 
 
 class TrainSection(_Section):
@@ -89,6 +101,7 @@ class ExperimentConfig(_Section):
     space: SpaceConfig = SpaceConfig()
     strategy: StrategyConfig = StrategyConfig()
     search: SearchConfig = SearchConfig()
+    evaluator: EvaluatorConfig = EvaluatorConfig()
     train: TrainSection = TrainSection()
     objective: ObjectiveConfig = ObjectiveConfig()
     latency: LatencyConfig = LatencyConfig()

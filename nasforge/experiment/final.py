@@ -56,6 +56,28 @@ def finalize(cfg: ExperimentConfig, run_dir: Path, store: TrialStore, dataset: D
     return models[0]
 
 
+def finalize_table(cfg: ExperimentConfig, run_dir: Path, store: TrialStore, space: SearchSpace,
+                   objective: Objective, console: Console) -> dict[str, Any] | None:
+    """For a table benchmark: the best-by-validation arch and the table's reported (test) value."""
+    chosen = select_final(store, objective, cfg.final.top_k)
+    if not chosen:
+        console.print("[red]no trial completed[/]")
+        return None
+    cards = []
+    for trial in chosen:
+        cards.append({"trial_id": trial.id, "arch_key": trial.arch.key, "arch": trial.arch.to_dict(),
+                      "arch_description": space.describe(trial.arch), "space": space.name,
+                      "search_metrics": trial.metrics, "test_acc": trial.metrics.get("test_acc"),
+                      "latency_ms": trial.metrics.get("latency_ms")})
+    out_dir = run_dir / "best"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "card.json").write_text(json.dumps(cards[0], indent=2, default=str))
+    store.set_meta("final", cards)
+    console.print(f"final: best by validation is trial {chosen[0].id}; the table reports "
+                  f"test accuracy {cards[0]['test_acc']}")
+    return cards[0]
+
+
 def finalize_one(cfg: ExperimentConfig, trial: TrialRecord, out_dir: Path, dataset: Dataset,
                  space: SearchSpace, console: Console) -> dict[str, Any]:
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -22,7 +22,13 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from nasforge.errors import ConfigError
 from nasforge.experiment.config import ExperimentConfig, load_config
 from nasforge.experiment.executors import Executor, make_executor
-from nasforge.experiment.setup import make_dataset, make_objective, make_space, make_strategy
+from nasforge.experiment.setup import (
+    make_dataset,
+    make_objective,
+    make_space,
+    make_strategy,
+    uses_data,
+)
 from nasforge.experiment.store import FINISHED, TrialStore
 from nasforge.objectives import Objective
 from nasforge.space import Arch
@@ -102,7 +108,7 @@ class Experiment:
     # -- main loop ------------------------------------------------------------------------------
     def run(self, resume: bool = False, final: bool = True) -> RunSummary:
         self._prepare_dir(resume)
-        dataset = make_dataset(self.cfg)
+        dataset = make_dataset(self.cfg) if uses_data(self.cfg) else None
         space = make_space(self.cfg, dataset)
         objective = make_objective(self.cfg)
         strategy = make_strategy(self.cfg, space)
@@ -115,13 +121,20 @@ class Experiment:
             finished = store.trials(FINISHED, order="finished")
             strategy.replay((t.arch, t.score) for t in finished)
             store.set_meta("hardware", hardware_info())
-            store.set_meta("dataset", dataset.summary())
+            store.set_meta("dataset", dataset.summary() if dataset is not None
+                           else f"table: {self.cfg.evaluator.table}")
             store.log_event("start", f"{'resumed' if resume else 'started'} with {len(finished)} finished trials")
-            self.console.print(f"[bold]nasforge[/] {self.cfg.name}: {dataset.summary()}; space "
+            what = dataset.summary() if dataset is not None else "table benchmark"
+            self.console.print(f"[bold]nasforge[/] {self.cfg.name}: {what}; space "
                                f"{space.name}; strategy {strategy.name}; {self.cfg.search.trials} trials")
             search_seconds = self._loop(store, strategy, objective)
             summary = self._summary(store, objective, search_seconds)
-            if final:
+            if final and dataset is None:
+                from nasforge.experiment.final import finalize_table
+
+                summary.final = finalize_table(self.cfg, self.run_dir, store, space, objective,
+                                               self.console)
+            elif final:
                 from nasforge.experiment.final import finalize
 
                 summary.final = finalize(self.cfg, self.run_dir, store, dataset, space, objective,
@@ -139,7 +152,9 @@ class Experiment:
         prior_seconds = float(store.get_meta("search_seconds", 0.0))
         t_start = time.time()
         cfg_json = json.dumps(self.cfg.model_dump(mode="json"))
-        executor: Executor = make_executor(search.executor, search.workers, self.cfg.latency.threads,
+        # table lookups take microseconds: a pool would only add overhead
+        kind = search.executor if uses_data(self.cfg) else "inline"
+        executor: Executor = make_executor(kind, search.workers, self.cfg.latency.threads,
                                            search.ray_address)
         pending: dict[Future, tuple[int, Arch]] = {}
         book = LoopBook(store)
@@ -149,6 +164,8 @@ class Experiment:
             return prior_seconds + time.time() - t_start
 
         def out_of_time() -> bool:
+            if search.cost_budget_s is not None and book.cost_seconds >= search.cost_budget_s:
+                return True
             return search.time_budget_s is not None and elapsed() >= search.time_budget_s
 
         progress = Progress(
@@ -179,7 +196,8 @@ class Experiment:
                     for fut in ready:
                         tid, arch = pending.pop(fut)
                         score = self._record(store, fut, tid, arch, objective, executor)
-                        book.add(arch.key, score)
+                        book.add(arch.key, score, store.trial(tid).cost_seconds
+                                 if search.cost_budget_s is not None else 0.0)
                         strategy.tell(arch, score)
                     book.save_elapsed(elapsed())
                     done = book.finished
@@ -193,7 +211,8 @@ class Experiment:
             executor.shutdown()
         book.save_elapsed(elapsed(), force=True)
         if out_of_time():
-            store.log_event("budget", f"time budget of {search.time_budget_s}s reached")
+            store.log_event("budget", f"budget reached after {elapsed():.1f}s wall, "
+                                      f"{book.cost_seconds:.1f}s trial cost")
         return elapsed()
 
     def _record(self, store: TrialStore, fut: Future, tid: int, arch: Arch, objective: Objective,
@@ -231,14 +250,16 @@ class LoopBook:
         self._scores: dict[str, Score] = {}
         self.best: float | None = None
         self.finished = 0
+        self.cost_seconds = 0.0
         for t in store.trials(FINISHED):
-            self.add(t.key, t.score)
+            self.add(t.key, t.score, t.cost_seconds)
         self._save_every_s = save_every_s
         self._last_save = 0.0
 
-    def add(self, key: str, score: Score) -> None:
+    def add(self, key: str, score: Score, cost_seconds: float = 0.0) -> None:
         self._scores.setdefault(key, score)
         self.finished += 1
+        self.cost_seconds += cost_seconds
         if score is not None and (self.best is None or scalar(score) > self.best):
             self.best = scalar(score)
 

@@ -43,9 +43,42 @@ def pin_labels(space: SearchSpace, fixed: dict[str, Any]) -> SearchSpace:
     return pinned
 
 
-def make_space(cfg: ExperimentConfig, dataset: Dataset) -> SearchSpace:
-    space = create_space(cfg.space.name, dataset.input_shape, dataset.num_classes, **cfg.space.options)
+def make_space(cfg: ExperimentConfig, dataset: Dataset | None) -> SearchSpace:
+    """The configured space; without a dataset (table evaluator) the input shape and class count
+    come from ``space.options`` (default 3x32x32, 10 classes, as in NAS-Bench-201's CIFAR-10)."""
+    options = dict(cfg.space.options)
+    if dataset is not None:
+        shape, classes = dataset.input_shape, dataset.num_classes
+    else:
+        shape = tuple(options.pop("input_shape", (3, 32, 32)))
+        classes = int(options.pop("num_classes", 10))
+    space = create_space(cfg.space.name, shape, classes, **options)
     return pin_labels(space, cfg.space.fixed)
+
+
+def uses_data(cfg: ExperimentConfig) -> bool:
+    return cfg.evaluator.kind == "train"
+
+
+def make_table_evaluator(cfg: ExperimentConfig):  # noqa: ANN201
+    from nasforge.evaluators.table import TableEvaluator, TableSpec, nb201_cifar10_spec
+
+    table = dict(cfg.evaluator.table or {})
+    if not table:
+        raise ConfigError("evaluator.table: the table evaluator needs a table "
+                          "(e.g. {preset: nb201_cifar10, device: pixel3})")
+    preset = table.pop("preset", None)
+    if preset is not None:
+        if preset != "nb201_cifar10":
+            raise ConfigError(f"evaluator.table.preset: expected 'nb201_cifar10', got {preset!r}")
+        unknown = set(table) - {"path", "device", "epochs"}
+        if unknown:
+            raise ConfigError(f"evaluator.table: unknown field(s) {sorted(unknown)} for the preset; "
+                              "expected path, device, epochs")
+        spec = nb201_cifar10_spec(**table)
+    else:
+        spec = TableSpec.from_dict(table)
+    return TableEvaluator(spec)
 
 
 def make_objective(cfg: ExperimentConfig) -> Objective:
@@ -88,7 +121,10 @@ def make_latency_predictor(cfg: ExperimentConfig, space: SearchSpace):  # noqa: 
 
 
 def make_evaluator(cfg: ExperimentConfig, run_dir: str | Path | None = None,
-                   dataset: Dataset | None = None, space: SearchSpace | None = None) -> TrainEvaluator:
+                   dataset: Dataset | None = None, space: SearchSpace | None = None):  # noqa: ANN201
+    """The configured evaluator: a :class:`TrainEvaluator` or a table lookup."""
+    if not uses_data(cfg):
+        return make_table_evaluator(cfg)
     dataset = dataset if dataset is not None else make_dataset(cfg)
     space = space if space is not None else make_space(cfg, dataset)
     lat = cfg.latency
