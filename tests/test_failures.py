@@ -1,0 +1,60 @@
+"""Failed candidates are recorded with their error and the search goes on."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from rich.console import Console
+
+from nasforge.experiment.config import parse_config
+from nasforge.experiment.executors import ProcessExecutor, evaluate_payload
+from nasforge.experiment.runner import Experiment
+from nasforge.experiment.store import TrialStore
+from nasforge.objectives import Objective
+from nasforge.space import Arch
+from nasforge.spaces import create_space
+
+import numpy as np
+
+
+def test_out_of_memory_candidate_is_a_failed_trial_not_a_crash() -> None:
+    cfg = parse_config({"data": {"name": "digits"}, "space": {"name": "mobile",
+                        "options": {"head_features": 4_000_000_000}}})
+    arch = create_space("mobile", (1, 8, 8), 10).sample(np.random.default_rng(0))
+    out = evaluate_payload({"config_json": json.dumps(cfg.model_dump(mode="json")),
+                            "arch_json": arch.to_json(), "run_dir": None})
+    assert not out["ok"]
+    assert "memory" in out["error"].lower()
+
+
+def test_killed_worker_is_recorded_and_pool_restarts(tmp_path: Path) -> None:
+    cfg = parse_config({"data": {"name": "digits"}, "train": {"epochs": 200}})
+    exp = Experiment(cfg, tmp_path / "run", console=Console(quiet=True), progress=False)
+    store = TrialStore(tmp_path / "t.db")
+    arch = create_space("mobile", (1, 8, 8), 10).sample(np.random.default_rng(0))
+    executor = ProcessExecutor(1)
+    try:
+        tid = store.add_trial(arch)
+        fut = executor.submit({"config_json": json.dumps(cfg.model_dump(mode="json")),
+                               "arch_json": arch.to_json(), "run_dir": None})
+        deadline = time.time() + 60
+        while not executor._pool._processes and time.time() < deadline:
+            time.sleep(0.1)
+        time.sleep(1.0)
+        for proc in list(executor._pool._processes.values()):
+            proc.kill()
+        score = exp._record(store, fut, tid, Arch(dict(arch)), Objective(), executor)
+        assert score is None
+        rec = store.trial(tid)
+        assert rec.state == "failed" and "worker process died" in rec.error
+        # the restarted pool evaluates the next trial
+        cfg2 = parse_config({"data": {"name": "digits"}, "train": {"epochs": 1},
+                             "latency": {"repeats": 3, "warmup": 1}})
+        out = executor.submit({"config_json": json.dumps(cfg2.model_dump(mode="json")),
+                               "arch_json": arch.to_json(), "run_dir": None}).result(timeout=300)
+        assert out["ok"], out
+    finally:
+        executor.shutdown()
+        store.close()
