@@ -12,6 +12,7 @@ from pathlib import Path
 
 import onnxruntime as ort
 import numpy as np
+import pytest
 from typer.testing import CliRunner
 
 from nasforge.cli import app
@@ -113,3 +114,17 @@ def test_sigkill_then_resume_loses_nothing_and_reruns_nothing(tmp_path: Path) ->
         assert len({t.key for t in complete}) == 8
         assert all(t.state in ("complete", "interrupted") for t in s.trials())
         assert any(kind == "resume" for _, kind, _ in s.events()) or s.count(("interrupted",)) == 0
+
+
+@pytest.mark.slow
+def test_search_with_compress_section_writes_int8_model(tmp_path: Path) -> None:
+    cfg = write_config(tmp_path, search="{trials: 2, executor: inline}",
+                       compress="{prune: {method: channel, ratio: 0.3}, finetune: {epochs: 1}, "
+                                "quantize: {mode: int8, calibration_size: 64, qat: never}, "
+                                "target: {rounds: 2}}")
+    res = runner.invoke(app, ["search", str(cfg), "--quiet"])
+    assert res.exit_code == 0, res.output
+    best = tmp_path / "runs" / "e2e" / "best"
+    assert (best / "model.int8.onnx").is_file()
+    card = json.loads((best / "card.json").read_text())
+    assert "compression" in card

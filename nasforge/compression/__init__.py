@@ -1,0 +1,32 @@
+"""Compression: make a searched model deployable, and prove it with measured numbers.
+
+Pruning (dependency graph, importance, pruners), quantization (INT8 PTQ/QAT on ONNX
+Runtime, INT4 weight-only, sensitivity), distillation, and the pipeline that chains them.
+Heavy parts (onnxruntime, matplotlib) are imported only when used.
+"""
+
+from nasforge.compression.config import CompressConfig
+from nasforge.compression.distill import DistillationLoss, FeatureDistiller
+from nasforge.compression.errors import (
+    CompressionError,
+    PlanMismatchError,
+    QuantizationError,
+    UnsupportedModelError,
+)
+from nasforge.compression.pipeline import CompressionReport, StageResult, run_pipeline
+from nasforge.compression.pruning import (
+    ChannelPruner,
+    ChannelPruningConfig,
+    DependencyGraph,
+    PruningPlan,
+    apply_plan,
+    mask_plan,
+)
+from nasforge.compression.quantization import QuantSpec, export_qdq, quantize_static_int8
+
+__all__ = [
+    "CompressConfig", "DistillationLoss", "FeatureDistiller", "CompressionError",
+    "PlanMismatchError", "QuantizationError", "UnsupportedModelError", "CompressionReport",
+    "StageResult", "run_pipeline", "ChannelPruner", "ChannelPruningConfig", "DependencyGraph",
+    "PruningPlan", "apply_plan", "mask_plan", "QuantSpec", "export_qdq", "quantize_static_int8",
+]

@@ -10,6 +10,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from nasforge.compression.config import CompressConfig
 from nasforge.errors import ConfigError
 
 
@@ -106,7 +107,7 @@ class ExperimentConfig(_Section):
     objective: ObjectiveConfig = ObjectiveConfig()
     latency: LatencyConfig = LatencyConfig()
     final: FinalConfig = FinalConfig()
-    compress: dict[str, Any] | None = None
+    compress: CompressConfig | None = None
 
     @field_validator("name")
     @classmethod

@@ -53,12 +53,12 @@ def diagnose(cfg: ExperimentConfig) -> list[Finding]:
             out.append(Finding("error", "data.path", f"{cfg.data.path} does not exist"))
     if cfg.strategy.name == "darts" or cfg.strategy.options.get("regularize") is False:
         out.append(Finding("warning", "strategy", "DARTS must run regularised (collapse to skip connections)"))
-    if cfg.compress:
+    if cfg.compress is not None:
         c = cfg.compress
-        finetune = c.get("finetune_epochs", c.get("finetune", {}) if isinstance(c.get("finetune"), dict) else 1)
-        if not finetune:
-            out.append(Finding("warning", "compress",
-                               "compression without fine-tuning loses accuracy beyond moderate ratios"))
+        if c.prune.method != "none" and c.prune.ratio > 0.3 and c.finetune.epochs == 0:
+            out.append(Finding("warning", "compress.finetune.epochs",
+                               f"pruning {c.prune.ratio:.0%} without fine-tuning loses accuracy beyond "
+                               "moderate ratios; fine-tune (with distillation) after compressing"))
     return out
 
 

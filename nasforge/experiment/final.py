@@ -137,9 +137,8 @@ def finalize_one(cfg: ExperimentConfig, trial: TrialRecord, out_dir: Path, datas
 
 def _compress(cfg: ExperimentConfig, model: torch.nn.Module, dataset: Dataset, out_dir: Path,
               console: Console) -> dict[str, Any]:
-    from nasforge.compression.config import CompressConfig
     from nasforge.compression.pipeline import run_pipeline
 
-    ccfg = CompressConfig.model_validate(cfg.compress)
-    report = run_pipeline(model, dataset, ccfg, out_dir)
+    assert cfg.compress is not None
+    report = run_pipeline(model, dataset, cfg.compress, out_dir)
     return report.to_dict() if hasattr(report, "to_dict") else dict(report)

@@ -1,0 +1,548 @@
+"""Channel dependency graph: which channel dimensions must be pruned together.
+
+Built on ``torch.fx``: the model is traced symbolically (conv, linear, BN, activations and
+pooling stay leaf modules), then every tensor gets a channel *layout* -- a list of segments,
+each a slice of one channel *space*. Ops that tie channels together unify their spaces:
+a residual add or broadcast multiply unifies both operands, a depthwise convolution and a
+batch norm pass the space through, a concatenation lays spaces side by side. After the walk
+each union of spaces is a :class:`ChannelGroup`: the list of parameter slices (``members``)
+that must lose the same channel indices.
+
+The walk is a whitelist. An op it does not know raises :class:`UnsupportedModelError` naming
+the layer, so a model is either pruned consistently or not at all -- never into a wrong model.
+Ops it knows but cannot prune through (grouped convolutions, flattening a spatial map, the
+model's input and output) *freeze* the spaces they touch; frozen groups are never pruned.
+"""
+
+from __future__ import annotations
+
+import operator
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.fx as fx
+import torch.nn.functional as F
+from torch import nn
+from torch.fx.passes.shape_prop import ShapeProp
+
+from nasforge.compression.errors import UnsupportedModelError
+
+_CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+_BN = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+_PASS_MODULES: tuple[type[nn.Module], ...] = (
+    nn.ReLU, nn.ReLU6, nn.Hardtanh, nn.Hardswish, nn.SiLU, nn.GELU, nn.Sigmoid, nn.Hardsigmoid,
+    nn.Tanh, nn.LeakyReLU, nn.ELU, nn.Mish, nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d,
+    nn.MaxPool1d, nn.MaxPool2d, nn.AvgPool1d, nn.AvgPool2d, nn.AdaptiveAvgPool1d,
+    nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d,
+)
+_PASS_FUNCTIONS: set[object] = {
+    F.relu, F.relu6, F.hardswish, F.silu, F.gelu, F.sigmoid, F.hardsigmoid, F.hardtanh,
+    F.leaky_relu, F.elu, F.dropout, F.adaptive_avg_pool1d, F.adaptive_avg_pool2d,
+    F.avg_pool1d, F.avg_pool2d, F.max_pool1d, F.max_pool2d, F.adaptive_max_pool2d,
+    torch.relu, torch.sigmoid, torch.tanh, torch.clamp, torch.clip,
+}
+_PASS_METHODS = {"relu", "relu_", "sigmoid", "sigmoid_", "tanh", "clamp", "clamp_", "clip",
+                 "contiguous", "hardswish", "float"}
+_BINARY = {operator.add, operator.iadd, operator.sub, operator.isub, operator.mul, operator.imul,
+           operator.truediv, torch.add, torch.sub, torch.mul, torch.div}
+_BINARY_METHODS = {"add", "add_", "sub", "mul", "mul_", "div"}
+_CAT = {torch.cat, torch.concat}
+
+MEMBER_KINDS = ("out", "in", "dw", "bn")
+"""``out``: dim 0 of a conv/linear weight (+ bias); ``in``: dim 1 of a conv/linear weight;
+``dw``: a depthwise conv (weight dim 0, bias, channel counts, groups); ``bn``: a batch norm."""
+
+
+@dataclass(frozen=True)
+class Member:
+    """One parameter slice coupled to a group: channel ``offset + i`` of ``module``'s ``kind`` dim."""
+
+    module: str
+    kind: str
+    offset: int = 0
+
+    def spec(self) -> str:
+        return f"{self.module}:{self.kind}@{self.offset}"
+
+
+@dataclass(frozen=True)
+class ChannelGroup:
+    """Channels that must be pruned together; ``frozen`` groups (with ``reason``) are kept."""
+
+    id: str
+    size: int
+    members: tuple[Member, ...]
+    frozen: bool = False
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class _Seg:
+    space: int
+    length: int
+
+
+LeafRule = Callable[["_Builder", str, nn.Module, list[_Seg]], list[_Seg]]
+_LEAF_RULES: dict[type[nn.Module], LeafRule] = {}
+
+
+def register_leaf_rule(cls: type[nn.Module], rule: LeafRule) -> None:
+    """Treat modules of ``cls`` as leaves whose channel coupling ``rule`` describes.
+
+    ``rule(builder, name, module, in_layout) -> out_layout`` is called once per call site
+    and may call ``builder.add_member`` / ``builder.new_space``. Used for blocks that
+    ``torch.fx`` cannot trace (see the squeeze-excite rule below).
+    """
+    _LEAF_RULES[cls] = rule
+
+
+class _Tracer(fx.Tracer):
+    """Keeps known leaves as modules and records which module each node was traced in."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.nf_scope: list[str] = [""]
+
+    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+        if isinstance(m, _CONV + _BN + (nn.Linear, nn.Flatten) + _PASS_MODULES):
+            return True
+        if type(m) in _LEAF_RULES:
+            return True
+        return super().is_leaf_module(m, qualname)
+
+    def call_module(self, m: nn.Module, forward: Callable, args: tuple, kwargs: dict) -> object:
+        self.nf_scope.append(self.path_of_module(m))
+        try:
+            return super().call_module(m, forward, args, kwargs)
+        finally:
+            self.nf_scope.pop()
+
+    def create_node(self, *args: object, **kwargs: object) -> fx.Node:
+        node = super().create_node(*args, **kwargs)  # type: ignore[arg-type]
+        node.meta["scope"] = self.nf_scope[-1]
+        return node
+
+
+def trace(model: nn.Module) -> fx.GraphModule:
+    """Symbolically trace ``model``; a failure names the module being traced."""
+    tracer = _Tracer()
+    try:
+        graph = tracer.trace(model)
+    except Exception as exc:  # noqa: BLE001 - fx raises many types; we re-raise one clear error
+        where = tracer.nf_scope[-1] or type(model).__name__
+        raise UnsupportedModelError(
+            f"layer {where!r}: torch.fx cannot trace it ({type(exc).__name__}: {exc}); "
+            "data-dependent control flow is not supported by the channel graph") from None
+    return fx.GraphModule(tracer.root, graph, type(model).__name__)
+
+
+class _Builder:
+    """Union-find over channel spaces plus the member list of each space."""
+
+    def __init__(self) -> None:
+        self.parent: list[int] = []
+        self.size: list[int] = []
+        self.members: dict[int, list[Member]] = {}
+        self.frozen: dict[int, str] = {}
+        self.names: list[str] = []
+
+    def new_space(self, size: int, name: str) -> int:
+        sid = len(self.parent)
+        self.parent.append(sid)
+        self.size.append(int(size))
+        self.members[sid] = []
+        self.names.append(name)
+        return sid
+
+    def find(self, s: int) -> int:
+        while self.parent[s] != s:
+            self.parent[s] = self.parent[self.parent[s]]
+            s = self.parent[s]
+        return s
+
+    def union(self, a: int, b: int, where: str) -> None:
+        ra, rb = self.find(a), self.find(b)
+        if ra == rb:
+            return
+        if self.size[ra] != self.size[rb]:
+            raise UnsupportedModelError(
+                f"layer {where!r}: couples channel groups of different sizes "
+                f"({self.size[ra]} vs {self.size[rb]})")
+        if rb < ra:
+            ra, rb = rb, ra
+        self.parent[rb] = ra
+        self.members[ra].extend(self.members.pop(rb))
+        if rb in self.frozen:
+            self.frozen.setdefault(ra, self.frozen.pop(rb))
+
+    def add_member(self, layout: list[_Seg], module: str, kind: str) -> None:
+        offset = 0
+        for seg in layout:
+            self.members[self.find(seg.space)].append(Member(module, kind, offset))
+            offset += seg.length
+
+    def freeze(self, layout: list[_Seg] | None, reason: str) -> None:
+        for seg in layout or []:
+            self.frozen.setdefault(self.find(seg.space), reason)
+
+
+def _se_rule(b: _Builder, name: str, m: nn.Module, lay: list[_Seg]) -> list[_Seg]:
+    """Squeeze-excite ``x * gate(expand(act(reduce(mean(x)))))``: reduce/expand couple to x."""
+    reduce, _expand = m.reduce, m.expand  # type: ignore[union-attr]
+    b.add_member(lay, f"{name}.reduce", "in")
+    b.add_member(lay, f"{name}.expand", "out")
+    inner = [_Seg(b.new_space(reduce.out_channels, f"{name}.reduce"), reduce.out_channels)]
+    b.add_member(inner, f"{name}.reduce", "out")
+    b.add_member(inner, f"{name}.expand", "in")
+    return lay
+
+
+def _register_builtin_rules() -> None:
+    from nasforge.nn.blocks import SqueezeExcite
+
+    register_leaf_rule(SqueezeExcite, _se_rule)
+
+
+_register_builtin_rules()
+
+
+class DependencyGraph:
+    """Coupled channel groups of a model, plus per-layer shapes for a FLOPs estimate.
+
+    Build with :meth:`build`; the model is not modified. ``groups`` lists every group,
+    frozen or not, in a stable order (by first appearance in the forward pass).
+    """
+
+    def __init__(self, groups: list[ChannelGroup], layer_costs: list[_LayerCost],
+                 input_shape: tuple[int, ...]) -> None:
+        self.groups = groups
+        self.by_id = {g.id: g for g in groups}
+        self.layer_costs = layer_costs
+        self.input_shape = input_shape
+
+    @property
+    def prunable(self) -> list[ChannelGroup]:
+        return [g for g in self.groups if not g.frozen]
+
+    def estimate_macs(self, keep: Mapping[str, int] | None = None) -> int:
+        """Multiply-accumulates of conv/linear layers at batch 1 when group ``g`` keeps
+        ``keep[g]`` channels (groups not named keep all). An estimate for choosing ratios;
+        reports use measured FLOPs and latency."""
+        keep = keep or {}
+
+        def frac(layout: list[tuple[str, int]]) -> float:
+            total = sum(n for _, n in layout)
+            kept = sum(keep.get(g, n) for g, n in layout)
+            return kept / total if total else 1.0
+
+        macs = 0.0
+        for c in self.layer_costs:
+            f = frac(c.out_layout) if c.depthwise else frac(c.in_layout) * frac(c.out_layout)
+            macs += c.macs * f
+        return int(macs)
+
+    @classmethod
+    def build(cls, model: nn.Module, input_shape: Sequence[int]) -> DependencyGraph:
+        """Trace ``model`` on a zero input of shape ``(1, *input_shape)`` and group its channels.
+
+        Raises:
+            UnsupportedModelError: an op the graph does not know; the message names the layer.
+        """
+        gm = trace(model)
+        was_training = model.training
+        gm.eval()
+        try:
+            with torch.no_grad():
+                ShapeProp(gm).propagate(torch.zeros(1, *input_shape))
+        except Exception as exc:  # noqa: BLE001 - re-raised as a user-facing error
+            raise UnsupportedModelError(
+                f"model does not run on input shape {tuple(input_shape)}: {type(exc).__name__}: {exc}"
+            ) from None
+        finally:
+            model.train(was_training)
+        return _Walker(gm).run(tuple(int(s) for s in input_shape))
+
+
+@dataclass(frozen=True)
+class _LayerCost:
+    """MACs of one conv/linear; layouts are ``(group id, length)`` segments."""
+
+    module: str
+    macs: int
+    in_layout: list[tuple[str, int]]
+    out_layout: list[tuple[str, int]]
+    depthwise: bool = False
+
+
+@dataclass(frozen=True)
+class _RawCost:
+    module: str
+    macs: int
+    ins: list[_Seg]
+    outs: list[_Seg]
+    depthwise: bool = False
+
+
+def _shape(node: object) -> tuple[int, ...] | None:
+    if isinstance(node, fx.Node):
+        tm = node.meta.get("tensor_meta")
+        if tm is not None and hasattr(tm, "shape"):
+            return tuple(tm.shape)
+    return None
+
+
+class _Walker:
+    def __init__(self, gm: fx.GraphModule) -> None:
+        self.gm = gm
+        self.b = _Builder()
+        self.layout: dict[fx.Node, list[_Seg] | None] = {}
+        self.module_io: dict[str, tuple[list[_Seg], list[_Seg]]] = {}
+        self.raw_costs: list[_RawCost] = []
+
+    def where(self, node: fx.Node) -> str:
+        if node.op == "call_module":
+            return str(node.target)
+        scope = node.meta.get("scope") or "<model>"
+        fn = getattr(node.target, "__name__", str(node.target))
+        return f"{scope} ({fn})"
+
+    def lay(self, arg: object) -> list[_Seg] | None:
+        return self.layout.get(arg) if isinstance(arg, fx.Node) else None
+
+    def run(self, input_shape: tuple[int, ...]) -> DependencyGraph:
+        for node in self.gm.graph.nodes:
+            self.layout[node] = self.visit(node)
+        groups: list[ChannelGroup] = []
+        roots = sorted({self.b.find(s) for s in range(len(self.b.parent))})
+        gid: dict[int, str] = {}
+        for r in roots:
+            name = self.b.names[r]
+            gid[r] = name if name not in gid.values() else f"{name}#{r}"
+            members = tuple(dict.fromkeys(self.b.members[r]))
+            if not members:
+                continue
+            reason = self.b.frozen.get(r, "")
+            groups.append(ChannelGroup(gid[r], self.b.size[r], members, bool(reason), reason))
+        costs = [_LayerCost(c.module, c.macs, [(gid[self.b.find(s.space)], s.length) for s in c.ins],
+                            [(gid[self.b.find(s.space)], s.length) for s in c.outs], c.depthwise)
+                 for c in self.raw_costs]
+        return DependencyGraph(groups, costs, input_shape)
+
+    def visit(self, node: fx.Node) -> list[_Seg] | None:
+        b = self.b
+        if node.op == "placeholder":
+            shape = _shape(node)
+            if shape is None or len(shape) < 2:
+                return None
+            lay = [_Seg(b.new_space(shape[1], "<input>"), shape[1])]
+            b.freeze(lay, "model input")
+            return lay
+        if node.op == "output":
+            for arg in _flat(node.args):
+                b.freeze(self.lay(arg), "model output")
+            return None
+        if node.op == "get_attr":
+            raise UnsupportedModelError(
+                f"layer {self.where(node)!r}: uses parameter {node.target!r} outside a module; "
+                "the channel graph only prunes parameters owned by conv/linear/BN modules")
+        if node.op == "call_module":
+            return self.visit_module(node)
+        return self.visit_function(node)
+
+    def visit_module(self, node: fx.Node) -> list[_Seg] | None:
+        b, name = self.b, str(node.target)
+        m = self.gm.get_submodule(name)
+        lay = self.lay(node.args[0]) if node.args else None
+        if type(m) in _LEAF_RULES:
+            if lay is None:
+                raise UnsupportedModelError(f"layer {name!r}: input has no channel dimension")
+            return _LEAF_RULES[type(m)](b, name, m, lay)
+        if isinstance(m, _PASS_MODULES):
+            return lay
+        if isinstance(m, _BN):
+            b.add_member(lay or [], name, "bn")
+            return lay
+        if isinstance(m, _CONV + (nn.Linear,)):
+            return self.visit_weighted(node, name, m, lay)
+        if isinstance(m, nn.Flatten):
+            return self.flatten(node, m.start_dim, m.end_dim)
+        raise UnsupportedModelError(
+            f"layer {name!r} ({type(m).__name__}): not supported by the channel dependency graph; "
+            "register a rule with nasforge.compression.pruning.register_leaf_rule")
+
+    def visit_weighted(self, node: fx.Node, name: str, m: nn.Module,
+                       lay: list[_Seg] | None) -> list[_Seg]:
+        b = self.b
+        in_shape, out_shape = _shape(node.args[0]), _shape(node)
+        if lay is None or in_shape is None or out_shape is None:
+            raise UnsupportedModelError(f"layer {name!r}: input has no channel layout")
+        if isinstance(m, nn.Linear) and len(in_shape) != 2:
+            raise UnsupportedModelError(
+                f"layer {name!r} (Linear): applied to a {len(in_shape)}-D tensor; the channel "
+                "graph prunes Linear layers only on (batch, features) inputs")
+        if name in self.module_io:  # a module called twice shares its channels
+            prev_in, prev_out = self.module_io[name]
+            for a, c in zip(prev_in, lay):
+                b.union(a.space, c.space, name)
+            return prev_out
+        spatial = 1
+        for s in out_shape[2:]:
+            spatial *= int(s)
+        groups = getattr(m, "groups", 1)
+        cin = m.in_channels if isinstance(m, _CONV) else m.in_features
+        cout = m.out_channels if isinstance(m, _CONV) else m.out_features
+        ksize = 1
+        if isinstance(m, _CONV):
+            for k in m.kernel_size:
+                ksize *= int(k)
+        macs = spatial * cout * (cin // groups) * ksize
+        if isinstance(m, _CONV) and groups == cin == cout and groups > 1:
+            b.add_member(lay, name, "dw")
+            self.raw_costs.append(_RawCost(name, macs, list(lay), list(lay), depthwise=True))
+            self.module_io[name] = (lay, lay)
+            return lay
+        out = [_Seg(b.new_space(cout, name), cout)]
+        if groups != 1:
+            b.freeze(lay, f"grouped convolution {name!r} (groups={groups})")
+            b.freeze(out, f"grouped convolution {name!r} (groups={groups})")
+        else:
+            b.add_member(lay, name, "in")
+            b.add_member(out, name, "out")
+        self.raw_costs.append(_RawCost(name, macs, list(lay), list(out)))
+        self.module_io[name] = (lay, out)
+        return out
+
+    def flatten(self, node: fx.Node, start: int, end: int) -> list[_Seg] | None:
+        lay = self.lay(node.args[0])
+        shape = _shape(node.args[0])
+        if shape is None or lay is None:
+            return None
+        if start != 1 or end not in (-1, len(shape) - 1):
+            raise UnsupportedModelError(
+                f"layer {self.where(node)!r}: flatten(start_dim={start}) mixes the batch or "
+                "channel dimension; only flatten from dim 1 is supported")
+        spatial = 1
+        for s in shape[2:]:
+            spatial *= int(s)
+        if spatial == 1:
+            return lay
+        self.b.freeze(lay, f"flattened spatial map at {self.where(node)!r}")
+        features = shape[1] * spatial
+        out = [_Seg(self.b.new_space(features, self.where(node)), features)]
+        self.b.freeze(out, f"flattened spatial map at {self.where(node)!r}")
+        return out
+
+    def visit_function(self, node: fx.Node) -> list[_Seg] | None:
+        target, args = node.target, node.args
+        if node.op == "call_method" and target in ("size", "dim") or target in (getattr, len):
+            return None
+        if node.op == "call_function" and target is operator.getitem:
+            if self.lay(args[0]) is not None:
+                raise UnsupportedModelError(
+                    f"layer {self.where(node)!r}: indexes a tensor; slicing channels is not "
+                    "supported by the channel graph")
+            return None
+        if (node.op == "call_function" and target in _PASS_FUNCTIONS) or (
+                node.op == "call_method" and target in _PASS_METHODS):
+            return self.lay(args[0])
+        if (node.op == "call_function" and target in _BINARY) or (
+                node.op == "call_method" and target in _BINARY_METHODS):
+            return self.binary(node)
+        if node.op == "call_function" and target in _CAT:
+            return self.cat(node)
+        if target in (torch.flatten, "flatten"):
+            start = args[1] if len(args) > 1 else node.kwargs.get("start_dim", 0)
+            end = args[2] if len(args) > 2 else node.kwargs.get("end_dim", -1)
+            return self.flatten(node, int(start), int(end))  # type: ignore[arg-type]
+        if target in (torch.mean, "mean", torch.sum, "sum", "amax", torch.amax):
+            return self.reduce(node)
+        if target in ("view", "reshape", torch.reshape):
+            return self.reshape(node)
+        raise UnsupportedModelError(
+            f"layer {self.where(node)!r}: op {getattr(target, '__name__', target)!r} is not "
+            "supported by the channel dependency graph")
+
+    def binary(self, node: fx.Node) -> list[_Seg] | None:
+        a, c = node.args[0], node.args[1]
+        la, lc = self.lay(a), self.lay(c)
+        if la is None or lc is None:
+            return la if la is not None else lc
+        sa, sc = _shape(a), _shape(c)
+        if sa is None or sc is None or len(sa) < 2 or len(sc) < 2:
+            return la
+        if sa[1] == sc[1]:
+            self.unify(la, lc, self.where(node))
+            return la
+        small, big = (lc, la) if sc[1] == 1 else (la, lc)
+        self.b.freeze(small, f"broadcast over channels at {self.where(node)!r}")
+        return big
+
+    def unify(self, la: list[_Seg], lc: list[_Seg], where: str) -> None:
+        if [s.length for s in la] == [s.length for s in lc]:
+            for x, y in zip(la, lc):
+                self.b.union(x.space, y.space, where)
+            return
+        # Segments that do not line up (e.g. add of two different concatenations): keep all.
+        self.b.freeze(la, f"misaligned concatenations at {where!r}")
+        self.b.freeze(lc, f"misaligned concatenations at {where!r}")
+
+    def cat(self, node: fx.Node) -> list[_Seg] | None:
+        tensors = node.args[0]
+        dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0)
+        shape = _shape(node)
+        if shape is None or not isinstance(tensors, (list, tuple)):
+            raise UnsupportedModelError(f"layer {self.where(node)!r}: cannot read concat inputs")
+        if int(dim) % len(shape) != 1:  # type: ignore[arg-type]
+            for t in tensors:
+                self.b.freeze(self.lay(t), f"concatenation along dim {dim} at {self.where(node)!r}")
+            raise UnsupportedModelError(
+                f"layer {self.where(node)!r}: concatenation along dim {dim}; only channel "
+                "concatenation (dim 1) is supported")
+        out: list[_Seg] = []
+        for t in tensors:
+            lt = self.lay(t)
+            if lt is None:
+                raise UnsupportedModelError(f"layer {self.where(node)!r}: concat of a non-tensor")
+            out.extend(lt)
+        return out
+
+    def reduce(self, node: fx.Node) -> list[_Seg] | None:
+        lay, shape = self.lay(node.args[0]), _shape(node.args[0])
+        dims = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
+        if shape is None:
+            return lay
+        if dims is None:
+            self.b.freeze(lay, f"reduction over all dims at {self.where(node)!r}")
+            return None
+        dl = [dims] if isinstance(dims, int) else list(dims)  # type: ignore[arg-type]
+        if any(int(d) % len(shape) == 1 for d in dl):
+            self.b.freeze(lay, f"reduction over channels at {self.where(node)!r}")
+            return None
+        keep = node.kwargs.get("keepdim", node.args[2] if len(node.args) > 2 else False)
+        if not keep and any(int(d) % len(shape) == 0 for d in dl):
+            raise UnsupportedModelError(f"layer {self.where(node)!r}: reduces the batch dimension")
+        return lay
+
+    def reshape(self, node: fx.Node) -> list[_Seg] | None:
+        in_shape, out_shape = _shape(node.args[0]), _shape(node)
+        if in_shape is not None and out_shape is not None and len(out_shape) == 2:
+            spatial = 1
+            for s in in_shape[2:]:
+                spatial *= int(s)
+            if spatial == 1 and out_shape[1] == in_shape[1]:
+                return self.lay(node.args[0])
+        raise UnsupportedModelError(
+            f"layer {self.where(node)!r}: reshape/view to {out_shape} is not supported by the "
+            "channel graph (use flatten after global pooling)")
+
+
+def _flat(args: object) -> list[object]:
+    if isinstance(args, (list, tuple)):
+        out: list[object] = []
+        for a in args:
+            out.extend(_flat(a))
+        return out
+    if isinstance(args, dict):
+        return _flat(list(args.values()))
+    return [args]

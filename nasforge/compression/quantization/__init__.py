@@ -1,0 +1,28 @@
+"""Quantization: INT8 PTQ and QAT on one fake-quant simulation exported to ONNX Runtime
+QDQ, INT4 weight-only, and per-layer sensitivity with mixed-precision plans."""
+
+from nasforge.compression.quantization.calibrate import CALIBRATIONS, RangeObserver, qparams
+from nasforge.compression.quantization.export import compact, export_onnx, export_qdq
+from nasforge.compression.quantization.int4 import Int4Model, quantize_int4
+from nasforge.compression.quantization.ptq import (
+    FormatTrial,
+    choose_int8_format,
+    format_candidates,
+    quantize_static_int8,
+)
+from nasforge.compression.quantization.qat import quantization_aware_training
+from nasforge.compression.quantization.qsim import ActQuant, QuantSim, QuantSpec, fold_bn_graph, prepare
+from nasforge.compression.quantization.sensitivity import (
+    LayerSensitivity,
+    MixedPrecisionPlan,
+    layer_sensitivity,
+    mixed_precision_plan,
+)
+
+__all__ = [
+    "CALIBRATIONS", "RangeObserver", "qparams", "compact", "export_onnx", "export_qdq",
+    "Int4Model", "quantize_int4", "FormatTrial", "choose_int8_format", "format_candidates",
+    "quantize_static_int8", "quantization_aware_training", "ActQuant", "QuantSim", "QuantSpec",
+    "fold_bn_graph", "prepare", "LayerSensitivity", "MixedPrecisionPlan", "layer_sensitivity",
+    "mixed_precision_plan",
+]
