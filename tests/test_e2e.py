@@ -128,3 +128,27 @@ def test_search_with_compress_section_writes_int8_model(tmp_path: Path) -> None:
     assert (best / "model.int8.onnx").is_file()
     card = json.loads((best / "card.json").read_text())
     assert "compression" in card
+
+
+def test_search_with_latency_predicted_from_a_table(tmp_path: Path) -> None:
+    from nasforge.hardware.table import LatencyTable
+    from nasforge.spaces import create_space
+
+    options = {"stages": [[8, 1, 1], [16, 2, 2]], "kernels": [3, 5], "expands": [1, 3],
+               "activations": ["relu"], "se": [False]}
+    space = create_space("mobile", (1, 8, 8), 10, **options)
+    table_path = tmp_path / "table.json"
+    LatencyTable.build(space, "torch", (1, 8, 8), 1, table_path, space_options=options,
+                       calibration_archs=4, progress=False)
+    cfg = write_config(tmp_path, search="{trials: 3, executor: inline}",
+                       space=f"{{name: mobile, options: {json.dumps(options)}}}",
+                       latency=f"{{mode: predict, table: {table_path}}}")
+    res = runner.invoke(app, ["search", str(cfg), "--quiet"])
+    assert res.exit_code == 0, res.output
+    card = json.loads((tmp_path / "runs" / "e2e" / "best" / "card.json").read_text())
+    check = card["latency_check"]
+    # the search's predicted latency sits beside a fresh measurement of the chosen model
+    assert check["latency_ms_predicted"] == pytest.approx(card["search_metrics"]["latency_ms"])
+    assert check["latency_ms_measured"] > 0 and abs(check["latency_error_pct"]) < 100
+    html = (tmp_path / "runs" / "e2e" / "report.html").read_text()
+    assert "latency predicted in search" in html

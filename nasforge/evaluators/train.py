@@ -5,43 +5,22 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
 
 from nasforge.data import Dataset
 from nasforge.evaluators.base import Evaluator, Reporter, Result, StopTrial
-from nasforge.hardware import count_flops, count_params, measure_latency, model_size_bytes
-from nasforge.nn import fuse_bn
+from nasforge.hardware import count_flops, count_params, model_size_bytes
+from nasforge.hardware.model import LatencyModel
 from nasforge.space import Arch, SearchSpace
 from nasforge.train import TrainConfig, evaluate_accuracy, train_model
 
-LatencyPredictor = Callable[[Arch], float]
-
-
-@dataclass(frozen=True)
-class LatencySettings:
-    """How a candidate's latency is obtained.
-
-    ``mode="measure"`` times the BN-folded model on the torch CPU backend (or onnxruntime);
-    ``"predict"`` calls a latency-table predictor; ``"flops"`` reports FLOPs as the cost (a proxy
-    the doctor warns about). ``lock_path``: a file lock so that only one worker process measures
-    at a time.
-    """
-
-    mode: str = "measure"
-    backend: str = "torch"
-    batch_size: int = 1
-    threads: int = 1
-    warmup: int = 5
-    repeats: int = 30
-    lock_path: str | None = None
-
 
 @contextlib.contextmanager
-def _file_lock(path: str | None) -> Iterator[None]:
+def file_lock(path: str | Path | None) -> Iterator[None]:
+    """An exclusive lock across processes (so only one worker measures latency at a time)."""
     if path is None:
         yield
         return
@@ -57,20 +36,26 @@ def _file_lock(path: str | None) -> Iterator[None]:
 class TrainEvaluator(Evaluator):
     """Train for ``train.epochs`` (or ``budget`` epochs), report ``val_acc`` and costs.
 
-    Metrics: ``val_acc`` (validation, in [0, 1]), ``latency_ms``, ``params``, ``flops``,
-    ``size_bytes``, ``train_seconds``. Never touches the test split.
+    Metrics: ``val_acc`` (validation, in [0, 1]), ``latency_ms`` (measured on the target
+    backend with the BN-folded model, or predicted from a latency table), ``params``,
+    ``flops``, ``size_bytes``, ``train_seconds``. Never touches the test split.
+
+    Args:
+        space: builds the candidate.
+        dataset: train and validation splits are used.
+        train: the training recipe.
+        latency: measures or predicts latency; ``None`` reports FLOPs (in millions) as the
+            cost instead (a proxy that ``nasforge doctor`` warns about).
+        lock_path: a file lock held while measuring, so parallel workers time one at a time.
     """
 
     def __init__(self, space: SearchSpace, dataset: Dataset, train: TrainConfig,
-                 latency: LatencySettings = LatencySettings(),
-                 predictor: LatencyPredictor | None = None) -> None:
+                 latency: LatencyModel | None, lock_path: str | Path | None = None) -> None:
         self.space = space
         self.dataset = dataset
         self.train = train
         self.latency = latency
-        self.predictor = predictor
-        if latency.mode == "predict" and predictor is None:
-            raise ValueError("latency.mode 'predict' needs a latency table predictor")
+        self.lock_path = lock_path
 
     def cost_metrics(self, arch: Arch, model: torch.nn.Module) -> dict[str, float]:
         shape = self.dataset.input_shape
@@ -79,17 +64,13 @@ class TrainEvaluator(Evaluator):
             "flops": float(count_flops(model, shape)),
             "size_bytes": float(model_size_bytes(model)),
         }
-        lat = self.latency
-        if lat.mode == "predict":
-            assert self.predictor is not None
-            metrics["latency_ms"] = float(self.predictor(arch))
-        elif lat.mode == "flops":
-            metrics["latency_ms"] = metrics["flops"] / 1e6  # a proxy, reported as MFLOPs
+        if self.latency is None:
+            metrics["latency_ms"] = metrics["flops"] / 1e6
+        elif self.latency.predictor is not None:
+            metrics["latency_ms"] = float(self.latency.predict(arch))
         else:
-            with _file_lock(lat.lock_path):
-                metrics["latency_ms"] = measure_model_latency(
-                    fuse_bn(model), shape, lat.backend, lat.batch_size, lat.threads, lat.warmup,
-                    lat.repeats)
+            with file_lock(self.lock_path):
+                metrics["latency_ms"] = float(self.latency.latency_ms(arch, model, shape))
         return metrics
 
     def evaluate(self, arch: Arch, budget: float | None = None,
@@ -109,14 +90,3 @@ class TrainEvaluator(Evaluator):
         metrics["train_seconds"] = time.perf_counter() - t0
         return Result(metrics, cost_seconds=time.perf_counter() - t0,
                       info={"epochs": epochs, "stopped_early": stopped})
-
-
-def measure_model_latency(model: torch.nn.Module, input_shape: tuple[int, ...], backend: str = "torch",
-                          batch_size: int = 1, threads: int = 1, warmup: int = 5,
-                          repeats: int = 30) -> float:
-    """Median latency in ms on ``backend`` (``torch`` eager CPU or ``onnxruntime`` CPU)."""
-    if backend == "onnxruntime":
-        from nasforge.experiment.export import onnx_latency_ms
-
-        return onnx_latency_ms(model, input_shape, batch_size, threads, warmup, repeats)
-    return measure_latency(model, input_shape, batch_size, warmup, repeats, threads).median_ms

@@ -80,7 +80,8 @@ class ObjectiveConfig(_Section):
 
 class LatencyConfig(_Section):
     mode: Literal["measure", "predict", "flops"] = "measure"
-    backend: Literal["torch", "onnxruntime"] = "torch"
+    backend: Literal["torch", "onnxruntime", "onnxruntime:parallel", "cuda"] = "torch"
+    statistic: Literal["median", "p10", "min"] | None = None
     batch_size: int = Field(1, ge=1)
     threads: int = Field(1, ge=1)
     warmup: int = Field(5, ge=0)

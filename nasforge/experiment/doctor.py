@@ -21,14 +21,9 @@ def diagnose(cfg: ExperimentConfig) -> list[Finding]:
     if o.metric in ("test_acc", "test_accuracy"):
         out.append(Finding("error", "objective.metric",
                            "searching on the test split leaks it into model selection; search on val_acc"))
-    if o.cost_metric in ("flops", "params", "size_bytes") and o.kind != "accuracy":
-        out.append(Finding("warning", "objective.cost_metric",
-                           f"{o.cost_metric} is used as the cost: FLOPs and params are not latency "
-                           "(depthwise convs and memory-bound ops are slow for their FLOPs); use "
-                           "latency_ms measured on the target"))
-    if lat.mode == "flops" and o.kind != "accuracy":
-        out.append(Finding("warning", "latency.mode",
-                           "latency.mode 'flops' reports FLOPs as latency: a proxy, not a measurement"))
+    from nasforge.hardware.doctor import latency_findings
+
+    out.extend(Finding(level, field, msg) for level, field, msg in latency_findings(cfg))
     if o.kind == "accuracy":
         out.append(Finding("info", "objective.kind",
                            "the objective ignores hardware cost; consider weighted_product, constraint "
@@ -37,13 +32,6 @@ def diagnose(cfg: ExperimentConfig) -> list[Finding]:
         out.append(Finding("warning", "search.workers",
                            f"{cfg.search.workers} workers train while latency is measured: timings "
                            "are disturbed by the other workers; use workers: 1 or latency.mode: predict"))
-    if lat.mode == "predict":
-        if not lat.table:
-            out.append(Finding("error", "latency.table", "latency.mode 'predict' needs a table"))
-        elif not Path(lat.table).is_file():
-            out.append(Finding("error", "latency.table", f"{lat.table} does not exist"))
-        else:
-            out.extend(_table_findings(lat.table))
     if cfg.final.epochs == 0:
         out.append(Finding("warning", "final.epochs", "the final model is not retrained"))
     if cfg.data.name in ("imagefolder", "cifar10"):
@@ -60,11 +48,3 @@ def diagnose(cfg: ExperimentConfig) -> list[Finding]:
                                f"pruning {c.prune.ratio:.0%} without fine-tuning loses accuracy beyond "
                                "moderate ratios; fine-tune (with distillation) after compressing"))
     return out
-
-
-def _table_findings(path: str) -> list[Finding]:
-    try:
-        from nasforge.hardware.table import check_table
-    except ImportError:
-        return []
-    return [Finding("warning", "latency.table", msg) for msg in check_table(path)]

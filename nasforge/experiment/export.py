@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import io
-import statistics
-import time
 import warnings
 from pathlib import Path
 
@@ -30,7 +28,7 @@ def export_onnx(model: torch.nn.Module, input_shape: tuple[int, ...], path: str 
     return data
 
 
-def ort_session(model_bytes: bytes | str, threads: int = 1):  # noqa: ANN201 - ort type is lazy
+def ort_session(model_bytes: bytes | str, threads: int = 1):
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
@@ -48,20 +46,3 @@ def onnx_max_abs_diff(model: torch.nn.Module, onnx_bytes: bytes, x: torch.Tensor
     sess = ort_session(onnx_bytes)
     out = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0]
     return float(np.abs(out - ref).max())
-
-
-def onnx_latency_ms(model: torch.nn.Module | bytes, input_shape: tuple[int, ...], batch_size: int = 1,
-                    threads: int = 1, warmup: int = 5, repeats: int = 30) -> float:
-    """Median onnxruntime CPU latency in ms (spinning off, so it does not steal cores)."""
-    data = model if isinstance(model, bytes) else export_onnx(model, input_shape)
-    sess = ort_session(data, threads)
-    name = sess.get_inputs()[0].name
-    x = np.random.default_rng(0).standard_normal((batch_size, *input_shape)).astype(np.float32)
-    for _ in range(warmup):
-        sess.run(None, {name: x})
-    samples = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        sess.run(None, {name: x})
-        samples.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(samples)

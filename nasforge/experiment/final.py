@@ -11,12 +11,11 @@ import torch
 from rich.console import Console
 
 from nasforge.data import Dataset
-from nasforge.evaluators.train import measure_model_latency
 from nasforge.experiment.config import ExperimentConfig
-from nasforge.experiment.export import export_onnx, onnx_latency_ms, onnx_max_abs_diff
-from nasforge.experiment.setup import train_config
+from nasforge.experiment.export import export_onnx, onnx_max_abs_diff
+from nasforge.experiment.setup import make_latency_model, train_config
 from nasforge.experiment.store import TrialRecord, TrialStore
-from nasforge.hardware import count_flops, count_params, model_size_bytes
+from nasforge.hardware import count_flops, count_params, measure_latency, model_size_bytes
 from nasforge.nn import fuse_bn
 from nasforge.objectives import Objective, pareto_front
 from nasforge.space import SearchSpace
@@ -92,8 +91,13 @@ def finalize_one(cfg: ExperimentConfig, trial: TrialRecord, out_dir: Path, datas
     model.eval()
     fused = fuse_bn(model)
     lat = cfg.latency
-    latency_ms = measure_model_latency(fused, d.input_shape, "torch", lat.batch_size, lat.threads,
-                                       lat.warmup, max(lat.repeats, 50))
+    stat = lat.statistic or "median"
+
+    def measured(backend: str) -> float:
+        return measure_latency(fused, d.input_shape, lat.batch_size, lat.warmup, max(lat.repeats, 50),
+                               lat.threads, backend=backend).value_ms(stat)
+
+    latency_ms = measured("torch")
     torch.save(model, out_dir / "model.pt")
     card: dict[str, Any] = {
         "trial_id": trial.id,
@@ -109,19 +113,25 @@ def finalize_one(cfg: ExperimentConfig, trial: TrialRecord, out_dir: Path, datas
         "final_epochs": cfg.final.epochs,
         "final_train_seconds": train_seconds,
         "latency_ms_torch": latency_ms,
+        "latency_statistic": stat,
         "latency_batch_size": lat.batch_size,
         "latency_threads": lat.threads,
         "params": count_params(model),
         "flops": count_flops(model, d.input_shape),
         "size_bytes": model_size_bytes(fused),
     }
-    if "latency_ms" in trial.metrics and lat.mode == "predict":
-        card["latency_ms_predicted"] = trial.metrics["latency_ms"]
+    latency_model = make_latency_model(cfg, space)
+    if latency_model is not None:
+        # the search's latency (predicted or measured) beside a fresh measurement, same statistic
+        check = latency_model.final_check(trial.arch, fused, d.input_shape)
+        card["fingerprint"] = check.pop("fingerprint", None)
+        card["latency_check"] = check
+        if check.get("latency_ms_predicted") is not None:
+            card["latency_ms_predicted"] = check["latency_ms_predicted"]
     if cfg.final.export_onnx:
         onnx_bytes = export_onnx(fused, d.input_shape, out_dir / "model.onnx")
         card["onnx_max_abs_diff"] = onnx_max_abs_diff(fused, onnx_bytes, d.x_test[:64])
-        card["latency_ms_onnxruntime"] = onnx_latency_ms(onnx_bytes, d.input_shape, lat.batch_size,
-                                                         lat.threads, lat.warmup, max(lat.repeats, 50))
+        card["latency_ms_onnxruntime"] = measured("onnxruntime")
         card["onnx_size_bytes"] = len(onnx_bytes)
     if cfg.compress:
         card["compression"] = _compress(cfg, model, dataset, out_dir, console)

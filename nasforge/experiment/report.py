@@ -132,6 +132,9 @@ def render_html(report: dict[str, Any], plots: dict[str, str], space: SearchSpac
                 ["latency, torch (ms)", _num(f0.get("latency_ms_torch"), ".3f")],
                 ["latency, onnxruntime (ms)", _num(f0.get("latency_ms_onnxruntime"), ".3f")],
                 ["latency predicted in search (ms)", _num(f0.get("latency_ms_predicted"), ".3f")],
+                ["latency measured at the end, same statistic (ms)",
+                 _num((f0.get("latency_check") or {}).get("latency_ms_measured"), ".3f")],
+                ["prediction error (%)", _num((f0.get("latency_check") or {}).get("latency_error_pct"), ".1f")],
                 ["ONNX max abs diff vs PyTorch", _num(f0.get("onnx_max_abs_diff"), ".2e")],
                 ["params", f0.get("params")], ["FLOPs", f0.get("flops")],
                 ["size (bytes, BN folded)", f0.get("size_bytes")]]

@@ -8,7 +8,7 @@ from typing import Any
 
 from nasforge.data import Dataset, load_dataset
 from nasforge.errors import ConfigError, SpaceError
-from nasforge.evaluators.train import LatencySettings, TrainEvaluator
+from nasforge.evaluators.train import TrainEvaluator
 from nasforge.experiment.config import ExperimentConfig
 from nasforge.objectives import Objective
 from nasforge.space import Categorical, SearchSpace
@@ -60,7 +60,7 @@ def uses_data(cfg: ExperimentConfig) -> bool:
     return cfg.evaluator.kind == "train"
 
 
-def make_table_evaluator(cfg: ExperimentConfig):  # noqa: ANN201
+def make_table_evaluator(cfg: ExperimentConfig):
     from nasforge.evaluators.table import TableEvaluator, TableSpec, nb201_cifar10_spec
 
     table = dict(cfg.evaluator.table or {})
@@ -104,33 +104,28 @@ def train_config(cfg: ExperimentConfig, epochs: int | None = None) -> TrainConfi
                        seed=cfg.seed, augment=t.augment)
 
 
-def make_latency_predictor(cfg: ExperimentConfig, space: SearchSpace):  # noqa: ANN201
-    """The latency-table predictor for ``latency.mode: predict`` (None otherwise)."""
+def make_latency_model(cfg: ExperimentConfig, space: SearchSpace):
+    """Measures or predicts latency as configured; ``None`` for ``latency.mode: flops``."""
     lat = cfg.latency
-    if lat.mode != "predict":
+    if lat.mode == "flops":
         return None
-    if not lat.table:
-        raise ConfigError("latency.table: latency.mode 'predict' needs a latency table file "
-                          "(build one with `nasforge latency build`)")
-    if not Path(lat.table).is_file():
-        raise ConfigError(f"latency.table: {lat.table} does not exist")
-    from nasforge.hardware.table import LatencyTable
+    if lat.mode == "predict":
+        if not lat.table:
+            raise ConfigError("latency.table: latency.mode 'predict' needs a latency table file "
+                              "(build one with `nasforge latency build`)")
+        if not Path(lat.table).is_file():
+            raise ConfigError(f"latency.table: {lat.table} does not exist")
+    from nasforge.hardware.model import LatencyModel
 
-    table = LatencyTable.load(lat.table)
-    return lambda arch: table.predict(space, arch)
+    return LatencyModel.from_config(lat, space)
 
 
 def make_evaluator(cfg: ExperimentConfig, run_dir: str | Path | None = None,
-                   dataset: Dataset | None = None, space: SearchSpace | None = None):  # noqa: ANN201
+                   dataset: Dataset | None = None, space: SearchSpace | None = None):
     """The configured evaluator: a :class:`TrainEvaluator` or a table lookup."""
     if not uses_data(cfg):
         return make_table_evaluator(cfg)
     dataset = dataset if dataset is not None else make_dataset(cfg)
     space = space if space is not None else make_space(cfg, dataset)
-    lat = cfg.latency
-    settings = LatencySettings(
-        mode=lat.mode, backend=lat.backend, batch_size=lat.batch_size, threads=lat.threads,
-        warmup=lat.warmup, repeats=lat.repeats,
-        lock_path=str(Path(run_dir) / ".latency.lock") if run_dir is not None else None)
-    return TrainEvaluator(space, dataset, train_config(cfg), settings,
-                          predictor=make_latency_predictor(cfg, space))
+    lock = Path(run_dir) / ".latency.lock" if run_dir is not None else None
+    return TrainEvaluator(space, dataset, train_config(cfg), make_latency_model(cfg, space), lock)

@@ -13,7 +13,7 @@ import sqlite3
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 from nasforge.space import Arch
 from nasforge.strategies.base import Score
@@ -99,7 +99,7 @@ class TrialStore:
     def close(self) -> None:
         self._db.close()
 
-    def __enter__(self) -> TrialStore:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -1,6 +1,94 @@
-"""What a candidate costs, measured: timing harness, static costs, latency tables."""
+"""What a candidate costs, measured: timing harness, backends, device fingerprint, latency
+tables and predictors, memory, energy.
 
+Measure: :func:`measure_latency` / :func:`measure_models` (torch, onnxruntime, cuda).
+Predict: :meth:`LatencyTable.build` then :class:`LatencyPredictor` (``table.predictor()``).
+Check: :func:`validate_table`, :func:`check_table`. For experiments: :class:`LatencyModel`.
+onnxruntime, matplotlib and scipy are imported only when used.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from nasforge.hardware.backends import BackendError, BackendSpec
+from nasforge.hardware.fingerprint import (
+    DeviceFingerprint,
+    device_fingerprint,
+    fingerprint_mismatches,
+)
 from nasforge.hardware.profile import count_flops, count_params, model_size_bytes
-from nasforge.hardware.timing import LatencyMeasurement, measure_latency
+from nasforge.hardware.timing import (
+    LatencyMeasurement,
+    TimingConfig,
+    measure_latency,
+    measure_models,
+)
 
-__all__ = ["count_flops", "count_params", "model_size_bytes", "LatencyMeasurement", "measure_latency"]
+_LAZY = {
+    "LatencyTable": "nasforge.hardware.table",
+    "TableError": "nasforge.hardware.table",
+    "TableMismatchWarning": "nasforge.hardware.table",
+    "check_table": "nasforge.hardware.table",
+    "Calibration": "nasforge.hardware.calibration",
+    "LatencyPredictor": "nasforge.hardware.predictor",
+    "load_predictor": "nasforge.hardware.predictor",
+    "LatencyModel": "nasforge.hardware.model",
+    "LayerSpec": "nasforge.hardware.layers",
+    "Cell": "nasforge.hardware.layers",
+    "NotDecomposable": "nasforge.hardware.layers",
+    "layers_of": "nasforge.hardware.layers",
+    "enumerate_layers": "nasforge.hardware.layers",
+    "register_decomposer": "nasforge.hardware.layers",
+    "predict_memory": "nasforge.hardware.memory",
+    "measure_peak_activation_bytes": "nasforge.hardware.memory",
+    "check_memory": "nasforge.hardware.memory",
+    "measure_energy": "nasforge.hardware.energy",
+    "validate_table": "nasforge.hardware.validate",
+    "plot_validation": "nasforge.hardware.validate",
+    "latency_findings": "nasforge.hardware.doctor",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'nasforge.hardware' has no attribute {name!r}")
+
+
+__all__ = [
+    "BackendError",
+    "BackendSpec",
+    "Calibration",
+    "Cell",
+    "DeviceFingerprint",
+    "LatencyMeasurement",
+    "LatencyModel",
+    "LatencyPredictor",
+    "LatencyTable",
+    "LayerSpec",
+    "NotDecomposable",
+    "TableError",
+    "TableMismatchWarning",
+    "TimingConfig",
+    "check_memory",
+    "check_table",
+    "count_flops",
+    "count_params",
+    "device_fingerprint",
+    "enumerate_layers",
+    "fingerprint_mismatches",
+    "latency_findings",
+    "layers_of",
+    "load_predictor",
+    "measure_energy",
+    "measure_latency",
+    "measure_models",
+    "measure_peak_activation_bytes",
+    "model_size_bytes",
+    "plot_validation",
+    "predict_memory",
+    "register_decomposer",
+    "validate_table",
+]

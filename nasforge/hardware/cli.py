@@ -1,0 +1,204 @@
+"""`nasforge latency build | predict | validate`: latency tables from the command line.
+
+A typer sub-app (``app``) that ``nasforge.cli`` mounts as ``nasforge latency``. Bad input is
+one ``error:`` line on stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+
+from nasforge.errors import NasforgeError
+
+app = typer.Typer(help="Build, predict and validate latency tables.", no_args_is_help=True,
+                  add_completion=False, pretty_exceptions_enable=False)
+out = Console()
+err = Console(stderr=True)
+
+
+class CliInputError(NasforgeError):
+    """A command-line value is malformed (names the option)."""
+
+
+def _fail(exc: BaseException) -> None:
+    for line in str(exc).splitlines() or [type(exc).__name__]:
+        err.print(f"[red]error:[/] {line}", highlight=False, soft_wrap=True)
+    raise typer.Exit(2)
+
+
+def _shape(text: str) -> tuple[int, ...]:
+    try:
+        shape = tuple(int(p) for p in text.replace("x", ",").split(",") if p.strip())
+    except ValueError:
+        raise CliInputError(f"--input-shape: {text!r} is not a list of integers like 3,32,32") from None
+    if not shape or any(s < 1 for s in shape):
+        raise CliInputError(f"--input-shape: {text!r} must be positive integers like 3,32,32")
+    return shape
+
+
+def _options(items: list[str]) -> dict[str, Any]:
+    opts: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise CliInputError(f"--option: {item!r} must read key=value (value as YAML)")
+        import yaml
+
+        try:
+            opts[key.strip()] = yaml.safe_load(value)
+        except yaml.YAMLError:
+            raise CliInputError(f"--option: {item!r}: value is not valid YAML") from None
+    return opts
+
+
+def _parse_arch(space: Any, text: str, where: str) -> Any:
+    """An arch from JSON (labels -> values, or Arch.to_json) or the space's own notation."""
+    text = text.strip()
+    if text.startswith("{"):
+        try:
+            obj = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise CliInputError(f"{where}: not valid JSON ({exc.msg})") from None
+        values = obj["values"] if isinstance(obj, dict) and "values" in obj else obj
+        return space.make(values)
+    if hasattr(space, "from_string"):
+        return space.from_string(text)
+    raise CliInputError(f"{where}: {text[:40]!r} is not a JSON arch ({space.name} has no string notation)")
+
+
+def _load(path: Path) -> Any:
+    """Load a table, printing a warning line for each fingerprint mismatch."""
+    import warnings
+
+    from nasforge.hardware.table import LatencyTable
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        table = LatencyTable.load(path)
+    for w in caught:
+        err.print(f"[yellow]warning:[/] {w.message}", highlight=False, soft_wrap=True)
+    return table
+
+
+@app.command()
+def build(
+    out_path: Annotated[Path, typer.Option("--out", "-o", help="table JSON to write (resumes if present)")],
+    space: Annotated[str, typer.Option(help="registered space: mobile, nb201, darts")] = "mobile",
+    input_shape: Annotated[str, typer.Option(help="per-sample shape, e.g. 3,32,32")] = "3,32,32",
+    num_classes: Annotated[int, typer.Option(help="classifier outputs")] = 10,
+    option: Annotated[list[str], typer.Option(help="space option key=value (repeatable)")] = [],  # noqa: B006
+    backend: Annotated[str, typer.Option(help="torch | onnxruntime | onnxruntime:parallel | cuda")] = "torch",
+    threads: Annotated[int, typer.Option(help="threads, pinned and recorded")] = 1,
+    batch_size: Annotated[int, typer.Option(help="batch size of every measurement")] = 1,
+    statistic: Annotated[str, typer.Option(help="min | p10 | median: what predictions use")] = "min",
+    calibration: Annotated[int, typer.Option(help="whole models measured to fit the overhead")] = 10,
+    seed: Annotated[int, typer.Option(help="seeds calibration archs and visiting order")] = 0,
+    quiet: Annotated[bool, typer.Option(help="no progress bar")] = False,
+) -> None:
+    """Measure every distinct layer of a space on a backend and save the table."""
+    from nasforge.hardware.backends import BackendSpec
+    from nasforge.hardware.table import LatencyTable
+    from nasforge.spaces import create_space
+
+    try:
+        if batch_size < 1 or threads < 1 or calibration < 0:
+            raise CliInputError("--batch-size and --threads must be >= 1, --calibration >= 0")
+        shape = _shape(input_shape)
+        opts = _options(option)
+        sp = create_space(space, shape, num_classes, **opts)
+        spec = BackendSpec.parse(backend, threads=threads)
+        t0 = time.perf_counter()
+        table = LatencyTable.build(sp, spec, shape, batch_size, out_path, space_options=opts,
+                                   statistic=statistic, calibration_archs=calibration,
+                                   progress=not quiet, seed=seed)
+    except NasforgeError as exc:
+        _fail(exc)
+        return
+    cal = table.calibration.get(f"{table.statistic}/{table.predictor(sp).mode}")
+    out.print(f"{out_path}: {len(table.entries)} layers of {space} on {spec.label} in "
+              f"{time.perf_counter() - t0:.0f}s ({table.clock} clock, statistic {table.statistic})")
+    if table.parallel_speedup is not None:
+        out.print(f"parallel speedup of two independent branches: {table.parallel_speedup:.2f}x "
+                  f"(predictions use the {table.predictor(sp).mode.replace('_', ' ')})")
+    if cal is not None:
+        out.print(f"calibration: measured = {cal.slope:.3f} x table + {cal.intercept_ms:.4f} ms "
+                  f"(fit MAPE {cal.mape:.1f}% on {cal.points} models)")
+
+
+@app.command()
+def predict(
+    table_path: Annotated[Path, typer.Argument(help="latency table JSON")],
+    arch: Annotated[list[str],
+                    typer.Option(help="arch as JSON or the space's notation (repeatable)")] = [],  # noqa: B006
+    archs_file: Annotated[Path | None, typer.Option("--archs", help="file with one arch per line")] = None,
+    sample: Annotated[int, typer.Option(help="predict this many random archs")] = 0,
+    seed: Annotated[int, typer.Option(help="seed of --sample")] = 0,
+    mode: Annotated[str, typer.Option(help="auto | sum | critical_path")] = "auto",
+    statistic: Annotated[str | None, typer.Option(help="min | p10 | median (default: the table's)")] = None,
+    measure_missing: Annotated[bool, typer.Option(help="measure layers missing from the table")] = False,
+) -> None:
+    """Predict latency (ms) of archs from a table, one line each, and the prediction speed."""
+    import numpy as np
+
+    try:
+        table = _load(table_path)
+        pred = table.predictor(mode=mode, on_missing="measure" if measure_missing else "error",
+                               statistic=statistic)
+        space = pred.space
+        archs = [_parse_arch(space, a, f"--arch #{i + 1}") for i, a in enumerate(arch)]
+        if archs_file is not None:
+            if not archs_file.is_file():
+                raise CliInputError(f"--archs: {archs_file} not found")
+            lines = [ln for ln in archs_file.read_text().splitlines() if ln.strip()]
+            archs += [_parse_arch(space, ln, f"{archs_file}:{i + 1}") for i, ln in enumerate(lines)]
+        if sample:
+            rng = np.random.default_rng(seed)
+            archs += [space.sample(rng) for _ in range(sample)]
+        if not archs:
+            raise CliInputError("give archs with --arch, --archs FILE or --sample N")
+        t0 = time.perf_counter()
+        values = pred.predict_many(archs)
+        dt = time.perf_counter() - t0
+    except NasforgeError as exc:
+        _fail(exc)
+        return
+    shown = archs if len(archs) <= 50 else archs[:50]
+    for a, v in zip(shown, values):
+        out.print(f"{v:10.4f} ms  {a.key}", highlight=False)
+    if len(archs) > len(shown):
+        out.print(f"... {len(archs) - len(shown)} more; mean {values.mean():.4f} ms")
+    out.print(f"{len(archs)} archs in {dt * 1e3:.1f} ms ({len(archs) / max(dt, 1e-9):,.0f} archs/s), "
+              f"{pred.mode}, statistic {pred.statistic}")
+
+
+@app.command()
+def validate(
+    table_path: Annotated[Path, typer.Argument(help="latency table JSON")],
+    n: Annotated[int, typer.Option(help="archs to measure whole")] = 100,
+    seed: Annotated[int, typer.Option(help="seed of the sample")] = 0,
+    plot: Annotated[Path | None, typer.Option(help="predicted-vs-measured PNG")] = None,
+    json_out: Annotated[Path | None, typer.Option("--json", help="write the report as JSON")] = None,
+) -> None:
+    """Measure N archs whole; score the table, FLOPs and params (within 10%, MAPE, Kendall tau)."""
+    from nasforge.hardware.validate import plot_validation, validate_table
+
+    try:
+        if n < 2:
+            raise CliInputError("--n: need at least 2 archs")
+        table = _load(table_path)
+        report = validate_table(table, n=n, seed=seed)
+    except NasforgeError as exc:
+        _fail(exc)
+        return
+    for line in report.lines():
+        out.print(line, highlight=False, soft_wrap=True)
+    if plot is not None:
+        out.print(f"plot: {plot_validation(report, plot)}")
+    if json_out is not None:
+        out.print(f"report: {report.save(json_out)}")

@@ -1,0 +1,82 @@
+"""Hardware checks for `nasforge doctor CONFIG`: proxies used as latency, tables that do not
+belong to this machine, space or settings.
+
+:func:`latency_findings` reads the experiment config's ``objective``, ``latency`` and
+``space`` sections (pydantic models or mappings) and returns ``(level, field, message)``
+triples; the experiment's doctor turns them into its findings.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+PROXIES = ("flops", "params", "size_bytes", "macs")
+
+
+def _get(section: Any, key: str, default: Any = None) -> Any:
+    if section is None:
+        return default
+    if isinstance(section, Mapping):
+        return section.get(key, default)
+    return getattr(section, key, default)
+
+
+def latency_findings(cfg: Any) -> list[tuple[str, str, str]]:
+    """Findings about how a config obtains latency.
+
+    Warns when FLOPs or params stand in for latency (as the cost metric, or
+    ``latency.mode: flops``); for ``latency.mode: predict``, an error when the table is missing
+    or the space cannot be decomposed, and a warning for every :func:`check_table` problem
+    (fingerprint from another machine, other backend / batch size / threads, missing layers,
+    no calibration, noisy entries).
+    """
+    objective, latency, space = _get(cfg, "objective"), _get(cfg, "latency"), _get(cfg, "space")
+    out: list[tuple[str, str, str]] = []
+    cost = str(_get(objective, "cost_metric", "latency_ms"))
+    kind = str(_get(objective, "kind", "accuracy"))
+    if cost in PROXIES and kind != "accuracy":
+        out.append(("warning", "objective.cost_metric",
+                    (f"{cost} is optimised as a latency proxy; FLOPs and params rank latency poorly "
+                    "(`nasforge latency validate` prints their Kendall tau beside the table's); "
+                    "use latency_ms measured or predicted from a table")))
+    mode = str(_get(latency, "mode", "measure"))
+    if mode in PROXIES:
+        out.append(("warning", "latency.mode",
+                    f"latency.mode {mode!r} reports a proxy as latency, not a measurement"))
+    if mode != "predict":
+        return out
+    table = _get(latency, "table")
+    if not table:
+        out.append(("error", "latency.table", ("latency.mode 'predict' needs a table "
+                                              "(`nasforge latency build --out TABLE`)")))
+        return out
+    if not Path(str(table)).is_file():
+        out.append(("error", "latency.table", f"{table} does not exist"))
+        return out
+    from nasforge.hardware.layers import supports
+    from nasforge.hardware.table import check_table
+
+    sp = None
+    name = _get(space, "name")
+    if name is not None:
+        from nasforge.errors import NasforgeError
+        from nasforge.hardware.table import LatencyTable
+
+        try:
+            tab = LatencyTable.load(str(table), warn=False)
+            from nasforge.spaces import create_space
+
+            sp = create_space(str(name), tab.input_shape, int(tab.space.get("num_classes", 10)),
+                              **dict(_get(space, "options", {}) or {}))
+            if not supports(sp):
+                out.append(("error", "space.name", (f"space {name!r} has no layer decomposition; "
+                                                   "use latency.mode: measure")))
+                sp = None
+        except NasforgeError:
+            sp = None  # check_table reports the unreadable table
+    for msg in check_table(str(table), space=sp, backend=_get(latency, "backend"),
+                           batch_size=_get(latency, "batch_size"), threads=_get(latency, "threads")):
+        out.append(("warning", "latency.table", msg))
+    return out

@@ -1,0 +1,120 @@
+"""`LatencyModel`: the one object an experiment asks for a candidate's latency.
+
+``mode="measure"`` times the built model on the backend with the harness; ``mode="predict"``
+looks the arch up in a latency table. Either way :meth:`LatencyModel.final_check` measures
+the chosen model at the end, so a report can show predicted and measured side by side.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
+from typing import Any
+
+from torch import nn
+
+from nasforge.errors import ConfigError
+from nasforge.hardware.backends import BackendSpec, as_backend
+from nasforge.hardware.predictor import LatencyPredictor
+from nasforge.hardware.table import MODEL_TIMING, LatencyTable
+from nasforge.hardware.timing import STATISTICS, LatencyMeasurement, TimingConfig, measure_models
+from nasforge.space import Arch, SearchSpace
+
+LATENCY_MODES = ("measure", "predict")
+
+
+class LatencyModel:
+    """Latency of candidates, measured or predicted.
+
+    Args:
+        mode: ``measure`` or ``predict``.
+        backend: backend name or spec (``predict`` uses the table's).
+        threads: pinned threads for ``measure``.
+        batch_size: batch size for ``measure`` (``predict`` uses the table's).
+        table: a :class:`LatencyTable` or its path (``predict`` only; required there).
+        space: the space archs come from (``predict``; default: rebuilt from the table).
+        statistic: ``median`` (default for ``measure``), ``p10`` or ``min`` (default for
+            ``predict``: the table's).
+        timing: harness settings for ``measure``.
+
+    Raises:
+        ConfigError: bad mode or statistic, or ``predict`` without a table.
+        TableError: the table cannot be read or is for another space.
+    """
+
+    def __init__(self, mode: str = "measure", backend: str | BackendSpec = "torch", threads: int = 1,
+                 batch_size: int = 1, table: LatencyTable | str | None = None,
+                 space: SearchSpace | None = None, statistic: str | None = None,
+                 timing: TimingConfig = MODEL_TIMING) -> None:
+        if mode not in LATENCY_MODES:
+            raise ConfigError(f"latency.mode: {mode!r} is not one of {', '.join(LATENCY_MODES)}")
+        if statistic is not None and statistic not in STATISTICS:
+            raise ConfigError(f"latency.statistic: {statistic!r} is not one of {', '.join(STATISTICS)}")
+        self.mode = mode
+        self.predictor: LatencyPredictor | None = None
+        if mode == "predict":
+            if table is None:
+                raise ConfigError("latency.table: mode 'predict' needs a latency table")
+            tab = table if isinstance(table, LatencyTable) else LatencyTable.load(table)
+            self.predictor = tab.predictor(space, statistic=statistic)
+            self.backend = tab.backend
+            self.batch_size = tab.batch_size
+            self.statistic = self.predictor.statistic
+            self.timing = tab.timing(timing)
+        else:
+            self.backend = as_backend(backend, threads)
+            if self.backend.threads != threads:
+                self.backend = replace(self.backend, threads=threads)
+            self.batch_size = batch_size
+            self.statistic = statistic or "median"
+            self.timing = timing
+
+    @classmethod
+    def from_config(cls, latency: Any, space: SearchSpace | None = None) -> LatencyModel:
+        """From the experiment's ``latency`` section (a pydantic model or a mapping) with
+        fields ``mode``, ``backend``, ``threads``, ``batch_size``, ``warmup``, ``repeats``,
+        ``table`` and optionally ``statistic``."""
+        get = latency.get if isinstance(latency, Mapping) else lambda k, d=None: getattr(latency, k, d)
+        timing = replace(MODEL_TIMING, warmup=int(get("warmup", MODEL_TIMING.warmup)),
+                         repeats=int(get("repeats", MODEL_TIMING.repeats)))
+        return cls(mode=str(get("mode", "measure")), backend=str(get("backend", "torch")),
+                   threads=int(get("threads", 1)), batch_size=int(get("batch_size", 1)),
+                   table=get("table"), space=space, statistic=get("statistic"), timing=timing)
+
+    def measure(self, model: nn.Module, input_shape: Sequence[int]) -> LatencyMeasurement:
+        """Time ``model`` with the harness on this model's backend (not mutated)."""
+        return measure_models([model], input_shape, self.batch_size, self.backend, config=self.timing)[0]
+
+    def predict(self, arch: Arch) -> float:
+        """Predicted latency in ms (``predict`` mode only)."""
+        if self.predictor is None:
+            raise ConfigError("latency.mode: 'measure' has no table to predict from")
+        return self.predictor.predict(arch)
+
+    def latency_ms(self, arch: Arch, model: nn.Module | None, input_shape: Sequence[int]) -> float:
+        """The candidate's latency in ms: predicted from ``arch`` or measured on ``model``."""
+        if self.predictor is not None:
+            return self.predictor.predict(arch)
+        if model is None:
+            raise ValueError("latency mode 'measure' needs the built model")
+        return self.measure(model, input_shape).value_ms(self.statistic)
+
+    def final_check(self, arch: Arch, model: nn.Module, input_shape: Sequence[int]) -> dict[str, Any]:
+        """Measure the chosen model and put it beside the prediction (if any), same statistic.
+
+        Returns ``latency_ms_measured``, ``latency_ms_predicted`` (``None`` in measure mode),
+        ``latency_error_pct``, ``latency_iqr_ms``, ``statistic``, ``backend`` and the
+        measurement's ``fingerprint``.
+        """
+        m = self.measure(model, input_shape)
+        measured = m.value_ms(self.statistic)
+        predicted = self.predictor.predict(arch) if self.predictor is not None else None
+        return {
+            "latency_ms_measured": measured,
+            "latency_ms_predicted": predicted,
+            "latency_error_pct": None if predicted is None else 100 * (predicted - measured) / measured,
+            "latency_iqr_ms": m.iqr_ms,
+            "statistic": self.statistic,
+            "backend": self.backend.label,
+            "fingerprint": m.fingerprint,
+        }

@@ -1,0 +1,55 @@
+"""Doctor hook: proxies as latency, and tables that do not belong to this run."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from nasforge.hardware.doctor import latency_findings
+from nasforge.hardware.table import LatencyTable
+from nasforge.hardware.timing import TimingConfig
+from nasforge.spaces import create_space
+
+
+@pytest.fixture(scope="module")
+def table_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    space = create_space("nb201", (3, 8, 8), 10, C=4, N=1)
+    path = tmp_path_factory.mktemp("doctor") / "t.json"
+    LatencyTable.build(space, "torch", path=path, space_options={"C": 4, "N": 1}, calibration_archs=0,
+                       timing=TimingConfig(warmup=1, repeats=3, rounds=3), progress=False)
+    return path
+
+
+def fields(findings: list[tuple[str, str, str]]) -> dict[str, str]:
+    return {f: level for level, f, _ in findings}
+
+
+def test_flops_as_the_latency_objective_warns() -> None:
+    cfg = {"objective": {"kind": "weighted_product", "cost_metric": "flops", "target": 5},
+           "latency": {"mode": "measure"}}
+    assert fields(latency_findings(cfg)) == {"objective.cost_metric": "warning"}
+    assert fields(latency_findings({"latency": {"mode": "flops"}})) == {"latency.mode": "warning"}
+    assert latency_findings({"objective": {"kind": "constraint", "cost_metric": "latency_ms"}}) == []
+
+
+def test_predict_needs_an_existing_table(tmp_path: Path) -> None:
+    assert fields(latency_findings({"latency": {"mode": "predict"}})) == {"latency.table": "error"}
+    missing = latency_findings({"latency": {"mode": "predict", "table": str(tmp_path / "no.json")}})
+    assert missing[0][0] == "error" and "does not exist" in missing[0][2]
+
+
+def test_table_from_another_machine_or_setting_warns(table_path: Path, tmp_path: Path) -> None:
+    ok = {"space": {"name": "nb201", "options": {"C": 4, "N": 1}},
+          "latency": {"mode": "predict", "table": str(table_path), "backend": "torch",
+                      "batch_size": 1, "threads": 1}}
+    msgs = [m for _, _, m in latency_findings(ok)]
+    assert not any("another machine" in m or "backend" in m for m in msgs), msgs
+    d = json.loads(table_path.read_text())
+    d["fingerprint"]["cpu_model"] = "Some Other CPU"
+    foreign = tmp_path / "foreign.json"
+    foreign.write_text(json.dumps(d))
+    cfg = {**ok, "latency": {**ok["latency"], "table": str(foreign), "threads": 2}}
+    text = "\n".join(m for _, _, m in latency_findings(cfg))
+    assert "Some Other CPU" in text and "1 thread(s), used with 2" in text

@@ -1,0 +1,138 @@
+"""Predictor: critical path on hand-built DAGs, fast paths equal the generic plan walk,
+calibration, missing entries."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from nasforge.hardware.backends import BackendSpec
+from nasforge.hardware.calibration import fit_calibration
+from nasforge.hardware.entries import TableEntry
+from nasforge.hardware.layers import Cell, LayerSpec, enumerate_layers, plan_function
+from nasforge.hardware.predictor import LatencyPredictor, cell_times, plan_times
+from nasforge.hardware.table import LatencyTable, TableError
+from nasforge.spaces import create_space
+
+
+def L(name: str) -> LayerSpec:
+    return LayerSpec("op", (name,), (1,))
+
+
+def test_critical_path_of_a_hand_built_dag_is_the_known_longest_path() -> None:
+    #      0 --a(3)--> 1 --c(4)--> 3 ; 0 --b(1)--> 2 --d(1)--> 3 ; 1 --e(2)--> 2 ; merge at 2, 3
+    ms = {"a": 3.0, "b": 1.0, "c": 4.0, "d": 1.0, "e": 2.0, "m2": 0.5, "m3": 0.25}
+    cell = Cell(num_nodes=4, edges=((0, 1, L("a")), (0, 2, L("b")), (1, 2, L("e")), (1, 3, L("c")),
+                                    (2, 3, L("d"))),
+                outputs=(3,), merges=((2, L("m2")), (3, L("m3"))))
+    total, crit = cell_times(cell, lambda s: ms[s.args[0]])
+    assert total == pytest.approx(sum(ms.values()))
+    # paths: a+c+m3 = 7.25 ; a+e+m2+d+m3 = 6.75 ; b+m2+d+m3 = 2.75
+    assert crit == pytest.approx(7.25)
+
+
+def test_critical_path_with_two_inputs_and_a_join() -> None:
+    ms = {"p0": 1.0, "p1": 5.0, "x": 1.0, "y": 1.0, "cat": 0.5}
+    cell = Cell(num_nodes=5, edges=((0, 2, L("p0")), (1, 3, L("p1")), (2, 4, L("x")), (3, 4, L("y"))),
+                outputs=(2, 4), join=L("cat"), num_inputs=2)
+    total, crit = cell_times(cell, lambda s: ms[s.args[0]])
+    assert total == pytest.approx(8.5)
+    assert crit == pytest.approx(5.0 + 1.0 + 0.5)
+
+
+def test_chain_sum_equals_critical_path() -> None:
+    plan = ((L("a"), 1), (L("b"), 3))
+    assert plan_times(plan, lambda s: {"a": 2.0, "b": 1.5}[s.args[0]]) == (6.5, 6.5)
+
+
+def synthetic_table(name: str, shape: tuple[int, ...], seed: int = 0, **options: object) -> LatencyTable:
+    space = create_space(name, shape, 10, **options)
+    rng = np.random.default_rng(seed)
+    entries = {}
+    for lay in enumerate_layers(space):
+        v = float(rng.uniform(0.01, 1.0))
+        entries[lay.key] = TableEntry(v, 0.0, v, v, 30)
+    return LatencyTable(space={"name": name, "input_shape": list(shape), "num_classes": 10,
+                               "options": dict(options)},
+                        backend=BackendSpec(), batch_size=1, fingerprint={}, entries=entries,
+                        call_overhead_ms={"min": 0.004, "p10": 0.004, "median": 0.004})
+
+
+@pytest.mark.parametrize("name, options", [("mobile", {}), ("nb201", {}),
+                                           ("nb201", {"prune_dead_edges": False}), ("darts", {})])
+def test_fast_path_equals_the_generic_plan_walk(name: str, options: dict) -> None:
+    table = synthetic_table(name, (3, 32, 32), **options)
+    space = table.make_space()
+    pred = LatencyPredictor(table, space, calibrated=False)
+    assert pred._fast is not None
+    plan = plan_function(space)
+    rng = np.random.default_rng(1)
+    for _ in range(300):
+        arch = space.sample(rng)
+        fast = pred.raw_ms(arch)
+        slow = plan_times(plan(arch), pred.layer_ms)
+        assert fast[0] == pytest.approx(slow[0] + 0.004, rel=1e-12)
+        assert fast[1] == pytest.approx(slow[1] + 0.004, rel=1e-12)
+        assert fast[1] <= fast[0] + 1e-12
+
+
+def test_calibration_is_applied_per_statistic_and_mode() -> None:
+    table = synthetic_table("mobile", (3, 32, 32))
+    space = table.make_space()
+    arch = space.sample(np.random.default_rng(0))
+    raw = LatencyPredictor(table, space, calibrated=False).predict(arch)
+    table.calibration["min/sum"] = fit_calibration([1.0, 2.0, 3.0], [2.5, 4.5, 6.5])
+    assert LatencyPredictor(table, space).predict(arch) == pytest.approx(2 * raw + 0.5)
+    # another statistic has no fit: raw
+    assert LatencyPredictor(table, space, statistic="median").predict(arch) == pytest.approx(raw)
+
+
+def test_fit_calibration_recovers_a_line_and_scales_with_few_points() -> None:
+    c = fit_calibration([0.5, 1.0, 2.0, 4.0], [1.1, 2.1, 4.1, 8.1])
+    assert c.slope == pytest.approx(2.0) and c.intercept_ms == pytest.approx(0.1)
+    assert c.mape == pytest.approx(0.0, abs=1e-9)
+    assert fit_calibration([1.0, 2.0], [3.0, 6.0]).slope == pytest.approx(3.0)
+    assert fit_calibration([], []).slope == 1.0
+
+
+def test_missing_entry_is_an_error_naming_the_layer() -> None:
+    table = synthetic_table("nb201", (3, 8, 8), C=4, N=1)
+    key = "nb201.op(nor_conv_3x3,8,8,1)@8x4x4"
+    del table.entries[key]
+    space = table.make_space()
+    arch = space.from_string("|nor_conv_3x3~0|+|none~0|none~1|+|none~0|nor_conv_3x3~1|none~2|")
+    with pytest.raises(TableError, match=r"nor_conv_3x3,8,8,1"):
+        LatencyPredictor(table, space).predict(arch)
+
+
+def test_missing_entry_is_measured_on_demand() -> None:
+    table = synthetic_table("nb201", (3, 8, 8), C=4, N=1)
+    key = "nb201.op(nor_conv_3x3,8,8,1)@8x4x4"
+    del table.entries[key]
+    space = table.make_space()
+    arch = space.from_string("|nor_conv_3x3~0|+|none~0|none~1|+|none~0|nor_conv_3x3~1|none~2|")
+    pred = LatencyPredictor(table, space, on_missing="measure")
+    value = pred.predict(arch)
+    assert key in table.entries and table.entries[key].min_ms > 0
+    assert value == pytest.approx(LatencyPredictor(table, space).predict(arch))
+
+
+def test_bad_options_are_table_errors() -> None:
+    table = synthetic_table("nb201", (3, 8, 8), C=4, N=1)
+    for kwargs, field in (({"mode": "fastest"}, "mode"), ({"on_missing": "guess"}, "on_missing"),
+                          ({"statistic": "mean"}, "statistic")):
+        with pytest.raises(TableError, match=field):
+            LatencyPredictor(table, **kwargs)
+    with pytest.raises(TableError, match="built for space"):
+        LatencyPredictor(table, create_space("mobile", (3, 8, 8), 10))
+
+
+@pytest.mark.parametrize("speedup, mode", [(None, "critical_path"), (1.9, "critical_path"), (1.02, "sum")])
+def test_auto_mode_uses_the_critical_path_only_where_branches_overlap(speedup: float | None,
+                                                                      mode: str) -> None:
+    table = synthetic_table("nb201", (3, 8, 8), C=4, N=1)
+    table.backend = BackendSpec("onnxruntime", threads=2, execution_mode="parallel")
+    table.parallel_speedup = speedup
+    assert LatencyPredictor(table).mode == mode
+    table.backend = BackendSpec("onnxruntime", threads=1)
+    assert LatencyPredictor(table).mode == "sum"
