@@ -13,14 +13,13 @@ its number for fewer trials is a lower bound for 10,000.
 from __future__ import annotations
 
 import argparse
-import platform
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
-from nasforge.experiment.runner import LoopBook
+from nasforge.experiment.runner import LoopBook, hardware_info
 from nasforge.experiment.store import FINISHED, TrialStore
 from nasforge.space import Categorical, Int
 from nasforge.spaces import create_space
@@ -79,7 +78,8 @@ def main() -> None:
     ap.add_argument("--optuna-trials", type=int, default=500)
     args = ap.parse_args()
     space = create_space("mobile", (1, 28, 28), 10)
-    print(f"machine: {platform.processor() or platform.machine()}, python {platform.python_version()}")
+    hw = hardware_info()
+    print(f"machine: {hw['cpu']}, {hw['cores']} cores, python {hw['python']}, torch {hw['torch']}")
     print(f"space: mobile ({len(space.dimensions())} dimensions); instant evaluator; SQLite WAL stores in a temp dir")
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
