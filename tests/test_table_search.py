@@ -30,6 +30,8 @@ def test_nb201_table_search_respects_constraint_and_cost_budget(tmp_path: Path, 
     # the simulated-cost budget stopped the search before 100 queries (one query past it at most)
     assert len(trials) < 100
     assert cost - max(t.cost_seconds for t in trials) < 400000 <= cost
+    # the latency table is known before a query: the strategy never asks an arch over the limit
+    assert all(t.metrics["latency_ms"] <= 20.0 for t in trials)
     card = json.loads((run / "best" / "card.json").read_text())
     assert card["latency_ms"] <= 20.0
     best = max((t for t in trials if t.metrics["latency_ms"] <= 20.0), key=lambda t: t.metrics["val_acc"])

@@ -44,6 +44,7 @@ class SearchConfig(_Section):
     cost_budget_s: float | None = Field(None, gt=0, description="stop when summed trial cost reaches it")
     executor: Literal["inline", "process", "ray"] = "process"
     workers: int = Field(1, ge=1)
+    prefilter: bool = Field(True, description="skip archs a latency table says break a hard limit")
     ray_address: str | None = None
 
 

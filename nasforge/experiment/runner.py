@@ -26,6 +26,7 @@ from nasforge.experiment.setup import (
     make_dataset,
     make_objective,
     make_space,
+    latency_filter,
     make_strategy,
     uses_data,
 )
@@ -112,6 +113,10 @@ class Experiment:
         space = make_space(self.cfg, dataset)
         objective = make_objective(self.cfg)
         strategy = make_strategy(self.cfg, space)
+        strategy.constraint = latency_filter(self.cfg, space, objective)
+        if strategy.constraint is not None:
+            self.console.print(f"latency filter: only archs predicted under {objective.target:g} ms "
+                               "are asked")
         store = TrialStore(self.run_dir / "trials.db")
         try:
             if resume:

@@ -120,6 +120,24 @@ def make_latency_model(cfg: ExperimentConfig, space: SearchSpace):
     return LatencyModel.from_config(lat, space)
 
 
+def latency_filter(cfg: ExperimentConfig, space: SearchSpace, objective: Objective):  # noqa: ANN201
+    """For a hard latency limit whose latency is known *before* evaluation (a latency table's
+    prediction, or a benchmark table's latency column), a predicate the strategy checks
+    before asking, so no query is spent on an arch that breaks the limit. Otherwise ``None``."""
+    if objective.kind != "constraint" or objective.cost_metric != "latency_ms" or not cfg.search.prefilter:
+        return None
+    limit = objective.target
+    if not uses_data(cfg):
+        table = make_table_evaluator(cfg)
+        if table.spec.latency_column is None:
+            return None
+        return lambda arch: table.lookup(arch)["latency_ms"] <= limit
+    if cfg.latency.mode != "predict":
+        return None
+    model = make_latency_model(cfg, space)
+    return lambda arch: model.predict(arch) <= limit
+
+
 def make_evaluator(cfg: ExperimentConfig, run_dir: str | Path | None = None,
                    dataset: Dataset | None = None, space: SearchSpace | None = None):
     """The configured evaluator: a :class:`TrainEvaluator` or a table lookup."""

@@ -38,5 +38,31 @@ def create_strategy(name: str, space: SearchSpace, seed: int = 0, **options: Any
         raise ConfigError(f"strategy.options: {exc}") from None
 
 
-__all__ = ["Strategy", "Score", "scalar", "RandomStrategy", "EvolutionStrategy",
-           "STRATEGIES", "register_strategy", "create_strategy"]
+_LAZY = {
+    "ReinforceStrategy": "nasforge.strategies.reinforce",
+    "LocalSearchStrategy": "nasforge.strategies.local",
+    "PredictorStrategy": "nasforge.strategies.predictor",
+    "OptunaStrategy": "nasforge.strategies.optuna",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(name)
+
+
+__all__ = [
+    "STRATEGIES",
+    "EvolutionStrategy",
+    "LocalSearchStrategy",
+    "OptunaStrategy",
+    "PredictorStrategy",
+    "RandomStrategy",
+    "ReinforceStrategy",
+    "Score",
+    "Strategy",
+    "create_strategy",
+    "register_strategy",
+    "scalar",
+]

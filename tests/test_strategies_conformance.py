@@ -1,0 +1,106 @@
+"""Every registered strategy passes the shared conformance suite (nasforge.testing)."""
+
+from __future__ import annotations
+
+from nasforge.space import SearchSpace
+from nasforge.strategies import EvolutionStrategy, RandomStrategy, Strategy
+from nasforge.testing import StrategyConformance
+
+
+class TestRandomConformance(StrategyConformance):
+    optimum_skip = ("uniform sampling needs |space|/2 = 2,048 evaluations in expectation on the "
+                    "toy; the test would only exercise the sampler, not a search")
+
+    def make_strategy(self, space: SearchSpace, seed: int) -> Strategy:
+        return RandomStrategy(space, seed=seed)
+
+
+class TestEvolutionConformance(StrategyConformance):
+    optimum_budget = 300
+
+    def make_strategy(self, space: SearchSpace, seed: int) -> Strategy:
+        return EvolutionStrategy(space, seed=seed, population=10, tournament=3)
+
+
+class TestLocalFirstConformance(StrategyConformance):
+    optimum_budget = 150
+
+    def make_strategy(self, space: SearchSpace, seed: int) -> Strategy:
+        from nasforge.strategies.local import LocalSearchStrategy
+
+        return LocalSearchStrategy(space, seed=seed, mode="first")
+
+
+class TestLocalBestConformance(StrategyConformance):
+    optimum_budget = 150
+
+    def make_strategy(self, space: SearchSpace, seed: int) -> Strategy:
+        from nasforge.strategies.local import LocalSearchStrategy
+
+        return LocalSearchStrategy(space, seed=seed, mode="best", warmup=5)
+
+
+class TestReinforceConformance(StrategyConformance):
+    optimum_budget = 300
+
+    def make_strategy(self, space: SearchSpace, seed: int) -> Strategy:
+        from nasforge.strategies.reinforce import ReinforceStrategy
+
+        return ReinforceStrategy(space, seed=seed)
+
+
+class TestPPOConformance(StrategyConformance):
+    optimum_budget = 300
+
+    def make_strategy(self, space: SearchSpace, seed: int) -> Strategy:
+        from nasforge.strategies.reinforce import ReinforceStrategy
+
+        return ReinforceStrategy(space, seed=seed, algorithm="ppo")
+
+
+class TestPredictorGPConformance(StrategyConformance):
+    optimum_budget = 100
+
+    def make_strategy(self, space: SearchSpace, seed: int) -> Strategy:
+        from nasforge.strategies.predictor import PredictorStrategy
+
+        return PredictorStrategy(space, seed=seed)
+
+
+class TestPredictorMLPConformance(StrategyConformance):
+    optimum_budget = 150
+
+    def make_strategy(self, space: SearchSpace, seed: int) -> Strategy:
+        from nasforge.strategies.predictor import PredictorStrategy
+
+        return PredictorStrategy(space, seed=seed, surrogate="mlp", acquisition="ucb",
+                                 mlp_steps=60, ensemble_size=4)
+
+
+class TestOptunaTPEConformance(StrategyConformance):
+    optimum_budget = 200
+
+    def make_strategy(self, space: SearchSpace, seed: int) -> Strategy:
+        from nasforge.strategies.optuna import OptunaStrategy
+
+        return OptunaStrategy(space, seed=seed, sampler="tpe")
+
+
+class TestOptunaRandomConformance(StrategyConformance):
+    optimum_skip = "Optuna's RandomSampler is uniform sampling (see TestRandomConformance)"
+
+    def make_strategy(self, space: SearchSpace, seed: int) -> Strategy:
+        from nasforge.strategies.optuna import OptunaStrategy
+
+        return OptunaStrategy(space, seed=seed, sampler="random")
+
+
+def test_registry_builds_every_strategy() -> None:
+    from nasforge.strategies import STRATEGIES, create_strategy
+    from nasforge.testing import toy_space
+
+    space = toy_space()
+    for name in STRATEGIES:
+        strategy = create_strategy(name, space, seed=1)
+        assert strategy.name == name
+        assert len(strategy.ask(2)) == 2
