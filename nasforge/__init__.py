@@ -4,5 +4,12 @@ from nasforge.errors import ConfigError, DataError, NasforgeError, SpaceError
 from nasforge.space import Arch, SearchSpace
 
 __version__ = "0.1.0"
-__all__ = ["Arch", "SearchSpace", "NasforgeError", "ConfigError", "DataError", "SpaceError",
-           "__version__"]
+__all__ = [
+           "Arch",
+           "ConfigError",
+           "DataError",
+           "NasforgeError",
+           "SearchSpace",
+           "SpaceError",
+           "__version__",
+]

@@ -56,7 +56,7 @@ def _split(x: np.ndarray, y: np.ndarray, fraction: float, seed: int) -> tuple[np
     for c in np.unique(y):
         idx = np.flatnonzero(y == c)
         rng.shuffle(idx)
-        b_idx.append(idx[: int(round(len(idx) * fraction))])
+        b_idx.append(idx[: round(len(idx) * fraction)])
     b = np.sort(np.concatenate(b_idx)) if b_idx else np.array([], dtype=int)
     mask = np.ones(len(y), dtype=bool)
     mask[b] = False

@@ -15,7 +15,7 @@ runner = CliRunner()
 BASE = "name: bad\ndata: {name: digits}\nsearch: {trials: 2, executor: inline}\ntrain: {epochs: 1}\n"
 
 
-def run_cli(tmp_path: Path, text: str, *args: str):  # noqa: ANN201
+def run_cli(tmp_path: Path, text: str, *args: str):
     cfg = tmp_path / "c.yaml"
     cfg.write_text(text)
     return runner.invoke(app, ["search", str(cfg), "--runs-dir", str(tmp_path / "runs"), "--quiet", *args])
@@ -57,7 +57,7 @@ def test_console_script_exit_code(tmp_path: Path) -> None:
     cfg = tmp_path / "c.yaml"
     cfg.write_text(BASE.replace("trials: 2", "trails: 2"))
     proc = subprocess.run([sys.executable, "-m", "nasforge.cli", "search", str(cfg)],
-                          capture_output=True, text=True, timeout=120)
+                          check=False, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     assert proc.stderr.strip().startswith("error:") and "search.trails" in proc.stderr
 

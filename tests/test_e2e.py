@@ -10,8 +10,8 @@ import sys
 import time
 from pathlib import Path
 
-import onnxruntime as ort
 import numpy as np
+import onnxruntime as ort
 import pytest
 from typer.testing import CliRunner
 

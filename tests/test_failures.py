@@ -6,6 +6,7 @@ import json
 import time
 from pathlib import Path
 
+import numpy as np
 from rich.console import Console
 
 from nasforge.experiment.config import parse_config
@@ -15,8 +16,6 @@ from nasforge.experiment.store import TrialStore
 from nasforge.objectives import Objective
 from nasforge.space import Arch
 from nasforge.spaces import create_space
-
-import numpy as np
 
 
 def test_out_of_memory_candidate_is_a_failed_trial_not_a_crash() -> None:

@@ -5,7 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from nasforge.objectives import Objective, crowding_distance, dominates, non_dominated_sort, pareto_front
+from nasforge.objectives import (
+    Objective,
+    crowding_distance,
+    dominates,
+    non_dominated_sort,
+    pareto_front,
+)
 
 
 def test_weighted_product_matches_mnasnet_formula() -> None:

@@ -23,4 +23,15 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(name)
 
 
-__all__ = ["Evaluator", "Reporter", "Result", "StopTrial", *_LAZY]
+__all__ = [
+    "BudgetExhausted",
+    "Evaluator",
+    "OracleBest",
+    "Reporter",
+    "Result",
+    "StopTrial",
+    "TableEvaluator",
+    "TableSpec",
+    "TrainEvaluator",
+    "nb201_cifar10_spec",
+]

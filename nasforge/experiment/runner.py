@@ -23,10 +23,10 @@ from nasforge.errors import ConfigError
 from nasforge.experiment.config import ExperimentConfig, load_config
 from nasforge.experiment.executors import Executor, make_executor
 from nasforge.experiment.setup import (
+    latency_filter,
     make_dataset,
     make_objective,
     make_space,
-    latency_filter,
     make_strategy,
     uses_data,
 )

@@ -120,7 +120,7 @@ def make_latency_model(cfg: ExperimentConfig, space: SearchSpace):
     return LatencyModel.from_config(lat, space)
 
 
-def latency_filter(cfg: ExperimentConfig, space: SearchSpace, objective: Objective):  # noqa: ANN201
+def latency_filter(cfg: ExperimentConfig, space: SearchSpace, objective: Objective):
     """For a hard latency limit whose latency is known *before* evaluation (a latency table's
     prediction, or a benchmark table's latency column), a predicate the strategy checks
     before asking, so no query is spent on an arch that breaks the limit. Otherwise ``None``."""

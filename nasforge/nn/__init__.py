@@ -13,6 +13,14 @@ from nasforge.nn.blocks import (
 from nasforge.nn.fuse import fold_conv_bn, fuse_bn
 
 __all__ = [
-    "ACTIVATIONS", "ClassifierHead", "ConvBNAct", "DepthwiseSeparable", "InvertedResidual",
-    "SqueezeExcite", "make_act", "make_divisible", "fold_conv_bn", "fuse_bn",
+    "ACTIVATIONS",
+    "ClassifierHead",
+    "ConvBNAct",
+    "DepthwiseSeparable",
+    "InvertedResidual",
+    "SqueezeExcite",
+    "fold_conv_bn",
+    "fuse_bn",
+    "make_act",
+    "make_divisible",
 ]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import itertools
 
 import torch
 from torch import nn
@@ -41,7 +42,7 @@ def fuse_bn(model: nn.Module, inplace: bool = False) -> nn.Module:
 def _fuse_children(module: nn.Module) -> None:
     if isinstance(module, nn.Sequential):
         names = list(module._modules.keys())
-        for a, b in zip(names, names[1:]):
+        for a, b in itertools.pairwise(names):
             conv, bn = module._modules[a], module._modules[b]
             if isinstance(conv, _CONVS) and isinstance(bn, _BNS) and bn.track_running_stats:
                 module._modules[a] = fold_conv_bn(conv, bn)

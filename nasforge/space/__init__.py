@@ -4,4 +4,4 @@ from nasforge.space.arch import Arch, Value
 from nasforge.space.base import SearchSpace
 from nasforge.space.dims import Categorical, Condition, Dimension, Float, Int
 
-__all__ = ["Arch", "Value", "SearchSpace", "Dimension", "Categorical", "Int", "Float", "Condition"]
+__all__ = ["Arch", "Categorical", "Condition", "Dimension", "Float", "Int", "SearchSpace", "Value"]

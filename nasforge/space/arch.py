@@ -22,7 +22,7 @@ class Arch(Mapping[str, Value]):
     unreachable edges), so that they share one key and no strategy pays twice for them.
     """
 
-    __slots__ = ("_values", "_canonical", "_key", "_hash")
+    __slots__ = ("_canonical", "_hash", "_key", "_values")
 
     def __init__(self, values: Mapping[str, Value], canonical: str | None = None) -> None:
         vals: dict[str, Value] = {}

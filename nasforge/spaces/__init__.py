@@ -58,4 +58,4 @@ register_space("nb201", "nasforge.spaces.nb201:NB201Space",
 register_space("darts", "nasforge.spaces.darts:DartsSpace",
                "DARTS normal + reduction cells, 8 ops incl. none, genotype notation")
 
-__all__ = ["SpaceEntry", "register_space", "list_spaces", "create_space"]
+__all__ = ["SpaceEntry", "create_space", "list_spaces", "register_space"]

@@ -12,7 +12,13 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from nasforge.nn.blocks import ACTIVATIONS, ClassifierHead, ConvBNAct, InvertedResidual, make_divisible
+from nasforge.nn.blocks import (
+    ACTIVATIONS,
+    ClassifierHead,
+    ConvBNAct,
+    InvertedResidual,
+    make_divisible,
+)
 from nasforge.space import Arch, Categorical, Condition, Int, SearchSpace
 
 
