@@ -1,12 +1,22 @@
 """Compression goals, every ratio measured in one run (python benchmarks/compression.py).
 
-Trains a MobileNetV2-style model on mnist5k once (cached in the temp dir), then measures on
-onnxruntime / torch CPU at batch 1 and 32 (interleaved timing, ``--threads`` intra-op
-threads; default 1 because the machine is shared and 1-thread ratios are stable):
+Trains a MobileNetV2-style model on mnist5k (cached in the temp dir, keyed by its recipe),
+then measures on onnxruntime / torch CPU at batch 1 and 32: interleaved timing, ``--threads``
+intra-op threads everywhere (default 1: the machine is shared, and 1-thread ratios are
+stable; training uses the same setting because OpenMP spin-waiting against other processes
+makes 2 threads several times slower there). glibc is told to keep its heap (see
+:func:`steady_allocator`) so that eager torch timings measure compute, not page faults.
+
+The model: torchvision's MobileNetV2 layout (3x3 stem at stride 1 for 28x28 inputs, inverted
+residuals with expansion 6 and ReLU6, linear bottlenecks, residual adds) at width 2.5, so
+that convolution compute rather than per-op overhead sets the latency at batch 1.
 
 1. INT8 PTQ (nasforge, format chosen by measurement) vs FP32 torch eager / torch.compile /
-   onnxruntime, with the peers ORT quantize_static defaults and torchao PT2E defaults.
-2. Structured pruning of 50% FLOPs + fine-tuning with distillation, vs Torch-Pruning.
+   onnxruntime, with the peers ORT quantize_static defaults and torchao PT2E defaults
+   (X86InductorQuantizer, run the way it deploys: torch.compile with freezing).
+2. Structured pruning of 50% FLOPs (kept channels rounded to 16) + BN recalibration +
+   fine-tuning with distillation, vs Torch-Pruning on the same model with the same
+   rounding, recalibration and fine-tuning.
 3. Prune + quantize together.
 """
 
@@ -14,15 +24,27 @@ from __future__ import annotations
 
 import argparse
 import copy
+import ctypes
+import os
 import tempfile
 import time
 import traceback
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from nasforge.compression.distill import DistillationLoss
-from nasforge.compression.pruning import ChannelPruner, ChannelPruningConfig, MagnitudeImportance, apply_plan
+from nasforge.compression.pruning import (
+    ChannelPruner,
+    ChannelPruningConfig,
+    MagnitudeImportance,
+    apply_plan,
+    recalibrate_bn,
+)
 from nasforge.compression.quantization import (
     choose_int8_format,
     export_onnx,
@@ -33,25 +55,64 @@ from nasforge.compression.quantization import (
 from nasforge.compression.quantization.runtime import (
     agreement,
     compare_latency,
+    optimized_op_counts,
     ort_predict,
     ort_runner,
     ort_session,
     torch_runner,
 )
-from nasforge.compression.zoo import mobilenet_v2
-from nasforge.data import load_dataset
+from nasforge.compression.zoo import MobileNetV2
+from nasforge.data import Dataset, load_dataset
 from nasforge.hardware import count_flops
 from nasforge.train import TrainConfig, evaluate_accuracy, train_model
 
 SHAPE = (1, 28, 28)
+WIDTH = 2.5
+ROUND_TO = 16  # kept channels: whole AVX-512 FP32 vectors (oneDNN's 16-channel blocks)
+Runner = Callable[[], object]
+
+
+def steady_allocator() -> bool:
+    """glibc: serve tensors up to 32 MB from the heap and never trim it (``mallopt``).
+
+    By default every eager forward of the big model mmaps and unmaps its activations and
+    page-faults them in again, and how often depends on which models ran in between: the
+    same model measured 85 or 125 ms at batch 32 depending on the interleaving. With the
+    heap kept, eager timings measure compute. Applies to every torch runner alike
+    (onnxruntime has its own arena); it makes the pruned/unpruned eager ratio smaller, not
+    larger. Returns whether it was applied.
+    """
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return False
+    m_trim_threshold, m_mmap_threshold = -1, -3
+    return bool(libc.mallopt(m_mmap_threshold, 32 << 20)
+                and libc.mallopt(m_trim_threshold, 1 << 30))
+
+
+def why() -> str:
+    """The exception being handled, in one line (its last non-blank traceback line)."""
+    lines = [ln.strip() for ln in traceback.format_exc().splitlines() if ln.strip()]
+    return lines[-1] if lines else "unknown error"
 
 
 def acc_of(logits: torch.Tensor, y: torch.Tensor) -> float:
     return float((logits.argmax(1) == y).float().mean())
 
 
-def timing(runners: dict, bs: int, threads: int, rounds: int) -> dict[str, float]:  # type: ignore[type-arg]
-    return {k: v.median_ms for k, v in compare_latency(runners, {}, bs, threads, rounds=rounds, repeats=10).items()}
+def timing(runners: dict[str, Runner], bs: int, threads: int, rounds: int) -> dict[str, float]:
+    repeats = 10 if bs <= 4 else 3  # batch 32 calls are long; keep the run under 10 minutes
+    res = compare_latency(runners, {}, bs, threads, rounds=rounds, repeats=repeats, warmup=3)
+    return {k: v.median_ms for k, v in res.items()}
+
+
+def no_grad_runner(model: Callable[[torch.Tensor], object], x: torch.Tensor) -> Runner:
+    def run() -> object:
+        with torch.no_grad():
+            return model(x)
+
+    return run
 
 
 def ort_quantize_static_defaults(fp32: Path, out: Path, calib: torch.Tensor) -> Path:
@@ -68,7 +129,9 @@ def ort_quantize_static_defaults(fp32: Path, out: Path, calib: torch.Tensor) -> 
     return out
 
 
-def torchao_pt2e_defaults(model: torch.nn.Module, calib: torch.Tensor) -> torch.nn.Module:
+def torchao_pt2e_defaults(model: nn.Module, calib: torch.Tensor) -> nn.Module:
+    """torchao PT2E with the X86 Inductor quantizer's defaults; returns the converted
+    (reference Q/DQ) graph module, which deploys through ``torch.compile``."""
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
     from torchao.quantization.pt2e.quantizer.x86_inductor_quantizer import (
         X86InductorQuantizer,
@@ -79,20 +142,39 @@ def torchao_pt2e_defaults(model: torch.nn.Module, calib: torch.Tensor) -> torch.
     ep = torch.export.export(copy.deepcopy(model).eval(), (calib[:2],),
                              dynamic_shapes=({0: batch},)).module()
     q = X86InductorQuantizer().set_global(get_default_x86_inductor_quantization_config())
-    prepared = prepare_pt2e(ep, q)
-    for i in range(0, len(calib), 64):
-        prepared(calib[i:i + 64])
-    return convert_pt2e(prepared)
+    prepared = prepare_pt2e(ep, q)  # type: ignore[arg-type]
+    with torch.no_grad():
+        for i in range(0, len(calib), 64):
+            prepared(calib[i:i + 64])
+    return convert_pt2e(prepared)  # type: ignore[no-any-return]
 
 
-def finetune(model: torch.nn.Module, teacher: torch.nn.Module, ds, epochs: int) -> None:  # type: ignore[no-untyped-def]
+def compiled(model: nn.Module, x1: torch.Tensor, x32: torch.Tensor) -> nn.Module | None:
+    """``torch.compile`` (Inductor, weights frozen as constants: the CPU inference recipe),
+    warmed up at both batch sizes; None (and the reason printed) when it fails."""
+    import torch._inductor.config as inductor_config
+
+    inductor_config.freezing = True
+    try:
+        c = torch.compile(model, dynamic=False)
+        with torch.no_grad():
+            c(x1)
+            c(x32)
+        return c  # type: ignore[return-value]
+    except Exception:  # noqa: BLE001 - a failing path is a result to print, not a crash
+        print("    torch.compile failed:", why())
+        return None
+
+
+def finetune(model: nn.Module, teacher: nn.Module, ds, epochs: int, lr: float) -> None:  # type: ignore[no-untyped-def]
     train_model(model, ds.x_train, ds.y_train,
-                TrainConfig(epochs=epochs, lr=0.01, label_smoothing=0.0, seed=0),
-                loss_fn=DistillationLoss(teacher, 4.0, 0.7))
+                TrainConfig(epochs=epochs, lr=lr, label_smoothing=0.0, seed=0),
+                loss_fn=DistillationLoss(teacher, 4.0, 0.7, memoize=True))
     model.eval()
 
 
-def tp_prune_to_flops(model: torch.nn.Module, target: float) -> torch.nn.Module:
+def tp_prune_to_flops(model: nn.Module, target: float) -> nn.Module:
+    """Torch-Pruning's global group-L1 pruning, ratio bisected to remove ``target`` of FLOPs."""
     import torch_pruning as tp
 
     ex = torch.zeros(1, *SHAPE)
@@ -102,7 +184,7 @@ def tp_prune_to_flops(model: torch.nn.Module, target: float) -> torch.nn.Module:
         r = (lo + hi) / 2
         m = copy.deepcopy(model)
         pr = tp.pruner.MetaPruner(m, ex, importance=tp.importance.GroupMagnitudeImportance(p=1),
-                                  pruning_ratio=r, global_pruning=True, round_to=8,
+                                  pruning_ratio=r, global_pruning=True, round_to=ROUND_TO,
                                   ignored_layers=[m.classifier])
         pr.step()
         ops, _ = tp.utils.count_ops_and_params(m, ex)
@@ -113,136 +195,207 @@ def tp_prune_to_flops(model: torch.nn.Module, target: float) -> torch.nn.Module:
     return best if best is not None else m
 
 
+def train_base(ds, epochs: int) -> nn.Module:  # type: ignore[no-untyped-def]
+    cache = Path(tempfile.gettempdir()) / f"nasforge_bench_mbv2_w{WIDTH}_e{epochs}.pt"
+    if cache.is_file():
+        print(f"base model: cached {cache}")
+        return torch.load(cache, weights_only=False).eval()  # type: ignore[no-any-return]
+    torch.manual_seed(0)
+    model = MobileNetV2(width=WIDTH)
+    t0 = time.perf_counter()
+    train_model(model, ds.x_train, ds.y_train, TrainConfig(epochs=epochs, lr=0.05, seed=0))
+    print(f"base model: trained {epochs} epochs in {time.perf_counter() - t0:.0f} s")
+    torch.save(model, cache)
+    return model.eval()
+
+
+@dataclass
+class Ctx:
+    """What every section reads: the data, the trained model, its FP32 export, settings."""
+
+    ds: Dataset
+    model: nn.Module
+    work: Path
+    threads: int
+    rounds: int
+    acc_fp32: float
+    flops: int
+    fp32_onnx: Path
+    calib: torch.Tensor
+    x: dict[int, torch.Tensor]
+
+    def ort(self, path: Path, bs: int) -> Runner:
+        return ort_runner(path, self.x[bs], self.threads)
+
+    def ort_top1(self, path: Path) -> float:
+        return acc_of(ort_predict(ort_session(path, self.threads), self.ds.x_test), self.ds.y_test)
+
+
+def fmt(t: dict[str, float]) -> str:
+    return ", ".join(f"{k} {v:.3f} ms" for k, v in t.items())
+
+
+def int8_ptq(c: Ctx, no_compile: bool) -> Path:
+    """Section 1: returns the nasforge INT8 model."""
+    m, ds = c.model, c.ds
+    trials = choose_int8_format(m, c.calib, SHAPE, format_candidates(m), (1, 32), c.threads)
+    print("INT8 formats measured (fastest first): " + "; ".join(
+        f"{t.name}: " + ", ".join(f"b{b} {v:.3f} ms" for b, v in t.latency_ms.items())
+        for t in trials))
+    int8 = export_qdq(quantize_static_int8(m, c.calib, trials[0].spec), c.work / "int8.onnx", SHAPE)
+    ops = optimized_op_counts(int8)
+    ort_q = ort_quantize_static_defaults(c.fp32_onnx, c.work / "ort_default.onnx", c.calib)
+    acc_q, acc_ortq = c.ort_top1(int8), c.ort_top1(ort_q)
+    pt2e_c, acc_pt2e = None, float("nan")
+    try:
+        pt2e = torchao_pt2e_defaults(m, c.calib)
+        with torch.no_grad():  # an exported module refuses .eval(); it is already in eval form
+            logits = torch.cat([pt2e(ds.x_test[i:i + 500]) for i in range(0, len(ds.x_test), 500)])
+        acc_pt2e = acc_of(logits, ds.y_test)
+        pt2e_c = None if no_compile else compiled(pt2e, c.x[1], c.x[32])
+    except Exception:  # noqa: BLE001 - a peer failing is a result to print, not a crash
+        print("    torchao PT2E failed:", why())
+    comp = None if no_compile else compiled(copy.deepcopy(m), c.x[1], c.x[32])
+    s_fp32, s_int8, s_ortq = (p.stat().st_size for p in (c.fp32_onnx, int8, ort_q))
+    print(f"\n[1] INT8 PTQ ({trials[0].name}): test top-1 {acc_q:.4f} vs FP32 {c.acc_fp32:.4f} "
+          f"(drop {100 * (c.acc_fp32 - acc_q):.2f} points, goal <= 0.30); file {s_fp32} -> "
+          f"{s_int8} bytes = {s_fp32 / s_int8:.2f}x smaller (goal >= 3.5x)")
+    print("    onnxruntime optimised INT8 graph: "
+          + ", ".join(f"{k} {v}" for k, v in sorted(ops.items())))
+    print(f"    peers: ORT quantize_static defaults top-1 {acc_ortq:.4f}, {s_fp32 / s_ortq:.2f}x "
+          f"smaller; torchao PT2E defaults top-1 {acc_pt2e:.4f}")
+    for bs in (1, 32):
+        x = c.x[bs]
+        runners: dict[str, Runner] = {
+            "torch_eager_fp32": torch_runner(m, x), "ort_fp32": c.ort(c.fp32_onnx, bs),
+            "ort_int8_nasforge": c.ort(int8, bs),
+            "ort_int8_quantize_static_defaults": c.ort(ort_q, bs)}
+        if comp is not None:
+            runners["torch_compile_fp32"] = no_grad_runner(comp, x)
+        if pt2e_c is not None:
+            runners["torchao_pt2e_compiled_int8"] = no_grad_runner(pt2e_c, x)
+        t = timing(runners, bs, c.threads, c.rounds)
+        fp32 = {k: v for k, v in t.items() if k.endswith("fp32")}
+        fastest = min(fp32, key=fp32.__getitem__)
+        q, base = t["ort_int8_nasforge"], t["ort_fp32"]
+        peers = f"ORT defaults {base / t['ort_int8_quantize_static_defaults']:.2f}x"
+        if pt2e_c is not None:
+            peers += f", torchao PT2E {base / t['torchao_pt2e_compiled_int8']:.2f}x"
+        print(f"    batch {bs}: {fmt(t)}")
+        print(f"    batch {bs}: nasforge INT8 vs ORT FP32 {base / q:.2f}x (goal >= 2.5x); vs "
+              f"fastest FP32 path ({fastest}) {fp32[fastest] / q:.2f}x (goal > 1); peers vs ORT "
+              f"FP32: {peers}")
+    return int8
+
+
+def structured_pruning(c: Ctx, epochs: int, lr: float) -> tuple[nn.Module, nn.Module | None]:
+    """Section 2: returns our pruned + fine-tuned model and Torch-Pruning's (None if it failed)."""
+    m, ds = c.model, c.ds
+    teacher = copy.deepcopy(m).eval()
+    recal = [ds.x_train[i:i + 64] for i in range(0, 1024, 64)]
+    cfg = ChannelPruningConfig(0.5, "flops", "global", round_to=ROUND_TO)
+    pruner = ChannelPruner(MagnitudeImportance(1), cfg)
+    ours = recalibrate_bn(apply_plan(copy.deepcopy(m), pruner.plan(m, SHAPE)), recal)
+    acc_nf = evaluate_accuracy(ours, ds.x_test, ds.y_test)
+    finetune(ours, teacher, ds, epochs, lr)
+    tpm, acc_tp_nf = None, float("nan")
+    try:
+        tpm = recalibrate_bn(tp_prune_to_flops(m, 0.5), recal)
+        acc_tp_nf = evaluate_accuracy(tpm, ds.x_test, ds.y_test)
+        finetune(tpm, teacher, ds, epochs, lr)
+    except Exception:  # noqa: BLE001
+        print("    Torch-Pruning failed:", why())
+        tpm = None
+    onnx_path = export_onnx(ours, c.work / "pruned.onnx", SHAPE)
+    with torch.no_grad():
+        ort_logits = ort_predict(ort_session(onnx_path, c.threads), ds.x_test)
+        agree = agreement(ours(ds.x_test), ort_logits)
+    acc = evaluate_accuracy(ours, ds.x_test, ds.y_test)
+    widths = [mod.out_channels for mod in ours.modules()
+              if isinstance(mod, nn.Conv2d) and mod.groups == 1]
+    print(f"\n[2] structured pruning (nasforge, BN-aware L1, global, round_to {ROUND_TO}): FLOPs "
+          f"-{100 * (1 - count_flops(ours, SHAPE) / c.flops):.1f}%, top-1 {acc_nf:.4f} after BN "
+          f"recalibration / {acc:.4f} after {epochs} epochs fine-tune with distillation (drop "
+          f"{100 * (c.acc_fp32 - acc):.2f} points, goal <= 1); ONNX vs torch max|diff| "
+          f"{agree['max_abs_diff']:.2e}, top-1 agreement {agree['top1_agreement']:.4f}")
+    print(f"    kept conv widths: {widths}")
+    if tpm is not None:
+        acc_tp = evaluate_accuracy(tpm, ds.x_test, ds.y_test)
+        print(f"    Torch-Pruning baseline (GroupMagnitudeImportance L1, global, round_to "
+              f"{ROUND_TO}): FLOPs -{100 * (1 - count_flops(tpm, SHAPE) / c.flops):.1f}%, "
+              f"top-1 {acc_tp_nf:.4f} / {acc_tp:.4f} "
+              f"(drop {100 * (c.acc_fp32 - acc_tp):.2f} points)")
+    return ours, tpm
+
+
+def prune_and_quantize(c: Ctx, ours: nn.Module, tpm: nn.Module | None, int8: Path) -> None:
+    """Section 3, plus the pruning speed-ups of section 2 (all timed together)."""
+    trials = choose_int8_format(ours, c.calib, SHAPE, format_candidates(ours), (1, 32), c.threads)
+    sim = quantize_static_int8(ours, c.calib, trials[0].spec)
+    both = export_qdq(sim, c.work / "pruned_int8.onnx", SHAPE)
+    pruned = export_onnx(ours, c.work / "pruned.onnx", SHAPE)
+    tp_onnx = export_onnx(tpm, c.work / "tp.onnx", SHAPE) if tpm is not None else None
+    acc_both = c.ort_top1(both)
+    ratio = c.fp32_onnx.stat().st_size / both.stat().st_size
+    print(f"\n[3] prune + INT8 ({trials[0].name}): top-1 {acc_both:.4f} (drop "
+          f"{100 * (c.acc_fp32 - acc_both):.2f} points), file {ratio:.2f}x smaller than FP32")
+    for bs in (1, 32):
+        x = c.x[bs]
+        runners = {"ort_fp32": c.ort(c.fp32_onnx, bs), "ort_pruned": c.ort(pruned, bs),
+                   "ort_int8": c.ort(int8, bs), "ort_pruned_int8": c.ort(both, bs),
+                   "torch_fp32": torch_runner(c.model, x), "torch_pruned": torch_runner(ours, x)}
+        if tp_onnx is not None and tpm is not None:
+            runners["ort_torch_pruning"] = c.ort(tp_onnx, bs)
+            runners["torch_torch_pruning"] = torch_runner(tpm, x)
+        t = timing(runners, bs, c.threads, c.rounds)
+        print(f"    batch {bs}: {fmt(t)}")
+        line = (f"    batch {bs}: pruned speed-up ORT {t['ort_fp32'] / t['ort_pruned']:.2f}x, "
+                f"torch eager {t['torch_fp32'] / t['torch_pruned']:.2f}x (goal >= 1.7x: ORT b1 and "
+                "b32, eager b32)")
+        if tp_onnx is not None:
+            line += (f"; Torch-Pruning ORT {t['ort_fp32'] / t['ort_torch_pruning']:.2f}x, torch "
+                     f"{t['torch_fp32'] / t['torch_torch_pruning']:.2f}x")
+        print(line)
+        pq = t["ort_pruned_int8"]
+        print(f"    batch {bs}: prune+INT8 {t['ort_fp32'] / pq:.2f}x vs FP32; faster than INT8 "
+              f"alone: {pq < t['ort_int8']} ({t['ort_int8'] / pq:.2f}x), than pruned alone: "
+              f"{pq < t['ort_pruned']} ({t['ort_pruned'] / pq:.2f}x)")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--epochs", type=int, default=4)
     ap.add_argument("--finetune-epochs", type=int, default=3)
+    ap.add_argument("--finetune-lr", type=float, default=0.03)
     ap.add_argument("--rounds", type=int, default=9)
     ap.add_argument("--no-compile", action="store_true")
     args = ap.parse_args()
+    warnings.filterwarnings("ignore")
     torch.set_num_threads(args.threads)
-    t_start = time.perf_counter()
+    t0 = time.perf_counter()
+    heap = steady_allocator()
+    print(f"load average at start: {' '.join(f'{v:.2f}' for v in os.getloadavg())} "
+          f"({os.cpu_count()} CPUs); glibc heap kept for eager timings: {heap}")
     ds = load_dataset("mnist5k")
-    cache = Path(tempfile.gettempdir()) / f"nasforge_bench_mbv2_e{args.epochs}.pt"
-    if cache.is_file():
-        model = torch.load(cache, weights_only=False)
-    else:
-        torch.manual_seed(0)
-        model = mobilenet_v2()
-        train_model(model, ds.x_train, ds.y_train, TrainConfig(epochs=args.epochs, lr=0.05, seed=0))
-        torch.save(model, cache)
-    model.eval()
+    model = train_base(ds, args.epochs)
     work = Path(tempfile.mkdtemp(prefix="nasforge_bench_"))
-    calib = ds.x_train[:512]
-    acc_fp32 = evaluate_accuracy(model, ds.x_test, ds.y_test)
-    print(f"model: MobileNetV2-style, {count_flops(model, SHAPE) / 1e6:.1f} MFLOPs, test top-1 {acc_fp32:.4f}; "
-          f"threads={args.threads}; machine shared (noisy): ratios come from interleaved runs")
-
-    # ---- 1. INT8 PTQ -----------------------------------------------------------------
-    fp32_onnx = export_onnx(model, work / "fp32.onnx", SHAPE)
-    trials = choose_int8_format(model, calib, SHAPE, format_candidates(model), (1, 32), args.threads)
-    print("INT8 formats measured (fastest first):",
-          "; ".join(f"{t.name}: " + ", ".join(f"b{b} {v:.3f} ms" for b, v in t.latency_ms.items())
-                    for t in trials))
-    sim = quantize_static_int8(model, calib, trials[0].spec)
-    int8_onnx = export_qdq(sim, work / "int8.onnx", SHAPE)
-    ort_q = ort_quantize_static_defaults(fp32_onnx, work / "ort_default.onnx", calib)
-    logits_q = ort_predict(ort_session(int8_onnx, args.threads), ds.x_test)
-    acc_q = acc_of(logits_q, ds.y_test)
-    acc_ortq = acc_of(ort_predict(ort_session(ort_q, args.threads), ds.x_test), ds.y_test)
-    try:
-        pt2e = torchao_pt2e_defaults(model, calib)
-        acc_pt2e = evaluate_accuracy(pt2e, ds.x_test, ds.y_test)
-    except Exception:  # noqa: BLE001 - a peer failing is a result to print, not a crash
-        pt2e, acc_pt2e = None, float("nan")
-        print("torchao PT2E failed:", traceback.format_exc().splitlines()[-1])
-    compiled = None
-    if not args.no_compile:
-        try:
-            compiled = torch.compile(copy.deepcopy(model))
-            with torch.inference_mode():
-                compiled(ds.x_test[:1])
-                compiled(ds.x_test[:32])
-        except Exception:  # noqa: BLE001
-            print("torch.compile failed:", traceback.format_exc().splitlines()[-1])
-            compiled = None
-    size_ratio = fp32_onnx.stat().st_size / int8_onnx.stat().st_size
-    print(f"\n[1] INT8 PTQ ({trials[0].name}): test top-1 {acc_q:.4f} vs FP32 {acc_fp32:.4f} "
-          f"(drop {100 * (acc_fp32 - acc_q):.2f} points, goal <= 0.30); file {fp32_onnx.stat().st_size} -> "
-          f"{int8_onnx.stat().st_size} bytes = {size_ratio:.2f}x smaller (goal >= 3.5x)")
-    print(f"    peers: ORT quantize_static defaults top-1 {acc_ortq:.4f}; torchao PT2E defaults top-1 {acc_pt2e:.4f}")
-    for bs in (1, 32):
-        x = ds.x_test[:bs]
-        runners = {"torch_eager_fp32": torch_runner(model, x), "ort_fp32": ort_runner(fp32_onnx, x, args.threads),
-                   "ort_int8_nasforge": ort_runner(int8_onnx, x, args.threads),
-                   "ort_int8_quantize_static_defaults": ort_runner(ort_q, x, args.threads)}
-        if compiled is not None:
-            runners["torch_compile_fp32"] = torch_runner(compiled, x)
-        if pt2e is not None:
-            runners["torchao_pt2e_eager"] = torch_runner(pt2e, x)
-        t = timing(runners, bs, args.threads, args.rounds)
-        fastest_fp32 = min(v for k, v in t.items() if k.endswith("fp32"))
-        print(f"    batch {bs}: " + ", ".join(f"{k} {v:.3f} ms" for k, v in t.items()))
-        print(f"    batch {bs}: INT8 vs ORT FP32 {t['ort_fp32'] / t['ort_int8_nasforge']:.2f}x (goal >= 2.5x); "
-              f"vs fastest FP32 path {fastest_fp32 / t['ort_int8_nasforge']:.2f}x; "
-              f"ORT defaults vs ORT FP32 {t['ort_fp32'] / t['ort_int8_quantize_static_defaults']:.2f}x")
-
-    # ---- 2. Structured pruning, 50% FLOPs ----------------------------------------------
-    teacher = copy.deepcopy(model).eval()
-    plan = ChannelPruner(MagnitudeImportance(1), ChannelPruningConfig(0.5, "flops", "global")).plan(model, SHAPE)
-    ours = apply_plan(copy.deepcopy(model), plan).eval()
-    acc_ours_nf = evaluate_accuracy(ours, ds.x_test, ds.y_test)
-    finetune(ours, teacher, ds, args.finetune_epochs)
-    try:
-        tpm = tp_prune_to_flops(model, 0.5).eval()
-        finetune(tpm, teacher, ds, args.finetune_epochs)
-    except Exception:  # noqa: BLE001
-        print("Torch-Pruning failed:", traceback.format_exc().splitlines()[-1])
-        tpm = None
-    f0 = count_flops(model, SHAPE)
-    ours_onnx = export_onnx(ours, work / "pruned.onnx", SHAPE)
-    lo = ort_predict(ort_session(ours_onnx, args.threads), ds.x_test)
-    with torch.no_grad():
-        agree = agreement(ours(ds.x_test), lo)
-    acc_ours = evaluate_accuracy(ours, ds.x_test, ds.y_test)
-    print(f"\n[2] structured pruning (nasforge, L1 global): FLOPs -{100 * (1 - count_flops(ours, SHAPE) / f0):.1f}%, "
-          f"top-1 {acc_ours_nf:.4f} before / {acc_ours:.4f} after {args.finetune_epochs} epochs fine-tune with "
-          f"distillation (drop {100 * (acc_fp32 - acc_ours):.2f} points, goal <= 1); ONNX vs torch max|diff| "
-          f"{agree['max_abs_diff']:.2e}, top-1 agreement {agree['top1_agreement']:.4f}")
-    tp_onnx = None
-    if tpm is not None:
-        tp_onnx = export_onnx(tpm, work / "tp.onnx", SHAPE)
-        print(f"    Torch-Pruning baseline: FLOPs -{100 * (1 - count_flops(tpm, SHAPE) / f0):.1f}%, "
-              f"top-1 {evaluate_accuracy(tpm, ds.x_test, ds.y_test):.4f}")
-
-    # ---- 3. Prune + quantize ---------------------------------------------------------------
-    trials_p = choose_int8_format(ours, calib, SHAPE, format_candidates(ours), (1, 32), args.threads)
-    both = export_qdq(quantize_static_int8(ours, calib, trials_p[0].spec), work / "pruned_int8.onnx", SHAPE)
-    acc_both = acc_of(ort_predict(ort_session(both, args.threads), ds.x_test), ds.y_test)
-    print(f"\n[3] prune + INT8 ({trials_p[0].name}): top-1 {acc_both:.4f}, file "
-          f"{fp32_onnx.stat().st_size / both.stat().st_size:.2f}x smaller than FP32")
-    for bs in (1, 32):
-        x = ds.x_test[:bs]
-        runners = {"ort_fp32": ort_runner(fp32_onnx, x, args.threads),
-                   "ort_pruned": ort_runner(ours_onnx, x, args.threads),
-                   "ort_int8": ort_runner(int8_onnx, x, args.threads),
-                   "ort_pruned_int8": ort_runner(both, x, args.threads),
-                   "torch_fp32": torch_runner(model, x), "torch_pruned": torch_runner(ours, x)}
-        if tp_onnx is not None:
-            runners["ort_torch_pruning"] = ort_runner(tp_onnx, x, args.threads)
-            runners["torch_torch_pruning"] = torch_runner(tpm, x)
-        t = timing(runners, bs, args.threads, args.rounds)
-        print(f"    batch {bs}: " + ", ".join(f"{k} {v:.3f} ms" for k, v in t.items()))
-        line = (f"    batch {bs}: pruned speed-up ORT {t['ort_fp32'] / t['ort_pruned']:.2f}x, torch eager "
-                f"{t['torch_fp32'] / t['torch_pruned']:.2f}x (goal >= 1.7x)")
-        if tp_onnx is not None:
-            line += (f"; Torch-Pruning ORT {t['ort_fp32'] / t['ort_torch_pruning']:.2f}x, torch "
-                     f"{t['torch_fp32'] / t['torch_torch_pruning']:.2f}x")
-        print(line)
-        print(f"    batch {bs}: prune+INT8 {t['ort_fp32'] / t['ort_pruned_int8']:.2f}x vs FP32; faster than INT8 "
-              f"alone: {t['ort_pruned_int8'] < t['ort_int8']}, than pruned alone: {t['ort_pruned_int8'] < t['ort_pruned']}")
-    print(f"\ntotal {time.perf_counter() - t_start:.0f} s; artifacts in {work}")
+    acc = evaluate_accuracy(model, ds.x_test, ds.y_test)
+    c = Ctx(ds, model, work, args.threads, args.rounds, acc, count_flops(model, SHAPE),
+            export_onnx(model, work / "fp32.onnx", SHAPE), ds.x_train[:512],
+            {1: ds.x_test[:1], 32: ds.x_test[:32]})
+    print(f"model: MobileNetV2-style (width {WIDTH}, stem stride 1, t=6, ReLU6), "
+          f"{c.flops / 1e6:.0f} MFLOPs, test top-1 {c.acc_fp32:.4f}; threads={args.threads}; "
+          "ratios come from interleaved runs")
+    t1 = time.perf_counter()
+    int8 = int8_ptq(c, args.no_compile)
+    t2 = time.perf_counter()
+    ours, tpm = structured_pruning(c, args.finetune_epochs, args.finetune_lr)
+    prune_and_quantize(c, ours, tpm, int8)
+    t3 = time.perf_counter()
+    print(f"\ntotal {t3 - t0:.0f} s (base model {t1 - t0:.0f} s, INT8 {t2 - t1:.0f} s, pruning and "
+          f"prune+INT8 {t3 - t2:.0f} s); load average at end: "
+          f"{' '.join(f'{v:.2f}' for v in os.getloadavg())}; artifacts in {work}")
 
 
 if __name__ == "__main__":

@@ -16,6 +16,16 @@ from nasforge.data import load_dataset
 from nasforge.train import TrainConfig, train_model
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():  # type: ignore[no-untyped-def]
+    # One intra-op thread: on a shared 2-core machine OpenMP spin-waiting against other
+    # processes makes two threads several times slower, and these models are tiny.
+    prev = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(prev)
+
+
 @pytest.fixture(scope="module")
 def setup():  # type: ignore[no-untyped-def]
     ds = load_dataset("digits")
@@ -27,14 +37,14 @@ def setup():  # type: ignore[no-untyped-def]
 
 def _cfg(**kw: object) -> CompressConfig:
     base = {"prune": {"method": "channel", "ratio": 0.4, "round_to": 4, "min_keep": 4},
-            "finetune": {"epochs": 1}, "quantize": {"activations": "uint8", "calibration_size": 64, "qat": "never",
+            "finetune": {"epochs": 1},
+            "quantize": {"activations": "uint8", "calibration_size": 64, "qat": "never",
                          "mixed_precision": False, "drop_budget": 0.5},
             "target": {"batch_sizes": [1, 8], "rounds": 1}}
     base.update(kw)
     return CompressConfig.model_validate(base)
 
 
-@pytest.mark.slow
 def test_pipeline_writes_artifacts_and_report(setup, tmp_path) -> None:  # type: ignore[no-untyped-def]
     ds, model = setup
     before = {k: v.clone() for k, v in model.state_dict().items()}

@@ -8,6 +8,7 @@ import pytest
 import torch
 from torch import nn
 
+from nasforge.compression.pruning.graph import trace
 from nasforge.compression.quantization import (
     Int4Model,
     QuantSpec,
@@ -23,11 +24,26 @@ from nasforge.compression.quantization import (
     quantize_static_int8,
 )
 from nasforge.compression.quantization.int4 import pack_int4, unpack_int4
-from nasforge.compression.quantization.runtime import agreement, optimized_op_counts, ort_predict, ort_session
-from nasforge.compression.pruning.graph import trace
+from nasforge.compression.quantization.runtime import (
+    agreement,
+    optimized_op_counts,
+    ort_predict,
+    ort_session,
+)
 from nasforge.compression.zoo import MobileNetV2, resnet
 from nasforge.data import load_dataset
 from nasforge.train import TrainConfig, evaluate_accuracy, train_model
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():  # type: ignore[no-untyped-def]
+    # One intra-op thread: on a shared 2-core machine OpenMP spin-waiting against other
+    # processes makes two threads several times slower, and these models are tiny.
+    prev = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(prev)
+
 
 SHAPE = (1, 8, 8)
 
@@ -40,7 +56,8 @@ def digits():  # type: ignore[no-untyped-def]
 @pytest.fixture(scope="module")
 def trained(digits):  # type: ignore[no-untyped-def]
     torch.manual_seed(0)
-    model = MobileNetV2(width=0.5, setting=((1, 16, 1, 1), (4, 24, 2, 2), (4, 32, 2, 2)), last_channels=64)
+    model = MobileNetV2(width=0.5, setting=((1, 16, 1, 1), (4, 24, 2, 2), (4, 32, 2, 2)),
+                        last_channels=64)
     train_model(model, digits.x_train, digits.y_train, TrainConfig(epochs=3, lr=0.05, seed=0))
     return model.eval()
 
@@ -112,22 +129,22 @@ def test_int8_activation_variants_and_exclusion(trained, digits, tmp_path) -> No
     assert agreement(sim(digits.x_test).detach(), logits)["top1_agreement"] >= 0.98
 
 
-@pytest.mark.slow
 def test_sensitivity_and_mixed_precision_plan(trained, digits) -> None:  # type: ignore[no-untyped-def]
     sens = layer_sensitivity(trained, digits.x_train[:128], digits.x_val, digits.y_val)
     assert len(sens) >= 8 and sens[0].sqnr_db <= sens[-1].sqnr_db
-    plan = mixed_precision_plan(trained, digits.x_train[:128], digits.x_val, digits.y_val, budget=-1.0,
+    plan = mixed_precision_plan(trained, digits.x_train[:128], digits.x_val, digits.y_val,
+                                budget=-1.0,
                                 max_fp32_layers=2)
     assert not plan.met and len(plan.keep_fp32) == 2  # an impossible budget keeps the cap
     assert plan.keep_fp32 == tuple(s.layer for s in plan.sensitivities[:2])
 
 
-@pytest.mark.slow
 def test_qat_trains_through_fake_quant(trained, digits, tmp_path) -> None:  # type: ignore[no-untyped-def]
     sim, hist = quantization_aware_training(
         trained, digits.x_train, digits.y_train, digits.x_train[:128],
         TrainConfig(epochs=1, lr=0.002, seed=0))
-    assert len(hist.losses) == 1 and sim.quantizers and all(q.mode == "quant" for q in sim.quantizers.values())
+    assert len(hist.losses) == 1 and sim.quantizers
+    assert all(q.mode == "quant" for q in sim.quantizers.values())
     acc = evaluate_accuracy(sim, digits.x_test, digits.y_test)
     assert acc >= evaluate_accuracy(trained, digits.x_test, digits.y_test) - 0.03
     path = export_qdq(sim, tmp_path / "qat.onnx", SHAPE)
@@ -142,7 +159,7 @@ def test_int4_pack_round_trip_and_error_bound(trained, digits, tmp_path) -> None
     m4.save(tmp_path / "m.int4.pt")
     again = Int4Model.load(tmp_path / "m.int4.pt")
     model = again.materialize(trained)
-    for name, w in m4.weights.items():
+    for name in m4.weights:
         orig = trained.get_submodule(name).weight.detach()
         err = (model.get_submodule(name).weight - orig).abs().max()
         assert err <= orig.abs().max() / 7 / 2 + 1e-3  # half a step of the coarsest group

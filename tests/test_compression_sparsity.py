@@ -18,6 +18,16 @@ from nasforge.compression.pruning import (
 from nasforge.train import TrainConfig, train_model
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():  # type: ignore[no-untyped-def]
+    # One intra-op thread: on a shared 2-core machine OpenMP spin-waiting against other
+    # processes makes two threads several times slower, and these models are tiny.
+    prev = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(prev)
+
+
 def _net() -> nn.Module:
     torch.manual_seed(0)
     return nn.Sequential(nn.Conv2d(1, 8, 3), nn.ReLU(), nn.Conv2d(8, 8, 3), nn.ReLU(),
@@ -63,13 +73,32 @@ def test_schedules() -> None:
 
 def test_imp_rounds_leave_exactly_the_asked_sparsity() -> None:
     x, y = _data()
-    model, masks, res = iterative_magnitude_pruning(
+    model, _, res = iterative_magnitude_pruning(
         _net(), x, y, x, y, TrainConfig(epochs=1, batch_size=16), rounds=3, rate=0.3, rewind_step=2)
     assert [r.round for r in res.rounds] == [0, 1, 2, 3]
     for r in res.rounds:
         assert r.pruned_weights == round(imp_sparsity(0.3, r.round) * r.total_weights)
     assert weight_sparsity(model) >= res.rounds[-1].sparsity - 1e-9
     assert res.to_dict()["rewind_step"] == 2
+
+
+def test_memoized_distillation_equals_plain_and_runs_the_teacher_once_per_sample() -> None:
+    x, y = _data(32)
+    teacher = _net().eval()
+    calls: list[int] = []
+    teacher.register_forward_hook(lambda m, a, out: calls.append(len(a[0])))
+    student = _net()
+    with torch.no_grad():
+        student[0].weight.add_(0.1)
+    plain = DistillationLoss(teacher, temperature=3.0, alpha=0.5)
+    memo = DistillationLoss(teacher, temperature=3.0, alpha=0.5, memoize=True)
+    s = student(x)
+    for idx, new_rows in ((torch.arange(16), 16), (torch.arange(8, 24), 8), (torch.arange(32), 8),
+                          (torch.arange(32), 0)):
+        calls.clear()
+        got = memo(s[idx], y[idx], x[idx])
+        assert sum(calls) == new_rows  # the teacher sees only samples it has not seen
+        assert torch.allclose(got, plain(s[idx], y[idx], x[idx]), atol=1e-6)
 
 
 def test_distillation_losses() -> None:

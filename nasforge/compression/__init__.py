@@ -25,8 +25,23 @@ from nasforge.compression.pruning import (
 from nasforge.compression.quantization import QuantSpec, export_qdq, quantize_static_int8
 
 __all__ = [
-    "CompressConfig", "DistillationLoss", "FeatureDistiller", "CompressionError",
-    "PlanMismatchError", "QuantizationError", "UnsupportedModelError", "CompressionReport",
-    "StageResult", "run_pipeline", "ChannelPruner", "ChannelPruningConfig", "DependencyGraph",
-    "PruningPlan", "apply_plan", "mask_plan", "QuantSpec", "export_qdq", "quantize_static_int8",
+    "ChannelPruner",
+    "ChannelPruningConfig",
+    "CompressConfig",
+    "CompressionError",
+    "CompressionReport",
+    "DependencyGraph",
+    "DistillationLoss",
+    "FeatureDistiller",
+    "PlanMismatchError",
+    "PruningPlan",
+    "QuantSpec",
+    "QuantizationError",
+    "StageResult",
+    "UnsupportedModelError",
+    "apply_plan",
+    "export_qdq",
+    "mask_plan",
+    "quantize_static_int8",
+    "run_pipeline",
 ]

@@ -8,6 +8,7 @@ unpickles code, so only load files you trust. Bad input exits with code 2 and on
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated
 
 import typer
 import yaml
@@ -17,7 +18,7 @@ from nasforge.compression.errors import CompressionError
 from nasforge.errors import NasforgeError
 
 
-def load_model(path: str | Path) -> "torch.nn.Module":  # type: ignore[name-defined]  # noqa: F821
+def load_model(path: str | Path) -> torch.nn.Module:  # type: ignore[name-defined]  # noqa: F821
     """Load a full module saved with ``torch.save(model)`` or ``torch.save({"model": model})``."""
     import pickle
 
@@ -29,8 +30,10 @@ def load_model(path: str | Path) -> "torch.nn.Module":  # type: ignore[name-defi
         raise CompressionError(f"MODEL: {p} does not exist")
     try:
         obj = torch.load(str(p), map_location="cpu", weights_only=False)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, AttributeError, ModuleNotFoundError) as exc:
-        raise CompressionError(f"MODEL: {p} is not a torch.save file ({type(exc).__name__}: {exc})") from None
+    except (pickle.UnpicklingError, RuntimeError, EOFError, AttributeError,
+            ModuleNotFoundError) as exc:
+        raise CompressionError(
+            f"MODEL: {p} is not a torch.save file ({type(exc).__name__}: {exc})") from None
     if isinstance(obj, dict) and isinstance(obj.get("model"), nn.Module):
         obj = obj["model"]
     if not isinstance(obj, nn.Module):
@@ -51,20 +54,26 @@ def _parse_prune(spec: str | None) -> dict[str, object]:
         try:
             out["ratio"] = float(ratio)
         except ValueError:
-            raise CompressionError(f"--prune: ratio {ratio!r} is not a number (e.g. channel:0.5)") from None
+            raise CompressionError(
+                f"--prune: ratio {ratio!r} is not a number (e.g. channel:0.5)") from None
     return out
 
 
 def compress(
-    model: Path = typer.Argument(..., help="torch.save'd model (full module or {'model': module})"),
-    data: str = typer.Option("mnist5k", "--data", help="dataset name (nasforge.data)"),
-    data_path: Path | None = typer.Option(None, "--data-path", help="path for on-disk datasets"),
-    prune: str | None = typer.Option(None, "--prune", help="channel:RATIO | unstructured:RATIO | imp:RATIO | none"),
-    quantize: str = typer.Option("int8", "--quantize", help="int8 | int4 | none"),
-    distill_from: Path | None = typer.Option(None, "--distill-from", help="teacher model file"),
-    config: Path | None = typer.Option(None, "--config", help="YAML with a CompressConfig (or a compress: section)"),
-    out: Path = typer.Option(Path("compressed"), "--out", help="output directory"),
-    finetune_epochs: int | None = typer.Option(None, "--finetune-epochs"),
+    model: Annotated[Path, typer.Argument(
+        help="torch.save'd model (full module or {'model': module})")],
+    data: Annotated[str, typer.Option("--data", help="dataset name (nasforge.data)")] = "mnist5k",
+    data_path: Annotated[Path | None, typer.Option(
+        "--data-path", help="path for on-disk datasets")] = None,
+    prune: Annotated[str | None, typer.Option(
+        "--prune", help="channel:RATIO | unstructured:RATIO | imp:RATIO | none")] = None,
+    quantize: Annotated[str, typer.Option("--quantize", help="int8 | int4 | none")] = "int8",
+    distill_from: Annotated[Path | None, typer.Option(
+        "--distill-from", help="teacher model file")] = None,
+    config: Annotated[Path | None, typer.Option(
+        "--config", help="YAML with a CompressConfig (or a compress: section)")] = None,
+    out: Annotated[Path, typer.Option("--out", help="output directory")] = Path("compressed"),
+    finetune_epochs: Annotated[int | None, typer.Option("--finetune-epochs")] = None,
 ) -> None:
     """Prune, fine-tune with distillation, quantize, export ONNX, verify and measure."""
     from rich.console import Console
@@ -90,7 +99,7 @@ def compress(
         try:
             cfg = CompressConfig.model_validate(raw)
         except Exception as exc:  # pydantic.ValidationError: report the first field on one line
-            errs = getattr(exc, "errors", lambda: [])()
+            errs = getattr(exc, "errors", list)()
             if errs:
                 e = errs[0]
                 field = ".".join(str(x) for x in e.get("loc", ()))
@@ -106,8 +115,10 @@ def compress(
         console.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
         raise typer.Exit(code=2) from None
     for s in report.stages:
-        lat = "  ".join(f"b{bs} {ms:.3f} ms ({s.speedup.get(bs, 0):.2f}x)" for bs, ms in s.latency_ms.items())
-        typer.echo(f"{s.name:24s} top-1 {s.test_accuracy * 100:6.2f}%  {s.size_bytes / 1024:8.1f} KiB  {lat}")
+        lat = "  ".join(f"b{bs} {ms:.3f} ms ({s.speedup.get(bs, 0):.2f}x)"
+                        for bs, ms in s.latency_ms.items())
+        typer.echo(f"{s.name:24s} top-1 {s.test_accuracy * 100:6.2f}%  "
+                   f"{s.size_bytes / 1024:8.1f} KiB  {lat}")
     for w in report.warnings:
         typer.secho(f"WARNING: {w}", fg="red", err=True)
     typer.echo(f"report: {out / 'report.html'}")

@@ -31,6 +31,7 @@ from nasforge.compression.pruning import (
     latency_aware_plan,
     magnitude_masks,
     make_importance,
+    recalibrate_bn,
     sparse_size_bytes,
 )
 from nasforge.compression.quantization import (
@@ -104,7 +105,8 @@ def _ort_acc(path: Path, ds: Dataset, threads: int) -> tuple[float, torch.Tensor
 
 
 def run_pipeline(model: nn.Module, dataset: Dataset, cfg: CompressConfig, out_dir: str | Path,
-                 teacher: nn.Module | None = None, progress: Progress | None = None) -> CompressionReport:
+                 teacher: nn.Module | None = None,
+                 progress: Progress | None = None) -> CompressionReport:
     """Compress ``model`` (not modified) on ``dataset``; write artifacts and the report.
 
     ``teacher`` defaults to a frozen copy of ``model``. ``progress(message)`` is called at
@@ -138,8 +140,8 @@ def run_pipeline(model: nn.Module, dataset: Dataset, cfg: CompressConfig, out_di
             tc = TrainConfig(epochs=cfg.finetune.epochs, batch_size=cfg.finetune.batch_size,
                              optimizer=cfg.finetune.optimizer, lr=cfg.finetune.lr, seed=cfg.seed,
                              label_smoothing=0.0)
-            loss = DistillationLoss(teacher, cfg.distill.temperature, cfg.distill.alpha) \
-                if cfg.distill.enabled else None
+            loss = DistillationLoss(teacher, cfg.distill.temperature, cfg.distill.alpha,
+                                    memoize=True) if cfg.distill.enabled else None
             train_model(current, dataset.x_train, dataset.y_train, tc, loss_fn=loss,
                         step_hook=masks.hook if masks is not None else None)  # type: ignore[attr-defined]
             current.eval()
@@ -155,8 +157,8 @@ def run_pipeline(model: nn.Module, dataset: Dataset, cfg: CompressConfig, out_di
         stages.append({"name": "pruned+finetuned" if cfg.finetune.epochs else "pruned",
                        "test_accuracy": _acc(current, dataset), "size_bytes": size,
                        "artifact": "model.pruned.onnx",
-                       "notes": ("unstructured sparsity: size is the sparse encoding; dense "
-                                 "kernels do not run faster",) if p.method != "channel" else ()})
+                       "notes": (("unstructured sparsity: size is the sparse encoding; dense "
+                                  "kernels do not run faster"),) if p.method != "channel" else ()})
         stage_key = "pruned"
     else:
         stage_key = "original"
@@ -167,10 +169,11 @@ def run_pipeline(model: nn.Module, dataset: Dataset, cfg: CompressConfig, out_di
         say("INT4 weight-only quantization")
         m4 = quantize_int4(current, q.int4_group_size)
         m4.save(out / "model.int4.pt")
-        stages.append({"name": "int4-weight-only", "test_accuracy": _acc(m4.materialize(current), dataset),
+        stages.append({"name": "int4-weight-only",
+                       "test_accuracy": _acc(m4.materialize(current), dataset),
                        "size_bytes": m4.size_bytes, "artifact": "model.int4.pt",
-                       "notes": ("no INT4 convolution kernel on x86 CPU runtimes: runs dequantized, "
-                                 f"latency as {stage_key}",)})
+                       "notes": (("no INT4 convolution kernel on x86 CPU runtimes: runs "
+                                  f"dequantized, latency as {stage_key}"),)})
     say("measuring latency on onnxruntime")
     lat = _measure(artifacts, dataset, cfg)
     details["latency"] = {k: {bs: v for bs, v in d.items()} for k, d in lat.items()}
@@ -214,7 +217,8 @@ def _prune(model: nn.Module, ds: Dataset, cfg: CompressConfig, shape: tuple[int,
     if p.method == "channel":
         batches = [(ds.x_train[i:i + 64], ds.y_train[i:i + 64]) for i in range(0, 256, 64)]
         imp = make_importance(p.importance, model, batches, cfg.seed)
-        pc = ChannelPruningConfig(p.ratio, p.target, p.scope, p.round_to, p.min_keep, tuple(p.ignore))
+        pc = ChannelPruningConfig(p.ratio, p.target, p.scope, p.round_to, p.min_keep,
+                                  tuple(p.ignore))
         if p.latency_target_ms is not None:
             say(f"measuring a channel latency table for a {p.latency_target_ms} ms target")
             x1 = ds.x_val[:1]
@@ -234,8 +238,12 @@ def _prune(model: nn.Module, ds: Dataset, cfg: CompressConfig, shape: tuple[int,
         else:
             plan = ChannelPruner(imp, pc).plan(model, shape)
         plan.save(out / "pruning_plan.json")
-        say(f"channel pruning: {plan.channels_removed} channels, est. {plan.macs_reduction:.0%} MACs removed")
+        say(f"channel pruning: {plan.channels_removed} channels, "
+            f"est. {plan.macs_reduction:.0%} MACs removed")
         apply_plan(model, plan)
+        # Stale BN statistics would make the before-fine-tune accuracy meaningless.
+        n_recal = min(len(ds.x_train), 1024)
+        recalibrate_bn(model, [ds.x_train[i:i + 64] for i in range(0, n_recal, 64)])
         details["pruning"] = {"macs_before": plan.macs_before, "macs_after": plan.macs_after,
                               "channels_removed": plan.channels_removed, "notes": list(plan.notes)}
     elif p.method == "unstructured":
@@ -292,11 +300,12 @@ def _int8(current: nn.Module, teacher: nn.Module, ds: Dataset, cfg: CompressConf
             drop = float_val - _acc(sim, ds, "val")
             method = "ptq+mixed"
     if q.qat == "always" or (q.qat == "auto" and drop > q.drop_budget):
-        say(f"quantization-aware training ({q.qat_epochs} epochs, val drop {drop * 100:.2f} points)")
+        say(f"quantization-aware training ({q.qat_epochs} epochs, "
+            f"val drop {drop * 100:.2f} points)")
         tc = TrainConfig(epochs=q.qat_epochs, batch_size=cfg.finetune.batch_size, lr=q.qat_lr,
                          seed=cfg.seed, label_smoothing=0.0, weight_decay=0.0)
-        loss = DistillationLoss(teacher, cfg.distill.temperature, cfg.distill.alpha) \
-            if cfg.distill.enabled else None
+        loss = DistillationLoss(teacher, cfg.distill.temperature, cfg.distill.alpha,
+                                memoize=True) if cfg.distill.enabled else None
         sim, _ = quantization_aware_training(current, ds.x_train, ds.y_train, calib, tc, spec, loss)
         drop = float_val - _acc(sim, ds, "val")
         method += "+qat"
@@ -312,17 +321,20 @@ def _int8(current: nn.Module, teacher: nn.Module, ds: Dataset, cfg: CompressConf
                        "agreement_vs_float": agree, "agreement_vs_simulation": sim_agree}
     stages.append({"name": "int8", "test_accuracy": acc, "size_bytes": file_size(artifacts["int8"]),
                    "artifact": "model.int8.onnx",
-                   "notes": (f"{method}; top-1 agreement with float {agree['top1_agreement']:.4f}",)})
+                   "notes": ((f"{method}; top-1 agreement with float "
+                              f"{agree['top1_agreement']:.4f}"),)})
 
 
-def _measure(artifacts: dict[str, Path], ds: Dataset, cfg: CompressConfig) -> dict[str, dict[int, float]]:
+def _measure(artifacts: dict[str, Path], ds: Dataset,
+             cfg: CompressConfig) -> dict[str, dict[int, float]]:
     out: dict[str, dict[int, float]] = {k: {} for k in artifacts}
     for bs in cfg.target.batch_sizes:
         x = ds.x_test[:bs]
         if len(x) < bs:
             x = x.repeat((bs + len(x) - 1) // len(x), *([1] * (x.dim() - 1)))[:bs]
-        res = compare_latency({k: ort_runner(p, x, cfg.target.threads) for k, p in artifacts.items()},
-                              {}, bs, cfg.target.threads, rounds=cfg.target.rounds, repeats=10)
+        runners = {k: ort_runner(p, x, cfg.target.threads) for k, p in artifacts.items()}
+        res = compare_latency(runners, {}, bs, cfg.target.threads, rounds=cfg.target.rounds,
+                              repeats=10)
         for k, r in res.items():
             out[k][bs] = r.median_ms
     return out

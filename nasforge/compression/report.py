@@ -46,7 +46,8 @@ def _plots(report: CompressionReport) -> list[str]:
     curve = report.details.get("imp_curve")
     if isinstance(curve, list) and curve:
         fig, ax = plt.subplots(figsize=(4.5, 3))
-        ax.plot([r["sparsity"] * 100 for r in curve], [r["val_acc"] * 100 for r in curve], marker="o")
+        ax.plot([r["sparsity"] * 100 for r in curve], [r["val_acc"] * 100 for r in curve],
+                marker="o")
         ax.set_xlabel("sparsity (%)")
         ax.set_ylabel("val top-1 (%)")
         ax.set_title("iterative magnitude pruning")
@@ -61,8 +62,8 @@ def render_html(report: CompressionReport) -> str:
     rows = []
     for s in report.stages:
         cells = "".join(
-            f"<td>{s.latency_ms[bs]:.3f}</td><td>{s.speedup.get(bs, 0):.2f}x</td>" if bs in s.latency_ms
-            else "<td>-</td><td>-</td>" for bs in batch_sizes)
+            f"<td>{s.latency_ms[bs]:.3f}</td><td>{s.speedup.get(bs, 0):.2f}x</td>"
+            if bs in s.latency_ms else "<td>-</td><td>-</td>" for bs in batch_sizes)
         rows.append(f"<tr><td>{html.escape(s.name)}</td><td>{s.test_accuracy * 100:.2f}</td>"
                     f"<td>{s.size_bytes / 1024:.1f}</td>{cells}"
                     f"<td>{html.escape('; '.join(s.notes))}</td></tr>")

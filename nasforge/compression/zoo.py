@@ -64,7 +64,8 @@ class MobileNetV2(nn.Module):
     ``classifier`` (dropout, linear)."""
 
     def __init__(self, num_classes: int = 10, in_channels: int = 1, width: float = 1.0,
-                 setting: Sequence[tuple[int, int, int, int]] = MBV2_SETTING, last_channels: int = 320,
+                 setting: Sequence[tuple[int, int, int, int]] = MBV2_SETTING,
+                 last_channels: int = 320,
                  stem_stride: int = 1, se: bool = False, dropout: float = 0.0) -> None:
         super().__init__()
         cin = make_divisible(32 * width)

@@ -7,7 +7,12 @@ from nasforge.compression.pruning.graph import (
     Member,
     register_leaf_rule,
 )
-from nasforge.compression.pruning.imp import IMPResult, IMPRound, imp_sparsity, iterative_magnitude_pruning
+from nasforge.compression.pruning.imp import (
+    IMPResult,
+    IMPRound,
+    imp_sparsity,
+    iterative_magnitude_pruning,
+)
 from nasforge.compression.pruning.importance import (
     IMPORTANCES,
     BNScaleImportance,
@@ -28,6 +33,7 @@ from nasforge.compression.pruning.pruner import (
     ChannelPruningConfig,
     apply_plan,
     mask_plan,
+    recalibrate_bn,
 )
 from nasforge.compression.pruning.unstructured import (
     GradualMagnitudePruner,
@@ -40,12 +46,36 @@ from nasforge.compression.pruning.unstructured import (
 )
 
 __all__ = [
-    "ChannelGroup", "DependencyGraph", "Member", "register_leaf_rule",
-    "IMPResult", "IMPRound", "imp_sparsity", "iterative_magnitude_pruning",
-    "IMPORTANCES", "BNScaleImportance", "Importance", "MagnitudeImportance", "RandomImportance",
-    "TaylorImportance", "make_importance",
-    "ChannelLatencyTable", "build_latency_table", "latency_aware_plan",
-    "GroupCut", "PruningPlan", "ChannelPruner", "ChannelPruningConfig", "apply_plan", "mask_plan",
-    "GradualMagnitudePruner", "SparsitySchedule", "WeightMasks", "fold_masks", "magnitude_masks",
-    "sparse_size_bytes", "weight_sparsity",
+    "IMPORTANCES",
+    "BNScaleImportance",
+    "ChannelGroup",
+    "ChannelLatencyTable",
+    "ChannelPruner",
+    "ChannelPruningConfig",
+    "DependencyGraph",
+    "GradualMagnitudePruner",
+    "GroupCut",
+    "IMPResult",
+    "IMPRound",
+    "Importance",
+    "MagnitudeImportance",
+    "Member",
+    "PruningPlan",
+    "RandomImportance",
+    "SparsitySchedule",
+    "TaylorImportance",
+    "WeightMasks",
+    "apply_plan",
+    "build_latency_table",
+    "fold_masks",
+    "imp_sparsity",
+    "iterative_magnitude_pruning",
+    "latency_aware_plan",
+    "magnitude_masks",
+    "make_importance",
+    "mask_plan",
+    "recalibrate_bn",
+    "register_leaf_rule",
+    "sparse_size_bytes",
+    "weight_sparsity",
 ]

@@ -21,9 +21,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
-import torch.fx as fx
 import torch.nn.functional as F
-from torch import nn
+from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp
 
 from nasforge.compression.errors import UnsupportedModelError
@@ -56,7 +55,8 @@ MEMBER_KINDS = ("out", "in", "dw", "bn")
 
 @dataclass(frozen=True)
 class Member:
-    """One parameter slice coupled to a group: channel ``offset + i`` of ``module``'s ``kind`` dim."""
+    """One parameter slice coupled to a group: channel ``offset + i`` of ``module``'s
+    ``kind`` dim."""
 
     module: str
     kind: str
@@ -257,7 +257,8 @@ class DependencyGraph:
                 ShapeProp(gm).propagate(torch.zeros(1, *input_shape))
         except Exception as exc:  # noqa: BLE001 - re-raised as a user-facing error
             raise UnsupportedModelError(
-                f"model does not run on input shape {tuple(input_shape)}: {type(exc).__name__}: {exc}"
+                f"model does not run on input shape {tuple(input_shape)}: "
+                f"{type(exc).__name__}: {exc}"
             ) from None
         finally:
             model.train(was_training)
@@ -324,8 +325,10 @@ class _Walker:
                 continue
             reason = self.b.frozen.get(r, "")
             groups.append(ChannelGroup(gid[r], self.b.size[r], members, bool(reason), reason))
-        costs = [_LayerCost(c.module, c.macs, [(gid[self.b.find(s.space)], s.length) for s in c.ins],
-                            [(gid[self.b.find(s.space)], s.length) for s in c.outs], c.depthwise)
+        def ids(segs: list[_Seg]) -> list[tuple[str, int]]:
+            return [(gid[self.b.find(s.space)], s.length) for s in segs]
+
+        costs = [_LayerCost(c.module, c.macs, ids(c.ins), ids(c.outs), c.depthwise)
                  for c in self.raw_costs]
         return DependencyGraph(groups, costs, input_shape)
 

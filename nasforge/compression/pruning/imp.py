@@ -87,7 +87,8 @@ def iterative_magnitude_pruning(
         masks.apply(model)
         train_model(model, x, y, train, step_hook=masks.hook)
         pruned = total - sum(int(m.sum()) for m in masks.masks.values())
-        curve.append(IMPRound(r, masks.sparsity, evaluate_accuracy(model, x_val, y_val), pruned, total))
+        val_acc = evaluate_accuracy(model, x_val, y_val)
+        curve.append(IMPRound(r, masks.sparsity, val_acc, pruned, total))
         if progress:
             progress(curve[-1])
     return model, masks, IMPResult(tuple(curve), rate, rewind_step)

@@ -48,21 +48,36 @@ def _normalize(v: torch.Tensor) -> torch.Tensor:
 
 
 class MagnitudeImportance:
-    """L1 (``p=1``) or L2 (``p=2``) norm of every weight slice of the channel, each member
-    normalised by its mean before summing so that large layers do not dominate."""
+    """L1 (``p=1``) or L2 (``p=2``) magnitude of a channel, each member's scores normalised
+    by their mean before summing so that large layers do not dominate.
 
-    def __init__(self, p: int = 1) -> None:
+    With ``bn_aware`` (the default) a group that contains batch norms is scored by what
+    the channel *delivers*: the BN scales ``|gamma|`` and the consumers' input slices
+    (``in`` members). The producing conv/depthwise slices (``out``/``dw``) are left out
+    there because the BN that follows renormalises them -- their norm says nothing about
+    the channel's effect (this reads conv -> BN -> activation networks; BN-first layouts
+    are better served by ``bn_aware=False``). Groups without BN are scored from every
+    weight slice, as with ``bn_aware=False``.
+    """
+
+    def __init__(self, p: int = 1, bn_aware: bool = True) -> None:
         if p not in (1, 2):
             raise ValueError(f"importance p must be 1 or 2, got {p}")
         self.p = p
+        self.bn_aware = bn_aware
         self.name = f"l{p}"
 
     def scores(self, model: nn.Module, group: ChannelGroup) -> torch.Tensor:
+        has_bn = self.bn_aware and any(m.kind == "bn" for m in group.members)
+        kinds = ("in", "bn") if has_bn else ("out", "in", "dw")
         total = torch.zeros(group.size)
         for m in group.members:
+            if m.kind not in kinds:
+                continue
             w = _slice(model, m, group.size)
-            if w is not None and m.kind != "bn":
-                total += _normalize(w.norm(p=self.p, dim=1))
+            if w is not None:
+                v = w.abs().flatten() if m.kind == "bn" else w.norm(p=self.p, dim=1)
+                total += _normalize(v)
         return total
 
 
@@ -92,7 +107,8 @@ class TaylorImportance:
 
     name = "taylor"
 
-    def __init__(self, model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> None:
+    def __init__(self, model: nn.Module,
+                 batches: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> None:
         params = dict(model.named_parameters())
         grads = {k: torch.zeros_like(p) for k, p in params.items()}
         was_training = model.training
@@ -151,4 +167,5 @@ def make_importance(name: str, model: nn.Module | None = None,
         if model is None or batches is None:
             raise ValueError("prune.importance 'taylor' needs the model and calibration batches")
         return TaylorImportance(model, batches)
-    raise ValueError(f"prune.importance: unknown {name!r}; expected one of {', '.join(IMPORTANCES)}")
+    raise ValueError(
+        f"prune.importance: unknown {name!r}; expected one of {', '.join(IMPORTANCES)}")

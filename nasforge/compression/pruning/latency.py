@@ -11,6 +11,7 @@ so the caller measures the pruned model on the target to confirm.
 from __future__ import annotations
 
 import copy
+import itertools
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
@@ -39,10 +40,11 @@ class ChannelLatencyTable:
     def delta(self, group: str, keep: int, size: int) -> float:
         """Latency change (ms, <= 0 when faster) of keeping ``keep`` of ``size`` channels,
         interpolated linearly between measured levels (full size = 0)."""
-        pts = sorted([(size, 0.0)] + [(k, ms - self.base_ms) for g, k, ms in self.entries if g == group])
+        measured = [(k, ms - self.base_ms) for g, k, ms in self.entries if g == group]
+        pts = sorted([(size, 0.0), *measured])
         if keep >= size:
             return 0.0
-        for (k0, d0), (k1, d1) in zip(pts, pts[1:]):
+        for (k0, d0), (k1, d1) in itertools.pairwise(pts):
             if k0 <= keep <= k1:
                 return d0 + (d1 - d0) * (keep - k0) / max(k1 - k0, 1)
         k0, d0 = pts[0]
@@ -57,12 +59,13 @@ class ChannelLatencyTable:
     @classmethod
     def from_json(cls, text: str) -> ChannelLatencyTable:
         d = json.loads(text)
-        return cls(float(d["base_ms"]), tuple((str(g), int(k), float(v)) for g, k, v in d["entries"]),
-                   str(d.get("backend", "")))
+        entries = tuple((str(g), int(k), float(v)) for g, k, v in d["entries"])
+        return cls(float(d["base_ms"]), entries, str(d.get("backend", "")))
 
 
 def _levels(g: ChannelGroup, fractions: Sequence[float], round_to: int, min_keep: int) -> list[int]:
-    pruner = ChannelPruner(_NullImportance(), ChannelPruningConfig(round_to=round_to, min_keep=min_keep))
+    cfg = ChannelPruningConfig(round_to=round_to, min_keep=min_keep)
+    pruner = ChannelPruner(_NullImportance(), cfg)
     ks = sorted({pruner._round(g, g.size * f) for f in fractions}, reverse=True)
     return [k for k in ks if k < g.size]
 
@@ -74,14 +77,17 @@ class _NullImportance:
         return torch.zeros(group.size)
 
 
-def _single_group_plan(g: ChannelGroup, keep_idx: Sequence[int], input_shape: Sequence[int]) -> PruningPlan:
-    cut = GroupCut(g.id, g.size, tuple(sorted(int(i) for i in keep_idx)), tuple(m.spec() for m in g.members))
+def _single_group_plan(g: ChannelGroup, keep_idx: Sequence[int],
+                       input_shape: Sequence[int]) -> PruningPlan:
+    cut = GroupCut(g.id, g.size, tuple(sorted(int(i) for i in keep_idx)),
+                   tuple(m.spec() for m in g.members))
     return PruningPlan((cut,), tuple(input_shape))
 
 
 def build_latency_table(model: nn.Module, input_shape: Sequence[int], measure: MeasureFn,
                         importance: Importance, fractions: Sequence[float] = (0.75, 0.5, 0.25),
-                        round_to: int = 8, min_keep: int = 8, backend: str = "") -> ChannelLatencyTable:
+                        round_to: int = 8, min_keep: int = 8,
+                        backend: str = "") -> ChannelLatencyTable:
     """Measure the model with each prunable group cut to each level (``len(groups) * levels``
     measurements plus one base); ``model`` is not modified."""
     graph = DependencyGraph.build(model, input_shape)
@@ -90,7 +96,8 @@ def build_latency_table(model: nn.Module, input_shape: Sequence[int], measure: M
     for g in graph.prunable:
         order = torch.argsort(importance.scores(model, g), descending=True, stable=True)
         for k in _levels(g, fractions, round_to, min_keep):
-            pruned = apply_plan(copy.deepcopy(model), _single_group_plan(g, order[:k].tolist(), input_shape))
+            one = _single_group_plan(g, order[:k].tolist(), input_shape)
+            pruned = apply_plan(copy.deepcopy(model), one)
             entries.append((g.id, k, float(measure(pruned))))
     return ChannelLatencyTable(base, tuple(entries), backend)
 
@@ -110,14 +117,16 @@ def latency_aware_plan(model: nn.Module, input_shape: Sequence[int], importance:
     groups = [g for g in graph.prunable
               if not any(m.module.startswith(p) for m in g.members for p in cfg.ignore)]
     sizes = {g.id: g.size for g in groups}
-    levels = {g.id: sorted({k for gg, k, _ in table.entries if gg == g.id}, reverse=True) for g in groups}
+    levels = {g.id: sorted({k for gg, k, _ in table.entries if gg == g.id}, reverse=True)
+              for g in groups}
     order, cum = {}, {}
     for g in groups:
         s = importance.scores(model, g).float()
         s = s / s.mean() if float(s.mean()) > 0 else s
         srt, idx = torch.sort(s, descending=True, stable=True)
         order[g.id] = idx
-        cum[g.id] = torch.cat([torch.zeros(1), torch.cumsum(srt, 0)])  # cum[k] = importance of top-k
+        # cum[k] = importance of the top k channels
+        cum[g.id] = torch.cat([torch.zeros(1), torch.cumsum(srt, 0)])
     keep = {g.id: g.size for g in groups}
     pred = table.predict_ms(keep, sizes)
     while pred > target_ms:
@@ -144,5 +153,5 @@ def latency_aware_plan(model: nn.Module, input_shape: Sequence[int], importance:
                           tuple(m.spec() for m in g.members)) for g in groups)
     return PruningPlan(cuts, tuple(input_shape), importance.name, "latency", "latency_ms",
                        target_ms, graph.estimate_macs(), graph.estimate_macs(keep),
-                       (f"predicted {pred:.3f} ms from table (base {table.base_ms:.3f} ms, "
-                        f"backend {table.backend or 'unspecified'})",))
+                       ((f"predicted {pred:.3f} ms from table (base {table.base_ms:.3f} ms, "
+                         f"backend {table.backend or 'unspecified'})"),))

@@ -66,10 +66,12 @@ class PruningPlan:
             return cls(cuts=cuts, input_shape=tuple(int(s) for s in d["input_shape"]),
                        criterion=str(d.get("criterion", "")), scope=str(d.get("scope", "")),
                        target=str(d.get("target", "")), ratio=float(d.get("ratio", 0.0)),
-                       macs_before=int(d.get("macs_before", 0)), macs_after=int(d.get("macs_after", 0)),
+                       macs_before=int(d.get("macs_before", 0)),
+                       macs_after=int(d.get("macs_after", 0)),
                        notes=tuple(str(n) for n in d.get("notes", ())))
         except (KeyError, TypeError, ValueError) as exc:
-            raise PlanMismatchError(f"pruning plan: malformed ({type(exc).__name__}: {exc})") from None
+            raise PlanMismatchError(
+                f"pruning plan: malformed ({type(exc).__name__}: {exc})") from None
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=1)

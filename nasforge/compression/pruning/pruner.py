@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -248,6 +248,37 @@ def mask_plan(model: nn.Module, plan: PruningPlan) -> nn.Module:
             if kind == "in" and drop:
                 masked.get_submodule(module).weight[:, drop] = 0.0
     return masked
+
+
+@torch.no_grad()
+def recalibrate_bn(model: nn.Module, batches: Iterable[torch.Tensor]) -> nn.Module:
+    """Re-estimate every batch norm's running statistics on ``batches`` (in place).
+
+    Removing channels changes the distribution every later BN sees, so the statistics
+    recorded before pruning are stale and the pruned model evaluates far below what it
+    can do. A forward pass over a few training batches (cumulative averages, no
+    gradients, nothing else trained) restores them; the model is left in eval mode.
+
+    Raises:
+        ValueError: ``batches`` is empty (the statistics would be reset to nothing).
+    """
+    data = list(batches)
+    if not data:
+        raise ValueError("recalibrate_bn: no batches to estimate BN statistics from")
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    momenta = [bn.momentum for bn in bns]
+    for bn in bns:
+        bn.reset_running_stats()
+        bn.momentum = None
+    model.train()
+    try:
+        for xb in data:
+            model(xb)
+    finally:
+        for bn, mom in zip(bns, momenta):
+            bn.momentum = mom
+        model.eval()
+    return model
 
 
 def group_members(graph: DependencyGraph, group_id: str) -> tuple[Member, ...]:

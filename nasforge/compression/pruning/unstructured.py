@@ -103,7 +103,8 @@ def _smallest(scores: torch.Tensor, k: int) -> torch.Tensor:
 
 @torch.no_grad()
 def magnitude_masks(model: nn.Module, sparsity: float, scope: str = "global",
-                    previous: WeightMasks | None = None, exclude: Iterable[str] = ()) -> WeightMasks:
+                    previous: WeightMasks | None = None,
+                    exclude: Iterable[str] = ()) -> WeightMasks:
     """Masks removing the ``sparsity`` fraction of smallest-|w| weights, exactly
     ``round(sparsity * n)`` of them (globally or in each layer).
 
@@ -122,9 +123,10 @@ def magnitude_masks(model: nn.Module, sparsity: float, scope: str = "global",
             s[~previous.masks[name]] = -1.0
         scores[name] = s
     if scope == "layer":
-        return WeightMasks({n: _smallest(s, int(round(sparsity * s.numel()))) for n, s in scores.items()})
+        return WeightMasks({n: _smallest(s, round(sparsity * s.numel()))
+                            for n, s in scores.items()})
     flat = torch.cat([s.flatten() for s in scores.values()])
-    keep = _smallest(flat, int(round(sparsity * flat.numel())))
+    keep = _smallest(flat, round(sparsity * flat.numel()))
     out, i = {}, 0
     for n, s in scores.items():
         out[n] = keep[i:i + s.numel()].reshape(s.shape)

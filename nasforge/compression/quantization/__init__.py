@@ -11,7 +11,13 @@ from nasforge.compression.quantization.ptq import (
     quantize_static_int8,
 )
 from nasforge.compression.quantization.qat import quantization_aware_training
-from nasforge.compression.quantization.qsim import ActQuant, QuantSim, QuantSpec, fold_bn_graph, prepare
+from nasforge.compression.quantization.qsim import (
+    ActQuant,
+    QuantSim,
+    QuantSpec,
+    fold_bn_graph,
+    prepare,
+)
 from nasforge.compression.quantization.sensitivity import (
     LayerSensitivity,
     MixedPrecisionPlan,
@@ -20,9 +26,26 @@ from nasforge.compression.quantization.sensitivity import (
 )
 
 __all__ = [
-    "CALIBRATIONS", "RangeObserver", "qparams", "compact", "export_onnx", "export_qdq",
-    "Int4Model", "quantize_int4", "FormatTrial", "choose_int8_format", "format_candidates",
-    "quantize_static_int8", "quantization_aware_training", "ActQuant", "QuantSim", "QuantSpec",
-    "fold_bn_graph", "prepare", "LayerSensitivity", "MixedPrecisionPlan", "layer_sensitivity",
+    "CALIBRATIONS",
+    "ActQuant",
+    "FormatTrial",
+    "Int4Model",
+    "LayerSensitivity",
+    "MixedPrecisionPlan",
+    "QuantSim",
+    "QuantSpec",
+    "RangeObserver",
+    "choose_int8_format",
+    "compact",
+    "export_onnx",
+    "export_qdq",
+    "fold_bn_graph",
+    "format_candidates",
+    "layer_sensitivity",
     "mixed_precision_plan",
+    "prepare",
+    "qparams",
+    "quantization_aware_training",
+    "quantize_int4",
+    "quantize_static_int8",
 ]

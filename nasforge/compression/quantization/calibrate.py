@@ -28,7 +28,7 @@ def qparams(lo: float, hi: float, signed: bool) -> tuple[float, int]:
     scale = (hi - lo) / 255.0
     if scale <= 0:
         return 1e-8, 0
-    zp = int(round(-lo / scale))
+    zp = round(-lo / scale)
     return scale, max(0, min(255, zp))
 
 
@@ -51,9 +51,9 @@ def _kl_range(hist: torch.Tensor, lo: float, hi: float) -> tuple[float, float]:
     if total == 0:
         return lo, hi
     # Bins are centred on the zero point so that shrinking keeps 0 inside the range.
-    zero_bin = int(round(-lo / (hi - lo) * n)) if hi > lo else 0
+    zero_bin = round(-lo / (hi - lo) * n) if hi > lo else 0
     for i in range(levels, n + 1, 16):
-        left = max(0, zero_bin - int(round(zero_bin * i / n)))
+        left = max(0, zero_bin - round(zero_bin * i / n))
         right = min(n, left + i)
         p = hist[left:right].clone().double()
         p[0] += float(hist[:left].sum())
@@ -79,7 +79,8 @@ class RangeObserver:
 
     def __init__(self, method: str = "minmax", percentile: float = 99.99) -> None:
         if method not in CALIBRATIONS:
-            raise ValueError(f"quantize.calibration: expected one of {CALIBRATIONS}, got {method!r}")
+            raise ValueError(
+                f"quantize.calibration: expected one of {CALIBRATIONS}, got {method!r}")
         self.method = method
         self.percentile = percentile
         self.lo, self.hi = math.inf, -math.inf

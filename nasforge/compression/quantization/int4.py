@@ -65,7 +65,8 @@ def unpack_int4(packed: torch.Tensor, n: int) -> torch.Tensor:
 
 def quantize_weight_int4(w: torch.Tensor, group_size: int = 32) -> Int4Weight:
     if group_size < 2 or group_size % 2:
-        raise QuantizationError(f"quantize.int4_group_size must be an even number >= 2, got {group_size}")
+        raise QuantizationError(
+            f"quantize.int4_group_size must be an even number >= 2, got {group_size}")
     w2 = w.detach().float().reshape(w.shape[0], -1)
     fan_in = w2.shape[1]
     n_groups = math.ceil(fan_in / group_size)

@@ -68,7 +68,7 @@ def choose_int8_format(model: nn.Module, calib_x: torch.Tensor, input_shape: Seq
         for bs in batch_sizes:
             x = calib_x[:1].expand(bs, *calib_x.shape[1:]).contiguous()
             res = compare_latency({n: ort_runner(p, x, threads) for n, p in paths.items()}, {},
-                                  bs, threads, rounds=5, repeats=10)
+                                  bs, threads, rounds=5, repeats=10 if bs <= 4 else 3, warmup=3)
             for n, r in res.items():
                 lat[n][bs] = r.median_ms
     trials = [FormatTrial(n, candidates[n], lat[n]) for n in candidates]

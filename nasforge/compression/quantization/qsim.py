@@ -25,9 +25,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import torch
-import torch.fx as fx
 import torch.nn.functional as F
-from torch import nn
+from torch import fx, nn
 
 from nasforge.compression.errors import QuantizationError
 from nasforge.compression.pruning.graph import trace
@@ -71,9 +70,11 @@ class QuantSpec:
     def __post_init__(self) -> None:
         if self.activations not in ACTIVATION_TYPES:
             raise QuantizationError(
-                f"quantize.activations: expected one of {ACTIVATION_TYPES}, got {self.activations!r}")
+                f"quantize.activations: expected one of {ACTIVATION_TYPES}, "
+                f"got {self.activations!r}")
         if self.weights not in WEIGHT_TYPES:
-            raise QuantizationError(f"quantize.weights: expected one of {WEIGHT_TYPES}, got {self.weights!r}")
+            raise QuantizationError(
+                f"quantize.weights: expected one of {WEIGHT_TYPES}, got {self.weights!r}")
         RangeObserver(self.calibration)  # validates the method name
 
     @property
@@ -160,7 +161,9 @@ class _QuantWeightMixin:
         w = self.weight  # type: ignore[attr-defined]
         if not self.quant_weights:
             return w
-        scale = self.frozen_scale if self.frozen_scale is not None else weight_scale(w, self.per_channel)
+        scale = self.frozen_scale
+        if scale is None:
+            scale = weight_scale(w, self.per_channel)
         return _weight_fq(w, scale, self.per_channel)
 
 
@@ -346,7 +349,7 @@ def prepare(model: nn.Module, spec: QuantSpec | None = None) -> QuantSim:
         if not (len(out.users) == 1 and next(iter(out.users)) is out_node):
             want(out)
     # A movement op's quantizer is shared with its input, so the runtime can drop the pair.
-    for n in list(need):
+    for n in need:
         if _is_movement(gm, n) and n.all_input_nodes:
             want(n.all_input_nodes[0])
     quantizers: dict[str, ActQuant] = {}

@@ -34,12 +34,16 @@ class Latency:
 
 
 def ort_session(path: str | Path, threads: int = 1) -> object:
-    """A CPU ``InferenceSession`` with full graph optimisation and ``threads`` intra-op threads."""
+    """A CPU ``InferenceSession`` with full graph optimisation, ``threads`` intra-op threads
+    and no spinning (idle pool threads would steal cores on a shared machine); every model
+    a comparison times gets the same options."""
     import onnxruntime as ort
 
     so = ort.SessionOptions()
     so.intra_op_num_threads = threads
     so.inter_op_num_threads = 1
+    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    so.add_session_config_entry("session.inter_op.allow_spinning", "0")
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     so.log_severity_level = 3
     return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])

@@ -104,7 +104,8 @@ def mixed_precision_plan(model: nn.Module, calib_x: torch.Tensor, x: torch.Tenso
     acc = int8_acc
     for s in sens[:max_fp32_layers]:
         keep.append(s.layer)
-        sim = quantize_static_int8(model, calib_x, replace(spec, exclude=tuple(spec.exclude) + tuple(keep)))
+        mixed = replace(spec, exclude=tuple(spec.exclude) + tuple(keep))
+        sim = quantize_static_int8(model, calib_x, mixed)
         acc = evaluate_accuracy(sim, x, y)
         if float_acc - acc <= budget:
             break
