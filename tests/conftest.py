@@ -20,3 +20,13 @@ def nb201_csv() -> Path:
     if not NB201_CSV.is_file():
         pytest.skip(f"NAS-Bench-201 table not found at {NB201_CSV} (set NASFORGE_SHARED_DATA)")
     return NB201_CSV
+
+
+@pytest.fixture(scope="module")
+def one_thread():  # type: ignore[no-untyped-def]
+    """One intra-op thread: on a shared 2-core machine OpenMP spin-waiting against other
+    processes makes two threads several times slower, and test models are tiny."""
+    prev = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(prev)

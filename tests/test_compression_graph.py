@@ -36,14 +36,7 @@ from nasforge.spaces.mobile import MobileSpace
 TOL = 1e-4
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():  # type: ignore[no-untyped-def]
-    # One intra-op thread: on a shared 2-core machine OpenMP spin-waiting against other
-    # processes makes two threads several times slower, and these models are tiny.
-    prev = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(prev)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _randomize_bn(model: nn.Module, seed: int = 0) -> nn.Module:

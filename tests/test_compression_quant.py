@@ -34,15 +34,7 @@ from nasforge.compression.zoo import MobileNetV2, resnet
 from nasforge.data import load_dataset
 from nasforge.train import TrainConfig, evaluate_accuracy, train_model
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():  # type: ignore[no-untyped-def]
-    # One intra-op thread: on a shared 2-core machine OpenMP spin-waiting against other
-    # processes makes two threads several times slower, and these models are tiny.
-    prev = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(prev)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 SHAPE = (1, 8, 8)

@@ -17,15 +17,7 @@ from nasforge.compression.pruning import (
 )
 from nasforge.train import TrainConfig, train_model
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():  # type: ignore[no-untyped-def]
-    # One intra-op thread: on a shared 2-core machine OpenMP spin-waiting against other
-    # processes makes two threads several times slower, and these models are tiny.
-    prev = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(prev)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _net() -> nn.Module:
