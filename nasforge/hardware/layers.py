@@ -210,7 +210,6 @@ def _down(spatial: tuple[int, ...], stride: int) -> tuple[int, ...]:
 
 
 def _mobile_plan(space: Any, arch: Arch) -> Plan:
-    from nasforge.nn.blocks import make_divisible
 
     nd = space.nd
     cin0 = space.input_shape[0]
@@ -220,18 +219,12 @@ def _mobile_plan(space: Any, arch: Arch) -> Plan:
     out: list[tuple[Segment, int]] = [(stem, 1)]
     spatial = _down(spatial, space.stem_stride)
     ch = space.stem_channels
-    for i, st in enumerate(space.stages):
-        p = f"stage{i}"
-        out_ch = make_divisible(st.channels * float(arch[f"{p}/width"]))
-        for j in range(int(arch[f"{p}/depth"])):
-            b = f"{p}/block{j}"
-            stride = st.stride if j == 0 else 1
-            spec = LayerSpec("mobile.ir", (ch, out_ch, int(arch[f"{b}/kernel"]), stride,
-                                           int(arch[f"{b}/expand"]), str(arch[f"{b}/act"]),
-                                           bool(arch[f"{b}/se"]), nd), (ch, *spatial))
-            out.append((spec, 1))
-            spatial = _down(spatial, stride)
-            ch = out_ch
+    for blk in space.blocks(arch):
+        spec = LayerSpec("mobile.ir", (blk.in_ch, blk.out_ch, blk.kernel, blk.stride, blk.expand,
+                                       blk.act, blk.se, nd), (blk.in_ch, *spatial))
+        out.append((spec, 1))
+        spatial = _down(spatial, blk.stride)
+        ch = blk.out_ch
     out.append((LayerSpec("mobile.head", (ch, space.head_features, space.num_classes, "hswish", nd),
                           (ch, *spatial)), 1))
     return tuple(out)

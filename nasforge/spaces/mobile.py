@@ -29,6 +29,20 @@ class StageSpec:
     max_depth: int
 
 
+@dataclass(frozen=True)
+class BlockSpec:
+    """One inverted-residual block of an arch: where it sits and what it computes."""
+
+    stage: int
+    in_ch: int
+    out_ch: int
+    kernel: int
+    stride: int
+    expand: int
+    act: str
+    se: bool
+
+
 DEFAULT_STAGES = (StageSpec(16, 1, 2), StageSpec(24, 2, 3), StageSpec(40, 2, 3), StageSpec(80, 1, 3))
 
 
@@ -76,36 +90,44 @@ class MobileSpace(SearchSpace):
                 dims.append(Categorical(f"{b}/act", choices=tuple(activations), when=when))
         super().__init__(dims)
 
-    def build(self, arch: Arch) -> nn.Module:
-        self.validate(arch)
-        nd = self.nd
-        layers: list[nn.Module] = [ConvBNAct(self.input_shape[0], self.stem_channels, 3,
-                                             self.stem_stride, act="hswish", nd=nd)]
+    def blocks(self, arch: Arch) -> list[BlockSpec]:
+        """The inverted-residual blocks of ``arch`` in order, with their channel counts.
+
+        The one walk over stages that ``build``, ``describe`` and the latency table share.
+        """
+        out: list[BlockSpec] = []
         ch = self.stem_channels
         for i, st in enumerate(self.stages):
             p = f"stage{i}"
             out_ch = make_divisible(st.channels * float(arch[f"{p}/width"]))
             for j in range(int(arch[f"{p}/depth"])):
                 b = f"{p}/block{j}"
-                layers.append(InvertedResidual(
-                    ch, out_ch, kernel=int(arch[f"{b}/kernel"]), stride=st.stride if j == 0 else 1,
-                    expand=int(arch[f"{b}/expand"]), act=str(arch[f"{b}/act"]),
-                    se=bool(arch[f"{b}/se"]), nd=nd))
+                out.append(BlockSpec(i, ch, out_ch, int(arch[f"{b}/kernel"]),
+                                     st.stride if j == 0 else 1, int(arch[f"{b}/expand"]),
+                                     str(arch[f"{b}/act"]), bool(arch[f"{b}/se"])))
                 ch = out_ch
+        return out
+
+    def build(self, arch: Arch) -> nn.Module:
+        self.validate(arch)
+        nd = self.nd
+        layers: list[nn.Module] = [ConvBNAct(self.input_shape[0], self.stem_channels, 3,
+                                             self.stem_stride, act="hswish", nd=nd)]
+        ch = self.stem_channels
+        for blk in self.blocks(arch):
+            layers.append(InvertedResidual(blk.in_ch, blk.out_ch, kernel=blk.kernel, stride=blk.stride,
+                                           expand=blk.expand, act=blk.act, se=blk.se, nd=nd))
+            ch = blk.out_ch
         features = nn.Sequential(*layers)
         head = ClassifierHead(ch, self.head_features, self.num_classes, act="hswish", nd=nd)
         return nn.Sequential(features, head)
 
     def describe(self, arch: Arch) -> str:
         """Compact timm-style spelling: one line per stage, ``ir_k5_e6_se_silu`` per block."""
+        blocks = self.blocks(arch)
         lines = []
         for i, st in enumerate(self.stages):
-            p = f"stage{i}"
-            out_ch = make_divisible(st.channels * float(arch[f"{p}/width"]))
-            blocks = []
-            for j in range(int(arch[f"{p}/depth"])):
-                b = f"{p}/block{j}"
-                blocks.append(f"ir_k{arch[f'{b}/kernel']}_e{arch[f'{b}/expand']}"
-                              f"{'_se' if arch[f'{b}/se'] else ''}_{arch[f'{b}/act']}")
-            lines.append(f"{p}: c{out_ch} s{st.stride} x{arch[f'{p}/depth']}: " + " ".join(blocks))
+            mine = [b for b in blocks if b.stage == i]
+            spelled = [f"ir_k{b.kernel}_e{b.expand}{'_se' if b.se else ''}_{b.act}" for b in mine]
+            lines.append(f"stage{i}: c{mine[0].out_ch} s{st.stride} x{len(mine)}: " + " ".join(spelled))
         return "\n".join(lines)
