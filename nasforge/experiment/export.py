@@ -28,21 +28,13 @@ def export_onnx(model: torch.nn.Module, input_shape: tuple[int, ...], path: str 
     return data
 
 
-def ort_session(model_bytes: bytes | str, threads: int = 1):
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    opts.inter_op_num_threads = 1
-    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return ort.InferenceSession(model_bytes, opts, providers=["CPUExecutionProvider"])
-
-
 def onnx_max_abs_diff(model: torch.nn.Module, onnx_bytes: bytes, x: torch.Tensor) -> float:
     """Largest absolute difference between PyTorch and onnxruntime logits on ``x``."""
     model.eval()
     with torch.no_grad():
         ref = model(x).numpy()
+    from nasforge.compression.quantization.runtime import ort_session
+
     sess = ort_session(onnx_bytes)
     out = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0]
     return float(np.abs(out - ref).max())

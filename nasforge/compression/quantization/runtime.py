@@ -33,7 +33,7 @@ class Latency:
         return asdict(self)
 
 
-def ort_session(path: str | Path, threads: int = 1) -> object:
+def ort_session(path: str | Path | bytes, threads: int = 1) -> object:
     """A CPU ``InferenceSession`` with full graph optimisation, ``threads`` intra-op threads
     and no spinning (idle pool threads would steal cores on a shared machine); every model
     a comparison times gets the same options."""
@@ -46,7 +46,8 @@ def ort_session(path: str | Path, threads: int = 1) -> object:
     so.add_session_config_entry("session.inter_op.allow_spinning", "0")
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     so.log_severity_level = 3
-    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    model = path if isinstance(path, bytes) else str(path)
+    return ort.InferenceSession(model, so, providers=["CPUExecutionProvider"])
 
 
 def ort_predict(session: object, x: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
