@@ -22,7 +22,7 @@ from nasforge.nn.blocks import InvertedResidual
 @pytest.mark.parametrize("text, label, mode", [
     ("torch", "torch", "sequential"), ("onnxruntime", "onnxruntime", "sequential"),
     ("ort:parallel", "onnxruntime:parallel", "parallel"), ("ONNX", "onnxruntime", "sequential"),
-    ("cuda", "cuda", "sequential"),
+    ("cuda", "cuda", "sequential"), ("torch:parallel", "torch:parallel", "parallel"),
 ])
 def test_parse(text: str, label: str, mode: str) -> None:
     spec = BackendSpec.parse(text, threads=2)
@@ -32,7 +32,7 @@ def test_parse(text: str, label: str, mode: str) -> None:
 
 @pytest.mark.parametrize("kwargs, field", [
     ({"name": "tpu"}, "backend"), ({"execution_mode": "eager"}, "execution_mode"),
-    ({"name": "torch", "execution_mode": "parallel"}, "execution_mode"), ({"threads": 0}, "threads"),
+    ({"name": "cuda", "execution_mode": "parallel"}, "execution_mode"), ({"threads": 0}, "threads"),
 ])
 def test_bad_specs_name_the_field(kwargs: dict, field: str) -> None:
     with pytest.raises(BackendError, match=field):

@@ -53,3 +53,12 @@ def test_table_from_another_machine_or_setting_warns(table_path: Path, tmp_path:
     cfg = {**ok, "latency": {**ok["latency"], "table": str(foreign), "threads": 2}}
     text = "\n".join(m for _, _, m in latency_findings(cfg))
     assert "Some Other CPU" in text and "1 thread(s), used with 2" in text
+
+
+def test_parallel_backends_on_one_thread_warn_and_onnxruntime_parallel_is_explained() -> None:
+    one = latency_findings({"latency": {"backend": "torch:parallel", "threads": 1}})
+    assert fields(one) == {"latency.threads": "warning"}
+    assert latency_findings({"latency": {"backend": "torch:parallel", "threads": 2}}) == []
+    ort = latency_findings({"latency": {"backend": "onnxruntime:parallel", "threads": 2}})
+    assert fields(ort) == {"latency.backend": "info"}
+    assert "one after another" in ort[0][2]

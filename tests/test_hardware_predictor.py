@@ -25,24 +25,55 @@ def test_critical_path_of_a_hand_built_dag_is_the_known_longest_path() -> None:
     cell = Cell(num_nodes=4, edges=((0, 1, L("a")), (0, 2, L("b")), (1, 2, L("e")), (1, 3, L("c")),
                                     (2, 3, L("d"))),
                 outputs=(3,), merges=((2, L("m2")), (3, L("m3"))))
-    total, crit = cell_times(cell, lambda s: ms[s.args[0]])
+    total, crit, sched = cell_times(cell, lambda s: ms[s.args[0]], workers=8)
     assert total == pytest.approx(sum(ms.values()))
     # paths: a+c+m3 = 7.25 ; a+e+m2+d+m3 = 6.75 ; b+m2+d+m3 = 2.75
     assert crit == pytest.approx(7.25)
+    # enough workers: the schedule is the critical path
+    assert sched == pytest.approx(7.25)
 
 
 def test_critical_path_with_two_inputs_and_a_join() -> None:
     ms = {"p0": 1.0, "p1": 5.0, "x": 1.0, "y": 1.0, "cat": 0.5}
     cell = Cell(num_nodes=5, edges=((0, 2, L("p0")), (1, 3, L("p1")), (2, 4, L("x")), (3, 4, L("y"))),
                 outputs=(2, 4), join=L("cat"), num_inputs=2)
-    total, crit = cell_times(cell, lambda s: ms[s.args[0]])
+    total, crit, sched = cell_times(cell, lambda s: ms[s.args[0]], workers=2)
     assert total == pytest.approx(8.5)
     assert crit == pytest.approx(5.0 + 1.0 + 0.5)
+    # p0, p1 on the two workers; x starts when node 2 is read (t=1) but y waits for p1 (t=5)
+    assert sched == pytest.approx(5.0 + 1.0 + 0.5)
 
 
 def test_chain_sum_equals_critical_path() -> None:
     plan = ((L("a"), 1), (L("b"), 3))
-    assert plan_times(plan, lambda s: {"a": 2.0, "b": 1.5}[s.args[0]]) == (6.5, 6.5)
+    assert plan_times(plan, lambda s: {"a": 2.0, "b": 1.5}[s.args[0]], workers=4) == (6.5, 6.5, 6.5)
+
+
+def test_schedule_is_bounded_by_the_workers() -> None:
+    """Three independent 1 ms ops into one node: 3 ms in a row, 1 ms unbounded, 2 ms on two
+    workers (FIFO: two start at 0, the third at 1), plus the node's sum on the caller."""
+    cell = Cell(num_nodes=2, edges=tuple((0, 1, L(f"op{i}")) for i in range(3)), outputs=(1,),
+                merges=((1, L("sum")),))
+    ms = {"op0": 1.0, "op1": 1.0, "op2": 1.0, "sum": 0.1}
+    total, crit, sched = cell_times(cell, lambda s: ms[s.args[0]], workers=2)
+    assert (total, crit, sched) == pytest.approx((3.1, 1.1, 2.1))
+    assert cell_times(cell, lambda s: ms[s.args[0]], workers=3)[2] == pytest.approx(1.1)
+    assert cell_times(cell, lambda s: ms[s.args[0]], workers=1)[2] == pytest.approx(3.1)
+
+
+def test_schedule_launches_in_source_order_and_reads_nodes_on_the_caller() -> None:
+    """NB201-shaped cell on two workers, costs chosen so that FIFO order matters:
+    0->1 (1), 0->2 (4), 0->3 (4), 1->2 (1), 1->3 (1), 2->3 (1); sums 0 for clarity.
+    t=0: 0->1 on w0, 0->2 on w1; 0->3 queued. Node 1 is read at 1 (w0 free): 0->3 runs on w0
+    1..5; 1->2 and 1->3 wait for a worker: w1 frees at 4 -> 1->2 runs 4..5; 1->3 on w0 5..6.
+    Node 2 is read at 5, 2->3 runs on w1 5..6; node 3 read at 6."""
+    names = {(0, 1): 1.0, (0, 2): 4.0, (0, 3): 4.0, (1, 2): 1.0, (1, 3): 1.0, (2, 3): 1.0}
+    cell = Cell(num_nodes=4, edges=tuple((s, d, L(f"{s}{d}")) for (s, d) in names), outputs=(3,))
+    cost = {f"{s}{d}": v for (s, d), v in names.items()}
+    total, crit, sched = cell_times(cell, lambda s: cost[s.args[0]], workers=2)
+    assert total == pytest.approx(12.0)
+    assert crit == pytest.approx(5.0)  # 0->2->3 or 0->3
+    assert sched == pytest.approx(6.0)
 
 
 def synthetic_table(name: str, shape: tuple[int, ...], seed: int = 0, **options: object) -> LatencyTable:
@@ -58,22 +89,26 @@ def synthetic_table(name: str, shape: tuple[int, ...], seed: int = 0, **options:
                         call_overhead_ms={"min": 0.004, "p10": 0.004, "median": 0.004})
 
 
+@pytest.mark.parametrize("workers", [1, 2, 3])
 @pytest.mark.parametrize("name, options", [("mobile", {}), ("nb201", {}),
                                            ("nb201", {"prune_dead_edges": False}), ("darts", {})])
-def test_fast_path_equals_the_generic_plan_walk(name: str, options: dict) -> None:
+def test_fast_path_equals_the_generic_plan_walk(name: str, options: dict, workers: int) -> None:
     table = synthetic_table(name, (3, 32, 32), **options)
+    if workers > 1:
+        table.backend = BackendSpec("torch", threads=workers, execution_mode="parallel")
+        table.parallel_speedup = 1.9
     space = table.make_space()
     pred = LatencyPredictor(table, space, calibrated=False)
-    assert pred._fast is not None
+    assert pred._fast is not None and pred.workers == workers
     plan = plan_function(space)
     rng = np.random.default_rng(1)
     for _ in range(300):
         arch = space.sample(rng)
         fast = pred.raw_ms(arch)
-        slow = plan_times(plan(arch), pred.layer_ms)
-        assert fast[0] == pytest.approx(slow[0] + 0.004, rel=1e-12)
-        assert fast[1] == pytest.approx(slow[1] + 0.004, rel=1e-12)
-        assert fast[1] <= fast[0] + 1e-12
+        slow = plan_times(plan(arch), pred.layer_ms, pred.workers)
+        for f, s in zip(fast, slow):
+            assert f == pytest.approx(s + 0.004, rel=1e-12)
+        assert fast[1] <= fast[2] + 1e-12 and fast[2] <= fast[0] + 1e-12
 
 
 def test_calibration_is_applied_per_statistic_and_mode() -> None:
@@ -127,12 +162,14 @@ def test_bad_options_are_table_errors() -> None:
         LatencyPredictor(table, create_space("mobile", (3, 8, 8), 10))
 
 
-@pytest.mark.parametrize("speedup, mode", [(None, "critical_path"), (1.9, "critical_path"), (1.02, "sum")])
-def test_auto_mode_uses_the_critical_path_only_where_branches_overlap(speedup: float | None,
-                                                                      mode: str) -> None:
+@pytest.mark.parametrize("speedup, mode, workers", [(None, "schedule", 2), (1.9, "schedule", 2),
+                                                    (1.02, "sum", 1)])
+def test_auto_mode_schedules_only_where_branches_overlap(speedup: float | None, mode: str,
+                                                         workers: int) -> None:
     table = synthetic_table("nb201", (3, 8, 8), C=4, N=1)
-    table.backend = BackendSpec("onnxruntime", threads=2, execution_mode="parallel")
+    table.backend = BackendSpec("torch", threads=2, execution_mode="parallel")
     table.parallel_speedup = speedup
-    assert LatencyPredictor(table).mode == mode
+    pred = LatencyPredictor(table)
+    assert (pred.mode, pred.workers) == (mode, workers)
     table.backend = BackendSpec("onnxruntime", threads=1)
     assert LatencyPredictor(table).mode == "sum"

@@ -81,7 +81,7 @@ class ObjectiveConfig(_Section):
 
 class LatencyConfig(_Section):
     mode: Literal["measure", "predict", "flops"] = "measure"
-    backend: Literal["torch", "onnxruntime", "onnxruntime:parallel", "cuda"] = "torch"
+    backend: Literal["torch", "torch:parallel", "onnxruntime", "onnxruntime:parallel", "cuda"] = "torch"
     statistic: Literal["median", "p10", "min"] | None = None
     batch_size: int = Field(1, ge=1)
     threads: int = Field(1, ge=1)

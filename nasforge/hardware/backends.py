@@ -1,5 +1,11 @@
-"""Backends a latency is measured on: ``torch`` (eager CPU), ``onnxruntime`` (CPU execution
-provider, sequential or parallel execution mode) and ``cuda`` (CUDA events).
+"""Backends a latency is measured on: ``torch`` (eager CPU), ``torch:parallel`` (TorchScript
+with the independent ops of a cell forked onto torch's inter-op threads), ``onnxruntime`` (CPU
+execution provider, sequential or parallel execution mode) and ``cuda`` (CUDA events).
+
+Which backends really overlap branches: ``torch:parallel`` does (two independent 3-conv
+branches ran 1.99x faster than one after the other on 2 cores). onnxruntime's parallel
+mode does not on CPU since 1.14 (microsoft/onnxruntime#16158: two 8 ms branches took 16.2 ms),
+so it is kept for completeness and measured, not assumed (:attr:`LatencyTable.parallel_speedup`).
 
 A backend turns a model into a :class:`Runner`: an object that runs the model ``n`` times and
 returns the ``n`` times in milliseconds. The timing harness (:mod:`nasforge.hardware.timing`)
@@ -9,8 +15,10 @@ handling and statistics.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import copy
+import functools
 import io
 import time
 import warnings
@@ -38,10 +46,10 @@ class BackendSpec:
 
     Args:
         name: ``torch``, ``onnxruntime`` or ``cuda``.
-        threads: threads pinned for the measurement (torch intra-op threads; onnxruntime
-            intra-op threads in sequential mode, inter-op threads in parallel mode, where each
-            node then runs on one thread so that independent branches run side by side).
-        execution_mode: onnxruntime only: ``sequential`` or ``parallel``.
+        threads: threads pinned for the measurement (intra-op threads in sequential mode;
+            inter-op threads in parallel mode, where each op then runs on one thread so that
+            independent branches run side by side).
+        execution_mode: ``sequential`` or ``parallel`` (``torch`` and ``onnxruntime``).
         fold_bn: fold batch norm into the preceding conv before timing (what is deployed;
             the onnxruntime exporter folds it anyway).
         allow_spinning: onnxruntime only. Spinning idle threads steal cores from whatever
@@ -61,21 +69,23 @@ class BackendSpec:
         if self.execution_mode not in EXECUTION_MODES:
             raise BackendError(f"backend.execution_mode: {self.execution_mode!r} is not one of "
                                f"{', '.join(EXECUTION_MODES)}")
-        if self.execution_mode == "parallel" and self.name != "onnxruntime":
-            raise BackendError("backend.execution_mode: 'parallel' exists for onnxruntime only")
+        if self.execution_mode == "parallel" and self.name == "cuda":
+            raise BackendError("backend.execution_mode: 'parallel' exists for torch and "
+                               "onnxruntime, not cuda")
         if int(self.threads) < 1:
             raise BackendError(f"backend.threads: must be >= 1, got {self.threads}")
 
     @classmethod
     def parse(cls, text: str, threads: int = 1) -> BackendSpec:
-        """``torch``, ``onnxruntime``, ``onnxruntime:parallel`` (also ``ort``), ``cuda``."""
+        """``torch``, ``torch:parallel``, ``onnxruntime``, ``onnxruntime:parallel`` (also
+        ``ort``), ``cuda``."""
         name, _, mode = str(text).strip().lower().partition(":")
         name = _ALIASES.get(name, name)
         return cls(name=name, threads=threads, execution_mode=mode or "sequential")
 
     @property
     def label(self) -> str:
-        """``torch``, ``onnxruntime``, ``onnxruntime:parallel`` or ``cuda``."""
+        """``torch``, ``torch:parallel``, ``onnxruntime``, ``onnxruntime:parallel`` or ``cuda``."""
         return f"{self.name}:parallel" if self.execution_mode == "parallel" else self.name
 
     @property
@@ -260,14 +270,65 @@ def make_runner(model: nn.Module | None, input_shape: Sequence[int], batch_size:
         prepared = prepared.cuda()
         xc = x.cuda()
         return _CudaRunner(lambda: prepared(xc), name)
+    if spec.parallel:
+        traced = trace_with_forks(prepared, x, spec.threads)
+        return _TorchRunner(lambda: traced(x), name)
     return _TorchRunner(lambda: prepared(x), name)
+
+
+def ensure_interop_threads(n: int) -> int:
+    """Size torch's inter-op pool (which runs forked branches) to ``n`` threads.
+
+    torch lets the pool be sized once per process, before its first use; a later, different
+    request is a :class:`BackendError` that says how to get the size wanted.
+    """
+    have = torch.get_num_interop_threads()
+    if have == n:
+        return have
+    try:
+        torch.set_num_interop_threads(n)
+    except RuntimeError:
+        raise BackendError(f"backend torch:parallel: torch's inter-op pool already has {have} "
+                           f"threads in this process and cannot be resized to {n}; use "
+                           f"threads={have}, or measure in a fresh process") from None
+    return torch.get_num_interop_threads()
+
+
+@functools.cache
+def _drain_pool_at_exit() -> None:
+    """Give the inter-op threads a moment at exit (registered once).
+
+    A pool thread drops its finished task *after* the task's future completes; the task holds
+    tensors, and dropping one that Python also references takes the GIL. If the interpreter
+    is already finalizing, CPython ends that thread inside a noexcept destructor and the
+    process aborts ("terminate called without an active exception", seen in 1 of 3 exits of
+    a script that forks on torch 2.13). Sleeping 50 ms at exit, before finalization, lets the
+    threads finish dropping their tasks.
+    """
+    atexit.register(time.sleep, 0.05)
+
+
+def trace_with_forks(model: nn.Module, x: torch.Tensor, threads: int) -> nn.Module:
+    """``model`` traced to TorchScript with every cell's ops forked (see
+    :func:`nasforge.nn.cells.enable_branch_forks`); the forks run on ``threads`` inter-op
+    threads. A model without cells is traced as is (nothing to overlap)."""
+    from nasforge.nn.cells import enable_branch_forks
+
+    ensure_interop_threads(threads)
+    _drain_pool_at_exit()
+    model = copy.deepcopy(model).eval()
+    enable_branch_forks(model)
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        return torch.jit.trace(model, x, check_trace=False)
 
 
 @contextlib.contextmanager
 def pinned_threads(spec: BackendSpec) -> Iterator[int]:
-    """Pin torch's intra-op threads to ``spec.threads`` for the block; yields the count."""
+    """Pin torch's intra-op threads to ``spec.threads`` for the block (to 1 in parallel mode,
+    where ``spec.threads`` is the inter-op pool); yields the intra-op count."""
     prev = torch.get_num_threads()
-    torch.set_num_threads(spec.threads)
+    torch.set_num_threads(1 if spec.parallel else spec.threads)
     try:
         yield torch.get_num_threads()
     finally:

@@ -12,12 +12,16 @@ from dataclasses import dataclass
 
 import numpy as np
 
+#: how a table's layer costs add up to a network (see :mod:`nasforge.hardware.predictor`);
+#: one calibration is fitted per aggregation and statistic
+AGGREGATIONS = ("sum", "critical_path", "schedule")
+
 
 @dataclass(frozen=True)
 class Calibration:
     """``measured_ms ~= slope * raw_ms + intercept_ms`` over whole-model measurements.
 
-    ``raw_ms`` is the table's sum (or critical path) with the backend's per-call overhead
+    ``raw_ms`` is the table's sum (or critical path, or schedule) with the backend's per-call overhead
     counted once. ``mape`` is the fit's mean absolute % error on its own points.
     """
 

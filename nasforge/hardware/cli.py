@@ -93,7 +93,7 @@ def build(
     input_shape: Annotated[str, typer.Option(help="per-sample shape, e.g. 3,32,32")] = "3,32,32",
     num_classes: Annotated[int, typer.Option(help="classifier outputs")] = 10,
     option: Annotated[list[str], typer.Option(help="space option key=value (repeatable)")] = [],  # noqa: B006
-    backend: Annotated[str, typer.Option(help="torch | onnxruntime | onnxruntime:parallel | cuda")] = "torch",
+    backend: Annotated[str, typer.Option(help="torch | torch:parallel | onnxruntime | onnxruntime:parallel | cuda")] = "torch",
     threads: Annotated[int, typer.Option(help="threads, pinned and recorded")] = 1,
     batch_size: Annotated[int, typer.Option(help="batch size of every measurement")] = 1,
     statistic: Annotated[str, typer.Option(help="min | p10 | median: what predictions use")] = "min",
@@ -139,7 +139,7 @@ def predict(
     archs_file: Annotated[Path | None, typer.Option("--archs", help="file with one arch per line")] = None,
     sample: Annotated[int, typer.Option(help="predict this many random archs")] = 0,
     seed: Annotated[int, typer.Option(help="seed of --sample")] = 0,
-    mode: Annotated[str, typer.Option(help="auto | sum | critical_path")] = "auto",
+    mode: Annotated[str, typer.Option(help="auto | sum | critical_path | schedule")] = "auto",
     statistic: Annotated[str | None, typer.Option(help="min | p10 | median (default: the table's)")] = None,
     measure_missing: Annotated[bool, typer.Option(help="measure layers missing from the table")] = False,
 ) -> None:

@@ -27,7 +27,8 @@ def latency_findings(cfg: Any) -> list[tuple[str, str, str]]:
     """Findings about how a config obtains latency.
 
     Warns when FLOPs or params stand in for latency (as the cost metric, or
-    ``latency.mode: flops``); for ``latency.mode: predict``, an error when the table is missing
+    ``latency.mode: flops``) and when a parallel backend gets one thread (notes that
+    onnxruntime's parallel mode does not overlap branches on CPU); for ``latency.mode: predict``, an error when the table is missing
     or the space cannot be decomposed, and a warning for every :func:`check_table` problem
     (fingerprint from another machine, other backend / batch size / threads, missing layers,
     no calibration, noisy entries).
@@ -41,6 +42,17 @@ def latency_findings(cfg: Any) -> list[tuple[str, str, str]]:
                     (f"{cost} is optimised as a latency proxy; FLOPs and params rank latency poorly "
                     "(`nasforge latency validate` prints their Kendall tau beside the table's); "
                     "use latency_ms measured or predicted from a table")))
+    backend = str(_get(latency, "backend", "torch"))
+    threads = int(_get(latency, "threads", 1) or 1)
+    if backend.endswith(":parallel") and threads == 1:
+        out.append(("warning", "latency.threads",
+                    (f"{backend} with 1 thread runs a cell's branches one at a time; set "
+                    "latency.threads to the cores the deployment uses")))
+    if backend == "onnxruntime:parallel":
+        out.append(("info", "latency.backend",
+                    ("onnxruntime's parallel mode runs CPU branches one after another (since 1.14, "
+                    "microsoft/onnxruntime#16158), so it times like the sequential mode; "
+                    "torch:parallel really overlaps a cell's branches")))
     mode = str(_get(latency, "mode", "measure"))
     if mode in PROXIES:
         out.append(("warning", "latency.mode",

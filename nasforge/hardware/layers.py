@@ -70,6 +70,10 @@ class Cell:
             yield self.join
 
 
+#: ops that run as cell edges: the ``torch:parallel`` backend forks each onto the inter-op pool
+#: (see :func:`nasforge.nn.cells.run_dag`), so their table entries are timed forked too
+BRANCH_OPS = frozenset({"nb201.op", "darts.op", "darts.pre"})
+
 Segment = LayerSpec | Cell
 Plan = tuple[tuple[Segment, int], ...]  # (segment, repeat count), run in order
 

@@ -1,12 +1,22 @@
 """`LatencyPredictor`: latency of an architecture from a :class:`LatencyTable`, in microseconds
 of compute per candidate, no training.
 
-Two aggregations. ``sum``: every layer runs after the previous one (eager torch, onnxruntime's
-sequential mode). ``critical_path``: layers of a multi-branch cell (``nb201``, ``darts``) that
-do not depend on each other run side by side (onnxruntime's parallel mode), so a cell costs
-its longest path through the DAG. Both count the backend's per-call overhead once per network
-(each table entry has it subtracted) and then apply the per-network calibration fitted on
-whole-model measurements (:class:`~nasforge.hardware.table.Calibration`).
+Three aggregations:
+
+* ``sum``: every layer runs after the previous one (eager torch, onnxruntime on CPU in either
+  execution mode).
+* ``critical_path``: the ops of a multi-branch cell (``nb201``, ``darts``) that do not depend
+  on each other run side by side on unlimited threads, so a cell costs its longest path
+  through the DAG.
+* ``schedule``: the same DAG with the ops queued on the backend's ``threads`` workers in the
+  order the cell launches them (``torch:parallel`` forks each op once its input node is
+  read, and the inter-op pool takes them first in, first out), while node sums run on the
+  calling thread. With threads >= the cell's width it is the critical path; with one it is
+  the sum less the sums that overlap running ops.
+
+All count the backend's per-call overhead once per network (each table entry has it
+subtracted) and then apply the per-network calibration fitted on whole-model measurements
+(:class:`~nasforge.hardware.table.Calibration`).
 
 Speed: for the known spaces the arch is read straight into precompiled lookups (layer keys
 resolved to floats once, at construction), so a prediction is a few dict reads per layer.
@@ -14,12 +24,13 @@ resolved to floats once, at construction), so a prediction is a few dict reads p
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import replace
 from typing import Any
 
 import numpy as np
 
+from nasforge.hardware.calibration import AGGREGATIONS
 from nasforge.hardware.entries import ENTRY_TIMING, measure_entries
 from nasforge.hardware.layers import (
     Cell,
@@ -33,26 +44,64 @@ from nasforge.hardware.table import LatencyTable, TableEntry, TableError
 from nasforge.hardware.timing import STATISTICS
 from nasforge.space import Arch, SearchSpace
 
-MODES = ("auto", "sum", "critical_path")
-#: branch speedup from which ``auto`` predicts with the critical path
+MODES = ("auto", *AGGREGATIONS)
+#: branch speedup from which a backend counts as running branches side by side
 PARALLEL_SPEEDUP = 1.3
 ON_MISSING = ("error", "measure")
-RawFn = Callable[[Arch], tuple[float, float]]
+Times = tuple[float, float, float]  # (sum, critical path, schedule) in ms
+RawFn = Callable[[Arch], Times]
 
 
-def cell_times(cell: Cell, ms: Callable[[LayerSpec], float]) -> tuple[float, float]:
-    """(sum of all layers, critical path) of one cell in ms, given each layer's cost.
+def list_schedule(num_nodes: int, num_inputs: int, edges: Sequence[tuple[int, int, float]],
+                  merge: Sequence[float], workers: int) -> float:
+    """When the calling thread has read every node of a cell whose ops run on ``workers``.
 
-    A node is ready at the latest finish of its incoming edges plus its merge; the cell ends
-    at the latest of its output nodes plus the join. Input nodes are ready at 0.
+    ``edges`` are ``(src, dst, ms)`` in launch order (sorted by source, as
+    :func:`nasforge.nn.cells.run_dag` launches them); ``merge[d]`` is node ``d``'s sum (run
+    on the calling thread when the node is first read). An op is launched when its source has
+    been read and starts on the first worker free from then (a FIFO pool).
+    """
+    # ruff: max() is twice as slow as the conditionals below, and this runs per op per cell
+    main = 0.0
+    free = [0.0] * workers
+    last = [-1.0] * num_nodes  # latest finish of an op into each node; -1: none
+    read = [True] * num_inputs + [False] * (num_nodes - num_inputs)
+    for s, d, m in edges:
+        if not read[s]:
+            t = last[s]
+            if t >= 0.0:
+                main = (t if t > main else main) + merge[s]  # noqa: FURB136
+            read[s] = True
+        t = min(free)
+        w = free.index(t)
+        fin = (t if t > main else main) + m  # noqa: FURB136
+        free[w] = fin
+        if fin > last[d]:  # noqa: PLR1730
+            last[d] = fin
+    for i in range(num_inputs, num_nodes):
+        t = last[i]
+        if not read[i] and t >= 0.0:
+            main = (t if t > main else main) + merge[i]  # noqa: FURB136
+    return main
+
+
+def cell_times(cell: Cell, ms: Callable[[LayerSpec], float], workers: int = 1) -> Times:
+    """(sum of all layers, critical path, schedule on ``workers``) of one cell in ms.
+
+    With one worker the schedule is the sum (nothing overlaps, not even the sums).
+
+    Critical path: a node is ready at the latest finish of its incoming edges plus its merge;
+    the cell ends at the latest of its output nodes plus the join. Input nodes are ready at 0.
     """
     n = cell.num_nodes
     finish = [0.0] * n
     incoming: dict[int, list[tuple[int, float]]] = {}
+    timed: list[tuple[int, int, float]] = []
     total = 0.0
     for s, d, spec in cell.edges:
         m = ms(spec)
         incoming.setdefault(d, []).append((s, m))
+        timed.append((s, d, m))
         total += m
     merges = {node: ms(spec) for node, spec in cell.merges}
     for d in range(cell.num_inputs, n):
@@ -63,22 +112,30 @@ def cell_times(cell: Cell, ms: Callable[[LayerSpec], float]) -> tuple[float, flo
         total += mg
         finish[d] = max(finish[s] + m for s, m in ins) + mg
     join = ms(cell.join) if cell.join is not None else 0.0
-    return total + join, max(finish[o] for o in cell.outputs) + join
+    if workers == 1:
+        sched = total + join
+    else:
+        timed.sort(key=lambda e: e[0])
+        sched = list_schedule(n, cell.num_inputs, timed, [merges.get(i, 0.0) for i in range(n)],
+                              workers) + join
+    return total + join, max(finish[o] for o in cell.outputs) + join, sched
 
 
-def plan_times(plan: Plan, ms: Callable[[LayerSpec], float]) -> tuple[float, float]:
-    """(sum, critical path) of a whole plan in ms (segments run one after another)."""
-    total = crit = 0.0
+def plan_times(plan: Plan, ms: Callable[[LayerSpec], float], workers: int = 1) -> Times:
+    """(sum, critical path, schedule) of a whole plan in ms (segments run one after another)."""
+    total = crit = sched = 0.0
     for seg, rep in plan:
         if isinstance(seg, Cell):
-            s, c = cell_times(seg, ms)
+            s, c, q = cell_times(seg, ms, workers)
             total += rep * s
             crit += rep * c
+            sched += rep * q
         else:
             m = ms(seg)
             total += rep * m
             crit += rep * m
-    return total, crit
+            sched += rep * m
+    return total, crit, sched
 
 
 class LatencyPredictor:
@@ -87,8 +144,8 @@ class LatencyPredictor:
     Args:
         table: the measured layers (and calibration).
         space: the space the archs come from; default: rebuilt from the table's record.
-        mode: ``sum``, ``critical_path`` or ``auto``: the critical path for a parallel
-            execution mode whose measured speedup on independent branches
+        mode: ``sum``, ``critical_path``, ``schedule`` or ``auto``: the schedule for a
+            parallel execution mode whose measured speedup on independent branches
             (:attr:`LatencyTable.parallel_speedup`) is at least 1.3, else the sum.
         on_missing: a layer absent from the table is ``measure``d on demand (and added to the
             table, saved if the table has a path) or is an ``error`` (:class:`TableError`).
@@ -118,11 +175,16 @@ class LatencyPredictor:
         if self.space.name != table.space.get("name"):
             raise TableError(f"{table.path or 'table'}: built for space {table.space.get('name')!r}, "
                              f"not {self.space.name!r}")
+        speedup = table.parallel_speedup
+        concurrent = table.backend.parallel and (speedup is None or speedup >= PARALLEL_SPEEDUP)
         if mode == "auto":
-            speedup = table.parallel_speedup
-            concurrent = table.backend.parallel and (speedup is None or speedup >= PARALLEL_SPEEDUP)
-            mode = "critical_path" if concurrent else "sum"
+            mode = "schedule" if concurrent else "sum"
+            if mode == "schedule" and table.calibration and f"{statistic}/schedule" not in table.calibration:
+                mode = "critical_path"  # a table calibrated before schedules existed
         self.mode = mode
+        self._index = AGGREGATIONS.index(mode)
+        #: workers the ``schedule`` aggregation queues ops on (1 where branches do not overlap)
+        self.workers = table.backend.threads if concurrent else 1
         self.on_missing = on_missing
         cal = table.calibration.get(f"{statistic}/{mode}") if calibrated else None
         self.calibration = cal
@@ -141,7 +203,7 @@ class LatencyPredictor:
         entries = self.table.entries
         self._net = {spec: self._entry_ms(entries[spec.key])
                      for spec in enumerate_layers(self.space) if spec.key in entries}
-        self._fast: RawFn | None = _safe_compile(self.space.name)(self.space, self._net)
+        self._fast: RawFn | None = _safe_compile(self.space.name)(self.space, self._net, self.workers)
 
     def layer_ms(self, spec: LayerSpec) -> float:
         """A layer's cost in ms with the per-call overhead taken off (measured if missing)."""
@@ -163,24 +225,24 @@ class LatencyPredictor:
         return m
 
     # -- predictions ----------------------------------------------------------------------------
-    def raw_ms(self, arch: Arch) -> tuple[float, float]:
-        """Uncalibrated (sum, critical path) in ms, the per-call overhead counted once."""
+    def raw_ms(self, arch: Arch) -> Times:
+        """Uncalibrated (sum, critical path, schedule) in ms, the per-call overhead counted once."""
+        o = self._overhead
         if self._fast is not None:
             try:
-                s, c = self._fast(arch)
-                return s + self._overhead, c + self._overhead
+                s, c, q = self._fast(arch)
+                return s + o, c + o, q + o
             except KeyError:
                 pass  # a layer is missing from the fast lookups: take the slow path once
         known = len(self._net)
-        s, c = plan_times(self._plan(arch), self.layer_ms)
+        s, c, q = plan_times(self._plan(arch), self.layer_ms, self.workers)
         if len(self._net) != known:  # layers were measured on demand: refresh the fast path
-            self._fast = _safe_compile(self.space.name)(self.space, self._net)
-        return s + self._overhead, c + self._overhead
+            self._fast = _safe_compile(self.space.name)(self.space, self._net, self.workers)
+        return s + o, c + o, q + o
 
     def predict(self, arch: Arch) -> float:
-        """Predicted latency in milliseconds (calibrated ``sum`` or ``critical_path``)."""
-        s, c = self.raw_ms(arch)
-        return self._slope * (c if self.mode == "critical_path" else s) + self._intercept
+        """Predicted latency in milliseconds (the calibrated aggregation of :attr:`mode`)."""
+        return self._slope * self.raw_ms(arch)[self._index] + self._intercept
 
     __call__ = predict
 
@@ -198,11 +260,11 @@ class LatencyPredictor:
 
 
 # -- precompiled fast paths ---------------------------------------------------------------------
-def _no_fast(space: Any, net: dict[LayerSpec, float]) -> RawFn | None:
+def _no_fast(space: Any, net: dict[LayerSpec, float], workers: int) -> RawFn | None:
     return None
 
 
-def _mobile_fast(space: Any, net: dict[LayerSpec, float]) -> RawFn:
+def _mobile_fast(space: Any, net: dict[LayerSpec, float], workers: int) -> RawFn:
     """Per block position, a dict (c_in, c_out, kernel, expand, act, se) -> ms."""
     from nasforge.nn.blocks import make_divisible
 
@@ -235,7 +297,7 @@ def _mobile_fast(space: Any, net: dict[LayerSpec, float]) -> RawFn:
         raise KeyError("mobile.stem")
     stem_ms, stem_ch = stem, space.stem_channels
 
-    def raw(arch: Arch) -> tuple[float, float]:
+    def raw(arch: Arch) -> Times:
         v: dict[str, Any] = arch.to_dict() if isinstance(arch, Arch) else dict(arch)
         total = stem_ms
         ch = stem_ch
@@ -246,12 +308,12 @@ def _mobile_fast(space: Any, net: dict[LayerSpec, float]) -> RawFn:
                 total += tab[(ch, out, v[kl], v[el], v[al], v[sl])]
                 ch = out
         total += heads[ch]
-        return total, total
+        return total, total, total
 
     return raw
 
 
-def _nb201_fast(space: Any, net: dict[LayerSpec, float]) -> RawFn:
+def _nb201_fast(space: Any, net: dict[LayerSpec, float], workers: int) -> RawFn:
     """Fixed layers summed once; per stage an op -> ms dict; cells memoised by their ops."""
     from nasforge.hardware.layers import LayerSpec as L
     from nasforge.hardware.layers import _nb201_stages
@@ -268,9 +330,9 @@ def _nb201_fast(space: Any, net: dict[LayerSpec, float]) -> RawFn:
         sums = {k: net[L("sum", (k,), shape)] for k in (2, 3)}
         stages.append((op_ms, sums, net[L("zero", (), shape)]))
     n_cells = space.N
-    memo: dict[tuple[Any, ...], tuple[float, float]] = {}
+    memo: dict[tuple[Any, ...], Times] = {}
 
-    def raw(arch: Arch) -> tuple[float, float]:
+    def raw(arch: Arch) -> Times:
         v: dict[str, Any] = arch.to_dict() if isinstance(arch, Arch) else dict(arch)
         ops = tuple(v[label] for label in LABELS)
         hit = memo.get(ops)
@@ -280,13 +342,16 @@ def _nb201_fast(space: Any, net: dict[LayerSpec, float]) -> RawFn:
             edges = live_edges(v)
         else:
             edges = [(s, d, v[edge_label(d, s)]) for d, s in EDGES]
-        total = crit = fixed
+        by_src = sorted(edges) if workers > 1 else edges
+        total = crit = sched = fixed
         for op_ms, sums, zero in stages:
             if not edges:
                 total += n_cells * zero
                 crit += n_cells * zero
+                sched += n_cells * zero
                 continue
             finish = [0.0, 0.0, 0.0, 0.0]
+            merge = [0.0, 0.0, 0.0, 0.0]
             cell_sum = 0.0
             last = i = 0
             for d in (1, 2, 3):  # edges are sorted by dst, so a node's sources are final
@@ -302,19 +367,25 @@ def _nb201_fast(space: Any, net: dict[LayerSpec, float]) -> RawFn:
                     i += 1
                 if k:
                     if k > 1:
+                        merge[d] = sums[k]
                         cell_sum += sums[k]
                         best += sums[k]
                     finish[d] = best
                     last = d
             total += n_cells * cell_sum
             crit += n_cells * finish[last]
-        hit = memo[ops] = (total, crit)
+            if workers > 1:
+                timed = [(s, d, op_ms[op]) for s, d, op in by_src]
+                sched += n_cells * list_schedule(last + 1, 1, timed, merge, workers)
+            else:
+                sched += n_cells * cell_sum
+        hit = memo[ops] = (total, crit, sched)
         return hit
 
     return raw
 
 
-def _darts_fast(space: Any, net: dict[LayerSpec, float]) -> RawFn:
+def _darts_fast(space: Any, net: dict[LayerSpec, float], workers: int) -> RawFn:
     """Per cell position: fixed preprocessing costs and an (op, src-is-input) -> ms dict."""
     from nasforge.hardware.layers import LayerSpec as L
     from nasforge.hardware.layers import _darts_shapes
@@ -336,40 +407,54 @@ def _darts_fast(space: Any, net: dict[LayerSpec, float]) -> RawFn:
         cells.append((sh.reduction, net[sh.pre0], net[sh.pre1], op_ms, add, join))
     labels = {cell: [gene_labels(cell, node, k) for node in space.concat for k in (0, 1)]
               for cell in ("normal", "reduce")}
+    merge = [0.0] * 4
+    n_nodes = 4 + steps
 
-    def raw(arch: Arch) -> tuple[float, float]:
+    def raw(arch: Arch) -> Times:
         v: dict[str, Any] = arch.to_dict() if isinstance(arch, Arch) else dict(arch)
         genes = {cell: [(v[o], v[s]) for o, s in labs] for cell, labs in labels.items()}
-        total = crit = fixed
+        total = crit = sched = fixed
         for reduction, pre0, pre1, op_ms, add, join in cells:
             g = genes["reduce" if reduction else "normal"]
             finish = [pre0, pre1]
             cell_sum = pre0 + pre1
+            timed = [(0, 2, pre0), (1, 3, pre1)]
             for i in range(steps):
                 (o0, s0), (o1, s1) = g[2 * i], g[2 * i + 1]
                 m0, m1 = op_ms[(o0, s0 < 2)], op_ms[(o1, s1 < 2)]
                 finish.append(max(finish[s0] + m0, finish[s1] + m1) + add)
                 cell_sum += m0 + m1 + add
+                timed.append((s0 + 2, 4 + i, m0))
+                timed.append((s1 + 2, 4 + i, m1))
             total += cell_sum + join
             crit += max(finish[2:]) + join
-        return total, crit
+            if workers > 1:
+                timed.sort(key=_src)
+                sched += list_schedule(n_nodes, 2, timed, merge + [add] * steps, workers) + join
+            else:
+                sched += cell_sum + join
+        return total, crit, sched
 
     return raw
 
 
-_COMPILERS: dict[str, Callable[[Any, dict[LayerSpec, float]], RawFn | None]] = {
+def _src(edge: tuple[int, int, float]) -> int:
+    return edge[0]
+
+
+_COMPILERS: dict[str, Callable[[Any, dict[LayerSpec, float], int], RawFn | None]] = {
     "mobile": _mobile_fast,
     "nb201": _nb201_fast,
     "darts": _darts_fast,
 }
 
 
-def _safe_compile(name: str) -> Callable[[Any, dict[LayerSpec, float]], RawFn | None]:
+def _safe_compile(name: str) -> Callable[[Any, dict[LayerSpec, float], int], RawFn | None]:
     compiler = _COMPILERS.get(name, _no_fast)
 
-    def run(space: Any, net: dict[LayerSpec, float]) -> RawFn | None:
+    def run(space: Any, net: dict[LayerSpec, float], workers: int) -> RawFn | None:
         try:
-            return compiler(space, net)
+            return compiler(space, net, workers)
         except KeyError:  # the table lacks a fixed layer: predictions take the slow path
             return None
 
@@ -393,10 +478,12 @@ def supports_prediction(space: SearchSpace) -> bool:
 
 
 __all__ = [
+    "AGGREGATIONS",
     "MODES",
     "ON_MISSING",
     "LatencyPredictor",
     "cell_times",
+    "list_schedule",
     "load_predictor",
     "plan_times",
     "supports_prediction",

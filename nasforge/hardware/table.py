@@ -20,7 +20,7 @@ import numpy as np
 
 from nasforge.errors import NasforgeError
 from nasforge.hardware.backends import BackendSpec, as_backend
-from nasforge.hardware.calibration import Calibration, fit_calibration
+from nasforge.hardware.calibration import AGGREGATIONS, Calibration, fit_calibration
 from nasforge.hardware.entries import (
     ENTRY_TIMING,
     TableEntry,
@@ -66,11 +66,12 @@ class LatencyTable:
         context: ``isolated`` or ``chained`` (see :mod:`nasforge.hardware.entries`).
         parallel_speedup: for parallel execution modes, the measured speedup of two
             independent branches over running them in a row (``None`` otherwise); the
-            predictor's ``auto`` mode uses the critical path only where it is at least 1.3.
+            predictor's ``auto`` mode schedules a cell's ops on the backend's threads only
+            where it is at least 1.3 (else it sums them).
         call_overhead_ms: per statistic, the backend's cost of one call of a trivial model,
             subtracted from each entry and counted once per network.
-        calibration: ``"<statistic>/<aggregation>"`` (aggregation ``sum`` or
-            ``critical_path``) to the per-network fit.
+        calibration: ``"<statistic>/<aggregation>"`` (aggregation ``sum``,
+            ``critical_path`` or ``schedule``) to the per-network fit.
         calibration_points: the whole models the fits used (arch JSON, FLOPs, params, measured
             ms and raw ms per statistic), so validation can fit FLOPs and params the same way.
 
@@ -335,14 +336,14 @@ class LatencyTable:
                 "arch": a.to_json(), "flops": count_flops(m, self.input_shape, self.batch_size),
                 "params": count_params(m), "measured_iqr_ms": meas.iqr_ms,
                 "measured_ms": {st: meas.value_ms(st) for st in STATISTICS},
-                "raw_ms": {st: dict(zip(("sum", "critical_path"), raw[st].raw_ms(a)))
+                "raw_ms": {st: dict(zip(AGGREGATIONS, raw[st].raw_ms(a)))
                            for st in STATISTICS}})
             if progress is not None:
                 progress()
         self.calibration = {
             f"{st}/{agg}": fit_calibration([p["raw_ms"][st][agg] for p in points],
                                            [p["measured_ms"][st] for p in points])
-            for st in STATISTICS for agg in ("sum", "critical_path")}
+            for st in STATISTICS for agg in AGGREGATIONS}
         self.calibration_points = points
         if self.path is not None:
             self.save()

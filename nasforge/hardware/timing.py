@@ -334,7 +334,7 @@ def measure_latency(model: nn.Module, input_shape: Sequence[int], batch_size: in
         warmup: untimed calls first.
         repeats: timed calls, split over ``rounds`` rounds.
         threads: pinned thread count (default: torch's current count), recorded in the result.
-        backend: ``torch``, ``onnxruntime``, ``onnxruntime:parallel``, ``cuda`` or a
+        backend: ``torch``, ``torch:parallel``, ``onnxruntime``, ``onnxruntime:parallel``, ``cuda`` or a
             :class:`BackendSpec`.
         rounds: rounds of the harness; a round whose median strays by more than 10% is
             re-measured.

@@ -3,7 +3,7 @@
 :func:`validate_table` samples archs, measures each whole model with the table's backend and
 clock, and scores three predictors of the measured latency on the same archs:
 
-* the table (per aggregation: ``sum`` and ``critical_path``, calibrated),
+* the table (per aggregation: ``sum``, ``critical_path`` and ``schedule``, calibrated),
 * FLOPs and params, each mapped to milliseconds by the same kind of linear fit on the same
   calibration models the table's overhead was fitted on (so no predictor sees the validation
   archs before it is scored).
@@ -23,12 +23,10 @@ from typing import Any
 
 import numpy as np
 
-from nasforge.hardware.calibration import fit_calibration
+from nasforge.hardware.calibration import AGGREGATIONS, fit_calibration
 from nasforge.hardware.table import MODEL_TIMING, LatencyTable, distinct_samples
 from nasforge.hardware.timing import STATISTICS, TimingConfig, measure_models
 from nasforge.space import SearchSpace
-
-AGGREGATIONS = ("sum", "critical_path")
 
 
 @dataclass(frozen=True)
@@ -64,7 +62,7 @@ class ValidationReport:
 
     ``predicted[f"{statistic}/{predictor}"]`` and ``measured[statistic]`` are in ms, one value
     per arch; ``scores[statistic]`` lists the :class:`Score` of every predictor (``table:sum``,
-    ``table:critical_path``, ``flops``, ``params``). ``statistic`` and ``mode`` are the table's
+    ``table:critical_path``, ``table:schedule``, ``flops``, ``params``). ``statistic`` and ``mode`` are the table's
     defaults, listed first by :meth:`lines`.
     """
 

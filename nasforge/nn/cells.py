@@ -9,6 +9,12 @@ The NB201 modules follow the NAS-Bench-201 reference network (``TinyNetwork`` / 
 ReLU-Conv-BN ops, a residual basic block between stages, BN-ReLU before the pooled head. The
 DARTS modules follow DARTS' ``NetworkCIFAR`` (without the auxiliary head and drop-path).
 Factorized reduction pads odd feature maps so that both also run on 7x7 or 5x5 maps.
+
+Branch parallelism: a cell with ``fork_branches = True`` (see :func:`enable_branch_forks`)
+launches every op as a ``torch.jit.fork`` task as soon as its input node is ready and waits
+for a node only when something reads it. In eager mode a fork runs at once (same result, no
+overlap); in a ``torch.jit.trace`` d model the forks run on torch's inter-op thread pool, so
+independent ops of a cell run side by side (the ``torch:parallel`` latency backend).
 """
 
 from __future__ import annotations
@@ -27,6 +33,55 @@ DARTS_OPS: tuple[str, ...] = ("none", "max_pool_3x3", "avg_pool_3x3", "skip_conn
                               "sep_conv_3x3", "sep_conv_5x5", "dil_conv_3x3", "dil_conv_5x5")
 
 Edge = tuple[int, int, str]  # (src, dst, op)
+
+
+# -- branch parallelism -----------------------------------------------------------------------
+def run_dag(values: list[torch.Tensor | None], edges: Sequence[tuple[int, int, nn.Module]],
+            fork: bool, like: torch.Tensor) -> list[torch.Tensor | None]:
+    """Evaluate a cell DAG: node ``d`` is the sum of ``op(node s)`` over its edges (s, d, op).
+
+    ``values`` holds the input nodes (the rest ``None``); ``edges`` are sorted by source, and
+    every edge goes forward (``s < d``). A node without incoming edges stays ``None`` and reads
+    as ``like * 0``. Sums run in edge order, so forked and sequential evaluation give the same
+    numbers.
+
+    With ``fork``, each op is launched with ``torch.jit.fork`` in edge order, so every op whose
+    source is ready is running before the caller waits for the next node: a node's futures are
+    waited for when an edge first reads it (greedy list scheduling on the inter-op pool).
+    """
+    values = list(values)
+    pending: list[list[torch.jit.Future[torch.Tensor]]] = [[] for _ in values]
+
+    def read(i: int) -> torch.Tensor:
+        acc = values[i]
+        if pending[i]:
+            for fut in pending[i]:
+                y = torch.jit.wait(fut)
+                acc = y if acc is None else acc + y
+            values[i], pending[i] = acc, []
+        return like.mul(0.0) if acc is None else acc
+
+    for s, d, op in edges:
+        if fork:
+            pending[d].append(torch.jit.fork(op, read(s)))
+            continue
+        y = op(read(s))
+        prev = values[d]
+        values[d] = y if prev is None else prev + y
+    for i in range(len(values)):
+        if pending[i]:
+            read(i)
+    return values
+
+
+def enable_branch_forks(model: nn.Module, on: bool = True) -> int:
+    """Switch every cell of ``model`` that supports it to forked branches; returns how many."""
+    count = 0
+    for m in model.modules():
+        if hasattr(m, "fork_branches"):
+            setattr(m, "fork_branches", on)  # noqa: B010
+            count += 1
+    return count
 
 
 # -- shared ops -------------------------------------------------------------------------------
@@ -176,15 +231,11 @@ class NB201Cell(nn.Module):
         self.edges = nn.ModuleDict(
             {f"edge_{d}_{s}": make_op(op, channels, channels, 1) for s, d, op in self.edge_list})
 
+    fork_branches = False
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        nodes: list[torch.Tensor | None] = [x] + [None] * (self.num_nodes - 1)
-        for s, d, _ in self.edge_list:  # sorted by src, so every src is final when read
-            src = nodes[s]
-            if src is None:
-                src = x.mul(0.0)
-            y = self.edges[f"edge_{d}_{s}"](src)
-            prev = nodes[d]
-            nodes[d] = y if prev is None else prev + y
+        edges = [(s, d, self.edges[f"edge_{d}_{s}"]) for s, d, _ in self.edge_list]
+        nodes = run_dag([x] + [None] * (self.num_nodes - 1), edges, self.fork_branches, x)
         out = nodes[-1]
         return x.mul(0.0) if out is None else out
 
@@ -319,14 +370,17 @@ class DartsCell(nn.Module):
         self.ops = nn.ModuleDict(ops)
         self.multiplier = len(self.concat)
 
+    fork_branches = False
+
     def forward(self, s0: torch.Tensor, s1: torch.Tensor) -> torch.Tensor:
-        states = [self.preprocess0(s0), self.preprocess1(s1)]
-        for step in range(self.steps):
-            dst = 2 + step
-            a, b = (self.ops[f"node{dst}_in{k}"](states[self.genes[2 * step + k][1]])
-                    for k in (0, 1))
-            states.append(a + b)
-        return torch.cat([states[i] for i in self.concat], dim=1)
+        # nodes 0 and 1 are the preprocessed inputs (edges from the raw inputs -2 and -1)
+        edges: list[tuple[int, int, nn.Module]] = [(0, 2, self.preprocess0), (1, 3, self.preprocess1)]
+        for i, (_, src) in enumerate(self.genes):
+            dst = 2 + i // 2
+            edges.append((src + 2, dst + 2, self.ops[f"node{dst}_in{i % 2}"]))
+        edges.sort(key=lambda e: e[0])
+        states = run_dag([s0, s1] + [None] * (self.steps + 2), edges, self.fork_branches, s1)
+        return torch.cat([states[i + 2] for i in self.concat], dim=1)  # type: ignore[misc]
 
 
 class DartsNetwork(nn.Module):
