@@ -22,7 +22,7 @@ from nasforge.hardware.backends import (
     make_runner,
     trace_with_forks,
 )
-from nasforge.hardware.entries import _entry_module, _Forked
+from nasforge.hardware.entries import _chain_of, _entry_module, _Forked, resolve_context
 from nasforge.hardware.layers import BRANCH_OPS, LayerSpec
 from nasforge.hardware.table import LatencyTable
 from nasforge.hardware.timing import TimingConfig
@@ -103,6 +103,17 @@ def test_cell_ops_are_timed_forked_only_on_the_parallel_backend() -> None:
     assert not isinstance(_entry_module(op, BackendSpec("torch")), _Forked)
     assert not isinstance(_entry_module(op, BackendSpec("onnxruntime", execution_mode="parallel")),
                           _Forked)
+
+
+def test_parallel_backends_time_entries_in_a_chain_of_forks() -> None:
+    """A lone fork pays for waking a pool thread; inside a cell, forks follow each other, so
+    entries on a parallel backend are marginal costs in a chain of forked copies."""
+    par = BackendSpec("torch", threads=2, execution_mode="parallel")
+    assert resolve_context(par, "auto") == "chained"
+    assert resolve_context(BackendSpec("torch"), "auto") == "isolated"
+    assert resolve_context(par, "isolated") == "isolated"
+    chain = _chain_of(LayerSpec("nb201.op", ("skip_connect", 4, 4, 1), (4, 8, 8)), par)
+    assert len(chain) > 1 and all(isinstance(m, _Forked) for m in chain)
 
 
 def test_a_table_on_torch_parallel_has_a_schedule_calibration_and_round_trips(tmp_path) -> None:  # type: ignore[no-untyped-def]
