@@ -26,8 +26,9 @@ bench: install
 	$(PY) benchmarks/overhead.py
 
 lint: install
-	$(PY) -m pip install -q ruff
+	$(PY) -m pip install -q -e '.[dev]'
 	$(VENV)/bin/ruff check nasforge tests benchmarks
+	$(VENV)/bin/mypy nasforge
 
 clean:
 	rm -rf $(VENV) build *.egg-info

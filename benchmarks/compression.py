@@ -87,8 +87,9 @@ def steady_allocator() -> bool:
     except OSError:
         return False
     m_trim_threshold, m_mmap_threshold = -1, -3
-    return bool(libc.mallopt(m_mmap_threshold, 32 << 20)
-                and libc.mallopt(m_trim_threshold, 1 << 30))
+    return bool(
+        libc.mallopt(m_mmap_threshold, 32 << 20) and libc.mallopt(m_trim_threshold, 1 << 30)
+    )
 
 
 def why() -> str:
@@ -120,7 +121,7 @@ def ort_quantize_static_defaults(fp32: Path, out: Path, calib: torch.Tensor) -> 
 
     class Reader(CalibrationDataReader):
         def __init__(self) -> None:
-            self.it = iter([{"input": calib[i:i + 64].numpy()} for i in range(0, len(calib), 64)])
+            self.it = iter([{"input": calib[i : i + 64].numpy()} for i in range(0, len(calib), 64)])
 
         def get_next(self):  # type: ignore[no-untyped-def]
             return next(self.it, None)
@@ -139,13 +140,14 @@ def torchao_pt2e_defaults(model: nn.Module, calib: torch.Tensor) -> nn.Module:
     )
 
     batch = torch.export.Dim("batch", min=1, max=1024)
-    ep = torch.export.export(copy.deepcopy(model).eval(), (calib[:2],),
-                             dynamic_shapes=({0: batch},)).module()
+    ep = torch.export.export(
+        copy.deepcopy(model).eval(), (calib[:2],), dynamic_shapes=({0: batch},)
+    ).module()
     q = X86InductorQuantizer().set_global(get_default_x86_inductor_quantization_config())
     prepared = prepare_pt2e(ep, q)  # type: ignore[arg-type]
     with torch.no_grad():
         for i in range(0, len(calib), 64):
-            prepared(calib[i:i + 64])
+            prepared(calib[i : i + 64])
     return convert_pt2e(prepared)  # type: ignore[no-any-return]
 
 
@@ -167,9 +169,13 @@ def compiled(model: nn.Module, x1: torch.Tensor, x32: torch.Tensor) -> nn.Module
 
 
 def finetune(model: nn.Module, teacher: nn.Module, ds, epochs: int, lr: float) -> None:  # type: ignore[no-untyped-def]
-    train_model(model, ds.x_train, ds.y_train,
-                TrainConfig(epochs=epochs, lr=lr, label_smoothing=0.0, seed=0),
-                loss_fn=DistillationLoss(teacher, 4.0, 0.7, memoize=True))
+    train_model(
+        model,
+        ds.x_train,
+        ds.y_train,
+        TrainConfig(epochs=epochs, lr=lr, label_smoothing=0.0, seed=0),
+        loss_fn=DistillationLoss(teacher, 4.0, 0.7, memoize=True),
+    )
     model.eval()
 
 
@@ -183,9 +189,15 @@ def tp_prune_to_flops(model: nn.Module, target: float) -> nn.Module:
     for _ in range(8):
         r = (lo + hi) / 2
         m = copy.deepcopy(model)
-        pr = tp.pruner.MetaPruner(m, ex, importance=tp.importance.GroupMagnitudeImportance(p=1),
-                                  pruning_ratio=r, global_pruning=True, round_to=ROUND_TO,
-                                  ignored_layers=[m.classifier])
+        pr = tp.pruner.MetaPruner(
+            m,
+            ex,
+            importance=tp.importance.GroupMagnitudeImportance(p=1),
+            pruning_ratio=r,
+            global_pruning=True,
+            round_to=ROUND_TO,
+            ignored_layers=[m.classifier],
+        )
         pr.step()
         ops, _ = tp.utils.count_ops_and_params(m, ex)
         if 1 - ops / base >= target:
@@ -239,9 +251,13 @@ def int8_ptq(c: Ctx, no_compile: bool) -> Path:
     """Section 1: returns the nasforge INT8 model."""
     m, ds = c.model, c.ds
     trials = choose_int8_format(m, c.calib, SHAPE, format_candidates(m), (1, 32), c.threads)
-    print("INT8 formats measured (fastest first): " + "; ".join(
-        f"{t.name}: " + ", ".join(f"b{b} {v:.3f} ms" for b, v in t.latency_ms.items())
-        for t in trials))
+    print(
+        "INT8 formats measured (fastest first): "
+        + "; ".join(
+            f"{t.name}: " + ", ".join(f"b{b} {v:.3f} ms" for b, v in t.latency_ms.items())
+            for t in trials
+        )
+    )
     int8 = export_qdq(quantize_static_int8(m, c.calib, trials[0].spec), c.work / "int8.onnx", SHAPE)
     ops = optimized_op_counts(int8)
     ort_q = ort_quantize_static_defaults(c.fp32_onnx, c.work / "ort_default.onnx", c.calib)
@@ -250,26 +266,36 @@ def int8_ptq(c: Ctx, no_compile: bool) -> Path:
     try:
         pt2e = torchao_pt2e_defaults(m, c.calib)
         with torch.no_grad():  # an exported module refuses .eval(); it is already in eval form
-            logits = torch.cat([pt2e(ds.x_test[i:i + 500]) for i in range(0, len(ds.x_test), 500)])
+            logits = torch.cat(
+                [pt2e(ds.x_test[i : i + 500]) for i in range(0, len(ds.x_test), 500)]
+            )
         acc_pt2e = acc_of(logits, ds.y_test)
         pt2e_c = None if no_compile else compiled(pt2e, c.x[1], c.x[32])
     except Exception:  # noqa: BLE001 - a peer failing is a result to print, not a crash
         print("    torchao PT2E failed:", why())
     comp = None if no_compile else compiled(copy.deepcopy(m), c.x[1], c.x[32])
     s_fp32, s_int8, s_ortq = (p.stat().st_size for p in (c.fp32_onnx, int8, ort_q))
-    print(f"\n[1] INT8 PTQ ({trials[0].name}): test top-1 {acc_q:.4f} vs FP32 {c.acc_fp32:.4f} "
-          f"(drop {100 * (c.acc_fp32 - acc_q):.2f} points, goal <= 0.30); file {s_fp32} -> "
-          f"{s_int8} bytes = {s_fp32 / s_int8:.2f}x smaller (goal >= 3.5x)")
-    print("    onnxruntime optimised INT8 graph: "
-          + ", ".join(f"{k} {v}" for k, v in sorted(ops.items())))
-    print(f"    peers: ORT quantize_static defaults top-1 {acc_ortq:.4f}, {s_fp32 / s_ortq:.2f}x "
-          f"smaller; torchao PT2E defaults top-1 {acc_pt2e:.4f}")
+    print(
+        f"\n[1] INT8 PTQ ({trials[0].name}): test top-1 {acc_q:.4f} vs FP32 {c.acc_fp32:.4f} "
+        f"(drop {100 * (c.acc_fp32 - acc_q):.2f} points, goal <= 0.30); file {s_fp32} -> "
+        f"{s_int8} bytes = {s_fp32 / s_int8:.2f}x smaller (goal >= 3.5x)"
+    )
+    print(
+        "    onnxruntime optimised INT8 graph: "
+        + ", ".join(f"{k} {v}" for k, v in sorted(ops.items()))
+    )
+    print(
+        f"    peers: ORT quantize_static defaults top-1 {acc_ortq:.4f}, {s_fp32 / s_ortq:.2f}x "
+        f"smaller; torchao PT2E defaults top-1 {acc_pt2e:.4f}"
+    )
     for bs in (1, 32):
         x = c.x[bs]
         runners: dict[str, Runner] = {
-            "torch_eager_fp32": torch_runner(m, x), "ort_fp32": c.ort(c.fp32_onnx, bs),
+            "torch_eager_fp32": torch_runner(m, x),
+            "ort_fp32": c.ort(c.fp32_onnx, bs),
             "ort_int8_nasforge": c.ort(int8, bs),
-            "ort_int8_quantize_static_defaults": c.ort(ort_q, bs)}
+            "ort_int8_quantize_static_defaults": c.ort(ort_q, bs),
+        }
         if comp is not None:
             runners["torch_compile_fp32"] = no_grad_runner(comp, x)
         if pt2e_c is not None:
@@ -282,9 +308,11 @@ def int8_ptq(c: Ctx, no_compile: bool) -> Path:
         if pt2e_c is not None:
             peers += f", torchao PT2E {base / t['torchao_pt2e_compiled_int8']:.2f}x"
         print(f"    batch {bs}: {fmt(t)}")
-        print(f"    batch {bs}: nasforge INT8 vs ORT FP32 {base / q:.2f}x (goal >= 2.5x); vs "
-              f"fastest FP32 path ({fastest}) {fp32[fastest] / q:.2f}x (goal > 1); peers vs ORT "
-              f"FP32: {peers}")
+        print(
+            f"    batch {bs}: nasforge INT8 vs ORT FP32 {base / q:.2f}x (goal >= 2.5x); vs "
+            f"fastest FP32 path ({fastest}) {fp32[fastest] / q:.2f}x (goal > 1); peers vs ORT "
+            f"FP32: {peers}"
+        )
     return int8
 
 
@@ -292,7 +320,7 @@ def structured_pruning(c: Ctx, epochs: int, lr: float) -> tuple[nn.Module, nn.Mo
     """Section 2: returns our pruned + fine-tuned model and Torch-Pruning's (None if it failed)."""
     m, ds = c.model, c.ds
     teacher = copy.deepcopy(m).eval()
-    recal = [ds.x_train[i:i + 64] for i in range(0, 1024, 64)]
+    recal = [ds.x_train[i : i + 64] for i in range(0, 1024, 64)]
     cfg = ChannelPruningConfig(0.5, "flops", "global", round_to=ROUND_TO)
     pruner = ChannelPruner(MagnitudeImportance(1), cfg)
     ours = recalibrate_bn(apply_plan(copy.deepcopy(m), pruner.plan(m, SHAPE)), recal)
@@ -311,20 +339,25 @@ def structured_pruning(c: Ctx, epochs: int, lr: float) -> tuple[nn.Module, nn.Mo
         ort_logits = ort_predict(ort_session(onnx_path, c.threads), ds.x_test)
         agree = agreement(ours(ds.x_test), ort_logits)
     acc = evaluate_accuracy(ours, ds.x_test, ds.y_test)
-    widths = [mod.out_channels for mod in ours.modules()
-              if isinstance(mod, nn.Conv2d) and mod.groups == 1]
-    print(f"\n[2] structured pruning (nasforge, BN-aware L1, global, round_to {ROUND_TO}): FLOPs "
-          f"-{100 * (1 - count_flops(ours, SHAPE) / c.flops):.1f}%, top-1 {acc_nf:.4f} after BN "
-          f"recalibration / {acc:.4f} after {epochs} epochs fine-tune with distillation (drop "
-          f"{100 * (c.acc_fp32 - acc):.2f} points, goal <= 1); ONNX vs torch max|diff| "
-          f"{agree['max_abs_diff']:.2e}, top-1 agreement {agree['top1_agreement']:.4f}")
+    widths = [
+        mod.out_channels for mod in ours.modules() if isinstance(mod, nn.Conv2d) and mod.groups == 1
+    ]
+    print(
+        f"\n[2] structured pruning (nasforge, BN-aware L1, global, round_to {ROUND_TO}): FLOPs "
+        f"-{100 * (1 - count_flops(ours, SHAPE) / c.flops):.1f}%, top-1 {acc_nf:.4f} after BN "
+        f"recalibration / {acc:.4f} after {epochs} epochs fine-tune with distillation (drop "
+        f"{100 * (c.acc_fp32 - acc):.2f} points, goal <= 1); ONNX vs torch max|diff| "
+        f"{agree['max_abs_diff']:.2e}, top-1 agreement {agree['top1_agreement']:.4f}"
+    )
     print(f"    kept conv widths: {widths}")
     if tpm is not None:
         acc_tp = evaluate_accuracy(tpm, ds.x_test, ds.y_test)
-        print(f"    Torch-Pruning baseline (GroupMagnitudeImportance L1, global, round_to "
-              f"{ROUND_TO}): FLOPs -{100 * (1 - count_flops(tpm, SHAPE) / c.flops):.1f}%, "
-              f"top-1 {acc_tp_nf:.4f} / {acc_tp:.4f} "
-              f"(drop {100 * (c.acc_fp32 - acc_tp):.2f} points)")
+        print(
+            f"    Torch-Pruning baseline (GroupMagnitudeImportance L1, global, round_to "
+            f"{ROUND_TO}): FLOPs -{100 * (1 - count_flops(tpm, SHAPE) / c.flops):.1f}%, "
+            f"top-1 {acc_tp_nf:.4f} / {acc_tp:.4f} "
+            f"(drop {100 * (c.acc_fp32 - acc_tp):.2f} points)"
+        )
     return ours, tpm
 
 
@@ -337,29 +370,42 @@ def prune_and_quantize(c: Ctx, ours: nn.Module, tpm: nn.Module | None, int8: Pat
     tp_onnx = export_onnx(tpm, c.work / "tp.onnx", SHAPE) if tpm is not None else None
     acc_both = c.ort_top1(both)
     ratio = c.fp32_onnx.stat().st_size / both.stat().st_size
-    print(f"\n[3] prune + INT8 ({trials[0].name}): top-1 {acc_both:.4f} (drop "
-          f"{100 * (c.acc_fp32 - acc_both):.2f} points), file {ratio:.2f}x smaller than FP32")
+    print(
+        f"\n[3] prune + INT8 ({trials[0].name}): top-1 {acc_both:.4f} (drop "
+        f"{100 * (c.acc_fp32 - acc_both):.2f} points), file {ratio:.2f}x smaller than FP32"
+    )
     for bs in (1, 32):
         x = c.x[bs]
-        runners = {"ort_fp32": c.ort(c.fp32_onnx, bs), "ort_pruned": c.ort(pruned, bs),
-                   "ort_int8": c.ort(int8, bs), "ort_pruned_int8": c.ort(both, bs),
-                   "torch_fp32": torch_runner(c.model, x), "torch_pruned": torch_runner(ours, x)}
+        runners = {
+            "ort_fp32": c.ort(c.fp32_onnx, bs),
+            "ort_pruned": c.ort(pruned, bs),
+            "ort_int8": c.ort(int8, bs),
+            "ort_pruned_int8": c.ort(both, bs),
+            "torch_fp32": torch_runner(c.model, x),
+            "torch_pruned": torch_runner(ours, x),
+        }
         if tp_onnx is not None and tpm is not None:
             runners["ort_torch_pruning"] = c.ort(tp_onnx, bs)
             runners["torch_torch_pruning"] = torch_runner(tpm, x)
         t = timing(runners, bs, c.threads, c.rounds)
         print(f"    batch {bs}: {fmt(t)}")
-        line = (f"    batch {bs}: pruned speed-up ORT {t['ort_fp32'] / t['ort_pruned']:.2f}x, "
-                f"torch eager {t['torch_fp32'] / t['torch_pruned']:.2f}x (goal >= 1.7x: ORT b1 and "
-                "b32, eager b32)")
+        line = (
+            f"    batch {bs}: pruned speed-up ORT {t['ort_fp32'] / t['ort_pruned']:.2f}x, "
+            f"torch eager {t['torch_fp32'] / t['torch_pruned']:.2f}x (goal >= 1.7x: ORT b1 and "
+            "b32, eager b32)"
+        )
         if tp_onnx is not None:
-            line += (f"; Torch-Pruning ORT {t['ort_fp32'] / t['ort_torch_pruning']:.2f}x, torch "
-                     f"{t['torch_fp32'] / t['torch_torch_pruning']:.2f}x")
+            line += (
+                f"; Torch-Pruning ORT {t['ort_fp32'] / t['ort_torch_pruning']:.2f}x, torch "
+                f"{t['torch_fp32'] / t['torch_torch_pruning']:.2f}x"
+            )
         print(line)
         pq = t["ort_pruned_int8"]
-        print(f"    batch {bs}: prune+INT8 {t['ort_fp32'] / pq:.2f}x vs FP32; faster than INT8 "
-              f"alone: {pq < t['ort_int8']} ({t['ort_int8'] / pq:.2f}x), than pruned alone: "
-              f"{pq < t['ort_pruned']} ({t['ort_pruned'] / pq:.2f}x)")
+        print(
+            f"    batch {bs}: prune+INT8 {t['ort_fp32'] / pq:.2f}x vs FP32; faster than INT8 "
+            f"alone: {pq < t['ort_int8']} ({t['ort_int8'] / pq:.2f}x), than pruned alone: "
+            f"{pq < t['ort_pruned']} ({t['ort_pruned'] / pq:.2f}x)"
+        )
 
 
 def main() -> None:
@@ -375,27 +421,42 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
     heap = steady_allocator()
-    print(f"load average at start: {' '.join(f'{v:.2f}' for v in os.getloadavg())} "
-          f"({os.cpu_count()} CPUs); glibc heap kept for eager timings: {heap}")
+    print(
+        f"load average at start: {' '.join(f'{v:.2f}' for v in os.getloadavg())} "
+        f"({os.cpu_count()} CPUs); glibc heap kept for eager timings: {heap}"
+    )
     ds = load_dataset("mnist5k")
     model = train_base(ds, args.epochs)
     work = Path(tempfile.mkdtemp(prefix="nasforge_bench_"))
     acc = evaluate_accuracy(model, ds.x_test, ds.y_test)
-    c = Ctx(ds, model, work, args.threads, args.rounds, acc, count_flops(model, SHAPE),
-            export_onnx(model, work / "fp32.onnx", SHAPE), ds.x_train[:512],
-            {1: ds.x_test[:1], 32: ds.x_test[:32]})
-    print(f"model: MobileNetV2-style (width {WIDTH}, stem stride 1, t=6, ReLU6), "
-          f"{c.flops / 1e6:.0f} MFLOPs, test top-1 {c.acc_fp32:.4f}; threads={args.threads}; "
-          "ratios come from interleaved runs")
+    c = Ctx(
+        ds,
+        model,
+        work,
+        args.threads,
+        args.rounds,
+        acc,
+        count_flops(model, SHAPE),
+        export_onnx(model, work / "fp32.onnx", SHAPE),
+        ds.x_train[:512],
+        {1: ds.x_test[:1], 32: ds.x_test[:32]},
+    )
+    print(
+        f"model: MobileNetV2-style (width {WIDTH}, stem stride 1, t=6, ReLU6), "
+        f"{c.flops / 1e6:.0f} MFLOPs, test top-1 {c.acc_fp32:.4f}; threads={args.threads}; "
+        "ratios come from interleaved runs"
+    )
     t1 = time.perf_counter()
     int8 = int8_ptq(c, args.no_compile)
     t2 = time.perf_counter()
     ours, tpm = structured_pruning(c, args.finetune_epochs, args.finetune_lr)
     prune_and_quantize(c, ours, tpm, int8)
     t3 = time.perf_counter()
-    print(f"\ntotal {t3 - t0:.0f} s (base model {t1 - t0:.0f} s, INT8 {t2 - t1:.0f} s, pruning and "
-          f"prune+INT8 {t3 - t2:.0f} s); load average at end: "
-          f"{' '.join(f'{v:.2f}' for v in os.getloadavg())}; artifacts in {work}")
+    print(
+        f"\ntotal {t3 - t0:.0f} s (base model {t1 - t0:.0f} s, INT8 {t2 - t1:.0f} s, pruning and "
+        f"prune+INT8 {t3 - t2:.0f} s); load average at end: "
+        f"{' '.join(f'{v:.2f}' for v in os.getloadavg())}; artifacts in {work}"
+    )
 
 
 if __name__ == "__main__":

@@ -81,66 +81,109 @@ def mobile(backend: str, n: int, tables: Path, plots: Path | None, results: dict
     path = tables / f"mobile_{spec.name}.json"
     fresh = not path.exists()
     table, seconds = _build(space, spec, path)
-    built = f"built in {seconds:.0f} s" if fresh else f"reused from {path} ({seconds:.0f} s to load/complete)"
-    print(f"\n[{spec.label}] mobile table: {len(table.entries)} layers, {built}, clock {table.clock}, "
-          f"context {table.context}; calibration (min/sum): "
-          f"{table.calibration['min/sum'].slope:.3f} x + {table.calibration['min/sum'].intercept_ms:.4f} ms")
+    built = (
+        f"built in {seconds:.0f} s"
+        if fresh
+        else f"reused from {path} ({seconds:.0f} s to load/complete)"
+    )
+    print(
+        f"\n[{spec.label}] mobile table: {len(table.entries)} layers, {built}, clock {table.clock}, "
+        f"context {table.context}; calibration (min/sum): "
+        f"{table.calibration['min/sum'].slope:.3f} x + {table.calibration['min/sum'].intercept_ms:.4f} ms"
+    )
     if fresh:
-        print(f"  goal 4 (build < 10 min on 2 cores): {seconds / 60:.1f} min -> {_verdict(seconds < 600)}")
+        print(
+            f"  goal 4 (build < 10 min on 2 cores): {seconds / 60:.1f} min -> {_verdict(seconds < 600)}"
+        )
         results[f"mobile_{spec.name}_build_s"] = seconds
     report = validate_table(table, space, n=n, seed=1)
-    _report(f"goal 1: mobile, {spec.label}, batch 1, {n} archs", report, results, f"mobile_{spec.name}")
+    _report(
+        f"goal 1: mobile, {spec.label}, batch 1, {n} archs", report, results, f"mobile_{spec.name}"
+    )
     for st in ("min", "median"):
         f = report.score_of("flops", st)
         for name in ("table:sum", "table:sum+drift"):
             s = report.score_of(name, st)
-            print(f"  goal 1 [{st}, {name}]: {100 * s.within_10pct:.1f}% within +-10% (>= 95%), "
-                  f"tau {s.kendall_tau:.3f} (>= 0.9) -> "
-                  f"{_verdict(s.within_10pct >= 0.95 and s.kendall_tau >= 0.9)}; "
-                  f"FLOPs: {100 * f.within_10pct:.1f}%, tau {f.kendall_tau:.3f}")
+            print(
+                f"  goal 1 [{st}, {name}]: {100 * s.within_10pct:.1f}% within +-10% (>= 95%), "
+                f"tau {s.kendall_tau:.3f} (>= 0.9) -> "
+                f"{_verdict(s.within_10pct >= 0.95 and s.kendall_tau >= 0.9)}; "
+                f"FLOPs: {100 * f.within_10pct:.1f}%, tau {f.kendall_tau:.3f}"
+            )
     if plots is not None:
         print(f"  plot: {plot_validation(report, plots / f'mobile_{spec.name}.png')}")
 
 
-def nb201(backend: str, n: int, threads: int, batch: int, tables: Path, plots: Path | None,
-          results: dict[str, Any], goal: bool) -> None:
+def nb201(
+    backend: str,
+    n: int,
+    threads: int,
+    batch: int,
+    tables: Path,
+    plots: Path | None,
+    results: dict[str, Any],
+    goal: bool,
+) -> None:
     space = create_space("nb201", SHAPE, 10)
     spec = BackendSpec.parse(backend, threads=threads)
     name = f"nb201_{spec.label.replace(':', '_')}_{threads}t_b{batch}"
     t0 = time.perf_counter()
-    table = LatencyTable.build(space, spec, SHAPE, batch, tables / f"{name}.json",
-                               progress=sys.stderr.isatty(), calibration_archs=12)
+    table = LatencyTable.build(
+        space,
+        spec,
+        SHAPE,
+        batch,
+        tables / f"{name}.json",
+        progress=sys.stderr.isatty(),
+        calibration_archs=12,
+    )
     seconds = time.perf_counter() - t0
     pred = table.predictor(space)
-    print(f"\n[{spec.label}, {threads} threads, batch {batch}] nb201 table: {len(table.entries)} "
-          f"layers in {seconds:.0f} s, clock {table.clock}; measured speedup of two independent "
-          f"branches: {table.parallel_speedup:.2f}x -> auto mode predicts with {pred.mode} "
-          f"({pred.workers} worker(s))")
+    print(
+        f"\n[{spec.label}, {threads} threads, batch {batch}] nb201 table: {len(table.entries)} "
+        f"layers in {seconds:.0f} s, clock {table.clock}; measured speedup of two independent "
+        f"branches: {table.parallel_speedup:.2f}x -> auto mode predicts with {pred.mode} "
+        f"({pred.workers} worker(s))"
+    )
     report = validate_table(table, space, n=n, seed=2)
     title = "goal 2" if goal else "contrast (not a goal)"
-    _report(f"{title}: nb201, {spec.label}, {threads} threads, batch {batch}, {n} archs", report,
-            results, name)
+    _report(
+        f"{title}: nb201, {spec.label}, {threads} threads, batch {batch}, {n} archs",
+        report,
+        results,
+        name,
+    )
     for st in ("min", "median"):
         cp = report.score_of("table:critical_path", st)
         sm = report.score_of("table:sum", st)
         sc = report.score_of("table:schedule", st)
         verdict = f" -> {_verdict(cp.mape < sm.mape)}" if goal else ""
-        print(f"  {title} [{st}]: critical path MAPE {cp.mape:.2f}% (tau {cp.kendall_tau:.3f}) vs sum "
-              f"{sm.mape:.2f}% (tau {sm.kendall_tau:.3f}){verdict}; schedule on {pred.workers} "
-              f"worker(s) {sc.mape:.2f}% (tau {sc.kendall_tau:.3f}), "
-              f"{100 * sc.within_10pct:.0f}% within +-10%")
+        print(
+            f"  {title} [{st}]: critical path MAPE {cp.mape:.2f}% (tau {cp.kendall_tau:.3f}) vs sum "
+            f"{sm.mape:.2f}% (tau {sm.kendall_tau:.3f}){verdict}; schedule on {pred.workers} "
+            f"worker(s) {sc.mape:.2f}% (tau {sc.kendall_tau:.3f}), "
+            f"{100 * sc.within_10pct:.0f}% within +-10%"
+        )
     if spec.name == "torch":
         # the same archs on the sequential eager backend: what forking buys at this batch size
         archs = [space.make(json.loads(a)["values"]) for a in report.archs[:20]]
-        seq = measure_models([space.build(a) for a in archs], SHAPE, batch,
-                             BackendSpec("torch", threads=1),
-                             config=TimingConfig(warmup=3, repeats=15, rounds=3, clock="wall"))
+        seq = measure_models(
+            [space.build(a) for a in archs],
+            SHAPE,
+            batch,
+            BackendSpec("torch", threads=1),
+            config=TimingConfig(warmup=3, repeats=15, rounds=3, clock="wall"),
+        )
         ratio = np.median([s.min_ms for s in seq]) / np.median(report.measured["min"][:20])
-        print(f"  {spec.label} vs eager torch on 1 thread, same 20 archs: {ratio:.2f}x faster (min)")
+        print(
+            f"  {spec.label} vs eager torch on 1 thread, same 20 archs: {ratio:.2f}x faster (min)"
+        )
         results[f"{name}_vs_eager"] = float(ratio)
     if (table.parallel_speedup or 0) < 1.3:
-        print("  (this backend ran independent branches one after another, so the sum is the "
-              "right model here and auto uses it)")
+        print(
+            "  (this backend ran independent branches one after another, so the sum is the "
+            "right model here and auto uses it)"
+        )
     if plots is not None:
         print(f"  plot: {plot_validation(report, plots / f'{name}.png')}")
 
@@ -153,17 +196,35 @@ def speed(tables: Path, results: dict[str, Any]) -> None:
     from nasforge.hardware.predictor import LatencyPredictor
 
     print("\n== goal 3: predict speed (archs sampled beforehand; nb201 cold = every cell new)")
-    for name, count, workers in (("mobile", 100_000, 1), ("nb201", 15_625, 1), ("nb201", 15_625, 2),
-                                 ("darts", 20_000, 1), ("darts", 20_000, 2)):
+    for name, count, workers in (
+        ("mobile", 100_000, 1),
+        ("nb201", 15_625, 1),
+        ("nb201", 15_625, 2),
+        ("darts", 20_000, 1),
+        ("darts", 20_000, 2),
+    ):
         space = create_space(name, SHAPE, 10)
         rng = np.random.default_rng(0)
-        entries = {lay.key: TableEntry(*([float(rng.uniform(0.01, 1))] * 4), 30)
-                   for lay in enumerate_layers(space)}
-        backend = BackendSpec("torch", threads=workers, execution_mode="parallel" if workers > 1 else "sequential")
-        table = LatencyTable(space={"name": name, "input_shape": list(SHAPE), "num_classes": 10,
-                                    "options": {}}, backend=backend, batch_size=1,
-                             fingerprint={}, entries=entries, parallel_speedup=2.0 if workers > 1 else None)
-        archs = list(space.all_archs()) if name == "nb201" else [space.sample(rng) for _ in range(count)]
+        entries = {
+            lay.key: TableEntry(*([float(rng.uniform(0.01, 1))] * 4), 30)
+            for lay in enumerate_layers(space)
+        }
+        backend = BackendSpec(
+            "torch", threads=workers, execution_mode="parallel" if workers > 1 else "sequential"
+        )
+        table = LatencyTable(
+            space={"name": name, "input_shape": list(SHAPE), "num_classes": 10, "options": {}},
+            backend=backend,
+            batch_size=1,
+            fingerprint={},
+            entries=entries,
+            parallel_speedup=2.0 if workers > 1 else None,
+        )
+        archs = (
+            list(space.all_archs())
+            if name == "nb201"
+            else [space.sample(rng) for _ in range(count)]
+        )
         pred = LatencyPredictor(table, space)
         t0 = time.perf_counter()
         pred.predict_many(archs)
@@ -172,8 +233,10 @@ def speed(tables: Path, results: dict[str, Any]) -> None:
         pred.predict_many(archs)
         warm = len(archs) / (time.perf_counter() - t0)
         label = f"{name} ({pred.mode})"
-        print(f"  {label:22s} {len(archs):7,d} archs: {cold:10,.0f} archs/s first pass, {warm:10,.0f} "
-              f"archs/s again -> {_verdict(cold >= 20_000)}")
+        print(
+            f"  {label:22s} {len(archs):7,d} archs: {cold:10,.0f} archs/s first pass, {warm:10,.0f} "
+            f"archs/s again -> {_verdict(cold >= 20_000)}"
+        )
         results[f"speed_{name}_{pred.mode}"] = {"first_pass": cold, "again": warm}
 
 
@@ -182,11 +245,18 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=100, help="archs measured whole per check")
     ap.add_argument("--quick", action="store_true", help="30 archs per check")
     ap.add_argument("--tables", type=Path, default=None, help="folder to keep / reuse tables")
-    ap.add_argument("--plots", type=Path, default=None, help="folder for predicted-vs-measured PNGs")
+    ap.add_argument(
+        "--plots", type=Path, default=None, help="folder for predicted-vs-measured PNGs"
+    )
     ap.add_argument("--json", type=Path, default=None, help="write all numbers as JSON")
     ap.add_argument("--nb201-threads", type=int, default=2, help="inter-op threads for goal 2")
-    ap.add_argument("--nb201-batch", type=int, nargs="+", default=[16, 1],
-                    help="batch sizes for goal 2 (each is a separate table and check)")
+    ap.add_argument(
+        "--nb201-batch",
+        type=int,
+        nargs="+",
+        default=[16, 1],
+        help="batch sizes for goal 2 (each is a separate table and check)",
+    )
     ap.add_argument("--only", choices=PARTS, action="append", help="run only these parts")
     args = ap.parse_args()
     n = 30 if args.quick else args.n
@@ -205,11 +275,27 @@ def main() -> None:
         mobile("onnxruntime", n, tables, args.plots, results)
     if "nb201" in parts:
         for batch in args.nb201_batch:
-            nb201("torch:parallel", n, args.nb201_threads, batch, tables, args.plots, results,
-                  goal=True)
+            nb201(
+                "torch:parallel",
+                n,
+                args.nb201_threads,
+                batch,
+                tables,
+                args.plots,
+                results,
+                goal=True,
+            )
     if "nb201-ort" in parts:
-        nb201("onnxruntime:parallel", n, args.nb201_threads, 1, tables, args.plots, results,
-              goal=False)
+        nb201(
+            "onnxruntime:parallel",
+            n,
+            args.nb201_threads,
+            1,
+            tables,
+            args.plots,
+            results,
+            goal=False,
+        )
     if "speed" in parts:
         speed(tables, results)
     print(f"\n{_load()} at end; whole run {time.perf_counter() - t0:.0f} s")

@@ -97,8 +97,9 @@ def _make(spec: tuple[str, dict[str, Any]], space: SearchSpace, seed: int) -> St
     return create_strategy(name, space, seed=seed, **options)
 
 
-def _search(strategy: Strategy, table: TableEvaluator, score: Callable[[dict[str, float]], Any],
-            budget: int) -> list[dict[str, float]]:
+def _search(
+    strategy: Strategy, table: TableEvaluator, score: Callable[[dict[str, float]], Any], budget: int
+) -> list[dict[str, float]]:
     table.reset()
     out = []
     for _ in range(budget):
@@ -110,7 +111,9 @@ def _search(strategy: Strategy, table: TableEvaluator, score: Callable[[dict[str
     return out
 
 
-def run_accuracy(job: tuple[str, tuple[str, dict[str, Any]], int]) -> tuple[str, int, list[float], float]:
+def run_accuracy(
+    job: tuple[str, tuple[str, dict[str, Any]], int],
+) -> tuple[str, int, list[float], float]:
     """One seed of the main protocol: test acc of the best-by-validation arch at each budget."""
     label, spec, seed = job
     space, table = _setup()
@@ -123,8 +126,9 @@ def run_accuracy(job: tuple[str, tuple[str, dict[str, Any]], int]) -> tuple[str,
     return label, seed, found, elapsed
 
 
-def run_constrained(job: tuple[str, tuple[str, dict[str, Any]], int, str, float, bool]
-                    ) -> tuple[str, str, float, bool, int, float, bool]:
+def run_constrained(
+    job: tuple[str, tuple[str, dict[str, Any]], int, str, float, bool],
+) -> tuple[str, str, float, bool, int, float, bool]:
     """One seed of the hardware part.
 
     ``filtered``: the strategy's :attr:`~Strategy.constraint` reads the measured latency
@@ -178,14 +182,20 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="15 seeds, 3 seeds per hardware setting")
     ap.add_argument("--seeds", type=int, default=None, help="seeds of the main table (default 100)")
     ap.add_argument("--hw-seeds", type=int, default=None, help="seeds per hardware setting")
-    ap.add_argument("--strategies", nargs="*", default=None,
-                    help="labels of DEFAULT_SPECS or name:key=value,... (default: all)")
+    ap.add_argument(
+        "--strategies",
+        nargs="*",
+        default=None,
+        help="labels of DEFAULT_SPECS or name:key=value,... (default: all)",
+    )
     ap.add_argument("--no-hw", action="store_true", help="skip the hardware-aware part")
     ap.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1))
     args = ap.parse_args(argv)
     seeds = args.seeds or (15 if args.quick else 100)
     hw_seeds = args.hw_seeds or (3 if args.quick else 10)
-    specs = dict(_parse_spec(s) for s in args.strategies) if args.strategies else dict(DEFAULT_SPECS)
+    specs = (
+        dict(_parse_spec(s) for s in args.strategies) if args.strategies else dict(DEFAULT_SPECS)
+    )
     for base in ("random", "evolution (REA)"):  # baselines always run in the same invocation
         specs.setdefault(base, DEFAULT_SPECS[base])
 
@@ -194,14 +204,22 @@ def main(argv: list[str] | None = None) -> int:
     arrays = table.arrays()
     best_val_row = int(np.argmax(arrays["val_acc"]))
     print("NAS-Bench-201 CIFAR-10 search benchmark (nasforge)")
-    print(f"  machine: {platform.machine()}, {os.cpu_count()} CPUs, {args.workers} worker processes, "
-          f"python {sys.version.split()[0]}")
-    print("  protocol: signal = c10_valid_acc_200 (200-epoch validation accuracy); one run of 150 "
-          "queries per seed, read at 50 / 100 / 150 queries;")
-    print("            reported = mean ± std over seeds of c10_test_acc_200 of the best-by-"
-          "validation arch queried; canonical keys (isomorphic cells asked once)")
-    print(f"  seeds: {seeds} (0..{seeds - 1}); table optimum: test {arrays['test_acc'].max():.2f}, "
-          f"best-validation arch test {arrays['test_acc'][best_val_row]:.2f}")
+    print(
+        f"  machine: {platform.machine()}, {os.cpu_count()} CPUs, {args.workers} worker processes, "
+        f"python {sys.version.split()[0]}"
+    )
+    print(
+        "  protocol: signal = c10_valid_acc_200 (200-epoch validation accuracy); one run of 150 "
+        "queries per seed, read at 50 / 100 / 150 queries;"
+    )
+    print(
+        "            reported = mean ± std over seeds of c10_test_acc_200 of the best-by-"
+        "validation arch queried; canonical keys (isomorphic cells asked once)"
+    )
+    print(
+        f"  seeds: {seeds} (0..{seeds - 1}); table optimum: test {arrays['test_acc'].max():.2f}, "
+        f"best-validation arch test {arrays['test_acc'][best_val_row]:.2f}"
+    )
     print()
 
     ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
@@ -215,20 +233,28 @@ def main(argv: list[str] | None = None) -> int:
             times[label].append(elapsed)
         t_main = time.perf_counter() - t0
         w = max(len(label) for label in specs) + 2
-        print(f"{'strategy':<{w}}" + "".join(f"{f'{b} queries':>17}" for b in BUDGETS)
-              + f"{'s/run':>8}  {'hit optimum@100':>15}")
+        print(
+            f"{'strategy':<{w}}"
+            + "".join(f"{f'{b} queries':>17}" for b in BUDGETS)
+            + f"{'s/run':>8}  {'hit optimum@100':>15}"
+        )
         for label in specs:
             r = np.array(results[label])
             hits = int(np.sum(np.isclose(r[:, 1], arrays["test_acc"][best_val_row])))
-            print(f"{label:<{w}}" + "".join(f"{_pm(list(r[:, i])):>17}" for i in range(len(BUDGETS)))
-                  + f"{np.mean(times[label]):8.2f}  {hits:>9}/{len(r)}")
+            print(
+                f"{label:<{w}}"
+                + "".join(f"{_pm(list(r[:, i])):>17}" for i in range(len(BUDGETS)))
+                + f"{np.mean(times[label]):8.2f}  {hits:>9}/{len(r)}"
+            )
         print(f"(main part: {t_main:.0f} s wall)")
         print()
         pub = _published()
         if pub:
-            print("Published NB201 results (CIFAR-10 test %, their protocol: weight-sharing methods "
-                  "search once; REA/RS/REINFORCE/BOHB on a noisy 12-epoch signal under a 12,000 s "
-                  "simulated budget; NOT the query-budget protocol above):")
+            print(
+                "Published NB201 results (CIFAR-10 test %, their protocol: weight-sharing methods "
+                "search once; REA/RS/REINFORCE/BOHB on a noisy 12-epoch signal under a 12,000 s "
+                "simulated budget; NOT the query-budget protocol above):"
+            )
             for row in pub:
                 print(f"  {row['method']:<14} {row['c10_test']:>14}   [{row['table_version']}]")
             print()
@@ -243,27 +269,43 @@ def main(argv: list[str] | None = None) -> int:
             for p in PERCENTILES:
                 settings.append((dev, p, float(np.percentile(lat, p))))
         modes = (False, True)
-        jobs2 = [(label, specs[label], s, dev, limit, filtered) for dev, _, limit in settings
-                 for label in hw_labels for filtered in modes for s in range(hw_seeds)]
+        jobs2 = [
+            (label, specs[label], s, dev, limit, filtered)
+            for dev, _, limit in settings
+            for label in hw_labels
+            for filtered in modes
+            for s in range(hw_seeds)
+        ]
         found2: dict[tuple[str, str, float, bool], list[tuple[float, bool]]] = {}
         t0 = time.perf_counter()
         for label, dev, limit, filtered, _, test, ok in pool.imap_unordered(
-                run_constrained, jobs2, chunksize=4):
+            run_constrained, jobs2, chunksize=4
+        ):
             found2.setdefault((label, dev, limit, filtered), []).append((test, ok))
         t_hw = time.perf_counter() - t0
 
-    print(f"Hardware-aware: constraint objective (val acc if lat_ms_<device> <= limit), {HW_BUDGET} "
-          f"queries, {hw_seeds} seeds per setting (0..{hw_seeds - 1}).")
-    print("  regret = oracle test acc under the limit - test acc of the arch found (an infeasible "
-          "find counts as test 0), mean over seeds;")
-    print("  floor = regret of the best-VALIDATION arch under the limit: the part no search on the "
-          "validation signal can remove.")
-    print("  bb = black box (latency revealed by the query's score); filt = Strategy.constraint "
-          "reads the measured latency table before asking.")
+    print(
+        f"Hardware-aware: constraint objective (val acc if lat_ms_<device> <= limit), {HW_BUDGET} "
+        f"queries, {hw_seeds} seeds per setting (0..{hw_seeds - 1})."
+    )
+    print(
+        "  regret = oracle test acc under the limit - test acc of the arch found (an infeasible "
+        "find counts as test 0), mean over seeds;"
+    )
+    print(
+        "  floor = regret of the best-VALIDATION arch under the limit: the part no search on the "
+        "validation signal can remove."
+    )
+    print(
+        "  bb = black box (latency revealed by the query's score); filt = Strategy.constraint "
+        "reads the measured latency table before asking."
+    )
     cols = [(label, f) for label in hw_labels for f in modes]
     names = [f"{label.split(' ')[0][:10]} {'filt' if f else 'bb'}" for label, f in cols]
-    print(f"{'device':<11}{'pctl':>5}{'limit ms':>10}{'oracle':>8}{'floor':>7}"
-          + "".join(f"{n:>16}" for n in names))
+    print(
+        f"{'device':<11}{'pctl':>5}{'limit ms':>10}{'oracle':>8}{'floor':>7}"
+        + "".join(f"{n:>16}" for n in names)
+    )
     means: dict[tuple[str, bool], list[float]] = {c: [] for c in cols}
     floors = []
     for dev, p, limit in settings:
@@ -279,11 +321,18 @@ def main(argv: list[str] | None = None) -> int:
             means[(label, f)].append(float(np.mean(regrets)))
             bad = sum(not ok for _, ok in runs)
             cells.append(f"{np.mean(regrets):.3f}" + (f" ({bad}i)" if bad else ""))
-        print(f"{dev:<11}{p:>5}{limit:>10.3f}{oracle:>8.2f}{floor:>7.3f}"
-              + "".join(f"{c:>16}" for c in cells))
-    print(f"{'mean regret':<34}{np.mean(floors):>7.3f}" + "".join(f"{np.mean(means[c]):>16.3f}" for c in cols))
-    print(f"{'mean regret - floor (search)':<41}"
-          + "".join(f"{np.mean(means[c]) - np.mean(floors):>16.3f}" for c in cols))
+        print(
+            f"{dev:<11}{p:>5}{limit:>10.3f}{oracle:>8.2f}{floor:>7.3f}"
+            + "".join(f"{c:>16}" for c in cells)
+        )
+    print(
+        f"{'mean regret':<34}{np.mean(floors):>7.3f}"
+        + "".join(f"{np.mean(means[c]):>16.3f}" for c in cols)
+    )
+    print(
+        f"{'mean regret - floor (search)':<41}"
+        + "".join(f"{np.mean(means[c]) - np.mean(floors):>16.3f}" for c in cols)
+    )
     print(f"(hardware part: {t_hw:.0f} s wall)")
     print(f"total wall time: {time.perf_counter() - t_start:.0f} s")
     return 0

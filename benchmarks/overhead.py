@@ -54,7 +54,9 @@ def optuna_loop(space, path: Path, trials: int) -> float:
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.create_study(storage=f"sqlite:///{path}", sampler=optuna.samplers.RandomSampler(seed=0))
+    study = optuna.create_study(
+        storage=f"sqlite:///{path}", sampler=optuna.samplers.RandomSampler(seed=0)
+    )
     rng = np.random.default_rng(0)
     dims = space.dimensions()
     t0 = time.perf_counter()
@@ -80,7 +82,9 @@ def main() -> None:
     space = create_space("mobile", (1, 28, 28), 10)
     hw = hardware_info()
     print(f"machine: {hw['cpu']}, {hw['cores']} cores, python {hw['python']}, torch {hw['torch']}")
-    print(f"space: mobile ({len(space.dimensions())} dimensions); instant evaluator; SQLite WAL stores in a temp dir")
+    print(
+        f"space: mobile ({len(space.dimensions())} dimensions); instant evaluator; SQLite WAL stores in a temp dir"
+    )
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for name, cls in (("random", RandomStrategy), ("evolution", EvolutionStrategy)):
@@ -90,7 +94,9 @@ def main() -> None:
             rows.append((f"nasforge {name}", args.trials, n, per))
         try:
             per_opt = optuna_loop(space, Path(tmp) / "optuna.db", args.optuna_trials)
-            rows.append(("optuna RandomSampler, SQLite", args.optuna_trials, args.optuna_trials, per_opt))
+            rows.append(
+                ("optuna RandomSampler, SQLite", args.optuna_trials, args.optuna_trials, per_opt)
+            )
         except ImportError:
             per_opt = None
             print("optuna is not installed: baseline skipped")
@@ -99,8 +105,10 @@ def main() -> None:
         print(f"{name:32s} {n:8d} {stored:8d} {per * 1e3:10.3f}")
     if per_opt is not None:
         for name, _, _, per in rows[:2]:
-            print(f"{name}: {per_opt / per:.1f}x cheaper per trial than Optuna on SQLite "
-                  f"(goal: >= 20x and < 1 ms/trial; {'met' if per < 1e-3 and per_opt / per >= 20 else 'NOT met'})")
+            print(
+                f"{name}: {per_opt / per:.1f}x cheaper per trial than Optuna on SQLite "
+                f"(goal: >= 20x and < 1 ms/trial; {'met' if per < 1e-3 and per_opt / per >= 20 else 'NOT met'})"
+            )
 
 
 if __name__ == "__main__":

@@ -5,11 +5,11 @@ from nasforge.space import Arch, SearchSpace
 
 __version__ = "0.1.0"
 __all__ = [
-           "Arch",
-           "ConfigError",
-           "DataError",
-           "NasforgeError",
-           "SearchSpace",
-           "SpaceError",
-           "__version__",
+    "Arch",
+    "ConfigError",
+    "DataError",
+    "NasforgeError",
+    "SearchSpace",
+    "SpaceError",
+    "__version__",
 ]

@@ -13,8 +13,12 @@ from rich.table import Table
 
 from nasforge.errors import NasforgeError
 
-app = typer.Typer(help="Search, scale and compress neural networks for a measured target.",
-                  no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+app = typer.Typer(
+    help="Search, scale and compress neural networks for a measured target.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
 out = Console()
 err = Console(stderr=True)
 
@@ -32,7 +36,9 @@ def search(
     resume: Annotated[bool, typer.Option(help="continue a stopped run from its store")] = False,
     runs_dir: Annotated[Path | None, typer.Option(help="parent folder of run directories")] = None,
     name: Annotated[str | None, typer.Option(help="run name (overrides the config's)")] = None,
-    no_final: Annotated[bool, typer.Option("--no-final", help="skip retraining and export")] = False,
+    no_final: Annotated[
+        bool, typer.Option("--no-final", help="skip retraining and export")
+    ] = False,
     quiet: Annotated[bool, typer.Option(help="no progress bar")] = False,
 ) -> None:
     """Run a search; writes runs/<name>/ with trials.db, report.html and best/."""
@@ -46,8 +52,10 @@ def search(
     except NasforgeError as exc:
         _fail(exc)
         return
-    out.print(f"trials: {summary.trials_complete} complete, {summary.trials_failed} failed; "
-              f"search {summary.search_seconds:.1f}s")
+    out.print(
+        f"trials: {summary.trials_complete} complete, {summary.trials_failed} failed; "
+        f"search {summary.search_seconds:.1f}s"
+    )
     if summary.final:
         out.print(f"final test accuracy: {summary.final['test_acc']:.4f}")
     out.print(f"report: {summary.run_dir / 'report.html'}")
@@ -75,21 +83,30 @@ def show(
         table.add_column(col, justify="right")
     for t in rows:
         score = t.score[0] if isinstance(t.score, tuple) else t.score
-        table.add_row(str(t.id), f"{score:.4f}", f"{t.metrics.get('val_acc', float('nan')):.4f}",
-                      f"{t.metrics.get('latency_ms', float('nan')):.3f}", f"{int(t.metrics.get('params', 0))}",
-                      f"{t.cost_seconds:.1f}")
+        table.add_row(
+            str(t.id),
+            f"{score:.4f}",
+            f"{t.metrics.get('val_acc', float('nan')):.4f}",
+            f"{t.metrics.get('latency_ms', float('nan')):.3f}",
+            f"{int(t.metrics.get('params', 0))}",
+            f"{t.cost_seconds:.1f}",
+        )
     out.print(table)
     out.print(f"search cost: {cost:.1f} device-seconds")
     if final:
         f0 = final[0]
-        out.print(f"final model (trial {f0['trial_id']}): test accuracy {f0['test_acc']:.4f}, "
-                  f"latency {f0['latency_ms_torch']:.3f} ms")
+        out.print(
+            f"final model (trial {f0['trial_id']}): test accuracy {f0['test_acc']:.4f}, "
+            f"latency {f0['latency_ms_torch']:.3f} ms"
+        )
 
 
 @app.command()
 def export(
     run: Annotated[Path, typer.Argument(help="run directory")],
-    out_dir: Annotated[Path | None, typer.Option("--out", help="where to write (default RUN/best)")] = None,
+    out_dir: Annotated[
+        Path | None, typer.Option("--out", help="where to write (default RUN/best)")
+    ] = None,
 ) -> None:
     """Export the run's best model to ONNX (retraining it first if the run stopped before)."""
     import torch
@@ -109,7 +126,10 @@ def export(
             cfg = load_config(run / "config.yaml")
             ds = make_dataset(cfg)
             with TrialStore(run / "trials.db") as store:
-                if finalize(cfg, run, store, ds, make_space(cfg, ds), make_objective(cfg), err) is None:
+                if (
+                    finalize(cfg, run, store, ds, make_space(cfg, ds), make_objective(cfg), err)
+                    is None
+                ):
                     raise NasforgeError(f"{run}: no completed trial to export")
         card = json.loads((run / "best" / "card.json").read_text())
         model = torch.load(best, weights_only=False)
@@ -163,7 +183,9 @@ def _mount_optional() -> None:
     try:
         from nasforge.hardware.cli import app as latency_app
 
-        app.add_typer(latency_app, name="latency", help="Build, predict and validate latency tables.")
+        app.add_typer(
+            latency_app, name="latency", help="Build, predict and validate latency tables."
+        )
     except ImportError:
         pass
     try:

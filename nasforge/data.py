@@ -45,8 +45,10 @@ class Dataset:
         return len(self.classes)
 
     def summary(self) -> str:
-        return (f"{self.name}: input {self.input_shape}, {self.num_classes} classes, "
-                f"train {len(self.y_train)} / val {len(self.y_val)} / test {len(self.y_test)}")
+        return (
+            f"{self.name}: input {self.input_shape}, {self.num_classes} classes, "
+            f"train {len(self.y_train)} / val {len(self.y_val)} / test {len(self.y_test)}"
+        )
 
 
 def _split(x: np.ndarray, y: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, ...]:
@@ -63,8 +65,16 @@ def _split(x: np.ndarray, y: np.ndarray, fraction: float, seed: int) -> tuple[np
     return x[mask], y[mask], x[b], y[b]
 
 
-def _finish(name: str, x_tr: np.ndarray, y_tr: np.ndarray, x_te: np.ndarray, y_te: np.ndarray,
-            classes: tuple[str, ...], val_fraction: float, seed: int) -> Dataset:
+def _finish(
+    name: str,
+    x_tr: np.ndarray,
+    y_tr: np.ndarray,
+    x_te: np.ndarray,
+    y_te: np.ndarray,
+    classes: tuple[str, ...],
+    val_fraction: float,
+    seed: int,
+) -> Dataset:
     if not 0.0 < val_fraction < 1.0:
         raise DataError(f"data.val_fraction must be in (0, 1), got {val_fraction}")
     x_tr, y_tr, x_va, y_va = _split(x_tr, y_tr, val_fraction, seed)
@@ -102,8 +112,12 @@ def _mnist1d(seed: int) -> tuple[np.ndarray, ...]:
     args = get_dataset_args()
     args.seed = 42 + seed
     d = make_dataset(args)
-    return (d["x"].reshape(-1, 1, d["x"].shape[1]), np.asarray(d["y"]),
-            d["x_test"].reshape(-1, 1, d["x_test"].shape[1]), np.asarray(d["y_test"]))
+    return (
+        d["x"].reshape(-1, 1, d["x"].shape[1]),
+        np.asarray(d["y"]),
+        d["x_test"].reshape(-1, 1, d["x_test"].shape[1]),
+        np.asarray(d["y_test"]),
+    )
 
 
 def _load_image(path: Path, size: int, channels: int) -> np.ndarray:
@@ -118,8 +132,9 @@ def _load_image(path: Path, size: int, channels: int) -> np.ndarray:
     return a[None] if channels == 1 else a.transpose(2, 0, 1)
 
 
-def _class_tree(root: Path, size: int, channels: int, classes: tuple[str, ...] | None
-                ) -> tuple[np.ndarray, np.ndarray, tuple[str, ...]]:
+def _class_tree(
+    root: Path, size: int, channels: int, classes: tuple[str, ...] | None
+) -> tuple[np.ndarray, np.ndarray, tuple[str, ...]]:
     dirs = sorted(p for p in root.iterdir() if p.is_dir())
     found = tuple(p.name for p in dirs)
     classes = classes or found
@@ -158,7 +173,9 @@ def _cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
         data = np.asarray(d[b"data"], dtype=np.float32).reshape(-1, 3, 32, 32) / 255.0
         labels = np.asarray(d[b"labels"])
     except (pickle.UnpicklingError, KeyError, ValueError, EOFError) as exc:
-        raise DataError(f"{path}: not a CIFAR-10 python batch ({type(exc).__name__}: {exc})") from None
+        raise DataError(
+            f"{path}: not a CIFAR-10 python batch ({type(exc).__name__}: {exc})"
+        ) from None
     return data, labels
 
 
@@ -173,23 +190,45 @@ def _cifar10(path: Path) -> tuple[np.ndarray, ...]:
     return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]), xt, yt
 
 
-def load_dataset(name: str, path: str | Path | None = None, val_fraction: float = 0.2,
-                 seed: int = 0, image_size: int = 32, channels: int = 3,
-                 limit: int | None = None) -> Dataset:
+def load_dataset(
+    name: str,
+    path: str | Path | None = None,
+    val_fraction: float = 0.2,
+    seed: int = 0,
+    image_size: int = 32,
+    channels: int = 3,
+    limit: int | None = None,
+) -> Dataset:
     """Load a dataset by name; ``path`` is required for ``imagefolder`` and ``cifar10``.
 
     ``limit`` keeps at most that many training examples (for quick runs).
     Raises :class:`DataError` naming the dataset or path when something is missing.
     """
-    return _load_cached(name, str(path) if path is not None else None, float(val_fraction),
-                        int(seed), int(image_size), int(channels), limit)
+    return _load_cached(
+        name,
+        str(path) if path is not None else None,
+        float(val_fraction),
+        int(seed),
+        int(image_size),
+        int(channels),
+        limit,
+    )
 
 
 @functools.lru_cache(maxsize=4)
-def _load_cached(name: str, path: str | None, val_fraction: float, seed: int, image_size: int,
-                 channels: int, limit: int | None) -> Dataset:
+def _load_cached(
+    name: str,
+    path: str | None,
+    val_fraction: float,
+    seed: int,
+    image_size: int,
+    channels: int,
+    limit: int | None,
+) -> Dataset:
     if name not in DATASETS:
-        raise DataError(f"data.name: unknown dataset {name!r}; expected one of {', '.join(DATASETS)}")
+        raise DataError(
+            f"data.name: unknown dataset {name!r}; expected one of {', '.join(DATASETS)}"
+        )
     classes: tuple[str, ...] = ()
     if name in FROM_DISK:
         if path is None:
@@ -203,8 +242,18 @@ def _load_cached(name: str, path: str | None, val_fraction: float, seed: int, im
             x_tr, y_tr, x_te, y_te, classes = _imagefolder(p, image_size, channels, seed)
         else:
             x_tr, y_tr, x_te, y_te = _cifar10(p)
-            classes = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse",
-                       "ship", "truck")
+            classes = (
+                "airplane",
+                "automobile",
+                "bird",
+                "cat",
+                "deer",
+                "dog",
+                "frog",
+                "horse",
+                "ship",
+                "truck",
+            )
     elif name == "digits":
         x_tr, y_tr, x_te, y_te = _digits(seed)
     elif name == "mnist5k":

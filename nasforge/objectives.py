@@ -38,9 +38,15 @@ class Objective:
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
-            raise ValueError(f"objective.kind: expected one of {', '.join(KINDS)}, got {self.kind!r}")
-        if self.kind in ("weighted_product", "constraint") and (self.target is None or self.target <= 0):
-            raise ValueError(f"objective.target: {self.kind} needs a positive target ({self.cost_metric})")
+            raise ValueError(
+                f"objective.kind: expected one of {', '.join(KINDS)}, got {self.kind!r}"
+            )
+        if self.kind in ("weighted_product", "constraint") and (
+            self.target is None or self.target <= 0
+        ):
+            raise ValueError(
+                f"objective.target: {self.kind} needs a positive target ({self.cost_metric})"
+            )
 
     @property
     def multi(self) -> bool:

@@ -40,8 +40,9 @@ class TrainHistory:
 def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
     params = [p for p in model.parameters() if p.requires_grad]
     if cfg.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum,
-                               weight_decay=cfg.weight_decay, nesterov=True)
+        return torch.optim.SGD(
+            params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, nesterov=True
+        )
     if cfg.optimizer == "adamw":
         return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     raise ValueError(f"train.optimizer: expected 'sgd' or 'adamw', got {cfg.optimizer!r}")
@@ -61,10 +62,12 @@ def _augment(x: torch.Tensor, kind: str, gen: torch.Generator) -> torch.Tensor:
 @torch.no_grad()
 def predict_logits(model: nn.Module, x: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
     model.eval()
-    return torch.cat([model(x[i:i + batch_size]) for i in range(0, len(x), batch_size)])
+    return torch.cat([model(x[i : i + batch_size]) for i in range(0, len(x), batch_size)])
 
 
-def evaluate_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 512) -> float:
+def evaluate_accuracy(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 512
+) -> float:
     """Top-1 accuracy in [0, 1] in eval mode."""
     if len(y) == 0:
         return float("nan")
@@ -97,7 +100,8 @@ def train_model(
     steps_per_epoch = max(1, math.ceil(len(x) / cfg.batch_size))
     total = max(1, cfg.epochs * steps_per_epoch)
     sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total) / total)) if cfg.cosine else 1.0)
+        opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total) / total)) if cfg.cosine else 1.0
+    )
     ce = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
     hist = TrainHistory()
     for epoch in range(cfg.epochs):
@@ -105,14 +109,16 @@ def train_model(
         perm = torch.randperm(len(x), generator=gen)
         running, n = 0.0, 0
         for i in range(0, len(x), cfg.batch_size):
-            idx = perm[i:i + cfg.batch_size]
+            idx = perm[i : i + cfg.batch_size]
             if len(idx) < 2:  # batch norm needs two samples
                 continue
             xb, yb = _augment(x[idx], cfg.augment, gen), y[idx]
             logits = model(xb)
             loss = loss_fn(logits, yb, xb) if loss_fn is not None else ce(logits, yb)
             if not torch.isfinite(loss):
-                raise TrainingDiverged(f"loss became {loss.item()} at epoch {epoch}, step {i // cfg.batch_size}")
+                raise TrainingDiverged(
+                    f"loss became {loss.item()} at epoch {epoch}, step {i // cfg.batch_size}"
+                )
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

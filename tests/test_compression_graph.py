@@ -101,13 +101,19 @@ def test_mobile_space_1d_signals() -> None:
     _check_equal(model, plan, (1, 40))
 
 
-@pytest.mark.parametrize("make", [lambda: mobilenet_v2(se=True), lambda: resnet(), ConcatNet],
-                         ids=["mobilenet_v2_se", "resnet", "concat"])
+@pytest.mark.parametrize(
+    "make",
+    [lambda: mobilenet_v2(se=True), lambda: resnet(), ConcatNet],
+    ids=["mobilenet_v2_se", "resnet", "concat"],
+)
 @pytest.mark.parametrize("imp", ["l1", "bn", "random"])
 def test_reference_models_pruned_equals_masked(make, imp: str) -> None:  # type: ignore[no-untyped-def]
     model = _randomize_bn(make())
-    importance = {"l1": MagnitudeImportance(1), "bn": BNScaleImportance(),
-                  "random": RandomImportance(0)}[imp]
+    importance = {
+        "l1": MagnitudeImportance(1),
+        "bn": BNScaleImportance(),
+        "random": RandomImportance(0),
+    }[imp]
     cfg = ChannelPruningConfig(0.5, round_to=4, min_keep=2)
     plan = ChannelPruner(importance, cfg).plan(model, (1, 28, 28))
     _check_equal(model, plan, (1, 28, 28))
@@ -117,8 +123,14 @@ def test_residual_groups_are_coupled() -> None:
     graph = DependencyGraph.build(resnet(), (1, 28, 28))
     g = graph.by_id["conv1"]  # stem + layer1 residual stream are one group
     modules = {m.module for m in g.members}
-    assert {"conv1", "bn1", "layer1.0.conv2", "layer1.0.bn2", "layer2.0.conv1",
-            "layer2.0.downsample.0"} <= modules
+    assert {
+        "conv1",
+        "bn1",
+        "layer1.0.conv2",
+        "layer1.0.bn2",
+        "layer2.0.conv1",
+        "layer2.0.downsample.0",
+    } <= modules
     assert graph.by_id["fc"].frozen and graph.by_id["fc"].reason == "model output"
 
 
@@ -150,8 +162,9 @@ def test_bn_aware_magnitude_ignores_weights_that_bn_renormalises() -> None:
 
 def test_recalibrated_bn_holds_the_batch_statistics() -> None:
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(),
-                          nn.LazyLinear(2))
+    model = nn.Sequential(
+        nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.LazyLinear(2)
+    )
     x = torch.randn(64, 1, 6, 6) * 3 + 1
     model(x)
     recalibrate_bn(model, [x[:32], x[32:]])
@@ -164,9 +177,15 @@ def test_recalibrated_bn_holds_the_batch_statistics() -> None:
 
 
 def test_grouped_conv_is_frozen_not_wrong() -> None:
-    model = nn.Sequential(nn.Conv2d(1, 8, 3), nn.Conv2d(8, 8, 3, groups=2), nn.ReLU(),
-                          nn.Conv2d(8, 4, 1), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
-                          nn.Linear(4, 2))
+    model = nn.Sequential(
+        nn.Conv2d(1, 8, 3),
+        nn.Conv2d(8, 8, 3, groups=2),
+        nn.ReLU(),
+        nn.Conv2d(8, 4, 1),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(4, 2),
+    )
     graph = DependencyGraph.build(model, (1, 12, 12))
     assert graph.by_id["0"].frozen and "grouped convolution" in graph.by_id["0"].reason
     plan = ChannelPruner(MagnitudeImportance()).plan(model, (1, 12, 12))
@@ -203,8 +222,9 @@ class Branchy(nn.Module):
         return self.block(x) if x.sum() > 0 else x
 
 
-@pytest.mark.parametrize("model,layer",
-                         [(Chunky(), "chunk"), (Viewer(), "view"), (Branchy(), "Branchy")])
+@pytest.mark.parametrize(
+    "model,layer", [(Chunky(), "chunk"), (Viewer(), "view"), (Branchy(), "Branchy")]
+)
 def test_unsupported_models_raise_naming_the_layer(model: nn.Module, layer: str) -> None:
     with pytest.raises(UnsupportedModelError, match=layer):
         ChannelPruner(MagnitudeImportance()).plan(model, (1, 12, 12))
@@ -223,11 +243,18 @@ def test_latency_aware_plan_meets_a_flops_target() -> None:
         return count_flops(m, (1, 28, 28)) / 1e6
 
     imp = MagnitudeImportance()
-    table = build_latency_table(model, (1, 28, 28), mflops, imp, fractions=(0.5,), round_to=2,
-                                min_keep=2)
+    table = build_latency_table(
+        model, (1, 28, 28), mflops, imp, fractions=(0.5,), round_to=2, min_keep=2
+    )
     table = ChannelLatencyTable.from_json(table.to_json())
-    plan = latency_aware_plan(model, (1, 28, 28), imp, table, 0.6 * table.base_ms,
-                              ChannelPruningConfig(round_to=2, min_keep=2))
+    plan = latency_aware_plan(
+        model,
+        (1, 28, 28),
+        imp,
+        table,
+        0.6 * table.base_ms,
+        ChannelPruningConfig(round_to=2, min_keep=2),
+    )
     pruned = _check_equal(model, plan, (1, 28, 28))
     predicted = float(plan.notes[0].split()[1])
     assert predicted <= 0.6 * table.base_ms

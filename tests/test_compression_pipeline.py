@@ -28,11 +28,18 @@ def setup():  # type: ignore[no-untyped-def]
 
 
 def _cfg(**kw: object) -> CompressConfig:
-    base = {"prune": {"method": "channel", "ratio": 0.4, "round_to": 4, "min_keep": 4},
-            "finetune": {"epochs": 1},
-            "quantize": {"activations": "uint8", "calibration_size": 64, "qat": "never",
-                         "mixed_precision": False, "drop_budget": 0.5},
-            "target": {"batch_sizes": [1, 8], "rounds": 1}}
+    base = {
+        "prune": {"method": "channel", "ratio": 0.4, "round_to": 4, "min_keep": 4},
+        "finetune": {"epochs": 1},
+        "quantize": {
+            "activations": "uint8",
+            "calibration_size": 64,
+            "qat": "never",
+            "mixed_precision": False,
+            "drop_budget": 0.5,
+        },
+        "target": {"batch_sizes": [1, 8], "rounds": 1},
+    }
     base.update(kw)
     return CompressConfig.model_validate(base)
 
@@ -44,8 +51,14 @@ def test_pipeline_writes_artifacts_and_report(setup, tmp_path) -> None:  # type:
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # input untouched
     names = [s.name for s in report.stages]
     assert names == ["original", "pruned (no fine-tune)", "pruned+finetuned", "int8"]
-    for f in ("model.fp32.onnx", "model.pruned.onnx", "model.int8.onnx", "pruning_plan.json",
-              "report.json", "report.html"):
+    for f in (
+        "model.fp32.onnx",
+        "model.pruned.onnx",
+        "model.int8.onnx",
+        "pruning_plan.json",
+        "report.json",
+        "report.html",
+    ):
         assert (tmp_path / f).is_file(), f
     data = json.loads((tmp_path / "report.json").read_text())
     assert data["stages"][-1]["latency_ms"] and "agreement_vs_float" in data["details"]["int8"]

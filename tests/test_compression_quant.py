@@ -48,8 +48,9 @@ def digits():  # type: ignore[no-untyped-def]
 @pytest.fixture(scope="module")
 def trained(digits):  # type: ignore[no-untyped-def]
     torch.manual_seed(0)
-    model = MobileNetV2(width=0.5, setting=((1, 16, 1, 1), (4, 24, 2, 2), (4, 32, 2, 2)),
-                        last_channels=64)
+    model = MobileNetV2(
+        width=0.5, setting=((1, 16, 1, 1), (4, 24, 2, 2), (4, 32, 2, 2)), last_channels=64
+    )
     train_model(model, digits.x_train, digits.y_train, TrainConfig(epochs=3, lr=0.05, seed=0))
     return model.eval()
 
@@ -124,17 +125,21 @@ def test_int8_activation_variants_and_exclusion(trained, digits, tmp_path) -> No
 def test_sensitivity_and_mixed_precision_plan(trained, digits) -> None:  # type: ignore[no-untyped-def]
     sens = layer_sensitivity(trained, digits.x_train[:128], digits.x_val, digits.y_val)
     assert len(sens) >= 8 and sens[0].sqnr_db <= sens[-1].sqnr_db
-    plan = mixed_precision_plan(trained, digits.x_train[:128], digits.x_val, digits.y_val,
-                                budget=-1.0,
-                                max_fp32_layers=2)
+    plan = mixed_precision_plan(
+        trained, digits.x_train[:128], digits.x_val, digits.y_val, budget=-1.0, max_fp32_layers=2
+    )
     assert not plan.met and len(plan.keep_fp32) == 2  # an impossible budget keeps the cap
     assert plan.keep_fp32 == tuple(s.layer for s in plan.sensitivities[:2])
 
 
 def test_qat_trains_through_fake_quant(trained, digits, tmp_path) -> None:  # type: ignore[no-untyped-def]
     sim, hist = quantization_aware_training(
-        trained, digits.x_train, digits.y_train, digits.x_train[:128],
-        TrainConfig(epochs=1, lr=0.002, seed=0))
+        trained,
+        digits.x_train,
+        digits.y_train,
+        digits.x_train[:128],
+        TrainConfig(epochs=1, lr=0.002, seed=0),
+    )
     assert len(hist.losses) == 1 and sim.quantizers
     assert all(q.mode == "quant" for q in sim.quantizers.values())
     acc = evaluate_accuracy(sim, digits.x_test, digits.y_test)

@@ -22,8 +22,15 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 def _net() -> nn.Module:
     torch.manual_seed(0)
-    return nn.Sequential(nn.Conv2d(1, 8, 3), nn.ReLU(), nn.Conv2d(8, 8, 3), nn.ReLU(),
-                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 3))
+    return nn.Sequential(
+        nn.Conv2d(1, 8, 3),
+        nn.ReLU(),
+        nn.Conv2d(8, 8, 3),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(8, 3),
+    )
 
 
 def _data(n: int = 96) -> tuple[torch.Tensor, torch.Tensor]:
@@ -66,7 +73,8 @@ def test_schedules() -> None:
 def test_imp_rounds_leave_exactly_the_asked_sparsity() -> None:
     x, y = _data()
     model, _, res = iterative_magnitude_pruning(
-        _net(), x, y, x, y, TrainConfig(epochs=1, batch_size=16), rounds=3, rate=0.3, rewind_step=2)
+        _net(), x, y, x, y, TrainConfig(epochs=1, batch_size=16), rounds=3, rate=0.3, rewind_step=2
+    )
     assert [r.round for r in res.rounds] == [0, 1, 2, 3]
     for r in res.rounds:
         assert r.pruned_weights == round(imp_sparsity(0.3, r.round) * r.total_weights)
@@ -85,8 +93,12 @@ def test_memoized_distillation_equals_plain_and_runs_the_teacher_once_per_sample
     plain = DistillationLoss(teacher, temperature=3.0, alpha=0.5)
     memo = DistillationLoss(teacher, temperature=3.0, alpha=0.5, memoize=True)
     s = student(x)
-    for idx, new_rows in ((torch.arange(16), 16), (torch.arange(8, 24), 8), (torch.arange(32), 8),
-                          (torch.arange(32), 0)):
+    for idx, new_rows in (
+        (torch.arange(16), 16),
+        (torch.arange(8, 24), 8),
+        (torch.arange(32), 8),
+        (torch.arange(32), 0),
+    ):
         calls.clear()
         got = memo(s[idx], y[idx], x[idx])
         assert sum(calls) == new_rows  # the teacher sees only samples it has not seen
@@ -102,8 +114,15 @@ def test_distillation_losses() -> None:
     ce = DistillationLoss(teacher, alpha=0.0)
     logits = torch.randn(32, 3)
     assert torch.allclose(ce(logits, y, x), nn.functional.cross_entropy(logits, y))
-    student = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Conv2d(4, 4, 3), nn.ReLU(),
-                            nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3))
+    student = nn.Sequential(
+        nn.Conv2d(1, 4, 3),
+        nn.ReLU(),
+        nn.Conv2d(4, 4, 3),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(4, 3),
+    )
     fd = FeatureDistiller(student, _net().eval(), [("2", "2")], (1, 8, 8), beta=1.0)
     before = fd.projections[0].weight.detach().clone()
     train_model(fd, x, y, TrainConfig(epochs=1, batch_size=16), loss_fn=fd.loss)

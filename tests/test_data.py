@@ -12,7 +12,9 @@ from nasforge.data import load_dataset
 from nasforge.errors import DataError
 
 
-@pytest.mark.parametrize("name, shape", [("digits", (1, 8, 8)), ("mnist5k", (1, 28, 28)), ("mnist1d", (1, 40))])
+@pytest.mark.parametrize(
+    "name, shape", [("digits", (1, 8, 8)), ("mnist5k", (1, 28, 28)), ("mnist1d", (1, 40))]
+)
 def test_bundled_datasets(name: str, shape: tuple[int, ...]) -> None:
     d = load_dataset(name)
     assert d.input_shape == shape and d.num_classes == 10
@@ -31,7 +33,9 @@ def test_imagefolder(tmp_path: Path) -> None:
     for c in ("cat", "dog"):
         (tmp_path / c).mkdir()
         for i in range(10):
-            Image.fromarray(rng.integers(0, 255, (12, 12, 3), dtype=np.uint8)).save(tmp_path / c / f"{i}.png")
+            Image.fromarray(rng.integers(0, 255, (12, 12, 3), dtype=np.uint8)).save(
+                tmp_path / c / f"{i}.png"
+            )
     d = load_dataset("imagefolder", tmp_path, image_size=16, channels=3)
     assert d.input_shape == (3, 16, 16) and d.classes == ("cat", "dog")
     assert len(d.y_train) + len(d.y_val) + len(d.y_test) == 20
@@ -44,10 +48,17 @@ def test_cifar10_python_batches(tmp_path: Path) -> None:
     rng = np.random.default_rng(0)
     for name in ("data_batch_1", "data_batch_2", "test_batch"):
         with (tmp_path / name).open("wb") as fh:
-            pickle.dump({b"data": rng.integers(0, 255, (20, 3072), dtype=np.uint8),
-                         b"labels": [i % 10 for i in range(20)]}, fh)
+            pickle.dump(
+                {
+                    b"data": rng.integers(0, 255, (20, 3072), dtype=np.uint8),
+                    b"labels": [i % 10 for i in range(20)],
+                },
+                fh,
+            )
     d = load_dataset("cifar10", tmp_path)
-    assert d.input_shape == (3, 32, 32) and len(d.y_test) == 20 and len(d.y_train) + len(d.y_val) == 40
+    assert (
+        d.input_shape == (3, 32, 32) and len(d.y_test) == 20 and len(d.y_train) + len(d.y_val) == 40
+    )
     (tmp_path / "data_batch_3").write_bytes(b"garbage")
     with pytest.raises(DataError, match="data_batch_3: not a CIFAR-10 python batch"):
         load_dataset("cifar10", tmp_path, seed=1)

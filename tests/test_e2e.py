@@ -33,8 +33,10 @@ def write_config(tmp_path: Path, **overrides: str) -> Path:
     }
     sections.update(overrides)
     cfg = tmp_path / "c.yaml"
-    cfg.write_text(f"name: e2e\nruns_dir: {tmp_path / 'runs'}\n" +
-                   "".join(f"{k}: {v}\n" for k, v in sections.items()))
+    cfg.write_text(
+        f"name: e2e\nruns_dir: {tmp_path / 'runs'}\n"
+        + "".join(f"{k}: {v}\n" for k, v in sections.items())
+    )
     return cfg
 
 
@@ -43,8 +45,15 @@ def test_search_report_show_export(tmp_path: Path) -> None:
     res = runner.invoke(app, ["search", str(cfg), "--quiet"])
     assert res.exit_code == 0, res.output
     run = tmp_path / "runs" / "e2e"
-    for f in ("config.yaml", "trials.db", "report.html", "report.json", "best/model.pt",
-              "best/model.onnx", "best/card.json"):
+    for f in (
+        "config.yaml",
+        "trials.db",
+        "report.html",
+        "report.json",
+        "best/model.pt",
+        "best/model.onnx",
+        "best/card.json",
+    ):
         assert (run / f).is_file(), f
     report = json.loads((run / "report.json").read_text())
     assert report["search_cost"]["candidates_evaluated"] == 4
@@ -68,8 +77,11 @@ def test_search_report_show_export(tmp_path: Path) -> None:
 
 
 def test_nan_loss_trials_fail_and_search_goes_on(tmp_path: Path) -> None:
-    cfg = write_config(tmp_path, train="{epochs: 1, lr: 1.0e+12, label_smoothing: 0.0}",
-                       search="{trials: 3, executor: inline}")
+    cfg = write_config(
+        tmp_path,
+        train="{epochs: 1, lr: 1.0e+12, label_smoothing: 0.0}",
+        search="{trials: 3, executor: inline}",
+    )
     res = runner.invoke(app, ["search", str(cfg), "--quiet"])
     assert res.exit_code == 0, res.output
     with TrialStore(tmp_path / "runs" / "e2e" / "trials.db") as store:
@@ -82,8 +94,12 @@ def test_nan_loss_trials_fail_and_search_goes_on(tmp_path: Path) -> None:
 def test_sigkill_then_resume_loses_nothing_and_reruns_nothing(tmp_path: Path) -> None:
     cfg = write_config(tmp_path, search="{trials: 8, executor: inline}", train="{epochs: 1}")
     db = tmp_path / "runs" / "e2e" / "trials.db"
-    proc = subprocess.Popen([sys.executable, "-m", "nasforge.cli", "search", str(cfg), "--quiet", "--no-final"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "nasforge.cli", "search", str(cfg), "--quiet", "--no-final"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     try:
         deadline = time.time() + 240
         before = []
@@ -118,10 +134,13 @@ def test_sigkill_then_resume_loses_nothing_and_reruns_nothing(tmp_path: Path) ->
 
 @pytest.mark.slow
 def test_search_with_compress_section_writes_int8_model(tmp_path: Path) -> None:
-    cfg = write_config(tmp_path, search="{trials: 2, executor: inline}",
-                       compress="{prune: {method: channel, ratio: 0.3}, finetune: {epochs: 1}, "
-                                "quantize: {mode: int8, calibration_size: 64, qat: never}, "
-                                "target: {rounds: 2}}")
+    cfg = write_config(
+        tmp_path,
+        search="{trials: 2, executor: inline}",
+        compress="{prune: {method: channel, ratio: 0.3}, finetune: {epochs: 1}, "
+        "quantize: {mode: int8, calibration_size: 64, qat: never}, "
+        "target: {rounds: 2}}",
+    )
     res = runner.invoke(app, ["search", str(cfg), "--quiet"])
     assert res.exit_code == 0, res.output
     best = tmp_path / "runs" / "e2e" / "best"
@@ -134,15 +153,31 @@ def test_search_with_latency_predicted_from_a_table(tmp_path: Path) -> None:
     from nasforge.hardware.table import LatencyTable
     from nasforge.spaces import create_space
 
-    options = {"stages": [[8, 1, 1], [16, 2, 2]], "kernels": [3, 5], "expands": [1, 3],
-               "activations": ["relu"], "se": [False]}
+    options = {
+        "stages": [[8, 1, 1], [16, 2, 2]],
+        "kernels": [3, 5],
+        "expands": [1, 3],
+        "activations": ["relu"],
+        "se": [False],
+    }
     space = create_space("mobile", (1, 8, 8), 10, **options)
     table_path = tmp_path / "table.json"
-    LatencyTable.build(space, "torch", (1, 8, 8), 1, table_path, space_options=options,
-                       calibration_archs=4, progress=False)
-    cfg = write_config(tmp_path, search="{trials: 3, executor: inline}",
-                       space=f"{{name: mobile, options: {json.dumps(options)}}}",
-                       latency=f"{{mode: predict, table: {table_path}}}")
+    LatencyTable.build(
+        space,
+        "torch",
+        (1, 8, 8),
+        1,
+        table_path,
+        space_options=options,
+        calibration_archs=4,
+        progress=False,
+    )
+    cfg = write_config(
+        tmp_path,
+        search="{trials: 3, executor: inline}",
+        space=f"{{name: mobile, options: {json.dumps(options)}}}",
+        latency=f"{{mode: predict, table: {table_path}}}",
+    )
     res = runner.invoke(app, ["search", str(cfg), "--quiet"])
     assert res.exit_code == 0, res.output
     card = json.loads((tmp_path / "runs" / "e2e" / "best" / "card.json").read_text())

@@ -37,7 +37,10 @@ def test_seeded_strategy_repeats_its_asks() -> None:
 
 def test_evolution_reaches_toy_optimum_within_budget() -> None:
     # 5**8 = 390,625 archs; random search essentially never finds the optimum in 500 trials.
-    hits = sum(run(EvolutionStrategy(TOY, seed=s, population=30, tournament=10), 500) == 8 for s in range(5))
+    hits = sum(
+        run(EvolutionStrategy(TOY, seed=s, population=30, tournament=10), 500) == 8
+        for s in range(5)
+    )
     assert hits == 5
     assert run(RandomStrategy(TOY, seed=0), 500) < 8
 

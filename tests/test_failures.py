@@ -19,11 +19,20 @@ from nasforge.spaces import create_space
 
 
 def test_out_of_memory_candidate_is_a_failed_trial_not_a_crash() -> None:
-    cfg = parse_config({"data": {"name": "digits"}, "space": {"name": "mobile",
-                        "options": {"head_features": 4_000_000_000}}})
+    cfg = parse_config(
+        {
+            "data": {"name": "digits"},
+            "space": {"name": "mobile", "options": {"head_features": 4_000_000_000}},
+        }
+    )
     arch = create_space("mobile", (1, 8, 8), 10).sample(np.random.default_rng(0))
-    out = evaluate_payload({"config_json": json.dumps(cfg.model_dump(mode="json")),
-                            "arch_json": arch.to_json(), "run_dir": None})
+    out = evaluate_payload(
+        {
+            "config_json": json.dumps(cfg.model_dump(mode="json")),
+            "arch_json": arch.to_json(),
+            "run_dir": None,
+        }
+    )
     assert not out["ok"]
     assert "memory" in out["error"].lower()
 
@@ -36,8 +45,13 @@ def test_killed_worker_is_recorded_and_pool_restarts(tmp_path: Path) -> None:
     executor = ProcessExecutor(1)
     try:
         tid = store.add_trial(arch)
-        fut = executor.submit({"config_json": json.dumps(cfg.model_dump(mode="json")),
-                               "arch_json": arch.to_json(), "run_dir": None})
+        fut = executor.submit(
+            {
+                "config_json": json.dumps(cfg.model_dump(mode="json")),
+                "arch_json": arch.to_json(),
+                "run_dir": None,
+            }
+        )
         deadline = time.time() + 60
         while not executor._pool._processes and time.time() < deadline:
             time.sleep(0.1)
@@ -49,10 +63,20 @@ def test_killed_worker_is_recorded_and_pool_restarts(tmp_path: Path) -> None:
         rec = store.trial(tid)
         assert rec.state == "failed" and "worker process died" in rec.error
         # the restarted pool evaluates the next trial
-        cfg2 = parse_config({"data": {"name": "digits"}, "train": {"epochs": 1},
-                             "latency": {"repeats": 3, "warmup": 1}})
-        out = executor.submit({"config_json": json.dumps(cfg2.model_dump(mode="json")),
-                               "arch_json": arch.to_json(), "run_dir": None}).result(timeout=300)
+        cfg2 = parse_config(
+            {
+                "data": {"name": "digits"},
+                "train": {"epochs": 1},
+                "latency": {"repeats": 3, "warmup": 1},
+            }
+        )
+        out = executor.submit(
+            {
+                "config_json": json.dumps(cfg2.model_dump(mode="json")),
+                "arch_json": arch.to_json(),
+                "run_dir": None,
+            }
+        ).result(timeout=300)
         assert out["ok"], out
     finally:
         executor.shutdown()

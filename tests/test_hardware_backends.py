@@ -19,21 +19,32 @@ from nasforge.hardware.backends import (
 from nasforge.nn.blocks import InvertedResidual
 
 
-@pytest.mark.parametrize("text, label, mode", [
-    ("torch", "torch", "sequential"), ("onnxruntime", "onnxruntime", "sequential"),
-    ("ort:parallel", "onnxruntime:parallel", "parallel"), ("ONNX", "onnxruntime", "sequential"),
-    ("cuda", "cuda", "sequential"), ("torch:parallel", "torch:parallel", "parallel"),
-])
+@pytest.mark.parametrize(
+    "text, label, mode",
+    [
+        ("torch", "torch", "sequential"),
+        ("onnxruntime", "onnxruntime", "sequential"),
+        ("ort:parallel", "onnxruntime:parallel", "parallel"),
+        ("ONNX", "onnxruntime", "sequential"),
+        ("cuda", "cuda", "sequential"),
+        ("torch:parallel", "torch:parallel", "parallel"),
+    ],
+)
 def test_parse(text: str, label: str, mode: str) -> None:
     spec = BackendSpec.parse(text, threads=2)
     assert spec.label == label and spec.execution_mode == mode and spec.threads == 2
     assert BackendSpec.from_dict(spec.to_dict()) == spec
 
 
-@pytest.mark.parametrize("kwargs, field", [
-    ({"name": "tpu"}, "backend"), ({"execution_mode": "eager"}, "execution_mode"),
-    ({"name": "cuda", "execution_mode": "parallel"}, "execution_mode"), ({"threads": 0}, "threads"),
-])
+@pytest.mark.parametrize(
+    "kwargs, field",
+    [
+        ({"name": "tpu"}, "backend"),
+        ({"execution_mode": "eager"}, "execution_mode"),
+        ({"name": "cuda", "execution_mode": "parallel"}, "execution_mode"),
+        ({"threads": 0}, "threads"),
+    ],
+)
 def test_bad_specs_name_the_field(kwargs: dict, field: str) -> None:
     with pytest.raises(BackendError, match=field):
         BackendSpec(**kwargs)
@@ -49,8 +60,11 @@ def test_onnxruntime_computes_what_torch_computes() -> None:
     spec = BackendSpec("onnxruntime", threads=1)
     import onnxruntime as ort
 
-    sess = ort.InferenceSession(export_onnx_bytes(prepare_model(block, spec), (8, 6, 6), 2),
-                                ort_session_options(spec), providers=["CPUExecutionProvider"])
+    sess = ort.InferenceSession(
+        export_onnx_bytes(prepare_model(block, spec), (8, 6, 6), 2),
+        ort_session_options(spec),
+        providers=["CPUExecutionProvider"],
+    )
     x = example_input((8, 6, 6), 2)
     got = sess.run(None, {"x": x.numpy()})[0]
     with torch.no_grad():

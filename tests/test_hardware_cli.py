@@ -11,8 +11,19 @@ from typer.testing import CliRunner
 from nasforge.hardware.cli import app
 
 runner = CliRunner()
-TINY = ["--space", "nb201", "--input-shape", "3,8,8", "--option", "C=4", "--option", "N=1",
-        "--calibration", "3", "--quiet"]
+TINY = [
+    "--space",
+    "nb201",
+    "--input-shape",
+    "3,8,8",
+    "--option",
+    "C=4",
+    "--option",
+    "N=1",
+    "--calibration",
+    "3",
+    "--quiet",
+]
 
 
 @pytest.fixture(scope="module")
@@ -26,38 +37,74 @@ def table(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_predict_archs_from_every_source(table: Path, tmp_path: Path) -> None:
     archs = tmp_path / "archs.txt"
-    archs.write_text("|nor_conv_3x3~0|+|nor_conv_3x3~0|none~1|+|skip_connect~0|none~1|none~2|\n"
-                     + json.dumps({f"edge_{d}_{s}": "avg_pool_3x3" for d in (1, 2, 3) for s in range(d)})
-                     + "\n")
-    res = runner.invoke(app, ["predict", str(table), "--archs", str(archs), "--sample", "3",
-                              "--arch", "|skip_connect~0|+|none~0|none~1|+|none~0|none~1|skip_connect~2|"])
+    archs.write_text(
+        "|nor_conv_3x3~0|+|nor_conv_3x3~0|none~1|+|skip_connect~0|none~1|none~2|\n"
+        + json.dumps({f"edge_{d}_{s}": "avg_pool_3x3" for d in (1, 2, 3) for s in range(d)})
+        + "\n"
+    )
+    res = runner.invoke(
+        app,
+        [
+            "predict",
+            str(table),
+            "--archs",
+            str(archs),
+            "--sample",
+            "3",
+            "--arch",
+            "|skip_connect~0|+|none~0|none~1|+|none~0|none~1|skip_connect~2|",
+        ],
+    )
     assert res.exit_code == 0, res.output
     assert res.output.count(" ms  ") == 6
     assert "archs/s" in res.output
 
 
 def test_validate_prints_scores_and_writes_plot_and_json(table: Path, tmp_path: Path) -> None:
-    res = runner.invoke(app, ["validate", str(table), "--n", "4", "--plot", str(tmp_path / "v.png"),
-                              "--json", str(tmp_path / "v.json")])
+    res = runner.invoke(
+        app,
+        [
+            "validate",
+            str(table),
+            "--n",
+            "4",
+            "--plot",
+            str(tmp_path / "v.png"),
+            "--json",
+            str(tmp_path / "v.json"),
+        ],
+    )
     assert res.exit_code == 0, res.output
-    for needle in ("table:sum", "table:sum+drift", "as slow as at build time", "flops", "params",
-                   "Kendall tau", "within +-10%"):
+    for needle in (
+        "table:sum",
+        "table:sum+drift",
+        "as slow as at build time",
+        "flops",
+        "params",
+        "Kendall tau",
+        "within +-10%",
+    ):
         assert needle in res.output
     assert (tmp_path / "v.png").stat().st_size > 1000
     report = json.loads((tmp_path / "v.json").read_text())
     assert len(report["archs"]) == 4 and set(report["measured"]) == {"median", "p10", "min"}
 
 
-@pytest.mark.parametrize("args, needle", [
-    (["build", "--out", "x.json", "--input-shape", "abc"], "--input-shape"),
-    (["build", "--out", "x.json", "--backend", "tpu"], "unknown backend 'tpu'"),
-    (["build", "--out", "x.json", "--space", "mobilenet"], "unknown space 'mobilenet'"),
-    (["build", "--out", "x.json", "--option", "C"], "--option"),
-    (["build", "--out", "x.json", "--statistic", "mean"], "statistic"),
-    (["predict", "no-such-table.json", "--sample", "2"], "latency table not found"),
-    (["validate", "no-such-table.json"], "latency table not found"),
-])
-def test_bad_input_is_one_line_and_exit_code_2(args: list[str], needle: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["build", "--out", "x.json", "--input-shape", "abc"], "--input-shape"),
+        (["build", "--out", "x.json", "--backend", "tpu"], "unknown backend 'tpu'"),
+        (["build", "--out", "x.json", "--space", "mobilenet"], "unknown space 'mobilenet'"),
+        (["build", "--out", "x.json", "--option", "C"], "--option"),
+        (["build", "--out", "x.json", "--statistic", "mean"], "statistic"),
+        (["predict", "no-such-table.json", "--sample", "2"], "latency table not found"),
+        (["validate", "no-such-table.json"], "latency table not found"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_code_2(
+    args: list[str], needle: str, tmp_path: Path
+) -> None:
     res = runner.invoke(app, [a.replace("x.json", str(tmp_path / "x.json")) for a in args])
     assert res.exit_code == 2, res.output
     lines = [ln for ln in res.output.splitlines() if ln.strip()]

@@ -17,8 +17,15 @@ from nasforge.spaces import create_space
 def table_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     space = create_space("nb201", (3, 8, 8), 10, C=4, N=1)
     path = tmp_path_factory.mktemp("doctor") / "t.json"
-    LatencyTable.build(space, "torch", path=path, space_options={"C": 4, "N": 1}, calibration_archs=0,
-                       timing=TimingConfig(warmup=1, repeats=3, rounds=3), progress=False)
+    LatencyTable.build(
+        space,
+        "torch",
+        path=path,
+        space_options={"C": 4, "N": 1},
+        calibration_archs=0,
+        timing=TimingConfig(warmup=1, repeats=3, rounds=3),
+        progress=False,
+    )
     return path
 
 
@@ -27,11 +34,15 @@ def fields(findings: list[tuple[str, str, str]]) -> dict[str, str]:
 
 
 def test_flops_as_the_latency_objective_warns() -> None:
-    cfg = {"objective": {"kind": "weighted_product", "cost_metric": "flops", "target": 5},
-           "latency": {"mode": "measure"}}
+    cfg = {
+        "objective": {"kind": "weighted_product", "cost_metric": "flops", "target": 5},
+        "latency": {"mode": "measure"},
+    }
     assert fields(latency_findings(cfg)) == {"objective.cost_metric": "warning"}
     assert fields(latency_findings({"latency": {"mode": "flops"}})) == {"latency.mode": "warning"}
-    assert latency_findings({"objective": {"kind": "constraint", "cost_metric": "latency_ms"}}) == []
+    assert (
+        latency_findings({"objective": {"kind": "constraint", "cost_metric": "latency_ms"}}) == []
+    )
 
 
 def test_predict_needs_an_existing_table(tmp_path: Path) -> None:
@@ -41,9 +52,16 @@ def test_predict_needs_an_existing_table(tmp_path: Path) -> None:
 
 
 def test_table_from_another_machine_or_setting_warns(table_path: Path, tmp_path: Path) -> None:
-    ok = {"space": {"name": "nb201", "options": {"C": 4, "N": 1}},
-          "latency": {"mode": "predict", "table": str(table_path), "backend": "torch",
-                      "batch_size": 1, "threads": 1}}
+    ok = {
+        "space": {"name": "nb201", "options": {"C": 4, "N": 1}},
+        "latency": {
+            "mode": "predict",
+            "table": str(table_path),
+            "backend": "torch",
+            "batch_size": 1,
+            "threads": 1,
+        },
+    }
     msgs = [m for _, _, m in latency_findings(ok)]
     assert not any("another machine" in m or "backend" in m for m in msgs), msgs
     d = json.loads(table_path.read_text())

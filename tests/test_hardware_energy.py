@@ -21,8 +21,9 @@ class WallPowerCounter(EnergyCounter):
         return 10.0 * time.perf_counter()
 
 
-def test_unavailable_is_reported_with_a_reason_not_a_number(tmp_path: Path,
-                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+def test_unavailable_is_reported_with_a_reason_not_a_number(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setattr(energy, "POWERCAP", tmp_path / "no-powercap")
     monkeypatch.setattr(energy, "rapl_domains", lambda: rapl_domains(tmp_path / "no-powercap"))
     m = measure_energy(nn.Linear(4, 4), (4,), duration_s=0.01)
@@ -35,7 +36,10 @@ def test_energy_per_inference_from_a_counter() -> None:
     assert m.available and m.source == "fake" and m.calls >= 10
     assert m.mean_watts == pytest.approx(10.0, rel=0.05)
     assert m.joules_per_inference == pytest.approx(10.0 * m.seconds / m.calls, rel=0.05)
-    assert m.net_joules_per_inference is not None and m.net_joules_per_inference < m.joules_per_inference
+    assert (
+        m.net_joules_per_inference is not None
+        and m.net_joules_per_inference < m.joules_per_inference
+    )
 
 
 def test_rapl_reads_domains_and_handles_wrap_around(tmp_path: Path) -> None:

@@ -16,11 +16,16 @@ from nasforge.hardware.fingerprint import (
 def test_allocator_from_ld_preload_and_from_mapped_libraries(tmp_path: Path) -> None:
     maps = tmp_path / "maps"
     maps.write_text("7f00-7f01 r-xp 0 08:01 1 /usr/lib/x86_64-linux-gnu/libc.so.6\n")
-    assert detect_allocator(str(maps), {"LD_PRELOAD": "/usr/lib/libtcmalloc_minimal.so.4"}) == "tcmalloc"
+    assert (
+        detect_allocator(str(maps), {"LD_PRELOAD": "/usr/lib/libtcmalloc_minimal.so.4"})
+        == "tcmalloc"
+    )
     assert detect_allocator(str(maps), {}).startswith(("glibc", "system"))
     maps.write_text("7f00-7f01 r-xp 0 08:01 1 /usr/lib/x86_64-linux-gnu/libjemalloc.so.2\n")
     assert detect_allocator(str(maps), {}) == "jemalloc"
-    assert detect_allocator(str(tmp_path / "missing"), {"LD_PRELOAD": "libmimalloc.so"}) == "mimalloc"
+    assert (
+        detect_allocator(str(tmp_path / "missing"), {"LD_PRELOAD": "libmimalloc.so"}) == "mimalloc"
+    )
 
 
 def test_fingerprint_records_what_changes_latency() -> None:
@@ -33,8 +38,13 @@ def test_fingerprint_records_what_changes_latency() -> None:
 
 def test_mismatches_name_the_field() -> None:
     fp = device_fingerprint(threads=1)
-    other = replace(fp, cpu_model="Imaginary CPU 9000", allocator="jemalloc",
-                    torch="1.0.0", cpu_flags=fp.cpu_flags + ("amx_tile",))
+    other = replace(
+        fp,
+        cpu_model="Imaginary CPU 9000",
+        allocator="jemalloc",
+        torch="1.0.0",
+        cpu_flags=fp.cpu_flags + ("amx_tile",),
+    )
     msgs = fingerprint_mismatches(other, fp)
     fields = {m.split(":")[0] for m in msgs}
     assert fields == {"cpu_model", "allocator", "torch", "cpu_flags"}

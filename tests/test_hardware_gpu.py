@@ -7,8 +7,10 @@ import pytest
 import torch
 from torch import nn
 
-pytestmark = [pytest.mark.gpu,
-              pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device"),
+]
 
 
 def test_cuda_latency_is_timed_with_events_and_fingerprinted() -> None:
@@ -18,8 +20,13 @@ def test_cuda_latency_is_timed_with_events_and_fingerprinted() -> None:
     m = measure_latency(model, (32, 64, 64), batch_size=8, backend="cuda", repeats=30)
     assert m.backend == "cuda" and m.clock == "wall" and m.median_ms > 0
     assert m.fingerprint["gpu_name"]
-    big = measure_latency(nn.Sequential(*[nn.Conv2d(32, 32, 3, padding=1) for _ in range(16)]),
-                          (32, 64, 64), batch_size=8, backend="cuda", repeats=30)
+    big = measure_latency(
+        nn.Sequential(*[nn.Conv2d(32, 32, 3, padding=1) for _ in range(16)]),
+        (32, 64, 64),
+        batch_size=8,
+        backend="cuda",
+        repeats=30,
+    )
     assert big.min_ms > m.min_ms
 
 
@@ -40,8 +47,14 @@ def test_cuda_table_predicts_within_tolerance() -> None:
     from nasforge.spaces import create_space
 
     space = create_space("nb201", (3, 32, 32), 10)
-    table = LatencyTable.build(space, "cuda", batch_size=64, calibration_archs=8, progress=False,
-                               timing=TimingConfig(warmup=3, repeats=30, rounds=3))
+    table = LatencyTable.build(
+        space,
+        "cuda",
+        batch_size=64,
+        calibration_archs=8,
+        progress=False,
+        timing=TimingConfig(warmup=3, repeats=30, rounds=3),
+    )
     report = validate_table(table, space, n=16, seed=1)
     s = report.score_of("table:sum")
     print("\n".join(report.lines()))
@@ -51,7 +64,9 @@ def test_cuda_table_predicts_within_tolerance() -> None:
 def test_nvml_energy_is_measured_or_explained() -> None:
     from nasforge.hardware.energy import measure_energy
 
-    m = measure_energy(nn.Linear(1024, 1024), (1024,), batch_size=256, backend="cuda", duration_s=0.5)
+    m = measure_energy(
+        nn.Linear(1024, 1024), (1024,), batch_size=256, backend="cuda", duration_s=0.5
+    )
     assert m.available or m.reason
     if m.available:
         assert m.joules_per_inference is not None and m.joules_per_inference > 0

@@ -20,7 +20,12 @@ from nasforge.hardware.layers import (
 from nasforge.space import Categorical, SearchSpace
 from nasforge.spaces import create_space
 
-SPACES = [("mobile", (3, 32, 32)), ("mobile", (1, 40)), ("nb201", (3, 16, 16)), ("darts", (3, 16, 16))]
+SPACES = [
+    ("mobile", (3, 32, 32)),
+    ("mobile", (1, 40)),
+    ("nb201", (3, 16, 16)),
+    ("darts", (3, 16, 16)),
+]
 
 
 def _params(m: torch.nn.Module) -> int:

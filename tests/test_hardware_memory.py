@@ -14,26 +14,35 @@ from nasforge.spaces import create_space
 
 
 def test_mlp_activation_peak_is_the_largest_adjacent_pair() -> None:
-    model = nn.Sequential(nn.Linear(100, 200), nn.ReLU(), nn.Linear(200, 300), nn.ReLU(),
-                          nn.Linear(300, 10))
+    model = nn.Sequential(
+        nn.Linear(100, 200), nn.ReLU(), nn.Linear(200, 300), nn.ReLU(), nn.Linear(300, 10)
+    )
     est = predict_memory(model, (100,), batch_size=8)
     # peak at the second (out-of-place) ReLU: its input and output, 8x300 each, float32
     assert est.peak_activation_bytes == 8 * (300 + 300) * 4
-    inplace = nn.Sequential(nn.Linear(100, 200), nn.ReLU(inplace=True), nn.Linear(200, 300),
-                            nn.ReLU(inplace=True), nn.Linear(300, 10))
+    inplace = nn.Sequential(
+        nn.Linear(100, 200),
+        nn.ReLU(inplace=True),
+        nn.Linear(200, 300),
+        nn.ReLU(inplace=True),
+        nn.Linear(300, 10),
+    )
     # in-place ReLUs allocate nothing: the peak is a Linear's input and output (8x200 + 8x300)
     assert predict_memory(inplace, (100,), batch_size=8).peak_activation_bytes == 8 * 500 * 4
     assert est.param_bytes == 4 * count_params(model) == param_bytes(model)
     assert est.input_bytes == 8 * 100 * 4 and est.output_bytes == 8 * 10 * 4
 
 
-@pytest.mark.parametrize("make, shape", [
-    (lambda: nn.Sequential(nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 32)), (64,)),
-    (lambda: ConvBNAct(3, 16, 3, 2, act="hswish"), (3, 32, 32)),
-    (lambda: InvertedResidual(16, 24, 5, 2, 6, "silu", True), (16, 16, 16)),
-    (lambda: InvertedResidual(16, 16, 7, 1, 3, "hswish", False), (16, 16, 16)),
-    (lambda: ClassifierHead(80, 128, 10, "hswish"), (80, 4, 4)),
-])
+@pytest.mark.parametrize(
+    "make, shape",
+    [
+        (lambda: nn.Sequential(nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 32)), (64,)),
+        (lambda: ConvBNAct(3, 16, 3, 2, act="hswish"), (3, 32, 32)),
+        (lambda: InvertedResidual(16, 24, 5, 2, 6, "silu", True), (16, 16, 16)),
+        (lambda: InvertedResidual(16, 16, 7, 1, 3, "hswish", False), (16, 16, 16)),
+        (lambda: ClassifierHead(80, 128, 10, "hswish"), (80, 4, 4)),
+    ],
+)
 def test_prediction_equals_the_profilers_tensor_peak(make, shape) -> None:
     torch.manual_seed(0)
     check = check_memory(make(), shape, batch_size=4)

@@ -60,8 +60,9 @@ def test_forked_cells_compute_what_sequential_cells_compute(name: str) -> None:
 
 def test_the_traced_nb201_network_forks_every_live_edge() -> None:
     space = create_space("nb201", SHAPE, 10, C=4, N=2)
-    arch = space.from_string("|nor_conv_3x3~0|+|skip_connect~0|avg_pool_3x3~1|"
-                             "+|nor_conv_1x1~0|none~1|nor_conv_3x3~2|")
+    arch = space.from_string(
+        "|nor_conv_3x3~0|+|skip_connect~0|avg_pool_3x3~1|+|nor_conv_1x1~0|none~1|nor_conv_3x3~2|"
+    )
     x = example_input(SHAPE, 1)
     traced = trace_with_forks(space.build(arch), x, pool_threads())
     # 5 live edges per cell, 2 cells per stage, 3 stages; forks are nested in the cell calls
@@ -101,8 +102,9 @@ def test_cell_ops_are_timed_forked_only_on_the_parallel_backend() -> None:
     assert isinstance(_entry_module(op, par), _Forked)
     assert not isinstance(_entry_module(stem, par), _Forked)
     assert not isinstance(_entry_module(op, BackendSpec("torch")), _Forked)
-    assert not isinstance(_entry_module(op, BackendSpec("onnxruntime", execution_mode="parallel")),
-                          _Forked)
+    assert not isinstance(
+        _entry_module(op, BackendSpec("onnxruntime", execution_mode="parallel")), _Forked
+    )
 
 
 def test_parallel_backends_time_entries_in_a_chain_of_forks() -> None:
@@ -120,8 +122,16 @@ def test_a_table_on_torch_parallel_has_a_schedule_calibration_and_round_trips(tm
     space = create_space("nb201", (3, 8, 8), 10, C=4, N=1)
     spec = BackendSpec("torch", threads=pool_threads(), execution_mode="parallel")
     path = tmp_path / "nb201_parallel.json"
-    table = LatencyTable.build(space, spec, (3, 8, 8), 2, path, calibration_archs=3, progress=False,
-                               timing=TimingConfig(warmup=1, repeats=6, rounds=2))
+    table = LatencyTable.build(
+        space,
+        spec,
+        (3, 8, 8),
+        2,
+        path,
+        calibration_archs=3,
+        progress=False,
+        timing=TimingConfig(warmup=1, repeats=6, rounds=2),
+    )
     assert table.clock == "wall"
     assert table.parallel_speedup is not None and table.parallel_speedup > 0
     assert {"min/sum", "min/critical_path", "min/schedule"} <= set(table.calibration)

@@ -22,9 +22,12 @@ def L(name: str) -> LayerSpec:
 def test_critical_path_of_a_hand_built_dag_is_the_known_longest_path() -> None:
     #      0 --a(3)--> 1 --c(4)--> 3 ; 0 --b(1)--> 2 --d(1)--> 3 ; 1 --e(2)--> 2 ; merge at 2, 3
     ms = {"a": 3.0, "b": 1.0, "c": 4.0, "d": 1.0, "e": 2.0, "m2": 0.5, "m3": 0.25}
-    cell = Cell(num_nodes=4, edges=((0, 1, L("a")), (0, 2, L("b")), (1, 2, L("e")), (1, 3, L("c")),
-                                    (2, 3, L("d"))),
-                outputs=(3,), merges=((2, L("m2")), (3, L("m3"))))
+    cell = Cell(
+        num_nodes=4,
+        edges=((0, 1, L("a")), (0, 2, L("b")), (1, 2, L("e")), (1, 3, L("c")), (2, 3, L("d"))),
+        outputs=(3,),
+        merges=((2, L("m2")), (3, L("m3"))),
+    )
     total, crit, sched = cell_times(cell, lambda s: ms[s.args[0]], workers=8)
     assert total == pytest.approx(sum(ms.values()))
     # paths: a+c+m3 = 7.25 ; a+e+m2+d+m3 = 6.75 ; b+m2+d+m3 = 2.75
@@ -35,8 +38,13 @@ def test_critical_path_of_a_hand_built_dag_is_the_known_longest_path() -> None:
 
 def test_critical_path_with_two_inputs_and_a_join() -> None:
     ms = {"p0": 1.0, "p1": 5.0, "x": 1.0, "y": 1.0, "cat": 0.5}
-    cell = Cell(num_nodes=5, edges=((0, 2, L("p0")), (1, 3, L("p1")), (2, 4, L("x")), (3, 4, L("y"))),
-                outputs=(2, 4), join=L("cat"), num_inputs=2)
+    cell = Cell(
+        num_nodes=5,
+        edges=((0, 2, L("p0")), (1, 3, L("p1")), (2, 4, L("x")), (3, 4, L("y"))),
+        outputs=(2, 4),
+        join=L("cat"),
+        num_inputs=2,
+    )
     total, crit, sched = cell_times(cell, lambda s: ms[s.args[0]], workers=2)
     assert total == pytest.approx(8.5)
     assert crit == pytest.approx(5.0 + 1.0 + 0.5)
@@ -52,8 +60,12 @@ def test_chain_sum_equals_critical_path() -> None:
 def test_schedule_is_bounded_by_the_workers() -> None:
     """Three independent 1 ms ops into one node: 3 ms in a row, 1 ms unbounded, 2 ms on two
     workers (FIFO: two start at 0, the third at 1), plus the node's sum on the caller."""
-    cell = Cell(num_nodes=2, edges=tuple((0, 1, L(f"op{i}")) for i in range(3)), outputs=(1,),
-                merges=((1, L("sum")),))
+    cell = Cell(
+        num_nodes=2,
+        edges=tuple((0, 1, L(f"op{i}")) for i in range(3)),
+        outputs=(1,),
+        merges=((1, L("sum")),),
+    )
     ms = {"op0": 1.0, "op1": 1.0, "op2": 1.0, "sum": 0.1}
     total, crit, sched = cell_times(cell, lambda s: ms[s.args[0]], workers=2)
     assert (total, crit, sched) == pytest.approx((3.1, 1.1, 2.1))
@@ -76,22 +88,35 @@ def test_schedule_launches_in_source_order_and_reads_nodes_on_the_caller() -> No
     assert sched == pytest.approx(6.0)
 
 
-def synthetic_table(name: str, shape: tuple[int, ...], seed: int = 0, **options: object) -> LatencyTable:
+def synthetic_table(
+    name: str, shape: tuple[int, ...], seed: int = 0, **options: object
+) -> LatencyTable:
     space = create_space(name, shape, 10, **options)
     rng = np.random.default_rng(seed)
     entries = {}
     for lay in enumerate_layers(space):
         v = float(rng.uniform(0.01, 1.0))
         entries[lay.key] = TableEntry(v, 0.0, v, v, 30)
-    return LatencyTable(space={"name": name, "input_shape": list(shape), "num_classes": 10,
-                               "options": dict(options)},
-                        backend=BackendSpec(), batch_size=1, fingerprint={}, entries=entries,
-                        call_overhead_ms={"min": 0.004, "p10": 0.004, "median": 0.004})
+    return LatencyTable(
+        space={
+            "name": name,
+            "input_shape": list(shape),
+            "num_classes": 10,
+            "options": dict(options),
+        },
+        backend=BackendSpec(),
+        batch_size=1,
+        fingerprint={},
+        entries=entries,
+        call_overhead_ms={"min": 0.004, "p10": 0.004, "median": 0.004},
+    )
 
 
 @pytest.mark.parametrize("workers", [1, 2, 3])
-@pytest.mark.parametrize("name, options", [("mobile", {}), ("nb201", {}),
-                                           ("nb201", {"prune_dead_edges": False}), ("darts", {})])
+@pytest.mark.parametrize(
+    "name, options",
+    [("mobile", {}), ("nb201", {}), ("nb201", {"prune_dead_edges": False}), ("darts", {})],
+)
 def test_fast_path_equals_the_generic_plan_walk(name: str, options: dict, workers: int) -> None:
     table = synthetic_table(name, (3, 32, 32), **options)
     if workers > 1:
@@ -154,18 +179,23 @@ def test_missing_entry_is_measured_on_demand() -> None:
 
 def test_bad_options_are_table_errors() -> None:
     table = synthetic_table("nb201", (3, 8, 8), C=4, N=1)
-    for kwargs, field in (({"mode": "fastest"}, "mode"), ({"on_missing": "guess"}, "on_missing"),
-                          ({"statistic": "mean"}, "statistic")):
+    for kwargs, field in (
+        ({"mode": "fastest"}, "mode"),
+        ({"on_missing": "guess"}, "on_missing"),
+        ({"statistic": "mean"}, "statistic"),
+    ):
         with pytest.raises(TableError, match=field):
             LatencyPredictor(table, **kwargs)
     with pytest.raises(TableError, match="built for space"):
         LatencyPredictor(table, create_space("mobile", (3, 8, 8), 10))
 
 
-@pytest.mark.parametrize("speedup, mode, workers", [(None, "schedule", 2), (1.9, "schedule", 2),
-                                                    (1.02, "sum", 1)])
-def test_auto_mode_schedules_only_where_branches_overlap(speedup: float | None, mode: str,
-                                                         workers: int) -> None:
+@pytest.mark.parametrize(
+    "speedup, mode, workers", [(None, "schedule", 2), (1.9, "schedule", 2), (1.02, "sum", 1)]
+)
+def test_auto_mode_schedules_only_where_branches_overlap(
+    speedup: float | None, mode: str, workers: int
+) -> None:
     table = synthetic_table("nb201", (3, 8, 8), C=4, N=1)
     table.backend = BackendSpec("torch", threads=2, execution_mode="parallel")
     table.parallel_speedup = speedup

@@ -23,8 +23,16 @@ FAST = TimingConfig(warmup=2, repeats=6, rounds=3)
 def tiny_table(tmp_path_factory: pytest.TempPathFactory) -> LatencyTable:
     space = create_space("nb201", (3, 8, 8), 10, C=4, N=1)
     path = tmp_path_factory.mktemp("tables") / "nb201.json"
-    return LatencyTable.build(space, "torch", batch_size=1, path=path, space_options={"C": 4, "N": 1},
-                              calibration_archs=3, timing=FAST, progress=False)
+    return LatencyTable.build(
+        space,
+        "torch",
+        batch_size=1,
+        path=path,
+        space_options={"C": 4, "N": 1},
+        calibration_archs=3,
+        timing=FAST,
+        progress=False,
+    )
 
 
 def test_build_measures_every_layer_and_calibrates(tiny_table: LatencyTable) -> None:
@@ -70,10 +78,16 @@ def test_check_table_names_setting_mismatches(tiny_table: LatencyTable) -> None:
         assert needle in text
 
 
-@pytest.mark.parametrize("content, needle", [
-    (None, "not found"), ("{not json", "not valid JSON"), ("[1, 2]", "expected a JSON object"),
-    ('{"format": 1, "space": {}}', "not a latency table"), ('{"format": 99}', "format 99"),
-])
+@pytest.mark.parametrize(
+    "content, needle",
+    [
+        (None, "not found"),
+        ("{not json", "not valid JSON"),
+        ("[1, 2]", "expected a JSON object"),
+        ('{"format": 1, "space": {}}', "not a latency table"),
+        ('{"format": 99}', "format 99"),
+    ],
+)
 def test_bad_files_are_clear_errors(tmp_path: Path, content: str | None, needle: str) -> None:
     p = tmp_path / "bad.json"
     if content is not None:
@@ -84,7 +98,9 @@ def test_bad_files_are_clear_errors(tmp_path: Path, content: str | None, needle:
     assert needle in check_table(p)[0]
 
 
-def test_rebuild_reuses_measured_entries(tiny_table: LatencyTable, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_rebuild_reuses_measured_entries(
+    tiny_table: LatencyTable, monkeypatch: pytest.MonkeyPatch
+) -> None:
     def refuse(layers, *args, **kwargs):
         if layers:
             raise AssertionError(f"re-measured {len(layers)} layers")
@@ -92,14 +108,22 @@ def test_rebuild_reuses_measured_entries(tiny_table: LatencyTable, monkeypatch: 
 
     monkeypatch.setattr("nasforge.hardware.table.measure_entries", refuse)
     space = tiny_table.make_space()
-    again = LatencyTable.build(space, "torch", path=tiny_table.path, space_options={"C": 4, "N": 1},
-                               calibration_archs=3, timing=FAST, progress=False)
+    again = LatencyTable.build(
+        space,
+        "torch",
+        path=tiny_table.path,
+        space_options={"C": 4, "N": 1},
+        calibration_archs=3,
+        timing=FAST,
+        progress=False,
+    )
     assert again.entries == tiny_table.entries
     assert again.calibration == tiny_table.calibration
 
 
-def test_partial_table_measures_only_what_is_missing(tiny_table: LatencyTable, tmp_path: Path,
-                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+def test_partial_table_measures_only_what_is_missing(
+    tiny_table: LatencyTable, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     d = tiny_table.to_dict()
     dropped = sorted(d["entries"])[:2]
     for k in dropped:
@@ -114,8 +138,15 @@ def test_partial_table_measures_only_what_is_missing(tiny_table: LatencyTable, t
         return real(layers, *args, **kwargs)
 
     monkeypatch.setattr("nasforge.hardware.table.measure_entries", spy)
-    LatencyTable.build(tiny_table.make_space(), "torch", path=p, space_options={"C": 4, "N": 1},
-                       calibration_archs=0, timing=FAST, progress=False)
+    LatencyTable.build(
+        tiny_table.make_space(),
+        "torch",
+        path=p,
+        space_options={"C": 4, "N": 1},
+        calibration_archs=0,
+        timing=FAST,
+        progress=False,
+    )
     assert sorted(seen) == dropped
 
 
@@ -127,15 +158,37 @@ def test_predicted_sum_of_a_chain_tracks_whole_model_measurement() -> None:
     per-network calibration on 4 other archs it is within 20%. (Typical on a busy 2-core host:
     10-25% and 2-8%.)
     """
-    space = MobileSpace((3, 16, 16), 10, stages=((8, 1, 2), (16, 2, 2)), kernels=(3, 7),
-                        expands=(1, 6), widths=(1.0,), activations=("relu",), se=(False,))
-    table = LatencyTable.build(space, "torch", calibration_archs=4, progress=False,
-                               timing=TimingConfig(warmup=2, repeats=9, rounds=3))
+    space = MobileSpace(
+        (3, 16, 16),
+        10,
+        stages=((8, 1, 2), (16, 2, 2)),
+        kernels=(3, 7),
+        expands=(1, 6),
+        widths=(1.0,),
+        activations=("relu",),
+        se=(False,),
+    )
+    table = LatencyTable.build(
+        space,
+        "torch",
+        calibration_archs=4,
+        progress=False,
+        timing=TimingConfig(warmup=2, repeats=9, rounds=3),
+    )
     rng = np.random.default_rng(42)
     archs = [space.sample(rng) for _ in range(6)]
-    measured = np.array([m.min_ms for m in measure_models(
-        [space.build(a) for a in archs], (3, 16, 16), 1, table.backend,
-        config=table.timing(TimingConfig(warmup=3, repeats=30, rounds=3)))])
+    measured = np.array(
+        [
+            m.min_ms
+            for m in measure_models(
+                [space.build(a) for a in archs],
+                (3, 16, 16),
+                1,
+                table.backend,
+                config=table.timing(TimingConfig(warmup=3, repeats=30, rounds=3)),
+            )
+        ]
+    )
     raw = np.array([table.predictor(space, statistic="min").raw_ms(a)[0] for a in archs])
     calibrated = table.predictor(space, statistic="min").predict_many(archs)
     assert np.all(np.abs(raw - measured) / measured < 0.40), (raw, measured)

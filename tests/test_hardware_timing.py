@@ -110,7 +110,11 @@ def test_cpu_clock_is_refused_for_multithreaded_backends() -> None:
 def test_measure_models_interleaves_and_orders_results() -> None:
     small = nn.Linear(16, 16)
     big = nn.Sequential(*[nn.Linear(256, 256) for _ in range(8)])
-    ms = measure_models([nn.Sequential(nn.Linear(256, 16), small), big], (256,), threads=1,
-                        config=TimingConfig(warmup=2, repeats=12, rounds=3))
+    ms = measure_models(
+        [nn.Sequential(nn.Linear(256, 16), small), big],
+        (256,),
+        threads=1,
+        config=TimingConfig(warmup=2, repeats=12, rounds=3),
+    )
     assert len(ms) == 2
     assert ms[0].min_ms < ms[1].min_ms

@@ -30,7 +30,9 @@ def test_bn_folded_equals_unfolded_on_sampled_archs() -> None:
             x = torch.randn(4, *shape)
             with torch.no_grad():
                 torch.testing.assert_close(fused(x), model(x), rtol=1e-4, atol=1e-4)
-            n_bn = sum(isinstance(m, (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d)) for m in fused.modules())
+            n_bn = sum(
+                isinstance(m, (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d)) for m in fused.modules()
+            )
             assert n_bn == 0
 
 
@@ -38,5 +40,7 @@ def test_inverted_residual_uses_residual_only_when_shapes_match() -> None:
     assert InvertedResidual(16, 16, stride=1).use_res
     assert not InvertedResidual(16, 24, stride=1).use_res
     assert not InvertedResidual(16, 16, stride=2).use_res
-    y = InvertedResidual(8, 16, kernel=5, stride=2, expand=3, se=True, act="silu")(torch.randn(2, 8, 9, 9))
+    y = InvertedResidual(8, 16, kernel=5, stride=2, expand=3, se=True, act="silu")(
+        torch.randn(2, 8, 9, 9)
+    )
     assert y.shape == (2, 16, 5, 5)

@@ -16,8 +16,10 @@ from nasforge.objectives import (
 
 def test_weighted_product_matches_mnasnet_formula() -> None:
     o = Objective("weighted_product", target=2.0, w=-0.07)
-    assert o.score({"val_acc": 0.9, "latency_ms": 4.0}) == pytest.approx(0.9 * 2.0 ** -0.07)
-    assert o.score({"val_acc": 0.9, "latency_ms": 1.0}) > o.score({"val_acc": 0.9, "latency_ms": 2.0})
+    assert o.score({"val_acc": 0.9, "latency_ms": 4.0}) == pytest.approx(0.9 * 2.0**-0.07)
+    assert o.score({"val_acc": 0.9, "latency_ms": 1.0}) > o.score(
+        {"val_acc": 0.9, "latency_ms": 2.0}
+    )
     assert o.score({"val_acc": 0.9}) is None
 
 

@@ -15,9 +15,11 @@ ray = pytest.importorskip("ray", reason="ray is not installed (pip install 'nasf
 
 def test_search_on_a_local_ray_cluster(tmp_path: Path) -> None:
     cfg = tmp_path / "c.yaml"
-    cfg.write_text(f"name: r\nruns_dir: {tmp_path}\ndata: {{name: digits}}\n"
-                   "search: {trials: 3, executor: ray, workers: 2}\ntrain: {epochs: 1}\n"
-                   "latency: {repeats: 5, warmup: 1}\n")
+    cfg.write_text(
+        f"name: r\nruns_dir: {tmp_path}\ndata: {{name: digits}}\n"
+        "search: {trials: 3, executor: ray, workers: 2}\ntrain: {epochs: 1}\n"
+        "latency: {repeats: 5, warmup: 1}\n"
+    )
     try:
         res = CliRunner().invoke(app, ["search", str(cfg), "--quiet", "--no-final"])
     finally:

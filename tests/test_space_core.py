@@ -85,11 +85,13 @@ def test_conditional_dimensions_follow_depth() -> None:
 
 
 def test_generic_dimensions() -> None:
-    space = SearchSpace([
-        Int("depth", low=1, high=4),
-        Float("lr", low=1e-4, high=1e-1, log=True),
-        Categorical("op", choices=("a", "b"), when=(Condition("depth", ">=", 2),)),
-    ])
+    space = SearchSpace(
+        [
+            Int("depth", low=1, high=4),
+            Float("lr", low=1e-4, high=1e-1, log=True),
+            Categorical("op", choices=("a", "b"), when=(Condition("depth", ">=", 2),)),
+        ]
+    )
     rng = np.random.default_rng(0)
     for _ in range(50):
         a = space.sample(rng)

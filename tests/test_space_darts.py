@@ -28,8 +28,10 @@ DARTS_V2 = (
 
 @st.composite
 def genes(draw: st.DrawFn) -> list[tuple[str, int]]:
-    return [(draw(st.sampled_from(DARTS_OPS)), draw(st.integers(0, node - 1)))
-            for node in (2, 2, 3, 3, 4, 4, 5, 5)]
+    return [
+        (draw(st.sampled_from(DARTS_OPS)), draw(st.integers(0, node - 1)))
+        for node in (2, 2, 3, 3, 4, 4, 5, 5)
+    ]
 
 
 # -- genotype notation ------------------------------------------------------------------------
@@ -53,27 +55,34 @@ def test_published_genotype_parses_and_prints_in_darts_notation() -> None:
     assert SPACE.genes(arch, "reduce")[-1] == ("max_pool_3x3", 1)
     assert arch["normal/node5/in1/op"] == "dil_conv_3x3" and arch["normal/node5/in1/src"] == 2
     # positional fields as in Genotype(normal, normal_concat, reduce, reduce_concat)
-    positional = DARTS_V2.replace("normal=", "").replace("normal_concat=", "") \
-        .replace("reduce=", "").replace("reduce_concat=", "")
+    positional = (
+        DARTS_V2.replace("normal=", "")
+        .replace("normal_concat=", "")
+        .replace("reduce=", "")
+        .replace("reduce_concat=", "")
+    )
     assert SPACE.from_string(positional) == arch
 
 
 LAST = "('dil_conv_3x3', 2)"
 
 
-@pytest.mark.parametrize("old, new, fragment", [
-    ("Genotype(", "Genome(", "expected 'Genotype("),
-    ("range(2, 6))", "range(2, 6)", "not valid Python syntax"),
-    (LAST, "('dil_conv_7x7', 2)", "unknown op 'dil_conv_7x7'"),
-    (LAST, "('dil_conv_3x3', 5)", "reads node 5; inputs must be in 0..4"),
-    (LAST + "]", "]", "normal has 7 genes, expected 8"),
-    ("normal_concat=range(2, 6)", "normal_concat=[2, 5]", "normal_concat must be [2, 3, 4, 5]"),
-    ("reduce_concat=range(2, 6)", "reduce_concat=sorted(x)", "reduce_concat must be a literal"),
-    (", reduce_concat=range(2, 6)", "", "missing field(s) reduce_concat"),
-    ("reduce_concat=", "reduction_concat=", "unknown Genotype field 'reduction_concat'"),
-    (LAST, "'dil_conv_3x3'", "must be an (op, input) pair"),
-    (LAST, "('dil_conv_3x3', True)", "must be an (op, input) pair"),
-])
+@pytest.mark.parametrize(
+    "old, new, fragment",
+    [
+        ("Genotype(", "Genome(", "expected 'Genotype("),
+        ("range(2, 6))", "range(2, 6)", "not valid Python syntax"),
+        (LAST, "('dil_conv_7x7', 2)", "unknown op 'dil_conv_7x7'"),
+        (LAST, "('dil_conv_3x3', 5)", "reads node 5; inputs must be in 0..4"),
+        (LAST + "]", "]", "normal has 7 genes, expected 8"),
+        ("normal_concat=range(2, 6)", "normal_concat=[2, 5]", "normal_concat must be [2, 3, 4, 5]"),
+        ("reduce_concat=range(2, 6)", "reduce_concat=sorted(x)", "reduce_concat must be a literal"),
+        (", reduce_concat=range(2, 6)", "", "missing field(s) reduce_concat"),
+        ("reduce_concat=", "reduction_concat=", "unknown Genotype field 'reduction_concat'"),
+        (LAST, "'dil_conv_3x3'", "must be an (op, input) pair"),
+        (LAST, "('dil_conv_3x3', True)", "must be an (op, input) pair"),
+    ],
+)
 def test_malformed_genotypes_are_clear_errors(old: str, new: str, fragment: str) -> None:
     assert old in DARTS_V2
     with pytest.raises(SpaceError, match="darts") as info:
@@ -95,13 +104,17 @@ def test_bad_options_are_config_errors() -> None:
 
 
 # -- the network ------------------------------------------------------------------------------
-@pytest.mark.parametrize("shape, options", [
-    ((3, 32, 32), {"C": 4, "layers": 3}),
-    ((1, 28, 28), {"C": 4, "layers": 3}),
-    ((1, 8, 8), {}),  # the defaults: C=8, 5 layers
-])
-def test_build_runs_forward_with_the_right_shape(shape: tuple[int, ...],
-                                                 options: dict[str, Any]) -> None:
+@pytest.mark.parametrize(
+    "shape, options",
+    [
+        ((3, 32, 32), {"C": 4, "layers": 3}),
+        ((1, 28, 28), {"C": 4, "layers": 3}),
+        ((1, 8, 8), {}),  # the defaults: C=8, 5 layers
+    ],
+)
+def test_build_runs_forward_with_the_right_shape(
+    shape: tuple[int, ...], options: dict[str, Any]
+) -> None:
     torch.manual_seed(0)
     space = DartsSpace(input_shape=shape, num_classes=7, **options)
     for arch in (space.from_string(DARTS_V2), space.sample(np.random.default_rng(2))):
@@ -165,10 +178,26 @@ def test_input_order_and_none_sources_do_not_change_the_key() -> None:
 
 
 # nodes 2 and 3 both read only the inputs, so they can be renumbered: node 4 reads one of them
-A_NORMAL = [("sep_conv_3x3", 0), ("skip_connect", 1), ("dil_conv_3x3", 0), ("max_pool_3x3", 1),
-            ("sep_conv_5x5", 2), ("avg_pool_3x3", 3), ("skip_connect", 4), ("dil_conv_5x5", 3)]
-B_NORMAL = [("dil_conv_3x3", 0), ("max_pool_3x3", 1), ("sep_conv_3x3", 0), ("skip_connect", 1),
-            ("sep_conv_5x5", 3), ("avg_pool_3x3", 2), ("skip_connect", 4), ("dil_conv_5x5", 2)]
+A_NORMAL = [
+    ("sep_conv_3x3", 0),
+    ("skip_connect", 1),
+    ("dil_conv_3x3", 0),
+    ("max_pool_3x3", 1),
+    ("sep_conv_5x5", 2),
+    ("avg_pool_3x3", 3),
+    ("skip_connect", 4),
+    ("dil_conv_5x5", 3),
+]
+B_NORMAL = [
+    ("dil_conv_3x3", 0),
+    ("max_pool_3x3", 1),
+    ("sep_conv_3x3", 0),
+    ("skip_connect", 1),
+    ("sep_conv_5x5", 3),
+    ("avg_pool_3x3", 2),
+    ("skip_connect", 4),
+    ("dil_conv_5x5", 2),
+]
 
 
 def test_renumbered_nodes_share_a_key() -> None:
@@ -190,9 +219,16 @@ def test_same_key_cells_compute_the_same_function() -> None:
     cell_b = DartsCell(B_NORMAL, [2, 3, 4, 5], 6, 6, c, False, False).eval()
     for p in cell_a.parameters():
         torch.nn.init.normal_(p)
-    moves = {"node2_in0": "node3_in0", "node2_in1": "node3_in1", "node3_in0": "node2_in0",
-             "node3_in1": "node2_in1", "node4_in0": "node4_in0", "node4_in1": "node4_in1",
-             "node5_in0": "node5_in0", "node5_in1": "node5_in1"}
+    moves = {
+        "node2_in0": "node3_in0",
+        "node2_in1": "node3_in1",
+        "node3_in0": "node2_in0",
+        "node3_in1": "node2_in1",
+        "node4_in0": "node4_in0",
+        "node4_in1": "node4_in1",
+        "node5_in0": "node5_in0",
+        "node5_in1": "node5_in1",
+    }
     for name_a, name_b in moves.items():
         cell_b.ops[name_b].load_state_dict(cell_a.ops[name_a].state_dict())
     cell_b.preprocess0.load_state_dict(cell_a.preprocess0.state_dict())

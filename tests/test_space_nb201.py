@@ -31,8 +31,10 @@ from nasforge.spaces.nb201 import (
 SPACE = NB201Space()
 OPS = st.sampled_from(NB201_OPS)
 ARCH_VALUES = st.fixed_dictionaries({label: OPS for label in LABELS})
-BEST = ("|nor_conv_3x3~0|+|nor_conv_3x3~0|nor_conv_3x3~1|"
-        "+|skip_connect~0|nor_conv_3x3~1|nor_conv_1x1~2|")
+BEST = (
+    "|nor_conv_3x3~0|+|nor_conv_3x3~0|nor_conv_3x3~1|"
+    "+|skip_connect~0|nor_conv_3x3~1|nor_conv_1x1~2|"
+)
 
 
 def _arch(**ops: str) -> dict[str, str]:
@@ -83,8 +85,10 @@ def test_arch_string_layout_matches_labels() -> None:
     assert arch["edge_3_0"] == "skip_connect"
     assert arch["edge_3_2"] == "nor_conv_1x1"
     # edges within a node may come in any order; output is canonical
-    shuffled = ("|nor_conv_3x3~0|+|nor_conv_3x3~1|nor_conv_3x3~0|"
-                "+|nor_conv_1x1~2|skip_connect~0|nor_conv_3x3~1|")
+    shuffled = (
+        "|nor_conv_3x3~0|+|nor_conv_3x3~1|nor_conv_3x3~0|"
+        "+|nor_conv_1x1~2|skip_connect~0|nor_conv_3x3~1|"
+    )
     assert SPACE.to_string(SPACE.from_string(f"  {shuffled} ")) == BEST
 
 
@@ -97,17 +101,20 @@ def test_every_table_arch_string_round_trips(nb201_csv: Path) -> None:
         assert all(arch[edge_label(d, s)] == row[f"op_{d}_{s}"] for d, s in EDGES)
 
 
-@pytest.mark.parametrize("text, fragment", [
-    ("", "1 node group(s)"),
-    ("|nor_conv_3x3~0|+|nor_conv_3x3~0|nor_conv_3x3~1|", "2 node group(s)"),
-    ("|conv~0|+|none~0|none~1|+|none~0|none~1|none~2|", "unknown op 'conv'"),
-    ("|none~1|+|none~0|none~1|+|none~0|none~1|none~2|", "sources must be in 0..0"),
-    ("|none~0|+|none~0|+|none~0|none~1|none~2|", "has 1 edge(s), expected 2"),
-    ("none~0+|none~0|none~1|+|none~0|none~1|none~2|", "enclosed in '|'"),
-    ("|none|+|none~0|none~1|+|none~0|none~1|none~2|", "must read 'op~<source node>'"),
-    ("|none~0|+|none~0|none~0|+|none~0|none~1|none~2|", "two edges from node 0"),
-    ("|none~0|+|none~0|none~1|+|none~0|none~1|none~x|", "must read 'op~<source node>'"),
-])
+@pytest.mark.parametrize(
+    "text, fragment",
+    [
+        ("", "1 node group(s)"),
+        ("|nor_conv_3x3~0|+|nor_conv_3x3~0|nor_conv_3x3~1|", "2 node group(s)"),
+        ("|conv~0|+|none~0|none~1|+|none~0|none~1|none~2|", "unknown op 'conv'"),
+        ("|none~1|+|none~0|none~1|+|none~0|none~1|none~2|", "sources must be in 0..0"),
+        ("|none~0|+|none~0|+|none~0|none~1|none~2|", "has 1 edge(s), expected 2"),
+        ("none~0+|none~0|none~1|+|none~0|none~1|none~2|", "enclosed in '|'"),
+        ("|none|+|none~0|none~1|+|none~0|none~1|none~2|", "must read 'op~<source node>'"),
+        ("|none~0|+|none~0|none~0|+|none~0|none~1|none~2|", "two edges from node 0"),
+        ("|none~0|+|none~0|none~1|+|none~0|none~1|none~x|", "must read 'op~<source node>'"),
+    ],
+)
 def test_malformed_arch_strings_are_clear_errors(text: str, fragment: str) -> None:
     with pytest.raises(SpaceError, match="nb201") as info:
         SPACE.from_string(text)
@@ -213,11 +220,17 @@ def test_cell_ops_are_named_and_build_standalone() -> None:
 # -- DAG and canonical keys -------------------------------------------------------------------
 def test_cell_edges_prune_dead_edges() -> None:
     assert SPACE.cell_edges(SPACE.from_string(BEST)) == [
-        (0, 1, "nor_conv_3x3"), (0, 2, "nor_conv_3x3"), (1, 2, "nor_conv_3x3"),
-        (0, 3, "skip_connect"), (1, 3, "nor_conv_3x3"), (2, 3, "nor_conv_1x1")]
+        (0, 1, "nor_conv_3x3"),
+        (0, 2, "nor_conv_3x3"),
+        (1, 2, "nor_conv_3x3"),
+        (0, 3, "skip_connect"),
+        (1, 3, "nor_conv_3x3"),
+        (2, 3, "nor_conv_1x1"),
+    ]
     # node 2 feeds nothing (edge_3_2 none): its incoming edges are dead
-    arch = SPACE.make(_arch(e10="nor_conv_3x3", e20="avg_pool_3x3", e21="nor_conv_1x1",
-                            e31="skip_connect"))
+    arch = SPACE.make(
+        _arch(e10="nor_conv_3x3", e20="avg_pool_3x3", e21="nor_conv_1x1", e31="skip_connect")
+    )
     assert SPACE.cell_edges(arch) == [(0, 1, "nor_conv_3x3"), (1, 3, "skip_connect")]
     # node 1 receives only zero: the conv reading it is dead too
     arch = SPACE.make(_arch(e21="nor_conv_3x3", e32="skip_connect", e30="avg_pool_3x3"))
@@ -233,10 +246,12 @@ def test_edge_into_a_node_with_only_none_outputs_is_irrelevant() -> None:
 
 def test_equivalent_cells_share_a_key() -> None:
     # swapping nodes 1 and 2 (no edge between them)
-    a = SPACE.make(_arch(e10="nor_conv_3x3", e20="avg_pool_3x3", e31="nor_conv_1x1",
-                         e32="skip_connect"))
-    b = SPACE.make(_arch(e10="avg_pool_3x3", e20="nor_conv_3x3", e31="skip_connect",
-                         e32="nor_conv_1x1"))
+    a = SPACE.make(
+        _arch(e10="nor_conv_3x3", e20="avg_pool_3x3", e31="nor_conv_1x1", e32="skip_connect")
+    )
+    b = SPACE.make(
+        _arch(e10="avg_pool_3x3", e20="nor_conv_3x3", e31="skip_connect", e32="nor_conv_1x1")
+    )
     assert a.key == b.key and a != b
     # a skip edge is the identity: conv(skip(x)) == conv(x)
     c = SPACE.make(_arch(e10="skip_connect", e31="nor_conv_3x3"))
@@ -318,8 +333,12 @@ def test_equal_keys_have_nearly_equal_benchmark_accuracy(nb201_csv: Path) -> Non
     groups: dict[str, list[int]] = defaultdict(list)
     for i, k in enumerate(keys):
         groups[k].append(i)
-    within = [abs(test_acc[a] - test_acc[b]) for g in groups.values() if len(g) > 1
-              for a, b in itertools.pairwise(g)]
+    within = [
+        abs(test_acc[a] - test_acc[b])
+        for g in groups.values()
+        if len(g) > 1
+        for a, b in itertools.pairwise(g)
+    ]
     rng = np.random.default_rng(0)
     pairs = rng.integers(len(rows), size=(5000, 2))
     between = np.abs(test_acc[pairs[:, 0]] - test_acc[pairs[:, 1]])

@@ -8,8 +8,10 @@ from nasforge.testing import StrategyConformance
 
 
 class TestRandomConformance(StrategyConformance):
-    optimum_skip = ("uniform sampling needs |space|/2 = 2,048 evaluations in expectation on the "
-                    "toy; the test would only exercise the sampler, not a search")
+    optimum_skip = (
+        "uniform sampling needs |space|/2 = 2,048 evaluations in expectation on the "
+        "toy; the test would only exercise the sampler, not a search"
+    )
 
     def make_strategy(self, space: SearchSpace, seed: int) -> Strategy:
         return RandomStrategy(space, seed=seed)
@@ -73,8 +75,9 @@ class TestPredictorMLPConformance(StrategyConformance):
     def make_strategy(self, space: SearchSpace, seed: int) -> Strategy:
         from nasforge.strategies.predictor import PredictorStrategy
 
-        return PredictorStrategy(space, seed=seed, surrogate="mlp", acquisition="ucb",
-                                 mlp_steps=60, ensemble_size=4)
+        return PredictorStrategy(
+            space, seed=seed, surrogate="mlp", acquisition="ucb", mlp_steps=60, ensemble_size=4
+        )
 
 
 class TestOptunaTPEConformance(StrategyConformance):

@@ -39,10 +39,13 @@ def test_pareto_selection_spreads_along_the_front() -> None:
         records = run_search(strategy, both, budget=200)
         return hypervolume_2d([s for _, s in records], (0.0, 0.0))
 
-    pareto = [volume(EvolutionStrategy(space, seed=s, population=20, tournament=5,
-                                       selection="pareto")) for s in range(3)]
-    scalar = [volume(EvolutionStrategy(space, seed=s, population=20, tournament=5))
-              for s in range(3)]
+    pareto = [
+        volume(EvolutionStrategy(space, seed=s, population=20, tournament=5, selection="pareto"))
+        for s in range(3)
+    ]
+    scalar = [
+        volume(EvolutionStrategy(space, seed=s, population=20, tournament=5)) for s in range(3)
+    ]
     rand = [volume(RandomStrategy(space, seed=s)) for s in range(3)]
     assert np.mean(pareto) > np.mean(rand)
     assert np.mean(pareto) > np.mean(scalar)  # scalar selection chases the first objective only
@@ -65,12 +68,15 @@ def _search(strategy: Strategy, table, objective: Objective, budget: int):
 def test_constraint_objective_on_measured_latency(nb201) -> None:
     space, table = nb201
     limit = float(np.median(table.arrays()["lat_ms_pixel3"]))
-    objective = Objective(kind="constraint", metric="val_acc", cost_metric="latency_ms",
-                          target=limit)
+    objective = Objective(
+        kind="constraint", metric="val_acc", cost_metric="latency_ms", target=limit
+    )
     best = {"evolution": [], "random": []}
     for seed in range(3):
-        for name, strategy in (("evolution", EvolutionStrategy(space, seed=seed)),
-                               ("random", RandomStrategy(space, seed=seed))):
+        for name, strategy in (
+            ("evolution", EvolutionStrategy(space, seed=seed)),
+            ("random", RandomStrategy(space, seed=seed)),
+        ):
             found = _search(strategy, table, objective, 100)
             winner = max(found, key=lambda e: objective.score(e[1]))[1]
             assert objective.feasible(winner) and winner["latency_ms"] <= limit
@@ -84,8 +90,9 @@ def test_pareto_objective_with_tuple_scores(nb201) -> None:
     volumes = {"pareto": [], "random": []}
     for seed in range(3):
         for name, strategy in (
-                ("pareto", EvolutionStrategy(space, seed=seed, selection="pareto")),
-                ("random", RandomStrategy(space, seed=seed))):
+            ("pareto", EvolutionStrategy(space, seed=seed, selection="pareto")),
+            ("random", RandomStrategy(space, seed=seed)),
+        ):
             found = _search(strategy, table, objective, 100)
             points = [objective.score(m) for _, m in found]
             assert all(isinstance(p, tuple) and len(p) == 2 for p in points)
@@ -97,8 +104,9 @@ def test_weighted_product_trades_accuracy_for_latency(nb201) -> None:
     space, table = nb201
     arrays = table.arrays()
     target = float(np.percentile(arrays["lat_ms_pixel3"], 25))
-    soft = Objective(kind="weighted_product", metric="val_acc", cost_metric="latency_ms",
-                     target=target, w=-0.5)
+    soft = Objective(
+        kind="weighted_product", metric="val_acc", cost_metric="latency_ms", target=target, w=-0.5
+    )
     plain = Objective(kind="accuracy", metric="val_acc")
     lat = {}
     for name, objective in (("soft", soft), ("plain", plain)):

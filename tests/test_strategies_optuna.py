@@ -21,8 +21,9 @@ from nasforge.testing import (
 )
 
 
-@pytest.mark.parametrize("sampler, budget", [("tpe", 30), ("random", 30), ("nsga2", 30),
-                                             ("cmaes", 30), ("gp", 12)])
+@pytest.mark.parametrize(
+    "sampler, budget", [("tpe", 30), ("random", 30), ("nsga2", 30), ("cmaes", 30), ("gp", 12)]
+)
 def test_every_sampler_asks_valid_unique_archs(sampler: str, budget: int) -> None:
     if sampler == "cmaes":
         pytest.importorskip("cmaes")
@@ -47,8 +48,9 @@ def test_nsga2_multi_objective_keeps_a_pareto_front() -> None:
     def both(arch):  # two conflicting targets
         return (eval_a(arch), eval_b(arch))
 
-    strategy = OptunaStrategy(space, seed=3, sampler="nsga2", n_objectives=2,
-                              sampler_options={"population_size": 10})
+    strategy = OptunaStrategy(
+        space, seed=3, sampler="nsga2", n_objectives=2, sampler_options={"population_size": 10}
+    )
     records = run_search(strategy, both, budget=60)
     assert [d.name for d in strategy.study.directions] == ["MAXIMIZE", "MAXIMIZE"]
     best = strategy.study.best_trials
@@ -81,18 +83,27 @@ def test_state_dict_roundtrip_keeps_sampler_state() -> None:
     space = toy_space()
     evaluate, _ = toy_objective(space, 2)
     for sampler in ("nsga2", "tpe"):
-        a = OptunaStrategy(space, seed=5, sampler=sampler, sampler_options=(
-            {"population_size": 8} if sampler == "nsga2" else None))
+        a = OptunaStrategy(
+            space,
+            seed=5,
+            sampler=sampler,
+            sampler_options=({"population_size": 8} if sampler == "nsga2" else None),
+        )
         run_search(a, evaluate, budget=20)
         pending = a.ask(1)
-        b = OptunaStrategy(space, seed=5, sampler=sampler, sampler_options=(
-            {"population_size": 8} if sampler == "nsga2" else None))
+        b = OptunaStrategy(
+            space,
+            seed=5,
+            sampler=sampler,
+            sampler_options=({"population_size": 8} if sampler == "nsga2" else None),
+        )
         b.load_state_dict(json.loads(json.dumps(a.state_dict())))
         assert len(b.study.trials) == len(a.study.trials)
         for s in (a, b):
             s.tell(pending[0], evaluate(pending[0]))
         assert [x.key for x, _ in run_search(a, evaluate, 12)] == [
-            x.key for x, _ in run_search(b, evaluate, 12)]
+            x.key for x, _ in run_search(b, evaluate, 12)
+        ]
 
 
 def test_replayed_trials_enter_the_study() -> None:
@@ -110,7 +121,10 @@ def test_cmaes_suggests_categorical_indices() -> None:
     pytest.importorskip("cmaes")
     strategy = OptunaStrategy(toy_space(), seed=0, sampler="cmaes")
     dist = strategy.distribution(toy_space().dimension("d0"))
-    assert isinstance(dist, optuna.distributions.IntDistribution) and (dist.low, dist.high) == (0, 3)
+    assert isinstance(dist, optuna.distributions.IntDistribution) and (dist.low, dist.high) == (
+        0,
+        3,
+    )
 
 
 def test_bad_options_are_config_errors_and_logging_is_restored() -> None:

@@ -88,5 +88,6 @@ def test_options_are_validated_with_field_names() -> None:
         create_strategy("reinforce", toy_space(), lr=0.0)
     with pytest.raises(ConfigError, match="unknown option"):
         create_strategy("reinforce", toy_space(), learning_rate=0.1)
-    assert ReinforceStrategy(toy_space(), config=ReinforceConfig(batch_size=2), lr=0.5).config == \
-        ReinforceConfig(batch_size=2, lr=0.5)
+    assert ReinforceStrategy(
+        toy_space(), config=ReinforceConfig(batch_size=2), lr=0.5
+    ).config == ReinforceConfig(batch_size=2, lr=0.5)

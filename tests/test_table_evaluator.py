@@ -27,8 +27,9 @@ ROWS = [
 HEADER = ("key", "op_a", "op_b", "val", "test", "secs", "lat_ms_cpu", "lat_ms_gpu", "mflops")
 
 
-def _write(path: Path, rows: Sequence[tuple[str, ...]] = ROWS,
-           header: tuple[str, ...] = HEADER) -> Path:
+def _write(
+    path: Path, rows: Sequence[tuple[str, ...]] = ROWS, header: tuple[str, ...] = HEADER
+) -> Path:
     opener = gzip.open if path.suffix == ".gz" else open
     with opener(path, "wt", newline="") as fh:
         w = csv.writer(fh)
@@ -39,11 +40,18 @@ def _write(path: Path, rows: Sequence[tuple[str, ...]] = ROWS,
 
 def _spec(path: Path, **changes: object) -> TableSpec:
     fields: dict[str, object] = {
-        "path": path, "key_column": "key", "op_columns": {"a": "op_a", "b": "op_b"},
-        "signal_column": "val", "reported_column": "test", "cost_column": "secs",
+        "path": path,
+        "key_column": "key",
+        "op_columns": {"a": "op_a", "b": "op_b"},
+        "signal_column": "val",
+        "reported_column": "test",
+        "cost_column": "secs",
         "cost_multiplier": 12.0,
         "hardware_columns": {"lat_ms_cpu": "lat_ms_cpu", "lat_ms_gpu": "lat_ms_gpu"},
-        "latency_column": "lat_ms_cpu", "extra_columns": [("mflops", "flops", 1e6)], "name": "toy"}
+        "latency_column": "lat_ms_cpu",
+        "extra_columns": [("mflops", "flops", 1e6)],
+        "name": "toy",
+    }
     fields.update(changes)
     return TableSpec(**fields)  # type: ignore[arg-type]
 
@@ -56,8 +64,13 @@ def toy(tmp_path: Path) -> Path:
 def test_lookup_equals_the_row(toy: Path) -> None:
     ev = TableEvaluator(_spec(toy))
     res = ev.evaluate({"a": "x", "b": "q"})
-    assert res.metrics == {"val_acc": 90.25, "test_acc": 88.0, "latency_ms": 6.0,
-                           "lat_ms_cpu": 6.0, "flops": 7e6}  # the empty GPU cell is left out
+    assert res.metrics == {
+        "val_acc": 90.25,
+        "test_acc": 88.0,
+        "latency_ms": 6.0,
+        "lat_ms_cpu": 6.0,
+        "flops": 7e6,
+    }  # the empty GPU cell is left out
     assert res.cost_seconds == pytest.approx(20 * 12.0)
     assert res.info["row"] == 1
     assert ev.evaluate("b|x").metrics["test_acc"] == 86.5
@@ -68,8 +81,10 @@ def test_lookup_equals_the_row(toy: Path) -> None:
 
 def test_plain_csv_and_string_only_key_with_arch_key(tmp_path: Path) -> None:
     path = _write(tmp_path / "plain.csv")
-    ev = TableEvaluator(_spec(path, op_columns=(), signal_metric="score"),
-                        arch_key=lambda arch: f"{arch['a']}|{arch['b']}")
+    ev = TableEvaluator(
+        _spec(path, op_columns=(), signal_metric="score"),
+        arch_key=lambda arch: f"{arch['a']}|{arch['b']}",
+    )
     assert ev.evaluate({"a": "b", "b": "x"}).metrics["score"] == 85.0
     with pytest.raises(ConfigError, match="needs arch_key"):
         TableEvaluator(_spec(path, op_columns=())).evaluate({"a": "b", "b": "x"})
@@ -111,8 +126,9 @@ def test_unknown_arch_is_a_clear_error_and_costs_nothing(toy: Path) -> None:
 
 
 def test_missing_column_names_the_field(toy: Path) -> None:
-    with pytest.raises(ConfigError,
-                       match=r"table.signal_column: column 'valid' not in .*available: key"):
+    with pytest.raises(
+        ConfigError, match=r"table.signal_column: column 'valid' not in .*available: key"
+    ):
         TableEvaluator(_spec(toy, signal_column="valid"))
     with pytest.raises(ConfigError, match=r"op_columns\['b'\]: column 'op_c'"):
         TableEvaluator(_spec(toy, op_columns={"a": "op_a", "b": "op_c"}))
@@ -234,12 +250,14 @@ def test_nb201_oracle_matches_the_readme(nb201_csv: Path) -> None:
     assert fast.metrics["latency_ms"] <= 5.0 and fast.metrics["val_acc"] < 91.6067
     assert ev.evaluate(best.key or "").cost_seconds == ev.arrays()["cost_seconds"][6111]
     full = TableEvaluator(nb201_cifar10_spec(nb201_csv))  # 200 epochs by default
-    np.testing.assert_allclose(ev.arrays()["cost_seconds"] * 200 / 12,
-                               full.arrays()["cost_seconds"])
+    np.testing.assert_allclose(
+        ev.arrays()["cost_seconds"] * 200 / 12, full.arrays()["cost_seconds"]
+    )
 
 
-def test_nb201_spec_defaults_and_errors(nb201_csv: Path, tmp_path: Path,
-                                        monkeypatch: pytest.MonkeyPatch) -> None:
+def test_nb201_spec_defaults_and_errors(
+    nb201_csv: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("NASFORGE_SHARED_DATA", str(nb201_csv.parents[1]))
     assert nb201_cifar10_spec().path == nb201_csv
     assert nb201_cifar10_spec(device=None).latency_column is None

@@ -13,11 +13,15 @@ from nasforge.experiment.store import TrialStore
 REPO = Path(__file__).resolve().parents[1]
 
 
-def test_nb201_table_search_respects_constraint_and_cost_budget(tmp_path: Path, nb201_csv: Path) -> None:
+def test_nb201_table_search_respects_constraint_and_cost_budget(
+    tmp_path: Path, nb201_csv: Path
+) -> None:
     text = (REPO / "examples" / "nb201_table.yaml").read_text()
     text += f"runs_dir: {tmp_path}\n"
-    text = text.replace("{preset: nb201_cifar10, device: pixel3}",
-                        f"{{preset: nb201_cifar10, device: pixel3, path: {nb201_csv}}}")
+    text = text.replace(
+        "{preset: nb201_cifar10, device: pixel3}",
+        f"{{preset: nb201_cifar10, device: pixel3, path: {nb201_csv}}}",
+    )
     text = text.replace("search: {trials: 100}", "search: {trials: 100, cost_budget_s: 400000}")
     cfg = tmp_path / "c.yaml"
     cfg.write_text(text)
@@ -34,5 +38,7 @@ def test_nb201_table_search_respects_constraint_and_cost_budget(tmp_path: Path, 
     assert all(t.metrics["latency_ms"] <= 20.0 for t in trials)
     card = json.loads((run / "best" / "card.json").read_text())
     assert card["latency_ms"] <= 20.0
-    best = max((t for t in trials if t.metrics["latency_ms"] <= 20.0), key=lambda t: t.metrics["val_acc"])
+    best = max(
+        (t for t in trials if t.metrics["latency_ms"] <= 20.0), key=lambda t: t.metrics["val_acc"]
+    )
     assert card["trial_id"] == best.id and card["test_acc"] == best.metrics["test_acc"]

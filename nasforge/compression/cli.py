@@ -30,17 +30,24 @@ def load_model(path: str | Path) -> torch.nn.Module:  # type: ignore[name-define
         raise CompressionError(f"MODEL: {p} does not exist")
     try:
         obj = torch.load(str(p), map_location="cpu", weights_only=False)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, AttributeError,
-            ModuleNotFoundError) as exc:
+    except (
+        pickle.UnpicklingError,
+        RuntimeError,
+        EOFError,
+        AttributeError,
+        ModuleNotFoundError,
+    ) as exc:
         raise CompressionError(
-            f"MODEL: {p} is not a torch.save file ({type(exc).__name__}: {exc})") from None
+            f"MODEL: {p} is not a torch.save file ({type(exc).__name__}: {exc})"
+        ) from None
     if isinstance(obj, dict) and isinstance(obj.get("model"), nn.Module):
         obj = obj["model"]
     if not isinstance(obj, nn.Module):
         raise CompressionError(
             f"MODEL: {p} holds a {type(obj).__name__}, not a module; save the full model with "
             "torch.save(model, path) or torch.save({'model': model}, path) (a bare state_dict "
-            "has no architecture)")
+            "has no architecture)"
+        )
     return obj.eval()
 
 
@@ -55,23 +62,31 @@ def _parse_prune(spec: str | None) -> dict[str, object]:
             out["ratio"] = float(ratio)
         except ValueError:
             raise CompressionError(
-                f"--prune: ratio {ratio!r} is not a number (e.g. channel:0.5)") from None
+                f"--prune: ratio {ratio!r} is not a number (e.g. channel:0.5)"
+            ) from None
     return out
 
 
 def compress(
-    model: Annotated[Path, typer.Argument(
-        help="torch.save'd model (full module or {'model': module})")],
+    model: Annotated[
+        Path, typer.Argument(help="torch.save'd model (full module or {'model': module})")
+    ],
     data: Annotated[str, typer.Option("--data", help="dataset name (nasforge.data)")] = "mnist5k",
-    data_path: Annotated[Path | None, typer.Option(
-        "--data-path", help="path for on-disk datasets")] = None,
-    prune: Annotated[str | None, typer.Option(
-        "--prune", help="channel:RATIO | unstructured:RATIO | imp:RATIO | none")] = None,
+    data_path: Annotated[
+        Path | None, typer.Option("--data-path", help="path for on-disk datasets")
+    ] = None,
+    prune: Annotated[
+        str | None,
+        typer.Option("--prune", help="channel:RATIO | unstructured:RATIO | imp:RATIO | none"),
+    ] = None,
     quantize: Annotated[str, typer.Option("--quantize", help="int8 | int4 | none")] = "int8",
-    distill_from: Annotated[Path | None, typer.Option(
-        "--distill-from", help="teacher model file")] = None,
-    config: Annotated[Path | None, typer.Option(
-        "--config", help="YAML with a CompressConfig (or a compress: section)")] = None,
+    distill_from: Annotated[
+        Path | None, typer.Option("--distill-from", help="teacher model file")
+    ] = None,
+    config: Annotated[
+        Path | None,
+        typer.Option("--config", help="YAML with a CompressConfig (or a compress: section)"),
+    ] = None,
     out: Annotated[Path, typer.Option("--out", help="output directory")] = Path("compressed"),
     finetune_epochs: Annotated[int | None, typer.Option("--finetune-epochs")] = None,
 ) -> None:
@@ -109,16 +124,25 @@ def compress(
         teacher = load_model(distill_from) if distill_from is not None else None
         ds = load_dataset(data, data_path)
         with console.status("compressing") as status:
-            report = run_pipeline(net, ds, cfg, out, teacher=teacher,
-                                  progress=lambda m: (status.update(m), console.log(m)))
+            report = run_pipeline(
+                net,
+                ds,
+                cfg,
+                out,
+                teacher=teacher,
+                progress=lambda m: (status.update(m), console.log(m)),
+            )
     except (NasforgeError, ValueError) as exc:
         console.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
         raise typer.Exit(code=2) from None
     for s in report.stages:
-        lat = "  ".join(f"b{bs} {ms:.3f} ms ({s.speedup.get(bs, 0):.2f}x)"
-                        for bs, ms in s.latency_ms.items())
-        typer.echo(f"{s.name:24s} top-1 {s.test_accuracy * 100:6.2f}%  "
-                   f"{s.size_bytes / 1024:8.1f} KiB  {lat}")
+        lat = "  ".join(
+            f"b{bs} {ms:.3f} ms ({s.speedup.get(bs, 0):.2f}x)" for bs, ms in s.latency_ms.items()
+        )
+        typer.echo(
+            f"{s.name:24s} top-1 {s.test_accuracy * 100:6.2f}%  "
+            f"{s.size_bytes / 1024:8.1f} KiB  {lat}"
+        )
     for w in report.warnings:
         typer.secho(f"WARNING: {w}", fg="red", err=True)
     typer.echo(f"report: {out / 'report.html'}")

@@ -28,8 +28,9 @@ class PruneConfig(_Section):
     round_to: int = Field(8, ge=1)
     min_keep: int = Field(8, ge=1)
     ignore: tuple[str, ...] = ()
-    latency_target_ms: float | None = Field(None, gt=0,
-                                            description="hardware-aware ratios (channel)")
+    latency_target_ms: float | None = Field(
+        None, gt=0, description="hardware-aware ratios (channel)"
+    )
     imp_rounds: int = Field(3, ge=1)
     imp_rewind_step: int = Field(50, ge=0)
 
@@ -83,4 +84,3 @@ class CompressConfig(_Section):
     quantize: QuantizeConfig = QuantizeConfig()
     target: TargetConfig = TargetConfig()
     seed: int = 0
-

@@ -25,8 +25,14 @@ class DistillationLoss:
     it off when something hooks the teacher's forward (feature distillation does).
     """
 
-    def __init__(self, teacher: nn.Module, temperature: float = 4.0, alpha: float = 0.7,
-                 label_smoothing: float = 0.0, memoize: bool = False) -> None:
+    def __init__(
+        self,
+        teacher: nn.Module,
+        temperature: float = 4.0,
+        alpha: float = 0.7,
+        label_smoothing: float = 0.0,
+        memoize: bool = False,
+    ) -> None:
         if temperature <= 0:
             raise ValueError(f"distill.temperature must be > 0, got {temperature}")
         if not 0.0 <= alpha <= 1.0:
@@ -39,8 +45,16 @@ class DistillationLoss:
 
     def kd(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
         t = self.t
-        return F.kl_div(F.log_softmax(student_logits / t, 1), F.log_softmax(teacher_logits / t, 1),
-                        reduction="batchmean", log_target=True) * t * t
+        return (
+            F.kl_div(
+                F.log_softmax(student_logits / t, 1),
+                F.log_softmax(teacher_logits / t, 1),
+                reduction="batchmean",
+                log_target=True,
+            )
+            * t
+            * t
+        )
 
     @torch.no_grad()
     def teacher_logits(self, inputs: torch.Tensor) -> torch.Tensor:
@@ -56,8 +70,9 @@ class DistillationLoss:
                 self.memo[keys[i]] = row
         return torch.stack([self.memo[k] for k in keys])
 
-    def __call__(self, logits: torch.Tensor, targets: torch.Tensor,
-                 inputs: torch.Tensor) -> torch.Tensor:
+    def __call__(
+        self, logits: torch.Tensor, targets: torch.Tensor, inputs: torch.Tensor
+    ) -> torch.Tensor:
         teacher_logits = self.teacher_logits(inputs).to(logits.device)
         ce = F.cross_entropy(logits, targets, label_smoothing=self.ls)
         return self.alpha * self.kd(logits, teacher_logits) + (1 - self.alpha) * ce
@@ -72,9 +87,16 @@ class FeatureDistiller(nn.Module):
     *wrapper* (so the projections are optimised) and keep ``.student`` afterwards.
     """
 
-    def __init__(self, student: nn.Module, teacher: nn.Module, pairs: Sequence[tuple[str, str]],
-                 input_shape: Sequence[int], beta: float = 1.0, temperature: float = 4.0,
-                 alpha: float = 0.7) -> None:
+    def __init__(
+        self,
+        student: nn.Module,
+        teacher: nn.Module,
+        pairs: Sequence[tuple[str, str]],
+        input_shape: Sequence[int],
+        beta: float = 1.0,
+        temperature: float = 4.0,
+        alpha: float = 0.7,
+    ) -> None:
         super().__init__()
         self.student = student
         self.logit_loss = DistillationLoss(teacher, temperature, alpha)
@@ -106,13 +128,15 @@ class FeatureDistiller(nn.Module):
     def _store(d: dict[str, torch.Tensor], name: str):  # type: ignore[no-untyped-def]
         def hook(module: nn.Module, args: object, out: torch.Tensor) -> None:
             d[name] = out
+
         return hook
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.student(x)
 
-    def loss(self, logits: torch.Tensor, targets: torch.Tensor,
-             inputs: torch.Tensor) -> torch.Tensor:
+    def loss(
+        self, logits: torch.Tensor, targets: torch.Tensor, inputs: torch.Tensor
+    ) -> torch.Tensor:
         """The ``loss_fn`` to train this wrapper with."""
         base = self.logit_loss(logits, targets, inputs)  # also runs the teacher's hooks
         feat = torch.zeros((), device=logits.device)

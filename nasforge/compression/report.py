@@ -46,8 +46,9 @@ def _plots(report: CompressionReport) -> list[str]:
     curve = report.details.get("imp_curve")
     if isinstance(curve, list) and curve:
         fig, ax = plt.subplots(figsize=(4.5, 3))
-        ax.plot([r["sparsity"] * 100 for r in curve], [r["val_acc"] * 100 for r in curve],
-                marker="o")
+        ax.plot(
+            [r["sparsity"] * 100 for r in curve], [r["val_acc"] * 100 for r in curve], marker="o"
+        )
         ax.set_xlabel("sparsity (%)")
         ax.set_ylabel("val top-1 (%)")
         ax.set_title("iterative magnitude pruning")
@@ -63,14 +64,22 @@ def render_html(report: CompressionReport) -> str:
     for s in report.stages:
         cells = "".join(
             f"<td>{s.latency_ms[bs]:.3f}</td><td>{s.speedup.get(bs, 0):.2f}x</td>"
-            if bs in s.latency_ms else "<td>-</td><td>-</td>" for bs in batch_sizes)
-        rows.append(f"<tr><td>{html.escape(s.name)}</td><td>{s.test_accuracy * 100:.2f}</td>"
-                    f"<td>{s.size_bytes / 1024:.1f}</td>{cells}"
-                    f"<td>{html.escape('; '.join(s.notes))}</td></tr>")
+            if bs in s.latency_ms
+            else "<td>-</td><td>-</td>"
+            for bs in batch_sizes
+        )
+        rows.append(
+            f"<tr><td>{html.escape(s.name)}</td><td>{s.test_accuracy * 100:.2f}</td>"
+            f"<td>{s.size_bytes / 1024:.1f}</td>{cells}"
+            f"<td>{html.escape('; '.join(s.notes))}</td></tr>"
+        )
     warn = "".join(f"<li><b>{html.escape(w)}</b></li>" for w in report.warnings)
     imgs = "".join(f'<img src="data:image/png;base64,{b}"/>' for b in _plots(report))
-    verdict = "deployable: faster than the original" if report.deployable else \
-        "<b style='color:#b00'>NOT FASTER THAN THE ORIGINAL</b>"
+    verdict = (
+        "deployable: faster than the original"
+        if report.deployable
+        else "<b style='color:#b00'>NOT FASTER THAN THE ORIGINAL</b>"
+    )
     return (
         "<!doctype html><html><head><meta charset='utf-8'><title>nasforge compression</title>"
         "<style>body{font-family:sans-serif}td,th{border:1px solid #ccc;padding:3px 6px}"
@@ -78,7 +87,8 @@ def render_html(report: CompressionReport) -> str:
         f"<h1>Compression report</h1><p>{verdict}</p>"
         + (f"<h2>Warnings</h2><ul>{warn}</ul>" if warn else "")
         + "<table><tr><th>stage</th><th>test top-1 (%)</th><th>size (KiB)</th>"
-        f"{head}<th>notes</th></tr>{''.join(rows)}</table>{imgs}</body></html>")
+        f"{head}<th>notes</th></tr>{''.join(rows)}</table>{imgs}</body></html>"
+    )
 
 
 def write_html(report: CompressionReport, path: str | Path) -> Path:

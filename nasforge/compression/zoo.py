@@ -17,8 +17,11 @@ from nasforge.nn.blocks import make_divisible
 
 class ConvBNReLU(nn.Sequential):
     def __init__(self, cin: int, cout: int, k: int = 3, stride: int = 1, groups: int = 1) -> None:
-        super().__init__(nn.Conv2d(cin, cout, k, stride, k // 2, groups=groups, bias=False),
-                         nn.BatchNorm2d(cout), nn.ReLU6(inplace=True))
+        super().__init__(
+            nn.Conv2d(cin, cout, k, stride, k // 2, groups=groups, bias=False),
+            nn.BatchNorm2d(cout),
+            nn.ReLU6(inplace=True),
+        )
 
 
 class SqueezeExcitation(nn.Module):
@@ -63,10 +66,17 @@ class MobileNetV2(nn.Module):
     """torchvision-style MobileNetV2: ``features`` (stem, inverted residuals, last conv) and
     ``classifier`` (dropout, linear)."""
 
-    def __init__(self, num_classes: int = 10, in_channels: int = 1, width: float = 1.0,
-                 setting: Sequence[tuple[int, int, int, int]] = MBV2_SETTING,
-                 last_channels: int = 320,
-                 stem_stride: int = 1, se: bool = False, dropout: float = 0.0) -> None:
+    def __init__(
+        self,
+        num_classes: int = 10,
+        in_channels: int = 1,
+        width: float = 1.0,
+        setting: Sequence[tuple[int, int, int, int]] = MBV2_SETTING,
+        last_channels: int = 320,
+        stem_stride: int = 1,
+        se: bool = False,
+        dropout: float = 0.0,
+    ) -> None:
         super().__init__()
         cin = make_divisible(32 * width)
         layers: list[nn.Module] = [ConvBNReLU(in_channels, cin, 3, stem_stride)]
@@ -97,8 +107,9 @@ class BasicBlock(nn.Module):
         self.bn2 = nn.BatchNorm2d(cout)
         self.downsample: nn.Module | None = None
         if stride != 1 or cin != cout:
-            self.downsample = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False),
-                                            nn.BatchNorm2d(cout))
+            self.downsample = nn.Sequential(
+                nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout)
+            )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         identity = x if self.downsample is None else self.downsample(x)
@@ -110,8 +121,13 @@ class BasicBlock(nn.Module):
 class ResNet(nn.Module):
     """torchvision-style ResNet with basic blocks: conv1/bn1/relu/maxpool, layer1..4, fc."""
 
-    def __init__(self, layers: Sequence[int] = (1, 1, 1, 1), num_classes: int = 10,
-                 in_channels: int = 1, width: int = 16) -> None:
+    def __init__(
+        self,
+        layers: Sequence[int] = (1, 1, 1, 1),
+        num_classes: int = 10,
+        in_channels: int = 1,
+        width: int = 16,
+    ) -> None:
         super().__init__()
         self.conv1 = nn.Conv2d(in_channels, width, 3, 1, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(width)
@@ -120,7 +136,7 @@ class ResNet(nn.Module):
         cin = width
         stages = []
         for i, n in enumerate(layers):
-            cout = width * 2 ** i
+            cout = width * 2**i
             blocks = [BasicBlock(cin, cout, 1 if i == 0 else 2)]
             blocks += [BasicBlock(cout, cout) for _ in range(n - 1)]
             stages.append(nn.Sequential(*blocks))
@@ -135,11 +151,16 @@ class ResNet(nn.Module):
         return self.fc(torch.flatten(self.avgpool(x), 1))
 
 
-def mobilenet_v2(num_classes: int = 10, in_channels: int = 1, width: float = 1.0,
-                 se: bool = False) -> MobileNetV2:
+def mobilenet_v2(
+    num_classes: int = 10, in_channels: int = 1, width: float = 1.0, se: bool = False
+) -> MobileNetV2:
     return MobileNetV2(num_classes, in_channels, width, se=se)
 
 
-def resnet(num_classes: int = 10, in_channels: int = 1, width: int = 16,
-           layers: Sequence[int] = (1, 1, 1, 1)) -> ResNet:
+def resnet(
+    num_classes: int = 10,
+    in_channels: int = 1,
+    width: int = 16,
+    layers: Sequence[int] = (1, 1, 1, 1),
+) -> ResNet:
     return ResNet(layers, num_classes, in_channels, width)

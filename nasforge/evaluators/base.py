@@ -38,6 +38,7 @@ class Reporter:
 class Evaluator:
     """Base class. ``evaluate`` may raise; the experiment records the trial as failed."""
 
-    def evaluate(self, arch: Arch, budget: float | None = None,
-                 reporter: Reporter | None = None) -> Result:
+    def evaluate(
+        self, arch: Arch, budget: float | None = None, reporter: Reporter | None = None
+    ) -> Result:
         raise NotImplementedError

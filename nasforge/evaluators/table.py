@@ -87,19 +87,27 @@ class TableSpec:
     def __post_init__(self) -> None:
         object.__setattr__(self, "path", Path(self.path).expanduser())
         object.__setattr__(self, "op_columns", _pairs(self.op_columns, "op_columns", 2))
-        object.__setattr__(self, "hardware_columns",
-                           _pairs(self.hardware_columns, "hardware_columns", 2))
+        object.__setattr__(
+            self, "hardware_columns", _pairs(self.hardware_columns, "hardware_columns", 2)
+        )
         extra = _pairs(self.extra_columns, "extra_columns", 3)
-        object.__setattr__(self, "extra_columns",
-                           tuple((str(c), str(m), float(s)) for c, m, s in extra))
+        object.__setattr__(
+            self, "extra_columns", tuple((str(c), str(m), float(s)) for c, m, s in extra)
+        )
         if self.key_column is None and not self.op_columns:
-            raise ConfigError("table: give key_column (an arch-string column) or op_columns "
-                              "(arch label -> column) so rows can be found")
+            raise ConfigError(
+                "table: give key_column (an arch-string column) or op_columns "
+                "(arch label -> column) so rows can be found"
+            )
         if not (math.isfinite(self.cost_multiplier) and self.cost_multiplier >= 0):
-            raise ConfigError(f"table.cost_multiplier: must be a finite number >= 0, "
-                              f"got {self.cost_multiplier}")
-        names = [self.signal_metric, *(m for _, m in self.hardware_columns),
-                 *(m for _, m, _ in self.extra_columns)]
+            raise ConfigError(
+                f"table.cost_multiplier: must be a finite number >= 0, got {self.cost_multiplier}"
+            )
+        names = [
+            self.signal_metric,
+            *(m for _, m in self.hardware_columns),
+            *(m for _, m, _ in self.extra_columns),
+        ]
         if self.reported_column is not None:
             names.append(self.reported_metric)
         if self.latency_column is not None:
@@ -163,8 +171,10 @@ class _Table:
 
     def require(self, column: str, field_name: str) -> None:
         if column not in self._raw:
-            raise ConfigError(f"table.{field_name}: column {column!r} not in {self.path}; "
-                              f"available: {', '.join(self.header)}")
+            raise ConfigError(
+                f"table.{field_name}: column {column!r} not in {self.path}; "
+                f"available: {', '.join(self.header)}"
+            )
 
     def strings(self, column: str) -> list[str]:
         return self._raw[column]
@@ -177,8 +187,9 @@ class _Table:
                 try:
                     out[i] = float(text) if text else math.nan
                 except ValueError:
-                    raise DataError(f"{self.path}: column {column!r} row {i + 1} holds {text!r}, "
-                                    f"not a number") from None
+                    raise DataError(
+                        f"{self.path}: column {column!r} row {i + 1} holds {text!r}, not a number"
+                    ) from None
             out.setflags(write=False)
             self._floats[column] = out
         return self._floats[column]
@@ -191,8 +202,10 @@ class _Table:
             idx: dict[Any, int] = {}
             for i, k in enumerate(keys):
                 if k in idx:
-                    raise DataError(f"{self.path}: rows {idx[k] + 1} and {i + 1} share the key "
-                                    f"{k!r} in column(s) {', '.join(columns)}")
+                    raise DataError(
+                        f"{self.path}: rows {idx[k] + 1} and {i + 1} share the key "
+                        f"{k!r} in column(s) {', '.join(columns)}"
+                    )
                 idx[k] = i
             self._indexes[columns] = idx
         return self._indexes[columns]
@@ -216,8 +229,9 @@ def _load_table_cached(path: str, mtime_ns: int, size: int) -> _Table:
         if not row:
             continue
         if len(row) != len(header):
-            raise DataError(f"{p}: line {line_no} has {len(row)} fields, "
-                            f"the header has {len(header)}")
+            raise DataError(
+                f"{p}: line {line_no} has {len(row)} fields, the header has {len(header)}"
+            )
         rows.append(row)
     return _Table(p, header, rows)
 
@@ -263,8 +277,13 @@ class TableEvaluator(Evaluator):
     The counters are per instance: with a process pool, the experiment enforces budgets.
     """
 
-    def __init__(self, spec: TableSpec, arch_key: Callable[[Mapping[str, Any]], str] | None = None,
-                 max_queries: int | None = None, max_seconds: float | None = None) -> None:
+    def __init__(
+        self,
+        spec: TableSpec,
+        arch_key: Callable[[Mapping[str, Any]], str] | None = None,
+        max_queries: int | None = None,
+        max_seconds: float | None = None,
+    ) -> None:
         if max_queries is not None and max_queries < 0:
             raise ConfigError(f"table.max_queries: must be >= 0, got {max_queries}")
         if max_seconds is not None and not max_seconds >= 0:
@@ -329,23 +348,29 @@ class TableEvaluator(Evaluator):
                 raise ConfigError(f"{self.spec.name}: looking up a string needs spec.key_column")
             row = self._key_index.get(arch.strip())
             if row is None:
-                raise NasforgeError(f"{self.spec.name}: {arch!r} is not in column "
-                                    f"{self.spec.key_column!r} of {self.spec.path}")
+                raise NasforgeError(
+                    f"{self.spec.name}: {arch!r} is not in column "
+                    f"{self.spec.key_column!r} of {self.spec.path}"
+                )
             return row
         if self._op_index is not None:
             try:
                 key = tuple(str(arch[label]) for label in self._labels)
             except KeyError as exc:
-                raise NasforgeError(f"{self.spec.name}: arch has no label {exc.args[0]!r}; "
-                                    f"the table is keyed by {', '.join(self._labels)}") from None
+                raise NasforgeError(
+                    f"{self.spec.name}: arch has no label {exc.args[0]!r}; "
+                    f"the table is keyed by {', '.join(self._labels)}"
+                ) from None
             row = self._op_index.get(key if len(key) > 1 else key[0])
             if row is None:
                 shown = ", ".join(f"{lb}={v}" for lb, v in zip(self._labels, key))
                 raise NasforgeError(f"{self.spec.name}: no row with {shown} in {self.spec.path}")
             return row
         if self.arch_key is None:
-            raise ConfigError(f"{self.spec.name}: the spec has no op_columns, so the evaluator "
-                              f"needs arch_key (arch -> {self.spec.key_column} string)")
+            raise ConfigError(
+                f"{self.spec.name}: the spec has no op_columns, so the evaluator "
+                f"needs arch_key (arch -> {self.spec.key_column} string)"
+            )
         return self.row_of(self.arch_key(arch))
 
     def metrics_at(self, row: int) -> dict[str, float]:
@@ -362,8 +387,12 @@ class TableEvaluator(Evaluator):
         return self.metrics_at(self.row_of(arch))
 
     # -- the Evaluator protocol -----------------------------------------------------------------
-    def evaluate(self, arch: Arch | Mapping[str, Any] | str, budget: float | None = None,
-                 reporter: Reporter | None = None) -> Result:
+    def evaluate(
+        self,
+        arch: Arch | Mapping[str, Any] | str,
+        budget: float | None = None,
+        reporter: Reporter | None = None,
+    ) -> Result:
         """Look ``arch`` up, count one query and its simulated cost, return its metrics.
 
         ``budget`` (a fidelity) is ignored: the table holds one fidelity. ``reporter``
@@ -377,17 +406,21 @@ class TableEvaluator(Evaluator):
         if self.max_queries is not None and self.queries >= self.max_queries:
             raise BudgetExhausted(f"{self.spec.name}: query budget of {self.max_queries} spent")
         if self.max_seconds is not None and self.spent_seconds >= self.max_seconds:
-            raise BudgetExhausted(f"{self.spec.name}: simulated time budget of "
-                                  f"{self.max_seconds:g} s spent ({self.spent_seconds:.0f} s "
-                                  f"over {self.queries} queries)")
+            raise BudgetExhausted(
+                f"{self.spec.name}: simulated time budget of "
+                f"{self.max_seconds:g} s spent ({self.spent_seconds:.0f} s "
+                f"over {self.queries} queries)"
+            )
         cost = self._cost[row]
         self.queries += 1
         self.spent_seconds += cost
         metrics = self.metrics_at(row)
         if reporter is not None and self.spec.signal_metric in metrics:
             try:
-                reporter(int(self.spec.cost_multiplier),
-                         {self.spec.signal_metric: metrics[self.spec.signal_metric]})
+                reporter(
+                    int(self.spec.cost_multiplier),
+                    {self.spec.signal_metric: metrics[self.spec.signal_metric]},
+                )
             except StopTrial:
                 pass  # the value is already final; nothing to stop
         return Result(metrics=metrics, cost_seconds=cost, info={"row": row})
@@ -424,8 +457,12 @@ class TableEvaluator(Evaluator):
         """The ``op_columns`` labels and values of ``row`` (feed to ``space.make``)."""
         return {label: self._table.strings(col)[row].strip() for label, col in self.spec.op_columns}
 
-    def oracle(self, metric: str | None = None, limit: float | None = None,
-               limit_metric: str = "latency_ms") -> OracleBest:
+    def oracle(
+        self,
+        metric: str | None = None,
+        limit: float | None = None,
+        limit_metric: str = "latency_ms",
+    ) -> OracleBest:
         """The row that maximises ``metric`` (default: the signal) with ``limit_metric <= limit``.
 
         Raises:
@@ -435,8 +472,10 @@ class TableEvaluator(Evaluator):
         metric = metric or self.spec.signal_metric
         for name in (metric, *((limit_metric,) if limit is not None else ())):
             if name not in self._arrays:
-                raise ConfigError(f"{self.spec.name}: unknown metric {name!r}; "
-                                  f"available: {', '.join(self._arrays)}")
+                raise ConfigError(
+                    f"{self.spec.name}: unknown metric {name!r}; "
+                    f"available: {', '.join(self._arrays)}"
+                )
         score = np.where(np.isnan(self._arrays[metric]), -np.inf, self._arrays[metric])
         if limit is not None:
             score = np.where(self._arrays[limit_metric] <= limit, score, -np.inf)
@@ -464,8 +503,9 @@ def shared_data_dir() -> Path:
     return Path(__file__).resolve().parents[2].parent / "shared" / "data"
 
 
-def nb201_cifar10_spec(path: str | Path | None = None, device: str | None = "pixel3",
-                       epochs: int = 200) -> TableSpec:
+def nb201_cifar10_spec(
+    path: str | Path | None = None, device: str | None = "pixel3", epochs: int = 200
+) -> TableSpec:
     """The shared NAS-Bench-201 CIFAR-10 table as a :class:`TableSpec`.
 
     Rows are found by the ``nb201`` space's labels (``edge_1_0`` -> column ``op_1_0`` ...) or by
@@ -487,11 +527,14 @@ def nb201_cifar10_spec(path: str | Path | None = None, device: str | None = "pix
     """
     p = Path(path).expanduser() if path is not None else shared_data_dir() / NB201_CIFAR10_FILE
     if not p.is_file():
-        raise DataError(f"nb201 table: {p} does not exist; set NASFORGE_SHARED_DATA to the folder "
-                        f"holding {NB201_CIFAR10_FILE} or pass path=")
+        raise DataError(
+            f"nb201 table: {p} does not exist; set NASFORGE_SHARED_DATA to the folder "
+            f"holding {NB201_CIFAR10_FILE} or pass path="
+        )
     if device is not None and device not in NB201_DEVICES:
-        raise ConfigError(f"nb201 table: device must be one of {', '.join(NB201_DEVICES)}, "
-                          f"got {device!r}")
+        raise ConfigError(
+            f"nb201 table: device must be one of {', '.join(NB201_DEVICES)}, got {device!r}"
+        )
     if epochs <= 0:
         raise ConfigError(f"nb201 table: epochs must be > 0, got {epochs}")
     return TableSpec(
@@ -509,5 +552,13 @@ def nb201_cifar10_spec(path: str | Path | None = None, device: str | None = "pix
     )
 
 
-__all__ = ["NB201_DEVICES", "BudgetExhausted", "OracleBest", "TableEvaluator", "TableSpec",
-           "load_table", "nb201_cifar10_spec", "shared_data_dir"]
+__all__ = [
+    "NB201_DEVICES",
+    "BudgetExhausted",
+    "OracleBest",
+    "TableEvaluator",
+    "TableSpec",
+    "load_table",
+    "nb201_cifar10_spec",
+    "shared_data_dir",
+]

@@ -49,8 +49,14 @@ class TrainEvaluator(Evaluator):
         lock_path: a file lock held while measuring, so parallel workers time one at a time.
     """
 
-    def __init__(self, space: SearchSpace, dataset: Dataset, train: TrainConfig,
-                 latency: LatencyModel | None, lock_path: str | Path | None = None) -> None:
+    def __init__(
+        self,
+        space: SearchSpace,
+        dataset: Dataset,
+        train: TrainConfig,
+        latency: LatencyModel | None,
+        lock_path: str | Path | None = None,
+    ) -> None:
         self.space = space
         self.dataset = dataset
         self.train = train
@@ -73,8 +79,9 @@ class TrainEvaluator(Evaluator):
                 metrics["latency_ms"] = float(self.latency.latency_ms(arch, model, shape))
         return metrics
 
-    def evaluate(self, arch: Arch, budget: float | None = None,
-                 reporter: Reporter | None = None) -> Result:
+    def evaluate(
+        self, arch: Arch, budget: float | None = None, reporter: Reporter | None = None
+    ) -> Result:
         t0 = time.perf_counter()
         model = self.space.build(arch)
         metrics = self.cost_metrics(arch, model)
@@ -88,5 +95,8 @@ class TrainEvaluator(Evaluator):
             stopped = True
         metrics["val_acc"] = evaluate_accuracy(model, d.x_val, d.y_val)
         metrics["train_seconds"] = time.perf_counter() - t0
-        return Result(metrics, cost_seconds=time.perf_counter() - t0,
-                      info={"epochs": epochs, "stopped_early": stopped})
+        return Result(
+            metrics,
+            cost_seconds=time.perf_counter() - t0,
+            info={"epochs": epochs, "stopped_early": stopped},
+        )

@@ -41,7 +41,9 @@ class StrategyConfig(_Section):
 class SearchConfig(_Section):
     trials: int = Field(20, ge=1)
     time_budget_s: float | None = Field(None, gt=0)
-    cost_budget_s: float | None = Field(None, gt=0, description="stop when summed trial cost reaches it")
+    cost_budget_s: float | None = Field(
+        None, gt=0, description="stop when summed trial cost reaches it"
+    )
     executor: Literal["inline", "process", "ray"] = "process"
     workers: int = Field(1, ge=1)
     prefilter: bool = Field(True, description="skip archs a latency table says break a hard limit")
@@ -81,7 +83,9 @@ class ObjectiveConfig(_Section):
 
 class LatencyConfig(_Section):
     mode: Literal["measure", "predict", "flops"] = "measure"
-    backend: Literal["torch", "torch:parallel", "onnxruntime", "onnxruntime:parallel", "cuda"] = "torch"
+    backend: Literal["torch", "torch:parallel", "onnxruntime", "onnxruntime:parallel", "cuda"] = (
+        "torch"
+    )
     statistic: Literal["median", "p10", "min"] | None = None
     batch_size: int = Field(1, ge=1)
     threads: int = Field(1, ge=1)
@@ -92,7 +96,9 @@ class LatencyConfig(_Section):
 
 class FinalConfig(_Section):
     epochs: int = Field(5, ge=0)
-    top_k: int = Field(1, ge=1, description="how many of the best (or of the Pareto set) to retrain")
+    top_k: int = Field(
+        1, ge=1, description="how many of the best (or of the Pareto set) to retrain"
+    )
     export_onnx: bool = True
 
 
@@ -157,8 +163,9 @@ def parse_config(obj: Any, source: str = "config") -> ExperimentConfig:
     if obj is None:
         obj = {}
     if not isinstance(obj, dict):
-        raise ConfigError(f"{source}: expected a mapping of sections at the top level, got "
-                          f"{type(obj).__name__}")
+        raise ConfigError(
+            f"{source}: expected a mapping of sections at the top level, got {type(obj).__name__}"
+        )
     try:
         return ExperimentConfig.model_validate(obj)
     except ValidationError as exc:

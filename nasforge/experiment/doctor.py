@@ -19,19 +19,34 @@ def diagnose(cfg: ExperimentConfig) -> list[Finding]:
     out: list[Finding] = []
     o, lat = cfg.objective, cfg.latency
     if o.metric in ("test_acc", "test_accuracy"):
-        out.append(Finding("error", "objective.metric",
-                           "searching on the test split leaks it into model selection; search on val_acc"))
+        out.append(
+            Finding(
+                "error",
+                "objective.metric",
+                "searching on the test split leaks it into model selection; search on val_acc",
+            )
+        )
     from nasforge.hardware.doctor import latency_findings
 
     out.extend(Finding(level, field, msg) for level, field, msg in latency_findings(cfg))
     if o.kind == "accuracy":
-        out.append(Finding("info", "objective.kind",
-                           "the objective ignores hardware cost; consider weighted_product, constraint "
-                           "or pareto with a latency target"))
+        out.append(
+            Finding(
+                "info",
+                "objective.kind",
+                "the objective ignores hardware cost; consider weighted_product, constraint "
+                "or pareto with a latency target",
+            )
+        )
     if lat.mode == "measure" and cfg.search.executor != "inline" and cfg.search.workers > 1:
-        out.append(Finding("warning", "search.workers",
-                           f"{cfg.search.workers} workers train while latency is measured: timings "
-                           "are disturbed by the other workers; use workers: 1 or latency.mode: predict"))
+        out.append(
+            Finding(
+                "warning",
+                "search.workers",
+                f"{cfg.search.workers} workers train while latency is measured: timings "
+                "are disturbed by the other workers; use workers: 1 or latency.mode: predict",
+            )
+        )
     if cfg.final.epochs == 0:
         out.append(Finding("warning", "final.epochs", "the final model is not retrained"))
     if cfg.data.name in ("imagefolder", "cifar10"):
@@ -40,11 +55,20 @@ def diagnose(cfg: ExperimentConfig) -> list[Finding]:
         elif not Path(cfg.data.path).exists():
             out.append(Finding("error", "data.path", f"{cfg.data.path} does not exist"))
     if cfg.strategy.name == "darts" or cfg.strategy.options.get("regularize") is False:
-        out.append(Finding("warning", "strategy", "DARTS must run regularised (collapse to skip connections)"))
+        out.append(
+            Finding(
+                "warning", "strategy", "DARTS must run regularised (collapse to skip connections)"
+            )
+        )
     if cfg.compress is not None:
         c = cfg.compress
         if c.prune.method != "none" and c.prune.ratio > 0.3 and c.finetune.epochs == 0:
-            out.append(Finding("warning", "compress.finetune.epochs",
-                               f"pruning {c.prune.ratio:.0%} without fine-tuning loses accuracy beyond "
-                               "moderate ratios; fine-tune (with distillation) after compressing"))
+            out.append(
+                Finding(
+                    "warning",
+                    "compress.finetune.epochs",
+                    f"pruning {c.prune.ratio:.0%} without fine-tuning loses accuracy beyond "
+                    "moderate ratios; fine-tune (with distillation) after compressing",
+                )
+            )
     return out

@@ -43,19 +43,30 @@ def evaluate_payload(payload: dict[str, Any]) -> dict[str, Any]:
             _EVALUATORS[key] = ev
         arch = Arch.from_json(payload["arch_json"])
         result = ev.evaluate(arch)
-        return {"ok": True, "metrics": result.metrics, "cost_seconds": result.cost_seconds,
-                "info": result.info, "worker": f"{os.uname().nodename}:{os.getpid()}"}
+        return {
+            "ok": True,
+            "metrics": result.metrics,
+            "cost_seconds": result.cost_seconds,
+            "info": result.info,
+            "worker": f"{os.uname().nodename}:{os.getpid()}",
+        }
     except TrainingDiverged as exc:
         error = f"TrainingDiverged: {exc}"
     except MemoryError:
         error = "MemoryError: out of memory while evaluating"
     except RuntimeError as exc:
         msg = str(exc)
-        error = ("out of memory: " if "out of memory" in msg.lower() else "RuntimeError: ") + msg[:2000]
+        error = ("out of memory: " if "out of memory" in msg.lower() else "RuntimeError: ") + msg[
+            :2000
+        ]
     except Exception as exc:  # noqa: BLE001 - any failure of a candidate is recorded, not raised
         error = f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=5)}"[:4000]
-    return {"ok": False, "error": error, "cost_seconds": time.perf_counter() - t0,
-            "worker": f"{os.uname().nodename}:{os.getpid()}"}
+    return {
+        "ok": False,
+        "error": error,
+        "cost_seconds": time.perf_counter() - t0,
+        "worker": f"{os.uname().nodename}:{os.getpid()}",
+    }
 
 
 class Executor:
@@ -89,8 +100,12 @@ class ProcessExecutor(Executor):
         self._pool = self._make()
 
     def _make(self) -> ProcessPoolExecutor:
-        return ProcessPoolExecutor(self.workers, mp_context=mp.get_context("spawn"),
-                                   initializer=_init_worker, initargs=(self.threads,))
+        return ProcessPoolExecutor(
+            self.workers,
+            mp_context=mp.get_context("spawn"),
+            initializer=_init_worker,
+            initargs=(self.threads,),
+        )
 
     def submit(self, payload: dict[str, Any]) -> Future:
         return self._pool.submit(evaluate_payload, payload)
@@ -110,12 +125,17 @@ class RayExecutor(Executor):
         try:
             import ray
         except ImportError:
-            raise ConfigError("search.executor: 'ray' needs the ray package "
-                              "(pip install 'nasforge[ray]')") from None
+            raise ConfigError(
+                "search.executor: 'ray' needs the ray package (pip install 'nasforge[ray]')"
+            ) from None
         self.workers = workers
         if not ray.is_initialized():
-            ray.init(address=address, include_dashboard=False, log_to_driver=False,
-                     ignore_reinit_error=True)
+            ray.init(
+                address=address,
+                include_dashboard=False,
+                log_to_driver=False,
+                ignore_reinit_error=True,
+            )
         self._remote = ray.remote(num_cpus=threads)(evaluate_payload)
 
     def submit(self, payload: dict[str, Any]) -> Future:
@@ -125,7 +145,9 @@ class RayExecutor(Executor):
         pass
 
 
-def make_executor(kind: str, workers: int, threads: int, ray_address: str | None = None) -> Executor:
+def make_executor(
+    kind: str, workers: int, threads: int, ray_address: str | None = None
+) -> Executor:
     if kind == "inline":
         return InlineExecutor()
     if kind == "process":

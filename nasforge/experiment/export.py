@@ -10,8 +10,12 @@ import numpy as np
 import torch
 
 
-def export_onnx(model: torch.nn.Module, input_shape: tuple[int, ...], path: str | Path | None = None,
-                dynamic_batch: bool = True) -> bytes:
+def export_onnx(
+    model: torch.nn.Module,
+    input_shape: tuple[int, ...],
+    path: str | Path | None = None,
+    dynamic_batch: bool = True,
+) -> bytes:
     """Export with the TorchScript-based exporter (no onnxscript needed); returns the bytes."""
     model.eval()
     x = torch.randn(1, *input_shape)
@@ -19,9 +23,15 @@ def export_onnx(model: torch.nn.Module, input_shape: tuple[int, ...], path: str 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(
-            model, (x,), buf, dynamo=False, input_names=["input"], output_names=["logits"],
+            model,
+            (x,),
+            buf,
+            dynamo=False,
+            input_names=["input"],
+            output_names=["logits"],
             dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}} if dynamic_batch else None,
-            opset_version=17)
+            opset_version=17,
+        )
     data = buf.getvalue()
     if path is not None:
         Path(path).write_bytes(data)

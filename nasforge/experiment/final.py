@@ -40,8 +40,15 @@ def select_final(store: TrialStore, objective: Objective, top_k: int) -> list[Tr
     return complete[:top_k]
 
 
-def finalize(cfg: ExperimentConfig, run_dir: Path, store: TrialStore, dataset: Dataset,
-             space: SearchSpace, objective: Objective, console: Console) -> dict[str, Any] | None:
+def finalize(
+    cfg: ExperimentConfig,
+    run_dir: Path,
+    store: TrialStore,
+    dataset: Dataset,
+    space: SearchSpace,
+    objective: Objective,
+    console: Console,
+) -> dict[str, Any] | None:
     chosen = select_final(store, objective, cfg.final.top_k)
     if not chosen:
         console.print("[red]no trial completed: nothing to retrain[/]")
@@ -49,14 +56,22 @@ def finalize(cfg: ExperimentConfig, run_dir: Path, store: TrialStore, dataset: D
     models = []
     for rank, trial in enumerate(chosen):
         out_dir = run_dir / "best" if rank == 0 else run_dir / "best" / f"candidate{rank}"
-        console.print(f"final: retraining trial {trial.id} on train+val for {cfg.final.epochs} epochs")
+        console.print(
+            f"final: retraining trial {trial.id} on train+val for {cfg.final.epochs} epochs"
+        )
         models.append(finalize_one(cfg, trial, out_dir, dataset, space, console))
     store.set_meta("final", models)
     return models[0]
 
 
-def finalize_table(cfg: ExperimentConfig, run_dir: Path, store: TrialStore, space: SearchSpace,
-                   objective: Objective, console: Console) -> dict[str, Any] | None:
+def finalize_table(
+    cfg: ExperimentConfig,
+    run_dir: Path,
+    store: TrialStore,
+    space: SearchSpace,
+    objective: Objective,
+    console: Console,
+) -> dict[str, Any] | None:
     """For a table benchmark: the best-by-validation arch and the table's reported (test) value."""
     chosen = select_final(store, objective, cfg.final.top_k)
     if not chosen:
@@ -64,21 +79,37 @@ def finalize_table(cfg: ExperimentConfig, run_dir: Path, store: TrialStore, spac
         return None
     cards = []
     for trial in chosen:
-        cards.append({"trial_id": trial.id, "arch_key": trial.arch.key, "arch": trial.arch.to_dict(),
-                      "arch_description": space.describe(trial.arch), "space": space.name,
-                      "search_metrics": trial.metrics, "test_acc": trial.metrics.get("test_acc"),
-                      "latency_ms": trial.metrics.get("latency_ms")})
+        cards.append(
+            {
+                "trial_id": trial.id,
+                "arch_key": trial.arch.key,
+                "arch": trial.arch.to_dict(),
+                "arch_description": space.describe(trial.arch),
+                "space": space.name,
+                "search_metrics": trial.metrics,
+                "test_acc": trial.metrics.get("test_acc"),
+                "latency_ms": trial.metrics.get("latency_ms"),
+            }
+        )
     out_dir = run_dir / "best"
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "card.json").write_text(json.dumps(cards[0], indent=2, default=str))
     store.set_meta("final", cards)
-    console.print(f"final: best by validation is trial {chosen[0].id}; the table reports "
-                  f"test accuracy {cards[0]['test_acc']}")
+    console.print(
+        f"final: best by validation is trial {chosen[0].id}; the table reports "
+        f"test accuracy {cards[0]['test_acc']}"
+    )
     return cards[0]
 
 
-def finalize_one(cfg: ExperimentConfig, trial: TrialRecord, out_dir: Path, dataset: Dataset,
-                 space: SearchSpace, console: Console) -> dict[str, Any]:
+def finalize_one(
+    cfg: ExperimentConfig,
+    trial: TrialRecord,
+    out_dir: Path,
+    dataset: Dataset,
+    space: SearchSpace,
+    console: Console,
+) -> dict[str, Any]:
     out_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     model = space.build(trial.arch)
@@ -94,8 +125,15 @@ def finalize_one(cfg: ExperimentConfig, trial: TrialRecord, out_dir: Path, datas
     stat = lat.statistic or "median"
 
     def measured(backend: str) -> float:
-        return measure_latency(fused, d.input_shape, lat.batch_size, lat.warmup, max(lat.repeats, 50),
-                               lat.threads, backend=backend).value_ms(stat)
+        return measure_latency(
+            fused,
+            d.input_shape,
+            lat.batch_size,
+            lat.warmup,
+            max(lat.repeats, 50),
+            lat.threads,
+            backend=backend,
+        ).value_ms(stat)
 
     latency_ms = measured("torch")
     torch.save(model, out_dir / "model.pt")
@@ -136,17 +174,22 @@ def finalize_one(cfg: ExperimentConfig, trial: TrialRecord, out_dir: Path, datas
     if cfg.compress:
         card["compression"] = _compress(cfg, model, dataset, out_dir, console)
     (out_dir / "card.json").write_text(json.dumps(card, indent=2, default=str))
-    msg = (f"final: test accuracy {test_acc:.4f}, latency {latency_ms:.3f} ms (torch, batch "
-           f"{lat.batch_size}, {lat.threads} thread(s))")
+    msg = (
+        f"final: test accuracy {test_acc:.4f}, latency {latency_ms:.3f} ms (torch, batch "
+        f"{lat.batch_size}, {lat.threads} thread(s))"
+    )
     if "onnx_max_abs_diff" in card:
-        msg += (f", onnxruntime {card['latency_ms_onnxruntime']:.3f} ms, ONNX max abs diff "
-                f"{card['onnx_max_abs_diff']:.2e}")
+        msg += (
+            f", onnxruntime {card['latency_ms_onnxruntime']:.3f} ms, ONNX max abs diff "
+            f"{card['onnx_max_abs_diff']:.2e}"
+        )
     console.print(msg)
     return card
 
 
-def _compress(cfg: ExperimentConfig, model: torch.nn.Module, dataset: Dataset, out_dir: Path,
-              console: Console) -> dict[str, Any]:
+def _compress(
+    cfg: ExperimentConfig, model: torch.nn.Module, dataset: Dataset, out_dir: Path, console: Console
+) -> dict[str, Any]:
     from nasforge.compression.pipeline import run_pipeline
 
     assert cfg.compress is not None

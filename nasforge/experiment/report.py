@@ -22,17 +22,31 @@ def leaderboard(store: TrialStore, top: int = 20) -> list[TrialRecord]:
     return complete[:top]
 
 
-def build_report(run_dir: Path, cfg: ExperimentConfig, store: TrialStore, objective: Objective) -> dict[str, Any]:
+def build_report(
+    run_dir: Path, cfg: ExperimentConfig, store: TrialStore, objective: Objective
+) -> dict[str, Any]:
     trials = store.trials()
     complete = [t for t in trials if t.state == "complete" and t.score is not None]
-    acc_lat = [(t.metrics.get(objective.metric, float("nan")),
-                t.metrics.get(objective.cost_metric, float("nan"))) for t in complete]
-    front = [complete[i].id for i in pareto_front([[a, -c] for a, c in acc_lat])] if complete else []
+    acc_lat = [
+        (
+            t.metrics.get(objective.metric, float("nan")),
+            t.metrics.get(objective.cost_metric, float("nan")),
+        )
+        for t in complete
+    ]
+    front = (
+        [complete[i].id for i in pareto_front([[a, -c] for a, c in acc_lat])] if complete else []
+    )
     return {
         "name": cfg.name,
         "config": cfg.model_dump(mode="json"),
-        "objective": {"kind": objective.kind, "metric": objective.metric,
-                      "cost_metric": objective.cost_metric, "target": objective.target, "w": objective.w},
+        "objective": {
+            "kind": objective.kind,
+            "metric": objective.metric,
+            "cost_metric": objective.cost_metric,
+            "target": objective.target,
+            "w": objective.w,
+        },
         "hardware": store.get_meta("hardware"),
         "dataset": store.get_meta("dataset"),
         "search_cost": {
@@ -42,13 +56,17 @@ def build_report(run_dir: Path, cfg: ExperimentConfig, store: TrialStore, object
             "complete": len(complete),
             "failed": len([t for t in trials if t.state == "failed"]),
             "interrupted": len([t for t in trials if t.state == "interrupted"]),
-            "executor": cfg.search.executor, "workers": cfg.search.workers,
+            "executor": cfg.search.executor,
+            "workers": cfg.search.workers,
         },
         "leaderboard": [t.to_dict() for t in leaderboard(store)],
         "pareto_front_ids": front,
         "final": store.get_meta("final"),
-        "failed": [{"id": t.id, "error": (t.error or "").splitlines()[0] if t.error else ""}
-                   for t in trials if t.state == "failed"],
+        "failed": [
+            {"id": t.id, "error": (t.error or "").splitlines()[0] if t.error else ""}
+            for t in trials
+            if t.state == "failed"
+        ],
         "events": [{"time": e[0], "kind": e[1], "message": e[2]} for e in store.events()],
         "trials": [t.to_dict() for t in trials],
     }
@@ -81,7 +99,16 @@ def _plots(store: TrialStore, objective: Objective) -> dict[str, str]:
     ax.scatter(lats, accs, s=18, alpha=0.6, label="trials")
     fr = sorted(front, key=lambda i: lats[i])
     ax.plot([lats[i] for i in fr], [accs[i] for i in fr], "r-o", ms=4, label="Pareto front")
-    ax.scatter([lats[best]], [accs[best]], marker="*", s=200, c="gold", edgecolors="k", label="best", zorder=5)
+    ax.scatter(
+        [lats[best]],
+        [accs[best]],
+        marker="*",
+        s=200,
+        c="gold",
+        edgecolors="k",
+        label="best",
+        zorder=5,
+    )
     if objective.target:
         ax.axvline(objective.target, ls="--", c="gray", label=f"target {objective.target:g}")
     ax.set_xlabel(objective.cost_metric)
@@ -110,7 +137,9 @@ def _plots(store: TrialStore, objective: Objective) -> dict[str, str]:
 
 def _table(rows: list[list[Any]], header: list[str]) -> str:
     head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in r) + "</tr>" for r in rows)
+    body = "".join(
+        "<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in r) + "</tr>" for r in rows
+    )
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
@@ -121,48 +150,81 @@ def _num(v: Any, fmt: str = ".4f") -> str:
 def render_html(report: dict[str, Any], plots: dict[str, str], space: SearchSpace) -> str:
     cost = report["search_cost"]
     hw = report.get("hardware") or {}
-    parts = [f"<h1>nasforge run: {html.escape(report['name'])}</h1>",
-             f"<p>{html.escape(str(report.get('dataset')))}; objective {html.escape(report['objective']['kind'])}</p>"]
+    parts = [
+        f"<h1>nasforge run: {html.escape(report['name'])}</h1>",
+        f"<p>{html.escape(str(report.get('dataset')))}; objective {html.escape(report['objective']['kind'])}</p>",
+    ]
     final = report.get("final") or []
     if final:
         f0 = final[0]
         parts.append("<h2>Best model</h2>")
-        rows = [["test accuracy (once, on the test split)", _num(f0.get("test_acc"))],
-                ["search validation accuracy", _num(f0["search_metrics"].get("val_acc"))],
-                ["latency, torch (ms)", _num(f0.get("latency_ms_torch"), ".3f")],
-                ["latency, onnxruntime (ms)", _num(f0.get("latency_ms_onnxruntime"), ".3f")],
-                ["latency predicted in search (ms)", _num(f0.get("latency_ms_predicted"), ".3f")],
-                ["latency measured at the end, same statistic (ms)",
-                 _num((f0.get("latency_check") or {}).get("latency_ms_measured"), ".3f")],
-                ["prediction error (%)", _num((f0.get("latency_check") or {}).get("latency_error_pct"), ".1f")],
-                ["ONNX max abs diff vs PyTorch", _num(f0.get("onnx_max_abs_diff"), ".2e")],
-                ["params", f0.get("params")], ["FLOPs", f0.get("flops")],
-                ["size (bytes, BN folded)", f0.get("size_bytes")]]
+        rows = [
+            ["test accuracy (once, on the test split)", _num(f0.get("test_acc"))],
+            ["search validation accuracy", _num(f0["search_metrics"].get("val_acc"))],
+            ["latency, torch (ms)", _num(f0.get("latency_ms_torch"), ".3f")],
+            ["latency, onnxruntime (ms)", _num(f0.get("latency_ms_onnxruntime"), ".3f")],
+            ["latency predicted in search (ms)", _num(f0.get("latency_ms_predicted"), ".3f")],
+            [
+                "latency measured at the end, same statistic (ms)",
+                _num((f0.get("latency_check") or {}).get("latency_ms_measured"), ".3f"),
+            ],
+            [
+                "prediction error (%)",
+                _num((f0.get("latency_check") or {}).get("latency_error_pct"), ".1f"),
+            ],
+            ["ONNX max abs diff vs PyTorch", _num(f0.get("onnx_max_abs_diff"), ".2e")],
+            ["params", f0.get("params")],
+            ["FLOPs", f0.get("flops")],
+            ["size (bytes, BN folded)", f0.get("size_bytes")],
+        ]
         parts.append(_table(rows, ["", "value"]))
         parts.append(f"<pre>{html.escape(f0.get('arch_description', ''))}</pre>")
     for key, title in (("scatter", "Accuracy vs latency"), ("progress", "Search progress")):
         if key in plots:
             parts.append(f"<h2>{title}</h2><img src='{plots[key]}'/>")
     parts.append("<h2>Leaderboard</h2>")
-    rows = [[t["id"], _num(t["score"] if not isinstance(t["score"], list) else t["score"][0]),
-             _num(t["metrics"].get("val_acc")), _num(t["metrics"].get("latency_ms"), ".3f"),
-             int(t["metrics"].get("params", 0)), _num(t["cost_seconds"], ".1f"), t["key"]]
-            for t in report["leaderboard"]]
-    parts.append(_table(rows, ["trial", "score", "val_acc", "latency_ms", "params", "cost s", "key"]))
+    rows = [
+        [
+            t["id"],
+            _num(t["score"] if not isinstance(t["score"], list) else t["score"][0]),
+            _num(t["metrics"].get("val_acc")),
+            _num(t["metrics"].get("latency_ms"), ".3f"),
+            int(t["metrics"].get("params", 0)),
+            _num(t["cost_seconds"], ".1f"),
+            t["key"],
+        ]
+        for t in report["leaderboard"]
+    ]
+    parts.append(
+        _table(rows, ["trial", "score", "val_acc", "latency_ms", "params", "cost s", "key"])
+    )
     parts.append("<h2>Search cost</h2>")
-    parts.append(_table([[k, v] for k, v in cost.items()] + [[f"hardware.{k}", v] for k, v in hw.items()],
-                        ["", "value"]))
+    parts.append(
+        _table(
+            [[k, v] for k, v in cost.items()] + [[f"hardware.{k}", v] for k, v in hw.items()],
+            ["", "value"],
+        )
+    )
     if report["failed"]:
         parts.append("<h2>Failed trials</h2>")
         parts.append(_table([[f["id"], f["error"]] for f in report["failed"]], ["trial", "error"]))
-    style = ("body{font-family:sans-serif;max-width:960px;margin:2em auto}table{border-collapse:collapse}"
-             "td,th{border:1px solid #ccc;padding:3px 8px;font-size:13px}pre{background:#f4f4f4;padding:8px}")
-    return f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(report['name'])}</title>" \
-           f"<style>{style}</style></head><body>{''.join(parts)}</body></html>"
+    style = (
+        "body{font-family:sans-serif;max-width:960px;margin:2em auto}table{border-collapse:collapse}"
+        "td,th{border:1px solid #ccc;padding:3px 8px;font-size:13px}pre{background:#f4f4f4;padding:8px}"
+    )
+    return (
+        f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(report['name'])}</title>"
+        f"<style>{style}</style></head><body>{''.join(parts)}</body></html>"
+    )
 
 
-def write_report(run_dir: Path, cfg: ExperimentConfig, store: TrialStore, space: SearchSpace,
-                 objective: Objective) -> Path:
+def write_report(
+    run_dir: Path,
+    cfg: ExperimentConfig,
+    store: TrialStore,
+    space: SearchSpace,
+    objective: Objective,
+) -> Path:
     report = build_report(run_dir, cfg, store, objective)
     (run_dir / "report.json").write_text(json.dumps(report, indent=2, default=str))
     out = run_dir / "report.html"

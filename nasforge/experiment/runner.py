@@ -60,9 +60,14 @@ def hardware_info() -> dict[str, Any]:
         pass
     import os
 
-    return {"cpu": cpu, "cores": os.cpu_count(), "torch": torch.__version__,
-            "torch_threads": torch.get_num_threads(), "python": platform.python_version(),
-            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "python": platform.python_version(),
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+    }
 
 
 class Experiment:
@@ -75,8 +80,13 @@ class Experiment:
         progress: show a progress bar.
     """
 
-    def __init__(self, config: ExperimentConfig, run_dir: str | Path | None = None,
-                 console: Console | None = None, progress: bool = True) -> None:
+    def __init__(
+        self,
+        config: ExperimentConfig,
+        run_dir: str | Path | None = None,
+        console: Console | None = None,
+        progress: bool = True,
+    ) -> None:
         self.cfg = config
         self.run_dir = Path(run_dir) if run_dir is not None else config.run_dir()
         self.console = console or Console(stderr=True)
@@ -91,18 +101,24 @@ class Experiment:
         db = self.run_dir / "trials.db"
         if resume:
             if not db.is_file():
-                raise ConfigError(f"{self.run_dir}: nothing to resume (no trials.db); run without --resume")
+                raise ConfigError(
+                    f"{self.run_dir}: nothing to resume (no trials.db); run without --resume"
+                )
             saved = self.run_dir / "config.yaml"
             if saved.is_file():
                 old = load_config(saved)
                 if old.model_dump(exclude={"search", "final", "compress"}) != self.cfg.model_dump(
-                        exclude={"search", "final", "compress"}):
+                    exclude={"search", "final", "compress"}
+                ):
                     raise ConfigError(
                         f"{saved}: the config differs from the one this run started with (only "
-                        "search, final and compress may change on resume); use a new run name")
+                        "search, final and compress may change on resume); use a new run name"
+                    )
         elif db.exists():
-            raise ConfigError(f"{self.run_dir}: a run with this name exists; pass --resume to continue "
-                              "it or choose another name")
+            raise ConfigError(
+                f"{self.run_dir}: a run with this name exists; pass --resume to continue "
+                "it or choose another name"
+            )
         self.run_dir.mkdir(parents=True, exist_ok=True)
         (self.run_dir / "config.yaml").write_text(self.cfg.to_yaml())
 
@@ -115,35 +131,47 @@ class Experiment:
         strategy = make_strategy(self.cfg, space)
         strategy.constraint = latency_filter(self.cfg, space, objective)
         if strategy.constraint is not None:
-            self.console.print(f"latency filter: only archs predicted under {objective.target:g} ms "
-                               "are asked")
+            self.console.print(
+                f"latency filter: only archs predicted under {objective.target:g} ms are asked"
+            )
         store = TrialStore(self.run_dir / "trials.db")
         try:
             if resume:
                 n = store.mark_interrupted()
                 if n:
-                    self.console.print(f"[yellow]resume:[/] {n} interrupted trial(s) will be run again")
+                    self.console.print(
+                        f"[yellow]resume:[/] {n} interrupted trial(s) will be run again"
+                    )
             finished = store.trials(FINISHED, order="finished")
             strategy.replay((t.arch, t.score) for t in finished)
             store.set_meta("hardware", hardware_info())
-            store.set_meta("dataset", dataset.summary() if dataset is not None
-                           else f"table: {self.cfg.evaluator.table}")
-            store.log_event("start", f"{'resumed' if resume else 'started'} with {len(finished)} finished trials")
+            store.set_meta(
+                "dataset",
+                dataset.summary() if dataset is not None else f"table: {self.cfg.evaluator.table}",
+            )
+            store.log_event(
+                "start",
+                f"{'resumed' if resume else 'started'} with {len(finished)} finished trials",
+            )
             what = dataset.summary() if dataset is not None else "table benchmark"
-            self.console.print(f"[bold]nasforge[/] {self.cfg.name}: {what}; space "
-                               f"{space.name}; strategy {strategy.name}; {self.cfg.search.trials} trials")
+            self.console.print(
+                f"[bold]nasforge[/] {self.cfg.name}: {what}; space "
+                f"{space.name}; strategy {strategy.name}; {self.cfg.search.trials} trials"
+            )
             search_seconds = self._loop(store, strategy, objective)
             summary = self._summary(store, objective, search_seconds)
             if final and dataset is None:
                 from nasforge.experiment.final import finalize_table
 
-                summary.final = finalize_table(self.cfg, self.run_dir, store, space, objective,
-                                               self.console)
+                summary.final = finalize_table(
+                    self.cfg, self.run_dir, store, space, objective, self.console
+                )
             elif final:
                 from nasforge.experiment.final import finalize
 
-                summary.final = finalize(self.cfg, self.run_dir, store, dataset, space, objective,
-                                         self.console)
+                summary.final = finalize(
+                    self.cfg, self.run_dir, store, dataset, space, objective, self.console
+                )
             from nasforge.experiment.report import write_report
 
             write_report(self.run_dir, self.cfg, store, space, objective)
@@ -159,8 +187,9 @@ class Experiment:
         cfg_json = json.dumps(self.cfg.model_dump(mode="json"))
         # table lookups take microseconds: a pool would only add overhead
         kind = search.executor if uses_data(self.cfg) else "inline"
-        executor: Executor = make_executor(kind, search.workers, self.cfg.latency.threads,
-                                           search.ray_address)
+        executor: Executor = make_executor(
+            kind, search.workers, self.cfg.latency.threads, search.ray_address
+        )
         pending: dict[Future, tuple[int, Arch]] = {}
         book = LoopBook(store)
         best = book.best
@@ -174,26 +203,42 @@ class Experiment:
             return search.time_budget_s is not None and elapsed() >= search.time_budget_s
 
         progress = Progress(
-            TextColumn("[bold]search"), BarColumn(), MofNCompleteColumn(),
-            TextColumn("best {task.fields[best]}"), TimeElapsedColumn(),
+            TextColumn("[bold]search"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("best {task.fields[best]}"),
+            TimeElapsedColumn(),
             TextColumn("~{task.fields[remaining]} left"),
-            console=self.console, disable=not self.show_progress, transient=False)
+            console=self.console,
+            disable=not self.show_progress,
+            transient=False,
+        )
         done0 = book.finished
-        task = progress.add_task("search", total=budget, completed=done0, best=_fmt(best), remaining="?")
+        task = progress.add_task(
+            "search", total=budget, completed=done0, best=_fmt(best), remaining="?"
+        )
         duplicates = 0
         try:
             with progress:
                 while True:
-                    while (len(pending) < executor.workers and book.finished + len(pending) < budget
-                           and not out_of_time() and duplicates < 10 * budget):
+                    while (
+                        len(pending) < executor.workers
+                        and book.finished + len(pending) < budget
+                        and not out_of_time()
+                        and duplicates < 10 * budget
+                    ):
                         arch = strategy.ask(1)[0]
                         if book.seen(arch.key):  # same network already paid for: reuse it
                             strategy.tell(arch, book.score_of(arch.key))
                             duplicates += 1
                             continue
                         tid = store.add_trial(arch)
-                        payload = {"config_json": cfg_json, "arch_json": arch.to_json(),
-                                   "run_dir": str(self.run_dir), "trial_id": tid}
+                        payload = {
+                            "config_json": cfg_json,
+                            "arch_json": arch.to_json(),
+                            "run_dir": str(self.run_dir),
+                            "trial_id": tid,
+                        }
                         pending[executor.submit(payload)] = (tid, arch)
                     if not pending:
                         break
@@ -201,14 +246,27 @@ class Experiment:
                     for fut in ready:
                         tid, arch = pending.pop(fut)
                         score = self._record(store, fut, tid, arch, objective, executor)
-                        book.add(arch.key, score, store.trial(tid).cost_seconds
-                                 if search.cost_budget_s is not None else 0.0)
+                        book.add(
+                            arch.key,
+                            score,
+                            store.trial(tid).cost_seconds
+                            if search.cost_budget_s is not None
+                            else 0.0,
+                        )
                         strategy.tell(arch, score)
                     book.save_elapsed(elapsed())
                     done = book.finished
-                    left = (time.time() - t_start) / (done - done0) * (budget - done) if done > done0 else None
-                    progress.update(task, completed=done, best=_fmt(book.best),
-                                    remaining=f"{left:.0f}s" if left is not None else "?")
+                    left = (
+                        (time.time() - t_start) / (done - done0) * (budget - done)
+                        if done > done0
+                        else None
+                    )
+                    progress.update(
+                        task,
+                        completed=done,
+                        best=_fmt(book.best),
+                        remaining=f"{left:.0f}s" if left is not None else "?",
+                    )
         except KeyboardInterrupt:
             store.log_event("interrupt", "search interrupted by the user; resume with --resume")
             raise
@@ -216,23 +274,36 @@ class Experiment:
             executor.shutdown()
         book.save_elapsed(elapsed(), force=True)
         if out_of_time():
-            store.log_event("budget", f"budget reached after {elapsed():.1f}s wall, "
-                                      f"{book.cost_seconds:.1f}s trial cost")
+            store.log_event(
+                "budget",
+                f"budget reached after {elapsed():.1f}s wall, {book.cost_seconds:.1f}s trial cost",
+            )
         return elapsed()
 
-    def _record(self, store: TrialStore, fut: Future, tid: int, arch: Arch, objective: Objective,
-                executor: Executor) -> Score:
+    def _record(
+        self,
+        store: TrialStore,
+        fut: Future,
+        tid: int,
+        arch: Arch,
+        objective: Objective,
+        executor: Executor,
+    ) -> Score:
         try:
             out = fut.result()
         except BrokenProcessPool:
-            out = {"ok": False, "error": "worker process died (out of memory or killed)",
-                   "cost_seconds": 0.0}
+            out = {
+                "ok": False,
+                "error": "worker process died (out of memory or killed)",
+                "cost_seconds": 0.0,
+            }
             executor.restart()
         except Exception as exc:  # noqa: BLE001 - executor failures (ray) are the trial's failure
             out = {"ok": False, "error": f"{type(exc).__name__}: {exc}", "cost_seconds": 0.0}
         if not out["ok"]:
-            store.finish_trial(tid, "failed", cost_seconds=out.get("cost_seconds", 0.0),
-                               error=out["error"])
+            store.finish_trial(
+                tid, "failed", cost_seconds=out.get("cost_seconds", 0.0), error=out["error"]
+            )
             self.console.print(f"[red]trial {tid} failed:[/] {out['error'].splitlines()[0]}")
             return None
         score = objective.score(out["metrics"])
@@ -242,8 +313,13 @@ class Experiment:
     def _summary(self, store: TrialStore, objective: Objective, seconds: float) -> RunSummary:
         complete = store.trials(("complete",))
         best = max(complete, key=lambda t: scalar(t.score), default=None)
-        return RunSummary(self.run_dir, len(complete), store.count(("failed",)),
-                          best.to_dict() if best else None, search_seconds=seconds)
+        return RunSummary(
+            self.run_dir,
+            len(complete),
+            store.count(("failed",)),
+            best.to_dict() if best else None,
+            search_seconds=seconds,
+        )
 
 
 class LoopBook:

@@ -33,7 +33,9 @@ def pin_labels(space: SearchSpace, fixed: dict[str, Any]) -> SearchSpace:
             raise SpaceError(f"space.fixed: {space._unknown_label_message(label)}")
         dim = space.dimension(label)
         if not dim.contains(value):
-            raise SpaceError(f"space.fixed: {label} = {value!r} is not allowed; expected {dim.describe()}")
+            raise SpaceError(
+                f"space.fixed: {label} = {value!r} is not allowed; expected {dim.describe()}"
+            )
     for d in space.dimensions():
         if d.label in fixed:
             d = Categorical(d.label, choices=(fixed[d.label],), when=d.when)
@@ -65,16 +67,20 @@ def make_table_evaluator(cfg: ExperimentConfig):
 
     table = dict(cfg.evaluator.table or {})
     if not table:
-        raise ConfigError("evaluator.table: the table evaluator needs a table "
-                          "(e.g. {preset: nb201_cifar10, device: pixel3})")
+        raise ConfigError(
+            "evaluator.table: the table evaluator needs a table "
+            "(e.g. {preset: nb201_cifar10, device: pixel3})"
+        )
     preset = table.pop("preset", None)
     if preset is not None:
         if preset != "nb201_cifar10":
             raise ConfigError(f"evaluator.table.preset: expected 'nb201_cifar10', got {preset!r}")
         unknown = set(table) - {"path", "device", "epochs"}
         if unknown:
-            raise ConfigError(f"evaluator.table: unknown field(s) {sorted(unknown)} for the preset; "
-                              "expected path, device, epochs")
+            raise ConfigError(
+                f"evaluator.table: unknown field(s) {sorted(unknown)} for the preset; "
+                "expected path, device, epochs"
+            )
         spec = nb201_cifar10_spec(**table)
     else:
         spec = TableSpec.from_dict(table)
@@ -98,10 +104,18 @@ def make_strategy(cfg: ExperimentConfig, space: SearchSpace) -> Strategy:
 
 def train_config(cfg: ExperimentConfig, epochs: int | None = None) -> TrainConfig:
     t = cfg.train
-    return TrainConfig(epochs=t.epochs if epochs is None else epochs, batch_size=t.batch_size,
-                       optimizer=t.optimizer, lr=t.lr, weight_decay=t.weight_decay,
-                       momentum=t.momentum, label_smoothing=t.label_smoothing, cosine=t.cosine,
-                       seed=cfg.seed, augment=t.augment)
+    return TrainConfig(
+        epochs=t.epochs if epochs is None else epochs,
+        batch_size=t.batch_size,
+        optimizer=t.optimizer,
+        lr=t.lr,
+        weight_decay=t.weight_decay,
+        momentum=t.momentum,
+        label_smoothing=t.label_smoothing,
+        cosine=t.cosine,
+        seed=cfg.seed,
+        augment=t.augment,
+    )
 
 
 def make_latency_model(cfg: ExperimentConfig, space: SearchSpace):
@@ -111,8 +125,10 @@ def make_latency_model(cfg: ExperimentConfig, space: SearchSpace):
         return None
     if lat.mode == "predict":
         if not lat.table:
-            raise ConfigError("latency.table: latency.mode 'predict' needs a latency table file "
-                              "(build one with `nasforge latency build`)")
+            raise ConfigError(
+                "latency.table: latency.mode 'predict' needs a latency table file "
+                "(build one with `nasforge latency build`)"
+            )
         if not Path(lat.table).is_file():
             raise ConfigError(f"latency.table: {lat.table} does not exist")
     from nasforge.hardware.model import LatencyModel
@@ -124,7 +140,11 @@ def latency_filter(cfg: ExperimentConfig, space: SearchSpace, objective: Objecti
     """For a hard latency limit whose latency is known *before* evaluation (a latency table's
     prediction, or a benchmark table's latency column), a predicate the strategy checks
     before asking, so no query is spent on an arch that breaks the limit. Otherwise ``None``."""
-    if objective.kind != "constraint" or objective.cost_metric != "latency_ms" or not cfg.search.prefilter:
+    if (
+        objective.kind != "constraint"
+        or objective.cost_metric != "latency_ms"
+        or not cfg.search.prefilter
+    ):
         return None
     limit = objective.target
     if not uses_data(cfg):
@@ -138,8 +158,12 @@ def latency_filter(cfg: ExperimentConfig, space: SearchSpace, objective: Objecti
     return lambda arch: model.predict(arch) <= limit
 
 
-def make_evaluator(cfg: ExperimentConfig, run_dir: str | Path | None = None,
-                   dataset: Dataset | None = None, space: SearchSpace | None = None):
+def make_evaluator(
+    cfg: ExperimentConfig,
+    run_dir: str | Path | None = None,
+    dataset: Dataset | None = None,
+    space: SearchSpace | None = None,
+):
     """The configured evaluator: a :class:`TrainEvaluator` or a table lookup."""
     if not uses_data(cfg):
         return make_table_evaluator(cfg)

@@ -64,11 +64,20 @@ class TrialRecord:
         return self.arch.key
 
     def to_dict(self) -> dict[str, Any]:
-        return {"id": self.id, "key": self.key, "arch": self.arch.to_dict(), "state": self.state,
-                "score": list(self.score) if isinstance(self.score, tuple) else self.score,
-                "metrics": self.metrics, "error": self.error, "cost_seconds": self.cost_seconds,
-                "created": self.created, "started": self.started, "finished": self.finished,
-                "worker": self.worker}
+        return {
+            "id": self.id,
+            "key": self.key,
+            "arch": self.arch.to_dict(),
+            "state": self.state,
+            "score": list(self.score) if isinstance(self.score, tuple) else self.score,
+            "metrics": self.metrics,
+            "error": self.error,
+            "cost_seconds": self.cost_seconds,
+            "created": self.created,
+            "started": self.started,
+            "finished": self.finished,
+            "worker": self.worker,
+        }
 
 
 def _clean(v: Any) -> Any:
@@ -89,8 +98,9 @@ class TrialStore:
         self.path = str(path)
         if self.path != ":memory:":
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(self.path, timeout=timeout_s, isolation_level=None,
-                                   check_same_thread=False)
+        self._db = sqlite3.connect(
+            self.path, timeout=timeout_s, isolation_level=None, check_same_thread=False
+        )
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute(f"PRAGMA busy_timeout={int(timeout_s * 1000)}")
@@ -110,50 +120,89 @@ class TrialStore:
         now = time.time()
         cur = self._db.execute(
             "INSERT INTO trials(key, arch, state, created, started, worker) VALUES (?,?,?,?,?,?)",
-            (arch.key, arch.to_json(), state, now, now if state == "running" else None, worker))
+            (arch.key, arch.to_json(), state, now, now if state == "running" else None, worker),
+        )
         return int(cur.lastrowid)  # type: ignore[arg-type]
 
-    def finish_trial(self, trial_id: int, state: str, metrics: dict[str, float] | None = None,
-                     score: Score = None, cost_seconds: float = 0.0, error: str | None = None) -> None:
+    def finish_trial(
+        self,
+        trial_id: int,
+        state: str,
+        metrics: dict[str, float] | None = None,
+        score: Score = None,
+        cost_seconds: float = 0.0,
+        error: str | None = None,
+    ) -> None:
         if state not in STATES:
             raise ValueError(f"state must be one of {STATES}, got {state!r}")
-        score_json = None if score is None else json.dumps(_clean(list(score) if isinstance(score, tuple) else score))
+        score_json = (
+            None
+            if score is None
+            else json.dumps(_clean(list(score) if isinstance(score, tuple) else score))
+        )
         self._db.execute(
             "UPDATE trials SET state=?, score=?, metrics=?, error=?, cost_seconds=?, finished=? WHERE id=?",
-            (state, score_json, json.dumps(_clean(metrics or {})), error, float(cost_seconds),
-             time.time(), trial_id))
+            (
+                state,
+                score_json,
+                json.dumps(_clean(metrics or {})),
+                error,
+                float(cost_seconds),
+                time.time(),
+                trial_id,
+            ),
+        )
 
     def mark_interrupted(self) -> int:
         """Trials left ``running`` by a killed process become ``interrupted``; returns how many."""
-        cur = self._db.execute("UPDATE trials SET state='interrupted', finished=? WHERE state='running'",
-                               (time.time(),))
+        cur = self._db.execute(
+            "UPDATE trials SET state='interrupted', finished=? WHERE state='running'",
+            (time.time(),),
+        )
         n = cur.rowcount
         if n:
-            self.log_event("resume", f"{n} trial(s) left running by a stopped process marked interrupted")
+            self.log_event(
+                "resume", f"{n} trial(s) left running by a stopped process marked interrupted"
+            )
         return n
 
     def set_meta(self, key: str, value: Any) -> None:
-        self._db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)",
-                         (key, json.dumps(_clean(value))))
+        self._db.execute(
+            "INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)",
+            (key, json.dumps(_clean(value))),
+        )
 
     def get_meta(self, key: str, default: Any = None) -> Any:
         row = self._db.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
         return json.loads(row[0]) if row else default
 
     def log_event(self, kind: str, message: str) -> None:
-        self._db.execute("INSERT INTO events(time, kind, message) VALUES (?,?,?)",
-                         (time.time(), kind, message))
+        self._db.execute(
+            "INSERT INTO events(time, kind, message) VALUES (?,?,?)", (time.time(), kind, message)
+        )
 
     # -- reads ----------------------------------------------------------------------------------
     def _rows(self, sql: str, args: tuple[Any, ...] = ()) -> list[TrialRecord]:
         out = []
         for r in self._db.execute(sql, args).fetchall():
             score = json.loads(r[4]) if r[4] is not None else None
-            out.append(TrialRecord(
-                id=r[0], arch=Arch.from_json(r[2]), state=r[3],
-                score=tuple(score) if isinstance(score, list) else score,
-                metrics={k: (float("nan") if v is None else v) for k, v in json.loads(r[5]).items()},
-                error=r[6], cost_seconds=r[7], created=r[8], started=r[9], finished=r[10], worker=r[11]))
+            out.append(
+                TrialRecord(
+                    id=r[0],
+                    arch=Arch.from_json(r[2]),
+                    state=r[3],
+                    score=tuple(score) if isinstance(score, list) else score,
+                    metrics={
+                        k: (float("nan") if v is None else v) for k, v in json.loads(r[5]).items()
+                    },
+                    error=r[6],
+                    cost_seconds=r[7],
+                    created=r[8],
+                    started=r[9],
+                    finished=r[10],
+                    worker=r[11],
+                )
+            )
         return out
 
     _COLS = "id, key, arch, state, score, metrics, error, cost_seconds, created, started, finished, worker"
@@ -163,8 +212,10 @@ class TrialStore:
         order_sql = "finished, id" if order == "finished" else "id"
         if states:
             marks = ",".join("?" * len(states))
-            return self._rows(f"SELECT {self._COLS} FROM trials WHERE state IN ({marks}) "
-                              f"ORDER BY {order_sql}", tuple(states))
+            return self._rows(
+                f"SELECT {self._COLS} FROM trials WHERE state IN ({marks}) ORDER BY {order_sql}",
+                tuple(states),
+            )
         return self._rows(f"SELECT {self._COLS} FROM trials ORDER BY {order_sql}")
 
     def trial(self, trial_id: int) -> TrialRecord:
@@ -174,19 +225,29 @@ class TrialStore:
         return rows[0]
 
     def finished_by_key(self, key: str) -> TrialRecord | None:
-        rows = self._rows(f"SELECT {self._COLS} FROM trials WHERE key=? AND state IN ('complete','failed') "
-                          "ORDER BY id LIMIT 1", (key,))
+        rows = self._rows(
+            f"SELECT {self._COLS} FROM trials WHERE key=? AND state IN ('complete','failed') "
+            "ORDER BY id LIMIT 1",
+            (key,),
+        )
         return rows[0] if rows else None
 
     def count(self, states: tuple[str, ...] | None = None) -> int:
         if states:
             marks = ",".join("?" * len(states))
-            return int(self._db.execute(f"SELECT COUNT(*) FROM trials WHERE state IN ({marks})",
-                                        tuple(states)).fetchone()[0])
+            return int(
+                self._db.execute(
+                    f"SELECT COUNT(*) FROM trials WHERE state IN ({marks})", tuple(states)
+                ).fetchone()[0]
+            )
         return int(self._db.execute("SELECT COUNT(*) FROM trials").fetchone()[0])
 
     def total_cost_seconds(self) -> float:
-        return float(self._db.execute("SELECT COALESCE(SUM(cost_seconds), 0) FROM trials").fetchone()[0])
+        return float(
+            self._db.execute("SELECT COALESCE(SUM(cost_seconds), 0) FROM trials").fetchone()[0]
+        )
 
     def events(self) -> list[tuple[float, str, str]]:
-        return [tuple(r) for r in self._db.execute("SELECT time, kind, message FROM events ORDER BY id")]
+        return [
+            tuple(r) for r in self._db.execute("SELECT time, kind, message FROM events ORDER BY id")
+        ]

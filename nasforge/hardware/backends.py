@@ -64,14 +64,18 @@ class BackendSpec:
 
     def __post_init__(self) -> None:
         if self.name not in BACKENDS:
-            raise BackendError(f"backend: unknown backend {self.name!r}; expected one of "
-                               f"{', '.join(BACKENDS)}")
+            raise BackendError(
+                f"backend: unknown backend {self.name!r}; expected one of {', '.join(BACKENDS)}"
+            )
         if self.execution_mode not in EXECUTION_MODES:
-            raise BackendError(f"backend.execution_mode: {self.execution_mode!r} is not one of "
-                               f"{', '.join(EXECUTION_MODES)}")
+            raise BackendError(
+                f"backend.execution_mode: {self.execution_mode!r} is not one of "
+                f"{', '.join(EXECUTION_MODES)}"
+            )
         if self.execution_mode == "parallel" and self.name == "cuda":
-            raise BackendError("backend.execution_mode: 'parallel' exists for torch and "
-                               "onnxruntime, not cuda")
+            raise BackendError(
+                "backend.execution_mode: 'parallel' exists for torch and onnxruntime, not cuda"
+            )
         if int(self.threads) < 1:
             raise BackendError(f"backend.threads: must be >= 1, got {self.threads}")
 
@@ -98,8 +102,13 @@ class BackendSpec:
         return self.name != "cuda" and self.threads == 1 and not self.parallel
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "threads": self.threads, "execution_mode": self.execution_mode,
-                "fold_bn": self.fold_bn, "allow_spinning": self.allow_spinning}
+        return {
+            "name": self.name,
+            "threads": self.threads,
+            "execution_mode": self.execution_mode,
+            "fold_bn": self.fold_bn,
+            "allow_spinning": self.allow_spinning,
+        }
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> BackendSpec:
@@ -111,7 +120,9 @@ def as_backend(backend: str | BackendSpec, threads: int | None = None) -> Backen
     """Accept a spec or a name (``threads`` defaults to torch's current count for names)."""
     if isinstance(backend, BackendSpec):
         return backend
-    return BackendSpec.parse(backend, threads=threads if threads is not None else torch.get_num_threads())
+    return BackendSpec.parse(
+        backend, threads=threads if threads is not None else torch.get_num_threads()
+    )
 
 
 # -- runners ------------------------------------------------------------------------------------
@@ -193,8 +204,9 @@ def prepare_model(model: nn.Module, spec: BackendSpec) -> nn.Module:
     return model.eval()
 
 
-def export_onnx_bytes(model: nn.Module, input_shape: Sequence[int], batch_size: int = 1,
-                      opset: int = 17) -> bytes:
+def export_onnx_bytes(
+    model: nn.Module, input_shape: Sequence[int], batch_size: int = 1, opset: int = 17
+) -> bytes:
     """Serialise ``model`` (eval mode) to ONNX with the TorchScript exporter, in memory."""
     x = example_input(input_shape, batch_size)
     buf = io.BytesIO()
@@ -203,9 +215,16 @@ def export_onnx_bytes(model: nn.Module, input_shape: Sequence[int], batch_size: 
     try:
         with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")
-            torch.onnx.export(model, (x,), buf,  # type: ignore[arg-type]
-                              input_names=["x"], output_names=["y"],
-                              opset_version=opset, do_constant_folding=True, dynamo=False)
+            torch.onnx.export(
+                model,
+                (x,),
+                buf,  # type: ignore[arg-type]
+                input_names=["x"],
+                output_names=["y"],
+                opset_version=opset,
+                do_constant_folding=True,
+                dynamo=False,
+            )
     finally:
         model.train(was_training)
     return buf.getvalue()
@@ -236,8 +255,14 @@ def cuda_available() -> bool:
     return torch.cuda.is_available()
 
 
-def make_runner(model: nn.Module | None, input_shape: Sequence[int], batch_size: int,
-                spec: BackendSpec, onnx_bytes: bytes | None = None, name: str = "") -> Runner:
+def make_runner(
+    model: nn.Module | None,
+    input_shape: Sequence[int],
+    batch_size: int,
+    spec: BackendSpec,
+    onnx_bytes: bytes | None = None,
+    name: str = "",
+) -> Runner:
     """Prepare ``model`` on ``spec``'s backend and return its :class:`Runner`.
 
     For onnxruntime, ``onnx_bytes`` (from :func:`export_onnx_bytes` on the prepared model) may
@@ -250,13 +275,16 @@ def make_runner(model: nn.Module | None, input_shape: Sequence[int], batch_size:
         try:
             import onnxruntime as ort
         except ImportError:
-            raise BackendError("backend onnxruntime: the onnxruntime package is not installed") from None
+            raise BackendError(
+                "backend onnxruntime: the onnxruntime package is not installed"
+            ) from None
         if onnx_bytes is None:
             if model is None:
                 raise ValueError("make_runner needs a model or onnx_bytes")
             onnx_bytes = export_onnx_bytes(prepare_model(model, spec), input_shape, batch_size)
-        sess = ort.InferenceSession(onnx_bytes, ort_session_options(spec),
-                                    providers=["CPUExecutionProvider"])
+        sess = ort.InferenceSession(
+            onnx_bytes, ort_session_options(spec), providers=["CPUExecutionProvider"]
+        )
         feeds = {sess.get_inputs()[0].name: example_input(input_shape, batch_size).numpy()}
         run = sess.run
         return Runner(lambda: run(None, feeds), name)
@@ -288,9 +316,11 @@ def ensure_interop_threads(n: int) -> int:
     try:
         torch.set_num_interop_threads(n)
     except RuntimeError:
-        raise BackendError(f"backend torch:parallel: torch's inter-op pool already has {have} "
-                           f"threads in this process and cannot be resized to {n}; use "
-                           f"threads={have}, or measure in a fresh process") from None
+        raise BackendError(
+            f"backend torch:parallel: torch's inter-op pool already has {have} "
+            f"threads in this process and cannot be resized to {n}; use "
+            f"threads={have}, or measure in a fresh process"
+        ) from None
     return torch.get_num_interop_threads()
 
 

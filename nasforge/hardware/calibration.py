@@ -34,12 +34,17 @@ class Calibration:
         return self.slope * raw_ms + self.intercept_ms
 
     def to_dict(self) -> dict[str, float]:
-        return {"slope": self.slope, "intercept_ms": self.intercept_ms, "points": self.points,
-                "mape": self.mape}
+        return {
+            "slope": self.slope,
+            "intercept_ms": self.intercept_ms,
+            "points": self.points,
+            "mape": self.mape,
+        }
 
 
-def fit_calibration(raw_ms: Sequence[float] | np.ndarray,
-                    measured_ms: Sequence[float] | np.ndarray) -> Calibration:
+def fit_calibration(
+    raw_ms: Sequence[float] | np.ndarray, measured_ms: Sequence[float] | np.ndarray
+) -> Calibration:
     """Weighted least squares of ``measured ~ slope * raw + intercept`` minimising relative error.
 
     With fewer than 3 points (or no spread in ``raw_ms``) only a scale is fitted; with none,

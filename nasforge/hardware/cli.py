@@ -16,8 +16,12 @@ from rich.console import Console
 
 from nasforge.errors import NasforgeError
 
-app = typer.Typer(help="Build, predict and validate latency tables.", no_args_is_help=True,
-                  add_completion=False, pretty_exceptions_enable=False)
+app = typer.Typer(
+    help="Build, predict and validate latency tables.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
 out = Console()
 err = Console(stderr=True)
 
@@ -36,7 +40,9 @@ def _shape(text: str) -> tuple[int, ...]:
     try:
         shape = tuple(int(p) for p in text.replace("x", ",").split(",") if p.strip())
     except ValueError:
-        raise CliInputError(f"--input-shape: {text!r} is not a list of integers like 3,32,32") from None
+        raise CliInputError(
+            f"--input-shape: {text!r} is not a list of integers like 3,32,32"
+        ) from None
     if not shape or any(s < 1 for s in shape):
         raise CliInputError(f"--input-shape: {text!r} must be positive integers like 3,32,32")
     return shape
@@ -69,7 +75,9 @@ def _parse_arch(space: Any, text: str, where: str) -> Any:
         return space.make(values)
     if hasattr(space, "from_string"):
         return space.from_string(text)
-    raise CliInputError(f"{where}: {text[:40]!r} is not a JSON arch ({space.name} has no string notation)")
+    raise CliInputError(
+        f"{where}: {text[:40]!r} is not a JSON arch ({space.name} has no string notation)"
+    )
 
 
 def _load(path: Path) -> Any:
@@ -88,16 +96,24 @@ def _load(path: Path) -> Any:
 
 @app.command()
 def build(
-    out_path: Annotated[Path, typer.Option("--out", "-o", help="table JSON to write (resumes if present)")],
+    out_path: Annotated[
+        Path, typer.Option("--out", "-o", help="table JSON to write (resumes if present)")
+    ],
     space: Annotated[str, typer.Option(help="registered space: mobile, nb201, darts")] = "mobile",
     input_shape: Annotated[str, typer.Option(help="per-sample shape, e.g. 3,32,32")] = "3,32,32",
     num_classes: Annotated[int, typer.Option(help="classifier outputs")] = 10,
     option: Annotated[list[str], typer.Option(help="space option key=value (repeatable)")] = [],  # noqa: B006
-    backend: Annotated[str, typer.Option(help="torch | torch:parallel | onnxruntime | onnxruntime:parallel | cuda")] = "torch",
+    backend: Annotated[
+        str, typer.Option(help="torch | torch:parallel | onnxruntime | onnxruntime:parallel | cuda")
+    ] = "torch",
     threads: Annotated[int, typer.Option(help="threads, pinned and recorded")] = 1,
     batch_size: Annotated[int, typer.Option(help="batch size of every measurement")] = 1,
-    statistic: Annotated[str, typer.Option(help="min | p10 | median: what predictions use")] = "min",
-    calibration: Annotated[int, typer.Option(help="whole models measured to fit the overhead")] = 10,
+    statistic: Annotated[
+        str, typer.Option(help="min | p10 | median: what predictions use")
+    ] = "min",
+    calibration: Annotated[
+        int, typer.Option(help="whole models measured to fit the overhead")
+    ] = 10,
     seed: Annotated[int, typer.Option(help="seeds calibration archs and visiting order")] = 0,
     quiet: Annotated[bool, typer.Option(help="no progress bar")] = False,
 ) -> None:
@@ -114,42 +130,65 @@ def build(
         sp = create_space(space, shape, num_classes, **opts)
         spec = BackendSpec.parse(backend, threads=threads)
         t0 = time.perf_counter()
-        table = LatencyTable.build(sp, spec, shape, batch_size, out_path, space_options=opts,
-                                   statistic=statistic, calibration_archs=calibration,
-                                   progress=not quiet, seed=seed)
+        table = LatencyTable.build(
+            sp,
+            spec,
+            shape,
+            batch_size,
+            out_path,
+            space_options=opts,
+            statistic=statistic,
+            calibration_archs=calibration,
+            progress=not quiet,
+            seed=seed,
+        )
     except NasforgeError as exc:
         _fail(exc)
         return
     cal = table.calibration.get(f"{table.statistic}/{table.predictor(sp).mode}")
-    out.print(f"{out_path}: {len(table.entries)} layers of {space} on {spec.label} in "
-              f"{time.perf_counter() - t0:.0f}s ({table.clock} clock, statistic {table.statistic})")
+    out.print(
+        f"{out_path}: {len(table.entries)} layers of {space} on {spec.label} in "
+        f"{time.perf_counter() - t0:.0f}s ({table.clock} clock, statistic {table.statistic})"
+    )
     if table.parallel_speedup is not None:
-        out.print(f"parallel speedup of two independent branches: {table.parallel_speedup:.2f}x "
-                  f"(predictions use the {table.predictor(sp).mode.replace('_', ' ')})")
+        out.print(
+            f"parallel speedup of two independent branches: {table.parallel_speedup:.2f}x "
+            f"(predictions use the {table.predictor(sp).mode.replace('_', ' ')})"
+        )
     if cal is not None:
-        out.print(f"calibration: measured = {cal.slope:.3f} x table + {cal.intercept_ms:.4f} ms "
-                  f"(fit MAPE {cal.mape:.1f}% on {cal.points} models)")
+        out.print(
+            f"calibration: measured = {cal.slope:.3f} x table + {cal.intercept_ms:.4f} ms "
+            f"(fit MAPE {cal.mape:.1f}% on {cal.points} models)"
+        )
 
 
 @app.command()
 def predict(
     table_path: Annotated[Path, typer.Argument(help="latency table JSON")],
-    arch: Annotated[list[str],
-                    typer.Option(help="arch as JSON or the space's notation (repeatable)")] = [],  # noqa: B006
-    archs_file: Annotated[Path | None, typer.Option("--archs", help="file with one arch per line")] = None,
+    arch: Annotated[
+        list[str], typer.Option(help="arch as JSON or the space's notation (repeatable)")
+    ] = [],  # noqa: B006
+    archs_file: Annotated[
+        Path | None, typer.Option("--archs", help="file with one arch per line")
+    ] = None,
     sample: Annotated[int, typer.Option(help="predict this many random archs")] = 0,
     seed: Annotated[int, typer.Option(help="seed of --sample")] = 0,
     mode: Annotated[str, typer.Option(help="auto | sum | critical_path | schedule")] = "auto",
-    statistic: Annotated[str | None, typer.Option(help="min | p10 | median (default: the table's)")] = None,
-    measure_missing: Annotated[bool, typer.Option(help="measure layers missing from the table")] = False,
+    statistic: Annotated[
+        str | None, typer.Option(help="min | p10 | median (default: the table's)")
+    ] = None,
+    measure_missing: Annotated[
+        bool, typer.Option(help="measure layers missing from the table")
+    ] = False,
 ) -> None:
     """Predict latency (ms) of archs from a table, one line each, and the prediction speed."""
     import numpy as np
 
     try:
         table = _load(table_path)
-        pred = table.predictor(mode=mode, on_missing="measure" if measure_missing else "error",
-                               statistic=statistic)
+        pred = table.predictor(
+            mode=mode, on_missing="measure" if measure_missing else "error", statistic=statistic
+        )
         space = pred.space
         archs = [_parse_arch(space, a, f"--arch #{i + 1}") for i, a in enumerate(arch)]
         if archs_file is not None:
@@ -173,8 +212,10 @@ def predict(
         out.print(f"{v:10.4f} ms  {a.key}", highlight=False)
     if len(archs) > len(shown):
         out.print(f"... {len(archs) - len(shown)} more; mean {values.mean():.4f} ms")
-    out.print(f"{len(archs)} archs in {dt * 1e3:.1f} ms ({len(archs) / max(dt, 1e-9):,.0f} archs/s), "
-              f"{pred.mode}, statistic {pred.statistic}")
+    out.print(
+        f"{len(archs)} archs in {dt * 1e3:.1f} ms ({len(archs) / max(dt, 1e-9):,.0f} archs/s), "
+        f"{pred.mode}, statistic {pred.statistic}"
+    )
 
 
 @app.command()
@@ -183,7 +224,9 @@ def validate(
     n: Annotated[int, typer.Option(help="archs to measure whole")] = 100,
     seed: Annotated[int, typer.Option(help="seed of the sample")] = 0,
     plot: Annotated[Path | None, typer.Option(help="predicted-vs-measured PNG")] = None,
-    json_out: Annotated[Path | None, typer.Option("--json", help="write the report as JSON")] = None,
+    json_out: Annotated[
+        Path | None, typer.Option("--json", help="write the report as JSON")
+    ] = None,
 ) -> None:
     """Measure N archs whole; score the table, FLOPs and params (within 10%, MAPE, Kendall tau)."""
     from nasforge.hardware.validate import plot_validation, validate_table

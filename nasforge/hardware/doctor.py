@@ -38,31 +38,62 @@ def latency_findings(cfg: Any) -> list[tuple[str, str, str]]:
     cost = str(_get(objective, "cost_metric", "latency_ms"))
     kind = str(_get(objective, "kind", "accuracy"))
     if cost in PROXIES and kind != "accuracy":
-        out.append(("warning", "objective.cost_metric",
-                    (f"{cost} is optimised as a latency proxy; FLOPs and params rank latency poorly "
+        out.append(
+            (
+                "warning",
+                "objective.cost_metric",
+                (
+                    f"{cost} is optimised as a latency proxy; FLOPs and params rank latency poorly "
                     "(`nasforge latency validate` prints their Kendall tau beside the table's); "
-                    "use latency_ms measured or predicted from a table")))
+                    "use latency_ms measured or predicted from a table"
+                ),
+            )
+        )
     backend = str(_get(latency, "backend", "torch"))
     threads = int(_get(latency, "threads", 1) or 1)
     if backend.endswith(":parallel") and threads == 1:
-        out.append(("warning", "latency.threads",
-                    (f"{backend} with 1 thread runs a cell's branches one at a time; set "
-                    "latency.threads to the cores the deployment uses")))
+        out.append(
+            (
+                "warning",
+                "latency.threads",
+                (
+                    f"{backend} with 1 thread runs a cell's branches one at a time; set "
+                    "latency.threads to the cores the deployment uses"
+                ),
+            )
+        )
     if backend == "onnxruntime:parallel":
-        out.append(("info", "latency.backend",
-                    ("onnxruntime's parallel mode runs CPU branches one after another (since 1.14, "
+        out.append(
+            (
+                "info",
+                "latency.backend",
+                (
+                    "onnxruntime's parallel mode runs CPU branches one after another (since 1.14, "
                     "microsoft/onnxruntime#16158), so it times like the sequential mode; "
-                    "torch:parallel really overlaps a cell's branches")))
+                    "torch:parallel really overlaps a cell's branches"
+                ),
+            )
+        )
     mode = str(_get(latency, "mode", "measure"))
     if mode in PROXIES:
-        out.append(("warning", "latency.mode",
-                    f"latency.mode {mode!r} reports a proxy as latency, not a measurement"))
+        out.append(
+            (
+                "warning",
+                "latency.mode",
+                f"latency.mode {mode!r} reports a proxy as latency, not a measurement",
+            )
+        )
     if mode != "predict":
         return out
     table = _get(latency, "table")
     if not table:
-        out.append(("error", "latency.table", ("latency.mode 'predict' needs a table "
-                                              "(`nasforge latency build --out TABLE`)")))
+        out.append(
+            (
+                "error",
+                "latency.table",
+                ("latency.mode 'predict' needs a table (`nasforge latency build --out TABLE`)"),
+            )
+        )
         return out
     if not Path(str(table)).is_file():
         out.append(("error", "latency.table", f"{table} does not exist"))
@@ -80,15 +111,29 @@ def latency_findings(cfg: Any) -> list[tuple[str, str, str]]:
             tab = LatencyTable.load(str(table), warn=False)
             from nasforge.spaces import create_space
 
-            sp = create_space(str(name), tab.input_shape, int(tab.space.get("num_classes", 10)),
-                              **dict(_get(space, "options", {}) or {}))
+            sp = create_space(
+                str(name),
+                tab.input_shape,
+                int(tab.space.get("num_classes", 10)),
+                **dict(_get(space, "options", {}) or {}),
+            )
             if not supports(sp):
-                out.append(("error", "space.name", (f"space {name!r} has no layer decomposition; "
-                                                   "use latency.mode: measure")))
+                out.append(
+                    (
+                        "error",
+                        "space.name",
+                        (f"space {name!r} has no layer decomposition; use latency.mode: measure"),
+                    )
+                )
                 sp = None
         except NasforgeError:
             sp = None  # check_table reports the unreadable table
-    for msg in check_table(str(table), space=sp, backend=_get(latency, "backend"),
-                           batch_size=_get(latency, "batch_size"), threads=_get(latency, "threads")):
+    for msg in check_table(
+        str(table),
+        space=sp,
+        backend=_get(latency, "backend"),
+        batch_size=_get(latency, "batch_size"),
+        threads=_get(latency, "threads"),
+    ):
         out.append(("warning", "latency.table", msg))
     return out

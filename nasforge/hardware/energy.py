@@ -105,7 +105,9 @@ def rapl_domains(root: Path = POWERCAP) -> tuple[list[Path], str]:
     """Readable package-level RAPL domains, or an empty list and the reason."""
     if not root.is_dir():
         return [], f"{root} does not exist (no powercap / RAPL driver, e.g. inside a VM)"
-    domains = sorted(p for p in root.glob("*rapl:[0-9]*") if ":" in p.name and p.name.count(":") == 1)
+    domains = sorted(
+        p for p in root.glob("*rapl:[0-9]*") if ":" in p.name and p.name.count(":") == 1
+    )
     if not domains:
         return [], f"no RAPL package domain under {root}"
     readable = []
@@ -135,9 +137,14 @@ def find_counter(backend: str) -> tuple[EnergyCounter | None, str]:
     return RaplCounter(domains), ""
 
 
-def measure_energy(model: nn.Module, input_shape: Sequence[int], batch_size: int = 1,
-                   backend: str | BackendSpec = "torch", duration_s: float = 2.0,
-                   counter: EnergyCounter | None = None) -> EnergyMeasurement:
+def measure_energy(
+    model: nn.Module,
+    input_shape: Sequence[int],
+    batch_size: int = 1,
+    backend: str | BackendSpec = "torch",
+    duration_s: float = 2.0,
+    counter: EnergyCounter | None = None,
+) -> EnergyMeasurement:
     """Energy per inference of ``model`` on ``backend``, or ``available=False`` with the reason.
 
     Idles ``duration_s`` to measure the baseline, then runs the model for at least
@@ -170,6 +177,12 @@ def measure_energy(model: nn.Module, input_shape: Sequence[int], batch_size: int
     joules = counter.delta(before, after)
     per_call = joules / calls
     return EnergyMeasurement(
-        True, counter.name, calls=calls, seconds=seconds, joules_per_inference=per_call,
+        True,
+        counter.name,
+        calls=calls,
+        seconds=seconds,
+        joules_per_inference=per_call,
         net_joules_per_inference=max(joules - idle_w * seconds, 0.0) / calls,
-        mean_watts=joules / seconds, idle_watts=idle_w)
+        mean_watts=joules / seconds,
+        idle_watts=idle_w,
+    )

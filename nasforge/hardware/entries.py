@@ -68,19 +68,41 @@ class TableEntry:
         return float(getattr(self, f"{statistic}_ms"))
 
     def to_list(self) -> list[float | int]:
-        return [self.median_ms, self.iqr_ms, self.p10_ms, self.min_ms, self.samples,
-                self.remeasured, self.outliers, int(self.chained)]
+        return [
+            self.median_ms,
+            self.iqr_ms,
+            self.p10_ms,
+            self.min_ms,
+            self.samples,
+            self.remeasured,
+            self.outliers,
+            int(self.chained),
+        ]
 
     @classmethod
     def from_list(cls, v: Sequence[float | int]) -> TableEntry:
-        return cls(float(v[0]), float(v[1]), float(v[2]), float(v[3]), int(v[4]),
-                   int(v[5]) if len(v) > 5 else 0, int(v[6]) if len(v) > 6 else 0,
-                   bool(v[7]) if len(v) > 7 else False)
+        return cls(
+            float(v[0]),
+            float(v[1]),
+            float(v[2]),
+            float(v[3]),
+            int(v[4]),
+            int(v[5]) if len(v) > 5 else 0,
+            int(v[6]) if len(v) > 6 else 0,
+            bool(v[7]) if len(v) > 7 else False,
+        )
 
     @classmethod
     def from_stats(cls, s: TimingStats) -> TableEntry:
-        return cls(s.median_ms, s.iqr_ms, s.p10_ms, s.min_ms, s.samples, s.remeasured_rounds,
-                   s.outlier_samples)
+        return cls(
+            s.median_ms,
+            s.iqr_ms,
+            s.p10_ms,
+            s.min_ms,
+            s.samples,
+            s.remeasured_rounds,
+            s.outlier_samples,
+        )
 
 
 def resolve_context(spec: BackendSpec, context: str) -> str:
@@ -96,10 +118,17 @@ class _Trivial(nn.Module):
         return x + 0.0
 
 
-def measure_call_overhead(spec: BackendSpec, batch_size: int = 1, clock: str = "auto") -> dict[str, float]:
+def measure_call_overhead(
+    spec: BackendSpec, batch_size: int = 1, clock: str = "auto"
+) -> dict[str, float]:
     """Per statistic, ms of one call of a trivial model (``x + 0``) on ``spec``: the call floor."""
-    out = measure_models([_Trivial()], (1,), batch_size, spec,
-                         config=TimingConfig(warmup=10, repeats=90, rounds=3, clock=clock))[0]
+    out = measure_models(
+        [_Trivial()],
+        (1,),
+        batch_size,
+        spec,
+        config=TimingConfig(warmup=10, repeats=90, rounds=3, clock=clock),
+    )[0]
     return {st: out.value_ms(st) for st in STATISTICS}
 
 
@@ -109,7 +138,8 @@ class _Branches(nn.Module):
     def __init__(self, k: int, c: int = 32) -> None:
         super().__init__()
         self.branches = nn.ModuleList(
-            nn.Sequential(*[nn.Conv2d(c, c, 3, padding=1) for _ in range(3)]) for _ in range(k))
+            nn.Sequential(*[nn.Conv2d(c, c, 3, padding=1) for _ in range(3)]) for _ in range(k)
+        )
 
     fork_branches = False  # set by the torch:parallel backend, like a cell's
 
@@ -128,8 +158,13 @@ def measure_parallel_speedup(spec: BackendSpec, batch_size: int = 1) -> float:
     two 8 ms branches took 16.2 ms here), up to ``threads`` when it runs them side by side
     (``torch:parallel``: 1.99x on 2 cores).
     """
-    one, two = measure_models([_Branches(1), _Branches(2)], (32, 28, 28), batch_size, spec,
-                              config=TimingConfig(warmup=3, repeats=40, rounds=8, clock="wall"))
+    one, two = measure_models(
+        [_Branches(1), _Branches(2)],
+        (32, 28, 28),
+        batch_size,
+        spec,
+        config=TimingConfig(warmup=3, repeats=40, rounds=8, clock="wall"),
+    )
     return 2 * one.min_ms / two.min_ms
 
 
@@ -169,9 +204,15 @@ def _chainable(spec: LayerSpec) -> bool:
     return isinstance(out, torch.Tensor) and tuple(out.shape[1:]) == tuple(spec.in_shape)
 
 
-def measure_entries(layers: Sequence[LayerSpec], spec: BackendSpec, batch_size: int,
-                    overhead_ms: dict[str, float], timing: TimingConfig = ENTRY_TIMING,
-                    context: str = "auto", progress: Callable[[], None] | None = None) -> list[TableEntry]:
+def measure_entries(
+    layers: Sequence[LayerSpec],
+    spec: BackendSpec,
+    batch_size: int,
+    overhead_ms: dict[str, float],
+    timing: TimingConfig = ENTRY_TIMING,
+    context: str = "auto",
+    progress: Callable[[], None] | None = None,
+) -> list[TableEntry]:
     """Time every layer with the harness, rounds interleaved across all of them.
 
     Each visit builds the timed module afresh (ONNX is exported once per module and kept as
@@ -198,9 +239,12 @@ def measure_entries(layers: Sequence[LayerSpec], spec: BackendSpec, batch_size: 
         def make() -> Runner:
             if spec.name == "onnxruntime":
                 if i not in onnx_cache:
-                    onnx_cache[i] = export_onnx_bytes(prepare_model(models[i](), spec), shapes[i], batch_size)
+                    onnx_cache[i] = export_onnx_bytes(
+                        prepare_model(models[i](), spec), shapes[i], batch_size
+                    )
                 return make_runner(None, shapes[i], batch_size, spec, onnx_bytes=onnx_cache[i])
             return make_runner(models[i](), shapes[i], batch_size, spec)
+
         return make
 
     clock = timing.resolve_clock(spec)
@@ -214,9 +258,20 @@ def measure_entries(layers: Sequence[LayerSpec], spec: BackendSpec, batch_size: 
             continue
         sk = stats[chain]
         k = CHAIN_LENGTH - 1
-        marginal = {st: max(sk.value_ms(st) - s1.value_ms(st), 0.0) / k + overhead_ms.get(st, 0.0)
-                    for st in STATISTICS}
-        out.append(TableEntry(marginal["median"], sk.iqr_ms / k, marginal["p10"], marginal["min"],
-                              sk.samples, sk.remeasured_rounds + s1.remeasured_rounds,
-                              sk.outlier_samples + s1.outlier_samples, chained=True))
+        marginal = {
+            st: max(sk.value_ms(st) - s1.value_ms(st), 0.0) / k + overhead_ms.get(st, 0.0)
+            for st in STATISTICS
+        }
+        out.append(
+            TableEntry(
+                marginal["median"],
+                sk.iqr_ms / k,
+                marginal["p10"],
+                marginal["min"],
+                sk.samples,
+                sk.remeasured_rounds + s1.remeasured_rounds,
+                sk.outlier_samples + s1.outlier_samples,
+                chained=True,
+            )
+        )
     return out

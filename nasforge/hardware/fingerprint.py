@@ -21,9 +21,27 @@ from typing import Any
 
 # Vector and matrix extensions that change which kernels the frameworks pick.
 _RELEVANT_FLAGS = (
-    "sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512_vnni",
-    "avx512_bf16", "avx512_fp16", "avx_vnni", "amx_tile", "amx_bf16", "amx_int8",
-    "asimd", "asimddp", "sve", "sve2", "i8mm", "bf16",
+    "sse4_2",
+    "avx",
+    "avx2",
+    "fma",
+    "f16c",
+    "avx512f",
+    "avx512bw",
+    "avx512vl",
+    "avx512_vnni",
+    "avx512_bf16",
+    "avx512_fp16",
+    "avx_vnni",
+    "amx_tile",
+    "amx_bf16",
+    "amx_int8",
+    "asimd",
+    "asimddp",
+    "sve",
+    "sve2",
+    "i8mm",
+    "bf16",
 )
 _ALLOCATORS = ("tcmalloc", "jemalloc", "mimalloc")
 
@@ -73,8 +91,10 @@ class DeviceFingerprint:
         """One line for reports: CPU, threads, allocator, libraries, GPU."""
         gpu = f", GPU {self.gpu_name}" if self.gpu_name else ""
         ort = f", onnxruntime {self.onnxruntime}" if self.onnxruntime else ""
-        return (f"{self.cpu_model} ({self.logical_cpus} logical CPUs), {self.threads} thread(s), "
-                f"allocator {self.allocator}, torch {self.torch}{ort}{gpu}")
+        return (
+            f"{self.cpu_model} ({self.logical_cpus} logical CPUs), {self.threads} thread(s), "
+            f"allocator {self.allocator}, torch {self.torch}{ort}{gpu}"
+        )
 
 
 def _cpu_info() -> tuple[str, tuple[str, ...]]:
@@ -94,7 +114,9 @@ def _cpu_info() -> tuple[str, tuple[str, ...]]:
     return model or "unknown", tuple(f for f in _RELEVANT_FLAGS if f in present)
 
 
-def detect_allocator(maps_path: str = "/proc/self/maps", env: Mapping[str, str] | None = None) -> str:
+def detect_allocator(
+    maps_path: str = "/proc/self/maps", env: Mapping[str, str] | None = None
+) -> str:
     """The malloc in use: ``tcmalloc``, ``jemalloc`` or ``mimalloc`` when preloaded or mapped,
     else ``glibc-<version>`` (or ``system`` where glibc is not the C library).
 
@@ -144,11 +166,22 @@ def _static_fingerprint() -> DeviceFingerprint:
         affinity = os.cpu_count() or 1
     gpu, cuda = _gpu()
     return DeviceFingerprint(
-        cpu_model=model, cpu_flags=flags, logical_cpus=os.cpu_count() or 1, affinity_cpus=affinity,
-        threads=0, allocator=detect_allocator(), machine=platform.machine(),
-        system=f"{platform.system()} {platform.release()}", python=platform.python_version(),
-        torch=torch.__version__, onnxruntime=ort_version, numpy=numpy.__version__,
-        gpu_name=gpu, cuda=cuda, hostname=platform.node())
+        cpu_model=model,
+        cpu_flags=flags,
+        logical_cpus=os.cpu_count() or 1,
+        affinity_cpus=affinity,
+        threads=0,
+        allocator=detect_allocator(),
+        machine=platform.machine(),
+        system=f"{platform.system()} {platform.release()}",
+        python=platform.python_version(),
+        torch=torch.__version__,
+        onnxruntime=ort_version,
+        numpy=numpy.__version__,
+        gpu_name=gpu,
+        cuda=cuda,
+        hostname=platform.node(),
+    )
 
 
 def device_fingerprint(threads: int | None = None) -> DeviceFingerprint:
@@ -167,18 +200,26 @@ def _major_minor(version: str | None) -> str | None:
     return f"{m.group(1)}.{m.group(2)}" if m else version
 
 
-def fingerprint_mismatches(recorded: DeviceFingerprint | Mapping[str, Any],
-                           current: DeviceFingerprint | Mapping[str, Any] | None = None,
-                           check_gpu: bool = False) -> list[str]:
+def fingerprint_mismatches(
+    recorded: DeviceFingerprint | Mapping[str, Any],
+    current: DeviceFingerprint | Mapping[str, Any] | None = None,
+    check_gpu: bool = False,
+) -> list[str]:
     """Reasons why ``recorded`` is not the machine ``current`` (default: this one), one per field.
 
     An empty list means the figures transfer. Library versions are compared by major.minor.
     ``check_gpu`` also compares the GPU name (only tables for the ``cuda`` backend need it).
     """
-    rec = recorded if isinstance(recorded, DeviceFingerprint) else DeviceFingerprint.from_dict(recorded)
+    rec = (
+        recorded
+        if isinstance(recorded, DeviceFingerprint)
+        else DeviceFingerprint.from_dict(recorded)
+    )
     if current is None:
         current = device_fingerprint(rec.threads or None)
-    cur = current if isinstance(current, DeviceFingerprint) else DeviceFingerprint.from_dict(current)
+    cur = (
+        current if isinstance(current, DeviceFingerprint) else DeviceFingerprint.from_dict(current)
+    )
     out: list[str] = []
 
     def differs(name: str, a: Any, b: Any) -> None:
@@ -189,8 +230,10 @@ def fingerprint_mismatches(recorded: DeviceFingerprint | Mapping[str, Any],
     if set(rec.cpu_flags) != set(cur.cpu_flags):
         missing = sorted(set(rec.cpu_flags) - set(cur.cpu_flags))
         extra = sorted(set(cur.cpu_flags) - set(rec.cpu_flags))
-        out.append(f"cpu_flags: recorded machine also had {missing or 'nothing more'}, "
-                   f"this machine also has {extra or 'nothing more'}")
+        out.append(
+            f"cpu_flags: recorded machine also had {missing or 'nothing more'}, "
+            f"this machine also has {extra or 'nothing more'}"
+        )
     differs("logical_cpus", rec.logical_cpus, cur.logical_cpus)
     differs("allocator", rec.allocator.split("-")[0], cur.allocator.split("-")[0])
     differs("torch", _major_minor(rec.torch), _major_minor(cur.torch))

@@ -41,7 +41,9 @@ class LayerSpec(NamedTuple):
     @property
     def key(self) -> str:
         """Stable text key, e.g. ``mobile.ir(16,24,5,2,6,relu,True,2)@16x16x16``."""
-        return f"{self.op}({','.join(str(a) for a in self.args)})@{'x'.join(map(str, self.in_shape))}"
+        return (
+            f"{self.op}({','.join(str(a) for a in self.args)})@{'x'.join(map(str, self.in_shape))}"
+        )
 
 
 @dataclass(frozen=True)
@@ -122,11 +124,14 @@ def _mobile_stem(cin: int, cout: int, k: int, stride: int, act: str, nd: int) ->
     return ConvBNAct(cin, cout, k, stride, act=act, nd=nd)
 
 
-def _mobile_ir(cin: int, cout: int, k: int, stride: int, expand: int, act: str, se: bool,
-               nd: int) -> nn.Module:
+def _mobile_ir(
+    cin: int, cout: int, k: int, stride: int, expand: int, act: str, se: bool, nd: int
+) -> nn.Module:
     from nasforge.nn.blocks import InvertedResidual
 
-    return InvertedResidual(cin, cout, kernel=k, stride=stride, expand=expand, act=act, se=se, nd=nd)
+    return InvertedResidual(
+        cin, cout, kernel=k, stride=stride, expand=expand, act=act, se=se, nd=nd
+    )
 
 
 def _mobile_head(cin: int, features: int, num_classes: int, act: str, nd: int) -> nn.Module:
@@ -152,8 +157,13 @@ def _nb201_resblock(c_in: int, c_out: int, stride: int) -> nn.Module:
 
 
 def _nb201_head(c: int, num_classes: int) -> nn.Module:
-    return nn.Sequential(nn.BatchNorm2d(c), nn.ReLU(inplace=True), nn.AdaptiveAvgPool2d(1),
-                         nn.Flatten(1), nn.Linear(c, num_classes))
+    return nn.Sequential(
+        nn.BatchNorm2d(c),
+        nn.ReLU(inplace=True),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(1),
+        nn.Linear(c, num_classes),
+    )
 
 
 def _darts_op(name: str, c: int, stride: int) -> nn.Module:
@@ -194,8 +204,10 @@ def build_layer(spec: LayerSpec) -> nn.Module:
     try:
         factory = LAYER_FACTORIES[spec.op]
     except KeyError:
-        raise NotDecomposable(f"layer {spec.key}: no factory for op {spec.op!r}; known: "
-                              f"{', '.join(sorted(LAYER_FACTORIES))}") from None
+        raise NotDecomposable(
+            f"layer {spec.key}: no factory for op {spec.op!r}; known: "
+            f"{', '.join(sorted(LAYER_FACTORIES))}"
+        ) from None
     return factory(*spec.args).eval()
 
 
@@ -218,19 +230,33 @@ def _mobile_plan(space: Any, arch: Arch) -> Plan:
     nd = space.nd
     cin0 = space.input_shape[0]
     spatial = tuple(space.input_shape[1:])
-    stem = LayerSpec("mobile.stem", (cin0, space.stem_channels, 3, space.stem_stride, "hswish", nd),
-                     space.input_shape)
+    stem = LayerSpec(
+        "mobile.stem",
+        (cin0, space.stem_channels, 3, space.stem_stride, "hswish", nd),
+        space.input_shape,
+    )
     out: list[tuple[Segment, int]] = [(stem, 1)]
     spatial = _down(spatial, space.stem_stride)
     ch = space.stem_channels
     for blk in space.blocks(arch):
-        spec = LayerSpec("mobile.ir", (blk.in_ch, blk.out_ch, blk.kernel, blk.stride, blk.expand,
-                                       blk.act, blk.se, nd), (blk.in_ch, *spatial))
+        spec = LayerSpec(
+            "mobile.ir",
+            (blk.in_ch, blk.out_ch, blk.kernel, blk.stride, blk.expand, blk.act, blk.se, nd),
+            (blk.in_ch, *spatial),
+        )
         out.append((spec, 1))
         spatial = _down(spatial, blk.stride)
         ch = blk.out_ch
-    out.append((LayerSpec("mobile.head", (ch, space.head_features, space.num_classes, "hswish", nd),
-                          (ch, *spatial)), 1))
+    out.append(
+        (
+            LayerSpec(
+                "mobile.head",
+                (ch, space.head_features, space.num_classes, "hswish", nd),
+                (ch, *spatial),
+            ),
+            1,
+        )
+    )
     return tuple(out)
 
 
@@ -240,11 +266,16 @@ def _mobile_layers(space: Any) -> Iterator[LayerSpec]:
 
     nd = space.nd
     spatial = tuple(space.input_shape[1:])
-    yield LayerSpec("mobile.stem", (space.input_shape[0], space.stem_channels, 3, space.stem_stride,
-                                    "hswish", nd), space.input_shape)
+    yield LayerSpec(
+        "mobile.stem",
+        (space.input_shape[0], space.stem_channels, 3, space.stem_stride, "hswish", nd),
+        space.input_shape,
+    )
     spatial = _down(spatial, space.stem_stride)
     ins = {space.stem_channels}
-    block_dims = {d.label.rsplit("/", 1)[-1]: d for d in space.dimensions() if "/block0/" in d.label}
+    block_dims = {
+        d.label.rsplit("/", 1)[-1]: d for d in space.dimensions() if "/block0/" in d.label
+    }
     kernels, expands = block_dims["kernel"].choices, block_dims["expand"].choices
     acts, ses = block_dims["act"].choices, block_dims["se"].choices
     for i, st in enumerate(space.stages):
@@ -259,13 +290,19 @@ def _mobile_layers(space: Any) -> Iterator[LayerSpec]:
                 for e in expands:
                     for act in acts:
                         for se in ses:
-                            yield LayerSpec("mobile.ir", (c_in, c_out, int(k), stride, int(e),
-                                                          str(act), bool(se), nd), shape)
+                            yield LayerSpec(
+                                "mobile.ir",
+                                (c_in, c_out, int(k), stride, int(e), str(act), bool(se), nd),
+                                shape,
+                            )
         spatial = _down(spatial, st.stride)
         ins = outs
     for c in sorted(ins):
-        yield LayerSpec("mobile.head", (c, space.head_features, space.num_classes, "hswish", nd),
-                        _shape(c, spatial))
+        yield LayerSpec(
+            "mobile.head",
+            (c, space.head_features, space.num_classes, "hswish", nd),
+            _shape(c, spatial),
+        )
 
 
 def _nb201_cell(edges: Iterable[tuple[int, int, str]], c: int, spatial: tuple[int, ...]) -> Cell:
@@ -299,7 +336,9 @@ def _nb201_plan(space: Any, arch: Arch) -> Plan:
     else:
         edges = [(s, d, str(arch[edge_label(d, s)])) for d, s in EDGES]
     cin = space.input_shape[0]
-    out: list[tuple[Segment, int]] = [(LayerSpec("conv3x3_bn", (cin, space.C), space.input_shape), 1)]
+    out: list[tuple[Segment, int]] = [
+        (LayerSpec("conv3x3_bn", (cin, space.C), space.input_shape), 1)
+    ]
     c_prev = space.C
     for stage, width, before, spatial in _nb201_stages(space):
         if stage > 0:
@@ -350,8 +389,11 @@ def _darts_shapes(space: Any) -> tuple[LayerSpec, list[_DartsCellShape], LayerSp
         reduction = i in (space.layers // 3, 2 * space.layers // 3)
         if reduction:
             c_curr *= 2
-        pre0 = LayerSpec("darts.pre", ("reduce" if reduction_prev else "plain", c_pp, c_curr),
-                         _shape(c_pp, sp_pp))
+        pre0 = LayerSpec(
+            "darts.pre",
+            ("reduce" if reduction_prev else "plain", c_pp, c_curr),
+            _shape(c_pp, sp_pp),
+        )
         pre1 = LayerSpec("darts.pre", ("plain", c_p, c_curr), _shape(c_p, sp_p))
         out_sp = _down(sp_p, 2) if reduction else sp_p
         cells.append(_DartsCellShape(reduction, c_curr, pre0, pre1, sp_p, out_sp))
@@ -374,9 +416,14 @@ def _darts_cell(shape: _DartsCellShape, genes: list[tuple[str, int]], steps: int
         edges.append((src + 2, dst + 2, LayerSpec("darts.op", (op, c, stride), _shape(c, spatial))))
     for node in range(steps):
         merges.append((node + 4, LayerSpec("sum", (2,), _shape(c, shape.spatial_out))))
-    return Cell(num_nodes=4 + steps, edges=tuple(edges), outputs=tuple(range(4, 4 + steps)),
-                merges=tuple(merges), join=LayerSpec("concat", (steps,), _shape(c, shape.spatial_out)),
-                num_inputs=2)
+    return Cell(
+        num_nodes=4 + steps,
+        edges=tuple(edges),
+        outputs=tuple(range(4, 4 + steps)),
+        merges=tuple(merges),
+        join=LayerSpec("concat", (steps,), _shape(c, shape.spatial_out)),
+        num_inputs=2,
+    )
 
 
 def _darts_plan(space: Any, arch: Arch) -> Plan:
@@ -384,7 +431,9 @@ def _darts_plan(space: Any, arch: Arch) -> Plan:
     genes = {cell: space.genes(arch, cell) for cell in ("normal", "reduce")}
     out: list[tuple[Segment, int]] = [(stem, 1)]
     for shape in cells:
-        out.append((_darts_cell(shape, genes["reduce" if shape.reduction else "normal"], space.steps), 1))
+        out.append(
+            (_darts_cell(shape, genes["reduce" if shape.reduction else "normal"], space.steps), 1)
+        )
     out.append((head, 1))
     return tuple(out)
 
@@ -406,15 +455,18 @@ def _darts_layers(space: Any) -> Iterator[LayerSpec]:
     yield head
 
 
-_DECOMPOSERS: dict[str, tuple[Callable[[Any, Arch], Plan], Callable[[Any], Iterator[LayerSpec]]]] = {
+_DECOMPOSERS: dict[
+    str, tuple[Callable[[Any, Arch], Plan], Callable[[Any], Iterator[LayerSpec]]]
+] = {
     "mobile": (_mobile_plan, _mobile_layers),
     "nb201": (_nb201_plan, _nb201_layers),
     "darts": (_darts_plan, _darts_layers),
 }
 
 
-def register_decomposer(space_name: str, plan: Callable[[Any, Arch], Plan],
-                        layers: Callable[[Any], Iterator[LayerSpec]]) -> None:
+def register_decomposer(
+    space_name: str, plan: Callable[[Any, Arch], Plan], layers: Callable[[Any], Iterator[LayerSpec]]
+) -> None:
     """Teach the latency tables a new space: ``plan(space, arch)`` and ``layers(space)``.
 
     Every :class:`LayerSpec` they produce must name a factory in :data:`LAYER_FACTORIES`
@@ -423,12 +475,16 @@ def register_decomposer(space_name: str, plan: Callable[[Any, Arch], Plan],
     _DECOMPOSERS[space_name] = (plan, layers)
 
 
-def _entry(space: SearchSpace) -> tuple[Callable[[Any, Arch], Plan], Callable[[Any], Iterator[LayerSpec]]]:
+def _entry(
+    space: SearchSpace,
+) -> tuple[Callable[[Any, Arch], Plan], Callable[[Any], Iterator[LayerSpec]]]:
     try:
         return _DECOMPOSERS[space.name]
     except KeyError:
-        raise NotDecomposable(f"space {space.name!r} has no layer decomposition (known: "
-                              f"{', '.join(sorted(_DECOMPOSERS))}); measure whole models instead") from None
+        raise NotDecomposable(
+            f"space {space.name!r} has no layer decomposition (known: "
+            f"{', '.join(sorted(_DECOMPOSERS))}); measure whole models instead"
+        ) from None
 
 
 def supports(space: SearchSpace) -> bool:

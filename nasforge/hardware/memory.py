@@ -78,8 +78,13 @@ class MemoryCheck:
         return self.measured.peak_bytes / p if p else float("nan")
 
     def to_dict(self) -> dict[str, Any]:
-        return {"predicted": self.predicted.to_dict(), "measured": asdict(self.measured),
-                "ratio": self.ratio, "workspace_ratio": self.workspace_ratio, "device": self.device}
+        return {
+            "predicted": self.predicted.to_dict(),
+            "measured": asdict(self.measured),
+            "ratio": self.ratio,
+            "workspace_ratio": self.workspace_ratio,
+            "device": self.device,
+        }
 
 
 def param_bytes(model: nn.Module) -> int:
@@ -130,8 +135,9 @@ def _prepared(model: nn.Module, fold_bn: bool) -> nn.Module:
     return fuse_bn(model) if fold_bn else copy.deepcopy(model).eval()
 
 
-def predict_memory(model: nn.Module, input_shape: Sequence[int], batch_size: int = 1,
-                   fold_bn: bool = True) -> MemoryEstimate:
+def predict_memory(
+    model: nn.Module, input_shape: Sequence[int], batch_size: int = 1, fold_bn: bool = True
+) -> MemoryEstimate:
     """Static parameter bytes and peak activation bytes of one inference pass (float32).
 
     ``model`` is not mutated: a (BN-folded, if ``fold_bn``) copy is traced on the meta device.
@@ -155,8 +161,11 @@ def predict_memory(model: nn.Module, input_shape: Sequence[int], batch_size: int
         keys, begin = starts[id(mod)].pop()
         held.append((keys, begin, len(trace.writes) - 1))
 
-    handles = [h for mod in meta.modules()
-               for h in (mod.register_forward_pre_hook(pre), mod.register_forward_hook(post))]
+    handles = [
+        h
+        for mod in meta.modules()
+        for h in (mod.register_forward_pre_hook(pre), mod.register_forward_hook(post))
+    ]
     try:
         with torch.inference_mode(), trace:
             y = meta(x)
@@ -192,10 +201,13 @@ def predict_memory(model: nn.Module, input_shape: Sequence[int], batch_size: int
         live += d
         peak = max(peak, live)
     return MemoryEstimate(
-        param_bytes=p_bytes, buffer_bytes=b_bytes,
+        param_bytes=p_bytes,
+        buffer_bytes=b_bytes,
         input_bytes=x.numel() * x.element_size(),
         output_bytes=sum(trace.nbytes.get(k, 0) for k in out_keys if k in born),
-        peak_activation_bytes=peak, operators=n_ops)
+        peak_activation_bytes=peak,
+        operators=n_ops,
+    )
 
 
 @dataclass(frozen=True)
@@ -214,8 +226,11 @@ class MeasuredPeak:
 def _profiled_peaks(prof: Any) -> MeasuredPeak:
     events = list(prof.profiler.kineto_results.events())
     mem = sorted((e.start_ns(), e.nbytes()) for e in events if e.name() == "[memory]")
-    ops = sorted((e.start_ns(), e.start_ns() + e.duration_ns()) for e in events
-                 if e.name() != "[memory]" and e.duration_ns() > 0)
+    ops = sorted(
+        (e.start_ns(), e.start_ns() + e.duration_ns())
+        for e in events
+        if e.name() != "[memory]" and e.duration_ns() > 0
+    )
     top: list[list[int]] = []  # outermost operator intervals
     for s, e in ops:
         if top and s <= top[-1][1]:
@@ -245,8 +260,13 @@ def _profiled_peaks(prof: Any) -> MeasuredPeak:
     return MeasuredPeak(int(tensor_peak), int(peak))
 
 
-def measure_peak_activation_bytes(model: nn.Module, input_shape: Sequence[int], batch_size: int = 1,
-                                  device: str = "cpu", fold_bn: bool = True) -> MeasuredPeak:
+def measure_peak_activation_bytes(
+    model: nn.Module,
+    input_shape: Sequence[int],
+    batch_size: int = 1,
+    device: str = "cpu",
+    fold_bn: bool = True,
+) -> MeasuredPeak:
     """Peak bytes allocated during one inference pass, as the profiler (or CUDA allocator) saw it.
 
     One untimed pass runs first so that one-off allocations (weight reordering) are not
@@ -276,8 +296,12 @@ def measure_peak_activation_bytes(model: nn.Module, input_shape: Sequence[int], 
     return _profiled_peaks(prof)
 
 
-def check_memory(model: nn.Module, input_shape: Sequence[int], batch_size: int = 1,
-                 device: str = "cpu") -> MemoryCheck:
+def check_memory(
+    model: nn.Module, input_shape: Sequence[int], batch_size: int = 1, device: str = "cpu"
+) -> MemoryCheck:
     """Predicted (static) and measured (profiler) activation peaks side by side."""
-    return MemoryCheck(predict_memory(model, input_shape, batch_size),
-                       measure_peak_activation_bytes(model, input_shape, batch_size, device), device)
+    return MemoryCheck(
+        predict_memory(model, input_shape, batch_size),
+        measure_peak_activation_bytes(model, input_shape, batch_size, device),
+        device,
+    )

@@ -42,14 +42,23 @@ class LatencyModel:
         TableError: the table cannot be read or is for another space.
     """
 
-    def __init__(self, mode: str = "measure", backend: str | BackendSpec = "torch", threads: int = 1,
-                 batch_size: int = 1, table: LatencyTable | str | None = None,
-                 space: SearchSpace | None = None, statistic: str | None = None,
-                 timing: TimingConfig = MODEL_TIMING) -> None:
+    def __init__(
+        self,
+        mode: str = "measure",
+        backend: str | BackendSpec = "torch",
+        threads: int = 1,
+        batch_size: int = 1,
+        table: LatencyTable | str | None = None,
+        space: SearchSpace | None = None,
+        statistic: str | None = None,
+        timing: TimingConfig = MODEL_TIMING,
+    ) -> None:
         if mode not in LATENCY_MODES:
             raise ConfigError(f"latency.mode: {mode!r} is not one of {', '.join(LATENCY_MODES)}")
         if statistic is not None and statistic not in STATISTICS:
-            raise ConfigError(f"latency.statistic: {statistic!r} is not one of {', '.join(STATISTICS)}")
+            raise ConfigError(
+                f"latency.statistic: {statistic!r} is not one of {', '.join(STATISTICS)}"
+            )
         self.mode = mode
         self.predictor: LatencyPredictor | None = None
         if mode == "predict":
@@ -74,16 +83,32 @@ class LatencyModel:
         """From the experiment's ``latency`` section (a pydantic model or a mapping) with
         fields ``mode``, ``backend``, ``threads``, ``batch_size``, ``warmup``, ``repeats``,
         ``table`` and optionally ``statistic``."""
-        get = latency.get if isinstance(latency, Mapping) else lambda k, d=None: getattr(latency, k, d)
-        timing = replace(MODEL_TIMING, warmup=int(get("warmup", MODEL_TIMING.warmup)),
-                         repeats=int(get("repeats", MODEL_TIMING.repeats)))
-        return cls(mode=str(get("mode", "measure")), backend=str(get("backend", "torch")),
-                   threads=int(get("threads", 1)), batch_size=int(get("batch_size", 1)),
-                   table=get("table"), space=space, statistic=get("statistic"), timing=timing)
+        get = (
+            latency.get
+            if isinstance(latency, Mapping)
+            else lambda k, d=None: getattr(latency, k, d)
+        )
+        timing = replace(
+            MODEL_TIMING,
+            warmup=int(get("warmup", MODEL_TIMING.warmup)),
+            repeats=int(get("repeats", MODEL_TIMING.repeats)),
+        )
+        return cls(
+            mode=str(get("mode", "measure")),
+            backend=str(get("backend", "torch")),
+            threads=int(get("threads", 1)),
+            batch_size=int(get("batch_size", 1)),
+            table=get("table"),
+            space=space,
+            statistic=get("statistic"),
+            timing=timing,
+        )
 
     def measure(self, model: nn.Module, input_shape: Sequence[int]) -> LatencyMeasurement:
         """Time ``model`` with the harness on this model's backend (not mutated)."""
-        return measure_models([model], input_shape, self.batch_size, self.backend, config=self.timing)[0]
+        return measure_models(
+            [model], input_shape, self.batch_size, self.backend, config=self.timing
+        )[0]
 
     def predict(self, arch: Arch) -> float:
         """Predicted latency in ms (``predict`` mode only)."""
@@ -99,7 +124,9 @@ class LatencyModel:
             raise ValueError("latency mode 'measure' needs the built model")
         return self.measure(model, input_shape).value_ms(self.statistic)
 
-    def final_check(self, arch: Arch, model: nn.Module, input_shape: Sequence[int]) -> dict[str, Any]:
+    def final_check(
+        self, arch: Arch, model: nn.Module, input_shape: Sequence[int]
+    ) -> dict[str, Any]:
         """Measure the chosen model and put it beside the prediction (if any), same statistic.
 
         Returns ``latency_ms_measured``, ``latency_ms_predicted`` (``None`` in measure mode),
@@ -112,7 +139,9 @@ class LatencyModel:
         return {
             "latency_ms_measured": measured,
             "latency_ms_predicted": predicted,
-            "latency_error_pct": None if predicted is None else 100 * (predicted - measured) / measured,
+            "latency_error_pct": None
+            if predicted is None
+            else 100 * (predicted - measured) / measured,
             "latency_iqr_ms": m.iqr_ms,
             "statistic": self.statistic,
             "backend": self.backend.label,

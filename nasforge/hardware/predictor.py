@@ -52,8 +52,13 @@ Times = tuple[float, float, float]  # (sum, critical path, schedule) in ms
 RawFn = Callable[[Arch], Times]
 
 
-def list_schedule(num_nodes: int, num_inputs: int, edges: Sequence[tuple[int, int, float]],
-                  merge: Sequence[float], workers: int) -> float:
+def list_schedule(
+    num_nodes: int,
+    num_inputs: int,
+    edges: Sequence[tuple[int, int, float]],
+    merge: Sequence[float],
+    workers: int,
+) -> float:
     """When the calling thread has read every node of a cell whose ops run on ``workers``.
 
     ``edges`` are ``(src, dst, ms)`` in launch order (sorted by source, as
@@ -116,8 +121,12 @@ def cell_times(cell: Cell, ms: Callable[[LayerSpec], float], workers: int = 1) -
         sched = total + join
     else:
         timed.sort(key=lambda e: e[0])
-        sched = list_schedule(n, cell.num_inputs, timed, [merges.get(i, 0.0) for i in range(n)],
-                              workers) + join
+        sched = (
+            list_schedule(
+                n, cell.num_inputs, timed, [merges.get(i, 0.0) for i in range(n)], workers
+            )
+            + join
+        )
     return total + join, max(finish[o] for o in cell.outputs) + join, sched
 
 
@@ -159,9 +168,15 @@ class LatencyPredictor:
         NotDecomposable: the space has no layer decomposition.
     """
 
-    def __init__(self, table: LatencyTable, space: SearchSpace | None = None, mode: str = "auto",
-                 on_missing: str = "error", calibrated: bool = True,
-                 statistic: str | None = None) -> None:
+    def __init__(
+        self,
+        table: LatencyTable,
+        space: SearchSpace | None = None,
+        mode: str = "auto",
+        on_missing: str = "error",
+        calibrated: bool = True,
+        statistic: str | None = None,
+    ) -> None:
         if mode not in MODES:
             raise TableError(f"latency.mode: {mode!r} is not one of {', '.join(MODES)}")
         if on_missing not in ON_MISSING:
@@ -173,13 +188,19 @@ class LatencyPredictor:
         self.table = table
         self.space = space if space is not None else table.make_space()
         if self.space.name != table.space.get("name"):
-            raise TableError(f"{table.path or 'table'}: built for space {table.space.get('name')!r}, "
-                             f"not {self.space.name!r}")
+            raise TableError(
+                f"{table.path or 'table'}: built for space {table.space.get('name')!r}, "
+                f"not {self.space.name!r}"
+            )
         speedup = table.parallel_speedup
         concurrent = table.backend.parallel and (speedup is None or speedup >= PARALLEL_SPEEDUP)
         if mode == "auto":
             mode = "schedule" if concurrent else "sum"
-            if mode == "schedule" and table.calibration and f"{statistic}/schedule" not in table.calibration:
+            if (
+                mode == "schedule"
+                and table.calibration
+                and f"{statistic}/schedule" not in table.calibration
+            ):
                 mode = "critical_path"  # a table calibrated before schedules existed
         self.mode = mode
         self._index = AGGREGATIONS.index(mode)
@@ -201,9 +222,14 @@ class LatencyPredictor:
 
     def _compile(self) -> None:
         entries = self.table.entries
-        self._net = {spec: self._entry_ms(entries[spec.key])
-                     for spec in enumerate_layers(self.space) if spec.key in entries}
-        self._fast: RawFn | None = _safe_compile(self.space.name)(self.space, self._net, self.workers)
+        self._net = {
+            spec: self._entry_ms(entries[spec.key])
+            for spec in enumerate_layers(self.space)
+            if spec.key in entries
+        }
+        self._fast: RawFn | None = _safe_compile(self.space.name)(
+            self.space, self._net, self.workers
+        )
 
     def layer_ms(self, spec: LayerSpec) -> float:
         """A layer's cost in ms with the per-call overhead taken off (measured if missing)."""
@@ -213,11 +239,18 @@ class LatencyPredictor:
         e = self.table.entries.get(spec.key)
         if e is None:
             if self.on_missing == "error":
-                raise TableError(f"{self.table.path or 'latency table'}: no entry for layer {spec.key}; "
-                                 "rebuild the table or predict with on_missing='measure'")
-            e = measure_entries([spec], self.table.backend, self.table.batch_size,
-                                self.table.call_overhead_ms, replace(ENTRY_TIMING, clock=self.table.clock),
-                                self.table.context)[0]
+                raise TableError(
+                    f"{self.table.path or 'latency table'}: no entry for layer {spec.key}; "
+                    "rebuild the table or predict with on_missing='measure'"
+                )
+            e = measure_entries(
+                [spec],
+                self.table.backend,
+                self.table.batch_size,
+                self.table.call_overhead_ms,
+                replace(ENTRY_TIMING, clock=self.table.clock),
+                self.table.context,
+            )[0]
             self.table.entries[spec.key] = e
             if self.table.path is not None:
                 self.table.save()
@@ -284,13 +317,22 @@ def _mobile_fast(space: Any, net: dict[LayerSpec, float], workers: int) -> RawFn
     stages = []
     for i, st in enumerate(space.stages):
         p = f"stage{i}"
-        outs = {w: make_divisible(st.channels * float(w)) for w in space.dimension(f"{p}/width").choices}
+        outs = {
+            w: make_divisible(st.channels * float(w)) for w in space.dimension(f"{p}/width").choices
+        }
         blocks = []
         for j in range(st.max_depth):
             stride = st.stride if j == 0 else 1
             b = f"{p}/block{j}"
-            blocks.append((f"{b}/kernel", f"{b}/expand", f"{b}/act", f"{b}/se",
-                           by_ctx.get((stride, spatial), {})))
+            blocks.append(
+                (
+                    f"{b}/kernel",
+                    f"{b}/expand",
+                    f"{b}/act",
+                    f"{b}/se",
+                    by_ctx.get((stride, spatial), {}),
+                )
+            )
             spatial = tuple((s - 1) // stride + 1 for s in spatial)
         stages.append((f"{p}/width", f"{p}/depth", outs, blocks))
     if stem is None:
@@ -405,8 +447,10 @@ def _darts_fast(space: Any, net: dict[LayerSpec, float], workers: int) -> RawFn:
         add = net[L("sum", (2,), (c, *sh.spatial_out))]
         join = net[L("concat", (steps,), (c, *sh.spatial_out))]
         cells.append((sh.reduction, net[sh.pre0], net[sh.pre1], op_ms, add, join))
-    labels = {cell: [gene_labels(cell, node, k) for node in space.concat for k in (0, 1)]
-              for cell in ("normal", "reduce")}
+    labels = {
+        cell: [gene_labels(cell, node, k) for node in space.concat for k in (0, 1)]
+        for cell in ("normal", "reduce")
+    }
     merge = [0.0] * 4
     n_nodes = 4 + steps
 
@@ -461,11 +505,17 @@ def _safe_compile(name: str) -> Callable[[Any, dict[LayerSpec, float], int], Raw
     return run
 
 
-def load_predictor(path: str, space: SearchSpace | None = None, mode: str = "auto",
-                   on_missing: str = "error", statistic: str | None = None) -> LatencyPredictor:
+def load_predictor(
+    path: str,
+    space: SearchSpace | None = None,
+    mode: str = "auto",
+    on_missing: str = "error",
+    statistic: str | None = None,
+) -> LatencyPredictor:
     """Load the table at ``path`` (warning if from another machine) and wrap it in a predictor."""
-    return LatencyTable.load(path).predictor(space, mode=mode, on_missing=on_missing,
-                                             statistic=statistic)
+    return LatencyTable.load(path).predictor(
+        space, mode=mode, on_missing=on_missing, statistic=statistic
+    )
 
 
 def supports_prediction(space: SearchSpace) -> bool:

@@ -110,8 +110,16 @@ class LatencyTable:
             "call_overhead_ms": self.call_overhead_ms,
             "calibration": {k: c.to_dict() for k, c in self.calibration.items()},
             "calibration_points": self.calibration_points,
-            "entry_fields": ["median_ms", "iqr_ms", "p10_ms", "min_ms", "samples", "remeasured",
-                             "outliers", "chained"],
+            "entry_fields": [
+                "median_ms",
+                "iqr_ms",
+                "p10_ms",
+                "min_ms",
+                "samples",
+                "remeasured",
+                "outliers",
+                "chained",
+            ],
             "entries": {k: e.to_list() for k, e in sorted(self.entries.items())},
         }
 
@@ -119,25 +127,33 @@ class LatencyTable:
     def from_dict(cls, d: dict[str, Any], source: str = "table") -> LatencyTable:
         """Inverse of :meth:`to_dict`; :class:`TableError` names ``source`` if malformed."""
         if d.get("format") != TABLE_FORMAT:
-            raise TableError(f"{source}: format {d.get('format')!r} is not supported "
-                             f"(expected {TABLE_FORMAT})")
+            raise TableError(
+                f"{source}: format {d.get('format')!r} is not supported (expected {TABLE_FORMAT})"
+            )
         try:
             table = cls(
-                space=dict(d["space"]), backend=BackendSpec.from_dict(d["backend"]),
-                batch_size=int(d["batch_size"]), fingerprint=dict(d["fingerprint"]),
+                space=dict(d["space"]),
+                backend=BackendSpec.from_dict(d["backend"]),
+                batch_size=int(d["batch_size"]),
+                fingerprint=dict(d["fingerprint"]),
                 entries={k: TableEntry.from_list(v) for k, v in d["entries"].items()},
-                statistic=str(d.get("statistic", "min")), clock=str(d.get("clock", "wall")),
+                statistic=str(d.get("statistic", "min")),
+                clock=str(d.get("clock", "wall")),
                 context=str(d.get("context", "isolated")),
                 parallel_speedup=d.get("parallel_speedup"),
                 call_overhead_ms={k: float(v) for k, v in d.get("call_overhead_ms", {}).items()},
                 calibration={k: Calibration(**c) for k, c in d.get("calibration", {}).items()},
                 calibration_points=list(d.get("calibration_points", [])),
-                created=str(d.get("created", "")))
+                created=str(d.get("created", "")),
+            )
         except (KeyError, TypeError, ValueError, IndexError, NasforgeError) as exc:
-            raise TableError(f"{source}: not a latency table ({type(exc).__name__}: {exc})") from None
+            raise TableError(
+                f"{source}: not a latency table ({type(exc).__name__}: {exc})"
+            ) from None
         if table.statistic not in STATISTICS:
-            raise TableError(f"{source}: statistic {table.statistic!r} is not one of "
-                             f"{', '.join(STATISTICS)}")
+            raise TableError(
+                f"{source}: statistic {table.statistic!r} is not one of {', '.join(STATISTICS)}"
+            )
         return table
 
     def save(self, path: str | Path | None = None) -> Path:
@@ -172,8 +188,9 @@ class LatencyTable:
         table.path = p
         if warn:
             for msg in table.mismatches():
-                warnings.warn(f"{p}: measured on another machine: {msg}", TableMismatchWarning,
-                              stacklevel=2)
+                warnings.warn(
+                    f"{p}: measured on another machine: {msg}", TableMismatchWarning, stacklevel=2
+                )
         return table
 
     # -- queries --------------------------------------------------------------------------------
@@ -190,10 +207,17 @@ class LatencyTable:
         from nasforge.spaces import create_space
 
         s = self.space
-        return create_space(s["name"], s["input_shape"], int(s["num_classes"]), **s.get("options", {}))
+        return create_space(
+            s["name"], s["input_shape"], int(s["num_classes"]), **s.get("options", {})
+        )
 
-    def predictor(self, space: SearchSpace | None = None, mode: str = "auto",
-                  on_missing: str = "error", statistic: str | None = None) -> LatencyPredictor:
+    def predictor(
+        self,
+        space: SearchSpace | None = None,
+        mode: str = "auto",
+        on_missing: str = "error",
+        statistic: str | None = None,
+    ) -> LatencyPredictor:
         """A :class:`~nasforge.hardware.predictor.LatencyPredictor` over this table."""
         from nasforge.hardware.predictor import LatencyPredictor
 
@@ -205,11 +229,22 @@ class LatencyTable:
 
     # -- building -------------------------------------------------------------------------------
     @classmethod
-    def build(cls, space: SearchSpace, backend: str | BackendSpec = "torch",
-              input_shape: Sequence[int] | None = None, batch_size: int = 1,
-              path: str | Path | None = None, *, space_options: dict[str, Any] | None = None,
-              statistic: str = "min", calibration_archs: int = 10, context: str = "auto",
-              timing: TimingConfig = ENTRY_TIMING, progress: bool = True, seed: int = 0) -> LatencyTable:
+    def build(
+        cls,
+        space: SearchSpace,
+        backend: str | BackendSpec = "torch",
+        input_shape: Sequence[int] | None = None,
+        batch_size: int = 1,
+        path: str | Path | None = None,
+        *,
+        space_options: dict[str, Any] | None = None,
+        statistic: str = "min",
+        calibration_archs: int = 10,
+        context: str = "auto",
+        timing: TimingConfig = ENTRY_TIMING,
+        progress: bool = True,
+        seed: int = 0,
+    ) -> LatencyTable:
         """Measure every distinct layer of ``space`` on ``backend`` and calibrate the overhead.
 
         Args:
@@ -244,32 +279,49 @@ class LatencyTable:
         space_shape = tuple(int(s) for s in getattr(space, "input_shape", input_shape or ()))
         shape = tuple(int(s) for s in (input_shape or space_shape))
         if shape != space_shape:
-            raise TableError(f"input_shape {shape} differs from the space's {space_shape}; "
-                             "create the space with this shape")
+            raise TableError(
+                f"input_shape {shape} differs from the space's {space_shape}; "
+                "create the space with this shape"
+            )
         layers = enumerate_layers(space)
-        table = cls(space={"name": space.name, "input_shape": list(shape),
-                           "num_classes": int(getattr(space, "num_classes", 0)),
-                           "options": dict(space_options or {})},
-                    backend=spec, batch_size=int(batch_size),
-                    fingerprint=device_fingerprint(spec.threads).to_dict(), statistic=statistic,
-                    clock=clock, context=resolve_context(spec, context),
-                    created=_dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"))
+        table = cls(
+            space={
+                "name": space.name,
+                "input_shape": list(shape),
+                "num_classes": int(getattr(space, "num_classes", 0)),
+                "options": dict(space_options or {}),
+            },
+            backend=spec,
+            batch_size=int(batch_size),
+            fingerprint=device_fingerprint(spec.threads).to_dict(),
+            statistic=statistic,
+            clock=clock,
+            context=resolve_context(spec, context),
+            created=_dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+        )
         target = Path(path) if path is not None else None
         if target is not None and target.is_file():
             table._reuse(target)
         table.path = target
         pending = [lay for lay in layers if lay.key not in table.entries]
         visits = len(pending) * timing.rounds * (2 if table.context == "chained" else 1)
-        with _progress(progress, visits + 2 * calibration_archs,
-                       f"latency table {space.name} on {spec.label}") as advance:
+        with _progress(
+            progress, visits + 2 * calibration_archs, f"latency table {space.name} on {spec.label}"
+        ) as advance:
             if not table.call_overhead_ms:
                 table.call_overhead_ms = measure_call_overhead(spec, batch_size, clock)
             if spec.parallel and table.parallel_speedup is None:
                 table.parallel_speedup = measure_parallel_speedup(spec, batch_size)
             for chunk in _chunks(pending, 128):
-                measured = measure_entries(chunk, spec, batch_size, table.call_overhead_ms,
-                                           replace(timing, seed=seed + len(table.entries)),
-                                           table.context, advance)
+                measured = measure_entries(
+                    chunk,
+                    spec,
+                    batch_size,
+                    table.call_overhead_ms,
+                    replace(timing, seed=seed + len(table.entries)),
+                    table.context,
+                    advance,
+                )
                 table.entries.update({lay.key: e for lay, e in zip(chunk, measured)})
                 if target is not None:
                     table.save(target)
@@ -285,19 +337,30 @@ class LatencyTable:
         except TableError as exc:
             warnings.warn(f"{exc}; measuring every entry again", stacklevel=3)
             return
-        same = (old.space.get("name") == self.space["name"]
-                and list(old.space.get("input_shape", [])) == self.space["input_shape"]
-                and old.backend == self.backend and old.batch_size == self.batch_size
-                and old.clock == self.clock and old.context == self.context)
+        same = (
+            old.space.get("name") == self.space["name"]
+            and list(old.space.get("input_shape", [])) == self.space["input_shape"]
+            and old.backend == self.backend
+            and old.batch_size == self.batch_size
+            and old.clock == self.clock
+            and old.context == self.context
+        )
         if not same:
-            warnings.warn(f"{path}: built for another space, backend, batch size, clock or context; "
-                          "measuring again", stacklevel=3)
+            warnings.warn(
+                f"{path}: built for another space, backend, batch size, clock or context; "
+                "measuring again",
+                stacklevel=3,
+            )
             return
-        mism = fingerprint_mismatches(old.fingerprint, self.fingerprint,
-                                      check_gpu=self.backend.name == "cuda")
+        mism = fingerprint_mismatches(
+            old.fingerprint, self.fingerprint, check_gpu=self.backend.name == "cuda"
+        )
         if mism:
-            warnings.warn(f"{path}: measured on another machine ({'; '.join(mism)}); measuring again",
-                          TableMismatchWarning, stacklevel=3)
+            warnings.warn(
+                f"{path}: measured on another machine ({'; '.join(mism)}); measuring again",
+                TableMismatchWarning,
+                stacklevel=3,
+            )
             return
         self.entries = dict(old.entries)
         self.call_overhead_ms = dict(old.call_overhead_ms)
@@ -306,9 +369,14 @@ class LatencyTable:
             self.calibration = dict(old.calibration)
             self.calibration_points = list(old.calibration_points)
 
-    def calibrate(self, space: SearchSpace, archs: int | Sequence[Any] = 10, seed: int = 0,
-                  timing: TimingConfig = MODEL_TIMING,
-                  progress: Callable[[], None] | None = None) -> dict[str, Calibration]:
+    def calibrate(
+        self,
+        space: SearchSpace,
+        archs: int | Sequence[Any] = 10,
+        seed: int = 0,
+        timing: TimingConfig = MODEL_TIMING,
+        progress: Callable[[], None] | None = None,
+    ) -> dict[str, Calibration]:
         """Measure whole models and fit the per-network overhead per statistic and aggregation.
 
         ``archs``: how many random archs to sample (seeded), or the archs themselves.
@@ -326,24 +394,38 @@ class LatencyTable:
         if progress is not None:
             for _ in chosen:
                 progress()
-        measured = measure_models(models, self.input_shape, self.batch_size, self.backend,
-                                  config=replace(self.timing(timing), seed=seed))
-        raw = {st: LatencyPredictor(self, space, on_missing="measure", calibrated=False, statistic=st)
-               for st in STATISTICS}
+        measured = measure_models(
+            models,
+            self.input_shape,
+            self.batch_size,
+            self.backend,
+            config=replace(self.timing(timing), seed=seed),
+        )
+        raw = {
+            st: LatencyPredictor(self, space, on_missing="measure", calibrated=False, statistic=st)
+            for st in STATISTICS
+        }
         points = []
         for a, m, meas in zip(chosen, models, measured):
-            points.append({
-                "arch": a.to_json(), "flops": count_flops(m, self.input_shape, self.batch_size),
-                "params": count_params(m), "measured_iqr_ms": meas.iqr_ms,
-                "measured_ms": {st: meas.value_ms(st) for st in STATISTICS},
-                "raw_ms": {st: dict(zip(AGGREGATIONS, raw[st].raw_ms(a)))
-                           for st in STATISTICS}})
+            points.append(
+                {
+                    "arch": a.to_json(),
+                    "flops": count_flops(m, self.input_shape, self.batch_size),
+                    "params": count_params(m),
+                    "measured_iqr_ms": meas.iqr_ms,
+                    "measured_ms": {st: meas.value_ms(st) for st in STATISTICS},
+                    "raw_ms": {st: dict(zip(AGGREGATIONS, raw[st].raw_ms(a))) for st in STATISTICS},
+                }
+            )
             if progress is not None:
                 progress()
         self.calibration = {
-            f"{st}/{agg}": fit_calibration([p["raw_ms"][st][agg] for p in points],
-                                           [p["measured_ms"][st] for p in points])
-            for st in STATISTICS for agg in AGGREGATIONS}
+            f"{st}/{agg}": fit_calibration(
+                [p["raw_ms"][st][agg] for p in points], [p["measured_ms"][st] for p in points]
+            )
+            for st in STATISTICS
+            for agg in AGGREGATIONS
+        }
         self.calibration_points = points
         if self.path is not None:
             self.save()
@@ -363,7 +445,7 @@ def distinct_samples(space: SearchSpace, n: int, rng: np.random.Generator) -> li
 
 def _chunks(items: Sequence[LayerSpec], size: int) -> Iterator[Sequence[LayerSpec]]:
     for i in range(0, len(items), size):
-        yield items[i: i + size]
+        yield items[i : i + size]
 
 
 class _progress:
@@ -378,8 +460,13 @@ class _progress:
             return lambda: None
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
-        self._bar = Progress("[progress.description]{task.description}", BarColumn(),
-                             MofNCompleteColumn(), TimeRemainingColumn(), transient=True)
+        self._bar = Progress(
+            "[progress.description]{task.description}",
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeRemainingColumn(),
+            transient=True,
+        )
         self._bar.start()
         task = self._bar.add_task(self.description, total=self.total)
         return lambda: self._bar.advance(task)
@@ -389,8 +476,13 @@ class _progress:
             self._bar.stop()
 
 
-def check_table(path: str | Path, space: SearchSpace | None = None, backend: str | None = None,
-                batch_size: int | None = None, threads: int | None = None) -> list[str]:
+def check_table(
+    path: str | Path,
+    space: SearchSpace | None = None,
+    backend: str | None = None,
+    batch_size: int | None = None,
+    threads: int | None = None,
+) -> list[str]:
     """Warnings about using the table at ``path`` here, one line each (empty: fine).
 
     Names a missing or unreadable file, a fingerprint that does not match this machine, a
@@ -418,11 +510,15 @@ def check_table(path: str | Path, space: SearchSpace | None = None, backend: str
         out.append(f"{path}: no per-network calibration; predictions are raw sums of layers")
     spreads = [e.iqr_ms / e.median_ms for e in table.entries.values() if e.median_ms > 0]
     if spreads and float(np.median(spreads)) > 0.15:
-        out.append(f"{path}: entries vary a lot (median IQR {100 * float(np.median(spreads)):.0f}% "
-                   "of the median): measured on a busy host; use statistic 'min' or rebuild when quiet")
+        out.append(
+            f"{path}: entries vary a lot (median IQR {100 * float(np.median(spreads)):.0f}% "
+            "of the median): measured on a busy host; use statistic 'min' or rebuild when quiet"
+        )
     if space is not None:
         if space.name != table.space.get("name"):
-            out.append(f"{path}: built for space {table.space.get('name')!r}, used with {space.name!r}")
+            out.append(
+                f"{path}: built for space {table.space.get('name')!r}, used with {space.name!r}"
+            )
         else:
             try:
                 missing = [s for s in enumerate_layers(space) if s.key not in table.entries]
@@ -430,6 +526,8 @@ def check_table(path: str | Path, space: SearchSpace | None = None, backend: str
                 out.append(f"{path}: {exc}")
                 missing = []
             if missing:
-                out.append(f"{path}: {len(missing)} layer(s) of this space are not in the table "
-                           f"(e.g. {missing[0].key}); rebuild it or predict with on_missing='measure'")
+                out.append(
+                    f"{path}: {len(missing)} layer(s) of this space are not in the table "
+                    f"(e.g. {missing[0].key}); rebuild it or predict with on_missing='measure'"
+                )
     return out

@@ -89,8 +89,10 @@ class TimingConfig:
     def resolve_clock(self, spec: BackendSpec) -> str:
         """The clock used on ``spec``: ``cpu`` needs a single-threaded CPU backend."""
         if self.clock == "cpu" and not spec.single_threaded:
-            raise BackendError(f"timing.clock: 'cpu' needs one thread on the calling thread; "
-                               f"{spec.label} with {spec.threads} thread(s) uses the wall clock")
+            raise BackendError(
+                f"timing.clock: 'cpu' needs one thread on the calling thread; "
+                f"{spec.label} with {spec.threads} thread(s) uses the wall clock"
+            )
         if self.clock == "auto":
             return "cpu" if spec.single_threaded else "wall"
         return self.clock
@@ -184,16 +186,30 @@ class LatencyMeasurement:
         return cls(**vals)
 
     @classmethod
-    def from_stats(cls, stats: TimingStats, spec: BackendSpec, batch_size: int,
-                   clock: str) -> LatencyMeasurement:
+    def from_stats(
+        cls, stats: TimingStats, spec: BackendSpec, batch_size: int, clock: str
+    ) -> LatencyMeasurement:
         return cls(
-            median_ms=stats.median_ms, iqr_ms=stats.iqr_ms, min_ms=stats.min_ms,
-            repeats=stats.samples, batch_size=batch_size, threads=spec.threads, backend=spec.label,
-            q1_ms=stats.q1_ms, q3_ms=stats.q3_ms, mean_ms=stats.mean_ms, rounds=stats.rounds,
-            outliers=stats.outlier_samples, remeasured=stats.remeasured_rounds,
-            dropped_rounds=stats.dropped_rounds, round_medians_ms=stats.round_medians_ms,
-            clock=clock, cpu_share=stats.cpu_share, p10_ms=stats.p10_ms,
-            fingerprint=device_fingerprint(spec.threads).to_dict())
+            median_ms=stats.median_ms,
+            iqr_ms=stats.iqr_ms,
+            min_ms=stats.min_ms,
+            repeats=stats.samples,
+            batch_size=batch_size,
+            threads=spec.threads,
+            backend=spec.label,
+            q1_ms=stats.q1_ms,
+            q3_ms=stats.q3_ms,
+            mean_ms=stats.mean_ms,
+            rounds=stats.rounds,
+            outliers=stats.outlier_samples,
+            remeasured=stats.remeasured_rounds,
+            dropped_rounds=stats.dropped_rounds,
+            round_medians_ms=stats.round_medians_ms,
+            clock=clock,
+            cpu_share=stats.cpu_share,
+            p10_ms=stats.p10_ms,
+            fingerprint=device_fingerprint(spec.threads).to_dict(),
+        )
 
 
 def _quartiles(samples: Sequence[float]) -> tuple[float, float]:
@@ -203,16 +219,23 @@ def _quartiles(samples: Sequence[float]) -> tuple[float, float]:
     return q[0], q[2]
 
 
-def summarize(rounds: Sequence[Sequence[float]], tolerance: float, remeasured: int = 0,
-              cpu_share: float = float("nan")) -> TimingStats:
+def summarize(
+    rounds: Sequence[Sequence[float]],
+    tolerance: float,
+    remeasured: int = 0,
+    cpu_share: float = float("nan"),
+) -> TimingStats:
     """Statistics over the rounds whose median agrees with the consensus within ``tolerance``.
 
     The consensus is the median of round medians; if no round agrees, all are kept.
     """
     medians = [statistics.median(r) for r in rounds]
     consensus = statistics.median(medians)
-    keep = [r for r, m in zip(rounds, medians)
-            if consensus <= 0 or abs(m - consensus) <= tolerance * consensus]
+    keep = [
+        r
+        for r, m in zip(rounds, medians)
+        if consensus <= 0 or abs(m - consensus) <= tolerance * consensus
+    ]
     if not keep:
         keep = list(rounds)
     flat = [s for r in keep for s in r]
@@ -220,12 +243,20 @@ def summarize(rounds: Sequence[Sequence[float]], tolerance: float, remeasured: i
     iqr = q3 - q1
     outliers = sum(1 for s in flat if s > q3 + 3 * iqr or s < q1 - 3 * iqr)
     return TimingStats(
-        median_ms=statistics.median(flat), q1_ms=q1, q3_ms=q3, min_ms=min(flat),
-        mean_ms=statistics.fmean(flat), p10_ms=float(np.percentile(flat, 10)), samples=len(flat),
+        median_ms=statistics.median(flat),
+        q1_ms=q1,
+        q3_ms=q3,
+        min_ms=min(flat),
+        mean_ms=statistics.fmean(flat),
+        p10_ms=float(np.percentile(flat, 10)),
+        samples=len(flat),
         rounds=len(keep),
-        outlier_samples=outliers, remeasured_rounds=remeasured,
+        outlier_samples=outliers,
+        remeasured_rounds=remeasured,
         dropped_rounds=len(rounds) - len(keep),
-        round_medians_ms=tuple(statistics.median(r) for r in keep), cpu_share=cpu_share)
+        round_medians_ms=tuple(statistics.median(r) for r in keep),
+        cpu_share=cpu_share,
+    )
 
 
 def _strays(rounds: Sequence[Sequence[float]], tolerance: float) -> list[int]:
@@ -254,8 +285,13 @@ def collected_garbage() -> Iterator[None]:
             gc.enable()
 
 
-def _interleave(count: int, visit: Callable[[int], Samples], config: TimingConfig, clock: str,
-                progress: Callable[[], None] | None = None) -> list[TimingStats]:
+def _interleave(
+    count: int,
+    visit: Callable[[int], Samples],
+    config: TimingConfig,
+    clock: str,
+    progress: Callable[[], None] | None = None,
+) -> list[TimingStats]:
     rng = np.random.default_rng(config.seed)
     pick = 1 if clock == "cpu" else 0
     rounds: list[list[list[float]]] = [[] for _ in range(count)]
@@ -277,19 +313,29 @@ def _interleave(count: int, visit: Callable[[int], Samples], config: TimingConfi
                     progress()
         if config.rounds >= 3:
             for _ in range(config.max_remeasure):
-                todo = [(i, j) for i in range(count) for j in _strays(rounds[i], config.outlier_tolerance)]
+                todo = [
+                    (i, j)
+                    for i in range(count)
+                    for j in _strays(rounds[i], config.outlier_tolerance)
+                ]
                 if not todo:
                     break
                 for k in rng.permutation(len(todo)):
                     i, j = todo[k]
                     rounds[i][j] = take(i)
                     remeasured[i] += 1
-    return [summarize(rounds[i], config.outlier_tolerance, remeasured[i], _cpu_share(walls[i], cpus[i]))
-            for i in range(count)]
+    return [
+        summarize(rounds[i], config.outlier_tolerance, remeasured[i], _cpu_share(walls[i], cpus[i]))
+        for i in range(count)
+    ]
 
 
-def time_runners(runners: Sequence[Runner], config: TimingConfig = TimingConfig(), clock: str = "wall",
-                 progress: Callable[[], None] | None = None) -> list[TimingStats]:
+def time_runners(
+    runners: Sequence[Runner],
+    config: TimingConfig = TimingConfig(),
+    clock: str = "wall",
+    progress: Callable[[], None] | None = None,
+) -> list[TimingStats]:
     """Time every runner with the harness: warm-up, interleaved rounds, stray rounds re-measured.
 
     Runners are visited in a fresh seeded random order each round, so slow drifts and other
@@ -300,15 +346,22 @@ def time_runners(runners: Sequence[Runner], config: TimingConfig = TimingConfig(
     for r in runners:
         if config.warmup:
             r.run(config.warmup)
-    return _interleave(len(runners), lambda i: runners[i].run(config.per_round), config, clock, progress)
+    return _interleave(
+        len(runners), lambda i: runners[i].run(config.per_round), config, clock, progress
+    )
 
 
-def time_factories(factories: Sequence[Callable[[], Runner]], config: TimingConfig = TimingConfig(),
-                   clock: str = "wall", progress: Callable[[], None] | None = None) -> list[TimingStats]:
+def time_factories(
+    factories: Sequence[Callable[[], Runner]],
+    config: TimingConfig = TimingConfig(),
+    clock: str = "wall",
+    progress: Callable[[], None] | None = None,
+) -> list[TimingStats]:
     """Like :func:`time_runners`, but each visit makes a fresh runner, warms it up and closes it.
 
     For timing many small things (table entries) without holding all of them at once.
     """
+
     def visit(i: int) -> Samples:
         runner = factories[i]()
         try:
@@ -321,9 +374,14 @@ def time_factories(factories: Sequence[Callable[[], Runner]], config: TimingConf
     return _interleave(len(factories), visit, config, clock, progress)
 
 
-def measure_models(models: Sequence[nn.Module], input_shape: Sequence[int], batch_size: int = 1,
-                   backend: str | BackendSpec = "torch", threads: int | None = None,
-                   config: TimingConfig = TimingConfig()) -> list[LatencyMeasurement]:
+def measure_models(
+    models: Sequence[nn.Module],
+    input_shape: Sequence[int],
+    batch_size: int = 1,
+    backend: str | BackendSpec = "torch",
+    threads: int | None = None,
+    config: TimingConfig = TimingConfig(),
+) -> list[LatencyMeasurement]:
     """Measure several whole models interleaved (the fair way to compare them on a busy host).
 
     ``threads`` overrides the spec's thread count; the count used is pinned and recorded.
@@ -334,7 +392,9 @@ def measure_models(models: Sequence[nn.Module], input_shape: Sequence[int], batc
         spec = replace(spec, threads=threads)
     clock = config.resolve_clock(spec)
     with pinned_threads(spec):
-        runners = [make_runner(m, input_shape, batch_size, spec, name=str(i)) for i, m in enumerate(models)]
+        runners = [
+            make_runner(m, input_shape, batch_size, spec, name=str(i)) for i, m in enumerate(models)
+        ]
         try:
             stats = time_runners(runners, config, clock)
         finally:
@@ -343,10 +403,18 @@ def measure_models(models: Sequence[nn.Module], input_shape: Sequence[int], batc
     return [LatencyMeasurement.from_stats(s, spec, batch_size, clock) for s in stats]
 
 
-def measure_latency(model: nn.Module, input_shape: Sequence[int], batch_size: int = 1,
-                    warmup: int = 5, repeats: int = 30, threads: int | None = None,
-                    backend: str | BackendSpec = "torch", rounds: int = 3, clock: str = "auto",
-                    seed: int = 0) -> LatencyMeasurement:
+def measure_latency(
+    model: nn.Module,
+    input_shape: Sequence[int],
+    batch_size: int = 1,
+    warmup: int = 5,
+    repeats: int = 30,
+    threads: int | None = None,
+    backend: str | BackendSpec = "torch",
+    rounds: int = 3,
+    clock: str = "auto",
+    seed: int = 0,
+) -> LatencyMeasurement:
     """Median latency of ``model`` in milliseconds on ``backend``, with spread and fingerprint.
 
     Args:
@@ -365,6 +433,7 @@ def measure_latency(model: nn.Module, input_shape: Sequence[int], batch_size: in
             ``wall`` or ``cpu``; the result records which.
         seed: seeds the input and the round order.
     """
-    cfg = TimingConfig(warmup=warmup, repeats=repeats, rounds=min(rounds, repeats), clock=clock,
-                       seed=seed)
+    cfg = TimingConfig(
+        warmup=warmup, repeats=repeats, rounds=min(rounds, repeats), clock=clock, seed=seed
+    )
     return measure_models([model], input_shape, batch_size, backend, threads, cfg)[0]

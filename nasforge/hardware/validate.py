@@ -40,12 +40,15 @@ class Score:
     n: int
 
     def line(self) -> str:
-        return (f"{self.predictor:<22} within +-10%: {100 * self.within_10pct:5.1f}%   "
-                f"MAPE: {self.mape:6.2f}%   Kendall tau: {self.kendall_tau:6.3f}")
+        return (
+            f"{self.predictor:<22} within +-10%: {100 * self.within_10pct:5.1f}%   "
+            f"MAPE: {self.mape:6.2f}%   Kendall tau: {self.kendall_tau:6.3f}"
+        )
 
 
-def score(name: str, predicted: Sequence[float] | np.ndarray,
-          measured: Sequence[float] | np.ndarray) -> Score:
+def score(
+    name: str, predicted: Sequence[float] | np.ndarray, measured: Sequence[float] | np.ndarray
+) -> Score:
     """Within-10% fraction, mean absolute % error and Kendall's tau of ``predicted``."""
     from scipy.stats import kendalltau
 
@@ -93,13 +96,23 @@ class ValidationReport:
 
     def lines(self, statistics: Sequence[str] | None = None) -> list[str]:
         """Human-readable summary, the table's statistic first."""
-        stats = list(statistics or [self.statistic] + [s for s in self.scores if s != self.statistic])
-        out = [(f"{self.space} on {self.backend} (batch {self.batch_size}, {self.clock} clock), "
-               f"{len(self.archs)} archs; FLOPs/params fitted on {self.proxy_fit}; "
-               f"median CPU share of calls {self.cpu_share:.2f}")]
+        stats = list(
+            statistics or [self.statistic] + [s for s in self.scores if s != self.statistic]
+        )
+        out = [
+            (
+                f"{self.space} on {self.backend} (batch {self.batch_size}, {self.clock} clock), "
+                f"{len(self.archs)} archs; FLOPs/params fitted on {self.proxy_fit}; "
+                f"median CPU share of calls {self.cpu_share:.2f}"
+            )
+        ]
         for st in stats:
-            d = f" (machine now {self.drift[st]:.3f}x as slow as at build time, from the "\
-                "re-measured calibration models)" if st in self.drift else ""
+            d = (
+                f" (machine now {self.drift[st]:.3f}x as slow as at build time, from the "
+                "re-measured calibration models)"
+                if st in self.drift
+                else ""
+            )
             out.append(f"  statistic {st}:{d}")
             out.extend("    " + s.line() for s in self.scores[st])
         out.append(f"  predict speed: {self.predict_archs_per_s:,.0f} archs/s")
@@ -117,8 +130,9 @@ class ValidationReport:
         return p
 
 
-def _proxy_fits(table: LatencyTable, statistic: str, flops: np.ndarray, params: np.ndarray,
-                measured: np.ndarray) -> tuple[np.ndarray, np.ndarray, str]:
+def _proxy_fits(
+    table: LatencyTable, statistic: str, flops: np.ndarray, params: np.ndarray, measured: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, str]:
     pts = table.calibration_points
     if len(pts) >= 3:
         y = [p["measured_ms"][statistic] for p in pts]
@@ -132,9 +146,16 @@ def _proxy_fits(table: LatencyTable, statistic: str, flops: np.ndarray, params: 
     return f.slope * flops + f.intercept_ms, q.slope * params + q.intercept_ms, where
 
 
-def validate_table(table: LatencyTable, space: SearchSpace | None = None, n: int = 100, seed: int = 0,
-                   archs: Sequence[Any] | None = None, timing: TimingConfig = MODEL_TIMING,
-                   on_missing: str = "measure", reference: bool = True) -> ValidationReport:
+def validate_table(
+    table: LatencyTable,
+    space: SearchSpace | None = None,
+    n: int = 100,
+    seed: int = 0,
+    archs: Sequence[Any] | None = None,
+    timing: TimingConfig = MODEL_TIMING,
+    on_missing: str = "measure",
+    reference: bool = True,
+) -> ValidationReport:
     """Measure ``n`` sampled archs (or ``archs``) whole and score the table, FLOPs and params.
 
     Archs are sampled with a seed distinct from the calibration sample. Layers missing from
@@ -150,19 +171,29 @@ def validate_table(table: LatencyTable, space: SearchSpace | None = None, n: int
     from nasforge.hardware.profile import count_flops, count_params
 
     space = space if space is not None else table.make_space()
-    chosen = list(archs) if archs is not None else distinct_samples(
-        space, n, np.random.default_rng(seed + 104729))
+    chosen = (
+        list(archs)
+        if archs is not None
+        else distinct_samples(space, n, np.random.default_rng(seed + 104729))
+    )
     models = [space.build(a) for a in chosen]
-    flops = np.array([count_flops(m, table.input_shape, table.batch_size) for m in models], dtype=float)
+    flops = np.array(
+        [count_flops(m, table.input_shape, table.batch_size) for m in models], dtype=float
+    )
     params = np.array([count_params(m) for m in models], dtype=float)
     # The table's calibration models are measured again, interleaved with the validation
     # models, to see how much slower or faster this machine runs now than at build time.
     refs = [space.make(json.loads(p["arch"])["values"]) for p in table.calibration_points]
     if not reference:
         refs = []
-    all_meas = measure_models(models + [space.build(a) for a in refs], table.input_shape,
-                              table.batch_size, table.backend, config=table.timing(timing))
-    meas, ref_meas = all_meas[: len(models)], all_meas[len(models):]
+    all_meas = measure_models(
+        models + [space.build(a) for a in refs],
+        table.input_shape,
+        table.batch_size,
+        table.backend,
+        config=table.timing(timing),
+    )
+    meas, ref_meas = all_meas[: len(models)], all_meas[len(models) :]
     default = LatencyPredictor(table, space, on_missing=on_missing)
     t0 = time.perf_counter()
     default.predict_many(chosen)
@@ -177,8 +208,14 @@ def validate_table(table: LatencyTable, space: SearchSpace | None = None, n: int
         measured[st] = y.tolist()
         scores[st] = []
         if ref_meas:
-            drift[st] = float(np.median([m.value_ms(st) / p["measured_ms"][st]
-                                         for m, p in zip(ref_meas, table.calibration_points)]))
+            drift[st] = float(
+                np.median(
+                    [
+                        m.value_ms(st) / p["measured_ms"][st]
+                        for m, p in zip(ref_meas, table.calibration_points)
+                    ]
+                )
+            )
         for agg in AGGREGATIONS:
             pred = LatencyPredictor(table, space, mode=agg, on_missing=on_missing, statistic=st)
             values = pred.predict_many(chosen)
@@ -191,18 +228,30 @@ def validate_table(table: LatencyTable, space: SearchSpace | None = None, n: int
         scores[st].append(score("flops", pf, y))
         scores[st].append(score("params", pp, y))
     return ValidationReport(
-        space=space.name, backend=table.backend.label, batch_size=table.batch_size,
-        clock=table.clock, statistic=table.statistic, mode=default.mode,
-        archs=[a.to_json() for a in chosen], flops=flops.astype(int).tolist(),
-        params=params.astype(int).tolist(), measured=measured,
-        measured_iqr_ms=[m.iqr_ms for m in meas], predicted=predicted, scores=scores,
-        proxy_fit=where, predict_archs_per_s=speed,
+        space=space.name,
+        backend=table.backend.label,
+        batch_size=table.batch_size,
+        clock=table.clock,
+        statistic=table.statistic,
+        mode=default.mode,
+        archs=[a.to_json() for a in chosen],
+        flops=flops.astype(int).tolist(),
+        params=params.astype(int).tolist(),
+        measured=measured,
+        measured_iqr_ms=[m.iqr_ms for m in meas],
+        predicted=predicted,
+        scores=scores,
+        proxy_fit=where,
+        predict_archs_per_s=speed,
         fingerprint=meas[0].fingerprint if meas else {},
         cpu_share=float(np.nanmedian([m.cpu_share for m in meas])) if meas else float("nan"),
-        drift=drift)
+        drift=drift,
+    )
 
 
-def plot_validation(report: ValidationReport, path: str | Path, statistic: str | None = None) -> Path:
+def plot_validation(
+    report: ValidationReport, path: str | Path, statistic: str | None = None
+) -> Path:
     """Predicted-vs-measured scatter (table and FLOPs) with the +-10% band, saved as PNG."""
     import matplotlib
 
@@ -217,11 +266,18 @@ def plot_validation(report: ValidationReport, path: str | Path, statistic: str |
     ax.plot(grid, grid, "k-", lw=1)
     ax.fill_between(grid, grid * 0.9, grid * 1.1, color="0.85", label="+-10%")
     table_key = f"{st}/table:{report.mode}"
-    for key, label, marker in ((table_key, f"latency table ({report.mode})", "o"),
-                               (f"{st}/flops", "FLOPs (linear fit)", "x")):
+    for key, label, marker in (
+        (table_key, f"latency table ({report.mode})", "o"),
+        (f"{st}/flops", "FLOPs (linear fit)", "x"),
+    ):
         s = report.score_of(key.split("/", 1)[1], st)
-        ax.scatter(y, report.predicted[key], s=14, marker=marker,
-                   label=f"{label}: {100 * s.within_10pct:.0f}% in band, tau {s.kendall_tau:.2f}")
+        ax.scatter(
+            y,
+            report.predicted[key],
+            s=14,
+            marker=marker,
+            label=f"{label}: {100 * s.within_10pct:.0f}% in band, tau {s.kendall_tau:.2f}",
+        )
     ax.set_xlabel(f"measured latency ({st}, ms)")
     ax.set_ylabel("predicted latency (ms)")
     ax.set_title(f"{report.space} on {report.backend}, batch {report.batch_size}")

@@ -44,8 +44,16 @@ def make_divisible(v: float, divisor: int = 8, min_value: int | None = None) -> 
 class ConvBNAct(nn.Sequential):
     """Convolution, batch norm, activation."""
 
-    def __init__(self, in_ch: int, out_ch: int, kernel: int = 3, stride: int = 1, groups: int = 1,
-                 act: str = "relu", nd: int = 2) -> None:
+    def __init__(
+        self,
+        in_ch: int,
+        out_ch: int,
+        kernel: int = 3,
+        stride: int = 1,
+        groups: int = 1,
+        act: str = "relu",
+        nd: int = 2,
+    ) -> None:
         super().__init__(
             conv_cls(nd)(in_ch, out_ch, kernel, stride, kernel // 2, groups=groups, bias=False),
             bn_cls(nd)(out_ch),
@@ -73,8 +81,16 @@ class SqueezeExcite(nn.Module):
 class DepthwiseSeparable(nn.Module):
     """Depthwise k x k conv + BN + act, optional SE, pointwise projection + BN."""
 
-    def __init__(self, in_ch: int, out_ch: int, kernel: int = 3, stride: int = 1,
-                 act: str = "relu", se: bool = False, nd: int = 2) -> None:
+    def __init__(
+        self,
+        in_ch: int,
+        out_ch: int,
+        kernel: int = 3,
+        stride: int = 1,
+        act: str = "relu",
+        se: bool = False,
+        nd: int = 2,
+    ) -> None:
         super().__init__()
         self.dw = ConvBNAct(in_ch, in_ch, kernel, stride, groups=in_ch, act=act, nd=nd)
         self.se = SqueezeExcite(in_ch, make_divisible(in_ch / 4), nd) if se else nn.Identity()
@@ -93,14 +109,25 @@ class InvertedResidual(nn.Module):
     channel count is unchanged. ``expand == 1`` skips the expansion conv.
     """
 
-    def __init__(self, in_ch: int, out_ch: int, kernel: int = 3, stride: int = 1, expand: int = 6,
-                 act: str = "relu", se: bool = False, nd: int = 2) -> None:
+    def __init__(
+        self,
+        in_ch: int,
+        out_ch: int,
+        kernel: int = 3,
+        stride: int = 1,
+        expand: int = 6,
+        act: str = "relu",
+        se: bool = False,
+        nd: int = 2,
+    ) -> None:
         super().__init__()
         hidden = in_ch * expand
         self.expand = ConvBNAct(in_ch, hidden, 1, act=act, nd=nd) if expand != 1 else nn.Identity()
         self.dw = ConvBNAct(hidden, hidden, kernel, stride, groups=hidden, act=act, nd=nd)
         self.se = SqueezeExcite(hidden, make_divisible(hidden / 4), nd) if se else nn.Identity()
-        self.project = nn.Sequential(conv_cls(nd)(hidden, out_ch, 1, bias=False), bn_cls(nd)(out_ch))
+        self.project = nn.Sequential(
+            conv_cls(nd)(hidden, out_ch, 1, bias=False), bn_cls(nd)(out_ch)
+        )
         self.use_res = stride == 1 and in_ch == out_ch
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -111,8 +138,15 @@ class InvertedResidual(nn.Module):
 class ClassifierHead(nn.Module):
     """1x1 conv to ``features`` channels, activation, global average pool, dropout, linear."""
 
-    def __init__(self, in_ch: int, features: int, num_classes: int, act: str = "relu",
-                 dropout: float = 0.0, nd: int = 2) -> None:
+    def __init__(
+        self,
+        in_ch: int,
+        features: int,
+        num_classes: int,
+        act: str = "relu",
+        dropout: float = 0.0,
+        nd: int = 2,
+    ) -> None:
         super().__init__()
         self.conv = ConvBNAct(in_ch, features, 1, act=act, nd=nd)
         self.pool = nn.AdaptiveAvgPool1d(1) if nd == 1 else nn.AdaptiveAvgPool2d(1)

@@ -27,17 +27,34 @@ from torch import nn
 
 from nasforge.errors import SpaceError
 
-NB201_OPS: tuple[str, ...] = ("none", "skip_connect", "nor_conv_1x1", "nor_conv_3x3",
-                              "avg_pool_3x3")
-DARTS_OPS: tuple[str, ...] = ("none", "max_pool_3x3", "avg_pool_3x3", "skip_connect",
-                              "sep_conv_3x3", "sep_conv_5x5", "dil_conv_3x3", "dil_conv_5x5")
+NB201_OPS: tuple[str, ...] = (
+    "none",
+    "skip_connect",
+    "nor_conv_1x1",
+    "nor_conv_3x3",
+    "avg_pool_3x3",
+)
+DARTS_OPS: tuple[str, ...] = (
+    "none",
+    "max_pool_3x3",
+    "avg_pool_3x3",
+    "skip_connect",
+    "sep_conv_3x3",
+    "sep_conv_5x5",
+    "dil_conv_3x3",
+    "dil_conv_5x5",
+)
 
 Edge = tuple[int, int, str]  # (src, dst, op)
 
 
 # -- branch parallelism -----------------------------------------------------------------------
-def run_dag(values: list[torch.Tensor | None], edges: Sequence[tuple[int, int, nn.Module]],
-            fork: bool, like: torch.Tensor) -> list[torch.Tensor | None]:
+def run_dag(
+    values: list[torch.Tensor | None],
+    edges: Sequence[tuple[int, int, nn.Module]],
+    fork: bool,
+    like: torch.Tensor,
+) -> list[torch.Tensor | None]:
     """Evaluate a cell DAG: node ``d`` is the sum of ``op(node s)`` over its edges (s, d, op).
 
     ``values`` holds the input nodes (the rest ``None``); ``edges`` are sorted by source, and
@@ -88,8 +105,15 @@ def enable_branch_forks(model: nn.Module, on: bool = True) -> int:
 class ReLUConvBN(nn.Sequential):
     """ReLU, convolution (no bias), batch norm: the NB201 / DARTS conv op and preprocessing."""
 
-    def __init__(self, c_in: int, c_out: int, kernel: int, stride: int = 1, padding: int = 0,
-                 dilation: int = 1) -> None:
+    def __init__(
+        self,
+        c_in: int,
+        c_out: int,
+        kernel: int,
+        stride: int = 1,
+        padding: int = 0,
+        dilation: int = 1,
+    ) -> None:
         super().__init__(
             nn.ReLU(inplace=False),
             nn.Conv2d(c_in, c_out, kernel, stride, padding, dilation=dilation, bias=False),
@@ -198,7 +222,8 @@ class ResNetBasicBlock(nn.Module):
         self.conv_b = ReLUConvBN(c_out, c_out, 3, 1, 1)
         if stride == 2:
             self.downsample: nn.Module = nn.Sequential(
-                nn.AvgPool2d(2, 2, ceil_mode=True), nn.Conv2d(c_in, c_out, 1, bias=False))
+                nn.AvgPool2d(2, 2, ceil_mode=True), nn.Conv2d(c_in, c_out, 1, bias=False)
+            )
         elif c_in != c_out:
             self.downsample = ReLUConvBN(c_in, c_out, 1)
         else:
@@ -226,10 +251,12 @@ class NB201Cell(nn.Module):
         self.edge_list = sorted((int(s), int(d), str(op)) for s, d, op in edges)
         for s, d, _ in self.edge_list:
             if not 0 <= s < d < num_nodes:
-                raise SpaceError(f"NB201Cell: edge {s}->{d} is not a forward edge "
-                                 f"among {num_nodes} nodes")
+                raise SpaceError(
+                    f"NB201Cell: edge {s}->{d} is not a forward edge among {num_nodes} nodes"
+                )
         self.edges = nn.ModuleDict(
-            {f"edge_{d}_{s}": make_op(op, channels, channels, 1) for s, d, op in self.edge_list})
+            {f"edge_{d}_{s}": make_op(op, channels, channels, 1) for s, d, op in self.edge_list}
+        )
 
     fork_branches = False
 
@@ -252,11 +279,18 @@ class NB201Network(nn.Module):
         in_channels: channels of the input image.
     """
 
-    def __init__(self, edges: Sequence[Edge], c: int = 16, n: int = 5, num_classes: int = 10,
-                 in_channels: int = 3) -> None:
+    def __init__(
+        self,
+        edges: Sequence[Edge],
+        c: int = 16,
+        n: int = 5,
+        num_classes: int = 10,
+        in_channels: int = 3,
+    ) -> None:
         super().__init__()
-        self.stem = nn.Sequential(nn.Conv2d(in_channels, c, 3, padding=1, bias=False),
-                                  nn.BatchNorm2d(c))
+        self.stem = nn.Sequential(
+            nn.Conv2d(in_channels, c, 3, padding=1, bias=False), nn.BatchNorm2d(c)
+        )
         cells: list[nn.Module] = []
         c_prev = c
         for stage, width in enumerate((c, 2 * c, 4 * c)):
@@ -281,12 +315,14 @@ class NB201Network(nn.Module):
 class DilConv(nn.Sequential):
     """ReLU, dilated depthwise k x k conv, pointwise conv, BN."""
 
-    def __init__(self, c_in: int, c_out: int, kernel: int, stride: int, padding: int,
-                 dilation: int) -> None:
+    def __init__(
+        self, c_in: int, c_out: int, kernel: int, stride: int, padding: int, dilation: int
+    ) -> None:
         super().__init__(
             nn.ReLU(inplace=False),
-            nn.Conv2d(c_in, c_in, kernel, stride, padding, dilation=dilation, groups=c_in,
-                      bias=False),
+            nn.Conv2d(
+                c_in, c_in, kernel, stride, padding, dilation=dilation, groups=c_in, bias=False
+            ),
             nn.Conv2d(c_in, c_out, 1, bias=False),
             nn.BatchNorm2d(c_out),
         )
@@ -349,14 +385,23 @@ class DartsCell(nn.Module):
     Op modules live in ``self.ops`` under ``node<dst>_in<k>``.
     """
 
-    def __init__(self, genes: Sequence[tuple[str, int]], concat: Sequence[int], c_prev_prev: int,
-                 c_prev: int, c: int, reduction: bool, reduction_prev: bool) -> None:
+    def __init__(
+        self,
+        genes: Sequence[tuple[str, int]],
+        concat: Sequence[int],
+        c_prev_prev: int,
+        c_prev: int,
+        c: int,
+        reduction: bool,
+        reduction_prev: bool,
+    ) -> None:
         super().__init__()
         if len(genes) % 2:
             raise SpaceError(f"DartsCell: need two (op, src) genes per node, got {len(genes)}")
         self.reduction = reduction
-        self.preprocess0: nn.Module = (FactorizedReduce(c_prev_prev, c, 2) if reduction_prev
-                                       else ReLUConvBN(c_prev_prev, c, 1))
+        self.preprocess0: nn.Module = (
+            FactorizedReduce(c_prev_prev, c, 2) if reduction_prev else ReLUConvBN(c_prev_prev, c, 1)
+        )
         self.preprocess1 = ReLUConvBN(c_prev, c, 1)
         self.genes = [(str(op), int(src)) for op, src in genes]
         self.concat = [int(i) for i in concat]
@@ -374,7 +419,10 @@ class DartsCell(nn.Module):
 
     def forward(self, s0: torch.Tensor, s1: torch.Tensor) -> torch.Tensor:
         # nodes 0 and 1 are the preprocessed inputs (edges from the raw inputs -2 and -1)
-        edges: list[tuple[int, int, nn.Module]] = [(0, 2, self.preprocess0), (1, 3, self.preprocess1)]
+        edges: list[tuple[int, int, nn.Module]] = [
+            (0, 2, self.preprocess0),
+            (1, 3, self.preprocess1),
+        ]
         for i, (_, src) in enumerate(self.genes):
             dst = 2 + i // 2
             edges.append((src + 2, dst + 2, self.ops[f"node{dst}_in{i % 2}"]))
@@ -389,14 +437,23 @@ class DartsNetwork(nn.Module):
     average pool, linear classifier.
     """
 
-    def __init__(self, normal: Sequence[tuple[str, int]], normal_concat: Sequence[int],
-                 reduce: Sequence[tuple[str, int]], reduce_concat: Sequence[int], c: int = 8,
-                 layers: int = 5, num_classes: int = 10, in_channels: int = 3,
-                 stem_multiplier: int = 3) -> None:
+    def __init__(
+        self,
+        normal: Sequence[tuple[str, int]],
+        normal_concat: Sequence[int],
+        reduce: Sequence[tuple[str, int]],
+        reduce_concat: Sequence[int],
+        c: int = 8,
+        layers: int = 5,
+        num_classes: int = 10,
+        in_channels: int = 3,
+        stem_multiplier: int = 3,
+    ) -> None:
         super().__init__()
         c_curr = stem_multiplier * c
-        self.stem = nn.Sequential(nn.Conv2d(in_channels, c_curr, 3, padding=1, bias=False),
-                                  nn.BatchNorm2d(c_curr))
+        self.stem = nn.Sequential(
+            nn.Conv2d(in_channels, c_curr, 3, padding=1, bias=False), nn.BatchNorm2d(c_curr)
+        )
         c_pp, c_p, c_curr = c_curr, c_curr, c
         cells = []
         reduction_prev = False

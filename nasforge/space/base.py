@@ -36,7 +36,9 @@ class SearchSpace:
         for d in self._dims:
             for c in d.when:
                 if c.label not in seen:
-                    raise ValueError(f"{d.label}: condition on {c.label!r}, which is not listed before it")
+                    raise ValueError(
+                        f"{d.label}: condition on {c.label!r}, which is not listed before it"
+                    )
             seen.add(d.label)
         if name is not None:
             self.name = name
@@ -89,7 +91,8 @@ class SearchSpace:
                 raise SpaceError(f"{self.name}: label {d.label!r} only exists when {conds}")
             if active and not d.contains(vals[d.label]):
                 raise SpaceError(
-                    f"{self.name}: {d.label} = {vals[d.label]!r} is not allowed; expected {d.describe()}")
+                    f"{self.name}: {d.label} = {vals[d.label]!r} is not allowed; expected {d.describe()}"
+                )
 
     def repair(self, values: Mapping[str, Any], rng: np.random.Generator) -> Arch:
         """Drop labels that are no longer active and sample the ones that became active."""

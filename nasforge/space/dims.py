@@ -146,12 +146,17 @@ class Int(Dimension):
         return int(vals[int(rng.random() * len(vals))])
 
     def contains(self, value: Any) -> bool:
-        return (isinstance(value, int) and not isinstance(value, bool)
-                and self.low <= value <= self.high and (value - self.low) % self.step == 0)
+        return (
+            isinstance(value, int)
+            and not isinstance(value, bool)
+            and self.low <= value <= self.high
+            and (value - self.low) % self.step == 0
+        )
 
     def describe(self) -> str:
         return f"an integer in [{self.low}, {self.high}]" + (
-            f" in steps of {self.step}" if self.step != 1 else "")
+            f" in steps of {self.step}" if self.step != 1 else ""
+        )
 
     def neighbors(self, value: Value) -> list[Value]:
         v = int(value)
@@ -178,21 +183,28 @@ class Float(Dimension):
         if self.high == self.low:
             return 0.0
         if self.log:
-            return (math.log(value) - math.log(self.low)) / (math.log(self.high) - math.log(self.low))
+            return (math.log(value) - math.log(self.low)) / (
+                math.log(self.high) - math.log(self.low)
+            )
         return (value - self.low) / (self.high - self.low)
 
     def _from_unit(self, u: float) -> float:
         u = min(max(u, 0.0), 1.0)
         if self.log:
-            return float(math.exp(math.log(self.low) + u * (math.log(self.high) - math.log(self.low))))
+            return float(
+                math.exp(math.log(self.low) + u * (math.log(self.high) - math.log(self.low)))
+            )
         return float(self.low + u * (self.high - self.low))
 
     def sample(self, rng: np.random.Generator) -> Value:
         return self._from_unit(float(rng.random()))
 
     def contains(self, value: Any) -> bool:
-        return (isinstance(value, (int, float)) and not isinstance(value, bool)
-                and self.low <= value <= self.high)
+        return (
+            isinstance(value, (int, float))
+            and not isinstance(value, bool)
+            and self.low <= value <= self.high
+        )
 
     def describe(self) -> str:
         return f"a float in [{self.low}, {self.high}]" + (" (log scale)" if self.log else "")

@@ -38,10 +38,14 @@ def list_spaces() -> list[SpaceEntry]:
     return sorted(_REGISTRY.values(), key=lambda e: e.name)
 
 
-def create_space(name: str, input_shape: Sequence[int], num_classes: int, **options: Any) -> SearchSpace:
+def create_space(
+    name: str, input_shape: Sequence[int], num_classes: int, **options: Any
+) -> SearchSpace:
     """Build the registered space ``name``; unknown names and options are :class:`ConfigError`."""
     if name not in _REGISTRY:
-        raise ConfigError(f"space: unknown space {name!r}; registered: {', '.join(sorted(_REGISTRY))}")
+        raise ConfigError(
+            f"space: unknown space {name!r}; registered: {', '.join(sorted(_REGISTRY))}"
+        )
     module, attr = _REGISTRY[name].target.split(":")
     factory = getattr(importlib.import_module(module), attr)
     try:
@@ -50,12 +54,21 @@ def create_space(name: str, input_shape: Sequence[int], num_classes: int, **opti
         raise ConfigError(f"space.options: {exc}") from None
 
 
-register_space("mobile", "nasforge.spaces.mobile:MobileSpace",
-               "MobileNet-style stages: depth, width, kernel 3/5/7, expand 1/3/6, SE, activation")
+register_space(
+    "mobile",
+    "nasforge.spaces.mobile:MobileSpace",
+    "MobileNet-style stages: depth, width, kernel 3/5/7, expand 1/3/6, SE, activation",
+)
 
-register_space("nb201", "nasforge.spaces.nb201:NB201Space",
-               "NAS-Bench-201 cell: 4 nodes, 6 edges, 5 ops incl. none; official arch strings")
-register_space("darts", "nasforge.spaces.darts:DartsSpace",
-               "DARTS normal + reduction cells, 8 ops incl. none, genotype notation")
+register_space(
+    "nb201",
+    "nasforge.spaces.nb201:NB201Space",
+    "NAS-Bench-201 cell: 4 nodes, 6 edges, 5 ops incl. none; official arch strings",
+)
+register_space(
+    "darts",
+    "nasforge.spaces.darts:DartsSpace",
+    "DARTS normal + reduction cells, 8 ops incl. none, genotype notation",
+)
 
 __all__ = ["SpaceEntry", "create_space", "list_spaces", "register_space"]

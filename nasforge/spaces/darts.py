@@ -48,8 +48,12 @@ def gene_labels(cell: str, node: int, k: int) -> tuple[str, str]:
 
 def _literal(node: ast.expr, field: str) -> Any:
     """A Python literal, or ``range(a, b)`` as a list."""
-    if (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "range"
-            and not node.keywords):
+    if (
+        isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Name)
+        and node.func.id == "range"
+        and not node.keywords
+    ):
         args = [_literal(a, field) for a in node.args]
         if not 1 <= len(args) <= 3 or not all(isinstance(a, int) for a in args):
             raise SpaceError(f"darts: {field} has a malformed range(...)")
@@ -57,8 +61,9 @@ def _literal(node: ast.expr, field: str) -> Any:
     try:
         return ast.literal_eval(node)
     except ValueError:
-        raise SpaceError(f"darts: {field} must be a literal list, "
-                         f"got {ast.unparse(node)!r}") from None
+        raise SpaceError(
+            f"darts: {field} must be a literal list, got {ast.unparse(node)!r}"
+        ) from None
 
 
 class DartsSpace(SearchSpace):
@@ -79,24 +84,40 @@ class DartsSpace(SearchSpace):
 
     name = "darts"
 
-    def __init__(self, input_shape: Sequence[int] = (3, 32, 32), num_classes: int = 10, C: int = 8,
-                 layers: int = 5, steps: int = 4, ops: Sequence[str] = DARTS_OPS,
-                 stem_multiplier: int = 3) -> None:
+    def __init__(
+        self,
+        input_shape: Sequence[int] = (3, 32, 32),
+        num_classes: int = 10,
+        C: int = 8,
+        layers: int = 5,
+        steps: int = 4,
+        ops: Sequence[str] = DARTS_OPS,
+        stem_multiplier: int = 3,
+    ) -> None:
         self.input_shape = tuple(int(s) for s in input_shape)
         if len(self.input_shape) != 3:
-            raise ConfigError(f"darts: input_shape must be (C, H, W) images, "
-                              f"got {self.input_shape}")
-        for field, value in (("num_classes", num_classes), ("C", C), ("layers", layers),
-                             ("steps", steps), ("stem_multiplier", stem_multiplier)):
+            raise ConfigError(
+                f"darts: input_shape must be (C, H, W) images, got {self.input_shape}"
+            )
+        for field, value in (
+            ("num_classes", num_classes),
+            ("C", C),
+            ("layers", layers),
+            ("steps", steps),
+            ("stem_multiplier", stem_multiplier),
+        ):
             if int(value) < 1:
                 raise ConfigError(f"darts.{field}: must be >= 1, got {value}")
         if steps > 6:  # canonical keys try every renumbering of the nodes (steps! of them)
-            raise ConfigError(f"darts.steps: at most 6 intermediate nodes are supported, "
-                              f"got {steps}")
+            raise ConfigError(
+                f"darts.steps: at most 6 intermediate nodes are supported, got {steps}"
+            )
         bad = [op for op in ops if op not in DARTS_OPS]
         if bad or not ops:
-            raise ConfigError(f"darts.ops: unknown op(s) {bad}; expected a non-empty subset of "
-                              f"{', '.join(DARTS_OPS)}")
+            raise ConfigError(
+                f"darts.ops: unknown op(s) {bad}; expected a non-empty subset of "
+                f"{', '.join(DARTS_OPS)}"
+            )
         self.num_classes = int(num_classes)
         self.C, self.layers, self.steps = int(C), int(layers), int(steps)
         self.stem_multiplier = int(stem_multiplier)
@@ -129,22 +150,34 @@ class DartsSpace(SearchSpace):
         for cell, genes in (("normal", normal), ("reduce", reduce)):
             genes = list(genes)
             if len(genes) != 2 * self.steps:
-                raise SpaceError(f"darts: {cell} has {len(genes)} genes, expected {2 * self.steps} "
-                                 f"(two (op, input) pairs for each of nodes {self.concat})")
+                raise SpaceError(
+                    f"darts: {cell} has {len(genes)} genes, expected {2 * self.steps} "
+                    f"(two (op, input) pairs for each of nodes {self.concat})"
+                )
             for i, gene in enumerate(genes):
                 node, k = 2 + i // 2, i % 2
-                if (not isinstance(gene, (tuple, list)) or len(gene) != 2
-                        or not isinstance(gene[0], str) or isinstance(gene[1], bool)
-                        or not isinstance(gene[1], numbers.Integral)):
-                    raise SpaceError(f"darts: {cell}[{i}] = {gene!r} must be an (op, input) pair "
-                                     f"like ('sep_conv_3x3', 0)")
+                if (
+                    not isinstance(gene, (tuple, list))
+                    or len(gene) != 2
+                    or not isinstance(gene[0], str)
+                    or isinstance(gene[1], bool)
+                    or not isinstance(gene[1], numbers.Integral)
+                ):
+                    raise SpaceError(
+                        f"darts: {cell}[{i}] = {gene!r} must be an (op, input) pair "
+                        f"like ('sep_conv_3x3', 0)"
+                    )
                 op, src = gene[0], int(gene[1])
                 if op not in self.ops:
-                    raise SpaceError(f"darts: {cell}[{i}] (node {node}): unknown op {op!r}; "
-                                     f"expected one of {', '.join(self.ops)}")
+                    raise SpaceError(
+                        f"darts: {cell}[{i}] (node {node}): unknown op {op!r}; "
+                        f"expected one of {', '.join(self.ops)}"
+                    )
                 if not 0 <= src < node:
-                    raise SpaceError(f"darts: {cell}[{i}] (node {node}) reads node {src}; "
-                                     f"inputs must be in 0..{node - 1}")
+                    raise SpaceError(
+                        f"darts: {cell}[{i}] (node {node}) reads node {src}; "
+                        f"inputs must be in 0..{node - 1}"
+                    )
                 op_label, src_label = gene_labels(cell, node, k)
                 values[op_label], values[src_label] = op, src
         return self.make(values)
@@ -163,23 +196,31 @@ class DartsSpace(SearchSpace):
         try:
             tree = ast.parse(text.strip(), mode="eval").body
         except SyntaxError as exc:
-            raise SpaceError(f"darts: genotype {text!r} is not valid Python syntax "
-                             f"({exc.msg})") from None
-        if not (isinstance(tree, ast.Call) and isinstance(tree.func, ast.Name)
-                and tree.func.id == "Genotype"):
-            raise SpaceError(f"darts: expected 'Genotype(normal=[...], normal_concat=[...], "
-                             f"reduce=[...], reduce_concat=[...])', got {text!r}")
+            raise SpaceError(
+                f"darts: genotype {text!r} is not valid Python syntax ({exc.msg})"
+            ) from None
+        if not (
+            isinstance(tree, ast.Call)
+            and isinstance(tree.func, ast.Name)
+            and tree.func.id == "Genotype"
+        ):
+            raise SpaceError(
+                f"darts: expected 'Genotype(normal=[...], normal_concat=[...], "
+                f"reduce=[...], reduce_concat=[...])', got {text!r}"
+            )
         names = ("normal", "normal_concat", "reduce", "reduce_concat")
         if len(tree.args) > len(names):
-            raise SpaceError(f"darts: Genotype takes at most {len(names)} fields, "
-                             f"got {len(tree.args)}")
+            raise SpaceError(
+                f"darts: Genotype takes at most {len(names)} fields, got {len(tree.args)}"
+            )
         fields: dict[str, Any] = {}
         for name, node in zip(names, tree.args):
             fields[name] = _literal(node, name)
         for kw in tree.keywords:
             if kw.arg not in names:
-                raise SpaceError(f"darts: unknown Genotype field {kw.arg!r}; "
-                                 f"expected {', '.join(names)}")
+                raise SpaceError(
+                    f"darts: unknown Genotype field {kw.arg!r}; expected {', '.join(names)}"
+                )
             if kw.arg in fields:
                 raise SpaceError(f"darts: Genotype field {kw.arg!r} given twice")
             fields[kw.arg] = _literal(kw.value, kw.arg)
@@ -188,8 +229,10 @@ class DartsSpace(SearchSpace):
             raise SpaceError(f"darts: Genotype is missing field(s) {', '.join(missing)}")
         for name in ("normal_concat", "reduce_concat"):
             if list(fields[name]) != self.concat:
-                raise SpaceError(f"darts: {name} must be {self.concat} (every intermediate node; "
-                                 f"other concats are not in this space), got {fields[name]!r}")
+                raise SpaceError(
+                    f"darts: {name} must be {self.concat} (every intermediate node; "
+                    f"other concats are not in this space), got {fields[name]!r}"
+                )
         for name in ("normal", "reduce"):
             if not isinstance(fields[name], (list, tuple)):
                 raise SpaceError(f"darts: {name} must be a list of (op, input) pairs")
@@ -198,8 +241,10 @@ class DartsSpace(SearchSpace):
     def to_string(self, arch: Mapping[str, Any]) -> str:
         """DARTS' genotype notation of ``arch`` (validated first)."""
         self.validate(arch)
-        return (f"Genotype(normal={self.genes(arch, 'normal')!r}, normal_concat={self.concat!r}, "
-                f"reduce={self.genes(arch, 'reduce')!r}, reduce_concat={self.concat!r})")
+        return (
+            f"Genotype(normal={self.genes(arch, 'normal')!r}, normal_concat={self.concat!r}, "
+            f"reduce={self.genes(arch, 'reduce')!r}, reduce_concat={self.concat!r})"
+        )
 
     def describe(self, arch: Mapping[str, Any]) -> str:
         return self.to_string(arch)
@@ -208,8 +253,10 @@ class DartsSpace(SearchSpace):
     def _canonical_cell(self, genes: Sequence[Gene]) -> tuple[tuple[Gene, ...], ...]:
         # 'none' ignores its input: give it a fixed source so it neither splits keys nor
         # constrains the renumbering of nodes.
-        nodes = [[(op, -1 if op == "none" else src) for op, src in genes[2 * i: 2 * i + 2]]
-                 for i in range(self.steps)]
+        nodes = [
+            [(op, -1 if op == "none" else src) for op, src in genes[2 * i : 2 * i + 2]]
+            for i in range(self.steps)
+        ]
         best: tuple[tuple[Gene, ...], ...] | None = None
         for perm in itertools.permutations(range(self.steps)):
             new = {0: 0, 1: 1, -1: -1, **{2 + i: 2 + p for i, p in enumerate(perm)}}
@@ -255,6 +302,14 @@ class DartsSpace(SearchSpace):
             SpaceError: ``arch`` is not in the space.
         """
         self.validate(arch)
-        return DartsNetwork(self.genes(arch, "normal"), self.concat, self.genes(arch, "reduce"),
-                            self.concat, c=self.C, layers=self.layers, num_classes=self.num_classes,
-                            in_channels=self.input_shape[0], stem_multiplier=self.stem_multiplier)
+        return DartsNetwork(
+            self.genes(arch, "normal"),
+            self.concat,
+            self.genes(arch, "reduce"),
+            self.concat,
+            c=self.C,
+            layers=self.layers,
+            num_classes=self.num_classes,
+            in_channels=self.input_shape[0],
+            stem_multiplier=self.stem_multiplier,
+        )

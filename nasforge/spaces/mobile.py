@@ -43,7 +43,12 @@ class BlockSpec:
     se: bool
 
 
-DEFAULT_STAGES = (StageSpec(16, 1, 2), StageSpec(24, 2, 3), StageSpec(40, 2, 3), StageSpec(80, 1, 3))
+DEFAULT_STAGES = (
+    StageSpec(16, 1, 2),
+    StageSpec(24, 2, 3),
+    StageSpec(40, 2, 3),
+    StageSpec(80, 1, 3),
+)
 
 
 class MobileSpace(SearchSpace):
@@ -67,7 +72,9 @@ class MobileSpace(SearchSpace):
     ) -> None:
         self.input_shape = tuple(int(s) for s in input_shape)
         if len(self.input_shape) not in (2, 3):
-            raise ValueError(f"mobile: input_shape must be (C, H, W) or (C, L), got {self.input_shape}")
+            raise ValueError(
+                f"mobile: input_shape must be (C, H, W) or (C, L), got {self.input_shape}"
+            )
         self.nd = len(self.input_shape) - 1
         self.num_classes = int(num_classes)
         self.stages = tuple(s if isinstance(s, StageSpec) else StageSpec(*s) for s in stages)
@@ -102,21 +109,43 @@ class MobileSpace(SearchSpace):
             out_ch = make_divisible(st.channels * float(arch[f"{p}/width"]))
             for j in range(int(arch[f"{p}/depth"])):
                 b = f"{p}/block{j}"
-                out.append(BlockSpec(i, ch, out_ch, int(arch[f"{b}/kernel"]),
-                                     st.stride if j == 0 else 1, int(arch[f"{b}/expand"]),
-                                     str(arch[f"{b}/act"]), bool(arch[f"{b}/se"])))
+                out.append(
+                    BlockSpec(
+                        i,
+                        ch,
+                        out_ch,
+                        int(arch[f"{b}/kernel"]),
+                        st.stride if j == 0 else 1,
+                        int(arch[f"{b}/expand"]),
+                        str(arch[f"{b}/act"]),
+                        bool(arch[f"{b}/se"]),
+                    )
+                )
                 ch = out_ch
         return out
 
     def build(self, arch: Arch) -> nn.Module:
         self.validate(arch)
         nd = self.nd
-        layers: list[nn.Module] = [ConvBNAct(self.input_shape[0], self.stem_channels, 3,
-                                             self.stem_stride, act="hswish", nd=nd)]
+        layers: list[nn.Module] = [
+            ConvBNAct(
+                self.input_shape[0], self.stem_channels, 3, self.stem_stride, act="hswish", nd=nd
+            )
+        ]
         ch = self.stem_channels
         for blk in self.blocks(arch):
-            layers.append(InvertedResidual(blk.in_ch, blk.out_ch, kernel=blk.kernel, stride=blk.stride,
-                                           expand=blk.expand, act=blk.act, se=blk.se, nd=nd))
+            layers.append(
+                InvertedResidual(
+                    blk.in_ch,
+                    blk.out_ch,
+                    kernel=blk.kernel,
+                    stride=blk.stride,
+                    expand=blk.expand,
+                    act=blk.act,
+                    se=blk.se,
+                    nd=nd,
+                )
+            )
             ch = blk.out_ch
         features = nn.Sequential(*layers)
         head = ClassifierHead(ch, self.head_features, self.num_classes, act="hswish", nd=nd)
@@ -129,5 +158,7 @@ class MobileSpace(SearchSpace):
         for i, st in enumerate(self.stages):
             mine = [b for b in blocks if b.stage == i]
             spelled = [f"ir_k{b.kernel}_e{b.expand}{'_se' if b.se else ''}_{b.act}" for b in mine]
-            lines.append(f"stage{i}: c{mine[0].out_ch} s{st.stride} x{len(mine)}: " + " ".join(spelled))
+            lines.append(
+                f"stage{i}: c{mine[0].out_ch} s{st.stride} x{len(mine)}: " + " ".join(spelled)
+            )
         return "\n".join(lines)

@@ -125,8 +125,10 @@ def canonical_cell(values: Mapping[str, Any]) -> tuple[str, dict[str, int]]:
         order = [t for perm in perms for t in perm]
         label = {t: i for i, t in enumerate(order)}
         label["x"] = -1
-        code = (tuple((expand(t), tuple(sorted(label[u] for u in inst_in[t]))) for t in order),
-                tuple(sorted(label[t] for t in output)))
+        code = (
+            tuple((expand(t), tuple(sorted(label[u] for u in inst_in[t]))) for t in order),
+            tuple(sorted(label[t] for t in output)),
+        )
         if best is None or code < best:
             best, best_order = code, order
     positions = {t: i for i, t in enumerate(best_order) if t.startswith("edge_")}
@@ -154,19 +156,29 @@ class NB201Space(SearchSpace):
 
     name = "nb201"
 
-    def __init__(self, input_shape: Sequence[int] = (3, 32, 32), num_classes: int = 10, C: int = 16,
-                 N: int = 5, ops: Sequence[str] = NB201_OPS, prune_dead_edges: bool = True) -> None:
+    def __init__(
+        self,
+        input_shape: Sequence[int] = (3, 32, 32),
+        num_classes: int = 10,
+        C: int = 16,
+        N: int = 5,
+        ops: Sequence[str] = NB201_OPS,
+        prune_dead_edges: bool = True,
+    ) -> None:
         self.input_shape = tuple(int(s) for s in input_shape)
         if len(self.input_shape) != 3:
-            raise ConfigError(f"nb201: input_shape must be (C, H, W) images, "
-                              f"got {self.input_shape}")
+            raise ConfigError(
+                f"nb201: input_shape must be (C, H, W) images, got {self.input_shape}"
+            )
         for field, value in (("num_classes", num_classes), ("C", C), ("N", N)):
             if int(value) < 1:
                 raise ConfigError(f"nb201.{field}: must be >= 1, got {value}")
         bad = [op for op in ops if op not in NB201_OPS]
         if bad or not ops:
-            raise ConfigError(f"nb201.ops: unknown op(s) {bad}; expected a non-empty subset of "
-                              f"{', '.join(NB201_OPS)}")
+            raise ConfigError(
+                f"nb201.ops: unknown op(s) {bad}; expected a non-empty subset of "
+                f"{', '.join(NB201_OPS)}"
+            )
         self.num_classes = int(num_classes)
         self.C, self.N = int(C), int(N)
         self.ops = tuple(dict.fromkeys(ops))
@@ -195,35 +207,45 @@ class NB201Space(SearchSpace):
         s = text.strip()
         parts = s.split("+")
         if len(parts) != NUM_NODES - 1:
-            raise SpaceError(f"nb201: arch string {text!r} has {len(parts)} node group(s) "
-                             f"separated by '+', expected {NUM_NODES - 1} like "
-                             f"'|op~0|+|op~0|op~1|+|op~0|op~1|op~2|'")
+            raise SpaceError(
+                f"nb201: arch string {text!r} has {len(parts)} node group(s) "
+                f"separated by '+', expected {NUM_NODES - 1} like "
+                f"'|op~0|+|op~0|op~1|+|op~0|op~1|op~2|'"
+            )
         values: dict[str, str] = {}
         for dst, part in enumerate(parts, start=1):
             part = part.strip()
             if len(part) < 2 or not (part.startswith("|") and part.endswith("|")):
-                raise SpaceError(f"nb201: node {dst} group {part!r} must be enclosed in '|', "
-                                 f"e.g. '|op~0|op~1|'")
+                raise SpaceError(
+                    f"nb201: node {dst} group {part!r} must be enclosed in '|', e.g. '|op~0|op~1|'"
+                )
             entries = part[1:-1].split("|")
             if len(entries) != dst:
-                raise SpaceError(f"nb201: node {dst} group {part!r} has {len(entries)} edge(s), "
-                                 f"expected {dst} (one from each of nodes 0..{dst - 1})")
+                raise SpaceError(
+                    f"nb201: node {dst} group {part!r} has {len(entries)} edge(s), "
+                    f"expected {dst} (one from each of nodes 0..{dst - 1})"
+                )
             for entry in entries:
                 op, sep, src_text = entry.strip().partition("~")
                 if not sep or not src_text.strip().isdigit():
-                    raise SpaceError(f"nb201: node {dst} edge {entry!r} must read "
-                                     f"'op~<source node>'")
+                    raise SpaceError(
+                        f"nb201: node {dst} edge {entry!r} must read 'op~<source node>'"
+                    )
                 src = int(src_text)
                 if src >= dst:
-                    raise SpaceError(f"nb201: node {dst} edge {entry!r} reads node {src}; "
-                                     f"sources must be in 0..{dst - 1}")
+                    raise SpaceError(
+                        f"nb201: node {dst} edge {entry!r} reads node {src}; "
+                        f"sources must be in 0..{dst - 1}"
+                    )
                 label = edge_label(dst, src)
                 if label in values:
                     raise SpaceError(f"nb201: node {dst} has two edges from node {src} in {part!r}")
                 op = op.strip()
                 if op not in self.ops:
-                    raise SpaceError(f"nb201: node {dst} edge {entry!r}: unknown op {op!r}; "
-                                     f"expected one of {', '.join(self.ops)}")
+                    raise SpaceError(
+                        f"nb201: node {dst} edge {entry!r}: unknown op {op!r}; "
+                        f"expected one of {', '.join(self.ops)}"
+                    )
                 values[label] = op
         return self.make(values)
 
@@ -265,5 +287,6 @@ class NB201Space(SearchSpace):
             edges = live_edges(arch)
         else:
             edges = [(s, d, str(arch[edge_label(d, s)])) for d, s in EDGES]
-        return NB201Network(edges, c=self.C, n=self.N, num_classes=self.num_classes,
-                            in_channels=self.input_shape[0])
+        return NB201Network(
+            edges, c=self.C, n=self.N, num_classes=self.num_classes, in_channels=self.input_shape[0]
+        )

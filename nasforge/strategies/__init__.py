@@ -28,8 +28,10 @@ def register_strategy(name: str, target: str) -> None:
 
 def create_strategy(name: str, space: SearchSpace, seed: int = 0, **options: Any) -> Strategy:
     if name not in STRATEGIES:
-        raise ConfigError(f"strategy.name: unknown strategy {name!r}; expected one of "
-                          f"{', '.join(sorted(STRATEGIES))}")
+        raise ConfigError(
+            f"strategy.name: unknown strategy {name!r}; expected one of "
+            f"{', '.join(sorted(STRATEGIES))}"
+        )
     module, attr = STRATEGIES[name].split(":")
     cls = getattr(importlib.import_module(module), attr)
     try:

@@ -140,7 +140,9 @@ class Strategy:
 
     def allowed(self, arch: Arch) -> bool:
         """Not asked before and satisfying :attr:`constraint` (if one is set)."""
-        return arch.key not in self.asked and (self.constraint is None or bool(self.constraint(arch)))
+        return arch.key not in self.asked and (
+            self.constraint is None or bool(self.constraint(arch))
+        )
 
     def _fresh(self, propose: Callable[[], Arch], tries: int | None = None) -> Arch:
         """Call ``propose`` until it gives an allowed arch; after ``tries`` sample randomly.

@@ -17,21 +17,30 @@ from nasforge.strategies.base import Score, Strategy, scalar
 
 class EvolutionStrategy(Strategy):
     """Args:
-        population: P, the size of the aging population (and of the random warm-up).
-        tournament: S, how many members are sampled for each tournament.
-        crossover: probability that a child is the crossover of two tournament winners.
-        selection: ``"scalar"`` (best score) or ``"pareto"`` (front rank, then crowding).
+    population: P, the size of the aging population (and of the random warm-up).
+    tournament: S, how many members are sampled for each tournament.
+    crossover: probability that a child is the crossover of two tournament winners.
+    selection: ``"scalar"`` (best score) or ``"pareto"`` (front rank, then crowding).
     """
 
     name = "evolution"
 
-    def __init__(self, space: SearchSpace, seed: int = 0, population: int = 20, tournament: int = 5,
-                 crossover: float = 0.0, selection: str = "scalar") -> None:
+    def __init__(
+        self,
+        space: SearchSpace,
+        seed: int = 0,
+        population: int = 20,
+        tournament: int = 5,
+        crossover: float = 0.0,
+        selection: str = "scalar",
+    ) -> None:
         super().__init__(space, seed)
         if population < 2 or not 1 <= tournament <= population:
             raise ValueError("evolution: need population >= 2 and 1 <= tournament <= population")
         if selection not in ("scalar", "pareto"):
-            raise ValueError(f"evolution.selection: expected 'scalar' or 'pareto', got {selection!r}")
+            raise ValueError(
+                f"evolution.selection: expected 'scalar' or 'pareto', got {selection!r}"
+            )
         if not 0.0 <= crossover <= 1.0:
             raise ValueError("evolution.crossover: a probability in [0, 1]")
         self.population_size = population
@@ -48,8 +57,9 @@ class EvolutionStrategy(Strategy):
             self.population.popleft()
 
     def _winner(self) -> Arch:
-        idx = self.rng.choice(len(self.population), size=min(self.tournament, len(self.population)),
-                              replace=False)
+        idx = self.rng.choice(
+            len(self.population), size=min(self.tournament, len(self.population)), replace=False
+        )
         entrants = [self.population[int(i)] for i in idx]
         if self.selection == "pareto" and isinstance(entrants[0][1], tuple):
             pts = [list(s) for _, s in entrants]  # type: ignore[arg-type]

@@ -34,8 +34,9 @@ class LocalSearchStrategy(Strategy):
 
     name = "local"
 
-    def __init__(self, space: SearchSpace, seed: int = 0, mode: str = "first",
-                 warmup: int = 1) -> None:
+    def __init__(
+        self, space: SearchSpace, seed: int = 0, mode: str = "first", warmup: int = 1
+    ) -> None:
         super().__init__(space, seed)
         if mode not in MODES:
             raise ValueError(f"local.mode: expected one of {', '.join(MODES)}, got {mode!r}")

@@ -32,7 +32,9 @@ def _import_optuna() -> Any:
     try:
         import optuna
     except ImportError:  # pragma: no cover - depends on the environment
-        raise ImportError("the optuna strategy needs Optuna: pip install 'nasforge[optuna]'") from None
+        raise ImportError(
+            "the optuna strategy needs Optuna: pip install 'nasforge[optuna]'"
+        ) from None
     return optuna
 
 
@@ -71,11 +73,19 @@ class OptunaStrategy(Strategy):
     name = "optuna"
     propose_tries = 20  # each try is an Optuna trial; discrete samplers repeat themselves
 
-    def __init__(self, space: SearchSpace, seed: int = 0, sampler: str = "tpe",
-                 n_objectives: int = 1, sampler_options: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        space: SearchSpace,
+        seed: int = 0,
+        sampler: str = "tpe",
+        n_objectives: int = 1,
+        sampler_options: dict[str, Any] | None = None,
+    ) -> None:
         super().__init__(space, seed)
         if sampler not in SAMPLERS:
-            raise ValueError(f"optuna.sampler: expected one of {', '.join(SAMPLERS)}, got {sampler!r}")
+            raise ValueError(
+                f"optuna.sampler: expected one of {', '.join(SAMPLERS)}, got {sampler!r}"
+            )
         if int(n_objectives) < 1:
             raise ValueError(f"optuna.n_objectives: expected an integer >= 1, got {n_objectives!r}")
         self.optuna = _import_optuna()
@@ -113,8 +123,9 @@ class OptunaStrategy(Strategy):
 
     def _new_study(self) -> Any:
         with _quiet(self.optuna):
-            return self.optuna.create_study(directions=["maximize"] * self.n_objectives,
-                                            sampler=self._sampler(self.seed))
+            return self.optuna.create_study(
+                directions=["maximize"] * self.n_objectives, sampler=self._sampler(self.seed)
+            )
 
     def distribution(self, dim: Dimension) -> Any:
         """The Optuna distribution that ``dim`` is suggested from."""
@@ -127,8 +138,10 @@ class OptunaStrategy(Strategy):
             return d.IntDistribution(dim.low, dim.high, step=dim.step)
         if isinstance(dim, Float):
             return d.FloatDistribution(dim.low, dim.high, log=dim.log)
-        raise ValueError(f"optuna: dimension {dim.label!r} of type {type(dim).__name__} has no "
-                         f"Optuna distribution")
+        raise ValueError(
+            f"optuna: dimension {dim.label!r} of type {type(dim).__name__} has no "
+            f"Optuna distribution"
+        )
 
     def _suggest(self, trial: Any, dim: Dimension) -> Any:
         dist = self.distribution(dim)
@@ -141,7 +154,9 @@ class OptunaStrategy(Strategy):
 
     def _to_param(self, dim: Dimension, value: Value) -> Any:
         if isinstance(dim, Categorical) and self.sampler_name == "cmaes":
-            return next(i for i, c in enumerate(dim.choices) if c == value and type(c) is type(value))
+            return next(
+                i for i, c in enumerate(dim.choices) if c == value and type(c) is type(value)
+            )
         return value
 
     def _from_param(self, dim: Dimension, param: Any) -> Value:
@@ -157,8 +172,9 @@ class OptunaStrategy(Strategy):
         if self.n_objectives == 1:
             vals = vals[:1]
         elif len(vals) != self.n_objectives:
-            raise ValueError(f"optuna: expected scores with {self.n_objectives} objectives, got "
-                             f"{score!r}")
+            raise ValueError(
+                f"optuna: expected scores with {self.n_objectives} objectives, got {score!r}"
+            )
         return vals if all(math.isfinite(v) for v in vals) else None
 
     def _tell_trial(self, number: int, score: Score) -> None:
@@ -197,31 +213,44 @@ class OptunaStrategy(Strategy):
     def _add_finished(self, arch: Arch, score: Score) -> None:
         vals = self._values(score)
         dists = {d.label: self.distribution(d) for d in self.dims if d.label in arch}
-        params = {label: self._to_param(self.space.dimension(label), arch[label]) for label in dists}
+        params = {
+            label: self._to_param(self.space.dimension(label), arch[label]) for label in dists
+        }
         state = self.optuna.trial.TrialState
         with _quiet(self.optuna):
-            self.study.add_trial(self.optuna.trial.create_trial(
-                params=params, distributions=dists,
-                values=vals, state=state.COMPLETE if vals is not None else state.FAIL))
+            self.study.add_trial(
+                self.optuna.trial.create_trial(
+                    params=params,
+                    distributions=dists,
+                    values=vals,
+                    state=state.COMPLETE if vals is not None else state.FAIL,
+                )
+            )
 
     # -- state ----------------------------------------------------------------------------------
     def _extra_state(self) -> dict[str, Any]:
         to_json = self.optuna.distributions.distribution_to_json
         trials = []
         for t in self.study.get_trials(deepcopy=False):
-            trials.append({
-                "state": t.state.name,
-                "values": t.values,
-                "params": t.params,
-                "distributions": {k: to_json(v) for k, v in t.distributions.items()},
-                "system_attrs": t.system_attrs,
-                "user_attrs": t.user_attrs,
-            })
+            trials.append(
+                {
+                    "state": t.state.name,
+                    "values": t.values,
+                    "params": t.params,
+                    "distributions": {k: to_json(v) for k, v in t.distributions.items()},
+                    "system_attrs": t.system_attrs,
+                    "user_attrs": t.user_attrs,
+                }
+            )
         # Samplers may cache in the study's system attrs (NSGA-II: parent populations by
         # trial id); ids repeat on restore because trials are re-added in the same order.
         study_attrs = self.study._storage.get_study_system_attrs(self.study._study_id)
-        return {"sampler": self.sampler_name, "trials": trials, "study_system_attrs": study_attrs,
-                "waiting": {k: list(v) for k, v in self.waiting.items()}}
+        return {
+            "sampler": self.sampler_name,
+            "trials": trials,
+            "study_system_attrs": study_attrs,
+            "waiting": {k: list(v) for k, v in self.waiting.items()},
+        }
 
     def _load_extra_state(self, extra: dict[str, Any]) -> None:
         from_json = self.optuna.distributions.json_to_distribution
@@ -230,14 +259,16 @@ class OptunaStrategy(Strategy):
         frozen = []
         for t in extra.get("trials", []):
             st = state[t["state"]]
-            frozen.append(self.optuna.trial.create_trial(
-                state=st,
-                values=t["values"] if st == state.COMPLETE else None,
-                params=t["params"],
-                distributions={k: from_json(v) for k, v in t["distributions"].items()},
-                system_attrs=t["system_attrs"],
-                user_attrs=t["user_attrs"],
-            ))
+            frozen.append(
+                self.optuna.trial.create_trial(
+                    state=st,
+                    values=t["values"] if st == state.COMPLETE else None,
+                    params=t["params"],
+                    distributions={k: from_json(v) for k, v in t["distributions"].items()},
+                    system_attrs=t["system_attrs"],
+                    user_attrs=t["user_attrs"],
+                )
+            )
         with _quiet(self.optuna):
             self.study.add_trials(frozen)
         for key, value in extra.get("study_system_attrs", {}).items():

@@ -50,6 +50,7 @@ Posterior = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]  # xq -> (mean
 def _memo(values: Mapping[str, Value]) -> Memo:
     return tuple(sorted(values.items()))
 
+
 ACQUISITIONS = ("ei", "ucb")
 TRANSFORMS = ("rank", "standard")
 
@@ -99,12 +100,25 @@ class PredictorConfig:
         for f in fields(self):
             v = getattr(self, f.name)
             if f.name == "transform" and v not in TRANSFORMS:
-                raise ValueError(f"predictor.transform: expected one of {', '.join(TRANSFORMS)}, "
-                                 f"got {v!r}")
+                raise ValueError(
+                    f"predictor.transform: expected one of {', '.join(TRANSFORMS)}, got {v!r}"
+                )
             if isinstance(v, (bool, str)):
                 continue
-            lowest = 0 if f.name in ("n_neighbors", "n_mutations", "n_random", "ei_xi",
-                                     "ucb_beta", "acq_starts", "acq_steps") else 1
+            lowest = (
+                0
+                if f.name
+                in (
+                    "n_neighbors",
+                    "n_mutations",
+                    "n_random",
+                    "ei_xi",
+                    "ucb_beta",
+                    "acq_starts",
+                    "acq_steps",
+                )
+                else 1
+            )
             if not v >= lowest:
                 raise ValueError(f"predictor.{f.name}: expected a number >= {lowest}, got {v!r}")
 
@@ -140,8 +154,9 @@ class GPSurrogate:
 
     def __init__(self, widths: list[int], ard: bool = True, additive: bool = True) -> None:
         edges = [int(e) for e in np.cumsum([0, *widths])]
-        self.slices = ([slice(a, b) for a, b in itertools.pairwise(edges)] if ard
-                       else [slice(0, edges[-1])])
+        self.slices = (
+            [slice(a, b) for a, b in itertools.pairwise(edges)] if ard else [slice(0, edges[-1])]
+        )
         self.additive = additive and len(self.slices) > 1
         self.theta: np.ndarray | None = None
 
@@ -161,8 +176,9 @@ class GPSurrogate:
             out[j] = np.maximum(d, 0.0)
         return out
 
-    def _kernel(self, dists: np.ndarray, theta: np.ndarray
-                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def _kernel(
+        self, dists: np.ndarray, theta: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(k, per-dimension kernels, product kernel) without noise."""
         m = len(self.slices)
         per = np.exp(-0.5 * np.exp(-2.0 * theta[:m])[:, None, None] * dists)
@@ -172,8 +188,9 @@ class GPSurrogate:
             k = k + np.exp(theta[m + 1]) * per.mean(0)
         return k, per, prod
 
-    def _nlml(self, theta: np.ndarray, dists: np.ndarray, y: np.ndarray
-              ) -> tuple[float, np.ndarray]:
+    def _nlml(
+        self, theta: np.ndarray, dists: np.ndarray, y: np.ndarray
+    ) -> tuple[float, np.ndarray]:
         m, n = len(self.slices), len(y)
         kf, per, prod = self._kernel(dists, theta)
         noise = float(np.exp(theta[-1]))
@@ -183,8 +200,11 @@ class GPSurrogate:
             return 1e10, np.zeros_like(theta)
         alpha = cho_solve((chol, True), y, check_finite=False)
         dlog = theta[:m] - self.PRIOR_LOG_LS
-        value = (0.5 * float(y @ alpha) + float(np.log(np.diag(chol)).sum())
-                 + 0.5 * float(dlog @ dlog) / 4.0)
+        value = (
+            0.5 * float(y @ alpha)
+            + float(np.log(np.diag(chol)).sum())
+            + 0.5 * float(dlog @ dlog) / 4.0
+        )
         w = np.outer(alpha, alpha) - cho_solve((chol, True), np.eye(n), check_finite=False)
         inv_ls2 = np.exp(-2.0 * theta[:m])
         s_p = float(np.exp(theta[m]))
@@ -207,8 +227,15 @@ class GPSurrogate:
         start = self.theta if self.theta is not None else self.initial()
         var = [self.BOUNDS_LOG_S2] * (2 if self.additive else 1)
         bounds = [self.BOUNDS_LOG_LS] * len(self.slices) + var + [self.BOUNDS_LOG_NOISE]
-        res = minimize(self._nlml, start, args=(dists, y), jac=True, method="L-BFGS-B",
-                       bounds=bounds, options={"maxiter": 50})
+        res = minimize(
+            self._nlml,
+            start,
+            args=(dists, y),
+            jac=True,
+            method="L-BFGS-B",
+            bounds=bounds,
+            options={"maxiter": 50},
+        )
         theta = res.x if np.all(np.isfinite(res.x)) and res.fun < 1e9 else self.initial()
         self.theta = np.asarray(theta, dtype=np.float64)
         return self.theta
@@ -249,9 +276,14 @@ class MLPEnsembleSurrogate:
             w = (torch.rand(*shape, generator=gen) * 2 - 1) / np.sqrt(fan_in)
             return w.requires_grad_()
 
-        params = [init(e, d, h, fan_in=d), init(e, 1, h, fan_in=d),
-                  init(e, h, h, fan_in=h), init(e, 1, h, fan_in=h),
-                  init(e, h, 1, fan_in=h), init(e, 1, 1, fan_in=h)]
+        params = [
+            init(e, d, h, fan_in=d),
+            init(e, 1, h, fan_in=d),
+            init(e, h, h, fan_in=h),
+            init(e, 1, h, fan_in=h),
+            init(e, h, 1, fan_in=h),
+            init(e, 1, 1, fan_in=h),
+        ]
 
         def forward(inp: torch.Tensor) -> torch.Tensor:
             z = inp.expand(e, *inp.shape)
@@ -295,29 +327,44 @@ class PredictorStrategy(Strategy):
 
     name = "predictor"
 
-    def __init__(self, space: SearchSpace, seed: int = 0, surrogate: str = "gp",
-                 acquisition: str = "ei", warmup: int = 10, config: PredictorConfig | None = None,
-                 **options: Any) -> None:
+    def __init__(
+        self,
+        space: SearchSpace,
+        seed: int = 0,
+        surrogate: str = "gp",
+        acquisition: str = "ei",
+        warmup: int = 10,
+        config: PredictorConfig | None = None,
+        **options: Any,
+    ) -> None:
         super().__init__(space, seed)
         if surrogate not in SURROGATES:
-            raise ValueError(f"predictor.surrogate: expected one of {', '.join(SURROGATES)}, "
-                             f"got {surrogate!r}")
+            raise ValueError(
+                f"predictor.surrogate: expected one of {', '.join(SURROGATES)}, got {surrogate!r}"
+            )
         if acquisition not in ACQUISITIONS:
-            raise ValueError(f"predictor.acquisition: expected one of {', '.join(ACQUISITIONS)}, "
-                             f"got {acquisition!r}")
+            raise ValueError(
+                f"predictor.acquisition: expected one of {', '.join(ACQUISITIONS)}, "
+                f"got {acquisition!r}"
+            )
         if warmup < 2:
             raise ValueError(f"predictor.warmup: expected an integer >= 2, got {warmup!r}")
         allowed = {f.name for f in fields(PredictorConfig)}
         unknown = sorted(set(options) - allowed)
         if unknown:
-            raise TypeError(f"predictor: unknown option(s) {', '.join(unknown)}; expected "
-                            f"{', '.join(sorted(allowed))}")
+            raise TypeError(
+                f"predictor: unknown option(s) {', '.join(unknown)}; expected "
+                f"{', '.join(sorted(allowed))}"
+            )
         self.surrogate = surrogate
         self.acquisition = acquisition
         self.warmup = int(warmup)
         self.config = replace(config or PredictorConfig(), **options)
-        self.gp = GPSurrogate([d.width for d in space.dimensions()], ard=self.config.ard,
-                              additive=self.config.additive)
+        self.gp = GPSurrogate(
+            [d.width for d in space.dimensions()],
+            ard=self.config.ard,
+            additive=self.config.additive,
+        )
         self.gp_fitted_at = -1  # number of finished results at the last hyperparameter fit
         self._encoded: dict[Memo, np.ndarray] = {}
         self._neighbors: dict[str, list[Arch]] = {}
@@ -397,7 +444,7 @@ class PredictorStrategy(Strategy):
     def _propose(self) -> Arch:
         done = [(a, scalar(s)) for a, s in self.finished() if np.isfinite(scalar(s))]
         if len(self.asked) < self.warmup:
-            for memo in self._design[len(self.asked):]:
+            for memo in self._design[len(self.asked) :]:
                 arch = self._arch(memo)
                 if self.allowed(arch):
                     return arch
@@ -464,15 +511,18 @@ class PredictorStrategy(Strategy):
                 out.append(self._complete({**values, lb: alt}))
         return out
 
-    def _climb(self, model: Posterior, cands: list[Memo], acq: np.ndarray, best: float
-               ) -> tuple[list[Memo], np.ndarray]:
+    def _climb(
+        self, model: Posterior, cands: list[Memo], acq: np.ndarray, best: float
+    ) -> tuple[list[Memo], np.ndarray]:
         """Hill-climb the acquisition from the ``acq_starts`` best candidates (values only).
 
         Each step scores all one-dimension changes of every climber and moves it to the best
         one if that improves; climbers stop at a local optimum or after ``acq_steps`` steps.
         """
         seen = dict(zip(cands, acq))
-        climbers = [cands[int(i)] for i in np.argsort(-acq, kind="stable")[: self.config.acq_starts]]
+        climbers = [
+            cands[int(i)] for i in np.argsort(-acq, kind="stable")[: self.config.acq_starts]
+        ]
         for _ in range(self.config.acq_steps):
             moved = []
             for c in climbers:

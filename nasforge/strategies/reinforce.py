@@ -60,20 +60,33 @@ class ReinforceConfig:
     reward: str = "quantile"
 
     def __post_init__(self) -> None:
-        positive = ("hidden_size", "lr", "batch_size", "ppo_epochs", "ppo_buffer", "temperature",
-                    "float_bins", "ppo_clip")
+        positive = (
+            "hidden_size",
+            "lr",
+            "batch_size",
+            "ppo_epochs",
+            "ppo_buffer",
+            "temperature",
+            "float_bins",
+            "ppo_clip",
+        )
         for name in positive:
             if not getattr(self, name) > 0:
-                raise ValueError(f"reinforce.{name}: expected a positive number, got "
-                                 f"{getattr(self, name)!r}")
+                raise ValueError(
+                    f"reinforce.{name}: expected a positive number, got {getattr(self, name)!r}"
+                )
         if not 0.0 <= self.baseline_decay < 1.0:
-            raise ValueError(f"reinforce.baseline_decay: expected a value in [0, 1), got "
-                             f"{self.baseline_decay!r}")
+            raise ValueError(
+                f"reinforce.baseline_decay: expected a value in [0, 1), got {self.baseline_decay!r}"
+            )
         if self.entropy_weight < 0:
-            raise ValueError(f"reinforce.entropy_weight: expected >= 0, got {self.entropy_weight!r}")
+            raise ValueError(
+                f"reinforce.entropy_weight: expected >= 0, got {self.entropy_weight!r}"
+            )
         if self.reward not in REWARDS:
-            raise ValueError(f"reinforce.reward: expected one of {', '.join(REWARDS)}, got "
-                             f"{self.reward!r}")
+            raise ValueError(
+                f"reinforce.reward: expected one of {', '.join(REWARDS)}, got {self.reward!r}"
+            )
 
 
 def dimension_choices(dim: Dimension, float_bins: int) -> list[Value]:
@@ -84,7 +97,9 @@ def dimension_choices(dim: Dimension, float_bins: int) -> list[Value]:
         return list(range(dim.low, dim.high + 1, dim.step))
     if isinstance(dim, Float):
         return [dim._from_unit((i + 0.5) / float_bins) for i in range(float_bins)]
-    raise ValueError(f"reinforce: dimension {dim.label!r} of type {type(dim).__name__} has no tokens")
+    raise ValueError(
+        f"reinforce: dimension {dim.label!r} of type {type(dim).__name__} has no tokens"
+    )
 
 
 def _token(dim: Dimension, choices: list[Value], value: Value) -> int:
@@ -114,12 +129,15 @@ class _Controller(nn.Module):
         h = torch.zeros(batch, self.cell.hidden_size)
         return x, h, h.clone()
 
-    def step(self, t: int, x: torch.Tensor, h: torch.Tensor, c: torch.Tensor,
-             temperature: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def step(
+        self, t: int, x: torch.Tensor, h: torch.Tensor, c: torch.Tensor, temperature: float
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         h, c = self.cell(x, (h, c))
         return self.heads[t](h) / temperature, h, c
 
-    def log_probs(self, tokens: torch.Tensor, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
+    def log_probs(
+        self, tokens: torch.Tensor, temperature: float
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Sum of log-probabilities and of entropies of token sequences ``(B, T)``, -1 = inactive."""
         batch = tokens.shape[0]
         x, h, c = self.initial(batch)
@@ -157,17 +175,26 @@ class ReinforceStrategy(Strategy):
 
     name = "reinforce"
 
-    def __init__(self, space: SearchSpace, seed: int = 0, algorithm: str = "reinforce",
-                 config: ReinforceConfig | None = None, **options: Any) -> None:
+    def __init__(
+        self,
+        space: SearchSpace,
+        seed: int = 0,
+        algorithm: str = "reinforce",
+        config: ReinforceConfig | None = None,
+        **options: Any,
+    ) -> None:
         super().__init__(space, seed)
         if algorithm not in ALGORITHMS:
-            raise ValueError(f"reinforce.algorithm: expected one of {', '.join(ALGORITHMS)}, "
-                             f"got {algorithm!r}")
+            raise ValueError(
+                f"reinforce.algorithm: expected one of {', '.join(ALGORITHMS)}, got {algorithm!r}"
+            )
         allowed = {f.name for f in fields(ReinforceConfig)}
         unknown = sorted(set(options) - allowed)
         if unknown:
-            raise TypeError(f"reinforce: unknown option(s) {', '.join(unknown)}; expected "
-                            f"{', '.join(sorted(allowed))}")
+            raise TypeError(
+                f"reinforce: unknown option(s) {', '.join(unknown)}; expected "
+                f"{', '.join(sorted(allowed))}"
+            )
         self.algorithm = algorithm
         self.config = replace(config or ReinforceConfig(), **options)
         self.dims = space.dimensions()
@@ -252,8 +279,10 @@ class ReinforceStrategy(Strategy):
 
     def tokens(self, arch: Arch) -> list[int]:
         """The token sequence of ``arch`` (-1 for inactive dimensions)."""
-        return [_token(d, ch, arch[d.label]) if d.label in arch else -1
-                for d, ch in zip(self.dims, self.choices)]
+        return [
+            _token(d, ch, arch[d.label]) if d.label in arch else -1
+            for d, ch in zip(self.dims, self.choices)
+        ]
 
     # -- learning -------------------------------------------------------------------------------
     def _reward(self, s: float) -> float:
@@ -278,7 +307,7 @@ class ReinforceStrategy(Strategy):
         self.baseline = d * self.baseline + (1.0 - d) * reward
         sample = (self.tokens(arch), advantage)
         self.batch.append(sample)
-        self.recent = [*self.recent, sample][-self.config.ppo_buffer:]
+        self.recent = [*self.recent, sample][-self.config.ppo_buffer :]
         if len(self.batch) >= self.config.batch_size:
             with torch_single_thread():
                 self._update()
@@ -303,7 +332,9 @@ class ReinforceStrategy(Strategy):
                 logp, ent = self.controller.log_probs(toks, cfg.temperature)
                 ratio = torch.exp(logp - old)
                 clipped = torch.clamp(ratio, 1.0 - cfg.ppo_clip, 1.0 + cfg.ppo_clip)
-                loss = -torch.min(ratio * adv, clipped * adv).mean() - cfg.entropy_weight * ent.mean()
+                loss = (
+                    -torch.min(ratio * adv, clipped * adv).mean() - cfg.entropy_weight * ent.mean()
+                )
                 self.optimizer.zero_grad()
                 loss.backward()
                 self.optimizer.step()
@@ -335,8 +366,10 @@ class ReinforceStrategy(Strategy):
             "config": asdict(self.config),
             "controller": {k: v.tolist() for k, v in self.controller.state_dict().items()},
             "optimizer": {
-                "state": {str(i): {k: (v.tolist() if torch.is_tensor(v) else v) for k, v in s.items()}
-                          for i, s in opt["state"].items()},
+                "state": {
+                    str(i): {k: (v.tolist() if torch.is_tensor(v) else v) for k, v in s.items()}
+                    for i, s in opt["state"].items()
+                },
                 "param_groups": opt["param_groups"],
             },
             "baseline": self.baseline,
@@ -348,7 +381,8 @@ class ReinforceStrategy(Strategy):
 
     def _load_extra_state(self, extra: dict[str, Any]) -> None:
         self.controller.load_state_dict(
-            {k: torch.tensor(v, dtype=torch.float32) for k, v in extra["controller"].items()})
+            {k: torch.tensor(v, dtype=torch.float32) for k, v in extra["controller"].items()}
+        )
         opt = extra["optimizer"]
         state = {}
         for i, s in opt["state"].items():

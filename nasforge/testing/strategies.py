@@ -57,7 +57,9 @@ def conditional_toy_space() -> SearchSpace:
     dims: list = [Int("depth", low=1, high=3), Float("lr", low=1e-3, high=1e-1, log=True)]
     for j in range(3):
         when = (Condition("depth", ">=", j + 1),) if j > 0 else ()
-        dims.append(Categorical(f"block{j}/op", choices=("conv3", "conv5", "pool", "skip"), when=when))
+        dims.append(
+            Categorical(f"block{j}/op", choices=("conv3", "conv5", "pool", "skip"), when=when)
+        )
         dims.append(Categorical(f"block{j}/se", choices=(False, True), when=when))
     return SearchSpace(dims, name="conditional_toy")
 
@@ -72,8 +74,13 @@ def conditional_objective(arch: Arch) -> Score:
 
 
 # -- the search loop --------------------------------------------------------------------------
-def run_search(strategy: Strategy, evaluate: Evaluate, budget: int, batch: int = 1,
-               stop_at: float | None = None) -> list[tuple[Arch, Score]]:
+def run_search(
+    strategy: Strategy,
+    evaluate: Evaluate,
+    budget: int,
+    batch: int = 1,
+    stop_at: float | None = None,
+) -> list[tuple[Arch, Score]]:
     """Ask/evaluate/tell until ``budget`` evaluations are spent; never exceeds it.
 
     Each round asks ``min(batch, budget - spent)`` archs, evaluates them and tells the results
@@ -138,8 +145,10 @@ class StrategyConformance:
 
     def test_seeded_reproducibility(self) -> None:
         space, evaluate = self._toy(0)
-        runs = [_keys(run_search(self.make_strategy(space, 7), evaluate, budget=40, batch=2))
-                for _ in range(2)]
+        runs = [
+            _keys(run_search(self.make_strategy(space, 7), evaluate, budget=40, batch=2))
+            for _ in range(2)
+        ]
         assert runs[0] == runs[1], "same seed and same tells gave different asks"
 
     def test_state_dict_roundtrip(self) -> None:
@@ -229,4 +238,5 @@ class StrategyConformance:
             records = run_search(strategy, evaluate, budget=self.optimum_budget, stop_at=optimum)
             best = max(_first(s) for _, s in records if s is not None)
             assert best == optimum, (
-                f"seed {seed}: best {best} after {len(records)} evaluations, optimum {optimum}")
+                f"seed {seed}: best {best} after {len(records)} evaluations, optimum {optimum}"
+            )

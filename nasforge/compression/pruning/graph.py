@@ -30,21 +30,82 @@ from nasforge.compression.errors import UnsupportedModelError
 _CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 _BN = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 _PASS_MODULES: tuple[type[nn.Module], ...] = (
-    nn.ReLU, nn.ReLU6, nn.Hardtanh, nn.Hardswish, nn.SiLU, nn.GELU, nn.Sigmoid, nn.Hardsigmoid,
-    nn.Tanh, nn.LeakyReLU, nn.ELU, nn.Mish, nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d,
-    nn.MaxPool1d, nn.MaxPool2d, nn.AvgPool1d, nn.AvgPool2d, nn.AdaptiveAvgPool1d,
-    nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d,
+    nn.ReLU,
+    nn.ReLU6,
+    nn.Hardtanh,
+    nn.Hardswish,
+    nn.SiLU,
+    nn.GELU,
+    nn.Sigmoid,
+    nn.Hardsigmoid,
+    nn.Tanh,
+    nn.LeakyReLU,
+    nn.ELU,
+    nn.Mish,
+    nn.Identity,
+    nn.Dropout,
+    nn.Dropout1d,
+    nn.Dropout2d,
+    nn.MaxPool1d,
+    nn.MaxPool2d,
+    nn.AvgPool1d,
+    nn.AvgPool2d,
+    nn.AdaptiveAvgPool1d,
+    nn.AdaptiveAvgPool2d,
+    nn.AdaptiveMaxPool1d,
+    nn.AdaptiveMaxPool2d,
 )
 _PASS_FUNCTIONS: set[object] = {
-    F.relu, F.relu6, F.hardswish, F.silu, F.gelu, F.sigmoid, F.hardsigmoid, F.hardtanh,
-    F.leaky_relu, F.elu, F.dropout, F.adaptive_avg_pool1d, F.adaptive_avg_pool2d,
-    F.avg_pool1d, F.avg_pool2d, F.max_pool1d, F.max_pool2d, F.adaptive_max_pool2d,
-    torch.relu, torch.sigmoid, torch.tanh, torch.clamp, torch.clip,
+    F.relu,
+    F.relu6,
+    F.hardswish,
+    F.silu,
+    F.gelu,
+    F.sigmoid,
+    F.hardsigmoid,
+    F.hardtanh,
+    F.leaky_relu,
+    F.elu,
+    F.dropout,
+    F.adaptive_avg_pool1d,
+    F.adaptive_avg_pool2d,
+    F.avg_pool1d,
+    F.avg_pool2d,
+    F.max_pool1d,
+    F.max_pool2d,
+    F.adaptive_max_pool2d,
+    torch.relu,
+    torch.sigmoid,
+    torch.tanh,
+    torch.clamp,
+    torch.clip,
 }
-_PASS_METHODS = {"relu", "relu_", "sigmoid", "sigmoid_", "tanh", "clamp", "clamp_", "clip",
-                 "contiguous", "hardswish", "float"}
-_BINARY = {operator.add, operator.iadd, operator.sub, operator.isub, operator.mul, operator.imul,
-           operator.truediv, torch.add, torch.sub, torch.mul, torch.div}
+_PASS_METHODS = {
+    "relu",
+    "relu_",
+    "sigmoid",
+    "sigmoid_",
+    "tanh",
+    "clamp",
+    "clamp_",
+    "clip",
+    "contiguous",
+    "hardswish",
+    "float",
+}
+_BINARY = {
+    operator.add,
+    operator.iadd,
+    operator.sub,
+    operator.isub,
+    operator.mul,
+    operator.imul,
+    operator.truediv,
+    torch.add,
+    torch.sub,
+    torch.mul,
+    torch.div,
+}
 _BINARY_METHODS = {"add", "add_", "sub", "mul", "mul_", "div"}
 _CAT = {torch.cat, torch.concat}
 
@@ -133,7 +194,8 @@ def trace(model: nn.Module) -> fx.GraphModule:
         where = tracer.nf_scope[-1] or type(model).__name__
         raise UnsupportedModelError(
             f"layer {where!r}: torch.fx cannot trace it ({type(exc).__name__}: {exc}); "
-            "data-dependent control flow is not supported by the channel graph") from None
+            "data-dependent control flow is not supported by the channel graph"
+        ) from None
     return fx.GraphModule(tracer.root, graph, type(model).__name__)
 
 
@@ -168,7 +230,8 @@ class _Builder:
         if self.size[ra] != self.size[rb]:
             raise UnsupportedModelError(
                 f"layer {where!r}: couples channel groups of different sizes "
-                f"({self.size[ra]} vs {self.size[rb]})")
+                f"({self.size[ra]} vs {self.size[rb]})"
+            )
         if rb < ra:
             ra, rb = rb, ra
         self.parent[rb] = ra
@@ -214,8 +277,12 @@ class DependencyGraph:
     frozen or not, in a stable order (by first appearance in the forward pass).
     """
 
-    def __init__(self, groups: list[ChannelGroup], layer_costs: list[_LayerCost],
-                 input_shape: tuple[int, ...]) -> None:
+    def __init__(
+        self,
+        groups: list[ChannelGroup],
+        layer_costs: list[_LayerCost],
+        input_shape: tuple[int, ...],
+    ) -> None:
         self.groups = groups
         self.by_id = {g.id: g for g in groups}
         self.layer_costs = layer_costs
@@ -325,11 +392,14 @@ class _Walker:
                 continue
             reason = self.b.frozen.get(r, "")
             groups.append(ChannelGroup(gid[r], self.b.size[r], members, bool(reason), reason))
+
         def ids(segs: list[_Seg]) -> list[tuple[str, int]]:
             return [(gid[self.b.find(s.space)], s.length) for s in segs]
 
-        costs = [_LayerCost(c.module, c.macs, ids(c.ins), ids(c.outs), c.depthwise)
-                 for c in self.raw_costs]
+        costs = [
+            _LayerCost(c.module, c.macs, ids(c.ins), ids(c.outs), c.depthwise)
+            for c in self.raw_costs
+        ]
         return DependencyGraph(groups, costs, input_shape)
 
     def visit(self, node: fx.Node) -> list[_Seg] | None:
@@ -348,7 +418,8 @@ class _Walker:
         if node.op == "get_attr":
             raise UnsupportedModelError(
                 f"layer {self.where(node)!r}: uses parameter {node.target!r} outside a module; "
-                "the channel graph only prunes parameters owned by conv/linear/BN modules")
+                "the channel graph only prunes parameters owned by conv/linear/BN modules"
+            )
         if node.op == "call_module":
             return self.visit_module(node)
         return self.visit_function(node)
@@ -372,10 +443,12 @@ class _Walker:
             return self.flatten(node, m.start_dim, m.end_dim)
         raise UnsupportedModelError(
             f"layer {name!r} ({type(m).__name__}): not supported by the channel dependency graph; "
-            "register a rule with nasforge.compression.pruning.register_leaf_rule")
+            "register a rule with nasforge.compression.pruning.register_leaf_rule"
+        )
 
-    def visit_weighted(self, node: fx.Node, name: str, m: nn.Module,
-                       lay: list[_Seg] | None) -> list[_Seg]:
+    def visit_weighted(
+        self, node: fx.Node, name: str, m: nn.Module, lay: list[_Seg] | None
+    ) -> list[_Seg]:
         b = self.b
         in_shape, out_shape = _shape(node.args[0]), _shape(node)
         if lay is None or in_shape is None or out_shape is None:
@@ -383,7 +456,8 @@ class _Walker:
         if isinstance(m, nn.Linear) and len(in_shape) != 2:
             raise UnsupportedModelError(
                 f"layer {name!r} (Linear): applied to a {len(in_shape)}-D tensor; the channel "
-                "graph prunes Linear layers only on (batch, features) inputs")
+                "graph prunes Linear layers only on (batch, features) inputs"
+            )
         if name in self.module_io:  # a module called twice shares its channels
             prev_in, prev_out = self.module_io[name]
             for a, c in zip(prev_in, lay):
@@ -424,7 +498,8 @@ class _Walker:
         if start != 1 or end not in (-1, len(shape) - 1):
             raise UnsupportedModelError(
                 f"layer {self.where(node)!r}: flatten(start_dim={start}) mixes the batch or "
-                "channel dimension; only flatten from dim 1 is supported")
+                "channel dimension; only flatten from dim 1 is supported"
+            )
         spatial = 1
         for s in shape[2:]:
             spatial *= int(s)
@@ -444,13 +519,16 @@ class _Walker:
             if self.lay(args[0]) is not None:
                 raise UnsupportedModelError(
                     f"layer {self.where(node)!r}: indexes a tensor; slicing channels is not "
-                    "supported by the channel graph")
+                    "supported by the channel graph"
+                )
             return None
         if (node.op == "call_function" and target in _PASS_FUNCTIONS) or (
-                node.op == "call_method" and target in _PASS_METHODS):
+            node.op == "call_method" and target in _PASS_METHODS
+        ):
             return self.lay(args[0])
         if (node.op == "call_function" and target in _BINARY) or (
-                node.op == "call_method" and target in _BINARY_METHODS):
+            node.op == "call_method" and target in _BINARY_METHODS
+        ):
             return self.binary(node)
         if node.op == "call_function" and target in _CAT:
             return self.cat(node)
@@ -464,7 +542,8 @@ class _Walker:
             return self.reshape(node)
         raise UnsupportedModelError(
             f"layer {self.where(node)!r}: op {getattr(target, '__name__', target)!r} is not "
-            "supported by the channel dependency graph")
+            "supported by the channel dependency graph"
+        )
 
     def binary(self, node: fx.Node) -> list[_Seg] | None:
         a, c = node.args[0], node.args[1]
@@ -501,7 +580,8 @@ class _Walker:
                 self.b.freeze(self.lay(t), f"concatenation along dim {dim} at {self.where(node)!r}")
             raise UnsupportedModelError(
                 f"layer {self.where(node)!r}: concatenation along dim {dim}; only channel "
-                "concatenation (dim 1) is supported")
+                "concatenation (dim 1) is supported"
+            )
         out: list[_Seg] = []
         for t in tensors:
             lt = self.lay(t)
@@ -537,7 +617,8 @@ class _Walker:
                 return self.lay(node.args[0])
         raise UnsupportedModelError(
             f"layer {self.where(node)!r}: reshape/view to {out_shape} is not supported by the "
-            "channel graph (use flatten after global pooling)")
+            "channel graph (use flatten after global pooling)"
+        )
 
 
 def _flat(args: object) -> list[object]:

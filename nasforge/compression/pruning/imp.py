@@ -58,8 +58,15 @@ class _Snapshot:
 
 
 def iterative_magnitude_pruning(
-    model: nn.Module, x: torch.Tensor, y: torch.Tensor, x_val: torch.Tensor, y_val: torch.Tensor,
-    train: TrainConfig, rounds: int = 3, rate: float = 0.2, rewind_step: int = 0,
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    x_val: torch.Tensor,
+    y_val: torch.Tensor,
+    train: TrainConfig,
+    rounds: int = 3,
+    rate: float = 0.2,
+    rewind_step: int = 0,
     progress: Callable[[IMPRound], None] | None = None,
 ) -> tuple[nn.Module, WeightMasks, IMPResult]:
     """Run ``rounds`` of prune-rewind-retrain on ``model`` (modified in place).

@@ -107,8 +107,9 @@ class TaylorImportance:
 
     name = "taylor"
 
-    def __init__(self, model: nn.Module,
-                 batches: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> None:
+    def __init__(
+        self, model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]]
+    ) -> None:
         params = dict(model.named_parameters())
         grads = {k: torch.zeros_like(p) for k, p in params.items()}
         was_training = model.training
@@ -151,9 +152,12 @@ class RandomImportance:
         return torch.rand(group.size, generator=self.gen)
 
 
-def make_importance(name: str, model: nn.Module | None = None,
-                    batches: Iterable[tuple[torch.Tensor, torch.Tensor]] | None = None,
-                    seed: int = 0) -> Importance:
+def make_importance(
+    name: str,
+    model: nn.Module | None = None,
+    batches: Iterable[tuple[torch.Tensor, torch.Tensor]] | None = None,
+    seed: int = 0,
+) -> Importance:
     """Importance by name (``IMPORTANCES``); ``taylor`` needs ``model`` and ``batches``."""
     if name == "l1":
         return MagnitudeImportance(1)
@@ -168,4 +172,5 @@ def make_importance(name: str, model: nn.Module | None = None,
             raise ValueError("prune.importance 'taylor' needs the model and calibration batches")
         return TaylorImportance(model, batches)
     raise ValueError(
-        f"prune.importance: unknown {name!r}; expected one of {', '.join(IMPORTANCES)}")
+        f"prune.importance: unknown {name!r}; expected one of {', '.join(IMPORTANCES)}"
+    )

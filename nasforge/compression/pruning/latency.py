@@ -77,17 +77,25 @@ class _NullImportance:
         return torch.zeros(group.size)
 
 
-def _single_group_plan(g: ChannelGroup, keep_idx: Sequence[int],
-                       input_shape: Sequence[int]) -> PruningPlan:
-    cut = GroupCut(g.id, g.size, tuple(sorted(int(i) for i in keep_idx)),
-                   tuple(m.spec() for m in g.members))
+def _single_group_plan(
+    g: ChannelGroup, keep_idx: Sequence[int], input_shape: Sequence[int]
+) -> PruningPlan:
+    cut = GroupCut(
+        g.id, g.size, tuple(sorted(int(i) for i in keep_idx)), tuple(m.spec() for m in g.members)
+    )
     return PruningPlan((cut,), tuple(input_shape))
 
 
-def build_latency_table(model: nn.Module, input_shape: Sequence[int], measure: MeasureFn,
-                        importance: Importance, fractions: Sequence[float] = (0.75, 0.5, 0.25),
-                        round_to: int = 8, min_keep: int = 8,
-                        backend: str = "") -> ChannelLatencyTable:
+def build_latency_table(
+    model: nn.Module,
+    input_shape: Sequence[int],
+    measure: MeasureFn,
+    importance: Importance,
+    fractions: Sequence[float] = (0.75, 0.5, 0.25),
+    round_to: int = 8,
+    min_keep: int = 8,
+    backend: str = "",
+) -> ChannelLatencyTable:
     """Measure the model with each prunable group cut to each level (``len(groups) * levels``
     measurements plus one base); ``model`` is not modified."""
     graph = DependencyGraph.build(model, input_shape)
@@ -102,9 +110,14 @@ def build_latency_table(model: nn.Module, input_shape: Sequence[int], measure: M
     return ChannelLatencyTable(base, tuple(entries), backend)
 
 
-def latency_aware_plan(model: nn.Module, input_shape: Sequence[int], importance: Importance,
-                       table: ChannelLatencyTable, target_ms: float,
-                       config: ChannelPruningConfig | None = None) -> PruningPlan:
+def latency_aware_plan(
+    model: nn.Module,
+    input_shape: Sequence[int],
+    importance: Importance,
+    table: ChannelLatencyTable,
+    target_ms: float,
+    config: ChannelPruningConfig | None = None,
+) -> PruningPlan:
     """Per-group keep counts that meet ``target_ms`` (predicted from ``table``), removing the
     least normalised importance per millisecond saved; ``config`` gives rounding, floors and
     ``ignore`` (its ratio/target are not used).
@@ -114,11 +127,15 @@ def latency_aware_plan(model: nn.Module, input_shape: Sequence[int], importance:
     """
     cfg = config or ChannelPruningConfig()
     graph = DependencyGraph.build(model, input_shape)
-    groups = [g for g in graph.prunable
-              if not any(m.module.startswith(p) for m in g.members for p in cfg.ignore)]
+    groups = [
+        g
+        for g in graph.prunable
+        if not any(m.module.startswith(p) for m in g.members for p in cfg.ignore)
+    ]
     sizes = {g.id: g.size for g in groups}
-    levels = {g.id: sorted({k for gg, k, _ in table.entries if gg == g.id}, reverse=True)
-              for g in groups}
+    levels = {
+        g.id: sorted({k for gg, k, _ in table.entries if gg == g.id}, reverse=True) for g in groups
+    }
     order, cum = {}, {}
     for g in groups:
         s = importance.scores(model, g).float()
@@ -146,12 +163,32 @@ def latency_aware_plan(model: nn.Module, input_shape: Sequence[int], importance:
         if best is None:
             raise CompressionError(
                 f"prune.latency_target_ms: {target_ms:.3f} ms cannot be met; the lowest "
-                f"predicted latency is {pred:.3f} ms (base {table.base_ms:.3f} ms)")
+                f"predicted latency is {pred:.3f} ms (base {table.base_ms:.3f} ms)"
+            )
         keep[best[1]] = best[2]
         pred = table.predict_ms(keep, sizes)
-    cuts = tuple(GroupCut(g.id, g.size, tuple(sorted(order[g.id][:keep[g.id]].tolist())),
-                          tuple(m.spec() for m in g.members)) for g in groups)
-    return PruningPlan(cuts, tuple(input_shape), importance.name, "latency", "latency_ms",
-                       target_ms, graph.estimate_macs(), graph.estimate_macs(keep),
-                       ((f"predicted {pred:.3f} ms from table (base {table.base_ms:.3f} ms, "
-                         f"backend {table.backend or 'unspecified'})"),))
+    cuts = tuple(
+        GroupCut(
+            g.id,
+            g.size,
+            tuple(sorted(order[g.id][: keep[g.id]].tolist())),
+            tuple(m.spec() for m in g.members),
+        )
+        for g in groups
+    )
+    return PruningPlan(
+        cuts,
+        tuple(input_shape),
+        importance.name,
+        "latency",
+        "latency_ms",
+        target_ms,
+        graph.estimate_macs(),
+        graph.estimate_macs(keep),
+        (
+            (
+                f"predicted {pred:.3f} ms from table (base {table.base_ms:.3f} ms, "
+                f"backend {table.backend or 'unspecified'})"
+            ),
+        ),
+    )

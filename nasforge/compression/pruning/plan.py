@@ -61,17 +61,30 @@ class PruningPlan:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> PruningPlan:
         try:
-            cuts = tuple(GroupCut(str(c["group"]), int(c["size"]), tuple(int(i) for i in c["keep"]),
-                                  tuple(str(m) for m in c["members"])) for c in d["cuts"])
-            return cls(cuts=cuts, input_shape=tuple(int(s) for s in d["input_shape"]),
-                       criterion=str(d.get("criterion", "")), scope=str(d.get("scope", "")),
-                       target=str(d.get("target", "")), ratio=float(d.get("ratio", 0.0)),
-                       macs_before=int(d.get("macs_before", 0)),
-                       macs_after=int(d.get("macs_after", 0)),
-                       notes=tuple(str(n) for n in d.get("notes", ())))
+            cuts = tuple(
+                GroupCut(
+                    str(c["group"]),
+                    int(c["size"]),
+                    tuple(int(i) for i in c["keep"]),
+                    tuple(str(m) for m in c["members"]),
+                )
+                for c in d["cuts"]
+            )
+            return cls(
+                cuts=cuts,
+                input_shape=tuple(int(s) for s in d["input_shape"]),
+                criterion=str(d.get("criterion", "")),
+                scope=str(d.get("scope", "")),
+                target=str(d.get("target", "")),
+                ratio=float(d.get("ratio", 0.0)),
+                macs_before=int(d.get("macs_before", 0)),
+                macs_after=int(d.get("macs_after", 0)),
+                notes=tuple(str(n) for n in d.get("notes", ())),
+            )
         except (KeyError, TypeError, ValueError) as exc:
             raise PlanMismatchError(
-                f"pruning plan: malformed ({type(exc).__name__}: {exc})") from None
+                f"pruning plan: malformed ({type(exc).__name__}: {exc})"
+            ) from None
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=1)

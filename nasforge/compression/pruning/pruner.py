@@ -70,8 +70,11 @@ class ChannelPruner:
 
     def _candidates(self, graph: DependencyGraph) -> list[ChannelGroup]:
         ign = self.config.ignore
-        return [g for g in graph.prunable
-                if not any(m.module.startswith(p) for m in g.members for p in ign)]
+        return [
+            g
+            for g in graph.prunable
+            if not any(m.module.startswith(p) for m in g.members for p in ign)
+        ]
 
     def _floor(self, g: ChannelGroup) -> int:
         return min(g.size, self.config.min_keep)
@@ -81,8 +84,9 @@ class ChannelPruner:
         k = int(math.ceil(n / r - 1e-9) * r)
         return max(self._floor(g), min(g.size, k))
 
-    def plan(self, model: nn.Module, input_shape: Sequence[int],
-             graph: DependencyGraph | None = None) -> PruningPlan:
+    def plan(
+        self, model: nn.Module, input_shape: Sequence[int], graph: DependencyGraph | None = None
+    ) -> PruningPlan:
         """Decide which channels each prunable group keeps; the model is not modified."""
         graph = graph or DependencyGraph.build(model, input_shape)
         cfg = self.config
@@ -97,17 +101,32 @@ class ChannelPruner:
         for g in groups:
             k = keep[g.id]
             idx = torch.argsort(scores[g.id], descending=True, stable=True)[:k]
-            cuts.append(GroupCut(g.id, g.size, tuple(sorted(int(i) for i in idx)),
-                                 tuple(m.spec() for m in g.members)))
-        return PruningPlan(tuple(cuts), tuple(int(s) for s in input_shape), self.importance.name,
-                           cfg.scope, cfg.target, cfg.ratio, total, graph.estimate_macs(keep))
+            cuts.append(
+                GroupCut(
+                    g.id,
+                    g.size,
+                    tuple(sorted(int(i) for i in idx)),
+                    tuple(m.spec() for m in g.members),
+                )
+            )
+        return PruningPlan(
+            tuple(cuts),
+            tuple(int(s) for s in input_shape),
+            self.importance.name,
+            cfg.scope,
+            cfg.target,
+            cfg.ratio,
+            total,
+            graph.estimate_macs(keep),
+        )
 
     def apply(self, model: nn.Module, plan: PruningPlan) -> nn.Module:
         """Physically remove the channels ``plan`` drops (in place); returns ``model``."""
         return apply_plan(model, plan)
 
-    def _layer_counts(self, graph: DependencyGraph, groups: list[ChannelGroup],
-                      total: int) -> dict[str, int]:
+    def _layer_counts(
+        self, graph: DependencyGraph, groups: list[ChannelGroup], total: int
+    ) -> dict[str, int]:
         def counts(r: float) -> dict[str, int]:
             return {g.id: self._round(g, g.size * (1.0 - r)) for g in groups}
 
@@ -116,8 +135,13 @@ class ChannelPruner:
         goal = total * (1.0 - self.config.ratio)
         return _bisect(counts, lambda k: graph.estimate_macs(k) <= goal)
 
-    def _global_counts(self, graph: DependencyGraph, groups: list[ChannelGroup],
-                       scores: dict[str, torch.Tensor], total: int) -> dict[str, int]:
+    def _global_counts(
+        self,
+        graph: DependencyGraph,
+        groups: list[ChannelGroup],
+        scores: dict[str, torch.Tensor],
+        total: int,
+    ) -> dict[str, int]:
         normed = {}
         for g in groups:
             s = scores[g.id].float()
@@ -135,8 +159,9 @@ class ChannelPruner:
         return _bisect(counts, lambda k: graph.estimate_macs(k) <= goal)
 
 
-def _bisect(counts: Callable[[float], dict[str, int]], ok: Callable[[dict[str, int]], bool],
-            steps: int = 40) -> dict[str, int]:
+def _bisect(
+    counts: Callable[[float], dict[str, int]], ok: Callable[[dict[str, int]], bool], steps: int = 40
+) -> dict[str, int]:
     """Smallest parameter in [0, 1] whose counts satisfy ``ok`` (monotone), or 1.0's counts."""
     lo, hi = 0.0, 1.0
     if ok(counts(lo)):
@@ -159,7 +184,8 @@ def _check_fit(model: nn.Module, plan: PruningPlan) -> DependencyGraph:
         if g.size != cut.size or tuple(m.spec() for m in g.members) != cut.members:
             raise PlanMismatchError(
                 f"pruning plan: group {cut.group!r} does not match this model "
-                f"(size {g.size} vs planned {cut.size}, or different coupled layers)")
+                f"(size {g.size} vs planned {cut.size}, or different coupled layers)"
+            )
         if g.frozen:
             raise PlanMismatchError(f"pruning plan: group {cut.group!r} is frozen ({g.reason})")
         if any(i < 0 or i >= g.size for i in cut.keep) or not cut.keep:

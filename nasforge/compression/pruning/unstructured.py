@@ -26,8 +26,11 @@ _WEIGHTED = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 def prunable_weights(model: nn.Module, exclude: Iterable[str] = ()) -> dict[str, nn.Parameter]:
     """Conv and linear weights by module name (modules under an ``exclude`` prefix skipped)."""
     ex = tuple(exclude)
-    return {name: m.weight for name, m in model.named_modules()
-            if isinstance(m, _WEIGHTED) and not any(name.startswith(p) for p in ex)}
+    return {
+        name: m.weight
+        for name, m in model.named_modules()
+        if isinstance(m, _WEIGHTED) and not any(name.startswith(p) for p in ex)
+    }
 
 
 @dataclass(frozen=True)
@@ -102,9 +105,13 @@ def _smallest(scores: torch.Tensor, k: int) -> torch.Tensor:
 
 
 @torch.no_grad()
-def magnitude_masks(model: nn.Module, sparsity: float, scope: str = "global",
-                    previous: WeightMasks | None = None,
-                    exclude: Iterable[str] = ()) -> WeightMasks:
+def magnitude_masks(
+    model: nn.Module,
+    sparsity: float,
+    scope: str = "global",
+    previous: WeightMasks | None = None,
+    exclude: Iterable[str] = (),
+) -> WeightMasks:
     """Masks removing the ``sparsity`` fraction of smallest-|w| weights, exactly
     ``round(sparsity * n)`` of them (globally or in each layer).
 
@@ -123,13 +130,14 @@ def magnitude_masks(model: nn.Module, sparsity: float, scope: str = "global",
             s[~previous.masks[name]] = -1.0
         scores[name] = s
     if scope == "layer":
-        return WeightMasks({n: _smallest(s, round(sparsity * s.numel()))
-                            for n, s in scores.items()})
+        return WeightMasks(
+            {n: _smallest(s, round(sparsity * s.numel())) for n, s in scores.items()}
+        )
     flat = torch.cat([s.flatten() for s in scores.values()])
     keep = _smallest(flat, round(sparsity * flat.numel()))
     out, i = {}, 0
     for n, s in scores.items():
-        out[n] = keep[i:i + s.numel()].reshape(s.shape)
+        out[n] = keep[i : i + s.numel()].reshape(s.shape)
         i += s.numel()
     return WeightMasks(out)
 
@@ -141,8 +149,9 @@ class GradualMagnitudePruner:
     sparsity (nested in the previous ones); on every step it re-applies the current masks.
     """
 
-    def __init__(self, schedule: SparsitySchedule, scope: str = "global",
-                 exclude: Iterable[str] = ()) -> None:
+    def __init__(
+        self, schedule: SparsitySchedule, scope: str = "global", exclude: Iterable[str] = ()
+    ) -> None:
         self.schedule = schedule
         self.scope = scope
         self.exclude = tuple(exclude)

@@ -32,8 +32,9 @@ def qparams(lo: float, hi: float, signed: bool) -> tuple[float, int]:
     return scale, max(0, min(255, zp))
 
 
-def _quant_error(centers: torch.Tensor, counts: torch.Tensor, lo: float, hi: float,
-                 signed: bool) -> float:
+def _quant_error(
+    centers: torch.Tensor, counts: torch.Tensor, lo: float, hi: float, signed: bool
+) -> float:
     scale, zp = qparams(lo, hi, signed)
     qmin, qmax = (-127, 127) if signed else (0, 255)
     q = torch.clamp(torch.round(centers / scale) + zp, qmin, qmax)
@@ -59,8 +60,12 @@ def _kl_range(hist: torch.Tensor, lo: float, hi: float) -> tuple[float, float]:
         p[0] += float(hist[:left].sum())
         p[-1] += float(hist[right:].sum())
         chunks = torch.tensor_split(hist[left:right].double(), levels)
-        q = torch.cat([torch.where(c > 0, c.sum() / max(int((c > 0).sum()), 1), torch.zeros_like(c))
-                       for c in chunks])
+        q = torch.cat(
+            [
+                torch.where(c > 0, c.sum() / max(int((c > 0).sum()), 1), torch.zeros_like(c))
+                for c in chunks
+            ]
+        )
         pm, qm = p / p.sum(), q / max(float(q.sum()), 1e-12)
         mask = pm > 0
         kl = float((pm[mask] * torch.log(pm[mask] / torch.clamp(qm[mask], min=1e-12))).sum())
@@ -80,7 +85,8 @@ class RangeObserver:
     def __init__(self, method: str = "minmax", percentile: float = 99.99) -> None:
         if method not in CALIBRATIONS:
             raise ValueError(
-                f"quantize.calibration: expected one of {CALIBRATIONS}, got {method!r}")
+                f"quantize.calibration: expected one of {CALIBRATIONS}, got {method!r}"
+            )
         self.method = method
         self.percentile = percentile
         self.lo, self.hi = math.inf, -math.inf

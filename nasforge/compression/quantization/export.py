@@ -20,8 +20,9 @@ from torch import nn
 OPSET = 17
 
 
-def export_onnx(model: nn.Module, path: str | Path, input_shape: Sequence[int],
-                compact_graph: bool = True) -> Path:
+def export_onnx(
+    model: nn.Module, path: str | Path, input_shape: Sequence[int], compact_graph: bool = True
+) -> Path:
     """Export ``model`` (eval mode, batch dimension dynamic, BN folded by the exporter) to
     ``path``; with ``compact_graph`` the file is shrunk by :func:`compact`. Returns the path."""
     import onnx
@@ -31,10 +32,17 @@ def export_onnx(model: nn.Module, path: str | Path, input_shape: Sequence[int],
     x = torch.zeros(1, *input_shape)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(model, (x,), str(path), dynamo=False, opset_version=OPSET,
-                          input_names=["input"], output_names=["logits"],
-                          dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
-                          do_constant_folding=True)
+        torch.onnx.export(
+            model,
+            (x,),
+            str(path),
+            dynamo=False,
+            opset_version=OPSET,
+            input_names=["input"],
+            output_names=["logits"],
+            dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
+            do_constant_folding=True,
+        )
     if compact_graph:
         m = onnx.load(str(path))
         compact(m)

@@ -66,7 +66,8 @@ def unpack_int4(packed: torch.Tensor, n: int) -> torch.Tensor:
 def quantize_weight_int4(w: torch.Tensor, group_size: int = 32) -> Int4Weight:
     if group_size < 2 or group_size % 2:
         raise QuantizationError(
-            f"quantize.int4_group_size must be an even number >= 2, got {group_size}")
+            f"quantize.int4_group_size must be an even number >= 2, got {group_size}"
+        )
     w2 = w.detach().float().reshape(w.shape[0], -1)
     fan_in = w2.shape[1]
     n_groups = math.ceil(fan_in / group_size)
@@ -88,8 +89,9 @@ class Int4Model:
 
     @property
     def size_bytes(self) -> int:
-        return (sum(w.size_bytes for w in self.weights.values())
-                + sum(t.numel() * t.element_size() for t in self.rest.values()))
+        return sum(w.size_bytes for w in self.weights.values()) + sum(
+            t.numel() * t.element_size() for t in self.rest.values()
+        )
 
     def materialize(self, model: nn.Module) -> nn.Module:
         """A copy of ``model`` (same architecture) carrying the dequantized weights."""
@@ -101,18 +103,32 @@ class Int4Model:
         return out
 
     def save(self, path: str | Path) -> None:
-        torch.save({"format": "nasforge-int4-v1",
-                    "weights": {k: {"packed": w.packed, "scales": w.scales, "shape": list(w.shape),
-                                    "group_size": w.group_size} for k, w in self.weights.items()},
-                    "rest": self.rest}, str(path))
+        torch.save(
+            {
+                "format": "nasforge-int4-v1",
+                "weights": {
+                    k: {
+                        "packed": w.packed,
+                        "scales": w.scales,
+                        "shape": list(w.shape),
+                        "group_size": w.group_size,
+                    }
+                    for k, w in self.weights.items()
+                },
+                "rest": self.rest,
+            },
+            str(path),
+        )
 
     @classmethod
     def load(cls, path: str | Path) -> Int4Model:
         d = torch.load(str(path), weights_only=True)
         if d.get("format") != "nasforge-int4-v1":
             raise QuantizationError(f"{path}: not a nasforge INT4 file")
-        ws = {k: Int4Weight(v["packed"], v["scales"], tuple(v["shape"]), int(v["group_size"]))
-              for k, v in d["weights"].items()}
+        ws = {
+            k: Int4Weight(v["packed"], v["scales"], tuple(v["shape"]), int(v["group_size"]))
+            for k, v in d["weights"].items()
+        }
         return cls(ws, d["rest"])
 
 

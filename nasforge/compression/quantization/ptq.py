@@ -22,11 +22,12 @@ from nasforge.compression.quantization.qsim import QuantSim, QuantSpec, prepare
 from nasforge.compression.quantization.runtime import compare_latency, ort_runner
 
 
-def quantize_static_int8(model: nn.Module, calib_x: torch.Tensor, spec: QuantSpec | None = None,
-                         batch_size: int = 64) -> QuantSim:
+def quantize_static_int8(
+    model: nn.Module, calib_x: torch.Tensor, spec: QuantSpec | None = None, batch_size: int = 64
+) -> QuantSim:
     """Prepare and calibrate a :class:`QuantSim` of ``model`` (not modified) on ``calib_x``."""
     sim = prepare(model, spec)
-    return sim.calibrate([calib_x[i:i + batch_size] for i in range(0, len(calib_x), batch_size)])
+    return sim.calibrate([calib_x[i : i + batch_size] for i in range(0, len(calib_x), batch_size)])
 
 
 @dataclass(frozen=True)
@@ -43,32 +44,51 @@ def format_candidates(model: nn.Module, base: QuantSpec | None = None) -> dict[s
     same with a narrow-input stem (<= 4 input channels) kept in FP32, where integer kernels
     have too little work per output to win."""
     base = base or QuantSpec()
-    cands = {"u8act_s8w_per_channel": replace(base, activations="uint8"),
-             "s8act_s8w_per_channel": replace(base, activations="int8")}
-    stem = next((n for n, m in model.named_modules()
-                 if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d))), None)
+    cands = {
+        "u8act_s8w_per_channel": replace(base, activations="uint8"),
+        "s8act_s8w_per_channel": replace(base, activations="int8"),
+    }
+    stem = next(
+        (n for n, m in model.named_modules() if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d))),
+        None,
+    )
     if stem is not None and model.get_submodule(stem).in_channels <= 4:
         cands["u8act_s8w_per_channel_fp32_stem"] = replace(
-            base, activations="uint8", exclude=tuple(base.exclude) + (stem,))
+            base, activations="uint8", exclude=tuple(base.exclude) + (stem,)
+        )
     return cands
 
 
-def choose_int8_format(model: nn.Module, calib_x: torch.Tensor, input_shape: Sequence[int],
-                       candidates: dict[str, QuantSpec], batch_sizes: Sequence[int] = (1, 32),
-                       threads: int = 1, workdir: str | Path | None = None) -> list[FormatTrial]:
+def choose_int8_format(
+    model: nn.Module,
+    calib_x: torch.Tensor,
+    input_shape: Sequence[int],
+    candidates: dict[str, QuantSpec],
+    batch_sizes: Sequence[int] = (1, 32),
+    threads: int = 1,
+    workdir: str | Path | None = None,
+) -> list[FormatTrial]:
     """Measure every candidate format end to end (interleaved with each other) and return
     the trials fastest first, ranked by the geometric mean over ``batch_sizes``."""
     with tempfile.TemporaryDirectory() as tmp:
         d = Path(workdir or tmp)
         paths = {}
         for name, spec in candidates.items():
-            paths[name] = export_qdq(quantize_static_int8(model, calib_x, spec),
-                                     d / f"cand_{name}.onnx", input_shape)
+            paths[name] = export_qdq(
+                quantize_static_int8(model, calib_x, spec), d / f"cand_{name}.onnx", input_shape
+            )
         lat: dict[str, dict[int, float]] = {n: {} for n in candidates}
         for bs in batch_sizes:
             x = calib_x[:1].expand(bs, *calib_x.shape[1:]).contiguous()
-            res = compare_latency({n: ort_runner(p, x, threads) for n, p in paths.items()}, {},
-                                  bs, threads, rounds=5, repeats=10 if bs <= 4 else 3, warmup=3)
+            res = compare_latency(
+                {n: ort_runner(p, x, threads) for n, p in paths.items()},
+                {},
+                bs,
+                threads,
+                rounds=5,
+                repeats=10 if bs <= 4 else 3,
+                warmup=3,
+            )
             for n, r in res.items():
                 lat[n][bs] = r.median_ms
     trials = [FormatTrial(n, candidates[n], lat[n]) for n in candidates]

@@ -18,9 +18,15 @@ from nasforge.train import LossFn, TrainConfig, TrainHistory, train_model
 
 
 def quantization_aware_training(
-    model: nn.Module, x: torch.Tensor, y: torch.Tensor, calib_x: torch.Tensor,
-    train: TrainConfig, spec: QuantSpec | None = None, loss_fn: LossFn | None = None,
-    x_val: torch.Tensor | None = None, y_val: torch.Tensor | None = None,
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    calib_x: torch.Tensor,
+    train: TrainConfig,
+    spec: QuantSpec | None = None,
+    loss_fn: LossFn | None = None,
+    x_val: torch.Tensor | None = None,
+    y_val: torch.Tensor | None = None,
 ) -> tuple[QuantSim, TrainHistory]:
     """Return a QAT-trained, frozen :class:`QuantSim` of ``model`` (``model`` is not modified).
 

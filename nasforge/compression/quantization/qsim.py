@@ -39,8 +39,15 @@ _CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 _BN = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 _FUSED_ACT_MODULES = (nn.ReLU, nn.ReLU6)
 _FUSED_ACT_FUNCTIONS = {F.relu, F.relu6, torch.relu}
-_ELEMENTWISE_QUANT = {operator.add, operator.iadd, torch.add, operator.mul, torch.mul, torch.cat,
-                      torch.concat}
+_ELEMENTWISE_QUANT = {
+    operator.add,
+    operator.iadd,
+    torch.add,
+    operator.mul,
+    torch.mul,
+    torch.cat,
+    torch.concat,
+}
 _POOL_MODULES = (nn.AvgPool1d, nn.AvgPool2d, nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d)
 _MOVEMENT_MODULES = (nn.Flatten, nn.Dropout, nn.Identity, nn.MaxPool1d, nn.MaxPool2d)
 _MOVEMENT_FUNCTIONS = {torch.flatten, F.max_pool2d, F.dropout}
@@ -71,10 +78,12 @@ class QuantSpec:
         if self.activations not in ACTIVATION_TYPES:
             raise QuantizationError(
                 f"quantize.activations: expected one of {ACTIVATION_TYPES}, "
-                f"got {self.activations!r}")
+                f"got {self.activations!r}"
+            )
         if self.weights not in WEIGHT_TYPES:
             raise QuantizationError(
-                f"quantize.weights: expected one of {WEIGHT_TYPES}, got {self.weights!r}")
+                f"quantize.weights: expected one of {WEIGHT_TYPES}, got {self.weights!r}"
+            )
         RangeObserver(self.calibration)  # validates the method name
 
     @property
@@ -132,7 +141,8 @@ class ActQuant(nn.Module):
                 self.set_range(float(self.ema[0]), float(self.ema[1]))
         qmin, qmax = self.qrange
         return torch.fake_quantize_per_tensor_affine(
-            x, float(self.scale), int(self.zero_point), qmin, qmax)
+            x, float(self.scale), int(self.zero_point), qmin, qmax
+        )
 
 
 def weight_scale(w: torch.Tensor, per_channel: bool) -> torch.Tensor:
@@ -204,8 +214,12 @@ def fold_bn_graph(gm: fx.GraphModule) -> fx.GraphModule:
         if node.op != "call_module" or not isinstance(gm.get_submodule(node.target), _BN):
             continue
         src = node.args[0]
-        if not (isinstance(src, fx.Node) and src.op == "call_module" and len(src.users) == 1
-                and isinstance(gm.get_submodule(src.target), _CONV)):
+        if not (
+            isinstance(src, fx.Node)
+            and src.op == "call_module"
+            and len(src.users) == 1
+            and isinstance(gm.get_submodule(src.target), _CONV)
+        ):
             continue
         bn = gm.get_submodule(node.target)
         if not bn.track_running_stats or bn.running_mean is None:
@@ -238,8 +252,13 @@ class QuantSim(nn.Module):
         weighted: names of conv/linear layers with quantized weights.
     """
 
-    def __init__(self, gm: fx.GraphModule, spec: QuantSpec, quantizers: dict[str, ActQuant],
-                 weighted: list[str]) -> None:
+    def __init__(
+        self,
+        gm: fx.GraphModule,
+        spec: QuantSpec,
+        quantizers: dict[str, ActQuant],
+        weighted: list[str],
+    ) -> None:
         super().__init__()
         self.gm = gm
         self.spec = spec

@@ -55,7 +55,7 @@ def ort_predict(session: object, x: torch.Tensor, batch_size: int = 256) -> torc
     name = session.get_inputs()[0].name  # type: ignore[attr-defined]
     outs = []
     for i in range(0, len(x), batch_size):
-        xb = x[i:i + batch_size].numpy().astype(np.float32)
+        xb = x[i : i + batch_size].numpy().astype(np.float32)
         outs.append(torch.from_numpy(session.run(None, {name: xb})[0]))  # type: ignore[attr-defined]
     return torch.cat(outs)
 
@@ -77,9 +77,15 @@ def torch_runner(model: torch.nn.Module, x: torch.Tensor) -> Callable[[], object
     return run
 
 
-def compare_latency(runners: dict[str, Callable[[], object]], backend: dict[str, str],
-                    batch_size: int, threads: int, rounds: int = 7, repeats: int = 10,
-                    warmup: int = 5) -> dict[str, Latency]:
+def compare_latency(
+    runners: dict[str, Callable[[], object]],
+    backend: dict[str, str],
+    batch_size: int,
+    threads: int,
+    rounds: int = 7,
+    repeats: int = 10,
+    warmup: int = 5,
+) -> dict[str, Latency]:
     """Interleaved timing of several runners; each round times ``repeats`` calls of each.
 
     The reported median is over all calls of a runner; rounds alternate the order.
@@ -93,7 +99,7 @@ def compare_latency(runners: dict[str, Callable[[], object]], backend: dict[str,
         samples: dict[str, list[float]] = {k: [] for k in runners}
         names = list(runners)
         for r in range(rounds):
-            for k in (names if r % 2 == 0 else names[::-1]):
+            for k in names if r % 2 == 0 else names[::-1]:
                 run = runners[k]
                 for _ in range(repeats):
                     t0 = time.perf_counter()
@@ -104,8 +110,9 @@ def compare_latency(runners: dict[str, Callable[[], object]], backend: dict[str,
     out = {}
     for k, s in samples.items():
         q = statistics.quantiles(s, n=4) if len(s) >= 4 else [min(s), 0, max(s)]
-        out[k] = Latency(k, backend.get(k, ""), batch_size, threads, statistics.median(s),
-                         q[2] - q[0], len(s))
+        out[k] = Latency(
+            k, backend.get(k, ""), batch_size, threads, statistics.median(s), q[2] - q[0], len(s)
+        )
     return out
 
 
@@ -136,10 +143,12 @@ def optimized_op_counts(path: str | Path) -> dict[str, int]:
 def agreement(a: torch.Tensor, b: torch.Tensor) -> dict[str, float]:
     """Top-1 agreement and max/mean absolute logit difference between two logit tensors."""
     a, b = a.detach().float(), b.detach().float()
-    return {"top1_agreement": float((a.argmax(1) == b.argmax(1)).float().mean()),
-            "max_abs_diff": float((a - b).abs().max()),
-            "mean_abs_diff": float((a - b).abs().mean())}
+    return {
+        "top1_agreement": float((a.argmax(1) == b.argmax(1)).float().mean()),
+        "max_abs_diff": float((a - b).abs().max()),
+        "mean_abs_diff": float((a - b).abs().mean()),
+    }
 
 
 def batches(x: torch.Tensor, batch_size: int) -> Sequence[torch.Tensor]:
-    return [x[i:i + batch_size] for i in range(0, len(x), batch_size)]
+    return [x[i : i + batch_size] for i in range(0, len(x), batch_size)]

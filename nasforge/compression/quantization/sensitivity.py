@@ -61,13 +61,18 @@ def _input_quantizer(sim: QuantSim, layer: str) -> str | None:
 
 def sqnr_db(ref: torch.Tensor, test: torch.Tensor) -> float:
     noise = float(((ref - test) ** 2).mean())
-    signal = float((ref ** 2).mean())
+    signal = float((ref**2).mean())
     return 10 * math.log10(signal / noise) if noise > 0 else float("inf")
 
 
 @torch.no_grad()
-def layer_sensitivity(model: nn.Module, calib_x: torch.Tensor, x: torch.Tensor, y: torch.Tensor,
-                      spec: QuantSpec | None = None) -> list[LayerSensitivity]:
+def layer_sensitivity(
+    model: nn.Module,
+    calib_x: torch.Tensor,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    spec: QuantSpec | None = None,
+) -> list[LayerSensitivity]:
     """Sensitivity of every quantizable layer, most sensitive (lowest SQNR) first."""
     sim = quantize_static_int8(model, calib_x, spec)
     sim.set_mode("float")
@@ -81,17 +86,26 @@ def layer_sensitivity(model: nn.Module, calib_x: torch.Tensor, x: torch.Tensor, 
         if q:
             sim.quantizers[q].mode = "quant"
         logits = predict_logits(sim, x)
-        out.append(LayerSensitivity(layer, sqnr_db(ref, logits),
-                                    float((logits.argmax(1) == y).float().mean())))
+        out.append(
+            LayerSensitivity(
+                layer, sqnr_db(ref, logits), float((logits.argmax(1) == y).float().mean())
+            )
+        )
         mod.quant_weights = False
         if q:
             sim.quantizers[q].mode = "float"
     return sorted(out, key=lambda s: s.sqnr_db)
 
 
-def mixed_precision_plan(model: nn.Module, calib_x: torch.Tensor, x: torch.Tensor, y: torch.Tensor,
-                         budget: float, spec: QuantSpec | None = None,
-                         max_fp32_layers: int = 8) -> MixedPrecisionPlan:
+def mixed_precision_plan(
+    model: nn.Module,
+    calib_x: torch.Tensor,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    budget: float,
+    spec: QuantSpec | None = None,
+    max_fp32_layers: int = 8,
+) -> MixedPrecisionPlan:
     """Keep the most sensitive layers FP32 until ``float - int8`` accuracy <= ``budget``
     (evaluated on ``x``/``y``, a validation split), at most ``max_fp32_layers`` of them."""
     spec = spec or QuantSpec()
@@ -109,5 +123,6 @@ def mixed_precision_plan(model: nn.Module, calib_x: torch.Tensor, x: torch.Tenso
         acc = evaluate_accuracy(sim, x, y)
         if float_acc - acc <= budget:
             break
-    return MixedPrecisionPlan(tuple(keep), float_acc, int8_acc, acc, budget,
-                              float_acc - acc <= budget, tuple(sens))
+    return MixedPrecisionPlan(
+        tuple(keep), float_acc, int8_acc, acc, budget, float_acc - acc <= budget, tuple(sens)
+    )
