@@ -8,10 +8,16 @@ from pathlib import Path
 import pytest
 import torch
 
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+from nasforge.evaluators.table import shared_data_dir
+
+# One intra-op thread per test process: the suite runs in parallel (pytest-xdist, one worker
+# per core) and must pass on a loaded host, where two OpenMP threads wait at every barrier for
+# whichever of them another process preempted (measured 2.3-7.8x slower training with one core
+# busy). Tests that need more threads pin them themselves.
+torch.set_num_threads(1)
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED_DATA = Path(os.environ.get("NASFORGE_SHARED_DATA", REPO.parent / "shared" / "data"))
+SHARED_DATA = shared_data_dir()  # $NASFORGE_SHARED_DATA, else ../shared/data
 NB201_CSV = SHARED_DATA / "nas-bench-201" / "nb201_cifar10.csv.gz"
 
 

@@ -265,5 +265,10 @@ def test_nb201_spec_defaults_and_errors(
     missing = tmp_path / "nas-bench-201" / "nb201_cifar10.csv.gz"
     with pytest.raises(DataError, match=str(missing)):
         nb201_cifar10_spec()
-    with pytest.raises(ConfigError, match="device must be one of 1080ti_1, .*eyeriss"):
+    # devices are the file's lat_ms_<device> columns, listed when one is missing
+    with pytest.raises(
+        ConfigError, match=r"table.device: 'tpu' has no column 'lat_ms_tpu' .*1080ti_1, .*eyeriss"
+    ):
         nb201_cifar10_spec(nb201_csv, device="tpu")
+    with pytest.raises(ConfigError, match="did you mean 'pixel3'"):
+        nb201_cifar10_spec(nb201_csv, device="pixl3")
