@@ -16,8 +16,9 @@ install: $(STAMP)
 demo: install
 	$(VENV)/bin/nasforge search examples/quickstart.yaml --name quickstart-$(shell date +%Y%m%d-%H%M%S)
 
+# One xdist worker per core; whole files per worker so module fixtures are built once.
 test: install
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n auto --dist loadfile
 
 test-all: install
 	$(PY) -m pytest -q -m "not gpu"
