@@ -1,7 +1,8 @@
 """Compression: make a searched model deployable, and prove it with measured numbers.
 
 Pruning (dependency graph, importance, pruners), quantization (INT8 PTQ/QAT on ONNX
-Runtime, INT4 weight-only, sensitivity), distillation, and the pipeline that chains them.
+Runtime, INT4 weight-only, sensitivity), distillation, and the pipeline that chains them as
+registered stages (``register_stage``; see :mod:`nasforge.compression.stages`).
 Heavy parts (onnxruntime, matplotlib) are imported only when used.
 """
 
@@ -13,7 +14,7 @@ from nasforge.compression.errors import (
     QuantizationError,
     UnsupportedModelError,
 )
-from nasforge.compression.pipeline import CompressionReport, StageResult, run_pipeline
+from nasforge.compression.pipeline import run_pipeline
 from nasforge.compression.pruning import (
     ChannelPruner,
     ChannelPruningConfig,
@@ -23,6 +24,8 @@ from nasforge.compression.pruning import (
     mask_plan,
 )
 from nasforge.compression.quantization import QuantSpec, export_qdq, quantize_static_int8
+from nasforge.compression.results import CompressionReport, StageOutput, StageResult
+from nasforge.compression.stages import PipelineState, Stage, list_stages, register_stage
 
 __all__ = [
     "ChannelPruner",
@@ -33,15 +36,20 @@ __all__ = [
     "DependencyGraph",
     "DistillationLoss",
     "FeatureDistiller",
+    "PipelineState",
     "PlanMismatchError",
     "PruningPlan",
     "QuantSpec",
     "QuantizationError",
+    "Stage",
+    "StageOutput",
     "StageResult",
     "UnsupportedModelError",
     "apply_plan",
     "export_qdq",
+    "list_stages",
     "mask_plan",
     "quantize_static_int8",
+    "register_stage",
     "run_pipeline",
 ]

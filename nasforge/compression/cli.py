@@ -8,10 +8,11 @@ unpickles code, so only load files you trust. Bad input exits with code 2 and on
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 import yaml
+from pydantic import ValidationError
 
 from nasforge.compression.config import CompressConfig
 from nasforge.compression.errors import CompressionError
@@ -67,6 +68,11 @@ def _parse_prune(spec: str | None) -> dict[str, object]:
     return out
 
 
+def _show(status: Any, console: Any, message: str) -> None:
+    status.update(message)
+    console.log(message)
+
+
 def compress(
     model: Annotated[
         Path, typer.Argument(help="torch.save'd model (full module or {'model': module})")
@@ -79,7 +85,16 @@ def compress(
         str | None,
         typer.Option("--prune", help="channel:RATIO | unstructured:RATIO | imp:RATIO | none"),
     ] = None,
-    quantize: Annotated[str, typer.Option("--quantize", help="int8 | int4 | none")] = "int8",
+    quantize: Annotated[
+        str | None, typer.Option("--quantize", help="int8 | int4 | none (default int8)")
+    ] = None,
+    stages: Annotated[
+        str | None,
+        typer.Option(
+            "--stages",
+            help="comma-separated registered stages, e.g. prune_channels,distill,quantize_int8",
+        ),
+    ] = None,
     distill_from: Annotated[
         Path | None, typer.Option("--distill-from", help="teacher model file")
     ] = None,
@@ -98,7 +113,7 @@ def compress(
 
     console = Console(stderr=True)
     try:
-        raw: dict[str, object] = {}
+        raw: dict[str, Any] = {}
         if config is not None:
             if not config.is_file():
                 raise CompressionError(f"--config: {config} does not exist")
@@ -106,20 +121,24 @@ def compress(
             if not isinstance(loaded, dict):
                 raise CompressionError(f"--config: {config} is not a YAML mapping")
             raw = dict(loaded.get("compress", loaded))
+
+        def section(name: str, **values: object) -> None:
+            raw[name] = {**dict(raw.get(name) or {}), **values}
+
         if prune is not None:
-            raw["prune"] = {**dict(raw.get("prune", {}) or {}), **_parse_prune(prune)}  # type: ignore[arg-type]
-        raw["quantize"] = {**dict(raw.get("quantize", {}) or {}), "mode": quantize}  # type: ignore[arg-type]
+            section("prune", **_parse_prune(prune))
+        if quantize is not None:
+            section("quantize", mode=quantize)
+        if stages is not None:
+            raw["stages"] = [s.strip() for s in stages.split(",") if s.strip()]
         if finetune_epochs is not None:
-            raw["finetune"] = {**dict(raw.get("finetune", {}) or {}), "epochs": finetune_epochs}  # type: ignore[arg-type]
+            section("finetune", epochs=finetune_epochs)
         try:
             cfg = CompressConfig.model_validate(raw)
-        except Exception as exc:  # pydantic.ValidationError: report the first field on one line
-            errs = getattr(exc, "errors", list)()
-            if errs:
-                e = errs[0]
-                field = ".".join(str(x) for x in e.get("loc", ()))
-                raise CompressionError(f"compress.{field}: {e.get('msg')}") from None
-            raise
+        except ValidationError as exc:  # report the first field on one line
+            e = exc.errors()[0]
+            field = ".".join(str(x) for x in e.get("loc", ()))
+            raise CompressionError(f"compress.{field}: {e.get('msg')}") from None
         net = load_model(model)
         teacher = load_model(distill_from) if distill_from is not None else None
         ds = load_dataset(data, data_path)
@@ -130,7 +149,7 @@ def compress(
                 cfg,
                 out,
                 teacher=teacher,
-                progress=lambda m: (status.update(m), console.log(m)),
+                progress=lambda m: _show(status, console, m),
             )
     except (NasforgeError, ValueError) as exc:
         console.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)

@@ -7,7 +7,7 @@ import html
 import io
 from pathlib import Path
 
-from nasforge.compression.pipeline import CompressionReport
+from nasforge.compression.results import CompressionReport
 
 
 def _png(fig: object) -> str:

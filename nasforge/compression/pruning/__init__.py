@@ -1,12 +1,17 @@
-"""Pruning: the channel dependency graph, importance criteria, structured and unstructured
-pruners, hardware-aware ratios and iterative magnitude pruning."""
+"""Pruning: the channel dependency graph (coupling rules), per-layer cut rules, importance
+criteria, structured and unstructured pruners, hardware-aware ratios and iterative magnitude
+pruning. A new layer type is made prunable with ``register_leaf_rule`` (how it couples
+channels) and ``register_cut_rule`` (how it loses them)."""
 
-from nasforge.compression.pruning.graph import (
-    ChannelGroup,
-    DependencyGraph,
-    Member,
-    register_leaf_rule,
+from nasforge.compression.pruning.cuts import (
+    CutRule,
+    default_channel_dim,
+    keep_index,
+    register_cut_rule,
+    slice_parameters,
 )
+from nasforge.compression.pruning.graph import DependencyGraph, register_leaf_rule
+from nasforge.compression.pruning.groups import ChannelGroup, GroupBuilder, Member, Segment
 from nasforge.compression.pruning.imp import (
     IMPResult,
     IMPRound,
@@ -52,8 +57,10 @@ __all__ = [
     "ChannelLatencyTable",
     "ChannelPruner",
     "ChannelPruningConfig",
+    "CutRule",
     "DependencyGraph",
     "GradualMagnitudePruner",
+    "GroupBuilder",
     "GroupCut",
     "IMPResult",
     "IMPRound",
@@ -62,20 +69,25 @@ __all__ = [
     "Member",
     "PruningPlan",
     "RandomImportance",
+    "Segment",
     "SparsitySchedule",
     "TaylorImportance",
     "WeightMasks",
     "apply_plan",
     "build_latency_table",
+    "default_channel_dim",
     "fold_masks",
     "imp_sparsity",
+    "keep_index",
     "iterative_magnitude_pruning",
     "latency_aware_plan",
     "magnitude_masks",
     "make_importance",
     "mask_plan",
     "recalibrate_bn",
+    "register_cut_rule",
     "register_leaf_rule",
+    "slice_parameters",
     "sparse_size_bytes",
     "weight_sparsity",
 ]

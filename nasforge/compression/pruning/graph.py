@@ -21,141 +21,68 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp
 
 from nasforge.compression.errors import UnsupportedModelError
-
-_CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
-_BN = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
-_PASS_MODULES: tuple[type[nn.Module], ...] = (
-    nn.ReLU,
-    nn.ReLU6,
-    nn.Hardtanh,
-    nn.Hardswish,
-    nn.SiLU,
-    nn.GELU,
-    nn.Sigmoid,
-    nn.Hardsigmoid,
-    nn.Tanh,
-    nn.LeakyReLU,
-    nn.ELU,
-    nn.Mish,
-    nn.Identity,
-    nn.Dropout,
-    nn.Dropout1d,
-    nn.Dropout2d,
-    nn.MaxPool1d,
-    nn.MaxPool2d,
-    nn.AvgPool1d,
-    nn.AvgPool2d,
-    nn.AdaptiveAvgPool1d,
-    nn.AdaptiveAvgPool2d,
-    nn.AdaptiveMaxPool1d,
-    nn.AdaptiveMaxPool2d,
+from nasforge.compression.pruning.cuts import (
+    ChannelDimFn,
+    CutFn,
+    CutRule,
+    cut_rule_for,
+    keep_index,
+    register_cut_rule,
 )
-_PASS_FUNCTIONS: set[object] = {
-    F.relu,
-    F.relu6,
-    F.hardswish,
-    F.silu,
-    F.gelu,
-    F.sigmoid,
-    F.hardsigmoid,
-    F.hardtanh,
-    F.leaky_relu,
-    F.elu,
-    F.dropout,
-    F.adaptive_avg_pool1d,
-    F.adaptive_avg_pool2d,
-    F.avg_pool1d,
-    F.avg_pool2d,
-    F.max_pool1d,
-    F.max_pool2d,
-    F.adaptive_max_pool2d,
-    torch.relu,
-    torch.sigmoid,
-    torch.tanh,
-    torch.clamp,
-    torch.clip,
-}
-_PASS_METHODS = {
-    "relu",
-    "relu_",
-    "sigmoid",
-    "sigmoid_",
-    "tanh",
-    "clamp",
-    "clamp_",
-    "clip",
-    "contiguous",
-    "hardswish",
-    "float",
-}
-_BINARY = {
-    operator.add,
-    operator.iadd,
-    operator.sub,
-    operator.isub,
-    operator.mul,
-    operator.imul,
-    operator.truediv,
-    torch.add,
-    torch.sub,
-    torch.mul,
-    torch.div,
-}
-_BINARY_METHODS = {"add", "add_", "sub", "mul", "mul_", "div"}
-_CAT = {torch.cat, torch.concat}
+from nasforge.compression.pruning.groups import ChannelGroup, GroupBuilder, Member, Segment
+from nasforge.compression.pruning.ops import (
+    BINARY,
+    BINARY_METHODS,
+    BN,
+    CAT,
+    CONV,
+    PASS_FUNCTIONS,
+    PASS_METHODS,
+    PASS_MODULES,
+)
+from nasforge.nn.blocks import SqueezeExcite
 
-MEMBER_KINDS = ("out", "in", "dw", "bn")
-"""``out``: dim 0 of a conv/linear weight (+ bias); ``in``: dim 1 of a conv/linear weight;
-``dw``: a depthwise conv (weight dim 0, bias, channel counts, groups); ``bn``: a batch norm."""
+__all__ = [
+    "ChannelGroup",
+    "CutRule",
+    "DependencyGraph",
+    "GroupBuilder",
+    "Member",
+    "Segment",
+    "cut_rule_for",
+    "keep_index",
+    "register_cut_rule",
+    "register_leaf_rule",
+    "trace",
+]
 
-
-@dataclass(frozen=True)
-class Member:
-    """One parameter slice coupled to a group: channel ``offset + i`` of ``module``'s
-    ``kind`` dim."""
-
-    module: str
-    kind: str
-    offset: int = 0
-
-    def spec(self) -> str:
-        return f"{self.module}:{self.kind}@{self.offset}"
-
-
-@dataclass(frozen=True)
-class ChannelGroup:
-    """Channels that must be pruned together; ``frozen`` groups (with ``reason``) are kept."""
-
-    id: str
-    size: int
-    members: tuple[Member, ...]
-    frozen: bool = False
-    reason: str = ""
-
-
-@dataclass(frozen=True)
-class _Seg:
-    space: int
-    length: int
-
-
-LeafRule = Callable[["_Builder", str, nn.Module, list[_Seg]], list[_Seg]]
+LeafRule = Callable[[GroupBuilder, str, nn.Module, list[Segment]], list[Segment]]
+"""``rule(builder, name, module, in_layout) -> out_layout``: a leaf's channel coupling."""
 _LEAF_RULES: dict[type[nn.Module], LeafRule] = {}
 
 
-def register_leaf_rule(cls: type[nn.Module], rule: LeafRule) -> None:
+def register_leaf_rule(
+    cls: type[nn.Module],
+    rule: LeafRule,
+    cut: CutFn | None = None,
+    channel_dim: ChannelDimFn | None = None,
+) -> None:
     """Treat modules of ``cls`` as leaves whose channel coupling ``rule`` describes.
 
     ``rule(builder, name, module, in_layout) -> out_layout`` is called once per call site
-    and may call ``builder.add_member`` / ``builder.new_space``. Used for blocks that
-    ``torch.fx`` cannot trace (see the squeeze-excite rule below).
+    while the graph is built and may call ``builder.add_member`` / ``builder.new_space``.
+    Used for blocks that ``torch.fx`` cannot trace (see the squeeze-excite rule below) and
+    for new layer types. When the rule adds members on the leaf itself (not only on its
+    conv/linear/BN children), pass ``cut`` and/or ``channel_dim`` too: they are registered
+    with :func:`register_cut_rule`, so one call makes the layer type prunable.
     """
     _LEAF_RULES[cls] = rule
+    if cut is not None or channel_dim is not None:
+        register_cut_rule(cls, cut, channel_dim)
 
 
 class _Tracer(fx.Tracer):
@@ -166,7 +93,7 @@ class _Tracer(fx.Tracer):
         self.nf_scope: list[str] = [""]
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-        if isinstance(m, _CONV + _BN + (nn.Linear, nn.Flatten) + _PASS_MODULES):
+        if isinstance(m, CONV + BN + (nn.Linear, nn.Flatten) + PASS_MODULES):
             return True
         if type(m) in _LEAF_RULES:
             return True
@@ -199,75 +126,18 @@ def trace(model: nn.Module) -> fx.GraphModule:
     return fx.GraphModule(tracer.root, graph, type(model).__name__)
 
 
-class _Builder:
-    """Union-find over channel spaces plus the member list of each space."""
-
-    def __init__(self) -> None:
-        self.parent: list[int] = []
-        self.size: list[int] = []
-        self.members: dict[int, list[Member]] = {}
-        self.frozen: dict[int, str] = {}
-        self.names: list[str] = []
-
-    def new_space(self, size: int, name: str) -> int:
-        sid = len(self.parent)
-        self.parent.append(sid)
-        self.size.append(int(size))
-        self.members[sid] = []
-        self.names.append(name)
-        return sid
-
-    def find(self, s: int) -> int:
-        while self.parent[s] != s:
-            self.parent[s] = self.parent[self.parent[s]]
-            s = self.parent[s]
-        return s
-
-    def union(self, a: int, b: int, where: str) -> None:
-        ra, rb = self.find(a), self.find(b)
-        if ra == rb:
-            return
-        if self.size[ra] != self.size[rb]:
-            raise UnsupportedModelError(
-                f"layer {where!r}: couples channel groups of different sizes "
-                f"({self.size[ra]} vs {self.size[rb]})"
-            )
-        if rb < ra:
-            ra, rb = rb, ra
-        self.parent[rb] = ra
-        self.members[ra].extend(self.members.pop(rb))
-        if rb in self.frozen:
-            self.frozen.setdefault(ra, self.frozen.pop(rb))
-
-    def add_member(self, layout: list[_Seg], module: str, kind: str) -> None:
-        offset = 0
-        for seg in layout:
-            self.members[self.find(seg.space)].append(Member(module, kind, offset))
-            offset += seg.length
-
-    def freeze(self, layout: list[_Seg] | None, reason: str) -> None:
-        for seg in layout or []:
-            self.frozen.setdefault(self.find(seg.space), reason)
-
-
-def _se_rule(b: _Builder, name: str, m: nn.Module, lay: list[_Seg]) -> list[_Seg]:
+def _se_rule(b: GroupBuilder, name: str, m: nn.Module, lay: list[Segment]) -> list[Segment]:
     """Squeeze-excite ``x * gate(expand(act(reduce(mean(x)))))``: reduce/expand couple to x."""
     reduce, _expand = m.reduce, m.expand  # type: ignore[union-attr]
     b.add_member(lay, f"{name}.reduce", "in")
     b.add_member(lay, f"{name}.expand", "out")
-    inner = [_Seg(b.new_space(reduce.out_channels, f"{name}.reduce"), reduce.out_channels)]
+    inner = [Segment(b.new_space(reduce.out_channels, f"{name}.reduce"), reduce.out_channels)]
     b.add_member(inner, f"{name}.reduce", "out")
     b.add_member(inner, f"{name}.expand", "in")
     return lay
 
 
-def _register_builtin_rules() -> None:
-    from nasforge.nn.blocks import SqueezeExcite
-
-    register_leaf_rule(SqueezeExcite, _se_rule)
-
-
-_register_builtin_rules()
+register_leaf_rule(SqueezeExcite, _se_rule)
 
 
 class DependencyGraph:
@@ -347,8 +217,8 @@ class _LayerCost:
 class _RawCost:
     module: str
     macs: int
-    ins: list[_Seg]
-    outs: list[_Seg]
+    ins: list[Segment]
+    outs: list[Segment]
     depthwise: bool = False
 
 
@@ -363,9 +233,9 @@ def _shape(node: object) -> tuple[int, ...] | None:
 class _Walker:
     def __init__(self, gm: fx.GraphModule) -> None:
         self.gm = gm
-        self.b = _Builder()
-        self.layout: dict[fx.Node, list[_Seg] | None] = {}
-        self.module_io: dict[str, tuple[list[_Seg], list[_Seg]]] = {}
+        self.b = GroupBuilder()
+        self.layout: dict[fx.Node, list[Segment] | None] = {}
+        self.module_io: dict[str, tuple[list[Segment], list[Segment]]] = {}
         self.raw_costs: list[_RawCost] = []
 
     def where(self, node: fx.Node) -> str:
@@ -375,7 +245,7 @@ class _Walker:
         fn = getattr(node.target, "__name__", str(node.target))
         return f"{scope} ({fn})"
 
-    def lay(self, arg: object) -> list[_Seg] | None:
+    def lay(self, arg: object) -> list[Segment] | None:
         return self.layout.get(arg) if isinstance(arg, fx.Node) else None
 
     def run(self, input_shape: tuple[int, ...]) -> DependencyGraph:
@@ -393,7 +263,7 @@ class _Walker:
             reason = self.b.frozen.get(r, "")
             groups.append(ChannelGroup(gid[r], self.b.size[r], members, bool(reason), reason))
 
-        def ids(segs: list[_Seg]) -> list[tuple[str, int]]:
+        def ids(segs: list[Segment]) -> list[tuple[str, int]]:
             return [(gid[self.b.find(s.space)], s.length) for s in segs]
 
         costs = [
@@ -402,13 +272,13 @@ class _Walker:
         ]
         return DependencyGraph(groups, costs, input_shape)
 
-    def visit(self, node: fx.Node) -> list[_Seg] | None:
+    def visit(self, node: fx.Node) -> list[Segment] | None:
         b = self.b
         if node.op == "placeholder":
             shape = _shape(node)
             if shape is None or len(shape) < 2:
                 return None
-            lay = [_Seg(b.new_space(shape[1], "<input>"), shape[1])]
+            lay = [Segment(b.new_space(shape[1], "<input>"), shape[1])]
             b.freeze(lay, "model input")
             return lay
         if node.op == "output":
@@ -424,7 +294,7 @@ class _Walker:
             return self.visit_module(node)
         return self.visit_function(node)
 
-    def visit_module(self, node: fx.Node) -> list[_Seg] | None:
+    def visit_module(self, node: fx.Node) -> list[Segment] | None:
         b, name = self.b, str(node.target)
         m = self.gm.get_submodule(name)
         lay = self.lay(node.args[0]) if node.args else None
@@ -432,12 +302,12 @@ class _Walker:
             if lay is None:
                 raise UnsupportedModelError(f"layer {name!r}: input has no channel dimension")
             return _LEAF_RULES[type(m)](b, name, m, lay)
-        if isinstance(m, _PASS_MODULES):
+        if isinstance(m, PASS_MODULES):
             return lay
-        if isinstance(m, _BN):
+        if isinstance(m, BN):
             b.add_member(lay or [], name, "bn")
             return lay
-        if isinstance(m, _CONV + (nn.Linear,)):
+        if isinstance(m, CONV + (nn.Linear,)):
             return self.visit_weighted(node, name, m, lay)
         if isinstance(m, nn.Flatten):
             return self.flatten(node, m.start_dim, m.end_dim)
@@ -447,8 +317,8 @@ class _Walker:
         )
 
     def visit_weighted(
-        self, node: fx.Node, name: str, m: nn.Module, lay: list[_Seg] | None
-    ) -> list[_Seg]:
+        self, node: fx.Node, name: str, m: nn.Module, lay: list[Segment] | None
+    ) -> list[Segment]:
         b = self.b
         in_shape, out_shape = _shape(node.args[0]), _shape(node)
         if lay is None or in_shape is None or out_shape is None:
@@ -467,19 +337,19 @@ class _Walker:
         for s in out_shape[2:]:
             spatial *= int(s)
         groups = getattr(m, "groups", 1)
-        cin = m.in_channels if isinstance(m, _CONV) else m.in_features
-        cout = m.out_channels if isinstance(m, _CONV) else m.out_features
+        cin = m.in_channels if isinstance(m, CONV) else m.in_features
+        cout = m.out_channels if isinstance(m, CONV) else m.out_features
         ksize = 1
-        if isinstance(m, _CONV):
+        if isinstance(m, CONV):
             for k in m.kernel_size:
                 ksize *= int(k)
         macs = spatial * cout * (cin // groups) * ksize
-        if isinstance(m, _CONV) and groups == cin == cout and groups > 1:
+        if isinstance(m, CONV) and groups == cin == cout and groups > 1:
             b.add_member(lay, name, "dw")
             self.raw_costs.append(_RawCost(name, macs, list(lay), list(lay), depthwise=True))
             self.module_io[name] = (lay, lay)
             return lay
-        out = [_Seg(b.new_space(cout, name), cout)]
+        out = [Segment(b.new_space(cout, name), cout)]
         if groups != 1:
             b.freeze(lay, f"grouped convolution {name!r} (groups={groups})")
             b.freeze(out, f"grouped convolution {name!r} (groups={groups})")
@@ -490,7 +360,7 @@ class _Walker:
         self.module_io[name] = (lay, out)
         return out
 
-    def flatten(self, node: fx.Node, start: int, end: int) -> list[_Seg] | None:
+    def flatten(self, node: fx.Node, start: int, end: int) -> list[Segment] | None:
         lay = self.lay(node.args[0])
         shape = _shape(node.args[0])
         if shape is None or lay is None:
@@ -507,11 +377,11 @@ class _Walker:
             return lay
         self.b.freeze(lay, f"flattened spatial map at {self.where(node)!r}")
         features = shape[1] * spatial
-        out = [_Seg(self.b.new_space(features, self.where(node)), features)]
+        out = [Segment(self.b.new_space(features, self.where(node)), features)]
         self.b.freeze(out, f"flattened spatial map at {self.where(node)!r}")
         return out
 
-    def visit_function(self, node: fx.Node) -> list[_Seg] | None:
+    def visit_function(self, node: fx.Node) -> list[Segment] | None:
         target, args = node.target, node.args
         if node.op == "call_method" and target in ("size", "dim") or target in (getattr, len):
             return None
@@ -522,15 +392,15 @@ class _Walker:
                     "supported by the channel graph"
                 )
             return None
-        if (node.op == "call_function" and target in _PASS_FUNCTIONS) or (
-            node.op == "call_method" and target in _PASS_METHODS
+        if (node.op == "call_function" and target in PASS_FUNCTIONS) or (
+            node.op == "call_method" and target in PASS_METHODS
         ):
             return self.lay(args[0])
-        if (node.op == "call_function" and target in _BINARY) or (
-            node.op == "call_method" and target in _BINARY_METHODS
+        if (node.op == "call_function" and target in BINARY) or (
+            node.op == "call_method" and target in BINARY_METHODS
         ):
             return self.binary(node)
-        if node.op == "call_function" and target in _CAT:
+        if node.op == "call_function" and target in CAT:
             return self.cat(node)
         if target in (torch.flatten, "flatten"):
             start = args[1] if len(args) > 1 else node.kwargs.get("start_dim", 0)
@@ -545,7 +415,7 @@ class _Walker:
             "supported by the channel dependency graph"
         )
 
-    def binary(self, node: fx.Node) -> list[_Seg] | None:
+    def binary(self, node: fx.Node) -> list[Segment] | None:
         a, c = node.args[0], node.args[1]
         la, lc = self.lay(a), self.lay(c)
         if la is None or lc is None:
@@ -560,7 +430,7 @@ class _Walker:
         self.b.freeze(small, f"broadcast over channels at {self.where(node)!r}")
         return big
 
-    def unify(self, la: list[_Seg], lc: list[_Seg], where: str) -> None:
+    def unify(self, la: list[Segment], lc: list[Segment], where: str) -> None:
         if [s.length for s in la] == [s.length for s in lc]:
             for x, y in zip(la, lc):
                 self.b.union(x.space, y.space, where)
@@ -569,7 +439,7 @@ class _Walker:
         self.b.freeze(la, f"misaligned concatenations at {where!r}")
         self.b.freeze(lc, f"misaligned concatenations at {where!r}")
 
-    def cat(self, node: fx.Node) -> list[_Seg] | None:
+    def cat(self, node: fx.Node) -> list[Segment] | None:
         tensors = node.args[0]
         dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0)
         shape = _shape(node)
@@ -582,7 +452,7 @@ class _Walker:
                 f"layer {self.where(node)!r}: concatenation along dim {dim}; only channel "
                 "concatenation (dim 1) is supported"
             )
-        out: list[_Seg] = []
+        out: list[Segment] = []
         for t in tensors:
             lt = self.lay(t)
             if lt is None:
@@ -590,7 +460,7 @@ class _Walker:
             out.extend(lt)
         return out
 
-    def reduce(self, node: fx.Node) -> list[_Seg] | None:
+    def reduce(self, node: fx.Node) -> list[Segment] | None:
         lay, shape = self.lay(node.args[0]), _shape(node.args[0])
         dims = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
         if shape is None:
@@ -607,7 +477,7 @@ class _Walker:
             raise UnsupportedModelError(f"layer {self.where(node)!r}: reduces the batch dimension")
         return lay
 
-    def reshape(self, node: fx.Node) -> list[_Seg] | None:
+    def reshape(self, node: fx.Node) -> list[Segment] | None:
         in_shape, out_shape = _shape(node.args[0]), _shape(node)
         if in_shape is not None and out_shape is not None and len(out_shape) == 2:
             spatial = 1

@@ -13,7 +13,8 @@ from typing import Protocol
 import torch
 from torch import nn
 
-from nasforge.compression.pruning.graph import ChannelGroup, Member
+from nasforge.compression.pruning.cuts import default_channel_dim, find_cut_rule
+from nasforge.compression.pruning.groups import ChannelGroup, Member
 
 IMPORTANCES = ("l1", "l2", "bn_scale", "taylor", "random")
 
@@ -28,18 +29,25 @@ class Importance(Protocol):
         ...
 
 
-def _slice_tensor(t: torch.Tensor, member: Member, n: int) -> torch.Tensor:
-    """The ``n`` channel slices of ``t`` that ``member`` touches, as an (n, -1) matrix."""
-    t = t.detach()
-    sl = slice(member.offset, member.offset + n)
-    if member.kind in ("out", "dw", "bn"):
-        return t[sl].reshape(n, -1).float()
-    return t[:, sl].transpose(0, 1).reshape(n, -1).float()
+def _channel_dim(model: nn.Module, member: Member, attr: str) -> int | None:
+    """Where ``member``'s channels lie in parameter ``attr`` (its layer's cut rule, or
+    torch's conv/linear/BN layout for a layer without one)."""
+    rule = find_cut_rule(model.get_submodule(member.module))
+    return (rule.channel_dim if rule is not None else default_channel_dim)(member.kind, attr)
+
+
+def _slice_tensor(t: torch.Tensor, member: Member, n: int, dim: int) -> torch.Tensor:
+    """The ``n`` channel slices of ``t`` (channels along ``dim``) that ``member`` touches,
+    as an (n, -1) matrix."""
+    return t.detach().narrow(dim, member.offset, n).movedim(dim, 0).reshape(n, -1).float()
 
 
 def _slice(model: nn.Module, member: Member, n: int, attr: str = "weight") -> torch.Tensor | None:
     t = getattr(model.get_submodule(member.module), attr, None)
-    return _slice_tensor(t, member, n) if isinstance(t, torch.Tensor) else None
+    dim = _channel_dim(model, member, attr)
+    if not isinstance(t, torch.Tensor) or dim is None:
+        return None
+    return _slice_tensor(t, member, n, dim)
 
 
 def _normalize(v: torch.Tensor) -> torch.Tensor:
@@ -126,16 +134,16 @@ class TaylorImportance:
     def scores(self, model: nn.Module, group: ChannelGroup) -> torch.Tensor:
         total = torch.zeros(group.size)
         for m in group.members:
-            attrs = ("weight", "bias") if m.kind in ("out", "dw", "bn") else ("weight",)
             contrib = torch.zeros(group.size)
-            for attr in attrs:
+            for attr in ("weight", "bias"):
                 key = f"{m.module}.{attr}" if m.module else attr
                 g = self.grads.get(key)
-                if g is None:
+                dim = _channel_dim(model, m, attr)
+                if g is None or dim is None:
                     continue
                 w = _slice(model, m, group.size, attr)
                 if w is not None:
-                    contrib += (w * _slice_tensor(g, m, group.size)).sum(dim=1).abs()
+                    contrib += (w * _slice_tensor(g, m, group.size, dim)).sum(dim=1).abs()
             total += _normalize(contrib)
         return total
 

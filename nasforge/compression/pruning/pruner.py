@@ -17,7 +17,9 @@ import torch
 from torch import nn
 
 from nasforge.compression.errors import PlanMismatchError
-from nasforge.compression.pruning.graph import ChannelGroup, DependencyGraph, Member
+from nasforge.compression.pruning.cuts import cut_rule_for
+from nasforge.compression.pruning.graph import DependencyGraph
+from nasforge.compression.pruning.groups import ChannelGroup, Member
 from nasforge.compression.pruning.importance import Importance
 from nasforge.compression.pruning.plan import GroupCut, PruningPlan
 
@@ -203,76 +205,42 @@ def _removals(graph: DependencyGraph, plan: PruningPlan) -> dict[tuple[str, str]
     return out
 
 
-def _keep_index(dim_size: int, drop: list[int]) -> torch.Tensor:
-    dropped = set(drop)
-    return torch.tensor([i for i in range(dim_size) if i not in dropped], dtype=torch.long)
-
-
-def _set(mod: nn.Module, attr: str, value: torch.Tensor) -> None:
-    old = getattr(mod, attr)
-    if isinstance(old, nn.Parameter):
-        setattr(mod, attr, nn.Parameter(value.clone(), requires_grad=old.requires_grad))
-    else:
-        setattr(mod, attr, value.clone())
-
-
-def _cut_module(mod: nn.Module, kind: str, drop: list[int]) -> None:
-    with torch.no_grad():
-        if kind == "bn":
-            idx = _keep_index(mod.num_features, drop)
-            for a in ("weight", "bias", "running_mean", "running_var"):
-                if getattr(mod, a, None) is not None:
-                    _set(mod, a, getattr(mod, a)[idx])
-            mod.num_features = len(idx)
-            return
-        linear = isinstance(mod, nn.Linear)
-        if kind in ("out", "dw"):
-            n = mod.out_features if linear else mod.out_channels
-            idx = _keep_index(n, drop)
-            _set(mod, "weight", mod.weight[idx])
-            if mod.bias is not None:
-                _set(mod, "bias", mod.bias[idx])
-            if linear:
-                mod.out_features = len(idx)
-            else:
-                mod.out_channels = len(idx)
-                if kind == "dw":
-                    mod.in_channels = mod.groups = len(idx)
-        elif kind == "in":
-            n = mod.in_features if linear else mod.in_channels
-            idx = _keep_index(n, drop)
-            _set(mod, "weight", mod.weight[:, idx])
-            if linear:
-                mod.in_features = len(idx)
-            else:
-                mod.in_channels = len(idx)
-
-
 def apply_plan(model: nn.Module, plan: PruningPlan) -> nn.Module:
     """Remove the channels that ``plan`` drops from ``model`` in place; returns ``model``.
 
+    Each member's module is cut by the rule registered for its type
+    (:func:`~nasforge.compression.pruning.register_cut_rule`); every rule is looked up
+    before anything is cut, so a missing rule leaves the model untouched.
+
     Raises:
         PlanMismatchError: the plan was made for a different model (names the group).
+        UnsupportedModelError: a member's layer type has no cut rule (names the layer).
     """
     graph = _check_fit(model, plan)
-    for (module, kind), drop in _removals(graph, plan).items():
+    removals = _removals(graph, plan)
+    rules = {module: cut_rule_for(model.get_submodule(module), module) for module, _ in removals}
+    for (module, kind), drop in removals.items():
         if drop:
-            _cut_module(model.get_submodule(module), kind, drop)
+            rules[module].cut(model.get_submodule(module), kind, drop)
     return model
 
 
 def mask_plan(model: nn.Module, plan: PruningPlan) -> nn.Module:
     """A copy of ``model`` whose dropped channels are zeroed where they are consumed.
 
-    Zeroing the consumers' input slices (conv/linear ``in`` members) removes each dropped
-    channel's every effect on the output, so ``apply_plan`` must compute the same function.
+    Zeroing the consumers' input slices (``in`` members, along their rule's channel dim of
+    ``weight``) removes each dropped channel's every effect on the output, so
+    ``apply_plan`` must compute the same function.
     """
     masked = copy.deepcopy(model)
     graph = _check_fit(masked, plan)
     with torch.no_grad():
         for (module, kind), drop in _removals(graph, plan).items():
             if kind == "in" and drop:
-                masked.get_submodule(module).weight[:, drop] = 0.0
+                mod = masked.get_submodule(module)
+                dim = cut_rule_for(mod, module).channel_dim(kind, "weight")
+                if dim is not None:
+                    mod.weight.index_fill_(dim, torch.tensor(drop), 0.0)  # type: ignore[operator]
     return masked
 
 

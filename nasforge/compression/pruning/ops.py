@@ -1,0 +1,93 @@
+"""The channel graph's whitelist: ops that pass a channel layout through unchanged,
+binary ops that couple their operands, concatenations, and the weighted/normalising layers
+the walk knows natively. An op in none of these (and without a leaf rule) is refused."""
+
+from __future__ import annotations
+
+import operator
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+BN = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+PASS_MODULES: tuple[type[nn.Module], ...] = (
+    nn.ReLU,
+    nn.ReLU6,
+    nn.Hardtanh,
+    nn.Hardswish,
+    nn.SiLU,
+    nn.GELU,
+    nn.Sigmoid,
+    nn.Hardsigmoid,
+    nn.Tanh,
+    nn.LeakyReLU,
+    nn.ELU,
+    nn.Mish,
+    nn.Identity,
+    nn.Dropout,
+    nn.Dropout1d,
+    nn.Dropout2d,
+    nn.MaxPool1d,
+    nn.MaxPool2d,
+    nn.AvgPool1d,
+    nn.AvgPool2d,
+    nn.AdaptiveAvgPool1d,
+    nn.AdaptiveAvgPool2d,
+    nn.AdaptiveMaxPool1d,
+    nn.AdaptiveMaxPool2d,
+)
+PASS_FUNCTIONS: set[object] = {
+    F.relu,
+    F.relu6,
+    F.hardswish,
+    F.silu,
+    F.gelu,
+    F.sigmoid,
+    F.hardsigmoid,
+    F.hardtanh,
+    F.leaky_relu,
+    F.elu,
+    F.dropout,
+    F.adaptive_avg_pool1d,
+    F.adaptive_avg_pool2d,
+    F.avg_pool1d,
+    F.avg_pool2d,
+    F.max_pool1d,
+    F.max_pool2d,
+    F.adaptive_max_pool2d,
+    torch.relu,
+    torch.sigmoid,
+    torch.tanh,
+    torch.clamp,
+    torch.clip,
+}
+PASS_METHODS = {
+    "relu",
+    "relu_",
+    "sigmoid",
+    "sigmoid_",
+    "tanh",
+    "clamp",
+    "clamp_",
+    "clip",
+    "contiguous",
+    "hardswish",
+    "float",
+}
+BINARY = {
+    operator.add,
+    operator.iadd,
+    operator.sub,
+    operator.isub,
+    operator.mul,
+    operator.imul,
+    operator.truediv,
+    torch.add,
+    torch.sub,
+    torch.mul,
+    torch.div,
+}
+BINARY_METHODS = {"add", "add_", "sub", "mul", "mul_", "div"}
+CAT = {torch.cat, torch.concat}
