@@ -19,8 +19,9 @@ from pathlib import Path
 
 import numpy as np
 
-from nasforge.experiment.runner import LoopBook, hardware_info
+from nasforge.experiment.runner import LoopBook
 from nasforge.experiment.store import FINISHED, TrialStore
+from nasforge.hardware import host_info
 from nasforge.space import Categorical, Int
 from nasforge.spaces import create_space
 from nasforge.strategies import EvolutionStrategy, RandomStrategy
@@ -80,7 +81,7 @@ def main() -> None:
     ap.add_argument("--optuna-trials", type=int, default=500)
     args = ap.parse_args()
     space = create_space("mobile", (1, 28, 28), 10)
-    hw = hardware_info()
+    hw = host_info()
     print(f"machine: {hw['cpu']}, {hw['cores']} cores, python {hw['python']}, torch {hw['torch']}")
     print(
         f"space: mobile ({len(space.dimensions())} dimensions); instant evaluator; SQLite WAL stores in a temp dir"

@@ -1,13 +1,19 @@
-"""ONNX export and the onnxruntime check (max abs difference against PyTorch)."""
+"""The deployable ``model.onnx`` of a run and its check against PyTorch.
+
+Both go through hardware's one ONNX export and one onnxruntime session builder
+(:mod:`nasforge.hardware.onnx`); this module only fixes what a deployable file is: a dynamic
+batch dimension.
+"""
 
 from __future__ import annotations
 
-import io
-import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from nasforge.hardware.onnx import export_onnx as _export
+from nasforge.hardware.onnx import ort_session
 
 
 def export_onnx(
@@ -16,26 +22,9 @@ def export_onnx(
     path: str | Path | None = None,
     dynamic_batch: bool = True,
 ) -> bytes:
-    """Export with the TorchScript-based exporter (no onnxscript needed); returns the bytes."""
-    model.eval()
-    x = torch.randn(1, *input_shape)
-    buf = io.BytesIO()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(
-            model,
-            (x,),
-            buf,
-            dynamo=False,
-            input_names=["input"],
-            output_names=["logits"],
-            dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}} if dynamic_batch else None,
-            opset_version=17,
-        )
-    data = buf.getvalue()
-    if path is not None:
-        Path(path).write_bytes(data)
-    return data
+    """``model`` as a deployable ONNX graph (batch dimension dynamic by default); returns the
+    bytes and writes them to ``path`` if given. See :func:`nasforge.hardware.export_onnx`."""
+    return _export(model, input_shape, path, dynamic_batch=dynamic_batch)
 
 
 def onnx_max_abs_diff(model: torch.nn.Module, onnx_bytes: bytes, x: torch.Tensor) -> float:
@@ -43,8 +32,6 @@ def onnx_max_abs_diff(model: torch.nn.Module, onnx_bytes: bytes, x: torch.Tensor
     model.eval()
     with torch.no_grad():
         ref = model(x).numpy()
-    from nasforge.compression.quantization.runtime import ort_session
-
     sess = ort_session(onnx_bytes)
     out = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0]
     return float(np.abs(out - ref).max())

@@ -8,7 +8,6 @@ nothing that finished before.
 from __future__ import annotations
 
 import json
-import platform
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, wait
 from concurrent.futures.process import BrokenProcessPool
@@ -31,6 +30,7 @@ from nasforge.experiment.setup import (
     uses_data,
 )
 from nasforge.experiment.store import FINISHED, TrialStore
+from nasforge.hardware.fingerprint import host_info
 from nasforge.objectives import Objective
 from nasforge.space import Arch
 from nasforge.strategies.base import Score, scalar
@@ -45,29 +45,6 @@ class RunSummary:
     final: dict[str, Any] | None = None
     search_seconds: float = 0.0
     notes: list[str] = field(default_factory=list)
-
-
-def hardware_info() -> dict[str, Any]:
-    import torch
-
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    import os
-
-    return {
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "torch": torch.__version__,
-        "torch_threads": torch.get_num_threads(),
-        "python": platform.python_version(),
-        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-    }
 
 
 class Experiment:
@@ -144,7 +121,7 @@ class Experiment:
                     )
             finished = store.trials(FINISHED, order="finished")
             strategy.replay((t.arch, t.score) for t in finished)
-            store.set_meta("hardware", hardware_info())
+            store.set_meta("hardware", host_info())
             store.set_meta(
                 "dataset",
                 dataset.summary() if dataset is not None else f"table: {self.cfg.evaluator.table}",

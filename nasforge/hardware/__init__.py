@@ -1,7 +1,10 @@
 """What a candidate costs, measured: timing harness, backends, device fingerprint, latency
 tables and predictors, memory, energy.
 
-Measure: :func:`measure_latency` / :func:`measure_models` (torch, onnxruntime, cuda).
+Measure: :func:`measure_latency` / :func:`measure_models` on any registered backend (torch,
+torch:parallel, onnxruntime, onnxruntime:parallel, cuda; add one with :class:`Backend` and
+:func:`register_backend`). Deploy: :func:`export_onnx`, :func:`ort_session` (the one ONNX
+export and the one onnxruntime session builder). Describe the host: :func:`host_info`.
 Predict: :meth:`LatencyTable.build` then :class:`LatencyPredictor` (``table.predictor()``).
 Check: :func:`validate_table`, :func:`check_table`. For experiments: :class:`LatencyModel`.
 onnxruntime, matplotlib and scipy are imported only when used.
@@ -12,12 +15,23 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from nasforge.hardware.backends import BackendError, BackendSpec
+# backends first: importing it registers the built-in backends
+from nasforge.hardware.backends import (
+    Backend,
+    BackendError,
+    BackendSpec,
+    Runner,
+    get_backend,
+    list_backends,
+    register_backend,
+)
 from nasforge.hardware.fingerprint import (
     DeviceFingerprint,
     device_fingerprint,
     fingerprint_mismatches,
+    host_info,
 )
+from nasforge.hardware.onnx import export_onnx, ort_session
 from nasforge.hardware.profile import count_flops, count_params, model_size_bytes
 from nasforge.hardware.timing import (
     LatencyMeasurement,
@@ -58,6 +72,7 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
+    "Backend",
     "BackendError",
     "BackendSpec",
     "Calibration",
@@ -69,6 +84,7 @@ __all__ = [
     "LatencyTable",
     "LayerSpec",
     "NotDecomposable",
+    "Runner",
     "TableError",
     "TableMismatchWarning",
     "TimingConfig",
@@ -78,17 +94,23 @@ __all__ = [
     "count_params",
     "device_fingerprint",
     "enumerate_layers",
+    "export_onnx",
     "fingerprint_mismatches",
+    "get_backend",
+    "host_info",
     "latency_findings",
     "layers_of",
+    "list_backends",
     "load_predictor",
     "measure_energy",
     "measure_latency",
     "measure_models",
     "measure_peak_activation_bytes",
     "model_size_bytes",
+    "ort_session",
     "plot_validation",
     "predict_memory",
+    "register_backend",
     "register_decomposer",
     "validate_table",
 ]

@@ -1,166 +1,74 @@
-"""Backends a latency is measured on: ``torch`` (eager CPU), ``torch:parallel`` (TorchScript
-with the independent ops of a cell forked onto torch's inter-op threads), ``onnxruntime`` (CPU
-execution provider, sequential or parallel execution mode) and ``cuda`` (CUDA events).
+"""The built-in backends, registered by name: ``torch`` (eager CPU), ``torch:parallel``
+(TorchScript with the independent ops of a cell forked onto torch's inter-op threads),
+``onnxruntime`` and ``onnxruntime:parallel`` (CPU execution provider, sequential or parallel
+execution mode) and ``cuda`` (CUDA events).
 
 Which backends really overlap branches: ``torch:parallel`` does (two independent 3-conv
 branches ran 1.99x faster than one after the other on 2 cores). onnxruntime's parallel
 mode does not on CPU since 1.14 (microsoft/onnxruntime#16158: two 8 ms branches took 16.2 ms),
 so it is kept for completeness and measured, not assumed (:attr:`LatencyTable.parallel_speedup`).
 
-A backend turns a model into a :class:`Runner`: an object that runs the model ``n`` times and
-returns the ``n`` times in milliseconds. The timing harness (:mod:`nasforge.hardware.timing`)
-only ever talks to runners, so every backend gets the same warm-up, interleaving, outlier
-handling and statistics.
+The interface, the registry and :class:`BackendSpec` live in
+:mod:`nasforge.hardware.backend_base` and are re-exported here; a new backend is a
+:class:`Backend` subclass and one :func:`register_backend` call.
 """
 
 from __future__ import annotations
 
 import atexit
-import contextlib
 import copy
 import functools
-import io
 import time
 import warnings
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
 
-from nasforge.errors import NasforgeError
+from nasforge.hardware.backend_base import (
+    Backend,
+    BackendError,
+    BackendSpec,
+    Runner,
+    Samples,
+    as_backend,
+    example_input,
+    get_backend,
+    list_backends,
+    make_runner,
+    pinned_threads,
+    prepare_model,
+    register_backend,
+    threads_pinned,
+)
+from nasforge.hardware.onnx import export_onnx, ort_session, ort_session_options
+from nasforge.nn.cells import enable_branch_forks
 
-BACKENDS = ("torch", "onnxruntime", "cuda")
-EXECUTION_MODES = ("sequential", "parallel")
-_ALIASES = {"ort": "onnxruntime", "onnx": "onnxruntime", "gpu": "cuda", "cpu": "torch"}
-
-
-class BackendError(NasforgeError):
-    """A backend name or option is invalid, or the backend is not available here."""
-
-
-@dataclass(frozen=True)
-class BackendSpec:
-    """Where and how a model is timed.
-
-    Args:
-        name: ``torch``, ``onnxruntime`` or ``cuda``.
-        threads: threads pinned for the measurement (intra-op threads in sequential mode;
-            inter-op threads in parallel mode, where each op then runs on one thread so that
-            independent branches run side by side).
-        execution_mode: ``sequential`` or ``parallel`` (``torch`` and ``onnxruntime``).
-        fold_bn: fold batch norm into the preceding conv before timing (what is deployed;
-            the onnxruntime exporter folds it anyway).
-        allow_spinning: onnxruntime only. Spinning idle threads steal cores from whatever
-            else runs, so it is off unless asked for.
-    """
-
-    name: str = "torch"
-    threads: int = 1
-    execution_mode: str = "sequential"
-    fold_bn: bool = True
-    allow_spinning: bool = False
-
-    def __post_init__(self) -> None:
-        if self.name not in BACKENDS:
-            raise BackendError(
-                f"backend: unknown backend {self.name!r}; expected one of {', '.join(BACKENDS)}"
-            )
-        if self.execution_mode not in EXECUTION_MODES:
-            raise BackendError(
-                f"backend.execution_mode: {self.execution_mode!r} is not one of "
-                f"{', '.join(EXECUTION_MODES)}"
-            )
-        if self.execution_mode == "parallel" and self.name == "cuda":
-            raise BackendError(
-                "backend.execution_mode: 'parallel' exists for torch and onnxruntime, not cuda"
-            )
-        if int(self.threads) < 1:
-            raise BackendError(f"backend.threads: must be >= 1, got {self.threads}")
-
-    @classmethod
-    def parse(cls, text: str, threads: int = 1) -> BackendSpec:
-        """``torch``, ``torch:parallel``, ``onnxruntime``, ``onnxruntime:parallel`` (also
-        ``ort``), ``cuda``."""
-        name, _, mode = str(text).strip().lower().partition(":")
-        name = _ALIASES.get(name, name)
-        return cls(name=name, threads=threads, execution_mode=mode or "sequential")
-
-    @property
-    def label(self) -> str:
-        """``torch``, ``torch:parallel``, ``onnxruntime``, ``onnxruntime:parallel`` or ``cuda``."""
-        return f"{self.name}:parallel" if self.execution_mode == "parallel" else self.name
-
-    @property
-    def parallel(self) -> bool:
-        return self.execution_mode == "parallel"
-
-    @property
-    def single_threaded(self) -> bool:
-        """All work runs on the calling thread, so its CPU time is the compute latency."""
-        return self.name != "cuda" and self.threads == 1 and not self.parallel
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "threads": self.threads,
-            "execution_mode": self.execution_mode,
-            "fold_bn": self.fold_bn,
-            "allow_spinning": self.allow_spinning,
-        }
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> BackendSpec:
-        known = set(cls.__dataclass_fields__)
-        return cls(**{k: v for k, v in d.items() if k in known})
-
-
-def as_backend(backend: str | BackendSpec, threads: int | None = None) -> BackendSpec:
-    """Accept a spec or a name (``threads`` defaults to torch's current count for names)."""
-    if isinstance(backend, BackendSpec):
-        return backend
-    return BackendSpec.parse(
-        backend, threads=threads if threads is not None else torch.get_num_threads()
-    )
-
-
-# -- runners ------------------------------------------------------------------------------------
-Samples = tuple[list[float], list[float]]  # (wall ms, CPU ms of the calling thread) per call
-
-
-class Runner:
-    """Runs one prepared model; :meth:`run` times ``n`` calls.
-
-    Returns two lists in milliseconds: wall-clock time and the calling thread's CPU time per
-    call (CPU time is ``nan`` where work runs elsewhere, e.g. on a GPU). Subclasses override
-    :meth:`run` where wall-clock time is wrong (CUDA). ``close`` frees what the runner holds
-    (sessions, device memory).
-    """
-
-    def __init__(self, fn: Callable[[], Any], name: str = "") -> None:
-        self._fn = fn
-        self.name = name
-
-    def run(self, n: int) -> Samples:
-        fn, wall, cpu = self._fn, time.perf_counter, time.thread_time
-        walls, cpus = [], []
-        for _ in range(n):
-            c0 = cpu()
-            t0 = wall()
-            fn()
-            t1 = wall()
-            c1 = cpu()
-            walls.append((t1 - t0) * 1e3)
-            cpus.append((c1 - c0) * 1e3)
-        return walls, cpus
-
-    def close(self) -> None:
-        self._fn = _noop
-
-
-def _noop() -> None:
-    return None
+__all__ = [
+    "Backend",
+    "BackendError",
+    "BackendSpec",
+    "CudaBackend",
+    "OnnxRuntimeBackend",
+    "Runner",
+    "Samples",
+    "TorchBackend",
+    "TorchParallelBackend",
+    "as_backend",
+    "cuda_available",
+    "ensure_interop_threads",
+    "example_input",
+    "export_onnx_bytes",
+    "get_backend",
+    "list_backends",
+    "make_runner",
+    "ort_session_options",
+    "pinned_threads",
+    "prepare_model",
+    "register_backend",
+    "threads_pinned",
+    "trace_with_forks",
+]
 
 
 class _TorchRunner(Runner):
@@ -188,120 +96,143 @@ class _CudaRunner(Runner):
         torch.cuda.empty_cache()
 
 
-def example_input(input_shape: Sequence[int], batch_size: int, seed: int = 0) -> torch.Tensor:
-    """The seeded random input every backend times with."""
-    gen = torch.Generator().manual_seed(seed)
-    return torch.randn(batch_size, *[int(s) for s in input_shape], generator=gen)
+class TorchBackend(Backend):
+    """``torch``: the prepared module, eager, on the CPU, ``spec.threads`` intra-op threads."""
+
+    def make_runner(
+        self,
+        model: nn.Module,
+        input_shape: Sequence[int],
+        batch_size: int,
+        spec: BackendSpec,
+        name: str = "",
+    ) -> Runner:
+        prepared = self.prepare(model, spec)
+        x = example_input(input_shape, batch_size)
+        return _TorchRunner(lambda: prepared(x), name)
+
+    def single_threaded(self, spec: BackendSpec) -> bool:
+        return spec.threads == 1
 
 
-def prepare_model(model: nn.Module, spec: BackendSpec) -> nn.Module:
-    """Eval mode and (if ``spec.fold_bn``) a BN-folded copy; the caller's model is not mutated."""
-    from nasforge.nn.fuse import fuse_bn
+class TorchParallelBackend(TorchBackend):
+    """``torch:parallel``: traced to TorchScript with every cell's ops forked onto
+    ``spec.threads`` inter-op threads (see :func:`trace_with_forks`)."""
 
-    if spec.fold_bn:
-        return fuse_bn(model)
-    model = copy.deepcopy(model)
-    return model.eval()
+    overlaps_branches = True
+    chains_entries = True  # a lone fork pays for waking a pool thread (see entries.py)
 
+    def make_runner(
+        self,
+        model: nn.Module,
+        input_shape: Sequence[int],
+        batch_size: int,
+        spec: BackendSpec,
+        name: str = "",
+    ) -> Runner:
+        x = example_input(input_shape, batch_size)
+        traced = trace_with_forks(self.prepare(model, spec), x, spec.threads)
+        return _TorchRunner(lambda: traced(x), name)
 
-def export_onnx_bytes(
-    model: nn.Module, input_shape: Sequence[int], batch_size: int = 1, opset: int = 17
-) -> bytes:
-    """Serialise ``model`` (eval mode) to ONNX with the TorchScript exporter, in memory."""
-    x = example_input(input_shape, batch_size)
-    buf = io.BytesIO()
-    was_training = model.training
-    model.eval()
-    try:
-        with warnings.catch_warnings(), torch.no_grad():
-            warnings.simplefilter("ignore")
-            torch.onnx.export(
-                model,
-                (x,),
-                buf,  # type: ignore[arg-type]
-                input_names=["x"],
-                output_names=["y"],
-                opset_version=opset,
-                do_constant_folding=True,
-                dynamo=False,
-            )
-    finally:
-        model.train(was_training)
-    return buf.getvalue()
+    def single_threaded(self, spec: BackendSpec) -> bool:
+        return False
 
 
-def ort_session_options(spec: BackendSpec) -> Any:
-    """Session options for ``spec``: threads pinned, spinning off, execution mode set."""
-    import onnxruntime as ort
+class OnnxRuntimeBackend(Backend):
+    """``onnxruntime``: exported with :func:`~nasforge.hardware.onnx.export_onnx` (fixed batch)
+    and run in a session from :func:`~nasforge.hardware.onnx.ort_session` (threads pinned,
+    spinning off unless ``spec.allow_spinning``). Registered twice: sequential and parallel
+    execution mode."""
 
-    so = ort.SessionOptions()
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    spin = "1" if spec.allow_spinning else "0"
-    so.add_session_config_entry("session.intra_op.allow_spinning", spin)
-    so.add_session_config_entry("session.inter_op.allow_spinning", spin)
-    if spec.parallel:
-        so.execution_mode = ort.ExecutionMode.ORT_PARALLEL
-        so.inter_op_num_threads = spec.threads
-        so.intra_op_num_threads = 1
-    else:
-        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        so.intra_op_num_threads = spec.threads
-        so.inter_op_num_threads = 1
-    so.log_severity_level = 3
-    return so
+    # The graph optimiser changes layouts at a graph's edges and fuses ops into neighbours,
+    # so a lone layer misleads; see entries.py.
+    chains_entries = True
+
+    def export(
+        self, model: nn.Module, input_shape: Sequence[int], batch_size: int, spec: BackendSpec
+    ) -> bytes:
+        """ONNX bytes of the prepared ``model`` at a fixed batch size."""
+        return export_onnx(self.prepare(model, spec), input_shape, batch_size=batch_size)
+
+    def session_runner(
+        self,
+        onnx_bytes: bytes,
+        input_shape: Sequence[int],
+        batch_size: int,
+        spec: BackendSpec,
+        name: str = "",
+    ) -> Runner:
+        """A runner on a fresh session of already exported ``onnx_bytes``."""
+        sess = ort_session(onnx_bytes, spec)
+        feeds = {sess.get_inputs()[0].name: example_input(input_shape, batch_size).numpy()}
+        run = sess.run
+        return Runner(lambda: run(None, feeds), name)
+
+    def make_runner(
+        self,
+        model: nn.Module,
+        input_shape: Sequence[int],
+        batch_size: int,
+        spec: BackendSpec,
+        name: str = "",
+    ) -> Runner:
+        return self.session_runner(
+            self.export(model, input_shape, batch_size, spec), input_shape, batch_size, spec, name
+        )
+
+    def runner_factory(
+        self,
+        build: Callable[[], nn.Module],
+        input_shape: Sequence[int],
+        batch_size: int,
+        spec: BackendSpec,
+    ) -> Callable[[], Runner]:
+        """Exports once, on the first visit; every visit opens a fresh session."""
+        exported: list[bytes] = []
+
+        def make() -> Runner:
+            if not exported:
+                exported.append(self.export(build(), input_shape, batch_size, spec))
+            return self.session_runner(exported[0], input_shape, batch_size, spec)
+
+        return make
+
+    def single_threaded(self, spec: BackendSpec) -> bool:
+        return spec.threads == 1 and not spec.parallel
 
 
 def cuda_available() -> bool:
     return torch.cuda.is_available()
 
 
-def make_runner(
-    model: nn.Module | None,
-    input_shape: Sequence[int],
-    batch_size: int,
-    spec: BackendSpec,
-    onnx_bytes: bytes | None = None,
-    name: str = "",
-) -> Runner:
-    """Prepare ``model`` on ``spec``'s backend and return its :class:`Runner`.
+class CudaBackend(Backend):
+    """``cuda``: the prepared module on the first CUDA device, timed with CUDA events."""
 
-    For onnxruntime, ``onnx_bytes`` (from :func:`export_onnx_bytes` on the prepared model) may
-    be passed to skip the export; ``model`` may then be ``None``.
+    is_gpu = True
 
-    Raises:
-        BackendError: the backend is not usable here (no onnxruntime, no CUDA).
-    """
-    if spec.name == "onnxruntime":
-        try:
-            import onnxruntime as ort
-        except ImportError:
-            raise BackendError(
-                "backend onnxruntime: the onnxruntime package is not installed"
-            ) from None
-        if onnx_bytes is None:
-            if model is None:
-                raise ValueError("make_runner needs a model or onnx_bytes")
-            onnx_bytes = export_onnx_bytes(prepare_model(model, spec), input_shape, batch_size)
-        sess = ort.InferenceSession(
-            onnx_bytes, ort_session_options(spec), providers=["CPUExecutionProvider"]
-        )
-        feeds = {sess.get_inputs()[0].name: example_input(input_shape, batch_size).numpy()}
-        run = sess.run
-        return Runner(lambda: run(None, feeds), name)
-    if model is None:
-        raise ValueError("make_runner needs a model for the torch and cuda backends")
-    prepared = prepare_model(model, spec)
-    x = example_input(input_shape, batch_size)
-    if spec.name == "cuda":
+    def make_runner(
+        self,
+        model: nn.Module,
+        input_shape: Sequence[int],
+        batch_size: int,
+        spec: BackendSpec,
+        name: str = "",
+    ) -> Runner:
         if not cuda_available():
             raise BackendError("backend cuda: no CUDA device is available on this machine")
-        prepared = prepared.cuda()
-        xc = x.cuda()
+        prepared = self.prepare(model, spec).cuda()
+        xc = example_input(input_shape, batch_size).cuda()
         return _CudaRunner(lambda: prepared(xc), name)
-    if spec.parallel:
-        traced = trace_with_forks(prepared, x, spec.threads)
-        return _TorchRunner(lambda: traced(x), name)
-    return _TorchRunner(lambda: prepared(x), name)
+
+    def single_threaded(self, spec: BackendSpec) -> bool:
+        return False
+
+
+def export_onnx_bytes(
+    model: nn.Module, input_shape: Sequence[int], batch_size: int = 1, opset: int = 17
+) -> bytes:
+    """Old name of :func:`~nasforge.hardware.onnx.export_onnx` at a fixed batch size."""
+    return export_onnx(model, input_shape, batch_size=batch_size, opset=opset)
 
 
 def ensure_interop_threads(n: int) -> int:
@@ -342,8 +273,6 @@ def trace_with_forks(model: nn.Module, x: torch.Tensor, threads: int) -> nn.Modu
     """``model`` traced to TorchScript with every cell's ops forked (see
     :func:`nasforge.nn.cells.enable_branch_forks`); the forks run on ``threads`` inter-op
     threads. A model without cells is traced as is (nothing to overlap)."""
-    from nasforge.nn.cells import enable_branch_forks
-
     ensure_interop_threads(threads)
     _drain_pool_at_exit()
     model = copy.deepcopy(model).eval()
@@ -353,13 +282,8 @@ def trace_with_forks(model: nn.Module, x: torch.Tensor, threads: int) -> nn.Modu
         return torch.jit.trace(model, x, check_trace=False)
 
 
-@contextlib.contextmanager
-def pinned_threads(spec: BackendSpec) -> Iterator[int]:
-    """Pin torch's intra-op threads to ``spec.threads`` for the block (to 1 in parallel mode,
-    where ``spec.threads`` is the inter-op pool); yields the intra-op count."""
-    prev = torch.get_num_threads()
-    torch.set_num_threads(1 if spec.parallel else spec.threads)
-    try:
-        yield torch.get_num_threads()
-    finally:
-        torch.set_num_threads(prev)
+register_backend("torch", TorchBackend, aliases=("cpu",))
+register_backend("torch:parallel", TorchParallelBackend)
+register_backend("onnxruntime", OnnxRuntimeBackend, aliases=("ort", "onnx"))
+register_backend("onnxruntime:parallel", OnnxRuntimeBackend)
+register_backend("cuda", CudaBackend, aliases=("gpu",))

@@ -152,7 +152,7 @@ def measure_energy(
     """
     spec = as_backend(backend, threads=1)
     if counter is None:
-        counter, reason = find_counter(spec.name)
+        counter, reason = find_counter("cuda" if spec.is_gpu else spec.name)
         if counter is None:
             return EnergyMeasurement(False, "", reason)
     b0 = counter.read()

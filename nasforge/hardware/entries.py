@@ -26,22 +26,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from nasforge.hardware.backends import (
-    BackendError,
-    BackendSpec,
-    Runner,
-    export_onnx_bytes,
-    make_runner,
-    pinned_threads,
-    prepare_model,
-)
+from nasforge.hardware.backend_base import BackendError, BackendSpec
 from nasforge.hardware.layers import BRANCH_OPS, LayerSpec, build_layer
 from nasforge.hardware.timing import (
     STATISTICS,
     TimingConfig,
     TimingStats,
     measure_models,
-    time_factories,
+    time_models,
 )
 
 #: timing of one entry: each of 3 rounds builds the layer afresh, warms it up, times 10 calls
@@ -109,7 +101,7 @@ def resolve_context(spec: BackendSpec, context: str) -> str:
     if context not in CONTEXTS:
         raise BackendError(f"context: {context!r} is not one of {', '.join(CONTEXTS)}")
     if context == "auto":
-        return "chained" if spec.name == "onnxruntime" or spec.parallel else "isolated"
+        return "chained" if spec.backend.chains_entries else "isolated"
     return context
 
 
@@ -187,7 +179,7 @@ class _Forked(nn.Module):
 def _entry_module(spec: LayerSpec, backend: BackendSpec) -> nn.Module:
     """The module timed for ``spec`` on ``backend``: the layer, forked where the backend forks."""
     layer = build_layer(spec)
-    if backend.name == "torch" and backend.parallel and spec.op in BRANCH_OPS:
+    if backend.backend.overlaps_branches and spec.op in BRANCH_OPS:
         return _Forked(layer)
     return layer
 
@@ -215,12 +207,13 @@ def measure_entries(
 ) -> list[TableEntry]:
     """Time every layer with the harness, rounds interleaved across all of them.
 
-    Each visit builds the timed module afresh (ONNX is exported once per module and kept as
-    bytes). ``overhead_ms`` (per statistic, from :func:`measure_call_overhead`) is added to
-    chained marginal costs so that every entry includes one call overhead.
+    Each visit builds the timed module afresh, as the backend's
+    :meth:`~nasforge.hardware.backend_base.Backend.runner_factory` decides (onnxruntime
+    exports once per module and opens a fresh session per visit). ``overhead_ms`` (per
+    statistic, from :func:`measure_call_overhead`) is added to chained marginal costs so
+    that every entry includes one call overhead.
     """
     ctx = resolve_context(spec, context)
-    onnx_cache: dict[int, bytes] = {}
     models: list[Callable[[], nn.Module]] = []
     shapes: list[tuple[int, ...]] = []
     pairs: list[tuple[int, int | None]] = []
@@ -235,21 +228,7 @@ def measure_entries(
             shapes.append(lay.in_shape)
         pairs.append((single, chain))
 
-    def factory(i: int) -> Callable[[], Runner]:
-        def make() -> Runner:
-            if spec.name == "onnxruntime":
-                if i not in onnx_cache:
-                    onnx_cache[i] = export_onnx_bytes(
-                        prepare_model(models[i](), spec), shapes[i], batch_size
-                    )
-                return make_runner(None, shapes[i], batch_size, spec, onnx_bytes=onnx_cache[i])
-            return make_runner(models[i](), shapes[i], batch_size, spec)
-
-        return make
-
-    clock = timing.resolve_clock(spec)
-    with pinned_threads(spec):
-        stats = time_factories([factory(i) for i in range(len(models))], timing, clock, progress)
+    stats, _ = time_models(models, shapes, batch_size, spec, timing, progress)
     out = []
     for single, chain in pairs:
         s1 = stats[single]

@@ -193,6 +193,36 @@ def device_fingerprint(threads: int | None = None) -> DeviceFingerprint:
     return replace(_static_fingerprint(), threads=int(threads))
 
 
+def host_info(threads: int | None = None) -> dict[str, Any]:
+    """The host a run used, as the flat JSON dict stored with runs and shown in reports.
+
+    The same facts as :func:`device_fingerprint` (one source), under the keys reports read:
+    ``cpu`` (model name), ``cores`` (logical CPUs), ``affinity_cpus``, ``cpu_flags``,
+    ``allocator``, ``torch``, ``torch_threads``, ``onnxruntime``, ``numpy``, ``python``,
+    ``system``, ``machine``, ``cuda`` (the GPU's name, or None) and ``cuda_version``.
+
+    Args:
+        threads: torch threads to record (default: torch's current count).
+    """
+    fp = device_fingerprint(threads)
+    return {
+        "cpu": fp.cpu_model,
+        "cores": fp.logical_cpus,
+        "affinity_cpus": fp.affinity_cpus,
+        "cpu_flags": " ".join(fp.cpu_flags),
+        "allocator": fp.allocator,
+        "torch": fp.torch,
+        "torch_threads": fp.threads,
+        "onnxruntime": fp.onnxruntime,
+        "numpy": fp.numpy,
+        "python": fp.python,
+        "system": fp.system,
+        "machine": fp.machine,
+        "cuda": fp.gpu_name,
+        "cuda_version": fp.cuda,
+    }
+
+
 def _major_minor(version: str | None) -> str | None:
     if version is None:
         return None

@@ -200,7 +200,7 @@ class LatencyTable:
 
     def mismatches(self) -> list[str]:
         """Fingerprint differences between the table's machine and this one (empty: same)."""
-        return fingerprint_mismatches(self.fingerprint, check_gpu=self.backend.name == "cuda")
+        return fingerprint_mismatches(self.fingerprint, check_gpu=self.backend.is_gpu)
 
     def make_space(self) -> SearchSpace:
         """Rebuild the space the table was built for (from its name, shape, classes, options)."""
@@ -353,7 +353,7 @@ class LatencyTable:
             )
             return
         mism = fingerprint_mismatches(
-            old.fingerprint, self.fingerprint, check_gpu=self.backend.name == "cuda"
+            old.fingerprint, self.fingerprint, check_gpu=self.backend.is_gpu
         )
         if mism:
             warnings.warn(

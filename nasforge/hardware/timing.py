@@ -26,6 +26,7 @@ does), so no collection lands inside a timed call.
 from __future__ import annotations
 
 import contextlib
+import functools
 import gc
 import math
 import statistics
@@ -36,13 +37,12 @@ from typing import Any
 import numpy as np
 from torch import nn
 
-from nasforge.hardware.backends import (
+from nasforge.hardware.backend_base import (
     BackendError,
     BackendSpec,
     Runner,
     Samples,
     as_backend,
-    make_runner,
     pinned_threads,
 )
 from nasforge.hardware.fingerprint import device_fingerprint
@@ -87,15 +87,14 @@ class TimingConfig:
         return max(1, math.ceil(self.repeats / self.rounds))
 
     def resolve_clock(self, spec: BackendSpec) -> str:
-        """The clock used on ``spec``: ``cpu`` needs a single-threaded CPU backend."""
-        if self.clock == "cpu" and not spec.single_threaded:
-            raise BackendError(
-                f"timing.clock: 'cpu' needs one thread on the calling thread; "
-                f"{spec.label} with {spec.threads} thread(s) uses the wall clock"
-            )
-        if self.clock == "auto":
-            return "cpu" if spec.single_threaded else "wall"
-        return self.clock
+        """The clock used on ``spec``, as its backend decides (:meth:`Backend.clock`):
+        ``cpu`` needs all work on the calling thread.
+
+        Raises:
+            BackendError: ``clock="cpu"`` on a backend or thread count where work leaves the
+                calling thread.
+        """
+        return spec.backend.clock(spec, self.clock)
 
 
 @dataclass(frozen=True)
@@ -374,6 +373,51 @@ def time_factories(
     return _interleave(len(factories), visit, config, clock, progress)
 
 
+def time_models(
+    builds: Sequence[Callable[[], nn.Module]],
+    input_shapes: Sequence[Sequence[int]],
+    batch_size: int,
+    spec: BackendSpec,
+    config: TimingConfig = TimingConfig(),
+    progress: Callable[[], None] | None = None,
+    fresh_runners: bool = True,
+) -> tuple[list[TimingStats], str]:
+    """Time the models ``builds`` make on ``spec``, interleaved, with its threads pinned.
+
+    With ``fresh_runners`` (for many small models, e.g. table entries), every visit makes a
+    fresh runner through the backend's
+    :meth:`~nasforge.hardware.backend_base.Backend.runner_factory` (onnxruntime exports each
+    model once and opens a fresh session per visit), warms it up and closes it, as
+    :func:`time_factories` does. Without, each model is built once and its runner held for
+    the whole measurement, as :func:`time_runners` does (fewer, larger models).
+    ``input_shapes[i]`` is the per-sample input shape of model ``i``. Returns the statistics
+    in the order given and the clock used.
+    """
+    if len(input_shapes) != len(builds):
+        raise ValueError("time_models: one input shape per model is needed")
+    backend = spec.backend
+    clock = config.resolve_clock(spec)
+    with pinned_threads(spec):
+        if fresh_runners:
+            factories = [
+                backend.runner_factory(build, shape, batch_size, spec)
+                for build, shape in zip(builds, input_shapes)
+            ]
+            return time_factories(factories, config, clock, progress), clock
+        runners: list[Runner] = []
+        try:
+            for i, (build, shape) in enumerate(zip(builds, input_shapes)):
+                runners.append(backend.make_runner(build(), shape, batch_size, spec, str(i)))
+            return time_runners(runners, config, clock, progress), clock
+        finally:
+            for r in runners:
+                r.close()
+
+
+def _same(model: nn.Module) -> nn.Module:
+    return model
+
+
 def measure_models(
     models: Sequence[nn.Module],
     input_shape: Sequence[int],
@@ -390,16 +434,14 @@ def measure_models(
     spec = as_backend(backend, threads)
     if threads is not None and spec.threads != threads:
         spec = replace(spec, threads=threads)
-    clock = config.resolve_clock(spec)
-    with pinned_threads(spec):
-        runners = [
-            make_runner(m, input_shape, batch_size, spec, name=str(i)) for i, m in enumerate(models)
-        ]
-        try:
-            stats = time_runners(runners, config, clock)
-        finally:
-            for r in runners:
-                r.close()
+    stats, clock = time_models(
+        [functools.partial(_same, m) for m in models],
+        [input_shape] * len(models),
+        batch_size,
+        spec,
+        config,
+        fresh_runners=False,
+    )
     return [LatencyMeasurement.from_stats(s, spec, batch_size, clock) for s in stats]
 
 
@@ -425,8 +467,8 @@ def measure_latency(
         warmup: untimed calls first.
         repeats: timed calls, split over ``rounds`` rounds.
         threads: pinned thread count (default: torch's current count), recorded in the result.
-        backend: ``torch``, ``torch:parallel``, ``onnxruntime``, ``onnxruntime:parallel``, ``cuda`` or a
-            :class:`BackendSpec`.
+        backend: a registered backend name (``torch``, ``torch:parallel``, ``onnxruntime``,
+            ``onnxruntime:parallel``, ``cuda``, or a plugin's) or a :class:`BackendSpec`.
         rounds: rounds of the harness; a round whose median strays by more than 10% is
             re-measured.
         clock: ``auto`` (CPU time of the calling thread when single-threaded, else wall),

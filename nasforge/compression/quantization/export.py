@@ -1,15 +1,17 @@
-"""ONNX export: float models, and QuantSim models as QDQ graphs with INT8 weight storage.
+"""ONNX export of compressed models: float models, and QuantSim models as QDQ graphs with INT8
+weight storage. The export itself is hardware's one ONNX export
+(:func:`nasforge.hardware.onnx.export_onnx`); what is here is the graph surgery specific to
+compressed models.
 
-``torch.onnx.export`` (TorchScript exporter, ``dynamo=False``) turns each fake-quantize op
-into a ``QuantizeLinear -> DequantizeLinear`` pair. Weight pairs are then folded: the float
-weight initializer and its ``QuantizeLinear`` are replaced by an INT8 initializer feeding
-the ``DequantizeLinear`` -- the file shrinks about 4x and the runtime sees the standard
-``DQ(int8 weight) -> Conv`` pattern it fuses into integer kernels.
+The TorchScript exporter turns each fake-quantize op into a ``QuantizeLinear ->
+DequantizeLinear`` pair. Weight pairs are then folded: the float weight initializer and its
+``QuantizeLinear`` are replaced by an INT8 initializer feeding the ``DequantizeLinear`` -- the
+file shrinks about 4x and the runtime sees the standard ``DQ(int8 weight) -> Conv`` pattern it
+fuses into integer kernels.
 """
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -17,7 +19,10 @@ import numpy as np
 import torch
 from torch import nn
 
-OPSET = 17
+from nasforge.hardware.onnx import OPSET
+from nasforge.hardware.onnx import export_onnx as _export
+
+__all__ = ["OPSET", "compact", "export_onnx", "export_qdq", "fold_weight_quantizers"]
 
 
 def export_onnx(
@@ -28,23 +33,15 @@ def export_onnx(
     import onnx
 
     path = Path(path)
-    model = model.eval()
-    x = torch.zeros(1, *input_shape)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(
-            model,
-            (x,),
-            str(path),
-            dynamo=False,
-            opset_version=OPSET,
-            input_names=["input"],
-            output_names=["logits"],
-            dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
-            do_constant_folding=True,
-        )
+    data = _export(
+        model,
+        input_shape,
+        None if compact_graph else path,
+        dynamic_batch=True,
+        example=torch.zeros(1, *input_shape),
+    )
     if compact_graph:
-        m = onnx.load(str(path))
+        m = onnx.load_from_string(data)
         compact(m)
         onnx.save(m, str(path))
     return path

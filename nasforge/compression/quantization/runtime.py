@@ -1,20 +1,26 @@
-"""ONNX Runtime helpers: sessions, batched inference, and interleaved latency measurement.
+"""ONNX Runtime helpers for compressed models: sessions, batched inference, and interleaved
+latency comparison.
 
-Latency is measured as the median of repeated single calls after warm-up. Comparing two
-models on a busy machine is noisy, so :func:`compare_latency` interleaves them (A, B, A, B,
-...) in rounds: drift and other processes hit both alike, and the ratio is robust.
+Sessions come from hardware's one session builder (:func:`nasforge.hardware.onnx.ort_session`)
+and latency from hardware's one timing harness (:func:`nasforge.hardware.timing.time_runners`):
+comparing models on a busy machine is noisy, so :func:`compare_latency` interleaves them in
+rounds (a fresh seeded order each round, stray rounds re-measured): drift and other processes
+hit all of them alike, and the ratios are robust.
 """
 
 from __future__ import annotations
 
-import statistics
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
+
+from nasforge.hardware.backend_base import Runner, threads_pinned
+from nasforge.hardware.onnx import ort_session as _hardware_session
+from nasforge.hardware.timing import TimingConfig, time_runners
 
 
 @dataclass(frozen=True)
@@ -33,41 +39,33 @@ class Latency:
         return asdict(self)
 
 
-def ort_session(path: str | Path | bytes, threads: int = 1) -> object:
-    """A CPU ``InferenceSession`` with full graph optimisation, ``threads`` intra-op threads
-    and no spinning (idle pool threads would steal cores on a shared machine); every model
-    a comparison times gets the same options."""
-    import onnxruntime as ort
-
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = threads
-    so.inter_op_num_threads = 1
-    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    so.add_session_config_entry("session.inter_op.allow_spinning", "0")
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    so.log_severity_level = 3
-    model = path if isinstance(path, bytes) else str(path)
-    return ort.InferenceSession(model, so, providers=["CPUExecutionProvider"])
+def ort_session(path: str | Path | bytes, threads: int = 1) -> Any:
+    """A CPU ``InferenceSession`` from hardware's session builder: full graph optimisation,
+    ``threads`` intra-op threads and no spinning (idle pool threads would steal cores on a
+    shared machine); every model a comparison times gets the same options."""
+    return _hardware_session(path, threads=threads)
 
 
-def ort_predict(session: object, x: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+def ort_predict(session: Any, x: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
     """Logits of ``x`` from an ONNX Runtime session, in batches."""
-    name = session.get_inputs()[0].name  # type: ignore[attr-defined]
+    name = session.get_inputs()[0].name
     outs = []
     for i in range(0, len(x), batch_size):
         xb = x[i : i + batch_size].numpy().astype(np.float32)
-        outs.append(torch.from_numpy(session.run(None, {name: xb})[0]))  # type: ignore[attr-defined]
+        outs.append(torch.from_numpy(session.run(None, {name: xb})[0]))
     return torch.cat(outs)
 
 
 def ort_runner(path: str | Path, x: torch.Tensor, threads: int = 1) -> Callable[[], object]:
+    """One call of the ONNX model at ``path`` on ``x`` (for :func:`compare_latency`)."""
     sess = ort_session(path, threads)
-    name = sess.get_inputs()[0].name  # type: ignore[attr-defined]
+    name = sess.get_inputs()[0].name
     feed = {name: x.numpy().astype(np.float32)}
-    return lambda: sess.run(None, feed)  # type: ignore[attr-defined]
+    return lambda: sess.run(None, feed)
 
 
 def torch_runner(model: torch.nn.Module, x: torch.Tensor) -> Callable[[], object]:
+    """One inference-mode call of ``model`` (switched to eval) on ``x``."""
     model.eval()
 
     def run() -> object:
@@ -78,42 +76,34 @@ def torch_runner(model: torch.nn.Module, x: torch.Tensor) -> Callable[[], object
 
 
 def compare_latency(
-    runners: dict[str, Callable[[], object]],
-    backend: dict[str, str],
+    runners: Mapping[str, Callable[[], object]],
+    backend: Mapping[str, str],
     batch_size: int,
     threads: int,
     rounds: int = 7,
     repeats: int = 10,
     warmup: int = 5,
 ) -> dict[str, Latency]:
-    """Interleaved timing of several runners; each round times ``repeats`` calls of each.
+    """Interleaved wall-clock timing of several calls with hardware's harness.
 
-    The reported median is over all calls of a runner; rounds alternate the order.
+    Each runner is warmed up with ``warmup`` calls, then timed in ``rounds`` rounds of
+    ``repeats`` calls, the runners visited in a fresh seeded order each round; a round whose
+    median strays from the runner's others is re-measured (see
+    :mod:`nasforge.hardware.timing`). torch is pinned to ``threads`` intra-op threads
+    meanwhile. ``backend`` labels the results (name -> backend, default ``""``).
+
+    Returns:
+        name -> :class:`Latency` (median and IQR over the kept calls, ``repeats`` = their
+        number), in the order of ``runners``.
     """
-    prev = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        for run in runners.values():
-            for _ in range(warmup):
-                run()
-        samples: dict[str, list[float]] = {k: [] for k in runners}
-        names = list(runners)
-        for r in range(rounds):
-            for k in names if r % 2 == 0 else names[::-1]:
-                run = runners[k]
-                for _ in range(repeats):
-                    t0 = time.perf_counter()
-                    run()
-                    samples[k].append((time.perf_counter() - t0) * 1e3)
-    finally:
-        torch.set_num_threads(prev)
-    out = {}
-    for k, s in samples.items():
-        q = statistics.quantiles(s, n=4) if len(s) >= 4 else [min(s), 0, max(s)]
-        out[k] = Latency(
-            k, backend.get(k, ""), batch_size, threads, statistics.median(s), q[2] - q[0], len(s)
-        )
-    return out
+    names = list(runners)
+    config = TimingConfig(warmup=warmup, repeats=rounds * repeats, rounds=rounds, clock="wall")
+    with threads_pinned(threads):
+        stats = time_runners([Runner(runners[k], k) for k in names], config, clock="wall")
+    return {
+        k: Latency(k, backend.get(k, ""), batch_size, threads, s.median_ms, s.iqr_ms, s.samples)
+        for k, s in zip(names, stats)
+    }
 
 
 def file_size(path: str | Path) -> int:
@@ -125,15 +115,11 @@ def optimized_op_counts(path: str | Path) -> dict[str, int]:
     import tempfile
 
     import onnx
-    import onnxruntime as ort
 
     with tempfile.TemporaryDirectory() as d:
-        so = ort.SessionOptions()
-        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
-        so.optimized_model_filepath = str(Path(d) / "opt.onnx")
-        so.log_severity_level = 3
-        ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
-        m = onnx.load(so.optimized_model_filepath)
+        optimized = Path(d) / "opt.onnx"
+        _hardware_session(path, graph_optimization="extended", optimized_model_path=optimized)
+        m = onnx.load(str(optimized))
     counts: dict[str, int] = {}
     for n in m.graph.node:
         counts[n.op_type] = counts.get(n.op_type, 0) + 1

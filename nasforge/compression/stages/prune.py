@@ -11,8 +11,6 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from torch import nn
-
 from nasforge.compression.config import ChannelPruneConfig, IMPConfig, UnstructuredPruneConfig
 from nasforge.compression.pruning import (
     ChannelPruner,
@@ -27,10 +25,9 @@ from nasforge.compression.pruning import (
     make_importance,
     recalibrate_bn,
 )
-from nasforge.compression.quantization import export_onnx
-from nasforge.compression.quantization.runtime import compare_latency, ort_runner
 from nasforge.compression.results import StageOutput
 from nasforge.compression.stages.base import PipelineState, Stage, register_stage
+from nasforge.hardware.backends import BackendSpec
 from nasforge.train import TrainConfig
 
 AGGRESSIVE_RATIO = 0.3
@@ -118,26 +115,15 @@ class ChannelPruneStage(Stage[ChannelPruneConfig]):
     ) -> PruningPlan:
         p, model, shape = self.config, state.model, state.input_shape
         state.say(f"measuring a channel latency table for a {target_ms} ms target")
-        x1 = state.dataset.x_val[:1]
-        tmp = state.out_dir / "_latency_probe.onnx"
-        threads = state.target.threads
-
-        def measure(m: nn.Module) -> float:
-            export_onnx(m, tmp, shape)
-            runners = {"m": ort_runner(tmp, x1, threads)}
-            r = compare_latency(runners, {}, 1, threads, rounds=3, repeats=10)
-            return r["m"].median_ms
-
+        # every variant timed by hardware's harness on the target, interleaved
         table = build_latency_table(
             model,
             shape,
-            measure,
+            BackendSpec("onnxruntime", threads=state.target.threads),
             imp,
             round_to=p.round_to,
             min_keep=p.min_keep,
-            backend="onnxruntime",
         )
-        tmp.unlink(missing_ok=True)
         (state.out_dir / "latency_table.json").write_text(table.to_json())
         return latency_aware_plan(model, shape, imp, table, target_ms, pc)
 
