@@ -31,7 +31,7 @@ from nasforge.hardware.timing import TimingConfig, measure_latency
 SHAPE = (3, 8, 8)
 
 
-def probe_model() -> nn.Module:
+def probe_model() -> nn.Sequential:
     """A small conv-BN-ReLU network in training mode (so that mutation would show)."""
     torch.manual_seed(0)
     return nn.Sequential(
