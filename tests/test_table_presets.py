@@ -144,7 +144,7 @@ def test_plain_spec_joins_on_op_columns_without_a_key(tmp_path: Path) -> None:
     lat = _write(tmp_path / "lat.csv", ["w2", "w1", "ms"], [[16, 16, 3.0], [16, 8, 2.0]])
     spec = TableSpec(
         path=acc,
-        op_columns={"w1": "w1", "w2": "w2"},
+        op_columns=(("w1", "w1"), ("w2", "w2")),
         signal_column="acc",
         latency_path=lat,
         latency_column="ms",
@@ -154,13 +154,13 @@ def test_plain_spec_joins_on_op_columns_without_a_key(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="latency_key: joins on key_column"):
         TableSpec(
             path=acc,
-            op_columns={"w1": "w1"},
+            op_columns=(("w1", "w1"),),
             signal_column="acc",
             latency_path=lat,
             latency_key="w1",
         )
     with pytest.raises(ConfigError, match="need latency_path"):
-        TableSpec(path=acc, op_columns={"w1": "w1"}, signal_column="acc", latency_key="w1")
+        TableSpec(path=acc, op_columns=(("w1", "w1"),), signal_column="acc", latency_key="w1")
 
 
 def test_a_preset_registered_from_outside(tmp_path: Path) -> None:
