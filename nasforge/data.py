@@ -20,6 +20,9 @@ from nasforge.errors import DataError
 BUNDLED = ("digits", "mnist5k", "mnist1d")
 FROM_DISK = ("imagefolder", "cifar10")
 DATASETS = BUNDLED + FROM_DISK
+RESIZED = ("imagefolder",)
+"""Datasets whose images are resized to ``image_size`` x ``image_size`` with ``channels``
+channels; the others keep their own shape (see :attr:`Dataset.input_shape`)."""
 _IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 
 
@@ -125,8 +128,8 @@ def _load_image(path: Path, size: int, channels: int) -> np.ndarray:
 
     try:
         with Image.open(path) as im:
-            im = im.convert("L" if channels == 1 else "RGB").resize((size, size))
-            a = np.asarray(im, dtype=np.float32) / 255.0
+            resized = im.convert("L" if channels == 1 else "RGB").resize((size, size))
+            a = np.asarray(resized, dtype=np.float32) / 255.0
     except (UnidentifiedImageError, OSError) as exc:
         raise DataError(f"{path}: not a readable image ({exc})") from None
     return a[None] if channels == 1 else a.transpose(2, 0, 1)
@@ -151,17 +154,25 @@ def _class_tree(
     return np.stack(xs), np.asarray(ys), classes
 
 
-def _imagefolder(path: Path, size: int, channels: int, seed: int) -> tuple[np.ndarray, ...]:
+_Splits = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
+
+
+def _imagefolder(
+    path: Path, size: int, channels: int, seed: int
+) -> tuple[_Splits, tuple[str, ...]]:
+    """``(x_train, y_train, x_test, y_test), classes`` of an image-folder tree."""
     if (path / "train").is_dir():
         x, y, classes = _class_tree(path / "train", size, channels, None)
         if (path / "test").is_dir():
             xt, yt, _ = _class_tree(path / "test", size, channels, classes)
-            return x, y, xt, yt, classes
-        return (*_split(x, y, 0.2, seed + 1), classes)
+            return (x, y, xt, yt), classes
+        x_a, y_a, x_b, y_b = _split(x, y, 0.2, seed + 1)
+        return (x_a, y_a, x_b, y_b), classes
     x, y, classes = _class_tree(path, size, channels, None)
     if len(classes) < 2:
         raise DataError(f"{path}: an image folder needs at least two class sub-folders")
-    return (*_split(x, y, 0.2, seed + 1), classes)
+    x_a, y_a, x_b, y_b = _split(x, y, 0.2, seed + 1)
+    return (x_a, y_a, x_b, y_b), classes
 
 
 def _cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -239,7 +250,7 @@ def _load_cached(
         if not p.is_dir():
             raise DataError(f"data.path: {p} is not a directory")
         if name == "imagefolder":
-            x_tr, y_tr, x_te, y_te, classes = _imagefolder(p, image_size, channels, seed)
+            (x_tr, y_tr, x_te, y_te), classes = _imagefolder(p, image_size, channels, seed)
         else:
             x_tr, y_tr, x_te, y_te = _cifar10(p)
             classes = (

@@ -1,4 +1,4 @@
-"""The `ray` executor runs trials as tasks on a real (local) Ray cluster; results land in the store."""
+"""The `ray` executor runs trials as tasks on a local Ray cluster; results reach the store."""
 
 from __future__ import annotations
 

@@ -85,9 +85,26 @@ class Executor:
 
 
 class InlineExecutor(Executor):
+    """Trials in this process, one at a time, with the workers' torch thread count.
+
+    The thread count is pinned around each trial (and restored) because this process may
+    have torch's default of one thread per core, which on a busy host trains several times
+    slower than one thread (two threads wait at each barrier for the one that was preempted).
+    """
+
+    def __init__(self, threads: int = 1) -> None:
+        self.threads = threads
+
     def submit(self, payload: dict[str, Any]) -> Future:
+        import torch
+
         fut: Future = Future()
-        fut.set_result(evaluate_payload(payload))
+        prev = torch.get_num_threads()
+        torch.set_num_threads(self.threads)
+        try:
+            fut.set_result(evaluate_payload(payload))
+        finally:
+            torch.set_num_threads(prev)
         return fut
 
 
@@ -149,7 +166,7 @@ def make_executor(
     kind: str, workers: int, threads: int, ray_address: str | None = None
 ) -> Executor:
     if kind == "inline":
-        return InlineExecutor()
+        return InlineExecutor(threads)
     if kind == "process":
         return ProcessExecutor(workers, threads)
     if kind == "ray":

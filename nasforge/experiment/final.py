@@ -1,24 +1,39 @@
-"""After the search: retrain the best (or the Pareto set) on train+val, test once, export, measure."""
+"""After the search: retrain the best (or the Pareto set) on train+val, test once, export, measure.
+
+The final model is trained with the thread count the search's workers trained with
+(``latency.threads``, see :class:`~nasforge.experiment.executors.ProcessExecutor`), not
+torch's default of one thread per core: with another process busy on one of two cores, two
+intra-op threads trained 2.3-7.8x slower per image than one (each step waits at a barrier for
+the preempted thread), which is what made the demo's final retrain ~6x slower per image than
+its trials. Latency is measured once, on the configured backend with the configured timing,
+through :class:`~nasforge.hardware.model.LatencyModel`.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
 from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from nasforge.compression.pipeline import run_pipeline
 from nasforge.data import Dataset
 from nasforge.experiment.config import ExperimentConfig
 from nasforge.experiment.export import export_onnx, onnx_max_abs_diff
+from nasforge.experiment.progress import RunLog
 from nasforge.experiment.setup import make_latency_model, train_config
 from nasforge.experiment.store import TrialRecord, TrialStore
-from nasforge.hardware import count_flops, count_params, measure_latency, model_size_bytes
+from nasforge.hardware import count_flops, count_params, model_size_bytes
+from nasforge.hardware.model import LatencyModel
 from nasforge.nn import fuse_bn
 from nasforge.objectives import Objective, pareto_front
-from nasforge.space import SearchSpace
+from nasforge.space import Arch, SearchSpace
 from nasforge.strategies.base import scalar
 from nasforge.train import evaluate_accuracy, train_model
 
@@ -48,7 +63,13 @@ def finalize(
     space: SearchSpace,
     objective: Objective,
     console: Console,
+    log: RunLog | None = None,
 ) -> dict[str, Any] | None:
+    """Retrain, test, measure and export the chosen trial(s); returns the first card.
+
+    Cards go to ``best/card.json`` (and ``best/candidate<k>/`` for ``final.top_k > 1``) and
+    to the store's ``final`` meta. Progress goes to ``log`` (one line per epoch).
+    """
     chosen = select_final(store, objective, cfg.final.top_k)
     if not chosen:
         console.print("[red]no trial completed: nothing to retrain[/]")
@@ -56,10 +77,12 @@ def finalize(
     models = []
     for rank, trial in enumerate(chosen):
         out_dir = run_dir / "best" if rank == 0 else run_dir / "best" / f"candidate{rank}"
-        console.print(
-            f"final: retraining trial {trial.id} on train+val for {cfg.final.epochs} epochs"
-        )
-        models.append(finalize_one(cfg, trial, out_dir, dataset, space, console))
+        msg = f"final: retraining trial {trial.id} on train+val for {cfg.final.epochs} epochs"
+        if log is not None:
+            log.say(msg)
+        else:
+            console.print(msg)
+        models.append(finalize_one(cfg, trial, out_dir, dataset, space, console, log))
     store.set_meta("final", models)
     return models[0]
 
@@ -102,6 +125,75 @@ def finalize_table(
     return cards[0]
 
 
+@contextlib.contextmanager
+def training_threads(threads: int) -> Iterator[None]:
+    """Run the block with ``threads`` torch intra-op threads, then restore the caller's count."""
+    prev = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(prev)
+
+
+def final_latency_model(cfg: ExperimentConfig, space: SearchSpace) -> LatencyModel:
+    """The latency model of the search, or for ``latency.mode: flops`` (where the search
+    timed nothing) one that measures on ``latency.backend`` with the section's settings.
+    The user's ``warmup`` and ``repeats`` are used as given."""
+    model = make_latency_model(cfg, space)
+    if model is None:
+        section = {**cfg.latency.model_dump(), "mode": "measure", "table": None}
+        model = LatencyModel.from_config(section, space)
+    return model
+
+
+def measure_final(
+    latency_model: LatencyModel, arch: Arch, fused: torch.nn.Module, input_shape: tuple[int, ...]
+) -> dict[str, Any]:
+    """Card fields for the chosen model's latency, measured once on the latency model's backend.
+
+    Returns ``latency_ms`` (the configured statistic), ``latency_ms_<backend>`` (the same number
+    under a name that says where it was measured), ``latency`` (backend, statistic, batch
+    size, threads, warmup, repeats), ``latency_check`` (measured beside the search's
+    prediction, if any), ``latency_ms_predicted`` and the host ``fingerprint``.
+    """
+    check = latency_model.final_check(arch, fused, input_shape)
+    fingerprint = check.pop("fingerprint", None)
+    backend = latency_model.backend
+    value = float(check["latency_ms_measured"])
+    out: dict[str, Any] = {
+        "latency_ms": value,
+        f"latency_ms_{backend.label.replace(':', '_')}": value,
+        "latency": {
+            "backend": backend.label,
+            "statistic": latency_model.statistic,
+            "batch_size": latency_model.batch_size,
+            "threads": backend.threads,
+            "warmup": latency_model.timing.warmup,
+            "repeats": latency_model.timing.repeats,
+            "iqr_ms": check.get("latency_iqr_ms"),
+        },
+        "latency_check": check,
+        "fingerprint": fingerprint,
+    }
+    if check.get("latency_ms_predicted") is not None:
+        out["latency_ms_predicted"] = check["latency_ms_predicted"]
+    return out
+
+
+def _epoch_progress(log: RunLog | None, console: Console, epochs: int, what: str) -> Progress:
+    return Progress(
+        TextColumn(f"[bold]{what}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("loss {task.fields[loss]}"),
+        TimeElapsedColumn(),
+        console=console,
+        disable=log is None or not log.live,
+        transient=False,
+    )
+
+
 def finalize_one(
     cfg: ExperimentConfig,
     trial: TrialRecord,
@@ -109,33 +201,36 @@ def finalize_one(
     dataset: Dataset,
     space: SearchSpace,
     console: Console,
+    log: RunLog | None = None,
 ) -> dict[str, Any]:
+    """Retrain ``trial`` on train+val, test it once, measure it, export it; returns its card."""
     out_dir.mkdir(parents=True, exist_ok=True)
+    d = dataset
+    epochs = cfg.final.epochs
+    threads = cfg.latency.threads  # what the search's workers trained with
     t0 = time.perf_counter()
     model = space.build(trial.arch)
-    d = dataset
     x = torch.cat([d.x_train, d.x_val])
     y = torch.cat([d.y_train, d.y_val])
-    train_model(model, x, y, train_config(cfg, cfg.final.epochs))
-    test_acc = evaluate_accuracy(model, d.x_test, d.y_test)  # the one use of the test split
+    what = f"final trial {trial.id}"
+    progress = _epoch_progress(log, console, epochs, what)
+    task = progress.add_task(what, total=epochs, loss="-")
+
+    def report_epoch(epoch: int, metrics: dict[str, float]) -> None:
+        loss = metrics.get("loss", float("nan"))
+        progress.update(task, completed=epoch + 1, loss=f"{loss:.4f}")
+        if log is not None:
+            log.line(
+                f"{what}: epoch {epoch + 1}/{epochs} loss {loss:.4f} "
+                f"({time.perf_counter() - t0:.1f}s, {len(y)} images, {threads} thread(s))"
+            )
+
+    with progress, training_threads(threads):
+        train_model(model, x, y, train_config(cfg, epochs), reporter=report_epoch)
+        test_acc = evaluate_accuracy(model, d.x_test, d.y_test)  # the one use of the test split
     train_seconds = time.perf_counter() - t0
     model.eval()
     fused = fuse_bn(model)
-    lat = cfg.latency
-    stat = lat.statistic or "median"
-
-    def measured(backend: str) -> float:
-        return measure_latency(
-            fused,
-            d.input_shape,
-            lat.batch_size,
-            lat.warmup,
-            max(lat.repeats, 50),
-            lat.threads,
-            backend=backend,
-        ).value_ms(stat)
-
-    latency_ms = measured("torch")
     torch.save(model, out_dir / "model.pt")
     card: dict[str, Any] = {
         "trial_id": trial.id,
@@ -148,50 +243,41 @@ def finalize_one(
         "classes": list(d.classes),
         "search_metrics": trial.metrics,
         "test_acc": test_acc,
-        "final_epochs": cfg.final.epochs,
+        "final_epochs": epochs,
         "final_train_seconds": train_seconds,
-        "latency_ms_torch": latency_ms,
-        "latency_statistic": stat,
-        "latency_batch_size": lat.batch_size,
-        "latency_threads": lat.threads,
-        "params": count_params(model),
-        "flops": count_flops(model, d.input_shape),
-        "size_bytes": model_size_bytes(fused),
+        "final_train_threads": threads,
     }
-    latency_model = make_latency_model(cfg, space)
-    if latency_model is not None:
-        # the search's latency (predicted or measured) beside a fresh measurement, same statistic
-        check = latency_model.final_check(trial.arch, fused, d.input_shape)
-        card["fingerprint"] = check.pop("fingerprint", None)
-        card["latency_check"] = check
-        if check.get("latency_ms_predicted") is not None:
-            card["latency_ms_predicted"] = check["latency_ms_predicted"]
+    card.update(measure_final(final_latency_model(cfg, space), trial.arch, fused, d.input_shape))
+    card.update(
+        params=count_params(model),
+        flops=count_flops(model, d.input_shape),
+        size_bytes=model_size_bytes(fused),
+    )
     if cfg.final.export_onnx:
         onnx_bytes = export_onnx(fused, d.input_shape, out_dir / "model.onnx")
         card["onnx_max_abs_diff"] = onnx_max_abs_diff(fused, onnx_bytes, d.x_test[:64])
-        card["latency_ms_onnxruntime"] = measured("onnxruntime")
         card["onnx_size_bytes"] = len(onnx_bytes)
     if cfg.compress:
-        card["compression"] = _compress(cfg, model, dataset, out_dir, console)
+        card["compression"] = _compress(cfg, model, dataset, out_dir)
     (out_dir / "card.json").write_text(json.dumps(card, indent=2, default=str))
+    lat = card["latency"]
     msg = (
-        f"final: test accuracy {test_acc:.4f}, latency {latency_ms:.3f} ms (torch, batch "
-        f"{lat.batch_size}, {lat.threads} thread(s))"
+        f"final: test accuracy {test_acc:.4f}, latency {card['latency_ms']:.3f} ms "
+        f"({lat['statistic']} on {lat['backend']}, batch {lat['batch_size']}, "
+        f"{lat['threads']} thread(s), {lat['repeats']} repeats); trained in {train_seconds:.1f}s"
     )
     if "onnx_max_abs_diff" in card:
-        msg += (
-            f", onnxruntime {card['latency_ms_onnxruntime']:.3f} ms, ONNX max abs diff "
-            f"{card['onnx_max_abs_diff']:.2e}"
-        )
-    console.print(msg)
+        msg += f"; ONNX max abs diff {card['onnx_max_abs_diff']:.2e}"
+    if log is not None:
+        log.say(msg)
+    else:
+        console.print(msg)
     return card
 
 
 def _compress(
-    cfg: ExperimentConfig, model: torch.nn.Module, dataset: Dataset, out_dir: Path, console: Console
+    cfg: ExperimentConfig, model: torch.nn.Module, dataset: Dataset, out_dir: Path
 ) -> dict[str, Any]:
-    from nasforge.compression.pipeline import run_pipeline
-
-    assert cfg.compress is not None
-    report = run_pipeline(model, dataset, cfg.compress, out_dir)
-    return report.to_dict() if hasattr(report, "to_dict") else dict(report)
+    if cfg.compress is None:
+        raise ValueError("compress: no compress section")
+    return run_pipeline(model, dataset, cfg.compress, out_dir).to_dict()

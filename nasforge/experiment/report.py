@@ -9,6 +9,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from nasforge.data import RESIZED
 from nasforge.experiment.config import ExperimentConfig
 from nasforge.experiment.store import TrialRecord, TrialStore
 from nasforge.objectives import Objective, pareto_front
@@ -39,7 +40,8 @@ def build_report(
     )
     return {
         "name": cfg.name,
-        "config": cfg.model_dump(mode="json"),
+        "config": _config_as_used(cfg),
+        "input": store.get_meta("input"),
         "objective": {
             "kind": objective.kind,
             "metric": objective.metric,
@@ -70,6 +72,18 @@ def build_report(
         "events": [{"time": e[0], "kind": e[1], "message": e[2]} for e in store.events()],
         "trials": [t.to_dict() for t in trials],
     }
+
+
+def _config_as_used(cfg: ExperimentConfig) -> dict[str, Any]:
+    """The config as JSON, without ``data.image_size``/``data.channels`` where the dataset
+    ignores them (bundled data and CIFAR-10 have their own shape; only image folders are
+    resized), so the report never states an input the networks did not see. The real input
+    shape is the report's ``input``."""
+    data = cfg.model_dump(mode="json")
+    if cfg.data.name not in RESIZED:
+        for key in ("image_size", "channels"):
+            data["data"].pop(key, None)
+    return data
 
 
 def _png(fig: Any) -> str:
@@ -152,7 +166,8 @@ def render_html(report: dict[str, Any], plots: dict[str, str], space: SearchSpac
     hw = report.get("hardware") or {}
     parts = [
         f"<h1>nasforge run: {html.escape(report['name'])}</h1>",
-        f"<p>{html.escape(str(report.get('dataset')))}; objective {html.escape(report['objective']['kind'])}</p>",
+        f"<p>{html.escape(str(report.get('dataset')))}; objective "
+        f"{html.escape(report['objective']['kind'])}</p>",
     ]
     final = report.get("final") or []
     if final:
@@ -161,8 +176,10 @@ def render_html(report: dict[str, Any], plots: dict[str, str], space: SearchSpac
         rows = [
             ["test accuracy (once, on the test split)", _num(f0.get("test_acc"))],
             ["search validation accuracy", _num(f0["search_metrics"].get("val_acc"))],
-            ["latency, torch (ms)", _num(f0.get("latency_ms_torch"), ".3f")],
-            ["latency, onnxruntime (ms)", _num(f0.get("latency_ms_onnxruntime"), ".3f")],
+            [
+                f"latency on {(f0.get('latency') or {}).get('backend', 'torch')} (ms)",
+                _num(f0.get("latency_ms", f0.get("latency_ms_torch")), ".3f"),
+            ],
             ["latency predicted in search (ms)", _num(f0.get("latency_ms_predicted"), ".3f")],
             [
                 "latency measured at the end, same statistic (ms)",
@@ -209,11 +226,14 @@ def render_html(report: dict[str, Any], plots: dict[str, str], space: SearchSpac
         parts.append("<h2>Failed trials</h2>")
         parts.append(_table([[f["id"], f["error"]] for f in report["failed"]], ["trial", "error"]))
     style = (
-        "body{font-family:sans-serif;max-width:960px;margin:2em auto}table{border-collapse:collapse}"
-        "td,th{border:1px solid #ccc;padding:3px 8px;font-size:13px}pre{background:#f4f4f4;padding:8px}"
+        "body{font-family:sans-serif;max-width:960px;margin:2em auto}"
+        "table{border-collapse:collapse}"
+        "td,th{border:1px solid #ccc;padding:3px 8px;font-size:13px}"
+        "pre{background:#f4f4f4;padding:8px}"
     )
     return (
-        f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(report['name'])}</title>"
+        "<!doctype html><html><head><meta charset='utf-8'>"
+        f"<title>{html.escape(report['name'])}</title>"
         f"<style>{style}</style></head><body>{''.join(parts)}</body></html>"
     )
 

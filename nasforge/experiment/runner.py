@@ -18,9 +18,11 @@ from typing import Any
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from nasforge.data import Dataset
 from nasforge.errors import ConfigError
 from nasforge.experiment.config import ExperimentConfig, load_config
 from nasforge.experiment.executors import Executor, make_executor
+from nasforge.experiment.progress import LOG_NAME, RunLog
 from nasforge.experiment.setup import (
     latency_filter,
     make_dataset,
@@ -29,10 +31,10 @@ from nasforge.experiment.setup import (
     make_strategy,
     uses_data,
 )
-from nasforge.experiment.store import FINISHED, TrialStore
+from nasforge.experiment.store import FINISHED, TrialRecord, TrialStore
 from nasforge.hardware.fingerprint import host_info
 from nasforge.objectives import Objective
-from nasforge.space import Arch
+from nasforge.space import Arch, SearchSpace
 from nasforge.strategies.base import Score, scalar
 
 
@@ -112,6 +114,7 @@ class Experiment:
                 f"latency filter: only archs predicted under {objective.target:g} ms are asked"
             )
         store = TrialStore(self.run_dir / "trials.db")
+        self.log = RunLog(self.run_dir / LOG_NAME, self.console, self.show_progress)
         try:
             if resume:
                 n = store.mark_interrupted()
@@ -126,6 +129,7 @@ class Experiment:
                 "dataset",
                 dataset.summary() if dataset is not None else f"table: {self.cfg.evaluator.table}",
             )
+            store.set_meta("input", _input_meta(dataset, space))
             store.log_event(
                 "start",
                 f"{'resumed' if resume else 'started'} with {len(finished)} finished trials",
@@ -134,6 +138,12 @@ class Experiment:
             self.console.print(
                 f"[bold]nasforge[/] {self.cfg.name}: {what}; space "
                 f"{space.name}; strategy {strategy.name}; {self.cfg.search.trials} trials"
+            )
+            self.log.line(
+                f"{'resumed' if resume else 'started'} {self.cfg.name}: {what}; space "
+                f"{space.name}; strategy {strategy.name}; {self.cfg.search.trials} trials; "
+                f"progress also in {self.run_dir / LOG_NAME}",
+                echo=False,
             )
             search_seconds = self._loop(store, strategy, objective)
             summary = self._summary(store, objective, search_seconds)
@@ -147,13 +157,15 @@ class Experiment:
                 from nasforge.experiment.final import finalize
 
                 summary.final = finalize(
-                    self.cfg, self.run_dir, store, dataset, space, objective, self.console
+                    self.cfg, self.run_dir, store, dataset, space, objective, self.console, self.log
                 )
             from nasforge.experiment.report import write_report
 
             write_report(self.run_dir, self.cfg, store, space, objective)
+            self.log.line(f"done: report in {self.run_dir / 'report.html'}")
             return summary
         finally:
+            self.log.close()
             store.close()
 
     def _loop(self, store: TrialStore, strategy: Any, objective: Objective) -> float:
@@ -187,7 +199,7 @@ class Experiment:
             TimeElapsedColumn(),
             TextColumn("~{task.fields[remaining]} left"),
             console=self.console,
-            disable=not self.show_progress,
+            disable=not self.log.live,  # off a terminal a live bar prints nothing: log lines
             transient=False,
         )
         done0 = book.finished
@@ -231,13 +243,10 @@ class Experiment:
                             else 0.0,
                         )
                         strategy.tell(arch, score)
+                        self._log_trial(store.trial(tid), book, budget, t_start, done0)
                     book.save_elapsed(elapsed())
                     done = book.finished
-                    left = (
-                        (time.time() - t_start) / (done - done0) * (budget - done)
-                        if done > done0
-                        else None
-                    )
+                    left = _time_left(t_start, done - done0, budget - done)
                     progress.update(
                         task,
                         completed=done,
@@ -256,6 +265,28 @@ class Experiment:
                 f"budget reached after {elapsed():.1f}s wall, {book.cost_seconds:.1f}s trial cost",
             )
         return elapsed()
+
+    def _log_trial(
+        self, trial: TrialRecord, book: LoopBook, budget: int, t_start: float, done0: int
+    ) -> None:
+        """One plain line per finished trial (the log file, and the console off a terminal)."""
+        left = _time_left(t_start, book.finished - done0, budget - book.finished)
+        head = f"trial {trial.id} {trial.state} ({book.finished}/{budget})"
+        if trial.state != "complete":
+            what = (trial.error or "").splitlines()[0] if trial.error else ""
+        else:
+            shown = ("val_acc", "latency_ms", "flops", "params")
+            what = ", ".join(
+                f"{k} {trial.metrics[k]:.4g}"
+                for k in shown
+                if isinstance(trial.metrics.get(k), (int, float))
+            )
+            if trial.score is not None:
+                what += f"; score {scalar(trial.score):.4f}"
+        self.log.line(
+            f"{head}: {what}; {trial.cost_seconds:.1f}s; best {_fmt(book.best)}; "
+            f"~{'?' if left is None else f'{left:.0f}s'} left"
+        )
 
     def _record(
         self,
@@ -337,3 +368,16 @@ class LoopBook:
 
 def _fmt(v: float | None) -> str:
     return "-" if v is None else f"{v:.4f}"
+
+
+def _time_left(t_start: float, done: int, remaining: int) -> float | None:
+    """Seconds left at this run's pace, or ``None`` before the first finished trial."""
+    return (time.time() - t_start) / done * remaining if done > 0 else None
+
+
+def _input_meta(dataset: Dataset | None, space: SearchSpace) -> dict[str, Any]:
+    """The real input of the run's networks (not the config's resize defaults)."""
+    if dataset is not None:
+        return {"shape": list(dataset.input_shape), "classes": dataset.num_classes}
+    shape = getattr(space, "input_shape", None)
+    return {"shape": list(shape) if shape is not None else None, "classes": None}

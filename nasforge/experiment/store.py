@@ -40,7 +40,8 @@ CREATE INDEX IF NOT EXISTS trials_key ON trials(key);
 CREATE INDEX IF NOT EXISTS trials_state ON trials(state);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS events (
-    id INTEGER PRIMARY KEY AUTOINCREMENT, time REAL NOT NULL, kind TEXT NOT NULL, message TEXT NOT NULL
+    id INTEGER PRIMARY KEY AUTOINCREMENT, time REAL NOT NULL, kind TEXT NOT NULL,
+    message TEXT NOT NULL
 );
 """
 
@@ -141,7 +142,8 @@ class TrialStore:
             else json.dumps(_clean(list(score) if isinstance(score, tuple) else score))
         )
         self._db.execute(
-            "UPDATE trials SET state=?, score=?, metrics=?, error=?, cost_seconds=?, finished=? WHERE id=?",
+            "UPDATE trials SET state=?, score=?, metrics=?, error=?, cost_seconds=?, finished=? "
+            "WHERE id=?",
             (
                 state,
                 score_json,
@@ -205,7 +207,10 @@ class TrialStore:
             )
         return out
 
-    _COLS = "id, key, arch, state, score, metrics, error, cost_seconds, created, started, finished, worker"
+    _COLS = (
+        "id, key, arch, state, score, metrics, error, cost_seconds, created, started, finished, "
+        "worker"
+    )
 
     def trials(self, states: tuple[str, ...] | None = None, order: str = "id") -> list[TrialRecord]:
         """All trials (optionally only in ``states``), ordered by ``id`` or ``finished``."""
