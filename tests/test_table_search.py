@@ -42,3 +42,20 @@ def test_nb201_table_search_respects_constraint_and_cost_budget(
         (t for t in trials if t.metrics["latency_ms"] <= 20.0), key=lambda t: t.metrics["val_acc"]
     )
     assert card["trial_id"] == best.id and card["test_acc"] == best.metrics["test_acc"]
+
+
+def test_a_device_the_table_lacks_is_a_one_line_config_error(
+    tmp_path: Path, nb201_csv: Path
+) -> None:
+    text = (REPO / "examples" / "nb201_table.yaml").read_text() + f"runs_dir: {tmp_path}\n"
+    text = text.replace(
+        "{preset: nb201_cifar10, device: pixel3}",
+        f"{{preset: nb201, device: pixel_3, path: {nb201_csv}}}",
+    )
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(text)
+    res = CliRunner().invoke(app, ["search", str(cfg), "--quiet"])
+    assert res.exit_code == 2, res.output
+    assert "table.device: 'pixel_3'" in res.output and "did you mean 'pixel3'" in res.output
+    assert "eyeriss" in res.output  # the devices the file has are listed
+    assert "Traceback" not in res.output
