@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -119,8 +120,9 @@ def slice_parameters(
 
 
 @torch.no_grad()
-def _cut_bn(mod: nn.Module, kind: str, drop: Sequence[int]) -> None:
-    idx = keep_index(mod.num_features, drop)  # type: ignore[arg-type]
+def _cut_bn(module: nn.Module, kind: str, drop: Sequence[int]) -> None:
+    mod: Any = module  # torch's BN attributes are untyped on nn.Module
+    idx = keep_index(mod.num_features, drop)
     for a in ("weight", "bias", "running_mean", "running_var"):
         if getattr(mod, a, None) is not None:
             set_tensor(mod, a, getattr(mod, a)[idx])
@@ -128,15 +130,16 @@ def _cut_bn(mod: nn.Module, kind: str, drop: Sequence[int]) -> None:
 
 
 @torch.no_grad()
-def _cut_weighted(mod: nn.Module, kind: str, drop: Sequence[int]) -> None:
+def _cut_weighted(module: nn.Module, kind: str, drop: Sequence[int]) -> None:
     """Conv (``out``/``in``/``dw``) and Linear (``out``/``in``)."""
+    mod: Any = module
     linear = isinstance(mod, nn.Linear)
     if kind in ("out", "dw"):
         n = mod.out_features if linear else mod.out_channels
-        idx = keep_index(n, drop)  # type: ignore[arg-type]
-        set_tensor(mod, "weight", mod.weight[idx])  # type: ignore[index]
+        idx = keep_index(n, drop)
+        set_tensor(mod, "weight", mod.weight[idx])
         if mod.bias is not None:
-            set_tensor(mod, "bias", mod.bias[idx])  # type: ignore[index]
+            set_tensor(mod, "bias", mod.bias[idx])
         if linear:
             mod.out_features = len(idx)
         else:
@@ -145,15 +148,15 @@ def _cut_weighted(mod: nn.Module, kind: str, drop: Sequence[int]) -> None:
                 mod.in_channels = mod.groups = len(idx)
     elif kind == "in":
         n = mod.in_features if linear else mod.in_channels
-        idx = keep_index(n, drop)  # type: ignore[arg-type]
-        set_tensor(mod, "weight", mod.weight[:, idx])  # type: ignore[index]
+        idx = keep_index(n, drop)
+        set_tensor(mod, "weight", mod.weight[:, idx])
         if linear:
             mod.in_features = len(idx)
         else:
             mod.in_channels = len(idx)
 
 
-for _cls in BN:
-    register_cut_rule(_cls, _cut_bn)
-for _cls in (*CONV, nn.Linear):
-    register_cut_rule(_cls, _cut_weighted)
+for _bn in BN:
+    register_cut_rule(_bn, _cut_bn)
+for _weighted in (*CONV, nn.Linear):
+    register_cut_rule(_weighted, _cut_weighted)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import operator
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any, cast
 
 import torch
 from torch import fx, nn
@@ -128,7 +129,7 @@ def trace(model: nn.Module) -> fx.GraphModule:
 
 def _se_rule(b: GroupBuilder, name: str, m: nn.Module, lay: list[Segment]) -> list[Segment]:
     """Squeeze-excite ``x * gate(expand(act(reduce(mean(x)))))``: reduce/expand couple to x."""
-    reduce, _expand = m.reduce, m.expand  # type: ignore[union-attr]
+    reduce: Any = m.reduce
     b.add_member(lay, f"{name}.reduce", "in")
     b.add_member(lay, f"{name}.expand", "out")
     inner = [Segment(b.new_space(reduce.out_channels, f"{name}.reduce"), reduce.out_channels)]
@@ -317,9 +318,9 @@ class _Walker:
         )
 
     def visit_weighted(
-        self, node: fx.Node, name: str, m: nn.Module, lay: list[Segment] | None
+        self, node: fx.Node, name: str, module: nn.Module, lay: list[Segment] | None
     ) -> list[Segment]:
-        b = self.b
+        b, m = self.b, cast(Any, module)  # conv/linear attributes are untyped on nn.Module
         in_shape, out_shape = _shape(node.args[0]), _shape(node)
         if lay is None or in_shape is None or out_shape is None:
             raise UnsupportedModelError(f"layer {name!r}: input has no channel layout")

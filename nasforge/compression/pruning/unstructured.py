@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 from torch import nn
@@ -27,7 +28,7 @@ def prunable_weights(model: nn.Module, exclude: Iterable[str] = ()) -> dict[str,
     """Conv and linear weights by module name (modules under an ``exclude`` prefix skipped)."""
     ex = tuple(exclude)
     return {
-        name: m.weight
+        name: cast(nn.Parameter, m.weight)
         for name, m in model.named_modules()
         if isinstance(m, _WEIGHTED) and not any(name.startswith(p) for p in ex)
     }
@@ -78,7 +79,7 @@ class WeightMasks:
     @torch.no_grad()
     def apply(self, model: nn.Module) -> nn.Module:
         for name, mask in self.masks.items():
-            w = model.get_submodule(name).weight
+            w = cast(torch.Tensor, model.get_submodule(name).weight)
             w.mul_(mask.to(w.dtype))
         return model
 

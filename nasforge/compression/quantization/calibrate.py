@@ -9,6 +9,7 @@ symmetric int8 (see :func:`qparams`).
 from __future__ import annotations
 
 import math
+from typing import cast
 
 import torch
 
@@ -109,7 +110,8 @@ class RangeObserver:
         lo, hi = self.span
         if hi <= lo:
             return
-        self.hist += torch.histc(x.detach().float().clamp(lo, hi), N_BINS, lo, hi)
+        counts = torch.histc(x.detach().float().clamp(lo, hi), N_BINS, lo, hi)
+        self.hist = cast(torch.Tensor, self.hist) + counts
 
     def compute_range(self, signed: bool = False) -> tuple[float, float]:
         if not math.isfinite(self.lo):

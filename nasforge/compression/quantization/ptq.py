@@ -13,6 +13,7 @@ import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -52,7 +53,7 @@ def format_candidates(model: nn.Module, base: QuantSpec | None = None) -> dict[s
         (n for n, m in model.named_modules() if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d))),
         None,
     )
-    if stem is not None and model.get_submodule(stem).in_channels <= 4:
+    if stem is not None and cast(Any, model.get_submodule(stem)).in_channels <= 4:
         cands["u8act_s8w_per_channel_fp32_stem"] = replace(
             base, activations="uint8", exclude=tuple(base.exclude) + (stem,)
         )

@@ -23,6 +23,7 @@ import copy
 import operator
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -121,9 +122,12 @@ class ActQuant(nn.Module):
 
     def set_range(self, lo: float, hi: float) -> None:
         scale, zp = qparams(lo, hi, self.signed)
-        self.scale.fill_(scale)
-        self.zero_point.fill_(zp)
-        self.ema.copy_(torch.tensor([min(lo, 0.0), max(hi, 0.0)]))
+        self._buf("scale").fill_(scale)
+        self._buf("zero_point").fill_(zp)
+        self._buf("ema").copy_(torch.tensor([min(lo, 0.0), max(hi, 0.0)]))
+
+    def _buf(self, name: str) -> torch.Tensor:
+        return cast(torch.Tensor, getattr(self, name))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.mode == "observe":
@@ -137,11 +141,12 @@ class ActQuant(nn.Module):
         if self.mode == "qat" and self.training:
             with torch.no_grad():
                 lo, hi = float(x.min()), float(x.max())
-                self.ema.mul_(1 - self.momentum).add_(self.momentum * torch.tensor([lo, hi]))
-                self.set_range(float(self.ema[0]), float(self.ema[1]))
+                ema = self._buf("ema")
+                ema.mul_(1 - self.momentum).add_(self.momentum * torch.tensor([lo, hi]))
+                self.set_range(float(ema[0]), float(ema[1]))
         qmin, qmax = self.qrange
         return torch.fake_quantize_per_tensor_affine(
-            x, float(self.scale), int(self.zero_point), qmin, qmax
+            x, float(self._buf("scale")), int(self._buf("zero_point")), qmin, qmax
         )
 
 
@@ -201,11 +206,16 @@ _QCLASS = {nn.Conv1d: QConv1d, nn.Conv2d: QConv2d, nn.Conv3d: QConv3d, nn.Linear
 
 
 def _to_quant(m: nn.Module, per_channel: bool) -> nn.Module:
-    q = copy.copy(m)
+    q: Any = copy.copy(m)
     q.__class__ = _QCLASS[type(m)]
-    q.per_channel = per_channel  # type: ignore[attr-defined]
-    q.quant_weights = True  # type: ignore[attr-defined]
+    q.per_channel = per_channel
+    q.quant_weights = True
     return q
+
+
+def _not(q: fx.Node) -> Any:
+    """``delete_user_cb`` that keeps every use except ``q`` itself."""
+    return lambda u: u is not q
 
 
 def fold_bn_graph(gm: fx.GraphModule) -> fx.GraphModule:
@@ -218,13 +228,14 @@ def fold_bn_graph(gm: fx.GraphModule) -> fx.GraphModule:
             isinstance(src, fx.Node)
             and src.op == "call_module"
             and len(src.users) == 1
-            and isinstance(gm.get_submodule(src.target), _CONV)
+            and isinstance(gm.get_submodule(str(src.target)), _CONV)
         ):
             continue
         bn = gm.get_submodule(node.target)
         if not bn.track_running_stats or bn.running_mean is None:
             continue
-        _set_submodule(gm, str(src.target), fold_conv_bn(gm.get_submodule(src.target), bn))
+        conv = gm.get_submodule(str(src.target))
+        _set_submodule(gm, str(src.target), fold_conv_bn(conv, bn))
         node.replace_all_uses_with(src)
         gm.graph.erase_node(node)
     gm.graph.lint()
@@ -296,8 +307,8 @@ class QuantSim(nn.Module):
     def freeze_weight_scales(self, frozen: bool = True) -> None:
         """Fix weight scales to the current weights (constants in an export) or release them."""
         for n in self.weighted:
-            m = self.gm.get_submodule(n)
-            m.frozen_scale = weight_scale(m.weight, m.per_channel) if frozen else None  # type: ignore[assignment]
+            m: Any = self.gm.get_submodule(n)
+            m.frozen_scale = weight_scale(m.weight, m.per_channel) if frozen else None
 
     def float_weights(self, names: Iterable[str]) -> None:
         """Stop quantizing the weights of the named layers (used by sensitivity analysis)."""
@@ -385,7 +396,7 @@ def prepare(model: nn.Module, spec: QuantSpec | None = None) -> QuantSim:
         fq_of[n] = name
         with gm.graph.inserting_after(n):
             q = gm.graph.call_module(name, (n,))
-        n.replace_all_uses_with(q, delete_user_cb=lambda u, q=q: u is not q)
+        n.replace_all_uses_with(q, delete_user_cb=_not(q))
     gm.graph.lint()
     gm.recompile()
     return QuantSim(gm, spec, quantizers, weighted)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import asdict, dataclass, replace
+from typing import Any
 
 import torch
 from torch import nn
@@ -80,7 +81,7 @@ def layer_sensitivity(
     ref = predict_logits(sim, x)
     out = []
     for layer in sim.weighted:
-        mod = sim.gm.get_submodule(layer)
+        mod: Any = sim.gm.get_submodule(layer)
         mod.quant_weights = True
         q = _input_quantizer(sim, layer)
         if q:
