@@ -42,7 +42,7 @@ class PipelineState:
     ``masks`` (weight masks that later training must keep), set ``pruned`` and read
     everything else. ``outputs`` holds the results of the stages run so far (read only).
     ``train`` is the one training recipe of the run; stages that train derive from it with
-    ``train.model_copy(update=...)`` rather than building their own.
+    :meth:`recipe` rather than building their own.
     """
 
     model: nn.Module
@@ -64,6 +64,11 @@ class PipelineState:
         ds = self.dataset
         x, y = (ds.x_test, ds.y_test) if split == "test" else (ds.x_val, ds.y_val)
         return evaluate_accuracy(model, x, y)
+
+    def recipe(self, **update: Any) -> TrainConfig:
+        """The run's training recipe with the fields in ``update`` changed (checked by
+        ``TrainConfig`` like any other)."""
+        return TrainConfig(**{**vars(self.train), **update})
 
     def distillation_loss(self) -> DistillationLoss:
         """A fresh logit-distillation loss from the teacher, with the run's ``distill``

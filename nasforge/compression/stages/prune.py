@@ -192,9 +192,7 @@ class IMPStage(Stage[IMPConfig]):
         p, ds = self.config, state.dataset
         rate = 1.0 - (1.0 - p.ratio) ** (1.0 / p.imp_rounds)
         state.say(f"iterative magnitude pruning: {p.imp_rounds} rounds of {rate:.1%}")
-        train = state.train.model_copy(
-            update={"epochs": max(state.train.epochs, 1), "label_smoothing": 0.1}
-        )
+        train = state.recipe(epochs=max(state.train.epochs, 1), label_smoothing=0.1)
         model, masks, res = iterative_magnitude_pruning(
             state.model,
             ds.x_train,

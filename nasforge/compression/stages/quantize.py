@@ -115,9 +115,7 @@ class Int8Stage(Stage[Int8Config]):
                 f"quantization-aware training ({q.qat_epochs} epochs, "
                 f"val drop {drop * 100:.2f} points)"
             )
-            train = state.train.model_copy(
-                update={"epochs": q.qat_epochs, "lr": q.qat_lr, "weight_decay": 0.0}
-            )
+            train = state.recipe(epochs=q.qat_epochs, lr=q.qat_lr, weight_decay=0.0)
             loss = state.distillation_loss() if state.distill.enabled else None
             sim, _ = quantization_aware_training(
                 current, ds.x_train, ds.y_train, calib, train, spec, loss

@@ -61,7 +61,7 @@ class FinetuneStage(Stage[TrainStageConfig]):
                 model,
                 ds.x_train,
                 ds.y_train,
-                state.train.model_copy(update={"epochs": epochs}),
+                state.recipe(epochs=epochs),
                 loss_fn=self.loss(state),
                 step_hook=state.masks.hook if state.masks is not None else None,
             )
