@@ -1,4 +1,4 @@
-"""The `nasforge` command line: search, show, export, spaces, doctor (+ latency, compress)."""
+"""The `nasforge` command line: search, show, export, spaces, plugins, doctor, latency, compress."""
 
 from __future__ import annotations
 
@@ -11,7 +11,10 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from nasforge.compression.cli import compress
 from nasforge.errors import NasforgeError
+from nasforge.hardware.cli import app as latency_app
+from nasforge.plugins import ENTRY_POINT_GROUP, load_plugins, loaded_plugins, registrations
 
 app = typer.Typer(
     help="Search, scale and compress neural networks for a measured target.",
@@ -79,7 +82,9 @@ def show(
         final = store.get_meta("final")
         cost = store.total_cost_seconds()
     table = Table(title=f"{run.name}: " + ", ".join(f"{v} {k}" for k, v in counts.items() if v))
-    for col in ("trial", "score", "val_acc", "latency_ms", "params", "cost s"):
+    # latency.mode: flops reports mflops, never under the name latency_ms
+    metric = "latency_ms" if any("latency_ms" in t.metrics for t in rows) or not rows else "mflops"
+    for col in ("trial", "score", "val_acc", metric, "params", "cost s"):
         table.add_column(col, justify="right")
     for t in rows:
         score = t.score[0] if isinstance(t.score, tuple) else t.score
@@ -87,7 +92,7 @@ def show(
             str(t.id),
             f"{score:.4f}",
             f"{t.metrics.get('val_acc', float('nan')):.4f}",
-            f"{t.metrics.get('latency_ms', float('nan')):.3f}",
+            f"{t.metrics.get(metric, float('nan')):.3f}",
             f"{int(t.metrics.get('params', 0))}",
             f"{t.cost_seconds:.1f}",
         )
@@ -97,7 +102,7 @@ def show(
         f0 = final[0]
         out.print(
             f"final model (trial {f0['trial_id']}): test accuracy {f0['test_acc']:.4f}, "
-            f"latency {f0['latency_ms_torch']:.3f} ms"
+            f"latency {f0.get('latency_ms', f0.get('latency_ms_torch', float('nan'))):.3f} ms"
         )
 
 
@@ -144,17 +149,66 @@ def export(
     out.print(f"exported {target / 'model.onnx'}")
 
 
+ConfigOption = Annotated[
+    Path | None, typer.Option("--config", "-c", help="also load this config's plugins")
+]
+PluginOption = Annotated[
+    list[str] | None, typer.Option("--plugin", "-p", help="also load this plugin module")
+]
+
+
+def _load_plugins(config: Path | None, plugin: list[str] | None) -> None:
+    """Entry-point plugins always; a config's ``plugins:`` and ``--plugin`` modules if given."""
+    from nasforge.experiment.config import load_config
+
+    if config is not None:
+        load_config(config)  # loads the config's plugins before validating the rest
+    load_plugins(plugin or [])
+
+
 @app.command()
-def spaces() -> None:
-    """List the registered search spaces."""
+def spaces(config: ConfigOption = None, plugin: PluginOption = None) -> None:
+    """List the registered search spaces (plugins' included, with where they come from)."""
     from nasforge.spaces import list_spaces
 
+    try:
+        _load_plugins(config, plugin)
+    except NasforgeError as exc:
+        _fail(exc)
+        return
+    added = registrations("space")
     table = Table(title="search spaces")
     table.add_column("name")
     table.add_column("description")
+    table.add_column("origin")
     for e in list_spaces():
-        table.add_row(e.name, e.description)
+        origin = added.get(("space", e.name))
+        builtin = e.origin == "nasforge" or e.origin.startswith("nasforge.")
+        table.add_row(
+            e.name,
+            e.description,
+            f"plugin {origin}" if origin else "nasforge" if builtin else e.origin,
+        )
     out.print(table)
+
+
+@app.command()
+def plugins(config: ConfigOption = None, plugin: PluginOption = None) -> None:
+    """List loaded plugins (entry points, a config's plugins:, --plugin) and what they added."""
+    try:
+        _load_plugins(config, plugin)
+    except NasforgeError as exc:
+        _fail(exc)
+        return
+    table = Table(title=f"plugins (entry-point group {ENTRY_POINT_GROUP})")
+    for col in ("plugin", "source", "registered"):
+        table.add_column(col)
+    for p in loaded_plugins():
+        what = ", ".join(f"{r.kind} {r.name}" for r in p.registered) or "(nothing)"
+        table.add_row(p.name, p.source, what)
+    out.print(table)
+    if not loaded_plugins():
+        out.print("no plugins loaded")
 
 
 @app.command()
@@ -178,25 +232,8 @@ def doctor(config: Annotated[Path, typer.Argument(help="experiment YAML config")
         raise typer.Exit(1)
 
 
-def _mount_optional() -> None:
-    """Sub-commands whose modules import heavy parts lazily."""
-    try:
-        from nasforge.hardware.cli import app as latency_app
-
-        app.add_typer(
-            latency_app, name="latency", help="Build, predict and validate latency tables."
-        )
-    except ImportError:
-        pass
-    try:
-        from nasforge.compression.cli import compress
-
-        app.command(name="compress")(compress)
-    except ImportError:
-        pass
-
-
-_mount_optional()
+app.add_typer(latency_app, name="latency", help="Build, predict and validate latency tables.")
+app.command(name="compress")(compress)
 
 
 def main() -> None:
@@ -205,6 +242,13 @@ def main() -> None:
     except NasforgeError as exc:  # errors raised outside a command's own handling
         for line in str(exc).splitlines():
             err.print(f"[red]error:[/] {line}")
+        sys.exit(2)
+    except ModuleNotFoundError as exc:  # an optional dependency a command imports lazily
+        missing = exc.name or str(exc)
+        err.print(
+            f"[red]error:[/] this command needs the optional package {missing!r}, which is "
+            f"not installed (pip install {missing.split('.')[0]})"
+        )
         sys.exit(2)
 
 

@@ -25,3 +25,13 @@ class DataError(NasforgeError):
 
 class TrainingDiverged(RuntimeError):
     """The training loss became NaN or infinite; the trial is recorded as failed."""
+
+
+class RegistrationError(NasforgeError):
+    """A space, strategy, evaluator, backend or stage was registered with a factory that does
+    not keep its contract (names the registry, the entry and the parameters it must accept)."""
+
+
+class PluginError(ConfigError):
+    """A plugin (a ``plugins:`` module of a config or a ``nasforge.plugins`` entry point)
+    could not be imported or failed while registering; names the plugin and the cause."""

@@ -87,9 +87,9 @@ def non_dominated_sort(points: Sequence[Sequence[float]]) -> list[int]:
     """Front rank of each point (0 = Pareto front), NSGA-II's fast non-dominated sort."""
     n = len(points)
     p = np.asarray(points, dtype=float).reshape(n, -1) if n else np.zeros((0, 1))
-    ge = (p[:, None, :] >= p[None, :, :]).all(-1)
-    gt = (p[:, None, :] > p[None, :, :]).any(-1)
-    dom = ge & gt  # dom[i, j]: i dominates j
+    ge = np.all(p[:, None, :] >= p[None, :, :], axis=-1)
+    gt = np.any(p[:, None, :] > p[None, :, :], axis=-1)
+    dom: np.ndarray = np.logical_and(ge, gt)  # dom[i, j]: i dominates j
     counts = dom.sum(0)
     rank = np.full(n, -1)
     front = np.flatnonzero(counts == 0)

@@ -6,8 +6,10 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any, Literal
 
 import torch
+from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
 from nasforge.errors import TrainingDiverged
@@ -16,18 +18,38 @@ LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 """``loss_fn(logits, targets, inputs) -> loss``; replaces cross-entropy (e.g. distillation)."""
 
 
-@dataclass(frozen=True)
-class TrainConfig:
-    epochs: int = 3
-    batch_size: int = 64
-    optimizer: str = "sgd"  # "sgd" | "adamw"
-    lr: float = 0.05
-    weight_decay: float = 4e-5
-    momentum: float = 0.9
-    label_smoothing: float = 0.1
+class TrainSection(BaseModel):
+    """The training recipe: the config's ``train:`` section and the one source of its
+    defaults and checks (the experiment config uses this class as its section)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    epochs: int = Field(2, ge=0)
+    batch_size: int = Field(64, ge=2)
+    optimizer: Literal["sgd", "adamw"] = "sgd"
+    lr: float = Field(0.05, gt=0)
+    weight_decay: float = Field(4e-5, ge=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    label_smoothing: float = Field(0.1, ge=0, lt=1)
     cosine: bool = True
+    augment: Literal["none", "shift"] = Field(
+        "none", description="'shift': random +-2 pixel translation"
+    )
+
+
+class TrainConfig(TrainSection):
+    """What :func:`train_model` runs: the recipe plus the seed (same defaults and checks).
+
+    Build it from a config with ``TrainConfig.from_section(cfg.train, seed=cfg.seed)``;
+    change one field with ``model_copy(update={"epochs": 5})``.
+    """
+
     seed: int = 0
-    augment: str = "none"  # "none" | "shift" (random +-2 pixel translation)
+
+    @classmethod
+    def from_section(cls, section: TrainSection, seed: int, **update: Any) -> TrainConfig:
+        """The section's recipe with ``seed`` (and ``update``, e.g. other epochs)."""
+        return cls(**{**section.model_dump(), "seed": seed, **update})
 
 
 @dataclass

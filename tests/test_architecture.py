@@ -17,7 +17,7 @@ LAYERS: list[set[str]] = [
     {"hardware"},
     {"spaces"},
     {"space"},
-    {"nn", "data", "train", "objectives"},
+    {"nn", "data", "train", "objectives", "registry"},
     {"errors"},
 ]
 MAX_LINES = 600

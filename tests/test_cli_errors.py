@@ -56,7 +56,7 @@ def run_cli(tmp_path: Path, text: str, *args: str):
             BASE + "space: {name: mobile, fixed: {stage0/block0/kernel: 4}}\n",
             "stage0/block0/kernel = 4 is not allowed; expected one of 3, 5, 7",
         ),
-        (BASE + "space: {name: mobilenet}\n", "space: unknown space 'mobilenet'"),
+        (BASE + "space: {name: mobilenet}\n", "space.name: unknown space 'mobilenet'"),
         (BASE + "strategy: {name: evolution, options: {popsize: 3}}\n", "strategy.options"),
         ("name: bad\ndata: [unclosed\n", "not valid YAML"),
         (BASE + "objective: {kind: constraint}\n", "objective.target"),

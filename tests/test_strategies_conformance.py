@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from nasforge.space import SearchSpace
-from nasforge.strategies import EvolutionStrategy, RandomStrategy, Strategy
+from nasforge.strategies import Constraint, EvolutionStrategy, RandomStrategy, Strategy
 from nasforge.testing import StrategyConformance
 
 
@@ -13,89 +13,117 @@ class TestRandomConformance(StrategyConformance):
         "toy; the test would only exercise the sampler, not a search"
     )
 
-    def make_strategy(self, space: SearchSpace, seed: int) -> Strategy:
-        return RandomStrategy(space, seed=seed)
+    def make_strategy(
+        self, space: SearchSpace, seed: int, constraint: Constraint | None = None
+    ) -> Strategy:
+        return RandomStrategy(space, seed=seed, constraint=constraint)
 
 
 class TestEvolutionConformance(StrategyConformance):
     optimum_budget = 300
 
-    def make_strategy(self, space: SearchSpace, seed: int) -> Strategy:
-        return EvolutionStrategy(space, seed=seed, population=10, tournament=3)
+    def make_strategy(
+        self, space: SearchSpace, seed: int, constraint: Constraint | None = None
+    ) -> Strategy:
+        return EvolutionStrategy(
+            space, seed=seed, constraint=constraint, population=10, tournament=3
+        )
 
 
 class TestLocalFirstConformance(StrategyConformance):
     optimum_budget = 150
 
-    def make_strategy(self, space: SearchSpace, seed: int) -> Strategy:
+    def make_strategy(
+        self, space: SearchSpace, seed: int, constraint: Constraint | None = None
+    ) -> Strategy:
         from nasforge.strategies.local import LocalSearchStrategy
 
-        return LocalSearchStrategy(space, seed=seed, mode="first")
+        return LocalSearchStrategy(space, seed=seed, constraint=constraint, mode="first")
 
 
 class TestLocalBestConformance(StrategyConformance):
     optimum_budget = 150
 
-    def make_strategy(self, space: SearchSpace, seed: int) -> Strategy:
+    def make_strategy(
+        self, space: SearchSpace, seed: int, constraint: Constraint | None = None
+    ) -> Strategy:
         from nasforge.strategies.local import LocalSearchStrategy
 
-        return LocalSearchStrategy(space, seed=seed, mode="best", warmup=5)
+        return LocalSearchStrategy(space, seed=seed, constraint=constraint, mode="best", warmup=5)
 
 
 class TestReinforceConformance(StrategyConformance):
     optimum_budget = 300
 
-    def make_strategy(self, space: SearchSpace, seed: int) -> Strategy:
+    def make_strategy(
+        self, space: SearchSpace, seed: int, constraint: Constraint | None = None
+    ) -> Strategy:
         from nasforge.strategies.reinforce import ReinforceStrategy
 
-        return ReinforceStrategy(space, seed=seed)
+        return ReinforceStrategy(space, seed=seed, constraint=constraint)
 
 
 class TestPPOConformance(StrategyConformance):
     optimum_budget = 300
 
-    def make_strategy(self, space: SearchSpace, seed: int) -> Strategy:
+    def make_strategy(
+        self, space: SearchSpace, seed: int, constraint: Constraint | None = None
+    ) -> Strategy:
         from nasforge.strategies.reinforce import ReinforceStrategy
 
-        return ReinforceStrategy(space, seed=seed, algorithm="ppo")
+        return ReinforceStrategy(space, seed=seed, constraint=constraint, algorithm="ppo")
 
 
 class TestPredictorGPConformance(StrategyConformance):
     optimum_budget = 100
 
-    def make_strategy(self, space: SearchSpace, seed: int) -> Strategy:
+    def make_strategy(
+        self, space: SearchSpace, seed: int, constraint: Constraint | None = None
+    ) -> Strategy:
         from nasforge.strategies.predictor import PredictorStrategy
 
-        return PredictorStrategy(space, seed=seed)
+        return PredictorStrategy(space, seed=seed, constraint=constraint)
 
 
 class TestPredictorMLPConformance(StrategyConformance):
     optimum_budget = 150
 
-    def make_strategy(self, space: SearchSpace, seed: int) -> Strategy:
+    def make_strategy(
+        self, space: SearchSpace, seed: int, constraint: Constraint | None = None
+    ) -> Strategy:
         from nasforge.strategies.predictor import PredictorStrategy
 
         return PredictorStrategy(
-            space, seed=seed, surrogate="mlp", acquisition="ucb", mlp_steps=60, ensemble_size=4
+            space,
+            seed=seed,
+            constraint=constraint,
+            surrogate="mlp",
+            acquisition="ucb",
+            mlp_steps=60,
+            ensemble_size=4,
         )
 
 
 class TestOptunaTPEConformance(StrategyConformance):
     optimum_budget = 200
 
-    def make_strategy(self, space: SearchSpace, seed: int) -> Strategy:
+    def make_strategy(
+        self, space: SearchSpace, seed: int, constraint: Constraint | None = None
+    ) -> Strategy:
         from nasforge.strategies.optuna import OptunaStrategy
 
-        return OptunaStrategy(space, seed=seed, sampler="tpe")
+        return OptunaStrategy(space, seed=seed, constraint=constraint, sampler="tpe")
 
 
 class TestOptunaRandomConformance(StrategyConformance):
     optimum_skip = "Optuna's RandomSampler is uniform sampling (see TestRandomConformance)"
 
-    def make_strategy(self, space: SearchSpace, seed: int) -> Strategy:
+    def make_strategy(
+        self, space: SearchSpace, seed: int, constraint: Constraint | None = None
+    ) -> Strategy:
         from nasforge.strategies.optuna import OptunaStrategy
 
-        return OptunaStrategy(space, seed=seed, sampler="random")
+        return OptunaStrategy(space, seed=seed, constraint=constraint, sampler="random")
 
 
 def test_registry_builds_every_strategy() -> None:

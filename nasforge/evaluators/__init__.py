@@ -1,11 +1,113 @@
-"""Evaluators: what a candidate is worth (train, table lookup, supernet, proxy)."""
+"""Evaluators: what a candidate is worth (train, table lookup, supernet, proxy), behind one
+registry (`register_evaluator`, `create_evaluator`).
+
+An evaluator factory is called as ``factory(context, **options)`` with an
+:class:`EvaluatorContext` (space, dataset, training recipe, latency model, run dir, seed)
+and the config's ``evaluator.options``; it returns an :class:`Evaluator`.
+:func:`register_evaluator` checks that contract when it is called.
+"""
 
 from __future__ import annotations
 
 import importlib
+from dataclasses import dataclass, field
 from typing import Any
 
-from nasforge.evaluators.base import Evaluator, Reporter, Result, StopTrial
+from nasforge.errors import ConfigError
+from nasforge.evaluators.base import (
+    Evaluator,
+    EvaluatorContext,
+    EvaluatorFactory,
+    Reporter,
+    Result,
+    StopTrial,
+)
+from nasforge.registry import check_factory
+
+EVALUATOR_CONTRACT = "factory(context: EvaluatorContext, **options) -> Evaluator"
+
+
+@dataclass(frozen=True)
+class EvaluatorEntry:
+    """One registered evaluator: ``target`` is a factory or an import path ``module:attr``;
+    ``needs_data``: the experiment loads the dataset for it (``False`` for table lookups)."""
+
+    name: str
+    target: str | EvaluatorFactory = field(repr=False)
+    description: str
+    needs_data: bool = True
+
+
+_REGISTRY: dict[str, EvaluatorEntry] = {}
+
+
+def register_evaluator(
+    name: str, factory: str | EvaluatorFactory, description: str = "", needs_data: bool = True
+) -> None:
+    """Register an evaluator under ``name`` (the config's ``evaluator.kind``).
+
+    Args:
+        name: registry name; a later registration replaces an earlier one.
+        factory: a callable keeping :class:`EvaluatorFactory`'s contract (checked now), or
+            an import path ``"module:attr"`` to one (checked when first used).
+        description: one line for listings.
+        needs_data: whether the experiment must load the dataset for it.
+
+    Raises:
+        RegistrationError: the factory cannot be called as ``factory(context, **options)``.
+    """
+    if not isinstance(factory, str):
+        _check(name, factory)
+    _REGISTRY[name] = EvaluatorEntry(name, factory, description, needs_data)
+
+
+def _check(name: str, factory: Any) -> None:
+    check_factory("register_evaluator", name, factory, EVALUATOR_CONTRACT, positional=1)
+
+
+def list_evaluators() -> list[EvaluatorEntry]:
+    """Registered evaluators, sorted by name."""
+    return sorted(_REGISTRY.values(), key=lambda e: e.name)
+
+
+def evaluator_entry(name: str) -> EvaluatorEntry:
+    """The entry registered as ``name``.
+
+    Raises:
+        ConfigError: no such evaluator (names the registered ones).
+    """
+    if name not in _REGISTRY:
+        raise ConfigError(
+            f"evaluator.kind: unknown evaluator {name!r}; registered: "
+            f"{', '.join(sorted(_REGISTRY))}"
+        )
+    return _REGISTRY[name]
+
+
+def create_evaluator(name: str, context: EvaluatorContext, **options: Any) -> Evaluator:
+    """Build the registered evaluator ``name``; bad options are :class:`ConfigError`."""
+    target = evaluator_entry(name).target
+    if isinstance(target, str):
+        module, attr = target.split(":")
+        target = getattr(importlib.import_module(module), attr)
+        _check(name, target)
+    try:
+        return target(context, **options)
+    except TypeError as exc:
+        raise ConfigError(f"evaluator.options: {exc}") from None
+
+
+register_evaluator(
+    "train",
+    "nasforge.evaluators.factories:train_evaluator",
+    "train each candidate on the data's train split, score it on validation",
+)
+register_evaluator(
+    "table",
+    "nasforge.evaluators.factories:table_evaluator",
+    "look each candidate up in a benchmark table (NAS-Bench-201 or your own CSV)",
+    needs_data=False,
+)
 
 _LAZY = {
     "TrainEvaluator": "nasforge.evaluators.train",
@@ -24,8 +126,12 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
+    "EVALUATOR_CONTRACT",
     "BudgetExhausted",
     "Evaluator",
+    "EvaluatorContext",
+    "EvaluatorEntry",
+    "EvaluatorFactory",
     "OracleBest",
     "Reporter",
     "Result",
@@ -33,5 +139,9 @@ __all__ = [
     "TableEvaluator",
     "TableSpec",
     "TrainEvaluator",
+    "create_evaluator",
+    "evaluator_entry",
+    "list_evaluators",
     "nb201_cifar10_spec",
+    "register_evaluator",
 ]

@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
 
-from nasforge.space import Arch
+from nasforge.space import Arch, SearchSpace
+
+if TYPE_CHECKING:  # annotations only: keeps this module free of torch-heavy imports
+    from nasforge.data import Dataset
+    from nasforge.hardware.model import LatencyModel
+    from nasforge.train import TrainConfig
 
 
 @dataclass(frozen=True)
@@ -42,3 +48,32 @@ class Evaluator:
         self, arch: Arch, budget: float | None = None, reporter: Reporter | None = None
     ) -> Result:
         raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class EvaluatorContext:
+    """What the experiment built from its config, handed to every evaluator factory.
+
+    Attributes:
+        space: the (pinned) search space candidates come from.
+        dataset: train/val/test splits, or ``None`` for an evaluator registered with
+            ``needs_data=False`` (a table lookup).
+        train: the training recipe (``train:`` section plus the seed).
+        latency: measures or predicts latency; ``None`` for ``latency.mode: flops``.
+        run_dir: the run directory (for locks and per-trial files), if any.
+        seed: the experiment seed.
+    """
+
+    space: SearchSpace
+    dataset: Dataset | None
+    train: TrainConfig
+    latency: LatencyModel | None
+    run_dir: Path | None = None
+    seed: int = 0
+
+
+class EvaluatorFactory(Protocol):
+    """How the experiment calls a registered evaluator factory: ``factory(context,
+    **options)`` with the config's ``evaluator.options`` (and ``table=`` for ``table``)."""
+
+    def __call__(self, context: EvaluatorContext, **options: Any) -> Evaluator: ...

@@ -37,15 +37,16 @@ class TrainEvaluator(Evaluator):
     """Train for ``train.epochs`` (or ``budget`` epochs), report ``val_acc`` and costs.
 
     Metrics: ``val_acc`` (validation, in [0, 1]), ``latency_ms`` (measured on the target
-    backend with the BN-folded model, or predicted from a latency table), ``params``,
-    ``flops``, ``size_bytes``, ``train_seconds``. Never touches the test split.
+    backend with the BN-folded model, or predicted from a latency table; absent when
+    ``latency`` is ``None``), ``params``, ``flops``, ``size_bytes``, ``train_seconds``, and
+    ``mflops`` (millions of FLOPs) when ``latency`` is ``None``. Never touches the test split.
 
     Args:
         space: builds the candidate.
         dataset: train and validation splits are used.
         train: the training recipe.
-        latency: measures or predicts latency; ``None`` reports FLOPs (in millions) as the
-            cost instead (a proxy that ``nasforge doctor`` warns about).
+        latency: measures or predicts latency; ``None`` reports ``mflops`` as the cost
+            instead (a proxy that ``nasforge doctor`` warns about), and no ``latency_ms``.
         lock_path: a file lock held while measuring, so parallel workers time one at a time.
     """
 
@@ -70,8 +71,8 @@ class TrainEvaluator(Evaluator):
             "flops": float(count_flops(model, shape)),
             "size_bytes": float(model_size_bytes(model)),
         }
-        if self.latency is None:
-            metrics["latency_ms"] = metrics["flops"] / 1e6
+        if self.latency is None:  # latency.mode: flops (a proxy, named as one)
+            metrics["mflops"] = metrics["flops"] / 1e6
         elif self.latency.predictor is not None:
             metrics["latency_ms"] = float(self.latency.predict(arch))
         else:
@@ -86,7 +87,11 @@ class TrainEvaluator(Evaluator):
         model = self.space.build(arch)
         metrics = self.cost_metrics(arch, model)
         epochs = int(budget) if budget is not None else self.train.epochs
-        cfg = TrainConfig(**{**self.train.__dict__, "epochs": epochs})
+        cfg = (
+            self.train
+            if epochs == self.train.epochs
+            else self.train.model_copy(update={"epochs": epochs})
+        )
         d = self.dataset
         stopped = False
         try:

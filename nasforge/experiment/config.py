@@ -1,17 +1,55 @@
 """Experiment config: pydantic models loaded from YAML; unknown keys and bad values are
-rejected with the field named (``search.trails: unknown field; did you mean 'trials'?``)."""
+rejected with the field named (``search.trails: unknown field; did you mean 'trials'?``).
+
+The sections here are the one source of defaults and checks: what they accept is what runs
+(:mod:`nasforge.experiment.setup` builds the run's objects from them once). Names that
+registries resolve (``latency.backend``, ``evaluator.kind``) are checked against the
+registries, after the config's ``plugins:`` are imported.
+"""
 
 from __future__ import annotations
 
 import difflib
+import re
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+import nasforge.hardware.backends as hw_backends
 from nasforge.compression.config import CompressConfig
-from nasforge.errors import ConfigError
+from nasforge.errors import ConfigError, NasforgeError, PluginError
+from nasforge.evaluators import evaluator_entry
+from nasforge.plugins import load_plugins
+from nasforge.train import TrainSection
+
+#: the backends accepted before the backend registry existed (used only without it)
+_FIXED_BACKENDS = ("torch", "torch:parallel", "onnxruntime", "onnxruntime:parallel", "cuda")
+
+
+def backend_names() -> list[str]:
+    """The latency backends a config may name: whatever is registered (plugins included)."""
+    lister = getattr(hw_backends, "list_backends", None)
+    return list(lister()) if lister is not None else list(_FIXED_BACKENDS)
+
+
+def check_backend(name: str) -> str:
+    """``name`` if it names a registered backend (aliases allowed), else ``ValueError``
+    listing the registered ones. The one backend check of a config."""
+    getter = getattr(hw_backends, "get_backend", None)
+    if getter is not None:
+        try:
+            getter(name)
+        except NasforgeError:
+            pass
+        else:
+            return name
+    elif name in _FIXED_BACKENDS:
+        return name
+    close = difflib.get_close_matches(name, backend_names(), n=1)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    raise ValueError(f"unknown backend {name!r}{hint} (registered: {', '.join(backend_names())})")
 
 
 class _Section(BaseModel):
@@ -51,26 +89,30 @@ class SearchConfig(_Section):
 
 
 class EvaluatorConfig(_Section):
-    """``train``: train each candidate on the data; ``table``: look it up in a benchmark table.
+    """A registered evaluator (:func:`nasforge.evaluators.register_evaluator`): ``train``
+    trains each candidate on the data; ``table`` looks it up in a benchmark table.
 
     ``table`` is either ``{preset: nb201_cifar10, device: pixel3, path: ...}`` or the fields of
-    :class:`~nasforge.evaluators.table.TableSpec`.
+    :class:`~nasforge.evaluators.table.TableSpec`; ``options`` go to a plugin's factory.
     """
 
-    kind: Literal["train", "table"] = "train"
+    kind: str = "train"
     table: dict[str, Any] | None = None
+    options: dict[str, Any] = Field(default_factory=dict)
 
+    @field_validator("kind")
+    @classmethod
+    def _registered(cls, v: str) -> str:
+        try:
+            evaluator_entry(v)
+        except ConfigError as exc:
+            raise ValueError(str(exc).removeprefix("evaluator.kind: ")) from None
+        return v
 
-class TrainSection(_Section):
-    epochs: int = Field(2, ge=0)
-    batch_size: int = Field(64, ge=2)
-    optimizer: Literal["sgd", "adamw"] = "sgd"
-    lr: float = Field(0.05, gt=0)
-    weight_decay: float = Field(4e-5, ge=0)
-    momentum: float = Field(0.9, ge=0, lt=1)
-    label_smoothing: float = Field(0.1, ge=0, lt=1)
-    cosine: bool = True
-    augment: Literal["none", "shift"] = "none"
+    @property
+    def needs_data(self) -> bool:
+        """Whether the evaluator trains on the dataset (so the run loads it)."""
+        return evaluator_entry(self.kind).needs_data
 
 
 class ObjectiveConfig(_Section):
@@ -82,16 +124,34 @@ class ObjectiveConfig(_Section):
 
 
 class LatencyConfig(_Section):
+    """How a candidate's latency is known: ``measure`` it on ``backend``, ``predict`` it from
+    a latency ``table``, or ``flops`` (no latency: trials report ``mflops`` instead).
+
+    ``statistic`` defaults to ``median`` when measuring and to the table's when predicting.
+    """
+
     mode: Literal["measure", "predict", "flops"] = "measure"
-    backend: Literal["torch", "torch:parallel", "onnxruntime", "onnxruntime:parallel", "cuda"] = (
-        "torch"
-    )
+    backend: str = "torch"
     statistic: Literal["median", "p10", "min"] | None = None
     batch_size: int = Field(1, ge=1)
     threads: int = Field(1, ge=1)
     warmup: int = Field(5, ge=0)
     repeats: int = Field(30, ge=3)
     table: str | None = None
+
+    @field_validator("backend")
+    @classmethod
+    def _registered_backend(cls, v: str) -> str:
+        return check_backend(v)
+
+    @model_validator(mode="after")
+    def _predict_needs_a_table(self) -> LatencyConfig:
+        if self.mode == "predict" and not self.table:
+            raise ValueError(
+                "latency.table: latency.mode 'predict' needs a latency table file "
+                "(build one with `nasforge latency build`)"
+            )
+        return self
 
 
 class FinalConfig(_Section):
@@ -104,6 +164,11 @@ class FinalConfig(_Section):
 
 class ExperimentConfig(_Section):
     name: str = "run"
+    plugins: list[str] = Field(
+        default_factory=list,
+        description="importable modules that register spaces, strategies, evaluators, "
+        "backends or compression stages; imported before anything else is resolved",
+    )
     seed: int = 0
     runs_dir: str = "runs"
     data: DataConfig = DataConfig()
@@ -124,6 +189,21 @@ class ExperimentConfig(_Section):
             raise ValueError("must be a plain folder name (no '/', not starting with '.')")
         return v
 
+    @model_validator(mode="after")
+    def _flops_has_no_latency(self) -> ExperimentConfig:
+        o = self.objective
+        if (
+            self.latency.mode == "flops"
+            and self.evaluator.kind == "train"
+            and o.kind != "accuracy"
+            and o.cost_metric == "latency_ms"
+        ):
+            raise ValueError(
+                "objective.cost_metric: latency.mode 'flops' measures no latency_ms; trials "
+                "report 'mflops' (set cost_metric: mflops, or measure latency)"
+            )
+        return self
+
     def run_dir(self, runs_dir: str | Path | None = None) -> Path:
         return Path(runs_dir or self.runs_dir) / self.name
 
@@ -141,8 +221,11 @@ def _fields_at(loc: tuple[Any, ...]) -> list[str]:
     return list(getattr(model, "model_fields", {}).keys())
 
 
+_NAMES_ITS_FIELD = re.compile(r"^[a-z_]+\.[a-z_.]+: ")
+
+
 def format_validation_error(exc: ValidationError, source: str) -> str:
-    """One line per problem: ``source: field.path: message``."""
+    """One line per problem: ``source: field.path: message`` (with "did you mean" for typos)."""
     lines = []
     for err in exc.errors():
         loc = tuple(err["loc"])
@@ -153,19 +236,43 @@ def format_validation_error(exc: ValidationError, source: str) -> str:
             allowed = ", ".join(_fields_at(loc))
             lines.append(f"{source}: {field}: unknown field{hint} (allowed: {allowed})")
         else:
+            msg = str(err["msg"])
+            if err["type"] == "value_error":  # our validators' messages, minus pydantic's prefix
+                msg = msg.removeprefix("Value error, ")
+                # our messages name the value; a cross-field check also names its field
+                lines.append(
+                    f"{source}: {msg}"
+                    if _NAMES_ITS_FIELD.match(msg)
+                    else f"{source}: {field}: {msg}"
+                )
+                continue
             got = err.get("input")
             got_s = f" (got {got!r})" if not isinstance(got, dict) and got is not None else ""
-            lines.append(f"{source}: {field}: {err['msg']}{got_s}")
+            lines.append(f"{source}: {field}: {msg}{got_s}")
     return "\n".join(lines)
 
 
 def parse_config(obj: Any, source: str = "config") -> ExperimentConfig:
+    """Validate a config mapping; its ``plugins`` (and the ``nasforge.plugins`` entry points)
+    are imported first, so that what they register is accepted.
+
+    Raises:
+        ConfigError: the first problems, one line each, naming the field (a plugin that
+            cannot be imported is a :class:`~nasforge.errors.PluginError`).
+    """
     if obj is None:
         obj = {}
     if not isinstance(obj, dict):
         raise ConfigError(
             f"{source}: expected a mapping of sections at the top level, got {type(obj).__name__}"
         )
+    plugins = obj.get("plugins") or []
+    if not isinstance(plugins, list) or not all(isinstance(m, str) for m in plugins):
+        raise ConfigError(f"{source}: plugins: expected a list of importable module names")
+    try:
+        load_plugins(plugins)
+    except PluginError as exc:
+        raise PluginError(f"{source}: {exc}") from None
     try:
         return ExperimentConfig.model_validate(obj)
     except ValidationError as exc:

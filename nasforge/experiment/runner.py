@@ -23,14 +23,7 @@ from nasforge.errors import ConfigError
 from nasforge.experiment.config import ExperimentConfig, load_config
 from nasforge.experiment.executors import Executor, make_executor
 from nasforge.experiment.progress import LOG_NAME, RunLog
-from nasforge.experiment.setup import (
-    latency_filter,
-    make_dataset,
-    make_objective,
-    make_space,
-    make_strategy,
-    uses_data,
-)
+from nasforge.experiment.setup import build_run, make_strategy, uses_data
 from nasforge.experiment.store import FINISHED, TrialRecord, TrialStore
 from nasforge.hardware.fingerprint import host_info
 from nasforge.objectives import Objective
@@ -104,12 +97,10 @@ class Experiment:
     # -- main loop ------------------------------------------------------------------------------
     def run(self, resume: bool = False, final: bool = True) -> RunSummary:
         self._prepare_dir(resume)
-        dataset = make_dataset(self.cfg) if uses_data(self.cfg) else None
-        space = make_space(self.cfg, dataset)
-        objective = make_objective(self.cfg)
-        strategy = make_strategy(self.cfg, space)
-        strategy.constraint = latency_filter(self.cfg, space, objective)
-        if strategy.constraint is not None:
+        objects = build_run(self.cfg, self.run_dir)  # built once, passed on
+        dataset, space, objective = objects.dataset, objects.space, objects.objective
+        strategy = make_strategy(objects)
+        if objects.constraint is not None:
             self.console.print(
                 f"latency filter: only archs predicted under {objective.target:g} ms are asked"
             )
@@ -153,7 +144,7 @@ class Experiment:
                 summary.final = finalize_table(
                     self.cfg, self.run_dir, store, space, objective, self.console
                 )
-            elif final:
+            elif final and dataset is not None:
                 from nasforge.experiment.final import finalize
 
                 summary.final = finalize(

@@ -1,19 +1,31 @@
-"""Build the pieces of a run from its config: dataset, space, strategy, objective, evaluator."""
+"""Build the objects of a run from its config, once, in one place.
+
+:func:`build_run` turns the validated sections into a frozen :class:`RunObjects` bundle
+(dataset, space, objective, training recipe, latency model, the strategy's constraint) that
+the experiment passes on; :func:`make_strategy` and :func:`make_evaluator` build the strategy
+(with the constraint given at construction) and the evaluator from it. The config already
+checked every value (:mod:`nasforge.experiment.config`); nothing here re-checks or re-defaults
+a field, it only builds.
+"""
 
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass
+from dataclasses import replace as dataclasses_replace
 from pathlib import Path
 from typing import Any
 
 from nasforge.data import Dataset, load_dataset
 from nasforge.errors import ConfigError, SpaceError
-from nasforge.evaluators.train import TrainEvaluator
+from nasforge.evaluators import Evaluator, EvaluatorContext, create_evaluator
+from nasforge.evaluators.table import TableEvaluator
 from nasforge.experiment.config import ExperimentConfig
+from nasforge.hardware.model import LatencyModel
 from nasforge.objectives import Objective
 from nasforge.space import Categorical, SearchSpace
 from nasforge.spaces import create_space
-from nasforge.strategies import Strategy, create_strategy
+from nasforge.strategies import Constraint, Strategy, create_strategy
 from nasforge.train import TrainConfig
 
 
@@ -59,32 +71,8 @@ def make_space(cfg: ExperimentConfig, dataset: Dataset | None) -> SearchSpace:
 
 
 def uses_data(cfg: ExperimentConfig) -> bool:
-    return cfg.evaluator.kind == "train"
-
-
-def make_table_evaluator(cfg: ExperimentConfig):
-    from nasforge.evaluators.table import TableEvaluator, TableSpec, nb201_cifar10_spec
-
-    table = dict(cfg.evaluator.table or {})
-    if not table:
-        raise ConfigError(
-            "evaluator.table: the table evaluator needs a table "
-            "(e.g. {preset: nb201_cifar10, device: pixel3})"
-        )
-    preset = table.pop("preset", None)
-    if preset is not None:
-        if preset != "nb201_cifar10":
-            raise ConfigError(f"evaluator.table.preset: expected 'nb201_cifar10', got {preset!r}")
-        unknown = set(table) - {"path", "device", "epochs"}
-        if unknown:
-            raise ConfigError(
-                f"evaluator.table: unknown field(s) {sorted(unknown)} for the preset; "
-                "expected path, device, epochs"
-            )
-        spec = nb201_cifar10_spec(**table)
-    else:
-        spec = TableSpec.from_dict(table)
-    return TableEvaluator(spec)
+    """Whether the configured evaluator trains on the dataset (so the run loads it)."""
+    return cfg.evaluator.needs_data
 
 
 def make_objective(cfg: ExperimentConfig) -> Objective:
@@ -95,79 +83,131 @@ def make_objective(cfg: ExperimentConfig) -> Objective:
         raise ConfigError(str(exc)) from None
 
 
-def make_strategy(cfg: ExperimentConfig, space: SearchSpace) -> Strategy:
-    options = dict(cfg.strategy.options)
-    if cfg.objective.kind == "pareto" and cfg.strategy.name == "evolution":
-        options.setdefault("selection", "pareto")
-    return create_strategy(cfg.strategy.name, space, seed=cfg.seed, **options)
-
-
 def train_config(cfg: ExperimentConfig, epochs: int | None = None) -> TrainConfig:
-    t = cfg.train
-    return TrainConfig(
-        epochs=t.epochs if epochs is None else epochs,
-        batch_size=t.batch_size,
-        optimizer=t.optimizer,
-        lr=t.lr,
-        weight_decay=t.weight_decay,
-        momentum=t.momentum,
-        label_smoothing=t.label_smoothing,
-        cosine=t.cosine,
-        seed=cfg.seed,
-        augment=t.augment,
-    )
+    """The ``train:`` recipe with the experiment seed (``epochs`` overrides, e.g. final)."""
+    update = {} if epochs is None else {"epochs": epochs}
+    return TrainConfig.from_section(cfg.train, cfg.seed, **update)
 
 
-def make_latency_model(cfg: ExperimentConfig, space: SearchSpace):
+def make_latency_model(cfg: ExperimentConfig, space: SearchSpace) -> LatencyModel | None:
     """Measures or predicts latency as configured; ``None`` for ``latency.mode: flops``."""
     lat = cfg.latency
     if lat.mode == "flops":
         return None
-    if lat.mode == "predict":
-        if not lat.table:
-            raise ConfigError(
-                "latency.table: latency.mode 'predict' needs a latency table file "
-                "(build one with `nasforge latency build`)"
-            )
-        if not Path(lat.table).is_file():
-            raise ConfigError(f"latency.table: {lat.table} does not exist")
-    from nasforge.hardware.model import LatencyModel
-
+    if lat.mode == "predict" and lat.table and not Path(lat.table).is_file():
+        raise ConfigError(f"latency.table: {lat.table} does not exist")
     return LatencyModel.from_config(lat, space)
 
 
-def latency_filter(cfg: ExperimentConfig, space: SearchSpace, objective: Objective):
+@dataclass(frozen=True)
+class RunObjects:
+    """The objects one run is made of, built once from its config by :func:`build_run`.
+
+    Attributes:
+        config: the validated config they were built from.
+        dataset: the data (``None`` for an evaluator that needs none, e.g. a table).
+        space: the space, with ``space.fixed`` labels pinned.
+        objective: how metrics become a score.
+        train: the training recipe (``train:`` section + seed).
+        latency: measures or predicts latency (``None`` for ``flops`` or without data).
+        constraint: for a hard latency limit known before evaluation, the predicate the
+            strategy is constructed with; otherwise ``None``.
+        evaluator: the evaluator when building the constraint needed it (a table), so it is
+            not built twice; otherwise ``None`` (:func:`make_evaluator` builds it).
+        run_dir: the run directory, if any.
+    """
+
+    config: ExperimentConfig
+    dataset: Dataset | None
+    space: SearchSpace
+    objective: Objective
+    train: TrainConfig
+    latency: LatencyModel | None
+    constraint: Constraint | None = None
+    evaluator: Evaluator | None = None
+    run_dir: Path | None = None
+
+    def evaluator_context(self) -> EvaluatorContext:
+        return EvaluatorContext(
+            self.space, self.dataset, self.train, self.latency, self.run_dir, self.config.seed
+        )
+
+
+def _evaluator_options(cfg: ExperimentConfig) -> dict[str, Any]:
+    options = dict(cfg.evaluator.options)
+    if cfg.evaluator.table is not None:
+        options["table"] = cfg.evaluator.table
+    return options
+
+
+def _constraint(objects: RunObjects) -> tuple[Constraint | None, Evaluator | None]:
     """For a hard latency limit whose latency is known *before* evaluation (a latency table's
     prediction, or a benchmark table's latency column), a predicate the strategy checks
-    before asking, so no query is spent on an arch that breaks the limit. Otherwise ``None``."""
+    before asking, so no query is spent on an arch that breaks the limit."""
+    cfg, objective = objects.config, objects.objective
     if (
         objective.kind != "constraint"
         or objective.cost_metric != "latency_ms"
+        or objective.target is None
         or not cfg.search.prefilter
     ):
-        return None
+        return None, None
     limit = objective.target
-    if not uses_data(cfg):
-        table = make_table_evaluator(cfg)
-        if table.spec.latency_column is None:
-            return None
-        return lambda arch: table.lookup(arch)["latency_ms"] <= limit
-    if cfg.latency.mode != "predict":
-        return None
-    model = make_latency_model(cfg, space)
-    return lambda arch: model.predict(arch) <= limit
+    if objects.dataset is None:
+        evaluator = create_evaluator(
+            cfg.evaluator.kind, objects.evaluator_context(), **_evaluator_options(cfg)
+        )
+        if not isinstance(evaluator, TableEvaluator) or evaluator.spec.latency_column is None:
+            return None, evaluator
+        table = evaluator
+        return (lambda arch: table.lookup(arch)["latency_ms"] <= limit), evaluator
+    model = objects.latency
+    if model is None or model.predictor is None:
+        return None, None
+    return (lambda arch: model.predict(arch) <= limit), None
+
+
+def build_run(cfg: ExperimentConfig, run_dir: str | Path | None = None) -> RunObjects:
+    """Build the run's objects from ``cfg`` once (loads the data when the evaluator needs it).
+
+    Raises:
+        ConfigError: a value only checkable now (missing latency table file, unknown space
+            or options the space factory rejects, ...), naming the field.
+    """
+    dataset = make_dataset(cfg) if uses_data(cfg) else None
+    space = make_space(cfg, dataset)
+    objects = RunObjects(
+        config=cfg,
+        dataset=dataset,
+        space=space,
+        objective=make_objective(cfg),
+        train=train_config(cfg),
+        latency=make_latency_model(cfg, space) if dataset is not None else None,
+        run_dir=Path(run_dir) if run_dir is not None else None,
+    )
+    constraint, evaluator = _constraint(objects)
+    return dataclasses_replace(objects, constraint=constraint, evaluator=evaluator)
+
+
+def make_strategy(objects: RunObjects) -> Strategy:
+    """The configured strategy, constructed with the run's constraint."""
+    cfg = objects.config
+    options = dict(cfg.strategy.options)
+    if cfg.objective.kind == "pareto" and cfg.strategy.name == "evolution":
+        options.setdefault("selection", "pareto")
+    return create_strategy(
+        cfg.strategy.name, objects.space, seed=cfg.seed, constraint=objects.constraint, **options
+    )
 
 
 def make_evaluator(
-    cfg: ExperimentConfig,
-    run_dir: str | Path | None = None,
-    dataset: Dataset | None = None,
-    space: SearchSpace | None = None,
-):
-    """The configured evaluator: a :class:`TrainEvaluator` or a table lookup."""
-    if not uses_data(cfg):
-        return make_table_evaluator(cfg)
-    dataset = dataset if dataset is not None else make_dataset(cfg)
-    space = space if space is not None else make_space(cfg, dataset)
-    lock = Path(run_dir) / ".latency.lock" if run_dir is not None else None
-    return TrainEvaluator(space, dataset, train_config(cfg), make_latency_model(cfg, space), lock)
+    cfg: ExperimentConfig, run_dir: str | Path | None = None, objects: RunObjects | None = None
+) -> Evaluator:
+    """The configured evaluator (``evaluator.kind`` from the registry), built from
+    ``objects`` (default: :func:`build_run` of ``cfg``)."""
+    objects = objects if objects is not None else build_run(cfg, run_dir)
+    if objects.evaluator is not None:
+        return objects.evaluator
+    return create_evaluator(
+        cfg.evaluator.kind, objects.evaluator_context(), **_evaluator_options(cfg)
+    )

@@ -10,10 +10,12 @@ The experiment owns the loop, concurrency and storage; a strategy only proposes 
 * :meth:`state_dict` / :meth:`load_state_dict` round-trip all state through JSON.
 * :meth:`replay` rebuilds state from a store's finished trials after a restart.
 
-* :attr:`Strategy.constraint` (optional, set by the caller) is a predicate known *before*
-  evaluation, e.g. ``latency_model.predict(arch) <= limit`` from a measured latency table;
-  asks skip archs that fail it. It is a callable, so it is not part of the saved state:
-  set it again after :meth:`load_state_dict`.
+* ``constraint`` (optional, given at construction, like Optuna's ``constraints_func``) is a
+  predicate known *before* evaluation, e.g. ``latency_model.predict(arch) <= limit`` from a
+  measured latency table; asks skip archs that fail it. It is a callable, so it is not part
+  of the saved state: a strategy restored with :meth:`load_state_dict` keeps the constraint
+  it was constructed with. Every subclass accepts ``constraint`` as a keyword and passes it
+  to ``Strategy.__init__``; :func:`nasforge.strategies.create_strategy` hands it over.
 
 Strategies are seeded: the same seed and the same tells give the same asks. Subclasses draw
 all randomness from :attr:`Strategy.rng` (or state they save in :meth:`_extra_state`), so a
@@ -32,6 +34,8 @@ import numpy as np
 from nasforge.space import Arch, SearchSpace
 
 Score = float | tuple[float, ...] | None
+Constraint = Callable[[Arch], bool]
+"""A predicate on an arch known before evaluation; ``False`` means "do not ask it"."""
 
 
 def rng_state(rng: np.random.Generator) -> dict[str, Any]:
@@ -51,7 +55,14 @@ class Strategy:
     #: proposals tried per ask before falling back to uniform samples (see :meth:`_fresh`)
     propose_tries = 100
 
-    def __init__(self, space: SearchSpace, seed: int = 0) -> None:
+    def __init__(
+        self, space: SearchSpace, seed: int = 0, constraint: Constraint | None = None
+    ) -> None:
+        """Args:
+        space: the space asks come from.
+        seed: seeds :attr:`rng` (all of the strategy's randomness).
+        constraint: asks skip archs for which it returns ``False`` (see the module docs).
+        """
         self.space = space
         self.seed = int(seed)
         self.rng = np.random.default_rng(self.seed)
@@ -59,7 +70,7 @@ class Strategy:
         self.history: list[tuple[Arch, Score]] = []
         self.scores: dict[str, Score] = {}  # key -> last told score (None = failed)
         self.open: dict[str, Arch] = {}  # asked, result not told yet (insertion = ask order)
-        self.constraint: Callable[[Arch], bool] | None = None
+        self.constraint: Constraint | None = constraint
 
     # -- public protocol ------------------------------------------------------------------------
     def ask(self, n: int = 1) -> list[Arch]:

@@ -12,7 +12,7 @@ from collections import deque
 
 from nasforge.objectives import crowding_distance, non_dominated_sort
 from nasforge.space import Arch, SearchSpace
-from nasforge.strategies.base import Score, Strategy, scalar
+from nasforge.strategies.base import Constraint, Score, Strategy, scalar
 
 
 class EvolutionStrategy(Strategy):
@@ -33,8 +33,9 @@ class EvolutionStrategy(Strategy):
         tournament: int = 5,
         crossover: float = 0.0,
         selection: str = "scalar",
+        constraint: Constraint | None = None,
     ) -> None:
-        super().__init__(space, seed)
+        super().__init__(space, seed, constraint)
         if population < 2 or not 1 <= tournament <= population:
             raise ValueError("evolution: need population >= 2 and 1 <= tournament <= population")
         if selection not in ("scalar", "pareto"):

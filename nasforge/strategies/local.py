@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from nasforge.space import Arch, SearchSpace
-from nasforge.strategies.base import Score, Strategy, scalar
+from nasforge.strategies.base import Constraint, Score, Strategy, scalar
 
 MODES = ("first", "best")
 
@@ -35,9 +35,14 @@ class LocalSearchStrategy(Strategy):
     name = "local"
 
     def __init__(
-        self, space: SearchSpace, seed: int = 0, mode: str = "first", warmup: int = 1
+        self,
+        space: SearchSpace,
+        seed: int = 0,
+        mode: str = "first",
+        warmup: int = 1,
+        constraint: Constraint | None = None,
     ) -> None:
-        super().__init__(space, seed)
+        super().__init__(space, seed, constraint)
         if mode not in MODES:
             raise ValueError(f"local.mode: expected one of {', '.join(MODES)}, got {mode!r}")
         if warmup < 1:

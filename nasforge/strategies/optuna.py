@@ -23,7 +23,7 @@ from typing import Any
 
 from nasforge.space import Arch, Categorical, Dimension, Float, Int, SearchSpace
 from nasforge.space.arch import Value
-from nasforge.strategies.base import Score, Strategy
+from nasforge.strategies.base import Constraint, Score, Strategy
 
 SAMPLERS = ("tpe", "gp", "cmaes", "nsga2", "random")
 
@@ -80,8 +80,9 @@ class OptunaStrategy(Strategy):
         sampler: str = "tpe",
         n_objectives: int = 1,
         sampler_options: dict[str, Any] | None = None,
+        constraint: Constraint | None = None,
     ) -> None:
-        super().__init__(space, seed)
+        super().__init__(space, seed, constraint)
         if sampler not in SAMPLERS:
             raise ValueError(
                 f"optuna.sampler: expected one of {', '.join(SAMPLERS)}, got {sampler!r}"

@@ -40,7 +40,7 @@ from scipy.stats import norm, rankdata  # type: ignore[import-untyped]
 
 from nasforge.space import Arch, Categorical, Float, Int, SearchSpace
 from nasforge.space.arch import Value
-from nasforge.strategies.base import Strategy, scalar, torch_single_thread
+from nasforge.strategies.base import Constraint, Strategy, scalar, torch_single_thread
 
 SURROGATES = ("gp", "mlp")
 Memo = tuple[tuple[str, Value], ...]  # an arch's values, sorted by label (hashable)
@@ -335,9 +335,10 @@ class PredictorStrategy(Strategy):
         acquisition: str = "ei",
         warmup: int = 10,
         config: PredictorConfig | None = None,
+        constraint: Constraint | None = None,
         **options: Any,
     ) -> None:
-        super().__init__(space, seed)
+        super().__init__(space, seed, constraint)
         if surrogate not in SURROGATES:
             raise ValueError(
                 f"predictor.surrogate: expected one of {', '.join(SURROGATES)}, got {surrogate!r}"

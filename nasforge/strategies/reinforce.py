@@ -23,7 +23,7 @@ from torch import nn
 
 from nasforge.space import Arch, Categorical, Dimension, Float, Int, SearchSpace
 from nasforge.space.arch import Value
-from nasforge.strategies.base import Score, Strategy, scalar, torch_single_thread
+from nasforge.strategies.base import Constraint, Score, Strategy, scalar, torch_single_thread
 
 ALGORITHMS = ("reinforce", "ppo")
 REWARDS = ("quantile", "raw")
@@ -138,7 +138,7 @@ class _Controller(nn.Module):
     def log_probs(
         self, tokens: torch.Tensor, temperature: float
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Sum of log-probabilities and of entropies of token sequences ``(B, T)``, -1 = inactive."""
+        """Sums of log-probabilities and entropies of token sequences ``(B, T)``; -1 = inactive."""
         batch = tokens.shape[0]
         x, h, c = self.initial(batch)
         logp = torch.zeros(batch)
@@ -181,9 +181,10 @@ class ReinforceStrategy(Strategy):
         seed: int = 0,
         algorithm: str = "reinforce",
         config: ReinforceConfig | None = None,
+        constraint: Constraint | None = None,
         **options: Any,
     ) -> None:
-        super().__init__(space, seed)
+        super().__init__(space, seed, constraint)
         if algorithm not in ALGORITHMS:
             raise ValueError(
                 f"reinforce.algorithm: expected one of {', '.join(ALGORITHMS)}, got {algorithm!r}"

@@ -8,8 +8,10 @@ implement :meth:`StrategyConformance.make_strategy`::
     class TestEvolution(StrategyConformance):
         optimum_budget = 300
 
-        def make_strategy(self, space, seed):
-            return EvolutionStrategy(space, seed=seed, population=10, tournament=3)
+        def make_strategy(self, space, seed, constraint=None):
+            return EvolutionStrategy(
+                space, seed=seed, constraint=constraint, population=10, tournament=3
+            )
 
 The optimum test follows NNI's strategy sanity test: a toy space of ``n_dims`` categorical
 dimensions with ``n_choices`` each and a hidden target; the score of an arch is the number of
@@ -25,14 +27,14 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from nasforge.space import Arch, Categorical, Condition, Float, Int, SearchSpace
-from nasforge.strategies.base import Score, Strategy
+from nasforge.strategies.base import Constraint, Score, Strategy
 
 Evaluate = Callable[[Arch], Score]
 
 
 # -- toy problems -----------------------------------------------------------------------------
 def toy_space(n_dims: int = 6, n_choices: int = 4) -> SearchSpace:
-    """``n_dims`` categorical dimensions ``d0 .. d{n-1}``, each with choices ``0 .. n_choices-1``."""
+    """``n_dims`` categorical dims ``d0 .. d{n-1}``, each with choices ``0 .. n_choices-1``."""
     dims = [Categorical(f"d{i}", choices=tuple(range(n_choices))) for i in range(n_dims)]
     return SearchSpace(dims, name="toy")
 
@@ -124,7 +126,11 @@ class StrategyConformance:
     optimum_seeds: tuple[int, ...] = (0, 1, 2)
     optimum_skip: str | None = None
 
-    def make_strategy(self, space: SearchSpace, seed: int) -> Strategy:
+    def make_strategy(
+        self, space: SearchSpace, seed: int, constraint: Constraint | None = None
+    ) -> Strategy:
+        """A fresh strategy for ``(space, seed)``, built with ``constraint`` (pass it to the
+        constructor, as :func:`~nasforge.strategies.create_strategy` does)."""
         raise NotImplementedError("subclasses return a fresh strategy for (space, seed)")
 
     # helpers ----------------------------------------------------------------------------------
@@ -209,8 +215,9 @@ class StrategyConformance:
 
     def test_constraint_is_respected(self) -> None:
         space, evaluate = self._toy(6)
-        strategy = self.make_strategy(space, 5)
-        strategy.constraint = lambda arch: int(arch["d0"]) != 0 and int(arch["d1"]) != 1
+        strategy = self.make_strategy(
+            space, 5, constraint=lambda arch: int(arch["d0"]) != 0 and int(arch["d1"]) != 1
+        )
         records = run_search(strategy, evaluate, budget=30, batch=2)
         bad = [a for a, _ in records if int(a["d0"]) == 0 or int(a["d1"]) == 1]
         assert not bad, f"{len(bad)} asked archs violate the constraint"
