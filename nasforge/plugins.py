@@ -28,10 +28,10 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-import nasforge.compression as compression
-import nasforge.hardware.backends as backends
+from nasforge.compression.stages import get_stage, list_stages
 from nasforge.errors import PluginError
 from nasforge.evaluators import list_evaluators
+from nasforge.hardware.backends import get_backend, list_backends
 from nasforge.spaces import list_spaces
 from nasforge.strategies import STRATEGIES
 
@@ -64,26 +64,12 @@ _entry_points_loaded = False
 
 def _registry_listers() -> dict[str, Callable[[], dict[str, Any]]]:
     """kind -> a snapshot of that registry (name -> entry), compared before/after a plugin."""
-
-    def optional(module: Any, attr: str) -> Callable[[], dict[str, Any]]:
-        def snapshot() -> dict[str, Any]:
-            lister = getattr(module, attr, None)
-            if lister is None:
-                return {}
-            out: dict[str, Any] = {}
-            for entry in lister():
-                name = entry if isinstance(entry, str) else getattr(entry, "name", str(entry))
-                out[str(name)] = entry
-            return out
-
-        return snapshot
-
     return {
         "space": lambda: {e.name: e for e in list_spaces()},
         "strategy": lambda: dict(STRATEGIES),
         "evaluator": lambda: {e.name: e for e in list_evaluators()},
-        "backend": optional(backends, "list_backends"),
-        "stage": optional(compression, "list_stages"),
+        "backend": lambda: {n: get_backend(n) for n in list_backends()},
+        "stage": lambda: {n: get_stage(n) for n in list_stages()},
     }
 
 

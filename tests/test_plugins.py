@@ -275,3 +275,39 @@ def test_entry_point_plugins_are_loaded_once_lazily(tmp_path: Path, monkeypatch)
     import importlib
 
     assert importlib.import_module(module).CALLS == [1]
+
+
+def test_a_plugin_registers_a_backend_and_a_compression_stage(tmp_path, monkeypatch) -> None:
+    n = next(_ids)
+    body = f'''
+    from dataclasses import dataclass
+
+    from nasforge.compression import Stage, StageOutput, register_stage
+    from nasforge.hardware.backends import TorchBackend, register_backend
+
+
+    class MyBoard(TorchBackend):
+        """A user's target (here timed like torch)."""
+
+
+    @dataclass(frozen=True)
+    class NoopConfig:
+        pass
+
+
+    class Noop(Stage[NoopConfig]):
+        config_cls = NoopConfig
+
+        def run(self, state):
+            return StageOutput(self.name, "nothing", state.accuracy(state.model))
+
+
+    register_backend("myboard{n}", MyBoard, replace=True)
+    register_stage("noop{n}", Noop)
+    '''
+    names = write_plugin(tmp_path, monkeypatch, body)
+    cfg = write_config(tmp_path, names, latency=f"{{mode: measure, backend: myboard{n}}}")
+    res = runner.invoke(app, ["plugins", "--config", str(cfg)], env={"COLUMNS": "200"})
+    assert res.exit_code == 0, res.output
+    row = next(line for line in res.output.splitlines() if names["module"] in line)
+    assert f"backend myboard{n}" in row and f"stage noop{n}" in row

@@ -17,39 +17,27 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-import nasforge.hardware.backends as hw_backends
 from nasforge.compression.config import CompressConfig
 from nasforge.errors import ConfigError, NasforgeError, PluginError
 from nasforge.evaluators import evaluator_entry
+from nasforge.hardware.backends import get_backend, list_backends
 from nasforge.plugins import load_plugins
 from nasforge.train import TrainSection
 
-#: the backends accepted before the backend registry existed (used only without it)
-_FIXED_BACKENDS = ("torch", "torch:parallel", "onnxruntime", "onnxruntime:parallel", "cuda")
-
-
-def backend_names() -> list[str]:
-    """The latency backends a config may name: whatever is registered (plugins included)."""
-    lister = getattr(hw_backends, "list_backends", None)
-    return list(lister()) if lister is not None else list(_FIXED_BACKENDS)
-
 
 def check_backend(name: str) -> str:
-    """``name`` if it names a registered backend (aliases allowed), else ``ValueError``
-    listing the registered ones. The one backend check of a config."""
-    getter = getattr(hw_backends, "get_backend", None)
-    if getter is not None:
-        try:
-            getter(name)
-        except NasforgeError:
-            pass
-        else:
-            return name
-    elif name in _FIXED_BACKENDS:
-        return name
-    close = difflib.get_close_matches(name, backend_names(), n=1)
-    hint = f"; did you mean {close[0]!r}?" if close else ""
-    raise ValueError(f"unknown backend {name!r}{hint} (registered: {', '.join(backend_names())})")
+    """``name`` if it names a registered backend (aliases allowed; plugins register more),
+    else ``ValueError`` listing the registered ones. The one backend check of a config."""
+    try:
+        get_backend(name)
+    except NasforgeError:
+        known = list_backends()
+        close = difflib.get_close_matches(name, known, n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise ValueError(
+            f"unknown backend {name!r}{hint} (registered: {', '.join(known)})"
+        ) from None
+    return name
 
 
 class _Section(BaseModel):

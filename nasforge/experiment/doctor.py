@@ -1,4 +1,8 @@
-"""`nasforge doctor CONFIG`: name the domain brief's anti-patterns in a config before a run."""
+"""`nasforge doctor CONFIG`: name the domain brief's anti-patterns in a config before a run.
+
+The config is loaded with :func:`~nasforge.experiment.config.load_config`, so its plugins are
+imported and what they register (spaces, strategies, evaluators, backends) is accepted.
+"""
 
 from __future__ import annotations
 
@@ -6,16 +10,20 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from nasforge.experiment.config import ExperimentConfig
+from nasforge.hardware.doctor import latency_findings
 
 
 @dataclass(frozen=True)
 class Finding:
-    level: str  # "error" | "warning" | "info"
+    """One problem: ``level`` is ``error`` (exit 1), ``warning`` or ``info``."""
+
+    level: str
     field: str
     message: str
 
 
 def diagnose(cfg: ExperimentConfig) -> list[Finding]:
+    """Findings (error / warning / info, each naming the field) for a validated config."""
     out: list[Finding] = []
     o, lat = cfg.objective, cfg.latency
     if o.metric in ("test_acc", "test_accuracy"):
@@ -26,8 +34,6 @@ def diagnose(cfg: ExperimentConfig) -> list[Finding]:
                 "searching on the test split leaks it into model selection; search on val_acc",
             )
         )
-    from nasforge.hardware.doctor import latency_findings
-
     out.extend(Finding(level, field, msg) for level, field, msg in latency_findings(cfg))
     if o.kind == "accuracy":
         out.append(
