@@ -151,7 +151,7 @@ def test_search_with_compress_section_writes_int8_model(tmp_path: Path) -> None:
 
 @pytest.mark.slow  # asserts timing accuracy: a loaded host may fail it
 def test_search_with_latency_predicted_from_a_table(tmp_path: Path) -> None:
-    from nasforge.hardware.table import LatencyTable
+    from nasforge.hardware.builder import BuildConfig, TableBuilder
     from nasforge.spaces import create_space
 
     options = {
@@ -163,16 +163,14 @@ def test_search_with_latency_predicted_from_a_table(tmp_path: Path) -> None:
     }
     space = create_space("mobile", (1, 8, 8), 10, **options)
     table_path = tmp_path / "table.json"
-    LatencyTable.build(
+    TableBuilder(
         space,
         "torch",
-        (1, 8, 8),
         1,
-        table_path,
+        BuildConfig(calibration_archs=4),
         space_options=options,
-        calibration_archs=4,
         progress=False,
-    )
+    ).build(table_path)
     cfg = write_config(
         tmp_path,
         search="{trials: 3, executor: inline}",
