@@ -311,3 +311,16 @@ def test_a_plugin_registers_a_backend_and_a_compression_stage(tmp_path, monkeypa
     assert res.exit_code == 0, res.output
     row = next(line for line in res.output.splitlines() if names["module"] in line)
     assert f"backend myboard{n}" in row and f"stage noop{n}" in row
+
+
+def test_worker_processes_load_the_plugins_too(tmp_path: Path, monkeypatch) -> None:
+    """The default executor evaluates in other processes: they import the config's plugins."""
+    names = write_plugin(tmp_path, monkeypatch)
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path))
+    cfg = write_config(tmp_path, names, search="{trials: 2, executor: process, workers: 1}")
+    res = runner.invoke(app, ["search", str(cfg), "--quiet", "--no-final"])
+    assert res.exit_code == 0, res.output
+    from nasforge.experiment.store import TrialStore
+
+    with TrialStore(tmp_path / "runs" / "plug" / "trials.db") as store:
+        assert store.count(("complete",)) == 2, [t.error for t in store.trials(("failed",))]

@@ -6,12 +6,9 @@ import json
 
 import pytest
 
-optuna = pytest.importorskip("optuna")
-
 from nasforge.errors import ConfigError
 from nasforge.objectives import non_dominated_sort
 from nasforge.strategies import create_strategy
-from nasforge.strategies.optuna import OptunaStrategy
 from nasforge.testing import (
     conditional_objective,
     conditional_toy_space,
@@ -19,6 +16,10 @@ from nasforge.testing import (
     toy_objective,
     toy_space,
 )
+
+optuna = pytest.importorskip("optuna")
+
+from nasforge.strategies.optuna import OptunaStrategy  # noqa: E402 - needs optuna
 
 
 @pytest.mark.parametrize(
