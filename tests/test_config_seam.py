@@ -74,6 +74,8 @@ def test_every_strategy_takes_its_constraint_at_construction() -> None:
         ({"latency": {"backend": "tpu"}}, "latency.backend: unknown backend 'tpu'"),
         ({"latency": {"backend": "onnxruntim"}}, "did you mean 'onnxruntime'"),
         ({"evaluator": {"kind": "zero_cost"}}, "evaluator.kind: unknown evaluator 'zero_cost'"),
+        ({"objective": {"kind": "constraint"}}, "objective.target: constraint needs a positive"),
+        ({"objective": {"kind": "paretto"}}, "objective.kind: expected one of accuracy"),
         (
             {"latency": {"mode": "flops"}, "objective": {"kind": "weighted_product", "target": 1}},
             "objective.cost_metric: latency.mode 'flops' measures no latency_ms",

@@ -21,6 +21,7 @@ from nasforge.compression.config import CompressConfig
 from nasforge.errors import ConfigError, NasforgeError, PluginError
 from nasforge.evaluators import evaluator_entry
 from nasforge.hardware.backends import get_backend, list_backends
+from nasforge.objectives import Objective
 from nasforge.plugins import load_plugins
 from nasforge.train import TrainSection
 
@@ -104,11 +105,23 @@ class EvaluatorConfig(_Section):
 
 
 class ObjectiveConfig(_Section):
-    kind: Literal["accuracy", "weighted_product", "constraint", "pareto"] = "accuracy"
+    """The fields of :class:`~nasforge.objectives.Objective`; it checks them (one set of
+    checks for the config and the Python API), here at load time so doctor sees them."""
+
+    kind: str = "accuracy"
     metric: str = "val_acc"
     cost_metric: str = "latency_ms"
     target: float | None = Field(None, gt=0)
     w: float = -0.07
+
+    @model_validator(mode="after")
+    def _is_an_objective(self) -> ObjectiveConfig:
+        self.build()
+        return self
+
+    def build(self) -> Objective:
+        """The :class:`Objective` these fields describe (``ValueError`` naming the field)."""
+        return Objective(self.kind, self.metric, self.cost_metric, self.target, self.w)
 
 
 class LatencyConfig(_Section):

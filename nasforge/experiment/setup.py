@@ -76,11 +76,8 @@ def uses_data(cfg: ExperimentConfig) -> bool:
 
 
 def make_objective(cfg: ExperimentConfig) -> Objective:
-    o = cfg.objective
-    try:
-        return Objective(o.kind, o.metric, o.cost_metric, o.target, o.w)
-    except ValueError as exc:
-        raise ConfigError(str(exc)) from None
+    """The run's objective (its fields were checked when the config was loaded)."""
+    return cfg.objective.build()
 
 
 def train_config(cfg: ExperimentConfig, epochs: int | None = None) -> TrainConfig:
