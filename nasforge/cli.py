@@ -200,6 +200,12 @@ def plugins(config: ConfigOption = None, plugin: PluginOption = None) -> None:
     except NasforgeError as exc:
         _fail(exc)
         return
+    if not loaded_plugins():
+        out.print(
+            f"no plugins loaded (none in a config's plugins:, --plugin or entry-point group "
+            f"{ENTRY_POINT_GROUP})"
+        )
+        return
     table = Table(title=f"plugins (entry-point group {ENTRY_POINT_GROUP})")
     for col in ("plugin", "source", "registered"):
         table.add_column(col)
@@ -207,8 +213,6 @@ def plugins(config: ConfigOption = None, plugin: PluginOption = None) -> None:
         what = ", ".join(f"{r.kind} {r.name}" for r in p.registered) or "(nothing)"
         table.add_row(p.name, p.source, what)
     out.print(table)
-    if not loaded_plugins():
-        out.print("no plugins loaded")
 
 
 @app.command()
