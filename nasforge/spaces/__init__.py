@@ -12,7 +12,7 @@ from __future__ import annotations
 import importlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 from nasforge.errors import ConfigError
 from nasforge.registry import check_factory
@@ -21,12 +21,11 @@ from nasforge.space import SearchSpace
 SPACE_CONTRACT = "factory(input_shape=..., num_classes=..., **options) -> SearchSpace"
 
 
-class SpaceFactory(Protocol):
-    """How :func:`create_space` calls a registered factory (a class or a function)."""
-
-    def __call__(
-        self, *, input_shape: Sequence[int], num_classes: int, **options: Any
-    ) -> SearchSpace: ...
+#: How :func:`create_space` calls a registered factory (a class or a function):
+#: ``factory(input_shape=..., num_classes=..., **options)``, checked by :func:`register_space`.
+#: A plain callable type rather than a Protocol with ``**options``, so that a class whose
+#: constructor takes exactly its own options (or none) type-checks as a factory.
+SpaceFactory = Callable[..., SearchSpace]
 
 
 @dataclass(frozen=True)
