@@ -19,7 +19,7 @@ Usage::
     .venv/bin/python benchmarks/latency.py                 # everything, tables built fresh
     .venv/bin/python benchmarks/latency.py --quick         # 30 archs per check (smoke run)
     .venv/bin/python benchmarks/latency.py --tables DIR    # keep / reuse tables in DIR
-    .venv/bin/python benchmarks/latency.py --only nb201    # one part (mobile-torch, mobile-ort, nb201, nb201-ort, speed)
+    .venv/bin/python benchmarks/latency.py --only nb201    # one part (see PARTS)
 
 Every number comes from this run on this machine; the fingerprint and the load average are
 printed first, because on a shared host other tenants move medians (see the ``median`` rows).
@@ -41,7 +41,10 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from nasforge.hardware.backends import BackendSpec
+from nasforge.hardware.builder import BuildConfig, TableBuilder
+from nasforge.hardware.entries import TableEntry
 from nasforge.hardware.fingerprint import device_fingerprint
+from nasforge.hardware.predictor import LatencyPredictor
 from nasforge.hardware.table import LatencyTable
 from nasforge.hardware.timing import TimingConfig, measure_models
 from nasforge.hardware.validate import ValidationReport, plot_validation, validate_table
@@ -64,7 +67,8 @@ def _verdict(ok: bool) -> str:
 
 def _build(space: Any, spec: BackendSpec, path: Path, **kw: Any) -> tuple[LatencyTable, float]:
     t0 = time.perf_counter()
-    table = LatencyTable.build(space, spec, SHAPE, 1, path, progress=sys.stderr.isatty(), **kw)
+    builder = TableBuilder(space, spec, 1, BuildConfig(**kw), progress=sys.stderr.isatty())
+    table = builder.build(path)
     return table, time.perf_counter() - t0
 
 
@@ -86,14 +90,16 @@ def mobile(backend: str, n: int, tables: Path, plots: Path | None, results: dict
         if fresh
         else f"reused from {path} ({seconds:.0f} s to load/complete)"
     )
+    cal = table.calibration["min/sum"]
     print(
-        f"\n[{spec.label}] mobile table: {len(table.entries)} layers, {built}, clock {table.clock}, "
-        f"context {table.context}; calibration (min/sum): "
-        f"{table.calibration['min/sum'].slope:.3f} x + {table.calibration['min/sum'].intercept_ms:.4f} ms"
+        f"\n[{spec.label}] mobile table: {len(table.entries)} layers, {built}, "
+        f"clock {table.clock}, context {table.context}; calibration (min/sum): "
+        f"{cal.slope:.3f} x + {cal.intercept_ms:.4f} ms"
     )
     if fresh:
         print(
-            f"  goal 4 (build < 10 min on 2 cores): {seconds / 60:.1f} min -> {_verdict(seconds < 600)}"
+            f"  goal 4 (build < 10 min on 2 cores): {seconds / 60:.1f} min -> "
+            f"{_verdict(seconds < 600)}"
         )
         results[f"mobile_{spec.name}_build_s"] = seconds
     report = validate_table(table, space, n=n, seed=1)
@@ -128,17 +134,12 @@ def nb201(
     spec = BackendSpec.parse(backend, threads=threads)
     name = f"nb201_{spec.label.replace(':', '_')}_{threads}t_b{batch}"
     t0 = time.perf_counter()
-    table = LatencyTable.build(
-        space,
-        spec,
-        SHAPE,
-        batch,
-        tables / f"{name}.json",
-        progress=sys.stderr.isatty(),
-        calibration_archs=12,
+    builder = TableBuilder(
+        space, spec, batch, BuildConfig(calibration_archs=12), progress=sys.stderr.isatty()
     )
+    table = builder.build(tables / f"{name}.json")
     seconds = time.perf_counter() - t0
-    pred = table.predictor(space)
+    pred = LatencyPredictor(table, space)
     print(
         f"\n[{spec.label}, {threads} threads, batch {batch}] nb201 table: {len(table.entries)} "
         f"layers in {seconds:.0f} s, clock {table.clock}; measured speedup of two independent "
@@ -159,8 +160,9 @@ def nb201(
         sc = report.score_of("table:schedule", st)
         verdict = f" -> {_verdict(cp.mape < sm.mape)}" if goal else ""
         print(
-            f"  {title} [{st}]: critical path MAPE {cp.mape:.2f}% (tau {cp.kendall_tau:.3f}) vs sum "
-            f"{sm.mape:.2f}% (tau {sm.kendall_tau:.3f}){verdict}; schedule on {pred.workers} "
+            f"  {title} [{st}]: critical path MAPE {cp.mape:.2f}% (tau {cp.kendall_tau:.3f}) "
+            f"vs sum {sm.mape:.2f}% (tau {sm.kendall_tau:.3f}){verdict}; "
+            f"schedule on {pred.workers} "
             f"worker(s) {sc.mape:.2f}% (tau {sc.kendall_tau:.3f}), "
             f"{100 * sc.within_10pct:.0f}% within +-10%"
         )
@@ -191,10 +193,6 @@ def nb201(
 def speed(tables: Path, results: dict[str, Any]) -> None:
     """Predictions per second with synthetic tables (no measurement needed): the cost of
     screening, after the arch has been sampled."""
-    from nasforge.hardware.entries import TableEntry
-    from nasforge.hardware.layers import enumerate_layers
-    from nasforge.hardware.predictor import LatencyPredictor
-
     print("\n== goal 3: predict speed (archs sampled beforehand; nb201 cold = every cell new)")
     for name, count, workers in (
         ("mobile", 100_000, 1),
@@ -207,7 +205,7 @@ def speed(tables: Path, results: dict[str, Any]) -> None:
         rng = np.random.default_rng(0)
         entries = {
             lay.key: TableEntry(*([float(rng.uniform(0.01, 1))] * 4), 30)
-            for lay in enumerate_layers(space)
+            for lay in space.all_layers()
         }
         backend = BackendSpec(
             "torch", threads=workers, execution_mode="parallel" if workers > 1 else "sequential"
@@ -234,8 +232,8 @@ def speed(tables: Path, results: dict[str, Any]) -> None:
         warm = len(archs) / (time.perf_counter() - t0)
         label = f"{name} ({pred.mode})"
         print(
-            f"  {label:22s} {len(archs):7,d} archs: {cold:10,.0f} archs/s first pass, {warm:10,.0f} "
-            f"archs/s again -> {_verdict(cold >= 20_000)}"
+            f"  {label:22s} {len(archs):7,d} archs: {cold:10,.0f} archs/s first pass, "
+            f"{warm:10,.0f} archs/s again -> {_verdict(cold >= 20_000)}"
         )
         results[f"speed_{name}_{pred.mode}"] = {"first_pass": cold, "again": warm}
 

@@ -22,6 +22,8 @@ TINY = [
     "N=1",
     "--calibration",
     "3",
+    "--held-out",
+    "2",
     "--quiet",
 ]
 
@@ -32,6 +34,7 @@ def table(tmp_path_factory: pytest.TempPathFactory) -> Path:
     res = runner.invoke(app, ["build", "--out", str(path), *TINY])
     assert res.exit_code == 0, res.output
     assert "28 layers of nb201 on torch" in res.output
+    assert "held-out accuracy on 2 models" in res.output
     return path
 
 
@@ -119,3 +122,18 @@ def test_bad_arch_names_the_source(table: Path) -> None:
     assert res.exit_code == 2 and "--arch #1: not valid JSON" in res.output
     res = runner.invoke(app, ["predict", str(table)])
     assert res.exit_code == 2 and "--sample" in res.output
+
+
+def test_predict_with_a_layer_missing_from_the_table_says_how_to_extend_it(
+    table: Path, tmp_path: Path
+) -> None:
+    d = json.loads(table.read_text())
+    key = "nb201.op(nor_conv_3x3,8,8,1)@8x4x4"
+    del d["entries"][key]
+    partial = tmp_path / "partial.json"
+    partial.write_text(json.dumps(d))
+    arch = "|nor_conv_3x3~0|+|none~0|none~1|+|none~0|nor_conv_3x3~1|none~2|"
+    res = runner.invoke(app, ["predict", str(partial), "--arch", arch])
+    assert res.exit_code == 2, res.output
+    assert key in res.output and "nasforge latency build" in res.output
+    assert json.loads(partial.read_text()) == d  # predict wrote nothing

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from nasforge.hardware.builder import BuildConfig, TableBuilder
 from nasforge.hardware.doctor import latency_findings
-from nasforge.hardware.table import LatencyTable
 from nasforge.hardware.timing import TimingConfig
 from nasforge.spaces import create_space
 
@@ -17,14 +17,9 @@ from nasforge.spaces import create_space
 def table_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     space = create_space("nb201", (3, 8, 8), 10, C=4, N=1)
     path = tmp_path_factory.mktemp("doctor") / "t.json"
-    LatencyTable.build(
-        space,
-        "torch",
-        path=path,
-        space_options={"C": 4, "N": 1},
-        calibration_archs=0,
-        timing=TimingConfig(warmup=1, repeats=3, rounds=3),
-        progress=False,
+    config = BuildConfig(calibration_archs=0, timing=TimingConfig(warmup=1, repeats=3, rounds=3))
+    TableBuilder(space, "torch", 1, config, space_options={"C": 4, "N": 1}, progress=False).build(
+        path
     )
     return path
 

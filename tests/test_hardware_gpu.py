@@ -41,20 +41,14 @@ def test_cuda_memory_peak_matches_prediction_for_a_chain() -> None:
 
 
 def test_cuda_table_predicts_within_tolerance() -> None:
-    from nasforge.hardware.table import LatencyTable
+    from nasforge.hardware.builder import BuildConfig, TableBuilder
     from nasforge.hardware.timing import TimingConfig
     from nasforge.hardware.validate import validate_table
     from nasforge.spaces import create_space
 
     space = create_space("nb201", (3, 32, 32), 10)
-    table = LatencyTable.build(
-        space,
-        "cuda",
-        batch_size=64,
-        calibration_archs=8,
-        progress=False,
-        timing=TimingConfig(warmup=3, repeats=30, rounds=3),
-    )
+    config = BuildConfig(calibration_archs=8, timing=TimingConfig(warmup=3, repeats=30, rounds=3))
+    table = TableBuilder(space, "cuda", 64, config, progress=False).build()
     report = validate_table(table, space, n=16, seed=1)
     s = report.score_of("table:sum")
     print("\n".join(report.lines()))

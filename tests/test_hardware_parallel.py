@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 
+import nasforge.spaces.nb201  # noqa: F401  (registers the nb201 layer factories used below)
 from nasforge.hardware.backends import (
     BackendError,
     BackendSpec,
@@ -22,8 +23,10 @@ from nasforge.hardware.backends import (
     make_runner,
     trace_with_forks,
 )
+from nasforge.hardware.builder import BuildConfig, TableBuilder
 from nasforge.hardware.entries import _chain_of, _entry_module, _Forked, resolve_context
 from nasforge.hardware.layers import BRANCH_OPS, LayerSpec
+from nasforge.hardware.predictor import LatencyPredictor
 from nasforge.hardware.table import LatencyTable
 from nasforge.hardware.timing import TimingConfig
 from nasforge.nn.cells import enable_branch_forks
@@ -122,22 +125,14 @@ def test_a_table_on_torch_parallel_has_a_schedule_calibration_and_round_trips(tm
     space = create_space("nb201", (3, 8, 8), 10, C=4, N=1)
     spec = BackendSpec("torch", threads=pool_threads(), execution_mode="parallel")
     path = tmp_path / "nb201_parallel.json"
-    table = LatencyTable.build(
-        space,
-        spec,
-        (3, 8, 8),
-        2,
-        path,
-        calibration_archs=3,
-        progress=False,
-        timing=TimingConfig(warmup=1, repeats=6, rounds=2),
-    )
+    config = BuildConfig(calibration_archs=3, timing=TimingConfig(warmup=1, repeats=6, rounds=2))
+    table = TableBuilder(space, spec, 2, config, progress=False).build(path)
     assert table.clock == "wall"
     assert table.parallel_speedup is not None and table.parallel_speedup > 0
     assert {"min/sum", "min/critical_path", "min/schedule"} <= set(table.calibration)
     loaded = LatencyTable.load(path)
     assert loaded.backend == spec and loaded.parallel_speedup == table.parallel_speedup
-    pred = loaded.predictor(space)
+    pred = LatencyPredictor(loaded, space)
     assert pred.mode in ("schedule", "sum")  # decided by the measured speedup, not assumed
     assert pred.workers == (spec.threads if pred.mode == "schedule" else 1)
     s, c, q = pred.raw_ms(space.sample(np.random.default_rng(3)))

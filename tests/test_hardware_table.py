@@ -1,5 +1,7 @@
-"""Latency tables: JSON round trip, foreign machines warn, rebuilds reuse entries, and the
-table's prediction is checked against whole-model measurement on a chain of ops."""
+"""Latency tables: the builder measures every layer and calibrates, the record round-trips
+through JSON, foreign machines warn, rebuilds reuse entries, and measurement and prediction are
+wired together (units, determinism, ordering). Timing accuracy is in ``benchmarks/latency.py``
+(and the ``slow`` test at the end)."""
 
 from __future__ import annotations
 
@@ -11,41 +13,41 @@ import numpy as np
 import pytest
 
 from nasforge.hardware import entries as entries_mod
+from nasforge.hardware.builder import BuildConfig, TableBuilder
+from nasforge.hardware.predictor import LatencyPredictor
 from nasforge.hardware.table import LatencyTable, TableError, TableMismatchWarning, check_table
 from nasforge.hardware.timing import TimingConfig, measure_models
 from nasforge.spaces import create_space
 from nasforge.spaces.mobile import MobileSpace
 
 FAST = TimingConfig(warmup=2, repeats=6, rounds=3)
+OPTIONS = {"C": 4, "N": 1}
+
+
+def build(path: Path, calibration_archs: int = 3, **kwargs: object) -> LatencyTable:
+    space = create_space("nb201", (3, 8, 8), 10, **OPTIONS)
+    config = BuildConfig(calibration_archs=calibration_archs, timing=FAST, **kwargs)  # type: ignore[arg-type]
+    return TableBuilder(space, "torch", 1, config, space_options=OPTIONS, progress=False).build(
+        path
+    )
 
 
 @pytest.fixture(scope="module")
 def tiny_table(tmp_path_factory: pytest.TempPathFactory) -> LatencyTable:
-    space = create_space("nb201", (3, 8, 8), 10, C=4, N=1)
-    path = tmp_path_factory.mktemp("tables") / "nb201.json"
-    return LatencyTable.build(
-        space,
-        "torch",
-        batch_size=1,
-        path=path,
-        space_options={"C": 4, "N": 1},
-        calibration_archs=3,
-        timing=FAST,
-        progress=False,
-    )
+    return build(tmp_path_factory.mktemp("tables") / "nb201.json", held_out_archs=2)
 
 
 def test_build_measures_every_layer_and_calibrates(tiny_table: LatencyTable) -> None:
     space = tiny_table.make_space()
-    from nasforge.hardware.layers import enumerate_layers
-
-    assert set(tiny_table.entries) == {lay.key for lay in enumerate_layers(space)}
+    assert set(tiny_table.entries) == {lay.key for lay in space.all_layers()}
     assert all(e.min_ms > 0 and e.min_ms <= e.median_ms for e in tiny_table.entries.values())
     assert {"min/sum", "min/critical_path", "median/sum"} <= set(tiny_table.calibration)
     assert len(tiny_table.calibration_points) == 3
     assert tiny_table.fingerprint["threads"] == 1 and tiny_table.clock == "cpu"
     assert tiny_table.context == "isolated"
-    assert tiny_table.predictor().predict(space.sample(np.random.default_rng(0))) > 0
+    assert {"min/sum", "min/critical_path"} <= set(tiny_table.accuracy)  # held-out scores
+    assert tiny_table.accuracy["min/sum"]["n"] == 2
+    assert LatencyPredictor(tiny_table).predict(space.sample(np.random.default_rng(0))) > 0
 
 
 def test_json_round_trip(tiny_table: LatencyTable, tmp_path: Path) -> None:
@@ -67,12 +69,14 @@ def test_table_from_another_machine_warns(tiny_table: LatencyTable, tmp_path: Pa
     assert any("cpu_model" in m for m in msgs) and any("allocator" in m for m in msgs)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        assert check_table(tiny_table.path) == []
+        assert check_table(str(tiny_table.path)) == []
 
 
 def test_check_table_names_setting_mismatches(tiny_table: LatencyTable) -> None:
     space = create_space("nb201", (3, 8, 8), 10, C=8, N=1)
-    msgs = check_table(tiny_table.path, space=space, backend="onnxruntime", batch_size=4, threads=2)
+    msgs = check_table(
+        str(tiny_table.path), space=space, backend="onnxruntime", batch_size=4, threads=2
+    )
     text = "\n".join(msgs)
     for needle in ("backend torch", "batch size 1", "1 thread(s)", "not in the table"):
         assert needle in text
@@ -106,17 +110,9 @@ def test_rebuild_reuses_measured_entries(
             raise AssertionError(f"re-measured {len(layers)} layers")
         return []
 
-    monkeypatch.setattr("nasforge.hardware.table.measure_entries", refuse)
-    space = tiny_table.make_space()
-    again = LatencyTable.build(
-        space,
-        "torch",
-        path=tiny_table.path,
-        space_options={"C": 4, "N": 1},
-        calibration_archs=3,
-        timing=FAST,
-        progress=False,
-    )
+    monkeypatch.setattr("nasforge.hardware.builder.measure_entries", refuse)
+    assert tiny_table.path is not None
+    again = build(tiny_table.path, held_out_archs=2)
     assert again.entries == tiny_table.entries
     assert again.calibration == tiny_table.calibration
 
@@ -137,17 +133,62 @@ def test_partial_table_measures_only_what_is_missing(
         seen.extend(lay.key for lay in layers)
         return real(layers, *args, **kwargs)
 
-    monkeypatch.setattr("nasforge.hardware.table.measure_entries", spy)
-    LatencyTable.build(
-        tiny_table.make_space(),
-        "torch",
-        path=p,
-        space_options={"C": 4, "N": 1},
-        calibration_archs=0,
-        timing=FAST,
-        progress=False,
-    )
+    monkeypatch.setattr("nasforge.hardware.builder.measure_entries", spy)
+    build(p, calibration_archs=0)
     assert sorted(seen) == dropped
+
+
+def test_measurement_and_prediction_are_wired_together(tmp_path: Path) -> None:
+    """Wiring, not accuracy: predictions are deterministic milliseconds built from the table's
+    entries (the calibrated value is the fit applied to the raw sum), and a model with ~50x the
+    work of another is predicted slower."""
+    space = MobileSpace(
+        (3, 16, 16),
+        10,
+        stages=((8, 1, 2), (16, 2, 2)),
+        kernels=(3, 7),
+        expands=(1, 6),
+        widths=(0.5, 1.0),
+        activations=("relu",),
+        se=(False,),
+    )
+    config = BuildConfig(calibration_archs=3, timing=FAST)
+    table = TableBuilder(space, "torch", 1, config, progress=False).build(tmp_path / "m.json")
+    small: dict[str, object] = {
+        "stage0/depth": 1,
+        "stage0/width": 0.5,
+        "stage1/depth": 1,
+        "stage1/width": 0.5,
+    }
+    small |= {
+        f"stage{i}/block0/{k}": v
+        for i in (0, 1)
+        for k, v in (("kernel", 3), ("expand", 1), ("act", "relu"), ("se", False))
+    }
+    big: dict[str, object] = {
+        "stage0/depth": 2,
+        "stage0/width": 1.0,
+        "stage1/depth": 2,
+        "stage1/width": 1.0,
+    }
+    big |= {
+        f"stage{i}/block{j}/{k}": v
+        for i in (0, 1)
+        for j in (0, 1)
+        for k, v in (("kernel", 7), ("expand", 6), ("act", "relu"), ("se", False))
+    }
+    light, heavy = space.make(small), space.make(big)
+    pred = LatencyPredictor(table, space)
+    raw = LatencyPredictor(table, space, calibrated=False)
+    cal = table.calibration["min/sum"]
+    for arch in (light, heavy):
+        assert pred.predict(arch) == pytest.approx(cal.slope * raw.predict(arch) + cal.intercept_ms)
+        assert pred.predict(arch) == LatencyPredictor(
+            LatencyTable.load(tmp_path / "m.json", warn=False), space
+        ).predict(arch)  # type: ignore[arg-type]
+        layers = sum(ms * rep for _, ms, rep in raw.breakdown(arch))
+        assert raw.predict(arch) == pytest.approx(layers + table.call_overhead_ms["min"])
+    assert 0 < raw.predict(light) < raw.predict(heavy) < 1_000
 
 
 @pytest.mark.slow  # asserts timing accuracy: a loaded host may fail it
@@ -169,13 +210,8 @@ def test_predicted_sum_of_a_chain_tracks_whole_model_measurement() -> None:
         activations=("relu",),
         se=(False,),
     )
-    table = LatencyTable.build(
-        space,
-        "torch",
-        calibration_archs=4,
-        progress=False,
-        timing=TimingConfig(warmup=2, repeats=9, rounds=3),
-    )
+    config = BuildConfig(calibration_archs=4, timing=TimingConfig(warmup=2, repeats=9, rounds=3))
+    table = TableBuilder(space, "torch", 1, config, progress=False).build()
     rng = np.random.default_rng(42)
     archs = [space.sample(rng) for _ in range(6)]
     measured = np.array(
@@ -190,8 +226,8 @@ def test_predicted_sum_of_a_chain_tracks_whole_model_measurement() -> None:
             )
         ]
     )
-    raw = np.array([table.predictor(space, statistic="min").raw_ms(a)[0] for a in archs])
-    calibrated = table.predictor(space, statistic="min").predict_many(archs)
+    raw = np.array([LatencyPredictor(table, space, statistic="min").raw_ms(a)[0] for a in archs])
+    calibrated = LatencyPredictor(table, space, statistic="min").predict_many(archs)
     assert np.all(np.abs(raw - measured) / measured < 0.40), (raw, measured)
     assert np.all(np.abs(calibrated - measured) / measured < 0.20), (calibrated, measured)
     heavy, light = int(np.argmax(measured)), int(np.argmin(measured))

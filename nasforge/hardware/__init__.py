@@ -5,7 +5,7 @@ Measure: :func:`measure_latency` / :func:`measure_models` on any registered back
 torch:parallel, onnxruntime, onnxruntime:parallel, cuda; add one with :class:`Backend` and
 :func:`register_backend`). Deploy: :func:`export_onnx`, :func:`ort_session` (the one ONNX
 export and the one onnxruntime session builder). Describe the host: :func:`host_info`.
-Predict: :meth:`LatencyTable.build` then :class:`LatencyPredictor` (``table.predictor()``).
+Predict: :class:`TableBuilder` builds a :class:`LatencyTable`, :class:`LatencyPredictor` reads it.
 Check: :func:`validate_table`, :func:`check_table`. For experiments: :class:`LatencyModel`.
 onnxruntime, matplotlib and scipy are imported only when used.
 """
@@ -54,7 +54,7 @@ _LAZY = {
     "NotDecomposable": "nasforge.hardware.layers",
     "layers_of": "nasforge.hardware.layers",
     "enumerate_layers": "nasforge.hardware.layers",
-    "register_decomposer": "nasforge.hardware.layers",
+    "TableBuilder": "nasforge.hardware.builder",
     "predict_memory": "nasforge.hardware.memory",
     "measure_peak_activation_bytes": "nasforge.hardware.memory",
     "check_memory": "nasforge.hardware.memory",
@@ -85,6 +85,7 @@ __all__ = [
     "LayerSpec",
     "NotDecomposable",
     "Runner",
+    "TableBuilder",
     "TableError",
     "TableMismatchWarning",
     "TimingConfig",
@@ -111,6 +112,5 @@ __all__ = [
     "plot_validation",
     "predict_memory",
     "register_backend",
-    "register_decomposer",
     "validate_table",
 ]

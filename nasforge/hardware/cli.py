@@ -8,13 +8,22 @@ from __future__ import annotations
 
 import json
 import time
+import warnings
 from pathlib import Path
 from typing import Annotated, Any
 
+import numpy as np
 import typer
+import yaml
 from rich.console import Console
 
 from nasforge.errors import NasforgeError
+from nasforge.hardware.backends import BackendSpec
+from nasforge.hardware.builder import BuildConfig, TableBuilder
+from nasforge.hardware.predictor import LatencyPredictor
+from nasforge.hardware.table import LatencyTable
+from nasforge.hardware.validate import plot_validation, validate_table
+from nasforge.spaces import create_space
 
 app = typer.Typer(
     help="Build, predict and validate latency tables.",
@@ -54,8 +63,6 @@ def _options(items: list[str]) -> dict[str, Any]:
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise CliInputError(f"--option: {item!r} must read key=value (value as YAML)")
-        import yaml
-
         try:
             opts[key.strip()] = yaml.safe_load(value)
         except yaml.YAMLError:
@@ -80,12 +87,8 @@ def _parse_arch(space: Any, text: str, where: str) -> Any:
     )
 
 
-def _load(path: Path) -> Any:
+def _load(path: Path) -> LatencyTable:
     """Load a table, printing a warning line for each fingerprint mismatch."""
-    import warnings
-
-    from nasforge.hardware.table import LatencyTable
-
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         table = LatencyTable.load(path)
@@ -114,38 +117,35 @@ def build(
     calibration: Annotated[
         int, typer.Option(help="whole models measured to fit the overhead")
     ] = 10,
+    held_out: Annotated[
+        int, typer.Option(help="further whole models that score the calibrated table")
+    ] = 0,
     seed: Annotated[int, typer.Option(help="seeds calibration archs and visiting order")] = 0,
     quiet: Annotated[bool, typer.Option(help="no progress bar")] = False,
 ) -> None:
-    """Measure every distinct layer of a space on a backend and save the table."""
-    from nasforge.hardware.backends import BackendSpec
-    from nasforge.hardware.table import LatencyTable
-    from nasforge.spaces import create_space
+    """Measure every distinct layer of a space on a backend and save the table.
 
+    Building into an existing table measures only the layers it lacks."""
     try:
-        if batch_size < 1 or threads < 1 or calibration < 0:
-            raise CliInputError("--batch-size and --threads must be >= 1, --calibration >= 0")
+        if batch_size < 1 or threads < 1 or calibration < 0 or held_out < 0:
+            raise CliInputError(
+                "--batch-size and --threads must be >= 1, --calibration and --held-out >= 0"
+            )
         shape = _shape(input_shape)
         opts = _options(option)
         sp = create_space(space, shape, num_classes, **opts)
         spec = BackendSpec.parse(backend, threads=threads)
         t0 = time.perf_counter()
-        table = LatencyTable.build(
-            sp,
-            spec,
-            shape,
-            batch_size,
-            out_path,
-            space_options=opts,
-            statistic=statistic,
-            calibration_archs=calibration,
-            progress=not quiet,
-            seed=seed,
+        config = BuildConfig(
+            statistic=statistic, calibration_archs=calibration, held_out_archs=held_out, seed=seed
         )
+        builder = TableBuilder(sp, spec, batch_size, config, space_options=opts, progress=not quiet)
+        table = builder.build(out_path)
+        pred = LatencyPredictor(table, sp)
     except NasforgeError as exc:
         _fail(exc)
         return
-    cal = table.calibration.get(f"{table.statistic}/{table.predictor(sp).mode}")
+    cal = table.calibration.get(f"{table.statistic}/{pred.mode}")
     out.print(
         f"{out_path}: {len(table.entries)} layers of {space} on {spec.label} in "
         f"{time.perf_counter() - t0:.0f}s ({table.clock} clock, statistic {table.statistic})"
@@ -153,12 +153,19 @@ def build(
     if table.parallel_speedup is not None:
         out.print(
             f"parallel speedup of two independent branches: {table.parallel_speedup:.2f}x "
-            f"(predictions use the {table.predictor(sp).mode.replace('_', ' ')})"
+            f"(predictions use the {pred.mode.replace('_', ' ')})"
         )
     if cal is not None:
         out.print(
             f"calibration: measured = {cal.slope:.3f} x table + {cal.intercept_ms:.4f} ms "
             f"(fit MAPE {cal.mape:.1f}% on {cal.points} models)"
+        )
+    acc = table.accuracy.get(f"{table.statistic}/{pred.mode}")
+    if acc is not None:
+        out.print(
+            f"held-out accuracy on {int(acc['n'])} models: "
+            f"{100 * acc['within_10pct']:.0f}% within +-10%, MAPE {acc['mape']:.1f}%, "
+            f"Kendall tau {acc['kendall_tau']:.2f}"
         )
 
 
@@ -177,18 +184,11 @@ def predict(
     statistic: Annotated[
         str | None, typer.Option(help="min | p10 | median (default: the table's)")
     ] = None,
-    measure_missing: Annotated[
-        bool, typer.Option(help="measure layers missing from the table")
-    ] = False,
 ) -> None:
     """Predict latency (ms) of archs from a table, one line each, and the prediction speed."""
-    import numpy as np
-
     try:
         table = _load(table_path)
-        pred = table.predictor(
-            mode=mode, on_missing="measure" if measure_missing else "error", statistic=statistic
-        )
+        pred = LatencyPredictor(table, mode=mode, statistic=statistic)
         space = pred.space
         archs = [_parse_arch(space, a, f"--arch #{i + 1}") for i, a in enumerate(arch)]
         if archs_file is not None:
@@ -229,8 +229,6 @@ def validate(
     ] = None,
 ) -> None:
     """Measure N archs whole; score the table, FLOPs and params (within 10%, MAPE, Kendall tau)."""
-    from nasforge.hardware.validate import plot_validation, validate_table
-
     try:
         if n < 2:
             raise CliInputError("--n: need at least 2 archs")

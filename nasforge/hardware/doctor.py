@@ -12,7 +12,11 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-PROXIES = ("flops", "params", "size_bytes", "macs")
+from nasforge.errors import NasforgeError
+from nasforge.hardware.table import LatencyTable, check_table
+from nasforge.spaces import create_space
+
+PROXIES = ("flops", "mflops", "params", "size_bytes", "macs")
 
 
 def _get(section: Any, key: str, default: Any = None) -> Any:
@@ -28,8 +32,9 @@ def latency_findings(cfg: Any) -> list[tuple[str, str, str]]:
 
     Warns when FLOPs or params stand in for latency (as the cost metric, or
     ``latency.mode: flops``) and when a parallel backend gets one thread (notes that
-    onnxruntime's parallel mode does not overlap branches on CPU); for ``latency.mode: predict``, an error when the table is missing
-    or the space cannot be decomposed, and a warning for every :func:`check_table` problem
+    onnxruntime's parallel mode does not overlap branches on CPU); for ``latency.mode:
+    predict``, an error when the table is missing or the space describes no layer plan, and
+    a warning for every :func:`check_table` problem
     (fingerprint from another machine, other backend / batch size / threads, missing layers,
     no calibration, noisy entries).
     """
@@ -98,31 +103,26 @@ def latency_findings(cfg: Any) -> list[tuple[str, str, str]]:
     if not Path(str(table)).is_file():
         out.append(("error", "latency.table", f"{table} does not exist"))
         return out
-    from nasforge.hardware.layers import supports
-    from nasforge.hardware.table import check_table
-
     sp = None
     name = _get(space, "name")
     if name is not None:
-        from nasforge.errors import NasforgeError
-        from nasforge.hardware.table import LatencyTable
-
         try:
             tab = LatencyTable.load(str(table), warn=False)
-            from nasforge.spaces import create_space
-
             sp = create_space(
                 str(name),
                 tab.input_shape,
                 int(tab.space.get("num_classes", 10)),
                 **dict(_get(space, "options", {}) or {}),
             )
-            if not supports(sp):
+            if not sp.has_plan:
                 out.append(
                     (
                         "error",
                         "space.name",
-                        (f"space {name!r} has no layer decomposition; use latency.mode: measure"),
+                        (
+                            f"space {name!r} describes no layer plan (SearchSpace.plan); use "
+                            "latency.mode: measure"
+                        ),
                     )
                 )
                 sp = None

@@ -7,7 +7,7 @@ the chosen model at the end, so a report can show predicted and measured side by
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -15,9 +15,9 @@ from torch import nn
 
 from nasforge.errors import ConfigError
 from nasforge.hardware.backends import BackendSpec, as_backend
-from nasforge.hardware.predictor import LatencyPredictor
+from nasforge.hardware.predictor import LatencyPredictor, check_choice
 from nasforge.hardware.table import MODEL_TIMING, LatencyTable
-from nasforge.hardware.timing import STATISTICS, LatencyMeasurement, TimingConfig, measure_models
+from nasforge.hardware.timing import LatencyMeasurement, TimingConfig, measure_models
 from nasforge.space import Arch, SearchSpace
 
 LATENCY_MODES = ("measure", "predict")
@@ -26,6 +26,9 @@ LATENCY_MODES = ("measure", "predict")
 class LatencyModel:
     """Latency of candidates, measured or predicted.
 
+    Takes validated values (the experiment's pydantic ``latency`` section checks and
+    defaults them; see :meth:`from_config`).
+
     Args:
         mode: ``measure`` or ``predict``.
         backend: backend name or spec (``predict`` uses the table's).
@@ -33,18 +36,19 @@ class LatencyModel:
         batch_size: batch size for ``measure`` (``predict`` uses the table's).
         table: a :class:`LatencyTable` or its path (``predict`` only; required there).
         space: the space archs come from (``predict``; default: rebuilt from the table).
-        statistic: ``median`` (default for ``measure``), ``p10`` or ``min`` (default for
-            ``predict``: the table's).
+        statistic: ``median``, ``p10`` or ``min``; ``None``: ``median`` for ``measure``, the
+            table's for ``predict``.
         timing: harness settings for ``measure``.
 
     Raises:
-        ConfigError: bad mode or statistic, or ``predict`` without a table.
+        ConfigError: a mode other than ``measure`` / ``predict``, or ``predict`` without a
+            table.
         TableError: the table cannot be read or is for another space.
     """
 
     def __init__(
         self,
-        mode: str = "measure",
+        mode: str,
         backend: str | BackendSpec = "torch",
         threads: int = 1,
         batch_size: int = 1,
@@ -53,19 +57,13 @@ class LatencyModel:
         statistic: str | None = None,
         timing: TimingConfig = MODEL_TIMING,
     ) -> None:
-        if mode not in LATENCY_MODES:
-            raise ConfigError(f"latency.mode: {mode!r} is not one of {', '.join(LATENCY_MODES)}")
-        if statistic is not None and statistic not in STATISTICS:
-            raise ConfigError(
-                f"latency.statistic: {statistic!r} is not one of {', '.join(STATISTICS)}"
-            )
-        self.mode = mode
+        self.mode = check_choice("latency.mode", mode, LATENCY_MODES)
         self.predictor: LatencyPredictor | None = None
         if mode == "predict":
             if table is None:
                 raise ConfigError("latency.table: mode 'predict' needs a latency table")
             tab = table if isinstance(table, LatencyTable) else LatencyTable.load(table)
-            self.predictor = tab.predictor(space, statistic=statistic)
+            self.predictor = LatencyPredictor(tab, space, statistic=statistic)
             self.backend = tab.backend
             self.batch_size = tab.batch_size
             self.statistic = self.predictor.statistic
@@ -80,27 +78,18 @@ class LatencyModel:
 
     @classmethod
     def from_config(cls, latency: Any, space: SearchSpace | None = None) -> LatencyModel:
-        """From the experiment's ``latency`` section (a pydantic model or a mapping) with
-        fields ``mode``, ``backend``, ``threads``, ``batch_size``, ``warmup``, ``repeats``,
-        ``table`` and optionally ``statistic``."""
-        get = (
-            latency.get
-            if isinstance(latency, Mapping)
-            else lambda k, d=None: getattr(latency, k, d)
-        )
-        timing = replace(
-            MODEL_TIMING,
-            warmup=int(get("warmup", MODEL_TIMING.warmup)),
-            repeats=int(get("repeats", MODEL_TIMING.repeats)),
-        )
+        """From the experiment's validated ``latency`` section (its fields ``mode``,
+        ``backend``, ``threads``, ``batch_size``, ``warmup``, ``repeats``, ``table`` and
+        ``statistic`` are read as they are: the section is the one source of defaults)."""
+        timing = replace(MODEL_TIMING, warmup=latency.warmup, repeats=latency.repeats)
         return cls(
-            mode=str(get("mode", "measure")),
-            backend=str(get("backend", "torch")),
-            threads=int(get("threads", 1)),
-            batch_size=int(get("batch_size", 1)),
-            table=get("table"),
+            mode=latency.mode,
+            backend=latency.backend,
+            threads=latency.threads,
+            batch_size=latency.batch_size,
+            table=latency.table,
             space=space,
-            statistic=get("statistic"),
+            statistic=latency.statistic,
             timing=timing,
         )
 

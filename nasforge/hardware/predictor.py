@@ -1,13 +1,13 @@
-"""`LatencyPredictor`: latency of an architecture from a :class:`LatencyTable`, in microseconds
-of compute per candidate, no training.
+"""`LatencyPredictor`: latency of an architecture from a :class:`LatencyTable`, in milliseconds
+of compute per candidate, no training and no measurement.
 
-Three aggregations:
+The predictor compiles any space's layer plan (:meth:`SearchSpace.plan`) generically, with
+three aggregations:
 
 * ``sum``: every layer runs after the previous one (eager torch, onnxruntime on CPU in either
   execution mode).
-* ``critical_path``: the ops of a multi-branch cell (``nb201``, ``darts``) that do not depend
-  on each other run side by side on unlimited threads, so a cell costs its longest path
-  through the DAG.
+* ``critical_path``: the ops of a multi-branch cell that do not depend on each other run side
+  by side on unlimited threads, so a cell costs its longest path through the DAG.
 * ``schedule``: the same DAG with the ops queued on the backend's ``threads`` workers in the
   order the cell launches them (``torch:parallel`` forks each op once its input node is
   read, and the inter-op pool takes them first in, first out), while node sums run on the
@@ -16,40 +16,45 @@ Three aggregations:
 
 All count the backend's per-call overhead once per network (each table entry has it
 subtracted) and then apply the per-network calibration fitted on whole-model measurements
-(:class:`~nasforge.hardware.table.Calibration`).
+(:class:`~nasforge.hardware.calibration.Calibration`).
 
-Speed: for the known spaces the arch is read straight into precompiled lookups (layer keys
-resolved to floats once, at construction), so a prediction is a few dict reads per layer.
+Speed: the cost of every segment (a layer or a :class:`Cell`) is memoised the first time it
+is seen, and spaces return the same segment objects for the same genotype, so a prediction is
+one plan lookup and a few dict reads per segment.
 """
 
 from __future__ import annotations
 
+import gc
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import replace
-from typing import Any
+from operator import itemgetter
+from pathlib import Path
 
 import numpy as np
 
+from nasforge.errors import ConfigError
 from nasforge.hardware.calibration import AGGREGATIONS
-from nasforge.hardware.entries import ENTRY_TIMING, measure_entries
-from nasforge.hardware.layers import (
-    Cell,
-    LayerSpec,
-    NotDecomposable,
-    Plan,
-    enumerate_layers,
-    plan_function,
-)
-from nasforge.hardware.table import LatencyTable, TableEntry, TableError
+from nasforge.hardware.table import LatencyTable, TableError
 from nasforge.hardware.timing import STATISTICS
 from nasforge.space import Arch, SearchSpace
+from nasforge.space.plan import Cell, LayerSpec, Plan, Segment
 
 MODES = ("auto", *AGGREGATIONS)
 #: branch speedup from which a backend counts as running branches side by side
 PARALLEL_SPEEDUP = 1.3
-ON_MISSING = ("error", "measure")
+#: memoised segment costs kept before the memo is emptied (bounds memory on huge searches)
+SEGMENT_MEMO = 200_000
 Times = tuple[float, float, float]  # (sum, critical path, schedule) in ms
-RawFn = Callable[[Arch], Times]
+
+
+def check_choice(field: str, value: str, allowed: Sequence[str]) -> str:
+    """``value`` if it is one of ``allowed``, else :class:`ConfigError` naming ``field``.
+
+    Guards programmatic use of the API; configs are validated by their pydantic sections.
+    """
+    if value not in allowed:
+        raise ConfigError(f"{field}: {value!r} is not one of {', '.join(allowed)}")
+    return value
 
 
 def list_schedule(
@@ -90,44 +95,50 @@ def list_schedule(
     return main
 
 
+_SRC = itemgetter(0)
+_DST = itemgetter(1)
+
+
 def cell_times(cell: Cell, ms: Callable[[LayerSpec], float], workers: int = 1) -> Times:
     """(sum of all layers, critical path, schedule on ``workers``) of one cell in ms.
 
     With one worker the schedule is the sum (nothing overlaps, not even the sums).
 
     Critical path: a node is ready at the latest finish of its incoming edges plus its merge;
-    the cell ends at the latest of its output nodes plus the join. Input nodes are ready at 0.
+    the cell ends at the latest of its output nodes plus the join. Input nodes (and nodes
+    without incoming edges) are ready at 0; the merge of a node without incoming edges is not
+    counted.
     """
     n = cell.num_nodes
-    finish = [0.0] * n
-    incoming: dict[int, list[tuple[int, float]]] = {}
-    timed: list[tuple[int, int, float]] = []
+    merge = [0.0] * n
+    for node, spec in cell.merges:
+        merge[node] = ms(spec)
+    timed = [(s, d, ms(spec)) for s, d, spec in cell.edges]
+    arrive = [-1.0] * n  # latest finish of an edge into each node; -1: none
     total = 0.0
-    for s, d, spec in cell.edges:
-        m = ms(spec)
-        incoming.setdefault(d, []).append((s, m))
-        timed.append((s, d, m))
+    # every edge goes forward, so edges sorted by destination are in topological order
+    for s, d, m in sorted(timed, key=_DST):
         total += m
-    merges = {node: ms(spec) for node, spec in cell.merges}
+        a = arrive[s]
+        t = (a + merge[s] if a >= 0.0 else 0.0) + m
+        if t > arrive[d]:
+            arrive[d] = t
     for d in range(cell.num_inputs, n):
-        ins = incoming.get(d)
-        if not ins:
-            continue
-        mg = merges.get(d, 0.0)
-        total += mg
-        finish[d] = max(finish[s] + m for s, m in ins) + mg
+        if arrive[d] >= 0.0:
+            total += merge[d]
+    crit = 0.0
+    for o in cell.outputs:
+        a = arrive[o]
+        t = a + merge[o] if a >= 0.0 else 0.0
+        if t > crit:
+            crit = t
     join = ms(cell.join) if cell.join is not None else 0.0
     if workers == 1:
         sched = total + join
     else:
-        timed.sort(key=lambda e: e[0])
-        sched = (
-            list_schedule(
-                n, cell.num_inputs, timed, [merges.get(i, 0.0) for i in range(n)], workers
-            )
-            + join
-        )
-    return total + join, max(finish[o] for o in cell.outputs) + join, sched
+        timed.sort(key=_SRC)
+        sched = list_schedule(n, cell.num_inputs, timed, merge, workers) + join
+    return total + join, crit + join, sched
 
 
 def plan_times(plan: Plan, ms: Callable[[LayerSpec], float], workers: int = 1) -> Times:
@@ -148,7 +159,7 @@ def plan_times(plan: Plan, ms: Callable[[LayerSpec], float], workers: int = 1) -
 
 
 class LatencyPredictor:
-    """Predict ``latency_ms`` of archs of ``space`` from ``table``.
+    """Predict ``latency_ms`` of archs of ``space`` from ``table``; never measures, never writes.
 
     Args:
         table: the measured layers (and calibration).
@@ -156,16 +167,15 @@ class LatencyPredictor:
         mode: ``sum``, ``critical_path``, ``schedule`` or ``auto``: the schedule for a
             parallel execution mode whose measured speedup on independent branches
             (:attr:`LatencyTable.parallel_speedup`) is at least 1.3, else the sum.
-        on_missing: a layer absent from the table is ``measure``d on demand (and added to the
-            table, saved if the table has a path) or is an ``error`` (:class:`TableError`).
         calibrated: apply the table's per-network calibration (``False``: raw sums).
         statistic: which entry statistic to sum (``min``, ``p10``, ``median``); default the
             table's.
 
     Raises:
-        TableError: bad ``mode`` / ``on_missing`` / ``statistic``, or the table is for
-            another space.
-        NotDecomposable: the space has no layer decomposition.
+        ConfigError: bad ``mode`` or ``statistic``.
+        TableError: the table is for another space; at prediction, a layer of the arch's
+            plan is not in the table (names the layer and how to extend the table).
+        NotDecomposable: the space describes no layer plan.
     """
 
     def __init__(
@@ -173,18 +183,11 @@ class LatencyPredictor:
         table: LatencyTable,
         space: SearchSpace | None = None,
         mode: str = "auto",
-        on_missing: str = "error",
         calibrated: bool = True,
         statistic: str | None = None,
     ) -> None:
-        if mode not in MODES:
-            raise TableError(f"latency.mode: {mode!r} is not one of {', '.join(MODES)}")
-        if on_missing not in ON_MISSING:
-            raise TableError(f"on_missing: {on_missing!r} is not one of {', '.join(ON_MISSING)}")
-        statistic = statistic or table.statistic
-        if statistic not in STATISTICS:
-            raise TableError(f"statistic: {statistic!r} is not one of {', '.join(STATISTICS)}")
-        self.statistic = statistic
+        check_choice("latency.mode", mode, MODES)
+        self.statistic = check_choice("latency.statistic", statistic or table.statistic, STATISTICS)
         self.table = table
         self.space = space if space is not None else table.make_space()
         if self.space.name != table.space.get("name"):
@@ -192,6 +195,8 @@ class LatencyPredictor:
                 f"{table.path or 'table'}: built for space {table.space.get('name')!r}, "
                 f"not {self.space.name!r}"
             )
+        if not self.space.has_plan:
+            self.space.plan(self.space.sample(np.random.default_rng(0)))  # NotDecomposable
         speedup = table.parallel_speedup
         concurrent = table.backend.parallel and (speedup is None or speedup >= PARALLEL_SPEEDUP)
         if mode == "auto":
@@ -199,89 +204,93 @@ class LatencyPredictor:
             if (
                 mode == "schedule"
                 and table.calibration
-                and f"{statistic}/schedule" not in table.calibration
+                and f"{self.statistic}/schedule" not in table.calibration
             ):
                 mode = "critical_path"  # a table calibrated before schedules existed
         self.mode = mode
         self._index = AGGREGATIONS.index(mode)
         #: workers the ``schedule`` aggregation queues ops on (1 where branches do not overlap)
         self.workers = table.backend.threads if concurrent else 1
-        self.on_missing = on_missing
-        cal = table.calibration.get(f"{statistic}/{mode}") if calibrated else None
+        cal = table.calibration.get(f"{self.statistic}/{mode}") if calibrated else None
         self.calibration = cal
         self._slope = cal.slope if cal is not None else 1.0
         self._intercept = cal.intercept_ms if cal is not None else 0.0
-        self._overhead = table.call_overhead_ms.get(statistic, 0.0)
-        self._plan = plan_function(self.space)
-        self._net: dict[LayerSpec, float] = {}
-        self._compile()
+        self._overhead = table.call_overhead_ms.get(self.statistic, 0.0)
+        self._plan: Callable[[Arch], Plan] = self.space.plan
+        self._net = _LayerCosts(self)
+        #: id(segment) -> (segment, its times); holding the segment keeps its id unique
+        self._memo: dict[int, tuple[Segment, Times]] = {}
 
-    # -- per-layer costs ------------------------------------------------------------------------
-    def _entry_ms(self, e: TableEntry) -> float:
-        return max(e.value_ms(self.statistic) - self._overhead, 0.0)
-
-    def _compile(self) -> None:
-        entries = self.table.entries
-        self._net = {
-            spec: self._entry_ms(entries[spec.key])
-            for spec in enumerate_layers(self.space)
-            if spec.key in entries
-        }
-        self._fast: RawFn | None = _safe_compile(self.space.name)(
-            self.space, self._net, self.workers
-        )
-
+    # -- per-layer and per-segment costs --------------------------------------------------------
     def layer_ms(self, spec: LayerSpec) -> float:
-        """A layer's cost in ms with the per-call overhead taken off (measured if missing)."""
-        m = self._net.get(spec)
-        if m is not None:
-            return m
-        e = self.table.entries.get(spec.key)
-        if e is None:
-            if self.on_missing == "error":
-                raise TableError(
-                    f"{self.table.path or 'latency table'}: no entry for layer {spec.key}; "
-                    "rebuild the table or predict with on_missing='measure'"
-                )
-            e = measure_entries(
-                [spec],
-                self.table.backend,
-                self.table.batch_size,
-                self.table.call_overhead_ms,
-                replace(ENTRY_TIMING, clock=self.table.clock),
-                self.table.context,
-            )[0]
-            self.table.entries[spec.key] = e
-            if self.table.path is not None:
-                self.table.save()
-        m = self._net[spec] = self._entry_ms(e)
-        return m
+        """A layer's cost in ms with the per-call overhead taken off.
+
+        Raises:
+            TableError: the layer is not in the table (names it and how to add it).
+        """
+        return self._net[spec]
+
+    def segment_ms(self, seg: Segment) -> Times:
+        """(sum, critical path, schedule) of one segment in ms.
+
+        Memoised per segment object (spaces that reuse segment objects for a genotype make
+        repeated predictions a dict read per segment); equal segments that are different
+        objects are costed again, which gives the same numbers.
+        """
+        hit = self._memo.get(id(seg))
+        if hit is not None and hit[0] is seg:
+            return hit[1]
+        if isinstance(seg, Cell):
+            t = cell_times(seg, self._net.__getitem__, self.workers)
+        else:
+            m = self.layer_ms(seg)
+            t = (m, m, m)
+        if len(self._memo) >= SEGMENT_MEMO:
+            self._memo.clear()
+        self._memo[id(seg)] = (seg, t)
+        return t
 
     # -- predictions ----------------------------------------------------------------------------
     def raw_ms(self, arch: Arch) -> Times:
         """Uncalibrated (sum, critical path, schedule) in ms, the per-call overhead counted once."""
-        o = self._overhead
-        if self._fast is not None:
-            try:
-                s, c, q = self._fast(arch)
-                return s + o, c + o, q + o
-            except KeyError:
-                pass  # a layer is missing from the fast lookups: take the slow path once
-        known = len(self._net)
-        s, c, q = plan_times(self._plan(arch), self.layer_ms, self.workers)
-        if len(self._net) != known:  # layers were measured on demand: refresh the fast path
-            self._fast = _safe_compile(self.space.name)(self.space, self._net, self.workers)
-        return s + o, c + o, q + o
+        total = crit = sched = self._overhead
+        memo = self._memo
+        for seg, rep in self._plan(arch):
+            hit = memo.get(id(seg))
+            t = hit[1] if hit is not None and hit[0] is seg else self.segment_ms(seg)
+            total += rep * t[0]
+            crit += rep * t[1]
+            sched += rep * t[2]
+        return total, crit, sched
 
     def predict(self, arch: Arch) -> float:
         """Predicted latency in milliseconds (the calibrated aggregation of :attr:`mode`)."""
-        return self._slope * self.raw_ms(arch)[self._index] + self._intercept
+        i = self._index
+        x = self._overhead
+        memo = self._memo
+        for seg, rep in self._plan(arch):
+            hit = memo.get(id(seg))
+            t = hit[1] if hit is not None and hit[0] is seg else self.segment_ms(seg)
+            x += rep * t[i]
+        return self._slope * x + self._intercept
 
     __call__ = predict
 
     def predict_many(self, archs: Iterable[Arch]) -> np.ndarray:
-        """Predicted latencies in ms, one per arch."""
-        return np.fromiter((self.predict(a) for a in archs), dtype=float)
+        """Predicted latencies in ms, one per arch.
+
+        The cyclic garbage collector is paused for the loop: predictions create no reference
+        cycles (plans are trees of tuples, freed by reference counting), and on a first pass
+        over many new archs the memos grow, which made the collector walk the whole heap
+        again and again (2-3x the time of the predictions themselves).
+        """
+        was_enabled = gc.isenabled()
+        gc.disable()
+        try:
+            return np.fromiter((self.predict(a) for a in archs), dtype=float)
+        finally:
+            if was_enabled:
+                gc.enable()
 
     def breakdown(self, arch: Arch) -> list[tuple[str, float, int]]:
         """(layer key, ms without call overhead, times it runs) for every layer of ``arch``."""
@@ -292,247 +301,43 @@ class LatencyPredictor:
         return out
 
 
-# -- precompiled fast paths ---------------------------------------------------------------------
-def _no_fast(space: Any, net: dict[LayerSpec, float], workers: int) -> RawFn | None:
-    return None
+class _LayerCosts(dict[LayerSpec, float]):
+    """Layer -> ms without the per-call overhead, read from the table on first use (so that
+    hits are a plain dict read)."""
 
+    def __init__(self, predictor: LatencyPredictor) -> None:
+        super().__init__()
+        self._table = predictor.table
+        self._statistic = predictor.statistic
+        self._overhead = predictor._overhead
 
-def _mobile_fast(space: Any, net: dict[LayerSpec, float], workers: int) -> RawFn:
-    """Per block position, a dict (c_in, c_out, kernel, expand, act, se) -> ms."""
-    from nasforge.nn.blocks import make_divisible
-
-    by_ctx: dict[tuple[int, tuple[int, ...]], dict[tuple[Any, ...], float]] = {}
-    stem: float | None = None
-    heads: dict[int, float] = {}
-    for spec, m in net.items():
-        if spec.op == "mobile.ir":
-            cin, cout, k, stride, e, act, se, _ = spec.args
-            by_ctx.setdefault((stride, spec.in_shape[1:]), {})[(cin, cout, k, e, act, se)] = m
-        elif spec.op == "mobile.stem":
-            stem = m
-        elif spec.op == "mobile.head":
-            heads[spec.args[0]] = m
-    spatial = tuple(space.input_shape[1:])
-    spatial = tuple((s - 1) // space.stem_stride + 1 for s in spatial)
-    stages = []
-    for i, st in enumerate(space.stages):
-        p = f"stage{i}"
-        outs = {
-            w: make_divisible(st.channels * float(w)) for w in space.dimension(f"{p}/width").choices
-        }
-        blocks = []
-        for j in range(st.max_depth):
-            stride = st.stride if j == 0 else 1
-            b = f"{p}/block{j}"
-            blocks.append(
-                (
-                    f"{b}/kernel",
-                    f"{b}/expand",
-                    f"{b}/act",
-                    f"{b}/se",
-                    by_ctx.get((stride, spatial), {}),
-                )
-            )
-            spatial = tuple((s - 1) // stride + 1 for s in spatial)
-        stages.append((f"{p}/width", f"{p}/depth", outs, blocks))
-    if stem is None:
-        raise KeyError("mobile.stem")
-    stem_ms, stem_ch = stem, space.stem_channels
-
-    def raw(arch: Arch) -> Times:
-        v: dict[str, Any] = arch.to_dict() if isinstance(arch, Arch) else dict(arch)
-        total = stem_ms
-        ch = stem_ch
-        for wl, dl, outs, blocks in stages:
-            out = outs[v[wl]]
-            for j in range(v[dl]):
-                kl, el, al, sl, tab = blocks[j]
-                total += tab[(ch, out, v[kl], v[el], v[al], v[sl])]
-                ch = out
-        total += heads[ch]
-        return total, total, total
-
-    return raw
-
-
-def _nb201_fast(space: Any, net: dict[LayerSpec, float], workers: int) -> RawFn:
-    """Fixed layers summed once; per stage an op -> ms dict; cells memoised by their ops."""
-    from nasforge.hardware.layers import LayerSpec as L
-    from nasforge.hardware.layers import _nb201_stages
-    from nasforge.spaces.nb201 import EDGES, LABELS, edge_label, live_edges
-
-    fixed = 0.0
-    for spec, m in net.items():
-        if spec.op in ("conv3x3_bn", "nb201.resblock", "nb201.head"):
-            fixed += m
-    stages = []
-    for _, width, _, spatial in _nb201_stages(space):
-        shape = (width, *spatial)
-        op_ms = {op: net[L("nb201.op", (op, width, width, 1), shape)] for op in space.ops}
-        sums = {k: net[L("sum", (k,), shape)] for k in (2, 3)}
-        stages.append((op_ms, sums, net[L("zero", (), shape)]))
-    n_cells = space.N
-    memo: dict[tuple[Any, ...], Times] = {}
-
-    def raw(arch: Arch) -> Times:
-        v: dict[str, Any] = arch.to_dict() if isinstance(arch, Arch) else dict(arch)
-        ops = tuple(v[label] for label in LABELS)
-        hit = memo.get(ops)
-        if hit is not None:
-            return hit
-        if space.prune_dead_edges:
-            edges = live_edges(v)
-        else:
-            edges = [(s, d, v[edge_label(d, s)]) for d, s in EDGES]
-        by_src = sorted(edges) if workers > 1 else edges
-        total = crit = sched = fixed
-        for op_ms, sums, zero in stages:
-            if not edges:
-                total += n_cells * zero
-                crit += n_cells * zero
-                sched += n_cells * zero
-                continue
-            finish = [0.0, 0.0, 0.0, 0.0]
-            merge = [0.0, 0.0, 0.0, 0.0]
-            cell_sum = 0.0
-            last = i = 0
-            for d in (1, 2, 3):  # edges are sorted by dst, so a node's sources are final
-                k, best = 0, 0.0
-                while i < len(edges) and edges[i][1] == d:
-                    s, _, op = edges[i]
-                    m = op_ms[op]
-                    cell_sum += m
-                    t = finish[s] + m
-                    if k == 0 or t > best:
-                        best = t
-                    k += 1
-                    i += 1
-                if k:
-                    if k > 1:
-                        merge[d] = sums[k]
-                        cell_sum += sums[k]
-                        best += sums[k]
-                    finish[d] = best
-                    last = d
-            total += n_cells * cell_sum
-            crit += n_cells * finish[last]
-            if workers > 1:
-                timed = [(s, d, op_ms[op]) for s, d, op in by_src]
-                sched += n_cells * list_schedule(last + 1, 1, timed, merge, workers)
-            else:
-                sched += n_cells * cell_sum
-        hit = memo[ops] = (total, crit, sched)
-        return hit
-
-    return raw
-
-
-def _darts_fast(space: Any, net: dict[LayerSpec, float], workers: int) -> RawFn:
-    """Per cell position: fixed preprocessing costs and an (op, src-is-input) -> ms dict."""
-    from nasforge.hardware.layers import LayerSpec as L
-    from nasforge.hardware.layers import _darts_shapes
-    from nasforge.spaces.darts import gene_labels
-
-    stem, shapes, head = _darts_shapes(space)
-    fixed = net[stem] + net[head]
-    steps = space.steps
-    cells = []
-    for sh in shapes:
-        c = sh.c
-        op_ms = {}
-        for op in space.ops:
-            stride_in = 2 if sh.reduction else 1
-            op_ms[(op, True)] = net[L("darts.op", (op, c, stride_in), (c, *sh.spatial_in))]
-            op_ms[(op, False)] = net[L("darts.op", (op, c, 1), (c, *sh.spatial_out))]
-        add = net[L("sum", (2,), (c, *sh.spatial_out))]
-        join = net[L("concat", (steps,), (c, *sh.spatial_out))]
-        cells.append((sh.reduction, net[sh.pre0], net[sh.pre1], op_ms, add, join))
-    labels = {
-        cell: [gene_labels(cell, node, k) for node in space.concat for k in (0, 1)]
-        for cell in ("normal", "reduce")
-    }
-    merge = [0.0] * 4
-    n_nodes = 4 + steps
-
-    def raw(arch: Arch) -> Times:
-        v: dict[str, Any] = arch.to_dict() if isinstance(arch, Arch) else dict(arch)
-        genes = {cell: [(v[o], v[s]) for o, s in labs] for cell, labs in labels.items()}
-        total = crit = sched = fixed
-        for reduction, pre0, pre1, op_ms, add, join in cells:
-            g = genes["reduce" if reduction else "normal"]
-            finish = [pre0, pre1]
-            cell_sum = pre0 + pre1
-            timed = [(0, 2, pre0), (1, 3, pre1)]
-            for i in range(steps):
-                (o0, s0), (o1, s1) = g[2 * i], g[2 * i + 1]
-                m0, m1 = op_ms[(o0, s0 < 2)], op_ms[(o1, s1 < 2)]
-                finish.append(max(finish[s0] + m0, finish[s1] + m1) + add)
-                cell_sum += m0 + m1 + add
-                timed.append((s0 + 2, 4 + i, m0))
-                timed.append((s1 + 2, 4 + i, m1))
-            total += cell_sum + join
-            crit += max(finish[2:]) + join
-            if workers > 1:
-                timed.sort(key=_src)
-                sched += list_schedule(n_nodes, 2, timed, merge + [add] * steps, workers) + join
-            else:
-                sched += cell_sum + join
-        return total, crit, sched
-
-    return raw
-
-
-def _src(edge: tuple[int, int, float]) -> int:
-    return edge[0]
-
-
-_COMPILERS: dict[str, Callable[[Any, dict[LayerSpec, float], int], RawFn | None]] = {
-    "mobile": _mobile_fast,
-    "nb201": _nb201_fast,
-    "darts": _darts_fast,
-}
-
-
-def _safe_compile(name: str) -> Callable[[Any, dict[LayerSpec, float], int], RawFn | None]:
-    compiler = _COMPILERS.get(name, _no_fast)
-
-    def run(space: Any, net: dict[LayerSpec, float], workers: int) -> RawFn | None:
-        try:
-            return compiler(space, net, workers)
-        except KeyError:  # the table lacks a fixed layer: predictions take the slow path
-            return None
-
-    return run
+    def __missing__(self, spec: LayerSpec) -> float:
+        m = max(self._table.lookup(spec).value_ms(self._statistic) - self._overhead, 0.0)
+        self[spec] = m
+        return m
 
 
 def load_predictor(
-    path: str,
+    path: str | Path,
     space: SearchSpace | None = None,
     mode: str = "auto",
-    on_missing: str = "error",
     statistic: str | None = None,
 ) -> LatencyPredictor:
     """Load the table at ``path`` (warning if from another machine) and wrap it in a predictor."""
-    return LatencyTable.load(path).predictor(
-        space, mode=mode, on_missing=on_missing, statistic=statistic
-    )
+    return LatencyPredictor(LatencyTable.load(path), space, mode=mode, statistic=statistic)
 
 
 def supports_prediction(space: SearchSpace) -> bool:
-    """Whether tables can be built for ``space`` (it has a layer decomposition)."""
-    try:
-        plan_function(space)
-    except NotDecomposable:
-        return False
-    return True
+    """Whether tables can be built for ``space`` (it describes a layer plan)."""
+    return space.has_plan
 
 
 __all__ = [
     "AGGREGATIONS",
     "MODES",
-    "ON_MISSING",
     "LatencyPredictor",
     "cell_times",
+    "check_choice",
     "list_schedule",
     "load_predictor",
     "plan_times",

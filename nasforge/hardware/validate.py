@@ -24,9 +24,11 @@ from typing import Any
 import numpy as np
 
 from nasforge.hardware.calibration import AGGREGATIONS, fit_calibration
-from nasforge.hardware.table import MODEL_TIMING, LatencyTable, distinct_samples
+from nasforge.hardware.predictor import LatencyPredictor
+from nasforge.hardware.profile import count_flops, count_params
+from nasforge.hardware.table import MODEL_TIMING, LatencyTable
 from nasforge.hardware.timing import STATISTICS, TimingConfig, measure_models
-from nasforge.space import SearchSpace
+from nasforge.space import Arch, SearchSpace
 
 
 @dataclass(frozen=True)
@@ -44,6 +46,17 @@ class Score:
             f"{self.predictor:<22} within +-10%: {100 * self.within_10pct:5.1f}%   "
             f"MAPE: {self.mape:6.2f}%   Kendall tau: {self.kendall_tau:6.3f}"
         )
+
+
+def distinct_samples(space: SearchSpace, n: int, rng: np.random.Generator) -> list[Arch]:
+    """Up to ``n`` seeded random archs with distinct keys."""
+    seen: dict[str, Arch] = {}
+    for _ in range(n * 20):
+        a = space.sample(rng)
+        seen.setdefault(a.key, a)
+        if len(seen) >= n:
+            break
+    return list(seen.values())
 
 
 def score(
@@ -64,9 +77,9 @@ class ValidationReport:
     """Predictions and measurements of ``n`` archs, scored per statistic.
 
     ``predicted[f"{statistic}/{predictor}"]`` and ``measured[statistic]`` are in ms, one value
-    per arch; ``scores[statistic]`` lists the :class:`Score` of every predictor (``table:sum``,
-    ``table:critical_path``, ``table:schedule``, ``flops``, ``params``). ``statistic`` and ``mode`` are the table's
-    defaults, listed first by :meth:`lines`.
+    per arch; ``scores[statistic]`` lists the :class:`Score` of every predictor
+    (``table:sum``, ``table:critical_path``, ``table:schedule``, ``flops``, ``params``).
+    ``statistic`` and ``mode`` are the table's defaults, listed first by :meth:`lines`.
     """
 
     space: str
@@ -153,13 +166,12 @@ def validate_table(
     seed: int = 0,
     archs: Sequence[Any] | None = None,
     timing: TimingConfig = MODEL_TIMING,
-    on_missing: str = "measure",
     reference: bool = True,
 ) -> ValidationReport:
     """Measure ``n`` sampled archs (or ``archs``) whole and score the table, FLOPs and params.
 
-    Archs are sampled with a seed distinct from the calibration sample. Layers missing from
-    the table are measured on demand by default (``on_missing="error"`` refuses).
+    Archs are sampled with a seed distinct from the calibration sample. A layer missing from
+    the table is a :class:`~nasforge.hardware.table.TableError` (extend the table first).
 
     With ``reference`` (default), the table's calibration models are re-measured in the same
     interleaved pool; ``drift[statistic]`` is the median ratio now / at build time (how much
@@ -167,9 +179,6 @@ def validate_table(
     score shows the table's predictions scaled by it. The reference models are not among the
     scored archs (different seed), so nothing scored is fitted to itself.
     """
-    from nasforge.hardware.predictor import LatencyPredictor
-    from nasforge.hardware.profile import count_flops, count_params
-
     space = space if space is not None else table.make_space()
     chosen = (
         list(archs)
@@ -194,7 +203,7 @@ def validate_table(
         config=table.timing(timing),
     )
     meas, ref_meas = all_meas[: len(models)], all_meas[len(models) :]
-    default = LatencyPredictor(table, space, on_missing=on_missing)
+    default = LatencyPredictor(table, space)
     t0 = time.perf_counter()
     default.predict_many(chosen)
     speed = len(chosen) / max(time.perf_counter() - t0, 1e-9)
@@ -217,7 +226,7 @@ def validate_table(
                 )
             )
         for agg in AGGREGATIONS:
-            pred = LatencyPredictor(table, space, mode=agg, on_missing=on_missing, statistic=st)
+            pred = LatencyPredictor(table, space, mode=agg, statistic=st)
             values = pred.predict_many(chosen)
             predicted[f"{st}/table:{agg}"] = values.tolist()
             scores[st].append(score(f"table:{agg}", values, y))

@@ -1,8 +1,11 @@
-"""`SearchSpace`: dimensions plus sample / mutate / crossover / neighbors / encode / validate / build.
+"""`SearchSpace`: dimensions plus sample / mutate / crossover / neighbors / encode / validate /
+build / plan.
 
 Subclasses list their dimensions (in an order where every condition refers to an earlier
 label) and implement :meth:`build`. Cell spaces override :meth:`canonical_form` so that
-architectures computing the same function share one :attr:`Arch.key`.
+architectures computing the same function share one :attr:`Arch.key`. Spaces that want latency
+tables and prediction describe each arch's layers by overriding :meth:`plan` (and register the
+layer factories their plans name, see :mod:`nasforge.nn.layers`).
 """
 
 from __future__ import annotations
@@ -15,6 +18,10 @@ import numpy as np
 from nasforge.errors import SpaceError
 from nasforge.space.arch import Arch, Value
 from nasforge.space.dims import Dimension
+from nasforge.space.plan import LayerSpec, NotDecomposable, Plan, plan_layers
+
+#: archs sampled by the default :meth:`SearchSpace.all_layers`
+LAYER_SAMPLE = 512
 
 
 class SearchSpace:
@@ -75,7 +82,8 @@ class SearchSpace:
         return Arch(vals, canonical=self.canonical_form(vals))
 
     def validate(self, arch: Mapping[str, Any]) -> None:
-        """Raise :class:`SpaceError` naming the label and allowed values if ``arch`` is not in the space."""
+        """Raise :class:`SpaceError` naming the label and allowed values if ``arch`` is not in
+        the space."""
         self._check(dict(arch))
 
     def _check(self, vals: dict[str, Any]) -> None:
@@ -91,7 +99,8 @@ class SearchSpace:
                 raise SpaceError(f"{self.name}: label {d.label!r} only exists when {conds}")
             if active and not d.contains(vals[d.label]):
                 raise SpaceError(
-                    f"{self.name}: {d.label} = {vals[d.label]!r} is not allowed; expected {d.describe()}"
+                    f"{self.name}: {d.label} = {vals[d.label]!r} is not allowed; "
+                    f"expected {d.describe()}"
                 )
 
     def repair(self, values: Mapping[str, Any], rng: np.random.Generator) -> Arch:
@@ -165,7 +174,7 @@ class SearchSpace:
         return np.asarray(parts, dtype=np.float32)
 
     def tokens(self) -> list[tuple[str, int]]:
-        """(label, number of choices) for every categorical/int dimension, for sequence controllers."""
+        """(label, number of choices) of every categorical/int dimension (sequence controllers)."""
         from nasforge.space.dims import Categorical, Int
 
         out = []
@@ -184,3 +193,42 @@ class SearchSpace:
     def build(self, arch: Arch) -> Any:
         """Return the ``torch.nn.Module`` for ``arch``."""
         raise NotImplementedError(f"{type(self).__name__} cannot build models")
+
+    # -- layer plan (optional: latency tables and prediction) ----------------------------------
+    def plan(self, arch: Mapping[str, Any]) -> Plan:
+        """The layer plan of ``arch`` (see :mod:`nasforge.space.plan`).
+
+        Called by latency tables and predictors for every arch they see, so keep it cheap
+        (cache per genotype where cells repeat). ``arch`` is assumed valid: callers validate
+        user input first. Every :class:`LayerSpec` must name a registered layer factory, and
+        the plan must cost what :meth:`build` runs (same layers, same shapes).
+
+        Raises:
+            NotDecomposable: the space describes no plan (this default).
+        """
+        raise NotDecomposable(
+            f"space {self.name!r} describes no layer plan: override {type(self).__name__}.plan"
+            "(arch) to return its layers (nasforge.space.plan), or measure whole models "
+            "(latency.mode: measure)"
+        )
+
+    @property
+    def has_plan(self) -> bool:
+        """Whether the space overrides :meth:`plan` (so latency tables can be built for it)."""
+        return type(self).plan is not SearchSpace.plan
+
+    def all_layers(self) -> list[LayerSpec]:
+        """Every distinct layer any arch's plan can contain, in a stable order.
+
+        A latency table measures these. The default collects the layers of
+        :data:`LAYER_SAMPLE` seeded samples, which covers small spaces; a space whose layers
+        a sample can miss overrides this with an exact enumeration.
+
+        Raises:
+            NotDecomposable: the space describes no plan.
+        """
+        rng = np.random.default_rng(0)
+        seen: dict[LayerSpec, None] = {}
+        for _ in range(LAYER_SAMPLE):
+            seen.update(dict.fromkeys(plan_layers(self.plan(self.sample(rng)))))
+        return list(seen)

@@ -20,6 +20,10 @@ irrelevant, and intermediate nodes may be renumbered in any order that keeps the
 computable (the output concatenation is then permuted in channels, which the next cell's 1x1
 preprocessing or the classifier absorbs). Zeros are *not* propagated through convolutions:
 a conv on an all-zero node outputs its BN's learned constant, so that would not be exact.
+
+Layer plan (for latency tables): stem, one cell per layer (its two ``darts.pre``
+preprocessings and ``darts.op`` edges into ``sum`` merges, joined by a ``concat``), then
+``pool_linear``; the factories are registered when this module is imported.
 """
 
 from __future__ import annotations
@@ -28,14 +32,24 @@ import ast
 import itertools
 import numbers
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from torch import nn
 
 from nasforge.errors import ConfigError, SpaceError
-from nasforge.nn.cells import DARTS_OPS, DartsNetwork, Edge
+from nasforge.nn.cells import (
+    DARTS_OPS,
+    DartsNetwork,
+    Edge,
+    FactorizedReduce,
+    ReLUConvBN,
+    make_darts_op,
+)
+from nasforge.nn.layers import register_layer
 from nasforge.space import Arch, Categorical, SearchSpace
 from nasforge.space.arch import Value
+from nasforge.space.plan import Cell, LayerSpec, Plan, PlanCache, Segment, downsample
 
 CELLS = ("normal", "reduce")
 Gene = tuple[str, int]
@@ -64,6 +78,18 @@ def _literal(node: ast.expr, field: str) -> Any:
         raise SpaceError(
             f"darts: {field} must be a literal list, got {ast.unparse(node)!r}"
         ) from None
+
+
+@dataclass(frozen=True)
+class CellShape:
+    """Where one cell of the stacked network sits: its channels, preprocessing and sizes."""
+
+    reduction: bool
+    c: int
+    pre0: LayerSpec
+    pre1: LayerSpec
+    spatial_in: tuple[int, ...]
+    spatial_out: tuple[int, ...]
 
 
 class DartsSpace(SearchSpace):
@@ -131,6 +157,7 @@ class DartsSpace(SearchSpace):
                     dims.append(Categorical(op_label, choices=self.ops))
                     dims.append(Categorical(src_label, choices=tuple(range(node))))
         super().__init__(dims)
+        self._compile_plan()
 
     # -- genotype views -------------------------------------------------------------------------
     def genes(self, arch: Mapping[str, Any], cell: str) -> list[Gene]:
@@ -313,3 +340,118 @@ class DartsSpace(SearchSpace):
             in_channels=self.input_shape[0],
             stem_multiplier=self.stem_multiplier,
         )
+
+    # -- layer plan -----------------------------------------------------------------------------
+    def _compile_plan(self) -> None:
+        cin = self.input_shape[0]
+        spatial = tuple(self.input_shape[1:])
+        c_curr = self.stem_multiplier * self.C
+        self._stem = LayerSpec("conv3x3_bn", (cin, c_curr), self.input_shape)
+        c_pp, c_p, c_curr = c_curr, c_curr, self.C
+        sp_pp, sp_p = spatial, spatial
+        reduction_prev = False
+        shapes = []
+        for i in range(self.layers):
+            reduction = i in (self.layers // 3, 2 * self.layers // 3)
+            if reduction:
+                c_curr *= 2
+            kind = "reduce" if reduction_prev else "plain"
+            pre0 = LayerSpec("darts.pre", (kind, c_pp, c_curr), (c_pp, *sp_pp))
+            pre1 = LayerSpec("darts.pre", ("plain", c_p, c_curr), (c_p, *sp_p))
+            out_sp = downsample(sp_p, 2) if reduction else sp_p
+            shapes.append(CellShape(reduction, c_curr, pre0, pre1, sp_p, out_sp))
+            reduction_prev = reduction
+            c_pp, c_p = c_p, len(self.concat) * c_curr
+            sp_pp, sp_p = sp_p, out_sp
+        self.cell_shapes: tuple[CellShape, ...] = tuple(shapes)
+        self._head = LayerSpec("pool_linear", (c_p, self.num_classes), (c_p, *sp_p))
+        #: (op labels, src labels) of the normal then the reduction genes
+        pairs = [
+            gene_labels(cell, node, k) for cell in CELLS for node in self.concat for k in (0, 1)
+        ]
+        self._gene_labels = (tuple(o for o, _ in pairs), tuple(s for _, s in pairs))
+        self._plans: PlanCache[tuple[Any, ...], Plan] = PlanCache()
+        #: per cell shape, (op, reads a cell input) -> the op's layer
+        self._op_specs: list[dict[tuple[str, bool], LayerSpec]] = []
+        for sh in shapes:
+            specs = {}
+            for op in self.ops:
+                stride_in = 2 if sh.reduction else 1
+                specs[(op, True)] = LayerSpec(
+                    "darts.op", (op, sh.c, stride_in), (sh.c, *sh.spatial_in)
+                )
+                specs[(op, False)] = LayerSpec("darts.op", (op, sh.c, 1), (sh.c, *sh.spatial_out))
+            self._op_specs.append(specs)
+        #: per cell shape: the preprocessing edges and (outputs, merges, join, num_inputs)
+        self._cell_parts: list[tuple[Any, Any]] = []
+        for sh in shapes:
+            out = (sh.c, *sh.spatial_out)
+            add = LayerSpec("sum", (2,), out)
+            rest = (
+                tuple(range(4, 4 + self.steps)),
+                tuple((node + 4, add) for node in range(self.steps)),
+                LayerSpec("concat", (self.steps,), out),
+                2,
+            )
+            self._cell_parts.append((((0, 2, sh.pre0), (1, 3, sh.pre1)), rest))
+        #: per cell shape, per gene slot: op -> src -> the edge triple (shared by all cells)
+        self._slots = [
+            [
+                {
+                    op: [(src + 2, 4 + i // 2, specs[(op, src < 2)]) for src in range(i // 2 + 2)]
+                    for op in self.ops
+                }
+                for i in range(2 * self.steps)
+            ]
+            for specs in self._op_specs
+        ]
+
+    def _cell(self, pos: int, genes: Sequence[Gene]) -> Cell:
+        # Virtual nodes: 0, 1 the raw inputs; 2, 3 the preprocessed states; 4.. intermediate nodes.
+        slots, pre, rest = self._slots[pos], *self._cell_parts[pos]
+        edges = (*pre, *[slot[op][src] for slot, (op, src) in zip(slots, genes)])
+        return Cell(self.steps + 4, edges, *rest)
+
+    def plan(self, arch: Mapping[str, Any]) -> Plan:
+        """Stem, one cell per layer (normal or reduction genes), classifier; cached per genotype."""
+        v = arch.to_dict() if isinstance(arch, Arch) else arch
+        get = v.__getitem__
+        ops, srcs = self._gene_labels
+        key = tuple(zip(map(get, ops), map(get, srcs)))
+        hit = self._plans.get(key)
+        if hit is not None:
+            return hit
+        half = len(key) // 2
+        normal, reduce = key[:half], key[half:]
+        out: list[tuple[Segment, int]] = [(self._stem, 1)]
+        for pos, sh in enumerate(self.cell_shapes):
+            out.append((self._cell(pos, reduce if sh.reduction else normal), 1))
+        out.append((self._head, 1))
+        return self._plans.put(key, tuple(out))
+
+    def all_layers(self) -> list[LayerSpec]:
+        """Stem; per cell its preprocessing, every op at both strides, sum and concat; head."""
+        out = [self._stem]
+        for sh, specs in zip(self.cell_shapes, self._op_specs):
+            out += [sh.pre0, sh.pre1]
+            for op in self.ops:
+                out += [specs[(op, False)], specs[(op, True)]]
+            out.append(LayerSpec("sum", (2,), (sh.c, *sh.spatial_out)))
+            out.append(LayerSpec("concat", (self.steps,), (sh.c, *sh.spatial_out)))
+        out.append(self._head)
+        return list(dict.fromkeys(out))
+
+
+# -- layer factories (the ops of DartsSpace.plan) ---------------------------------------------
+def _op_layer(args: tuple[Any, ...], in_shape: tuple[int, ...]) -> nn.Module:
+    name, c, stride = args
+    return make_darts_op(name, c, stride)
+
+
+def _pre_layer(args: tuple[Any, ...], in_shape: tuple[int, ...]) -> nn.Module:
+    kind, c_in, c_out = args
+    return FactorizedReduce(c_in, c_out, 2) if kind == "reduce" else ReLUConvBN(c_in, c_out, 1)
+
+
+register_layer("darts.op", _op_layer, forked=True)
+register_layer("darts.pre", _pre_layer, forked=True)

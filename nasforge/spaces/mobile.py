@@ -3,12 +3,16 @@
 Per stage: depth and width multiplier. Per block (exists only when the stage is deep
 enough): kernel 3/5/7, expansion 1/3/6, squeeze-excitation on/off, activation.
 Labels: ``stage2/depth``, ``stage2/width``, ``stage2/block1/kernel`` ...
+
+Layer plan (for latency tables): the stem, one ``mobile.ir`` layer per block, the head; the
+three factories are registered when this module is imported.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from torch import nn
 
@@ -19,7 +23,9 @@ from nasforge.nn.blocks import (
     InvertedResidual,
     make_divisible,
 )
-from nasforge.space import Arch, Categorical, Condition, Int, SearchSpace
+from nasforge.nn.layers import register_layer
+from nasforge.space import Arch, Categorical, Condition, Dimension, Int, SearchSpace
+from nasforge.space.plan import LayerSpec, Plan, PlanCache, Segment, downsample
 
 
 @dataclass(frozen=True)
@@ -83,7 +89,7 @@ class MobileSpace(SearchSpace):
         if stem_stride is None:
             stem_stride = 2 if min(self.input_shape[1:]) >= 24 else 1
         self.stem_stride = stem_stride
-        dims = []
+        dims: list[Dimension] = []
         for i, st in enumerate(self.stages):
             p = f"stage{i}"
             dims.append(Int(f"{p}/depth", low=1, high=st.max_depth))
@@ -96,8 +102,9 @@ class MobileSpace(SearchSpace):
                 dims.append(Categorical(f"{b}/se", choices=tuple(se), when=when))
                 dims.append(Categorical(f"{b}/act", choices=tuple(activations), when=when))
         super().__init__(dims)
+        self._compile_plan()
 
-    def blocks(self, arch: Arch) -> list[BlockSpec]:
+    def blocks(self, arch: Mapping[str, Any]) -> list[BlockSpec]:
         """The inverted-residual blocks of ``arch`` in order, with their channel counts.
 
         The one walk over stages that ``build``, ``describe`` and the latency table share.
@@ -151,7 +158,7 @@ class MobileSpace(SearchSpace):
         head = ClassifierHead(ch, self.head_features, self.num_classes, act="hswish", nd=nd)
         return nn.Sequential(features, head)
 
-    def describe(self, arch: Arch) -> str:
+    def describe(self, arch: Mapping[str, Any]) -> str:
         """Compact timm-style spelling: one line per stage, ``ir_k5_e6_se_silu`` per block."""
         blocks = self.blocks(arch)
         lines = []
@@ -162,3 +169,131 @@ class MobileSpace(SearchSpace):
                 f"stage{i}: c{mine[0].out_ch} s{st.stride} x{len(mine)}: " + " ".join(spelled)
             )
         return "\n".join(lines)
+
+    # -- layer plan -----------------------------------------------------------------------------
+    def _choices(self, label: str) -> tuple[Any, ...]:
+        dim = self.dimension(label)
+        assert isinstance(dim, Categorical)  # every such label is built categorical above
+        return dim.choices
+
+    def _compile_plan(self) -> None:
+        """Per block position: its labels, stride and input spatial shape (read by :meth:`plan`)."""
+        spatial = downsample(tuple(self.input_shape[1:]), self.stem_stride)
+        stages = []
+        for i, st in enumerate(self.stages):
+            p = f"stage{i}"
+            outs = {w: make_divisible(st.channels * float(w)) for w in self._choices(f"{p}/width")}
+            blocks = []
+            for j in range(st.max_depth):
+                stride = st.stride if j == 0 else 1
+                b = f"{p}/block{j}"
+                blocks.append(
+                    (f"{b}/kernel", f"{b}/expand", f"{b}/act", f"{b}/se", stride, spatial)
+                )
+                spatial = downsample(spatial, stride)
+            stages.append((f"{p}/width", f"{p}/depth", outs, blocks))
+        self._plan_stages = stages
+        self._head_spatial = spatial
+        stem = LayerSpec(
+            "mobile.stem",
+            (self.input_shape[0], self.stem_channels, 3, self.stem_stride, "hswish", self.nd),
+            self.input_shape,
+        )
+        self._stem = stem
+        self._stem_seg: tuple[Segment, int] = (stem, 1)
+        self._segments: PlanCache[tuple[Any, ...], tuple[Segment, int]] = PlanCache()
+
+    def _head(self, ch: int) -> tuple[Segment, int]:
+        spec = LayerSpec(
+            "mobile.head",
+            (ch, self.head_features, self.num_classes, "hswish", self.nd),
+            (ch, *self._head_spatial),
+        )
+        return self._segments.put(("head", ch), (spec, 1))
+
+    def plan(self, arch: Mapping[str, Any]) -> Plan:
+        """Stem, one ``mobile.ir`` layer per block, head (segments shared between archs)."""
+        v = arch.to_dict() if isinstance(arch, Arch) else arch
+        cache = self._segments
+        nd = self.nd
+        out = [self._stem_seg]
+        ch = self.stem_channels
+        for wl, dl, outs, blocks in self._plan_stages:
+            oc = outs[v[wl]]
+            for j in range(int(v[dl])):
+                kl, el, al, sl, stride, spatial = blocks[j]
+                key = (kl, ch, oc, v[kl], v[el], v[al], v[sl])
+                seg = cache.get(key)
+                if seg is None:
+                    args = (ch, oc, int(v[kl]), stride, int(v[el]), str(v[al]), bool(v[sl]), nd)
+                    seg = cache.put(key, (LayerSpec("mobile.ir", args, (ch, *spatial)), 1))
+                out.append(seg)
+                ch = oc
+        out.append(cache.get(("head", ch)) or self._head(ch))
+        return tuple(out)
+
+    def all_layers(self) -> list[LayerSpec]:
+        """Every layer any arch can produce: the stages walked with (channels, size) sets."""
+        return list(dict.fromkeys(self._enumerate_layers()))
+
+    def _enumerate_layers(self) -> Iterator[LayerSpec]:
+        nd = self.nd
+        yield self._stem
+        spatial = downsample(tuple(self.input_shape[1:]), self.stem_stride)
+        ins = {self.stem_channels}
+        kernels, expands = (
+            self._choices("stage0/block0/kernel"),
+            self._choices("stage0/block0/expand"),
+        )
+        acts, ses = self._choices("stage0/block0/act"), self._choices("stage0/block0/se")
+        for i, st in enumerate(self.stages):
+            widths = self._choices(f"stage{i}/width")
+            outs = {make_divisible(st.channels * float(w)) for w in widths}
+            pairs = {(c_in, c_out, st.stride) for c_in in ins for c_out in outs}
+            if st.max_depth > 1:
+                pairs |= {(c, c, 1) for c in outs}
+            for c_in, c_out, stride in sorted(pairs):
+                shape = (
+                    c_in,
+                    *(spatial if stride == st.stride else downsample(spatial, st.stride)),
+                )
+                for k in kernels:
+                    for e in expands:
+                        for act in acts:
+                            for se in ses:
+                                yield LayerSpec(
+                                    "mobile.ir",
+                                    (c_in, c_out, int(k), stride, int(e), str(act), bool(se), nd),
+                                    shape,
+                                )
+            spatial = downsample(spatial, st.stride)
+            ins = outs
+        for c in sorted(ins):
+            yield LayerSpec(
+                "mobile.head",
+                (c, self.head_features, self.num_classes, "hswish", nd),
+                (c, *spatial),
+            )
+
+
+# -- layer factories (the ops of MobileSpace.plan) --------------------------------------------
+def _stem(args: tuple[Any, ...], in_shape: tuple[int, ...]) -> nn.Module:
+    cin, cout, k, stride, act, nd = args
+    return ConvBNAct(cin, cout, k, stride, act=act, nd=nd)
+
+
+def _ir(args: tuple[Any, ...], in_shape: tuple[int, ...]) -> nn.Module:
+    cin, cout, k, stride, expand, act, se, nd = args
+    return InvertedResidual(
+        cin, cout, kernel=k, stride=stride, expand=expand, act=act, se=se, nd=nd
+    )
+
+
+def _head_layer(args: tuple[Any, ...], in_shape: tuple[int, ...]) -> nn.Module:
+    cin, features, num_classes, act, nd = args
+    return ClassifierHead(cin, features, num_classes, act=act, nd=nd)
+
+
+register_layer("mobile.stem", _stem)
+register_layer("mobile.ir", _ir)
+register_layer("mobile.head", _head_layer)

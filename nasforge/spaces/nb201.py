@@ -15,6 +15,10 @@ NB201 paper's 6,466 "unique topologies" use a string rule that keeps ``+ 0`` ter
 differs from ``x``) and does not tell a conv used twice from two convs. One approximation,
 shared with NB201: a conv fed only by zeros outputs its BN's learned per-channel shift, not
 exactly zero; such edges are treated as zero and pruned.
+
+Layer plan (for latency tables): stem, three stages of ``N`` cells (a DAG of ``nb201.op``
+edges with ``sum`` merges) joined by ``nb201.resblock`` reductions, then ``nb201.head``; the
+factories are registered when this module is imported.
 """
 
 from __future__ import annotations
@@ -26,9 +30,11 @@ from typing import Any
 from torch import nn
 
 from nasforge.errors import ConfigError, SpaceError
-from nasforge.nn.cells import NB201_OPS, Edge, NB201Network
+from nasforge.nn.cells import NB201_OPS, Edge, NB201Network, ResNetBasicBlock, make_op
+from nasforge.nn.layers import register_layer
 from nasforge.space import Arch, Categorical, SearchSpace
 from nasforge.space.arch import Value
+from nasforge.space.plan import Cell, LayerSpec, Plan, PlanCache, Segment, downsample
 
 NUM_NODES = 4
 #: (dst, src) of the six edges, in the order of the official arch string.
@@ -184,6 +190,7 @@ class NB201Space(SearchSpace):
         self.ops = tuple(dict.fromkeys(ops))
         self.prune_dead_edges = bool(prune_dead_edges)
         super().__init__([Categorical(label, choices=self.ops) for label in LABELS])
+        self._compile_plan()
 
     # -- keys -----------------------------------------------------------------------------------
     def canonical_form(self, values: Mapping[str, Value]) -> str | None:
@@ -290,3 +297,120 @@ class NB201Space(SearchSpace):
         return NB201Network(
             edges, c=self.C, n=self.N, num_classes=self.num_classes, in_channels=self.input_shape[0]
         )
+
+    # -- layer plan -----------------------------------------------------------------------------
+    def _compile_plan(self) -> None:
+        cin = self.input_shape[0]
+        spatial = tuple(self.input_shape[1:])
+        self._stem = LayerSpec("conv3x3_bn", (cin, self.C), self.input_shape)
+        #: per stage: (reduction block before it or None, cell width, cell input shape)
+        self._stages: list[tuple[LayerSpec | None, int, tuple[int, ...]]] = []
+        c_prev = self.C
+        for stage, width in enumerate((self.C, 2 * self.C, 4 * self.C)):
+            reduce = None
+            if stage > 0:
+                reduce = LayerSpec("nb201.resblock", (c_prev, width, 2), (c_prev, *spatial))
+                spatial = downsample(spatial, 2)
+            self._stages.append((reduce, width, (width, *spatial)))
+            c_prev = width
+        self._head = LayerSpec("nb201.head", (c_prev, self.num_classes), (c_prev, *spatial))
+        #: per stage: (src, dst, op) -> its edge triple, fan-ins -> merges, the zero cell
+        self._stage_specs: list[
+            tuple[dict[Edge, tuple[int, int, LayerSpec]], dict[Any, Any], Cell]
+        ] = []
+        for _, w, shape in self._stages:
+            ops = {op: LayerSpec("nb201.op", (op, w, w, 1), shape) for op in self.ops}
+            triples = {(s, d, op): (s, d, ops[op]) for d, s in EDGES for op in self.ops}
+            zero = Cell(num_nodes=2, edges=((0, 1, LayerSpec("zero", (), shape)),), outputs=(1,))
+            self._stage_specs.append((triples, {}, zero))
+        # stem, the two reduction blocks, head: segments every plan shares
+        reduces = [(r, 1) for r, _, _ in self._stages if r is not None]
+        self._fixed = ((self._stem, 1), reduces[0], reduces[1], (self._head, 1))
+        self._plans: PlanCache[tuple[Any, ...], Plan] = PlanCache()
+        self._cells: PlanCache[tuple[Edge, ...], tuple[tuple[Segment, int], ...]] = PlanCache()
+
+    def _stage_cells(self, edges: tuple[Edge, ...]) -> tuple[tuple[Segment, int], ...]:
+        """(cell, N) of ``edges`` at each stage's width (shared by archs with these edges).
+
+        Edge triples and merge tuples come from per-stage tables, so a new edge set allocates
+        little (fewer long-lived objects for the garbage collector to walk).
+        """
+        fan_in = [0] * NUM_NODES
+        for _, d, _ in edges:
+            fan_in[d] += 1
+        merge_key = tuple(fan_in)
+        n = max((d for _, d, _ in edges), default=1) + 1
+        out = []
+        for triples, merges, zero in self._stage_specs:
+            if not edges:
+                out.append((zero, self.N))
+                continue
+            m = merges.get(merge_key)
+            if m is None:
+                m = merges[merge_key] = tuple(
+                    (d, LayerSpec("sum", (k,), zero.edges[0][2].in_shape))
+                    for d, k in enumerate(fan_in)
+                    if k > 1
+                )
+            cell = Cell(n, tuple([triples[e] for e in edges]), (n - 1,), m)
+            out.append((cell, self.N))
+        return self._cells.put(edges, tuple(out))
+
+    def plan(self, arch: Mapping[str, Any]) -> Plan:
+        """Stem, per stage a reduction block and ``N`` repeats of the cell, head.
+
+        The cell is the live DAG (:func:`live_edges`) when ``prune_dead_edges``, else all six
+        edges; plans are cached per genotype and cells per edge set.
+        """
+        v = arch.to_dict() if isinstance(arch, Arch) else arch
+        ops = tuple(v[label] for label in LABELS)
+        hit = self._plans.get(ops)
+        if hit is not None:
+            return hit
+        if self.prune_dead_edges:
+            edges = tuple(live_edges(v))
+        else:
+            edges = tuple((s, d, str(v[edge_label(d, s)])) for d, s in EDGES)
+        a, b, c = self._cells.get(edges) or self._stage_cells(edges)
+        return self._plans.put(
+            ops, (self._fixed[0], a, self._fixed[1], b, self._fixed[2], c, self._fixed[3])
+        )
+
+    def all_layers(self) -> list[LayerSpec]:
+        """Stem, reductions, every op, 2- and 3-input sums and the zero cell per stage, head."""
+        out = [self._stem]
+        for reduce, w, shape in self._stages:
+            if reduce is not None:
+                out.append(reduce)
+            out.extend(LayerSpec("nb201.op", (op, w, w, 1), shape) for op in self.ops)
+            out.extend(LayerSpec("sum", (k,), shape) for k in (2, 3))
+            out.append(LayerSpec("zero", (), shape))
+        out.append(self._head)
+        return list(dict.fromkeys(out))
+
+
+# -- layer factories (the ops of NB201Space.plan) ---------------------------------------------
+def _op_layer(args: tuple[Any, ...], in_shape: tuple[int, ...]) -> nn.Module:
+    name, c_in, c_out, stride = args
+    return make_op(name, c_in, c_out, stride)
+
+
+def _resblock_layer(args: tuple[Any, ...], in_shape: tuple[int, ...]) -> nn.Module:
+    c_in, c_out, stride = args
+    return ResNetBasicBlock(c_in, c_out, stride)
+
+
+def _head_layer(args: tuple[Any, ...], in_shape: tuple[int, ...]) -> nn.Module:
+    c, num_classes = args
+    return nn.Sequential(
+        nn.BatchNorm2d(c),
+        nn.ReLU(inplace=True),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(1),
+        nn.Linear(c, num_classes),
+    )
+
+
+register_layer("nb201.op", _op_layer, forked=True)
+register_layer("nb201.resblock", _resblock_layer)
+register_layer("nb201.head", _head_layer)

@@ -1,0 +1,323 @@
+"""`TableBuilder`: measure every distinct layer of a space on a backend, calibrate the
+per-network overhead on whole models, score the table on held-out models, and save the
+:class:`~nasforge.hardware.table.LatencyTable` record.
+
+Build once per (space, backend, input shape, batch size, machine); building into an existing
+file reuses the entries already measured (a killed build resumes where it stopped: entries are
+saved chunk by chunk, and a table that lacks layers is extended with only those). Works for
+any space that describes its layer plan (:meth:`SearchSpace.plan`).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from nasforge.hardware.backends import BackendSpec, as_backend
+from nasforge.hardware.calibration import AGGREGATIONS, fit_calibration
+from nasforge.hardware.entries import (
+    ENTRY_TIMING,
+    measure_call_overhead,
+    measure_entries,
+    measure_parallel_speedup,
+    resolve_context,
+)
+from nasforge.hardware.fingerprint import device_fingerprint, fingerprint_mismatches
+from nasforge.hardware.predictor import LatencyPredictor, check_choice
+from nasforge.hardware.profile import count_flops, count_params
+from nasforge.hardware.table import (
+    MODEL_TIMING,
+    LatencyTable,
+    TableError,
+    TableMismatchWarning,
+)
+from nasforge.hardware.timing import STATISTICS, TimingConfig, measure_models
+from nasforge.hardware.validate import distinct_samples, score
+from nasforge.space import Arch, SearchSpace
+from nasforge.space.plan import LayerSpec, plan_layers
+
+
+@dataclass(frozen=True)
+class BuildConfig:
+    """How a table is measured.
+
+    Attributes:
+        statistic: what predictions use by default. ``min`` (the default) is the most
+            repeatable figure on a shared host (timeit's argument: slower samples are other
+            processes, not the model); ``median`` on a quiet, dedicated target.
+        calibration_archs: whole models measured to fit the per-network overhead.
+        held_out_archs: further whole models, never fitted, that score the calibrated table
+            (:attr:`LatencyTable.accuracy`); 0 skips the score.
+        context: ``isolated``, ``chained`` or ``auto`` (chained on onnxruntime, whose graph
+            optimiser makes lone layers pay layout reorders and unfused ops).
+        timing: harness settings for each entry (its clock is resolved for the backend).
+        seed: seeds the calibration and held-out archs and the visiting order.
+    """
+
+    statistic: str = "min"
+    calibration_archs: int = 10
+    held_out_archs: int = 0
+    context: str = "auto"
+    timing: TimingConfig = ENTRY_TIMING
+    seed: int = 0
+
+
+class TableBuilder:
+    """Builds and calibrates :class:`LatencyTable` records for one space on one backend.
+
+    Args:
+        space: a space that describes its layer plan.
+        backend: name or spec; threads default to 1 for names (pinned, recorded).
+        batch_size: leading dimension of every measurement.
+        config: what and how to measure (:class:`BuildConfig`).
+        space_options: the options the space was created with (stored so that the table can
+            rebuild the space, e.g. for ``nasforge latency predict``).
+        progress: show a rich progress bar.
+
+    Raises:
+        NotDecomposable: the space describes no layer plan.
+        ConfigError: a bad ``config.statistic``.
+    """
+
+    def __init__(
+        self,
+        space: SearchSpace,
+        backend: str | BackendSpec = "torch",
+        batch_size: int = 1,
+        config: BuildConfig = BuildConfig(),
+        space_options: dict[str, Any] | None = None,
+        progress: bool = True,
+    ) -> None:
+        check_choice("statistic", config.statistic, STATISTICS)
+        self.space = space
+        self.spec = as_backend(backend, threads=1)
+        self.batch_size = int(batch_size)
+        self.clock = config.timing.resolve_clock(self.spec)
+        self.config = replace(config, timing=replace(config.timing, clock=self.clock))
+        self.space_options = dict(space_options or {})
+        self.progress = progress
+        self.input_shape = tuple(int(s) for s in getattr(space, "input_shape", ()))
+        if not self.input_shape:
+            raise TableError(f"space {space.name!r} has no input_shape attribute to measure on")
+
+    # -- the whole build ------------------------------------------------------------------------
+    def build(self, path: str | Path | None = None) -> LatencyTable:
+        """Measure what the table at ``path`` lacks (everything if new), calibrate, save.
+
+        With ``path``: if a table exists there for the same space, backend, batch size, clock
+        and context with a matching fingerprint, its entries are reused; the table is saved
+        after every chunk of entries, so an interrupted build resumes.
+        """
+        cfg = self.config
+        table = self._empty()
+        target = Path(path) if path is not None else None
+        if target is not None and target.is_file():
+            self._reuse(table, target)
+        table.path = target
+        calib, held = self._archs(cfg.calibration_archs, cfg.held_out_archs)
+        layers = dict.fromkeys(self.space.all_layers())
+        for a in calib + held:  # a sampled default of all_layers may miss some: never at predict
+            layers.update(dict.fromkeys(plan_layers(self.space.plan(a))))
+        pending = [lay for lay in layers if lay.key not in table.entries]
+        visits = len(pending) * cfg.timing.rounds * (2 if table.context == "chained" else 1)
+        models = 2 * (len(calib) + len(held))
+        title = f"latency table {self.space.name} on {self.spec.label}"
+        with _progress(self.progress, visits + models, title) as advance:
+            if not table.call_overhead_ms:
+                table.call_overhead_ms = measure_call_overhead(
+                    self.spec, self.batch_size, self.clock
+                )
+            if self.spec.parallel and table.parallel_speedup is None:
+                table.parallel_speedup = measure_parallel_speedup(self.spec, self.batch_size)
+            for chunk in _chunks(pending, 128):
+                measured = measure_entries(
+                    chunk,
+                    self.spec,
+                    self.batch_size,
+                    table.call_overhead_ms,
+                    replace(cfg.timing, seed=cfg.seed + len(table.entries)),
+                    table.context,
+                    advance,
+                )
+                table.entries.update({lay.key: e for lay, e in zip(chunk, measured)})
+                if target is not None:
+                    table.save(target)
+            if calib and (pending or not table.calibration):
+                self.calibrate(table, calib, held, progress=advance)
+        if target is not None:
+            table.save(target)
+        return table
+
+    def _empty(self) -> LatencyTable:
+        return LatencyTable(
+            space={
+                "name": self.space.name,
+                "input_shape": list(self.input_shape),
+                "num_classes": int(getattr(self.space, "num_classes", 0)),
+                "options": self.space_options,
+            },
+            backend=self.spec,
+            batch_size=self.batch_size,
+            fingerprint=device_fingerprint(self.spec.threads).to_dict(),
+            statistic=self.config.statistic,
+            clock=self.clock,
+            context=resolve_context(self.spec, self.config.context),
+            created=_dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+        )
+
+    def _archs(self, n_calib: int, n_held: int) -> tuple[list[Arch], list[Arch]]:
+        rng = np.random.default_rng(self.config.seed + 7919)
+        chosen = distinct_samples(self.space, n_calib + n_held, rng)
+        return chosen[:n_calib], chosen[n_calib:]
+
+    def _reuse(self, table: LatencyTable, path: Path) -> None:
+        try:
+            old = LatencyTable.load(path, warn=False)
+        except TableError as exc:
+            warnings.warn(f"{exc}; measuring every entry again", stacklevel=3)
+            return
+        same = (
+            old.space.get("name") == table.space["name"]
+            and list(old.space.get("input_shape", [])) == table.space["input_shape"]
+            and old.backend == table.backend
+            and old.batch_size == table.batch_size
+            and old.clock == table.clock
+            and old.context == table.context
+        )
+        if not same:
+            warnings.warn(
+                f"{path}: built for another space, backend, batch size, clock or context; "
+                "measuring again",
+                stacklevel=3,
+            )
+            return
+        mism = fingerprint_mismatches(
+            old.fingerprint, table.fingerprint, check_gpu=table.backend.is_gpu
+        )
+        if mism:
+            warnings.warn(
+                f"{path}: measured on another machine ({'; '.join(mism)}); measuring again",
+                TableMismatchWarning,
+                stacklevel=3,
+            )
+            return
+        table.entries = dict(old.entries)
+        table.call_overhead_ms = dict(old.call_overhead_ms)
+        table.parallel_speedup = old.parallel_speedup
+        if old.space.get("options", {}) == table.space["options"]:
+            table.calibration = dict(old.calibration)
+            table.calibration_points = list(old.calibration_points)
+            table.accuracy = dict(old.accuracy)
+
+    # -- calibration ----------------------------------------------------------------------------
+    def calibrate(
+        self,
+        table: LatencyTable,
+        archs: Sequence[Arch],
+        held_out: Sequence[Arch] = (),
+        timing: TimingConfig = MODEL_TIMING,
+        progress: Callable[[], None] | None = None,
+    ) -> LatencyTable:
+        """Measure whole models; fit the per-network overhead on ``archs`` and score on
+        ``held_out``, per statistic and aggregation.
+
+        Replaces ``table.calibration``, ``calibration_points`` and ``accuracy`` (and saves if
+        the table has a path). Every layer of the archs' plans must be in the table.
+        """
+        models = [self.space.build(a) for a in [*archs, *held_out]]
+        for _ in models:
+            if progress is not None:
+                progress()
+        measured = measure_models(
+            models,
+            table.input_shape,
+            table.batch_size,
+            table.backend,
+            config=replace(table.timing(timing), seed=self.config.seed),
+        )
+        raw = {
+            st: LatencyPredictor(table, self.space, calibrated=False, statistic=st)
+            for st in STATISTICS
+        }
+        points: list[dict[str, Any]] = []
+        for a, m, meas in zip([*archs, *held_out], models, measured):
+            points.append(
+                {
+                    "arch": a.to_json(),
+                    "flops": count_flops(m, table.input_shape, table.batch_size),
+                    "params": count_params(m),
+                    "measured_iqr_ms": meas.iqr_ms,
+                    "measured_ms": {st: meas.value_ms(st) for st in STATISTICS},
+                    "raw_ms": {st: dict(zip(AGGREGATIONS, raw[st].raw_ms(a))) for st in STATISTICS},
+                }
+            )
+            if progress is not None:
+                progress()
+        fit_pts, held_pts = points[: len(archs)], points[len(archs) :]
+        table.calibration = {}
+        table.accuracy = {}
+        for st in STATISTICS:
+            for agg in AGGREGATIONS:
+                cal = fit_calibration(
+                    [p["raw_ms"][st][agg] for p in fit_pts],
+                    [p["measured_ms"][st] for p in fit_pts],
+                )
+                table.calibration[f"{st}/{agg}"] = cal
+                if held_pts:
+                    s = score(
+                        f"table:{agg}",
+                        [cal.apply(p["raw_ms"][st][agg]) for p in held_pts],
+                        [p["measured_ms"][st] for p in held_pts],
+                    )
+                    table.accuracy[f"{st}/{agg}"] = {
+                        "n": float(s.n),
+                        "within_10pct": s.within_10pct,
+                        "mape": s.mape,
+                        "kendall_tau": s.kendall_tau,
+                    }
+        table.calibration_points = fit_pts
+        if table.path is not None:
+            table.save()
+        return table
+
+
+def _chunks(items: Sequence[LayerSpec], size: int) -> Iterator[Sequence[LayerSpec]]:
+    for i in range(0, len(items), size):
+        yield items[i : i + size]
+
+
+class _progress:
+    """A rich progress bar (or nothing), used as ``with _progress(...) as advance: advance()``."""
+
+    def __init__(self, enabled: bool, total: int, description: str) -> None:
+        self.enabled, self.total, self.description = enabled and total > 0, total, description
+        self._bar: Any = None
+
+    def __enter__(self) -> Callable[[], None]:
+        if not self.enabled:
+            return lambda: None
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+        self._bar = Progress(
+            "[progress.description]{task.description}",
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeRemainingColumn(),
+            transient=True,
+        )
+        self._bar.start()
+        task = self._bar.add_task(self.description, total=self.total)
+        return lambda: self._bar.advance(task)
+
+    def __exit__(self, *exc: object) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+
+
+__all__ = ["BuildConfig", "TableBuilder"]
