@@ -1,8 +1,11 @@
-"""Energy: measured from a counter when there is one, reported unavailable otherwise."""
+"""Energy: measured from a counter when there is one, reported unavailable otherwise.
+
+The counter test runs on a fake clock (every read advances it by 1 ms), so the arithmetic is
+checked exactly and a loaded host cannot move it.
+"""
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import pytest
@@ -12,13 +15,30 @@ from nasforge.hardware import energy
 from nasforge.hardware.energy import EnergyCounter, RaplCounter, measure_energy, rapl_domains
 
 
+class FakeClock:
+    """Stands in for the ``time`` module in :mod:`nasforge.hardware.energy`."""
+
+    def __init__(self) -> None:
+        self.t = 0.0
+
+    def perf_counter(self) -> float:
+        self.t += 0.001
+        return self.t
+
+    def sleep(self, seconds: float) -> None:
+        self.t += seconds
+
+
 class WallPowerCounter(EnergyCounter):
-    """A fake counter drawing a constant 10 W."""
+    """A fake counter drawing a constant 10 W on ``clock``."""
 
     name = "fake"
 
+    def __init__(self, clock: FakeClock) -> None:
+        self.clock = clock
+
     def read(self) -> float:
-        return 10.0 * time.perf_counter()
+        return 10.0 * self.clock.t
 
 
 def test_unavailable_is_reported_with_a_reason_not_a_number(
@@ -31,8 +51,10 @@ def test_unavailable_is_reported_with_a_reason_not_a_number(
     assert "does not exist" in m.reason
 
 
-def test_energy_per_inference_from_a_counter() -> None:
-    m = measure_energy(nn.Linear(4, 4), (4,), duration_s=0.05, counter=WallPowerCounter())
+def test_energy_per_inference_from_a_counter(monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = FakeClock()
+    monkeypatch.setattr(energy, "time", clock)
+    m = measure_energy(nn.Linear(4, 4), (4,), duration_s=0.05, counter=WallPowerCounter(clock))
     assert m.available and m.source == "fake" and m.calls >= 10
     assert m.mean_watts == pytest.approx(10.0, rel=0.05)
     assert m.joules_per_inference == pytest.approx(10.0 * m.seconds / m.calls, rel=0.05)

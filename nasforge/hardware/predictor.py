@@ -96,7 +96,6 @@ def list_schedule(
 
 
 _SRC = itemgetter(0)
-_DST = itemgetter(1)
 
 
 def cell_times(cell: Cell, ms: Callable[[LayerSpec], float], workers: int = 1) -> Times:
@@ -113,11 +112,11 @@ def cell_times(cell: Cell, ms: Callable[[LayerSpec], float], workers: int = 1) -
     merge = [0.0] * n
     for node, spec in cell.merges:
         merge[node] = ms(spec)
-    timed = [(s, d, ms(spec)) for s, d, spec in cell.edges]
+    # launch order; as every edge goes forward it is also a topological order
+    timed = sorted([(s, d, ms(spec)) for s, d, spec in cell.edges], key=_SRC)
     arrive = [-1.0] * n  # latest finish of an edge into each node; -1: none
     total = 0.0
-    # every edge goes forward, so edges sorted by destination are in topological order
-    for s, d, m in sorted(timed, key=_DST):
+    for s, d, m in timed:
         total += m
         a = arrive[s]
         t = (a + merge[s] if a >= 0.0 else 0.0) + m
@@ -136,7 +135,6 @@ def cell_times(cell: Cell, ms: Callable[[LayerSpec], float], workers: int = 1) -
     if workers == 1:
         sched = total + join
     else:
-        timed.sort(key=_SRC)
         sched = list_schedule(n, cell.num_inputs, timed, merge, workers) + join
     return total + join, crit + join, sched
 
@@ -218,8 +216,11 @@ class LatencyPredictor:
         self._overhead = table.call_overhead_ms.get(self.statistic, 0.0)
         self._plan: Callable[[Arch], Plan] = self.space.plan
         self._net = _LayerCosts(self)
-        #: id(segment) -> (segment, its times); holding the segment keeps its id unique
-        self._memo: dict[int, tuple[Segment, Times]] = {}
+        #: id(segment) -> its times, and the same for the mode's aggregation alone; ``_alive``
+        #: holds every memoised segment so that its id cannot be reused while memoised
+        self._memo: dict[int, Times] = {}
+        self._pick: dict[int, float] = {}
+        self._alive: dict[int, Segment] = {}
 
     # -- per-layer and per-segment costs --------------------------------------------------------
     def layer_ms(self, spec: LayerSpec) -> float:
@@ -237,27 +238,31 @@ class LatencyPredictor:
         repeated predictions a dict read per segment); equal segments that are different
         objects are costed again, which gives the same numbers.
         """
-        hit = self._memo.get(id(seg))
-        if hit is not None and hit[0] is seg:
-            return hit[1]
+        t = self._memo.get(id(seg))
+        if t is not None:
+            return t
         if isinstance(seg, Cell):
             t = cell_times(seg, self._net.__getitem__, self.workers)
         else:
-            m = self.layer_ms(seg)
+            m = self._net[seg]
             t = (m, m, m)
-        if len(self._memo) >= SEGMENT_MEMO:
+        if len(self._alive) >= SEGMENT_MEMO:
             self._memo.clear()
-        self._memo[id(seg)] = (seg, t)
+            self._pick.clear()
+            self._alive.clear()
+        key = id(seg)
+        self._alive[key] = seg
+        self._memo[key] = t
+        self._pick[key] = t[self._index]
         return t
 
     # -- predictions ----------------------------------------------------------------------------
     def raw_ms(self, arch: Arch) -> Times:
         """Uncalibrated (sum, critical path, schedule) in ms, the per-call overhead counted once."""
         total = crit = sched = self._overhead
-        memo = self._memo
+        get = self._memo.get
         for seg, rep in self._plan(arch):
-            hit = memo.get(id(seg))
-            t = hit[1] if hit is not None and hit[0] is seg else self.segment_ms(seg)
+            t = get(id(seg)) or self.segment_ms(seg)
             total += rep * t[0]
             crit += rep * t[1]
             sched += rep * t[2]
@@ -267,11 +272,10 @@ class LatencyPredictor:
         """Predicted latency in milliseconds (the calibrated aggregation of :attr:`mode`)."""
         i = self._index
         x = self._overhead
-        memo = self._memo
+        get = self._pick.get
         for seg, rep in self._plan(arch):
-            hit = memo.get(id(seg))
-            t = hit[1] if hit is not None and hit[0] is seg else self.segment_ms(seg)
-            x += rep * t[i]
+            m = get(id(seg))
+            x += rep * (m if m is not None else self.segment_ms(seg)[i])
         return self._slope * x + self._intercept
 
     __call__ = predict

@@ -363,7 +363,7 @@ class NB201Space(SearchSpace):
         edges; plans are cached per genotype and cells per edge set.
         """
         v = arch.to_dict() if isinstance(arch, Arch) else arch
-        ops = tuple(v[label] for label in LABELS)
+        ops = tuple(map(v.__getitem__, LABELS))
         hit = self._plans.get(ops)
         if hit is not None:
             return hit
