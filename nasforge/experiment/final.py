@@ -142,7 +142,7 @@ def final_latency_model(cfg: ExperimentConfig, space: SearchSpace) -> LatencyMod
     The user's ``warmup`` and ``repeats`` are used as given."""
     model = make_latency_model(cfg, space)
     if model is None:
-        section = {**cfg.latency.model_dump(), "mode": "measure", "table": None}
+        section = cfg.latency.model_copy(update={"mode": "measure", "table": None})
         model = LatencyModel.from_config(section, space)
     return model
 
