@@ -102,7 +102,9 @@ def build(
     out_path: Annotated[
         Path, typer.Option("--out", "-o", help="table JSON to write (resumes if present)")
     ],
-    space: Annotated[str, typer.Option(help="registered space: mobile, nb201, darts")] = "mobile",
+    space: Annotated[
+        str, typer.Option(help="a registered space (`nasforge spaces` lists them)")
+    ] = "mobile",
     input_shape: Annotated[str, typer.Option(help="per-sample shape, e.g. 3,32,32")] = "3,32,32",
     num_classes: Annotated[int, typer.Option(help="classifier outputs")] = 10,
     option: Annotated[list[str], typer.Option(help="space option key=value (repeatable)")] = [],  # noqa: B006

@@ -113,10 +113,11 @@ def cell_times(cell: Cell, ms: Callable[[LayerSpec], float], workers: int = 1) -
     for node, spec in cell.merges:
         merge[node] = ms(spec)
     # launch order; as every edge goes forward it is also a topological order
-    timed = sorted([(s, d, ms(spec)) for s, d, spec in cell.edges], key=_SRC)
+    edges = sorted(cell.edges, key=_SRC)
+    costs = [ms(spec) for _, _, spec in edges]
     arrive = [-1.0] * n  # latest finish of an edge into each node; -1: none
     total = 0.0
-    for s, d, m in timed:
+    for (s, d, _), m in zip(edges, costs):
         total += m
         a = arrive[s]
         t = (a + merge[s] if a >= 0.0 else 0.0) + m
@@ -135,6 +136,7 @@ def cell_times(cell: Cell, ms: Callable[[LayerSpec], float], workers: int = 1) -
     if workers == 1:
         sched = total + join
     else:
+        timed = [(s, d, m) for (s, d, _), m in zip(edges, costs)]
         sched = list_schedule(n, cell.num_inputs, timed, merge, workers) + join
     return total + join, crit + join, sched
 
@@ -221,6 +223,12 @@ class LatencyPredictor:
         self._memo: dict[int, Times] = {}
         self._pick: dict[int, float] = {}
         self._alive: dict[int, Segment] = {}
+        #: a space that returns the same plan object for the same arch (it caches plans per
+        #: genotype) gets its plans' totals memoised too, by the same identity rule
+        probe = self.space.sample(np.random.default_rng(0))
+        self._plan_totals: dict[int, tuple[Plan, float]] | None = (
+            {} if self._plan(probe) is self._plan(probe) else None
+        )
 
     # -- per-layer and per-segment costs --------------------------------------------------------
     def layer_ms(self, spec: LayerSpec) -> float:
@@ -270,12 +278,22 @@ class LatencyPredictor:
 
     def predict(self, arch: Arch) -> float:
         """Predicted latency in milliseconds (the calibrated aggregation of :attr:`mode`)."""
+        plan = self._plan(arch)
+        totals = self._plan_totals
+        if totals is not None:
+            hit = totals.get(id(plan))
+            if hit is not None and hit[0] is plan:
+                return self._slope * hit[1] + self._intercept
         i = self._index
         x = self._overhead
         get = self._pick.get
-        for seg, rep in self._plan(arch):
+        for seg, rep in plan:
             m = get(id(seg))
             x += rep * (m if m is not None else self.segment_ms(seg)[i])
+        if totals is not None:
+            if len(totals) >= SEGMENT_MEMO:
+                totals.clear()
+            totals[id(plan)] = (plan, x)
         return self._slope * x + self._intercept
 
     __call__ = predict

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from operator import itemgetter
 from typing import Any
 
 from torch import nn
@@ -177,7 +178,7 @@ class MobileSpace(SearchSpace):
         return dim.choices
 
     def _compile_plan(self) -> None:
-        """Per block position: its labels, stride and input spatial shape (read by :meth:`plan`)."""
+        """Per block position: a reader of its labels, its stride, input size and segment cache."""
         spatial = downsample(tuple(self.input_shape[1:]), self.stem_stride)
         stages = []
         for i, st in enumerate(self.stages):
@@ -187,9 +188,9 @@ class MobileSpace(SearchSpace):
             for j in range(st.max_depth):
                 stride = st.stride if j == 0 else 1
                 b = f"{p}/block{j}"
-                blocks.append(
-                    (f"{b}/kernel", f"{b}/expand", f"{b}/act", f"{b}/se", stride, spatial)
-                )
+                read = itemgetter(f"{b}/kernel", f"{b}/expand", f"{b}/act", f"{b}/se")
+                cache: PlanCache[tuple[Any, ...], tuple[Segment, int]] = PlanCache()
+                blocks.append((read, stride, spatial, cache))
                 spatial = downsample(spatial, stride)
             stages.append((f"{p}/width", f"{p}/depth", outs, blocks))
         self._plan_stages = stages
@@ -214,22 +215,22 @@ class MobileSpace(SearchSpace):
     def plan(self, arch: Mapping[str, Any]) -> Plan:
         """Stem, one ``mobile.ir`` layer per block, head (segments shared between archs)."""
         v = arch.to_dict() if isinstance(arch, Arch) else arch
-        cache = self._segments
         nd = self.nd
         out = [self._stem_seg]
         ch = self.stem_channels
         for wl, dl, outs, blocks in self._plan_stages:
             oc = outs[v[wl]]
             for j in range(int(v[dl])):
-                kl, el, al, sl, stride, spatial = blocks[j]
-                key = (kl, ch, oc, v[kl], v[el], v[al], v[sl])
+                read, stride, spatial, cache = blocks[j]
+                key = (ch, oc, *read(v))
                 seg = cache.get(key)
                 if seg is None:
-                    args = (ch, oc, int(v[kl]), stride, int(v[el]), str(v[al]), bool(v[sl]), nd)
+                    _, _, k, e, act, se = key
+                    args = (ch, oc, int(k), stride, int(e), str(act), bool(se), nd)
                     seg = cache.put(key, (LayerSpec("mobile.ir", args, (ch, *spatial)), 1))
                 out.append(seg)
                 ch = oc
-        out.append(cache.get(("head", ch)) or self._head(ch))
+        out.append(self._segments.get(("head", ch)) or self._head(ch))
         return tuple(out)
 
     def all_layers(self) -> list[LayerSpec]:
