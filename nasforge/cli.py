@@ -5,16 +5,20 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from nasforge.compression.cli import compress
 from nasforge.errors import NasforgeError
 from nasforge.hardware.cli import app as latency_app
 from nasforge.plugins import ENTRY_POINT_GROUP, load_plugins, loaded_plugins, registrations
+
+if TYPE_CHECKING:
+    from nasforge.experiment.config import ExperimentConfig
 
 app = typer.Typer(
     help="Search, scale and compress neural networks for a measured target.",
@@ -28,9 +32,14 @@ err = Console(stderr=True)
 
 def _fail(exc: BaseException) -> None:
     lines = str(exc).splitlines() or [type(exc).__name__]
-    for line in lines:
-        err.print(f"[red]error:[/] {line}", highlight=False, markup=True, soft_wrap=True)
+    for line in lines:  # user and exception text is escaped: "[...]" is text, not markup
+        err.print(f"[red]error:[/] {escape(line)}", highlight=False, markup=True, soft_wrap=True)
     raise typer.Exit(2)
+
+
+def _num(value: object, fmt: str) -> str:
+    """``value`` formatted with ``fmt``, or ``-`` when it is missing or not a number."""
+    return format(value, fmt) if isinstance(value, (int, float)) else "-"
 
 
 @app.command()
@@ -50,7 +59,10 @@ def search(
 
     try:
         cfg = load_config(config, {"name": name} if name else None)
-        exp = Experiment(cfg, cfg.run_dir(runs_dir), console=err, progress=not quiet)
+        run_dir = cfg.run_dir(runs_dir)
+        # the first line says where the run goes (runs_dir / --runs-dir accept any path)
+        err.print(f"run directory: {escape(str(run_dir.resolve()))}", highlight=False)
+        exp = Experiment(cfg, run_dir, console=err, progress=not quiet)
         summary = exp.run(resume=resume, final=not no_final)
     except NasforgeError as exc:
         _fail(exc)
@@ -59,9 +71,16 @@ def search(
         f"trials: {summary.trials_complete} complete, {summary.trials_failed} failed; "
         f"search {summary.search_seconds:.1f}s"
     )
-    if summary.final:
+    if summary.final and isinstance(summary.final.get("test_acc"), (int, float)):
         out.print(f"final test accuracy: {summary.final['test_acc']:.4f}")
-    out.print(f"report: {summary.run_dir / 'report.html'}")
+    out.print(f"report: {escape(str(summary.run_dir / 'report.html'))}", highlight=False)
+    if summary.trials_complete == 0:
+        err.print(
+            f"[red]error:[/] no trial completed ({summary.trials_failed} failed); the errors "
+            f"are in {escape(str(summary.run_dir / 'report.html'))} and `nasforge show`",
+            highlight=False,
+        )
+        raise typer.Exit(1)
 
 
 @app.command()
@@ -81,7 +100,9 @@ def show(
         counts = {s: store.count((s,)) for s in ("complete", "failed", "running", "interrupted")}
         final = store.get_meta("final")
         cost = store.total_cost_seconds()
-    table = Table(title=f"{run.name}: " + ", ".join(f"{v} {k}" for k, v in counts.items() if v))
+    table = Table(
+        title=escape(f"{run.name}: " + ", ".join(f"{v} {k}" for k, v in counts.items() if v))
+    )
     # latency.mode: flops reports mflops, never under the name latency_ms
     metric = "latency_ms" if any("latency_ms" in t.metrics for t in rows) or not rows else "mflops"
     for col in ("trial", "score", "val_acc", metric, "params", "cost s"):
@@ -90,19 +111,23 @@ def show(
         score = t.score[0] if isinstance(t.score, tuple) else t.score
         table.add_row(
             str(t.id),
-            f"{score:.4f}",
-            f"{t.metrics.get('val_acc', float('nan')):.4f}",
-            f"{t.metrics.get(metric, float('nan')):.3f}",
-            f"{int(t.metrics.get('params', 0))}",
-            f"{t.cost_seconds:.1f}",
+            _num(score, ".4f"),
+            _num(t.metrics.get("val_acc"), ".4f"),
+            _num(t.metrics.get(metric), ".3f"),
+            _num(t.metrics.get("params"), ".0f"),
+            _num(t.cost_seconds, ".1f"),
         )
     out.print(table)
     out.print(f"search cost: {cost:.1f} device-seconds")
     if final:
         f0 = final[0]
+        lat = f0.get("latency") or {}
+        how = f" ({lat['statistic']} on {lat['backend']}, after retraining)" if lat else ""
         out.print(
-            f"final model (trial {f0['trial_id']}): test accuracy {f0['test_acc']:.4f}, "
-            f"latency {f0.get('latency_ms', f0.get('latency_ms_torch', float('nan'))):.3f} ms"
+            f"final model (trial {f0.get('trial_id')}): test accuracy "
+            f"{_num(f0.get('test_acc'), '.4f')}, latency {_num(f0.get('latency_ms'), '.3f')} ms"
+            + escape(how),
+            highlight=False,
         )
 
 
@@ -113,40 +138,55 @@ def export(
         Path | None, typer.Option("--out", help="where to write (default RUN/best)")
     ] = None,
 ) -> None:
-    """Export the run's best model to ONNX (retraining it first if the run stopped before)."""
-    import torch
+    """Export the run's best model to ONNX (retraining it first if the run stopped before).
 
+    The model is rebuilt from ``best/arch.json`` and its weights read from ``best/model.pt``
+    as a state dict (``weights_only``): nothing in the run directory is unpickled.
+    """
     from nasforge.experiment.config import load_config
     from nasforge.experiment.export import export_onnx
+    from nasforge.modelfile import WEIGHTS_FILE, load_model
+    from nasforge.nn import fuse_bn
 
     try:
-        best = run / "best" / "model.pt"
-        if not best.is_file():
-            from nasforge.experiment.final import finalize
-            from nasforge.experiment.setup import make_dataset, make_objective, make_space
-            from nasforge.experiment.store import TrialStore
-
-            if not (run / "trials.db").is_file():
-                raise NasforgeError(f"{run}: not a run directory (no trials.db)")
-            cfg = load_config(run / "config.yaml")
-            ds = make_dataset(cfg)
-            with TrialStore(run / "trials.db") as store:
-                if (
-                    finalize(cfg, run, store, ds, make_space(cfg, ds), make_objective(cfg), err)
-                    is None
-                ):
-                    raise NasforgeError(f"{run}: no completed trial to export")
-        card = json.loads((run / "best" / "card.json").read_text())
-        model = torch.load(best, weights_only=False)
-        from nasforge.nn import fuse_bn
-
-        target = out_dir or run / "best"
+        if not (run / "trials.db").is_file():
+            raise NasforgeError(f"{run}: not a run directory (no trials.db)")
+        cfg = load_config(run / "config.yaml")
+        if not cfg.evaluator.needs_data:
+            raise NasforgeError(
+                f"{run}: a {cfg.evaluator.kind!r} run trains no network, so there is no model "
+                "to export; its best architecture is in best/card.json"
+            )
+        best = run / "best"
+        if not (best / WEIGHTS_FILE).is_file():
+            _finalize(cfg, run)
+        card_file = best / "card.json"
+        if not card_file.is_file():
+            raise NasforgeError(
+                f"{card_file}: missing (the final step did not finish); remove {best} and run "
+                f"`nasforge export {run}` again to retrain the best trial"
+            )
+        card = json.loads(card_file.read_text())
+        model = load_model(best, what=f"{best / WEIGHTS_FILE}")
+        target = out_dir or best
         target.mkdir(parents=True, exist_ok=True)
         export_onnx(fuse_bn(model), tuple(card["input_shape"]), target / "model.onnx")
     except NasforgeError as exc:
         _fail(exc)
         return
-    out.print(f"exported {target / 'model.onnx'}")
+    out.print(f"exported {escape(str(target / 'model.onnx'))}", highlight=False)
+
+
+def _finalize(cfg: ExperimentConfig, run: Path) -> None:
+    """Retrain the run's best trial into ``run/best`` (a run stopped before its final step)."""
+    from nasforge.experiment.final import finalize
+    from nasforge.experiment.setup import make_dataset, make_objective, make_space
+    from nasforge.experiment.store import TrialStore
+
+    ds = make_dataset(cfg)
+    with TrialStore(run / "trials.db") as store:
+        if finalize(cfg, run, store, ds, make_space(cfg, ds), make_objective(cfg), err) is None:
+            raise NasforgeError(f"{run}: no completed trial to export")
 
 
 ConfigOption = Annotated[
@@ -229,7 +269,11 @@ def doctor(config: Annotated[Path, typer.Argument(help="experiment YAML config")
     findings = diagnose(cfg)
     colors = {"error": "red", "warning": "yellow", "info": "cyan"}
     for f in findings:
-        out.print(f"[{colors[f.level]}]{f.level}[/] {f.field}: {f.message}", soft_wrap=True)
+        out.print(
+            f"[{colors[f.level]}]{f.level}[/] {escape(f.field)}: {escape(f.message)}",
+            soft_wrap=True,
+            highlight=False,
+        )
     if not findings:
         out.print("[green]no problems found[/]")
     if any(f.level == "error" for f in findings):
@@ -245,7 +289,7 @@ def main() -> None:
         app()
     except NasforgeError as exc:  # errors raised outside a command's own handling
         for line in str(exc).splitlines():
-            err.print(f"[red]error:[/] {line}")
+            err.print(f"[red]error:[/] {escape(line)}", highlight=False)
         sys.exit(2)
     except ModuleNotFoundError as exc:  # an optional dependency a command imports lazily
         missing = exc.name or str(exc)

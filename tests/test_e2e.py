@@ -51,6 +51,7 @@ def test_search_report_show_export(tmp_path: Path) -> None:
         "report.html",
         "report.json",
         "best/model.pt",
+        "best/arch.json",
         "best/model.onnx",
         "best/card.json",
     ):
@@ -83,7 +84,9 @@ def test_nan_loss_trials_fail_and_search_goes_on(tmp_path: Path) -> None:
         search="{trials: 3, executor: inline}",
     )
     res = runner.invoke(app, ["search", str(cfg), "--quiet"])
-    assert res.exit_code == 0, res.output
+    # every trial failed: said so, and the exit code is not success
+    assert res.exit_code == 1, res.output
+    assert "no trial completed (3 failed)" in res.output
     with TrialStore(tmp_path / "runs" / "e2e" / "trials.db") as store:
         failed = store.trials(("failed",))
         assert len(failed) == 3

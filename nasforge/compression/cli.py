@@ -1,55 +1,60 @@
 """``nasforge compress MODEL``: the typer command (mounted by the lead on the main app).
 
-``MODEL`` is a file written by ``torch.save``: either a full pickled ``nn.Module`` or a dict
-with the module under ``"model"`` (what the search writes to ``best/model.pt``). Loading
-unpickles code, so only load files you trust. Bad input exits with code 2 and one line.
+``MODEL`` never runs code when it is read (:mod:`nasforge.modelfile`): it is a run's ``best/``
+folder (or the run directory), a ``model.pt`` state dict next to the ``arch.json`` that
+rebuilds it, or a state dict together with ``--model-factory package.module:factory`` (a
+function returning your ``nn.Module``; ``model_factory:`` in the ``--config`` YAML does the
+same). A whole pickled module (``torch.save(model)``) is refused with one line saying what to
+save instead. Bad input exits with code 2 and one line.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-import yaml
 from pydantic import ValidationError
 
 from nasforge.compression.config import CompressConfig
 from nasforge.compression.errors import CompressionError
 from nasforge.errors import NasforgeError
+from nasforge.yamlfile import is_blank, read_yaml
 
-
-def load_model(path: str | Path) -> torch.nn.Module:  # type: ignore[name-defined]  # noqa: F821
-    """Load a full module saved with ``torch.save(model)`` or ``torch.save({"model": model})``."""
-    import pickle
-
-    import torch
+if TYPE_CHECKING:  # torch is imported when a command runs, not when the CLI starts
     from torch import nn
 
-    p = Path(path)
-    if not p.is_file():
-        raise CompressionError(f"MODEL: {p} does not exist")
-    try:
-        obj = torch.load(str(p), map_location="cpu", weights_only=False)
-    except (
-        pickle.UnpicklingError,
-        RuntimeError,
-        EOFError,
-        AttributeError,
-        ModuleNotFoundError,
-    ) as exc:
-        raise CompressionError(
-            f"MODEL: {p} is not a torch.save file ({type(exc).__name__}: {exc})"
-        ) from None
-    if isinstance(obj, dict) and isinstance(obj.get("model"), nn.Module):
-        obj = obj["model"]
-    if not isinstance(obj, nn.Module):
-        raise CompressionError(
-            f"MODEL: {p} holds a {type(obj).__name__}, not a module; save the full model with "
-            "torch.save(model, path) or torch.save({'model': model}, path) (a bare state_dict "
-            "has no architecture)"
-        )
-    return obj.eval()
+
+def load_model(path: str | Path, factory: str | None = None, what: str = "MODEL") -> nn.Module:
+    """The model at ``path`` (see :func:`nasforge.modelfile.load_model`); nothing is
+    unpickled, so a crafted file cannot run code."""
+    from nasforge.modelfile import load_model as _load
+
+    return _load(path, factory, what)
+
+
+def read_compress_yaml(path: Path) -> tuple[dict[str, Any], str | None]:
+    """The ``CompressConfig`` mapping of a ``--config`` YAML (its ``compress:`` section, or
+    the whole file) and its ``model_factory`` (top level or in the section), through the one
+    YAML loader (:func:`nasforge.yamlfile.read_yaml`).
+
+    Raises:
+        ConfigError: missing, empty, not valid YAML (file and line), or not a mapping.
+    """
+    loaded = read_yaml(path, "--config file")
+    if is_blank(loaded):
+        raise CompressionError(f"--config: {path} is empty")
+    if not isinstance(loaded, dict):
+        raise CompressionError(f"--config: {path} is not a YAML mapping")
+    factory = loaded.get("model_factory")
+    section = loaded.get("compress", loaded)
+    if not isinstance(section, dict):
+        raise CompressionError(f"--config: {path}: compress: expected a mapping")
+    raw = {k: v for k, v in section.items() if k != "model_factory"}
+    factory = section.get("model_factory", factory)
+    if factory is not None and not isinstance(factory, str):
+        raise CompressionError(f"--config: {path}: model_factory: expected package.module:factory")
+    return raw, factory
 
 
 def _parse_prune(spec: str | None) -> dict[str, object]:
@@ -75,7 +80,11 @@ def _show(status: Any, console: Any, message: str) -> None:
 
 def compress(
     model: Annotated[
-        Path, typer.Argument(help="torch.save'd model (full module or {'model': module})")
+        Path,
+        typer.Argument(
+            help="a run's best/ folder, or a state dict (model.pt next to arch.json, or "
+            "with --model-factory)"
+        ),
     ],
     data: Annotated[str, typer.Option("--data", help="dataset name (nasforge.data)")] = "mnist5k",
     data_path: Annotated[
@@ -96,7 +105,18 @@ def compress(
         ),
     ] = None,
     distill_from: Annotated[
-        Path | None, typer.Option("--distill-from", help="teacher model file")
+        Path | None, typer.Option("--distill-from", help="teacher model (same forms as MODEL)")
+    ] = None,
+    model_factory: Annotated[
+        str | None,
+        typer.Option(
+            "--model-factory",
+            help="package.module:factory returning your nn.Module; MODEL is then its state dict",
+        ),
+    ] = None,
+    teacher_factory: Annotated[
+        str | None,
+        typer.Option("--teacher-factory", help="the same for --distill-from"),
     ] = None,
     config: Annotated[
         Path | None,
@@ -107,6 +127,7 @@ def compress(
 ) -> None:
     """Prune, fine-tune with distillation, quantize, export ONNX, verify and measure."""
     from rich.console import Console
+    from rich.markup import escape
 
     from nasforge.compression.pipeline import run_pipeline
     from nasforge.data import load_dataset
@@ -115,12 +136,8 @@ def compress(
     try:
         raw: dict[str, Any] = {}
         if config is not None:
-            if not config.is_file():
-                raise CompressionError(f"--config: {config} does not exist")
-            loaded = yaml.safe_load(config.read_text()) or {}
-            if not isinstance(loaded, dict):
-                raise CompressionError(f"--config: {config} is not a YAML mapping")
-            raw = dict(loaded.get("compress", loaded))
+            raw, yaml_factory = read_compress_yaml(config)
+            model_factory = model_factory or yaml_factory
 
         def section(name: str, **values: object) -> None:
             raw[name] = {**dict(raw.get(name) or {}), **values}
@@ -139,8 +156,12 @@ def compress(
             e = exc.errors()[0]
             field = ".".join(str(x) for x in e.get("loc", ()))
             raise CompressionError(f"compress.{field}: {e.get('msg')}") from None
-        net = load_model(model)
-        teacher = load_model(distill_from) if distill_from is not None else None
+        net = load_model(model, model_factory)
+        teacher = (
+            load_model(distill_from, teacher_factory, "--distill-from")
+            if distill_from is not None
+            else None
+        )
         ds = load_dataset(data, data_path)
         with console.status("compressing") as status:
             report = run_pipeline(
@@ -152,7 +173,8 @@ def compress(
                 progress=lambda m: _show(status, console, m),
             )
     except (NasforgeError, ValueError) as exc:
-        console.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        console.print(f"[red]error:[/red] {escape(first)}", highlight=False, soft_wrap=True)
         raise typer.Exit(code=2) from None
     for s in report.stages:
         lat = "  ".join(

@@ -10,6 +10,7 @@ and the config's ``evaluator.options``; it returns an :class:`Evaluator`.
 from __future__ import annotations
 
 import importlib
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,19 +31,26 @@ EVALUATOR_CONTRACT = "factory(context: EvaluatorContext, **options) -> Evaluator
 @dataclass(frozen=True)
 class EvaluatorEntry:
     """One registered evaluator: ``target`` is a factory or an import path ``module:attr``;
-    ``needs_data``: the experiment loads the dataset for it (``False`` for table lookups)."""
+    ``needs_data``: the experiment loads the dataset for it (``False`` for table lookups);
+    ``metrics``: the metric names it may report (``None``: not declared; an evaluator's own
+    :meth:`~nasforge.evaluators.base.Evaluator.produces` takes precedence)."""
 
     name: str
     target: str | EvaluatorFactory = field(repr=False)
     description: str
     needs_data: bool = True
+    metrics: frozenset[str] | None = None
 
 
 _REGISTRY: dict[str, EvaluatorEntry] = {}
 
 
 def register_evaluator(
-    name: str, factory: str | EvaluatorFactory, description: str = "", needs_data: bool = True
+    name: str,
+    factory: str | EvaluatorFactory,
+    description: str = "",
+    needs_data: bool = True,
+    metrics: Iterable[str] | None = None,
 ) -> None:
     """Register an evaluator under ``name`` (the config's ``evaluator.kind``).
 
@@ -52,13 +60,17 @@ def register_evaluator(
             an import path ``"module:attr"`` to one (checked when first used).
         description: one line for listings.
         needs_data: whether the experiment must load the dataset for it.
+        metrics: the metric names its results hold (what ``objective.metric`` and
+            ``objective.cost_metric`` may name); ``None`` if the evaluator declares them
+            itself (:meth:`Evaluator.produces`) or not at all.
 
     Raises:
         RegistrationError: the factory cannot be called as ``factory(context, **options)``.
     """
     if not isinstance(factory, str):
         _check(name, factory)
-    _REGISTRY[name] = EvaluatorEntry(name, factory, description, needs_data)
+    declared = frozenset(metrics) if metrics is not None else None
+    _REGISTRY[name] = EvaluatorEntry(name, factory, description, needs_data, declared)
 
 
 def _check(name: str, factory: Any) -> None:
@@ -95,6 +107,13 @@ def create_evaluator(name: str, context: EvaluatorContext, **options: Any) -> Ev
         return target(context, **options)
     except TypeError as exc:
         raise ConfigError(f"evaluator.options: {exc}") from None
+
+
+def produced_metrics(name: str, evaluator: Evaluator) -> frozenset[str] | None:
+    """The metric names ``evaluator`` (registered as ``name``) reports: its own
+    :meth:`~Evaluator.produces`, else its registration's ``metrics``, else ``None``."""
+    own = evaluator.produces()
+    return own if own is not None else evaluator_entry(name).metrics
 
 
 register_evaluator(
@@ -142,6 +161,7 @@ __all__ = [
     "create_evaluator",
     "evaluator_entry",
     "list_evaluators",
+    "produced_metrics",
     "nb201_cifar10_spec",
     "register_evaluator",
 ]

@@ -42,7 +42,17 @@ class Reporter:
 
 
 class Evaluator:
-    """Base class. ``evaluate`` may raise; the experiment records the trial as failed."""
+    """Base class. ``evaluate`` may raise; the experiment records the trial as failed.
+
+    :meth:`produces` declares the metric names ``evaluate`` reports, so that a config whose
+    objective asks for a metric no evaluator computes is refused before the first trial.
+    """
+
+    def produces(self) -> frozenset[str] | None:
+        """The metric names every :meth:`evaluate` result holds (``None``: not declared,
+        then the registration's ``metrics`` are used, and without those nothing is checked).
+        Called once, in the main process, before the first trial."""
+        return None
 
     def evaluate(
         self, arch: Arch, budget: float | None = None, reporter: Reporter | None = None

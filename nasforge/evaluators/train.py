@@ -64,6 +64,12 @@ class TrainEvaluator(Evaluator):
         self.latency = latency
         self.lock_path = lock_path
 
+    def produces(self) -> frozenset[str]:
+        """``val_acc``, ``params``, ``flops``, ``size_bytes``, ``train_seconds`` and either
+        ``latency_ms`` (a latency model is given) or ``mflops`` (``latency.mode: flops``)."""
+        cost = "mflops" if self.latency is None else "latency_ms"
+        return frozenset(("val_acc", "params", "flops", "size_bytes", "train_seconds", cost))
+
     def cost_metrics(self, arch: Arch, model: torch.nn.Module) -> dict[str, float]:
         shape = self.dataset.input_shape
         metrics: dict[str, float] = {

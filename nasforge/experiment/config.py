@@ -24,6 +24,7 @@ from nasforge.hardware.backends import get_backend, list_backends
 from nasforge.objectives import Objective
 from nasforge.plugins import load_plugins
 from nasforge.train import TrainSection
+from nasforge.yamlfile import is_blank, read_yaml
 
 
 def check_backend(name: str) -> str:
@@ -38,6 +39,29 @@ def check_backend(name: str) -> str:
         raise ValueError(
             f"unknown backend {name!r}{hint} (registered: {', '.join(known)})"
         ) from None
+    return name
+
+
+#: longest run name: a folder name must fit every filesystem's 255-byte limit with room for
+#: the suffixes tools add (``.bak``, ``-wal``)
+MAX_NAME_CHARS = 128
+
+
+def check_run_name(name: str) -> str:
+    """``name`` if it is a plain folder name, else ``ValueError`` saying what is allowed:
+    1-128 characters (at most 200 bytes UTF-8), no ``/`` or ``\\``, no control characters
+    (NUL, newline, ...), not starting with ``.``."""
+    allowed = (
+        f"must be a plain folder name: 1-{MAX_NAME_CHARS} characters, no '/' or '\\', no "
+        "control characters, not starting with '.'"
+    )
+    if not name or name.startswith(".") or "/" in name or "\\" in name:
+        raise ValueError(allowed)
+    bad = sorted({c for c in name if ord(c) < 32 or ord(c) == 127})
+    if bad:
+        raise ValueError(f"{allowed} (got control character(s) {', '.join(map(repr, bad))})")
+    if len(name) > MAX_NAME_CHARS or len(name.encode()) > 200:
+        raise ValueError(f"{allowed} (got {len(name)} characters)")
     return name
 
 
@@ -186,8 +210,13 @@ class ExperimentConfig(_Section):
     @field_validator("name")
     @classmethod
     def _name_is_a_folder_name(cls, v: str) -> str:
-        if not v or "/" in v or v.startswith("."):
-            raise ValueError("must be a plain folder name (no '/', not starting with '.')")
+        return check_run_name(v)
+
+    @field_validator("runs_dir")
+    @classmethod
+    def _runs_dir_is_a_path(cls, v: str) -> str:
+        if not v or any(ord(c) < 32 for c in v):
+            raise ValueError("must be a folder path without control characters (NUL, newline)")
         return v
 
     @model_validator(mode="after")
@@ -281,19 +310,22 @@ def parse_config(obj: Any, source: str = "config") -> ExperimentConfig:
 
 
 def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> ExperimentConfig:
-    """Read and validate a YAML config; every problem is a :class:`ConfigError` naming the field."""
+    """Read and validate a YAML config (through :func:`nasforge.yamlfile.read_yaml`, the one
+    loader); every problem is a one-line :class:`ConfigError` naming the file or the field.
+
+    An empty file (or one holding only comments) is refused: it would run all the defaults.
+    """
     p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"{p}: config file not found")
-    try:
-        obj = yaml.safe_load(p.read_text())
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise ConfigError(f"{p}:{where}: not valid YAML ({problem})") from None
-    except UnicodeDecodeError:
-        raise ConfigError(f"{p}: not a text file") from None
+    obj = read_yaml(p, "config file")
+    if is_blank(obj):
+        raise ConfigError(
+            f"{p}: the config file is empty; a run needs at least its data:, space: and "
+            "search: sections (start from examples/quickstart.yaml)"
+        )
     if overrides:
-        obj = {**(obj or {}), **overrides}
+        if not isinstance(obj, dict):
+            raise ConfigError(
+                f"{p}: expected a mapping of sections at the top level, got {type(obj).__name__}"
+            )
+        obj = {**obj, **overrides}
     return parse_config(obj, str(p))

@@ -1,16 +1,24 @@
 """`nasforge doctor CONFIG`: name the domain brief's anti-patterns in a config before a run.
 
 The config is loaded with :func:`~nasforge.experiment.config.load_config`, so its plugins are
-imported and what they register (spaces, strategies, evaluators, backends) is accepted.
+imported and what they register (spaces, strategies, evaluators, backends) is accepted; then
+it runs the search's own pre-run validation (:func:`~nasforge.experiment.preflight.prepare_run`:
+space, strategy, data, evaluator, objective metrics), so that doctor finds every config error
+that would stop ``nasforge search``, and flags budgets smaller than the strategy's warm-up.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from nasforge.errors import NasforgeError
 from nasforge.experiment.config import ExperimentConfig
+from nasforge.experiment.preflight import budget_findings, prepare_run
 from nasforge.hardware.doctor import latency_findings
+
+_FIELD = re.compile(r"^([a-z_]+(?:\.[a-z_0-9]+)*): (.+)$", re.S)
 
 
 @dataclass(frozen=True)
@@ -22,9 +30,37 @@ class Finding:
     message: str
 
 
-def diagnose(cfg: ExperimentConfig) -> list[Finding]:
-    """Findings (error / warning / info, each naming the field) for a validated config."""
-    out: list[Finding] = []
+def error_findings(exc: NasforgeError) -> list[Finding]:
+    """An error that would stop the search, as findings (one per line, field parsed from the
+    message's ``field: ...`` prefix, else ``config``)."""
+    out = []
+    for line in str(exc).splitlines() or [type(exc).__name__]:
+        m = _FIELD.match(line)
+        out.append(
+            Finding("error", m.group(1), m.group(2)) if m else Finding("error", "config", line)
+        )
+    return out
+
+
+def preflight_findings(cfg: ExperimentConfig) -> list[Finding]:
+    """What the search's pre-run validation says about ``cfg``: its error (the first problem
+    it meets), or the budget findings for the strategy it built."""
+    try:
+        prepared = prepare_run(cfg)
+    except NasforgeError as exc:
+        return error_findings(exc)
+    return [Finding(*f) for f in budget_findings(cfg, prepared.strategy)]
+
+
+def diagnose(cfg: ExperimentConfig, build: bool = True) -> list[Finding]:
+    """Findings (error / warning / info, each naming the field) for a validated config.
+
+    Args:
+        cfg: the config (loaded, so its plugins are imported).
+        build: also run the search's pre-run validation (builds the space, strategy, data
+            and evaluator as ``nasforge search`` would; ``False``: only the config's fields).
+    """
+    out: list[Finding] = preflight_findings(cfg) if build else []
     o, lat = cfg.objective, cfg.latency
     if o.metric in ("test_acc", "test_accuracy"):
         out.append(
@@ -55,7 +91,7 @@ def diagnose(cfg: ExperimentConfig) -> list[Finding]:
         )
     if cfg.final.epochs == 0:
         out.append(Finding("warning", "final.epochs", "the final model is not retrained"))
-    if cfg.data.name in ("imagefolder", "cifar10"):
+    if cfg.data.name in ("imagefolder", "cifar10") and not any(f.field == "data.path" for f in out):
         if not cfg.data.path:
             out.append(Finding("error", "data.path", f"dataset {cfg.data.name!r} needs a path"))
         elif not Path(cfg.data.path).exists():

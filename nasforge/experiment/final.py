@@ -31,6 +31,7 @@ from nasforge.experiment.setup import make_latency_model, train_config
 from nasforge.experiment.store import TrialRecord, TrialStore
 from nasforge.hardware import count_flops, count_params, model_size_bytes
 from nasforge.hardware.model import LatencyModel
+from nasforge.modelfile import save_model
 from nasforge.nn import fuse_bn
 from nasforge.objectives import Objective, pareto_front
 from nasforge.space import Arch, SearchSpace
@@ -231,7 +232,17 @@ def finalize_one(
     train_seconds = time.perf_counter() - t0
     model.eval()
     fused = fuse_bn(model)
-    torch.save(model, out_dir / "model.pt")
+    # weights + the arch that rebuilds them, never a pickled module (loading runs no code)
+    save_model(
+        model,
+        trial.arch,
+        out_dir,
+        space=cfg.space.name,
+        input_shape=d.input_shape,
+        num_classes=d.num_classes,
+        space_options=cfg.space.options,
+        plugins=cfg.plugins,
+    )
     card: dict[str, Any] = {
         "trial_id": trial.id,
         "arch_key": trial.arch.key,

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from nasforge.data import Dataset
@@ -23,7 +24,8 @@ from nasforge.errors import ConfigError
 from nasforge.experiment.config import ExperimentConfig, load_config
 from nasforge.experiment.executors import Executor, make_executor
 from nasforge.experiment.progress import LOG_NAME, RunLog
-from nasforge.experiment.setup import build_run, make_strategy, uses_data
+from nasforge.experiment.preflight import prepare_run
+from nasforge.experiment.setup import uses_data
 from nasforge.experiment.store import FINISHED, TrialRecord, TrialStore
 from nasforge.hardware.fingerprint import host_info
 from nasforge.objectives import Objective
@@ -97,9 +99,11 @@ class Experiment:
     # -- main loop ------------------------------------------------------------------------------
     def run(self, resume: bool = False, final: bool = True) -> RunSummary:
         self._prepare_dir(resume)
-        objects = build_run(self.cfg, self.run_dir)  # built once, passed on
+        # built and checked once, before the first trial: a config error stops here
+        prepared = prepare_run(self.cfg, self.run_dir)
+        objects = prepared.objects
         dataset, space, objective = objects.dataset, objects.space, objects.objective
-        strategy = make_strategy(objects)
+        strategy = prepared.strategy
         if objects.constraint is not None:
             self.console.print(
                 f"latency filter: only archs predicted under {objective.target:g} ms are asked"
@@ -303,7 +307,10 @@ class Experiment:
             store.finish_trial(
                 tid, "failed", cost_seconds=out.get("cost_seconds", 0.0), error=out["error"]
             )
-            self.console.print(f"[red]trial {tid} failed:[/] {out['error'].splitlines()[0]}")
+            self.console.print(
+                f"[red]trial {tid} failed:[/] {escape(out['error'].splitlines()[0])}",
+                highlight=False,
+            )
             return None
         score = objective.score(out["metrics"])
         store.finish_trial(tid, "complete", out["metrics"], score, out["cost_seconds"])

@@ -163,6 +163,10 @@ class TableEvaluator(Evaluator):
         return self.metrics_at(self.row_of(arch))
 
     # -- the Evaluator protocol -----------------------------------------------------------------
+    def produces(self) -> frozenset[str]:
+        """The spec's metric names (signal, reported, latency, hardware and extra columns)."""
+        return frozenset(self.spec.metric_names())
+
     def evaluate(
         self,
         arch: Arch | Mapping[str, Any] | str,

@@ -98,6 +98,13 @@ class TableSpec:
                 "table.latency_key: joins on key_column's arch strings; give key_column too "
                 "(or leave latency_key out to join on the op_columns)"
             )
+        names = self.metric_names()
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ConfigError(f"table: metric name(s) {dup} are produced by more than one column")
+
+    def metric_names(self) -> list[str]:
+        """The metric names a lookup reports (signal, reported, latency, hardware, extra)."""
         names = [
             self.signal_metric,
             *(m for _, m in self.hardware_columns),
@@ -107,9 +114,7 @@ class TableSpec:
             names.append(self.reported_metric)
         if self.latency_column is not None:
             names.append("latency_ms")
-        dup = sorted({n for n in names if names.count(n) > 1})
-        if dup:
-            raise ConfigError(f"table: metric name(s) {dup} are produced by more than one column")
+        return names
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready fields (paths as strings, pairs as lists); :meth:`from_dict` inverts it."""
