@@ -55,15 +55,20 @@ def search(
 ) -> None:
     """Run a search; writes runs/<name>/ with trials.db, report.html and best/."""
     from nasforge.experiment.config import load_config
+    from nasforge.experiment.interrupt import SearchInterrupted
     from nasforge.experiment.runner import Experiment
 
     try:
         cfg = load_config(config, {"name": name} if name else None)
         run_dir = cfg.run_dir(runs_dir)
         # the first line says where the run goes (runs_dir / --runs-dir accept any path)
-        err.print(f"run directory: {escape(str(run_dir.resolve()))}", highlight=False)
+        err.print(
+            f"run directory: {escape(str(run_dir.resolve()))}", highlight=False, soft_wrap=True
+        )
         exp = Experiment(cfg, run_dir, console=err, progress=not quiet)
         summary = exp.run(resume=resume, final=not no_final)
+    except SearchInterrupted as stop:  # the run printed what was saved and how to resume
+        raise typer.Exit(stop.exit_code) from None
     except NasforgeError as exc:
         _fail(exc)
         return
@@ -79,6 +84,7 @@ def search(
             f"[red]error:[/] no trial completed ({summary.trials_failed} failed); the errors "
             f"are in {escape(str(summary.run_dir / 'report.html'))} and `nasforge show`",
             highlight=False,
+            soft_wrap=True,
         )
         raise typer.Exit(1)
 
@@ -95,7 +101,12 @@ def show(
     db = run / "trials.db"
     if not db.is_file():
         _fail(NasforgeError(f"{run}: not a run directory (no trials.db)"))
-    with TrialStore(db) as store:
+    try:  # a damaged or empty store is refused, never rewritten
+        store = TrialStore(db, create=False)
+    except NasforgeError as exc:
+        _fail(exc)
+        return
+    with store:
         rows = leaderboard(store, top)
         counts = {s: store.count((s,)) for s in ("complete", "failed", "running", "interrupted")}
         final = store.get_meta("final")
@@ -145,12 +156,14 @@ def export(
     """
     from nasforge.experiment.config import load_config
     from nasforge.experiment.export import export_onnx
+    from nasforge.experiment.store import check_store
     from nasforge.modelfile import WEIGHTS_FILE, load_model
     from nasforge.nn import fuse_bn
 
     try:
         if not (run / "trials.db").is_file():
             raise NasforgeError(f"{run}: not a run directory (no trials.db)")
+        check_store(run / "trials.db")  # a damaged store is refused with how to recover
         cfg = load_config(run / "config.yaml")
         if not cfg.evaluator.needs_data:
             raise NasforgeError(
@@ -177,14 +190,29 @@ def export(
     out.print(f"exported {escape(str(target / 'model.onnx'))}", highlight=False)
 
 
+@app.command()
+def repair(run: Annotated[Path, typer.Argument(help="run directory")]) -> None:
+    """Rebuild a damaged or empty store: every readable trial (from the store, its journal of
+    finished trials and the newest backup) goes into a new trials.db; the old files are kept."""
+    from nasforge.experiment.repair import repair_run
+
+    try:
+        report = repair_run(run)
+    except NasforgeError as exc:
+        _fail(exc)
+        return
+    out.print(escape(report.summary()), highlight=False, soft_wrap=True)
+
+
 def _finalize(cfg: ExperimentConfig, run: Path) -> None:
     """Retrain the run's best trial into ``run/best`` (a run stopped before its final step)."""
     from nasforge.experiment.final import finalize
+    from nasforge.experiment.lock import RunLock
     from nasforge.experiment.setup import make_dataset, make_objective, make_space
     from nasforge.experiment.store import TrialStore
 
     ds = make_dataset(cfg)
-    with TrialStore(run / "trials.db") as store:
+    with RunLock(run, "export"), TrialStore(run / "trials.db", create=False) as store:
         if finalize(cfg, run, store, ds, make_space(cfg, ds), make_objective(cfg), err) is None:
             raise NasforgeError(f"{run}: no completed trial to export")
 

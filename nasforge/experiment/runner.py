@@ -1,13 +1,22 @@
 """`Experiment`: config -> run directory -> loop (ask, evaluate, record, tell) -> final -> report.
 
-The store is the source of truth: ``resume=True`` marks trials left running by a killed
-process as interrupted, rebuilds the strategy by replaying finished trials, and evaluates
-nothing that finished before.
+The store is the source of truth: ``resume=True`` checks it (a damaged store is refused,
+never restarted), restores finished trials its journal holds and it lost, marks trials left
+running by a killed process as interrupted and runs those again first, rebuilds the
+strategy by replaying finished trials, and evaluates nothing that finished before.
+
+One process writes a run: :meth:`Experiment.run` holds the run's lock
+(:class:`~nasforge.experiment.lock.RunLock`) throughout. SIGINT and SIGTERM stop the run at
+once (:mod:`nasforge.experiment.interrupt`): workers are stopped, running trials recorded as
+interrupted, and one line says what was saved and how to resume.
 """
 
 from __future__ import annotations
 
 import json
+import shlex
+import signal
+import sqlite3
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, wait
 from concurrent.futures.process import BrokenProcessPool
@@ -23,10 +32,19 @@ from nasforge.data import Dataset
 from nasforge.errors import ConfigError
 from nasforge.experiment.config import ExperimentConfig, load_config
 from nasforge.experiment.executors import Executor, make_executor
-from nasforge.experiment.progress import LOG_NAME, RunLog
+from nasforge.experiment.interrupt import SearchInterrupted, stop_on_signals
+from nasforge.experiment.lock import RunLock
 from nasforge.experiment.preflight import prepare_run
+from nasforge.experiment.progress import LOG_NAME, RunLog
 from nasforge.experiment.setup import uses_data
-from nasforge.experiment.store import FINISHED, TrialRecord, TrialStore
+from nasforge.experiment.store import (
+    FINISHED,
+    StoreError,
+    TrialRecord,
+    TrialStore,
+    journal_path,
+    read_journal,
+)
 from nasforge.hardware.fingerprint import host_info
 from nasforge.objectives import Objective
 from nasforge.space import Arch, SearchSpace
@@ -52,6 +70,8 @@ class Experiment:
         run_dir: where the run lives (default ``runs_dir/name``).
         console: rich console for progress and messages.
         progress: show a progress bar.
+        backup_every: back the store up (``backups/``, the two newest kept) every this many
+            finished trials, and at the end of the search; ``0`` only at the end.
     """
 
     def __init__(
@@ -60,11 +80,22 @@ class Experiment:
         run_dir: str | Path | None = None,
         console: Console | None = None,
         progress: bool = True,
+        backup_every: int = 10,
     ) -> None:
         self.cfg = config
         self.run_dir = Path(run_dir) if run_dir is not None else config.run_dir()
         self.console = console or Console(stderr=True)
         self.show_progress = progress
+        self.backup_every = backup_every
+
+    def resume_command(self) -> str:
+        """The command that continues this run (from the config saved in the run dir)."""
+        cmd = ["nasforge", "search", str(self.run_dir / "config.yaml"), "--resume"]
+        if Path(self.cfg.runs_dir) / self.cfg.name != self.run_dir:
+            cmd += ["--runs-dir", str(self.run_dir.parent)]
+            if self.run_dir.name != self.cfg.name:
+                cmd += ["--name", self.run_dir.name]
+        return shlex.join(cmd)
 
     @classmethod
     def from_yaml(cls, path: str | Path, **kwargs: Any) -> Experiment:
@@ -73,6 +104,14 @@ class Experiment:
     # -- directory ------------------------------------------------------------------------------
     def _prepare_dir(self, resume: bool) -> None:
         db = self.run_dir / "trials.db"
+        lost = not db.exists() and (
+            read_journal(journal_path(db)) or (self.run_dir / "backups").is_dir()
+        )
+        if lost:  # a store that vanished is damage, not a fresh start
+            raise StoreError(
+                f"{db}: the store is missing but the run's journal or backups are there; "
+                f"recover with `nasforge repair {self.run_dir}`, or choose another run name"
+            )
         if resume:
             if not db.is_file():
                 raise ConfigError(
@@ -98,7 +137,34 @@ class Experiment:
 
     # -- main loop ------------------------------------------------------------------------------
     def run(self, resume: bool = False, final: bool = True) -> RunSummary:
+        """Run (or with ``resume`` continue) the search, then the final step and the report.
+
+        Raises:
+            RunLocked: another process writes this run.
+            StoreError: the store is damaged, empty or missing (nothing is rewritten).
+            SearchInterrupted: SIGINT or SIGTERM; its ``message`` says what was saved.
+        """
+        lock = RunLock(self.run_dir, "search").acquire()
+        try:
+            with stop_on_signals():
+                return self._run_locked(resume, final)
+        except SearchInterrupted as stop:
+            if not stop.message:
+                stop.message = f"interrupted by {stop.signal_name} before the search started; " + (
+                    f"nothing was lost; continue with: {self.resume_command()}"
+                    if resume
+                    else "no trial was run"
+                )
+            self.console.print(escape(stop.message), highlight=False, soft_wrap=True)
+            raise
+        finally:
+            lock.release()
+
+    def _run_locked(self, resume: bool, final: bool) -> RunSummary:
         self._prepare_dir(resume)
+        # a damaged store is refused before any work (and never rewritten): check it first
+        if resume:
+            TrialStore(self.run_dir / "trials.db", create=False).close()
         # built and checked once, before the first trial: a config error stops here
         prepared = prepare_run(self.cfg, self.run_dir)
         objects = prepared.objects
@@ -108,17 +174,28 @@ class Experiment:
             self.console.print(
                 f"latency filter: only archs predicted under {objective.target:g} ms are asked"
             )
-        store = TrialStore(self.run_dir / "trials.db")
+        store = TrialStore(self.run_dir / "trials.db", create=not resume)
         self.log = RunLog(self.run_dir / LOG_NAME, self.console, self.show_progress)
         try:
+            rerun: list[Arch] = []
             if resume:
-                n = store.mark_interrupted()
-                if n:
+                restored = store.replay_journal()
+                if restored:
                     self.console.print(
-                        f"[yellow]resume:[/] {n} interrupted trial(s) will be run again"
+                        f"[yellow]resume:[/] {restored} finished trial(s) the store had lost "
+                        f"were restored from {escape(str(journal_path(store.path)))}",
+                        highlight=False,
                     )
+                store.mark_interrupted()
+                rerun = _interrupted_archs(store)
+                if rerun:
+                    self.console.print(
+                        f"[yellow]resume:[/] {len(rerun)} interrupted trial(s) will be run again "
+                        "first"
+                    )
+            store.set_meta("status", "running")
             finished = store.trials(FINISHED, order="finished")
-            strategy.replay((t.arch, t.score) for t in finished)
+            strategy.replay(((t.arch, t.score) for t in finished), asked=rerun)
             store.set_meta("hardware", host_info())
             store.set_meta(
                 "dataset",
@@ -140,7 +217,8 @@ class Experiment:
                 f"progress also in {self.run_dir / LOG_NAME}",
                 echo=False,
             )
-            search_seconds = self._loop(store, strategy, objective)
+            search_seconds = self._loop(store, strategy, objective, rerun)
+            self._backup(store)
             summary = self._summary(store, objective, search_seconds)
             if final and dataset is None:
                 from nasforge.experiment.final import finalize_table
@@ -157,13 +235,53 @@ class Experiment:
             from nasforge.experiment.report import write_report
 
             write_report(self.run_dir, self.cfg, store, space, objective)
+            store.set_meta("status", "done")
+            self._backup(store)
             self.log.line(f"done: report in {self.run_dir / 'report.html'}")
             return summary
+        except SearchInterrupted as stop:
+            if not stop.message:  # stopped after the search loop (final step, report)
+                stop.message = self._interrupt_message(store, stop, 0)
+                self._record_interrupt(store, stop)
+            raise
         finally:
             self.log.close()
             store.close()
 
-    def _loop(self, store: TrialStore, strategy: Any, objective: Objective) -> float:
+    def _backup(self, store: TrialStore) -> None:
+        """A checkpoint backup of the store; a failure is reported, never fatal."""
+        try:
+            store.checkpoint_backup()
+        except (OSError, StoreError, sqlite3.Error) as exc:
+            self.console.print(
+                f"[yellow]warning:[/] store backup failed ({escape(str(exc))}); the run goes on",
+                highlight=False,
+            )
+
+    def _interrupt_message(self, store: TrialStore, stop: SearchInterrupted, stopped: int) -> str:
+        n = store.count(FINISHED)
+        running = (
+            f"; {stopped} running trial(s) stopped, run again first on resume" if stopped else ""
+        )
+        return (
+            f"interrupted by {stop.signal_name}: {n} finished trial(s) saved in "
+            f"{store.path}{running}; continue with: {self.resume_command()}"
+        )
+
+    def _record_interrupt(self, store: TrialStore, stop: SearchInterrupted) -> None:
+        store.set_meta("status", "interrupted")
+        store.log_event("interrupt", stop.message)
+
+    def _loop(
+        self,
+        store: TrialStore,
+        strategy: Any,
+        objective: Objective,
+        rerun: list[Arch] | None = None,
+    ) -> float:
+        """Ask, evaluate, record, tell until the budget is spent; ``rerun`` (interrupted
+        trials' archs, already open in the strategy) are evaluated first."""
+        rerun = list(rerun or [])
         search = self.cfg.search
         budget = search.trials
         prior_seconds = float(store.get_meta("search_seconds", 0.0))
@@ -202,6 +320,7 @@ class Experiment:
             "search", total=budget, completed=done0, best=_fmt(best), remaining="?"
         )
         duplicates = 0
+        terminated = False
         try:
             with progress:
                 while True:
@@ -211,7 +330,7 @@ class Experiment:
                         and not out_of_time()
                         and duplicates < 10 * budget
                     ):
-                        arch = strategy.ask(1)[0]
+                        arch = rerun.pop(0) if rerun else strategy.ask(1)[0]
                         if book.seen(arch.key):  # same network already paid for: reuse it
                             strategy.tell(arch, book.score_of(arch.key))
                             duplicates += 1
@@ -239,6 +358,8 @@ class Experiment:
                         )
                         strategy.tell(arch, score)
                         self._log_trial(store.trial(tid), book, budget, t_start, done0)
+                        if self.backup_every and book.finished % self.backup_every == 0:
+                            self._backup(store)
                     book.save_elapsed(elapsed())
                     done = book.finished
                     left = _time_left(t_start, done - done0, budget - done)
@@ -248,11 +369,20 @@ class Experiment:
                         best=_fmt(book.best),
                         remaining=f"{left:.0f}s" if left is not None else "?",
                     )
-        except KeyboardInterrupt:
-            store.log_event("interrupt", "search interrupted by the user; resume with --resume")
-            raise
+        except KeyboardInterrupt as exc:
+            # stop at once: the running trials are abandoned (run again first on resume),
+            # not waited for and then thrown away
+            executor.terminate()
+            terminated = True
+            stop = exc if isinstance(exc, SearchInterrupted) else SearchInterrupted(signal.SIGINT)
+            stopped = store.mark_interrupted()
+            book.save_elapsed(elapsed(), force=True)
+            stop.message = self._interrupt_message(store, stop, stopped)
+            self._record_interrupt(store, stop)
+            raise stop from None
         finally:
-            executor.shutdown()
+            if not terminated:
+                executor.shutdown()
         book.save_elapsed(elapsed(), force=True)
         if out_of_time():
             store.log_event(
@@ -310,6 +440,7 @@ class Experiment:
             self.console.print(
                 f"[red]trial {tid} failed:[/] {escape(out['error'].splitlines()[0])}",
                 highlight=False,
+                soft_wrap=True,
             )
             return None
         score = objective.score(out["metrics"])
@@ -362,6 +493,16 @@ class LoopBook:
         if force or now - self._last_save >= self._save_every_s:
             self.store.set_meta("search_seconds", seconds)
             self._last_save = now
+
+
+def _interrupted_archs(store: TrialStore) -> list[Arch]:
+    """Archs of interrupted trials that never finished (once each, in trial order)."""
+    done = {t.key for t in store.trials(FINISHED)}
+    out: dict[str, Arch] = {}
+    for t in store.trials(("interrupted",)):
+        if t.key not in done:
+            out.setdefault(t.key, t.arch)
+    return list(out.values())
 
 
 def _fmt(v: float | None) -> str:
