@@ -51,9 +51,10 @@ def build_report(
         },
         "hardware": store.get_meta("hardware"),
         "dataset": store.get_meta("dataset"),
+        "latency_sources": latency_sources(cfg),
         "search_cost": {
-            "device_seconds": store.total_cost_seconds(),
-            "wall_seconds": store.get_meta("search_seconds", 0.0),
+            "device_seconds": round(float(store.total_cost_seconds()), 1),
+            "wall_seconds": round(float(store.get_meta("search_seconds", 0.0) or 0.0), 1),
             "candidates_evaluated": len([t for t in trials if t.state in ("complete", "failed")]),
             "complete": len(complete),
             "failed": len([t for t in trials if t.state == "failed"]),
@@ -72,6 +73,34 @@ def build_report(
         "events": [{"time": e[0], "kind": e[1], "message": e[2]} for e in store.events()],
         "trials": [t.to_dict() for t in trials],
     }
+
+
+def latency_sources(cfg: ExperimentConfig) -> dict[str, str]:
+    """Where each latency the report shows comes from, in words: ``search`` (the
+    leaderboard's ``latency_ms``, one value per trial, taken during the search) and ``final``
+    (the best model's, measured once after retraining)."""
+    lat = cfg.latency
+    if not cfg.evaluator.needs_data:
+        search = f"from the benchmark table ({cfg.evaluator.kind} evaluator's latency column)"
+    elif lat.mode == "predict":
+        search = (
+            f"predicted from the latency table {lat.table} ({lat.statistic or 'its'} statistic)"
+        )
+    elif lat.mode == "flops":
+        search = "not measured (latency.mode: flops; trials report mflops)"
+    else:
+        search = (
+            f"{lat.statistic or 'median'} of {lat.repeats} runs on {lat.backend}, batch "
+            f"{lat.batch_size}, {lat.threads} thread(s), measured once per trial during the "
+            "search, while other trials may have been training"
+        )
+    final = (
+        f"{lat.statistic or 'median'} of {lat.repeats} runs on {lat.backend}, batch "
+        f"{lat.batch_size}, {lat.threads} thread(s), measured once after the final retraining"
+        if cfg.evaluator.needs_data
+        else search
+    )
+    return {"search": search, "final": final}
 
 
 def _config_as_used(cfg: ExperimentConfig) -> dict[str, Any]:
@@ -161,6 +190,18 @@ def _num(v: Any, fmt: str = ".4f") -> str:
     return format(v, fmt) if isinstance(v, (int, float)) else "-"
 
 
+def _final_latency_label(card: dict[str, Any], sources: dict[str, str]) -> str:
+    """How the best model's latency was measured, from its card (else the config)."""
+    lat = card.get("latency") or {}
+    if not lat:
+        return sources.get("final", "")
+    return (
+        f"{lat.get('statistic')} of {lat.get('repeats')} runs on {lat.get('backend')}, batch "
+        f"{lat.get('batch_size')}, {lat.get('threads')} thread(s), measured once after the "
+        "final retraining"
+    )
+
+
 def render_html(report: dict[str, Any], plots: dict[str, str], space: SearchSpace) -> str:
     cost = report["search_cost"]
     hw = report.get("hardware") or {}
@@ -170,31 +211,41 @@ def render_html(report: dict[str, Any], plots: dict[str, str], space: SearchSpac
         f"{html.escape(report['objective']['kind'])}</p>",
     ]
     final = report.get("final") or []
+    sources = report.get("latency_sources") or {}
     if final:
         f0 = final[0]
         parts.append("<h2>Best model</h2>")
-        rows = [
+        rows: list[list[Any]] = [
             ["test accuracy (once, on the test split)", _num(f0.get("test_acc"))],
             ["search validation accuracy", _num(f0["search_metrics"].get("val_acc"))],
             [
-                f"latency on {(f0.get('latency') or {}).get('backend', 'torch')} (ms)",
-                _num(f0.get("latency_ms", f0.get("latency_ms_torch")), ".3f"),
-            ],
-            ["latency predicted in search (ms)", _num(f0.get("latency_ms_predicted"), ".3f")],
-            [
-                "latency measured at the end, same statistic (ms)",
-                _num((f0.get("latency_check") or {}).get("latency_ms_measured"), ".3f"),
+                f"latency (ms): {_final_latency_label(f0, sources)}",
+                _num(f0.get("latency_ms"), ".3f"),
             ],
             [
-                "prediction error (%)",
-                _num((f0.get("latency_check") or {}).get("latency_error_pct"), ".1f"),
+                f"latency in the search (ms, the leaderboard's): {sources.get('search', '')}",
+                _num(f0["search_metrics"].get("latency_ms"), ".3f"),
             ],
+        ]
+        if f0.get("latency_ms_predicted") is not None:
+            rows.append(
+                [
+                    "prediction error: latency predicted in search vs measured at the end (%)",
+                    _num((f0.get("latency_check") or {}).get("latency_error_pct"), ".1f"),
+                ]
+            )
+        rows += [
             ["ONNX max abs diff vs PyTorch", _num(f0.get("onnx_max_abs_diff"), ".2e")],
             ["params", f0.get("params")],
             ["FLOPs", f0.get("flops")],
             ["size (bytes, BN folded)", f0.get("size_bytes")],
         ]
         parts.append(_table(rows, ["", "value"]))
+        parts.append(
+            "<p>The two latencies differ because they are two measurements under different "
+            "conditions: the search's, once per trial while the search ran; the final one, "
+            "of the retrained model on a quiet process. The final one is the model's.</p>"
+        )
         parts.append(f"<pre>{html.escape(f0.get('arch_description', ''))}</pre>")
     for key, title in (("scatter", "Accuracy vs latency"), ("progress", "Search progress")):
         if key in plots:
@@ -215,10 +266,13 @@ def render_html(report: dict[str, Any], plots: dict[str, str], space: SearchSpac
     parts.append(
         _table(rows, ["trial", "score", "val_acc", "latency_ms", "params", "cost s", "key"])
     )
+    if sources.get("search"):
+        parts.append(f"<p>latency_ms: {html.escape(sources['search'])}</p>")
     parts.append("<h2>Search cost</h2>")
     parts.append(
         _table(
-            [[k, v] for k, v in cost.items()] + [[f"hardware.{k}", v] for k, v in hw.items()],
+            [[k, _num(v, ".1f") if k.endswith("seconds") else v] for k, v in cost.items()]
+            + [[f"hardware.{k}", v] for k, v in hw.items()],
             ["", "value"],
         )
     )
