@@ -93,7 +93,7 @@ def test_cli_bad_input_exits_2_with_one_line(tmp_path, setup) -> None:  # type: 
     assert res.exit_code == 2 and "does not exist" in res.output
     torch.save(setup[1].state_dict(), tmp_path / "sd.pt")
     res = runner.invoke(_app(), [str(tmp_path / "sd.pt")])
-    assert res.exit_code == 2 and "not a module" in res.output
+    assert res.exit_code == 2 and "holds no architecture" in res.output
     torch.save({"model": setup[1]}, tmp_path / "m.pt")
     res = runner.invoke(_app(), [str(tmp_path / "m.pt"), "--prune", "channel:abc"])
     assert res.exit_code == 2 and "--prune" in res.output
