@@ -1,10 +1,20 @@
 """Where trials run: ``inline`` (this process), ``process`` (a local pool, the default),
-``ray`` (tasks on a Ray cluster). All take a picklable payload and return futures."""
+``ray`` (tasks on a Ray cluster). All take a picklable payload and return futures.
+
+Workers never write the store: they return results to the one process that holds the run's
+lock. No worker outlives its run: :meth:`Executor.terminate` stops running trials at once
+(SIGINT/SIGTERM to the search), pool workers ignore SIGINT (a Ctrl-C in a terminal reaches
+the whole process group; the main process decides) and, on Linux, are killed by the kernel
+when the main process dies, even by ``kill -9``.
+"""
 
 from __future__ import annotations
 
+import ctypes
 import multiprocessing as mp
 import os
+import signal
+import sys
 import traceback
 from concurrent.futures import Future, ProcessPoolExecutor
 from typing import Any
@@ -14,9 +24,27 @@ from nasforge.errors import ConfigError, TrainingDiverged
 _EVALUATORS: dict[str, Any] = {}
 
 
-def _init_worker(threads: int) -> None:
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent(parent_pid: int) -> None:
+    """Ask the kernel to SIGKILL this process when its parent dies (Linux); exit now if the
+    parent is already gone."""
+    if sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL))
+        except (OSError, AttributeError):  # no prctl: the pool's own shutdown still applies
+            pass
+    if os.getppid() != parent_pid:
+        os._exit(1)
+
+
+def _init_worker(threads: int, parent_pid: int | None = None) -> None:
     import torch
 
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if parent_pid is not None:
+        _die_with_parent(parent_pid)
     torch.set_num_threads(threads)
 
 
@@ -81,7 +109,12 @@ class Executor:
         """Recover after a worker died (out of memory, killed)."""
 
     def shutdown(self) -> None:
-        pass
+        """Wait for running trials, then release the workers (the normal end of a search)."""
+
+    def terminate(self) -> None:
+        """Stop at once: running trials are abandoned and the workers are gone on return
+        (called when the search is interrupted)."""
+        self.shutdown()
 
 
 class InlineExecutor(Executor):
@@ -121,8 +154,13 @@ class ProcessExecutor(Executor):
             self.workers,
             mp_context=mp.get_context("spawn"),
             initializer=_init_worker,
-            initargs=(self.threads,),
+            initargs=(self.threads, os.getpid()),
         )
+
+    def pids(self) -> list[int]:
+        """The worker processes' PIDs (for tests and diagnostics)."""
+        procs = getattr(self._pool, "_processes", None) or {}
+        return [p.pid for p in procs.values() if p.pid is not None]
 
     def submit(self, payload: dict[str, Any]) -> Future:
         return self._pool.submit(evaluate_payload, payload)
@@ -132,6 +170,19 @@ class ProcessExecutor(Executor):
         self._pool = self._make()
 
     def shutdown(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+    def terminate(self) -> None:
+        procs = list((getattr(self._pool, "_processes", None) or {}).values())
+        for p in procs:
+            if p.is_alive():
+                p.terminate()
+        for p in procs:
+            p.join(10)
+            if p.is_alive():
+                p.kill()
+                p.join(10)
+        # the pool notices its dead workers; this joins its manager thread and queues
         self._pool.shutdown(wait=True, cancel_futures=True)
 
 

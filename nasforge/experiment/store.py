@@ -1,25 +1,44 @@
 """SQLite (WAL) trial store: the source of truth of a run.
 
 Every trial is one row: its arch, state (``running``, ``complete``, ``failed``,
-``interrupted``), score, metrics, error, cost and timings. Several processes may open the
-same file and write to it; SQLite serialises the writes (WAL mode, busy timeout).
+``interrupted``), score, metrics, error, cost and timings. One process writes a run (it
+holds the run's lock, :mod:`nasforge.experiment.lock`); SQLite would also serialise several
+writers (WAL mode, busy timeout).
+
+What protects a finished trial:
+
+- every commit is synced (``synchronous=FULL``), so a power loss keeps what committed;
+- each finished trial is first appended (and synced) to a journal beside the store
+  (``trials.jsonl``), so a result whose store write failed or was lost (a full disk, a
+  truncated WAL) is restored by :meth:`TrialStore.replay_journal` or ``nasforge repair``;
+- an existing store is checked before it is opened for writing (:func:`check_store`: SQLite
+  header, ``PRAGMA quick_check``, tables, schema version); a damaged or empty file is refused
+  with :class:`StoreError` and never rewritten in place (opening a zero-length file does not
+  put a schema into it);
+- :meth:`TrialStore.backup` copies the store with SQLite's online backup API (the runner calls
+  it every few finished trials and at the end; :mod:`nasforge.experiment.repair` uses it).
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
 import sqlite3
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Self
 
+from nasforge.errors import NasforgeError
 from nasforge.space import Arch
 from nasforge.strategies.base import Score
 
 STATES = ("running", "complete", "failed", "interrupted")
 FINISHED = ("complete", "failed")
+SCHEMA_VERSION = 1  # PRAGMA user_version of a store; 0 = written before versioning (same schema)
+SQLITE_HEADER = b"SQLite format 3\x00"
+BACKUP_DIR = "backups"
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS trials (
@@ -81,6 +100,30 @@ class TrialRecord:
         }
 
 
+TRIAL_COLUMNS = (
+    "id, key, arch, state, score, metrics, error, cost_seconds, created, started, finished, worker"
+)
+
+
+def row_from_dict(d: dict[str, Any]) -> tuple[Any, ...]:
+    """The ``trials`` row (columns ``TRIAL_COLUMNS``) of a :meth:`TrialRecord.to_dict` dict."""
+    score = d.get("score")
+    return (
+        int(d["id"]),
+        str(d["key"]),
+        d.get("arch_json") or Arch(d["arch"]).to_json(),
+        str(d["state"]),
+        None if score is None else json.dumps(_clean(score)),
+        json.dumps(_clean(d.get("metrics") or {})),
+        d.get("error"),
+        float(d.get("cost_seconds") or 0.0),
+        float(d.get("created") or 0.0),
+        d.get("started"),
+        d.get("finished"),
+        d.get("worker"),
+    )
+
+
 def _clean(v: Any) -> Any:
     """JSON has no NaN/inf: store them as None."""
     if isinstance(v, float) and not math.isfinite(v):
@@ -92,20 +135,138 @@ def _clean(v: Any) -> Any:
     return v
 
 
-class TrialStore:
-    """Open (creating if needed) the store at ``path``; ``":memory:"`` for tests."""
+class StoreError(NasforgeError):
+    """A store is missing, empty, damaged or from a newer nasforge; the message says what is
+    wrong and how to recover (``nasforge repair RUN``, or the last backup)."""
 
-    def __init__(self, path: str | Path, timeout_s: float = 60.0) -> None:
+
+def journal_path(db: str | Path) -> Path:
+    """The journal of finished trials beside store ``db`` (``trials.db`` -> ``trials.jsonl``)."""
+    return Path(db).with_suffix(".jsonl")
+
+
+def backup_dir(db: str | Path) -> Path:
+    return Path(db).parent / BACKUP_DIR
+
+
+def latest_backup(db: str | Path) -> Path | None:
+    """The newest backup of store ``db`` (backups are checked when written), or ``None``."""
+    found = sorted(backup_dir(db).glob(f"{Path(db).stem}-*.db"))
+    return found[-1] if found else None
+
+
+def recovery_hint(db: str | Path) -> str:
+    """How to recover a damaged store: repair, or the last backup."""
+    run = Path(db).parent
+    hint = (
+        f"recover with `nasforge repair {run}` (salvages every readable trial, from the store, "
+        "its journal and backups, into a new store; the damaged files are kept)"
+    )
+    last = latest_backup(db)
+    if last is not None:
+        hint += f", or restore the last backup {last}"
+    return hint
+
+
+def check_store(path: str | Path) -> None:
+    """Check an existing store without writing to it.
+
+    Checks, in order: a non-empty file, the SQLite header, ``PRAGMA quick_check`` (opened
+    read-only), the ``trials`` table and the schema version.
+
+    Raises:
+        StoreError: one line naming the file, what is wrong and how to recover.
+    """
+    p = Path(path)
+
+    def bad(what: str) -> StoreError:
+        return StoreError(f"{p}: {what}; nothing was changed; {recovery_hint(p)}")
+
+    if not p.is_file():
+        if Path(f"{p}-wal").is_file():
+            raise bad("the store file is missing but its WAL file is there")
+        raise StoreError(f"{p}: no such store")
+    size = p.stat().st_size
+    if size == 0:
+        raise bad("the store is empty (0 bytes): its contents were lost")
+    with p.open("rb") as fh:
+        header = fh.read(len(SQLITE_HEADER))
+    if header != SQLITE_HEADER:
+        raise bad("not a SQLite database (its header is overwritten or it is another file)")
+    try:
+        db = sqlite3.connect(f"file:{p}?mode=ro", uri=True, isolation_level=None)
+    except sqlite3.Error as exc:
+        raise bad(f"cannot be opened ({exc})") from None
+    try:
+        result = [r[0] for r in db.execute("PRAGMA quick_check").fetchall()]
+        if result != ["ok"]:
+            raise bad(f"damaged: SQLite's quick_check reports {result[0]!r}")
+        tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        version = int(db.execute("PRAGMA user_version").fetchone()[0])
+    except sqlite3.Error as exc:
+        raise bad(f"damaged ({exc})") from None
+    finally:
+        db.close()
+    if "trials" not in tables:
+        raise bad("not a nasforge store (no trials table)")
+    if version > SCHEMA_VERSION:
+        raise StoreError(
+            f"{p}: written by a newer nasforge (store schema {version}, this version reads "
+            f"up to {SCHEMA_VERSION}); upgrade nasforge to read it"
+        )
+
+
+def read_journal(path: str | Path) -> dict[int, dict[str, Any]]:
+    """Finished trials recorded in a journal, by id (the last entry of an id wins).
+
+    A torn last line (a crash or a full disk mid-append) is skipped: its trial was not
+    reported finished to the loop either.
+    """
+    out: dict[int, dict[str, Any]] = {}
+    p = Path(path)
+    if not p.is_file():
+        return out
+    for line in p.read_bytes().splitlines():
+        try:
+            rec = json.loads(line)
+            out[int(rec["id"])] = rec
+        except (ValueError, KeyError, TypeError):
+            continue
+    return out
+
+
+class TrialStore:
+    """The trial store at ``path`` (``":memory:"`` for tests).
+
+    Args:
+        path: the SQLite file.
+        timeout_s: how long a write waits for another writer.
+        create: create the store if the file does not exist; with ``False`` a missing file is
+            a :class:`StoreError` (``show``, ``export``, ``--resume`` never create one).
+
+    An existing file is checked first (:func:`check_store`); a damaged one raises
+    :class:`StoreError` and is not touched.
+    """
+
+    def __init__(self, path: str | Path, timeout_s: float = 60.0, *, create: bool = True) -> None:
         self.path = str(path)
-        if self.path != ":memory:":
-            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        memory = self.path == ":memory:"
+        self._journal: Path | None = None if memory else journal_path(self.path)
+        if not memory:
+            p = Path(self.path)
+            if p.exists() or Path(f"{p}-wal").exists() or not create:
+                check_store(p)
+            else:
+                p.parent.mkdir(parents=True, exist_ok=True)
         self._db = sqlite3.connect(
             self.path, timeout=timeout_s, isolation_level=None, check_same_thread=False
         )
         self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
+        # FULL: a commit is on disk when it returns, so a power loss keeps finished trials
+        self._db.execute("PRAGMA synchronous=FULL")
         self._db.execute(f"PRAGMA busy_timeout={int(timeout_s * 1000)}")
-        self._db.executescript(_SCHEMA)
+        if int(self._db.execute("PRAGMA user_version").fetchone()[0]) == 0:
+            self._db.executescript(_SCHEMA + f"PRAGMA user_version={SCHEMA_VERSION};")
 
     def close(self) -> None:
         self._db.close()
@@ -116,14 +277,107 @@ class TrialStore:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    # -- safety ---------------------------------------------------------------------------------
+    def backup(self, dest: str | Path) -> Path:
+        """Copy the store to ``dest`` with SQLite's online backup API (a consistent snapshot,
+        taken while the run goes on), check the copy, then move it into place atomically.
+
+        Raises:
+            StoreError: the copy fails its integrity check (the previous ``dest`` is kept).
+        """
+        dest = Path(dest)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = dest.with_name(dest.name + ".tmp")
+        tmp.unlink(missing_ok=True)
+        out = sqlite3.connect(tmp)
+        try:
+            self._db.backup(out)
+            ok = out.execute("PRAGMA quick_check").fetchone()[0] == "ok"
+        finally:
+            out.close()
+        if not ok:
+            tmp.unlink(missing_ok=True)
+            raise StoreError(f"{self.path}: backup to {dest} failed its integrity check")
+        os.replace(tmp, dest)
+        return dest
+
+    def checkpoint_backup(self, keep: int = 2) -> Path | None:
+        """A backup in ``backups/`` named by the number of finished trials; keeps the ``keep``
+        newest. ``None`` for an in-memory store."""
+        if self.path == ":memory:":
+            return None
+        stem = Path(self.path).stem
+        dest = backup_dir(self.path) / f"{stem}-{self.count(FINISHED):06d}.db"
+        self.backup(dest)
+        for old in sorted(backup_dir(self.path).glob(f"{stem}-*.db"))[:-keep]:
+            old.unlink(missing_ok=True)
+        return dest
+
+    def _append_journal(self, record: TrialRecord) -> None:
+        """Append one finished trial to the journal and sync it (before the store write)."""
+        if self._journal is None:
+            return
+        entry = record.to_dict() | {"arch_json": record.arch.to_json()}
+        line = (json.dumps(_clean(entry), allow_nan=False) + "\n").encode()
+        fd = os.open(self._journal, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            os.write(fd, line)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def journal_gap(self) -> list[int]:
+        """Ids of finished trials the journal holds but the store does not show finished."""
+        if self._journal is None:
+            return []
+        journal = read_journal(self._journal)
+        if not journal:
+            return []
+        done = {
+            int(r[0])
+            for r in self._db.execute("SELECT id FROM trials WHERE state IN ('complete','failed')")
+        }
+        return sorted(set(journal) - done)
+
+    def replay_journal(self) -> int:
+        """Write back finished trials the journal holds and the store lost (a failed or lost
+        write); returns how many. Call only as the run's one writer (lock held)."""
+        gap = self.journal_gap()
+        if not gap:
+            return 0
+        journal = read_journal(self._journal) if self._journal is not None else {}
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            for tid in gap:
+                self._db.execute(
+                    f"INSERT OR REPLACE INTO trials({TRIAL_COLUMNS}) VALUES ({','.join('?' * 12)})",
+                    row_from_dict(journal[tid]),
+                )
+            self._db.execute("COMMIT")
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self.log_event("journal", f"{len(gap)} finished trial(s) restored from the journal: {gap}")
+        return len(gap)
+
     # -- writes ---------------------------------------------------------------------------------
     def add_trial(self, arch: Arch, state: str = "running", worker: str | None = None) -> int:
         now = time.time()
-        cur = self._db.execute(
+        cur = self._write(
             "INSERT INTO trials(key, arch, state, created, started, worker) VALUES (?,?,?,?,?,?)",
             (arch.key, arch.to_json(), state, now, now if state == "running" else None, worker),
         )
         return int(cur.lastrowid)  # type: ignore[arg-type]
+
+    def _write(self, sql: str, args: tuple[Any, ...] = ()) -> sqlite3.Cursor:
+        """One write; an SQLite failure (full disk, I/O error) becomes a :class:`StoreError`."""
+        try:
+            return self._db.execute(sql, args)
+        except sqlite3.Error as exc:
+            raise StoreError(
+                f"{self.path}: could not write to the store ({exc}); every finished trial is "
+                "kept; free space if the disk is full, then --resume"
+            ) from None
 
     def finish_trial(
         self,
@@ -134,30 +388,71 @@ class TrialStore:
         cost_seconds: float = 0.0,
         error: str | None = None,
     ) -> None:
+        """Record a trial's outcome. A finished state (``complete``, ``failed``) is appended to
+        the journal and synced first, so the result survives a failed or lost store write.
+
+        Raises:
+            StoreError: the journal or the store could not be written (a full disk, a file
+                size limit, an I/O error); the message says which and what to do.
+        """
         if state not in STATES:
             raise ValueError(f"state must be one of {STATES}, got {state!r}")
+        now = time.time()
         score_json = (
             None
             if score is None
             else json.dumps(_clean(list(score) if isinstance(score, tuple) else score))
         )
-        self._db.execute(
-            "UPDATE trials SET state=?, score=?, metrics=?, error=?, cost_seconds=?, finished=? "
-            "WHERE id=?",
-            (
+        if state in FINISHED and self._journal is not None:
+            before = self.trial(trial_id)
+            record = TrialRecord(
+                trial_id,
+                before.arch,
                 state,
-                score_json,
-                json.dumps(_clean(metrics or {})),
+                score,
+                dict(metrics or {}),
                 error,
                 float(cost_seconds),
-                time.time(),
-                trial_id,
-            ),
-        )
+                before.created,
+                before.started,
+                now,
+                before.worker,
+            )
+            try:
+                self._append_journal(record)
+            except OSError as exc:
+                raise StoreError(
+                    f"{self._journal}: could not save trial {trial_id} ({exc.strerror or exc}): "
+                    "the disk is full or a file size limit was reached; free space, then "
+                    f"--resume (trial {trial_id} will be run again)"
+                ) from None
+        try:
+            self._db.execute(
+                "UPDATE trials SET state=?, score=?, metrics=?, error=?, cost_seconds=?, "
+                "finished=? WHERE id=?",
+                (
+                    state,
+                    score_json,
+                    json.dumps(_clean(metrics or {})),
+                    error,
+                    float(cost_seconds),
+                    now,
+                    trial_id,
+                ),
+            )
+        except sqlite3.Error as exc:
+            kept = (
+                f"its result is kept in {self._journal} and is restored on --resume"
+                if state in FINISHED and self._journal is not None
+                else "--resume runs it again"
+            )
+            raise StoreError(
+                f"{self.path}: could not record trial {trial_id} ({exc}); {kept}"
+            ) from None
 
     def mark_interrupted(self) -> int:
         """Trials left ``running`` by a killed process become ``interrupted``; returns how many."""
-        cur = self._db.execute(
+        cur = self._write(
             "UPDATE trials SET state='interrupted', finished=? WHERE state='running'",
             (time.time(),),
         )
@@ -169,7 +464,7 @@ class TrialStore:
         return n
 
     def set_meta(self, key: str, value: Any) -> None:
-        self._db.execute(
+        self._write(
             "INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)",
             (key, json.dumps(_clean(value))),
         )
@@ -179,7 +474,7 @@ class TrialStore:
         return json.loads(row[0]) if row else default
 
     def log_event(self, kind: str, message: str) -> None:
-        self._db.execute(
+        self._write(
             "INSERT INTO events(time, kind, message) VALUES (?,?,?)", (time.time(), kind, message)
         )
 
