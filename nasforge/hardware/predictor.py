@@ -98,6 +98,20 @@ def list_schedule(
 _SRC = itemgetter(0)
 
 
+def cell_sum(cell: Cell, ms: Callable[[LayerSpec], float]) -> float:
+    """Every layer of one cell in a row, in ms: its edges, the merges of the nodes that have
+    incoming edges, and the join (the ``sum`` aggregation of :func:`cell_times`)."""
+    total = 0.0
+    fed = set()
+    for _, d, spec in cell.edges:
+        total += ms(spec)
+        fed.add(d)
+    for node, spec in cell.merges:
+        if node in fed and node >= cell.num_inputs:
+            total += ms(spec)
+    return total + (ms(cell.join) if cell.join is not None else 0.0)
+
+
 def cell_times(cell: Cell, ms: Callable[[LayerSpec], float], workers: int = 1) -> Times:
     """(sum of all layers, critical path, schedule on ``workers``) of one cell in ms.
 
@@ -116,16 +130,12 @@ def cell_times(cell: Cell, ms: Callable[[LayerSpec], float], workers: int = 1) -
     edges = sorted(cell.edges, key=_SRC)
     costs = [ms(spec) for _, _, spec in edges]
     arrive = [-1.0] * n  # latest finish of an edge into each node; -1: none
-    total = 0.0
     for (s, d, _), m in zip(edges, costs):
-        total += m
         a = arrive[s]
         t = (a + merge[s] if a >= 0.0 else 0.0) + m
         if t > arrive[d]:
             arrive[d] = t
-    for d in range(cell.num_inputs, n):
-        if arrive[d] >= 0.0:
-            total += merge[d]
+    total = cell_sum(cell, ms)
     crit = 0.0
     for o in cell.outputs:
         a = arrive[o]
@@ -134,11 +144,11 @@ def cell_times(cell: Cell, ms: Callable[[LayerSpec], float], workers: int = 1) -
             crit = t
     join = ms(cell.join) if cell.join is not None else 0.0
     if workers == 1:
-        sched = total + join
+        sched = total
     else:
         timed = [(s, d, m) for (s, d, _), m in zip(edges, costs)]
         sched = list_schedule(n, cell.num_inputs, timed, merge, workers) + join
-    return total + join, crit + join, sched
+    return total, crit + join, sched
 
 
 def plan_times(plan: Plan, ms: Callable[[LayerSpec], float], workers: int = 1) -> Times:
@@ -223,6 +233,8 @@ class LatencyPredictor:
         self._memo: dict[int, Times] = {}
         self._pick: dict[int, float] = {}
         self._alive: dict[int, Segment] = {}
+        #: the mode's aggregation of a cell is its plain sum (no critical path needed)
+        self._sums_only = mode == "sum" or (mode == "schedule" and self.workers == 1)
         #: a space that returns the same plan object for the same arch (it caches plans per
         #: genotype) gets its plans' totals memoised too, by the same identity rule
         probe = self.space.sample(np.random.default_rng(0))
@@ -254,15 +266,29 @@ class LatencyPredictor:
         else:
             m = self._net[seg]
             t = (m, m, m)
+        key = self._remember(seg)
+        self._memo[key] = t
+        self._pick[key] = t[self._index]
+        return t
+
+    def _pick_ms(self, seg: Segment) -> float:
+        """The cost of ``seg`` in the mode's aggregation (memoised, like :meth:`segment_ms`);
+        a cell's sum needs no critical path, so the ``sum`` mode skips it."""
+        if self._sums_only and isinstance(seg, Cell):
+            m = cell_sum(seg, self._net.__getitem__)
+            self._pick[self._remember(seg)] = m
+            return m
+        return self.segment_ms(seg)[self._index]
+
+    def _remember(self, seg: Segment) -> int:
+        """Keep ``seg`` alive while it is memoised (so its id stays its own); returns the id."""
         if len(self._alive) >= SEGMENT_MEMO:
             self._memo.clear()
             self._pick.clear()
             self._alive.clear()
         key = id(seg)
         self._alive[key] = seg
-        self._memo[key] = t
-        self._pick[key] = t[self._index]
-        return t
+        return key
 
     # -- predictions ----------------------------------------------------------------------------
     def raw_ms(self, arch: Arch) -> Times:
@@ -284,12 +310,11 @@ class LatencyPredictor:
             hit = totals.get(id(plan))
             if hit is not None and hit[0] is plan:
                 return self._slope * hit[1] + self._intercept
-        i = self._index
         x = self._overhead
         get = self._pick.get
         for seg, rep in plan:
             m = get(id(seg))
-            x += rep * (m if m is not None else self.segment_ms(seg)[i])
+            x += rep * (m if m is not None else self._pick_ms(seg))
         if totals is not None:
             if len(totals) >= SEGMENT_MEMO:
                 totals.clear()
@@ -358,6 +383,7 @@ __all__ = [
     "AGGREGATIONS",
     "MODES",
     "LatencyPredictor",
+    "cell_sum",
     "cell_times",
     "check_choice",
     "list_schedule",
