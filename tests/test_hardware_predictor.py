@@ -172,6 +172,7 @@ def test_memoised_predictions_equal_a_reference_walk(
         table.parallel_speedup = 1.9
     space = table.make_space()
     pred = LatencyPredictor(table, space, calibrated=False)
+    summed = LatencyPredictor(table, space, mode="sum", calibrated=False)
     assert pred.workers == workers
     fresh = table.make_space()  # its own plan caches: the reference sees other objects
     rng = np.random.default_rng(1)
@@ -182,6 +183,8 @@ def test_memoised_predictions_equal_a_reference_walk(
         for g, w in zip(got, want):
             assert g == pytest.approx(w + 0.004, rel=1e-12)
         assert got[1] <= got[2] + 1e-12 and got[2] <= got[0] + 1e-12
+        if workers == 1:  # the sum mode adds cells with cell_sum: the same total
+            assert summed.predict(arch) == pytest.approx(got[0], rel=1e-12)
         assert plan_times(space.plan(arch), pred.layer_ms, workers) == pytest.approx(
             tuple(g - 0.004 for g in got), rel=1e-12
         )

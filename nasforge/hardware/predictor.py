@@ -130,12 +130,16 @@ def cell_times(cell: Cell, ms: Callable[[LayerSpec], float], workers: int = 1) -
     edges = sorted(cell.edges, key=_SRC)
     costs = [ms(spec) for _, _, spec in edges]
     arrive = [-1.0] * n  # latest finish of an edge into each node; -1: none
+    total = 0.0
     for (s, d, _), m in zip(edges, costs):
+        total += m
         a = arrive[s]
         t = (a + merge[s] if a >= 0.0 else 0.0) + m
         if t > arrive[d]:
             arrive[d] = t
-    total = cell_sum(cell, ms)
+    for d in range(cell.num_inputs, n):  # as cell_sum: merges of nodes with incoming edges
+        if arrive[d] >= 0.0:
+            total += merge[d]
     crit = 0.0
     for o in cell.outputs:
         a = arrive[o]
@@ -144,11 +148,11 @@ def cell_times(cell: Cell, ms: Callable[[LayerSpec], float], workers: int = 1) -
             crit = t
     join = ms(cell.join) if cell.join is not None else 0.0
     if workers == 1:
-        sched = total
+        sched = total + join
     else:
         timed = [(s, d, m) for (s, d, _), m in zip(edges, costs)]
         sched = list_schedule(n, cell.num_inputs, timed, merge, workers) + join
-    return total, crit + join, sched
+    return total + join, crit + join, sched
 
 
 def plan_times(plan: Plan, ms: Callable[[LayerSpec], float], workers: int = 1) -> Times:
