@@ -17,7 +17,7 @@ import numpy as np
 
 from nasforge.errors import SpaceError
 from nasforge.space.arch import Arch, Value
-from nasforge.space.dims import Dimension
+from nasforge.space.dims import Categorical, Dimension, Int
 from nasforge.space.plan import LayerSpec, NotDecomposable, Plan, plan_layers
 
 #: archs sampled by the default :meth:`SearchSpace.all_layers`
@@ -175,8 +175,6 @@ class SearchSpace:
 
     def tokens(self) -> list[tuple[str, int]]:
         """(label, number of choices) of every categorical/int dimension (sequence controllers)."""
-        from nasforge.space.dims import Categorical, Int
-
         out = []
         for d in self._dims:
             if isinstance(d, Categorical):
