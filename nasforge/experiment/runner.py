@@ -13,6 +13,7 @@ interrupted, and one line says what was saved and how to resume.
 
 from __future__ import annotations
 
+import errno
 import json
 import shlex
 import signal
@@ -157,6 +158,14 @@ class Experiment:
                 )
             self.console.print(escape(stop.message), highlight=False, soft_wrap=True)
             raise
+        except OSError as exc:
+            if exc.errno not in _DISK_FULL:
+                raise
+            raise StoreError(
+                f"{self.run_dir}: could not write ({exc.strerror}): the disk is full or a file "
+                "size limit was reached; every finished trial is kept; free space, then: "
+                f"{self.resume_command()}"
+            ) from None
         finally:
             lock.release()
 
@@ -493,6 +502,9 @@ class LoopBook:
         if force or now - self._last_save >= self._save_every_s:
             self.store.set_meta("search_seconds", seconds)
             self._last_save = now
+
+
+_DISK_FULL = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
 
 
 def _interrupted_archs(store: TrialStore) -> list[Arch]:

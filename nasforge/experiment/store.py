@@ -252,21 +252,33 @@ class TrialStore:
         self.path = str(path)
         memory = self.path == ":memory:"
         self._journal: Path | None = None if memory else journal_path(self.path)
+        fresh = False
         if not memory:
             p = Path(self.path)
             if p.exists() or Path(f"{p}-wal").exists() or not create:
                 check_store(p)
             else:
                 p.parent.mkdir(parents=True, exist_ok=True)
+                fresh = True
         self._db = sqlite3.connect(
             self.path, timeout=timeout_s, isolation_level=None, check_same_thread=False
         )
-        self._db.execute("PRAGMA journal_mode=WAL")
-        # FULL: a commit is on disk when it returns, so a power loss keeps finished trials
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.execute(f"PRAGMA busy_timeout={int(timeout_s * 1000)}")
-        if int(self._db.execute("PRAGMA user_version").fetchone()[0]) == 0:
-            self._db.executescript(_SCHEMA + f"PRAGMA user_version={SCHEMA_VERSION};")
+        try:
+            self._db.execute("PRAGMA journal_mode=WAL")
+            # FULL: a commit is on disk when it returns, so a power loss keeps finished trials
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.execute(f"PRAGMA busy_timeout={int(timeout_s * 1000)}")
+            if int(self._db.execute("PRAGMA user_version").fetchone()[0]) == 0:
+                self._db.executescript(_SCHEMA + f"PRAGMA user_version={SCHEMA_VERSION};")
+        except sqlite3.Error as exc:
+            self._db.close()
+            if fresh:  # a store this call began and could not finish holds nothing: remove it
+                for f in (self.path, f"{self.path}-wal", f"{self.path}-shm"):
+                    Path(f).unlink(missing_ok=True)
+            raise StoreError(
+                f"{self.path}: could not open the store ({exc}); if the disk is full, free "
+                "space and retry"
+            ) from None
 
     def close(self) -> None:
         self._db.close()
