@@ -29,6 +29,7 @@ from typing import Any
 
 from rich.console import Console
 
+from nasforge.experiment import report
 from nasforge.experiment.config import ExperimentConfig, parse_config
 from nasforge.experiment.repair import repair_run
 from nasforge.experiment.runner import Experiment
@@ -73,6 +74,17 @@ def _config(trials: int) -> ExperimentConfig:
     )
 
 
+@contextmanager
+def _no_report() -> Iterator[None]:
+    """The HTML report (plots) is not under test here and costs most of a tiny run."""
+    orig = report.write_report
+    report.write_report = lambda *a, **k: None  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        report.write_report = orig  # type: ignore[assignment]
+
+
 def run_search(cfg: RunConfig, resume: bool = False, backup_every: int = 4) -> None:
     exp = Experiment(
         cfg.config,
@@ -81,7 +93,8 @@ def run_search(cfg: RunConfig, resume: bool = False, backup_every: int = 4) -> N
         progress=False,
         backup_every=backup_every,
     )
-    exp.run(resume=resume, final=False)
+    with _no_report():
+        exp.run(resume=resume, final=False)
 
 
 Truth = dict[int, tuple[str, dict[str, float]]]  # finished trial id -> (state, metrics)

@@ -23,12 +23,13 @@ runner = CliRunner()
 
 
 def test_power_loss_and_torn_writes_at_every_write_point(tmp_path: Path) -> None:
-    trials = 8
+    trials = 6
     with sf.capture_points(tmp_path / "live" / "f", tmp_path / "snaps") as points:
         sf.run_search(sf.make_config(tmp_path / "live", trials))
     assert len(points) > 3 * trials  # every add, journal append, finish, meta write
     tally = sf.Tally()
-    for p in points:
+    # every other point (all kinds and variants appear); benchmarks/reliability.py runs all
+    for p in points[::2]:
         sf.resume_and_classify(
             p.snapshot, p.truth, trials, tally, f"{p.variant} {p.where}", tmp_path / "resume"
         )

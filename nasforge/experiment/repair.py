@@ -14,6 +14,7 @@ left ``running`` become ``interrupted`` (``--resume`` runs them again).
 
 from __future__ import annotations
 
+import json
 import shutil
 import sqlite3
 import tempfile
@@ -25,6 +26,7 @@ from typing import Any
 from nasforge.experiment.lock import RunLock
 from nasforge.experiment.store import (
     FINISHED,
+    STATES,
     TRIAL_COLUMNS,
     StoreError,
     TrialStore,
@@ -34,6 +36,7 @@ from nasforge.experiment.store import (
     read_journal,
     row_from_dict,
 )
+from nasforge.space import Arch
 
 Row = tuple[Any, ...]
 
@@ -125,6 +128,23 @@ def _salvage_rows(db: sqlite3.Connection, max_id: int) -> dict[int, Row]:
     return out
 
 
+def _valid_rows(rows: dict[int, Row]) -> dict[int, Row]:
+    """Rows whose fields parse (a damaged page can yield a row of garbage)."""
+    out: dict[int, Row] = {}
+    for tid, r in rows.items():
+        try:
+            Arch.from_json(r[2])
+            json.loads(r[5])
+            if r[4] is not None:
+                json.loads(r[4])
+            ok = len(r) == 12 and r[3] in STATES and isinstance(r[1], str) and r[8] is not None
+        except (TypeError, ValueError, IndexError):
+            ok = False
+        if ok:
+            out[tid] = r
+    return out
+
+
 def _salvage_table(db: sqlite3.Connection | None, sql: str) -> list[Row]:
     if db is None:
         return []
@@ -167,8 +187,8 @@ def _repair(run: Path, db_path: Path) -> RepairReport:
         (tmp / "backup").mkdir()
         old = _open_copy(store_files, tmp / "store")
         bak = _open_copy([backup], tmp / "backup") if backup is not None else None
-        from_old = _salvage_rows(old, max_id) if old is not None else {}
-        from_bak = _salvage_rows(bak, max_id) if bak is not None else {}
+        from_old = _valid_rows(_salvage_rows(old, max_id)) if old is not None else {}
+        from_bak = _valid_rows(_salvage_rows(bak, max_id)) if bak is not None else {}
         rows: dict[int, Row] = {}
         counts = {"store": 0, "backup": 0, "journal": 0}
         for tid in sorted(set(from_old) | set(from_bak) | set(journal)):
@@ -199,8 +219,14 @@ def _repair(run: Path, db_path: Path) -> RepairReport:
                 f"INSERT INTO trials({TRIAL_COLUMNS}) VALUES ({','.join('?' * 12)})",
                 [rows[t] for t in sorted(rows)],
             )
-            new._db.executemany("INSERT OR REPLACE INTO meta(key, value) VALUES (?,?)", meta)
-            new._db.executemany("INSERT INTO events(time, kind, message) VALUES (?,?,?)", events)
+            new._db.executemany(
+                "INSERT OR REPLACE INTO meta(key, value) VALUES (?,?)",
+                [m for m in meta if len(m) == 2 and isinstance(m[0], str) and m[1] is not None],
+            )
+            new._db.executemany(
+                "INSERT INTO events(time, kind, message) VALUES (?,?,?)",
+                [e for e in events if len(e) == 3 and None not in e],
+            )
             new._db.execute("COMMIT")
             new.log_event(
                 "repair",
