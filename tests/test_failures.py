@@ -84,3 +84,29 @@ def test_killed_worker_is_recorded_and_pool_restarts(tmp_path: Path) -> None:
     finally:
         executor.shutdown()
         store.close()
+
+
+def test_resume_runs_interrupted_trials_again_first_as_it_says(tmp_path: Path) -> None:
+    import io
+
+    import storefaults as sf
+
+    cfg = sf.make_config(tmp_path, 4)
+    sf.run_search(cfg)
+    db = cfg.run_dir / "trials.db"
+    space = create_space("mobile", (3, 32, 32), 10, **sf.SPACE["options"])
+    with TrialStore(db, create=False) as s:
+        done = {t.key for t in s.trials()}
+        rng = np.random.default_rng(7)
+        stopped = next(a for a in (space.sample(rng) for _ in range(100)) if a.key not in done)
+        s.add_trial(stopped)  # left running by a killed process
+    more = sf.make_config(tmp_path, 6)  # search.trials may grow on resume
+    buf = io.StringIO()
+    exp = Experiment(more.config, more.run_dir, console=Console(file=buf), progress=False)
+    exp.run(resume=True, final=False)
+    assert "1 interrupted trial(s) will be run again first" in buf.getvalue()
+    with TrialStore(db, create=False) as s:
+        trials = s.trials()
+        new = [t for t in trials if t.id > 5]
+        assert new[0].key == stopped.key and new[0].state == "complete"
+        assert s.count(("complete",)) == 6 and len({t.key for t in trials}) == 6

@@ -1,14 +1,18 @@
-"""SQLite trial store: round trip, concurrent writers, interruption, strategy replay."""
+"""SQLite trial store: round trip, concurrent writers, interruption, strategy replay; checks
+on open (empty file, newer schema), journal replay, online backups, repair."""
 
 from __future__ import annotations
 
 import json
 import multiprocessing as mp
+import sqlite3
 from pathlib import Path
 
 import numpy as np
+import pytest
 
-from nasforge.experiment.store import TrialStore
+from nasforge.experiment.repair import repair_run
+from nasforge.experiment.store import SCHEMA_VERSION, StoreError, TrialStore
 from nasforge.space import Arch
 from nasforge.spaces import create_space
 from nasforge.strategies import EvolutionStrategy
@@ -71,3 +75,68 @@ def test_store_replay_equals_live_strategy_state(tmp_path: Path) -> None:
     restored = EvolutionStrategy(space, seed=0, population=5, tournament=2)
     restored.load_state_dict(state)
     assert [a.key for a in restored.ask(3)] == [a.key for a in live.ask(3)]
+
+
+def test_existing_empty_file_is_refused_and_left_empty(tmp_path: Path) -> None:
+    db = tmp_path / "trials.db"
+    db.write_bytes(b"")
+    for create in (True, False):
+        with pytest.raises(StoreError, match="empty .0 bytes.*nasforge repair"):
+            TrialStore(db, create=create)
+    assert db.read_bytes() == b""  # no schema was written into it
+    with pytest.raises(StoreError, match="no such store"):
+        TrialStore(tmp_path / "missing.db", create=False)
+    assert not (tmp_path / "missing.db").exists()
+
+
+def test_store_from_a_newer_schema_is_refused(tmp_path: Path) -> None:
+    db = tmp_path / "trials.db"
+    TrialStore(db).close()
+    con = sqlite3.connect(db)
+    con.execute(f"PRAGMA user_version={SCHEMA_VERSION + 1}")
+    con.commit()
+    con.close()
+    with pytest.raises(StoreError, match="newer nasforge"):
+        TrialStore(db)
+
+
+def test_journal_restores_a_finished_trial_the_store_lost(tmp_path: Path) -> None:
+    db = tmp_path / "trials.db"
+    with TrialStore(db) as s:
+        tid = s.add_trial(Arch({"x": 1}))
+        s.finish_trial(tid, "complete", {"val_acc": 0.75}, 0.75, 2.0)
+        # the store loses the result (a torn WAL, a failed write): only the journal has it
+        s._db.execute(
+            "UPDATE trials SET state='running', score=NULL, metrics='{}' WHERE id=?", (tid,)
+        )
+        assert s.journal_gap() == [tid]
+        assert s.replay_journal() == 1
+        t = s.trial(tid)
+        assert t.state == "complete" and t.metrics == {"val_acc": 0.75} and t.score == 0.75
+        assert t.arch == Arch({"x": 1}) and s.journal_gap() == []
+        assert any(kind == "journal" for _, kind, _ in s.events())
+
+
+def test_online_backup_is_a_valid_store(tmp_path: Path) -> None:
+    with TrialStore(tmp_path / "trials.db") as s:
+        for i in range(3):
+            tid = s.add_trial(Arch({"x": i}))
+            s.finish_trial(tid, "complete", {"val_acc": i}, float(i))
+        path = s.checkpoint_backup()
+        assert path is not None and path.name == "trials-000003.db"
+    with TrialStore(path, create=False) as b:
+        assert b.count(("complete",)) == 3
+
+
+def test_repair_of_a_healthy_store_keeps_everything(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    with TrialStore(run / "trials.db") as s:
+        for i in range(4):
+            tid = s.add_trial(Arch({"x": i}))
+            s.finish_trial(tid, "complete", {"val_acc": i}, float(i))
+        s.add_trial(Arch({"x": 9}))  # left running
+    report = repair_run(run)
+    assert report.was_healthy and report.finished == 4 and report.interrupted == 1
+    assert report.kept is not None and report.kept.name.startswith("replaced-")
+    with TrialStore(run / "trials.db", create=False) as s:
+        assert s.count(("complete",)) == 4 and s.count(("interrupted",)) == 1
