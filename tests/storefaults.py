@@ -35,15 +35,13 @@ from nasforge.experiment.repair import repair_run
 from nasforge.experiment.runner import Experiment
 from nasforge.experiment.store import StoreError, TrialStore
 
-SPACE = {
-    "name": "mobile",
-    "options": {
-        "stages": [[8, 1, 2], [16, 1, 2]],
-        "kernels": [3, 5, 7],
-        "expands": [1, 3, 6],
-        "se": [False, True],
-    },
+SPACE_OPTIONS: dict[str, Any] = {
+    "stages": [[8, 1, 2], [16, 1, 2]],
+    "kernels": [3, 5, 7],
+    "expands": [1, 3, 6],
+    "se": [False, True],
 }
+SPACE = {"name": "mobile", "options": SPACE_OPTIONS}
 
 
 class RunConfig:

@@ -61,7 +61,7 @@ def test_killed_worker_is_recorded_and_pool_restarts(tmp_path: Path) -> None:
         score = exp._record(store, fut, tid, Arch(dict(arch)), Objective(), executor)
         assert score is None
         rec = store.trial(tid)
-        assert rec.state == "failed" and "worker process died" in rec.error
+        assert rec.state == "failed" and "worker process died" in (rec.error or "")
         # the restarted pool evaluates the next trial (a tiny one: only the pool is tested)
         tiny = {"stages": [[8, 1, 1]], "kernels": [3], "expands": [1], "se": [False]}
         cfg2 = parse_config(
@@ -94,7 +94,7 @@ def test_resume_runs_interrupted_trials_again_first_as_it_says(tmp_path: Path) -
     cfg = sf.make_config(tmp_path, 4)
     sf.run_search(cfg)
     db = cfg.run_dir / "trials.db"
-    space = create_space("mobile", (3, 32, 32), 10, **sf.SPACE["options"])
+    space = create_space("mobile", (3, 32, 32), 10, **sf.SPACE_OPTIONS)
     with TrialStore(db, create=False) as s:
         done = {t.key for t in s.trials()}
         rng = np.random.default_rng(7)

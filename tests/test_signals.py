@@ -128,3 +128,28 @@ def test_sigint_line_gives_the_resume_command_that_reruns_interrupted_first(
         if interrupted:  # the stopped trial's network is the first one run on resume
             assert "will be run again first" in res.stderr
             assert new[0].key == interrupted[0].key and new[0].state == "complete"
+
+
+def test_kill_9_of_the_main_process_takes_its_workers_along(tmp_path: Path) -> None:
+    cfg = write_config(
+        tmp_path, search="{trials: 10, executor: process, workers: 2}", train=FOREVER
+    )
+    db = tmp_path / "runs" / "r" / "trials.db"
+    proc = start_search(cfg)
+    kids: set[int] = set()
+    try:
+        wait_for(lambda: _running(db) == 2, what="two running trials")
+        kids = descendants(proc.pid)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(60)
+        workers_gone = True
+        try:  # the kernel kills them (parent-death signal); the tracker sees its pipe close
+            wait_for(lambda: not [p for p in kids if alive(p)], 60, "the workers to die")
+        except AssertionError:
+            workers_gone = False
+    finally:
+        kill_group(proc)
+        for pid in kids:
+            if alive(pid):
+                os.kill(pid, signal.SIGKILL)
+    assert kids and workers_gone, "worker processes outlived a kill -9 of their run"

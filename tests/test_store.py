@@ -29,7 +29,7 @@ def test_round_trip_and_states(tmp_path: Path) -> None:
         assert np.isnan(t.metrics["bad"]) and t.cost_seconds == 1.5
         t2 = s.add_trial(Arch({"x": 2}))
         assert s.mark_interrupted() == 1 and s.trial(t2).state == "interrupted"
-        assert s.finished_by_key(a.key).id == tid
+        assert (found := s.finished_by_key(a.key)) is not None and found.id == tid
         s.set_meta("k", {"a": [1, 2]})
         assert s.get_meta("k") == {"a": [1, 2]}
         assert s.total_cost_seconds() == 1.5
