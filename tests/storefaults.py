@@ -83,13 +83,16 @@ def _no_report() -> Iterator[None]:
         report.write_report = orig  # type: ignore[assignment]
 
 
-def run_search(cfg: RunConfig, resume: bool = False, backup_every: int = 4) -> None:
+def run_search(
+    cfg: RunConfig, resume: bool = False, backup_every: int = 4, backup_min_interval_s: float = 0.0
+) -> None:
     exp = Experiment(
         cfg.config,
         cfg.run_dir,
         console=Console(quiet=True),
         progress=False,
         backup_every=backup_every,
+        backup_min_interval_s=backup_min_interval_s,
     )
     with _no_report():
         exp.run(resume=resume, final=False)

@@ -135,3 +135,9 @@ def test_backups_are_taken_with_the_online_api_and_are_valid(tmp_path: Path) -> 
     assert [b.name for b in backups] == ["trials-000008.db", "trials-000009.db"]  # 2 newest
     with TrialStore(backups[-1], create=False) as s:
         assert s.count(("complete",)) == 9
+
+
+def test_periodic_backups_are_rate_limited_first_and_final_always_taken(tmp_path: Path) -> None:
+    sf.run_search(sf.make_config(tmp_path, 9), backup_every=2, backup_min_interval_s=3600)
+    backups = sorted((tmp_path / "f" / "backups").glob("trials-*.db"))
+    assert [b.name for b in backups] == ["trials-000002.db", "trials-000009.db"]

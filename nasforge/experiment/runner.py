@@ -73,6 +73,9 @@ class Experiment:
         progress: show a progress bar.
         backup_every: back the store up (``backups/``, the two newest kept) every this many
             finished trials, and at the end of the search; ``0`` only at the end.
+        backup_min_interval_s: at most one periodic backup per this many seconds (a table
+            run finishing thousands of trials a minute would otherwise copy its store
+            hundreds of times); the first and the final backups are always taken.
     """
 
     def __init__(
@@ -82,12 +85,15 @@ class Experiment:
         console: Console | None = None,
         progress: bool = True,
         backup_every: int = 10,
+        backup_min_interval_s: float = 30.0,
     ) -> None:
         self.cfg = config
         self.run_dir = Path(run_dir) if run_dir is not None else config.run_dir()
         self.console = console or Console(stderr=True)
         self.show_progress = progress
         self.backup_every = backup_every
+        self.backup_min_interval_s = backup_min_interval_s
+        self._last_backup: float | None = None
 
     def resume_command(self) -> str:
         """The command that continues this run (from the config saved in the run dir)."""
@@ -257,8 +263,16 @@ class Experiment:
             self.log.close()
             store.close()
 
-    def _backup(self, store: TrialStore) -> None:
+    def _backup(self, store: TrialStore, periodic: bool = False) -> None:
         """A checkpoint backup of the store; a failure is reported, never fatal."""
+        now = time.monotonic()
+        if (
+            periodic
+            and self._last_backup is not None
+            and now - self._last_backup < self.backup_min_interval_s
+        ):
+            return
+        self._last_backup = now
         try:
             store.checkpoint_backup()
         except (OSError, StoreError, sqlite3.Error) as exc:
@@ -368,7 +382,7 @@ class Experiment:
                         strategy.tell(arch, score)
                         self._log_trial(store.trial(tid), book, budget, t_start, done0)
                         if self.backup_every and book.finished % self.backup_every == 0:
-                            self._backup(store)
+                            self._backup(store, periodic=True)
                     book.save_elapsed(elapsed())
                     done = book.finished
                     left = _time_left(t_start, done - done0, budget - done)
