@@ -205,12 +205,33 @@ class RayExecutor(Executor):
                 ignore_reinit_error=True,
             )
         self._remote = ray.remote(num_cpus=threads)(evaluate_payload)
+        self._refs: list[Any] = []
 
     def submit(self, payload: dict[str, Any]) -> Future:
-        return self._remote.remote(payload).future()
+        ref = self._remote.remote(payload)
+        self._refs = [r for r in self._refs if not _ray_done(r)] + [ref]
+        return ref.future()
 
     def shutdown(self) -> None:
         pass
+
+    def terminate(self) -> None:
+        """Cancel the running tasks (their worker processes are killed by Ray)."""
+        import ray
+
+        for ref in self._refs:
+            try:
+                ray.cancel(ref, force=True)
+            except Exception:  # noqa: BLE001 - a finished or lost task needs no cancelling
+                pass
+        self._refs = []
+
+
+def _ray_done(ref: Any) -> bool:
+    import ray
+
+    ready, _ = ray.wait([ref], timeout=0)
+    return bool(ready)
 
 
 def make_executor(
