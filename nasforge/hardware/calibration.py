@@ -21,8 +21,8 @@ AGGREGATIONS = ("sum", "critical_path", "schedule")
 class Calibration:
     """``measured_ms ~= slope * raw_ms + intercept_ms`` over whole-model measurements.
 
-    ``raw_ms`` is the table's sum (or critical path, or schedule) with the backend's per-call overhead
-    counted once. ``mape`` is the fit's mean absolute % error on its own points.
+    ``raw_ms`` is the table's sum (or critical path, or schedule) with the backend's per-call
+    overhead counted once. ``mape`` is the fit's mean absolute % error on its own points.
     """
 
     slope: float = 1.0

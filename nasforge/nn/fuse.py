@@ -12,8 +12,11 @@ _CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 _BNS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 
 
-def fold_conv_bn(conv: nn.Module, bn: nn.Module) -> nn.Module:
+def fold_conv_bn(
+    conv: nn.Conv1d | nn.Conv2d | nn.Conv3d, bn: nn.BatchNorm1d | nn.BatchNorm2d | nn.BatchNorm3d
+) -> nn.Module:
     """Return a new conv equal to ``bn(conv(x))`` in eval mode."""
+    assert bn.running_var is not None and bn.running_mean is not None  # eval-mode BN has stats
     fused = copy.deepcopy(conv)
     w = conv.weight.detach()
     b = conv.bias.detach() if conv.bias is not None else torch.zeros(w.shape[0], dtype=w.dtype)
