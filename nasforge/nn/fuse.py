@@ -12,11 +12,17 @@ _CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 _BNS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 
 
-def fold_conv_bn(
-    conv: nn.Conv1d | nn.Conv2d | nn.Conv3d, bn: nn.BatchNorm1d | nn.BatchNorm2d | nn.BatchNorm3d
-) -> nn.Module:
-    """Return a new conv equal to ``bn(conv(x))`` in eval mode."""
-    assert bn.running_var is not None and bn.running_mean is not None  # eval-mode BN has stats
+def fold_conv_bn(conv: nn.Module, bn: nn.Module) -> nn.Module:
+    """Return a new conv equal to ``bn(conv(x))`` in eval mode.
+
+    ``conv`` is a ``Conv{1,2,3}d`` and ``bn`` a ``BatchNorm{1,2,3}d`` that tracks running stats.
+    """
+    if not isinstance(conv, _CONVS) or not isinstance(bn, _BNS) or bn.running_var is None:
+        raise TypeError(
+            f"fold_conv_bn: needs a conv and a BN with running stats, got "
+            f"{type(conv).__name__} and {type(bn).__name__}"
+        )
+    assert bn.running_mean is not None  # set together with running_var
     fused = copy.deepcopy(conv)
     w = conv.weight.detach()
     b = conv.bias.detach() if conv.bias is not None else torch.zeros(w.shape[0], dtype=w.dtype)
