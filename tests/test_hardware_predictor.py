@@ -253,3 +253,33 @@ def test_auto_mode_schedules_only_where_branches_overlap(
     assert (pred.mode, pred.workers) == (mode, workers)
     table.backend = BackendSpec("onnxruntime", threads=1)
     assert LatencyPredictor(table).mode == "sum"
+
+
+@pytest.mark.parametrize("mode", ["sum", "critical_path", "schedule"])
+@pytest.mark.parametrize(
+    "name, options",
+    [("mobile", {}), ("nb201", {}), ("nb201", {"prune_dead_edges": False}), ("darts", {})],
+)
+def test_memos_never_change_a_prediction(name: str, options: dict, mode: str) -> None:
+    """Differential: first pass, repeat pass, archs as plain dicts, a fresh predictor and
+    space, and (sum mode) the layer-by-layer breakdown all give the same numbers, bit for bit
+    where the additions run in the same order."""
+    table = synthetic_table(name, (3, 32, 32), **options)
+    table.backend = BackendSpec("torch", threads=2, execution_mode="parallel")
+    space = table.make_space()
+    rng = np.random.default_rng(7)
+    archs = [space.sample(rng) for _ in range(120)]
+    archs += archs[:20]  # the same objects again within one call
+    pred = LatencyPredictor(table, space, mode=mode, calibrated=False)
+    first = pred.predict_many(archs)
+    again = pred.predict_many(archs)
+    plain = [pred.predict(dict(a)) for a in archs]
+    fresh = LatencyPredictor(table, table.make_space(), mode=mode, calibrated=False)
+    single = [fresh.predict(a) for a in reversed(archs)][::-1]
+    assert first.tolist() == again.tolist() == plain == single
+    for arch, got in zip(archs, first):
+        want = pred.raw_ms(arch)["sum critical_path schedule".split().index(mode)]
+        assert got == pytest.approx(want, rel=1e-12)
+        if mode == "sum":
+            total = 0.004 + sum(ms * rep for _, ms, rep in pred.breakdown(arch))
+            assert got == pytest.approx(total, rel=1e-12)

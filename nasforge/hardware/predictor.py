@@ -18,16 +18,20 @@ All count the backend's per-call overhead once per network (each table entry has
 subtracted) and then apply the per-network calibration fitted on whole-model measurements
 (:class:`~nasforge.hardware.calibration.Calibration`).
 
-Speed: the cost of every segment (a layer or a :class:`Cell`) is memoised the first time it
-is seen, and spaces return the same segment objects for the same genotype, so a prediction is
-one plan lookup and a few dict reads per segment.
+Speed: the cost of every plan item (a segment and its repeat count) and of every segment (a
+layer or a :class:`Cell`, costed in the mode's aggregation alone) is memoised by identity the
+first time it is seen; spaces return the same objects for the same genotype, so a new arch
+costs its plan plus one dict read per item (added in C, in plan order, so the numbers do not
+depend on what was memoised). A plan a space caches has its total memoised, and an
+:class:`Arch` its prediction, so predicting the same arch again is one dict read.
 """
 
 from __future__ import annotations
 
 import gc
 from collections.abc import Callable, Iterable, Sequence
-from operator import itemgetter
+from functools import reduce
+from operator import add, itemgetter
 from pathlib import Path
 
 import numpy as np
@@ -112,6 +116,45 @@ def cell_sum(cell: Cell, ms: Callable[[LayerSpec], float]) -> float:
     return total + (ms(cell.join) if cell.join is not None else 0.0)
 
 
+def _cell_setup(
+    cell: Cell, ms: Callable[[LayerSpec], float]
+) -> tuple[list[float], list[tuple[int, int, LayerSpec]], list[float]]:
+    """(merge ms per node, edges in launch order, their ms) of one cell."""
+    merge = [0.0] * cell.num_nodes
+    for node, spec in cell.merges:
+        merge[node] = ms(spec)
+    # launch order; as every edge goes forward it is also a topological order
+    edges = sorted(cell.edges, key=_SRC)
+    return merge, edges, [ms(spec) for _, _, spec in edges]
+
+
+def cell_critical_path(cell: Cell, ms: Callable[[LayerSpec], float]) -> float:
+    """The critical path of one cell in ms (the ``critical_path`` of :func:`cell_times`)."""
+    merge, edges, costs = _cell_setup(cell, ms)
+    arrive = [-1.0] * cell.num_nodes
+    for (s, d, _), m in zip(edges, costs):
+        a = arrive[s]
+        t = (a + merge[s] if a >= 0.0 else 0.0) + m
+        if t > arrive[d]:
+            arrive[d] = t
+    crit = 0.0
+    for o in cell.outputs:
+        a = arrive[o]
+        t = a + merge[o] if a >= 0.0 else 0.0
+        if t > crit:
+            crit = t
+    return crit + (ms(cell.join) if cell.join is not None else 0.0)
+
+
+def cell_schedule(cell: Cell, ms: Callable[[LayerSpec], float], workers: int) -> float:
+    """The schedule of one cell on ``workers`` (> 1) in ms (the ``schedule`` of
+    :func:`cell_times`)."""
+    merge, edges, costs = _cell_setup(cell, ms)
+    timed = [(s, d, m) for (s, d, _), m in zip(edges, costs)]
+    join = ms(cell.join) if cell.join is not None else 0.0
+    return list_schedule(cell.num_nodes, cell.num_inputs, timed, merge, workers) + join
+
+
 def cell_times(cell: Cell, ms: Callable[[LayerSpec], float], workers: int = 1) -> Times:
     """(sum of all layers, critical path, schedule on ``workers``) of one cell in ms.
 
@@ -123,12 +166,7 @@ def cell_times(cell: Cell, ms: Callable[[LayerSpec], float], workers: int = 1) -
     counted.
     """
     n = cell.num_nodes
-    merge = [0.0] * n
-    for node, spec in cell.merges:
-        merge[node] = ms(spec)
-    # launch order; as every edge goes forward it is also a topological order
-    edges = sorted(cell.edges, key=_SRC)
-    costs = [ms(spec) for _, _, spec in edges]
+    merge, edges, costs = _cell_setup(cell, ms)
     arrive = [-1.0] * n  # latest finish of an edge into each node; -1: none
     total = 0.0
     for (s, d, _), m in zip(edges, costs):
@@ -232,13 +270,23 @@ class LatencyPredictor:
         self._overhead = table.call_overhead_ms.get(self.statistic, 0.0)
         self._plan: Callable[[Arch], Plan] = self.space.plan
         self._net = _LayerCosts(self)
-        #: id(segment) -> its times, and the same for the mode's aggregation alone; ``_alive``
-        #: holds every memoised segment so that its id cannot be reused while memoised
+        #: id(segment) -> its times, and the same for the mode's aggregation alone; id((segment,
+        #: repeat)) -> repeat times that; ``_alive`` holds every memoised object so that its id
+        #: cannot be reused while memoised
         self._memo: dict[int, Times] = {}
         self._pick: dict[int, float] = {}
-        self._alive: dict[int, Segment] = {}
-        #: the mode's aggregation of a cell is its plain sum (no critical path needed)
-        self._sums_only = mode == "sum" or (mode == "schedule" and self.workers == 1)
+        self._items: dict[int, float] = {}
+        self._alive: dict[int, object] = {}
+        #: id(arch) -> (arch, prediction) for :class:`Arch` (immutable) archs
+        self._archs: dict[int, tuple[Arch, float]] = {}
+        #: the mode's aggregation of one cell, computing nothing the mode does not need
+        self._cell_ms: Callable[[Cell], float]
+        if mode == "sum" or (mode == "schedule" and self.workers == 1):
+            self._cell_ms = lambda c: cell_sum(c, self._net.__getitem__)
+        elif mode == "critical_path":
+            self._cell_ms = lambda c: cell_critical_path(c, self._net.__getitem__)
+        else:
+            self._cell_ms = lambda c: cell_schedule(c, self._net.__getitem__, self.workers)
         #: a space that returns the same plan object for the same arch (it caches plans per
         #: genotype) gets its plans' totals memoised too, by the same identity rule
         probe = self.space.sample(np.random.default_rng(0))
@@ -270,28 +318,34 @@ class LatencyPredictor:
         else:
             m = self._net[seg]
             t = (m, m, m)
-        key = self._remember(seg)
-        self._memo[key] = t
-        self._pick[key] = t[self._index]
+        self._memo[self._remember(seg)] = t
         return t
 
     def _pick_ms(self, seg: Segment) -> float:
         """The cost of ``seg`` in the mode's aggregation (memoised, like :meth:`segment_ms`);
-        a cell's sum needs no critical path, so the ``sum`` mode skips it."""
-        if self._sums_only and isinstance(seg, Cell):
-            m = cell_sum(seg, self._net.__getitem__)
+        a cell is costed in that aggregation alone (the ``sum`` needs no critical path)."""
+        m = self._pick.get(id(seg))
+        if m is None:
+            m = self._cell_ms(seg) if isinstance(seg, Cell) else self._net[seg]
             self._pick[self._remember(seg)] = m
-            return m
-        return self.segment_ms(seg)[self._index]
+        return m
 
-    def _remember(self, seg: Segment) -> int:
-        """Keep ``seg`` alive while it is memoised (so its id stays its own); returns the id."""
+    def _item_ms(self, item: tuple[Segment, int]) -> float:
+        """``repeat * cost`` of one ``(segment, repeat)`` of a plan, memoised per item object."""
+        seg, rep = item
+        m = rep * self._pick_ms(seg)
+        self._items[self._remember(item)] = m
+        return m
+
+    def _remember(self, obj: object) -> int:
+        """Keep ``obj`` alive while it is memoised (so its id stays its own); returns the id."""
         if len(self._alive) >= SEGMENT_MEMO:
             self._memo.clear()
             self._pick.clear()
+            self._items.clear()
             self._alive.clear()
-        key = id(seg)
-        self._alive[key] = seg
+        key = id(obj)
+        self._alive[key] = obj
         return key
 
     # -- predictions ----------------------------------------------------------------------------
@@ -307,28 +361,17 @@ class LatencyPredictor:
         return total, crit, sched
 
     def predict(self, arch: Arch) -> float:
-        """Predicted latency in milliseconds (the calibrated aggregation of :attr:`mode`)."""
-        plan = self._plan(arch)
-        totals = self._plan_totals
-        if totals is not None:
-            hit = totals.get(id(plan))
-            if hit is not None and hit[0] is plan:
-                return self._slope * hit[1] + self._intercept
-        x = self._overhead
-        get = self._pick.get
-        for seg, rep in plan:
-            m = get(id(seg))
-            x += rep * (m if m is not None else self._pick_ms(seg))
-        if totals is not None:
-            if len(totals) >= SEGMENT_MEMO:
-                totals.clear()
-            totals[id(plan)] = (plan, x)
-        return self._slope * x + self._intercept
+        """Predicted latency in milliseconds (the calibrated aggregation of :attr:`mode`).
+
+        An :class:`Arch` (immutable) is remembered by identity: predicting the same object
+        again is one dict read.
+        """
+        return self._predict_all((arch,))[0]
 
     __call__ = predict
 
     def predict_many(self, archs: Iterable[Arch]) -> np.ndarray:
-        """Predicted latencies in ms, one per arch.
+        """Predicted latencies in ms, one per arch (each as :meth:`predict` gives it).
 
         The cyclic garbage collector is paused for the loop: predictions create no reference
         cycles (plans are trees of tuples, freed by reference counting), and on a first pass
@@ -338,10 +381,65 @@ class LatencyPredictor:
         was_enabled = gc.isenabled()
         gc.disable()
         try:
-            return np.fromiter((self.predict(a) for a in archs), dtype=float)
+            return np.array(self._predict_all(archs), dtype=float)
         finally:
             if was_enabled:
                 gc.enable()
+
+    def _predict_all(self, archs: Iterable[Arch]) -> list[float]:
+        """The predictions of ``archs``, with the memos and their lookups bound once."""
+        memo = self._archs
+        memo_get = memo.get
+        plan_of = self._plan
+        items_get = self._items.get
+        overhead, slope, intercept = self._overhead, self._slope, self._intercept
+        cached_plans = self._plan_totals is not None
+        out: list[float] = []
+        append = out.append
+        for arch in archs:
+            known = type(arch) is Arch
+            if known:
+                hit = memo_get(id(arch))
+                if hit is not None and hit[0] is arch:
+                    append(hit[1])
+                    continue
+            plan = plan_of(arch)
+            if cached_plans:
+                x = self._plan_total(plan)
+            else:
+                try:  # every item seen before: all in C, adding in plan order
+                    x = reduce(add, map(items_get, map(id, plan)), overhead)
+                except TypeError:  # an item not memoised yet (None)
+                    x = self._items_total(plan)
+            y = slope * x + intercept
+            if known:
+                if len(memo) >= SEGMENT_MEMO:
+                    memo.clear()
+                memo[id(arch)] = (arch, y)
+            append(y)
+        return out
+
+    def _items_total(self, plan: Plan) -> float:
+        """The overhead plus ``repeat * cost`` of every item of ``plan``, added in order."""
+        x = self._overhead
+        get = self._items.get
+        for item in plan:
+            m = get(id(item))
+            x += m if m is not None else self._item_ms(item)
+        return x
+
+    def _plan_total(self, plan: Plan) -> float:
+        """:meth:`_items_total`, memoised per plan object (for spaces that cache plans)."""
+        totals = self._plan_totals
+        assert totals is not None
+        hit = totals.get(id(plan))
+        if hit is not None and hit[0] is plan:
+            return hit[1]
+        x = self._items_total(plan)
+        if len(totals) >= SEGMENT_MEMO:
+            totals.clear()
+        totals[id(plan)] = (plan, x)
+        return x
 
     def breakdown(self, arch: Arch) -> list[tuple[str, float, int]]:
         """(layer key, ms without call overhead, times it runs) for every layer of ``arch``."""
@@ -387,6 +485,8 @@ __all__ = [
     "AGGREGATIONS",
     "MODES",
     "LatencyPredictor",
+    "cell_critical_path",
+    "cell_schedule",
     "cell_sum",
     "cell_times",
     "check_choice",

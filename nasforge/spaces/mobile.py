@@ -178,23 +178,36 @@ class MobileSpace(SearchSpace):
         return dim.choices
 
     def _compile_plan(self) -> None:
-        """Per block position: a reader of its labels, its stride, input size and segment cache."""
+        """Tables the plan walks with a few dict reads per stage and one per block.
+
+        Per stage: its width and depth labels and, per input channels and width choice, the
+        output channels and, per depth, the (labels reader, segments by labels) of its blocks.
+        """
         spatial = downsample(tuple(self.input_shape[1:]), self.stem_stride)
-        stages = []
+        #: per stage: (width label, depth label, c_in -> width -> (c_out, depth -> blocks))
+        self._plan_stages: list[tuple[str, str, dict[int, dict[Any, Any]]]] = []
+        cins = {self.stem_channels}
         for i, st in enumerate(self.stages):
             p = f"stage{i}"
             outs = {w: make_divisible(st.channels * float(w)) for w in self._choices(f"{p}/width")}
-            blocks = []
+            by_cin: dict[int, dict[Any, Any]] = {}
+            for cin in cins:
+                by_width = by_cin[cin] = {}
+                for w, cout in outs.items():
+                    blocks, sp = [], spatial
+                    for j in range(st.max_depth):
+                        stride = st.stride if j == 0 else 1
+                        b = f"{p}/block{j}"
+                        read = itemgetter(f"{b}/kernel", f"{b}/expand", f"{b}/act", f"{b}/se")
+                        c = cin if j == 0 else cout
+                        blocks.append((read, _Blocks(c, cout, stride, sp, self.nd)))
+                        sp = downsample(sp, stride)
+                    depths = {d: tuple(blocks[:d]) for d in range(1, st.max_depth + 1)}
+                    by_width[w] = (cout, depths)
             for j in range(st.max_depth):
-                stride = st.stride if j == 0 else 1
-                b = f"{p}/block{j}"
-                read = itemgetter(f"{b}/kernel", f"{b}/expand", f"{b}/act", f"{b}/se")
-                cache: PlanCache[tuple[Any, ...], tuple[Segment, int]] = PlanCache()
-                blocks.append((read, stride, spatial, cache))
-                spatial = downsample(spatial, stride)
-            stages.append((f"{p}/width", f"{p}/depth", outs, blocks))
-        self._plan_stages = stages
-        self._head_spatial = spatial
+                spatial = downsample(spatial, st.stride if j == 0 else 1)
+            self._plan_stages.append((f"{p}/width", f"{p}/depth", by_cin))
+            cins = set(outs.values())
         stem = LayerSpec(
             "mobile.stem",
             (self.input_shape[0], self.stem_channels, 3, self.stem_stride, "hswish", self.nd),
@@ -202,35 +215,34 @@ class MobileSpace(SearchSpace):
         )
         self._stem = stem
         self._stem_seg: tuple[Segment, int] = (stem, 1)
-        self._segments: PlanCache[tuple[Any, ...], tuple[Segment, int]] = PlanCache()
-
-    def _head(self, ch: int) -> tuple[Segment, int]:
-        spec = LayerSpec(
-            "mobile.head",
-            (ch, self.head_features, self.num_classes, "hswish", self.nd),
-            (ch, *self._head_spatial),
-        )
-        return self._segments.put(("head", ch), (spec, 1))
+        #: last channels -> the head segment
+        self._heads: dict[int, tuple[Segment, int]] = {
+            ch: (
+                LayerSpec(
+                    "mobile.head",
+                    (ch, self.head_features, self.num_classes, "hswish", self.nd),
+                    (ch, *spatial),
+                ),
+                1,
+            )
+            for ch in cins
+        }
 
     def plan(self, arch: Mapping[str, Any]) -> Plan:
-        """Stem, one ``mobile.ir`` layer per block, head (segments shared between archs)."""
+        """Stem, one ``mobile.ir`` layer per block, head (segments shared between archs).
+
+        Raises:
+            KeyError: a width or depth that is not a choice of the space.
+        """
         v = arch.to_dict() if isinstance(arch, Arch) else arch
-        nd = self.nd
         out = [self._stem_seg]
+        append = out.append
         ch = self.stem_channels
-        for wl, dl, outs, blocks in self._plan_stages:
-            oc = outs[v[wl]]
-            for j in range(int(v[dl])):
-                read, stride, spatial, cache = blocks[j]
-                key = (ch, oc, *read(v))
-                seg = cache.get(key)
-                if seg is None:
-                    _, _, k, e, act, se = key
-                    args = (ch, oc, int(k), stride, int(e), str(act), bool(se), nd)
-                    seg = cache.put(key, (LayerSpec("mobile.ir", args, (ch, *spatial)), 1))
-                out.append(seg)
-                ch = oc
-        out.append(self._segments.get(("head", ch)) or self._head(ch))
+        for wl, dl, by_cin in self._plan_stages:
+            ch, depths = by_cin[ch][v[wl]]
+            for read, blocks in depths[v[dl]]:
+                append(blocks[read(v)])
+        append(self._heads[ch])
         return tuple(out)
 
     def all_layers(self) -> list[LayerSpec]:
@@ -275,6 +287,24 @@ class MobileSpace(SearchSpace):
                 (c, self.head_features, self.num_classes, "hswish", nd),
                 (c, *spatial),
             )
+
+
+class _Blocks(PlanCache[tuple[Any, ...], tuple[Segment, int]]):
+    """The ``mobile.ir`` segments of one block position (channels, stride, input size), by
+    the block's (kernel, expand, act, se) labels, made on first use."""
+
+    def __init__(self, cin: int, cout: int, stride: int, spatial: tuple[int, ...], nd: int) -> None:
+        super().__init__()
+        self.where = (cin, cout, stride, spatial, nd)
+
+    def __missing__(self, labels: tuple[Any, ...]) -> tuple[Segment, int]:
+        cin, cout, stride, spatial, nd = self.where
+        k, e, act, se = labels
+        args = (cin, cout, int(k), stride, int(e), str(act), bool(se), nd)
+        return self.put(labels, (LayerSpec("mobile.ir", args, (cin, *spatial)), 1))
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), self.where)
 
 
 # -- layer factories (the ops of MobileSpace.plan) --------------------------------------------

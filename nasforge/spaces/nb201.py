@@ -78,6 +78,34 @@ def live_edges(values: Mapping[str, Any]) -> list[Edge]:
     return out
 
 
+_FORWARD = tuple((d, s, i) for i, (d, s) in enumerate(EDGES))
+_BACKWARD = _FORWARD[::-1]  # EDGES is sorted by (dst, src)
+
+
+def _live_ops(ops: tuple[Any, ...]) -> tuple[Edge, ...]:
+    """:func:`live_edges` of the ops of :data:`LABELS` (in that order), as a tuple."""
+    nonzero = [True, False, False, False]
+    for d, s, i in _FORWARD:
+        if nonzero[s] and ops[i] != "none":
+            nonzero[d] = True
+    reaches = [False, False, False, True]
+    for d, s, i in _BACKWARD:
+        if reaches[d] and ops[i] != "none":
+            reaches[s] = True
+    return tuple(
+        [
+            (s, d, str(ops[i]))
+            for d, s, i in _FORWARD
+            if nonzero[s] and reaches[d] and ops[i] != "none"
+        ]
+    )
+
+
+def _all_ops(ops: tuple[Any, ...]) -> tuple[Edge, ...]:
+    """Every edge ``(src, dst, op)`` of the ops of :data:`LABELS` (in that order)."""
+    return tuple([(s, d, str(ops[i])) for d, s, i in _FORWARD])
+
+
 #: ops without parameters whose output is a linear function of the input (sums distribute).
 LINEAR_PARAMETER_FREE = frozenset({"avg_pool_3x3"})
 
@@ -367,10 +395,7 @@ class NB201Space(SearchSpace):
         hit = self._plans.get(ops)
         if hit is not None:
             return hit
-        if self.prune_dead_edges:
-            edges = tuple(live_edges(v))
-        else:
-            edges = tuple((s, d, str(v[edge_label(d, s)])) for d, s in EDGES)
+        edges = _live_ops(ops) if self.prune_dead_edges else _all_ops(ops)
         a, b, c = self._cells.get(edges) or self._stage_cells(edges)
         return self._plans.put(
             ops, (self._fixed[0], a, self._fixed[1], b, self._fixed[2], c, self._fixed[3])
