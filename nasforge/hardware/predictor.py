@@ -29,10 +29,11 @@ depend on what was memoised). A plan a space caches has its total memoised, and 
 from __future__ import annotations
 
 import gc
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from functools import reduce
 from operator import add, itemgetter
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -268,7 +269,7 @@ class LatencyPredictor:
         self._slope = cal.slope if cal is not None else 1.0
         self._intercept = cal.intercept_ms if cal is not None else 0.0
         self._overhead = table.call_overhead_ms.get(self.statistic, 0.0)
-        self._plan: Callable[[Arch], Plan] = self.space.plan
+        self._plan: Callable[[Mapping[str, Any]], Plan] = self.space.plan
         self._net = _LayerCosts(self)
         #: id(segment) -> its times, and the same for the mode's aggregation alone; id((segment,
         #: repeat)) -> repeat times that; ``_alive`` holds every memoised object so that its id
@@ -278,7 +279,7 @@ class LatencyPredictor:
         self._items: dict[int, float] = {}
         self._alive: dict[int, object] = {}
         #: id(arch) -> (arch, prediction) for :class:`Arch` (immutable) archs
-        self._archs: dict[int, tuple[Arch, float]] = {}
+        self._archs: dict[int, tuple[Mapping[str, Any], float]] = {}
         #: the mode's aggregation of one cell, computing nothing the mode does not need
         self._cell_ms: Callable[[Cell], float]
         if mode == "sum" or (mode == "schedule" and self.workers == 1):
@@ -360,7 +361,7 @@ class LatencyPredictor:
             sched += rep * t[2]
         return total, crit, sched
 
-    def predict(self, arch: Arch) -> float:
+    def predict(self, arch: Mapping[str, Any]) -> float:
         """Predicted latency in milliseconds (the calibrated aggregation of :attr:`mode`).
 
         An :class:`Arch` (immutable) is remembered by identity: predicting the same object
@@ -370,7 +371,7 @@ class LatencyPredictor:
 
     __call__ = predict
 
-    def predict_many(self, archs: Iterable[Arch]) -> np.ndarray:
+    def predict_many(self, archs: Iterable[Mapping[str, Any]]) -> np.ndarray:
         """Predicted latencies in ms, one per arch (each as :meth:`predict` gives it).
 
         The cyclic garbage collector is paused for the loop: predictions create no reference
@@ -386,7 +387,7 @@ class LatencyPredictor:
             if was_enabled:
                 gc.enable()
 
-    def _predict_all(self, archs: Iterable[Arch]) -> list[float]:
+    def _predict_all(self, archs: Iterable[Mapping[str, Any]]) -> list[float]:
         """The predictions of ``archs``, with the memos and their lookups bound once."""
         memo = self._archs
         memo_get = memo.get
