@@ -235,6 +235,35 @@ def read_journal(path: str | Path) -> dict[int, dict[str, Any]]:
     return out
 
 
+def _create_store_file(path: Path) -> None:
+    """Create an empty store at ``path`` atomically: the schema is written to a side file that
+    is renamed into place, so a process killed while creating leaves no half-made store (which
+    the next open would rightly refuse as "not a nasforge store")."""
+    side = path.with_name(path.name + ".creating")
+    for f in (side, Path(f"{side}-journal"), Path(f"{side}-wal"), Path(f"{side}-shm")):
+        f.unlink(missing_ok=True)  # left by a creation that was killed: it held no trial
+    try:
+        db = sqlite3.connect(side, isolation_level=None)
+        try:
+            db.executescript(_SCHEMA + f"PRAGMA user_version={SCHEMA_VERSION};")
+            db.execute("PRAGMA journal_mode=WAL")
+        finally:
+            db.close()
+        with side.open("rb") as fh:
+            os.fsync(fh.fileno())
+        os.replace(side, path)
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    except (sqlite3.Error, OSError) as exc:
+        side.unlink(missing_ok=True)
+        raise StoreError(
+            f"{path}: could not create the store ({exc}); if the disk is full, free space and retry"
+        ) from None
+
+
 class TrialStore:
     """The trial store at ``path`` (``":memory:"`` for tests).
 
@@ -259,6 +288,7 @@ class TrialStore:
                 check_store(p)
             else:
                 p.parent.mkdir(parents=True, exist_ok=True)
+                _create_store_file(p)
                 fresh = True
         self._db = sqlite3.connect(
             self.path, timeout=timeout_s, isolation_level=None, check_same_thread=False
