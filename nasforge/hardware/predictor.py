@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import gc
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from functools import reduce
+from functools import partial, reduce
 from operator import add, itemgetter
 from pathlib import Path
 from typing import Any
@@ -101,19 +101,21 @@ def list_schedule(
 
 
 _SRC = itemgetter(0)
+_DST = itemgetter(1)
+_SPEC = itemgetter(2)
 
 
 def cell_sum(cell: Cell, ms: Callable[[LayerSpec], float]) -> float:
     """Every layer of one cell in a row, in ms: its edges, the merges of the nodes that have
     incoming edges, and the join (the ``sum`` aggregation of :func:`cell_times`)."""
-    total = 0.0
-    fed = set()
-    for _, d, spec in cell.edges:
-        total += ms(spec)
-        fed.add(d)
-    for node, spec in cell.merges:
-        if node in fed and node >= cell.num_inputs:
-            total += ms(spec)
+    edges = cell.edges
+    total = reduce(add, map(ms, map(_SPEC, edges)), 0.0)  # in edge order, in C
+    if cell.merges:
+        fed = set(map(_DST, edges))
+        ni = cell.num_inputs
+        for node, spec in cell.merges:
+            if node in fed and node >= ni:
+                total += ms(spec)
     return total + (ms(cell.join) if cell.join is not None else 0.0)
 
 
@@ -283,11 +285,11 @@ class LatencyPredictor:
         #: the mode's aggregation of one cell, computing nothing the mode does not need
         self._cell_ms: Callable[[Cell], float]
         if mode == "sum" or (mode == "schedule" and self.workers == 1):
-            self._cell_ms = lambda c: cell_sum(c, self._net.__getitem__)
+            self._cell_ms = partial(cell_sum, ms=self._net.__getitem__)
         elif mode == "critical_path":
-            self._cell_ms = lambda c: cell_critical_path(c, self._net.__getitem__)
+            self._cell_ms = partial(cell_critical_path, ms=self._net.__getitem__)
         else:
-            self._cell_ms = lambda c: cell_schedule(c, self._net.__getitem__, self.workers)
+            self._cell_ms = partial(cell_schedule, ms=self._net.__getitem__, workers=self.workers)
         #: a space that returns the same plan object for the same arch (it caches plans per
         #: genotype) gets its plans' totals memoised too, by the same identity rule
         probe = self.space.sample(np.random.default_rng(0))
@@ -341,13 +343,17 @@ class LatencyPredictor:
     def _remember(self, obj: object) -> int:
         """Keep ``obj`` alive while it is memoised (so its id stays its own); returns the id."""
         if len(self._alive) >= SEGMENT_MEMO:
-            self._memo.clear()
-            self._pick.clear()
-            self._items.clear()
-            self._alive.clear()
+            self._forget()
         key = id(obj)
         self._alive[key] = obj
         return key
+
+    def _forget(self) -> None:
+        """Empty every identity memo (they are full)."""
+        self._memo.clear()
+        self._pick.clear()
+        self._items.clear()
+        self._alive.clear()
 
     # -- predictions ----------------------------------------------------------------------------
     def raw_ms(self, arch: Arch) -> Times:
@@ -421,12 +427,29 @@ class LatencyPredictor:
         return out
 
     def _items_total(self, plan: Plan) -> float:
-        """The overhead plus ``repeat * cost`` of every item of ``plan``, added in order."""
+        """The overhead plus ``repeat * cost`` of every item of ``plan``, added in order
+        (:meth:`_item_ms` inlined: this is the first-pass hot path)."""
         x = self._overhead
-        get = self._items.get
+        items = self._items
+        picks = self._pick
+        alive = self._alive
         for item in plan:
-            m = get(id(item))
-            x += m if m is not None else self._item_ms(item)
+            m = items.get(id(item))
+            if m is None:
+                seg, rep = item
+                p = picks.get(id(seg))
+                if p is None:
+                    p = self._cell_ms(seg) if isinstance(seg, Cell) else self._net[seg]
+                    if len(alive) >= SEGMENT_MEMO - 1:
+                        self._forget()
+                    alive[id(seg)] = seg
+                    picks[id(seg)] = p
+                m = rep * p
+                if len(alive) >= SEGMENT_MEMO:
+                    self._forget()
+                alive[id(item)] = item
+                items[id(item)] = m
+            x += m
         return x
 
     def _plan_total(self, plan: Plan) -> float:

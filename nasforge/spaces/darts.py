@@ -371,6 +371,9 @@ class DartsSpace(SearchSpace):
         ]
         self._gene_labels = (tuple(o for o, _ in pairs), tuple(s for _, s in pairs))
         self._plans: PlanCache[tuple[Any, ...], Plan] = PlanCache()
+        #: the stem and head items every plan shares
+        self._stem_seg: tuple[Segment, int] = (self._stem, 1)
+        self._head_seg: tuple[Segment, int] = (self._head, 1)
         #: per cell shape, (op, reads a cell input) -> the op's layer
         self._op_specs: list[dict[tuple[str, bool], LayerSpec]] = []
         for sh in shapes:
@@ -423,10 +426,10 @@ class DartsSpace(SearchSpace):
             return hit
         half = len(key) // 2
         normal, reduce = key[:half], key[half:]
-        out: list[tuple[Segment, int]] = [(self._stem, 1)]
+        out: list[tuple[Segment, int]] = [self._stem_seg]
         for pos, sh in enumerate(self.cell_shapes):
             out.append((self._cell(pos, reduce if sh.reduction else normal), 1))
-        out.append((self._head, 1))
+        out.append(self._head_seg)
         return self._plans.put(key, tuple(out))
 
     def all_layers(self) -> list[LayerSpec]:
