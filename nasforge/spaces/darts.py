@@ -409,6 +409,13 @@ class DartsSpace(SearchSpace):
             for specs in self._op_specs
         ]
 
+        #: per cell position: its gene slots, preprocessing edges, the rest of its Cell, and
+        #: whether it takes the reduction genes
+        self._plan_cells = [
+            (slots, pre, rest, int(sh.reduction))
+            for slots, (pre, rest), sh in zip(self._slots, self._cell_parts, self.cell_shapes)
+        ]
+
     def _cell(self, pos: int, genes: Sequence[Gene]) -> Cell:
         # Virtual nodes: 0, 1 the raw inputs; 2, 3 the preprocessed states; 4.. intermediate nodes.
         slots, pre, rest = self._slots[pos], *self._cell_parts[pos]
@@ -416,7 +423,11 @@ class DartsSpace(SearchSpace):
         return Cell(self.steps + 4, edges, *rest)
 
     def plan(self, arch: Mapping[str, Any]) -> Plan:
-        """Stem, one cell per layer (normal or reduction genes), classifier; cached per genotype."""
+        """Stem, one cell per layer (normal or reduction genes), classifier; cached per genotype.
+
+        Cells are made as :meth:`_cell` makes them, inlined (a new genotype makes one per
+        layer, on the latency predictor's first-pass hot path).
+        """
         v = arch.to_dict() if isinstance(arch, Arch) else arch
         get = v.__getitem__
         ops, srcs = self._gene_labels
@@ -425,10 +436,13 @@ class DartsSpace(SearchSpace):
         if hit is not None:
             return hit
         half = len(key) // 2
-        normal, reduce = key[:half], key[half:]
+        genes = (key[:half], key[half:])
+        n = self.steps + 4
+        new = tuple.__new__
         out: list[tuple[Segment, int]] = [self._stem_seg]
-        for pos, sh in enumerate(self.cell_shapes):
-            out.append((self._cell(pos, reduce if sh.reduction else normal), 1))
+        for slots, pre, rest, reduction in self._plan_cells:
+            own = [slot[op][src] for slot, (op, src) in zip(slots, genes[reduction])]
+            out.append((new(Cell, (n, pre + tuple(own), *rest)), 1))
         out.append(self._head_seg)
         return self._plans.put(key, tuple(out))
 
