@@ -3,6 +3,7 @@ registration so a wrong factory is blamed where it is registered, not on a user'
 
 from __future__ import annotations
 
+import importlib
 import inspect
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -54,3 +55,15 @@ def check_factory(
             f"{registry}({name!r}): the factory must accept {must} (or **kwargs); nasforge "
             f"calls it as {contract}, and {label}{sig} cannot be called so ({exc})"
         ) from None
+
+
+def resolve_factory(target: str | Callable[..., Any], check: Callable[[Any], None]) -> Any:
+    """The callable a registry entry names: ``target`` itself, or the attribute an import path
+    ``"module:attr"`` points at (imported now, so built-ins load only when used), passed to
+    ``check`` (the registry's contract check) first."""
+    if not isinstance(target, str):
+        return target
+    module, attr = target.split(":")
+    factory = getattr(importlib.import_module(module), attr)
+    check(factory)
+    return factory

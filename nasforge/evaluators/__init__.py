@@ -23,7 +23,7 @@ from nasforge.evaluators.base import (
     Result,
     StopTrial,
 )
-from nasforge.registry import check_factory
+from nasforge.registry import check_factory, resolve_factory
 
 EVALUATOR_CONTRACT = "factory(context: EvaluatorContext, **options) -> Evaluator"
 
@@ -98,11 +98,7 @@ def evaluator_entry(name: str) -> EvaluatorEntry:
 
 def create_evaluator(name: str, context: EvaluatorContext, **options: Any) -> Evaluator:
     """Build the registered evaluator ``name``; bad options are :class:`ConfigError`."""
-    target = evaluator_entry(name).target
-    if isinstance(target, str):
-        module, attr = target.split(":")
-        target = getattr(importlib.import_module(module), attr)
-        _check(name, target)
+    target = resolve_factory(evaluator_entry(name).target, lambda f: _check(name, f))
     try:
         return target(context, **options)
     except TypeError as exc:

@@ -9,13 +9,12 @@ called; built-in entries are import paths so that heavy spaces load only when us
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from nasforge.errors import ConfigError
-from nasforge.registry import check_factory
+from nasforge.registry import check_factory, resolve_factory
 from nasforge.space import SearchSpace
 
 SPACE_CONTRACT = "factory(input_shape=..., num_classes=..., **options) -> SearchSpace"
@@ -88,12 +87,7 @@ def space_factory(name: str) -> SpaceFactory:
             f"space.name: unknown space {name!r}; registered: {', '.join(sorted(_REGISTRY))}"
         )
     target = _REGISTRY[name].target
-    if not isinstance(target, str):
-        return target
-    module, attr = target.split(":")
-    factory = getattr(importlib.import_module(module), attr)
-    _check(name, factory)
-    return factory  # type: ignore[no-any-return]
+    return resolve_factory(target, lambda factory: _check(name, factory))  # type: ignore[no-any-return]
 
 
 def create_space(

@@ -11,7 +11,7 @@ import importlib
 from typing import Any, Protocol
 
 from nasforge.errors import ConfigError
-from nasforge.registry import check_factory
+from nasforge.registry import check_factory, resolve_factory
 from nasforge.space import SearchSpace
 from nasforge.strategies.base import Constraint, Score, Strategy, scalar
 from nasforge.strategies.evolution import EvolutionStrategy
@@ -75,12 +75,7 @@ def strategy_factory(name: str) -> StrategyFactory:
             f"{', '.join(sorted(STRATEGIES))}"
         )
     target = STRATEGIES[name]
-    if not isinstance(target, str):
-        return target
-    module, attr = target.split(":")
-    factory = getattr(importlib.import_module(module), attr)
-    _check(name, factory)
-    return factory  # type: ignore[no-any-return]
+    return resolve_factory(target, lambda factory: _check(name, factory))  # type: ignore[no-any-return]
 
 
 def create_strategy(
