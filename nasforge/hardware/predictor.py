@@ -438,17 +438,19 @@ class LatencyPredictor:
             if m is None:
                 seg, rep = item
                 p = picks.get(id(seg))
-                if p is None:
+                if p is None:  # a new segment; its item is memoised if seen again
                     p = self._cell_ms(seg) if isinstance(seg, Cell) else self._net[seg]
-                    if len(alive) >= SEGMENT_MEMO - 1:
+                    if len(alive) >= SEGMENT_MEMO:
                         self._forget()
                     alive[id(seg)] = seg
                     picks[id(seg)] = p
-                m = rep * p
-                if len(alive) >= SEGMENT_MEMO:
-                    self._forget()
-                alive[id(item)] = item
-                items[id(item)] = m
+                    m = rep * p
+                else:
+                    m = rep * p
+                    if len(alive) >= SEGMENT_MEMO:
+                        self._forget()
+                    alive[id(item)] = item
+                    items[id(item)] = m
             x += m
         return x
 
