@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from goals import busy as host_busy
 from goals import goal  # benchmarks/goals.py: one GOAL line format with the host
 from torch import nn
 
@@ -505,7 +506,7 @@ def main() -> None:
         f"{' '.join(f'{v:.2f}' for v in os.getloadavg())}; artifacts in {work}"
     )
     # a ratio timed while other work shared the cores is not a figure: every timed goal says so
-    busy = max(start_load, os.getloadavg()[0]) > 0.75 * (os.cpu_count() or 1)
+    busy = host_busy([start_load, os.getloadavg()[0]], own_threads=1)
     for name, met, measured, target, timed in GOALS:
         goal(name, met, measured, target, unstable=busy and timed)
 

@@ -20,6 +20,12 @@ def host() -> str:
     return f"{fp.cpu_model}, {fp.logical_cpus} CPUs, load {os.getloadavg()[0]:.1f}"
 
 
+def busy(loads: list[float], own_threads: int = 1) -> bool:
+    """Whether other work shared the cores: a 1-minute load average (sampled at start and at
+    end) above this benchmark's own threads by more than half the logical CPUs."""
+    return max(loads) - own_threads > 0.5 * (os.cpu_count() or 1)
+
+
 def goal(name: str, met: bool, measured: str, target: str, unstable: bool = False) -> bool:
     """Print the goal line and return whether it was met (an unstable figure never is)."""
     ok = met and not unstable

@@ -40,6 +40,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from goals import busy as host_busy
 from goals import goal  # benchmarks/goals.py: one GOAL line format with the host
 
 from nasforge.hardware.backends import BackendSpec
@@ -333,7 +334,7 @@ def main() -> None:
         speed(tables, results)
     print(f"\n{_load()} at end; whole run {time.perf_counter() - t0:.0f} s")
     # timings taken while other work shared the cores are not figures: say so on every line
-    busy = max(start_load, os.getloadavg()[0]) > 0.75 * (os.cpu_count() or 1)
+    busy = host_busy([start_load, os.getloadavg()[0]], own_threads=1)
     for name, met, measured, target in GOALS:
         goal(name, met, measured, target, unstable=busy and not name.startswith("predict"))
     if args.json is not None:

@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from goals import busy as host_busy
 from goals import goal  # benchmarks/goals.py: the script's folder is on sys.path
 
 from nasforge.experiment.runner import LoopBook
@@ -108,7 +109,7 @@ def main() -> None:
     for name, n, stored, per in rows:
         print(f"{name:32s} {n:8d} {stored:8d} {per * 1e3:10.3f}")
     # a per-trial cost is only a figure when the host was not busy while it was measured
-    busy = os.getloadavg()[0] > 0.75 * (os.cpu_count() or 1)
+    busy = host_busy([os.getloadavg()[0]], own_threads=1)
     if busy:
         print(f"host busy (load {os.getloadavg()[0]:.1f}): figures are marked unstable")
     for name, _, _, per in rows[:2]:
