@@ -14,8 +14,8 @@ Runs the harness of tests/test_store_faults.py (tests/storefaults.py) at full si
 After each fault the run is resumed (``--resume``); outcomes: survived (continued with every
 trial that had finished, none evaluated twice), refused (a one-line error naming
 ``nasforge repair``; after repair, every finished trial is back), lost, silent restart.
-Also prints what durability costs per trial (synced commits + journal) against the store
-with ``synchronous=NORMAL`` and no journal, in the same process.
+Also prints what durability costs per trial (synced journal, WAL commits) against the store
+with no journal, in the same process.
 
     python benchmarks/reliability.py [--trials 10]
 """
@@ -35,6 +35,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 
 import storefaults as sf  # noqa: E402
+from goals import goal  # noqa: E402  (benchmarks/goals.py: one GOAL line format with the host)
 
 from nasforge.experiment.store import TrialStore  # noqa: E402
 from nasforge.space import Arch  # noqa: E402
@@ -155,8 +156,21 @@ def main() -> None:
     for f in tally.failures:
         print("FAILURE", f)
     print(
-        f"durability cost per trial: {durable * 1e3:.2f} ms (synced commits + journal) vs "
-        f"{plain * 1e3:.2f} ms (synchronous=NORMAL, no journal); {time.time() - t0:.0f}s total"
+        f"durability cost per trial: {durable * 1e3:.2f} ms (synced journal + WAL commits) vs "
+        f"{plain * 1e3:.2f} ms (no journal); {time.time() - t0:.0f}s total"
+    )
+    lost = o["lost"] + o["silent_restart"]
+    goal(
+        "no finished trial lost, no silent restart",
+        lost == 0 and not tally.failures,
+        f"{o['lost']} lost, {o['silent_restart']} silent restarts in {tally.points} fault points",
+        "0 and 0",
+    )
+    goal(
+        "every refusal is a clear error",
+        o["unclear_error"] == 0,
+        f"{o['unclear_error']} unclear errors",
+        "0",
     )
 
 

@@ -7,10 +7,12 @@ writers (WAL mode, busy timeout).
 
 What protects a finished trial:
 
-- every commit is synced (``synchronous=FULL``), so a power loss keeps what committed;
 - each finished trial is first appended (and synced) to a journal beside the store
   (``trials.jsonl``), so a result whose store write failed or was lost (a full disk, a
-  truncated WAL) is restored by :meth:`TrialStore.replay_journal` or ``nasforge repair``;
+  truncated WAL, a power loss after the commit returned) is restored by
+  :meth:`TrialStore.replay_journal` or ``nasforge repair``; that one fsync per trial is the
+  durability point, so the store itself runs ``synchronous=NORMAL`` (WAL: every commit survives
+  a killed process);
 - an existing store is checked before it is opened for writing (:func:`check_store`: SQLite
   header, ``PRAGMA quick_check``, tables, schema version); a damaged or empty file is refused
   with :class:`StoreError` and never rewritten in place (opening a zero-length file does not
@@ -295,8 +297,10 @@ class TrialStore:
         )
         try:
             self._db.execute("PRAGMA journal_mode=WAL")
-            # FULL: a commit is on disk when it returns, so a power loss keeps finished trials
-            self._db.execute("PRAGMA synchronous=FULL")
+            # NORMAL (WAL): a commit survives the process being killed; what a power loss may take
+            # from the store's last commits is a finished trial already synced to the journal
+            # (one fsync per trial, not three), which resume and repair write back
+            self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.execute(f"PRAGMA busy_timeout={int(timeout_s * 1000)}")
             if int(self._db.execute("PRAGMA user_version").fetchone()[0]) == 0:
                 self._db.executescript(_SCHEMA + f"PRAGMA user_version={SCHEMA_VERSION};")
