@@ -138,3 +138,40 @@ def test_predict_with_a_layer_missing_from_the_table_says_how_to_extend_it(
     assert res.exit_code == 2, res.output
     assert key in res.output and "nasforge latency build" in res.output
     assert json.loads(partial.read_text()) == d  # predict wrote nothing
+
+
+def test_plugin_option_makes_a_user_space_known(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`--plugin` imports a user module first, so its space resolves (the build then stops at
+    the bad backend, before measuring anything); without it the space is unknown."""
+    plugin = tmp_path / "tiny_space_plugin.py"
+    plugin.write_text(
+        "from nasforge.space import Categorical, SearchSpace\n"
+        "from nasforge.spaces import register_space\n\n"
+        "class Tiny(SearchSpace):\n"
+        "    name = 'tiny_cli_space'\n"
+        "    def __init__(self, input_shape=(1, 8, 8), num_classes=2):\n"
+        "        super().__init__([Categorical('w', (4, 8))])\n\n"
+        "register_space('tiny_cli_space', Tiny, 'a test space')\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    args = [
+        "build",
+        "--out",
+        str(tmp_path / "t.json"),
+        "--space",
+        "tiny_cli_space",
+        "--backend",
+        "no-such-backend",
+        "--quiet",
+    ]
+    without = runner.invoke(app, args)
+    assert without.exit_code == 2
+    assert "tiny_cli_space" in without.output and "backend" not in without.output.lower()
+    with_plugin = runner.invoke(app, [*args, "--plugin", "tiny_space_plugin"])
+    assert with_plugin.exit_code == 2
+    assert "no-such-backend" in with_plugin.output
+    assert not (tmp_path / "t.json").exists()
+    broken = runner.invoke(app, [*args, "--plugin", "no_such_plugin_module"])
+    assert broken.exit_code == 2 and "no_such_plugin_module" in broken.output

@@ -23,6 +23,7 @@ from nasforge.hardware.builder import BuildConfig, TableBuilder
 from nasforge.hardware.predictor import LatencyPredictor
 from nasforge.hardware.table import LatencyTable
 from nasforge.hardware.validate import plot_validation, validate_table
+from nasforge.plugins import load_plugins
 from nasforge.spaces import create_space
 
 app = typer.Typer(
@@ -37,6 +38,12 @@ err = Console(stderr=True)
 
 class CliInputError(NasforgeError):
     """A command-line value is malformed (names the option)."""
+
+
+#: user modules that register spaces/backends/layers (as a config's ``plugins:``)
+PluginOption = Annotated[
+    list[str], typer.Option("--plugin", "-p", help="import this plugin module first (repeatable)")
+]
 
 
 def _fail(exc: BaseException) -> None:
@@ -124,11 +131,13 @@ def build(
     ] = 0,
     seed: Annotated[int, typer.Option(help="seeds calibration archs and visiting order")] = 0,
     quiet: Annotated[bool, typer.Option(help="no progress bar")] = False,
+    plugin: PluginOption = [],  # noqa: B006
 ) -> None:
     """Measure every distinct layer of a space on a backend and save the table.
 
     Building into an existing table measures only the layers it lacks."""
     try:
+        load_plugins(plugin)
         if batch_size < 1 or threads < 1 or calibration < 0 or held_out < 0:
             raise CliInputError(
                 "--batch-size and --threads must be >= 1, --calibration and --held-out >= 0"
@@ -186,9 +195,11 @@ def predict(
     statistic: Annotated[
         str | None, typer.Option(help="min | p10 | median (default: the table's)")
     ] = None,
+    plugin: PluginOption = [],  # noqa: B006
 ) -> None:
     """Predict latency (ms) of archs from a table, one line each, and the prediction speed."""
     try:
+        load_plugins(plugin)
         table = _load(table_path)
         pred = LatencyPredictor(table, mode=mode, statistic=statistic)
         space = pred.space
@@ -229,9 +240,11 @@ def validate(
     json_out: Annotated[
         Path | None, typer.Option("--json", help="write the report as JSON")
     ] = None,
+    plugin: PluginOption = [],  # noqa: B006
 ) -> None:
     """Measure N archs whole; score the table, FLOPs and params (within 10%, MAPE, Kendall tau)."""
     try:
+        load_plugins(plugin)
         if n < 2:
             raise CliInputError("--n: need at least 2 archs")
         table = _load(table_path)
