@@ -131,10 +131,12 @@ def _cell_setup(
     return merge, edges, [ms(spec) for _, _, spec in edges]
 
 
-def cell_critical_path(cell: Cell, ms: Callable[[LayerSpec], float]) -> float:
-    """The critical path of one cell in ms (the ``critical_path`` of :func:`cell_times`)."""
-    merge, edges, costs = _cell_setup(cell, ms)
-    arrive = [-1.0] * cell.num_nodes
+def _critical_path(
+    cell: Cell, merge: list[float], edges: list[tuple[int, int, LayerSpec]], costs: list[float]
+) -> float:
+    """Longest path through the cell without its join (see :func:`cell_times`), from
+    :func:`_cell_setup`'s merges, launch-ordered edges and their costs."""
+    arrive = [-1.0] * cell.num_nodes  # latest finish of an edge into each node; -1: none
     for (s, d, _), m in zip(edges, costs):
         a = arrive[s]
         t = (a + merge[s] if a >= 0.0 else 0.0) + m
@@ -146,6 +148,12 @@ def cell_critical_path(cell: Cell, ms: Callable[[LayerSpec], float]) -> float:
         t = a + merge[o] if a >= 0.0 else 0.0
         if t > crit:
             crit = t
+    return crit
+
+
+def cell_critical_path(cell: Cell, ms: Callable[[LayerSpec], float]) -> float:
+    """The critical path of one cell in ms (the ``critical_path`` of :func:`cell_times`)."""
+    crit = _critical_path(cell, *_cell_setup(cell, ms))
     return crit + (ms(cell.join) if cell.join is not None else 0.0)
 
 
@@ -170,23 +178,14 @@ def cell_times(cell: Cell, ms: Callable[[LayerSpec], float], workers: int = 1) -
     """
     n = cell.num_nodes
     merge, edges, costs = _cell_setup(cell, ms)
-    arrive = [-1.0] * n  # latest finish of an edge into each node; -1: none
     total = 0.0
-    for (s, d, _), m in zip(edges, costs):
+    for m in costs:
         total += m
-        a = arrive[s]
-        t = (a + merge[s] if a >= 0.0 else 0.0) + m
-        if t > arrive[d]:
-            arrive[d] = t
+    fed = {d for _, d, _ in edges}
     for d in range(cell.num_inputs, n):  # as cell_sum: merges of nodes with incoming edges
-        if arrive[d] >= 0.0:
+        if d in fed:
             total += merge[d]
-    crit = 0.0
-    for o in cell.outputs:
-        a = arrive[o]
-        t = a + merge[o] if a >= 0.0 else 0.0
-        if t > crit:
-            crit = t
+    crit = _critical_path(cell, merge, edges, costs)
     join = ms(cell.join) if cell.join is not None else 0.0
     if workers == 1:
         sched = total + join
