@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -14,6 +16,10 @@ from nasforge.evaluators.table import shared_data_dir
 # whichever of them another process preempted (measured 2.3-7.8x slower training with one core
 # busy). Tests that need more threads pin them themselves.
 torch.set_num_threads(1)
+
+# The timing harness keeps this host's quiet reference-kernel time in a small cache; tests
+# must not write to the user's home, nor read a baseline another run left there.
+os.environ["NASFORGE_CACHE_DIR"] = tempfile.mkdtemp(prefix="nasforge-test-cache-")
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = shared_data_dir()  # $NASFORGE_SHARED_DATA, else ../shared/data

@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from nasforge.hardware.backends import BackendError, BackendSpec, Runner
+from nasforge.hardware.noise import NoisePolicy
 from nasforge.hardware.timing import (
     LatencyMeasurement,
     TimingConfig,
@@ -15,6 +16,9 @@ from nasforge.hardware.timing import (
     summarize,
     time_runners,
 )
+
+#: scripted runners are timed in one pass: a retry on a busy host would replay the script
+ONE_PASS = NoisePolicy(retries=0)
 
 
 class FakeRunner(Runner):
@@ -54,7 +58,9 @@ def test_time_runners_remeasures_a_burst_round_and_interleaves() -> None:
     # call 0 is warm-up; calls 1-3 are rounds; round 2 (call 2) hits a burst
     bursty = [[1.0] * 10, [1.0] * 10, [3.0] * 10, [1.0] * 10, [1.0] * 10]
     runners = [FakeRunner(quiet, log, "a"), FakeRunner(bursty, log, "b")]
-    stats = time_runners(runners, TimingConfig(warmup=1, repeats=30, rounds=3, seed=0))
+    stats = time_runners(
+        runners, TimingConfig(warmup=1, repeats=30, rounds=3, seed=0, policy=ONE_PASS)
+    )
     assert stats[0].remeasured_rounds == 0
     assert stats[1].remeasured_rounds == 1
     assert stats[1].median_ms == pytest.approx(1.0)
@@ -68,7 +74,9 @@ def test_time_runners_order_is_seeded() -> None:
     def order(seed: int) -> list[str]:
         log: list[str] = []
         runners = [FakeRunner([[1.0] * 5], log, str(i)) for i in range(6)]
-        time_runners(runners, TimingConfig(warmup=0, repeats=9, rounds=3, seed=seed))
+        time_runners(
+            runners, TimingConfig(warmup=0, repeats=9, rounds=3, seed=seed, policy=ONE_PASS)
+        )
         return log
 
     assert order(3) == order(3)

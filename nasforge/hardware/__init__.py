@@ -31,11 +31,13 @@ from nasforge.hardware.fingerprint import (
     fingerprint_mismatches,
     host_info,
 )
+from nasforge.hardware.noise import NoisePolicy, Speedup, Stability
 from nasforge.hardware.onnx import export_onnx, ort_session
 from nasforge.hardware.profile import count_flops, count_params, model_size_bytes
 from nasforge.hardware.timing import (
     LatencyMeasurement,
     TimingConfig,
+    compare_runners,
     measure_latency,
     measure_models,
 )
@@ -83,14 +85,18 @@ __all__ = [
     "LatencyPredictor",
     "LatencyTable",
     "LayerSpec",
+    "NoisePolicy",
     "NotDecomposable",
     "Runner",
+    "Speedup",
+    "Stability",
     "TableBuilder",
     "TableError",
     "TableMismatchWarning",
     "TimingConfig",
     "check_memory",
     "check_table",
+    "compare_runners",
     "count_flops",
     "count_params",
     "device_fingerprint",

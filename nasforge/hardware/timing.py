@@ -25,20 +25,14 @@ does), so no collection lands inside a timed call.
 
 from __future__ import annotations
 
-import contextlib
 import functools
-import gc
-import math
-import statistics
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
-import numpy as np
 from torch import nn
 
 from nasforge.hardware.backend_base import (
-    BackendError,
     BackendSpec,
     Runner,
     Samples,
@@ -46,93 +40,17 @@ from nasforge.hardware.backend_base import (
     pinned_threads,
 )
 from nasforge.hardware.fingerprint import device_fingerprint
-
-CLOCKS = ("auto", "wall", "cpu")
-#: location statistics a measurement or table can report as its latency
-STATISTICS = ("median", "p10", "min")
-
-
-@dataclass(frozen=True)
-class TimingConfig:
-    """How each runner is timed.
-
-    Args:
-        warmup: untimed calls before the first round.
-        repeats: timed calls in total, split evenly over ``rounds``.
-        rounds: interleaved passes over all runners, each in a fresh random order.
-        outlier_tolerance: a round whose median differs from the median of round medians by
-            more than this fraction is re-measured.
-        max_remeasure: re-measurement passes at most.
-        clock: ``wall``, ``cpu`` (the calling thread's CPU time; single-threaded CPU backends
-            only) or ``auto`` (``cpu`` where valid, else ``wall``).
-        seed: seeds the visiting order.
-    """
-
-    warmup: int = 5
-    repeats: int = 30
-    rounds: int = 3
-    outlier_tolerance: float = 0.10
-    max_remeasure: int = 2
-    clock: str = "auto"
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        if self.repeats < 1 or self.rounds < 1 or self.warmup < 0:
-            raise ValueError("timing: need repeats >= 1, rounds >= 1, warmup >= 0")
-        if self.clock not in CLOCKS:
-            raise BackendError(f"timing.clock: {self.clock!r} is not one of {', '.join(CLOCKS)}")
-
-    @property
-    def per_round(self) -> int:
-        return max(1, math.ceil(self.repeats / self.rounds))
-
-    def resolve_clock(self, spec: BackendSpec) -> str:
-        """The clock used on ``spec``, as its backend decides (:meth:`Backend.clock`):
-        ``cpu`` needs all work on the calling thread.
-
-        Raises:
-            BackendError: ``clock="cpu"`` on a backend or thread count where work leaves the
-                calling thread.
-        """
-        return spec.backend.clock(spec, self.clock)
-
-
-@dataclass(frozen=True)
-class TimingStats:
-    """Statistics of one runner's kept samples (milliseconds, on the chosen clock)."""
-
-    median_ms: float
-    q1_ms: float
-    q3_ms: float
-    min_ms: float
-    mean_ms: float
-    p10_ms: float
-    samples: int
-    rounds: int
-    outlier_samples: int
-    remeasured_rounds: int
-    dropped_rounds: int
-    round_medians_ms: tuple[float, ...]
-    cpu_share: float = float("nan")
-
-    @property
-    def iqr_ms(self) -> float:
-        return self.q3_ms - self.q1_ms
-
-    @property
-    def spread(self) -> float:
-        """IQR relative to the median."""
-        return self.iqr_ms / self.median_ms if self.median_ms > 0 else 0.0
-
-    def value_ms(self, statistic: str) -> float:
-        """``median``, ``p10`` (10th percentile) or ``min`` of the kept samples."""
-        return float(getattr(self, f"{_check_statistic(statistic)}_ms"))
-
-
-def _check_statistic(statistic: str) -> str:
-    if statistic not in STATISTICS:
-        raise BackendError(f"statistic: {statistic!r} is not one of {', '.join(STATISTICS)}")
-    return statistic
+from nasforge.hardware.noise import Speedup, Stability, paired_speedup
+from nasforge.hardware.rounds import (
+    CLOCKS,
+    STATISTICS,
+    TimingConfig,
+    TimingStats,
+    _check_statistic,
+    _interleave,
+    collected_garbage,
+    summarize,
+)
 
 
 @dataclass(frozen=True)
@@ -145,7 +63,9 @@ class LatencyMeasurement:
     the figures (``wall`` or ``cpu``); ``cpu_share`` the median CPU / wall ratio of the calls
     (about 1 on a quiet host with one thread; lower when other tenants preempt);
     ``p10_ms`` the 10th percentile; ``fingerprint`` the device fingerprint (a dict) of the
-    machine. :meth:`value_ms` picks ``median``, ``p10`` or ``min``.
+    machine; ``stability`` the noise verdict (:class:`~nasforge.hardware.noise.Stability`:
+    :attr:`unstable` and :attr:`label` say whether the host was too busy to trust the
+    figure, and why). :meth:`value_ms` picks ``median``, ``p10`` or ``min``.
     """
 
     median_ms: float
@@ -167,6 +87,18 @@ class LatencyMeasurement:
     cpu_share: float = float("nan")
     p10_ms: float = 0.0
     fingerprint: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+    stability: Stability = field(default_factory=Stability, compare=False)
+
+    @property
+    def unstable(self) -> bool:
+        """Whether the host was too busy to trust this figure (see :attr:`stability`)."""
+        return not self.stability.stable
+
+    @property
+    def label(self) -> str:
+        """``1.234 ms``, or ``1.234 ms unstable: host busy (<reasons>)``."""
+        s = f"{self.median_ms:.3f} ms"
+        return s if self.stability.stable else f"{s} {self.stability.label}"
 
     def value_ms(self, statistic: str = "median") -> float:
         """The latency under ``statistic`` (``median``, ``p10`` or ``min``)."""
@@ -175,6 +107,7 @@ class LatencyMeasurement:
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["round_medians_ms"] = list(self.round_medians_ms)
+        d["stability"] = self.stability.to_dict()
         return d
 
     @classmethod
@@ -182,6 +115,7 @@ class LatencyMeasurement:
         known = set(cls.__dataclass_fields__)
         vals = {k: v for k, v in d.items() if k in known}
         vals["round_medians_ms"] = tuple(vals.get("round_medians_ms", ()))
+        vals["stability"] = Stability.from_dict(vals.get("stability"))
         return cls(**vals)
 
     @classmethod
@@ -208,125 +142,8 @@ class LatencyMeasurement:
             cpu_share=stats.cpu_share,
             p10_ms=stats.p10_ms,
             fingerprint=device_fingerprint(spec.threads).to_dict(),
+            stability=stats.stability,
         )
-
-
-def _quartiles(samples: Sequence[float]) -> tuple[float, float]:
-    if len(samples) < 4:
-        return min(samples), max(samples)
-    q = statistics.quantiles(samples, n=4)
-    return q[0], q[2]
-
-
-def summarize(
-    rounds: Sequence[Sequence[float]],
-    tolerance: float,
-    remeasured: int = 0,
-    cpu_share: float = float("nan"),
-) -> TimingStats:
-    """Statistics over the rounds whose median agrees with the consensus within ``tolerance``.
-
-    The consensus is the median of round medians; if no round agrees, all are kept.
-    """
-    medians = [statistics.median(r) for r in rounds]
-    consensus = statistics.median(medians)
-    keep = [
-        r
-        for r, m in zip(rounds, medians)
-        if consensus <= 0 or abs(m - consensus) <= tolerance * consensus
-    ]
-    if not keep:
-        keep = list(rounds)
-    flat = [s for r in keep for s in r]
-    q1, q3 = _quartiles(flat)
-    iqr = q3 - q1
-    outliers = sum(1 for s in flat if s > q3 + 3 * iqr or s < q1 - 3 * iqr)
-    return TimingStats(
-        median_ms=statistics.median(flat),
-        q1_ms=q1,
-        q3_ms=q3,
-        min_ms=min(flat),
-        mean_ms=statistics.fmean(flat),
-        p10_ms=float(np.percentile(flat, 10)),
-        samples=len(flat),
-        rounds=len(keep),
-        outlier_samples=outliers,
-        remeasured_rounds=remeasured,
-        dropped_rounds=len(rounds) - len(keep),
-        round_medians_ms=tuple(statistics.median(r) for r in keep),
-        cpu_share=cpu_share,
-    )
-
-
-def _strays(rounds: Sequence[Sequence[float]], tolerance: float) -> list[int]:
-    medians = [statistics.median(r) for r in rounds]
-    consensus = statistics.median(medians)
-    if consensus <= 0:
-        return []
-    return [i for i, m in enumerate(medians) if abs(m - consensus) > tolerance * consensus]
-
-
-def _cpu_share(walls: Sequence[float], cpus: Sequence[float]) -> float:
-    ratios = [c / w for w, c in zip(walls, cpus) if w > 0 and not math.isnan(c)]
-    return statistics.median(ratios) if ratios else float("nan")
-
-
-@contextlib.contextmanager
-def collected_garbage() -> Iterator[None]:
-    """Collect garbage now and keep the cyclic collector off for the block (see module doc)."""
-    gc.collect()
-    was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            gc.enable()
-
-
-def _interleave(
-    count: int,
-    visit: Callable[[int], Samples],
-    config: TimingConfig,
-    clock: str,
-    progress: Callable[[], None] | None = None,
-) -> list[TimingStats]:
-    rng = np.random.default_rng(config.seed)
-    pick = 1 if clock == "cpu" else 0
-    rounds: list[list[list[float]]] = [[] for _ in range(count)]
-    walls: list[list[float]] = [[] for _ in range(count)]
-    cpus: list[list[float]] = [[] for _ in range(count)]
-
-    def take(i: int) -> list[float]:
-        samples = visit(i)
-        walls[i].extend(samples[0])
-        cpus[i].extend(samples[1])
-        return samples[pick]
-
-    remeasured = [0] * count
-    with collected_garbage():
-        for _ in range(config.rounds):
-            for i in rng.permutation(count):
-                rounds[int(i)].append(take(int(i)))
-                if progress is not None:
-                    progress()
-        if config.rounds >= 3:
-            for _ in range(config.max_remeasure):
-                todo = [
-                    (i, j)
-                    for i in range(count)
-                    for j in _strays(rounds[i], config.outlier_tolerance)
-                ]
-                if not todo:
-                    break
-                for k in rng.permutation(len(todo)):
-                    i, j = todo[k]
-                    rounds[i][j] = take(i)
-                    remeasured[i] += 1
-    return [
-        summarize(rounds[i], config.outlier_tolerance, remeasured[i], _cpu_share(walls[i], cpus[i]))
-        for i in range(count)
-    ]
 
 
 def time_runners(
@@ -348,6 +165,49 @@ def time_runners(
     return _interleave(
         len(runners), lambda i: runners[i].run(config.per_round), config, clock, progress
     )
+
+
+def compare_runners(
+    runners: Sequence[Runner],
+    config: TimingConfig = TimingConfig(rounds=8, repeats=80),
+    clock: str = "wall",
+    baseline: int = 0,
+    progress: Callable[[], None] | None = None,
+) -> tuple[list[TimingStats], list[Speedup]]:
+    """Time runners interleaved (A B A B ..., a fresh order each round) and give each one's
+    speed-up over ``runners[baseline]`` with a 95% interval over the paired rounds.
+
+    When an interval is wider than ``config.policy.max_ci_halfwidth`` or the pass is
+    unstable, the comparison is measured again with twice the rounds (up to
+    ``config.policy.retries`` times); a speed-up that stays uncertain is returned with
+    ``stable=False`` and its reasons, never silently. Returns the stats (in the order given)
+    and one :class:`Speedup` per runner (the baseline's own is 1 by construction).
+    """
+    if not runners:
+        return [], []
+    names = [r.name or str(i) for i, r in enumerate(runners)]
+    cfg = config
+    result: tuple[list[TimingStats], list[Speedup]] = ([], [])
+    for attempt in range(1 + max(config.policy.retries, 0)):
+        stats = time_runners(runners, cfg, clock, progress)
+        base = stats[baseline]
+        ups = [
+            paired_speedup(
+                base.all_round_medians_ms,
+                s.all_round_medians_ms,
+                names[i],
+                names[baseline],
+                base.stability.merge(s.stability),
+                config.policy,
+            )
+            for i, s in enumerate(stats)
+        ]
+        result = (stats, ups)
+        if all(u.stable for u in ups):
+            break
+        if attempt < config.policy.retries:
+            cfg = replace(cfg, rounds=2 * cfg.rounds, repeats=2 * cfg.repeats, seed=cfg.seed + 1)
+    return result
 
 
 def time_factories(
@@ -479,3 +339,20 @@ def measure_latency(
         warmup=warmup, repeats=repeats, rounds=min(rounds, repeats), clock=clock, seed=seed
     )
     return measure_models([model], input_shape, batch_size, backend, threads, cfg)[0]
+
+
+__all__ = [
+    "CLOCKS",
+    "STATISTICS",
+    "LatencyMeasurement",
+    "TimingConfig",
+    "TimingStats",
+    "collected_garbage",
+    "compare_runners",
+    "measure_latency",
+    "measure_models",
+    "summarize",
+    "time_factories",
+    "time_models",
+    "time_runners",
+]

@@ -1,0 +1,486 @@
+"""Noise defence: is the host quiet enough to trust a timing, and how sure is a speed-up?
+
+A latency or a speed-up measured while other processes share the cores is not a property of
+the model but of the moment (issue 10: the same code on the same host gave 0% to 90% of
+predictions within +-10%, and a compression speed-up was printed 10x too high). The timing
+harness (:mod:`nasforge.hardware.timing`) therefore watches the host while it measures and
+attaches a :class:`Stability` verdict to every figure:
+
+* **other processes' CPU use** during the measurement, from ``/proc/stat`` (all CPUs' busy
+  time) minus this process's own CPU time (``os.times``), and the CPU time the hypervisor
+  stole (``steal``). The 1-minute load average is recorded beside it but never decides: it
+  lags by a minute and counts this process too.
+* **a reference kernel** (a fixed convolution, timed a few calls per round on the same
+  clock and threads as the measurement): its spread between rounds shows bursts *during* the
+  measurement, and its ratio to this host's quiet baseline (the fastest it was ever seen on
+  this CPU model, thread count and clock, kept in a small JSON cache) shows a slow-down that
+  lasted the whole measurement (a burner on a sibling core, a throttled clock, a noisy
+  neighbour VM);
+* **the run-to-run spread** of each measured model's round medians.
+
+A verdict is *unstable* when any of them says so; the harness then measures again
+(:attr:`NoisePolicy.retries`) and, if it stays unstable, the figure carries the reasons
+(``unstable: host busy (...)``) to the console, the card and the report instead of being
+printed as a fact.
+
+Speed-ups are never two medians taken minutes apart: :func:`paired_speedup` takes the rounds
+of an interleaved pass (A B A B ..., each round visiting every model), forms one ratio per
+round, and gives the geometric mean with a Student-t 95% confidence interval on the log
+ratios. A bursty host widens the interval instead of moving the point estimate silently.
+
+Written by hand because no maintained library does this for in-process inference timing:
+``pyperf`` (the closest) tunes and checks a whole benchmark process (``pyperf system
+tune``, CPU isolation) and reports spread, but does not watch other tenants during one
+measurement or compare two callables round by round.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import statistics
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+#: the figure a :class:`Stability` prints when its verdict is unstable
+UNSTABLE = "unstable: host busy"
+
+
+@dataclass(frozen=True)
+class NoisePolicy:
+    """When a measurement counts as unstable, and how often it is retried.
+
+    Attributes:
+        max_reference_slowdown: the reference kernel may run at most this fraction slower
+            than this host's quiet baseline (0.15: 15%).
+        max_reference_spread: the reference kernel's round medians may differ by at most
+            this fraction ((max - min) / min).
+        max_round_spread: a model's round medians (all rounds, after re-measuring strays)
+            may sit at most this fraction from their median, as a median absolute deviation
+            (:func:`round_spread`).
+        max_others_cpus: other processes may use at most this many CPUs' worth of time
+            beyond the CPUs the measurement leaves free (``cpus - threads``) while it runs;
+            on a 2-CPU host timed on 1 thread, up to 1.25 CPUs (see :func:`assess`).
+        max_steal: the hypervisor may steal at most this fraction of the CPU time.
+        max_ci_halfwidth: a speed-up whose 95% interval is wider than this fraction of the
+            estimate on either side is unstable.
+        retries: whole re-measurements when a pass comes out unstable (the most stable pass
+            is kept).
+        pause_s: seconds to wait before a retry (lets a burst pass).
+    """
+
+    max_reference_slowdown: float = 0.15
+    max_reference_spread: float = 0.10
+    max_round_spread: float = 0.05
+    max_others_cpus: float = 0.25
+    max_steal: float = 0.05
+    max_ci_halfwidth: float = 0.10
+    retries: int = 1
+    pause_s: float = 1.0
+
+
+DEFAULT_POLICY = NoisePolicy()
+
+
+# -- what the host did meanwhile ------------------------------------------------------------------
+def _proc_stat() -> tuple[int, int, int] | None:
+    """(busy, total, steal) jiffies over all CPUs, or ``None`` off Linux."""
+    try:
+        with open("/proc/stat", encoding="ascii") as f:
+            first = f.readline().split()
+    except OSError:
+        return None
+    if not first or first[0] != "cpu":
+        return None
+    v = [int(x) for x in first[1:]]
+    v += [0] * (8 - len(v))
+    user, nice, system, idle, iowait, irq, softirq, steal = v[:8]
+    busy = user + nice + system + irq + softirq
+    return busy, busy + idle + iowait + steal, steal
+
+
+def _load1() -> float:
+    try:
+        return float(os.getloadavg()[0])
+    except OSError:
+        return float("nan")
+
+
+@dataclass(frozen=True)
+class HostSample:
+    """One snapshot of the host's CPU counters and this process's CPU time."""
+
+    wall_s: float
+    own_cpu_s: float
+    stat: tuple[int, int, int] | None
+    load1: float
+
+    @classmethod
+    def take(cls) -> HostSample:
+        t = os.times()
+        return cls(time.monotonic(), t.user + t.system, _proc_stat(), _load1())
+
+
+@dataclass(frozen=True)
+class HostActivity:
+    """What the host did between two :class:`HostSample` snapshots.
+
+    ``others_cpus``: CPUs' worth of time other processes used (0 .. ``cpus``; ``nan`` when
+    the counters are unavailable or the interval is under 0.2 s); ``steal``: fraction of all
+    CPU time the hypervisor gave to other guests; ``load1``: the 1-minute load average at the
+    end (recorded, not used for the verdict).
+    """
+
+    seconds: float
+    cpus: int
+    others_cpus: float
+    steal: float
+    load1: float
+
+    @classmethod
+    def between(cls, a: HostSample, b: HostSample) -> HostActivity:
+        cpus = os.cpu_count() or 1
+        secs = max(b.wall_s - a.wall_s, 0.0)
+        others = steal = float("nan")
+        if a.stat is not None and b.stat is not None and secs >= 0.2:
+            hz = float(os.sysconf("SC_CLK_TCK")) if hasattr(os, "sysconf") else 100.0
+            busy_s = (b.stat[0] - a.stat[0]) / hz
+            total = max(b.stat[1] - a.stat[1], 1)
+            others = min(max(busy_s - (b.own_cpu_s - a.own_cpu_s), 0.0) / secs, float(cpus))
+            steal = (b.stat[2] - a.stat[2]) / total
+        return cls(secs, cpus, others, steal, b.load1)
+
+
+# -- the reference kernel ------------------------------------------------------------------------
+def reference_kernel() -> Any:
+    """A fixed, compute-bound call (a 3x3 convolution, 48 channels, 32x32, batch 1; about
+    0.5 ms on one core) timed between rounds on the measurement's clock and threads; the
+    harness keeps the fastest of a few calls per round (the first call after a model has
+    run pays for cold caches)."""
+    import torch
+
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(1, 48, 32, 32, generator=gen)
+    w = torch.randn(48, 48, 3, 3, generator=gen)
+    conv = torch.nn.functional.conv2d
+
+    def call() -> Any:
+        with torch.inference_mode():
+            return conv(x, w, padding=1)
+
+    return call
+
+
+def _cache_path() -> Path:
+    root = os.environ.get("NASFORGE_CACHE_DIR") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "nasforge"
+    )
+    return Path(root) / "reference_kernel.json"
+
+
+def _baseline_key(cpu_model: str, threads: int, clock: str) -> str:
+    import torch
+
+    return f"{cpu_model}|{threads}t|{clock}|torch {torch.__version__}"
+
+
+def quiet_baseline(cpu_model: str, threads: int, clock: str, seen_ms: float) -> float:
+    """This host's quiet reference time: the fastest ever seen for (CPU model, threads,
+    clock), updated with ``seen_ms``. The cache is advisory: an unreadable or unwritable
+    file (read-only home, a bad edit) is ignored and ``seen_ms`` returned."""
+    path = _cache_path()
+    key = _baseline_key(cpu_model, threads, clock)
+    try:
+        data = json.loads(path.read_text()) if path.is_file() else {}
+        if not isinstance(data, dict):
+            data = {}
+    except (OSError, ValueError):
+        data = {}
+    old = data.get(key)
+    best = seen_ms
+    if isinstance(old, (int, float)) and math.isfinite(old) and old > 0:
+        best = min(float(old), seen_ms)
+    if best != old:
+        data[key] = best
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(f".{os.getpid()}.tmp")
+            tmp.write_text(json.dumps(data, indent=1))
+            os.replace(tmp, path)
+        except OSError:
+            pass
+    return best
+
+
+# -- the verdict -----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Stability:
+    """The noise verdict of one measurement (or one pass over several models).
+
+    ``stable`` is ``False`` when any reason was found; ``reasons`` says which, in words a
+    user can act on. The numbers are kept for the card and the report: ``reference_ratio``
+    (reference kernel now / quiet baseline; ``nan`` without a reference), ``reference_spread``
+    ((max - min) / min of its round medians), ``round_spread`` (the worst model's round
+    spread), ``others_cpus``, ``steal``, ``load1``, ``cpus`` and ``attempts`` (passes
+    measured, retries included).
+    """
+
+    stable: bool = True
+    reasons: tuple[str, ...] = ()
+    reference_ratio: float = float("nan")
+    reference_spread: float = float("nan")
+    round_spread: float = float("nan")
+    others_cpus: float = float("nan")
+    steal: float = float("nan")
+    load1: float = float("nan")
+    cpus: int = 0
+    attempts: int = 1
+
+    @property
+    def label(self) -> str:
+        """``stable``, or ``unstable: host busy (<reasons>)``."""
+        return "stable" if self.stable else f"{UNSTABLE} ({'; '.join(self.reasons)})"
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["reasons"] = list(self.reasons)
+        return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in d.items()}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any] | None) -> Stability:
+        if not d:
+            return cls()
+        known = set(cls.__dataclass_fields__)
+        vals: dict[str, Any] = {
+            k: (float("nan") if v is None else v) for k, v in d.items() if k in known
+        }
+        vals["reasons"] = tuple(vals.get("reasons", ()))
+        return cls(**vals)
+
+    def merge(self, other: Stability) -> Stability:
+        """Both verdicts at once: unstable if either is; reasons of both; worst numbers."""
+        reasons = tuple(dict.fromkeys(self.reasons + other.reasons))
+        return Stability(
+            stable=self.stable and other.stable,
+            reasons=reasons,
+            reference_ratio=_worst(self.reference_ratio, other.reference_ratio),
+            reference_spread=_worst(self.reference_spread, other.reference_spread),
+            round_spread=_worst(self.round_spread, other.round_spread),
+            others_cpus=_worst(self.others_cpus, other.others_cpus),
+            steal=_worst(self.steal, other.steal),
+            load1=_worst(self.load1, other.load1),
+            cpus=max(self.cpus, other.cpus),
+            attempts=max(self.attempts, other.attempts),
+        )
+
+    def badness(self) -> float:
+        """A score to pick the least noisy of several passes (lower is better)."""
+        parts = [
+            len(self.reasons),
+            _nz(self.reference_ratio - 1.0),
+            _nz(self.reference_spread),
+            _nz(self.round_spread),
+        ]
+        return float(parts[0] * 10 + sum(max(p, 0.0) for p in parts[1:]))
+
+
+def _nz(x: float) -> float:
+    return 0.0 if math.isnan(x) else x
+
+
+def _worst(a: float, b: float) -> float:
+    if math.isnan(a):
+        return b
+    if math.isnan(b):
+        return a
+    return max(a, b)
+
+
+def round_spread(round_medians: Sequence[float]) -> float:
+    """How far a model's round medians sit from their median: the median absolute
+    deviation over the median (0 with fewer than two rounds). Robust to the one round a
+    burst hit (that round is re-measured by the harness); large when every round differs."""
+    if len(round_medians) < 2:
+        return 0.0
+    mid = statistics.median(round_medians)
+    if mid <= 0:
+        return 0.0
+    return statistics.median(abs(m - mid) for m in round_medians) / mid
+
+
+def assess(
+    activity: HostActivity | None,
+    reference_rounds_ms: Sequence[float],
+    baseline_ms: float | None,
+    round_spreads: Sequence[float],
+    threads: int,
+    policy: NoisePolicy = DEFAULT_POLICY,
+) -> Stability:
+    """The verdict for one pass.
+
+    Args:
+        activity: what the host did during the pass (``None``: unknown).
+        reference_rounds_ms: the reference kernel's fastest call per round (may be empty).
+        baseline_ms: this host's quiet reference time (``None``: unknown).
+        round_spreads: each measured model's :func:`round_spread`.
+        threads: CPUs the measurement itself keeps busy.
+        policy: the thresholds.
+
+    Other processes' CPU use alone makes a pass unstable only when they took CPUs the
+    measurement needs (``others_cpus > cpus - threads + max_others_cpus``); a busy sibling
+    CPU that does not show in the reference kernel or the rounds is recorded, not held
+    against the figure (on a 2-CPU host, one core running a burner while the measurement
+    runs on the other).
+    """
+    reasons: list[str] = []
+    ref_ratio = ref_spread = float("nan")
+    if reference_rounds_ms:
+        ref = statistics.median(reference_rounds_ms)
+        lo = min(reference_rounds_ms)
+        ref_spread = (max(reference_rounds_ms) - lo) / lo if lo > 0 else 0.0
+        if ref_spread > policy.max_reference_spread:
+            reasons.append(
+                f"reference kernel varied {100 * ref_spread:.0f}% between rounds "
+                f"(> {100 * policy.max_reference_spread:.0f}%)"
+            )
+        if baseline_ms is not None and baseline_ms > 0:
+            ref_ratio = ref / baseline_ms
+            if ref_ratio > 1 + policy.max_reference_slowdown:
+                reasons.append(
+                    f"reference kernel {ref_ratio:.2f}x as slow as on this host when quiet"
+                )
+    worst = max(round_spreads, default=float("nan"))
+    if not math.isnan(worst) and worst > policy.max_round_spread:
+        reasons.append(
+            f"round medians spread {100 * worst:.0f}% (> {100 * policy.max_round_spread:.0f}%)"
+        )
+    others = steal = load1 = float("nan")
+    cpus = os.cpu_count() or 1
+    if activity is not None:
+        others, steal, load1, cpus = (
+            activity.others_cpus,
+            activity.steal,
+            activity.load1,
+            activity.cpus,
+        )
+        free = cpus - threads
+        if not math.isnan(others) and others > free + policy.max_others_cpus:
+            reasons.append(
+                f"other processes used {others:.1f} of {cpus} CPUs while {threads} were needed"
+            )
+        if not math.isnan(steal) and steal > policy.max_steal:
+            reasons.append(f"hypervisor stole {100 * steal:.0f}% of CPU time")
+    return Stability(
+        stable=not reasons,
+        reasons=tuple(reasons),
+        reference_ratio=ref_ratio,
+        reference_spread=ref_spread,
+        round_spread=worst,
+        others_cpus=others,
+        steal=steal,
+        load1=load1,
+        cpus=cpus,
+    )
+
+
+# -- speed-ups with intervals ---------------------------------------------------------------------
+@dataclass(frozen=True)
+class Speedup:
+    """How many times faster ``name`` runs than ``baseline`` (``> 1``: faster), with the 95%
+    confidence interval ``[low, high]`` over paired rounds and the pass's verdict.
+
+    ``stable`` is ``False`` when the pass was unstable or the interval is wider than the
+    policy allows; :attr:`label` then says so instead of printing the ratio as fact.
+    """
+
+    name: str
+    baseline: str
+    ratio: float
+    low: float
+    high: float
+    rounds: int
+    stable: bool = True
+    reasons: tuple[str, ...] = ()
+
+    @property
+    def label(self) -> str:
+        """``2.63x [2.51, 2.76]`` or ``2.63x [1.9, 3.6] unstable: host busy (...)``."""
+        s = f"{self.ratio:.2f}x [{self.low:.2f}, {self.high:.2f}]"
+        return s if self.stable else f"{s} {UNSTABLE} ({'; '.join(self.reasons)})"
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["reasons"] = list(self.reasons)
+        return d
+
+    def agrees_with(self, other: Speedup) -> bool:
+        """Whether the two intervals overlap (the same speed-up within their stated
+        uncertainty)."""
+        return self.low <= other.high and other.low <= self.high
+
+
+def paired_speedup(
+    baseline_rounds_ms: Sequence[float],
+    rounds_ms: Sequence[float],
+    name: str = "",
+    baseline: str = "",
+    stability: Stability | None = None,
+    policy: NoisePolicy = DEFAULT_POLICY,
+) -> Speedup:
+    """Speed-up from paired round medians of an interleaved pass: one ratio per round
+    (``baseline / candidate``), geometric mean, Student-t 95% interval on the log ratios.
+
+    Rounds must be paired (round ``i`` of both measured in the same interleaved pass).
+    With one round the interval is the point. ``stability`` (the pass's verdict) is merged
+    into the result; an interval wider than ``policy.max_ci_halfwidth`` on either side adds a
+    reason.
+    """
+    from scipy.stats import t as student_t
+
+    pairs = [(b, c) for b, c in zip(baseline_rounds_ms, rounds_ms) if b > 0 and c > 0]
+    if not pairs:
+        raise ValueError("paired_speedup: no paired rounds with positive times")
+    logs = [math.log(b / c) for b, c in pairs]
+    mean = statistics.fmean(logs)
+    if len(logs) > 1:
+        sem = statistics.stdev(logs) / math.sqrt(len(logs))
+        half = float(student_t.ppf(0.975, len(logs) - 1)) * sem
+    else:
+        half = 0.0
+    ratio, low, high = math.exp(mean), math.exp(mean - half), math.exp(mean + half)
+    reasons = list(stability.reasons) if stability is not None else []
+    if high / ratio - 1 > policy.max_ci_halfwidth or 1 - low / ratio > policy.max_ci_halfwidth:
+        reasons.append(
+            f"95% interval [{low:.2f}, {high:.2f}] wider than "
+            f"+-{100 * policy.max_ci_halfwidth:.0f}%"
+        )
+    return Speedup(
+        name=name,
+        baseline=baseline,
+        ratio=ratio,
+        low=low,
+        high=high,
+        rounds=len(pairs),
+        stable=not reasons,
+        reasons=tuple(reasons),
+    )
+
+
+__all__ = [
+    "DEFAULT_POLICY",
+    "UNSTABLE",
+    "HostActivity",
+    "HostSample",
+    "NoisePolicy",
+    "Speedup",
+    "Stability",
+    "assess",
+    "paired_speedup",
+    "quiet_baseline",
+    "reference_kernel",
+    "round_spread",
+]
