@@ -18,7 +18,9 @@ from pydantic import ValidationError
 
 from nasforge.compression.config import CompressConfig
 from nasforge.compression.errors import CompressionError
+from nasforge.compression.results import CompressionReport
 from nasforge.errors import NasforgeError
+from nasforge.hardware.noise import UNSTABLE
 from nasforge.yamlfile import is_blank, read_yaml
 
 if TYPE_CHECKING:  # torch is imported when a command runs, not when the CLI starts
@@ -176,14 +178,31 @@ def compress(
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         console.print(f"[red]error:[/red] {escape(first)}", highlight=False, soft_wrap=True)
         raise typer.Exit(code=2) from None
-    for s in report.stages:
-        lat = "  ".join(
-            f"b{bs} {ms:.3f} ms ({s.speedup.get(bs, 0):.2f}x)" for bs, ms in s.latency_ms.items()
-        )
-        typer.echo(
-            f"{s.name:24s} top-1 {s.test_accuracy * 100:6.2f}%  "
-            f"{s.size_bytes / 1024:8.1f} KiB  {lat}"
-        )
+    for line in table_lines(report):
+        typer.echo(line)
     for w in report.warnings:
         typer.secho(f"WARNING: {w}", fg="red", err=True)
+    if report.deployable is not True:
+        typer.secho(report.verdict, fg="red", err=True)
     typer.echo(f"report: {out / 'report.html'}")
+
+
+def table_lines(report: CompressionReport) -> list[str]:
+    """The console table: one line per stage, each latency with its speed-up over the
+    original as ``2.63x [2.51, 2.76]`` (95% interval) or, when the host was too busy,
+    ``UNSTABLE: host busy (<reasons>)`` in capitals, never the bare ratio; then the
+    verdict."""
+    lines = []
+    for s in report.stages:
+        parts = []
+        for bs, ms in s.latency_ms.items():
+            label = s.speedup_label.get(bs, f"{s.speedup.get(bs, 0):.2f}x")
+            if not s.speedup_stable.get(bs, True):
+                label = label.replace(UNSTABLE, UNSTABLE.upper(), 1)
+            parts.append(f"b{bs} {ms:.3f} ms ({label})")
+        lines.append(
+            f"{s.name:24s} top-1 {s.test_accuracy * 100:6.2f}%  "
+            f"{s.size_bytes / 1024:8.1f} KiB  {'  '.join(parts)}"
+        )
+    lines.append(f"verdict: {report.verdict}")
+    return lines

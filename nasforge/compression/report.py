@@ -1,4 +1,9 @@
-"""HTML report of a compression run: the stage table, warnings, and inline PNG plots."""
+"""HTML report of a compression run: the stage table, warnings, and inline PNG plots.
+
+Speed-ups are shown as measured: ``2.63x [2.51, 2.76]`` (the 95% interval of the paired
+rounds), or in red ``unstable: host busy (<reasons>)`` when the host was too busy to trust
+them; the verdict line says when "faster than the original" could not be decided.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +12,7 @@ import html
 import io
 from pathlib import Path
 
-from nasforge.compression.results import CompressionReport
+from nasforge.compression.results import CompressionReport, StageResult
 
 
 def _png(fig: object) -> str:
@@ -57,13 +62,26 @@ def _plots(report: CompressionReport) -> list[str]:
     return imgs
 
 
+def _speedup_cell(s: StageResult, bs: int) -> str:
+    label = s.speedup_label.get(bs)
+    if label is None:  # a report written before intervals existed
+        return f"<td>{s.speedup.get(bs, 0):.2f}x</td>"
+    if s.speedup_stable.get(bs, False):
+        return f"<td>{html.escape(label)}</td>"
+    return f"<td><b style='color:#b00'>{html.escape(label)}</b></td>"
+
+
 def render_html(report: CompressionReport) -> str:
+    """The report page: verdict, warnings, the stage table (latency and speed-up with its
+    95% interval per batch size, or the unstable verdict) and the plots."""
     batch_sizes = sorted({bs for s in report.stages for bs in s.latency_ms})
-    head = "".join(f"<th>latency b{bs} (ms)</th><th>speed-up b{bs}</th>" for bs in batch_sizes)
+    head = "".join(
+        f"<th>latency b{bs} (ms)</th><th>speed-up b{bs} [95% interval]</th>" for bs in batch_sizes
+    )
     rows = []
     for s in report.stages:
         cells = "".join(
-            f"<td>{s.latency_ms[bs]:.3f}</td><td>{s.speedup.get(bs, 0):.2f}x</td>"
+            f"<td>{s.latency_ms[bs]:.3f}</td>{_speedup_cell(s, bs)}"
             if bs in s.latency_ms
             else "<td>-</td><td>-</td>"
             for bs in batch_sizes
@@ -76,9 +94,9 @@ def render_html(report: CompressionReport) -> str:
     warn = "".join(f"<li><b>{html.escape(w)}</b></li>" for w in report.warnings)
     imgs = "".join(f'<img src="data:image/png;base64,{b}"/>' for b in _plots(report))
     verdict = (
-        "deployable: faster than the original"
+        html.escape(report.verdict)
         if report.deployable
-        else "<b style='color:#b00'>NOT FASTER THAN THE ORIGINAL</b>"
+        else f"<b style='color:#b00'>{html.escape(report.verdict)}</b>"
     )
     return (
         "<!doctype html><html><head><meta charset='utf-8'><title>nasforge compression</title>"
@@ -92,6 +110,7 @@ def render_html(report: CompressionReport) -> str:
 
 
 def write_html(report: CompressionReport, path: str | Path) -> Path:
+    """Write :func:`render_html` of ``report`` to ``path``; returns the path."""
     path = Path(path)
     path.write_text(render_html(report))
     return path

@@ -43,8 +43,23 @@ class StageOutput:
 
 @dataclass(frozen=True)
 class StageResult:
-    """One row of the report table. ``latency_ms`` maps batch size -> median ms on the
-    target (absent when the stage has no runnable artifact of its own)."""
+    """One row of the report table.
+
+    Every speed-up is measured against the original in the same interleaved pass (one per
+    batch size; see :func:`~nasforge.compression.quantization.runtime.compare_speedups`).
+
+    Attributes:
+        latency_ms: batch size -> median ms on the target (empty when the stage has no
+            runnable artifact of its own).
+        speedup: batch size -> geometric-mean ratio over paired rounds (original / this);
+            read it together with ``speedup_stable``: an unstable one is not a figure.
+        speedup_ci: batch size -> its 95% interval ``(low, high)``.
+        speedup_stable: batch size -> whether the host was quiet enough and the interval
+            narrow enough to trust it.
+        speedup_label: batch size -> the printed form, ``2.63x [2.51, 2.76]`` or
+            ``unstable: host busy (<reasons>); interval [...]``.
+        notes: short remarks shown in the row (an unstable speed-up's reasons among them).
+    """
 
     name: str
     test_accuracy: float
@@ -53,24 +68,53 @@ class StageResult:
     speedup: dict[int, float] = field(default_factory=dict)
     artifact: str = ""
     notes: tuple[str, ...] = ()
+    speedup_ci: dict[int, tuple[float, float]] = field(default_factory=dict)
+    speedup_stable: dict[int, bool] = field(default_factory=dict)
+    speedup_label: dict[int, str] = field(default_factory=dict)
+
+    def unstable_batches(self) -> list[int]:
+        """Batch sizes whose speed-up could not be trusted."""
+        return [bs for bs, ok in self.speedup_stable.items() if not ok]
 
 
 @dataclass(frozen=True)
 class CompressionReport:
     """The rows (``stages``), warnings, the config as run, free-form ``details`` for
     report.json, whether the final artifact is faster than the original, and every
-    stage's typed result (``outputs``, in pipeline order)."""
+    stage's typed result (``outputs``, in pipeline order).
+
+    ``deployable`` is ``True`` when the final artifact is faster than the original at every
+    batch size (each interval above 1, every figure stable), ``False`` when it is measurably
+    not, and ``None`` when it could not be decided (a speed-up was unstable: host busy);
+    :attr:`verdict` says which in words.
+    """
 
     stages: tuple[StageResult, ...]
     warnings: tuple[str, ...]
     config: dict[str, object]
     details: dict[str, object]
-    deployable: bool
+    deployable: bool | None
     outputs: tuple[StageOutput, ...] = ()
+
+    @property
+    def verdict(self) -> str:
+        """``deployable: faster than the original``, ``NOT FASTER THAN THE ORIGINAL`` or
+        ``UNDECIDED: ...`` (an unstable speed-up decides nothing)."""
+        if self.deployable is None:
+            return (
+                "UNDECIDED: whether the compressed model is faster than the original could "
+                "not be decided (speed-up unstable: host busy; re-run on a quiet host)"
+            )
+        return (
+            "deployable: faster than the original"
+            if self.deployable
+            else "NOT FASTER THAN THE ORIGINAL"
+        )
 
     def to_dict(self) -> dict[str, object]:
         d = asdict(self)
         d["outputs"] = [{"type": type(o).__name__, **asdict(o)} for o in self.outputs]
+        d["verdict"] = self.verdict
         return d
 
     def to_json(self) -> str:

@@ -5,10 +5,12 @@ from nasforge.compression.quantization.calibrate import CALIBRATIONS, RangeObser
 from nasforge.compression.quantization.export import compact, export_onnx, export_qdq
 from nasforge.compression.quantization.int4 import Int4Model, quantize_int4
 from nasforge.compression.quantization.ptq import (
+    FormatChoice,
     FormatTrial,
     choose_int8_format,
     format_candidates,
     quantize_static_int8,
+    select_int8_format,
 )
 from nasforge.compression.quantization.qat import quantization_aware_training
 from nasforge.compression.quantization.qsim import (
@@ -28,6 +30,7 @@ from nasforge.compression.quantization.sensitivity import (
 __all__ = [
     "CALIBRATIONS",
     "ActQuant",
+    "FormatChoice",
     "FormatTrial",
     "Int4Model",
     "LayerSensitivity",
@@ -48,4 +51,5 @@ __all__ = [
     "quantization_aware_training",
     "quantize_int4",
     "quantize_static_int8",
+    "select_int8_format",
 ]

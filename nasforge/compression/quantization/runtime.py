@@ -2,16 +2,23 @@
 latency comparison.
 
 Sessions come from hardware's one session builder (:func:`nasforge.hardware.onnx.ort_session`)
-and latency from hardware's one timing harness (:func:`nasforge.hardware.timing.time_runners`):
-comparing models on a busy machine is noisy, so :func:`compare_latency` interleaves them in
-rounds (a fresh seeded order each round, stray rounds re-measured): drift and other processes
-hit all of them alike, and the ratios are robust.
+and latency from hardware's one timing harness (:mod:`nasforge.hardware.timing`): comparing
+models on a busy machine is noisy, so they are interleaved in rounds (a fresh seeded order each
+round, stray rounds re-measured), and drift and other processes hit all of them alike.
+
+A speed-up is never two medians divided: :func:`compare_speedups` times every model against a
+baseline in ONE interleaved pass (:func:`~nasforge.hardware.timing.compare_runners`: one ratio
+per round, geometric mean, 95% Student-t interval, re-measured with more rounds when the
+interval is wide or the host busy) and hands back each model's
+:class:`~nasforge.hardware.noise.Speedup` with its verdict; :func:`paired` compares two models
+of the same pass the same way. :func:`speedup_text` is the one way a speed-up is printed:
+``2.63x [2.51, 2.76]``, or ``unstable: host busy (<reasons>)`` when it cannot be trusted.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -19,13 +26,23 @@ import numpy as np
 import torch
 
 from nasforge.hardware.backend_base import Runner, threads_pinned
+from nasforge.hardware.noise import UNSTABLE, Speedup, Stability, paired_speedup
 from nasforge.hardware.onnx import ort_session as _hardware_session
-from nasforge.hardware.timing import TimingConfig, time_runners
+from nasforge.hardware.timing import TimingConfig, compare_runners, time_runners
+
+#: fewer paired rounds than this give no usable 95% interval: such a speed-up is unstable
+MIN_ROUNDS = 3
 
 
 @dataclass(frozen=True)
 class Latency:
-    """Median and interquartile range of one model's latency, in milliseconds."""
+    """Median and interquartile range of one model's latency, in milliseconds.
+
+    From :func:`compare_speedups` also: ``speedup`` (vs the comparison's baseline, measured
+    in the same interleaved pass, with its 95% interval and verdict), ``stability`` (the
+    pass's noise verdict for this model) and ``round_medians_ms`` (every round's median in
+    visiting order, paired with the other models' rounds of the pass; see :func:`paired`).
+    """
 
     name: str
     backend: str
@@ -34,9 +51,121 @@ class Latency:
     median_ms: float
     iqr_ms: float
     repeats: int
+    speedup: Speedup | None = None
+    stability: Stability = field(default_factory=Stability)
+    round_medians_ms: tuple[float, ...] = ()
 
     def to_dict(self) -> dict[str, object]:
-        return asdict(self)
+        return {
+            "name": self.name,
+            "backend": self.backend,
+            "batch_size": self.batch_size,
+            "threads": self.threads,
+            "median_ms": self.median_ms,
+            "iqr_ms": self.iqr_ms,
+            "repeats": self.repeats,
+            "speedup": None if self.speedup is None else self.speedup.to_dict(),
+            "speedup_label": None if self.speedup is None else speedup_text(self.speedup),
+            "stability": self.stability.to_dict(),
+            "round_medians_ms": list(self.round_medians_ms),
+        }
+
+
+def speedup_text(s: Speedup) -> str:
+    """The one printed form of a speed-up: ``2.63x [2.51, 2.76]`` when stable, else
+    ``unstable: host busy (<reasons>); interval [1.90, 3.60]`` (the point estimate is left
+    out on purpose: it is not a figure to act on)."""
+    if s.stable:
+        return f"{s.ratio:.2f}x [{s.low:.2f}, {s.high:.2f}]"
+    return f"{UNSTABLE} ({'; '.join(s.reasons)}); interval [{s.low:.2f}, {s.high:.2f}]"
+
+
+def _enough_rounds(s: Speedup) -> Speedup:
+    if s.rounds >= MIN_ROUNDS or s.name == s.baseline:
+        return s
+    why = f"only {s.rounds} paired round(s): too few for a 95% interval (need >= {MIN_ROUNDS})"
+    return replace(s, stable=False, reasons=(*s.reasons, why))
+
+
+def paired(baseline: Latency, candidate: Latency) -> Speedup:
+    """How many times faster ``candidate`` ran than ``baseline``, from their paired rounds.
+
+    Both must come from the same :func:`compare_speedups` call (the same interleaved pass);
+    the verdicts of both are merged into the result, and fewer than :data:`MIN_ROUNDS`
+    rounds make it unstable.
+
+    Raises:
+        ValueError: either has no round medians (not from :func:`compare_speedups`).
+    """
+    if not baseline.round_medians_ms or not candidate.round_medians_ms:
+        raise ValueError("paired: both latencies must come from compare_speedups")
+    s = paired_speedup(
+        baseline.round_medians_ms,
+        candidate.round_medians_ms,
+        candidate.name,
+        baseline.name,
+        baseline.stability.merge(candidate.stability),
+    )
+    return _enough_rounds(s)
+
+
+def timing_config(rounds: int = 7, repeats: int = 10, warmup: int = 5) -> TimingConfig:
+    """The harness settings of a comparison: ``rounds`` interleaved rounds of ``repeats``
+    calls per model each (wall clock: ONNX Runtime and torch runners alike), after
+    ``warmup`` untimed calls; the reference kernel and the default noise policy on."""
+    return TimingConfig(
+        warmup=warmup, repeats=rounds * repeats, rounds=rounds, clock="wall", seed=0
+    )
+
+
+def compare_speedups(
+    runners: Mapping[str, Callable[[], object] | Runner],
+    baseline: str,
+    batch_size: int,
+    threads: int,
+    config: TimingConfig | None = None,
+    backend: Mapping[str, str] | None = None,
+) -> dict[str, Latency]:
+    """Time every runner against ``runners[baseline]`` in one interleaved pass.
+
+    Uses :func:`~nasforge.hardware.timing.compare_runners` (A B A B ..., a fresh order each
+    round; re-measured with twice the rounds when an interval is wide or the pass
+    unstable), with torch pinned to ``threads`` intra-op threads meanwhile. A plain
+    callable is wrapped in a :class:`~nasforge.hardware.backend_base.Runner`; a ``Runner``
+    is used as given (e.g. a scripted one in a test). ``config`` defaults to
+    :func:`timing_config`; ``backend`` labels the results (name -> backend).
+
+    Returns:
+        name -> :class:`Latency` in the order of ``runners``, each with its
+        :class:`~nasforge.hardware.noise.Speedup` over the baseline (the baseline's is 1);
+        a speed-up from fewer than :data:`MIN_ROUNDS` rounds is marked unstable.
+
+    Raises:
+        ValueError: ``baseline`` is not one of ``runners``.
+    """
+    if baseline not in runners:
+        raise ValueError(f"compare_speedups: baseline {baseline!r} is not one of {list(runners)}")
+    names = list(runners)
+    wrapped = [r if isinstance(r, Runner) else Runner(r, k) for k, r in runners.items()]
+    cfg = config or timing_config()
+    with threads_pinned(threads):
+        stats, ups = compare_runners(wrapped, cfg, clock="wall", baseline=names.index(baseline))
+    labels = backend or {}
+    return {
+        k: Latency(
+            k,
+            labels.get(k, ""),
+            batch_size,
+            threads,
+            s.median_ms,
+            s.iqr_ms,
+            s.samples,
+            _enough_rounds(replace(u, name=k, baseline=baseline)),
+            s.stability,
+            s.all_round_medians_ms,
+        )
+        for k, s, u in zip(names, stats, ups)
+    }
 
 
 def ort_session(path: str | Path | bytes, threads: int = 1) -> Any:
@@ -84,7 +213,8 @@ def compare_latency(
     repeats: int = 10,
     warmup: int = 5,
 ) -> dict[str, Latency]:
-    """Interleaved wall-clock timing of several calls with hardware's harness.
+    """Interleaved wall-clock timing of several calls with hardware's harness (latencies
+    only; for speed-ups use :func:`compare_speedups`, never a ratio of these medians).
 
     Each runner is warmed up with ``warmup`` calls, then timed in ``rounds`` rounds of
     ``repeats`` calls, the runners visited in a fresh seeded order each round; a round whose
@@ -101,7 +231,17 @@ def compare_latency(
     with threads_pinned(threads):
         stats = time_runners([Runner(runners[k], k) for k in names], config, clock="wall")
     return {
-        k: Latency(k, backend.get(k, ""), batch_size, threads, s.median_ms, s.iqr_ms, s.samples)
+        k: Latency(
+            k,
+            backend.get(k, ""),
+            batch_size,
+            threads,
+            s.median_ms,
+            s.iqr_ms,
+            s.samples,
+            stability=s.stability,
+            round_medians_ms=s.all_round_medians_ms,
+        )
         for k, s in zip(names, stats)
     }
 

@@ -14,13 +14,13 @@ from dataclasses import asdict, dataclass, replace
 from nasforge.compression.config import Int4Config, Int8Config
 from nasforge.compression.quantization import (
     QuantSpec,
-    choose_int8_format,
     export_qdq,
     format_candidates,
     mixed_precision_plan,
     quantization_aware_training,
     quantize_int4,
     quantize_static_int8,
+    select_int8_format,
 )
 from nasforge.compression.quantization.runtime import agreement, file_size, ort_predict, ort_session
 from nasforge.compression.results import StageOutput
@@ -78,9 +78,10 @@ class Int8Stage(Stage[Int8Config]):
         calib = ds.x_train[: q.calibration_size]
         base = QuantSpec(calibration=q.calibration, percentile=q.percentile)
         formats: tuple[tuple[str, dict[int, float]], ...] = ()
+        format_notes: tuple[str, ...] = ()
         if q.activations == "auto":
             state.say("measuring INT8 formats on onnxruntime")
-            trials = choose_int8_format(
+            choice = select_int8_format(
                 current,
                 calib,
                 state.input_shape,
@@ -88,8 +89,8 @@ class Int8Stage(Stage[Int8Config]):
                 state.target.batch_sizes,
                 state.target.threads,
             )
-            formats = tuple((t.name, t.latency_ms) for t in trials)
-            spec = trials[0].spec
+            formats = tuple((t.name, t.latency_ms) for t in choice.trials)
+            spec, format_notes = choice.spec, choice.notes
         else:
             spec = replace(base, activations=q.activations)
         float_val = state.accuracy(current, "val")
@@ -138,7 +139,7 @@ class Int8Stage(Stage[Int8Config]):
             acc,
             file_size(path),
             path.name,
-            (f"{method}; top-1 agreement with float {agree['top1_agreement']:.4f}",),
+            (f"{method}; top-1 agreement with float {agree['top1_agreement']:.4f}", *format_notes),
             warnings,
             method=method,
             spec=asdict(spec),
