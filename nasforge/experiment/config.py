@@ -153,6 +153,9 @@ class LatencyConfig(_Section):
     a latency ``table``, or ``flops`` (no latency: trials report ``mflops`` instead).
 
     ``statistic`` defaults to ``median`` when measuring and to the table's when predicting.
+    ``allow_untrusted_table`` lets ``predict`` use a table whose verdict is "do not trust"
+    (:func:`~nasforge.hardware.trust.table_verdict`: poor held-out accuracy, a busy build, or
+    another machine); by default such a search stops before its first trial.
     """
 
     mode: Literal["measure", "predict", "flops"] = "measure"
@@ -163,6 +166,11 @@ class LatencyConfig(_Section):
     warmup: int = Field(5, ge=0)
     repeats: int = Field(30, ge=3)
     table: str | None = None
+    allow_untrusted_table: bool = Field(
+        False,
+        description="predict from a table even when its verdict is 'do not trust' "
+        "(`nasforge latency validate` gives the verdict)",
+    )
 
     @field_validator("backend")
     @classmethod

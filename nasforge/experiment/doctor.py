@@ -10,13 +10,15 @@ that would stop ``nasforge search``, and flags budgets smaller than the strategy
 from __future__ import annotations
 
 import re
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 from nasforge.errors import NasforgeError
 from nasforge.experiment.config import ExperimentConfig
-from nasforge.experiment.preflight import budget_findings, prepare_run
+from nasforge.experiment.preflight import budget_findings, latency_trust_findings, prepare_run
 from nasforge.hardware.doctor import latency_findings
+from nasforge.hardware.trust import UntrustedTableWarning
 
 _FIELD = re.compile(r"^([a-z_]+(?:\.[a-z_0-9]+)*): (.+)$", re.S)
 
@@ -44,12 +46,16 @@ def error_findings(exc: NasforgeError) -> list[Finding]:
 
 def preflight_findings(cfg: ExperimentConfig) -> list[Finding]:
     """What the search's pre-run validation says about ``cfg``: its error (the first problem
-    it meets), or the budget findings for the strategy it built."""
+    it meets), or the budget findings for the strategy it built and the verdict of the
+    latency table it predicts from (a warning raised while building it is a finding here)."""
     try:
-        prepared = prepare_run(cfg)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UntrustedTableWarning)
+            prepared = prepare_run(cfg)
     except NasforgeError as exc:
         return error_findings(exc)
-    return [Finding(*f) for f in budget_findings(cfg, prepared.strategy)]
+    found = budget_findings(cfg, prepared.strategy) + latency_trust_findings(prepared)
+    return [Finding(*f) for f in found]
 
 
 def diagnose(cfg: ExperimentConfig, build: bool = True) -> list[Finding]:
@@ -113,4 +119,5 @@ def diagnose(cfg: ExperimentConfig, build: bool = True) -> list[Finding]:
                     "moderate ratios; fine-tune (with distillation) after compressing",
                 )
             )
-    return out
+    # the pre-run validation and the latency checks may name the same table verdict
+    return list(dict.fromkeys(out))

@@ -9,6 +9,12 @@ instead of failing every trial with the same message.
 
 :func:`budget_findings` names budgets too small for the strategy to do what it is configured
 to do (``trials: 2`` with an evolution population of 50 is random sampling).
+
+A search that predicts latency from a table the table's verdict says not to trust
+(:func:`~nasforge.hardware.trust.table_verdict`: poor held-out or validated accuracy, a build
+on a busy host, a table from another machine) stops here too, with one line that says why and
+how to override (``latency.allow_untrusted_table: true``), unless the config allows it;
+:func:`latency_trust_findings` names a table that cannot be judged.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ from nasforge.errors import ConfigError
 from nasforge.evaluators import Evaluator, produced_metrics
 from nasforge.experiment.config import ExperimentConfig
 from nasforge.experiment.setup import RunObjects, build_run, make_evaluator, make_strategy
+from nasforge.hardware.trust import trust_finding
 from nasforge.strategies import Strategy
 
 
@@ -73,7 +80,10 @@ def prepare_run(cfg: ExperimentConfig, run_dir: str | Path | None = None) -> Pre
         NasforgeError: (usually :class:`ConfigError`) the first problem, naming the field:
             an unknown space, strategy or dataset, options a factory rejects, a table the
             evaluator cannot read or a field it does not know, an objective metric the
-            evaluator does not produce.
+            evaluator does not produce, a latency table whose verdict is "do not trust"
+            (:class:`~nasforge.hardware.trust.UntrustedTableError`, raised by the run's
+            :class:`~nasforge.hardware.model.LatencyModel`) without
+            ``latency.allow_untrusted_table``.
     """
     objects = build_run(cfg, run_dir)
     strategy = make_strategy(objects)
@@ -115,3 +125,20 @@ def budget_findings(cfg: ExperimentConfig, strategy: Strategy) -> list[tuple[str
             f"search.trials above {n} or lower the warm-up",
         )
     ]
+
+
+def latency_trust_findings(prepared: PreparedRun) -> list[tuple[str, str, str]]:
+    """``(level, field, message)`` about the verdict of the latency table the run predicts
+    from: a warning when it cannot be told whether to trust it, or when
+    ``latency.allow_untrusted_table`` lets the search use a table not to be trusted (a table
+    refused outright never gets here: :func:`prepare_run` raised)."""
+    model = prepared.objects.latency
+    if model is None or model.verdict is None or model.predictor is None:
+        return []
+    table = model.predictor.table
+    found = trust_finding(
+        model.verdict,
+        str(table.path or "the latency table"),
+        prepared.objects.config.latency.allow_untrusted_table,
+    )
+    return [found] if found is not None else []

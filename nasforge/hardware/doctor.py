@@ -14,6 +14,7 @@ from typing import Any
 
 from nasforge.errors import NasforgeError
 from nasforge.hardware.table import LatencyTable, check_table
+from nasforge.hardware.trust import table_verdict, trust_finding
 from nasforge.spaces import create_space
 
 PROXIES = ("flops", "mflops", "params", "size_bytes", "macs")
@@ -33,10 +34,12 @@ def latency_findings(cfg: Any) -> list[tuple[str, str, str]]:
     Warns when FLOPs or params stand in for latency (as the cost metric, or
     ``latency.mode: flops``) and when a parallel backend gets one thread (notes that
     onnxruntime's parallel mode does not overlap branches on CPU); for ``latency.mode:
-    predict``, an error when the table is missing or the space describes no layer plan, and
-    a warning for every :func:`check_table` problem
-    (fingerprint from another machine, other backend / batch size / threads, missing layers,
-    no calibration, noisy entries).
+    predict``, an error when the table is missing or the space describes no layer plan, the
+    table's verdict (:func:`~nasforge.hardware.trust.trust_finding`: an error for "do not
+    trust" unless ``latency.allow_untrusted_table``, a warning for "cannot tell"), and a
+    warning for every other :func:`check_table` problem (other backend / batch size /
+    threads, missing layers, no calibration, noisy entries; a fingerprint from another
+    machine when the verdict does not already say so).
     """
     objective, latency, space = _get(cfg, "objective"), _get(cfg, "latency"), _get(cfg, "space")
     out: list[tuple[str, str, str]] = []
@@ -105,6 +108,18 @@ def latency_findings(cfg: Any) -> list[tuple[str, str, str]]:
         return out
     sp = None
     name = _get(space, "name")
+    said_machine = False
+    try:
+        tab = LatencyTable.load(str(table), warn=False)
+        verdict = table_verdict(tab, statistic=_get(latency, "statistic"))
+        found = trust_finding(  # the path as the run's LatencyModel names it
+            verdict, str(Path(str(table))), bool(_get(latency, "allow_untrusted_table", False))
+        )
+        if found is not None:
+            out.append(found)
+        said_machine = bool(verdict.mismatches) and verdict.trusted is not True
+    except NasforgeError:
+        pass  # check_table reports the unreadable table
     if name is not None:
         try:
             tab = LatencyTable.load(str(table), warn=False)
@@ -135,5 +150,6 @@ def latency_findings(cfg: Any) -> list[tuple[str, str, str]]:
         batch_size=_get(latency, "batch_size"),
         threads=_get(latency, "threads"),
     ):
-        out.append(("warning", "latency.table", msg))
+        if not (said_machine and "measured on another machine" in msg):
+            out.append(("warning", "latency.table", msg))
     return out

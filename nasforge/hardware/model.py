@@ -1,8 +1,11 @@
 """`LatencyModel`: the one object an experiment asks for a candidate's latency.
 
 ``mode="measure"`` times the built model on the backend with the harness; ``mode="predict"``
-looks the arch up in a latency table. Either way :meth:`LatencyModel.final_check` measures
-the chosen model at the end, so a report can show predicted and measured side by side.
+looks the arch up in a latency table, once the table's verdict
+(:func:`~nasforge.hardware.trust.table_verdict`) allows it: a table not to be trusted is
+refused unless ``allow_untrusted_table``, and one that cannot be judged is used with a
+warning. Either way :meth:`LatencyModel.final_check` measures the chosen model at the end, so
+a report can show predicted and measured side by side.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from nasforge.hardware.backends import BackendSpec, as_backend
 from nasforge.hardware.predictor import LatencyPredictor, check_choice
 from nasforge.hardware.table import MODEL_TIMING, LatencyTable
 from nasforge.hardware.timing import LatencyMeasurement, TimingConfig, measure_models
+from nasforge.hardware.trust import TableVerdict, enforce_verdict, table_verdict
 from nasforge.space import Arch, SearchSpace
 
 LATENCY_MODES = ("measure", "predict")
@@ -39,10 +43,16 @@ class LatencyModel:
         statistic: ``median``, ``p10`` or ``min``; ``None``: ``median`` for ``measure``, the
             table's for ``predict``.
         timing: harness settings for ``measure``.
+        allow_untrusted_table: use the table in ``predict`` mode even when its verdict is
+            "do not trust" (:attr:`verdict` keeps the verdict either way).
 
     Raises:
         ConfigError: a mode other than ``measure`` / ``predict``, or ``predict`` without a
             table.
+        UntrustedTableError: (a :class:`ConfigError`) ``predict`` with a table whose verdict
+            is "do not trust" and no ``allow_untrusted_table``; the message says why and how
+            to override. A table that cannot be judged gives an
+            :class:`~nasforge.hardware.trust.UntrustedTableWarning` instead.
         TableError: the table cannot be read or is for another space.
     """
 
@@ -56,14 +66,23 @@ class LatencyModel:
         space: SearchSpace | None = None,
         statistic: str | None = None,
         timing: TimingConfig = MODEL_TIMING,
+        allow_untrusted_table: bool = False,
     ) -> None:
         self.mode = check_choice("latency.mode", mode, LATENCY_MODES)
         self.predictor: LatencyPredictor | None = None
+        #: the table's verdict (``predict`` mode; ``None`` when measuring)
+        self.verdict: TableVerdict | None = None
         if mode == "predict":
             if table is None:
                 raise ConfigError("latency.table: mode 'predict' needs a latency table")
             tab = table if isinstance(table, LatencyTable) else LatencyTable.load(table)
             self.predictor = LatencyPredictor(tab, space, statistic=statistic)
+            self.verdict = table_verdict(
+                tab, statistic=self.predictor.statistic, mode=self.predictor.mode
+            )
+            enforce_verdict(
+                self.verdict, str(tab.path or "the latency table"), allow_untrusted_table
+            )
             self.backend = tab.backend
             self.batch_size = tab.batch_size
             self.statistic = self.predictor.statistic
@@ -79,8 +98,9 @@ class LatencyModel:
     @classmethod
     def from_config(cls, latency: Any, space: SearchSpace | None = None) -> LatencyModel:
         """From the experiment's validated ``latency`` section (its fields ``mode``,
-        ``backend``, ``threads``, ``batch_size``, ``warmup``, ``repeats``, ``table`` and
-        ``statistic`` are read as they are: the section is the one source of defaults)."""
+        ``backend``, ``threads``, ``batch_size``, ``warmup``, ``repeats``, ``table``,
+        ``statistic`` and ``allow_untrusted_table`` are read as they are: the section is the
+        one source of defaults)."""
         timing = replace(MODEL_TIMING, warmup=latency.warmup, repeats=latency.repeats)
         return cls(
             mode=latency.mode,
@@ -91,6 +111,7 @@ class LatencyModel:
             space=space,
             statistic=latency.statistic,
             timing=timing,
+            allow_untrusted_table=bool(getattr(latency, "allow_untrusted_table", False)),
         )
 
     def measure(self, model: nn.Module, input_shape: Sequence[int]) -> LatencyMeasurement:
@@ -119,8 +140,9 @@ class LatencyModel:
         """Measure the chosen model and put it beside the prediction (if any), same statistic.
 
         Returns ``latency_ms_measured``, ``latency_ms_predicted`` (``None`` in measure mode),
-        ``latency_error_pct``, ``latency_iqr_ms``, ``statistic``, ``backend`` and the
-        measurement's ``fingerprint``.
+        ``latency_error_pct``, ``latency_iqr_ms``, ``statistic``, ``backend``, the
+        measurement's ``fingerprint`` and its noise verdict ``latency_stability``
+        (:meth:`~nasforge.hardware.noise.Stability.to_dict`).
         """
         m = self.measure(model, input_shape)
         measured = m.value_ms(self.statistic)
@@ -135,4 +157,5 @@ class LatencyModel:
             "statistic": self.statistic,
             "backend": self.backend.label,
             "fingerprint": m.fingerprint,
+            "latency_stability": m.stability.to_dict(),
         }

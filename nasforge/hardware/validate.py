@@ -10,11 +10,19 @@ clock, and scores three predictors of the measured latency on the same archs:
 
 Scores: the fraction within +-10% of measured, the mean absolute % error, and Kendall's tau
 (rank agreement, what a search actually needs).
+
+The report carries the noise verdict of its measurements
+(:class:`~nasforge.hardware.noise.Stability`), the host they ran on, and the table's verdict
+(:func:`~nasforge.hardware.trust.table_verdict`: trust, do not trust, or cannot tell, which is
+what a validation on a busy host gives); :meth:`ValidationReport.record` is what
+``nasforge latency validate`` records in the table for later searches.
 """
 
 from __future__ import annotations
 
+import functools
 import json
+import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -24,10 +32,12 @@ from typing import Any
 import numpy as np
 
 from nasforge.hardware.calibration import AGGREGATIONS, fit_calibration
+from nasforge.hardware.noise import Stability
 from nasforge.hardware.predictor import LatencyPredictor
 from nasforge.hardware.profile import count_flops, count_params
 from nasforge.hardware.table import MODEL_TIMING, LatencyTable
 from nasforge.hardware.timing import STATISTICS, TimingConfig, measure_models
+from nasforge.hardware.trust import TableVerdict, table_verdict, validation_record
 from nasforge.space import Arch, SearchSpace
 
 
@@ -80,6 +90,10 @@ class ValidationReport:
     per arch; ``scores[statistic]`` lists the :class:`Score` of every predictor
     (``table:sum``, ``table:critical_path``, ``table:schedule``, ``flops``, ``params``).
     ``statistic`` and ``mode`` are the table's defaults, listed first by :meth:`lines`.
+    ``stability`` is the noise verdict of all the measurements together (unstable: the host
+    was too busy for the figures to mean anything); ``verdict`` whether to trust the table
+    (``cannot tell: host busy`` when ``stability`` is unstable); ``table_created`` the build
+    of the table that was scored.
     """
 
     space: str
@@ -100,6 +114,9 @@ class ValidationReport:
     fingerprint: dict[str, Any] = field(default_factory=dict)
     cpu_share: float = float("nan")
     drift: dict[str, float] = field(default_factory=dict)
+    stability: Stability = field(default_factory=Stability)
+    verdict: TableVerdict | None = None
+    table_created: str = ""
 
     def score_of(self, predictor: str, statistic: str | None = None) -> Score:
         for s in self.scores[statistic or self.statistic]:
@@ -129,11 +146,62 @@ class ValidationReport:
             out.append(f"  statistic {st}:{d}")
             out.extend("    " + s.line() for s in self.scores[st])
         out.append(f"  predict speed: {self.predict_archs_per_s:,.0f} archs/s")
+        out.append(f"host: {self.host_line()}")
+        out.append(f"noise: {self.stability.label}")
+        if self.verdict is not None:
+            out.extend(self.verdict.lines())
         return out
+
+    def host_line(self) -> str:
+        """CPU model, the vector/matrix extensions that pick kernels, and the load."""
+        fp, st = self.fingerprint, self.stability
+        flags = fp.get("cpu_flags") or []
+        cpus = st.cpus or fp.get("logical_cpus") or "?"
+        load = "" if math.isnan(st.load1) else f", load {st.load1:.2f}"
+        others = (
+            ""
+            if math.isnan(st.others_cpus)
+            else f", other processes {st.others_cpus:.2f} CPUs while measuring"
+        )
+        steal = "" if math.isnan(st.steal) else f", steal {100 * st.steal:.0f}%"
+        return (
+            f"{fp.get('cpu_model', 'unknown CPU')} ({cpus} CPUs), "
+            f"flags {' '.join(flags) or 'none of note'}{load}{others}{steal}"
+        )
+
+    def accuracy(self) -> dict[str, dict[str, float]]:
+        """``"<statistic>/<aggregation>"`` to the calibrated table's score (the shape of
+        :attr:`LatencyTable.accuracy`)."""
+        out: dict[str, dict[str, float]] = {}
+        for st, scores in self.scores.items():
+            for s in scores:
+                agg = s.predictor.removeprefix("table:")
+                if s.predictor.startswith("table:") and agg in AGGREGATIONS:
+                    out[f"{st}/{agg}"] = {
+                        "n": float(s.n),
+                        "within_10pct": s.within_10pct,
+                        "mape": s.mape,
+                        "kendall_tau": s.kendall_tau,
+                    }
+        return out
+
+    def record(self) -> dict[str, Any]:
+        """What a validation leaves in the table file (see
+        :func:`~nasforge.hardware.trust.validation_record`)."""
+        return validation_record(
+            self.accuracy(),
+            self.stability.to_dict(),
+            self.fingerprint,
+            self.table_created,
+            self.verdict,
+        )
 
     def to_dict(self) -> dict[str, Any]:
         d = dict(self.__dict__)
         d["scores"] = {k: [s.__dict__ for s in v] for k, v in self.scores.items()}
+        d["stability"] = self.stability.to_dict()
+        d["verdict"] = self.verdict.to_dict() if self.verdict is not None else None
+        d["host"] = self.host_line()
         return d
 
     def save(self, path: str | Path) -> Path:
@@ -178,6 +246,10 @@ def validate_table(
     slower this machine runs now, e.g. under other tenants' load), and a ``table:<agg>+drift``
     score shows the table's predictions scaled by it. The reference models are not among the
     scored archs (different seed), so nothing scored is fitted to itself.
+
+    The report's ``stability`` merges the noise verdicts of every measurement, and its
+    ``verdict`` is :func:`~nasforge.hardware.trust.table_verdict` of this validation for the
+    table's default statistic and aggregation.
     """
     space = space if space is not None else table.make_space()
     chosen = (
@@ -236,7 +308,8 @@ def validate_table(
         predicted[f"{st}/flops"], predicted[f"{st}/params"] = pf.tolist(), pp.tolist()
         scores[st].append(score("flops", pf, y))
         scores[st].append(score("params", pp, y))
-    return ValidationReport(
+    stability = functools.reduce(Stability.merge, (m.stability for m in all_meas), Stability())
+    report = ValidationReport(
         space=space.name,
         backend=table.backend.label,
         batch_size=table.batch_size,
@@ -255,7 +328,11 @@ def validate_table(
         fingerprint=meas[0].fingerprint if meas else {},
         cpu_share=float(np.nanmedian([m.cpu_share for m in meas])) if meas else float("nan"),
         drift=drift,
+        stability=stability,
+        table_created=table.created,
     )
+    report.verdict = table_verdict(table, report, statistic=report.statistic, mode=report.mode)
+    return report
 
 
 def plot_validation(
