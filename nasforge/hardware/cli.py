@@ -2,6 +2,10 @@
 
 A typer sub-app (``app``) that ``nasforge.cli`` mounts as ``nasforge latency``. Bad input is
 one ``error:`` line on stderr and exit code 2.
+
+``build`` and ``validate`` end with the table's verdict (trust / do not trust / cannot tell,
+:func:`~nasforge.hardware.trust.table_verdict`); ``validate`` records its verdict in the table
+file (``--no-record`` to leave the file alone) so that later searches judge by it.
 """
 
 from __future__ import annotations
@@ -16,12 +20,14 @@ import numpy as np
 import typer
 import yaml
 from rich.console import Console
+from rich.markup import escape
 
 from nasforge.errors import NasforgeError
 from nasforge.hardware.backends import BackendSpec
 from nasforge.hardware.builder import BuildConfig, TableBuilder
 from nasforge.hardware.predictor import LatencyPredictor
 from nasforge.hardware.table import LatencyTable
+from nasforge.hardware.trust import TableVerdict, record_validation, table_verdict
 from nasforge.hardware.validate import plot_validation, validate_table
 from nasforge.plugins import load_plugins
 from nasforge.spaces import create_space
@@ -92,6 +98,15 @@ def _parse_arch(space: Any, text: str, where: str) -> Any:
     raise CliInputError(
         f"{where}: {text[:40]!r} is not a JSON arch ({space.name} has no string notation)"
     )
+
+
+def _print_verdict(verdict: TableVerdict) -> None:
+    color = {"trust": "green", "do not trust": "red"}.get(verdict.status, "yellow")
+    first, *notes = verdict.lines()
+    label = first.removeprefix("verdict: ")
+    out.print(f"verdict: [{color}]{escape(label)}[/]", highlight=False, soft_wrap=True)
+    for line in notes:
+        out.print(escape(line), highlight=False, soft_wrap=True)
 
 
 def _load(path: Path) -> LatencyTable:
@@ -178,6 +193,7 @@ def build(
             f"{100 * acc['within_10pct']:.0f}% within +-10%, MAPE {acc['mape']:.1f}%, "
             f"Kendall tau {acc['kendall_tau']:.2f}"
         )
+    _print_verdict(table_verdict(table, statistic=table.statistic, mode=pred.mode))
 
 
 @app.command()
@@ -240,21 +256,46 @@ def validate(
     json_out: Annotated[
         Path | None, typer.Option("--json", help="write the report as JSON")
     ] = None,
+    record: Annotated[
+        bool,
+        typer.Option(help="record the verdict in the table file, for later searches to judge by"),
+    ] = True,
     plugin: PluginOption = [],  # noqa: B006
 ) -> None:
-    """Measure N archs whole; score the table, FLOPs and params (within 10%, MAPE, Kendall tau)."""
+    """Measure N archs whole; score the table, FLOPs and params (within 10%, MAPE, Kendall tau);
+    say whether to trust the table on this host (with the host and its load beside the figures).
+
+    A validation measured while the host was busy gives "cannot tell: host busy" and is not
+    recorded."""
     try:
         load_plugins(plugin)
         if n < 2:
             raise CliInputError("--n: need at least 2 archs")
         table = _load(table_path)
         report = validate_table(table, n=n, seed=seed)
+        recorded: Path | None = None
+        if record and report.stability.stable:
+            recorded = record_validation(table_path, report.record())
     except NasforgeError as exc:
         _fail(exc)
         return
-    for line in report.lines():
+    lines = report.lines()
+    verdict_at = next((i for i, ln in enumerate(lines) if ln.startswith("verdict: ")), len(lines))
+    for line in lines[:verdict_at]:
         out.print(line, highlight=False, soft_wrap=True)
+    if report.verdict is not None:
+        _print_verdict(report.verdict)
+    if recorded is not None:
+        out.print(
+            f"verdict recorded in {escape(str(recorded))} (searches in predict mode judge the "
+            "table by it)",
+            highlight=False,
+            soft_wrap=True,
+        )
+    elif record:
+        out.print("verdict not recorded: the host was busy; validate again when it is quiet")
     if plot is not None:
         out.print(f"plot: {plot_validation(report, plot)}")
     if json_out is not None:
         out.print(f"report: {report.save(json_out)}")
+
