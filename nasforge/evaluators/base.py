@@ -13,6 +13,13 @@ if TYPE_CHECKING:  # annotations only: keeps this module free of torch-heavy imp
     from nasforge.hardware.model import LatencyModel
     from nasforge.train import TrainConfig
 
+#: The metric an evaluator reports beside a *measured* ``latency_ms``: ``1.0`` when the timing
+#: harness judged the host too busy to trust the figure (:mod:`nasforge.hardware.noise`), else
+#: ``0.0``. The verdict itself (reasons and numbers) goes in :attr:`Result.info` under
+#: :data:`STABILITY_INFO`, as :meth:`~nasforge.hardware.noise.Stability.to_dict`.
+UNSTABLE_METRIC = "latency_unstable"
+STABILITY_INFO = "latency_stability"
+
 
 @dataclass(frozen=True)
 class Result:

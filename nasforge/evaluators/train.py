@@ -11,9 +11,17 @@ from pathlib import Path
 import torch
 
 from nasforge.data import Dataset
-from nasforge.evaluators.base import Evaluator, Reporter, Result, StopTrial
+from nasforge.evaluators.base import (
+    STABILITY_INFO,
+    UNSTABLE_METRIC,
+    Evaluator,
+    Reporter,
+    Result,
+    StopTrial,
+)
 from nasforge.hardware import count_flops, count_params, model_size_bytes
 from nasforge.hardware.model import LatencyModel
+from nasforge.hardware.noise import Stability
 from nasforge.space import Arch, SearchSpace
 from nasforge.train import TrainConfig, evaluate_accuracy, train_model
 
@@ -41,6 +49,12 @@ class TrainEvaluator(Evaluator):
     ``latency`` is ``None``), ``params``, ``flops``, ``size_bytes``, ``train_seconds``, and
     ``mflops`` (millions of FLOPs) when ``latency`` is ``None``. Never touches the test split.
 
+    A measured ``latency_ms`` comes with the harness's noise verdict: the metric
+    ``latency_unstable`` (``1.0`` when the host was too busy to trust the figure even after
+    the harness re-measured, else ``0.0``; absent when latency is predicted or not measured)
+    and, in :attr:`Result.info`, ``latency_stability`` (:meth:`Stability.to_dict`, with the
+    reasons).
+
     Args:
         space: builds the candidate.
         dataset: train and validation splits are used.
@@ -66,11 +80,21 @@ class TrainEvaluator(Evaluator):
 
     def produces(self) -> frozenset[str]:
         """``val_acc``, ``params``, ``flops``, ``size_bytes``, ``train_seconds`` and either
-        ``latency_ms`` (a latency model is given) or ``mflops`` (``latency.mode: flops``)."""
-        cost = "mflops" if self.latency is None else "latency_ms"
-        return frozenset(("val_acc", "params", "flops", "size_bytes", "train_seconds", cost))
+        ``latency_ms`` (a latency model is given; with ``latency_unstable`` when it measures)
+        or ``mflops`` (``latency.mode: flops``)."""
+        cost: tuple[str, ...] = ("mflops",) if self.latency is None else ("latency_ms",)
+        if self.latency is not None and self.latency.predictor is None:
+            cost += (UNSTABLE_METRIC,)
+        return frozenset(("val_acc", "params", "flops", "size_bytes", "train_seconds", *cost))
 
     def cost_metrics(self, arch: Arch, model: torch.nn.Module) -> dict[str, float]:
+        """``params``, ``flops``, ``size_bytes`` and the latency metrics of ``model``."""
+        return self._costs(arch, model)[0]
+
+    def _costs(
+        self, arch: Arch, model: torch.nn.Module
+    ) -> tuple[dict[str, float], Stability | None]:
+        """The cost metrics and, when latency was measured, its noise verdict."""
         shape = self.dataset.input_shape
         metrics: dict[str, float] = {
             "params": float(count_params(model)),
@@ -83,15 +107,18 @@ class TrainEvaluator(Evaluator):
             metrics["latency_ms"] = float(self.latency.predict(arch))
         else:
             with file_lock(self.lock_path):
-                metrics["latency_ms"] = float(self.latency.latency_ms(arch, model, shape))
-        return metrics
+                measured = self.latency.measure(model, shape)
+            metrics["latency_ms"] = float(measured.value_ms(self.latency.statistic))
+            metrics[UNSTABLE_METRIC] = 1.0 if measured.unstable else 0.0
+            return metrics, measured.stability
+        return metrics, None
 
     def evaluate(
         self, arch: Arch, budget: float | None = None, reporter: Reporter | None = None
     ) -> Result:
         t0 = time.perf_counter()
         model = self.space.build(arch)
-        metrics = self.cost_metrics(arch, model)
+        metrics, stability = self._costs(arch, model)
         epochs = int(budget) if budget is not None else self.train.epochs
         cfg = (
             self.train
@@ -106,8 +133,7 @@ class TrainEvaluator(Evaluator):
             stopped = True
         metrics["val_acc"] = evaluate_accuracy(model, d.x_val, d.y_val)
         metrics["train_seconds"] = time.perf_counter() - t0
-        return Result(
-            metrics,
-            cost_seconds=time.perf_counter() - t0,
-            info={"epochs": epochs, "stopped_early": stopped},
-        )
+        info: dict[str, object] = {"epochs": epochs, "stopped_early": stopped}
+        if stability is not None:
+            info[STABILITY_INFO] = stability.to_dict()
+        return Result(metrics, cost_seconds=time.perf_counter() - t0, info=info)

@@ -6,7 +6,13 @@ torch's default of one thread per core: with another process busy on one of two 
 intra-op threads trained 2.3-7.8x slower per image than one (each step waits at a barrier for
 the preempted thread), which is what made the demo's final retrain ~6x slower per image than
 its trials. Latency is measured once, on the configured backend with the configured timing,
-through :class:`~nasforge.hardware.model.LatencyModel`.
+through :class:`~nasforge.hardware.model.LatencyModel`; its noise verdict goes on the card
+(``latency_stability``) and, when the host stayed too busy to trust the figure, the console
+says so loudly instead of printing it as a fact.
+
+The latency model and the training recipe are the run's own
+(:class:`~nasforge.experiment.setup.RunObjects`) when the caller passes them, so the final step
+measures and trains exactly as the search did; without them they are built from the config.
 """
 
 from __future__ import annotations
@@ -20,14 +26,16 @@ from typing import Any
 
 import torch
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from nasforge.compression.pipeline import run_pipeline
 from nasforge.data import Dataset
 from nasforge.experiment.config import ExperimentConfig
 from nasforge.experiment.export import export_onnx, onnx_max_abs_diff
+from nasforge.experiment.latency_verdict import card_stability, latency_text
 from nasforge.experiment.progress import RunLog
-from nasforge.experiment.setup import make_latency_model, train_config
+from nasforge.experiment.setup import RunObjects, make_latency_model, train_config
 from nasforge.experiment.store import TrialRecord, TrialStore
 from nasforge.hardware import count_flops, count_params, model_size_bytes
 from nasforge.hardware.model import LatencyModel
@@ -36,7 +44,7 @@ from nasforge.nn import fuse_bn
 from nasforge.objectives import Objective, pareto_front
 from nasforge.space import Arch, SearchSpace
 from nasforge.strategies.base import scalar
-from nasforge.train import evaluate_accuracy, train_model
+from nasforge.train import TrainConfig, evaluate_accuracy, train_model
 
 
 def select_final(store: TrialStore, objective: Objective, top_k: int) -> list[TrialRecord]:
@@ -65,16 +73,25 @@ def finalize(
     objective: Objective,
     console: Console,
     log: RunLog | None = None,
+    objects: RunObjects | None = None,
 ) -> dict[str, Any] | None:
     """Retrain, test, measure and export the chosen trial(s); returns the first card.
 
     Cards go to ``best/card.json`` (and ``best/candidate<k>/`` for ``final.top_k > 1``) and
-    to the store's ``final`` meta. Progress goes to ``log`` (one line per epoch).
+    to the store's ``final`` meta. Progress goes to ``log`` (one line per epoch). ``objects``:
+    the run's built objects, whose latency model and training recipe are used (default:
+    built from ``cfg``).
     """
     chosen = select_final(store, objective, cfg.final.top_k)
     if not chosen:
         console.print("[red]no trial completed: nothing to retrain[/]")
         return None
+    latency_model = final_latency_model(cfg, space, objects.latency if objects else None)
+    train = (
+        objects.train.model_copy(update={"epochs": cfg.final.epochs})
+        if objects is not None
+        else train_config(cfg, cfg.final.epochs)
+    )
     models = []
     for rank, trial in enumerate(chosen):
         out_dir = run_dir / "best" if rank == 0 else run_dir / "best" / f"candidate{rank}"
@@ -83,7 +100,9 @@ def finalize(
             log.say(msg)
         else:
             console.print(msg)
-        models.append(finalize_one(cfg, trial, out_dir, dataset, space, console, log))
+        models.append(
+            finalize_one(cfg, trial, out_dir, dataset, space, console, log, latency_model, train)
+        )
     store.set_meta("final", models)
     return models[0]
 
@@ -137,11 +156,14 @@ def training_threads(threads: int) -> Iterator[None]:
         torch.set_num_threads(prev)
 
 
-def final_latency_model(cfg: ExperimentConfig, space: SearchSpace) -> LatencyModel:
-    """The latency model of the search, or for ``latency.mode: flops`` (where the search
-    timed nothing) one that measures on ``latency.backend`` with the section's settings.
-    The user's ``warmup`` and ``repeats`` are used as given."""
-    model = make_latency_model(cfg, space)
+def final_latency_model(
+    cfg: ExperimentConfig, space: SearchSpace, search_model: LatencyModel | None = None
+) -> LatencyModel:
+    """The latency model of the search (``search_model``, else built from ``cfg``), or for
+    ``latency.mode: flops`` (where the search timed nothing) one that measures on
+    ``latency.backend`` with the section's settings. The user's ``warmup`` and ``repeats`` are
+    used as given."""
+    model = search_model if search_model is not None else make_latency_model(cfg, space)
     if model is None:
         section = cfg.latency.model_copy(update={"mode": "measure", "table": None})
         model = LatencyModel.from_config(section, space)
@@ -156,10 +178,14 @@ def measure_final(
     Returns ``latency_ms`` (the configured statistic), ``latency_ms_<backend>`` (the same number
     under a name that says where it was measured), ``latency`` (backend, statistic, batch
     size, threads, warmup, repeats), ``latency_check`` (measured beside the search's
-    prediction, if any), ``latency_ms_predicted`` and the host ``fingerprint``.
+    prediction, if any), ``latency_ms_predicted``, the host ``fingerprint`` and
+    ``latency_stability`` (the measurement's noise verdict,
+    :meth:`~nasforge.hardware.noise.Stability.to_dict`: ``stable`` false with ``reasons`` when
+    the host stayed too busy to trust ``latency_ms``).
     """
     check = latency_model.final_check(arch, fused, input_shape)
     fingerprint = check.pop("fingerprint", None)
+    stability = check.pop("latency_stability", None)
     backend = latency_model.backend
     value = float(check["latency_ms_measured"])
     out: dict[str, Any] = {
@@ -176,6 +202,7 @@ def measure_final(
         },
         "latency_check": check,
         "fingerprint": fingerprint,
+        "latency_stability": stability,
     }
     if check.get("latency_ms_predicted") is not None:
         out["latency_ms_predicted"] = check["latency_ms_predicted"]
@@ -203,8 +230,14 @@ def finalize_one(
     space: SearchSpace,
     console: Console,
     log: RunLog | None = None,
+    latency_model: LatencyModel | None = None,
+    train: TrainConfig | None = None,
 ) -> dict[str, Any]:
-    """Retrain ``trial`` on train+val, test it once, measure it, export it; returns its card."""
+    """Retrain ``trial`` on train+val, test it once, measure it, export it; returns its card.
+
+    ``latency_model`` and ``train`` (with the final epochs) default to those built from
+    ``cfg`` (:func:`final_latency_model`, :func:`~nasforge.experiment.setup.train_config`).
+    """
     out_dir.mkdir(parents=True, exist_ok=True)
     d = dataset
     epochs = cfg.final.epochs
@@ -227,7 +260,8 @@ def finalize_one(
             )
 
     with progress, training_threads(threads):
-        train_model(model, x, y, train_config(cfg, epochs), reporter=report_epoch)
+        recipe = train if train is not None else train_config(cfg, epochs)
+        train_model(model, x, y, recipe, reporter=report_epoch)
         test_acc = evaluate_accuracy(model, d.x_test, d.y_test)  # the one use of the test split
     train_seconds = time.perf_counter() - t0
     model.eval()
@@ -258,7 +292,8 @@ def finalize_one(
         "final_train_seconds": train_seconds,
         "final_train_threads": threads,
     }
-    card.update(measure_final(final_latency_model(cfg, space), trial.arch, fused, d.input_shape))
+    latency_model = latency_model if latency_model is not None else final_latency_model(cfg, space)
+    card.update(measure_final(latency_model, trial.arch, fused, d.input_shape))
     card.update(
         params=count_params(model),
         flops=count_flops(model, d.input_shape),
@@ -272,8 +307,10 @@ def finalize_one(
         card["compression"] = _compress(cfg, model, dataset, out_dir)
     (out_dir / "card.json").write_text(json.dumps(card, indent=2, default=str))
     lat = card["latency"]
+    stability = card_stability(card)
     msg = (
-        f"final: test accuracy {test_acc:.4f}, latency {card['latency_ms']:.3f} ms "
+        f"final: test accuracy {test_acc:.4f}, latency "
+        f"{latency_text(card['latency_ms'], stability)} "
         f"({lat['statistic']} on {lat['backend']}, batch {lat['batch_size']}, "
         f"{lat['threads']} thread(s), {lat['repeats']} repeats); trained in {train_seconds:.1f}s"
     )
@@ -283,7 +320,21 @@ def finalize_one(
         log.say(msg)
     else:
         console.print(msg)
+    if stability is not None and not stability.stable:
+        _warn_unstable(card["latency_ms"], stability.label, console, log)
     return card
+
+
+def _warn_unstable(value_ms: float, label: str, console: Console, log: RunLog | None) -> None:
+    """Say loudly (bold red on the console, and in the log) that the final latency stayed
+    unstable after the harness re-measured it."""
+    warning = (
+        f"WARNING: the final latency {value_ms:.3f} ms is {label}: it is not a trustworthy "
+        "figure; measure the model again on a quiet host before relying on it"
+    )
+    console.print(f"[bold red]{escape(warning)}[/]", highlight=False, soft_wrap=True)
+    if log is not None:
+        log.line(warning, echo=False)
 
 
 def _compress(

@@ -1,4 +1,10 @@
-"""`report.json` (numbers for machines) and `report.html` (standalone: plots as inline PNGs)."""
+"""`report.json` (numbers for machines) and `report.html` (standalone: plots as inline PNGs).
+
+Latencies the host was too busy to trust are marked, never shown as plain facts: the report's
+``latency_stability`` says how many trials' measured latencies stayed unstable (and why) and
+gives the final latency's verdict; the HTML shows a warning and marks those figures
+``unstable: host busy``.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +17,15 @@ from typing import Any
 
 from nasforge.data import RESIZED
 from nasforge.experiment.config import ExperimentConfig
+from nasforge.experiment.latency_verdict import (
+    UNSTABLE_TRIALS_META,
+    card_stability,
+    is_unstable,
+    search_summary,
+    summary_text,
+)
 from nasforge.experiment.store import TrialRecord, TrialStore
+from nasforge.hardware.noise import UNSTABLE
 from nasforge.objectives import Objective, pareto_front
 from nasforge.space import SearchSpace
 from nasforge.strategies.base import scalar
@@ -38,6 +52,7 @@ def build_report(
     front = (
         [complete[i].id for i in pareto_front([[a, -c] for a, c in acc_lat])] if complete else []
     )
+    final = store.get_meta("final")
     return {
         "name": cfg.name,
         "config": _config_as_used(cfg),
@@ -52,6 +67,7 @@ def build_report(
         "hardware": store.get_meta("hardware"),
         "dataset": store.get_meta("dataset"),
         "latency_sources": latency_sources(cfg),
+        "latency_stability": latency_stability(store, trials, final),
         "search_cost": {
             "device_seconds": round(float(store.total_cost_seconds()), 1),
             "wall_seconds": round(float(store.get_meta("search_seconds", 0.0) or 0.0), 1),
@@ -64,7 +80,7 @@ def build_report(
         },
         "leaderboard": [t.to_dict() for t in leaderboard(store)],
         "pareto_front_ids": front,
-        "final": store.get_meta("final"),
+        "final": final,
         "failed": [
             {"id": t.id, "error": (t.error or "").splitlines()[0] if t.error else ""}
             for t in trials
@@ -73,6 +89,18 @@ def build_report(
         "events": [{"time": e[0], "kind": e[1], "message": e[2]} for e in store.events()],
         "trials": [t.to_dict() for t in trials],
     }
+
+
+def latency_stability(
+    store: TrialStore, trials: list[TrialRecord], final: list[dict[str, Any]] | None
+) -> dict[str, Any]:
+    """The noise verdicts of the run's measured latencies: ``search`` (how many trials'
+    latencies were measured, how many stayed unstable, their ids and reasons; see
+    :func:`~nasforge.experiment.latency_verdict.search_summary`) and ``final`` (the best
+    model's verdict, ``Stability.to_dict()``, or ``None`` when it has none)."""
+    search = search_summary(trials, store.get_meta(UNSTABLE_TRIALS_META))
+    f0 = final[0] if final else {}
+    return {"search": search, "final": f0.get("latency_stability")}
 
 
 def latency_sources(cfg: ExperimentConfig) -> dict[str, str]:
@@ -202,6 +230,34 @@ def _final_latency_label(card: dict[str, Any], sources: dict[str, str]) -> str:
     )
 
 
+def _latency_cell(metrics: dict[str, Any]) -> str:
+    """A trial's ``latency_ms`` for a table, marked when its measurement stayed unstable."""
+    text = _num(metrics.get("latency_ms"), ".3f")
+    return f"{text} ({UNSTABLE})" if is_unstable(metrics) else text
+
+
+def _final_mark(card: dict[str, Any]) -> str:
+    stability = card_stability(card)
+    return "" if stability is None or stability.stable else f" ({stability.label})"
+
+
+def _stability_warnings(report: dict[str, Any]) -> list[str]:
+    """Warning paragraphs for unstable latencies (none when every measurement was stable)."""
+    verdicts = report.get("latency_stability") or {}
+    out = []
+    final = card_stability({"latency_stability": verdicts.get("final")})
+    if final is not None and not final.stable:
+        out.append(
+            "<p class='warn'>The best model's final latency is "
+            f"{html.escape(final.label)}: it is not a trustworthy figure; measure the model "
+            "again on a quiet host.</p>"
+        )
+    search = summary_text(verdicts.get("search") or {})
+    if search:
+        out.append(f"<p class='warn'>{html.escape(search)}.</p>")
+    return out
+
+
 def render_html(report: dict[str, Any], plots: dict[str, str], space: SearchSpace) -> str:
     cost = report["search_cost"]
     hw = report.get("hardware") or {}
@@ -210,6 +266,7 @@ def render_html(report: dict[str, Any], plots: dict[str, str], space: SearchSpac
         f"<p>{html.escape(str(report.get('dataset')))}; objective "
         f"{html.escape(report['objective']['kind'])}</p>",
     ]
+    parts += _stability_warnings(report)
     final = report.get("final") or []
     sources = report.get("latency_sources") or {}
     if final:
@@ -220,11 +277,11 @@ def render_html(report: dict[str, Any], plots: dict[str, str], space: SearchSpac
             ["search validation accuracy", _num(f0["search_metrics"].get("val_acc"))],
             [
                 f"latency (ms): {_final_latency_label(f0, sources)}",
-                _num(f0.get("latency_ms"), ".3f"),
+                _num(f0.get("latency_ms"), ".3f") + _final_mark(f0),
             ],
             [
                 f"latency in the search (ms, the leaderboard's): {sources.get('search', '')}",
-                _num(f0["search_metrics"].get("latency_ms"), ".3f"),
+                _latency_cell(f0["search_metrics"]),
             ],
         ]
         if f0.get("latency_ms_predicted") is not None:
@@ -256,7 +313,7 @@ def render_html(report: dict[str, Any], plots: dict[str, str], space: SearchSpac
             t["id"],
             _num(t["score"] if not isinstance(t["score"], list) else t["score"][0]),
             _num(t["metrics"].get("val_acc")),
-            _num(t["metrics"].get("latency_ms"), ".3f"),
+            _latency_cell(t["metrics"]),
             int(t["metrics"].get("params", 0)),
             _num(t["cost_seconds"], ".1f"),
             t["key"],
@@ -284,6 +341,7 @@ def render_html(report: dict[str, Any], plots: dict[str, str], space: SearchSpac
         "table{border-collapse:collapse}"
         "td,th{border:1px solid #ccc;padding:3px 8px;font-size:13px}"
         "pre{background:#f4f4f4;padding:8px}"
+        ".warn{color:#a00;font-weight:bold;border:2px solid #a00;padding:6px}"
     )
     return (
         "<!doctype html><html><head><meta charset='utf-8'>"

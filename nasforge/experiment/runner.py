@@ -31,9 +31,18 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from nasforge.data import Dataset
 from nasforge.errors import ConfigError
+from nasforge.evaluators.base import STABILITY_INFO
 from nasforge.experiment.config import ExperimentConfig, load_config
 from nasforge.experiment.executors import Executor, make_executor
 from nasforge.experiment.interrupt import SearchInterrupted, stop_on_signals
+from nasforge.experiment.latency_verdict import (
+    UNSTABLE_TRIALS_META,
+    is_unstable,
+    record_trial_verdict,
+    search_summary,
+    summary_text,
+    trial_latency_text,
+)
 from nasforge.experiment.lock import RunLock
 from nasforge.experiment.preflight import prepare_run
 from nasforge.experiment.progress import LOG_NAME, RunLog
@@ -47,6 +56,7 @@ from nasforge.experiment.store import (
     read_journal,
 )
 from nasforge.hardware.fingerprint import host_info
+from nasforge.hardware.noise import Stability
 from nasforge.objectives import Objective
 from nasforge.space import Arch, SearchSpace
 from nasforge.strategies.base import Score, scalar
@@ -94,6 +104,7 @@ class Experiment:
         self.backup_every = backup_every
         self.backup_min_interval_s = backup_min_interval_s
         self._last_backup: float | None = None
+        self._unstable: dict[int, Stability] = {}  # this session's unstable trial latencies
 
     def resume_command(self) -> str:
         """The command that continues this run (from the config saved in the run dir)."""
@@ -233,6 +244,11 @@ class Experiment:
                 echo=False,
             )
             search_seconds = self._loop(store, strategy, objective, rerun)
+            unstable = summary_text(
+                search_summary(store.trials(FINISHED), store.get_meta(UNSTABLE_TRIALS_META))
+            )
+            if unstable:
+                self.log.say(unstable)
             self._backup(store)
             summary = self._summary(store, objective, search_seconds)
             if final and dataset is None:
@@ -245,7 +261,15 @@ class Experiment:
                 from nasforge.experiment.final import finalize
 
                 summary.final = finalize(
-                    self.cfg, self.run_dir, store, dataset, space, objective, self.console, self.log
+                    self.cfg,
+                    self.run_dir,
+                    store,
+                    dataset,
+                    space,
+                    objective,
+                    self.console,
+                    self.log,
+                    objects=objects,
                 )
             from nasforge.experiment.report import write_report
 
@@ -425,7 +449,9 @@ class Experiment:
         else:
             shown = ("val_acc", "latency_ms", "flops", "params")
             what = ", ".join(
-                f"{k} {trial.metrics[k]:.4g}"
+                trial_latency_text(trial, self._unstable.get(trial.id))
+                if k == "latency_ms"
+                else f"{k} {trial.metrics[k]:.4g}"
                 for k in shown
                 if isinstance(trial.metrics.get(k), (int, float))
             )
@@ -468,6 +494,19 @@ class Experiment:
             return None
         score = objective.score(out["metrics"])
         store.finish_trial(tid, "complete", out["metrics"], score, out["cost_seconds"])
+        if is_unstable(out["metrics"]):
+            verdict = (out.get("info") or {}).get(STABILITY_INFO)
+            latency = float(out["metrics"].get("latency_ms", float("nan")))
+            stability = record_trial_verdict(store, tid, latency, verdict)
+            if not self._unstable and self.log.live:  # the log lines are not echoed: say once
+                self.console.print(
+                    f"[yellow]warning:[/] trial {tid}'s measured latency is "
+                    f"{escape(stability.label)}; such trials are marked in "
+                    f"{escape(str(self.run_dir / LOG_NAME))} and the report",
+                    highlight=False,
+                    soft_wrap=True,
+                )
+            self._unstable[tid] = stability
         return score
 
     def _summary(self, store: TrialStore, objective: Objective, seconds: float) -> RunSummary:
