@@ -1,6 +1,11 @@
 """`TableBuilder`: measure every distinct layer of a space on a backend, calibrate the
-per-network overhead on whole models, score the table on held-out models, and save the
-:class:`~nasforge.hardware.table.LatencyTable` record.
+per-network overhead on whole models, fit a learned correction on the same models, score the
+table on held-out models, and save the :class:`~nasforge.hardware.table.LatencyTable` record
+with the noise verdict of its measurements (:func:`build_verdict`).
+
+A table thus says how far to trust it on the host it was built on: ``accuracy`` (held-out
+within +-10%, MAPE, Kendall tau of the predictions as the predictor makes them) and
+``build_stability`` (whether the host was quiet enough while it was measured).
 
 Build once per (space, backend, input shape, batch size, machine); building into an existing
 file reuses the entries already measured (a killed build resumes where it stopped: entries are
@@ -12,7 +17,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -20,15 +25,22 @@ from typing import Any
 import numpy as np
 
 from nasforge.hardware.backends import BackendSpec, as_backend
-from nasforge.hardware.calibration import AGGREGATIONS, fit_calibration
+from nasforge.hardware.calibration import (
+    AGGREGATIONS,
+    Features,
+    fit_calibration,
+    fit_correction,
+)
 from nasforge.hardware.entries import (
     ENTRY_TIMING,
+    TableEntry,
     measure_call_overhead,
     measure_entries,
     measure_parallel_speedup,
     resolve_context,
 )
 from nasforge.hardware.fingerprint import device_fingerprint, fingerprint_mismatches
+from nasforge.hardware.noise import Stability
 from nasforge.hardware.predictor import LatencyPredictor, check_choice
 from nasforge.hardware.profile import count_flops, count_params
 from nasforge.hardware.table import (
@@ -37,7 +49,7 @@ from nasforge.hardware.table import (
     TableError,
     TableMismatchWarning,
 )
-from nasforge.hardware.timing import STATISTICS, TimingConfig, measure_models
+from nasforge.hardware.timing import STATISTICS, LatencyMeasurement, TimingConfig, measure_models
 from nasforge.hardware.validate import distinct_samples, score
 from nasforge.space import Arch, SearchSpace
 from nasforge.space.plan import LayerSpec, plan_layers
@@ -51,21 +63,31 @@ class BuildConfig:
         statistic: what predictions use by default. ``min`` (the default) is the most
             repeatable figure on a shared host (timeit's argument: slower samples are other
             processes, not the model); ``median`` on a quiet, dedicated target.
-        calibration_archs: whole models measured to fit the per-network overhead.
+        calibration_archs: whole models measured to fit the per-network overhead and the
+            learned correction (at least 8 for a correction to be fitted).
         held_out_archs: further whole models, never fitted, that score the calibrated table
-            (:attr:`LatencyTable.accuracy`); 0 skips the score.
+            (:attr:`LatencyTable.accuracy`) and decide whether the learned correction is used;
+            0 skips the score (the correction is then judged by leave-one-out).
         context: ``isolated``, ``chained`` or ``auto`` (chained on onnxruntime, whose graph
             optimiser makes lone layers pay layout reorders and unfused ops).
         timing: harness settings for each entry (its clock is resolved for the backend).
         seed: seeds the calibration and held-out archs and the visiting order.
+        large_batch: from this batch size on, entries and whole models are timed with
+            ``large_batch_repeats`` calls (in the same rounds) instead of ``timing.repeats``
+            and ``MODEL_TIMING.repeats``: one call there does the work of many at batch 1
+            and varies less relative to its length, so the fewer calls keep a batch-32
+            table's build time close to a batch-1 one's.
+        large_batch_repeats: timed calls per entry and per whole model at large batch.
     """
 
     statistic: str = "min"
-    calibration_archs: int = 10
-    held_out_archs: int = 0
+    calibration_archs: int = 20
+    held_out_archs: int = 10
     context: str = "auto"
     timing: TimingConfig = ENTRY_TIMING
     seed: int = 0
+    large_batch: int = 8
+    large_batch_repeats: int = 9
 
 
 class TableBuilder:
@@ -99,7 +121,13 @@ class TableBuilder:
         self.spec = as_backend(backend, threads=1)
         self.batch_size = int(batch_size)
         self.clock = config.timing.resolve_clock(self.spec)
-        self.config = replace(config, timing=replace(config.timing, clock=self.clock))
+        timing = replace(config.timing, clock=self.clock)
+        #: how whole models are timed (calibration and held-out)
+        self.model_timing = MODEL_TIMING
+        if self.batch_size >= config.large_batch:
+            timing = _fewer_repeats(timing, config.large_batch_repeats)
+            self.model_timing = _fewer_repeats(MODEL_TIMING, config.large_batch_repeats)
+        self.config = replace(config, timing=timing)
         self.space_options = dict(space_options or {})
         self.progress = progress
         self.input_shape = tuple(int(s) for s in getattr(space, "input_shape", ()))
@@ -149,7 +177,7 @@ class TableBuilder:
                 if target is not None:
                     table.save(target)
             if calib and (pending or not table.calibration):
-                self.calibrate(table, calib, held, progress=advance)
+                self.calibrate(table, calib, held, self.model_timing, progress=advance)
         if target is not None:
             table.save(target)
         return table
@@ -214,6 +242,9 @@ class TableBuilder:
             table.calibration = dict(old.calibration)
             table.calibration_points = list(old.calibration_points)
             table.accuracy = dict(old.accuracy)
+            table.corrections = dict(old.corrections)
+            table.held_out_points = list(old.held_out_points)
+            table.build_stability = dict(old.build_stability)
 
     # -- calibration ----------------------------------------------------------------------------
     def calibrate(
@@ -227,8 +258,11 @@ class TableBuilder:
         """Measure whole models; fit the per-network overhead on ``archs`` and score on
         ``held_out``, per statistic and aggregation.
 
-        Replaces ``table.calibration``, ``calibration_points`` and ``accuracy`` (and saves if
-        the table has a path). Every layer of the archs' plans must be in the table.
+        Replaces ``table.calibration``, ``corrections``, ``calibration_points``,
+        ``held_out_points``, ``accuracy`` and ``build_stability`` (and saves if the table has a
+        path). Every layer of the archs' plans must be in the table. ``accuracy`` scores the
+        predictions as :class:`LatencyPredictor` makes them from the finished table (the
+        correction where it is used, else the linear calibration).
         """
         models = [self.space.build(a) for a in [*archs, *held_out]]
         for _ in models:
@@ -242,11 +276,13 @@ class TableBuilder:
             config=replace(table.timing(timing), seed=self.config.seed),
         )
         raw = {
-            st: LatencyPredictor(table, self.space, calibrated=False, statistic=st)
+            (st, agg): LatencyPredictor(table, self.space, mode=agg, calibrated=False, statistic=st)
             for st in STATISTICS
+            for agg in AGGREGATIONS
         }
         points: list[dict[str, Any]] = []
         for a, m, meas in zip([*archs, *held_out], models, measured):
+            feats = {st: raw[st, "sum"].features(a) for st in STATISTICS}
             points.append(
                 {
                     "arch": a.to_json(),
@@ -254,37 +290,117 @@ class TableBuilder:
                     "params": count_params(m),
                     "measured_iqr_ms": meas.iqr_ms,
                     "measured_ms": {st: meas.value_ms(st) for st in STATISTICS},
-                    "raw_ms": {st: dict(zip(AGGREGATIONS, raw[st].raw_ms(a))) for st in STATISTICS},
+                    "raw_ms": {
+                        st: dict(zip(AGGREGATIONS, raw[st, "sum"].raw_ms(a))) for st in STATISTICS
+                    },
+                    "kind_ms": {st: feats[st].kind_ms for st in STATISTICS},
+                    "layers": feats[STATISTICS[0]].layers,
+                    "unstable": meas.unstable,
                 }
             )
             if progress is not None:
                 progress()
         fit_pts, held_pts = points[: len(archs)], points[len(archs) :]
         table.calibration = {}
-        table.accuracy = {}
+        table.corrections = {}
         for st in STATISTICS:
             for agg in AGGREGATIONS:
-                cal = fit_calibration(
-                    [p["raw_ms"][st][agg] for p in fit_pts],
-                    [p["measured_ms"][st] for p in fit_pts],
+                key = f"{st}/{agg}"
+                y = [p["measured_ms"][st] for p in fit_pts]
+                table.calibration[key] = fit_calibration([p["raw_ms"][st][agg] for p in fit_pts], y)
+                table.corrections[key] = fit_correction(
+                    [point_features(p, st, agg) for p in fit_pts],
+                    y,
+                    [point_features(p, st, agg) for p in held_pts],
+                    [p["measured_ms"][st] for p in held_pts],
                 )
-                table.calibration[f"{st}/{agg}"] = cal
-                if held_pts:
-                    s = score(
-                        f"table:{agg}",
-                        [cal.apply(p["raw_ms"][st][agg]) for p in held_pts],
-                        [p["measured_ms"][st] for p in held_pts],
-                    )
-                    table.accuracy[f"{st}/{agg}"] = {
-                        "n": float(s.n),
-                        "within_10pct": s.within_10pct,
-                        "mape": s.mape,
-                        "kendall_tau": s.kendall_tau,
-                    }
         table.calibration_points = fit_pts
+        table.held_out_points = held_pts
+        table.accuracy = held_out_accuracy(table, self.space, held_out)
+        table.build_stability = build_verdict(table.entries.values(), measured)
         if table.path is not None:
             table.save()
         return table
+
+
+def point_features(point: dict[str, Any], statistic: str, aggregation: str) -> Features:
+    """The :class:`Features` of a stored calibration or held-out point."""
+    return Features(
+        float(point["raw_ms"][statistic][aggregation]),
+        {str(k): float(v) for k, v in point.get("kind_ms", {}).get(statistic, {}).items()},
+        int(point.get("layers", 0)),
+    )
+
+
+def held_out_accuracy(
+    table: LatencyTable, space: SearchSpace, archs: Sequence[Arch]
+) -> dict[str, dict[str, float]]:
+    """``"<statistic>/<aggregation>"`` to the :func:`score` (``n``, ``within_10pct``,
+    ``mape``, ``kendall_tau``) of ``table``'s predictions of ``archs`` against
+    ``table.held_out_points`` (one per arch, in order); empty without held-out archs."""
+    if not archs:
+        return {}
+    out: dict[str, dict[str, float]] = {}
+    for st in STATISTICS:
+        y = [p["measured_ms"][st] for p in table.held_out_points]
+        for agg in AGGREGATIONS:
+            pred = LatencyPredictor(table, space, mode=agg, statistic=st).predict_many(archs)
+            s = score(f"table:{agg}", pred, y)
+            out[f"{st}/{agg}"] = {
+                "n": float(s.n),
+                "within_10pct": s.within_10pct,
+                "mape": s.mape,
+                "kendall_tau": s.kendall_tau,
+            }
+    return out
+
+
+#: a build is unstable when more than this fraction of its entries, or of its whole models,
+#: were measured unstable (a few tiny entries always spread; they carry their own flag)
+MAX_UNSTABLE_FRACTION = 0.25
+
+
+def build_verdict(
+    entries: Iterable[TableEntry], models: Sequence[LatencyMeasurement]
+) -> dict[str, Any]:
+    """The noise verdict of a build: ``{"stable", "reasons", "entries", "unstable_entries",
+    "models", "unstable_models", "models_stability"}``.
+
+    Unstable when more than :data:`MAX_UNSTABLE_FRACTION` of the entries or of the whole
+    models (calibration and held-out) were measured unstable, or when the whole-model pass
+    found the host busy (reference kernel slowed or varying, other processes on the CPUs
+    measured, steal); ``reasons`` says which, ``models_stability`` is the whole-model pass's
+    :class:`Stability` as a dict.
+    """
+    ents = list(entries)
+    bad_entries = sum(1 for e in ents if e.unstable)
+    bad_models = sum(1 for m in models if m.unstable)
+    merged = Stability()
+    for m in models:
+        merged = merged.merge(m.stability)
+    reasons: list[str] = []
+    if ents and bad_entries > MAX_UNSTABLE_FRACTION * len(ents):
+        reasons.append(f"{bad_entries} of {len(ents)} entries measured while the host was busy")
+    if models and bad_models > MAX_UNSTABLE_FRACTION * len(models):
+        reasons.append(
+            f"{bad_models} of {len(models)} whole models measured while the host was busy"
+        )
+    host = [r for r in merged.reasons if not r.startswith("round medians spread")]
+    reasons.extend(f"whole models: {r}" for r in host)
+    return {
+        "stable": not reasons,
+        "reasons": reasons,
+        "entries": len(ents),
+        "unstable_entries": bad_entries,
+        "models": len(models),
+        "unstable_models": bad_models,
+        "models_stability": merged.to_dict(),
+    }
+
+
+def _fewer_repeats(timing: TimingConfig, repeats: int) -> TimingConfig:
+    """``timing`` with at most ``repeats`` timed calls (at least one per round)."""
+    return replace(timing, repeats=max(min(timing.repeats, repeats), timing.rounds))
 
 
 def _chunks(items: Sequence[LayerSpec], size: int) -> Iterator[Sequence[LayerSpec]]:
@@ -320,4 +436,11 @@ class _progress:
             self._bar.stop()
 
 
-__all__ = ["BuildConfig", "TableBuilder"]
+__all__ = [
+    "MAX_UNSTABLE_FRACTION",
+    "BuildConfig",
+    "TableBuilder",
+    "build_verdict",
+    "held_out_accuracy",
+    "point_features",
+]

@@ -45,7 +45,9 @@ CHAIN_LENGTH = 4
 @dataclass(frozen=True)
 class TableEntry:
     """One measured layer (ms): median, IQR, 10th percentile and minimum, samples kept,
-    rounds re-measured, outlier samples, and whether it was measured in a chain."""
+    rounds re-measured, outlier samples, whether it was measured in a chain, and whether the
+    harness's noise verdict called its measurement unstable (host busy or rounds spread;
+    :class:`~nasforge.hardware.noise.Stability`)."""
 
     median_ms: float
     iqr_ms: float
@@ -55,6 +57,7 @@ class TableEntry:
     remeasured: int = 0
     outliers: int = 0
     chained: bool = False
+    unstable: bool = False
 
     def value_ms(self, statistic: str) -> float:
         return float(getattr(self, f"{statistic}_ms"))
@@ -69,6 +72,7 @@ class TableEntry:
             self.remeasured,
             self.outliers,
             int(self.chained),
+            int(self.unstable),
         ]
 
     @classmethod
@@ -82,6 +86,7 @@ class TableEntry:
             int(v[5]) if len(v) > 5 else 0,
             int(v[6]) if len(v) > 6 else 0,
             bool(v[7]) if len(v) > 7 else False,
+            bool(v[8]) if len(v) > 8 else False,
         )
 
     @classmethod
@@ -94,6 +99,7 @@ class TableEntry:
             s.samples,
             s.remeasured_rounds,
             s.outlier_samples,
+            unstable=not s.stability.stable,
         )
 
 
@@ -251,6 +257,7 @@ def measure_entries(
                 sk.remeasured_rounds + s1.remeasured_rounds,
                 sk.outlier_samples + s1.outlier_samples,
                 chained=True,
+                unstable=not (s1.stability.stable and sk.stability.stable),
             )
         )
     return out

@@ -16,7 +16,11 @@ three aggregations:
 
 All count the backend's per-call overhead once per network (each table entry has it
 subtracted) and then apply the per-network calibration fitted on whole-model measurements
-(:class:`~nasforge.hardware.calibration.Calibration`).
+(:class:`~nasforge.hardware.calibration.Calibration`), or, where the table keeps a learned
+correction that beat it on held-out models (:class:`~nasforge.hardware.calibration.Correction`:
+a scale per layer kind and a cost per layer on top of the linear fit), that correction. The
+correction is linear in each segment's layers, so it is folded into the memoised cost of each
+segment and the hot path below is the same with or without it.
 
 Speed: the cost of every plan item (a segment and its repeat count) and of every segment (a
 layer or a :class:`Cell`, costed in the mode's aggregation alone) is memoised by identity the
@@ -38,7 +42,7 @@ from typing import Any
 import numpy as np
 
 from nasforge.errors import ConfigError
-from nasforge.hardware.calibration import AGGREGATIONS
+from nasforge.hardware.calibration import AGGREGATIONS, Correction, Features, layer_kind
 from nasforge.hardware.table import LatencyTable, TableError
 from nasforge.hardware.timing import STATISTICS
 from nasforge.space import Arch, SearchSpace
@@ -222,6 +226,9 @@ class LatencyPredictor:
             parallel execution mode whose measured speedup on independent branches
             (:attr:`LatencyTable.parallel_speedup`) is at least 1.3, else the sum.
         calibrated: apply the table's per-network calibration (``False``: raw sums).
+        correction: apply the table's learned correction where it has one marked ``used``
+            (:attr:`LatencyTable.corrections`) instead of the linear calibration
+            (``False``: the linear calibration alone; ignored when not ``calibrated``).
         statistic: which entry statistic to sum (``min``, ``p10``, ``median``); default the
             table's.
 
@@ -239,6 +246,7 @@ class LatencyPredictor:
         mode: str = "auto",
         calibrated: bool = True,
         statistic: str | None = None,
+        correction: bool = True,
     ) -> None:
         check_choice("latency.mode", mode, MODES)
         self.statistic = check_choice("latency.statistic", statistic or table.statistic, STATISTICS)
@@ -270,6 +278,18 @@ class LatencyPredictor:
         self._slope = cal.slope if cal is not None else 1.0
         self._intercept = cal.intercept_ms if cal is not None else 0.0
         self._overhead = table.call_overhead_ms.get(self.statistic, 0.0)
+        cor = (
+            table.corrections.get(f"{self.statistic}/{mode}") if calibrated and correction else None
+        )
+        #: the learned correction predictions apply (``None``: the linear calibration)
+        self.correction: Correction | None = cor if cor is not None and cor.used else None
+        #: what the sum over a plan's items starts from (the overhead, or 0 where the
+        #: correction folds it into the intercept)
+        self._start = self._overhead
+        if self.correction is not None:
+            c = self.correction
+            self._slope, self._start = 1.0, 0.0
+            self._intercept = c.intercept_ms + c.scale * self._overhead
         self._plan: Callable[[Mapping[str, Any]], Plan] = self.space.plan
         self._net = _LayerCosts(self)
         #: id(segment) -> its times, and the same for the mode's aggregation alone; id((segment,
@@ -289,6 +309,10 @@ class LatencyPredictor:
             self._cell_ms = partial(cell_critical_path, ms=self._net.__getitem__)
         else:
             self._cell_ms = partial(cell_schedule, ms=self._net.__getitem__, workers=self.workers)
+        #: the cost of one segment as predictions add it (corrected where a correction is used)
+        self._seg_ms: Callable[[Segment], float] = (
+            self._plain_seg_ms if self.correction is None else self._corrected_seg_ms
+        )
         #: a space that returns the same plan object for the same arch (it caches plans per
         #: genotype) gets its plans' totals memoised too, by the same identity rule
         probe = self.space.sample(np.random.default_rng(0))
@@ -325,12 +349,27 @@ class LatencyPredictor:
 
     def _pick_ms(self, seg: Segment) -> float:
         """The cost of ``seg`` in the mode's aggregation (memoised, like :meth:`segment_ms`);
-        a cell is costed in that aggregation alone (the ``sum`` needs no critical path)."""
+        a cell is costed in that aggregation alone (the ``sum`` needs no critical path), then
+        corrected where the predictor applies a learned correction."""
         m = self._pick.get(id(seg))
         if m is None:
-            m = self._cell_ms(seg) if isinstance(seg, Cell) else self._net[seg]
+            m = self._seg_ms(seg)
             self._pick[self._remember(seg)] = m
         return m
+
+    def _plain_seg_ms(self, seg: Segment) -> float:
+        return self._cell_ms(seg) if isinstance(seg, Cell) else self._net[seg]
+
+    def _corrected_seg_ms(self, seg: Segment) -> float:
+        """``scale * aggregation + sum over its layers of (kind deviation * ms + per-layer
+        ms)``: the segment's share of :meth:`Correction.apply` (which is additive over the
+        segments of a plan)."""
+        c = self.correction
+        assert c is not None
+        extra = 0.0
+        for spec in summed_layers(seg):
+            extra += c.kind_delta.get(layer_kind(spec), 0.0) * self._net[spec] + c.per_layer_ms
+        return c.scale * self._plain_seg_ms(seg) + extra
 
     def _item_ms(self, item: tuple[Segment, int]) -> float:
         """``repeat * cost`` of one ``(segment, repeat)`` of a plan, memoised per item object."""
@@ -392,13 +431,26 @@ class LatencyPredictor:
             if was_enabled:
                 gc.enable()
 
+    def features(self, arch: Arch) -> Features:
+        """What a learned correction sees of ``arch`` (:class:`Features`): the raw
+        aggregation of :attr:`mode`, its layers' ms summed per kind, and their count."""
+        raw = self.raw_ms(arch)[self._index]
+        kinds: dict[str, float] = {}
+        layers = 0
+        for seg, rep in self._plan(arch):
+            for spec in summed_layers(seg):
+                k = layer_kind(spec)
+                kinds[k] = kinds.get(k, 0.0) + rep * self._net[spec]
+                layers += rep
+        return Features(raw, kinds, layers)
+
     def _predict_all(self, archs: Iterable[Mapping[str, Any]]) -> list[float]:
         """The predictions of ``archs``, with the memos and their lookups bound once."""
         memo = self._archs
         memo_get = memo.get
         plan_of = self._plan
         items_get = self._items.get
-        overhead, slope, intercept = self._overhead, self._slope, self._intercept
+        overhead, slope, intercept = self._start, self._slope, self._intercept
         cached_plans = self._plan_totals is not None
         out: list[float] = []
         append = out.append
@@ -428,7 +480,7 @@ class LatencyPredictor:
     def _items_total(self, plan: Plan) -> float:
         """The overhead plus ``repeat * cost`` of every item of ``plan``, added in order
         (:meth:`_item_ms` inlined: this is the first-pass hot path)."""
-        x = self._overhead
+        x = self._start
         items = self._items
         picks = self._pick
         alive = self._alive
@@ -438,7 +490,7 @@ class LatencyPredictor:
                 seg, rep = item
                 p = picks.get(id(seg))
                 if p is None:  # a new segment; its item is memoised if seen again
-                    p = self._cell_ms(seg) if isinstance(seg, Cell) else self._net[seg]
+                    p = self._seg_ms(seg)
                     if len(alive) >= SEGMENT_MEMO:
                         self._forget()
                     alive[id(seg)] = seg
@@ -473,6 +525,20 @@ class LatencyPredictor:
             specs = list(seg.layers()) if isinstance(seg, Cell) else [seg]
             out.extend((s.key, self.layer_ms(s), rep) for s in specs)
         return out
+
+
+def summed_layers(seg: Segment) -> list[LayerSpec]:
+    """The layers of a segment that its ``sum`` aggregation counts (as :func:`cell_sum`: the
+    edges, the merges of nodes with incoming edges, the join; a layer is itself)."""
+    if not isinstance(seg, Cell):
+        return [seg]
+    out = [spec for _, _, spec in seg.edges]
+    if seg.merges:
+        fed = {d for _, d, _ in seg.edges}
+        out.extend(spec for node, spec in seg.merges if node in fed and node >= seg.num_inputs)
+    if seg.join is not None:
+        out.append(seg.join)
+    return out
 
 
 class _LayerCosts(dict[LayerSpec, float]):
@@ -518,5 +584,6 @@ __all__ = [
     "list_schedule",
     "load_predictor",
     "plan_times",
+    "summed_layers",
     "supports_prediction",
 ]

@@ -18,7 +18,7 @@ import numpy as np
 
 from nasforge.errors import NasforgeError
 from nasforge.hardware.backends import BackendSpec, as_backend
-from nasforge.hardware.calibration import Calibration
+from nasforge.hardware.calibration import Calibration, Correction
 from nasforge.hardware.entries import TableEntry
 from nasforge.hardware.fingerprint import fingerprint_mismatches
 from nasforge.hardware.timing import STATISTICS, TimingConfig
@@ -26,7 +26,10 @@ from nasforge.space import SearchSpace
 from nasforge.space.plan import LayerSpec
 from nasforge.spaces import create_space
 
-TABLE_FORMAT = 1
+#: the format written; version 1 (before learned corrections and the build's noise verdict)
+#: still loads, its new fields empty
+TABLE_FORMAT = 2
+READABLE_FORMATS = (1, 2)
 #: timing of whole models (calibration, validation): 3 rounds of 10 calls, interleaved
 MODEL_TIMING = TimingConfig(warmup=5, repeats=30, rounds=3)
 
@@ -64,8 +67,20 @@ class LatencyTable:
         calibration_points: the whole models the fits used (arch JSON, FLOPs, params, measured
             ms and raw ms per statistic), so validation can fit FLOPs and params the same way.
         accuracy: the table's own held-out accuracy, ``"<statistic>/<aggregation>"`` to
-            ``{"n", "within_10pct", "mape", "kendall_tau"}`` of the calibrated predictions on
-            whole models that no fit saw (empty when the builder measured none).
+            ``{"n", "within_10pct", "mape", "kendall_tau"}`` of the predictions as
+            :class:`~nasforge.hardware.predictor.LatencyPredictor` makes them (the learned
+            correction where it is used, else the linear calibration) on whole models that no
+            fit saw (empty when the builder measured none).
+        corrections: ``"<statistic>/<aggregation>"`` to the learned
+            :class:`~nasforge.hardware.calibration.Correction` (per-kind scales, a per-layer
+            cost) fitted on the calibration models; predictions apply it only where its
+            ``used`` is true (it beat the linear calibration on held-out models).
+        held_out_points: the held-out whole models, in the form of ``calibration_points``.
+        build_stability: the noise verdict of the build's measurements: ``{"stable": bool,
+            "reasons": [str], "entries": int, "unstable_entries": int, "models": int,
+            "unstable_models": int, "models_stability": Stability dict}`` (empty for tables
+            built before the harness had a verdict). ``stable`` is false when the host was
+            too busy to trust the table (see :func:`build_verdict`).
         created: ISO time of the build.
         path: where the table was loaded from or last saved (not serialised).
     """
@@ -83,6 +98,9 @@ class LatencyTable:
     calibration: dict[str, Calibration] = field(default_factory=dict)
     calibration_points: list[dict[str, Any]] = field(default_factory=list)
     accuracy: dict[str, dict[str, float]] = field(default_factory=dict)
+    corrections: dict[str, Correction] = field(default_factory=dict)
+    held_out_points: list[dict[str, Any]] = field(default_factory=list)
+    build_stability: dict[str, Any] = field(default_factory=dict)
     created: str = ""
     path: Path | None = field(default=None, compare=False)
 
@@ -103,6 +121,9 @@ class LatencyTable:
             "calibration": {k: c.to_dict() for k, c in self.calibration.items()},
             "calibration_points": self.calibration_points,
             "accuracy": self.accuracy,
+            "corrections": {k: c.to_dict() for k, c in self.corrections.items()},
+            "held_out_points": self.held_out_points,
+            "build_stability": self.build_stability,
             "entry_fields": [
                 "median_ms",
                 "iqr_ms",
@@ -112,6 +133,7 @@ class LatencyTable:
                 "remeasured",
                 "outliers",
                 "chained",
+                "unstable",
             ],
             "entries": {k: e.to_list() for k, e in sorted(self.entries.items())},
         }
@@ -119,9 +141,10 @@ class LatencyTable:
     @classmethod
     def from_dict(cls, d: dict[str, Any], source: str = "table") -> LatencyTable:
         """Inverse of :meth:`to_dict`; :class:`TableError` names ``source`` if malformed."""
-        if d.get("format") != TABLE_FORMAT:
+        if d.get("format") not in READABLE_FORMATS:
             raise TableError(
-                f"{source}: format {d.get('format')!r} is not supported (expected {TABLE_FORMAT})"
+                f"{source}: format {d.get('format')!r} is not supported (expected one of "
+                f"{', '.join(map(str, READABLE_FORMATS))})"
             )
         try:
             table = cls(
@@ -138,6 +161,11 @@ class LatencyTable:
                 calibration={k: Calibration(**c) for k, c in d.get("calibration", {}).items()},
                 calibration_points=list(d.get("calibration_points", [])),
                 accuracy={k: dict(v) for k, v in d.get("accuracy", {}).items()},
+                corrections={
+                    k: Correction.from_dict(c) for k, c in d.get("corrections", {}).items()
+                },
+                held_out_points=list(d.get("held_out_points", [])),
+                build_stability=dict(d.get("build_stability", {})),
                 created=str(d.get("created", "")),
             )
         except (KeyError, TypeError, ValueError, IndexError, NasforgeError) as exc:
