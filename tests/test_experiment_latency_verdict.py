@@ -95,10 +95,10 @@ def _config(tmp_path: Path) -> dict[str, object]:
     }
 
 
-def _run(tmp_path: Path) -> tuple[Path, str]:
+def _run(tmp_path: Path, terminal: bool = False) -> tuple[Path, str]:
     buf = io.StringIO()
     cfg = parse_config(_config(tmp_path))
-    Experiment(cfg, console=Console(file=buf, force_terminal=False, width=300)).run()
+    Experiment(cfg, console=Console(file=buf, force_terminal=terminal, width=300)).run()
     return tmp_path / "v", buf.getvalue()
 
 
@@ -202,6 +202,19 @@ def test_a_later_stable_pass_is_not_marked(tmp_path: Path, scripted: list[Stabil
     assert report["latency_stability"]["final"]["stable"] is True
     assert "WARNING: the final latency" not in printed
     assert "1 of 2 trials' measured latencies are unstable" in printed
+
+
+def test_on_a_terminal_the_first_unstable_trial_is_said_once(
+    tmp_path: Path, scripted: list[Stability]
+) -> None:
+    """A terminal shows a live bar instead of the log lines: one warning names the first
+    unstable trial and where the others are marked; the summary and the final warning follow."""
+    scripted.append(Stability(stable=False, reasons=BUSY[:1]))
+    run, printed = _run(tmp_path, terminal=True)
+    assert printed.count(f"measured latency is {UNSTABLE} ({BUSY[0]})") == 1
+    assert str(run / LOG_NAME) in printed
+    assert "2 of 2 trials' measured latencies are unstable" in printed
+    assert "WARNING: the final latency" in printed
 
 
 def _trial(tid: int, metrics: dict[str, float]) -> TrialRecord:

@@ -167,7 +167,20 @@ def _plots(store: TrialStore, objective: Objective) -> dict[str, str]:
     front = pareto_front([[a, -c] for a, c in zip(accs, lats)])
     best = max(range(len(complete)), key=lambda i: scalar(complete[i].score))
     fig, ax = plt.subplots(figsize=(6, 4))
-    ax.scatter(lats, accs, s=18, alpha=0.6, label="trials")
+    shaky = [i for i, t in enumerate(complete) if is_unstable(t.metrics)]
+    steady = [i for i, t in enumerate(complete) if not is_unstable(t.metrics)]
+    ax.scatter(
+        [lats[i] for i in steady], [accs[i] for i in steady], s=18, alpha=0.6, label="trials"
+    )
+    if shaky:  # their latency is not a trustworthy figure: drawn apart, never as plain dots
+        ax.scatter(
+            [lats[i] for i in shaky],
+            [accs[i] for i in shaky],
+            s=30,
+            marker="x",
+            c="tab:red",
+            label=f"trials, latency {UNSTABLE}",
+        )
     fr = sorted(front, key=lambda i: lats[i])
     ax.plot([lats[i] for i in fr], [accs[i] for i in fr], "r-o", ms=4, label="Pareto front")
     ax.scatter(
@@ -288,7 +301,8 @@ def render_html(report: dict[str, Any], plots: dict[str, str], space: SearchSpac
             rows.append(
                 [
                     "prediction error: latency predicted in search vs measured at the end (%)",
-                    _num((f0.get("latency_check") or {}).get("latency_error_pct"), ".1f"),
+                    _num((f0.get("latency_check") or {}).get("latency_error_pct"), ".1f")
+                    + _final_mark(f0),
                 ]
             )
         rows += [
