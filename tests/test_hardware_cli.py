@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -36,6 +37,7 @@ def table(tmp_path_factory: pytest.TempPathFactory) -> Path:
     text = " ".join(res.output.split())  # the console wraps long lines (tmp paths) anywhere
     assert "28 layers of nb201 on torch" in text
     assert "held-out accuracy on 2 models" in text
+    assert re.search(r"verdict: (trust|do not trust|cannot tell)", text), text
     return path
 
 
@@ -76,6 +78,7 @@ def test_validate_prints_scores_and_writes_plot_and_json(table: Path, tmp_path: 
             str(tmp_path / "v.png"),
             "--json",
             str(tmp_path / "v.json"),
+            "--no-record",
         ],
     )
     assert res.exit_code == 0, res.output
@@ -92,6 +95,34 @@ def test_validate_prints_scores_and_writes_plot_and_json(table: Path, tmp_path: 
     assert (tmp_path / "v.png").stat().st_size > 1000
     report = json.loads((tmp_path / "v.json").read_text())
     assert len(report["archs"]) == 4 and set(report["measured"]) == {"median", "p10", "min"}
+    assert report["verdict"]["status"] in ("trust", "do not trust", "cannot tell")
+    assert isinstance(report["stability"]["stable"], bool) and report["host"]
+    assert "validation" not in json.loads(table.read_text())  # --no-record
+
+
+def test_validate_gives_a_verdict_beside_the_host_and_records_it(
+    table: Path, tmp_path: Path
+) -> None:
+    """The verdict is one of three; a validation on a quiet host is recorded in the table for
+    later searches, one on a busy host says "cannot tell: host busy" and records nothing."""
+    copy = tmp_path / "t.json"
+    copy.write_text(table.read_text())
+    res = runner.invoke(app, ["validate", str(copy), "--n", "3"])
+    assert res.exit_code == 0, res.output
+    text = " ".join(res.output.split())
+    cpu = json.loads(copy.read_text())["fingerprint"]["cpu_model"]
+    assert f"host: {cpu}" in text and "flags" in text and "noise: " in text
+    verdict = re.search(r"verdict: (trust|do not trust|cannot tell)", text)
+    assert verdict is not None, text
+    recorded = json.loads(copy.read_text()).get("validation")
+    if "noise: unstable: host busy" in text:
+        assert "cannot tell: host busy" in text and "verdict not recorded" in text
+        assert recorded is None
+    else:
+        assert "verdict recorded in" in text
+        assert recorded["stable"] is True and recorded["verdict"]["status"] == verdict.group(1)
+        # 3 archs are too few to judge by
+        assert recorded["verdict"]["status"] == "cannot tell" and "only 3 archs" in text
 
 
 @pytest.mark.parametrize(

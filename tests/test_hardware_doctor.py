@@ -75,3 +75,42 @@ def test_parallel_backends_on_one_thread_warn_and_onnxruntime_parallel_is_explai
     ort = latency_findings({"latency": {"backend": "onnxruntime:parallel", "threads": 2}})
     assert fields(ort) == {"latency.backend": "info"}
     assert "one after another" in ort[0][2]
+
+
+def with_accuracy(table_path: Path, path: Path, accuracy: dict) -> Path:
+    """A copy of the table with a chosen held-out score and a quiet build."""
+    d = json.loads(table_path.read_text())
+    d["accuracy"], d["build_stability"] = accuracy, {"stable": True, "reasons": []}
+    d.pop("validation", None)
+    path.write_text(json.dumps(d))
+    return path
+
+
+def test_table_verdict_is_an_error_a_warning_or_nothing(table_path: Path, tmp_path: Path) -> None:
+    def findings(table: Path, allow: bool = False) -> list[tuple[str, str, str]]:
+        latency = {"mode": "predict", "table": str(table), "allow_untrusted_table": allow}
+        verdicts = ("do not trust", "cannot tell", "its verdict is")
+        return [
+            f for f in latency_findings({"latency": latency}) if any(v in f[2] for v in verdicts)
+        ]
+
+    score = {"n": 20.0, "mape": 4.0}
+    bad = with_accuracy(
+        table_path,
+        tmp_path / "bad.json",
+        {"min/sum": {**score, "within_10pct": 0.3, "kendall_tau": 0.5}},
+    )
+    ((level, field, msg),) = findings(bad)
+    assert (level, field) == ("error", "latency.table") and "do not trust" in msg
+    assert "latency.allow_untrusted_table: true" in msg and "30% of 20 models" in msg
+    ((level, field, _),) = findings(bad, allow=True)
+    assert (level, field) == ("warning", "latency.allow_untrusted_table")
+    old = with_accuracy(table_path, tmp_path / "old.json", {})
+    ((level, field, msg),) = findings(old)
+    assert (level, field) == ("warning", "latency.table") and "cannot tell" in msg
+    good = with_accuracy(
+        table_path,
+        tmp_path / "good.json",
+        {"min/sum": {**score, "within_10pct": 1.0, "kendall_tau": 0.95}},
+    )
+    assert findings(good) == []
