@@ -299,3 +299,38 @@ def validate(
     if json_out is not None:
         out.print(f"report: {report.save(json_out)}")
 
+
+@app.command()
+def diagnose(
+    space: Annotated[str, typer.Option(help="a registered space")] = "mobile",
+    backend: Annotated[str, typer.Option(help="torch | onnxruntime | ...")] = "torch",
+    batch: Annotated[int, typer.Option("--batch", "--batch-size", help="batch size")] = 1,
+    layers: Annotated[int, typer.Option(help="sampled layers (each with its predecessor)")] = 6,
+    threads: Annotated[int, typer.Option(help="threads, pinned and recorded")] = 1,
+    input_shape: Annotated[str, typer.Option(help="per-sample shape, e.g. 3,32,32")] = "3,32,32",
+    num_classes: Annotated[int, typer.Option(help="classifier outputs")] = 10,
+    option: Annotated[list[str], typer.Option(help="space option key=value (repeatable)")] = [],  # noqa: B006
+    seed: Annotated[int, typer.Option(help="seeds the layer sample")] = 0,
+    json_out: Annotated[Path | None, typer.Option("--json", help="write the JSON here")] = None,
+    plugin: PluginOption = [],  # noqa: B006
+) -> None:
+    """Why latency differs on this host: marginal cost in a chain vs alone, fusion, layout
+    conversions, first calls, kernels/ISA (nasforge.hardware.diagnose)."""
+    # imported here so that this command stays one self-contained block of this file
+    from nasforge.hardware.diagnose import DiagnoseConfig
+    from nasforge.hardware.diagnose import diagnose as run_diagnosis
+
+    try:
+        load_plugins(plugin)
+        if batch < 1 or threads < 1 or layers < 1:
+            raise CliInputError("--batch, --threads and --layers must be >= 1")
+        spec = BackendSpec.parse(backend, threads=threads)
+        sp = create_space(space, _shape(input_shape), num_classes, **_options(option))
+        report = run_diagnosis(sp, spec, DiagnoseConfig(layers, batch, seed), space)
+    except NasforgeError as exc:
+        _fail(exc)
+        return
+    for line in report.lines():  # "[section]" is text, not rich markup
+        out.print(line, highlight=False, soft_wrap=True, markup=False)
+    if json_out is not None:
+        out.print(f"json: {report.save(json_out)}", markup=False)
