@@ -6,7 +6,8 @@ torch:parallel, onnxruntime, onnxruntime:parallel, cuda; add one with :class:`Ba
 :func:`register_backend`). Deploy: :func:`export_onnx`, :func:`ort_session` (the one ONNX
 export and the one onnxruntime session builder). Describe the host: :func:`host_info`.
 Predict: :class:`TableBuilder` builds a :class:`LatencyTable`, :class:`LatencyPredictor` reads it.
-Check: :func:`validate_table`, :func:`check_table`. For experiments: :class:`LatencyModel`.
+Check: :func:`validate_table`, :func:`check_table`, :func:`table_verdict` (trust or not).
+For experiments: :class:`LatencyModel`.
 onnxruntime, matplotlib and scipy are imported only when used.
 """
 
@@ -64,6 +65,8 @@ _LAZY = {
     "validate_table": "nasforge.hardware.validate",
     "plot_validation": "nasforge.hardware.validate",
     "latency_findings": "nasforge.hardware.doctor",
+    "TableVerdict": "nasforge.hardware.trust",
+    "table_verdict": "nasforge.hardware.trust",
 }
 
 
@@ -93,6 +96,7 @@ __all__ = [
     "TableBuilder",
     "TableError",
     "TableMismatchWarning",
+    "TableVerdict",
     "TimingConfig",
     "check_memory",
     "check_table",
@@ -118,5 +122,6 @@ __all__ = [
     "plot_validation",
     "predict_memory",
     "register_backend",
+    "table_verdict",
     "validate_table",
 ]

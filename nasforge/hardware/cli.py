@@ -40,6 +40,8 @@ app = typer.Typer(
 )
 out = Console()
 err = Console(stderr=True)
+#: the builder's defaults are the command's (whole models to calibrate and to score on)
+_BUILD_DEFAULTS = BuildConfig()
 
 
 class CliInputError(NasforgeError):
@@ -140,10 +142,11 @@ def build(
     ] = "min",
     calibration: Annotated[
         int, typer.Option(help="whole models measured to fit the overhead")
-    ] = 10,
+    ] = _BUILD_DEFAULTS.calibration_archs,
     held_out: Annotated[
-        int, typer.Option(help="further whole models that score the calibrated table")
-    ] = 0,
+        int,
+        typer.Option(help="further whole models that score the table (its verdict needs >= 5)"),
+    ] = _BUILD_DEFAULTS.held_out_archs,
     seed: Annotated[int, typer.Option(help="seeds calibration archs and visiting order")] = 0,
     quiet: Annotated[bool, typer.Option(help="no progress bar")] = False,
     plugin: PluginOption = [],  # noqa: B006
