@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -47,7 +48,7 @@ def test_predict_needs_an_existing_table(tmp_path: Path) -> None:
 
 
 def test_table_from_another_machine_or_setting_warns(table_path: Path, tmp_path: Path) -> None:
-    ok = {
+    ok: dict[str, Any] = {
         "space": {"name": "nb201", "options": {"C": 4, "N": 1}},
         "latency": {
             "mode": "predict",
