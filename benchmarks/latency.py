@@ -13,36 +13,41 @@ Goals (printed, never asserted):
      CPU branches one after another since 1.14; the ``nb201-ort`` part shows it as a contrast
      (no goal).
   3. ``predict`` speed >= 20,000 archs/s.
-  4. Building each ``mobile`` table built fresh in this run takes < 10 minutes on 2 cores.
+  4. Each ``mobile`` table built fresh in this run builds in < 10 minutes on 2 cores.
   5. ``--burner``: with ``benchmarks/burner.py`` busy-looping on one of the two CPUs, every
-     table of goals 1-2 is validated again on the same archs. Per table: met when the figure
-     is the same (within-10% fraction within 5 points of the quiet run, tau within 0.05) or
-     the harness marked it unstable; NOT MET when it is off and still called stable (a
-     silently wrong figure). A table whose quiet figure was itself unstable has no reference:
-     its burner line is NOT MET, unstable.
+     table of goals 1-2 is validated again on the same archs (one GOAL line per table). Met
+     when the figure is the same (within-10% fraction within 5 points of the quiet run, tau
+     within 0.05) or the harness marked it unstable; NOT MET when it moved and is still called
+     stable (a silently wrong figure). A table whose quiet figure was itself unstable has no
+     reference: its burner line is NOT MET, unstable.
 
 Stability: every figure carries the noise verdict of the measurements behind it: the
-:class:`~nasforge.hardware.validate.ValidationReport`'s own verdict where it has one, else the
-verdicts of the whole-model measurements it took (``LatencyMeasurement.stability``: host
-counters, reference kernel, round spread), pooled: unstable on any host-level reason or when
-more than 5% of the models' rounds spread. A figure from a table whose ``build_stability`` is
-unstable is unstable too. Predict speed and build time, not timed by the harness, are judged on
-what other processes did meanwhile (:func:`~nasforge.hardware.noise.assess` on host counters).
-An unstable figure's goal prints ``NOT MET ... unstable: host busy``. Load at start and end is
-printed as context only.
+:class:`~nasforge.hardware.validate.ValidationReport`'s own ``stability`` where it has one,
+else the verdicts of the whole-model measurements it took (``LatencyMeasurement.stability``:
+host counters, reference kernel, round spread), pooled (``figures.pooled_stability``). A figure
+from a table whose ``build_stability`` says it was built on a busy host is unstable too. Predict
+speed and build time, not timed by the harness, are judged on what other processes took from
+the CPUs meanwhile (``figures.activity_stability``). An unstable figure's goal prints ``NOT MET
+(... unstable: host busy ...)``. The load average at start and end is printed as context only.
+The host (CPU model, logical CPUs, the ISA flags that pick oneDNN / onnxruntime kernels, load)
+is on every GOAL line, every figure in ``--json`` and the ``--markdown`` block.
 
-Usage and durations (2-core host, quiet; the burner re-validates every goal table once more)::
+Batch 32: the builder times entries and whole models with fewer calls from
+``BuildConfig.large_batch`` on (``large_batch_repeats``), and validation times whole models as
+the builder did, in quick and full runs alike.
 
-    .venv/bin/python benchmarks/latency.py --quick              # 30 archs, ~20 min
-    .venv/bin/python benchmarks/latency.py --quick --burner     # + burner, ~30 min
-    .venv/bin/python benchmarks/latency.py                      # 100 archs + burner, ~50 min
-    .venv/bin/python benchmarks/latency.py --no-burner          # 100 archs, ~30 min
+Usage and durations (estimated for a quiet 2-core host from the parts' timings; on a busy host
+unstable passes are measured again, so it takes longer)::
+
+    .venv/bin/python benchmarks/latency.py --quick              # 30 archs, ~15 min
+    .venv/bin/python benchmarks/latency.py --quick --burner     # + burner, ~20 min
+    .venv/bin/python benchmarks/latency.py                      # 100 archs + burner, ~40 min
+    .venv/bin/python benchmarks/latency.py --no-burner          # 100 archs, ~25 min
     .venv/bin/python benchmarks/latency.py --only nb201 --n 5   # one part (see PARTS)
     ... --tables DIR (keep / reuse tables) --json F --markdown F (a BENCHMARKS.md block)
 
-The full run includes the burner by default (it stays under ~60 min); ``--quick`` does not
-unless ``--burner`` is given. At batch 32, ``--quick`` times table entries and whole models
-with 12 calls (3 rounds of 4) instead of 30; the full run keeps 30.
+The full run includes the burner by default, as it stays well under an hour; ``--quick`` leaves
+it out unless ``--burner`` is given.
 """
 
 from __future__ import annotations
@@ -163,7 +168,7 @@ def _held_out(
         f"{100 * acc['within_10pct']:.0f}% within +-10%, MAPE {acc['mape']:.1f}%, "
         f"tau {acc['kendall_tau']:.2f} on {acc['n']:.0f} held-out models"
     )
-    stab = built or Stability(stable=False, reasons=("build verdict not recorded",))
+    stab = built or Stability(stable=False, reasons=("no build verdict recorded in the table",))
     led.figure(f"{name} held-out at build ({agg})", text, stab, **acc)
 
 
@@ -180,12 +185,13 @@ def mobile(
     table, seconds, start, model_timing = _build(space, spec, batch, path)
     built = build_stability(table, start if fresh else None)
     how = f"built in {seconds:.0f} s" if fresh else f"reused from {path} ({seconds:.0f} s)"
-    cal = table.calibration["min/sum"]
+    cal = table.calibration.get(f"{table.statistic}/sum")
+    fit = f"{cal.slope:.3f} x + {cal.intercept_ms:.4f} ms" if cal else "none"
     print(
         f"\n[{spec.label}, batch {batch}] mobile table: {len(table.entries)} layers, {how}, "
         f"clock {table.clock}, context {table.context}, whole models timed with "
         f"{model_timing.repeats} calls; "
-        f"calibration (min/sum): {cal.slope:.3f} x + {cal.intercept_ms:.4f} ms; "
+        f"calibration ({table.statistic}/sum): {fit}; "
         f"build: {brief(built) if built else 'verdict not recorded'}"
     )
     if fresh:
@@ -204,10 +210,11 @@ def mobile(
     _report(f"goal 1: {name}, {n} archs", report, stab, led, f"mobile_{spec.name}_b{batch}")
     for st in ("min", "median"):
         f = report.score_of("flops", st)
-        for pred in (f"table:{agg}", f"table:{agg}+drift"):
-            s = report.score_of(pred, st)
+        for s in report.scores[st]:
+            if s.predictor not in (f"table:{agg}", f"table:{agg}+drift"):
+                continue
             print(
-                f"  goal 1 [{st}, {pred}]: {_score_text(s)} -> "
+                f"  goal 1 [{st}, {s.predictor}]: {_score_text(s)} -> "
                 f"{'MET' if _accuracy_target(s) else 'NOT MET'}; FLOPs: {_score_text(f)}"
             )
     s = report.score_of(f"table:{agg}")
