@@ -1,0 +1,590 @@
+"""`DartsSearch`: differentiable architecture search on the ``nb201`` and ``darts`` spaces.
+
+One epoch alternates, per step, an update of the architecture weights (alpha) on a
+validation batch and an update of the network weights on a training batch (DARTS, Liu et al.
+2019): first order (alpha's gradient at the current weights) or second order (at the weights
+after one virtual SGD step, the mixed second derivative by central finite differences, as in
+DARTS' ``architect.py``; the virtual step leaves out momentum). The regularisers of
+:mod:`nasforge.oneshot.regularizers` and the latency penalty of
+:mod:`nasforge.oneshot.latency` switch on by name. After each epoch :meth:`DartsSearch.step_epoch`
+returns a plain record (collapse diagnostics, the derived cell); :meth:`DartsSearch.derive`
+gives the final arch, a valid :class:`~nasforge.space.Arch` of the space.
+
+The supernet is CPU-sized by default (``channels`` 8, one cell per stage); the derived arch is
+built at the space's own size. Supernet batch norm always uses batch statistics (the weights
+change every step, so running statistics would describe an old mixture); evaluations put
+the running statistics back as they were.
+
+Randomness: one ``torch.Generator`` owns the data order, the start vectors of the
+eigenvalue iteration and a seed per step for torch's global generator (Dirichlet samples,
+random smoothing), so a run repeats exactly, and :meth:`state_dict` /
+:meth:`load_state_dict` continue one exactly.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from nasforge.data import Dataset
+from nasforge.errors import ConfigError, NasforgeError
+from nasforge.hardware.predictor import LatencyPredictor
+from nasforge.hardware.table import LatencyTable
+from nasforge.oneshot import regularizers as reg
+from nasforge.oneshot.derive import derive_perturbation, layout_for
+from nasforge.oneshot.diagnostics import cell_summary, dominant_eigenvalue, entropy
+from nasforge.oneshot.latency import MixedLatency
+from nasforge.oneshot.mixed import ArchWeights
+from nasforge.space import Arch, SearchSpace
+
+STATE_FORMAT = 1
+DERIVATIONS = ("argmax", "perturbation")
+
+
+@dataclass(frozen=True)
+class DartsConfig:
+    """Everything a DARTS search is set up with (defaults: DARTS' CIFAR-10 search settings,
+    on a CPU-sized supernet, regularised by
+    :data:`~nasforge.oneshot.regularizers.DEFAULT_REGULARIZATION`).
+
+    Attributes:
+        epochs: search epochs.
+        batch_size: examples per step, for both splits.
+        steps_per_epoch: steps per epoch (``None``: one pass over the training split).
+        channels: supernet channels of the first stage.
+        cells_per_stage: supernet cells per stage (nb201: ``N``; darts: ``3 * it + 2`` cells).
+        order: 1 (first order) or 2 (unrolled, finite-difference second order).
+        lr, lr_min, momentum, weight_decay, grad_clip: network weights' SGD with a cosine
+            schedule from ``lr`` to ``lr_min``.
+        alpha_lr, alpha_betas, alpha_weight_decay: architecture weights' Adam.
+        regularization: ``"none"`` (plain DARTS), ``"default"`` or regulariser names.
+        regularizers: their strengths.
+        derivation: ``argmax`` or ``perturbation`` (DARTS-PT) for :meth:`DartsSearch.derive`.
+        latency_penalty: weight of the expected-latency term (0: off; needs a latency table);
+            the term is ``latency_penalty * E[latency] / scale`` with ``scale`` the limit or,
+            without one, the expected latency under uniform weights.
+        latency_limit_ms: hard limit on the derived arch's predicted latency (needs a table).
+        hessian_every: compute the dominant Hessian eigenvalue every this many epochs (0: off).
+        hessian_iters: power-iteration steps.
+        eval_batches: validation batches for the per-epoch record and DARTS-PT.
+        seed: seeds the supernet, alpha and every random draw of the search.
+    """
+
+    epochs: int = 50
+    batch_size: int = 64
+    steps_per_epoch: int | None = None
+    channels: int = 8
+    cells_per_stage: int = 1
+    order: int = 1
+    lr: float = 0.025
+    lr_min: float = 0.001
+    momentum: float = 0.9
+    weight_decay: float = 3e-4
+    grad_clip: float = 5.0
+    alpha_lr: float = 3e-4
+    alpha_betas: tuple[float, float] = (0.5, 0.999)
+    alpha_weight_decay: float = 1e-3
+    regularization: tuple[str, ...] | str = "default"
+    regularizers: reg.RegularizerConfig = field(default_factory=reg.RegularizerConfig)
+    derivation: str = "argmax"
+    latency_penalty: float = 0.0
+    latency_limit_ms: float | None = None
+    hessian_every: int = 1
+    hessian_iters: int = 10
+    eval_batches: int = 2
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "regularization", reg.parse_regularization(self.regularization))
+        positive = ("epochs", "batch_size", "channels", "cells_per_stage", "eval_batches")
+        for name in positive:
+            if int(getattr(self, name)) < 1:
+                raise ConfigError(f"darts.{name}: must be >= 1, got {getattr(self, name)}")
+        if self.steps_per_epoch is not None and self.steps_per_epoch < 1:
+            raise ConfigError(f"darts.steps_per_epoch: must be >= 1, got {self.steps_per_epoch}")
+        if self.order not in (1, 2):
+            raise ConfigError(f"darts.order: must be 1 or 2, got {self.order}")
+        if self.derivation not in DERIVATIONS:
+            raise ConfigError(
+                f"darts.derivation: {self.derivation!r} is not one of {', '.join(DERIVATIONS)}"
+            )
+        for name in ("lr", "alpha_lr"):
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"darts.{name}: must be > 0, got {getattr(self, name)}")
+        if self.latency_penalty < 0:
+            raise ConfigError(f"darts.latency_penalty: must be >= 0, got {self.latency_penalty}")
+        if self.latency_limit_ms is not None and not self.latency_limit_ms > 0:
+            raise ConfigError(f"darts.latency_limit_ms: must be > 0, got {self.latency_limit_ms}")
+        if self.hessian_every < 0 or self.hessian_iters < 1:
+            raise ConfigError("darts.hessian_every must be >= 0 and darts.hessian_iters >= 1")
+
+    def uses(self, name: str) -> bool:
+        """Whether regulariser ``name`` is switched on."""
+        return name in self.regularization
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["regularization"] = list(self.regularization)
+        return d
+
+
+Split = tuple[torch.Tensor, torch.Tensor]
+
+
+class DartsSearch:
+    """A DARTS search over ``space``; see the module docstring.
+
+    Args:
+        space: an ``nb201`` or ``darts`` space (its ops are the candidates).
+        config: the search settings.
+        train: (x, y) of the split the network weights learn on.
+        val: (x, y) of the split the architecture weights learn on.
+        latency: a latency table (or a predictor) for ``space``, needed by
+            ``latency_penalty`` and ``latency_limit_ms``.
+
+    Raises:
+        ConfigError: the space has no mixed cells, a setting does not fit the space or the
+            latency options lack a table.
+    """
+
+    def __init__(
+        self,
+        space: SearchSpace,
+        config: DartsConfig,
+        train: Split,
+        val: Split,
+        latency: LatencyTable | LatencyPredictor | None = None,
+    ) -> None:
+        self.space, self.config = space, config
+        self.layout = layout_for(space)
+        self.train, self.val = _check_split("train", train), _check_split("val", val)
+        cfg, rc = config, config.regularizers
+        partial = rc.partial_k if cfg.uses("partial_channels") else 1
+        self.skip_limit = rc.skip_limit or reg.default_skip_limit(
+            len(self.layout.edges(self.layout.skip_cell)), self.layout.keep
+        )
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(cfg.seed)
+            self.net = self.layout.build_supernet(cfg.channels, cfg.cells_per_stage, partial)
+            self.alpha = {
+                c: nn.Parameter(1e-3 * torch.randn(shape))
+                for c, shape in self.layout.shapes().items()
+            }
+            self.betas = (
+                {
+                    c: nn.Parameter(1e-3 * torch.randn(e))
+                    for c, (e, _) in self.layout.shapes().items()
+                }
+                if cfg.uses("partial_channels")
+                else None
+            )
+        self.net.train()
+        self.w_opt = torch.optim.SGD(
+            self.net.parameters(), cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
+        )
+        self.a_opt = torch.optim.Adam(
+            self.arch_parameters(),
+            cfg.alpha_lr,
+            betas=cfg.alpha_betas,
+            weight_decay=cfg.alpha_weight_decay,
+        )
+        self.generator = torch.Generator().manual_seed(cfg.seed)
+        self.epoch = 0
+        self.history: list[dict[str, Any]] = []
+        self.stopped: str | None = None
+        self.latency: MixedLatency | None = None
+        if latency is not None:
+            pred = (
+                latency
+                if isinstance(latency, LatencyPredictor)
+                else LatencyPredictor(latency, space)
+            )
+            self.latency = MixedLatency(self.layout, pred)
+        elif cfg.latency_penalty > 0 or cfg.latency_limit_ms is not None:
+            raise ConfigError(
+                "darts.latency_penalty / darts.latency_limit_ms: need a latency table for the "
+                f"{space.name} space (build one with `nasforge latency build`)"
+            )
+        self.latency_scale = 1.0
+        if self.latency is not None:
+            if cfg.latency_limit_ms is not None:
+                self.latency_scale = cfg.latency_limit_ms
+            else:
+                uniform = {c: torch.full(s, 1.0 / s[1]) for c, s in self.layout.shapes().items()}
+                self.latency_scale = float(self.latency.expected_ms(uniform))
+
+    @classmethod
+    def from_dataset(
+        cls,
+        space: SearchSpace,
+        config: DartsConfig,
+        data: Dataset,
+        latency: LatencyTable | LatencyPredictor | None = None,
+    ) -> DartsSearch:
+        """A search on ``data``'s train (network weights) and validation (alpha) splits."""
+        return cls(space, config, (data.x_train, data.y_train), (data.x_val, data.y_val), latency)
+
+    # -- parameters and weights -------------------------------------------------------------
+    def arch_parameters(self) -> list[nn.Parameter]:
+        """Alpha of every cell, then PC-DARTS' edge weights (if on)."""
+        out = list(self.alpha.values())
+        if self.betas is not None:
+            out += list(self.betas.values())
+        return out
+
+    def probs(self) -> dict[str, torch.Tensor]:
+        """The op weights each cell's derivation reads (softmax, or DrNAS' Dirichlet mean)."""
+        drnas = self.config.uses("drnas")
+        return {c: reg.op_probs(a, drnas, sample=False).detach() for c, a in self.alpha.items()}
+
+    def edge_weights(self) -> dict[str, torch.Tensor] | None:
+        """PC-DARTS' normalised edge weights per cell (``None`` when off)."""
+        if self.betas is None:
+            return None
+        return {c: reg.edge_weights(b, self.layout.groups(c)) for c, b in self.betas.items()}
+
+    def weights(self, for_network: bool = False, sample: bool = True) -> ArchWeights:
+        """The :class:`ArchWeights` of one forward pass.
+
+        ``for_network``: for the network-weight step (detached from alpha, smoothed by
+        SDARTS-RS when on). ``sample``: DrNAS draws a Dirichlet sample (else its mean).
+        """
+        cfg = self.config
+        drnas = cfg.uses("drnas")
+        ops = {c: reg.op_probs(a, drnas, sample) for c, a in self.alpha.items()}
+        edges = self.edge_weights()
+        if for_network:
+            ops = {c: p.detach() for c, p in ops.items()}
+            edges = {c: w.detach() for c, w in edges.items()} if edges is not None else None
+            if cfg.uses("sdarts_rs"):
+                eps = reg.sdarts_epsilon(cfg.regularizers, self.epoch, cfg.epochs)
+                ops = {c: reg.smooth(p, eps) for c, p in ops.items()}
+        aux = (
+            reg.aux_skip_weight(cfg.regularizers, self.epoch, cfg.epochs)
+            if cfg.uses("darts_minus")
+            else 0.0
+        )
+        return ArchWeights(ops, edges, aux)
+
+    def arch_penalty(self, weights: ArchWeights) -> torch.Tensor:
+        """The regularisers' and latency penalty's terms added to the validation loss."""
+        cfg = self.config
+        total = torch.zeros(())
+        if cfg.uses("beta"):
+            lam = cfg.regularizers.beta_lambda * reg.ramp(self.epoch, cfg.epochs)
+            total = total + lam * reg.beta_loss(self.alpha)
+        if cfg.uses("drnas"):
+            total = total + cfg.regularizers.drnas_kl * reg.drnas_kl(self.alpha)
+        if self.latency is not None and cfg.latency_penalty > 0:
+            expected = self.latency.expected_ms(weights.ops, weights.edges)
+            total = total + cfg.latency_penalty * expected.float() / self.latency_scale
+        return total
+
+    # -- one epoch ----------------------------------------------------------------------------
+    def steps(self) -> int:
+        n = self.config.steps_per_epoch
+        return n if n is not None else max(len(self.train[1]) // self.config.batch_size, 1)
+
+    def lr(self) -> float:
+        """Network weights' learning rate in the current epoch (cosine schedule)."""
+        cfg = self.config
+        t = self.epoch / max(cfg.epochs, 1)
+        return cfg.lr_min + 0.5 * (cfg.lr - cfg.lr_min) * (1.0 + math.cos(math.pi * t))
+
+    @property
+    def done(self) -> bool:
+        """Every epoch ran, or the search stopped early."""
+        return self.stopped is not None or self.epoch >= self.config.epochs
+
+    def step_epoch(self) -> dict[str, Any]:
+        """Run one epoch and return its record (see :meth:`record`).
+
+        Raises:
+            NasforgeError: the search is already done.
+        """
+        if self.done:
+            raise NasforgeError(
+                f"darts: the search is done ({self.stopped or f'{self.epoch} epochs'})"
+            )
+        start = time.process_time()
+        cfg = self.config
+        lr = self.lr()
+        for group in self.w_opt.param_groups:
+            group["lr"] = lr
+        bs = cfg.batch_size
+        tr_order = _order(len(self.train[1]), self.steps() * bs, self.generator)
+        va_order = _order(len(self.val[1]), self.steps() * bs, self.generator)
+        losses, correct, seen = 0.0, 0, 0
+        for step in range(self.steps()):
+            ti, vi = tr_order[step * bs : (step + 1) * bs], va_order[step * bs : (step + 1) * bs]
+            xb, yb, xv, yv = self.train[0][ti], self.train[1][ti], self.val[0][vi], self.val[1][vi]
+            seed = int(torch.randint(0, 2**62, (1,), generator=self.generator))
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)
+                self.a_opt.zero_grad(set_to_none=True)
+                if cfg.order == 2:
+                    self._unrolled_step(xb, yb, xv, yv, lr)
+                else:
+                    w = self.weights()
+                    loss = F.cross_entropy(self.net(xv, w), yv) + self.arch_penalty(w)
+                    loss.backward()
+                self.a_opt.step()
+                self.w_opt.zero_grad(set_to_none=True)
+                logits = self.net(xb, self.weights(for_network=True))
+                loss = F.cross_entropy(logits, yb)
+                loss.backward()
+                nn.utils.clip_grad_norm_(self.net.parameters(), cfg.grad_clip)
+                self.w_opt.step()
+            losses += float(loss.detach()) * len(yb)
+            correct += int((logits.argmax(1) == yb).sum())
+            seen += len(yb)
+        self.epoch += 1
+        rec = self.record(time.process_time() - start)
+        rec["train_loss"], rec["train_acc"] = losses / seen, correct / seen
+        rec["lr"] = lr
+        self.history.append(rec)
+        return rec
+
+    def _unrolled_step(
+        self, xb: torch.Tensor, yb: torch.Tensor, xv: torch.Tensor, yv: torch.Tensor, lr: float
+    ) -> None:
+        """Alpha's second-order gradient (DARTS eq. 7-8) into ``.grad`` of the arch params."""
+        cfg = self.config
+        params = [p for p in self.net.parameters() if p.requires_grad]
+        arch = self.arch_parameters()
+        w = self.weights()  # one sample (DrNAS) for every term of this step
+        with _kept_buffers(self.net):
+            w0 = [p.detach().clone() for p in params]
+            g = torch.autograd.grad(
+                F.cross_entropy(self.net(xb, _detached(w)), yb), params, allow_unused=True
+            )
+            with torch.no_grad():
+                for p, gi in zip(params, g):
+                    if gi is not None:
+                        p.sub_(lr * (gi + cfg.weight_decay * p))
+            val = F.cross_entropy(self.net(xv, w), yv)
+            grads = torch.autograd.grad(val, arch + params, retain_graph=True, allow_unused=True)
+            d_arch, d_w = grads[: len(arch)], grads[len(arch) :]
+            norm = math.sqrt(sum(float((d * d).sum()) for d in d_w if d is not None))
+            eps = 0.01 / max(float(norm), 1e-12)
+            hess = []
+            for sign in (1.0, -1.0):
+                with torch.no_grad():
+                    for p, p0, d in zip(params, w0, d_w):
+                        p.copy_(p0 if d is None else p0 + sign * eps * d)
+                loss = F.cross_entropy(self.net(xb, w), yb)
+                hess.append(torch.autograd.grad(loss, arch, retain_graph=True, allow_unused=True))
+            with torch.no_grad():
+                for p, p0 in zip(params, w0):
+                    p.copy_(p0)
+        penalty = self.arch_penalty(w)
+        pen_grads = (
+            torch.autograd.grad(penalty, arch, allow_unused=True)
+            if penalty.requires_grad
+            else [None] * len(arch)
+        )
+        for a, da, hp, hn, pg in zip(arch, d_arch, hess[0], hess[1], pen_grads):
+            total = torch.zeros_like(a)
+            if da is not None:
+                total = total + da
+            if hp is not None and hn is not None:
+                total = total - lr * (hp - hn) / (2 * eps)
+            if pg is not None:
+                total = total + pg
+            a.grad = total
+
+    # -- diagnostics ----------------------------------------------------------------------------
+    def evaluate(self, weights: ArchWeights | None = None) -> tuple[float, float]:
+        """(loss, accuracy) of the supernet on the first ``eval_batches`` validation batches."""
+        w = weights if weights is not None else self.weights(sample=False)
+        losses, correct, seen = 0.0, 0, 0
+        with torch.no_grad(), _kept_buffers(self.net):
+            for xv, yv in self._eval_batches():
+                logits = self.net(xv, w)
+                losses += float(F.cross_entropy(logits, yv)) * len(yv)
+                correct += int((logits.argmax(1) == yv).sum())
+                seen += len(yv)
+        return losses / seen, correct / seen
+
+    def _eval_batches(self) -> Iterator[Split]:
+        bs, (x, y) = self.config.batch_size, self.val
+        for i in range(min(self.config.eval_batches, math.ceil(len(y) / bs))):
+            yield x[i * bs : (i + 1) * bs], y[i * bs : (i + 1) * bs]
+
+    def hessian_eigenvalue(self) -> float:
+        """Dominant eigenvalue of the Hessian of the validation loss (first eval batch, the
+        deterministic weights) with respect to alpha."""
+        xv, yv = next(self._eval_batches())
+        alphas = list(self.alpha.values())
+        with _kept_buffers(self.net):
+            return dominant_eigenvalue(
+                lambda: F.cross_entropy(self.net(xv, self.weights(sample=False)), yv),
+                alphas,
+                self.config.hessian_iters,
+                self.generator,
+            )
+
+    def record(self, cpu_seconds: float = 0.0) -> dict[str, Any]:
+        """The current state as a plain record (JSON-ready): epoch, validation loss/accuracy,
+        the argmax-derived arch and its skip/none count, entropy, Hessian eigenvalue, op
+        weights per cell, expected and derived latency, regularisers in effect, early stop."""
+        cfg = self.config
+        probs = self.probs()
+        arch = self.layout.argmax(probs, self.edge_weights())
+        val_loss, val_acc = self.evaluate()
+        every = cfg.hessian_every
+        eig = self.hessian_eigenvalue() if every and self.epoch % every == 0 else None
+        skips = self.layout.op_counts(arch, "skip_connect")
+        rec: dict[str, Any] = {
+            "epoch": self.epoch,
+            "val_loss": val_loss,
+            "val_acc": val_acc,
+            "arch": arch.to_dict(),
+            "arch_string": self.space.describe(arch),
+            "skip_count": skips,
+            "none_count": self.layout.op_counts(arch, "none"),
+            "entropy": float(np.mean([entropy(p) for p in probs.values()])),
+            "hessian_eigenvalue": eig,
+            "cells": cell_summary(probs, self.layout.ops),
+            "regularization": list(cfg.regularization),
+            "aux_skip": self.weights(for_network=True).aux_skip,
+            "cpu_seconds": cpu_seconds,
+        }
+        if self.latency is not None:
+            ew = self.edge_weights()
+            rec["expected_latency_ms"] = float(self.latency.expected_ms(probs, ew))
+            rec["derived_latency_ms"] = self.latency.predict(arch)
+        if cfg.uses("early_stop") and skips >= self.skip_limit and self.stopped is None:
+            self.stopped = f"early stop: {skips} skip connections >= {self.skip_limit}"
+        rec["stopped"] = self.stopped
+        return rec
+
+    # -- derivation -----------------------------------------------------------------------------
+    def derive(self, method: str | None = None) -> Arch:
+        """The derived arch (``method``: ``argmax`` or ``perturbation``; default the config's),
+        under ``latency_limit_ms`` when set (the most likely arch under the limit; a
+        perturbation-derived arch over the limit falls back to that).
+
+        Raises:
+            ConfigError: unknown method.
+            NasforgeError: no arch is under the latency limit.
+        """
+        method = method or self.config.derivation
+        if method not in DERIVATIONS:
+            raise ConfigError(
+                f"darts.derivation: {method!r} is not one of {', '.join(DERIVATIONS)}"
+            )
+        probs, ew = self.probs(), self.edge_weights()
+        limit = self.config.latency_limit_ms
+        if method == "perturbation":
+            rng = np.random.default_rng(self.config.seed)
+            w = self.weights(sample=False)
+            arch, self.perturbation_log = derive_perturbation(
+                self.layout,
+                ArchWeights(probs, w.edges, w.aux_skip),
+                lambda x: self.evaluate(x)[1],
+                rng,
+            )
+            if limit is None or self.latency is None or self.latency.predict(arch) <= limit:
+                return arch
+        if limit is not None and self.latency is not None:
+            return self.latency.derive_under_limit(probs, limit, ew)
+        return self.layout.argmax(probs, ew)
+
+    # -- checkpoints ----------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """Everything to continue the search exactly (tensors and plain Python values only,
+        loadable with ``torch.load(..., weights_only=True)``)."""
+        return {
+            "format": STATE_FORMAT,
+            "space": self.space.name,
+            "epoch": self.epoch,
+            "net": self.net.state_dict(),
+            "alpha": {c: a.detach().clone() for c, a in self.alpha.items()},
+            "betas": {c: b.detach().clone() for c, b in self.betas.items()} if self.betas else None,
+            "w_opt": self.w_opt.state_dict(),
+            "a_opt": self.a_opt.state_dict(),
+            "generator": self.generator.get_state(),
+            "history": list(self.history),
+            "stopped": self.stopped,
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Continue from :meth:`state_dict` of a search with the same space and config.
+
+        Raises:
+            NasforgeError: the checkpoint is of another format, space or shape (names it).
+        """
+        if state.get("format") != STATE_FORMAT:
+            raise NasforgeError(
+                f"darts checkpoint: format {state.get('format')!r} is not supported"
+            )
+        if state.get("space") != self.space.name:
+            raise NasforgeError(
+                f"darts checkpoint: made for space {state.get('space')!r}, not {self.space.name!r}"
+            )
+        try:
+            self.net.load_state_dict(state["net"])
+            with torch.no_grad():
+                for c, a in self.alpha.items():
+                    a.copy_(state["alpha"][c])
+                if self.betas is not None:
+                    for c, b in self.betas.items():
+                        b.copy_(state["betas"][c])
+            self.w_opt.load_state_dict(state["w_opt"])
+            self.a_opt.load_state_dict(state["a_opt"])
+            self.generator.set_state(state["generator"])
+        except (KeyError, RuntimeError, TypeError, ValueError) as exc:
+            raise NasforgeError(
+                f"darts checkpoint: does not fit this search ({type(exc).__name__}: {exc}); "
+                "was it made with another config?"
+            ) from None
+        self.epoch = int(state["epoch"])
+        self.history = list(state["history"])
+        self.stopped = state["stopped"]
+
+
+def _check_split(name: str, split: Sequence[torch.Tensor]) -> Split:
+    if len(split) != 2:
+        raise ConfigError(f"darts.{name}: expected (x, y) tensors")
+    x, y = split
+    if not isinstance(x, torch.Tensor) or not isinstance(y, torch.Tensor) or len(x) != len(y):
+        raise ConfigError(f"darts.{name}: x and y must be tensors of the same length")
+    if len(y) == 0:
+        raise ConfigError(f"darts.{name}: the split is empty")
+    return x, y
+
+
+def _order(n: int, needed: int, gen: torch.Generator) -> torch.Tensor:
+    """``needed`` indices into ``n`` examples: shuffled passes, concatenated."""
+    reps = math.ceil(needed / n)
+    return torch.cat([torch.randperm(n, generator=gen) for _ in range(reps)])[:needed]
+
+
+def _detached(w: ArchWeights) -> ArchWeights:
+    edges = {c: t.detach() for c, t in w.edges.items()} if w.edges is not None else None
+    return ArchWeights({c: t.detach() for c, t in w.ops.items()}, edges, w.aux_skip)
+
+
+@contextmanager
+def _kept_buffers(net: nn.Module) -> Iterator[None]:
+    """Run with batch statistics and put every buffer (BN running stats) back afterwards."""
+    saved = {k: v.clone() for k, v in net.named_buffers()}
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for k, v in net.named_buffers():
+                v.copy_(saved[k])
+
+
+__all__ = ["DERIVATIONS", "DartsConfig", "DartsSearch"]
