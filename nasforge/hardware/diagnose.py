@@ -58,7 +58,7 @@ from nasforge.hardware.diagnose_kernels import (
     onnx_of,
     ort_runner,
 )
-from nasforge.hardware.entries import measure_call_overhead
+from nasforge.hardware.entries import ENTRY_TIMING, measure_call_overhead
 from nasforge.hardware.fingerprint import device_fingerprint
 from nasforge.hardware.layers import LayerSpec, build_layer
 from nasforge.hardware.noise import HostActivity, HostSample, Stability, assess, round_spread
@@ -278,17 +278,23 @@ def _marginal(
         ro = statistics.median(x["ratio"] for x in without)
         by_feature[feat] = {"with": rw, "without": ro, "n_with": len(with_f)}
     if by_feature:
-        worst = min(by_feature, key=lambda k: by_feature[k]["with"])
+
+        def gap(k: str) -> float:  # how far the feature moves the ratio (log scale)
+            w, wo = by_feature[k]["with"], by_feature[k]["without"]
+            return abs(math.log(w / wo)) if w > 0 and wo > 0 else 0.0
+
+        worst = max(by_feature, key=gap)
         v = by_feature[worst]
+        way = "cheaper" if v["with"] < v["without"] else "dearer"
         findings.append(
             Finding(
                 "marginal",
-                f"feature furthest from its lone time: {worst}",
+                f"feature that moves marginal/alone most: {worst}",
                 f"marginal/alone {v['with']:.2f} with, {v['without']:.2f} without "
                 f"(n={v['n_with']})",
                 merge_stabilities([x["_st"] for x in rows]),
-                f"layers with {worst} gain most from context: a per-feature correction (or "
-                "chained entries) is needed for them",
+                f"layers with {worst} are {way} in context than other layers: a single "
+                "correction factor cannot fit both; per-feature corrections or chained entries",
                 v["with"],
             )
         )
@@ -421,10 +427,10 @@ def _first_call(
                 again.close()
             h1 = HostSample.take()
             steady = statistics.median(rest[len(rest) // 2 :])
-            settle = next(
-                (i + 2 for i in range(len(rest)) if all(v <= 1.1 * steady for v in rest[i:])),
-                len(rest) + 2,
-            )
+            seq = [first, second, *rest]
+            ok = [v <= 1.1 * steady for v in seq]
+            # the first call from which two calls in a row are within 10% of steady state
+            settle = next((j + 1 for j in range(len(seq) - 1) if ok[j] and ok[j + 1]), None)
             st = _host_stability(h0, h1, rest[len(rest) // 2 :], spec.threads)
             sts.append(st)
             rows.append(
@@ -443,19 +449,26 @@ def _first_call(
     f1 = statistics.median(r["first_ms"] / r["steady_ms"] for r in rows)
     f2 = statistics.median(r["second_ms"] / r["steady_ms"] for r in rows)
     fc = statistics.median(r["fresh_copy_first_ms"] / r["steady_ms"] for r in rows)
-    settle = max(r["calls_to_settle"] for r in rows)
-    warm = 3  # the table builder's warm-up per visit (entries.ENTRY_TIMING)
+    settles = [r["calls_to_settle"] for r in rows]
+    settle = None if None in settles else max(settles)
+    warm = ENTRY_TIMING.warmup  # the table builder's warm-up per visit
     return [
         Finding(
             "first_call",
             "first / second call vs steady state",
-            f"{f1:.1f}x / {f2:.2f}x (median); settled within 10% after {settle} calls (worst)",
+            f"{f1:.1f}x / {f2:.2f}x (median); within 10% of steady from call "
+            + (
+                f"{settle} (worst layer)"
+                if settle
+                else f"? (not within {cfg.first_calls + 2} calls)"
+            ),
             st,
             f"a table visit warms up {warm} calls: "
             + (
                 "enough, first-call costs stay out of entries"
-                if settle <= warm + 1
-                else "too few, entries include first-call costs; warm up longer"
+                if settle is not None and settle <= warm + 1
+                else "too few (or the host too busy to tell): entries may include first-call "
+                "costs; warm up longer"
             ),
             f1,
         ),

@@ -1,5 +1,6 @@
 """What ran underneath a latency: oneDNN kernels and ISA, torch's convolution backends, and
-onnxruntime's optimised graph (the probes of :mod:`nasforge.hardware.diagnose`).
+onnxruntime's optimised graph; with the records and the two sections of
+:mod:`nasforge.hardware.diagnose` that read them (``layout`` and ``kernels``).
 
 Why these probes: two hosts of the same kind (2 cores, AVX-512) can run a layer through
 different code. torch 2.13 picks its convolution backend per call (measured on an AMD EPYC:
@@ -505,6 +506,7 @@ def kernels_section(
     if not isa:
         probe = onednn_isa_line()
         isa, version = probe.isa, version or probe.version
+    other = " [not this backend: onnxruntime runs MLAS]" if is_onnxruntime(spec) else ""
     have = [f for f in ISA_FLAGS if flags.get(f)]
     findings = [
         Finding(
@@ -526,7 +528,7 @@ def kernels_section(
         ),
         Finding(
             "kernels",
-            "oneDNN implementations (eager torch, per call, all layers)",
+            f"oneDNN implementations (eager torch, per call, all layers){other}",
             "; ".join(f"{k} x{v}" for k, v in impls.items()) or "none (oneDNN not used)",
             Stability(),
             "kernels that ran: a host whose list differs (e.g. brg:avx512_core_amx "
@@ -535,7 +537,7 @@ def kernels_section(
         ),
         Finding(
             "kernels",
-            "torch compute ops (per call, all layers)",
+            f"torch compute ops (per call, all layers){other}",
             "; ".join(f"{k} x{v}" for k, v in aten.items()) or "none",
             Stability(),
             "torch picks thnn (im2col+GEMM) or oneDNN per conv by batch and threads: entries "
