@@ -273,12 +273,16 @@ def _interleave(
     config: TimingConfig,
     clock: str,
     progress: Callable[[], None] | None = None,
+    threads: int | None = None,
 ) -> list[TimingStats]:
     """Interleaved passes with the noise verdict: a pass that comes out unstable is measured
     again (up to ``config.policy.retries`` times) and the least noisy pass is kept; every
-    runner's stats carry the pass verdict merged with its own round spread."""
+    runner's stats carry the pass verdict merged with its own round spread. ``threads``: the
+    CPUs the measured work keeps busy (default: torch's intra-op count; a backend that runs
+    on an inter-op pool or its own threads passes its own count)."""
     policy = config.policy
-    threads = torch.get_num_threads()
+    ref_threads = torch.get_num_threads()
+    threads = int(threads) if threads else ref_threads
     cpu_model = device_fingerprint(threads).cpu_model
     best: tuple[float, list[TimingStats]] | None = None
     for attempt in range(1 + max(policy.retries, 0)):
@@ -288,7 +292,7 @@ def _interleave(
             count, visit, config, clock, progress, config.seed + attempt
         )
         baseline = (
-            quiet_baseline(cpu_model, threads, clock, min(ref_rounds)) if ref_rounds else None
+            quiet_baseline(cpu_model, ref_threads, clock, min(ref_rounds)) if ref_rounds else None
         )
         spreads = [round_spread(s.all_round_medians_ms) for s in stats]
         verdict = assess(activity, ref_rounds, baseline, spreads, threads, policy)

@@ -151,6 +151,7 @@ def time_runners(
     config: TimingConfig = TimingConfig(),
     clock: str = "wall",
     progress: Callable[[], None] | None = None,
+    threads: int | None = None,
 ) -> list[TimingStats]:
     """Time every runner with the harness: warm-up, interleaved rounds, stray rounds re-measured.
 
@@ -158,12 +159,19 @@ def time_runners(
     tenants' bursts spread over all of them. ``clock`` is ``wall`` or ``cpu`` (resolved by
     :meth:`TimingConfig.resolve_clock`). Returns one :class:`TimingStats` per runner, in the
     order given. Runners are not closed. ``progress`` is called after every visit.
+    ``threads``: CPUs the runners keep busy, for the noise verdict (default: torch's
+    intra-op thread count).
     """
     for r in runners:
         if config.warmup:
             r.run(config.warmup)
     return _interleave(
-        len(runners), lambda i: runners[i].run(config.per_round), config, clock, progress
+        len(runners),
+        lambda i: runners[i].run(config.per_round),
+        config,
+        clock,
+        progress,
+        threads,
     )
 
 
@@ -173,6 +181,7 @@ def compare_runners(
     clock: str = "wall",
     baseline: int = 0,
     progress: Callable[[], None] | None = None,
+    threads: int | None = None,
 ) -> tuple[list[TimingStats], list[Speedup]]:
     """Time runners interleaved (A B A B ..., a fresh order each round) and give each one's
     speed-up over ``runners[baseline]`` with a 95% interval over the paired rounds.
@@ -182,6 +191,7 @@ def compare_runners(
     ``config.policy.retries`` times); a speed-up that stays uncertain is returned with
     ``stable=False`` and its reasons, never silently. Returns the stats (in the order given)
     and one :class:`Speedup` per runner (the baseline's own is 1 by construction).
+    ``threads``: CPUs the runners keep busy, for the noise verdict.
     """
     if not runners:
         return [], []
@@ -189,7 +199,7 @@ def compare_runners(
     cfg = config
     result: tuple[list[TimingStats], list[Speedup]] = ([], [])
     for attempt in range(1 + max(config.policy.retries, 0)):
-        stats = time_runners(runners, cfg, clock, progress)
+        stats = time_runners(runners, cfg, clock, progress, threads)
         base = stats[baseline]
         ups = [
             paired_speedup(
@@ -215,6 +225,7 @@ def time_factories(
     config: TimingConfig = TimingConfig(),
     clock: str = "wall",
     progress: Callable[[], None] | None = None,
+    threads: int | None = None,
 ) -> list[TimingStats]:
     """Like :func:`time_runners`, but each visit makes a fresh runner, warms it up and closes it.
 
@@ -230,7 +241,7 @@ def time_factories(
         finally:
             runner.close()
 
-    return _interleave(len(factories), visit, config, clock, progress)
+    return _interleave(len(factories), visit, config, clock, progress, threads)
 
 
 def time_models(
@@ -263,12 +274,12 @@ def time_models(
                 backend.runner_factory(build, shape, batch_size, spec)
                 for build, shape in zip(builds, input_shapes)
             ]
-            return time_factories(factories, config, clock, progress), clock
+            return time_factories(factories, config, clock, progress, spec.threads), clock
         runners: list[Runner] = []
         try:
             for i, (build, shape) in enumerate(zip(builds, input_shapes)):
                 runners.append(backend.make_runner(build(), shape, batch_size, spec, str(i)))
-            return time_runners(runners, config, clock, progress), clock
+            return time_runners(runners, config, clock, progress, spec.threads), clock
         finally:
             for r in runners:
                 r.close()
