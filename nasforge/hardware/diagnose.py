@@ -159,7 +159,8 @@ def features(spec: LayerSpec) -> list[str]:
 
 def sample_pairs(space: SearchSpace, n: int, seed: int) -> list[tuple[LayerSpec, LayerSpec]]:
     """Up to ``n`` distinct layers, each with a layer that feeds it in a seeded arch sample
-    (consecutive in the plan, output shape matching), chosen to cover many feature sets."""
+    (consecutive in the plan, output shape matching), chosen round-robin over input shapes
+    and to cover many feature sets."""
     rng = np.random.default_rng(seed)
     cands: dict[LayerSpec, LayerSpec] = {}
     for _ in range(max(20, 4 * n)):
@@ -167,11 +168,19 @@ def sample_pairs(space: SearchSpace, n: int, seed: int) -> list[tuple[LayerSpec,
         for a, b in zip(seq, seq[1:]):
             if b not in cands and _out_shape(a) == tuple(b.in_shape):
                 cands[b] = a
-    order = [list(cands)[int(i)] for i in rng.permutation(len(cands))]
+    shuffled = [list(cands)[int(i)] for i in rng.permutation(len(cands))]
+    # round-robin over input shapes (stages), so a few layers span the network
+    ranks: dict[tuple[int, ...], int] = {}
+    keyed = []
+    for pos, lay in enumerate(shuffled):
+        r = ranks.get(tuple(lay.in_shape), 0)
+        ranks[tuple(lay.in_shape)] = r + 1
+        keyed.append((r, pos, lay))
+    order = [lay for _, _, lay in sorted(keyed, key=lambda k: (k[0], k[1]))]
     chosen: list[LayerSpec] = []
     seen: set[str] = set()
-    for lay in order:  # first one layer per new feature set, then fill
-        kind = f"{lay.op}[{','.join(features(lay))}]"
+    for lay in order:  # first one layer per new (feature set, shape), then fill
+        kind = f"{lay.op}[{','.join(features(lay))}]@{lay.in_shape}"
         if kind not in seen and len(chosen) < n:
             seen.add(kind)
             chosen.append(lay)
