@@ -169,3 +169,16 @@ def test_measurement_round_trips_its_verdict() -> None:
     old = m.to_dict()
     del old["stability"]  # a record written before the verdict existed
     assert not LatencyMeasurement.from_dict(old).unstable
+
+
+def test_pooled_verdict_forgives_a_few_wide_spreads_but_not_a_busy_host() -> None:
+    from nasforge.hardware.noise import pool_verdicts
+
+    ok = Stability()
+    wide = Stability(stable=False, reasons=("round medians spread 7% (> 5%)",))
+    assert pool_verdicts([ok] * 19 + [wide]).stable
+    many = pool_verdicts([ok] * 7 + [wide] * 3)
+    assert not many.stable and "3 of 10 measurements" in many.reasons[0]
+    busy = Stability(stable=False, reasons=("hypervisor stole 20% of CPU time",))
+    assert not pool_verdicts([ok] * 99 + [busy]).stable
+    assert pool_verdicts([]).stable

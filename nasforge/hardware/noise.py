@@ -42,7 +42,7 @@ import os
 import statistics
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -300,6 +300,32 @@ def _worst(a: float, b: float) -> float:
     return max(a, b)
 
 
+def pool_verdicts(verdicts: Sequence[Stability], max_spread_fraction: float = 0.10) -> Stability:
+    """One verdict for a figure computed from many measurements (e.g. a validation's
+    prediction accuracy over 100 models).
+
+    A host-level reason (reference kernel, other processes, steal) in any measurement makes
+    the figure unstable: the whole pass was disturbed. A wide round spread is a property of
+    one model's measurement; it makes the figure unstable only when more than
+    ``max_spread_fraction`` of the measurements have it (one model out of a hundred with a
+    6% spread does not move a within-10% fraction; a fifth of them does).
+    """
+    if not verdicts:
+        return Stability()
+    spread = "round medians spread"
+    wide = [v for v in verdicts if any(r.startswith(spread) for r in v.reasons)]
+    host = tuple(dict.fromkeys(r for v in verdicts for r in v.reasons if not r.startswith(spread)))
+    reasons = list(host)
+    if len(wide) > max_spread_fraction * len(verdicts):
+        reasons.append(
+            f"{len(wide)} of {len(verdicts)} measurements had round medians spread > their limit"
+        )
+    merged = verdicts[0]
+    for v in verdicts[1:]:
+        merged = merged.merge(v)
+    return replace(merged, stable=not reasons, reasons=tuple(reasons))
+
+
 def round_spread(round_medians: Sequence[float]) -> float:
     """How far a model's round medians sit from their median: the median absolute
     deviation over the median (0 with fewer than two rounds). Robust to the one round a
@@ -480,6 +506,7 @@ __all__ = [
     "Stability",
     "assess",
     "paired_speedup",
+    "pool_verdicts",
     "quiet_baseline",
     "reference_kernel",
     "round_spread",

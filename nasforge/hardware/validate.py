@@ -20,7 +20,6 @@ what a validation on a busy host gives); :meth:`ValidationReport.record` is what
 
 from __future__ import annotations
 
-import functools
 import json
 import math
 import time
@@ -32,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from nasforge.hardware.calibration import AGGREGATIONS, fit_calibration
-from nasforge.hardware.noise import Stability
+from nasforge.hardware.noise import Stability, pool_verdicts
 from nasforge.hardware.predictor import LatencyPredictor
 from nasforge.hardware.profile import count_flops, count_params
 from nasforge.hardware.table import MODEL_TIMING, LatencyTable
@@ -247,7 +246,9 @@ def validate_table(
     score shows the table's predictions scaled by it. The reference models are not among the
     scored archs (different seed), so nothing scored is fitted to itself.
 
-    The report's ``stability`` merges the noise verdicts of every measurement, and its
+    The report's ``stability`` pools the noise verdicts of every measurement
+    (:func:`~nasforge.hardware.noise.pool_verdicts`: any host-level reason, or wide round
+    spreads in more than a tenth of the models, makes it unstable), and its
     ``verdict`` is :func:`~nasforge.hardware.trust.table_verdict` of this validation for the
     table's default statistic and aggregation.
     """
@@ -308,7 +309,7 @@ def validate_table(
         predicted[f"{st}/flops"], predicted[f"{st}/params"] = pf.tolist(), pp.tolist()
         scores[st].append(score("flops", pf, y))
         scores[st].append(score("params", pp, y))
-    stability = functools.reduce(Stability.merge, (m.stability for m in all_meas), Stability())
+    stability = pool_verdicts([m.stability for m in all_meas])
     report = ValidationReport(
         space=space.name,
         backend=table.backend.label,
