@@ -6,10 +6,10 @@ of the measurements behind it (:class:`~nasforge.hardware.noise.Stability`) and 
 measured on (:func:`goals.host`: CPU model, logical CPUs, kernel ISA, load then). The verdict
 comes from the harness, never from a whole-run load-average rule:
 
-* a latency table's validation: the :class:`~nasforge.hardware.validate.ValidationReport`'s own
-  ``stability`` where it has one, else the pooled verdict of the whole-model measurements it
-  took (:func:`pooled_stability`), merged with the table's ``build_stability`` when that says
-  the build ran on a busy host (:func:`validate`);
+* a latency table's validation: the :class:`~nasforge.hardware.validate.ValidationReport`'s
+  ``stability`` (its measurements' verdicts pooled by
+  :func:`~nasforge.hardware.noise.pool_verdicts`), merged with the table's
+  ``build_stability`` when that says the build ran on a busy host (:func:`validate`);
 * a stretch not timed by the harness (predict speed, a build's wall time): what other
   processes and the hypervisor took meanwhile (:func:`activity_stability`).
 
@@ -18,28 +18,29 @@ Scripts in this folder import it as ``from figures import Ledger, validate``.
 
 from __future__ import annotations
 
-import contextlib
-import functools
 import math
 import re
 import subprocess
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from goals import goal_line, host, host_record
 
-import nasforge.hardware.validate as validate_module
-from nasforge.hardware.noise import UNSTABLE, HostActivity, HostSample, Stability, assess
+from nasforge.hardware.noise import (
+    UNSTABLE,
+    HostActivity,
+    HostSample,
+    Stability,
+    assess,
+    pool_verdicts,
+)
 from nasforge.hardware.table import LatencyTable
 from nasforge.hardware.timing import LatencyMeasurement, TimingConfig
 from nasforge.hardware.validate import ValidationReport, validate_table
 from nasforge.space import SearchSpace
 
-#: a pooled figure is unstable when more than this fraction of its models' rounds spread
-#: (the burner check's tolerance on the within-10% fraction is the same 5 points)
-MAX_SPREAD_MODELS = 0.05
 #: how :func:`nasforge.hardware.noise.assess` words a model's own round spread (the other
 #: reasons are about the host and shared by a whole pass)
 _SPREAD_REASON = "round medians spread"
@@ -124,21 +125,11 @@ def as_stability(value: Any) -> Stability | None:
 
 
 def pooled_stability(measurements: Sequence[LatencyMeasurement]) -> Stability:
-    """One verdict for a figure computed from many measurements: unstable on any host-level
-    reason, or when more than :data:`MAX_SPREAD_MODELS` of them have their rounds spread."""
+    """One verdict for a figure computed from many measurements
+    (:func:`nasforge.hardware.noise.pool_verdicts`); no measurement is no verdict."""
     if not measurements:
         return Stability(stable=False, reasons=("no measurement recorded a verdict",))
-    merged = functools.reduce(Stability.merge, (m.stability for m in measurements))
-    reasons = [r for r in merged.reasons if not r.startswith(_SPREAD_REASON)]
-    wide = sum(
-        1 for m in measurements if any(r.startswith(_SPREAD_REASON) for r in m.stability.reasons)
-    )
-    if wide > MAX_SPREAD_MODELS * len(measurements):
-        reasons.append(
-            f"round medians spread on {wide} of {len(measurements)} models "
-            f"(> {100 * MAX_SPREAD_MODELS:.0f}%)"
-        )
-    return replace(merged, stable=not reasons, reasons=tuple(reasons))
+    return pool_verdicts([m.stability for m in measurements])
 
 
 def activity_stability(start: HostSample, threads: int) -> Stability:
@@ -156,37 +147,14 @@ def build_stability(table: LatencyTable, start: HostSample | None = None) -> Sta
     return activity_stability(start, table.backend.threads) if start is not None else None
 
 
-@contextlib.contextmanager
-def _recorded_measurements() -> Iterator[list[LatencyMeasurement]]:
-    """Record the measurements :func:`validate_table` takes, for a report that carries no
-    verdict of its own (a pass-through: nothing measured changes); records nothing when the
-    report has one."""
-    seen: list[LatencyMeasurement] = []
-    if "stability" in getattr(ValidationReport, "__dataclass_fields__", {}):
-        yield seen
-        return
-    original = validate_module.measure_models
-
-    def record(*args: Any, **kwargs: Any) -> list[LatencyMeasurement]:
-        out = original(*args, **kwargs)
-        seen.extend(out)
-        return out
-
-    validate_module.measure_models = record  # type: ignore[assignment]
-    try:
-        yield seen
-    finally:
-        validate_module.measure_models = original  # type: ignore[assignment]
-
-
 def validate(
     table: LatencyTable, space: SearchSpace, n: int, seed: int, timing: TimingConfig
 ) -> tuple[ValidationReport, Stability]:
     """Validate ``table`` on ``n`` seeded archs (:func:`validate_table`) and give the figure's
-    verdict: the report's (or its measurements', pooled), merged with an unstable build."""
-    with _recorded_measurements() as seen:
-        report = validate_table(table, space, n=n, seed=seed, timing=timing)
-    stab = as_stability(getattr(report, "stability", None)) or pooled_stability(seen)
+    verdict: the report's (its measurements' verdicts, pooled), merged with an unstable
+    build."""
+    report = validate_table(table, space, n=n, seed=seed, timing=timing)
+    stab = report.stability
     built = build_stability(table)
     if built is not None and not built.stable:
         stab = stab.merge(replace(built, reasons=tuple(f"table build: {r}" for r in built.reasons)))
