@@ -276,13 +276,12 @@ class TableBuilder:
             config=replace(table.timing(timing), seed=self.config.seed),
         )
         raw = {
-            (st, agg): LatencyPredictor(table, self.space, mode=agg, calibrated=False, statistic=st)
+            st: LatencyPredictor(table, self.space, mode="sum", calibrated=False, statistic=st)
             for st in STATISTICS
-            for agg in AGGREGATIONS
         }
         points: list[dict[str, Any]] = []
         for a, m, meas in zip([*archs, *held_out], models, measured):
-            feats = {st: raw[st, "sum"].features(a) for st in STATISTICS}
+            feats = {st: raw[st].features(a) for st in STATISTICS}
             points.append(
                 {
                     "arch": a.to_json(),
@@ -290,9 +289,7 @@ class TableBuilder:
                     "params": count_params(m),
                     "measured_iqr_ms": meas.iqr_ms,
                     "measured_ms": {st: meas.value_ms(st) for st in STATISTICS},
-                    "raw_ms": {
-                        st: dict(zip(AGGREGATIONS, raw[st, "sum"].raw_ms(a))) for st in STATISTICS
-                    },
+                    "raw_ms": {st: dict(zip(AGGREGATIONS, raw[st].raw_ms(a))) for st in STATISTICS},
                     "kind_ms": {st: feats[st].kind_ms for st in STATISTICS},
                     "layers": feats[STATISTICS[0]].layers,
                     "unstable": meas.unstable,

@@ -303,16 +303,19 @@ class LatencyPredictor:
         self._archs: dict[int, tuple[Mapping[str, Any], float]] = {}
         #: the mode's aggregation of one cell, computing nothing the mode does not need
         self._cell_ms: Callable[[Cell], float]
-        if mode == "sum" or (mode == "schedule" and self.workers == 1):
+        summed = mode == "sum" or (mode == "schedule" and self.workers == 1)
+        if summed:
             self._cell_ms = partial(cell_sum, ms=self._net.__getitem__)
         elif mode == "critical_path":
             self._cell_ms = partial(cell_critical_path, ms=self._net.__getitem__)
         else:
             self._cell_ms = partial(cell_schedule, ms=self._net.__getitem__, workers=self.workers)
         #: the cost of one segment as predictions add it (corrected where a correction is used)
-        self._seg_ms: Callable[[Segment], float] = (
-            self._plain_seg_ms if self.correction is None else self._corrected_seg_ms
-        )
+        self._seg_ms: Callable[[Segment], float] = self._plain_seg_ms
+        if self.correction is not None:
+            #: per layer, what the correction adds to (``summed``: makes of) its table ms
+            self._fix = _CorrectedCosts(self._net, self.correction, with_scale=summed)
+            self._seg_ms = self._corrected_sum_ms if summed else self._corrected_seg_ms
         #: a space that returns the same plan object for the same arch (it caches plans per
         #: genotype) gets its plans' totals memoised too, by the same identity rule
         probe = self.space.sample(np.random.default_rng(0))
@@ -364,12 +367,16 @@ class LatencyPredictor:
         """``scale * aggregation + sum over its layers of (kind deviation * ms + per-layer
         ms)``: the segment's share of :meth:`Correction.apply` (which is additive over the
         segments of a plan)."""
-        c = self.correction
-        assert c is not None
-        extra = 0.0
-        for spec in summed_layers(seg):
-            extra += c.kind_delta.get(layer_kind(spec), 0.0) * self._net[spec] + c.per_layer_ms
-        return c.scale * self._plain_seg_ms(seg) + extra
+        assert self.correction is not None
+        fix = self._fix.__getitem__
+        extra = cell_sum(seg, fix) if isinstance(seg, Cell) else fix(seg)
+        return self.correction.scale * self._plain_seg_ms(seg) + extra
+
+    def _corrected_sum_ms(self, seg: Segment) -> float:
+        """:meth:`_corrected_seg_ms` on the ``sum`` aggregation, in one pass: the sum of
+        every layer's corrected ms (``(scale + kind deviation) * ms + per-layer ms``)."""
+        fix = self._fix.__getitem__
+        return cell_sum(seg, fix) if isinstance(seg, Cell) else fix(seg)
 
     def _item_ms(self, item: tuple[Segment, int]) -> float:
         """``repeat * cost`` of one ``(segment, repeat)`` of a plan, memoised per item object."""
@@ -553,6 +560,25 @@ class _LayerCosts(dict[LayerSpec, float]):
 
     def __missing__(self, spec: LayerSpec) -> float:
         m = max(self._table.lookup(spec).value_ms(self._statistic) - self._overhead, 0.0)
+        self[spec] = m
+        return m
+
+
+class _CorrectedCosts(dict[LayerSpec, float]):
+    """Layer -> what a :class:`Correction` makes of its ms: ``(scale + kind deviation) * ms +
+    per-layer ms`` (``with_scale``) or only ``kind deviation * ms + per-layer ms``, computed
+    on first use."""
+
+    def __init__(self, net: _LayerCosts, correction: Correction, with_scale: bool) -> None:
+        super().__init__()
+        self._net = net
+        self._c = correction
+        self._scale = correction.scale if with_scale else 0.0
+
+    def __missing__(self, spec: LayerSpec) -> float:
+        c = self._c
+        m = (self._scale + c.kind_delta.get(layer_kind(spec), 0.0)) * self._net[spec]
+        m += c.per_layer_ms
         self[spec] = m
         return m
 
