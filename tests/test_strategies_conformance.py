@@ -132,6 +132,8 @@ def test_registry_builds_every_strategy() -> None:
 
     space = toy_space()
     for name in STRATEGIES:
+        if name == "proxy_filter":  # scores built networks: tests/test_proxies.py, on nb201
+            continue
         strategy = create_strategy(name, space, seed=1)
         assert strategy.name == name
         assert len(strategy.ask(2)) == 2

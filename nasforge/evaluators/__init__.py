@@ -161,3 +161,9 @@ __all__ = [
     "nb201_cifar10_spec",
     "register_evaluator",
 ]
+
+register_evaluator(
+    "proxy",
+    "nasforge.evaluators.proxy:proxy_evaluator",
+    "score each candidate by zero-cost proxies (synflow, naswot, grad_norm, ...) at init",
+)

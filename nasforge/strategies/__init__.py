@@ -36,6 +36,7 @@ STRATEGIES: dict[str, str | StrategyFactory] = {
     "local": "nasforge.strategies.local:LocalSearchStrategy",
     "predictor": "nasforge.strategies.predictor:PredictorStrategy",
     "optuna": "nasforge.strategies.optuna:OptunaStrategy",
+    "proxy_filter": "nasforge.strategies.proxy_filter:ProxyFilterStrategy",
 }
 
 
@@ -109,6 +110,7 @@ _LAZY = {
     "LocalSearchStrategy": "nasforge.strategies.local",
     "PredictorStrategy": "nasforge.strategies.predictor",
     "OptunaStrategy": "nasforge.strategies.optuna",
+    "ProxyFilterStrategy": "nasforge.strategies.proxy_filter",
 }
 
 
@@ -126,6 +128,7 @@ __all__ = [
     "LocalSearchStrategy",
     "OptunaStrategy",
     "PredictorStrategy",
+    "ProxyFilterStrategy",
     "RandomStrategy",
     "ReinforceStrategy",
     "Score",
