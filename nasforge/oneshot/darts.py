@@ -268,12 +268,14 @@ class DartsSearch:
             if cfg.uses("sdarts_rs"):
                 eps = reg.sdarts_epsilon(cfg.regularizers, self.epoch, cfg.epochs)
                 ops = {c: reg.smooth(p, eps) for c, p in ops.items()}
-        aux = (
-            reg.aux_skip_weight(cfg.regularizers, self.epoch, cfg.epochs)
-            if cfg.uses("darts_minus")
-            else 0.0
-        )
-        return ArchWeights(ops, edges, aux)
+        return ArchWeights(ops, edges, self.aux_skip())
+
+    def aux_skip(self) -> float:
+        """DARTS-'s auxiliary skip weight in the current epoch (0 when off)."""
+        cfg = self.config
+        if not cfg.uses("darts_minus"):
+            return 0.0
+        return reg.aux_skip_weight(cfg.regularizers, self.epoch, cfg.epochs)
 
     def arch_penalty(self, weights: ArchWeights) -> torch.Tensor:
         """The regularisers' and latency penalty's terms added to the validation loss."""
@@ -351,6 +353,10 @@ class DartsSearch:
         rec = self.record(time.process_time() - start)
         rec["train_loss"], rec["train_acc"] = losses / seen, correct / seen
         rec["lr"] = lr
+        skips = rec["skip_count"]
+        if cfg.uses("early_stop") and skips >= self.skip_limit:
+            self.stopped = f"early stop: {skips} skip connections >= {self.skip_limit}"
+        rec["stopped"] = self.stopped
         self.history.append(rec)
         return rec
 
@@ -436,7 +442,8 @@ class DartsSearch:
     def record(self, cpu_seconds: float = 0.0) -> dict[str, Any]:
         """The current state as a plain record (JSON-ready): epoch, validation loss/accuracy,
         the argmax-derived arch and its skip/none count, entropy, Hessian eigenvalue, op
-        weights per cell, expected and derived latency, regularisers in effect, early stop."""
+        weights per cell, expected and derived latency, regularisers in effect (and, from
+        :meth:`step_epoch`, training loss/accuracy, learning rate and the early stop)."""
         cfg = self.config
         probs = self.probs()
         arch = self.layout.argmax(probs, self.edge_weights())
@@ -456,16 +463,13 @@ class DartsSearch:
             "hessian_eigenvalue": eig,
             "cells": cell_summary(probs, self.layout.ops),
             "regularization": list(cfg.regularization),
-            "aux_skip": self.weights(for_network=True).aux_skip,
+            "aux_skip": self.aux_skip(),
             "cpu_seconds": cpu_seconds,
         }
         if self.latency is not None:
             ew = self.edge_weights()
             rec["expected_latency_ms"] = float(self.latency.expected_ms(probs, ew))
             rec["derived_latency_ms"] = self.latency.predict(arch)
-        if cfg.uses("early_stop") and skips >= self.skip_limit and self.stopped is None:
-            self.stopped = f"early stop: {skips} skip connections >= {self.skip_limit}"
-        rec["stopped"] = self.stopped
         return rec
 
     # -- derivation -----------------------------------------------------------------------------
