@@ -176,7 +176,9 @@ class TableBuilder:
                 table.entries.update({lay.key: e for lay, e in zip(chunk, measured)})
                 if target is not None:
                     table.save(target)
-            if calib and (pending or not table.calibration):
+            # a table from before corrections and held-out scores is calibrated again
+            stale = not table.corrections or (bool(held) and not table.accuracy)
+            if calib and (pending or not table.calibration or stale):
                 self.calibrate(table, calib, held, self.model_timing, progress=advance)
         if target is not None:
             table.save(target)

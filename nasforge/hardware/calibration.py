@@ -74,6 +74,9 @@ def fit_calibration(
 RIDGE_GRID = (1000.0, 100.0, 30.0, 10.0, 3.0, 1.0, 0.3, 0.1, 0.03, 0.01)
 #: fewest calibration models a correction is fitted on (fewer: the linear fit alone)
 MIN_CORRECTION_POINTS = 8
+#: the correction is used only if its MAPE is below this fraction of the linear fit's (a
+#: difference within the noise of a few models is no reason to leave the simpler fit)
+MIN_IMPROVEMENT = 0.98
 
 
 def layer_kind(spec: LayerSpec) -> str:
@@ -254,7 +257,8 @@ def fit_correction(
 
     The ridge strength is the one of :data:`RIDGE_GRID` with the lowest leave-one-out MAPE.
     The correction is used when it beats the plain linear calibration (:func:`fit_calibration`
-    on the same models): on the held-out models when there are at least ``min_held_out`` of
+    on the same models) by at least 2% of its MAPE (:data:`MIN_IMPROVEMENT`): on the held-out
+    models when there are at least ``min_held_out`` of
     them, else by leave-one-out on the calibration models. With fewer than
     :data:`MIN_CORRECTION_POINTS` calibration models, an unused identity is returned.
     """
@@ -279,9 +283,9 @@ def fit_correction(
         lin = fit_calibration(raw, y)
         lin_held = _mape(lin.slope * dh.x[:, 0] + lin.intercept_ms, yh)
     if held_mape is not None and lin_held is not None and len(held_out) >= min_held_out:
-        used = held_mape < lin_held
+        used = held_mape < MIN_IMPROVEMENT * lin_held
     else:
-        used = cv[ridge] < lin_cv
+        used = cv[ridge] < MIN_IMPROVEMENT * lin_cv
     deltas = coef[2 : 2 + len(kinds)]
     return Correction(
         scale=float(coef[0]),
