@@ -167,3 +167,9 @@ register_evaluator(
     "nasforge.evaluators.proxy:proxy_evaluator",
     "score each candidate by zero-cost proxies (synflow, naswot, grad_norm, ...) at init",
 )
+
+register_evaluator(
+    "supernet",
+    "nasforge.evaluators.supernet:supernet_evaluator",
+    "score each candidate with a single-path supernet's inherited weights (SPOS / FairNAS)",
+)
