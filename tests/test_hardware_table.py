@@ -234,3 +234,34 @@ def test_predicted_sum_of_a_chain_tracks_whole_model_measurement() -> None:
     heavy, light = int(np.argmax(measured)), int(np.argmin(measured))
     if measured[heavy] > 1.3 * measured[light]:
         assert raw[heavy] > raw[light]
+
+
+def test_large_batches_time_fewer_calls_per_entry_and_model() -> None:
+    space = create_space("nb201", (3, 8, 8), 10, **OPTIONS)
+    small = TableBuilder(space, "torch", 1, BuildConfig(), progress=False)
+    large = TableBuilder(space, "torch", 32, BuildConfig(large_batch_repeats=6), progress=False)
+    assert small.config.timing.repeats == BuildConfig().timing.repeats
+    assert large.config.timing.repeats == 6 and large.model_timing.repeats == 6
+    assert large.config.timing.rounds == small.config.timing.rounds
+
+
+def test_a_table_from_before_corrections_is_calibrated_again_on_rebuild(
+    tiny_table: LatencyTable, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    d = tiny_table.to_dict()
+    d["format"] = 1
+    for key in ("corrections", "held_out_points", "build_stability"):
+        del d[key]
+    p = tmp_path / "old.json"
+    p.write_text(json.dumps(d))
+
+    def refuse(layers, *args, **kwargs):
+        if layers:
+            raise AssertionError(f"re-measured {len(layers)} layers")
+        return []
+
+    monkeypatch.setattr("nasforge.hardware.builder.measure_entries", refuse)
+    again = build(p, held_out_archs=2)
+    assert again.entries == tiny_table.entries
+    assert set(again.corrections) == set(again.calibration) and again.build_stability
+    assert len(again.held_out_points) == 2 and again.accuracy["min/sum"]["n"] == 2
