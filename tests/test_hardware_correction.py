@@ -78,7 +78,10 @@ def test_correction_is_used_only_where_it_beats_the_linear_fit() -> None:
     mape = float(np.mean(np.abs(pred - ys[25:]) / ys[25:]) * 100)
     assert c.linear_held_out_mape == pytest.approx(lin_mape)
     assert c.held_out_mape == pytest.approx(mape)
-    assert c.used == (mape < MIN_IMPROVEMENT * lin_mape)
+    assert c.cv_mape is not None and c.linear_cv_mape is not None
+    cv_wins = c.cv_mape < MIN_IMPROVEMENT * c.linear_cv_mape
+    assert c.used == (cv_wins and mape < MIN_IMPROVEMENT * lin_mape)
+    assert c.reason.startswith("used" if c.used else "not used")
     # with too few held-out models the decision is by leave-one-out on the calibration set
     few = fit_correction(feats[:25], ys[:25], feats[25:28], ys[25:28])
     assert few.cv_mape is not None and few.linear_cv_mape is not None
