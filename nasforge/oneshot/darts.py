@@ -69,9 +69,11 @@ class DartsConfig:
         regularization: ``"none"`` (plain DARTS), ``"default"`` or regulariser names.
         regularizers: their strengths.
         derivation: ``argmax`` or ``perturbation`` (DARTS-PT) for :meth:`DartsSearch.derive`.
-        latency_penalty: weight of the expected-latency term (0: off; needs a latency table);
-            the term is ``latency_penalty * E[latency] / scale`` with ``scale`` the limit or,
-            without one, the expected latency under uniform weights.
+        latency_penalty: weight of the expected-latency term (0: off; needs a latency table):
+            ``latency_penalty * E[latency] / E0`` (ProxylessNAS; ``E0`` the expected latency
+            under uniform weights), or with ``latency_limit_ms`` the hinge
+            ``latency_penalty * max(E[latency] - limit, 0) / limit`` (a plain expected-latency
+            term drives every edge to the free ``none`` op when the data are easy).
         latency_limit_ms: hard limit on the derived arch's predicted latency (needs a table).
         hessian_every: compute the dominant Hessian eigenvalue every this many epochs (0: off).
         hessian_iters: power-iteration steps.
@@ -287,8 +289,10 @@ class DartsSearch:
         if cfg.uses("drnas"):
             total = total + cfg.regularizers.drnas_kl * reg.drnas_kl(self.alpha)
         if self.latency is not None and cfg.latency_penalty > 0:
-            expected = self.latency.expected_ms(weights.ops, weights.edges)
-            total = total + cfg.latency_penalty * expected.float() / self.latency_scale
+            expected = self.latency.expected_ms(weights.ops, weights.edges).float()
+            if cfg.latency_limit_ms is not None:  # a hinge: no pull below the limit
+                expected = F.relu(expected - cfg.latency_limit_ms)
+            total = total + cfg.latency_penalty * expected / self.latency_scale
         return total
 
     # -- one epoch ----------------------------------------------------------------------------
