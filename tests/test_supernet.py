@@ -253,7 +253,9 @@ def test_supernet_evaluator_from_registry(tmp_path: Any) -> None:
     assert (tmp_path / "supernet.pt").exists()
     # a second worker loads the checkpoint and scores the same
     again: Any = create_evaluator("supernet", ctx, sampling="fair", epochs=1, bn_batches=1)
-    assert again.evaluate(archs[0]).metrics["val_acc"] == res.metrics["val_acc"]
+    loaded = again.evaluate(archs[0])
+    assert loaded.metrics["val_acc"] == res.metrics["val_acc"]
+    assert loaded.info["supernet_seconds"] == 0.0 < res.info["supernet_seconds"]
     assert again.trainer.records == ev.trainer.records
     with pytest.raises(ConfigError, match="evaluator.options.sampling"):
         create_evaluator("supernet", ctx, sampling="sometimes")

@@ -8,10 +8,13 @@ fraction of the cost; the final step (:mod:`nasforge.experiment.final`) retrains
 candidates stand-alone, which is where their real accuracy comes from.
 
 Training happens on the first :meth:`~SupernetEvaluator.evaluate` (not in the constructor,
-so building the run stays cheap) and is charged to that evaluation's ``cost_seconds``, so the
-run's search cost includes it. With a checkpoint path (the run directory's ``supernet.pt`` by
-default) every epoch is saved, an interrupted run resumes from the last epoch, and worker
-processes share one training: the first holds a file lock and trains, the others wait and load.
+so building the run stays cheap) and the epochs trained in this process are charged to that
+evaluation's ``cost_seconds`` (``info["supernet_seconds"]``), so the run's search cost includes
+them once: a worker that loads a finished checkpoint charges nothing for it.
+
+With a checkpoint path (the run directory's ``supernet.pt`` by default) every epoch is saved,
+an interrupted run resumes from the last epoch, and worker processes share one training: the
+first holds a file lock and trains, the others wait and load.
 """
 
 from __future__ import annotations
@@ -64,6 +67,7 @@ class SupernetEvaluator(Evaluator):
         # the stand-alone cost metrics are TrainEvaluator's (same names, same measurement)
         self._costs = TrainEvaluator(space, dataset, TrainConfig(), latency, lock_path)
         self._trainer: SupernetTrainer | None = None
+        self._trained_here_s = 0.0
 
     def produces(self) -> frozenset[str]:
         """``val_acc``, ``eval_seconds`` and TrainEvaluator's cost metrics."""
@@ -81,17 +85,20 @@ class SupernetEvaluator(Evaluator):
         trainer = SupernetTrainer(self.space, self.dataset, self.config)
         if self.checkpoint is None:
             trainer.train()
-            return trainer
-        with file_lock(self.checkpoint.with_name(self.checkpoint.name + ".lock")):
-            if self.checkpoint.exists():
-                trainer.load(self.checkpoint)
-            trainer.train(self.checkpoint)
+        else:
+            with file_lock(self.checkpoint.with_name(self.checkpoint.name + ".lock")):
+                if self.checkpoint.exists():
+                    trainer.load(self.checkpoint)
+                loaded_s = trainer.train_seconds
+                trainer.train(self.checkpoint)
+                self._trained_here_s = trainer.train_seconds - loaded_s
+                return trainer
+        self._trained_here_s = trainer.train_seconds
         return trainer
 
     def evaluate(
         self, arch: Arch, budget: float | None = None, reporter: Reporter | None = None
     ) -> Result:
-        t0 = time.perf_counter()
         first = self._trainer is None
         trainer = self.trainer
         t1 = time.perf_counter()
@@ -99,10 +106,13 @@ class SupernetEvaluator(Evaluator):
         metrics.update(self._costs.cost_metrics(arch, self.space.build(arch)))
         metrics["eval_seconds"] = time.perf_counter() - t1
         info: dict[str, Any] = {"supernet_epochs": trainer.epoch, "sampling": self.config.sampling}
+        cost = metrics["eval_seconds"]
         if first:
-            # the supernet's training is this run's cost, charged once (to the first trial)
-            info["supernet_seconds"] = t1 - t0
-        return Result(metrics, cost_seconds=time.perf_counter() - t0, info=info)
+            # the epochs this process trained are the run's cost, charged once (waiting for
+            # another worker's training or loading its checkpoint is not search cost)
+            info["supernet_seconds"] = self._trained_here_s
+            cost += self._trained_here_s
+        return Result(metrics, cost_seconds=cost, info=info)
 
 
 def supernet_evaluator(
