@@ -97,7 +97,8 @@ class SupernetTrainer:
         config: the recipe.
 
     Call :meth:`step_epoch` (or :meth:`train`) to train, :meth:`accuracy` to score an arch.
-    The trainer owns the supernet (:attr:`supernet`); nothing else mutates it.
+    The trainer owns the supernet (:attr:`supernet`); nothing else mutates it. The constructor
+    seeds torch's global generator with ``config.seed`` to initialise the weights.
     """
 
     def __init__(self, space: SearchSpace, dataset: Dataset, config: SupernetConfig) -> None:
