@@ -25,8 +25,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -40,6 +39,13 @@ from nasforge.errors import ConfigError, NasforgeError
 from nasforge.hardware.predictor import LatencyPredictor
 from nasforge.hardware.table import LatencyTable
 from nasforge.oneshot import regularizers as reg
+from nasforge.oneshot.bilevel import (
+    Split,
+    batch_order,
+    check_split,
+    kept_buffers,
+    unrolled_arch_grads,
+)
 from nasforge.oneshot.derive import derive_perturbation, layout_for
 from nasforge.oneshot.diagnostics import cell_summary, dominant_eigenvalue, entropy
 from nasforge.oneshot.latency import MixedLatency
@@ -139,9 +145,6 @@ class DartsConfig:
         return d
 
 
-Split = tuple[torch.Tensor, torch.Tensor]
-
-
 class DartsSearch:
     """A DARTS search over ``space``; see the module docstring.
 
@@ -168,7 +171,7 @@ class DartsSearch:
     ) -> None:
         self.space, self.config = space, config
         self.layout = layout_for(space)
-        self.train, self.val = _check_split("train", train), _check_split("val", val)
+        self.train, self.val = check_split("train", train), check_split("val", val)
         cfg, rc = config, config.regularizers
         partial = rc.partial_k if cfg.uses("partial_channels") else 1
         self.skip_limit = rc.skip_limit or reg.default_skip_limit(
@@ -327,8 +330,8 @@ class DartsSearch:
         for group in self.w_opt.param_groups:
             group["lr"] = lr
         bs = cfg.batch_size
-        tr_order = _order(len(self.train[1]), self.steps() * bs, self.generator)
-        va_order = _order(len(self.val[1]), self.steps() * bs, self.generator)
+        tr_order = batch_order(len(self.train[1]), self.steps() * bs, self.generator)
+        va_order = batch_order(len(self.val[1]), self.steps() * bs, self.generator)
         losses, correct, seen = 0.0, 0, 0
         for step in range(self.steps()):
             ti, vi = tr_order[step * bs : (step + 1) * bs], va_order[step * bs : (step + 1) * bs]
@@ -367,57 +370,27 @@ class DartsSearch:
     def _unrolled_step(
         self, xb: torch.Tensor, yb: torch.Tensor, xv: torch.Tensor, yv: torch.Tensor, lr: float
     ) -> None:
-        """Alpha's second-order gradient (DARTS eq. 7-8) into ``.grad`` of the arch params."""
-        cfg = self.config
-        params = [p for p in self.net.parameters() if p.requires_grad]
+        """Alpha's second-order gradient (DARTS eq. 7-8) plus the penalty's into ``.grad``."""
         arch = self.arch_parameters()
         w = self.weights()  # one sample (DrNAS) for every term of this step
-        with _kept_buffers(self.net):
-            w0 = [p.detach().clone() for p in params]
-            g = torch.autograd.grad(
-                F.cross_entropy(self.net(xb, _detached(w)), yb), params, allow_unused=True
-            )
-            with torch.no_grad():
-                for p, gi in zip(params, g):
-                    if gi is not None:
-                        p.sub_(lr * (gi + cfg.weight_decay * p))
-            val = F.cross_entropy(self.net(xv, w), yv)
-            grads = torch.autograd.grad(val, arch + params, retain_graph=True, allow_unused=True)
-            d_arch, d_w = grads[: len(arch)], grads[len(arch) :]
-            norm = math.sqrt(sum(float((d * d).sum()) for d in d_w if d is not None))
-            eps = 0.01 / max(float(norm), 1e-12)
-            hess = []
-            for sign in (1.0, -1.0):
-                with torch.no_grad():
-                    for p, p0, d in zip(params, w0, d_w):
-                        p.copy_(p0 if d is None else p0 + sign * eps * d)
-                loss = F.cross_entropy(self.net(xb, w), yb)
-                hess.append(torch.autograd.grad(loss, arch, retain_graph=True, allow_unused=True))
-            with torch.no_grad():
-                for p, p0 in zip(params, w0):
-                    p.copy_(p0)
+        grads = unrolled_arch_grads(
+            self.net, arch, w, (xb, yb), (xv, yv), lr, self.config.weight_decay
+        )
         penalty = self.arch_penalty(w)
         pen_grads = (
             torch.autograd.grad(penalty, arch, allow_unused=True)
             if penalty.requires_grad
             else [None] * len(arch)
         )
-        for a, da, hp, hn, pg in zip(arch, d_arch, hess[0], hess[1], pen_grads):
-            total = torch.zeros_like(a)
-            if da is not None:
-                total = total + da
-            if hp is not None and hn is not None:
-                total = total - lr * (hp - hn) / (2 * eps)
-            if pg is not None:
-                total = total + pg
-            a.grad = total
+        for a, g, pg in zip(arch, grads, pen_grads):
+            a.grad = g if pg is None else g + pg
 
     # -- diagnostics ----------------------------------------------------------------------------
     def evaluate(self, weights: ArchWeights | None = None) -> tuple[float, float]:
         """(loss, accuracy) of the supernet on the first ``eval_batches`` validation batches."""
         w = weights if weights is not None else self.weights(sample=False)
         losses, correct, seen = 0.0, 0, 0
-        with torch.no_grad(), _kept_buffers(self.net):
+        with torch.no_grad(), kept_buffers(self.net):
             for xv, yv in self._eval_batches():
                 logits = self.net(xv, w)
                 losses += float(F.cross_entropy(logits, yv)) * len(yv)
@@ -435,7 +408,7 @@ class DartsSearch:
         deterministic weights) with respect to alpha."""
         xv, yv = next(self._eval_batches())
         alphas = list(self.alpha.values())
-        with _kept_buffers(self.net):
+        with kept_buffers(self.net):
             return dominant_eigenvalue(
                 lambda: F.cross_entropy(self.net(xv, self.weights(sample=False)), yv),
                 alphas,
@@ -559,40 +532,6 @@ class DartsSearch:
         self.epoch = int(state["epoch"])
         self.history = list(state["history"])
         self.stopped = state["stopped"]
-
-
-def _check_split(name: str, split: Sequence[torch.Tensor]) -> Split:
-    if len(split) != 2:
-        raise ConfigError(f"darts.{name}: expected (x, y) tensors")
-    x, y = split
-    if not isinstance(x, torch.Tensor) or not isinstance(y, torch.Tensor) or len(x) != len(y):
-        raise ConfigError(f"darts.{name}: x and y must be tensors of the same length")
-    if len(y) == 0:
-        raise ConfigError(f"darts.{name}: the split is empty")
-    return x, y
-
-
-def _order(n: int, needed: int, gen: torch.Generator) -> torch.Tensor:
-    """``needed`` indices into ``n`` examples: shuffled passes, concatenated."""
-    reps = math.ceil(needed / n)
-    return torch.cat([torch.randperm(n, generator=gen) for _ in range(reps)])[:needed]
-
-
-def _detached(w: ArchWeights) -> ArchWeights:
-    edges = {c: t.detach() for c, t in w.edges.items()} if w.edges is not None else None
-    return ArchWeights({c: t.detach() for c, t in w.ops.items()}, edges, w.aux_skip)
-
-
-@contextmanager
-def _kept_buffers(net: nn.Module) -> Iterator[None]:
-    """Run with batch statistics and put every buffer (BN running stats) back afterwards."""
-    saved = {k: v.clone() for k, v in net.named_buffers()}
-    try:
-        yield
-    finally:
-        with torch.no_grad():
-            for k, v in net.named_buffers():
-                v.copy_(saved[k])
 
 
 __all__ = ["DERIVATIONS", "DartsConfig", "DartsSearch"]
