@@ -22,7 +22,7 @@ from nasforge.hardware.calibration import (
 )
 from nasforge.hardware.entries import TableEntry
 from nasforge.hardware.predictor import LatencyPredictor, summed_layers
-from nasforge.hardware.table import LatencyTable
+from nasforge.hardware.table import LatencyTable, check_table
 from nasforge.hardware.timing import TimingConfig
 from nasforge.space.plan import LayerSpec
 from nasforge.spaces import create_space
@@ -220,3 +220,12 @@ def test_default_build_scores_itself_on_held_out_models(tmp_path: Path) -> None:
     again = LatencyTable.load(table.path, warn=False)  # type: ignore[arg-type]
     assert again.corrections == table.corrections
     assert json.dumps(again.accuracy) == json.dumps(table.accuracy)
+
+
+def test_check_table_names_a_build_on_a_busy_host(tmp_path: Path) -> None:
+    table = synthetic_table()
+    table.build_stability = {"stable": False, "reasons": ["3 of 4 entries measured busy"]}
+    msgs = check_table(table.save(tmp_path / "t.json"))
+    assert any("built while the host was busy (3 of 4 entries" in m for m in msgs)
+    table.build_stability = {"stable": True, "reasons": []}
+    assert not any("busy" in m for m in check_table(table.save(tmp_path / "t.json")))

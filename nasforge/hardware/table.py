@@ -265,7 +265,9 @@ def check_table(
     Names a missing or unreadable file, a fingerprint that does not match this machine, a
     backend, batch size or thread count other than the ones asked for, a space whose layers
     the table lacks, a table without calibration, and entries measured on a busy host (median
-    IQR above 15% of the median). Never raises for bad input: problems are warnings.
+    IQR above 15% of the median, or a build whose noise verdict,
+    :attr:`LatencyTable.build_stability`, is unstable). Never raises for bad input: problems
+    are warnings.
     """
     try:
         table = LatencyTable.load(path, warn=False)
@@ -285,6 +287,10 @@ def check_table(
         out.append(f"{path}: built with {table.backend.threads} thread(s), used with {threads}")
     if not table.calibration:
         out.append(f"{path}: no per-network calibration; predictions are raw sums of layers")
+    verdict = table.build_stability
+    if verdict and not verdict.get("stable", True):
+        why = "; ".join(str(r) for r in verdict.get("reasons", [])) or "host busy"
+        out.append(f"{path}: built while the host was busy ({why}); rebuild it when quiet")
     spreads = [e.iqr_ms / e.median_ms for e in table.entries.values() if e.median_ms > 0]
     if spreads and float(np.median(spreads)) > 0.15:
         out.append(
