@@ -20,7 +20,6 @@ in each result's ``info`` together with the CPU seconds the scoring took.
 
 from __future__ import annotations
 
-import copy
 import time
 from collections.abc import Sequence
 
@@ -199,7 +198,8 @@ class ProxyScorer:
                 out["jacob_cov"] = measures.jacob_cov(model, x)
         if "synflow" in wanted:
             # after the others: synflow makes the weights absolute and double
-            target = model if len(wanted) == 1 else copy.deepcopy(self._build(arch))
+            # a fresh build: the passes above moved BN running statistics (train mode)
+            target = model if len(wanted) == 1 else self._build(arch)
             out["synflow"] = measures.synflow(target, self.input_shape)
         return {p: out[p] for p in self.proxies}, time.process_time() - t0
 

@@ -197,7 +197,7 @@ class ProxyFilterStrategy(Strategy):
         x = comb.features([a for a, _ in done], [self.values[a.key] for a, _ in done])
         y = np.array([s for _, s in done])
         model = ExtraTreesRegressor(
-            n_estimators=100, min_samples_leaf=1, random_state=int(self.rng.integers(2**31))
+            n_estimators=50, min_samples_leaf=1, random_state=int(self.rng.integers(2**31))
         ).fit(x, (y - y.mean()) / (y.std() + 1e-12))
         xq = comb.features(fresh, [self.values[a.key] for a in fresh])
         per_tree = np.stack([t.predict(xq) for t in model.estimators_])

@@ -13,6 +13,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
+from scipy.stats import rankdata  # type: ignore[import-untyped]
 
 from nasforge.errors import ConfigError
 from nasforge.space import Arch, SearchSpace
@@ -71,11 +72,15 @@ class ProxyCombiner:
     def fit(
         self, archs: Sequence[Arch], values: Sequence[Mapping[str, float]], target: Sequence[float]
     ) -> ProxyCombiner:
-        """Fit on archs with known ``target`` scores (higher = better); returns ``self``."""
+        """Fit on archs with known ``target`` scores (higher = better); returns ``self``.
+        The regressor learns the targets' ranks (in (0, 1]), so predictions rank archs but
+        are not on the targets' scale."""
         if len(archs) < 2:
             raise ConfigError("combiner: need at least 2 archs with known scores to fit")
         x = self.features(archs, values)
-        y = np.asarray(target, dtype=np.float64)
+        # ranks, not raw scores: a ranking is what is asked for, and a few broken archs
+        # (10% accuracy) would otherwise dominate the squared error
+        y = rankdata(np.asarray(target, dtype=np.float64)) / len(target)
         if self.model_name == "forest":
             from sklearn.ensemble import RandomForestRegressor
 
@@ -86,7 +91,11 @@ class ProxyCombiner:
             from sklearn.ensemble import HistGradientBoostingRegressor
 
             self._model = HistGradientBoostingRegressor(
-                max_iter=300, learning_rate=0.05, random_state=self.seed
+                max_iter=200,
+                learning_rate=0.05,
+                max_leaf_nodes=8,
+                min_samples_leaf=5,
+                random_state=self.seed,
             )
         self._model.fit(x, y)
         return self
@@ -101,8 +110,6 @@ class ProxyCombiner:
 def rank_vote(values: Sequence[Mapping[str, float]], names: Sequence[str]) -> np.ndarray:
     """The unsupervised vote: mean over ``names`` of each arch's rank (higher = better), as
     the "vote" of Abdelfattah et al. 2021 (there of synflow, jacob_cov and snip)."""
-    from scipy.stats import rankdata  # type: ignore[import-untyped]
-
     if not values:
         return np.zeros(0)
     ranks = []
