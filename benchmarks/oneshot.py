@@ -3,10 +3,11 @@
 Parts (``--part 1 2``; the default runs every part implemented here):
   1. Zero-cost proxies on the shared NB201 CIFAR-10 table: Spearman and Kendall of each proxy
      (synflow, naswot, jacob_cov, grad_norm, snip, fisher), params and FLOPs (of the network
-     nasforge builds), the unsupervised vote of three (synflow, jacob_cov, snip) and a learned
-     combiner against ``c10_test_acc_200``. The combiner (random forest on log proxies + the
-     space's arch encoding) is fitted on ``--train`` archs' VALIDATION accuracy; those archs
-     count as table queries and are left out of the evaluation. CPU seconds per arch printed.
+     nasforge builds), the unsupervised vote of three (synflow, jacob_cov, snip) and learned
+     combiners against ``c10_test_acc_200``. A combiner (gradient boosting or random forest on
+     log proxies + the space's arch encoding + choice counts) is fitted on the ranks of
+     ``--train`` archs' VALIDATION accuracy; those archs count as table queries and are left
+     out of the evaluation. CPU seconds per arch printed.
   2. Proxy warm start: strategy ``proxy_filter`` (proxies rank every cell of the space, the
      inner strategy spends its table queries inside the proxy-best ``keep``), 50 table
      queries per seed; reported: mean test accuracy of the best-by-validation arch. Proxy CPU
@@ -21,6 +22,11 @@ random``: standard-normal inputs, as MeCo). The line "inputs:" says what was use
     python benchmarks/oneshot.py --quick            # 1,000 archs, 200 train, 20 seeds
     python benchmarks/oneshot.py                    # all 15,625 archs (5,044 networks)
     python benchmarks/oneshot.py --part 1 --archs 300 --train 100   # a smoke run
+    python benchmarks/oneshot.py --proxies synflow params   # data-free only (~0.1 s/network)
+
+Cost: all proxies take ~2.2 CPU s per network (C=16, N=5, batch 64; synflow 0.06, naswot
+~0.5, jacob_cov ~0.7, the shared grad_norm/snip/fisher pass ~0.8), so all 5,044 networks take
+~3 CPU hours (``--workers`` processes share them) and ``--quick`` ~800 networks ~30 CPU min.
 
 Proxy scores are cached in ``--cache`` (default ``benchmarks/results/proxy_cache_*.json``,
 one file per proxy setting) so a rerun only scores archs not scored before; the CPU seconds

@@ -1,5 +1,7 @@
 """A learned combiner of zero-cost proxies: a regressor on proxy scores plus the space's arch
-encoding (:meth:`SearchSpace.encode`), fitted on archs whose real score is known.
+encoding (:meth:`SearchSpace.encode`) and how often each categorical choice occurs in the arch
+(e.g. the number of 3x3 convs of a cell, which a tree reads badly from a one-hot encoding),
+fitted on archs whose real score is known.
 
 Every arch it is fitted on costs one real evaluation (a training, or a table query): callers
 count them, and leave them out of any evaluation of the combiner's ranking. scikit-learn does
@@ -16,7 +18,7 @@ import numpy as np
 from scipy.stats import rankdata  # type: ignore[import-untyped]
 
 from nasforge.errors import ConfigError
-from nasforge.space import Arch, SearchSpace
+from nasforge.space import Arch, Categorical, SearchSpace
 
 MODELS = ("forest", "boosting")
 
@@ -35,7 +37,7 @@ class ProxyCombiner:
     Args:
         space: encodes archs (``None``: proxies only).
         proxies: the proxy names used as features, in this order.
-        model: ``"forest"`` (random forest) or ``"boosting"`` (histogram gradient boosting).
+        model: ``"boosting"`` (histogram gradient boosting) or ``"forest"`` (random forest).
         seed: seeds the regressor.
 
     Raises:
@@ -46,7 +48,7 @@ class ProxyCombiner:
         self,
         space: SearchSpace | None,
         proxies: Sequence[str],
-        model: str = "forest",
+        model: str = "boosting",
         seed: int = 0,
     ) -> None:
         if model not in MODELS:
@@ -58,6 +60,12 @@ class ProxyCombiner:
         self.model_name = model
         self.seed = int(seed)
         self._model: Any = None
+        self._choices: tuple[str, ...] = ()
+        if space is not None:
+            found = {
+                str(c) for d in space.dimensions() if isinstance(d, Categorical) for c in d.choices
+            }
+            self._choices = tuple(sorted(found))
 
     def features(self, archs: Sequence[Arch], values: Sequence[Mapping[str, float]]) -> np.ndarray:
         """The feature matrix of ``archs`` with their proxy ``values`` (one row each)."""
@@ -66,6 +74,8 @@ class ProxyCombiner:
             parts = [log_features(v, self.proxies)]
             if self.space is not None:
                 parts.append(self.space.encode(arch).astype(np.float64))
+                seen = [str(v) for v in arch.values()]
+                parts.append(np.array([seen.count(c) for c in self._choices], dtype=np.float64))
             rows.append(np.concatenate(parts))
         return np.vstack(rows) if rows else np.zeros((0, 0))
 
