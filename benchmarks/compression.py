@@ -5,7 +5,8 @@ then measures on onnxruntime / torch CPU at batch 1 and 32: interleaved timing, 
 intra-op threads everywhere (default 1: the machine is shared, and 1-thread ratios are
 stable; training uses the same setting because OpenMP spin-waiting against other processes
 makes 2 threads several times slower there). glibc is told to keep its heap (see
-:func:`steady_allocator`) so that eager torch timings measure compute, not page faults.
+:func:`nasforge.hardware.allocator.steady_allocator`, which the timing harness applies
+anyway) so that eager torch timings measure compute, not page faults.
 
 The model: torchvision's MobileNetV2 layout (3x3 stem at stride 1 for 28x28 inputs, inverted
 residuals with expansion 6 and ReLU6, linear bottlenecks, residual adds) at width 2.5, so
@@ -37,7 +38,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import ctypes
 import os
 import tempfile
 import time
@@ -81,6 +81,7 @@ from nasforge.compression.quantization.runtime import (
 from nasforge.compression.zoo import MobileNetV2
 from nasforge.data import Dataset, load_dataset
 from nasforge.hardware import count_flops
+from nasforge.hardware.allocator import steady_allocator
 from nasforge.train import TrainConfig, evaluate_accuracy, train_model
 
 #: (short name, met, measured, target, unstable) of every goal of this run, printed at the end
@@ -90,26 +91,6 @@ SHAPE = (1, 28, 28)
 WIDTH = 2.5  # the goals are stated for this width; --width changes it for smoke tests
 ROUND_TO = 16  # kept channels: whole AVX-512 FP32 vectors (oneDNN's 16-channel blocks)
 Runner = Callable[[], object]
-
-
-def steady_allocator() -> bool:
-    """glibc: serve tensors up to 32 MB from the heap and never trim it (``mallopt``).
-
-    By default every eager forward of the big model mmaps and unmaps its activations and
-    page-faults them in again, and how often depends on which models ran in between: the
-    same model measured 85 or 125 ms at batch 32 depending on the interleaving. With the
-    heap kept, eager timings measure compute. Applies to every torch runner alike
-    (onnxruntime has its own arena); it makes the pruned/unpruned eager ratio smaller, not
-    larger. Returns whether it was applied.
-    """
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:
-        return False
-    m_trim_threshold, m_mmap_threshold = -1, -3
-    return bool(
-        libc.mallopt(m_mmap_threshold, 32 << 20) and libc.mallopt(m_trim_threshold, 1 << 30)
-    )
 
 
 def why() -> str:

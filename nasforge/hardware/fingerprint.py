@@ -19,6 +19,8 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from nasforge.hardware.allocator import steady_allocator
+
 # Vector and matrix extensions that change which kernels the frameworks pick.
 _RELEVANT_FLAGS = (
     "sse4_2",
@@ -171,7 +173,8 @@ def _static_fingerprint() -> DeviceFingerprint:
         logical_cpus=os.cpu_count() or 1,
         affinity_cpus=affinity,
         threads=0,
-        allocator=detect_allocator(),
+        # the measurement layer's allocator regime is part of the conditions measured under
+        allocator=detect_allocator() + (" steady" if steady_allocator() else ""),
         machine=platform.machine(),
         system=f"{platform.system()} {platform.release()}",
         python=platform.python_version(),

@@ -17,6 +17,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 import torch
 
+from nasforge.hardware.allocator import steady_allocator
 from nasforge.hardware.backend_base import BackendError, BackendSpec, Runner, Samples
 from nasforge.hardware.fingerprint import device_fingerprint
 from nasforge.hardware.noise import (
@@ -280,6 +281,7 @@ def _interleave(
     runner's stats carry the pass verdict merged with its own round spread. ``threads``: the
     CPUs the measured work keeps busy (default: torch's intra-op count; a backend that runs
     on an inter-op pool or its own threads passes its own count)."""
+    steady_allocator()  # freed tensors stay in the heap: no page faults inside timed calls
     policy = config.policy
     ref_threads = torch.get_num_threads()
     threads = int(threads) if threads else ref_threads
