@@ -60,10 +60,10 @@ def test_compare_latency_runs_on_the_hardware_harness(monkeypatch: pytest.Monkey
     visits: list[int] = []
     real = timing._interleave
 
-    def spy(count, visit, config, clock, progress=None):  # type: ignore[no-untyped-def]
+    def spy(count, visit, config, clock, progress=None, threads=None):  # type: ignore[no-untyped-def]
         visits.append(count)
         assert clock == "wall" and config.rounds == 3 and config.per_round == 4
-        return real(count, visit, config, clock, progress)
+        return real(count, visit, config, clock, progress, threads)
 
     monkeypatch.setattr(timing, "_interleave", spy)
     calls = {"a": 0, "b": 0}

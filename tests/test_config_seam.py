@@ -62,6 +62,8 @@ def test_every_strategy_takes_its_constraint_at_construction() -> None:
         return int(arch["d0"]) != 0
 
     for name in STRATEGIES:
+        if name == "proxy_filter":  # scores built networks; same check in test_proxies.py
+            continue
         strategy = create_strategy(name, toy_space(), seed=0, constraint=constraint)
         assert strategy.constraint is constraint, name
         assert all(int(a["d0"]) != 0 for a in strategy.ask(4)), name

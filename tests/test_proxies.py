@@ -160,6 +160,17 @@ def test_filter_asks_only_proxy_best(space: NB201Space, inner: str) -> None:
     assert [a.key for a, _ in records[:4]] == [a.key for a in ranked[:4]]  # warm start order
 
 
+def test_filter_takes_its_constraint_at_construction(space: NB201Space) -> None:
+    # the toy-space loop of test_config_seam cannot build networks; the same contract here
+    def constraint(arch: Arch) -> bool:
+        return arch[sorted(arch)[0]] != "none"
+
+    strategy = create_strategy("proxy_filter", space, seed=0, constraint=constraint, **FILTER)
+    assert strategy.constraint is constraint
+    asked = strategy.ask(4)
+    assert asked and all(constraint(a) for a in asked)
+
+
 def test_filter_is_seeded_and_round_trips_state(space: NB201Space) -> None:
     options = {**FILTER, "keep": 20}
 
