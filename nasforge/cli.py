@@ -134,10 +134,17 @@ def show(
         f0 = final[0]
         lat = f0.get("latency") or {}
         how = f" ({lat['statistic']} on {lat['backend']}, after retraining)" if lat else ""
+        from nasforge.experiment.latency_verdict import card_stability, latency_text
+
+        value = f0.get("latency_ms")
+        shown = (
+            latency_text(float(value), card_stability(f0))
+            if isinstance(value, (int, float))
+            else f"{_num(value, '.3f')} ms"
+        )
         out.print(
             f"final model (trial {f0.get('trial_id')}): test accuracy "
-            f"{_num(f0.get('test_acc'), '.4f')}, latency {_num(f0.get('latency_ms'), '.3f')} ms"
-            + escape(how),
+            f"{_num(f0.get('test_acc'), '.4f')}, latency " + escape(shown + how),
             highlight=False,
         )
 

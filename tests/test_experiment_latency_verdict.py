@@ -171,6 +171,14 @@ def test_unstable_latencies_are_marked_in_the_store_log_console_card_and_report(
     assert "The best model's final latency is unstable: host busy" in page
     assert page.count(f"({UNSTABLE})") >= 2  # leaderboard rows
 
+    from typer.testing import CliRunner
+
+    from nasforge.cli import app
+
+    shown = CliRunner().invoke(app, ["show", str(run)], env={"COLUMNS": "300"})
+    assert shown.exit_code == 0, shown.output
+    assert f"latency 3.210 ms ({UNSTABLE}" in shown.output
+
 
 def test_stable_latencies_show_no_warning(tmp_path: Path, scripted: list[Stability]) -> None:
     scripted.append(Stability())
