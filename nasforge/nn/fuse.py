@@ -1,9 +1,11 @@
-"""Batch-norm folding for inference: conv followed by BN becomes one conv with bias."""
+"""Batch norm for inference: folding (conv followed by BN becomes one conv with bias) and
+re-estimating running statistics after the network under them changed."""
 
 from __future__ import annotations
 
 import copy
 import itertools
+from collections.abc import Callable, Iterable
 
 import torch
 from torch import nn
@@ -58,3 +60,32 @@ def _fuse_children(module: nn.Module) -> None:
                 module._modules[b] = nn.Identity()
     for child in module.children():
         _fuse_children(child)
+
+
+@torch.no_grad()
+def reestimate_bn(
+    module: nn.Module, forward: Callable[[torch.Tensor], object], batches: Iterable[torch.Tensor]
+) -> None:
+    """Reset every running-stats BN of ``module`` and re-estimate it by running ``forward`` on
+    ``batches`` in train mode, as a cumulative average (``momentum=None``: the exact mean over
+    the batches, independent of what ran before). No gradients, weights untouched; each BN
+    keeps its momentum and ``module`` ends in eval mode. Shared by pruning (channels removed
+    change what every later BN sees) and weight sharing (a supernet's BN statistics mix paths).
+    """
+    norms = [
+        m
+        for m in module.modules()
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats
+    ]
+    momenta = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None
+    module.train()
+    try:
+        for xb in batches:
+            forward(xb)
+    finally:
+        for m, mom in zip(norms, momenta):
+            m.momentum = mom
+        module.eval()

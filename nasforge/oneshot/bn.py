@@ -13,12 +13,8 @@ from collections.abc import Callable
 
 import torch
 from torch import nn
-from torch.nn.modules.batchnorm import _BatchNorm
 
-
-def batch_norms(module: nn.Module) -> list[_BatchNorm]:
-    """Every batch-norm layer of ``module`` that tracks running statistics."""
-    return [m for m in module.modules() if isinstance(m, _BatchNorm) and m.track_running_stats]
+from nasforge.nn.fuse import reestimate_bn
 
 
 @torch.no_grad()
@@ -39,19 +35,7 @@ def recalibrate_bn(
     layers the path does not use end with reset statistics (they are recalibrated when a path
     uses them).
     """
-    norms = batch_norms(module)
-    momenta = [m.momentum for m in norms]
-    for m in norms:
-        m.reset_running_stats()
-        m.momentum = None  # cumulative average: the exact mean over the batches
-    module.train()
-    try:
-        for xb in batches:
-            forward(xb)
-    finally:
-        for m, mom in zip(norms, momenta):
-            m.momentum = mom
-        module.eval()
+    reestimate_bn(module, forward, batches)
 
 
 def calibration_batches(

@@ -22,6 +22,7 @@ from nasforge.compression.pruning.graph import DependencyGraph
 from nasforge.compression.pruning.groups import ChannelGroup, Member
 from nasforge.compression.pruning.importance import Importance
 from nasforge.compression.pruning.plan import GroupCut, PruningPlan
+from nasforge.nn.fuse import reestimate_bn
 
 TARGETS = ("flops", "channels")
 SCOPES = ("layer", "global")
@@ -259,19 +260,7 @@ def recalibrate_bn(model: nn.Module, batches: Iterable[torch.Tensor]) -> nn.Modu
     data = list(batches)
     if not data:
         raise ValueError("recalibrate_bn: no batches to estimate BN statistics from")
-    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    momenta = [bn.momentum for bn in bns]
-    for bn in bns:
-        bn.reset_running_stats()
-        bn.momentum = None
-    model.train()
-    try:
-        for xb in data:
-            model(xb)
-    finally:
-        for bn, mom in zip(bns, momenta):
-            bn.momentum = mom
-        model.eval()
+    reestimate_bn(model, model, data)
     return model
 
 
