@@ -140,3 +140,28 @@ def test_repair_of_a_healthy_store_keeps_everything(tmp_path: Path) -> None:
     assert report.kept is not None and report.kept.name.startswith("replaced-")
     with TrialStore(run / "trials.db", create=False) as s:
         assert s.count(("complete",)) == 4 and s.count(("interrupted",)) == 1
+
+
+def test_epoch_records_round_trip_replace_and_migrate_an_older_store(tmp_path: Path) -> None:
+    db = tmp_path / "trials.db"
+    with TrialStore(db) as store:
+        store.add_epoch("darts", 1, {"val_acc": 0.5, "eig": float("nan")})
+        store.add_epoch("darts", 0, {"val_acc": 0.25})
+        store.add_epoch("supernet", 0, {"loss": 2.0})
+        store.add_epoch("darts", 1, {"val_acc": 0.75})  # the epoch run again after a resume
+        assert [r["val_acc"] for r in store.epochs("darts")] == [0.25, 0.75]
+        assert store.epochs("supernet") == [{"loss": 2.0, "phase": "supernet", "epoch": 0}]
+        assert len(store.epochs()) == 3
+    # a store written before the epochs table (schema 1) gets it on open, trials kept
+    old = tmp_path / "old.db"
+    con = sqlite3.connect(old)
+    con.executescript(
+        "CREATE TABLE trials (id INTEGER PRIMARY KEY AUTOINCREMENT, key TEXT NOT NULL, "
+        "arch TEXT NOT NULL, state TEXT NOT NULL, score TEXT, metrics TEXT NOT NULL DEFAULT "
+        "'{}', error TEXT, cost_seconds REAL NOT NULL DEFAULT 0, created REAL NOT NULL, "
+        "started REAL, finished REAL, worker TEXT); PRAGMA user_version=1;"
+    )
+    con.close()
+    with TrialStore(old) as store:
+        store.add_epoch("darts", 0, {"x": 1})
+        assert store.epochs("darts")[0]["x"] == 1

@@ -38,7 +38,9 @@ from nasforge.strategies.base import Score
 
 STATES = ("running", "complete", "failed", "interrupted")
 FINISHED = ("complete", "failed")
-SCHEMA_VERSION = 1  # PRAGMA user_version of a store; 0 = written before versioning (same schema)
+# PRAGMA user_version of a store; 0 = written before versioning (same schema); 2 added the
+# ``epochs`` table (weight-sharing runs), created on open in an older store (additive)
+SCHEMA_VERSION = 2
 SQLITE_HEADER = b"SQLite format 3\x00"
 BACKUP_DIR = "backups"
 
@@ -63,6 +65,10 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS events (
     id INTEGER PRIMARY KEY AUTOINCREMENT, time REAL NOT NULL, kind TEXT NOT NULL,
     message TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS epochs (
+    phase TEXT NOT NULL, epoch INTEGER NOT NULL, time REAL NOT NULL, record TEXT NOT NULL,
+    PRIMARY KEY (phase, epoch)
 );
 """
 
@@ -302,7 +308,7 @@ class TrialStore:
             # (one fsync per trial, not three), which resume and repair write back
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.execute(f"PRAGMA busy_timeout={int(timeout_s * 1000)}")
-            if int(self._db.execute("PRAGMA user_version").fetchone()[0]) == 0:
+            if int(self._db.execute("PRAGMA user_version").fetchone()[0]) < SCHEMA_VERSION:
                 self._db.executescript(_SCHEMA + f"PRAGMA user_version={SCHEMA_VERSION};")
         except sqlite3.Error as exc:
             self._db.close()
@@ -523,6 +529,26 @@ class TrialStore:
         self._write(
             "INSERT INTO events(time, kind, message) VALUES (?,?,?)", (time.time(), kind, message)
         )
+
+    def add_epoch(self, phase: str, epoch: int, record: dict[str, Any]) -> None:
+        """Record one epoch of a weight-sharing phase (``"darts"``, ``"supernet"``, ...); a
+        record for the same ``(phase, epoch)`` (an epoch run again after a resume) replaces it.
+        ``record`` must be JSON-ready (non-finite floats are stored as ``null``)."""
+        self._write(
+            "INSERT OR REPLACE INTO epochs(phase, epoch, time, record) VALUES (?,?,?,?)",
+            (phase, int(epoch), time.time(), json.dumps(_clean(record))),
+        )
+
+    def epochs(self, phase: str | None = None) -> list[dict[str, Any]]:
+        """The recorded epochs of ``phase`` (every phase: ``None``) in epoch order; each record
+        as given to :meth:`add_epoch`, with ``phase`` and ``epoch`` set."""
+        sql, args = "SELECT phase, epoch, record FROM epochs", ()
+        if phase is not None:
+            sql, args = sql + " WHERE phase=?", (phase,)
+        out = []
+        for ph, ep, rec in self._db.execute(sql + " ORDER BY phase, epoch", args).fetchall():
+            out.append({**json.loads(rec), "phase": ph, "epoch": int(ep)})
+        return out
 
     # -- reads ----------------------------------------------------------------------------------
     def _rows(self, sql: str, args: tuple[Any, ...] = ()) -> list[TrialRecord]:
