@@ -96,6 +96,7 @@ def show(
 ) -> None:
     """Print the leaderboard of a run."""
     from nasforge.experiment.report import leaderboard
+    from nasforge.experiment.report_oneshot import show_lines
     from nasforge.experiment.store import TrialStore
 
     db = run / "trials.db"
@@ -111,6 +112,7 @@ def show(
         counts = {s: store.count((s,)) for s in ("complete", "failed", "running", "interrupted")}
         final = store.get_meta("final")
         cost = store.total_cost_seconds()
+        oneshot = show_lines(store, run)  # weight-sharing runs: method, epochs, collapse
     table = Table(
         title=escape(f"{run.name}: " + ", ".join(f"{v} {k}" for k, v in counts.items() if v))
     )
@@ -130,6 +132,8 @@ def show(
         )
     out.print(table)
     out.print(f"search cost: {cost:.1f} device-seconds")
+    for line in oneshot:
+        out.print(escape(line), highlight=False, soft_wrap=True)
     if final:
         f0 = final[0]
         lat = f0.get("latency") or {}

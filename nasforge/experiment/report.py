@@ -24,6 +24,7 @@ from nasforge.experiment.latency_verdict import (
     search_summary,
     summary_text,
 )
+from nasforge.experiment.report_oneshot import oneshot_plots, oneshot_section, render_oneshot
 from nasforge.experiment.store import TrialRecord, TrialStore
 from nasforge.hardware.noise import UNSTABLE
 from nasforge.objectives import Objective, pareto_front
@@ -53,7 +54,7 @@ def build_report(
         [complete[i].id for i in pareto_front([[a, -c] for a, c in acc_lat])] if complete else []
     )
     final = store.get_meta("final")
-    return {
+    report: dict[str, Any] = {
         "name": cfg.name,
         "config": _config_as_used(cfg),
         "input": store.get_meta("input"),
@@ -89,6 +90,10 @@ def build_report(
         "events": [{"time": e[0], "kind": e[1], "message": e[2]} for e in store.events()],
         "trials": [t.to_dict() for t in trials],
     }
+    oneshot = oneshot_section(store, cfg)  # weight-sharing runs only: others are unchanged
+    if oneshot is not None:
+        report["oneshot"] = oneshot
+    return report
 
 
 def latency_stability(
@@ -321,6 +326,7 @@ def render_html(report: dict[str, Any], plots: dict[str, str], space: SearchSpac
     for key, title in (("scatter", "Accuracy vs latency"), ("progress", "Search progress")):
         if key in plots:
             parts.append(f"<h2>{title}</h2><img src='{plots[key]}'/>")
+    parts.append(render_oneshot(report.get("oneshot"), plots, _table))
     parts.append("<h2>Leaderboard</h2>")
     rows = [
         [
@@ -374,5 +380,6 @@ def write_report(
     report = build_report(run_dir, cfg, store, objective)
     (run_dir / "report.json").write_text(json.dumps(report, indent=2, default=str))
     out = run_dir / "report.html"
-    out.write_text(render_html(report, _plots(store, objective), space))
+    plots = {**_plots(store, objective), **oneshot_plots(report.get("oneshot"), _png)}
+    out.write_text(render_html(report, plots, space))
     return out

@@ -1,0 +1,584 @@
+"""The report's ``oneshot`` section, its plots and ``nasforge show`` lines for weight-sharing
+runs (DARTS, single-path one-shot), built from the store's per-epoch records only.
+
+Everything here reads :meth:`~nasforge.experiment.store.TrialStore.epochs` (never a
+checkpoint), so the report of any run, finished, stopped or killed, can be rebuilt from its
+``trials.db``. Two phases are understood:
+
+* ``"darts"``: records of ``DartsSearch.step_epoch()`` (validation/training loss and accuracy,
+  derived cell, skip/none count, entropy, dominant Hessian eigenvalue, op weights per cell,
+  regularisers, expected/derived latency when a latency table was used).
+* ``"supernet"``: records of single-path training (``spos.EpochRecord`` plus ``sampling``).
+
+Other phases are passed through as their raw records. A run without epoch records has no
+``oneshot`` section (:func:`oneshot_section` returns ``None``), so its report is unchanged.
+
+The collapse rule is :func:`collapse_verdict` (read its docstring: it is the contract the
+report and ``show`` print).
+"""
+
+from __future__ import annotations
+
+import html
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from nasforge.errors import NasforgeError
+from nasforge.experiment.store import TrialStore
+from nasforge.yamlfile import read_yaml
+
+#: per-epoch diagnostics of a DARTS record copied into the report (when the record has them)
+DARTS_FIELDS: tuple[str, ...] = (
+    "val_acc",
+    "val_loss",
+    "train_loss",
+    "train_acc",
+    "lr",
+    "skip_count",
+    "none_count",
+    "entropy",
+    "hessian_eigenvalue",
+    "expected_latency_ms",
+    "derived_latency_ms",
+    "aux_skip",
+    "cpu_seconds",
+    "stopped",
+    "arch_string",
+)
+#: per-epoch fields of a single-path supernet record copied into the report
+SUPERNET_FIELDS: tuple[str, ...] = ("loss", "lr", "steps", "paths", "seconds")
+
+#: the regularisers of ``nasforge.oneshot.regularizers``, named in words for the report
+REGULARIZER_WORDS: dict[str, str] = {
+    "darts_minus": "DARTS- (an auxiliary skip connection on every edge, decaying to 0)",
+    "partial_channels": "PC-DARTS (partial channels with edge normalisation)",
+    "beta": "beta-DARTS (beta-decay regularisation of the architecture weights)",
+    "drnas": "DrNAS (Dirichlet-sampled op weights with a KL term)",
+    "sdarts_rs": "SDARTS-RS (random smoothing of the op weights for the network weights)",
+    "early_stop": "DARTS+ early stop (the search stops when the skip count reaches its limit)",
+}
+
+#: collapse thresholds (see :func:`collapse_verdict`)
+EIGEN_GROWTH_LIMIT = 1.0 / 0.75  # RobustDARTS stops when lambda(t - k) / lambda(t) < 0.75
+SKIP_NONE_SHARE = 0.5  # a rising skip+none count that reaches half the cell's edges
+
+COLLAPSED = "collapsed"
+SIGNAL = "collapse signal"
+CLEAR = "no collapse signal"
+
+
+def regularizer_words(names: Sequence[str]) -> list[str]:
+    """``names`` (a record's ``regularization``) in words; an empty list or ``["none"]`` is
+    plain DARTS; an unknown name is kept as it is."""
+    real = [n for n in names if n != "none"]
+    if not real:
+        return ["none: plain DARTS (no regulariser against collapse)"]
+    return [REGULARIZER_WORDS.get(n, n) for n in real]
+
+
+def skip_cell_edges(arch: Mapping[str, Any]) -> int:
+    """How many edges of a derived arch's collapse cell its ``skip_count``/``none_count`` are
+    counted over: for a ``darts`` arch (it has a ``normal`` cell) the ``normal/.../op`` labels,
+    otherwise (``nb201``) every label. This mirrors ``CellLayout.op_counts`` of
+    :mod:`nasforge.oneshot.derive` from the recorded arch alone."""
+    normal = [k for k in arch if k.startswith("normal/") and k.endswith("/op")]
+    return len(normal) if normal else len(arch)
+
+
+@dataclass(frozen=True)
+class CollapseVerdict:
+    """The collapse verdict of a DARTS search (see :func:`collapse_verdict`).
+
+    Attributes:
+        verdict: ``collapsed``, ``collapse signal`` or ``no collapse signal``.
+        reasons: each signal that fired, in words.
+        edges: edges of the derived collapse cell (its skip/none count is out of these).
+        skip_none_first, skip_none_last: skip + none count of the first and last derived cell.
+        eigen_ratio: mean |eigenvalue| of the late window over the early window (``None``
+            with fewer than two eigenvalues or an early mean of 0).
+        entropy_first, entropy_last: mean entropy of the architecture weights.
+        entropy_max: the entropy of uniform weights, ``log(#ops)`` (``None`` when unknown).
+        stopped: the search's own early stop message, if any.
+    """
+
+    verdict: str
+    reasons: tuple[str, ...]
+    edges: int
+    skip_none_first: int
+    skip_none_last: int
+    eigen_ratio: float | None
+    entropy_first: float | None
+    entropy_last: float | None
+    entropy_max: float | None
+    stopped: str | None
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["reasons"] = list(self.reasons)
+        return d
+
+
+def eigen_growth(values: Sequence[float | None]) -> float | None:
+    """Growth of the dominant Hessian eigenvalue: the mean ``|lambda|`` of the last ``k``
+    recorded values over the mean of the first ``k``, ``k = max(1, n // 3)`` of the ``n``
+    epochs that have one (RobustDARTS' early-stop signal compares late to early eigenvalues).
+    ``None`` with fewer than two values or an early mean of 0."""
+    vals = [abs(float(v)) for v in values if isinstance(v, (int, float)) and math.isfinite(v)]
+    if len(vals) < 2:
+        return None
+    k = max(1, len(vals) // 3)
+    early, late = sum(vals[:k]) / k, sum(vals[-k:]) / k
+    return late / early if early > 0 else None
+
+
+def collapse_verdict(records: Sequence[Mapping[str, Any]]) -> CollapseVerdict:
+    """The collapse verdict of DARTS records (in epoch order; at least one).
+
+    The rule, on the derived cell's collapse cell (``nb201``: the cell; ``darts``: the normal
+    cell) with ``E`` edges (:func:`skip_cell_edges`):
+
+    * ``collapsed``: the last derived cell is all skip/none (``skip_count + none_count == E``):
+      the published failure of plain DARTS (an all-skip NB201 cell, 54.30 on CIFAR-10).
+    * ``collapse signal`` when any of these fired (and the cell is not all skip/none):
+      the skip + none count rose from the first to the last epoch and reached at least
+      ``SKIP_NONE_SHARE * E``; the dominant Hessian eigenvalue grew by more than
+      ``EIGEN_GROWTH_LIMIT`` (:func:`eigen_growth`; RobustDARTS' stop criterion
+      ``lambda(t-k)/lambda(t) < 0.75``); the search stopped itself on its skip count
+      (DARTS+'s early stop acted on the signal).
+    * ``no collapse signal`` otherwise.
+
+    The entropy of the architecture weights is reported beside it (first, last and the
+    uniform maximum) but decides nothing: it falls in every converging search, collapsed or
+    not.
+
+    Raises:
+        NasforgeError: no records.
+    """
+    if not records:
+        raise NasforgeError("collapse verdict: no DARTS epoch records")
+    first, last = records[0], records[-1]
+    edges = skip_cell_edges(last.get("arch") or {})
+
+    def skip_none(r: Mapping[str, Any]) -> int:
+        return int(r.get("skip_count") or 0) + int(r.get("none_count") or 0)
+
+    sn_first, sn_last = skip_none(first), skip_none(last)
+    ratio = eigen_growth([r.get("hessian_eigenvalue") for r in records])
+    stopped = last.get("stopped")
+    reasons: list[str] = []
+    if edges and sn_last >= edges:
+        reasons.append(f"the derived cell is all skip/none ({sn_last} of {edges} edges)")
+        verdict = COLLAPSED
+    else:
+        if sn_last > sn_first and sn_last >= SKIP_NONE_SHARE * edges:
+            reasons.append(f"skip/none count rose from {sn_first} to {sn_last} of {edges} edges")
+        if ratio is not None and ratio > EIGEN_GROWTH_LIMIT:
+            reasons.append(
+                f"dominant Hessian eigenvalue grew {ratio:.2f}x (limit {EIGEN_GROWTH_LIMIT:.2f}x)"
+            )
+        if isinstance(stopped, str) and stopped:
+            reasons.append(f"the search stopped itself: {stopped}")
+        verdict = SIGNAL if reasons else CLEAR
+    cells = last.get("cells") or {}
+    ops = next((c.get("ops") for c in cells.values() if c.get("ops")), None)
+    return CollapseVerdict(
+        verdict=verdict,
+        reasons=tuple(reasons),
+        edges=edges,
+        skip_none_first=sn_first,
+        skip_none_last=sn_last,
+        eigen_ratio=ratio,
+        entropy_first=_float(first.get("entropy")),
+        entropy_last=_float(last.get("entropy")),
+        entropy_max=math.log(len(ops)) if ops else None,
+        stopped=stopped if isinstance(stopped, str) else None,
+    )
+
+
+def _float(v: Any) -> float | None:
+    return float(v) if isinstance(v, (int, float)) else None
+
+
+# -- the section ---------------------------------------------------------------------------------
+def oneshot_settings(source: Any) -> tuple[str | None, dict[str, Any]]:
+    """``(method, options)`` of a config's optional ``oneshot:`` section; ``source`` is an
+    ``ExperimentConfig`` (its ``oneshot`` attribute, absent before that section existed) or
+    the config as plain data (a run's ``config.yaml``). ``(None, {})`` when there is none."""
+    section = (
+        source.get("oneshot") if isinstance(source, Mapping) else getattr(source, "oneshot", None)
+    )
+    if section is None:
+        return None, {}
+    if hasattr(section, "model_dump"):
+        section = section.model_dump(mode="json")
+    if not isinstance(section, Mapping):
+        return None, {}
+    method = section.get("method")
+    options = section.get("options")
+    return (str(method) if method else None), dict(options) if isinstance(options, Mapping) else {}
+
+
+def _total_epochs(options: Mapping[str, Any]) -> int | None:
+    value = options.get("epochs")
+    return int(value) if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _pick(rec: Mapping[str, Any], fields: Sequence[str]) -> dict[str, Any]:
+    return {"epoch": rec["epoch"], **{f: rec[f] for f in fields if f in rec}}
+
+
+def darts_section(records: Sequence[Mapping[str, Any]], total: int | None) -> dict[str, Any]:
+    """The report's summary of a DARTS phase (``records`` in epoch order, at least one): per
+    epoch diagnostics, weight trajectories per cell, final derived arch, collapse verdict."""
+    last = records[-1]
+    names: list[str] = []
+    for r in records:
+        names += [n for n in r.get("regularization") or [] if n not in names]
+    trajectories: dict[str, dict[str, Any]] = {}
+    for r in records:
+        for cell, summary in (r.get("cells") or {}).items():
+            t = trajectories.setdefault(
+                cell, {"ops": list(summary.get("ops") or []), "epochs": [], "weights": []}
+            )
+            t["epochs"].append(r["epoch"])
+            t["weights"].append(summary.get("weights") or [])
+    return {
+        "epochs_done": len(records),
+        "epochs_total": total,
+        "regularization": names,
+        "regularization_words": regularizer_words(names),
+        "epochs": [_pick(r, DARTS_FIELDS) for r in records],
+        "derived_cells": [
+            {"epoch": r["epoch"], "arch_string": r.get("arch_string")} for r in records
+        ],
+        "final_derived": {
+            "epoch": last["epoch"],
+            "how": "argmax of the last recorded epoch's architecture weights",
+            "arch": last.get("arch"),
+            "arch_string": last.get("arch_string"),
+            "skip_count": last.get("skip_count"),
+            "none_count": last.get("none_count"),
+        },
+        "trajectories": trajectories,
+        "collapse": collapse_verdict(records).to_dict(),
+        "search_cpu_seconds": round(sum(float(r.get("cpu_seconds") or 0.0) for r in records), 3),
+    }
+
+
+def supernet_section(records: Sequence[Mapping[str, Any]], total: int | None) -> dict[str, Any]:
+    """The report's summary of single-path supernet training: loss/lr per epoch, sampling."""
+    sampling = sorted({str(r["sampling"]) for r in records if r.get("sampling")})
+    return {
+        "epochs_done": len(records),
+        "epochs_total": total,
+        "sampling": sampling[0] if len(sampling) == 1 else sampling or None,
+        "epochs": [_pick(r, SUPERNET_FIELDS) for r in records],
+        "train_seconds": round(sum(float(r.get("seconds") or 0.0) for r in records), 3),
+    }
+
+
+def _method(phases: Mapping[str, list[dict[str, Any]]]) -> str:
+    if "darts" in phases:
+        return "darts"
+    if "supernet" in phases:
+        sampling = {r.get("sampling") for r in phases["supernet"]}
+        return {"uniform": "spos", "fair": "fairnas"}.get(str(next(iter(sampling))), "single-path")
+    return next(iter(phases))
+
+
+def oneshot_section(store: TrialStore, cfg: Any = None) -> dict[str, Any] | None:
+    """The report's ``oneshot`` section, or ``None`` when the store has no epoch records.
+
+    Args:
+        store: the run's store (only its epoch records are read).
+        cfg: the run's ``ExperimentConfig`` or config data, for the method name and the
+            planned epochs of its ``oneshot:`` section (optional).
+    """
+    records = store.epochs()
+    if not records:
+        return None
+    phases: dict[str, list[dict[str, Any]]] = {}
+    for r in records:
+        phases.setdefault(r["phase"], []).append(r)
+    method, options = oneshot_settings(cfg) if cfg is not None else (None, {})
+    total = _total_epochs(options)
+    out: dict[str, Any] = {"method": method or _method(phases), "phases": list(phases)}
+    for phase, recs in phases.items():
+        if phase == "darts":
+            out[phase] = darts_section(recs, total)
+        elif phase == "supernet":
+            out[phase] = supernet_section(recs, total)
+        else:
+            out[phase] = {"epochs_done": len(recs), "epochs": recs}
+    return out
+
+
+# -- show ----------------------------------------------------------------------------------------
+def _progress(section: Mapping[str, Any]) -> str:
+    total = section.get("epochs_total")
+    return f"{section['epochs_done']}/{total}" if total else str(section["epochs_done"])
+
+
+def show_lines(store: TrialStore, run_dir: Path | None = None) -> list[str]:
+    """The lines ``nasforge show`` prints for a weight-sharing run (none for another run):
+    method, epochs done (/ planned, from the run's ``config.yaml`` when it can be read), last
+    derived cell, skip/none count and collapse verdict; for supernet training the last loss."""
+    cfg: Any = None
+    if run_dir is not None and (run_dir / "config.yaml").is_file():
+        try:
+            cfg = read_yaml(run_dir / "config.yaml", "config")
+        except NasforgeError:  # the planned total is a nicety: an unreadable config omits it
+            cfg = None
+    section = oneshot_section(store, cfg)
+    if section is None:
+        return []
+    lines = []
+    darts = section.get("darts")
+    if darts:
+        fin, col = darts["final_derived"], darts["collapse"]
+        regs = ", ".join(darts["regularization"]) or "none"
+        lines.append(
+            f"{section['method']}: {_progress(darts)} epochs (regularisers: {regs}); "
+            f"last derived cell (epoch {fin['epoch']}): {fin['arch_string']}"
+        )
+        why = f" ({'; '.join(col['reasons'])})" if col["reasons"] else ""
+        lines.append(
+            f"skip {fin['skip_count']}, none {fin['none_count']} of {col['edges']} edges; "
+            f"collapse: {col['verdict']}{why}"
+        )
+    sn = section.get("supernet")
+    if sn:
+        last = sn["epochs"][-1]
+        lines.append(
+            f"supernet ({sn['sampling']} sampling): {_progress(sn)} epochs, last loss "
+            f"{_fmt(last.get('loss'))}, lr {_fmt(last.get('lr'), '.4g')}"
+        )
+    return lines
+
+
+def _fmt(v: Any, fmt: str = ".4f") -> str:
+    return format(v, fmt) if isinstance(v, (int, float)) else "-"
+
+
+# -- plots ---------------------------------------------------------------------------------------
+def oneshot_plots(section: Mapping[str, Any] | None, png: Callable[[Any], str]) -> dict[str, str]:
+    """PNG data URLs (``png`` turns a matplotlib figure into one) of the section: per cell
+    ``weights:<cell>`` (one panel per edge, op probability vs epoch), ``collapse`` (skip/none
+    count, entropy, dominant Hessian eigenvalue, supernet validation accuracy, and latency
+    when recorded) and ``supernet_loss``."""
+    if not section:
+        return {}
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+
+    out: dict[str, str] = {}
+    darts = section.get("darts")
+    if darts:
+        for cell, t in darts["trajectories"].items():
+            n_edges = max((len(w) for w in t["weights"]), default=0)
+            if not n_edges:
+                continue
+            cols = min(4, n_edges)
+            rows = math.ceil(n_edges / cols)
+            fig, axes = plt.subplots(
+                rows,
+                cols,
+                figsize=(3 * cols, 2.4 * rows),
+                squeeze=False,
+                sharey=True,
+                layout="constrained",
+            )
+            for e in range(rows * cols):
+                ax = axes[e // cols][e % cols]
+                if e >= n_edges:
+                    ax.axis("off")
+                    continue
+                for o, op in enumerate(t["ops"]):
+                    ys = [w[e][o] if e < len(w) else float("nan") for w in t["weights"]]
+                    ax.plot(t["epochs"], ys, marker=".", label=op)
+                ax.set_title(f"edge {e}", fontsize=9)
+                ax.set_xlabel("epoch", fontsize=8)
+                ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+            axes[0][0].set_ylabel("op probability")
+            axes[0][0].legend(fontsize=7)
+            fig.suptitle(f"architecture weights, cell {cell}")
+            out[f"weights:{cell}"] = png(fig)
+        ep = [r["epoch"] for r in darts["epochs"]]
+
+        def series(name: str) -> list[float]:
+            return [_nan(r.get(name)) for r in darts["epochs"]]
+
+        panels: list[tuple[str, list[tuple[str, list[float]]]]] = [
+            (
+                "derived cell: skip / none count",
+                [("skip", series("skip_count")), ("none", series("none_count"))],
+            ),
+            ("entropy of the architecture weights", [("entropy", series("entropy"))]),
+            ("dominant Hessian eigenvalue", [("eigenvalue", series("hessian_eigenvalue"))]),
+            ("supernet validation accuracy", [("val_acc", series("val_acc"))]),
+        ]
+        if any("expected_latency_ms" in r for r in darts["epochs"]):
+            panels.append(
+                (
+                    "latency (ms)",
+                    [
+                        ("expected", series("expected_latency_ms")),
+                        ("derived", series("derived_latency_ms")),
+                    ],
+                )
+            )
+        fig, axes = plt.subplots(
+            1, len(panels), figsize=(3.4 * len(panels), 3.2), squeeze=False, layout="constrained"
+        )
+        for ax, (title, lines) in zip(axes[0], panels):
+            for label, ys in lines:
+                ax.plot(ep, ys, marker="o", ms=3, label=label)
+            ax.set_title(title, fontsize=9)
+            ax.set_xlabel("epoch", fontsize=8)
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+            ax.ticklabel_format(axis="y", useOffset=False, style="plain")
+            if title.startswith("derived cell"):  # the collapse line: every edge skip/none
+                edges = darts["collapse"]["edges"]
+                ax.axhline(edges, ls="--", c="gray", label=f"all {edges} edges")
+                ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+            if len(lines) > 1 or title.startswith("derived cell"):
+                ax.legend(fontsize=7)
+        fig.suptitle(f"collapse diagnostics: {darts['collapse']['verdict']}")
+        out["collapse"] = png(fig)
+    sn = section.get("supernet")
+    if sn:
+        ep = [r["epoch"] for r in sn["epochs"]]
+        fig, ax = plt.subplots(figsize=(6, 3.5))
+        ax.plot(ep, [_nan(r.get("loss")) for r in sn["epochs"]], "o-", label="training loss")
+        ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_ylabel("training loss (mean over paths)")
+        ax2 = ax.twinx()
+        ax2.plot(ep, [_nan(r.get("lr")) for r in sn["epochs"]], "--", c="gray", label="lr")
+        ax2.set_ylabel("learning rate")
+        ax.set_title(f"supernet training ({sn['sampling']} sampling)")
+        out["supernet_loss"] = png(fig)
+    return out
+
+
+def _nan(v: Any) -> float:
+    return float(v) if isinstance(v, (int, float)) else float("nan")
+
+
+# -- HTML ----------------------------------------------------------------------------------------
+def render_oneshot(
+    section: Mapping[str, Any] | None,
+    plots: Mapping[str, str],
+    table: Callable[[list[list[Any]], list[str]], str],
+) -> str:
+    """The HTML of the section (empty without one); ``table(rows, header)`` renders an
+    escaped table (the report's own). Every text from the store is escaped."""
+    if not section:
+        return ""
+    esc = html.escape
+    parts = [f"<h2>Weight-sharing search: {esc(str(section['method']))}</h2>"]
+    darts = section.get("darts")
+    if darts:
+        col, fin = darts["collapse"], darts["final_derived"]
+        parts.append(
+            f"<p>DARTS: {esc(_progress(darts))} epochs, {darts['search_cpu_seconds']:.1f} CPU "
+            "seconds of search.</p><p>Regularisers in effect:</p><ul>"
+            + "".join(f"<li>{esc(w)}</li>" for w in darts["regularization_words"])
+            + "</ul>"
+        )
+        verdict = f"Collapse verdict: {col['verdict']}"
+        if col["reasons"]:
+            verdict += ": " + "; ".join(col["reasons"])
+        cls = " class='warn'" if col["verdict"] != CLEAR else ""
+        parts.append(f"<p{cls}>{esc(verdict)}</p>")
+        parts.append(
+            table(
+                [
+                    [
+                        "skip + none count, first / last epoch",
+                        f"{col['skip_none_first']} / {col['skip_none_last']} of {col['edges']}",
+                    ],
+                    ["Hessian eigenvalue growth (late / early)", _fmt(col["eigen_ratio"], ".2f")],
+                    [
+                        "entropy, first / last (uniform max)",
+                        f"{_fmt(col['entropy_first'])} / {_fmt(col['entropy_last'])} "
+                        f"({_fmt(col['entropy_max'])})",
+                    ],
+                ],
+                ["collapse signal", "value"],
+            )
+        )
+        parts.append(
+            f"<p>Final derived cell (epoch {fin['epoch']}, {esc(fin['how'])}):</p>"
+            f"<pre>{esc(str(fin['arch_string']))}</pre>"
+        )
+        for key, img in plots.items():
+            if key.startswith("weights:"):
+                parts.append(
+                    f"<h3>Architecture weights, cell {esc(key.split(':', 1)[1])}</h3>"
+                    f"<img src='{img}'/>"
+                )
+        if "collapse" in plots:
+            parts.append(f"<h3>Collapse diagnostics</h3><img src='{plots['collapse']}'/>")
+        parts.append("<h3>Derived cell per epoch</h3>")
+        has_lat = any("expected_latency_ms" in r for r in darts["epochs"])
+        header = [
+            "epoch",
+            "val_acc",
+            "val_loss",
+            "train_loss",
+            "skip",
+            "none",
+            "entropy",
+            "Hessian eig.",
+        ] + (["exp. lat ms", "derived lat ms"] if has_lat else [])
+        rows = []
+        for r in darts["epochs"]:
+            row = [
+                r["epoch"],
+                _fmt(r.get("val_acc")),
+                _fmt(r.get("val_loss")),
+                _fmt(r.get("train_loss")),
+                r.get("skip_count"),
+                r.get("none_count"),
+                _fmt(r.get("entropy")),
+                _fmt(r.get("hessian_eigenvalue"), ".4g"),
+            ]
+            if has_lat:
+                row += [
+                    _fmt(r.get("expected_latency_ms"), ".3f"),
+                    _fmt(r.get("derived_latency_ms"), ".3f"),
+                ]
+            rows.append(row + [r.get("arch_string", "")])
+        parts.append(table(rows, header + ["derived cell"]))
+    sn = section.get("supernet")
+    if sn:
+        parts.append(
+            f"<h3>Supernet training</h3><p>{esc(str(sn['sampling']))} sampling, "
+            f"{esc(_progress(sn))} epochs, {sn['train_seconds']:.1f} s.</p>"
+        )
+        if "supernet_loss" in plots:
+            parts.append(f"<img src='{plots['supernet_loss']}'/>")
+        parts.append(
+            table(
+                [
+                    [
+                        r["epoch"],
+                        _fmt(r.get("loss")),
+                        _fmt(r.get("lr"), ".4g"),
+                        r.get("steps"),
+                        r.get("paths"),
+                        _fmt(r.get("seconds"), ".1f"),
+                    ]
+                    for r in sn["epochs"]
+                ],
+                ["epoch", "loss", "lr", "steps", "paths", "seconds"],
+            )
+        )
+    return "".join(parts)
