@@ -6,6 +6,7 @@ is asserted."""
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -18,19 +19,23 @@ from typer.testing import CliRunner
 from nasforge.cli import app
 from nasforge.data import Dataset, load_dataset
 from nasforge.errors import NasforgeError
-from nasforge.experiment.config import ExperimentConfig, parse_config
-from nasforge.experiment.report import build_report, render_html, write_report
-from nasforge.experiment.report_oneshot import (
+from nasforge.experiment.collapse import (
     CLEAR,
     COLLAPSED,
-    DARTS_FIELDS,
-    REGULARIZER_WORDS,
     SIGNAL,
     collapse_verdict,
     eigen_growth,
+    op_count,
+    skip_cell_edges,
+)
+from nasforge.experiment.config import ExperimentConfig, parse_config
+from nasforge.experiment.report import build_report, render_html, write_report
+from nasforge.experiment.report_oneshot import (
+    DARTS_FIELDS,
+    META,
+    REGULARIZER_WORDS,
     oneshot_section,
     show_lines,
-    skip_cell_edges,
 )
 from nasforge.experiment.store import TrialStore
 from nasforge.oneshot import REGULARIZERS, DartsConfig, DartsSearch, layout_for
@@ -60,12 +65,41 @@ def digits() -> Dataset:
 
 
 @pytest.fixture(scope="module")
-def darts_records(digits: Dataset) -> list[dict[str, Any]]:
+def darts_search(digits: Dataset) -> DartsSearch:
     """Three real epochs of the default (regularised) DARTS on the nb201 space."""
     torch.set_num_threads(1)
     space = create_space("nb201", digits.input_shape, digits.num_classes, C=4, N=1)
     search = DartsSearch.from_dataset(space, small_darts(3), digits)
-    return [search.step_epoch() for _ in range(3)]
+    for _ in range(3):
+        search.step_epoch()
+    return search
+
+
+@pytest.fixture(scope="module")
+def darts_records(darts_search: DartsSearch) -> list[dict[str, Any]]:
+    return [dict(r) for r in darts_search.history]
+
+
+def record_derived(store: TrialStore, search: DartsSearch, planned: int) -> dict[str, Any]:
+    """What the run's DARTS phase writes after the search: the derived arch as a finished
+    trial and the ``oneshot`` meta naming it. Returns the derived arch."""
+    arch = search.derive("argmax")
+    tid = store.add_trial(arch)
+    store.finish_trial(tid, "complete", {"val_acc": 0.5}, 0.5, 1.0)
+    store.set_meta(
+        META,
+        {
+            "method": "darts",
+            "phase": "darts",
+            "config": {"epochs": planned},
+            "epochs": search.epoch,
+            "derived": search.space.describe(arch),
+            "derived_trial": tid,
+            "derivation": "argmax",
+            "stopped": None,
+        },
+    )
+    return {"arch": arch.to_dict(), "string": search.space.describe(arch), "trial": tid}
 
 
 @pytest.fixture(scope="module")
@@ -91,10 +125,13 @@ def config(tmp_path: Path) -> ExperimentConfig:
 
 
 def run_with(
-    tmp_path: Path, phases: dict[str, list[dict[str, Any]]], oneshot: dict[str, Any] | None = None
+    tmp_path: Path,
+    phases: dict[str, list[dict[str, Any]]],
+    oneshot: dict[str, Any] | None = None,
+    setup: Callable[[TrialStore], Any] | None = None,
 ) -> tuple[Path, ExperimentConfig]:
     """A run directory whose store holds ``phases``' epoch records (and a config.yaml with
-    ``oneshot`` when given), its report written."""
+    ``oneshot`` when given; ``setup(store)`` may add more), its report written."""
     cfg = config(tmp_path)
     run = cfg.run_dir()
     run.mkdir(parents=True)
@@ -106,6 +143,8 @@ def run_with(
         for phase, records in phases.items():
             for r in records:
                 store.add_epoch(phase, r["epoch"], r)
+        if setup is not None:
+            setup(store)
         space = create_space("nb201", (1, 8, 8), 10, C=4, N=1)
         write_report(run, cfg, store, space, cfg.objective.build())
     return run, cfg
@@ -133,6 +172,7 @@ def test_report_json_numbers_are_the_records(
     traj = darts["trajectories"]["cell"]
     assert traj["ops"] == darts_records[0]["cells"]["cell"]["ops"]
     assert traj["weights"] == [r["cells"]["cell"]["weights"] for r in darts_records]
+    assert darts["final_derived"]["trial"] is None  # no derived trial: the last epoch's cell
     assert darts["final_derived"]["arch"] == darts_records[-1]["arch"]
     assert darts["final_derived"]["arch_string"] == darts_records[-1]["arch_string"]
     cpu = sum(r["cpu_seconds"] for r in darts_records)
@@ -173,25 +213,58 @@ def test_html_has_trajectories_collapse_plot_tables_and_escapes_arch_strings(
     assert page.count("data:image/png;base64,") >= 3  # weights, collapse, supernet loss
 
 
-def test_show_prints_method_epochs_cell_and_verdict(
-    tmp_path: Path, darts_records: list[dict[str, Any]], supernet_records: list[dict[str, Any]]
+def test_final_derived_is_the_recorded_trial_and_planned_epochs_the_meta(
+    tmp_path: Path, darts_search: DartsSearch, darts_records: list[dict[str, Any]]
 ) -> None:
+    derived: dict[str, Any] = {}
     run, _ = run_with(
         tmp_path,
-        {"darts": darts_records, "supernet": supernet_records},
-        oneshot={"method": "darts", "options": {"epochs": 5}},
+        {"darts": darts_records},
+        setup=lambda store: derived.update(record_derived(store, darts_search, 7)),
+    )
+    darts = json.loads((run / "report.json").read_text())["oneshot"]["darts"]
+    fin = darts["final_derived"]
+    assert darts["epochs_total"] == 7
+    assert fin["trial"] == derived["trial"] and fin["arch"] == derived["arch"]
+    assert fin["arch_string"] == derived["string"]
+    assert fin["skip_count"] == op_count(derived["arch"], "skip_connect")
+    assert fin["none_count"] == op_count(derived["arch"], "none")
+    assert "argmax derivation" in fin["how"] and f"trial {derived['trial']}" in fin["how"]
+
+
+def test_show_prints_method_epochs_cell_and_verdict(
+    tmp_path: Path, darts_search: DartsSearch, darts_records: list[dict[str, Any]]
+) -> None:
+    derived: dict[str, Any] = {}
+    run, _ = run_with(
+        tmp_path,
+        {"darts": darts_records},
+        setup=lambda store: derived.update(record_derived(store, darts_search, 5)),
     )
     res = runner.invoke(app, ["show", str(run)], terminal_width=300)
     assert res.exit_code == 0, res.output
-    last = darts_records[-1]
     verdict = collapse_verdict(darts_records).verdict
-    assert "darts: 3/5 epochs (regularisers: beta)" in res.output
-    assert f"last derived cell (epoch {last['epoch']}): {last['arch_string']}" in res.output
+    skips = op_count(derived["arch"], "skip_connect")
+    nones = op_count(derived["arch"], "none")
     assert (
-        f"skip {last['skip_count']}, none {last['none_count']} of 6 edges; collapse: {verdict}"
+        f"darts: 3/5 epochs (regularisers: beta); derived cell (trial {derived['trial']}): "
+        f"{derived['string']}\nskip {skips}, none {nones} of 6 edges; collapse: {verdict}"
     ) in res.output
+
+
+def test_show_of_a_supernet_run_takes_planned_epochs_from_its_config(
+    tmp_path: Path, supernet_records: list[dict[str, Any]]
+) -> None:
+    run, _ = run_with(
+        tmp_path,
+        {"supernet": supernet_records},
+        oneshot={"method": "spos", "options": {"epochs": 4}},
+    )
+    res = runner.invoke(app, ["show", str(run)], terminal_width=300)
+    assert res.exit_code == 0, res.output
     loss = supernet_records[-1]["loss"]
-    assert f"supernet (uniform sampling): 2/5 epochs, last loss {loss:.4f}" in res.output
+    assert f"spos: supernet (uniform sampling) 2/4 epochs, last loss {loss:.4f}" in res.output
+    assert "collapse" not in res.output  # no DARTS records, no collapse verdict
 
 
 def test_a_run_without_epoch_records_reports_as_before(tmp_path: Path) -> None:
@@ -291,7 +364,38 @@ def test_skip_cell_edges_match_the_layouts_count(digits: Dataset) -> None:
         arch = space.sample(np.random.default_rng(0))
         counted = sum(layout.op_counts(arch.to_dict(), op) for op in layout.ops)
         assert skip_cell_edges(arch.to_dict()) == counted, name
+        for op in layout.ops:
+            assert op_count(arch.to_dict(), op) == layout.op_counts(arch.to_dict(), op), op
 
 
 def test_every_regularizer_is_named_in_words() -> None:
     assert set(REGULARIZERS) <= set(REGULARIZER_WORDS)
+
+
+@pytest.mark.skipif(
+    "oneshot" not in ExperimentConfig.model_fields, reason="no oneshot: config section yet"
+)
+def test_a_darts_search_through_the_cli_reports_its_epochs(tmp_path: Path) -> None:
+    """The whole path: ``nasforge search`` with a ``oneshot:`` section writes epoch records;
+    the report's numbers are the store's and ``show`` prints the run's lines."""
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(
+        f"name: ws\nruns_dir: {tmp_path / 'runs'}\ndata: {{name: digits}}\n"
+        "space: {name: nb201, options: {C: 4, N: 1}}\n"
+        "oneshot: {method: darts, options: {epochs: 2, steps_per_epoch: 2, batch_size: 32, "
+        "channels: 4, hessian_iters: 3, eval_batches: 1}}\n"
+        "objective: {kind: accuracy}\nlatency: {repeats: 3, warmup: 1, threads: 1}\n"
+    )
+    res = runner.invoke(app, ["search", str(cfg), "--quiet", "--no-final"])
+    assert res.exit_code == 0, res.output
+    run = tmp_path / "runs" / "ws"
+    with TrialStore(run / "trials.db", create=False) as store:
+        records = store.epochs("darts")
+    darts = json.loads((run / "report.json").read_text())["oneshot"]["darts"]
+    assert darts["epochs_done"] == len(records) == 2 and darts["epochs_total"] == 2
+    assert [r["val_acc"] for r in darts["epochs"]] == [r["val_acc"] for r in records]
+    assert darts["collapse"] == collapse_verdict(records).to_dict()
+    assert "Collapse diagnostics" in (run / "report.html").read_text()
+    shown = runner.invoke(app, ["show", str(run)], terminal_width=300)
+    assert "darts: 2/2 epochs (regularisers: beta); derived cell (trial " in shown.output
+    assert f"collapse: {darts['collapse']['verdict']}" in shown.output

@@ -13,8 +13,8 @@ checkpoint), so the report of any run, finished, stopped or killed, can be rebui
 Other phases are passed through as their raw records. A run without epoch records has no
 ``oneshot`` section (:func:`oneshot_section` returns ``None``), so its report is unchanged.
 
-The collapse rule is :func:`collapse_verdict` (read its docstring: it is the contract the
-report and ``show`` print).
+The collapse rule is :func:`nasforge.experiment.collapse.collapse_verdict` (read its
+docstring: it is the contract the report and ``show`` print).
 """
 
 from __future__ import annotations
@@ -22,13 +22,18 @@ from __future__ import annotations
 import html
 import math
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from nasforge.errors import NasforgeError
+from nasforge.experiment.collapse import CLEAR, collapse_verdict, op_count
 from nasforge.experiment.store import TrialStore
 from nasforge.yamlfile import read_yaml
+
+#: the store meta the weight-sharing phase of a run writes (``method``, ``phase``, ``config``
+#: (DARTS' settings), ``epochs`` (DARTS: done; supernet: planned), ``derived``,
+#: ``derived_trial``, ``derivation``, ``stopped``, ``sampling``, ``cpu_seconds``)
+META = "oneshot"
 
 #: per-epoch diagnostics of a DARTS record copied into the report (when the record has them)
 DARTS_FIELDS: tuple[str, ...] = (
@@ -61,14 +66,6 @@ REGULARIZER_WORDS: dict[str, str] = {
     "early_stop": "DARTS+ early stop (the search stops when the skip count reaches its limit)",
 }
 
-#: collapse thresholds (see :func:`collapse_verdict`)
-EIGEN_GROWTH_LIMIT = 1.0 / 0.75  # RobustDARTS stops when lambda(t - k) / lambda(t) < 0.75
-SKIP_NONE_SHARE = 0.5  # a rising skip+none count that reaches half the cell's edges
-
-COLLAPSED = "collapsed"
-SIGNAL = "collapse signal"
-CLEAR = "no collapse signal"
-
 
 def regularizer_words(names: Sequence[str]) -> list[str]:
     """``names`` (a record's ``regularization``) in words; an empty list or ``["none"]`` is
@@ -79,129 +76,6 @@ def regularizer_words(names: Sequence[str]) -> list[str]:
     return [REGULARIZER_WORDS.get(n, n) for n in real]
 
 
-def skip_cell_edges(arch: Mapping[str, Any]) -> int:
-    """How many edges of a derived arch's collapse cell its ``skip_count``/``none_count`` are
-    counted over: for a ``darts`` arch (it has a ``normal`` cell) the ``normal/.../op`` labels,
-    otherwise (``nb201``) every label. This mirrors ``CellLayout.op_counts`` of
-    :mod:`nasforge.oneshot.derive` from the recorded arch alone."""
-    normal = [k for k in arch if k.startswith("normal/") and k.endswith("/op")]
-    return len(normal) if normal else len(arch)
-
-
-@dataclass(frozen=True)
-class CollapseVerdict:
-    """The collapse verdict of a DARTS search (see :func:`collapse_verdict`).
-
-    Attributes:
-        verdict: ``collapsed``, ``collapse signal`` or ``no collapse signal``.
-        reasons: each signal that fired, in words.
-        edges: edges of the derived collapse cell (its skip/none count is out of these).
-        skip_none_first, skip_none_last: skip + none count of the first and last derived cell.
-        eigen_ratio: mean |eigenvalue| of the late window over the early window (``None``
-            with fewer than two eigenvalues or an early mean of 0).
-        entropy_first, entropy_last: mean entropy of the architecture weights.
-        entropy_max: the entropy of uniform weights, ``log(#ops)`` (``None`` when unknown).
-        stopped: the search's own early stop message, if any.
-    """
-
-    verdict: str
-    reasons: tuple[str, ...]
-    edges: int
-    skip_none_first: int
-    skip_none_last: int
-    eigen_ratio: float | None
-    entropy_first: float | None
-    entropy_last: float | None
-    entropy_max: float | None
-    stopped: str | None
-
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["reasons"] = list(self.reasons)
-        return d
-
-
-def eigen_growth(values: Sequence[float | None]) -> float | None:
-    """Growth of the dominant Hessian eigenvalue: the mean ``|lambda|`` of the last ``k``
-    recorded values over the mean of the first ``k``, ``k = max(1, n // 3)`` of the ``n``
-    epochs that have one (RobustDARTS' early-stop signal compares late to early eigenvalues).
-    ``None`` with fewer than two values or an early mean of 0."""
-    vals = [abs(float(v)) for v in values if isinstance(v, (int, float)) and math.isfinite(v)]
-    if len(vals) < 2:
-        return None
-    k = max(1, len(vals) // 3)
-    early, late = sum(vals[:k]) / k, sum(vals[-k:]) / k
-    return late / early if early > 0 else None
-
-
-def collapse_verdict(records: Sequence[Mapping[str, Any]]) -> CollapseVerdict:
-    """The collapse verdict of DARTS records (in epoch order; at least one).
-
-    The rule, on the derived cell's collapse cell (``nb201``: the cell; ``darts``: the normal
-    cell) with ``E`` edges (:func:`skip_cell_edges`):
-
-    * ``collapsed``: the last derived cell is all skip/none (``skip_count + none_count == E``):
-      the published failure of plain DARTS (an all-skip NB201 cell, 54.30 on CIFAR-10).
-    * ``collapse signal`` when any of these fired (and the cell is not all skip/none):
-      the skip + none count rose from the first to the last epoch and reached at least
-      ``SKIP_NONE_SHARE * E``; the dominant Hessian eigenvalue grew by more than
-      ``EIGEN_GROWTH_LIMIT`` (:func:`eigen_growth`; RobustDARTS' stop criterion
-      ``lambda(t-k)/lambda(t) < 0.75``); the search stopped itself on its skip count
-      (DARTS+'s early stop acted on the signal).
-    * ``no collapse signal`` otherwise.
-
-    The entropy of the architecture weights is reported beside it (first, last and the
-    uniform maximum) but decides nothing: it falls in every converging search, collapsed or
-    not.
-
-    Raises:
-        NasforgeError: no records.
-    """
-    if not records:
-        raise NasforgeError("collapse verdict: no DARTS epoch records")
-    first, last = records[0], records[-1]
-    edges = skip_cell_edges(last.get("arch") or {})
-
-    def skip_none(r: Mapping[str, Any]) -> int:
-        return int(r.get("skip_count") or 0) + int(r.get("none_count") or 0)
-
-    sn_first, sn_last = skip_none(first), skip_none(last)
-    ratio = eigen_growth([r.get("hessian_eigenvalue") for r in records])
-    stopped = last.get("stopped")
-    reasons: list[str] = []
-    if edges and sn_last >= edges:
-        reasons.append(f"the derived cell is all skip/none ({sn_last} of {edges} edges)")
-        verdict = COLLAPSED
-    else:
-        if sn_last > sn_first and sn_last >= SKIP_NONE_SHARE * edges:
-            reasons.append(f"skip/none count rose from {sn_first} to {sn_last} of {edges} edges")
-        if ratio is not None and ratio > EIGEN_GROWTH_LIMIT:
-            reasons.append(
-                f"dominant Hessian eigenvalue grew {ratio:.2f}x (limit {EIGEN_GROWTH_LIMIT:.2f}x)"
-            )
-        if isinstance(stopped, str) and stopped:
-            reasons.append(f"the search stopped itself: {stopped}")
-        verdict = SIGNAL if reasons else CLEAR
-    cells = last.get("cells") or {}
-    ops = next((c.get("ops") for c in cells.values() if c.get("ops")), None)
-    return CollapseVerdict(
-        verdict=verdict,
-        reasons=tuple(reasons),
-        edges=edges,
-        skip_none_first=sn_first,
-        skip_none_last=sn_last,
-        eigen_ratio=ratio,
-        entropy_first=_float(first.get("entropy")),
-        entropy_last=_float(last.get("entropy")),
-        entropy_max=math.log(len(ops)) if ops else None,
-        stopped=stopped if isinstance(stopped, str) else None,
-    )
-
-
-def _float(v: Any) -> float | None:
-    return float(v) if isinstance(v, (int, float)) else None
-
-
 # -- the section ---------------------------------------------------------------------------------
 def oneshot_settings(source: Any) -> tuple[str | None, dict[str, Any]]:
     """``(method, options)`` of a config's optional ``oneshot:`` section; ``source`` is an
@@ -210,30 +84,65 @@ def oneshot_settings(source: Any) -> tuple[str | None, dict[str, Any]]:
     section = (
         source.get("oneshot") if isinstance(source, Mapping) else getattr(source, "oneshot", None)
     )
-    if section is None:
-        return None, {}
-    if hasattr(section, "model_dump"):
-        section = section.model_dump(mode="json")
+    dump = getattr(section, "model_dump", None)  # a pydantic section
+    if callable(dump):
+        section = dump(mode="json")
     if not isinstance(section, Mapping):
         return None, {}
-    method = section.get("method")
-    options = section.get("options")
+    method, options = section.get("method"), section.get("options")
     return (str(method) if method else None), dict(options) if isinstance(options, Mapping) else {}
 
 
-def _total_epochs(options: Mapping[str, Any]) -> int | None:
-    value = options.get("epochs")
-    return int(value) if isinstance(value, int) and not isinstance(value, bool) else None
+def _int(v: Any) -> int | None:
+    return int(v) if isinstance(v, int) and not isinstance(v, bool) else None
 
 
 def _pick(rec: Mapping[str, Any], fields: Sequence[str]) -> dict[str, Any]:
     return {"epoch": rec["epoch"], **{f: rec[f] for f in fields if f in rec}}
 
 
-def darts_section(records: Sequence[Mapping[str, Any]], total: int | None) -> dict[str, Any]:
+def _final_derived(
+    store: TrialStore, last: Mapping[str, Any], meta: Mapping[str, Any]
+) -> dict[str, Any]:
+    """The search's result: the arch the run derived and recorded as a trial (``meta``'s
+    ``derived_trial``, by its ``derivation``), else the last epoch's argmax cell."""
+    out: dict[str, Any] = {
+        "epoch": last["epoch"],
+        "how": "argmax of the last recorded epoch's architecture weights",
+        "trial": None,
+        "arch": last.get("arch"),
+        "arch_string": last.get("arch_string"),
+        "skip_count": last.get("skip_count"),
+        "none_count": last.get("none_count"),
+    }
+    tid = _int(meta.get("derived_trial"))
+    if tid is None:
+        return out
+    try:
+        arch = store.trial(tid).arch.to_dict()
+    except KeyError:  # a meta naming a trial the store lacks: keep the epochs' own result
+        return out
+    how = f"{meta.get('derivation') or 'argmax'} derivation after the last epoch"
+    return {
+        **out,
+        "how": f"{how}, recorded as trial {tid}",
+        "trial": tid,
+        "arch": arch,
+        "arch_string": meta.get("derived") or out["arch_string"],
+        "skip_count": op_count(arch, "skip_connect"),
+        "none_count": op_count(arch, "none"),
+    }
+
+
+def darts_section(
+    store: TrialStore,
+    records: Sequence[Mapping[str, Any]],
+    meta: Mapping[str, Any],
+    total: int | None,
+) -> dict[str, Any]:
     """The report's summary of a DARTS phase (``records`` in epoch order, at least one): per
-    epoch diagnostics, weight trajectories per cell, final derived arch, collapse verdict."""
-    last = records[-1]
+    epoch diagnostics, weight trajectories per cell, derived cell per epoch and final,
+    collapse verdict (:func:`~nasforge.experiment.collapse.collapse_verdict`), CPU seconds."""
     names: list[str] = []
     for r in records:
         names += [n for n in r.get("regularization") or [] if n not in names]
@@ -245,23 +154,18 @@ def darts_section(records: Sequence[Mapping[str, Any]], total: int | None) -> di
             )
             t["epochs"].append(r["epoch"])
             t["weights"].append(summary.get("weights") or [])
+    stopped = records[-1].get("stopped") or meta.get("stopped")
     return {
         "epochs_done": len(records),
         "epochs_total": total,
+        "stopped": stopped if isinstance(stopped, str) else None,
         "regularization": names,
         "regularization_words": regularizer_words(names),
         "epochs": [_pick(r, DARTS_FIELDS) for r in records],
         "derived_cells": [
             {"epoch": r["epoch"], "arch_string": r.get("arch_string")} for r in records
         ],
-        "final_derived": {
-            "epoch": last["epoch"],
-            "how": "argmax of the last recorded epoch's architecture weights",
-            "arch": last.get("arch"),
-            "arch_string": last.get("arch_string"),
-            "skip_count": last.get("skip_count"),
-            "none_count": last.get("none_count"),
-        },
+        "final_derived": _final_derived(store, records[-1], meta),
         "trajectories": trajectories,
         "collapse": collapse_verdict(records).to_dict(),
         "search_cpu_seconds": round(sum(float(r.get("cpu_seconds") or 0.0) for r in records), 3),
@@ -269,7 +173,8 @@ def darts_section(records: Sequence[Mapping[str, Any]], total: int | None) -> di
 
 
 def supernet_section(records: Sequence[Mapping[str, Any]], total: int | None) -> dict[str, Any]:
-    """The report's summary of single-path supernet training: loss/lr per epoch, sampling."""
+    """The report's summary of single-path supernet training: loss/lr per epoch, sampling,
+    wall and CPU seconds (the latter when the records have them)."""
     sampling = sorted({str(r["sampling"]) for r in records if r.get("sampling")})
     return {
         "epochs_done": len(records),
@@ -277,6 +182,7 @@ def supernet_section(records: Sequence[Mapping[str, Any]], total: int | None) ->
         "sampling": sampling[0] if len(sampling) == 1 else sampling or None,
         "epochs": [_pick(r, SUPERNET_FIELDS) for r in records],
         "train_seconds": round(sum(float(r.get("seconds") or 0.0) for r in records), 3),
+        "cpu_seconds": round(sum(float(r.get("cpu_seconds") or 0.0) for r in records), 3),
     }
 
 
@@ -284,18 +190,21 @@ def _method(phases: Mapping[str, list[dict[str, Any]]]) -> str:
     if "darts" in phases:
         return "darts"
     if "supernet" in phases:
-        sampling = {r.get("sampling") for r in phases["supernet"]}
-        return {"uniform": "spos", "fair": "fairnas"}.get(str(next(iter(sampling))), "single-path")
+        sampling = {str(r.get("sampling")) for r in phases["supernet"]}
+        return "fairnas" if sampling == {"fair"} else "spos"
     return next(iter(phases))
 
 
 def oneshot_section(store: TrialStore, cfg: Any = None) -> dict[str, Any] | None:
     """The report's ``oneshot`` section, or ``None`` when the store has no epoch records.
 
+    Reads the store only: its epoch records and the ``oneshot`` meta the runner writes
+    (method, planned epochs, the derived trial and its derivation, early stop).
+
     Args:
-        store: the run's store (only its epoch records are read).
-        cfg: the run's ``ExperimentConfig`` or config data, for the method name and the
-            planned epochs of its ``oneshot:`` section (optional).
+        store: the run's store.
+        cfg: the run's ``ExperimentConfig`` or config data: the method and planned epochs of
+            its ``oneshot:`` section where the store's meta lacks them (optional).
     """
     records = store.epochs()
     if not records:
@@ -303,14 +212,21 @@ def oneshot_section(store: TrialStore, cfg: Any = None) -> dict[str, Any] | None
     phases: dict[str, list[dict[str, Any]]] = {}
     for r in records:
         phases.setdefault(r["phase"], []).append(r)
+    meta = store.get_meta(META)
+    meta = meta if isinstance(meta, Mapping) else {}
     method, options = oneshot_settings(cfg) if cfg is not None else (None, {})
-    total = _total_epochs(options)
-    out: dict[str, Any] = {"method": method or _method(phases), "phases": list(phases)}
+    planned = _int(options.get("epochs"))
+    out: dict[str, Any] = {
+        "method": meta.get("method") or method or _method(phases),
+        "phases": list(phases),
+    }
     for phase, recs in phases.items():
-        if phase == "darts":
-            out[phase] = darts_section(recs, total)
+        if phase == "darts":  # the meta's "epochs" counts DARTS' done epochs; its config plans
+            total = _int((meta.get("config") or {}).get("epochs")) or planned
+            out[phase] = darts_section(store, recs, meta, total)
         elif phase == "supernet":
-            out[phase] = supernet_section(recs, total)
+            total = _int(meta.get("epochs")) if meta.get("phase") == "supernet" else None
+            out[phase] = supernet_section(recs, total if total is not None else planned)
         else:
             out[phase] = {"epochs_done": len(recs), "epochs": recs}
     return out
@@ -324,8 +240,9 @@ def _progress(section: Mapping[str, Any]) -> str:
 
 def show_lines(store: TrialStore, run_dir: Path | None = None) -> list[str]:
     """The lines ``nasforge show`` prints for a weight-sharing run (none for another run):
-    method, epochs done (/ planned, from the run's ``config.yaml`` when it can be read), last
-    derived cell, skip/none count and collapse verdict; for supernet training the last loss."""
+    method, epochs done / planned (the store's meta, else the run's ``config.yaml`` when it
+    can be read), the derived cell, its skip/none count and the collapse verdict; for
+    supernet training its sampling and last loss."""
     cfg: Any = None
     if run_dir is not None and (run_dir / "config.yaml").is_file():
         try:
@@ -340,9 +257,11 @@ def show_lines(store: TrialStore, run_dir: Path | None = None) -> list[str]:
     if darts:
         fin, col = darts["final_derived"], darts["collapse"]
         regs = ", ".join(darts["regularization"]) or "none"
+        which = f"trial {fin['trial']}" if fin["trial"] is not None else f"epoch {fin['epoch']}"
+        stop = f", {darts['stopped']}" if darts["stopped"] else ""
         lines.append(
-            f"{section['method']}: {_progress(darts)} epochs (regularisers: {regs}); "
-            f"last derived cell (epoch {fin['epoch']}): {fin['arch_string']}"
+            f"{section['method']}: {_progress(darts)} epochs{stop} (regularisers: {regs}); "
+            f"derived cell ({which}): {fin['arch_string']}"
         )
         why = f" ({'; '.join(col['reasons'])})" if col["reasons"] else ""
         lines.append(
@@ -353,8 +272,8 @@ def show_lines(store: TrialStore, run_dir: Path | None = None) -> list[str]:
     if sn:
         last = sn["epochs"][-1]
         lines.append(
-            f"supernet ({sn['sampling']} sampling): {_progress(sn)} epochs, last loss "
-            f"{_fmt(last.get('loss'))}, lr {_fmt(last.get('lr'), '.4g')}"
+            f"{section['method']}: supernet ({sn['sampling']} sampling) {_progress(sn)} epochs, "
+            f"last loss {_fmt(last.get('loss'))}, lr {_fmt(last.get('lr'), '.4g')}"
         )
     return lines
 
@@ -488,7 +407,9 @@ def render_oneshot(
         col, fin = darts["collapse"], darts["final_derived"]
         parts.append(
             f"<p>DARTS: {esc(_progress(darts))} epochs, {darts['search_cpu_seconds']:.1f} CPU "
-            "seconds of search.</p><p>Regularisers in effect:</p><ul>"
+            "seconds of search"
+            + (f"; {esc(darts['stopped'])}" if darts["stopped"] else "")
+            + ".</p><p>Regularisers in effect:</p><ul>"
             + "".join(f"<li>{esc(w)}</li>" for w in darts["regularization_words"])
             + "</ul>"
         )
@@ -515,7 +436,8 @@ def render_oneshot(
             )
         )
         parts.append(
-            f"<p>Final derived cell (epoch {fin['epoch']}, {esc(fin['how'])}):</p>"
+            f"<p>Derived cell ({esc(fin['how'])}; skip {fin['skip_count']}, none "
+            f"{fin['none_count']}):</p>"
             f"<pre>{esc(str(fin['arch_string']))}</pre>"
         )
         for key, img in plots.items():
@@ -561,7 +483,8 @@ def render_oneshot(
     if sn:
         parts.append(
             f"<h3>Supernet training</h3><p>{esc(str(sn['sampling']))} sampling, "
-            f"{esc(_progress(sn))} epochs, {sn['train_seconds']:.1f} s.</p>"
+            f"{esc(_progress(sn))} epochs, {sn['train_seconds']:.1f} s "
+            f"({sn['cpu_seconds']:.1f} CPU s).</p>"
         )
         if "supernet_loss" in plots:
             parts.append(f"<img src='{plots['supernet_loss']}'/>")
