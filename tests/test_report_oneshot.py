@@ -200,7 +200,7 @@ def test_html_has_trajectories_collapse_plot_tables_and_escapes_arch_strings(
     run, _ = run_with(tmp_path, {"darts": hostile, "supernet": supernet_records})
     page = (run / "report.html").read_text()
     assert "Weight-sharing search: darts" in page
-    assert "<h3>Architecture weights, cell cell</h3><img src='data:image/png;base64," in page
+    assert "<h3>Architecture weights (cell)</h3><img src='data:image/png;base64," in page
     assert "<h3>Collapse diagnostics</h3><img src='data:image/png;base64," in page
     assert "Derived cell per epoch" in page
     assert "beta-DARTS (beta-decay regularisation" in page
@@ -230,6 +230,7 @@ def test_final_derived_is_the_recorded_trial_and_planned_epochs_the_meta(
     assert fin["skip_count"] == op_count(derived["arch"], "skip_connect")
     assert fin["none_count"] == op_count(derived["arch"], "none")
     assert "argmax derivation" in fin["how"] and f"trial {derived['trial']}" in fin["how"]
+    assert darts["collapse"] == collapse_verdict(darts_records, derived["arch"]).to_dict()
 
 
 def test_show_prints_method_epochs_cell_and_verdict(
@@ -332,6 +333,11 @@ def test_an_all_skip_trajectory_is_collapsed() -> None:
     # a cell of 'none' and 'skip' edges is as collapsed as an all-skip one
     mixed = hand_record(1, ["none", "skip_connect"] * 3, None, 1.0)
     assert collapse_verdict([mixed]).verdict == COLLAPSED
+    # a final derivation (e.g. by perturbation) to an all-skip cell is collapsed too
+    clear = trajectory([1, 1], [1.0, 1.0])
+    assert collapse_verdict(clear).verdict == CLEAR
+    final = collapse_verdict(clear, dict.fromkeys(EDGES, "skip_connect"))
+    assert final.verdict == COLLAPSED and "final derived cell is all skip/none" in final.reasons[0]
 
 
 def test_rising_skips_or_eigenvalue_growth_is_a_signal_and_flat_is_clear() -> None:
@@ -391,10 +397,12 @@ def test_a_darts_search_through_the_cli_reports_its_epochs(tmp_path: Path) -> No
     run = tmp_path / "runs" / "ws"
     with TrialStore(run / "trials.db", create=False) as store:
         records = store.epochs("darts")
+        (trial,) = store.trials(("complete",))
     darts = json.loads((run / "report.json").read_text())["oneshot"]["darts"]
     assert darts["epochs_done"] == len(records) == 2 and darts["epochs_total"] == 2
     assert [r["val_acc"] for r in darts["epochs"]] == [r["val_acc"] for r in records]
-    assert darts["collapse"] == collapse_verdict(records).to_dict()
+    assert darts["final_derived"]["arch"] == trial.arch.to_dict()
+    assert darts["collapse"] == collapse_verdict(records, trial.arch.to_dict()).to_dict()
     assert "Collapse diagnostics" in (run / "report.html").read_text()
     shown = runner.invoke(app, ["show", str(run)], terminal_width=300)
     assert "darts: 2/2 epochs (regularisers: beta); derived cell (trial " in shown.output

@@ -89,25 +89,28 @@ def eigen_growth(values: Sequence[float | None]) -> float | None:
     return late / early if early > 0 else None
 
 
-def collapse_verdict(records: Sequence[Mapping[str, Any]]) -> CollapseVerdict:
-    """The collapse verdict of DARTS records (in epoch order; at least one).
+def collapse_verdict(
+    records: Sequence[Mapping[str, Any]], derived: Mapping[str, Any] | None = None
+) -> CollapseVerdict:
+    """The collapse verdict of DARTS records (in epoch order; at least one) and, when given,
+    of the arch the run derived at the end (``derived``, e.g. by perturbation).
 
     The rule, on the derived cell's collapse cell (``nb201``: the cell; ``darts``: the normal
     cell) with ``E`` edges (:func:`skip_cell_edges`):
 
-    * ``collapsed``: the last derived cell is all skip/none (``skip_count + none_count == E``):
-      the published failure of plain DARTS (an all-skip NB201 cell, 54.30 on CIFAR-10).
-    * ``collapse signal`` when any of these fired (and the cell is not all skip/none):
-      the skip + none count rose from the first to the last epoch and reached at least
-      ``SKIP_NONE_SHARE * E``; the dominant Hessian eigenvalue grew by more than
-      ``EIGEN_GROWTH_LIMIT`` (:func:`eigen_growth`; RobustDARTS' stop criterion
-      ``lambda(t-k)/lambda(t) < 0.75``); the search stopped itself on its skip count
-      (DARTS+'s early stop acted on the signal).
+    * ``collapsed``: the last epoch's derived cell, or ``derived``, is all skip/none
+      (``skip_count + none_count == E``): the published failure of plain DARTS (an all-skip
+      NB201 cell, 54.30 on CIFAR-10).
+    * ``collapse signal`` when, without that, any of these fired: the skip + none count rose
+      from the first to the last epoch and reached at least ``SKIP_NONE_SHARE * E``; the
+      dominant Hessian eigenvalue grew by more than ``EIGEN_GROWTH_LIMIT``
+      (:func:`eigen_growth`; RobustDARTS' stop criterion ``lambda(t-k)/lambda(t) < 0.75``);
+      the search stopped itself on its skip count (DARTS+'s early stop acted on the signal).
     * ``no collapse signal`` otherwise.
 
-    The entropy of the architecture weights is reported beside it (first, last and the
-    uniform maximum) but decides nothing: it falls in every converging search, collapsed or
-    not.
+    ``reasons`` lists every rule that fired (the all-skip ones first). The entropy of the
+    architecture weights is reported beside it (first, last and the uniform maximum) but
+    decides nothing: it falls in every converging search, collapsed or not.
 
     Raises:
         NasforgeError: no records.
@@ -126,17 +129,21 @@ def collapse_verdict(records: Sequence[Mapping[str, Any]]) -> CollapseVerdict:
     reasons: list[str] = []
     if edges and sn_last >= edges:
         reasons.append(f"the derived cell is all skip/none ({sn_last} of {edges} edges)")
-        verdict = COLLAPSED
-    else:
-        if sn_last > sn_first and sn_last >= SKIP_NONE_SHARE * edges:
-            reasons.append(f"skip/none count rose from {sn_first} to {sn_last} of {edges} edges")
-        if ratio is not None and ratio > EIGEN_GROWTH_LIMIT:
-            reasons.append(
-                f"dominant Hessian eigenvalue grew {ratio:.2f}x (limit {EIGEN_GROWTH_LIMIT:.2f}x)"
-            )
-        if isinstance(stopped, str) and stopped:
-            reasons.append(f"the search stopped itself: {stopped}")
-        verdict = SIGNAL if reasons else CLEAR
+    if derived:
+        d_edges = skip_cell_edges(derived)
+        d_sn = op_count(derived, "skip_connect") + op_count(derived, "none")
+        if d_edges and d_sn >= d_edges:
+            reasons.append(f"the final derived cell is all skip/none ({d_sn} of {d_edges} edges)")
+    collapsed = bool(reasons)
+    if sn_last > sn_first and sn_last >= SKIP_NONE_SHARE * edges:
+        reasons.append(f"skip/none count rose from {sn_first} to {sn_last} of {edges} edges")
+    if ratio is not None and ratio > EIGEN_GROWTH_LIMIT:
+        reasons.append(
+            f"dominant Hessian eigenvalue grew {ratio:.2f}x (limit {EIGEN_GROWTH_LIMIT:.2f}x)"
+        )
+    if isinstance(stopped, str) and stopped:
+        reasons.append(f"the search stopped itself: {stopped}")
+    verdict = COLLAPSED if collapsed else SIGNAL if reasons else CLEAR
     cells = last.get("cells") or {}
     ops = next((c.get("ops") for c in cells.values() if c.get("ops")), None)
     return CollapseVerdict(

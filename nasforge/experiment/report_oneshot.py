@@ -155,6 +155,8 @@ def darts_section(
             t["epochs"].append(r["epoch"])
             t["weights"].append(summary.get("weights") or [])
     stopped = records[-1].get("stopped") or meta.get("stopped")
+    final = _final_derived(store, records[-1], meta)
+    derived = final["arch"] if final["trial"] is not None else None
     return {
         "epochs_done": len(records),
         "epochs_total": total,
@@ -165,9 +167,9 @@ def darts_section(
         "derived_cells": [
             {"epoch": r["epoch"], "arch_string": r.get("arch_string")} for r in records
         ],
-        "final_derived": _final_derived(store, records[-1], meta),
+        "final_derived": final,
         "trajectories": trajectories,
-        "collapse": collapse_verdict(records).to_dict(),
+        "collapse": collapse_verdict(records, derived).to_dict(),
         "search_cpu_seconds": round(sum(float(r.get("cpu_seconds") or 0.0) for r in records), 3),
     }
 
@@ -326,7 +328,7 @@ def oneshot_plots(section: Mapping[str, Any] | None, png: Callable[[Any], str]) 
                 ax.xaxis.set_major_locator(MaxNLocator(integer=True))
             axes[0][0].set_ylabel("op probability")
             axes[0][0].legend(fontsize=7)
-            fig.suptitle(f"architecture weights, cell {cell}")
+            fig.suptitle(f"architecture weights ({cell}): op probability per edge")
             out[f"weights:{cell}"] = png(fig)
         ep = [r["epoch"] for r in darts["epochs"]]
 
@@ -339,7 +341,15 @@ def oneshot_plots(section: Mapping[str, Any] | None, png: Callable[[Any], str]) 
                 [("skip", series("skip_count")), ("none", series("none_count"))],
             ),
             ("entropy of the architecture weights", [("entropy", series("entropy"))]),
-            ("dominant Hessian eigenvalue", [("eigenvalue", series("hessian_eigenvalue"))]),
+            (
+                "dominant Hessian eigenvalue"
+                + (
+                    ""
+                    if any(r.get("hessian_eigenvalue") is not None for r in darts["epochs"])
+                    else " (not computed)"
+                ),
+                [("eigenvalue", series("hessian_eigenvalue"))],
+            ),
             ("supernet validation accuracy", [("val_acc", series("val_acc"))]),
         ]
         if any("expected_latency_ms" in r for r in darts["epochs"]):
@@ -443,8 +453,7 @@ def render_oneshot(
         for key, img in plots.items():
             if key.startswith("weights:"):
                 parts.append(
-                    f"<h3>Architecture weights, cell {esc(key.split(':', 1)[1])}</h3>"
-                    f"<img src='{img}'/>"
+                    f"<h3>Architecture weights ({esc(key.split(':', 1)[1])})</h3><img src='{img}'/>"
                 )
         if "collapse" in plots:
             parts.append(f"<h3>Collapse diagnostics</h3><img src='{plots['collapse']}'/>")
