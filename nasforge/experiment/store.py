@@ -542,7 +542,8 @@ class TrialStore:
     def epochs(self, phase: str | None = None) -> list[dict[str, Any]]:
         """The recorded epochs of ``phase`` (every phase: ``None``) in epoch order; each record
         as given to :meth:`add_epoch`, with ``phase`` and ``epoch`` set."""
-        sql, args = "SELECT phase, epoch, record FROM epochs", ()
+        sql = "SELECT phase, epoch, record FROM epochs"
+        args: tuple[Any, ...] = ()
         if phase is not None:
             sql, args = sql + " WHERE phase=?", (phase,)
         out = []
