@@ -177,6 +177,20 @@ def test_record_diagnostics_are_finite_plain_values(digits: Any) -> None:
     search.space.validate(rec["arch"])
 
 
+def test_diagnostics_read_a_class_mixed_validation_sample(digits: Any) -> None:
+    # a validation split sorted by class (mnist5k's is): the diagnostics must not read its
+    # first rows (one class; batch-statistics BN then misreports accuracy and curvature)
+    order = torch.argsort(digits.y_val, stable=True)
+    val = (digits.x_val[order], digits.y_val[order])
+    cfg = small(eval_batches=2)
+    search = DartsSearch(space_of("nb201", digits), cfg, (digits.x_train, digits.y_train), val)
+    labels = torch.cat([y for _, y in search._eval_batches()])
+    assert len(labels) == 2 * cfg.batch_size
+    assert len(set(labels.tolist())) >= 5
+    again = torch.cat([y for _, y in search._eval_batches()])
+    assert torch.equal(labels, again)  # the same sample every epoch
+
+
 def test_state_dict_round_trip_continues_identically(digits: Any) -> None:
     space = space_of("nb201", digits)
     cfg = small(regularization=("drnas", "sdarts_rs", "darts_minus"))

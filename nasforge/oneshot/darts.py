@@ -387,7 +387,7 @@ class DartsSearch:
 
     # -- diagnostics ----------------------------------------------------------------------------
     def evaluate(self, weights: ArchWeights | None = None) -> tuple[float, float]:
-        """(loss, accuracy) of the supernet on the first ``eval_batches`` validation batches."""
+        """(loss, accuracy) of the supernet on ``eval_batches`` fixed validation batches."""
         w = weights if weights is not None else self.weights(sample=False)
         losses, correct, seen = 0.0, 0, 0
         with torch.no_grad(), kept_buffers(self.net):
@@ -399,9 +399,15 @@ class DartsSearch:
         return losses / seen, correct / seen
 
     def _eval_batches(self) -> Iterator[Split]:
+        """The same ``eval_batches`` batches every time: a seeded sample of the validation
+        split, not its first rows (a split may be sorted by class, as mnist5k's is, and batch
+        statistics on a one-class batch misreport the accuracy and the Hessian)."""
         bs, (x, y) = self.config.batch_size, self.val
-        for i in range(min(self.config.eval_batches, math.ceil(len(y) / bs))):
-            yield x[i * bs : (i + 1) * bs], y[i * bs : (i + 1) * bs]
+        n = min(self.config.eval_batches * bs, len(y))
+        order = torch.randperm(len(y), generator=torch.Generator().manual_seed(self.config.seed))
+        idx = order[:n]
+        for i in range(math.ceil(n / bs)):
+            yield x[idx[i * bs : (i + 1) * bs]], y[idx[i * bs : (i + 1) * bs]]
 
     def hessian_eigenvalue(self) -> float:
         """Dominant eigenvalue of the Hessian of the validation loss (first eval batch, the
