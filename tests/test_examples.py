@@ -54,6 +54,8 @@ def test_every_example_is_covered() -> None:
         "nb201_table.yaml",
         "compress.yaml",
         "own_space/channel_bench.yaml",
+        "darts.yaml",
+        "spos.yaml",
     }, "a new example needs a test here"
 
 
@@ -81,6 +83,35 @@ def test_quickstart(tmp_path: Path) -> None:
     assert "latency measured at the end, same statistic" not in html  # the duplicate is gone
     cost = json.loads((run / "report.json").read_text())["search_cost"]
     assert cost["device_seconds"] == round(cost["device_seconds"], 1)
+    ok(["export", str(run), "--out", str(tmp_path / "exp")])
+    assert (tmp_path / "exp" / "model.onnx").is_file()
+
+
+@pytest.mark.parametrize(
+    ("name", "run_name", "budget"),
+    [
+        ("darts.yaml", "darts-digits", {"epochs": 2, "steps_per_epoch": 2}),
+        ("spos.yaml", "spos-digits", {"epochs": 1}),
+    ],
+)
+def test_oneshot_examples(tmp_path: Path, name: str, run_name: str, budget: dict) -> None:
+    example = EXAMPLES / name
+    res = ok(["doctor", str(example)])
+    assert "error" not in res.output and "warning" not in res.output
+    options = yaml.safe_load(example.read_text())["oneshot"]["options"]
+    cfg = small_copy(
+        example,
+        tmp_path / name,
+        oneshot={"options": {**options, **budget}},
+        search={"trials": 3},
+        latency={"repeats": 3, "warmup": 1},
+        final={"epochs": 1},
+    )
+    ok(["search", str(cfg), "--runs-dir", str(tmp_path / "runs"), "--quiet"])
+    run = tmp_path / "runs" / run_name
+    res = ok(["show", str(run)])
+    assert "final model" in res.output
+    assert (run / "supernet" / f"epoch_{budget['epochs']:04d}.pt").is_file()
     ok(["export", str(run), "--out", str(tmp_path / "exp")])
     assert (tmp_path / "exp" / "model.onnx").is_file()
 

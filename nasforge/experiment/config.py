@@ -12,7 +12,7 @@ from __future__ import annotations
 import difflib
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from nasforge.compression.config import CompressConfig
 from nasforge.errors import ConfigError, NasforgeError, PluginError
 from nasforge.evaluators import evaluator_entry
+from nasforge.experiment.oneshot_config import OneshotConfig, default_evaluator
 from nasforge.hardware.backends import get_backend, list_backends
 from nasforge.objectives import Objective
 from nasforge.plugins import load_plugins
@@ -214,6 +215,14 @@ class ExperimentConfig(_Section):
     latency: LatencyConfig = LatencyConfig()
     final: FinalConfig = FinalConfig()
     compress: CompressConfig | None = None
+    oneshot: OneshotConfig | None = Field(
+        None, description="weight-sharing search (DARTS, single-path supernet); see oneshot_config"
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _spos_evaluates_on_the_supernet(cls, data: Any) -> Any:
+        return default_evaluator(data)
 
     @field_validator("name")
     @classmethod
@@ -242,6 +251,15 @@ class ExperimentConfig(_Section):
             )
         return self
 
+    @model_validator(mode="after")
+    def _oneshot_fits(self) -> ExperimentConfig:
+        if self.oneshot is not None:
+            ev = self.evaluator
+            self.oneshot.check_fit(
+                self.space.name, ev.kind, ev.options, ev.needs_data, self.latency.table
+            )
+        return self
+
     def run_dir(self, runs_dir: str | Path | None = None) -> Path:
         return Path(runs_dir or self.runs_dir) / self.name
 
@@ -255,7 +273,9 @@ def _fields_at(loc: tuple[Any, ...]) -> list[str]:
         f = getattr(model, "model_fields", {}).get(part)
         if f is None:
             return []
-        model = f.annotation
+        # an optional section (``oneshot: X | None``): the model inside the union
+        model = next((a for a in get_args(f.annotation) if hasattr(a, "model_fields")), None)
+        model = model or f.annotation
     return list(getattr(model, "model_fields", {}).keys())
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from nasforge.errors import NasforgeError
 from nasforge.experiment.config import ExperimentConfig
+from nasforge.experiment.oneshot_config import darts_findings
 from nasforge.experiment.preflight import budget_findings, latency_trust_findings, prepare_run
 from nasforge.hardware.doctor import latency_findings
 from nasforge.hardware.trust import UntrustedTableWarning
@@ -102,10 +103,14 @@ def diagnose(cfg: ExperimentConfig, build: bool = True) -> list[Finding]:
             out.append(Finding("error", "data.path", f"dataset {cfg.data.name!r} needs a path"))
         elif not Path(cfg.data.path).exists():
             out.append(Finding("error", "data.path", f"{cfg.data.path} does not exist"))
-    if cfg.strategy.name == "darts" or cfg.strategy.options.get("regularize") is False:
+    out.extend(Finding(*f) for f in darts_findings(cfg.oneshot))
+    if cfg.strategy.name == "darts":
         out.append(
             Finding(
-                "warning", "strategy", "DARTS must run regularised (collapse to skip connections)"
+                "error",
+                "strategy.name",
+                "DARTS is no black-box strategy: select it with `oneshot: {method: darts}` "
+                "(regularised by default)",
             )
         )
     if cfg.compress is not None:

@@ -111,6 +111,8 @@ def warmup_of(strategy: Strategy) -> tuple[int, str] | None:
 def budget_findings(cfg: ExperimentConfig, strategy: Strategy) -> list[tuple[str, str, str]]:
     """``(level, field, message)`` for a trial budget that never gets past the strategy's
     random warm-up (the search would be random sampling)."""
+    if cfg.oneshot is not None and cfg.oneshot.method == "darts":
+        return []  # DARTS derives its arch itself: no strategy, no trial budget
     warm = warmup_of(strategy)
     trials = cfg.search.trials
     if warm is None or trials > warm[0]:

@@ -233,17 +233,36 @@ class Experiment:
                 f"{'resumed' if resume else 'started'} with {len(finished)} finished trials",
             )
             what = dataset.summary() if dataset is not None else "table benchmark"
+            plan = f"strategy {strategy.name}; {self.cfg.search.trials} trials"
+            phase = None
+            if self.cfg.oneshot is not None:  # weight sharing: DARTS, or a supernet first
+                from nasforge.experiment.oneshot_run import OneshotPhase, oneshot_plan
+
+                plan = oneshot_plan(self.cfg, strategy.name) or plan
+                phase = OneshotPhase(
+                    self.cfg,
+                    self.run_dir,
+                    store,
+                    objects,
+                    prepared.evaluator,
+                    self.log,
+                    self.console,
+                    self.resume_command(),
+                )
             self.console.print(
-                f"[bold]nasforge[/] {self.cfg.name}: {what}; space "
-                f"{space.name}; strategy {strategy.name}; {self.cfg.search.trials} trials"
+                f"[bold]nasforge[/] {self.cfg.name}: {what}; space {space.name}; {plan}"
             )
             self.log.line(
                 f"{'resumed' if resume else 'started'} {self.cfg.name}: {what}; space "
-                f"{space.name}; strategy {strategy.name}; {self.cfg.search.trials} trials; "
-                f"progress also in {self.run_dir / LOG_NAME}",
+                f"{space.name}; {plan}; progress also in {self.run_dir / LOG_NAME}",
                 echo=False,
             )
-            search_seconds = self._loop(store, strategy, objective, rerun)
+            outcome = phase.run() if phase is not None else None
+            search_seconds = (
+                self._loop(store, strategy, objective, rerun)
+                if outcome is None or outcome.run_loop
+                else outcome.search_seconds
+            )
             unstable = summary_text(
                 search_summary(store.trials(FINISHED), store.get_meta(UNSTABLE_TRIALS_META))
             )

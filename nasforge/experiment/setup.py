@@ -130,7 +130,9 @@ class RunObjects:
         )
 
 
-def _evaluator_options(cfg: ExperimentConfig) -> dict[str, Any]:
+def _evaluator_options(cfg: ExperimentConfig, run_dir: Path | None = None) -> dict[str, Any]:
+    if cfg.oneshot is not None and cfg.oneshot.method == "spos":  # loads the trained supernet
+        return cfg.oneshot.evaluator_options(run_dir)
     options = dict(cfg.evaluator.options)
     if cfg.evaluator.table is not None:
         options["table"] = cfg.evaluator.table
@@ -205,6 +207,5 @@ def make_evaluator(
     objects = objects if objects is not None else build_run(cfg, run_dir)
     if objects.evaluator is not None:
         return objects.evaluator
-    return create_evaluator(
-        cfg.evaluator.kind, objects.evaluator_context(), **_evaluator_options(cfg)
-    )
+    options = _evaluator_options(cfg, objects.run_dir)
+    return create_evaluator(cfg.evaluator.kind, objects.evaluator_context(), **options)
