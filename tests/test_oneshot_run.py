@@ -12,6 +12,7 @@ import os
 import signal
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +29,12 @@ from nasforge.experiment.doctor import diagnose
 from nasforge.experiment.oneshot_run import checkpoints
 from nasforge.experiment.runner import Experiment
 from nasforge.experiment.store import TrialStore
+from nasforge.hardware.builder import BuildConfig, TableBuilder
+from nasforge.hardware.entries import ENTRY_TIMING
+from nasforge.hardware.predictor import LatencyPredictor
+from nasforge.hardware.table import LatencyTable
 from nasforge.oneshot import spos
+from nasforge.spaces import create_space
 
 runner = CliRunner()
 
@@ -196,6 +202,44 @@ def test_darts_kill_9_then_resume_continues_from_the_last_checkpoint(tmp_path: P
         assert a["val_loss"] == pytest.approx(b["val_loss"], rel=1e-5), a["epoch"]
         assert a["arch"] == b["arch"], a["epoch"]
     assert derived[0].arch == ref_arch
+
+
+@pytest.fixture(scope="module")
+def nb201_table(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A latency table of the test space, measured here (few repeats: the wiring is tested,
+    not the table's accuracy)."""
+    space = create_space("nb201", (1, 8, 8), 10, **SPACE["options"])
+    path = tmp_path_factory.mktemp("table") / "nb201.json"
+    timing = replace(ENTRY_TIMING, repeats=5, warmup=1)
+    build = BuildConfig(calibration_archs=2, held_out_archs=0, timing=timing)
+    TableBuilder(space, "torch", 1, build, progress=False).build(path)
+    return path
+
+
+@pytest.mark.filterwarnings("ignore::nasforge.hardware.trust.UntrustedTableWarning")
+@pytest.mark.parametrize("mode", ["predict", "measure"])  # the table: the model's, or its file
+def test_latency_aware_darts_derives_under_the_limit_of_the_runs_table(
+    tmp_path: Path, nb201_table: Path, mode: str
+) -> None:
+    space = create_space("nb201", (1, 8, 8), 10, **SPACE["options"])
+    predictor = LatencyPredictor(LatencyTable.load(nb201_table), space)
+    cheap = predictor.predict(space.make(dict.fromkeys(space.labels(), "skip_connect")))
+    dear = predictor.predict(space.make(dict.fromkeys(space.labels(), "nor_conv_3x3")))
+    limit = (cheap + dear) / 2
+    latency = {"mode": mode, "table": str(nb201_table), "allow_untrusted_table": True}
+    raw = config(
+        tmp_path,
+        "lat",
+        darts(epochs=2, latency_penalty=1.0, latency_limit_ms=limit),
+        latency={**latency, "repeats": 3, "warmup": 1},
+    )
+    Experiment(parse_config(raw), progress=False).run(final=False)
+    with TrialStore(tmp_path / "runs" / "lat" / "trials.db", create=False) as store:
+        records = store.epochs("darts")
+        (derived,) = store.trials()
+    assert all(r["expected_latency_ms"] > 0 and "derived_latency_ms" in r for r in records)
+    assert derived.metrics["predicted_latency_ms"] <= limit
+    assert derived.metrics["predicted_latency_ms"] == pytest.approx(predictor.predict(derived.arch))
 
 
 # -- single-path supernet ------------------------------------------------------------------------
