@@ -53,8 +53,8 @@ from nasforge.experiment.config import ExperimentConfig
 from nasforge.experiment.final import training_threads
 from nasforge.experiment.interrupt import SearchInterrupted
 from nasforge.experiment.oneshot_config import CHECKPOINT_DIR, checkpoint_path, darts_config
+from nasforge.experiment.preflight import PreparedRun
 from nasforge.experiment.progress import RunLog
-from nasforge.experiment.setup import RunObjects
 from nasforge.experiment.store import TrialStore
 from nasforge.hardware.model import LatencyModel
 from nasforge.hardware.predictor import LatencyPredictor
@@ -116,21 +116,6 @@ class OneshotOutcome:
     run_loop: bool
 
 
-def oneshot_plan(cfg: ExperimentConfig, strategy_name: str) -> str | None:
-    """One phrase for the run's start line (``None`` without a ``oneshot:`` section)."""
-    o = cfg.oneshot
-    if o is None:
-        return None
-    if o.method == "darts":
-        d = darts_config(o.options, cfg.seed)
-        reg = ", ".join(d.regularization) or "none (plain DARTS)"
-        return f"DARTS, {d.epochs} epochs, regularization {reg}"
-    return (
-        f"single-path supernet ({o.options.get('sampling', 'uniform')} sampling), then "
-        f"strategy {strategy_name}; {cfg.search.trials} trials"
-    )
-
-
 class OneshotPhase:
     """Runs the ``oneshot:`` phase of one run (see the module docstring).
 
@@ -138,12 +123,11 @@ class OneshotPhase:
         cfg: the run's config (with a ``oneshot`` section).
         run_dir: the run directory.
         store: the run's store (this process holds the run's lock).
-        objects: the run's built objects (dataset, space, objective, latency model).
-        evaluator: the run's evaluator (SPOS: the ``supernet`` one, whose recipe and
-            checkpoint the phase trains to).
+        prepared: the run's built objects (dataset, space, objective, latency model) and
+            evaluator (SPOS: the ``supernet`` one, whose recipe and checkpoint the phase
+            trains to).
         log: progress lines; the rich bar shows where :attr:`RunLog.live`.
         console: where the bar is drawn.
-        resume_command: the command that continues the run (said when interrupted).
     """
 
     def __init__(
@@ -151,14 +135,13 @@ class OneshotPhase:
         cfg: ExperimentConfig,
         run_dir: Path,
         store: TrialStore,
-        objects: RunObjects,
-        evaluator: Any,
+        prepared: PreparedRun,
         log: RunLog,
         console: Console,
-        resume_command: str,
     ) -> None:
         if cfg.oneshot is None:
             raise ValueError("OneshotPhase: the config has no oneshot section")
+        objects = prepared.objects
         if objects.dataset is None:
             raise ConfigError("data: a weight-sharing search trains on a dataset")
         self.cfg, self.oneshot = cfg, cfg.oneshot
@@ -166,12 +149,22 @@ class OneshotPhase:
         self.phase = "darts" if self.method == "darts" else "supernet"
         self.run_dir, self.store, self.objects = run_dir, store, objects
         self.dataset: Dataset = objects.dataset
-        self.evaluator = evaluator
-        self.log, self.console, self.resume_command = log, console, resume_command
+        self.evaluator = prepared.evaluator
+        self.log, self.console = log, console
         self._cpu: float | None = None  # DARTS: the derived trial's cost (derivation included)
 
-    def run(self) -> OneshotOutcome:
-        """Run (or continue) the phase; SIGINT/SIGTERM stop it with the checkpoints kept.
+    def plan(self, loop: str) -> str:
+        """One phrase for the run's start line (``loop``: what the trial loop does)."""
+        if self.method == "darts":
+            d = darts_config(self.oneshot.options, self.cfg.seed)
+            reg = ", ".join(d.regularization) or "none (plain DARTS)"
+            return f"DARTS, {d.epochs} epochs, regularization {reg}"
+        sampling = self.oneshot.options.get("sampling", "uniform")
+        return f"single-path supernet ({sampling} sampling), then {loop}"
+
+    def run(self, resume_command: str) -> OneshotOutcome:
+        """Run (or continue) the phase; SIGINT/SIGTERM stop it with the checkpoints kept
+        (the message says so and gives ``resume_command``).
 
         Raises:
             SearchInterrupted: with its message set (what was saved, how to resume).
@@ -188,7 +181,7 @@ class OneshotPhase:
             stop.message = (
                 f"interrupted by {stop.signal_name} during the {self.phase} phase: {n} epoch "
                 f"checkpoint(s) in {self.run_dir / CHECKPOINT_DIR}; continue with: "
-                f"{self.resume_command}"
+                f"{resume_command}"
             )
             self.store.set_meta("status", "interrupted")
             self.store.log_event("interrupt", stop.message)
@@ -414,6 +407,5 @@ __all__ = [
     "OneshotPhase",
     "checkpoints",
     "load_checkpoint",
-    "oneshot_plan",
     "save_checkpoint",
 ]

@@ -236,19 +236,12 @@ class Experiment:
             plan = f"strategy {strategy.name}; {self.cfg.search.trials} trials"
             phase = None
             if self.cfg.oneshot is not None:  # weight sharing: DARTS, or a supernet first
-                from nasforge.experiment.oneshot_run import OneshotPhase, oneshot_plan
+                from nasforge.experiment.oneshot_run import OneshotPhase
 
-                plan = oneshot_plan(self.cfg, strategy.name) or plan
                 phase = OneshotPhase(
-                    self.cfg,
-                    self.run_dir,
-                    store,
-                    objects,
-                    prepared.evaluator,
-                    self.log,
-                    self.console,
-                    self.resume_command(),
+                    self.cfg, self.run_dir, store, prepared, self.log, self.console
                 )
+                plan = phase.plan(plan)
             self.console.print(
                 f"[bold]nasforge[/] {self.cfg.name}: {what}; space {space.name}; {plan}"
             )
@@ -257,7 +250,7 @@ class Experiment:
                 f"{space.name}; {plan}; progress also in {self.run_dir / LOG_NAME}",
                 echo=False,
             )
-            outcome = phase.run() if phase is not None else None
+            outcome = phase.run(self.resume_command()) if phase is not None else None
             search_seconds = (
                 self._loop(store, strategy, objective, rerun)
                 if outcome is None or outcome.run_loop
