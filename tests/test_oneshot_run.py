@@ -38,7 +38,8 @@ from nasforge.spaces import create_space
 
 runner = CliRunner()
 
-SPACE = {"name": "nb201", "options": {"C": 4, "N": 1}}
+SPACE_OPTIONS = {"C": 4, "N": 1}
+SPACE = {"name": "nb201", "options": SPACE_OPTIONS}
 DARTS_SMALL = {
     "epochs": 3,
     "steps_per_epoch": 2,
@@ -208,7 +209,7 @@ def test_darts_kill_9_then_resume_continues_from_the_last_checkpoint(tmp_path: P
 def nb201_table(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A latency table of the test space, measured here (few repeats: the wiring is tested,
     not the table's accuracy)."""
-    space = create_space("nb201", (1, 8, 8), 10, **SPACE["options"])
+    space = create_space("nb201", (1, 8, 8), 10, **SPACE_OPTIONS)
     path = tmp_path_factory.mktemp("table") / "nb201.json"
     timing = replace(ENTRY_TIMING, repeats=5, warmup=1)
     build = BuildConfig(calibration_archs=2, held_out_archs=0, timing=timing)
@@ -221,7 +222,7 @@ def nb201_table(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_latency_aware_darts_derives_under_the_limit_of_the_runs_table(
     tmp_path: Path, nb201_table: Path, mode: str
 ) -> None:
-    space = create_space("nb201", (1, 8, 8), 10, **SPACE["options"])
+    space = create_space("nb201", (1, 8, 8), 10, **SPACE_OPTIONS)
     predictor = LatencyPredictor(LatencyTable.load(nb201_table), space)
     cheap = predictor.predict(space.make(dict.fromkeys(space.labels(), "skip_connect")))
     dear = predictor.predict(space.make(dict.fromkeys(space.labels(), "nor_conv_3x3")))
