@@ -78,7 +78,8 @@ def diagnose(cfg: ExperimentConfig, build: bool = True) -> list[Finding]:
             )
         )
     out.extend(Finding(level, field, msg) for level, field, msg in latency_findings(cfg))
-    if o.kind == "accuracy":
+    darts = cfg.oneshot is not None and cfg.oneshot.method == "darts"  # objective unused
+    if o.kind == "accuracy" and not darts:
         out.append(
             Finding(
                 "info",

@@ -187,7 +187,8 @@ def darts_findings(oneshot: OneshotConfig | None) -> list[tuple[str, str, str]]:
     """``(level, field, message)`` for ``nasforge doctor``: DARTS that runs unregularised
     without saying so (an empty regulariser list, or regularisers switched on at zero
     strength) collapses to parameter-free cells and is flagged; ``regularization: none`` says
-    it on purpose (an info, not a warning). Also: no Hessian diagnostic."""
+    it on purpose (an info, not a warning). Also infos: no latency term, no Hessian
+    diagnostic."""
     if oneshot is None or oneshot.method != "darts":
         return []
     d = darts_config(oneshot.options)
@@ -224,6 +225,15 @@ def darts_findings(oneshot: OneshotConfig | None) -> list[tuple[str, str, str]]:
                 f"this runs plain DARTS ({why}), which collapses to skip connections and "
                 "parameter-free cells; keep the default regularisation, or write "
                 "`regularization: none` to run plain DARTS on purpose",
+            )
+        )
+    if d.latency_penalty == 0 and d.latency_limit_ms is None:
+        out.append(
+            (
+                "info",
+                f"{_WHERE}.latency_penalty",
+                "the search ignores hardware cost; set latency_penalty or latency_limit_ms "
+                "with a measured latency.table for latency-aware DARTS",
             )
         )
     if d.hessian_every == 0:
