@@ -76,6 +76,8 @@ def search(
         f"trials: {summary.trials_complete} complete, {summary.trials_failed} failed; "
         f"search {summary.search_seconds:.1f}s"
     )
+    for note in summary.notes:
+        out.print(escape(note), highlight=False)
     if summary.final and isinstance(summary.final.get("test_acc"), (int, float)):
         out.print(f"final test accuracy: {summary.final['test_acc']:.4f}")
     out.print(f"report: {escape(str(summary.run_dir / 'report.html'))}", highlight=False)

@@ -131,6 +131,7 @@ def test_darts_run_records_epochs_checkpoints_derived_trial_and_best(tmp_path: P
     path = write(tmp_path, config(tmp_path, "d", darts()))
     res = runner.invoke(app, ["search", str(path), "--quiet"])
     assert res.exit_code == 0, res.output
+    assert "darts search cost:" in res.output  # the phase's CPU seconds, in the summary
     run = tmp_path / "runs" / "d"
     with TrialStore(run / "trials.db", create=False) as store:
         epochs = store.epochs("darts")

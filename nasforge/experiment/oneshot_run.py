@@ -108,12 +108,13 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
 @dataclass(frozen=True)
 class OneshotOutcome:
     """What the phase did: ``search_seconds`` (the run's wall seconds so far, phase included),
-    ``cpu_seconds`` (the phase's search cost) and ``run_loop`` (whether the strategy's trial
-    loop follows: SPOS yes, DARTS no)."""
+    ``cpu_seconds`` (the phase's search cost), ``run_loop`` (whether the strategy's trial
+    loop follows: SPOS yes, DARTS no) and ``note`` (one line for the run's summary)."""
 
     search_seconds: float
     cpu_seconds: float
     run_loop: bool
+    note: str = ""
 
 
 class OneshotPhase:
@@ -191,7 +192,10 @@ class OneshotPhase:
         cpu = self._cpu if self._cpu is not None else self.cpu_seconds()
         meta = dict(self.store.get_meta(ONESHOT_META) or {})
         self.store.set_meta(ONESHOT_META, {**meta, "cpu_seconds": cpu})
-        return OneshotOutcome(seconds, cpu, run_loop)
+        epochs = len(self.store.epochs(self.phase))
+        how = "in the derived trial's cost" if self.method == "darts" else "once, before the trials"
+        note = f"{self.phase} search cost: {cpu:.1f} CPU seconds ({epochs} epochs; charged {how})"
+        return OneshotOutcome(seconds, cpu, run_loop, note)
 
     def cpu_seconds(self) -> float:
         """The phase's CPU seconds: summed over its epoch records (each epoch once)."""

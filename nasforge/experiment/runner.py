@@ -263,6 +263,8 @@ class Experiment:
                 self.log.say(unstable)
             self._backup(store)
             summary = self._summary(store, objective, search_seconds)
+            if outcome is not None:  # the weight-sharing phase's cost, said in the summary
+                summary.notes.append(outcome.note)
             if final and dataset is None:
                 from nasforge.experiment.final import finalize_table
 
