@@ -98,7 +98,7 @@ def show(
 ) -> None:
     """Print the leaderboard of a run."""
     from nasforge.experiment.report import leaderboard
-    from nasforge.experiment.report_oneshot import show_lines
+    from nasforge.experiment.report_oneshot import search_cost_seconds, show_lines
     from nasforge.experiment.store import TrialStore
 
     db = run / "trials.db"
@@ -113,7 +113,7 @@ def show(
         rows = leaderboard(store, top)
         counts = {s: store.count((s,)) for s in ("complete", "failed", "running", "interrupted")}
         final = store.get_meta("final")
-        cost = store.total_cost_seconds()
+        cost = search_cost_seconds(store)  # a supernet trained before the trials counts
         oneshot = show_lines(store, run)  # weight-sharing runs: method, epochs, collapse
     table = Table(
         title=escape(f"{run.name}: " + ", ".join(f"{v} {k}" for k, v in counts.items() if v))

@@ -274,6 +274,11 @@ def test_spos_trains_the_supernet_once_and_trials_load_it(
     assert meta["cpu_seconds"] > 0
     assert [e for e, _ in checkpoints(run)] == [1, 2] and not (run / "supernet.pt").exists()
     assert (run / "best" / "card.json").is_file()
+    # the search cost counts the supernet once, beside the trials' own costs
+    report = json.loads((run / "report.json").read_text())
+    trial_costs = sum(t.cost_seconds for t in trials)
+    expected = trial_costs + meta["cpu_seconds"]
+    assert report["search_cost"]["device_seconds"] == pytest.approx(expected, abs=0.1)
     # a resumed run with a larger budget scores more trials on the same supernet
     more = parse_config({**raw, "search": {"trials": 5, "executor": "inline"}})
     Experiment(more, progress=False).run(resume=True, final=False)

@@ -24,7 +24,12 @@ from nasforge.experiment.latency_verdict import (
     search_summary,
     summary_text,
 )
-from nasforge.experiment.report_oneshot import oneshot_plots, oneshot_section, render_oneshot
+from nasforge.experiment.report_oneshot import (
+    oneshot_plots,
+    oneshot_section,
+    render_oneshot,
+    search_cost_seconds,
+)
 from nasforge.experiment.store import TrialRecord, TrialStore
 from nasforge.hardware.noise import UNSTABLE
 from nasforge.objectives import Objective, pareto_front
@@ -70,7 +75,7 @@ def build_report(
         "latency_sources": latency_sources(cfg),
         "latency_stability": latency_stability(store, trials, final),
         "search_cost": {
-            "device_seconds": round(float(store.total_cost_seconds()), 1),
+            "device_seconds": round(search_cost_seconds(store), 1),
             "wall_seconds": round(float(store.get_meta("search_seconds", 0.0) or 0.0), 1),
             "candidates_evaluated": len([t for t in trials if t.state in ("complete", "failed")]),
             "complete": len(complete),

@@ -235,6 +235,17 @@ def oneshot_section(store: TrialStore, cfg: Any = None) -> dict[str, Any] | None
 
 
 # -- show ----------------------------------------------------------------------------------------
+def search_cost_seconds(store: TrialStore) -> float:
+    """The run's search cost: its trials' costs plus a weight-sharing phase's CPU seconds that
+    no trial carries (the single-path supernet is trained once, before the trials; a DARTS
+    run's derived trial already carries its search's cost)."""
+    cost = float(store.total_cost_seconds())
+    meta = store.get_meta("oneshot") or {}
+    if isinstance(meta, dict) and meta.get("in_trial_costs") is False:
+        cost += float(meta.get("cpu_seconds") or 0.0)
+    return cost
+
+
 def _progress(section: Mapping[str, Any]) -> str:
     total = section.get("epochs_total")
     return f"{section['epochs_done']}/{total}" if total else str(section["epochs_done"])
