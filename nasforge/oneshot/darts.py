@@ -292,9 +292,13 @@ class DartsSearch:
         if cfg.uses("drnas"):
             total = total + cfg.regularizers.drnas_kl * reg.drnas_kl(self.alpha)
         if self.latency is not None and cfg.latency_penalty > 0:
-            expected = self.latency.expected_ms(weights.ops, weights.edges).float()
-            if cfg.latency_limit_ms is not None:  # a hinge: no pull below the limit
-                expected = F.relu(expected - cfg.latency_limit_ms)
+            if cfg.latency_limit_ms is not None:  # a hinge, while the argmax is over the limit
+                argmax = self.layout.argmax(self.probs(), self.edge_weights())
+                expected = self.latency.hinge_ms(
+                    weights.ops, weights.edges, cfg.latency_limit_ms, argmax
+                ).float()
+            else:
+                expected = self.latency.expected_ms(weights.ops, weights.edges).float()
             total = total + cfg.latency_penalty * expected / self.latency_scale
         return total
 
