@@ -15,7 +15,8 @@ What it runs, in order:
    to the slowest arch the table predicts, over all 15,625 cells of the space (the fastest
    is the cell with no live edge: stem, reductions and head alone).
 3. Per limit, one latency-aware DARTS search (the default regularised DARTS, plus the
-   latency hinge ``latency_penalty * max(E[latency] - limit, 0) / limit`` and the hard limit
+   latency hinge ``latency_penalty * max(E[latency] - limit, 0) / limit``, pulling while the
+   argmax arch is predicted over the limit, and the hard limit
    on the derived arch: :class:`~nasforge.oneshot.darts.DartsConfig`'s ``latency_penalty``
    and ``latency_limit_ms``), CPU-sized on a bundled data set (``--data``, default mnist5k:
    at 28x28 the deployed net's latency is mostly compute; at digits' 8x8 it is mostly
@@ -361,7 +362,7 @@ def run(args: argparse.Namespace) -> int:
         f"DARTS: {args.data}, {epochs} epochs x {steps or 'a pass of'} steps, batch "
         f"{cfg.batch_size}, supernet C={cfg.channels} x {cfg.cells_per_stage} cell/stage, "
         f"regularisation {', '.join(cfg.regularization) or 'none'}, latency_penalty "
-        f"{cfg.latency_penalty} (hinge above the limit), alpha_lr {cfg.alpha_lr}"
+        f"{cfg.latency_penalty} (hinge while the argmax is over the limit), alpha_lr {cfg.alpha_lr}"
     )
     runs: list[LimitRun] = []
     for f, lim in zip(args.fractions, lims):
@@ -384,7 +385,8 @@ def run(args: argparse.Namespace) -> int:
             f"{r.limit_ms:7.3f}ms {r.predicted_ms:7.3f}ms ({share:3.0f}%) "
             f"{r.measured_ms(st):7.3f}ms {r.error_pct(st):+6.1f}% "
             f"{'under' if r.measured_ms(st) <= r.limit_ms else 'OVER':>5} {r.cpu_seconds:6.0f} "
-            f"{r.val_acc:7.3f}\n    {r.arch_string}; median {m.label}"
+            f"{r.val_acc:7.3f}\n    {r.arch_string} ({len(space.cell_edges(r.arch))} live "
+            f"edges); median {m.label}"
         )
     loads.append(load1())
     if held_err:

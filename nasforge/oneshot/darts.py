@@ -78,8 +78,9 @@ class DartsConfig:
         latency_penalty: weight of the expected-latency term (0: off; needs a latency table):
             ``latency_penalty * E[latency] / E0`` (ProxylessNAS; ``E0`` the expected latency
             under uniform weights), or with ``latency_limit_ms`` the hinge
-            ``latency_penalty * max(E[latency] - limit, 0) / limit`` (a plain expected-latency
-            term drives every edge to the free ``none`` op when the data are easy).
+            ``latency_penalty * max(E[latency] - limit, 0) / limit`` while the argmax arch is
+            predicted over the limit (a plain expected-latency term drives every edge to the
+            free ``none`` op when the data are easy; :meth:`MixedLatency.hinge_ms`).
         latency_limit_ms: hard limit on the derived arch's predicted latency (needs a table).
         hessian_every: compute the dominant Hessian eigenvalue every this many epochs (0: off).
         hessian_iters: power-iteration steps.
