@@ -68,7 +68,7 @@ from nasforge.hardware.builder import BuildConfig, TableBuilder
 from nasforge.hardware.fingerprint import device_fingerprint
 from nasforge.hardware.noise import Stability
 from nasforge.hardware.predictor import LatencyPredictor
-from nasforge.hardware.table import MODEL_TIMING, LatencyTable
+from nasforge.hardware.table import MODEL_TIMING, LatencyTable, TableError
 from nasforge.hardware.timing import LatencyMeasurement, measure_models
 from nasforge.oneshot.darts import DartsConfig, DartsSearch
 from nasforge.space import Arch
@@ -159,9 +159,21 @@ def get_table(
     path = table_path(tables, space.input_shape, options, spec, cfg)
     how = "loaded"
     if path.is_file():
-        old = LatencyTable.load(path, warn=False)
-        if rebuild or not old.build_stability.get("stable", False):
-            how = "measured again (" + ("--rebuild" if rebuild else "stored build unstable") + ")"
+        try:
+            stored: LatencyTable | None = LatencyTable.load(path, warn=False)
+        except TableError:
+            stored = None
+        why = (
+            "--rebuild"
+            if rebuild
+            else "stored table unreadable"
+            if stored is None
+            else "stored build unstable"
+            if not stored.build_stability.get("stable", False)
+            else ""
+        )
+        if why:
+            how = f"measured again ({why})"
     else:
         how = "measured now"
     t0 = time.process_time()
