@@ -13,7 +13,11 @@ Parts (``--part 1 2``; the default runs every part implemented here):
      queries per seed; reported: mean test accuracy of the best-by-validation arch. Proxy CPU
      seconds are reported separately (scores are cached by arch key and reused across seeds:
      the proxies use one fixed seed, the seeds vary the search).
-  3-5. DARTS, supernet ranking, latency-aware DARTS: added by their owners (see issue 12).
+  3. DARTS on the nb201 space, plain vs the default regularised DARTS (``oneshot_darts.py``).
+  4. Ranking honesty of the single-path supernet on mnist1d (``oneshot_ranking.py``).
+  5. Latency-aware DARTS under three limits of a measured table (``oneshot_latency.py``).
+  Parts 3-5 live in their own scripts (each with its own options; run one directly to set
+  them); this script runs them with their defaults, or ``--quick``.
 
 Inputs of the data-dependent proxies: no CIFAR-10 is bundled; by default a batch of 64
 images of the bundled MNIST subset (mnist5k, 28x28 grey) resized to 3x32x32 (``--inputs
@@ -36,6 +40,7 @@ printed are those of the original scoring.
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import multiprocessing as mp
 import os
@@ -59,7 +64,12 @@ from nasforge.spaces.nb201 import NB201Space
 from nasforge.strategies import create_strategy
 
 PARTS = {1: "proxies vs NB201 test accuracy", 2: "proxy warm start, 50 queries"}
-LATER = {3: "DARTS on nb201", 4: "supernet ranking honesty", 5: "latency-aware DARTS"}
+# parts in their own scripts (module in benchmarks/, what it shows)
+OWN_SCRIPT = {
+    3: ("oneshot_darts", "DARTS on nb201"),
+    4: ("oneshot_ranking", "supernet ranking honesty"),
+    5: ("oneshot_latency", "latency-aware DARTS"),
+}
 SPEARMAN_GOAL, KENDALL_GOAL, WARM_GOAL = 0.90, 0.75, 94.30
 VOTE = ("synflow", "jacob_cov", "snip")
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -331,31 +341,39 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = _arguments(argv)
     torch.set_num_threads(1)
-    parts = args.part or sorted(PARTS)
+    parts = args.part or sorted([*PARTS, *OWN_SCRIPT])
+    for part in parts:
+        if part not in PARTS and part not in OWN_SCRIPT:
+            print(f"error: --part {part}: expected 1..5", file=sys.stderr)
+            return 2
     loads = [os.getloadavg()[0]]
     print("Zero-cost and weight-sharing benchmark (nasforge, issue 12)")
     print(
         f"  host: {host()}; python {sys.version.split()[0]}, torch {torch.__version__}, "
         f"{args.workers} worker process(es) of 1 thread"
     )
-    try:
-        space = NB201Space()
-        scorer = ProxyScorer(space, args.proxies, args.batch_size, args.inputs, seed=0)
-    except NasforgeError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    tag = f"{args.inputs}_b{args.batch_size}_{'-'.join(scorer.proxies)}"
-    cache = CachedScores(scorer, args.cache or RESULTS / f"proxy_cache_{tag}.json")
-    print(f"  inputs: {scorer.input_description}; synflow, params, flops use no data")
-    print(f"  network: nb201 C={space.C} N={space.N} (dead edges pruned), weights seed 0")
+    cache: CachedScores | None = None
+    if any(p in PARTS for p in parts):
+        try:
+            space = NB201Space()
+            scorer = ProxyScorer(space, args.proxies, args.batch_size, args.inputs, seed=0)
+        except NasforgeError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        tag = f"{args.inputs}_b{args.batch_size}_{'-'.join(scorer.proxies)}"
+        cache = CachedScores(scorer, args.cache or RESULTS / f"proxy_cache_{tag}.json")
+        print(f"  inputs: {scorer.input_description}; synflow, params, flops use no data")
+        print(f"  network: nb201 C={space.C} N={space.N} (dead edges pruned), weights seed 0")
     for part in parts:
         print()
-        if part in LATER:
-            print(f"Part {part}: {LATER[part]}: not implemented here yet (see issue 12)")
+        if part in OWN_SCRIPT:
+            module, what = OWN_SCRIPT[part]
+            print(f"Part {part}: {what} (benchmarks/{module}.py{' --quick' if args.quick else ''})")
+            rc = importlib.import_module(module).main(["--quick"] if args.quick else [])
+            if rc:
+                return int(rc)
             continue
-        if part not in PARTS:
-            print(f"error: --part {part}: expected 1..5", file=sys.stderr)
-            return 2
+        assert cache is not None
         try:
             (part1 if part == 1 else part2)(args, cache)
         except NasforgeError as exc:
