@@ -10,9 +10,11 @@ space, this script
    takes its validation accuracy; the mean of the two is the reference ranking, seed 0 vs
    seed 1 gives the **seed-to-seed tau**, the ceiling any ranker can be expected to reach;
 3. trains one supernet with uniform single-path sampling (SPOS) and one with strictly fair
-   sampling (FairNAS), same recipe (``--supernet-epochs``; fair runs ``m`` paths per step, so
-   it costs ``m`` times the uniform CPU), and scores every arch by its inherited weights on
-   the validation split after BN recalibration;
+   sampling (FairNAS), same recipe and the SAME BUDGET of single-path passes: fair trains
+   ``--supernet-epochs`` epochs of ``m`` paths per step (``m`` = 6 here), uniform ``m`` times
+   as many epochs of one path per step (``--uniform-epochs`` overrides), so both cost the same
+   CPU; then scores every arch by its inherited weights on the validation split after BN
+   recalibration;
 4. computes every zero-cost proxy, params and FLOPs of the same archs;
 5. prints Kendall's tau of each ranker against the mean stand-alone accuracy, the CPU
    seconds of every part, the host, and one GOAL line per sampling.
@@ -53,6 +55,7 @@ from nasforge.evaluators.proxies.measures import PROXIES
 from nasforge.evaluators.proxy import ProxyScorer
 from nasforge.hardware.profile import count_params
 from nasforge.oneshot.ranking import kendall_tau, standalone_accuracies
+from nasforge.oneshot.sampling import FairSampler
 from nasforge.oneshot.spos import SupernetConfig, SupernetTrainer
 from nasforge.space import Arch
 from nasforge.spaces.mobile import MobileSpace
@@ -166,7 +169,7 @@ def supernet_scores(
     trainer = SupernetTrainer(space, ds, config)
     for _ in range(config.epochs):
         rec = trainer.step_epoch()
-        if rec.epoch % 5 == 4 or rec.epoch == config.epochs - 1:
+        if (rec.epoch + 1) % max(1, config.epochs // 8) == 0 or rec.epoch == config.epochs - 1:
             print(
                 f"  {config.sampling}: epoch {rec.epoch + 1}/{config.epochs} loss {rec.loss:.3f} "
                 f"({rec.paths} paths, {rec.seconds:.1f} s)",
@@ -217,7 +220,10 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--archs", type=int, default=None, help="archs ranked (default 30)")
     ap.add_argument("--epochs", type=int, default=None, help="stand-alone epochs (default 20)")
     ap.add_argument("--lr", type=float, default=0.05, help="stand-alone SGD learning rate")
-    ap.add_argument("--supernet-epochs", type=int, default=None, help="default 40")
+    ap.add_argument("--supernet-epochs", type=int, default=None, help="fair's (default 60)")
+    ap.add_argument(
+        "--uniform-epochs", type=int, default=None, help="default: m x --supernet-epochs"
+    )
     ap.add_argument("--supernet-lr", type=float, default=None, help="default: SupernetConfig's")
     ap.add_argument("--bn-batches", type=int, default=None, help="default: SupernetConfig's")
     ap.add_argument("--samplings", nargs="*", default=["uniform", "fair"])
@@ -231,7 +237,7 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
     args.archs = args.archs or (8 if quick else 30)
     args.epochs = args.epochs if args.epochs is not None else (3 if quick else 20)
     if args.supernet_epochs is None:
-        args.supernet_epochs = 3 if quick else 40
+        args.supernet_epochs = 3 if quick else 60
     if args.archs < 3:
         ap.error("--archs: at least 3 archs are needed for a ranking")
     bad = [s for s in args.samplings if s not in ("uniform", "fair")]
@@ -279,10 +285,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     )
 
     supernet: dict[str, dict[str, Any]] = {}
+    m = FairSampler(space).m
     for sampling in args.samplings:
+        epochs = args.supernet_epochs
+        if sampling == "uniform":
+            # equal budget: FairNAS runs m single-path passes per step, SPOS one
+            epochs = args.uniform_epochs if args.uniform_epochs is not None else m * epochs
         opts: dict[str, Any] = {
             "sampling": sampling,
-            "epochs": args.supernet_epochs,
+            "epochs": epochs,
             "seed": args.seed,
         }
         if args.supernet_lr is not None:
@@ -290,7 +301,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         if args.bn_batches is not None:
             opts["bn_batches"] = args.bn_batches
         config = SupernetConfig(**opts)
-        print(f"\nsupernet {sampling}: {config.model_dump()}")
+        passes = epochs * (m if sampling == "fair" else 1)
+        print(f"\nsupernet {sampling} ({passes} single-path epochs): {config.model_dump()}")
         accs, train_cpu, score_cpu, loss = supernet_scores(space, ds, archs, config)
         supernet[sampling] = {
             "val_acc": accs,
