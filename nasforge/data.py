@@ -20,6 +20,8 @@ from nasforge.errors import DataError
 BUNDLED = ("digits", "mnist5k", "mnist1d")
 FROM_DISK = ("imagefolder", "cifar10")
 DATASETS = BUNDLED + FROM_DISK
+GENERATED = ("mnist1d",)
+"""Datasets made by a generator on the fly; only these accept ``samples``."""
 RESIZED = ("imagefolder",)
 """Datasets whose images are resized to ``image_size`` x ``image_size`` with ``channels``
 channels; the others keep their own shape (see :attr:`Dataset.input_shape`)."""
@@ -109,11 +111,15 @@ def _mnist5k(seed: int) -> tuple[np.ndarray, ...]:
     return _split((x / 255.0).reshape(-1, 1, 28, 28), y, 0.2, seed + 1)
 
 
-def _mnist1d(seed: int) -> tuple[np.ndarray, ...]:
+def _mnist1d(seed: int, samples: int | None) -> tuple[np.ndarray, ...]:
+    """mnist1d from its generator: ``samples`` examples in all (default the generator's
+    5,000), 80% train pool and 20% test (the generator's own split)."""
     from mnist1d.data import get_dataset_args, make_dataset
 
     args = get_dataset_args()
     args.seed = 42 + seed
+    if samples is not None:
+        args.num_samples = samples
     d = make_dataset(args)
     return (
         d["x"].reshape(-1, 1, d["x"].shape[1]),
@@ -209,12 +215,25 @@ def load_dataset(
     image_size: int = 32,
     channels: int = 3,
     limit: int | None = None,
+    samples: int | None = None,
 ) -> Dataset:
     """Load a dataset by name; ``path`` is required for ``imagefolder`` and ``cifar10``.
 
-    ``limit`` keeps at most that many training examples (for quick runs).
-    Raises :class:`DataError` naming the dataset or path when something is missing.
+    ``limit`` keeps at most that many examples of the train pool (for quick runs), before the
+    validation split is taken from it. ``samples`` is the number of examples a generated
+    dataset (:data:`GENERATED`: ``mnist1d``) makes in all, train pool and test together
+    (``mnist1d``: 80% / 20%; ``None`` = the generator's default, 5,000).
+    Raises :class:`DataError` naming the dataset, path or field when something is missing or
+    wrong (``data.samples`` for a dataset that is not generated, or fewer than 100).
     """
+    if samples is not None:
+        if name not in GENERATED:
+            raise DataError(
+                f"data.samples: only generated datasets ({', '.join(GENERATED)}) can be made "
+                f"with a number of samples; {name!r} has a fixed size (use data.limit)"
+            )
+        if int(samples) < 100:
+            raise DataError(f"data.samples must be at least 100, got {samples}")
     return _load_cached(
         name,
         str(path) if path is not None else None,
@@ -223,6 +242,7 @@ def load_dataset(
         int(image_size),
         int(channels),
         limit,
+        int(samples) if samples is not None else None,
     )
 
 
@@ -235,6 +255,7 @@ def _load_cached(
     image_size: int,
     channels: int,
     limit: int | None,
+    samples: int | None,
 ) -> Dataset:
     if name not in DATASETS:
         raise DataError(
@@ -270,7 +291,7 @@ def _load_cached(
     elif name == "mnist5k":
         x_tr, y_tr, x_te, y_te = _mnist5k(seed)
     else:
-        x_tr, y_tr, x_te, y_te = _mnist1d(seed)
+        x_tr, y_tr, x_te, y_te = _mnist1d(seed, samples)
     if not classes:
         classes = tuple(str(c) for c in range(int(max(y_tr.max(), y_te.max())) + 1))
     if limit is not None:

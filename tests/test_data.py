@@ -26,6 +26,36 @@ def test_bundled_datasets(name: str, shape: tuple[int, ...]) -> None:
     assert not tr & {x.numpy().tobytes() for x in d.x_test}
 
 
+def test_mnist1d_samples_sizes_the_splits() -> None:
+    default = load_dataset("mnist1d")
+    d = load_dataset("mnist1d", val_fraction=0.5, samples=10_000)
+    # the generator makes 10,000: 8,000 train pool (halved into train / val) and 2,000 test
+    assert len(d.y_test) == 2_000 and len(d.y_train) + len(d.y_val) == 8_000
+    assert abs(len(d.y_val) - 4_000) <= 10 and set(d.y_val.tolist()) == set(range(10))
+    assert len(default.y_train) + len(default.y_val) == 4_000  # the cache keys on samples
+    # limit cuts the train pool before the validation split
+    small = load_dataset("mnist1d", val_fraction=0.5, samples=10_000, limit=1_000)
+    assert len(small.y_train) + len(small.y_val) == 1_000 and len(small.y_test) == 2_000
+
+
+def test_samples_only_for_generated_datasets() -> None:
+    with pytest.raises(DataError, match="data.samples"):
+        load_dataset("digits", samples=1_000)
+    with pytest.raises(DataError, match="data.samples"):
+        load_dataset("mnist1d", samples=10)
+
+
+def test_config_samples_reaches_the_generator() -> None:
+    from nasforge.experiment.config import DataConfig, ExperimentConfig
+    from nasforge.experiment.setup import make_dataset
+
+    cfg = ExperimentConfig(data=DataConfig(name="mnist1d", samples=6_000, val_fraction=0.25))
+    d = make_dataset(cfg)
+    assert len(d.y_test) == 1_200 and len(d.y_train) + len(d.y_val) == 4_800
+    with pytest.raises(DataError, match="data.samples"):
+        make_dataset(ExperimentConfig(data=DataConfig(name="digits", samples=1_000)))
+
+
 def test_imagefolder(tmp_path: Path) -> None:
     from PIL import Image
 

@@ -77,6 +77,9 @@ class DataConfig(_Section):
     image_size: int = Field(32, ge=4)
     channels: Literal[1, 3] = 3
     limit: int | None = Field(None, ge=10)
+    samples: int | None = Field(
+        None, ge=100, description="examples a generated dataset (mnist1d) makes in all"
+    )
 
 
 class SpaceConfig(_Section):

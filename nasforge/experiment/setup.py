@@ -31,7 +31,9 @@ from nasforge.train import TrainConfig
 
 def make_dataset(cfg: ExperimentConfig) -> Dataset:
     d = cfg.data
-    return load_dataset(d.name, d.path, d.val_fraction, cfg.seed, d.image_size, d.channels, d.limit)
+    return load_dataset(
+        d.name, d.path, d.val_fraction, cfg.seed, d.image_size, d.channels, d.limit, d.samples
+    )
 
 
 def pin_labels(space: SearchSpace, fixed: dict[str, Any]) -> SearchSpace:
