@@ -300,6 +300,14 @@ def test_latency_penalty_reaches_alpha_and_hard_limit_holds(name: str, digits: A
     arch = search.derive()
     space.validate(arch)
     assert pred.predict(arch) <= limit
+    # a margin makes the search aim below the limit: the derived arch leaves that much room
+    margined = DartsSearch.from_dataset(
+        space, small(latency_penalty=1.0, latency_limit_ms=limit, latency_margin=0.3), digits, pred
+    )
+    with torch.no_grad():
+        for a in margined.alpha.values():
+            a[:, conv] = 3.0
+    assert pred.predict(margined.derive()) <= 0.7 * limit
     with pytest.raises(NasforgeError, match="latency_limit_ms"):
         search.latency.derive_under_limit(search.probs(), 1e-6)  # type: ignore[union-attr]
 
@@ -311,6 +319,8 @@ def test_bad_settings_name_the_field(digits: Any) -> None:
         DartsConfig(regularization=("betta",))
     with pytest.raises(ConfigError, match="darts.derivation"):
         DartsConfig(derivation="random")
+    with pytest.raises(ConfigError, match="darts.latency_margin"):
+        DartsConfig(latency_margin=1.0)
     assert DartsConfig(regularization="none").regularization == ()
     assert DartsConfig().regularization  # regularised by default
     mobile = create_space("mobile", digits.input_shape, digits.num_classes)

@@ -82,6 +82,10 @@ class DartsConfig:
             predicted over the limit (a plain expected-latency term drives every edge to the
             free ``none`` op when the data are easy; :meth:`MixedLatency.hinge_ms`).
         latency_limit_ms: hard limit on the derived arch's predicted latency (needs a table).
+        latency_margin: the search aims this fraction below ``latency_limit_ms`` (hinge and
+            hard limit), so that a derived arch predicted just under the limit does not
+            measure over it; set it to the table's held-out error (``nasforge latency
+            validate``) when the limit must hold on measurement. 0: aim at the limit.
         hessian_every: compute the dominant Hessian eigenvalue every this many epochs (0: off).
         hessian_iters: power-iteration steps.
         eval_batches: validation batches for the per-epoch record and DARTS-PT.
@@ -107,6 +111,7 @@ class DartsConfig:
     derivation: str = "argmax"
     latency_penalty: float = 0.0
     latency_limit_ms: float | None = None
+    latency_margin: float = 0.0
     hessian_every: int = 1
     hessian_iters: int = 10
     eval_batches: int = 2
@@ -133,8 +138,17 @@ class DartsConfig:
             raise ConfigError(f"darts.latency_penalty: must be >= 0, got {self.latency_penalty}")
         if self.latency_limit_ms is not None and not self.latency_limit_ms > 0:
             raise ConfigError(f"darts.latency_limit_ms: must be > 0, got {self.latency_limit_ms}")
+        if not 0.0 <= self.latency_margin < 1.0:
+            raise ConfigError(f"darts.latency_margin: must be in [0, 1), got {self.latency_margin}")
         if self.hessian_every < 0 or self.hessian_iters < 1:
             raise ConfigError("darts.hessian_every must be >= 0 and darts.hessian_iters >= 1")
+
+    @property
+    def latency_target_ms(self) -> float | None:
+        """The limit the search aims at: ``latency_limit_ms`` less ``latency_margin``."""
+        if self.latency_limit_ms is None:
+            return None
+        return self.latency_limit_ms * (1.0 - self.latency_margin)
 
     def uses(self, name: str) -> bool:
         """Whether regulariser ``name`` is switched on."""
@@ -222,8 +236,8 @@ class DartsSearch:
             )
         self.latency_scale = 1.0
         if self.latency is not None:
-            if cfg.latency_limit_ms is not None:
-                self.latency_scale = cfg.latency_limit_ms
+            if cfg.latency_target_ms is not None:
+                self.latency_scale = cfg.latency_target_ms
             else:
                 uniform = {c: torch.full(s, 1.0 / s[1]) for c, s in self.layout.shapes().items()}
                 self.latency_scale = float(self.latency.expected_ms(uniform))
@@ -293,10 +307,10 @@ class DartsSearch:
         if cfg.uses("drnas"):
             total = total + cfg.regularizers.drnas_kl * reg.drnas_kl(self.alpha)
         if self.latency is not None and cfg.latency_penalty > 0:
-            if cfg.latency_limit_ms is not None:  # a hinge, while the argmax is over the limit
+            if cfg.latency_target_ms is not None:  # a hinge, while the argmax is over the limit
                 argmax = self.layout.argmax(self.probs(), self.edge_weights())
                 expected = self.latency.hinge_ms(
-                    weights.ops, weights.edges, cfg.latency_limit_ms, argmax
+                    weights.ops, weights.edges, cfg.latency_target_ms, argmax
                 ).float()
             else:
                 expected = self.latency.expected_ms(weights.ops, weights.edges).float()
@@ -476,7 +490,7 @@ class DartsSearch:
                 f"darts.derivation: {method!r} is not one of {', '.join(DERIVATIONS)}"
             )
         probs, ew = self.probs(), self.edge_weights()
-        limit = self.config.latency_limit_ms
+        limit = self.config.latency_target_ms
         if method == "perturbation":
             rng = np.random.default_rng(self.config.seed)
             w = self.weights(sample=False)
