@@ -44,6 +44,7 @@ from nasforge.experiment.latency_verdict import (
     trial_latency_text,
 )
 from nasforge.experiment.lock import RunLock
+from nasforge.experiment.oneshot_run import OneshotPhase
 from nasforge.experiment.preflight import prepare_run
 from nasforge.experiment.progress import LOG_NAME, RunLog
 from nasforge.experiment.setup import uses_data
@@ -236,8 +237,6 @@ class Experiment:
             plan = f"strategy {strategy.name}; {self.cfg.search.trials} trials"
             phase = None
             if self.cfg.oneshot is not None:  # weight sharing: DARTS, or a supernet first
-                from nasforge.experiment.oneshot_run import OneshotPhase
-
                 phase = OneshotPhase(
                     self.cfg, self.run_dir, store, prepared, self.log, self.console
                 )
