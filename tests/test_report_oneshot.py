@@ -213,15 +213,23 @@ def test_html_has_trajectories_collapse_plot_tables_and_escapes_arch_strings(
     assert page.count("data:image/png;base64,") >= 3  # weights, collapse, supernet loss
 
 
-def test_final_derived_is_the_recorded_trial_and_planned_epochs_the_meta(
-    tmp_path: Path, darts_search: DartsSearch, darts_records: list[dict[str, Any]]
-) -> None:
+def derived_run(
+    tmp_path: Path, search: DartsSearch, records: list[dict[str, Any]], planned: int
+) -> tuple[Path, dict[str, Any]]:
+    """A run of ``records`` whose derived arch is recorded as its trial (``planned`` epochs)."""
     derived: dict[str, Any] = {}
     run, _ = run_with(
         tmp_path,
-        {"darts": darts_records},
-        setup=lambda store: derived.update(record_derived(store, darts_search, 7)),
+        {"darts": records},
+        setup=lambda store: derived.update(record_derived(store, search, planned)),
     )
+    return run, derived
+
+
+def test_final_derived_is_the_recorded_trial_and_planned_epochs_the_meta(
+    tmp_path: Path, darts_search: DartsSearch, darts_records: list[dict[str, Any]]
+) -> None:
+    run, derived = derived_run(tmp_path, darts_search, darts_records, 7)
     darts = json.loads((run / "report.json").read_text())["oneshot"]["darts"]
     fin = darts["final_derived"]
     assert darts["epochs_total"] == 7
@@ -236,12 +244,7 @@ def test_final_derived_is_the_recorded_trial_and_planned_epochs_the_meta(
 def test_show_prints_method_epochs_cell_and_verdict(
     tmp_path: Path, darts_search: DartsSearch, darts_records: list[dict[str, Any]]
 ) -> None:
-    derived: dict[str, Any] = {}
-    run, _ = run_with(
-        tmp_path,
-        {"darts": darts_records},
-        setup=lambda store: derived.update(record_derived(store, darts_search, 5)),
-    )
+    run, derived = derived_run(tmp_path, darts_search, darts_records, 5)
     res = runner.invoke(app, ["show", str(run)], terminal_width=300)
     assert res.exit_code == 0, res.output
     verdict = collapse_verdict(darts_records).verdict
