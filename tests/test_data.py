@@ -52,8 +52,12 @@ def test_config_samples_reaches_the_generator() -> None:
     cfg = ExperimentConfig(data=DataConfig(name="mnist1d", samples=6_000, val_fraction=0.25))
     d = make_dataset(cfg)
     assert len(d.y_test) == 1_200 and len(d.y_train) + len(d.y_val) == 4_800
-    with pytest.raises(DataError, match="data.samples"):
-        make_dataset(ExperimentConfig(data=DataConfig(name="digits", samples=1_000)))
+    from nasforge.errors import ConfigError
+    from nasforge.experiment.config import parse_config
+
+    # a config asking a fixed-size dataset for samples is refused when it is read, naming the field
+    with pytest.raises(ConfigError, match=r"data\.samples: .*'digits' has a fixed size"):
+        parse_config({"data": {"name": "digits", "samples": 1_000}})
 
 
 def test_imagefolder(tmp_path: Path) -> None:

@@ -15,9 +15,18 @@ from pathlib import Path
 from typing import Any, Literal, get_args
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from nasforge.compression.config import CompressConfig
+from nasforge.data import GENERATED
 from nasforge.errors import ConfigError, NasforgeError, PluginError
 from nasforge.evaluators import evaluator_entry
 from nasforge.experiment.oneshot_config import OneshotConfig, default_evaluator
@@ -80,6 +89,17 @@ class DataConfig(_Section):
     samples: int | None = Field(
         None, ge=100, description="examples a generated dataset (mnist1d) makes in all"
     )
+
+    @field_validator("samples")
+    @classmethod
+    def _generated_only(cls, v: int | None, info: ValidationInfo) -> int | None:
+        name = info.data.get("name")
+        if v is not None and name not in GENERATED:
+            raise ValueError(
+                f"only generated datasets ({', '.join(GENERATED)}) are made with a number of "
+                f"samples; {name!r} has a fixed size (use data.limit)"
+            )
+        return v
 
 
 class SpaceConfig(_Section):
