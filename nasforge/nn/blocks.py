@@ -156,3 +156,37 @@ class ClassifierHead(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.pool(self.conv(x)).flatten(1)
         return self.fc(self.dropout(x))
+
+
+def resize(x: torch.Tensor, size: tuple[int, ...]) -> torch.Tensor:
+    """``x`` (N, C, *spatial) resized to ``size`` (bilinear in 2-D, linear in 1-D, no corner
+    alignment); returned unchanged when it already has that size. The one resize that an
+    elastic-resolution model, its supernet and its stand-alone net share."""
+    if tuple(x.shape[2:]) == tuple(size):
+        return x
+    return _interpolate(x, tuple(size))
+
+
+def _interpolate(x: torch.Tensor, size: tuple[int, ...]) -> torch.Tensor:
+    mode = "bilinear" if len(size) == 2 else "linear"
+    return nn.functional.interpolate(x, size=size, mode=mode, align_corners=False)
+
+
+class Resized(nn.Sequential):
+    """An ``nn.Sequential`` that first resizes its input to ``size`` (:func:`resize`).
+
+    Parameter-free, so a model's state-dict keys are those of the plain ``nn.Sequential``
+    with the same children (weights move between the two unchanged); BN folding sees the
+    children as usual, fx traces it (the resize is unconditional: use it only where the
+    size differs) and the resize exports to ONNX as one ``Resize`` node.
+    """
+
+    def __init__(self, size: tuple[int, ...], *children: nn.Module) -> None:
+        super().__init__(*children)
+        self.size = tuple(int(s) for s in size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = _interpolate(x, self.size)
+        for child in self:
+            x = child(x)
+        return x
