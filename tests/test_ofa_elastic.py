@@ -13,6 +13,8 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from nasforge.errors import ConfigError
 from nasforge.hardware.onnx import export_onnx, ort_session
+from nasforge.nn.blocks import Resized
+from nasforge.oneshot.bn import recalibrate_bn
 from nasforge.oneshot.ofa.elastic import (
     ELASTIC_DIMS,
     ElasticDepthwise,
@@ -137,6 +139,24 @@ def test_extracted_subnet_equals_supernet_under_its_arch(shape: tuple[int, ...])
     assert not torch.allclose(outs[0], outs[1], atol=1e-3)
 
 
+@pytest.mark.parametrize("shape", SHAPES, ids=IDS)
+def test_bn_recalibrated_in_the_supernet_equals_recalibrated_standalone(
+    shape: tuple[int, ...],
+) -> None:
+    space = mobile(shape)
+    net = perturbed(space, seed=3)
+    gen = torch.Generator().manual_seed(4)
+    batches = [torch.randn(6, *shape, generator=gen) for _ in range(2)]
+    x = torch.randn(3, *shape, generator=gen)
+    for arch in archs(space, 3, seed=7):
+        sub = net.extract(arch)
+        recalibrate_bn(net, lambda b, a=arch: net(b, a), batches)  # type: ignore[misc]
+        recalibrate_bn(sub, sub, batches)
+        with torch.no_grad():
+            torch.testing.assert_close(net.extract(arch)(x), net(x, arch), rtol=1e-5, atol=1e-5)
+            torch.testing.assert_close(sub(x), net(x, arch), rtol=1e-4, atol=1e-5)
+
+
 def test_train_mode_forward_backward_reaches_shared_weights() -> None:
     space = mobile((1, 40))
     net = ElasticMobileSupernet(space).train()
@@ -245,3 +265,39 @@ def test_extracted_subnet_exports_to_onnx(shape: tuple[int, ...]) -> None:
         want = sub(x)
     np.testing.assert_allclose(got, want.numpy(), rtol=1e-4, atol=1e-4)
     assert F.softmax(want, 1).shape == (2, 10)
+
+
+# -- elastic resolution -----------------------------------------------------------------------
+@pytest.mark.skipif(
+    not hasattr(MobileSpace, "input_size"), reason="MobileSpace resolutions not landed yet"
+)
+@pytest.mark.parametrize(
+    "shape, resolutions", [((1, 40), (0.5, 1.0)), ((1, 28, 28), (0.5, 1.0))], ids=IDS
+)
+def test_elastic_resolution_extracts_a_resized_net_equal_to_the_supernet(
+    shape: tuple[int, ...], resolutions: tuple[float, ...]
+) -> None:
+    space = mobile(shape, resolutions=resolutions)
+    assert elastic_values(space)["resolution"] == resolutions
+    net = perturbed(space, seed=6)
+    assert net.largest_arch()["resolution"] == 1.0
+    x = torch.randn(2, *shape, generator=torch.Generator().manual_seed(3))
+    rng = np.random.default_rng(8)
+    seen = set()
+    with torch.no_grad():
+        for _ in range(8):
+            arch = space.sample(rng)
+            seen.add(arch["resolution"])
+            sub = net.extract(arch)
+            assert isinstance(list(sub.children())[0], Resized) == (arch["resolution"] != 1.0)
+            torch.testing.assert_close(sub(x), net(x, arch), rtol=1e-5, atol=1e-5)
+        small = dict(net.largest_arch())
+        small["resolution"] = 0.5
+        arch = space.make(small)
+        # the supernet really computes at the smaller size: not the full-size output
+        assert not torch.allclose(net(x, arch), net(x, net.largest_arch()), atol=1e-4)
+        sub = net.extract(arch)
+    assert seen == set(resolutions)
+    session = ort_session(export_onnx(sub, space.input_shape, batch_size=2))
+    (got,) = session.run(None, {session.get_inputs()[0].name: x.numpy()})
+    np.testing.assert_allclose(got, sub(x).detach().numpy(), rtol=1e-4, atol=1e-4)
