@@ -98,6 +98,7 @@ def show(
 ) -> None:
     """Print the leaderboard of a run."""
     from nasforge.experiment.report import leaderboard
+    from nasforge.experiment.report_ofa import show_lines as ofa_show_lines
     from nasforge.experiment.report_oneshot import search_cost_seconds, show_lines
     from nasforge.experiment.store import TrialStore
 
@@ -115,6 +116,7 @@ def show(
         final = store.get_meta("final")
         cost = search_cost_seconds(store)  # a supernet trained before the trials counts
         oneshot = show_lines(store, run)  # weight-sharing runs: method, epochs, collapse
+        oneshot += ofa_show_lines(store, run)  # Once-for-All: phases, specialisations
     table = Table(
         title=escape(f"{run.name}: " + ", ".join(f"{v} {k}" for k, v in counts.items() if v))
     )

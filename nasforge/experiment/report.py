@@ -24,6 +24,7 @@ from nasforge.experiment.latency_verdict import (
     search_summary,
     summary_text,
 )
+from nasforge.experiment.report_ofa import OFA_PHASE, ofa_plots, ofa_section, render_ofa
 from nasforge.experiment.report_oneshot import (
     oneshot_plots,
     oneshot_section,
@@ -96,8 +97,11 @@ def build_report(
         "trials": [t.to_dict() for t in trials],
     }
     oneshot = oneshot_section(store, cfg)  # weight-sharing runs only: others are unchanged
-    if oneshot is not None:
+    if oneshot is not None and set(oneshot["phases"]) != {OFA_PHASE}:  # OFA: its own section
         report["oneshot"] = oneshot
+    ofa = ofa_section(run_dir, store, cfg)  # Once-for-All runs only
+    if ofa is not None:
+        report["ofa"] = ofa
     return report
 
 
@@ -332,6 +336,7 @@ def render_html(report: dict[str, Any], plots: dict[str, str], space: SearchSpac
         if key in plots:
             parts.append(f"<h2>{title}</h2><img src='{plots[key]}'/>")
     parts.append(render_oneshot(report.get("oneshot"), plots, _table))
+    parts.append(render_ofa(report.get("ofa"), plots, _table))
     parts.append("<h2>Leaderboard</h2>")
     rows = [
         [
@@ -386,5 +391,6 @@ def write_report(
     (run_dir / "report.json").write_text(json.dumps(report, indent=2, default=str))
     out = run_dir / "report.html"
     plots = {**_plots(store, objective), **oneshot_plots(report.get("oneshot"), _png)}
+    plots.update(ofa_plots(report.get("ofa"), _png))
     out.write_text(render_html(report, plots, space))
     return out
