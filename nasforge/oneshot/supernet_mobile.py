@@ -35,7 +35,7 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from nasforge.errors import ConfigError
-from nasforge.nn.blocks import ConvBNAct, bn_cls, conv_cls, make_divisible
+from nasforge.nn.blocks import ConvBNAct, bn_cls, conv_cls, make_divisible, resize
 from nasforge.space import Categorical, SearchSpace
 from nasforge.spaces.mobile import MobileSpace
 
@@ -210,6 +210,7 @@ class MobileSupernet(nn.Module):
         return out
 
     def forward(self, x: torch.Tensor, arch: Mapping[str, Any]) -> torch.Tensor:
+        x = resize(x, self.space.input_size(arch))  # the stand-alone net's input resize
         x = self.stem(x)
         for i, j, key, blk in self._path(arch):
             choice: Any = self.stages[i][j][key]  # type: ignore[index]

@@ -4,24 +4,34 @@ Per stage: depth and width multiplier. Per block (exists only when the stage is 
 enough): kernel 3/5/7, expansion 1/3/6, squeeze-excitation on/off, activation.
 Labels: ``stage2/depth``, ``stage2/width``, ``stage2/block1/kernel`` ...
 
-Layer plan (for latency tables): the stem, one ``mobile.ir`` layer per block, the head; the
-three factories are registered when this module is imported.
+Elastic input resolution (option ``resolutions``, multipliers of the input's spatial size):
+with more than one multiplier the space's first dimension is ``resolution`` and a net whose
+multiplier is not 1.0 resizes its input first (:class:`~nasforge.nn.blocks.Resized`), so
+every net takes the dataset's input and computes at :meth:`MobileSpace.input_size`.
+
+Layer plan (for latency tables): the input resize (only when resized), the stem, one
+``mobile.ir`` layer per block, the head; the four factories are registered when this module is
+imported.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from numbers import Real
 from operator import itemgetter
-from typing import Any
+from typing import Any, NamedTuple
 
 from torch import nn
 
+from nasforge.errors import ConfigError, SpaceError
 from nasforge.nn.blocks import (
     ACTIVATIONS,
     ClassifierHead,
     ConvBNAct,
     InvertedResidual,
+    Resized,
     make_divisible,
 )
 from nasforge.nn.layers import register_layer
@@ -57,9 +67,84 @@ DEFAULT_STAGES = (
     StageSpec(80, 1, 3),
 )
 
+#: the label of the elastic input resolution (a multiplier of the input's spatial size)
+RESOLUTION = "resolution"
+#: the smallest side a resized input may have (a smaller one leaves the stages nothing to see)
+MIN_SIDE = 4
+_WHERE = "space.options.resolutions"
+
+
+def resolution_size(spatial: Sequence[int], multiplier: float) -> tuple[int, ...]:
+    """The spatial size an input of ``spatial`` has at ``multiplier``: ``spatial`` itself at
+    1.0, else each side ``max(MIN_SIDE, round(side * multiplier))``."""
+    if multiplier == 1.0:
+        return tuple(int(s) for s in spatial)
+    return tuple(max(MIN_SIDE, round(s * multiplier)) for s in spatial)
+
+
+def check_resolutions(resolutions: Any, spatial: Sequence[int]) -> tuple[float, ...]:
+    """``resolutions`` as a tuple of floats, in the given order.
+
+    Raises:
+        ConfigError: (naming ``space.options.resolutions``) not a non-empty list of numbers; a
+            value that is not finite and positive; a multiplier other than 1.0 that makes a side
+            of ``spatial`` smaller than :data:`MIN_SIDE`; two multipliers giving one size.
+    """
+    if isinstance(resolutions, (str, bytes, Mapping)) or not isinstance(resolutions, Sequence):
+        raise ConfigError(
+            f"{_WHERE}: must be a list of multipliers of the input size (e.g. [0.5, 0.75, 1.0]),"
+            f" got {resolutions!r}"
+        )
+    if len(resolutions) == 0:
+        raise ConfigError(f"{_WHERE}: must list at least one multiplier (1.0: the input size)")
+    out: list[float] = []
+    sizes: dict[tuple[int, ...], float] = {}
+    for i, m in enumerate(resolutions):
+        if isinstance(m, bool) or not isinstance(m, Real) or not math.isfinite(float(m)):
+            raise ConfigError(f"{_WHERE}[{i}]: {m!r} is not a finite number")
+        m = float(m)
+        if m <= 0:
+            raise ConfigError(f"{_WHERE}[{i}]: {m} must be > 0")
+        raw = tuple(round(s * m) for s in spatial)
+        if m != 1.0 and min(raw) < MIN_SIDE:
+            raise ConfigError(
+                f"{_WHERE}[{i}]: {m} turns the {'x'.join(map(str, spatial))} input into "
+                f"{'x'.join(map(str, raw))}; every side must stay >= {MIN_SIDE}"
+            )
+        size = resolution_size(spatial, m)
+        if size in sizes:
+            raise ConfigError(
+                f"{_WHERE}[{i}]: {m} gives the same {'x'.join(map(str, size))} input as "
+                f"{sizes[size]}; list each resolution once"
+            )
+        sizes[size] = m
+        out.append(m)
+    return tuple(out)
+
+
+class _ResolutionPlan(NamedTuple):
+    """The plan tables of one resolution (see :meth:`MobileSpace._compile_plan`)."""
+
+    #: the segments before the first block: (resize,) stem
+    lead: tuple[tuple[Segment, int], ...]
+    #: per stage: (width label, depth label, c_in -> width -> (c_out, depth -> blocks))
+    stages: list[tuple[str, str, dict[int, dict[Any, Any]]]]
+    #: last channels -> the head segment
+    heads: dict[int, tuple[Segment, int]]
+
 
 class MobileSpace(SearchSpace):
-    """MobileNetV2/V3-style macro space; ``input_shape`` is (C, H, W) or (C, L)."""
+    """MobileNetV2/V3-style macro space; ``input_shape`` is (C, H, W) or (C, L).
+
+    Args:
+        resolutions: multipliers of the input's spatial size the nets may compute at (see
+            :meth:`input_size`). With more than one, the categorical dimension ``resolution``
+            (the multipliers as floats) is the space's first; with one (default ``(1.0,)``)
+            there is no such dimension and every net computes at that one multiplier.
+
+    Raises:
+        ConfigError: bad ``resolutions`` (the message names ``space.options.resolutions``).
+    """
 
     name = "mobile"
 
@@ -76,6 +161,7 @@ class MobileSpace(SearchSpace):
         stem_channels: int = 16,
         head_features: int = 128,
         stem_stride: int | None = None,
+        resolutions: Sequence[float] = (1.0,),
     ) -> None:
         self.input_shape = tuple(int(s) for s in input_shape)
         if len(self.input_shape) not in (2, 3):
@@ -83,6 +169,10 @@ class MobileSpace(SearchSpace):
                 f"mobile: input_shape must be (C, H, W) or (C, L), got {self.input_shape}"
             )
         self.nd = len(self.input_shape) - 1
+        self.resolutions = check_resolutions(resolutions, self.input_shape[1:])
+        #: multiplier -> the spatial size the net computes at
+        self._sizes = {m: resolution_size(self.input_shape[1:], m) for m in self.resolutions}
+        self._elastic_resolution = len(self.resolutions) > 1
         self.num_classes = int(num_classes)
         self.stages = tuple(s if isinstance(s, StageSpec) else StageSpec(*s) for s in stages)
         self.stem_channels = stem_channels
@@ -91,6 +181,8 @@ class MobileSpace(SearchSpace):
             stem_stride = 2 if min(self.input_shape[1:]) >= 24 else 1
         self.stem_stride = stem_stride
         dims: list[Dimension] = []
+        if self._elastic_resolution:
+            dims.append(Categorical(RESOLUTION, choices=self.resolutions))
         for i, st in enumerate(self.stages):
             p = f"stage{i}"
             dims.append(Int(f"{p}/depth", low=1, high=st.max_depth))
@@ -104,6 +196,37 @@ class MobileSpace(SearchSpace):
                 dims.append(Categorical(f"{b}/act", choices=tuple(activations), when=when))
         super().__init__(dims)
         self._compile_plan()
+
+    def resolution(self, arch: Mapping[str, Any]) -> float:
+        """The input-size multiplier of ``arch`` (the space's one multiplier without the
+        ``resolution`` dimension).
+
+        Raises:
+            SpaceError: ``arch`` lacks the label or has a value that is not a choice.
+        """
+        if not self._elastic_resolution:
+            return self.resolutions[0]
+        try:
+            m = arch[RESOLUTION]
+        except KeyError:
+            raise SpaceError(
+                f"{self.name}: missing label {RESOLUTION!r} (one of {self.resolutions})"
+            ) from None
+        if isinstance(m, bool) or not isinstance(m, Real) or m not in self._sizes:
+            raise SpaceError(
+                f"{self.name}: {RESOLUTION} = {m!r} is not allowed; expected one of "
+                f"{', '.join(map(repr, self.resolutions))}"
+            )
+        return float(m)
+
+    def input_size(self, arch: Mapping[str, Any]) -> tuple[int, ...]:
+        """The spatial size ``arch``'s net computes at: ``input_shape[1:]`` at multiplier 1.0,
+        else each side ``max(4, round(side * multiplier))``.
+
+        Raises:
+            SpaceError: as :meth:`resolution`.
+        """
+        return self._sizes[self.resolution(arch)]
 
     def blocks(self, arch: Mapping[str, Any]) -> list[BlockSpec]:
         """The inverted-residual blocks of ``arch`` in order, with their channel counts.
@@ -133,6 +256,9 @@ class MobileSpace(SearchSpace):
         return out
 
     def build(self, arch: Arch) -> nn.Module:
+        """``nn.Sequential(features, head)``; ``features`` is a :class:`Resized` (stem, blocks)
+        when the arch computes at another size than the input's, else an ``nn.Sequential``
+        (same state-dict keys either way)."""
         self.validate(arch)
         nd = self.nd
         layers: list[nn.Module] = [
@@ -155,14 +281,21 @@ class MobileSpace(SearchSpace):
                 )
             )
             ch = blk.out_ch
-        features = nn.Sequential(*layers)
+        size = self.input_size(arch)
+        features = (
+            nn.Sequential(*layers) if size == self.input_shape[1:] else Resized(size, *layers)
+        )
         head = ClassifierHead(ch, self.head_features, self.num_classes, act="hswish", nd=nd)
         return nn.Sequential(features, head)
 
     def describe(self, arch: Mapping[str, Any]) -> str:
-        """Compact timm-style spelling: one line per stage, ``ir_k5_e6_se_silu`` per block."""
+        """Compact timm-style spelling: one line per stage, ``ir_k5_e6_se_silu`` per block,
+        after a ``resolution: 0.75 (21x21)`` line when the arch resizes its input."""
         blocks = self.blocks(arch)
         lines = []
+        size = self.input_size(arch)
+        if size != self.input_shape[1:]:
+            lines.append(f"resolution: {self.resolution(arch)} ({'x'.join(map(str, size))})")
         for i, st in enumerate(self.stages):
             mine = [b for b in blocks if b.stage == i]
             spelled = [f"ir_k{b.kernel}_e{b.expand}{'_se' if b.se else ''}_{b.act}" for b in mine]
@@ -178,14 +311,26 @@ class MobileSpace(SearchSpace):
         return dim.choices
 
     def _compile_plan(self) -> None:
-        """Tables the plan walks with a few dict reads per stage and one per block.
+        """Tables the plan walks with one dict read per resolution, a few per stage and one
+        per block: :class:`_ResolutionPlan` per multiplier (see :meth:`_compile_resolution`)."""
+        self._plan_by_resolution: dict[Any, _ResolutionPlan] = {
+            m: self._compile_resolution(size) for m, size in self._sizes.items()
+        }
+        #: the tables of an arch without the ``resolution`` label (one multiplier)
+        self._plan_fixed = self._plan_by_resolution[self.resolutions[0]]
+
+    def _resize_spec(self, size: tuple[int, ...]) -> LayerSpec:
+        """The ``mobile.resize`` layer from the input's size to ``size``."""
+        return LayerSpec("mobile.resize", (*size, self.nd), self.input_shape)
+
+    def _compile_resolution(self, size: tuple[int, ...]) -> _ResolutionPlan:
+        """The plan tables of nets computing at ``size``.
 
         Per stage: its width and depth labels and, per input channels and width choice, the
         output channels and, per depth, the (labels reader, segments by labels) of its blocks.
         """
-        spatial = downsample(tuple(self.input_shape[1:]), self.stem_stride)
-        #: per stage: (width label, depth label, c_in -> width -> (c_out, depth -> blocks))
-        self._plan_stages: list[tuple[str, str, dict[int, dict[Any, Any]]]] = []
+        spatial = downsample(size, self.stem_stride)
+        stages: list[tuple[str, str, dict[int, dict[Any, Any]]]] = []
         cins = {self.stem_channels}
         for i, st in enumerate(self.stages):
             p = f"stage{i}"
@@ -206,17 +351,13 @@ class MobileSpace(SearchSpace):
                     by_width[w] = (cout, depths)
             for j in range(st.max_depth):
                 spatial = downsample(spatial, st.stride if j == 0 else 1)
-            self._plan_stages.append((f"{p}/width", f"{p}/depth", by_cin))
+            stages.append((f"{p}/width", f"{p}/depth", by_cin))
             cins = set(outs.values())
-        stem = LayerSpec(
-            "mobile.stem",
-            (self.input_shape[0], self.stem_channels, 3, self.stem_stride, "hswish", self.nd),
-            self.input_shape,
-        )
-        self._stem = stem
-        self._stem_seg: tuple[Segment, int] = (stem, 1)
-        #: last channels -> the head segment
-        self._heads: dict[int, tuple[Segment, int]] = {
+        lead: list[tuple[Segment, int]] = []
+        if size != self.input_shape[1:]:
+            lead.append((self._resize_spec(size), 1))
+        lead.append((self._stem_spec(size), 1))
+        heads: dict[int, tuple[Segment, int]] = {
             ch: (
                 LayerSpec(
                     "mobile.head",
@@ -227,32 +368,53 @@ class MobileSpace(SearchSpace):
             )
             for ch in cins
         }
+        return _ResolutionPlan(tuple(lead), stages, heads)
+
+    def _stem_spec(self, size: tuple[int, ...]) -> LayerSpec:
+        return LayerSpec(
+            "mobile.stem",
+            (self.input_shape[0], self.stem_channels, 3, self.stem_stride, "hswish", self.nd),
+            (self.input_shape[0], *size),
+        )
 
     def plan(self, arch: Mapping[str, Any]) -> Plan:
-        """Stem, one ``mobile.ir`` layer per block, head (segments shared between archs).
+        """(Input resize,) stem, one ``mobile.ir`` layer per block, head (segments shared
+        between archs).
 
         Raises:
-            KeyError: a width or depth that is not a choice of the space.
+            KeyError: a resolution, width or depth that is not a choice of the space.
         """
         v = arch.to_dict() if isinstance(arch, Arch) else arch
-        out = [self._stem_seg]
+        lead, stages, heads = (
+            self._plan_by_resolution[v[RESOLUTION]]
+            if self._elastic_resolution
+            else self._plan_fixed
+        )
+        out = list(lead)
         append = out.append
         ch = self.stem_channels
-        for wl, dl, by_cin in self._plan_stages:
+        for wl, dl, by_cin in stages:
             ch, depths = by_cin[ch][v[wl]]
             for read, blocks in depths[v[dl]]:
                 append(blocks[read(v)])
-        append(self._heads[ch])
+        append(heads[ch])
         return tuple(out)
 
     def all_layers(self) -> list[LayerSpec]:
-        """Every layer any arch can produce: the stages walked with (channels, size) sets."""
-        return list(dict.fromkeys(self._enumerate_layers()))
+        """Every layer any arch can produce: per resolution, the stages walked with
+        (channels, size) sets."""
+        return list(
+            dict.fromkeys(
+                layer for size in self._sizes.values() for layer in self._enumerate_layers(size)
+            )
+        )
 
-    def _enumerate_layers(self) -> Iterator[LayerSpec]:
+    def _enumerate_layers(self, size: tuple[int, ...]) -> Iterator[LayerSpec]:
         nd = self.nd
-        yield self._stem
-        spatial = downsample(tuple(self.input_shape[1:]), self.stem_stride)
+        if size != self.input_shape[1:]:
+            yield self._resize_spec(size)
+        yield self._stem_spec(size)
+        spatial = downsample(size, self.stem_stride)
         ins = {self.stem_channels}
         kernels, expands = (
             self._choices("stage0/block0/kernel"),
@@ -320,6 +482,11 @@ def _ir(args: tuple[Any, ...], in_shape: tuple[int, ...]) -> nn.Module:
     )
 
 
+def _resize(args: tuple[Any, ...], in_shape: tuple[int, ...]) -> nn.Module:
+    *size, _nd = args
+    return Resized(tuple(size))  # no children: the resize alone
+
+
 def _head_layer(args: tuple[Any, ...], in_shape: tuple[int, ...]) -> nn.Module:
     cin, features, num_classes, act, nd = args
     return ClassifierHead(cin, features, num_classes, act=act, nd=nd)
@@ -328,3 +495,4 @@ def _head_layer(args: tuple[Any, ...], in_shape: tuple[int, ...]) -> nn.Module:
 register_layer("mobile.stem", _stem)
 register_layer("mobile.ir", _ir)
 register_layer("mobile.head", _head_layer)
+register_layer("mobile.resize", _resize)
