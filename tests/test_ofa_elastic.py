@@ -268,9 +268,6 @@ def test_extracted_subnet_exports_to_onnx(shape: tuple[int, ...]) -> None:
 
 
 # -- elastic resolution -----------------------------------------------------------------------
-@pytest.mark.skipif(
-    not hasattr(MobileSpace, "input_size"), reason="MobileSpace resolutions not landed yet"
-)
 @pytest.mark.parametrize(
     "shape, resolutions", [((1, 40), (0.5, 1.0)), ((1, 28, 28), (0.5, 1.0))], ids=IDS
 )

@@ -110,11 +110,6 @@ def elastic_values(space: SearchSpace) -> dict[str, tuple[Any, ...]]:
     return {name: tuple(vals if name == "act" else sorted(vals)) for name, vals in out.items()}
 
 
-def _input_size(space: MobileSpace, arch: Mapping[str, Any]) -> tuple[int, ...]:
-    size = getattr(space, "input_size", None)
-    return tuple(size(arch)) if size is not None else tuple(space.input_shape[1:])
-
-
 class ElasticDepthwise(nn.Module):
     """A depthwise conv at the largest kernel (``conv``), its BN (``bn``) and the kernel
     transforms (``kernel_transforms["<larger>to<smaller>"]``) of OFA's elastic kernel."""
@@ -297,7 +292,7 @@ class ElasticMobileSupernet(nn.Module):
             SpaceError: ``arch`` is not in the space.
         """
         self.space.validate(arch)
-        x = self.stem(resize(x, _input_size(self.space, arch)))
+        x = self.stem(resize(x, self.space.input_size(arch)))
         for block, blk in self._path(arch):
             x = block.run(x, blk)
         x = F.hardswish(self.head_conv.run(x, self.space.head_features))
