@@ -12,7 +12,8 @@ nothing), then:
 2. the latency table of the target: ``--table`` when given; else the config's
    ``latency.table`` when it was built for the same backend and batch size on this machine;
    else one built here on the target with :class:`~nasforge.hardware.builder.TableBuilder`,
-   kept in ``runs/<name>/ofa/tables/<backend>_b<batch>.json`` and reused by later targets;
+   kept in ``runs/<name>/ofa/tables/<backend>_t<threads>_b<batch>.json`` and reused by later
+   targets (both caches: :mod:`nasforge.experiment.ofa_cache`);
 3. :func:`~nasforge.oneshot.ofa.specialize.specialize` under the target (predictors only);
 4. the chosen subnet extracted with BN recalibrated, optionally fine-tuned a few epochs with
    :func:`nasforge.train.train_model` (a tenth of the supernet's learning rate), tested once;
@@ -68,6 +69,7 @@ from nasforge.nn import fuse_bn
 from nasforge.oneshot.ofa.specialize import (
     AccuracyPredictor,
     SpecializeConfig,
+    Specialized,
     specialize,
 )
 from nasforge.oneshot.ofa.train import OFAConfig, OFATrainer
@@ -243,7 +245,8 @@ def specialize_run(
         target_ms: the latency target in ms (> 0), in the table's statistic.
         backend: the target backend; default the table's (with ``table``) or the config's
             ``latency.backend``.
-        table: a latency table measured on the target (default: see :func:`resolve_table`).
+        table: a latency table measured on the target (default: see
+            :func:`~nasforge.experiment.ofa_cache.resolve_table`).
         batch_size: default the table's, else the config's ``latency.batch_size``.
         finetune_epochs: epochs of fine-tuning after extraction (0: none).
         label: the folder name under ``specialized/`` (default :func:`default_label`).
@@ -257,6 +260,18 @@ def specialize_run(
     t_start = time.perf_counter()
     run = load_ofa_run(Path(run_dir))
     with RunLock(run.run_dir, "specialize"):
+        t0 = time.perf_counter()  # the table first: a wrong one fails before any sampling
+        tab, source = resolve_table(
+            run.run_dir,
+            run.space,
+            run.config.latency,
+            run.config.space.options,
+            backend,
+            table,
+            batch_size,
+            console,
+        )
+        table_s = time.perf_counter() - t0
         samples, samples_info = load_or_make_samples(
             run.run_dir,
             run.space,
@@ -271,16 +286,6 @@ def specialize_run(
             run.space, samples, run.specialize.predictor, run.specialize.seed
         )
         predictor_s = time.perf_counter() - t0
-        tab, source = resolve_table(
-            run.run_dir,
-            run.space,
-            run.config.latency,
-            run.config.space.options,
-            backend,
-            table,
-            batch_size,
-            console,
-        )
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             latency_model = LatencyModel(
@@ -306,6 +311,7 @@ def specialize_run(
             samples=samples_info,
         )
         card["seconds"].update(
+            table=table_s,
             samples=0.0 if samples_info["reused"] else samples_info["seconds"],
             predictor=predictor_s,
             search=result.seconds,
@@ -319,7 +325,7 @@ def specialize_run(
 
 def _deploy(
     run: OFARun,
-    result: Any,
+    result: Specialized,
     predictor: AccuracyPredictor,
     latency_model: LatencyModel,
     finetune_epochs: int,
@@ -429,12 +435,13 @@ def _summary(card: Mapping[str, Any], out_dir: Path, console: Console) -> None:
         where = "NO subnet is predicted within the limit: this is the fastest one found, "
     else:
         where = ""
+    kind = "limit" if card["objective"] == "limit" else "target"
     if card["above_limit"]:
-        where += f"ABOVE the {target:g} ms limit by {100 * (value / target - 1):.1f}%"
+        where += f"ABOVE the {target:g} ms {kind} by {100 * (value / target - 1):.1f}%"
     elif card["within_10pct"]:
-        where += f"within +-10% of the {target:g} ms target"
+        where += f"within +-10% of the {target:g} ms {kind}"
     else:
-        where += f"under the {target:g} ms limit by {100 * (1 - value / target):.1f}%"
+        where += f"under the {target:g} ms {kind} by {100 * (1 - value / target):.1f}%"
     lat = card["latency"]
     sec = card["seconds"]
     tuned = card.get("val_acc_finetuned")
@@ -448,8 +455,9 @@ def _summary(card: Mapping[str, Any], out_dir: Path, console: Console) -> None:
         f"specialized {card['label']}: predicted {card['latency_ms_predicted']:.3f} ms, measured "
         f"{latency_text(value, stability)} ({lat['statistic']} on {lat['backend']}, batch "
         f"{lat['batch_size']}): {where}; {acc}; test acc {card['test_acc']:.4f}; "
-        f"{sec['total']:.1f}s (predictor {sec['predictor'] + sec['samples']:.1f}, search "
-        f"{sec['search']:.1f}, measure {sec['measure']:.1f}); in {out_dir}"
+        f"{sec['total']:.1f}s (table {sec['table']:.1f}, predictor "
+        f"{sec['predictor'] + sec['samples']:.1f}, search {sec['search']:.1f}, measure "
+        f"{sec['measure']:.1f}); in {out_dir}"
     )
     color = "red" if card["above_limit"] or not card["feasible"] else "green"
     console.print(f"[{color}]{escape(line)}[/]", highlight=False, soft_wrap=True)
