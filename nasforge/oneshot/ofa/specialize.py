@@ -1,0 +1,548 @@
+"""Specialisation: pick the subnet of a trained elastic supernet for one latency target.
+
+Once-for-All (Cai et al. 2020) trains one network and then, per deployment target, searches
+its subnets with two cheap models instead of any training: an **accuracy predictor** fitted
+on a few sampled subnets' inherited validation accuracy, and a **latency predictor** built
+from a table measured on the target. This module is that search, in three parts:
+
+* :func:`sample_subnets`: the archs whose inherited accuracy trains the predictor (seeded,
+  always including the largest and the smallest arch).
+* :class:`AccuracyPredictor`: the surrogates of :mod:`nasforge.strategies.predictor` (an MLP
+  ensemble or a GP) on ``space.encode(arch)``, with a cross-validated Kendall tau and mean
+  absolute error so a user sees how far to trust it.
+* :func:`specialize`: a registered ask/tell strategy (:func:`~nasforge.strategies.
+  create_strategy`) scoring archs by the two predictors, never measuring: ``"limit"`` asks
+  only archs within the latency limit (the strategy's constraint) and maximises predicted
+  accuracy; ``"weighted"`` maximises MnasNet's ``acc * (lat / target) ** w``
+  (:class:`~nasforge.objectives.Objective` ``weighted_product``).
+
+Latency comes in as any callable ``latency_ms(arch)`` (in the product a
+:class:`~nasforge.hardware.predictor.LatencyPredictor`); it is called once per distinct arch.
+Everything is deterministic for a seed given deterministic callables. Nothing here trains,
+measures or writes files; the product layer (``nasforge ofa specialize``) does.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from nasforge.errors import ConfigError, NasforgeError
+from nasforge.objectives import Objective
+from nasforge.oneshot.ranking import kendall_tau
+from nasforge.space import Arch, Categorical, Dimension, Float, Int, SearchSpace
+from nasforge.space.arch import Value
+from nasforge.strategies import STRATEGIES, create_strategy
+from nasforge.strategies.base import Strategy
+from nasforge.strategies.predictor import (
+    GPSurrogate,
+    MLPEnsembleSurrogate,
+    PredictorConfig,
+)
+
+PREDICTORS = ("mlp", "gp")
+#: archs asked from the strategy per round: scored by one batched predictor call, then told
+ASK_BATCH = 25
+#: the MLP ensemble as an accuracy predictor: trained longer than the strategy's per-proposal
+#: surrogate (it is fitted once; wider members did not rank 150 samples better)
+MLP_PREDICTOR = PredictorConfig(ensemble_size=5, mlp_hidden=32, mlp_steps=300)
+#: ``limit``, when even the smallest arch is over the limit: uniform samples probed for archs
+#: within it before the strategy starts. Each ask of a constrained strategy tries ~1,100
+#: candidates before it gives up on the limit, so an unreachable limit would otherwise cost
+#: minutes for nothing; the probe's feasible finds (at most :data:`ASK_BATCH`) are scored and
+#: told, which gives the strategy parents inside a tight limit.
+PROBE_SAMPLES = 1000
+
+
+class SpecializeConfig(BaseModel):
+    """How a subnet is specialised for one target (the config section ``ofa.specialize``).
+
+    Attributes:
+        samples: subnets whose inherited validation accuracy trains the predictor.
+        predictor: ``mlp`` (an ensemble of small MLPs) or ``gp`` (an ARD Gaussian process).
+        strategy: any registered strategy name (``nasforge.strategies.create_strategy``).
+        strategy_options: keyword options of that strategy (like ``strategy.options``).
+        evaluations: predictor-scored candidates the search may ask.
+        objective: ``limit`` (predicted latency <= target is a hard constraint; maximise
+            predicted accuracy) or ``weighted`` (maximise ``acc * (lat / target) ** w``).
+        w: the weighted product's exponent (MnasNet: -0.07); <= 0.
+        seed: seeds the subnet sample, the predictor and the strategy.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    samples: int = Field(150, ge=8)
+    predictor: Literal["mlp", "gp"] = "mlp"
+    strategy: str = "evolution"
+    strategy_options: dict[str, Any] = Field(default_factory=dict)
+    evaluations: int = Field(3000, ge=1)
+    objective: Literal["limit", "weighted"] = "limit"
+    w: float = Field(-0.07, le=0)
+    seed: int = 0
+
+    @field_validator("strategy")
+    @classmethod
+    def _known_strategy(cls, v: str) -> str:
+        # user strategies register from plugins, possibly after the config is read: only the
+        # spelling is checked here, the registry when the search starts (specialize)
+        if not v.strip():
+            raise ValueError("a registered strategy name, e.g. 'evolution'")
+        return v
+
+    @classmethod
+    def from_options(cls, where: str = "ofa.specialize", **options: Any) -> SpecializeConfig:
+        """Build from config options; a bad field is a :class:`ConfigError` naming
+        ``<where>.<field>``."""
+        try:
+            return cls(**options)
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            loc = ".".join(str(p) for p in err["loc"])
+            raise ConfigError(f"{where}.{loc}: {err['msg']}") from None
+
+
+# -- the sample ------------------------------------------------------------------------------
+def extreme_arch(space: SearchSpace, largest: bool = True) -> Arch:
+    """The largest (or smallest) arch of ``space``, read off its dimensions.
+
+    Per dimension: the highest (lowest) value of an integer, float or numeric categorical
+    dimension; ``True`` (``False``) where a boolean choice such as squeeze-excitation offers
+    it; an unordered choice (an activation) takes the space's first choice, as Once-for-All's
+    largest network does. Conditional dimensions follow the values chosen before them.
+    """
+    values: dict[str, Value] = {}
+    for d in space.dimensions():
+        if d.active(values):
+            values[d.label] = _extreme(d, largest)
+    return space.make(values)
+
+
+def _extreme(d: Dimension, largest: bool) -> Value:
+    if isinstance(d, Int):
+        vals = range(d.low, d.high + 1, d.step)
+        return int(vals[-1] if largest else vals[0])
+    if isinstance(d, Float):
+        return float(d.high if largest else d.low)
+    if isinstance(d, Categorical):
+        ch = d.choices
+        if all(isinstance(c, bool) for c in ch):
+            return largest if largest in ch else ch[0]
+        if all(isinstance(c, (int, float)) and not isinstance(c, bool) for c in ch):
+            return max(ch) if largest else min(ch)  # type: ignore[type-var]
+        return ch[0]
+    return d.sample(np.random.default_rng(0))  # a dimension kind with no order
+
+
+def sample_subnets(
+    space: SearchSpace,
+    accuracy: Callable[[Arch], float],
+    n: int,
+    seed: int,
+    progress: Callable[[int, int], None] | None = None,
+) -> list[tuple[Arch, float]]:
+    """``n`` distinct archs of ``space`` with their ``accuracy`` (the predictor's data).
+
+    The first two are the largest and the smallest arch (:func:`extreme_arch`), so the
+    predictor sees both ends of the space; the rest are uniform samples drawn from
+    ``np.random.default_rng(seed)``, distinct by key. Fewer than ``n`` come back only when
+    the space has fewer distinct archs (after 100 * n draws).
+
+    Args:
+        space: the space the archs come from.
+        accuracy: an arch's accuracy (in the product: inherited validation accuracy after BN
+            recalibration); called once per arch, in the returned order.
+        n: how many archs (at least 2).
+        seed: seeds the uniform samples.
+        progress: called as ``progress(done, n)`` after each arch.
+
+    Raises:
+        ConfigError: ``n`` below 2.
+        NasforgeError: ``accuracy`` returned a value that is not a finite number (names the
+            arch).
+    """
+    if n < 2:
+        raise ConfigError(f"ofa.specialize.samples: expected at least 2, got {n}")
+    rng = np.random.default_rng(seed)
+    archs: dict[str, Arch] = {}
+    for arch in (extreme_arch(space, True), extreme_arch(space, False)):
+        archs.setdefault(arch.key, arch)
+    draws = 0
+    while len(archs) < n and draws < 100 * n:
+        arch = space.sample(rng)
+        archs.setdefault(arch.key, arch)
+        draws += 1
+    out: list[tuple[Arch, float]] = []
+    for arch in archs.values():
+        acc = float(accuracy(arch))
+        if not np.isfinite(acc):
+            raise NasforgeError(f"sample_subnets: accuracy of arch {arch.key} is {acc!r}")
+        out.append((arch, acc))
+        if progress is not None:
+            progress(len(out), len(archs))
+    return out
+
+
+# -- the accuracy predictor ----------------------------------------------------------------------
+class AccuracyPredictor:
+    """Accuracy of an arch from its encoding, fitted on ``(arch, accuracy)`` samples.
+
+    Build with :meth:`fit`. Targets are standardised for the fit and predictions come back in
+    the samples' units. :attr:`cv_kendall_tau` and :attr:`cv_mae` are ``folds``-fold
+    cross-validated (every sample predicted by a model that did not see it): the rank
+    agreement and the mean absolute error the search can expect on unseen archs.
+
+    Attributes:
+        space: the space whose ``encode`` the predictor reads.
+        kind: ``mlp`` or ``gp``.
+        n_samples: samples in the final fit.
+        cv_kendall_tau: Kendall's tau-b between held-out predictions and the samples.
+        cv_mae: mean absolute error of the held-out predictions (samples' units).
+        folds: cross-validation folds.
+    """
+
+    def __init__(
+        self,
+        space: SearchSpace,
+        kind: str,
+        model: Callable[[np.ndarray], np.ndarray],
+        n_samples: int,
+        cv: tuple[float, float, int],
+    ) -> None:
+        """Use :meth:`fit`; this stores a fitted model (encodings -> accuracies)."""
+        self.space, self.kind, self._model = space, kind, model
+        self.n_samples = n_samples
+        self.cv_kendall_tau, self.cv_mae, self.folds = cv
+
+    @classmethod
+    def fit(
+        cls,
+        space: SearchSpace,
+        samples: Sequence[tuple[Mapping[str, Any], float]],
+        kind: str = "mlp",
+        seed: int = 0,
+        folds: int = 5,
+    ) -> AccuracyPredictor:
+        """Fit on all ``samples`` after ``folds``-fold cross-validation.
+
+        Args:
+            space: the space the archs belong to (each is validated).
+            samples: ``(arch, accuracy)`` pairs (e.g. :func:`sample_subnets`'s), at least
+                ``2 * folds``; accuracies finite and in any one unit.
+            kind: ``mlp`` (an ensemble of MLPs, :class:`MLPEnsembleSurrogate`) or ``gp``
+                (ARD + additive GP, :class:`GPSurrogate`).
+            seed: seeds the folds and the MLP initialisations.
+            folds: cross-validation folds (at least 2).
+
+        Raises:
+            ConfigError: unknown ``kind``, too few samples, bad ``folds``.
+            SpaceError: an arch is not in ``space``.
+            NasforgeError: an accuracy is not a finite number.
+        """
+        if kind not in PREDICTORS:
+            raise ConfigError(
+                f"ofa.specialize.predictor: {kind!r} is not one of {', '.join(PREDICTORS)}"
+            )
+        if folds < 2:
+            raise ConfigError(f"folds: expected at least 2, got {folds}")
+        if len(samples) < 2 * folds:
+            raise ConfigError(
+                f"ofa.specialize.samples: {len(samples)} samples are too few to fit and "
+                f"cross-validate the accuracy predictor; need at least {2 * folds}"
+            )
+        for arch, _ in samples:
+            space.validate(arch)
+        y = np.array([float(acc) for _, acc in samples])
+        if not np.all(np.isfinite(y)):
+            bad = int(np.flatnonzero(~np.isfinite(y))[0])
+            raise NasforgeError(f"AccuracyPredictor: sample {bad} has accuracy {y[bad]!r}")
+        x = np.stack([space.encode(a) for a, _ in samples]).astype(np.float64)
+        model, theta = _fit(space, kind, x, y, seed)
+        rng = np.random.default_rng([seed, 7])
+        held_out = np.empty_like(y)
+        for i, test in enumerate(np.array_split(rng.permutation(len(y)), folds)):
+            train = np.setdiff1d(np.arange(len(y)), test)
+            fold, _ = _fit(space, kind, x[train], y[train], seed + 1 + i, theta)
+            held_out[test] = fold(x[test])
+        cv = (kendall_tau(list(held_out), list(y)), float(np.abs(held_out - y).mean()), folds)
+        return cls(space, kind, model, len(y), cv)
+
+    def predict(self, archs: Sequence[Mapping[str, Any]]) -> np.ndarray:
+        """Predicted accuracy of each arch (one batched call; the samples' units)."""
+        if not archs:
+            return np.zeros(0)
+        x = np.stack([self.space.encode(a) for a in archs]).astype(np.float64)
+        return self._model(x)
+
+    def summary(self) -> dict[str, Any]:
+        """What a report shows: kind, samples, cross-validated tau and MAE, folds."""
+        return {
+            "kind": self.kind,
+            "samples": self.n_samples,
+            "cv_kendall_tau": self.cv_kendall_tau,
+            "cv_mae": self.cv_mae,
+            "folds": self.folds,
+        }
+
+
+def _fit(
+    space: SearchSpace,
+    kind: str,
+    x: np.ndarray,
+    y: np.ndarray,
+    seed: int,
+    gp_start: np.ndarray | None = None,
+) -> tuple[Callable[[np.ndarray], np.ndarray], np.ndarray | None]:
+    """A surrogate fitted to standardised ``y``: (``x -> mean prediction`` in y's units, the
+    GP's hyperparameters or ``None``).
+
+    The GP's marginal-likelihood fit starts from ``gp_start`` when given: the folds of the
+    cross-validation start from the full fit's optimum, which makes them a few times cheaper
+    (each fold still maximises the likelihood of its own training part only).
+    """
+    mean, scale = float(y.mean()), float(y.std())
+    scale = scale if scale > 0 else 1.0
+    z = (y - mean) / scale
+    theta = None
+    if kind == "gp":
+        gp = GPSurrogate([d.width for d in space.dimensions()], ard=True, additive=True)
+        gp.theta = None if gp_start is None else gp_start.copy()
+        theta = gp.select(x, z)
+        post = gp.posterior(x, z)
+    else:
+        post = MLPEnsembleSurrogate(MLP_PREDICTOR).posterior(x, z, seed)
+
+    def predict(xq: np.ndarray) -> np.ndarray:
+        return mean + scale * np.asarray(post(xq)[0], dtype=np.float64)
+
+    return predict, theta
+
+
+# -- the search ----------------------------------------------------------------------------------
+@dataclass
+class Specialized:
+    """The subnet chosen for one target, and how it was found.
+
+    Attributes:
+        arch: the chosen arch.
+        predicted_acc: its predicted accuracy (the predictor's units).
+        predicted_latency_ms: ``latency_ms(arch)``.
+        target_ms: the target (a hard limit for ``limit``, the weighted product's reference
+            for ``weighted``).
+        objective: ``limit`` or ``weighted``.
+        score: the arch's objective score (``limit``: its predicted accuracy when feasible).
+        strategy: the strategy that searched.
+        evaluations: distinct archs scored.
+        feasible: ``limit``: whether any scored arch met the limit; when none did, ``arch`` is
+            the fastest arch scored. ``weighted`` has no hard limit and is always feasible.
+        seconds: wall-clock seconds of the search (after the predictor was fitted).
+        history: best-so-far objective score after each evaluation (``None`` while no
+            feasible arch had been scored).
+    """
+
+    arch: Arch
+    predicted_acc: float
+    predicted_latency_ms: float
+    target_ms: float
+    objective: str
+    score: float
+    strategy: str
+    evaluations: int
+    feasible: bool
+    seconds: float
+    history: list[float | None] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready: the arch as a plain dict, plus its key."""
+        out = asdict(self)
+        out["arch"] = self.arch.to_dict()
+        out["arch_key"] = self.arch.key
+        return out
+
+
+def specialize(
+    space: SearchSpace,
+    predictor: AccuracyPredictor,
+    latency_ms: Callable[[Arch], float],
+    target_ms: float,
+    config: SpecializeConfig,
+) -> Specialized:
+    """Search ``space`` for the best subnet at ``target_ms``, scoring by predictors only.
+
+    The strategy ``config.strategy`` asks archs in rounds of :data:`ASK_BATCH`; each round's
+    accuracies are one :meth:`AccuracyPredictor.predict` call and latencies come from
+    ``latency_ms`` (cached per arch key, so the strategy's constraint and the scoring share
+    one call per arch). The largest and the smallest arch are scored first and told to the
+    strategy, so both ends of the space are always considered. Under ``limit``, when even
+    the smallest arch is over it, :data:`PROBE_SAMPLES` uniform samples are probed first
+    and the search ends at once (``feasible=False``) if none is within the limit. The
+    search stops after ``config.evaluations`` distinct archs or when the space is
+    exhausted: a strategy asks a repeat (or, under a constraint, an arch over the limit) only
+    after ~1,100 tries found no new arch within it (:meth:`Strategy._fresh`), so the first
+    round with one ends the search. The two extreme archs (and the probe's finds) count as
+    evaluations; only the probe's may exceed a budget smaller than them.
+
+    Args:
+        space: the space of the subnets (the one the predictor was fitted on).
+        predictor: the fitted accuracy predictor.
+        latency_ms: an arch's latency in ms on the target; deterministic, never measuring in
+            the loop (a :class:`~nasforge.hardware.predictor.LatencyPredictor`).
+        target_ms: the latency limit / reference, > 0.
+        config: strategy, budget, objective and seed.
+
+    Returns:
+        The best arch by the objective; under ``limit`` with no feasible arch,
+        ``feasible=False`` and the fastest arch scored.
+
+    Raises:
+        ConfigError: bad target, unknown strategy or strategy options, a predictor fitted on
+            another space's encoding.
+        NasforgeError: ``latency_ms`` returned a value that is not a finite number.
+    """
+    start = time.perf_counter()
+    if not (np.isfinite(target_ms) and target_ms > 0):
+        raise ConfigError(f"target_ms: expected a positive number of ms, got {target_ms!r}")
+    if predictor.space.encoding_size != space.encoding_size:
+        raise ConfigError(
+            f"predictor: fitted on an encoding of {predictor.space.encoding_size} values, "
+            f"the space {space.name!r} encodes {space.encoding_size}"
+        )
+    cache: dict[str, float] = {}
+
+    def latency(arch: Arch) -> float:
+        v = cache.get(arch.key)
+        if v is None:
+            v = float(latency_ms(arch))
+            if not np.isfinite(v):
+                raise NasforgeError(f"latency_ms: arch {arch.key} gave {v!r}")
+            cache[arch.key] = v
+        return v
+
+    limit = config.objective == "limit"
+    objective = Objective(
+        "constraint" if limit else "weighted_product", target=float(target_ms), w=config.w
+    )
+    strategy = _strategy(space, config, (lambda a: latency(a) <= target_ms) if limit else None)
+    search = _Search(strategy, predictor, latency, objective, limit)
+    search.score([extreme_arch(space, True), extreme_arch(space, False)])
+    if limit and search.best is None:
+        search.score(_probe(space, latency, target_ms, config.seed))
+    exhausted = limit and search.best is None
+    while search.evaluations < config.evaluations and not exhausted:
+        n = min(ASK_BATCH, config.evaluations - search.evaluations)
+        exhausted = not search.score(strategy.ask(n))
+    best, feasible = search.best, True
+    if best is None:  # limit, nothing within it: the fastest arch scored
+        feasible, best = False, min(search.scored.values(), key=lambda e: e[2])  # first on ties
+    arch, acc, lat, score = best
+    return Specialized(
+        arch=arch,
+        predicted_acc=acc,
+        predicted_latency_ms=lat,
+        target_ms=float(target_ms),
+        objective=config.objective,
+        score=score,
+        strategy=config.strategy,
+        evaluations=search.evaluations,
+        feasible=feasible,
+        seconds=time.perf_counter() - start,
+        history=search.history,
+    )
+
+
+def _strategy(
+    space: SearchSpace, config: SpecializeConfig, constraint: Callable[[Arch], bool] | None
+) -> Strategy:
+    if config.strategy not in STRATEGIES:
+        raise ConfigError(
+            f"ofa.specialize.strategy: unknown strategy {config.strategy!r}; expected one of "
+            f"{', '.join(sorted(STRATEGIES))}"
+        )
+    try:
+        return create_strategy(
+            config.strategy,
+            space,
+            seed=config.seed,
+            constraint=constraint,
+            **config.strategy_options,
+        )
+    except ConfigError as exc:
+        msg = str(exc).removeprefix("strategy.options: ")
+        raise ConfigError(f"ofa.specialize.strategy_options: {msg}") from None
+
+
+def _probe(
+    space: SearchSpace, latency: Callable[[Arch], float], target_ms: float, seed: int
+) -> list[Arch]:
+    """Up to :data:`ASK_BATCH` archs within the limit among :data:`PROBE_SAMPLES` seeded
+    uniform samples, plus the fastest sample (so an unreachable limit still reports the
+    fastest arch seen)."""
+    rng = np.random.default_rng([seed, 11])
+    found: dict[str, Arch] = {}
+    fastest: tuple[float, Arch] | None = None
+    for _ in range(PROBE_SAMPLES):
+        arch = space.sample(rng)
+        lat = latency(arch)
+        if lat <= target_ms:
+            found.setdefault(arch.key, arch)
+            if len(found) >= ASK_BATCH:
+                break
+        elif fastest is None or lat < fastest[0]:
+            fastest = (lat, arch)
+    return [*found.values(), *([fastest[1]] if fastest else [])]
+
+
+Entry = tuple[Arch, float, float, float]  # arch, predicted acc, latency ms, objective score
+
+
+class _Search:
+    """The scored archs of one search, the best so far and the strategy's tells."""
+
+    def __init__(
+        self,
+        strategy: Strategy,
+        predictor: AccuracyPredictor,
+        latency: Callable[[Arch], float],
+        objective: Objective,
+        limit: bool,
+    ) -> None:
+        self.strategy, self.predictor, self.latency = strategy, predictor, latency
+        self.objective, self.limit = objective, limit
+        self.scored: dict[str, Entry] = {}
+        self.best: Entry | None = None
+        self.history: list[float | None] = []
+
+    @property
+    def evaluations(self) -> int:
+        return len(self.scored)
+
+    def score(self, archs: Sequence[Arch]) -> bool:
+        """Score and tell the archs not scored before.
+
+        Returns:
+            Whether every arch was new and (``limit``) within the limit: ``False`` means the
+            strategy ran out of such archs.
+        """
+        new = list({a.key: a for a in archs if a.key not in self.scored}.values())
+        clean = len(new) == len(archs)
+        if not new:
+            return clean
+        accs = self.predictor.predict(new)
+        for arch, acc in zip(new, accs):
+            lat = self.latency(arch)
+            metrics = {"val_acc": float(acc), "latency_ms": lat}
+            score = self.objective.score(metrics)
+            assert score is not None and not isinstance(score, tuple)  # finite inputs
+            entry = (arch, float(acc), lat, float(score))
+            self.scored[arch.key] = entry
+            self.strategy.tell(arch, float(score))
+            ok = not self.limit or self.objective.feasible(metrics)
+            clean = clean and ok
+            if ok and (self.best is None or score > self.best[3]):
+                self.best = entry
+            self.history.append(None if self.best is None else self.best[3])
+        return clean
