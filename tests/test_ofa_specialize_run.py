@@ -263,3 +263,52 @@ def test_report_and_show_list_the_specialisations(trained: dict[str, Any]) -> No
     res = runner.invoke(app, ["show", str(run)])
     assert res.exit_code == 0, res.output
     assert "ofa: supernet 3/3 epochs" in res.output and "reported: target 10 ms" in res.output
+
+
+@pytest.mark.parametrize(
+    ("objective", "measured", "stable", "said"),
+    [
+        ("limit", 0.95, True, "within +-10% of the 1 ms limit"),
+        ("limit", 1.05, True, "ABOVE the 1 ms limit by 5.0%"),
+        ("weighted", 1.05, True, "within +-10% of the 1 ms target"),
+        ("limit", 1.30, True, "ABOVE the 1 ms limit by 30.0%"),
+        ("limit", 0.50, True, "under the 1 ms limit by 50.0%"),
+        ("limit", 0.98, False, "WARNING: the measured latency 0.980 ms is unstable"),
+    ],
+)
+def test_summary_line_says_where_the_measurement_lands(
+    objective: str, measured: float, stable: bool, said: str
+) -> None:
+    from io import StringIO
+
+    from nasforge.experiment.ofa_specialize import WITHIN, _summary
+    from nasforge.hardware.noise import Stability
+
+    card = {
+        "label": "x",
+        "target_ms": 1.0,
+        "objective": objective,
+        "feasible": True,
+        "latency_ms": measured,
+        "latency_ms_predicted": 0.97,
+        "latency": {"statistic": "min", "backend": "torch", "batch_size": 1},
+        "latency_stability": Stability(stable, () if stable else ("host busy",)).to_dict(),
+        "within_10pct": abs(measured - 1.0) <= WITHIN,
+        "above_limit": measured > 1.0,
+        "val_acc_inherited": 0.5,
+        "val_acc_predicted": 0.5,
+        "val_acc_finetuned": None,
+        "test_acc": 0.5,
+        "finetune_epochs": 0,
+        "seconds": {
+            "total": 1.0,
+            "table": 0,
+            "predictor": 0,
+            "samples": 0,
+            "search": 0,
+            "measure": 0,
+        },
+    }
+    buf = StringIO()
+    _summary(card, Path("out"), Console(file=buf, width=400))
+    assert said in " ".join(buf.getvalue().split())

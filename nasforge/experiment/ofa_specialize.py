@@ -435,11 +435,11 @@ def _summary(card: Mapping[str, Any], out_dir: Path, console: Console) -> None:
         where = "NO subnet is predicted within the limit: this is the fastest one found, "
     else:
         where = ""
-    kind = "limit" if card["objective"] == "limit" else "target"
-    if card["above_limit"]:
-        where += f"ABOVE the {target:g} ms {kind} by {100 * (value / target - 1):.1f}%"
-    elif card["within_10pct"]:
+    kind = "limit" if card["objective"] == "limit" else "target"  # weighted: no hard limit
+    if card["within_10pct"] and not (kind == "limit" and card["above_limit"]):
         where += f"within +-10% of the {target:g} ms {kind}"
+    elif card["above_limit"]:
+        where += f"ABOVE the {target:g} ms {kind} by {100 * (value / target - 1):.1f}%"
     else:
         where += f"under the {target:g} ms {kind} by {100 * (1 - value / target):.1f}%"
     lat = card["latency"]
