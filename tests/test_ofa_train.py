@@ -3,7 +3,7 @@ channel reorganisation when ``expand`` becomes elastic, exact resume, checkpoint
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -84,7 +84,9 @@ def record_forwards(trainer: OFATrainer) -> list[Arch]:
     return seen
 
 
-def differs_only_in(arch: Mapping[str, Any], largest: Mapping[str, Any], dims: set[str]) -> bool:
+def differs_only_in(
+    arch: Mapping[str, Any], largest: Mapping[str, Any], dims: Collection[str]
+) -> bool:
     """Whether ``arch`` keeps the largest value of every label outside ``dims`` (and all the
     largest arch's blocks unless ``depth`` is in ``dims``)."""
     same = all(elastic_dim(lb) in dims or arch[lb] == largest[lb] for lb in arch)
