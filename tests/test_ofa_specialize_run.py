@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 
 from nasforge.cli import app
 from nasforge.errors import NasforgeError
-from nasforge.experiment import ofa_cache
+from nasforge.experiment import ofa_cache, ofa_specialize
 from nasforge.experiment.config import load_config
 from nasforge.experiment.ofa_specialize import specialize_run
 from nasforge.experiment.setup import make_dataset, make_space
@@ -178,7 +178,9 @@ def test_samples_are_made_once_and_reused(
     assert samples.read_text() == before
 
 
-def test_same_label_is_replaced_whole(trained: dict[str, Any]) -> None:
+def test_same_label_is_replaced_whole(
+    trained: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
     specialise(trained, 10.0, label="again")
     card = specialise(trained, 0.01, label="again")  # nothing that fast: the fastest, said
     folder = trained["run"] / "specialized"
@@ -186,6 +188,16 @@ def test_same_label_is_replaced_whole(trained: dict[str, Any]) -> None:
     assert again["target_ms"] == 0.01 and card["target_ms"] == 0.01
     assert not card["feasible"] and card["above_limit"]
     assert not [p for p in folder.iterdir() if p.name.startswith(".")]  # no staging left
+
+    def diverges(*args: Any, **kwargs: Any) -> Any:
+        raise NasforgeError("loss became nan")
+
+    # a specialisation that fails half-way leaves the label's previous folder as it was
+    monkeypatch.setattr(ofa_specialize, "train_model", diverges)
+    with pytest.raises(NasforgeError, match="nan"):
+        specialise(trained, 10.0, label="again", finetune_epochs=1)
+    assert json.loads((folder / "again" / "card.json").read_text()) == again
+    assert not [p for p in folder.iterdir() if p.name.startswith(".")]
 
 
 def test_default_label_and_table_built_once_on_the_target(

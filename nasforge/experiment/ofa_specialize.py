@@ -297,7 +297,14 @@ def specialize_run(
             run.space, predictor, latency_model.predict, float(target_ms), run.specialize
         )
         name = label or default_label(tab.backend.label, tab.batch_size, float(target_ms))
-        card = _deploy(run, result, predictor, latency_model, finetune_epochs, name, console)
+        staging = run.run_dir / SPECIALIZED_DIR / f".{name}.{os.getpid()}.tmp"
+        try:
+            card = _deploy(
+                run, result, predictor, latency_model, finetune_epochs, name, staging, console
+            )
+        except BaseException:  # a failed or interrupted specialisation leaves no half folder
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
         card.update(
             table={
                 "path": str(tab.path) if tab.path else None,
@@ -317,7 +324,7 @@ def specialize_run(
             search=result.seconds,
             total=time.perf_counter() - t_start,
         )
-        out_dir = _publish(run.run_dir, name, card)
+        out_dir = _publish(run.run_dir, name, staging, card)
         _summary(card, out_dir, console)
         _rewrite_report(run)
     return card
@@ -330,12 +337,12 @@ def _deploy(
     latency_model: LatencyModel,
     finetune_epochs: int,
     label: str,
+    staging: Path,
     console: Console,
 ) -> dict[str, Any]:
     """Extract (BN recalibrated), fine-tune, test once, measure and export the chosen subnet
-    into a staging folder; returns its card (with ``_staging``: that folder)."""
+    into the folder ``staging`` (named ``.<label>.<pid>.tmp``); returns its card."""
     d, cfg, arch = run.dataset, run.config, result.arch
-    staging = run.run_dir / SPECIALIZED_DIR / f".{label}.{os.getpid()}.tmp"
     shutil.rmtree(staging, ignore_errors=True)
     t0 = time.perf_counter()
     with training_threads(cfg.latency.threads):
@@ -406,15 +413,13 @@ def _deploy(
         "size_bytes": model_size_bytes(fused),
         "onnx_max_abs_diff": onnx_max_abs_diff(fused, onnx_bytes, d.x_test[:64]),
         "onnx_size_bytes": len(onnx_bytes),
-        "_staging": str(staging),
     }
     return card
 
 
-def _publish(run_dir: Path, label: str, card: dict[str, Any]) -> Path:
+def _publish(run_dir: Path, label: str, staging: Path, card: dict[str, Any]) -> Path:
     """Write the card into the staging folder and rename it over ``specialized/<label>/``
     (an old folder of that label is moved aside first and removed after)."""
-    staging = Path(card.pop("_staging"))
     (staging / CARD_FILE).write_text(json.dumps(card, indent=2, default=str))
     target = run_dir / SPECIALIZED_DIR / label
     old = target.with_name(f".{label}.{os.getpid()}.old")
