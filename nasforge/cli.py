@@ -14,6 +14,7 @@ from rich.table import Table
 
 from nasforge.compression.cli import compress
 from nasforge.errors import NasforgeError
+from nasforge.experiment.ofa_cli import ofa_app
 from nasforge.hardware.cli import app as latency_app
 from nasforge.plugins import ENTRY_POINT_GROUP, load_plugins, loaded_plugins, registrations
 
@@ -56,10 +57,13 @@ def search(
     """Run a search; writes runs/<name>/ with trials.db, report.html and best/."""
     from nasforge.experiment.config import load_config
     from nasforge.experiment.interrupt import SearchInterrupted
+    from nasforge.experiment.ofa_config import search_refusal
     from nasforge.experiment.runner import Experiment
 
     try:
         cfg = load_config(config, {"name": name} if name else None)
+        if cfg.ofa is not None:  # Once-for-All has its own commands
+            raise NasforgeError(search_refusal(str(config)))
         run_dir = cfg.run_dir(runs_dir)
         # the first line says where the run goes (runs_dir / --runs-dir accept any path)
         err.print(
@@ -325,6 +329,7 @@ def doctor(config: Annotated[Path, typer.Argument(help="experiment YAML config")
 
 app.add_typer(latency_app, name="latency", help="Build, predict and validate latency tables.")
 app.command(name="compress")(compress)
+app.add_typer(ofa_app, name="ofa", help="Once-for-All: one elastic supernet, a subnet per target.")
 
 
 def main() -> None:

@@ -56,6 +56,7 @@ def test_every_example_is_covered() -> None:
         "own_space/channel_bench.yaml",
         "darts.yaml",
         "spos.yaml",
+        "ofa.yaml",
     }, "a new example needs a test here"
 
 
@@ -114,6 +115,28 @@ def test_oneshot_examples(tmp_path: Path, name: str, run_name: str, budget: dict
     assert (run / "supernet" / f"epoch_{budget['epochs']:04d}.pt").is_file()
     ok(["export", str(run), "--out", str(tmp_path / "exp")])
     assert (tmp_path / "exp" / "model.onnx").is_file()
+
+
+def test_ofa_example(tmp_path: Path) -> None:
+    example = EXAMPLES / "ofa.yaml"
+    res = ok(["doctor", str(example)])
+    assert "error" not in res.output and "warning" not in res.output
+    train = yaml.safe_load(example.read_text())["ofa"]["train"]
+    phases = [{**p, "epochs": 1} for p in train["phases"]]  # every phase, one epoch each
+    cfg = small_copy(
+        example,
+        tmp_path / "ofa.yaml",
+        data={"samples": 400},
+        ofa={"train": {**train, "phases": phases}},
+    )
+    res = runner.invoke(app, ["search", str(cfg)])  # Once-for-All has its own commands
+    assert res.exit_code == 2 and "nasforge ofa train" in res.output
+    ok(["ofa", "train", str(cfg), "--runs-dir", str(tmp_path / "runs"), "--quiet"])
+    run = tmp_path / "runs" / "ofa-mnist1d"
+    assert (run / "supernet" / "final.pt").is_file() and (run / "report.html").is_file()
+    assert (run / "supernet" / f"epoch_{len(phases):04d}.pt").is_file()
+    res = ok(["ofa", "list", str(run)])
+    assert "no specialisations" in res.output
 
 
 @pytest.mark.skipif(not HAS_NB201, reason="NAS-Bench-201 table not in shared data")

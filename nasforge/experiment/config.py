@@ -29,6 +29,7 @@ from nasforge.compression.config import CompressConfig
 from nasforge.data import GENERATED
 from nasforge.errors import ConfigError, NasforgeError, PluginError
 from nasforge.evaluators import evaluator_entry
+from nasforge.experiment.ofa_config import OFASection
 from nasforge.experiment.oneshot_config import OneshotConfig, default_evaluator
 from nasforge.hardware.backends import get_backend, list_backends
 from nasforge.objectives import Objective
@@ -241,6 +242,7 @@ class ExperimentConfig(_Section):
     oneshot: OneshotConfig | None = Field(
         None, description="weight-sharing search (DARTS, single-path supernet); see oneshot_config"
     )
+    ofa: OFASection | None = Field(None, description="Once-for-All (nasforge ofa); see ofa_config")
 
     @model_validator(mode="before")
     @classmethod
@@ -281,6 +283,12 @@ class ExperimentConfig(_Section):
             self.oneshot.check_fit(
                 self.space.name, ev.kind, ev.options, ev.needs_data, self.latency.table
             )
+        return self
+
+    @model_validator(mode="after")
+    def _ofa_fits(self) -> ExperimentConfig:
+        if self.ofa is not None:
+            self.ofa.check_fit(self.space.name, self.oneshot is not None)
         return self
 
     def run_dir(self, runs_dir: str | Path | None = None) -> Path:

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from nasforge.errors import NasforgeError
 from nasforge.experiment.config import ExperimentConfig
+from nasforge.experiment.ofa_config import ofa_findings
 from nasforge.experiment.oneshot_config import darts_findings
 from nasforge.experiment.preflight import budget_findings, latency_trust_findings, prepare_run
 from nasforge.hardware.doctor import latency_findings
@@ -79,7 +80,7 @@ def diagnose(cfg: ExperimentConfig, build: bool = True) -> list[Finding]:
         )
     out.extend(Finding(level, field, msg) for level, field, msg in latency_findings(cfg))
     darts = cfg.oneshot is not None and cfg.oneshot.method == "darts"  # objective unused
-    if o.kind == "accuracy" and not darts:
+    if o.kind == "accuracy" and not darts and cfg.ofa is None:  # ofa: specialises per target
         out.append(
             Finding(
                 "info",
@@ -105,6 +106,7 @@ def diagnose(cfg: ExperimentConfig, build: bool = True) -> list[Finding]:
         elif not Path(cfg.data.path).exists():
             out.append(Finding("error", "data.path", f"{cfg.data.path} does not exist"))
     out.extend(Finding(*f) for f in darts_findings(cfg.oneshot))
+    out.extend(Finding(*f) for f in ofa_findings(cfg.ofa))
     if cfg.strategy.name == "darts":
         out.append(
             Finding(

@@ -113,6 +113,8 @@ def budget_findings(cfg: ExperimentConfig, strategy: Strategy) -> list[tuple[str
     random warm-up (the search would be random sampling)."""
     if cfg.oneshot is not None and cfg.oneshot.method == "darts":
         return []  # DARTS derives its arch itself: no strategy, no trial budget
+    if cfg.ofa is not None:
+        return []  # Once-for-All trains and specialises without the trial loop
     warm = warmup_of(strategy)
     trials = cfg.search.trials
     if warm is None or trials > warm[0]:
