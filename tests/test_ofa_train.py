@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Collection, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import numpy as np
 import pytest
@@ -16,6 +16,7 @@ from nasforge.errors import ConfigError
 from nasforge.oneshot.ofa.elastic import ELASTIC_DIMS, elastic_dim
 from nasforge.oneshot.ofa.train import (
     DEFAULT_PHASES,
+    ElasticDim,
     OFAConfig,
     OFAEpochRecord,
     OFATrainer,
@@ -131,6 +132,7 @@ def test_config_errors_name_the_field(options: dict[str, Any], field: str) -> No
 def test_default_schedule_is_ofa_order_and_no_shrinking_keeps_the_epochs() -> None:
     cfg = OFAConfig()
     assert cfg.phases == DEFAULT_PHASES
+    assert get_args(ElasticDim) == ELASTIC_DIMS  # the config accepts exactly the supernet's
     assert cfg.phases[0].elastic == ()
     added = [
         set(p.elastic) - set(before.elastic) - {"resolution"}
