@@ -132,7 +132,7 @@ def test_config_defaults() -> None:
 @pytest.mark.parametrize(
     "options, field",
     [
-        ({"samples": 3}, "samples"),
+        ({"samples": 9}, "samples"),
         ({"predictor": "forest"}, "predictor"),
         ({"objective": "soft"}, "objective"),
         ({"w": 0.5}, "w"),

@@ -63,7 +63,8 @@ class SpecializeConfig(BaseModel):
     """How a subnet is specialised for one target (the config section ``ofa.specialize``).
 
     Attributes:
-        samples: subnets whose inherited validation accuracy trains the predictor.
+        samples: subnets whose inherited validation accuracy trains the predictor (at least
+            10: the predictor is cross-validated on 5 folds).
         predictor: ``mlp`` (an ensemble of small MLPs) or ``gp`` (an ARD Gaussian process).
         strategy: any registered strategy name (``nasforge.strategies.create_strategy``).
         strategy_options: keyword options of that strategy (like ``strategy.options``).
@@ -76,7 +77,7 @@ class SpecializeConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    samples: int = Field(150, ge=8)
+    samples: int = Field(150, ge=10)
     predictor: Literal["mlp", "gp"] = "mlp"
     strategy: str = "evolution"
     strategy_options: dict[str, Any] = Field(default_factory=dict)
