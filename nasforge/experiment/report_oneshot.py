@@ -238,11 +238,15 @@ def oneshot_section(store: TrialStore, cfg: Any = None) -> dict[str, Any] | None
 def search_cost_seconds(store: TrialStore) -> float:
     """The run's search cost: its trials' costs plus a weight-sharing phase's CPU seconds that
     no trial carries (the single-path supernet is trained once, before the trials; a DARTS
-    run's derived trial already carries its search's cost)."""
+    run's derived trial already carries its search's cost; a Once-for-All run's supernet
+    training has no trials at all: its CPU seconds are the ``ofa`` meta's)."""
     cost = float(store.total_cost_seconds())
     meta = store.get_meta("oneshot") or {}
     if isinstance(meta, dict) and meta.get("in_trial_costs") is False:
         cost += float(meta.get("cpu_seconds") or 0.0)
+    ofa = store.get_meta("ofa") or {}
+    if isinstance(ofa, dict):
+        cost += float(ofa.get("cpu_seconds") or 0.0)
     return cost
 
 
