@@ -97,9 +97,12 @@ def specialize(
         typer.Option("--name", help="folder under RUN/specialized/ (default from the target)"),
     ] = None,
 ) -> None:
-    """Search the trained supernet for the most accurate subnet under --target-ms; writes
-    RUN/specialized/<name>/ (weights, model.onnx, card.json with predicted and measured
-    latency)."""
+    """Extract the most accurate subnet under --target-ms into RUN/specialized/<name>/.
+
+    No training: subnets are scored by an accuracy predictor and a latency table of the
+    target; the chosen one is written like best/ (weights, model.onnx, card.json with the
+    predicted and the measured latency).
+    """
     try:
         _check_run(run)
         if not (math.isfinite(target_ms) and target_ms > 0):

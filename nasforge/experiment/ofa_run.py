@@ -29,6 +29,7 @@ seconds of training (summed over the epoch records, each epoch once) go to the s
 from __future__ import annotations
 
 import shlex
+import sqlite3
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -51,7 +52,7 @@ from nasforge.experiment.oneshot_run import checkpoints, load_checkpoint, save_c
 from nasforge.experiment.progress import LOG_NAME, RunLog
 from nasforge.experiment.report import write_report
 from nasforge.experiment.setup import make_dataset, make_objective, make_space
-from nasforge.experiment.store import TrialStore
+from nasforge.experiment.store import StoreError, TrialStore
 from nasforge.hardware.fingerprint import host_info
 from nasforge.oneshot.ofa.train import OFAEpochRecord, OFATrainer
 from nasforge.spaces.mobile import MobileSpace
@@ -263,7 +264,10 @@ class OFATraining:
             # the report's ofa section: loss per phase (specialisations add their rows later)
             write_report(self.run_dir, self.cfg, store, space, make_objective(self.cfg))
             log.line(summary.line(), echo=False)
-            store.checkpoint_backup()
+            try:
+                store.checkpoint_backup()
+            except (OSError, StoreError, sqlite3.Error) as exc:  # the weights are saved
+                log.say(f"warning: store backup failed ({exc}); the training is complete")
             return summary
         except SearchInterrupted as stop:
             store.set_meta("search_seconds", prior + time.time() - t0)
