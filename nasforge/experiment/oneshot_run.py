@@ -31,7 +31,6 @@ Validation split for search; the test split is not touched here.
 
 from __future__ import annotations
 
-import os
 import pickle
 import re
 import time
@@ -59,6 +58,7 @@ from nasforge.experiment.store import TrialStore
 from nasforge.hardware.model import LatencyModel
 from nasforge.hardware.predictor import LatencyPredictor
 from nasforge.oneshot.darts import DartsConfig, DartsSearch
+from nasforge.oneshot.recipe import save_state
 from nasforge.oneshot.spos import SupernetTrainer
 from nasforge.train import TrainConfig
 
@@ -79,13 +79,7 @@ def checkpoints(run_dir: str | Path) -> list[tuple[int, Path]]:
 def save_checkpoint(state: dict[str, Any], path: Path) -> None:
     """``torch.save(state)`` to ``path`` atomically: a reader (or a resume after ``kill -9``)
     sees the old file or the whole new one, never a part."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as fh:
-        torch.save(state, fh)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    save_state(state, path)
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:

@@ -15,8 +15,6 @@ never code.
 
 from __future__ import annotations
 
-import math
-import pickle
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -29,6 +27,14 @@ from torch import nn
 from nasforge.data import Dataset
 from nasforge.errors import ConfigError, TrainingDiverged
 from nasforge.oneshot.bn import calibration_batches, recalibrate_bn
+from nasforge.oneshot.recipe import (
+    BoundArch,
+    check_recipe,
+    cosine_schedule,
+    load_state,
+    make_optimizer,
+    save_state,
+)
 from nasforge.oneshot.sampling import PathSampler, make_sampler
 from nasforge.oneshot.supernet import Supernet
 from nasforge.space import Arch, SearchSpace
@@ -106,23 +112,11 @@ class SupernetTrainer:
         torch.manual_seed(config.seed)
         self.supernet = Supernet(space)
         params = [p for p in self.supernet.parameters() if p.requires_grad]
-        if config.optimizer == "sgd":
-            self.optimizer: torch.optim.Optimizer = torch.optim.SGD(
-                params,
-                lr=config.lr,
-                momentum=config.momentum,
-                weight_decay=config.weight_decay,
-                nesterov=True,
-            )
-        else:
-            self.optimizer = torch.optim.AdamW(
-                params, lr=config.lr, weight_decay=config.weight_decay
-            )
-        self.steps_per_epoch = max(1, len(dataset.y_train) // config.batch_size)
-        total = max(1, config.epochs * self.steps_per_epoch)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total) / total))
+        self.optimizer = make_optimizer(
+            params, config.optimizer, config.lr, config.momentum, config.weight_decay
         )
+        self.steps_per_epoch = max(1, len(dataset.y_train) // config.batch_size)
+        self.scheduler = cosine_schedule(self.optimizer, config.epochs * self.steps_per_epoch)
         self.loss_fn = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
         self.epoch = 0
         self.records: list[EpochRecord] = []
@@ -210,7 +204,7 @@ class SupernetTrainer:
             if split == "val"
             else (self.dataset.x_test, self.dataset.y_test)
         )
-        return evaluate_accuracy(_Bound(self.supernet, arch), x, y)
+        return evaluate_accuracy(BoundArch(self.supernet, arch), x, y)
 
     def extract(self, arch: Arch) -> nn.Module:
         """The stand-alone net of ``arch`` with the inherited weights and recalibrated BN."""
@@ -236,13 +230,7 @@ class SupernetTrainer:
         Raises:
             ConfigError: the checkpoint was trained with another recipe.
         """
-        if state["config"] != self.config.model_dump():
-            diff = sorted(
-                k for k, v in self.config.model_dump().items() if state["config"].get(k) != v
-            )
-            raise ConfigError(
-                f"supernet checkpoint: trained with another recipe (differs in {diff})"
-            )
+        check_recipe(state["config"], self.config.model_dump(), "supernet checkpoint")
         self.supernet.load_state_dict(state["supernet"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
@@ -252,11 +240,7 @@ class SupernetTrainer:
 
     def save(self, path: str | Path) -> None:
         """Write :meth:`state_dict` atomically (a temporary file, then a rename)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        torch.save(self.state_dict(), tmp)
-        tmp.replace(path)
+        save_state(self.state_dict(), path)
 
     def load(self, path: str | Path) -> None:
         """Read a checkpoint written by :meth:`save` (``weights_only``: no code is run).
@@ -264,23 +248,4 @@ class SupernetTrainer:
         Raises:
             ConfigError: the file is not a supernet checkpoint of this recipe (names it).
         """
-        try:
-            state = torch.load(Path(path), map_location="cpu", weights_only=True)
-        except (OSError, RuntimeError, EOFError, pickle.UnpicklingError) as exc:
-            why = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            raise ConfigError(f"supernet checkpoint {path}: cannot be read ({why})") from None
-        if not isinstance(state, dict) or "supernet" not in state:
-            raise ConfigError(f"supernet checkpoint {path}: not a supernet checkpoint")
-        self.load_state_dict(state)
-
-
-class _Bound(nn.Module):
-    """``supernet(x, arch)`` as a one-argument module (for :func:`evaluate_accuracy`)."""
-
-    def __init__(self, supernet: Supernet, arch: Arch) -> None:
-        super().__init__()
-        self.supernet, self.arch = supernet, arch
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out: torch.Tensor = self.supernet(x, self.arch)
-        return out
+        self.load_state_dict(load_state(path, "supernet checkpoint", ("supernet",)))

@@ -23,8 +23,6 @@ records) is all a resumed run needs to continue exactly, also across a phase bou
 
 from __future__ import annotations
 
-import math
-import pickle
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
@@ -41,6 +39,14 @@ from nasforge.data import Dataset
 from nasforge.errors import ConfigError, TrainingDiverged
 from nasforge.oneshot.bn import calibration_batches, recalibrate_bn
 from nasforge.oneshot.ofa.elastic import ELASTIC_DIMS, ElasticMobileSupernet, elastic_dim
+from nasforge.oneshot.recipe import (
+    BoundArch,
+    check_recipe,
+    cosine_schedule,
+    load_state,
+    make_optimizer,
+    save_state,
+)
 from nasforge.oneshot.sampling import choice_values
 from nasforge.space import Arch
 from nasforge.space.arch import Value
@@ -284,17 +290,8 @@ class OFATrainer:
         cfg, phase = self.config, self.config.phases[index]
         lr = phase.lr if phase.lr is not None else cfg.lr
         params = [p for p in self.supernet.parameters() if p.requires_grad]
-        if cfg.optimizer == "sgd":
-            optimizer: torch.optim.Optimizer = torch.optim.SGD(
-                params, lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, nesterov=True
-            )
-        else:
-            optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=cfg.weight_decay)
-        total = max(1, phase.epochs * self.steps_per_epoch)
-        self.optimizer = optimizer
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total) / total))
-        )
+        self.optimizer = make_optimizer(params, cfg.optimizer, lr, cfg.momentum, cfg.weight_decay)
+        self.scheduler = cosine_schedule(self.optimizer, phase.epochs * self.steps_per_epoch)
         self._opt_phase = index
 
     # -- sampling -------------------------------------------------------------------------------
@@ -433,7 +430,7 @@ class OFATrainer:
             if split == "val"
             else (self.dataset.x_test, self.dataset.y_test)
         )
-        return evaluate_accuracy(_Bound(self.supernet, arch), x, y)
+        return evaluate_accuracy(BoundArch(self.supernet, arch), x, y)
 
     def extract(self, arch: Mapping[str, Any]) -> nn.Module:
         """The stand-alone net of ``arch`` (eval mode) with the inherited weights and BN
@@ -461,10 +458,7 @@ class OFATrainer:
         Raises:
             ConfigError: the checkpoint was trained with another recipe or schedule.
         """
-        mine = self.config.model_dump(mode="json")
-        if state["config"] != mine:
-            diff = sorted(k for k, v in mine.items() if state["config"].get(k) != v)
-            raise ConfigError(f"OFA checkpoint: trained with another recipe (differs in {diff})")
+        check_recipe(state["config"], self.config.model_dump(mode="json"), "OFA checkpoint")
         self.supernet.load_state_dict(state["supernet"])
         index = int(state["opt_phase"])
         self.optimizer, self.scheduler, self._opt_phase = None, None, -1
@@ -479,11 +473,7 @@ class OFATrainer:
 
     def save(self, path: str | Path) -> None:
         """Write :meth:`state_dict` atomically (a temporary file, then a rename)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        torch.save(self.state_dict(), tmp)
-        tmp.replace(path)
+        save_state(self.state_dict(), path)
 
     def load(self, path: str | Path) -> None:
         """Read a checkpoint written by :meth:`save` (``weights_only``: no code is run).
@@ -491,23 +481,4 @@ class OFATrainer:
         Raises:
             ConfigError: the file is not an OFA checkpoint of this recipe (names it).
         """
-        try:
-            state = torch.load(Path(path), map_location="cpu", weights_only=True)
-        except (OSError, RuntimeError, EOFError, pickle.UnpicklingError) as exc:
-            why = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            raise ConfigError(f"OFA checkpoint {path}: cannot be read ({why})") from None
-        if not isinstance(state, dict) or "supernet" not in state or "opt_phase" not in state:
-            raise ConfigError(f"OFA checkpoint {path}: not an OFA supernet checkpoint")
-        self.load_state_dict(state)
-
-
-class _Bound(nn.Module):
-    """``supernet(x, arch)`` as a one-argument module (for :func:`evaluate_accuracy`)."""
-
-    def __init__(self, supernet: nn.Module, arch: Mapping[str, Any]) -> None:
-        super().__init__()
-        self.supernet, self.arch = supernet, arch
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out: torch.Tensor = self.supernet(x, self.arch)
-        return out
+        self.load_state_dict(load_state(path, "OFA checkpoint", ("supernet", "opt_phase")))
