@@ -28,14 +28,14 @@ def test_bundled_datasets(name: str, shape: tuple[int, ...]) -> None:
 
 def test_mnist1d_samples_sizes_the_splits() -> None:
     default = load_dataset("mnist1d")
-    d = load_dataset("mnist1d", val_fraction=0.5, samples=10_000)
-    # the generator makes 10,000: 8,000 train pool (halved into train / val) and 2,000 test
-    assert len(d.y_test) == 2_000 and len(d.y_train) + len(d.y_val) == 8_000
-    assert abs(len(d.y_val) - 4_000) <= 10 and set(d.y_val.tolist()) == set(range(10))
+    d = load_dataset("mnist1d", val_fraction=0.5, samples=2_500)
+    # the generator makes 2,500: 2,000 train pool (halved into train / val) and 500 test
+    assert len(d.y_test) == 500 and len(d.y_train) + len(d.y_val) == 2_000
+    assert abs(len(d.y_val) - 1_000) <= 10 and set(d.y_val.tolist()) == set(range(10))
     assert len(default.y_train) + len(default.y_val) == 4_000  # the cache keys on samples
     # limit cuts the train pool before the validation split
-    small = load_dataset("mnist1d", val_fraction=0.5, samples=10_000, limit=1_000)
-    assert len(small.y_train) + len(small.y_val) == 1_000 and len(small.y_test) == 2_000
+    small = load_dataset("mnist1d", val_fraction=0.5, samples=2_500, limit=1_000)
+    assert len(small.y_train) + len(small.y_val) == 1_000 and len(small.y_test) == 500
 
 
 def test_samples_only_for_generated_datasets() -> None:

@@ -116,6 +116,7 @@ def _run(tmp_path: Path, backend: str, layers: int) -> dict:  # type: ignore[typ
     return data  # type: ignore[no-any-return]
 
 
+@pytest.mark.slow  # ~30 s on a busy host; the onnxruntime run covers the same sections
 def test_diagnose_torch_writes_all_sections(tmp_path: Path) -> None:
     data = _run(tmp_path, "torch", 2)
     assert data["sections"]["fusion"]["baseline"] == "separate"
