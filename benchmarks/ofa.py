@@ -155,7 +155,10 @@ def _estimate(
 ) -> float:
     e, c = cfg.total_epochs, COST
     ofa = e * c["ofa_epoch"]
-    cpu = ofa + spec.samples * c["acc"] + 5 * (c["spec"] + args.finetune_epochs * c["epoch"])
+    cpu = ofa
+    if 1 in args.part or 2 in args.part:  # the subnet sample, then per target
+        n = 5 if 2 in args.part else 3
+        cpu += spec.samples * c["acc"] + n * (c["spec"] + args.finetune_epochs * c["epoch"])
     if 1 in args.part:
         cpu += ofa + 3 * e * c["epoch"]
     if 2 in args.part:
