@@ -154,10 +154,11 @@ def test_hard_limit_is_respected_by_prediction(trained: dict[str, Any]) -> None:
     lo, hi = (lat.predict(extreme_arch(space, big)) for big in (False, True))
     assert lo < hi
     target = lo + 0.3 * (hi - lo)
-    card = specialise(trained, target, label="tight")
+    card = specialise(trained, target, label="tight", refine_rounds=0)  # the table alone
     assert card["feasible"]
     assert lat.predict(space.make(card["arch"])) <= target
     assert card["latency_ms_predicted"] <= target
+    assert card["refinement"] == [] and card["limit_ms"] == target
 
 
 def test_samples_are_made_once_and_reused(
@@ -324,3 +325,49 @@ def test_summary_line_says_where_the_measurement_lands(
     buf = StringIO()
     _summary(card, Path("out"), Console(file=buf, width=400))
     assert said in " ".join(buf.getvalue().split())
+
+
+def test_measured_refinement_rounds_are_on_the_card(trained: dict[str, Any]) -> None:
+    """The contract, not the window (a busy host may land anywhere): every round recorded,
+    the card's measured latency is the chosen round's, below the target when any was."""
+    lat = predictor(trained)
+    space = trained["space"]
+    lo, hi = (lat.predict(extreme_arch(space, big)) for big in (False, True))
+    target = lo + 0.5 * (hi - lo)
+    card = specialise(trained, target, label="refined")
+    rounds = card["refinement"]
+    assert 1 <= len(rounds) <= 3 and card["refine_stop"] in ("inside", "rounds", "repeat")
+    assert rounds[0]["limit_ms"] == pytest.approx(0.95 * target)  # the window's middle
+    keys = {"limit_ms", "arch_key", "predicted_ms", "measured_ms", "unstable", "stability"}
+    for i, r in enumerate(rounds, 1):
+        assert keys <= set(r) and r["round"] == i and r["measured_ms"] > 0
+        assert space.make(r["arch"]).key == r["arch_key"]
+        assert isinstance(r["stability"]["stable"], bool)
+        assert r["predicted_ms"] == pytest.approx(lat.predict(space.make(r["arch"])))
+    chosen = [r for r in rounds if r["arch_key"] == card["arch_key"]]
+    assert chosen and card["latency_from_round"] == chosen[-1]["round"]
+    assert card["latency_ms"] == chosen[-1]["measured_ms"]  # the figure the choice was made on
+    assert card["latency_stability"] == chosen[-1]["stability"]
+    assert card["limit_ms"] == chosen[-1]["limit_ms"]
+    if any(r["measured_ms"] <= target for r in rounds):
+        assert card["feasible"] and card["latency_ms"] <= target and not card["above_limit"]
+    else:
+        assert not card["feasible"] and card["latency_ms"] == min(r["measured_ms"] for r in rounds)
+    # the summary line counts them; the report lists them
+    res = runner.invoke(
+        app,
+        ["ofa", "specialize", str(trained["run"]), "--target-ms", str(target), "--table",
+         str(trained["table"]), "--name", "one-round", "--refine-rounds", "1"],
+    )  # fmt: skip
+    assert res.exit_code == 0, res.output
+    assert "1 measured round" in " ".join(res.output.split())
+    one = json.loads((trained["run"] / "specialized" / "one-round" / "card.json").read_text())
+    assert len(one["refinement"]) == 1
+    report = json.loads((trained["run"] / "report.json").read_text())
+    rows = {r["label"]: r for r in report["ofa"]["specializations"]}
+    assert rows["refined"]["refine_rounds"] == len(rounds)
+    assert rows["one-round"]["refine_rounds"] == 1
+    res = runner.invoke(
+        app, ["ofa", "specialize", str(trained["run"]), "--target-ms", "1", "--refine-rounds", "-1"]
+    )
+    assert res.exit_code == 2 and "--refine-rounds" in " ".join(res.output.split())

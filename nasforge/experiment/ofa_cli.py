@@ -96,6 +96,12 @@ def specialize(
         str | None,
         typer.Option("--name", help="folder under RUN/specialized/ (default from the target)"),
     ] = None,
+    refine_rounds: Annotated[
+        int | None,
+        typer.Option(
+            help="measured refinement rounds at most (0: none; default: ofa.specialize's)"
+        ),
+    ] = None,
 ) -> None:
     """Extract the most accurate subnet under --target-ms into RUN/specialized/<name>/.
 
@@ -117,7 +123,9 @@ def specialize(
         from nasforge.experiment.ofa_specialize import specialize_run
 
         # it prints its own summary line (target, latencies, accuracy, folder)
-        specialize_run(run, target_ms, backend, table, batch_size, finetune_epochs, label, err)
+        specialize_run(
+            run, target_ms, backend, table, batch_size, finetune_epochs, label, err, refine_rounds
+        )
     except NasforgeError as exc:
         _fail(exc)
         return

@@ -14,11 +14,19 @@ nothing), then:
    else one built here on the target with :class:`~nasforge.hardware.builder.TableBuilder`,
    kept in ``runs/<name>/ofa/tables/<backend>_t<threads>_b<batch>.json`` and reused by later
    targets (both caches: :mod:`nasforge.experiment.ofa_cache`);
-3. :func:`~nasforge.oneshot.ofa.specialize.specialize` under the target (predictors only);
+3. :func:`~nasforge.oneshot.ofa.specialize.specialize` under the target (predictors only),
+   with measured refinement (``ofa.specialize.refine_rounds``, ``--refine-rounds``; 0: off):
+   each round's choice is extracted (weights copied, BN folded) and MEASURED on the target
+   with the same harness, settings and statistic as the final measurement
+   (:func:`~nasforge.experiment.final.measure_final`), and the limit is corrected by the
+   measured/predicted ratio until the measurement lands in the window below the target
+   (:mod:`nasforge.oneshot.ofa.refine`); every round goes on the card (``refinement``);
 4. the chosen subnet extracted with BN recalibrated, optionally fine-tuned a few epochs with
    :func:`nasforge.train.train_model` (a tenth of the supernet's learning rate), tested once;
 5. its latency MEASURED on the target with the hardware package's harness, with the noise
-   verdict (an unstable host is said loudly, as the final step of a search says it).
+   verdict (an unstable host is said loudly, as the final step of a search says it). After a
+   refinement this is the chosen round's measurement (``latency_from_round``): the card's
+   measured latency is the one the choice was made on, not a second draw.
 
 The result goes to ``runs/<name>/specialized/<label>/`` in the form of a search's ``best/``:
 ``model.pt`` + ``arch.json`` (:func:`nasforge.modelfile.save_model`, so ``nasforge compress``
@@ -41,7 +49,7 @@ import os
 import shutil
 import time
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -66,6 +74,7 @@ from nasforge.hardware import count_flops, count_params, model_size_bytes
 from nasforge.hardware.model import LatencyModel
 from nasforge.modelfile import save_model
 from nasforge.nn import fuse_bn
+from nasforge.oneshot.ofa.refine import MAX_REFINE_ROUNDS, Measured
 from nasforge.oneshot.ofa.specialize import (
     AccuracyPredictor,
     SpecializeConfig,
@@ -73,7 +82,7 @@ from nasforge.oneshot.ofa.specialize import (
     specialize,
 )
 from nasforge.oneshot.ofa.train import OFAConfig, OFATrainer
-from nasforge.space import SearchSpace
+from nasforge.space import Arch, SearchSpace
 from nasforge.train import TrainConfig, evaluate_accuracy, train_model
 
 #: where a run keeps its trained supernet (``nasforge ofa train`` writes it last)
@@ -178,7 +187,14 @@ def _sha256(path: Path) -> str:
 
 
 # -- the specialisation --------------------------------------------------------------------------
-def _check_inputs(target_ms: float, finetune_epochs: int, label: str | None) -> None:
+def _check_inputs(
+    target_ms: float, finetune_epochs: int, label: str | None, refine_rounds: int | None = None
+) -> None:
+    if refine_rounds is not None and not 0 <= refine_rounds <= MAX_REFINE_ROUNDS:
+        raise ConfigError(
+            f"--refine-rounds: expected 0 to {MAX_REFINE_ROUNDS} measured rounds (0: no "
+            f"refinement), got {refine_rounds}"
+        )
     if not (isinstance(target_ms, (int, float)) and math.isfinite(target_ms) and target_ms > 0):
         raise ConfigError(f"--target-ms: expected a positive number of ms, got {target_ms!r}")
     if finetune_epochs < 0:
@@ -236,6 +252,7 @@ def specialize_run(
     finetune_epochs: int,
     label: str | None,
     console: Console,
+    refine_rounds: int | None = None,
 ) -> dict[str, Any]:
     """Specialise the trained OFA run at ``run_dir`` for ``target_ms`` and write
     ``specialized/<label>/`` (see the module docstring); returns its card.
@@ -251,14 +268,19 @@ def specialize_run(
         finetune_epochs: epochs of fine-tuning after extraction (0: none).
         label: the folder name under ``specialized/`` (default :func:`default_label`).
         console: where progress and the summary line go.
+        refine_rounds: measured refinement rounds at most, overriding the config's
+            ``ofa.specialize.refine_rounds`` (0: no refinement; ``None``: the config's).
 
     Raises:
         NasforgeError: bad input, naming it (see the module docstring); another process
             holds the run (``RunLocked``).
     """
-    _check_inputs(target_ms, finetune_epochs, label)
+    _check_inputs(target_ms, finetune_epochs, label, refine_rounds)
     t_start = time.perf_counter()
     run = load_ofa_run(Path(run_dir))
+    spec = run.specialize
+    if refine_rounds is not None:
+        spec = spec.model_copy(update={"refine_rounds": refine_rounds})
     with RunLock(run.run_dir, "specialize"):
         t0 = time.perf_counter()  # the table first: a wrong one fails before any sampling
         tab, source = resolve_table(
@@ -293,14 +315,28 @@ def specialize_run(
             )
         for w in caught:
             console.print(f"[yellow]warning:[/] {escape(str(w.message))}", highlight=False)
+        measurements: dict[str, dict[str, Any]] = {}
         result = specialize(
-            run.space, predictor, latency_model.predict, float(target_ms), run.specialize
+            run.space,
+            predictor,
+            latency_model.predict,
+            float(target_ms),
+            spec,
+            measure_ms=_measurer(run, latency_model, measurements),
         )
         name = label or default_label(tab.backend.label, tab.batch_size, float(target_ms))
         staging = run.run_dir / SPECIALIZED_DIR / f".{name}.{os.getpid()}.tmp"
         try:
             card = _deploy(
-                run, result, predictor, latency_model, finetune_epochs, name, staging, console
+                run,
+                result,
+                predictor,
+                latency_model,
+                finetune_epochs,
+                name,
+                staging,
+                console,
+                measurements.get(result.arch.key),
             )
         except BaseException:  # a failed or interrupted specialisation leaves no half folder
             shutil.rmtree(staging, ignore_errors=True)
@@ -321,13 +357,33 @@ def specialize_run(
             table=table_s,
             samples=0.0 if samples_info["reused"] else samples_info["seconds"],
             predictor=predictor_s,
-            search=result.seconds,
+            search=sum(r["search_seconds"] for r in result.refinement) or result.seconds,
             total=time.perf_counter() - t_start,
         )
         out_dir = _publish(run.run_dir, name, staging, card)
         _summary(card, out_dir, console)
         _rewrite_report(run)
     return card
+
+
+def _measurer(
+    run: OFARun, latency_model: LatencyModel, measurements: dict[str, dict[str, Any]]
+) -> Callable[[Arch], Measured]:
+    """The refinement's ``measure_ms``: the arch extracted from the supernet (weights copied,
+    BN folded: the deployed net's structure) and timed by :func:`measure_final` on the
+    target; each figure's card fields are kept in ``measurements`` by arch key (a retry
+    replaces the unstable first one, as the refinement uses the retry)."""
+
+    def measure(arch: Arch) -> Measured:
+        model = run.trainer.supernet.extract(arch)
+        model.eval()
+        fields = measure_final(latency_model, arch, fuse_bn(model), run.dataset.input_shape)
+        measurements[arch.key] = fields
+        stability = fields.get("latency_stability")
+        unstable = isinstance(stability, Mapping) and stability.get("stable") is False
+        return Measured(float(fields["latency_ms"]), unstable, stability)
+
+    return measure
 
 
 def _deploy(
@@ -339,9 +395,12 @@ def _deploy(
     label: str,
     staging: Path,
     console: Console,
+    measured: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Extract (BN recalibrated), fine-tune, test once, measure and export the chosen subnet
-    into the folder ``staging`` (named ``.<label>.<pid>.tmp``); returns its card."""
+    into the folder ``staging`` (named ``.<label>.<pid>.tmp``); returns its card.
+    ``measured``: the chosen arch's measurement from the refinement (card fields of
+    :func:`measure_final`), used as it is instead of measuring again."""
     d, cfg, arch = run.dataset, run.config, result.arch
     shutil.rmtree(staging, ignore_errors=True)
     t0 = time.perf_counter()
@@ -361,8 +420,12 @@ def _deploy(
     model.eval()
     fused = fuse_bn(model)
     t2 = time.perf_counter()
-    measured = measure_final(latency_model, arch, fused, d.input_shape)
-    measure_s = time.perf_counter() - t2
+    if measured is None:
+        measured = measure_final(latency_model, arch, fused, d.input_shape)
+    measure_s = time.perf_counter() - t2 + sum(r["measure_seconds"] for r in result.refinement)
+    chosen_round = next(
+        (r["round"] for r in reversed(result.refinement) if r["arch_key"] == arch.key), None
+    )
     save_model(
         model,
         arch,
@@ -383,6 +446,10 @@ def _deploy(
         "target_ms": float(result.target_ms),
         "objective": result.objective,
         "feasible": bool(result.feasible),
+        "limit_ms": result.limit_ms,
+        "refinement": result.refinement,
+        "refine_stop": result.refine_stop,
+        "latency_from_round": chosen_round,
         "arch_key": arch.key,
         "arch": arch.to_dict(),
         "arch_description": run.space.describe(arch),
@@ -436,8 +503,12 @@ def _summary(card: Mapping[str, Any], out_dir: Path, console: Console) -> None:
     seconds; then, when the measurement stayed unstable, a loud warning."""
     target, value = card["target_ms"], card["latency_ms"]
     stability = card_stability(card)
+    rounds = card.get("refinement") or []
     if not card["feasible"]:
-        where = "NO subnet is predicted within the limit: this is the fastest one found, "
+        where = (
+            f"NO subnet {'measured' if rounds else 'is predicted'} within the limit: this is "
+            f"the fastest one {'measured' if rounds else 'found'}, "
+        )
     else:
         where = ""
     kind = "limit" if card["objective"] == "limit" else "target"  # weighted: no hard limit
@@ -459,8 +530,8 @@ def _summary(card: Mapping[str, Any], out_dir: Path, console: Console) -> None:
     line = (
         f"specialized {card['label']}: predicted {card['latency_ms_predicted']:.3f} ms, measured "
         f"{latency_text(value, stability)} ({lat['statistic']} on {lat['backend']}, batch "
-        f"{lat['batch_size']}): {where}; {acc}; test acc {card['test_acc']:.4f}; "
-        f"{sec['total']:.1f}s (table {sec['table']:.1f}, predictor "
+        f"{lat['batch_size']}): {where}; {_rounds_text(rounds)}; {acc}; test acc "
+        f"{card['test_acc']:.4f}; {sec['total']:.1f}s (table {sec['table']:.1f}, predictor "
         f"{sec['predictor'] + sec['samples']:.1f}, search {sec['search']:.1f}, measure "
         f"{sec['measure']:.1f}); in {out_dir}"
     )
@@ -472,6 +543,19 @@ def _summary(card: Mapping[str, Any], out_dir: Path, console: Console) -> None:
             "trustworthy figure; measure the model again on a quiet host before relying on it"
         )
         console.print(f"[bold red]{escape(warning)}[/]", highlight=False, soft_wrap=True)
+
+
+def _rounds_text(rounds: list[dict[str, Any]]) -> str:
+    """``not refined by measurement``, or ``2 measured rounds`` (``(1 unstable)`` added when
+    the harness flagged any)."""
+    if not rounds:
+        return "not refined by measurement"
+    n = len(rounds)
+    text = f"{n} measured round{'s' if n != 1 else ''}"
+    shaky = sum(1 for r in rounds if r.get("unstable"))
+    if shaky:
+        text += f" ({shaky} unstable)"
+    return text
 
 
 def _rewrite_report(run: OFARun) -> None:

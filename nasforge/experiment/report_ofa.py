@@ -150,6 +150,7 @@ def specialization_row(card: Mapping[str, Any]) -> dict[str, Any]:
         "target_ms": card.get("target_ms"),
         "objective": card.get("objective"),
         "feasible": card.get("feasible"),
+        "refine_rounds": len(card.get("refinement") or []),
         "backend": lat.get("backend"),
         "batch_size": lat.get("batch_size"),
         "statistic": lat.get("statistic"),
@@ -374,7 +375,9 @@ def render_ofa(
                 _fmt(r["latency_ms_predicted"], ".3f"),
                 _fmt(r["latency_ms_measured"], ".3f")
                 + (f" ({r['latency_note']})" if r["latency_note"] else ""),
-                _where(r) + ("" if r["feasible"] is not False else "; none predicted within"),
+                _where(r)
+                + ("" if r["feasible"] is not False else "; none within")
+                + (f"; {r['refine_rounds']} measured round(s)" if r.get("refine_rounds") else ""),
                 _fmt(r["val_acc_inherited"]),
                 _fmt(r["val_acc_predicted"]),
                 _fmt(r["val_acc_finetuned"]),

@@ -30,10 +30,18 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
 
 from nasforge.errors import ConfigError, NasforgeError
 from nasforge.objectives import Objective
+from nasforge.oneshot.ofa.refine import MAX_REFINE_ROUNDS, Measured, refine_limit
 from nasforge.oneshot.ranking import kendall_tau
 from nasforge.space import Arch, Categorical, Dimension, Float, Int, SearchSpace
 from nasforge.space.arch import Value
@@ -73,6 +81,12 @@ class SpecializeConfig(BaseModel):
             predicted accuracy) or ``weighted`` (maximise ``acc * (lat / target) ** w``).
         w: the weighted product's exponent (MnasNet: -0.07); <= 0.
         seed: seeds the subnet sample, the predictor and the strategy.
+        refine_rounds: measured refinement rounds at most when a measurement is given
+            (:func:`specialize`'s ``measure_ms``; :mod:`~nasforge.oneshot.ofa.refine`); 0: no
+            refinement (the search's choice under the target, never measured here).
+        window: the measured latency is "inside" in ``[(1 - window) * target, target]``.
+        margin: refinement's first limit is ``target * (1 - margin)``: the middle of the
+            window by default; ``0 <= margin < window``.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -85,6 +99,17 @@ class SpecializeConfig(BaseModel):
     objective: Literal["limit", "weighted"] = "limit"
     w: float = Field(-0.07, le=0)
     seed: int = 0
+    refine_rounds: int = Field(3, ge=0, le=MAX_REFINE_ROUNDS)
+    window: float = Field(0.10, gt=0, lt=1)
+    margin: float = Field(0.05, ge=0, lt=1)
+
+    @field_validator("margin")
+    @classmethod
+    def _margin_inside_window(cls, v: float, info: ValidationInfo) -> float:
+        window = info.data.get("window")
+        if window is not None and v >= window:
+            raise ValueError(f"must be below window ({window}): the first limit aims inside it")
+        return v
 
     @field_validator("strategy")
     @classmethod
@@ -337,12 +362,21 @@ class Specialized:
         objective: ``limit`` or ``weighted``.
         score: the arch's objective score (``limit``: its predicted accuracy when feasible).
         strategy: the strategy that searched.
-        evaluations: distinct archs scored.
+        evaluations: distinct archs scored (summed over the searches of a refinement).
         feasible: ``limit``: whether any scored arch met the limit; when none did, ``arch`` is
-            the fastest arch scored. ``weighted`` has no hard limit and is always feasible.
-        seconds: wall-clock seconds of the search (after the predictor was fitted).
+            the fastest arch scored. After a measured refinement: whether the chosen arch was
+            MEASURED not above the target (when none was, the fastest measured).
+            ``weighted`` has no hard limit and is always feasible.
+        seconds: wall-clock seconds of the search (after the predictor was fitted), with the
+            refinement's measurements.
         history: best-so-far objective score after each evaluation (``None`` while no
-            feasible arch had been scored).
+            feasible arch had been scored); of the chosen arch's search.
+        limit_ms: the predicted-latency limit the chosen arch was searched under (the target
+            without refinement).
+        measured_ms: the chosen arch's measured latency (``None``: not refined).
+        measured_unstable: the timing harness flagged that measurement unstable.
+        refinement: every measured round (:meth:`RefineRound.to_dict`), empty when not refined.
+        refine_stop: why the refinement stopped (``inside``, ``rounds``, ``repeat``) or ``None``.
     """
 
     arch: Arch
@@ -356,6 +390,11 @@ class Specialized:
     feasible: bool
     seconds: float
     history: list[float | None] = field(default_factory=list)
+    limit_ms: float | None = None
+    measured_ms: float | None = None
+    measured_unstable: bool = False
+    refinement: list[dict[str, Any]] = field(default_factory=list)
+    refine_stop: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready: the arch as a plain dict, plus its key."""
@@ -371,38 +410,54 @@ def specialize(
     latency_ms: Callable[[Arch], float],
     target_ms: float,
     config: SpecializeConfig,
+    measure_ms: Callable[[Arch], float | Measured] | None = None,
 ) -> Specialized:
-    """Search ``space`` for the best subnet at ``target_ms``, scoring by predictors only.
+    """Search ``space`` for the best subnet at ``target_ms``, scoring by predictors; with
+    ``measure_ms``, refine the limit by measuring the chosen subnets.
 
     The strategy ``config.strategy`` asks archs in rounds of :data:`ASK_BATCH`; each round's
     accuracies are one :meth:`AccuracyPredictor.predict` call and latencies come from
     ``latency_ms`` (cached per arch key, so the strategy's constraint and the scoring share
-    one call per arch). The largest and the smallest arch are scored first and told to the
-    strategy, so both ends of the space are always considered. Under ``limit``, when even
-    the smallest arch is over it, :data:`PROBE_SAMPLES` uniform samples are probed first
-    and the search ends at once (``feasible=False``) if none is within the limit. The
-    search stops after ``config.evaluations`` distinct archs or when the space is
-    exhausted: a strategy asks a repeat (or, under a constraint, an arch over the limit) only
-    after ~1,100 tries found no new arch within it (:meth:`Strategy._fresh`), so the first
-    round with one ends the search. The two extreme archs (and the probe's finds) count as
-    evaluations; only the probe's may exceed a budget smaller than them.
+    one call per arch, across refinement rounds too). The largest and the smallest arch are
+    scored first and told to the strategy, so both ends of the space are always considered.
+    Under ``limit``, when even the smallest arch is over it, :data:`PROBE_SAMPLES` uniform
+    samples are probed first and the search ends at once (``feasible=False``) if none is
+    within the limit. The search stops after ``config.evaluations`` distinct archs or when
+    the space is exhausted: a strategy asks a repeat (or, under a constraint, an arch over
+    the limit) only after ~1,100 tries found no new arch within it (:meth:`Strategy._fresh`),
+    so the first round with one ends the search. The two extreme archs (and the probe's
+    finds) count as evaluations; only the probe's may exceed a budget smaller than them.
+
+    Measured refinement (``measure_ms`` given and ``config.refine_rounds`` > 0): under
+    ``limit``, the search runs under ``target_ms * (1 - config.margin)``, its choice is
+    measured, and the limit is corrected by the measured/predicted ratio until a measurement
+    lands in ``[(1 - config.window) * target_ms, target_ms]``, ``config.refine_rounds``
+    measured rounds at most (:func:`~nasforge.oneshot.ofa.refine.refine_limit`; the chosen arch
+    is the best measured not above the target). Under ``weighted`` the table's bias scales
+    every arch's product by one factor, which changes no ranking: the choice is measured once
+    and not refined. ``refine_rounds == 0`` ignores ``measure_ms``.
 
     Args:
         space: the space of the subnets (the one the predictor was fitted on).
         predictor: the fitted accuracy predictor.
-        latency_ms: an arch's latency in ms on the target; deterministic, never measuring in
-            the loop (a :class:`~nasforge.hardware.predictor.LatencyPredictor`).
+        latency_ms: an arch's PREDICTED latency in ms on the target; deterministic, never
+            measuring (a :class:`~nasforge.hardware.predictor.LatencyPredictor`).
         target_ms: the latency limit / reference, > 0.
-        config: strategy, budget, objective and seed.
+        config: strategy, budget, objective, seed and refinement settings.
+        measure_ms: an arch's MEASURED latency in ms on the target, in the statistic
+            ``latency_ms`` predicts: a number, or a
+            :class:`~nasforge.oneshot.ofa.refine.Measured` carrying the timing harness's noise
+            verdict (an unstable one is measured once more; the retry is used, flagged).
 
     Returns:
         The best arch by the objective; under ``limit`` with no feasible arch,
-        ``feasible=False`` and the fastest arch scored.
+        ``feasible=False`` and the fastest arch scored (refined: the fastest measured).
 
     Raises:
         ConfigError: bad target, unknown strategy or strategy options, a predictor fitted on
             another space's encoding.
-        NasforgeError: ``latency_ms`` returned a value that is not a finite number.
+        NasforgeError: ``latency_ms`` returned a value that is not a finite number, or
+            ``measure_ms`` one that is not a positive number.
     """
     start = time.perf_counter()
     if not (np.isfinite(target_ms) and target_ms > 0):
@@ -423,15 +478,50 @@ def specialize(
             cache[arch.key] = v
         return v
 
+    target = float(target_ms)
+    if measure_ms is None or config.refine_rounds == 0:
+        return _search(space, predictor, latency, target, target, config, start)
+    limit = config.objective == "limit"
+    out = refine_limit(
+        lambda lim: _search(space, predictor, latency, lim if limit else target, target, config),
+        measure_ms,
+        target,
+        config.margin if limit else 0.0,
+        config.window,
+        config.refine_rounds if limit else 1,
+    )
+    chosen = out.chosen
+    chosen.evaluations = sum(s.evaluations for s in out.searches)
+    chosen.feasible = out.feasible if limit else True
+    chosen.seconds = time.perf_counter() - start
+    chosen.measured_ms = out.measured.ms
+    chosen.measured_unstable = out.measured.unstable
+    chosen.refinement = [r.to_dict() for r in out.rounds]
+    chosen.refine_stop = out.stop
+    return chosen
+
+
+def _search(
+    space: SearchSpace,
+    predictor: AccuracyPredictor,
+    latency: Callable[[Arch], float],
+    limit_ms: float,
+    target_ms: float,
+    config: SpecializeConfig,
+    start: float | None = None,
+) -> Specialized:
+    """One predictor-scored search under ``limit_ms`` (``weighted``: ``limit_ms`` is the
+    product's reference); ``latency`` is the checked, cached callable."""
+    start = time.perf_counter() if start is None else start
     limit = config.objective == "limit"
     objective = Objective(
-        "constraint" if limit else "weighted_product", target=float(target_ms), w=config.w
+        "constraint" if limit else "weighted_product", target=limit_ms, w=config.w
     )
-    strategy = _strategy(space, config, (lambda a: latency(a) <= target_ms) if limit else None)
+    strategy = _strategy(space, config, (lambda a: latency(a) <= limit_ms) if limit else None)
     search = _Search(strategy, predictor, latency, objective, limit)
     search.score([extreme_arch(space, True), extreme_arch(space, False)])
     if limit and search.best is None:
-        search.score(_probe(space, latency, target_ms, config.seed))
+        search.score(_probe(space, latency, limit_ms, config.seed))
     exhausted = limit and search.best is None
     while search.evaluations < config.evaluations and not exhausted:
         n = min(ASK_BATCH, config.evaluations - search.evaluations)
@@ -444,7 +534,7 @@ def specialize(
         arch=arch,
         predicted_acc=acc,
         predicted_latency_ms=lat,
-        target_ms=float(target_ms),
+        target_ms=target_ms,
         objective=config.objective,
         score=score,
         strategy=config.strategy,
@@ -452,6 +542,7 @@ def specialize(
         feasible=feasible,
         seconds=time.perf_counter() - start,
         history=search.history,
+        limit_ms=limit_ms,
     )
 
 
