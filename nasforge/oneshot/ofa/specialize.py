@@ -11,15 +11,19 @@ from a table measured on the target. This module is that search, in three parts:
   ensemble or a GP) on ``space.encode(arch)``, with a cross-validated Kendall tau and mean
   absolute error so a user sees how far to trust it.
 * :func:`specialize`: a registered ask/tell strategy (:func:`~nasforge.strategies.
-  create_strategy`) scoring archs by the two predictors, never measuring: ``"limit"`` asks
-  only archs within the latency limit (the strategy's constraint) and maximises predicted
-  accuracy; ``"weighted"`` maximises MnasNet's ``acc * (lat / target) ** w``
-  (:class:`~nasforge.objectives.Objective` ``weighted_product``).
+  create_strategy`) scoring archs by the two predictors (the search never measures):
+  ``"limit"`` asks only archs within the latency limit (the strategy's constraint) and
+  maximises predicted accuracy; ``"weighted"`` maximises MnasNet's ``acc * (lat / target)
+  ** w`` (:class:`~nasforge.objectives.Objective` ``weighted_product``). Given a ``measure_ms``
+  callable it refines the limit by measuring each round's choice, a few rounds at most, so
+  a table's host-dependent bias does not put the MEASURED latency outside the target's
+  window (:mod:`nasforge.oneshot.ofa.refine`).
 
-Latency comes in as any callable ``latency_ms(arch)`` (in the product a
+Predicted latency comes in as any callable ``latency_ms(arch)`` (in the product a
 :class:`~nasforge.hardware.predictor.LatencyPredictor`); it is called once per distinct arch.
 Everything is deterministic for a seed given deterministic callables. Nothing here trains,
-measures or writes files; the product layer (``nasforge ofa specialize``) does.
+times or writes files; the product layer (``nasforge ofa specialize``) does, and passes its
+timing in as ``measure_ms``.
 """
 
 from __future__ import annotations
