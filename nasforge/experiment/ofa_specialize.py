@@ -74,6 +74,7 @@ from nasforge.hardware import count_flops, count_params, model_size_bytes
 from nasforge.hardware.model import LatencyModel
 from nasforge.modelfile import save_model
 from nasforge.nn import fuse_bn
+from nasforge.oneshot.ofa.elastic import ElasticMobileSupernet
 from nasforge.oneshot.ofa.refine import MAX_REFINE_ROUNDS, Measured
 from nasforge.oneshot.ofa.specialize import (
     AccuracyPredictor,
@@ -369,16 +370,30 @@ def specialize_run(
 def _measurer(
     run: OFARun, latency_model: LatencyModel, measurements: dict[str, dict[str, Any]]
 ) -> Callable[[Arch], Measured]:
-    """The refinement's ``measure_ms``: the arch extracted from the supernet (weights copied,
+    """:func:`supernet_measurer` of ``run``'s supernet on its data's input shape."""
+    return supernet_measurer(
+        run.trainer.supernet, latency_model, run.dataset.input_shape, measurements
+    )
+
+
+def supernet_measurer(
+    supernet: ElasticMobileSupernet,
+    latency_model: LatencyModel,
+    input_shape: tuple[int, ...],
+    measurements: dict[str, dict[str, Any]] | None = None,
+) -> Callable[[Arch], Measured]:
+    """The refinement's ``measure_ms``: the arch extracted from ``supernet`` (weights copied,
     BN folded: the deployed net's structure) and timed by :func:`measure_final` on the
-    target; each figure's card fields are kept in ``measurements`` by arch key (a retry
-    replaces the unstable first one, as the refinement uses the retry)."""
+    latency model's backend; each figure's card fields are kept in ``measurements`` by arch
+    key when given (a retry replaces the unstable first one, as the refinement uses the
+    retry)."""
 
     def measure(arch: Arch) -> Measured:
-        model = run.trainer.supernet.extract(arch)
+        model = supernet.extract(arch)
         model.eval()
-        fields = measure_final(latency_model, arch, fuse_bn(model), run.dataset.input_shape)
-        measurements[arch.key] = fields
+        fields = measure_final(latency_model, arch, fuse_bn(model), input_shape)
+        if measurements is not None:
+            measurements[arch.key] = fields
         stability = fields.get("latency_stability")
         unstable = isinstance(stability, Mapping) and stability.get("stable") is False
         return Measured(float(fields["latency_ms"]), unstable, stability)
