@@ -36,9 +36,9 @@ from rich.console import Console
 
 from nasforge.data import Dataset
 from nasforge.experiment.config import parse_config
-from nasforge.experiment.ofa_specialize import finetune_config
+from nasforge.experiment.ofa_specialize import finetune_config, supernet_measurer
 from nasforge.experiment.runner import Experiment
-from nasforge.hardware.predictor import LatencyPredictor
+from nasforge.hardware.model import LatencyModel
 from nasforge.hardware.table import LatencyTable
 from nasforge.hardware.trust import UntrustedTableWarning
 from nasforge.oneshot.ofa.specialize import (
@@ -91,8 +91,10 @@ def recipe(config: OFAConfig, epochs: int, seed: int = 0) -> TrainConfig:
 # -- OFA -----------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class OFAPlan:
-    """One supernet job. ``targets`` are the users' latency targets (ms); each is specialised
-    with the hard limit ``target * search_fraction``."""
+    """One supernet job. With ``specialize``, the job also measures the inherited accuracy of
+    the subnet sample; ``targets`` (the users' latency targets, ms) are then specialised by
+    :func:`specialize_targets` in the main process (the product's measured refinement aims at
+    ``target * (1 - margin)``; ``search_fraction`` is the black-box searches' limit)."""
 
     name: str
     config: OFAConfig
@@ -149,53 +151,96 @@ def ofa_job(plan: OFAPlan) -> dict[str, Any]:
     out: dict[str, Any] = {"name": plan.name, "train": _train(trainer, plan.name)}
     trainer.save(plan.state_path)
     spec = plan.specialize
-    if spec is not None and plan.targets:
+    if spec is not None:  # the subnet sample (once); the specialisations run in the main process
         t0 = time.process_time()
         samples = sample_subnets(space, trainer.accuracy, spec.samples, spec.seed)
-        predictor = AccuracyPredictor.fit(space, samples, spec.predictor, spec.seed)
-        out["predictor"] = {
-            "cpu_s": time.process_time() - t0,
-            **predictor.summary(),
-            "sample_acc_range": [min(a for _, a in samples), max(a for _, a in samples)],
-        }
+        out["samples"] = [[a.to_dict(), acc] for a, acc in samples]
+        out["sample_cpu_s"] = time.process_time() - t0
         print(
-            f"  [{plan.name}] accuracy predictor: {len(samples)} subnets, cv tau "
-            f"{predictor.cv_kendall_tau:.3f}, MAE {predictor.cv_mae:.4f} "
-            f"({out['predictor']['cpu_s']:.0f} CPU s)",
+            f"  [{plan.name}] {len(samples)} subnets' inherited accuracy "
+            f"({out['sample_cpu_s']:.0f} CPU s)",
             flush=True,
         )
-        latency = LatencyPredictor(LatencyTable.load(plan.table_path, warn=False), space)
-        rows = []
-        for target in plan.targets:
-            t1 = time.process_time()
-            s = specialize(space, predictor, latency.predict, target * plan.search_fraction, spec)
-            search_cpu = time.process_time() - t1
-            figures, extract_cpu, ft_cpu = _deploy(
-                trainer, s.arch, plan.finetune_epochs, plan.config.seed
-            )
-            rows.append(
-                {
-                    "target_ms": target,
-                    "specialized": s.to_dict() | {"history": None},
-                    "search_cpu_s": search_cpu,
-                    "extract_cpu_s": extract_cpu,
-                    "finetune_cpu_s": ft_cpu,
-                    **figures,
-                }
-            )
-            print(
-                f"  [{plan.name}] target {target:.4f} ms: predicted {s.predicted_latency_ms:.4f} "
-                f"ms, predicted acc {s.predicted_acc:.4f}, extracted val "
-                f"{figures['extracted']['val']:.4f}, {search_cpu + extract_cpu:.1f} CPU s",
-                flush=True,
-            )
-        out["targets"] = rows
     if plan.rank_archs:
         t2 = time.process_time()
         out["ranking"] = {
             "val_acc": [trainer.accuracy(space.make(a)) for a in plan.rank_archs],
             "cpu_s": time.process_time() - t2,
         }
+    return out
+
+
+def specialize_targets(
+    plan: OFAPlan, samples: list[list[Any]], sample_cpu_s: float
+) -> dict[str, Any]:
+    """In the main process, on an idle pool (the measurements must not share the cores with
+    training): the accuracy predictor fitted on the worker's subnet sample, then per target
+    the product's specialisation with measured refinement (the arch of each round extracted,
+    BN folded and timed on the table's backend by the product's measurer), then the chosen
+    subnet extracted with BN recalibrated, evaluated, fine-tuned and evaluated."""
+    ds, space = _data()
+    spec = plan.specialize
+    assert spec is not None
+    trainer = OFATrainer(space, ds, plan.config)
+    trainer.load(plan.state_path)
+    t0 = time.process_time()
+    pairs = [(space.make(a), float(acc)) for a, acc in samples]
+    predictor = AccuracyPredictor.fit(space, pairs, spec.predictor, spec.seed)
+    fit_cpu = time.process_time() - t0
+    out: dict[str, Any] = {
+        "predictor": {
+            "cpu_s": sample_cpu_s + fit_cpu,
+            "sample_cpu_s": sample_cpu_s,
+            "fit_cpu_s": fit_cpu,
+            **predictor.summary(),
+            "sample_acc_range": [min(a for _, a in pairs), max(a for _, a in pairs)],
+        }
+    }
+    print(
+        f"  [{plan.name}] accuracy predictor: {len(pairs)} subnets, cv tau "
+        f"{predictor.cv_kendall_tau:.3f}, MAE {predictor.cv_mae:.4f} "
+        f"({out['predictor']['cpu_s']:.0f} CPU s)",
+        flush=True,
+    )
+    with warnings.catch_warnings():  # the table's verdict is printed once by the benchmark
+        warnings.simplefilter("ignore", UntrustedTableWarning)
+        model = LatencyModel(
+            "predict",
+            table=LatencyTable.load(plan.table_path, warn=False),
+            space=space,
+            allow_untrusted_table=True,
+        )
+    measure = supernet_measurer(trainer.supernet, model, ds.input_shape)
+    rows = []
+    for target in plan.targets:
+        t1 = time.process_time()
+        s = specialize(space, predictor, model.predict, target, spec, measure_ms=measure)
+        search_cpu = time.process_time() - t1
+        figures, extract_cpu, ft_cpu = _deploy(
+            trainer, s.arch, plan.finetune_epochs, plan.config.seed
+        )
+        rows.append(
+            {
+                "target_ms": target,
+                "specialized": s.to_dict() | {"history": None},
+                "search_cpu_s": search_cpu,
+                "extract_cpu_s": extract_cpu,
+                "finetune_cpu_s": ft_cpu,
+                **figures,
+            }
+        )
+        rounds = "; ".join(
+            f"limit {r['limit_ms']:.4f} pred {r['predicted_ms']:.4f} meas {r['measured_ms']:.4f}"
+            for r in s.refinement
+        )
+        print(
+            f"  [{plan.name}] target {target:.4f} ms: {len(s.refinement)} measured round(s) "
+            f"({rounds}; stop: {s.refine_stop}), predicted acc {s.predicted_acc:.4f}, "
+            f"extracted val {figures['extracted']['val']:.4f}, {search_cpu + extract_cpu:.1f} "
+            "CPU s",
+            flush=True,
+        )
+    out["targets"] = rows
     return out
 
 

@@ -592,3 +592,39 @@ def test_refinement_settings_are_checked(small: tuple[MobileSpace, AccuracyPredi
 
         with pytest.raises(NasforgeError, match="measure_ms"):
             specialize(space, predictor, flops_ms(space), 1.0, cfg, broken)
+
+
+def test_refinement_prefers_inside_the_window_among_accuracies_the_predictor_cannot_tell_apart(
+    small: tuple[MobileSpace, AccuracyPredictor],
+) -> None:
+    """Round 1 finds a fast arch with a slightly higher predicted accuracy, measured below
+    the window; round 2 one measured inside with an accuracy within the tolerance: with the
+    tolerance the inside one is chosen, without it the more accurate fast one."""
+    from dataclasses import dataclass as _dc
+
+    from nasforge.oneshot.ofa.refine import refine_limit
+
+    space, _ = small
+    rng = np.random.default_rng(3)
+    a1, a2 = space.sample(rng), space.sample(rng)
+    while a2.key == a1.key:
+        a2 = space.sample(rng)
+
+    @_dc
+    class Cand:
+        arch: Arch
+        predicted_latency_ms: float
+        predicted_acc: float
+
+    fast, near = Cand(a1, 0.95, 0.900), Cand(a2, 1.20, 0.895)
+    measured = {a1.key: 0.60, a2.key: 0.95}  # target 1.0: a1 below the window, a2 inside
+
+    def search(limit: float) -> Cand:
+        return fast if limit <= 0.96 else near
+
+    for tol, want in ((0.01, a2.key), (0.0, a1.key)):
+        out = refine_limit(search, lambda a: measured[a.key], 1.0, 0.05, 0.10, 3, tolerance=tol)
+        assert [r.arch_key for r in out.rounds] == [a1.key, a2.key]
+        assert out.chosen.arch.key == want and out.feasible
+    with pytest.raises(ValueError):
+        refine_limit(search, lambda a: measured[a.key], 1.0, 0.05, 0.10, 3, tolerance=-1.0)

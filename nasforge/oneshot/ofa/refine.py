@@ -19,9 +19,12 @@ here is "measure in the loop", a few rounds at most:
 4. the search runs again (it is cheap); a search that returns an arch already measured
    stops the refinement (nothing new to learn).
 
-The result is the best measured arch not above the target (highest predicted accuracy; on
-ties the slower one), or, when every measured arch is above the target, the fastest measured
-one with ``feasible=False``. Every round is recorded (:class:`RefineRound`).
+The result is the best measured arch not above the target: the highest predicted accuracy,
+where accuracies within ``tolerance`` of the best (the accuracy predictor's cross-validated
+error: it cannot tell them apart) count as equal and, among those, one measured inside the
+window wins (then the higher predicted accuracy, then the slower); or, when every measured
+arch is above the target, the fastest measured one with ``feasible=False``. Every round is
+recorded (:class:`RefineRound`).
 
 This module knows nothing of spaces or predictors: :func:`refine_limit` takes the search as a
 callable (limit -> a candidate with ``arch``, ``predicted_latency_ms`` and
@@ -163,6 +166,7 @@ def refine_limit(
     margin: float,
     window: float,
     rounds: int,
+    tolerance: float = 0.0,
 ) -> Refinement[C]:
     """Search under a limit, measure the chosen arch, correct the limit; ``rounds`` at most.
 
@@ -178,6 +182,8 @@ def refine_limit(
             window``.
         window: "inside" is ``[(1 - window) * target_ms, target_ms]``, ``0 < window < 1``.
         rounds: measured rounds at most (>= 1).
+        tolerance: predicted accuracies this close to the best measured-feasible one count
+            as equal when choosing (>= 0; e.g. the predictor's cross-validated MAE).
 
     Raises:
         ValueError: bad numbers (the config layer checks them first, naming the field).
@@ -185,7 +191,7 @@ def refine_limit(
     """
     if not (math.isfinite(target_ms) and target_ms > 0):
         raise ValueError(f"target_ms: expected a positive number, got {target_ms!r}")
-    if not (0 < window < 1 and 0 <= margin < window and rounds >= 1):
+    if not (0 < window < 1 and 0 <= margin < window and rounds >= 1 and tolerance >= 0):
         raise ValueError(f"bad refinement settings: margin {margin}, window {window}, {rounds}")
     aim = target_ms * (1 - margin)
     low = target_ms * (1 - window)
@@ -235,7 +241,7 @@ def refine_limit(
         else:
             below = max(below, predicted)
         limit = _next_limit(aim, predicted, m.ms, below, above)
-    chosen, m_chosen, feasible = _best(list(measured.values()), target_ms)
+    chosen, m_chosen, feasible = _best(list(measured.values()), target_ms, low, tolerance)
     return Refinement(chosen, m_chosen, done, searches, stop, feasible)
 
 
@@ -250,12 +256,18 @@ def _next_limit(aim: float, predicted: float, measured: float, below: float, abo
     return nxt
 
 
-def _best(measured: list[tuple[C, Measured]], target_ms: float) -> tuple[C, Measured, bool]:
-    """The highest predicted accuracy among archs measured not above the target (ties: the
-    slower); else the fastest measured, not feasible."""
+def _best(
+    measured: list[tuple[C, Measured]], target_ms: float, low: float, tolerance: float
+) -> tuple[C, Measured, bool]:
+    """Among archs measured not above the target, those within ``tolerance`` of the highest
+    predicted accuracy; of them one measured at or above ``low`` (inside the window) first,
+    then the higher predicted accuracy, then the slower. Else the fastest measured, not
+    feasible."""
     ok = [(c, m) for c, m in measured if m.ms <= target_ms]
     if ok:
-        c, m = max(ok, key=lambda e: (float(e[0].predicted_acc), e[1].ms))
+        top = max(float(c.predicted_acc) for c, _ in ok)
+        near = [(c, m) for c, m in ok if float(c.predicted_acc) >= top - tolerance]
+        c, m = max(near, key=lambda e: (e[1].ms >= low, float(e[0].predicted_acc), e[1].ms))
         return c, m, True
     c, m = min(measured, key=lambda e: e[1].ms)
     return c, m, False

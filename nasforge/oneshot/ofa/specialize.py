@@ -28,6 +28,7 @@ timing in as ``measure_ms``.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -437,7 +438,9 @@ def specialize(
     measured, and the limit is corrected by the measured/predicted ratio until a measurement
     lands in ``[(1 - config.window) * target_ms, target_ms]``, ``config.refine_rounds``
     measured rounds at most (:func:`~nasforge.oneshot.ofa.refine.refine_limit`; the chosen arch
-    is the best measured not above the target). Under ``weighted`` the table's bias scales
+    is the best measured not above the target, predicted accuracies within the predictor's
+    cross-validated MAE counting as equal, so one measured inside the window wins among
+    those). Under ``weighted`` the table's bias scales
     every arch's product by one factor, which changes no ranking: the choice is measured once
     and not refined. ``refine_rounds == 0`` ignores ``measure_ms``.
 
@@ -493,6 +496,7 @@ def specialize(
         config.margin if limit else 0.0,
         config.window,
         config.refine_rounds if limit else 1,
+        tolerance=predictor.cv_mae if math.isfinite(predictor.cv_mae) else 0.0,
     )
     chosen = out.chosen
     chosen.evaluations = sum(s.evaluations for s in out.searches)
