@@ -371,3 +371,18 @@ def test_measured_refinement_rounds_are_on_the_card(trained: dict[str, Any]) -> 
         app, ["ofa", "specialize", str(trained["run"]), "--target-ms", "1", "--refine-rounds", "-1"]
     )
     assert res.exit_code == 2 and "--refine-rounds" in " ".join(res.output.split())
+
+
+@pytest.mark.slow  # ~1 min: calibration, INT8 export and speed-up intervals at two batch sizes
+def test_a_specialised_subnet_is_compressible_like_any_searched_model(
+    trained: dict[str, Any], tmp_path: Path
+) -> None:
+    specialise(trained, 10.0, label="to-compress")
+    folder = trained["run"] / "specialized" / "to-compress"
+    out = tmp_path / "compressed"
+    args = ["compress", str(folder), "--data", "mnist1d", "--prune", "none"]
+    res = runner.invoke(app, [*args, "--quantize", "int8", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    report = json.loads((out / "report.json").read_text())
+    assert [s["name"] for s in report["stages"]][-1] == "int8"
+    assert (out / "model.int8.onnx").is_file()
