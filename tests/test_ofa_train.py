@@ -119,6 +119,7 @@ def same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool
         ({"subnets_per_step": 0}, "subnets_per_step"),
         ({"distill": -1}, "distill"),
         ({"temperature": 0}, "temperature"),
+        ({"sandwich": "maybe"}, "sandwich"),
         ({"optimizer": "adam"}, "optimizer"),
         ({"epochs": 3}, "epochs"),
     ],
@@ -138,11 +139,12 @@ def test_default_schedule_is_ofa_order_and_no_shrinking_keeps_the_epochs() -> No
         set(p.elastic) - set(before.elastic) - {"resolution"}
         for before, p in zip(cfg.phases, cfg.phases[1:], strict=False)
     ]
-    # full -> kernel -> depth (two largest, then all) -> expand (two largest, then all)
-    assert added[:3] == [{"kernel"}, {"depth"}, set()] and "expand" in added[3] and not added[4]
-    assert cfg.phases[2].choices == {"depth": 2} and not cfg.phases[3].choices
-    assert cfg.phases[4].choices["expand"] == 2 and not cfg.phases[5].choices
-    assert set(cfg.phases[-1].elastic) == set(ELASTIC_DIMS)
+    # full -> kernel -> depth -> expand (with width, act, se): every dimension at the end
+    assert added[:2] == [{"kernel"}, {"depth"}] and "expand" in added[2]
+    assert all(added) and set(cfg.phases[-1].elastic) == set(ELASTIC_DIMS)
+    # the last phase, which trains the small subnets, gets the most epochs
+    assert cfg.phases[-1].epochs == max(p.epochs for p in cfg.phases)
+    assert cfg.sandwich
     flat = OFAConfig.no_shrinking(cfg)
     assert flat.total_epochs == cfg.total_epochs == sum(p.epochs for p in cfg.phases)
     assert len(flat.phases) == 1 and set(flat.phases[0].elastic) == set(ELASTIC_DIMS)
@@ -167,6 +169,27 @@ def test_sample_arch_draws_only_the_elastic_dims(data: Dataset) -> None:
     assert {a[lb] for a in limited for lb in a if lb.endswith("expand")} == {3, 6}
     with pytest.raises(ConfigError, match="kernal"):
         trainer.sample_arch(rng, ("kernal",))
+
+
+def test_smallest_arch_takes_the_last_sampled_choice_and_draws_nothing(data: Dataset) -> None:
+    trainer = OFATrainer(mobile(), data, config(phase("a", ())))
+    rng = np.random.default_rng(0)
+    before = rng.bit_generator.state
+    small = trainer.sample_arch(rng, ELASTIC_DIMS, {"expand": 2}, smallest=True)
+    assert rng.bit_generator.state == before
+    space = trainer.space
+    assert small["resolution"] == 0.75 and "stage1/block1/kernel" not in small  # depth 1
+    for lb, v in small.items():
+        dim = elastic_dim(lb)
+        expected = {"kernel": 3, "expand": 3, "width": 0.5, "se": False, "depth": 1}.get(dim)
+        if dim == "act":
+            expected = space.dimension(lb).choices[-1]  # type: ignore[attr-defined]
+        if dim != "resolution":
+            assert v == expected, lb
+    # only the elastic dimensions shrink
+    kernel_only = trainer.sample_arch(rng, ("kernel",), smallest=True)
+    assert differs_only_in(kernel_only, trainer.largest, {"kernel"})
+    assert all(kernel_only[lb] == 3 for lb in kernel_only if lb.endswith("kernel"))
 
 
 # -- the loop ---------------------------------------------------------------------------------
@@ -195,7 +218,7 @@ def test_phases_follow_the_config_and_the_largest_trains_every_step(data: Datase
             list(p.elastic),
             steps,
         )
-        per_step = 1 + (cfg.subnets_per_step if p.elastic else 0)
+        per_step = 1 + (cfg.subnets_per_step + cfg.sandwich if p.elastic else 0)
         archs = seen[start:]
         assert len(archs) == steps * per_step and rec.subnets == steps * (per_step - 1)
         assert all(archs[i] == largest for i in range(0, len(archs), per_step))  # teacher first
@@ -211,6 +234,35 @@ def test_phases_follow_the_config_and_the_largest_trains_every_step(data: Datase
     assert {a["resolution"] for a in seen[-steps * 3 :]} == {0.75, 1.0}
     with pytest.raises(RuntimeError):
         trainer.step_epoch()
+
+
+def test_sandwich_trains_largest_then_smallest_then_random_subnets(data: Dataset) -> None:
+    cfg = config(
+        phase("full", ()),
+        phase("depth", ("kernel", "depth")),
+        phase("all", ELASTIC_DIMS, choices={"expand": 2}),
+        sandwich=True,
+        subnets_per_step=2,
+    )
+    trainer = OFATrainer(mobile(), data, cfg)
+    seen = record_forwards(trainer)
+    largest, steps = trainer.largest, trainer.steps_per_epoch
+    for p in cfg.phases:
+        start = len(seen)
+        rec = trainer.step_epoch()
+        archs = seen[start:]
+        per_step = 1 + (2 + 1 if p.elastic else 0)  # largest, smallest, two random
+        assert len(archs) == steps * per_step and rec.subnets == steps * (per_step - 1)
+        assert all(archs[i] == largest for i in range(0, len(archs), per_step))
+        if not p.elastic:
+            continue
+        limit = {str(d): n for d, n in p.choices.items()}
+        smallest = trainer.sample_arch(np.random.default_rng(0), p.elastic, limit, smallest=True)
+        assert smallest != largest
+        assert all(archs[i] == smallest for i in range(1, len(archs), per_step))
+        randoms = [a for i, a in enumerate(archs) if i % per_step >= 2]
+        assert len({a.key for a in randoms}) > 2
+        assert all(differs_only_in(a, largest, set(p.elastic)) for a in randoms)
 
 
 def test_distillation_changes_the_update(data: Dataset) -> None:
@@ -252,12 +304,15 @@ def test_reorganize_exactly_when_expand_first_becomes_elastic(data: Dataset) -> 
     assert not any(flat.adds_expand(i) for i in range(len(flat.config.phases)))
 
 
-@pytest.mark.parametrize("stop", [1, 2, 3])
-def test_resume_is_exact_across_phase_boundaries(data: Dataset, tmp_path: Path, stop: int) -> None:
+@pytest.mark.parametrize(("stop", "sandwich"), [(1, False), (2, True), (3, False), (3, True)])
+def test_resume_is_exact_across_phase_boundaries(
+    data: Dataset, tmp_path: Path, stop: int, sandwich: bool
+) -> None:
     cfg = config(
         phase("full", ()),
         phase("kernel", ("kernel", "depth")),
         phase("expand", ("kernel", "depth", "expand", "width"), epochs=2),
+        sandwich=sandwich,
     )
     straight = OFATrainer(mobile(), data, cfg)
     straight.train()
