@@ -116,8 +116,8 @@ validation accuracy extracted with BN recalibrated minus the same arch trained f
 for the same 14 epochs, mean in points: OFA's proportions (5 / 2 / 1+2 / 1+3 epochs, 2
 subnets per step) -14.4, with the sandwich rule -10.3; shares 4 / 2 / 1+1 / 1+5 -4.8;
 3 / 1 / 1+1 / 1+7 -2.9; 2 / 1 / 1 / 10 -2.0 (its largest net the better too); then 3 subnets
-per step -1.2, 4 -0.2 (seeds 1 and 2: -1.4, -0.5), 6 +0.1 (seed 1: -0.1); 1 / 1 / 1 / 11 with
-4 -0.7. Per arch the smallest gains most from distillation (+4 with 6) and the others stay
+per step -1.2, 4 -0.2 (seeds 1 and 2: -1.4, -0.5), 6 +0.1 (-0.1, +0.1); 1 / 1 / 1 / 11 with 4
+-0.7. Per arch the smallest gains most from distillation (+4 with 6) and the others stay
 about 1 point below scratch. Progressive shrinking still matters: the same 14 epochs with
 every dimension elastic from the start, with the sandwich rule, -6.1 (2 subnets per step)
 and -2.8 (4; the same with shrinking -0.2 / -1.4 / -0.5). The gap left is largest for
@@ -145,7 +145,7 @@ class OFAConfig(BaseModel):
             with ``sandwich``), in phases with elastic dimensions. 6 by default: in 14 epochs
             the subnets get too few updates otherwise (measured with :data:`DEFAULT_PHASES`:
             mean extracted-vs-scratch gap -2.0 points with 2, -1.2 with 3, -0.7 with 4 over 3
-            seeds, +0.0 with 6 over 2 seeds; each subnet costs about one forward and backward
+            seeds, +0.05 with 6 over 3; each subnet costs about one forward and backward
             of the largest net per step: 6 make the supernet about 2.2x as long to train as 2
             did with OFA's proportions).
         sandwich: BigNAS's sandwich rule: each step also trains the phase's smallest subnet
