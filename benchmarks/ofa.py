@@ -214,7 +214,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     spec = SpecializeConfig(samples=30, evaluations=300) if args.quick else SpecializeConfig()
     print(
         f"OFA: {cfg.total_epochs} epochs: {_phases(cfg)}; lr {cfg.lr}, batch {cfg.batch_size}, "
-        f"{cfg.subnets_per_step} subnets/step, distill {cfg.distill}"
+        f"{cfg.subnets_per_step} subnets/step, sandwich {'on' if cfg.sandwich else 'off'}, "
+        f"distill {cfg.distill}"
     )
     print(
         f"specialisation: {spec.model_dump()} (measured refinement: aim "
