@@ -182,8 +182,7 @@ class Jobs:
         if workers > 1:
             ctx = multiprocessing.get_context("spawn")
             self.pool = cf.ProcessPoolExecutor(workers, ctx, init_worker, (setting,))
-        else:
-            init_worker(setting)
+        init_worker(setting)  # the main process runs jobs too (the specialisations)
 
     def submit(self, fn: Any, *a: Any) -> cf.Future[Any]:
         if self.pool is not None:
