@@ -11,7 +11,8 @@ default :class:`SpecializeConfig` (150 sampled subnets, MLP predictor, evolution
 predictor-scored candidates, hard limit).
 
 Latency: a table measured on this host with the hardware package's builder (onnxruntime, 1
-thread, batch 1, statistic min; cached in ``benchmarks/results/``, gitignored). Targets are
+thread, batch 1 or ``--batch-size``, statistic min; cached in ``benchmarks/results/``,
+gitignored). Targets are
 quantiles of the predicted latency of 2,000 seeded random archs: 20/50/80% (parts 1 and 2)
 and 35/65% (the two more targets of part 2's N = 5). OFA's specialisation is the product's:
 predictors only, then measured refinement (``SpecializeConfig.refine_rounds``: the chosen
@@ -119,6 +120,7 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--finetune-epochs", type=int, default=None, help="default 3 (quick 1)")
     ap.add_argument("--bb-trials", type=int, default=None, help="default 24 (quick 4)")
     ap.add_argument("--bb-epochs", type=int, default=None, help="per trial; default 5 (quick 1)")
+    ap.add_argument("--batch-size", type=int, default=1, help="latency batch size (default 1)")
     ap.add_argument("--tables", type=Path, default=RESULTS, help="where latency tables are kept")
     ap.add_argument("--rebuild-table", action="store_true", help="measure the table afresh")
     ap.add_argument("--runs-dir", type=Path, default=None, help="black-box runs (default: tmp)")
@@ -225,12 +227,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     # -- the latency table and the targets --------------------------------------------------------
     spec_b = BackendSpec.parse("onnxruntime", threads=1)
     build = BuildConfig()
-    table, table_cpu, how = get_table(space, spec_b, build, args.tables, args.rebuild_table)
+    table, table_cpu, how = get_table(
+        space, spec_b, build, args.tables, args.rebuild_table, args.batch_size
+    )
     pred = LatencyPredictor(table, space)
     built = build_verdict(table)
     held_text, held = held_out_text(table, pred)
     print(
-        f"table: {table.path} ({how}, {table_cpu:.0f} CPU s); onnxruntime, 1 thread, batch 1, "
+        f"table: {table.path} ({how}, {table_cpu:.0f} CPU s); onnxruntime, 1 thread, "
+        f"batch {table.batch_size}, "
         f"statistic {pred.statistic}, aggregation {pred.mode}"
     )
     print(f"  held-out accuracy: {held_text}; build: {'stable' if built.stable else built.label}")

@@ -308,7 +308,7 @@ def blackbox_config(plan: BlackBoxPlan, setting: Setting) -> dict[str, Any]:
             "mode": "predict",
             "table": plan.table_path,
             "backend": "onnxruntime",
-            "batch_size": 1,
+            "batch_size": LatencyTable.load(plan.table_path, warn=False).batch_size,
             "threads": 1,
             # the same table the OFA specialisation uses, whatever its verdict (printed)
             "allow_untrusted_table": True,

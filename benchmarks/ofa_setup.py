@@ -3,7 +3,8 @@
 The data and the space are those of the single-path ranking benchmark (issue 12, part 4;
 imported from ``oneshot_ranking``), so its cached stand-alone accuracies rank this
 benchmark's supernet too. The latency table is measured once per host with the hardware
-package's builder (onnxruntime, 1 thread, batch 1) and kept under ``benchmarks/results/``
+package's builder (onnxruntime, 1 thread, batch 1 or ``--batch-size``) and kept under
+``benchmarks/results/``
 (gitignored: it is this host's), keyed by the host's fingerprint, and measured again only with
 ``--rebuild-table`` (its build's noise verdict is printed, and flags the latency goals).
 """
@@ -61,24 +62,31 @@ def space_of(ds: Dataset) -> MobileSpace:
     return ranking_space(ds)
 
 
-def table_path(tables: Path, space: MobileSpace, spec: BackendSpec, cfg: BuildConfig) -> Path:
-    """``latency_mobile_<shape>_<space hash>_<backend>_<threads>t_b1_c<n>h<n>_<host>.json``."""
+def table_path(
+    tables: Path, space: MobileSpace, spec: BackendSpec, cfg: BuildConfig, batch: int = 1
+) -> Path:
+    """``latency_mobile_<shape>_<space>_<backend>_<threads>t_b<batch>_c<n>h<n>_<host>.json``."""
     dims = "x".join(map(str, space.input_shape))
     opts = hashlib.sha256(json.dumps(SPACE_OPTIONS, sort_keys=True).encode()).hexdigest()[:8]
     backend = spec.label.replace(":", "_")
     return tables / (
-        f"latency_mobile_{dims}_{opts}_{backend}_{spec.threads}t_b1_"
+        f"latency_mobile_{dims}_{opts}_{backend}_{spec.threads}t_b{batch}_"
         f"c{cfg.calibration_archs}h{cfg.held_out_archs}_{host_key()}.json"
     )
 
 
 def get_table(
-    space: MobileSpace, spec: BackendSpec, cfg: BuildConfig, tables: Path, rebuild: bool
+    space: MobileSpace,
+    spec: BackendSpec,
+    cfg: BuildConfig,
+    tables: Path,
+    rebuild: bool,
+    batch: int = 1,
 ) -> tuple[LatencyTable, float, str]:
     """The table at its keyed path: loaded (completed if it lacks layers), or measured when
     there is none, when it is unreadable, or with ``rebuild``. Returns it, the CPU seconds
     taken (this process) and what was done."""
-    path = table_path(tables, space, spec, cfg)
+    path = table_path(tables, space, spec, cfg, batch)
     how = "loaded"
     if path.is_file():
         try:
@@ -91,7 +99,7 @@ def get_table(
         how = "measured now"
     t0 = time.process_time()
     builder = TableBuilder(
-        space, spec, 1, cfg, space_options=SPACE_OPTIONS, progress=sys.stderr.isatty()
+        space, spec, batch, cfg, space_options=SPACE_OPTIONS, progress=sys.stderr.isatty()
     )
     if how == "loaded":
         table = builder.build(path)
