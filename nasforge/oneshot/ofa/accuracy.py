@@ -1,0 +1,245 @@
+"""What specialisation learns from: the subnet sample and the accuracy predictor.
+
+:func:`sample_subnets` measures the inherited validation accuracy of a seeded sample of
+subnets (the largest and the smallest first); :class:`AccuracyPredictor` is fitted on it (the
+MLP ensemble or the GP surrogate of :mod:`nasforge.strategies.predictor` on
+``space.encode(arch)``) and says by cross-validation how far to trust it. Used by
+:func:`nasforge.oneshot.ofa.specialize.specialize`; nothing here trains a network.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from nasforge.errors import ConfigError, NasforgeError
+from nasforge.oneshot.ranking import kendall_tau
+from nasforge.space import Arch, Categorical, Dimension, Float, Int, SearchSpace
+from nasforge.space.arch import Value
+from nasforge.strategies.predictor import (
+    GPSurrogate,
+    MLPEnsembleSurrogate,
+    PredictorConfig,
+)
+
+PREDICTORS = ("mlp", "gp")
+#: the MLP ensemble as an accuracy predictor: trained longer than the strategy's per-proposal
+#: surrogate (it is fitted once; wider members did not rank 150 samples better)
+MLP_PREDICTOR = PredictorConfig(ensemble_size=5, mlp_hidden=32, mlp_steps=300)
+
+
+def extreme_arch(space: SearchSpace, largest: bool = True) -> Arch:
+    """The largest (or smallest) arch of ``space``, read off its dimensions.
+
+    Per dimension: the highest (lowest) value of an integer, float or numeric categorical
+    dimension; ``True`` (``False``) where a boolean choice such as squeeze-excitation offers
+    it; an unordered choice (an activation) takes the space's first choice, as Once-for-All's
+    largest network does. Conditional dimensions follow the values chosen before them.
+    """
+    values: dict[str, Value] = {}
+    for d in space.dimensions():
+        if d.active(values):
+            values[d.label] = _extreme(d, largest)
+    return space.make(values)
+
+
+def _extreme(d: Dimension, largest: bool) -> Value:
+    if isinstance(d, Int):
+        vals = range(d.low, d.high + 1, d.step)
+        return int(vals[-1] if largest else vals[0])
+    if isinstance(d, Float):
+        return float(d.high if largest else d.low)
+    if isinstance(d, Categorical):
+        ch = d.choices
+        if all(isinstance(c, bool) for c in ch):
+            return largest if largest in ch else ch[0]
+        if all(isinstance(c, (int, float)) and not isinstance(c, bool) for c in ch):
+            return max(ch) if largest else min(ch)  # type: ignore[type-var]
+        return ch[0]
+    return d.sample(np.random.default_rng(0))  # a dimension kind with no order
+
+
+def sample_subnets(
+    space: SearchSpace,
+    accuracy: Callable[[Arch], float],
+    n: int,
+    seed: int,
+    progress: Callable[[int, int], None] | None = None,
+) -> list[tuple[Arch, float]]:
+    """``n`` distinct archs of ``space`` with their ``accuracy`` (the predictor's data).
+
+    The first two are the largest and the smallest arch (:func:`extreme_arch`), so the
+    predictor sees both ends of the space; the rest are uniform samples drawn from
+    ``np.random.default_rng(seed)``, distinct by key. Fewer than ``n`` come back only when
+    the space has fewer distinct archs (after 100 * n draws).
+
+    Args:
+        space: the space the archs come from.
+        accuracy: an arch's accuracy (in the product: inherited validation accuracy after BN
+            recalibration); called once per arch, in the returned order.
+        n: how many archs (at least 2).
+        seed: seeds the uniform samples.
+        progress: called as ``progress(done, n)`` after each arch.
+
+    Raises:
+        ConfigError: ``n`` below 2.
+        NasforgeError: ``accuracy`` returned a value that is not a finite number (names the
+            arch).
+    """
+    if n < 2:
+        raise ConfigError(f"ofa.specialize.samples: expected at least 2, got {n}")
+    rng = np.random.default_rng(seed)
+    archs: dict[str, Arch] = {}
+    for arch in (extreme_arch(space, True), extreme_arch(space, False)):
+        archs.setdefault(arch.key, arch)
+    draws = 0
+    while len(archs) < n and draws < 100 * n:
+        arch = space.sample(rng)
+        archs.setdefault(arch.key, arch)
+        draws += 1
+    out: list[tuple[Arch, float]] = []
+    for arch in archs.values():
+        acc = float(accuracy(arch))
+        if not np.isfinite(acc):
+            raise NasforgeError(f"sample_subnets: accuracy of arch {arch.key} is {acc!r}")
+        out.append((arch, acc))
+        if progress is not None:
+            progress(len(out), len(archs))
+    return out
+
+
+# -- the accuracy predictor ----------------------------------------------------------------------
+class AccuracyPredictor:
+    """Accuracy of an arch from its encoding, fitted on ``(arch, accuracy)`` samples.
+
+    Build with :meth:`fit`. Targets are standardised for the fit and predictions come back in
+    the samples' units. :attr:`cv_kendall_tau` and :attr:`cv_mae` are ``folds``-fold
+    cross-validated (every sample predicted by a model that did not see it): the rank
+    agreement and the mean absolute error the search can expect on unseen archs.
+
+    Attributes:
+        space: the space whose ``encode`` the predictor reads.
+        kind: ``mlp`` or ``gp``.
+        n_samples: samples in the final fit.
+        cv_kendall_tau: Kendall's tau-b between held-out predictions and the samples.
+        cv_mae: mean absolute error of the held-out predictions (samples' units).
+        folds: cross-validation folds.
+    """
+
+    def __init__(
+        self,
+        space: SearchSpace,
+        kind: str,
+        model: Callable[[np.ndarray], np.ndarray],
+        n_samples: int,
+        cv: tuple[float, float, int],
+    ) -> None:
+        """Use :meth:`fit`; this stores a fitted model (encodings -> accuracies)."""
+        self.space, self.kind, self._model = space, kind, model
+        self.n_samples = n_samples
+        self.cv_kendall_tau, self.cv_mae, self.folds = cv
+
+    @classmethod
+    def fit(
+        cls,
+        space: SearchSpace,
+        samples: Sequence[tuple[Mapping[str, Any], float]],
+        kind: str = "mlp",
+        seed: int = 0,
+        folds: int = 5,
+    ) -> AccuracyPredictor:
+        """Fit on all ``samples`` after ``folds``-fold cross-validation.
+
+        Args:
+            space: the space the archs belong to (each is validated).
+            samples: ``(arch, accuracy)`` pairs (e.g. :func:`sample_subnets`'s), at least
+                ``2 * folds``; accuracies finite and in any one unit.
+            kind: ``mlp`` (an ensemble of MLPs, :class:`MLPEnsembleSurrogate`) or ``gp``
+                (ARD + additive GP, :class:`GPSurrogate`).
+            seed: seeds the folds and the MLP initialisations.
+            folds: cross-validation folds (at least 2).
+
+        Raises:
+            ConfigError: unknown ``kind``, too few samples, bad ``folds``.
+            SpaceError: an arch is not in ``space``.
+            NasforgeError: an accuracy is not a finite number.
+        """
+        if kind not in PREDICTORS:
+            raise ConfigError(
+                f"ofa.specialize.predictor: {kind!r} is not one of {', '.join(PREDICTORS)}"
+            )
+        if folds < 2:
+            raise ConfigError(f"folds: expected at least 2, got {folds}")
+        if len(samples) < 2 * folds:
+            raise ConfigError(
+                f"ofa.specialize.samples: {len(samples)} samples are too few to fit and "
+                f"cross-validate the accuracy predictor; need at least {2 * folds}"
+            )
+        for arch, _ in samples:
+            space.validate(arch)
+        y = np.array([float(acc) for _, acc in samples])
+        if not np.all(np.isfinite(y)):
+            bad = int(np.flatnonzero(~np.isfinite(y))[0])
+            raise NasforgeError(f"AccuracyPredictor: sample {bad} has accuracy {y[bad]!r}")
+        x = np.stack([space.encode(a) for a, _ in samples]).astype(np.float64)
+        model, theta = _fit(space, kind, x, y, seed)
+        rng = np.random.default_rng([seed, 7])
+        held_out = np.empty_like(y)
+        for i, test in enumerate(np.array_split(rng.permutation(len(y)), folds)):
+            train = np.setdiff1d(np.arange(len(y)), test)
+            fold, _ = _fit(space, kind, x[train], y[train], seed + 1 + i, theta)
+            held_out[test] = fold(x[test])
+        cv = (kendall_tau(list(held_out), list(y)), float(np.abs(held_out - y).mean()), folds)
+        return cls(space, kind, model, len(y), cv)
+
+    def predict(self, archs: Sequence[Mapping[str, Any]]) -> np.ndarray:
+        """Predicted accuracy of each arch (one batched call; the samples' units)."""
+        if not archs:
+            return np.zeros(0)
+        x = np.stack([self.space.encode(a) for a in archs]).astype(np.float64)
+        return self._model(x)
+
+    def summary(self) -> dict[str, Any]:
+        """What a report shows: kind, samples, cross-validated tau and MAE, folds."""
+        return {
+            "kind": self.kind,
+            "samples": self.n_samples,
+            "cv_kendall_tau": self.cv_kendall_tau,
+            "cv_mae": self.cv_mae,
+            "folds": self.folds,
+        }
+
+
+def _fit(
+    space: SearchSpace,
+    kind: str,
+    x: np.ndarray,
+    y: np.ndarray,
+    seed: int,
+    gp_start: np.ndarray | None = None,
+) -> tuple[Callable[[np.ndarray], np.ndarray], np.ndarray | None]:
+    """A surrogate fitted to standardised ``y``: (``x -> mean prediction`` in y's units, the
+    GP's hyperparameters or ``None``).
+
+    The GP's marginal-likelihood fit starts from ``gp_start`` when given: the folds of the
+    cross-validation start from the full fit's optimum, which makes them a few times cheaper
+    (each fold still maximises the likelihood of its own training part only).
+    """
+    mean, scale = float(y.mean()), float(y.std())
+    scale = scale if scale > 0 else 1.0
+    z = (y - mean) / scale
+    theta = None
+    if kind == "gp":
+        gp = GPSurrogate([d.width for d in space.dimensions()], ard=True, additive=True)
+        gp.theta = None if gp_start is None else gp_start.copy()
+        theta = gp.select(x, z)
+        post = gp.posterior(x, z)
+    else:
+        post = MLPEnsembleSurrogate(MLP_PREDICTOR).posterior(x, z, seed)
+
+    def predict(xq: np.ndarray) -> np.ndarray:
+        return mean + scale * np.asarray(post(xq)[0], dtype=np.float64)
+
+    return predict, theta
