@@ -201,6 +201,7 @@ def test_same_label_is_replaced_whole(
     assert not [p for p in folder.iterdir() if p.name.startswith(".")]
 
 
+@pytest.mark.slow  # ~20 s on a busy host: a table measured on the target
 def test_default_label_and_table_built_once_on_the_target(
     trained: dict[str, Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
