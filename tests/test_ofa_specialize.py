@@ -516,7 +516,10 @@ def test_refinement_with_nothing_under_the_target_says_so(
     got = specialize(space, predictor, flops_ms(space), target, SpecializeConfig(), meas)
     assert not got.feasible and (got.measured_ms or 0.0) > target
     assert got.measured_ms == min(r["measured_ms"] for r in got.refinement)  # the fastest
-    assert got.refine_stop in ("rounds", "repeat") and len(got.refinement) <= 3
+    assert (
+        got.refine_stop in ("rounds", "repeat")
+        and len(got.refinement) <= SpecializeConfig().refine_rounds
+    )
 
 
 def test_unstable_measurement_is_retried_once_then_used_with_its_flag(
