@@ -586,7 +586,7 @@ def test_refinement_settings_are_checked(small: tuple[MobileSpace, AccuracyPredi
             SpecializeConfig.from_options("ofa.specialize", **options)
     cfg = SpecializeConfig.from_options(refine_rounds=5, window=0.2, margin=0.1)
     assert (cfg.refine_rounds, cfg.window, cfg.margin) == (5, 0.2, 0.1)
-    assert SpecializeConfig().refine_rounds == 3
+    assert SpecializeConfig().refine_rounds == 5
     space, predictor = small
     for bad in (float("nan"), 0.0, -1.0):
 
