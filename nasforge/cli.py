@@ -12,6 +12,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from nasforge.cliutil import fail as _fail
 from nasforge.compression.cli import compress
 from nasforge.errors import NasforgeError
 from nasforge.experiment.ofa_cli import ofa_app
@@ -29,13 +30,6 @@ app = typer.Typer(
 )
 out = Console()
 err = Console(stderr=True)
-
-
-def _fail(exc: BaseException) -> None:
-    lines = str(exc).splitlines() or [type(exc).__name__]
-    for line in lines:  # user and exception text is escaped: "[...]" is text, not markup
-        err.print(f"[red]error:[/] {escape(line)}", highlight=False, markup=True, soft_wrap=True)
-    raise typer.Exit(2)
 
 
 def _num(value: object, fmt: str) -> str:

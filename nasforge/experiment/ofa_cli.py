@@ -19,6 +19,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from nasforge.cliutil import fail as _fail
 from nasforge.errors import NasforgeError
 from nasforge.experiment.latency_verdict import card_stability
 from nasforge.experiment.report_ofa import CARD_FILE, SPECIALIZED_DIR
@@ -31,12 +32,6 @@ ofa_app = typer.Typer(
 )
 out = Console()
 err = Console(stderr=True)
-
-
-def _fail(exc: BaseException) -> None:
-    for line in str(exc).splitlines() or [type(exc).__name__]:
-        err.print(f"[red]error:[/] {escape(line)}", highlight=False, soft_wrap=True)
-    raise typer.Exit(2)
 
 
 @ofa_app.command()

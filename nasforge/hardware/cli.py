@@ -22,6 +22,7 @@ import yaml
 from rich.console import Console
 from rich.markup import escape
 
+from nasforge.cliutil import fail as _fail
 from nasforge.errors import NasforgeError
 from nasforge.hardware.backends import BackendSpec
 from nasforge.hardware.builder import BuildConfig, TableBuilder
@@ -52,12 +53,6 @@ class CliInputError(NasforgeError):
 PluginOption = Annotated[
     list[str], typer.Option("--plugin", "-p", help="import this plugin module first (repeatable)")
 ]
-
-
-def _fail(exc: BaseException) -> None:
-    for line in str(exc).splitlines() or [type(exc).__name__]:
-        err.print(f"[red]error:[/] {line}", highlight=False, soft_wrap=True)
-    raise typer.Exit(2)
 
 
 def _shape(text: str) -> tuple[int, ...]:
