@@ -18,7 +18,7 @@ LAYERS: list[set[str]] = [
     {"spaces"},
     {"space"},
     {"nn", "data", "train", "objectives", "registry"},
-    {"errors", "yamlfile"},
+    {"errors", "yamlfile", "cliutil"},
 ]
 MAX_LINES = 600
 
