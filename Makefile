@@ -24,6 +24,7 @@ test-all: install
 	$(PY) -m pytest -q -m "not gpu"
 
 bench: install
+	$(PY) -m pip install -q -e '.[bench]'
 	$(PY) benchmarks/overhead.py
 
 lint: install

@@ -297,3 +297,48 @@ def _load_cached(
     if limit is not None:
         x_tr, y_tr = x_tr[:limit], y_tr[:limit]
     return _finish(name, x_tr, y_tr, x_te, y_te, classes, val_fraction, seed)
+
+
+def adapt_input(ds: Dataset, input_shape: tuple[int, ...] | list[int]) -> Dataset:
+    """``ds`` with its inputs made ``input_shape`` (without the batch dimension): a 1-channel
+    input repeated to C channels (grey to RGB, as torchvision's ``Grayscale(3)``), the spatial
+    size resized bilinearly (``antialias`` when shrinking). The same shape returns ``ds``.
+
+    Raises:
+        DataError: one line naming both shapes, when the ranks differ or the channel counts
+            differ and the data's is not 1.
+    """
+    shape = tuple(int(s) for s in input_shape)
+    have = ds.input_shape
+    if shape == have:
+        return ds
+    if len(shape) != len(have) or len(shape) not in (2, 3) or any(s < 1 for s in shape):
+        raise DataError(
+            f"input shape: the model takes {shape} but {ds.name} has {have}; they cannot be "
+            "adapted (different rank)"
+        )
+    if shape[0] != have[0] and have[0] != 1:
+        raise DataError(
+            f"input shape: the model takes {shape} but {ds.name} has {have}; only 1-channel "
+            f"data can be repeated to {shape[0]} channels"
+        )
+    import torch.nn.functional as F
+
+    def convert(x: torch.Tensor) -> torch.Tensor:
+        if tuple(x.shape[2:]) != shape[1:]:
+            mode = "bilinear" if len(shape) == 3 else "linear"
+            x = F.interpolate(x, size=shape[1:], mode=mode, align_corners=False, antialias=True)
+        if x.shape[1] != shape[0]:
+            x = x.expand(-1, shape[0], *x.shape[2:])
+        return x.contiguous()
+
+    return Dataset(
+        ds.name,
+        convert(ds.x_train),
+        ds.y_train,
+        convert(ds.x_val),
+        ds.y_val,
+        convert(ds.x_test),
+        ds.y_test,
+        ds.classes,
+    )
