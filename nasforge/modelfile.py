@@ -11,13 +11,26 @@ nasforge never unpickles arbitrary objects from a model file (``torch.load`` wit
 
 A file that would need unpickling of other objects (a whole module saved with
 ``torch.save(model)``) is refused with :class:`UnsafeModelFile`, one line saying what to do.
+
+Also accepted: an exported program (``.pt2`` from ``torch.export.save``), read by
+:func:`load_exported_program` only after a check of the archive: ``torch.export.load`` in
+torch 2.13 unpickles (``torch.load(weights_only=False)`` for tensor-subclass weights and
+constants, ``pickle.loads`` for opaque objects, a ``weights_only=False`` fallback for the sample
+inputs) and can import modules named in its JSON (pytree contexts), so every entry it would
+unpickle must first load with ``weights_only=True`` and nothing else of that kind may be
+there. A TorchScript archive (``torch.jit.save``) is refused with :class:`TorchScriptModel`:
+nasforge traces and rewrites the Python module, which a TorchScript file does not contain.
+An ``.onnx`` file is not a module: the CLI sends it to the quantization-only ONNX path
+(:func:`nasforge.compression.pipeline.run_onnx_pipeline`).
 """
 
 from __future__ import annotations
 
 import importlib
+import io
 import json
 import pickle
+import zipfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -45,6 +58,115 @@ HOW_TO_SAVE = (
 class UnsafeModelFile(NasforgeError):
     """A model file that only unpickling arbitrary Python objects could read (which can run
     code); nasforge refuses it."""
+
+
+class TorchScriptModel(NasforgeError):
+    """A TorchScript module or archive: it cannot be traced or pruned (torch.fx needs the
+    Python module)."""
+
+
+#: what a user with a TorchScript model should pass instead (one line)
+TORCHSCRIPT_HELP = (
+    "TorchScript cannot be traced or pruned by nasforge (torch.fx needs the Python module); "
+    "pass the state dict (torch.save(model.state_dict(), path)) with --model-factory "
+    "package.module:factory, or an exported program (torch.export.save(torch.export.export("
+    "model, (x,)), 'model.pt2')), or an ONNX export (quantization only)"
+)
+
+
+def is_torchscript(path: str | Path) -> bool:
+    """Whether ``path`` is a ``torch.jit.save`` archive (a zip with ``code/`` and
+    ``constants.pkl``); reads only the zip directory."""
+    try:
+        with zipfile.ZipFile(path) as z:
+            names = z.namelist()
+    except (OSError, zipfile.BadZipFile):
+        return False
+    return any("/code/" in n for n in names) and any(n.endswith("constants.pkl") for n in names)
+
+
+def _member_root(names: list[str]) -> str:
+    roots = {n.split("/", 1)[0] for n in names if "/" in n}
+    return f"{roots.pop()}/" if len(roots) == 1 else ""
+
+
+def _pt2_problem(path: Path) -> str | None:
+    """Why ``torch.export.load(path)`` could run code from the file, or ``None``.
+
+    Every entry torch would unpickle (weights/constants marked ``use_pickle``, sample inputs,
+    legacy ``.pt`` entries) must load with ``weights_only=True``; opaque/custom objects,
+    compiled code (AOTInductor, shared libraries) and JSON naming modules to import
+    (pytree ``default_factory_module``, ``__enum__``) are refused."""
+    try:
+        z = zipfile.ZipFile(path)
+    except (OSError, zipfile.BadZipFile) as exc:
+        return f"not an exported-program archive ({exc})"
+    with z:
+        names = z.namelist()
+        root = _member_root(names)
+        rel = {n[len(root) :] if n.startswith(root) else n: n for n in names}
+        if not any(r.startswith("models/") for r in rel):
+            return "not a torch.export.save archive (no models/ entry)"
+        pickled: set[str] = set()
+        for r, full in rel.items():
+            if r.startswith("data/aotinductor/") or r.endswith((".so", ".dll", ".dylib")):
+                return f"holds compiled code ({r})"
+            if r.endswith(".pt"):
+                pickled.add(r)
+            if r.endswith(".json"):
+                raw = z.read(full)
+                if b"default_factory_module" in raw or b"__enum__" in raw:
+                    return f"{r} names Python modules to import"
+                if r.startswith(("data/weights/", "data/constants/")):
+                    try:
+                        config = json.loads(raw).get("config", {})
+                    except (ValueError, AttributeError):
+                        return f"{r} is not valid JSON"
+                    folder = r.rsplit("/", 1)[0] + "/"
+                    for meta in config.values():
+                        name = str(meta.get("path_name", ""))
+                        if name.startswith(("custom_obj_", "opaque_obj_")):
+                            return f"holds a pickled Python object ({name})"
+                        if meta.get("use_pickle"):
+                            pickled.add(folder + name)
+        for r in sorted(pickled):
+            if r not in rel:
+                continue
+            try:
+                torch.load(io.BytesIO(z.read(rel[r])), map_location="cpu", weights_only=True)
+            except Exception as exc:  # noqa: BLE001 - anything a weights-only load refuses
+                first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+                return f"{r} holds pickled objects other than tensors ({first[:120]})"
+    return None
+
+
+def load_exported_program(path: str | Path, what: str = "MODEL") -> nn.Module:
+    """The module of the exported program at ``path`` (``ExportedProgram.module()``, as a
+    plain ``GraphModule`` of ATen ops so ``eval()`` and copies work), after
+    :func:`_pt2_problem` found nothing torch would unpickle beyond tensors. Export with a
+    dynamic batch dimension (``dynamic_shapes``) or it runs at the exported batch size only.
+
+    Raises:
+        UnsafeModelFile: the archive holds pickled objects, compiled code or module names.
+        NasforgeError: not a readable exported program.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise NasforgeError(f"{what}: {p} does not exist")
+    problem = _pt2_problem(p)
+    if problem is not None:
+        raise UnsafeModelFile(
+            f"{what}: {p} is refused: {problem}; torch.export.load would unpickle or import "
+            f"it, which can run code; {HOW_TO_SAVE}"
+        )
+    try:
+        module = torch.export.load(str(p)).module()
+        # a plain GraphModule of the same graph: ExportedProgram.module() refuses eval()/train()
+        module = torch.fx.GraphModule(module, module.graph)
+    except Exception as exc:  # noqa: BLE001 - a broken archive is the user's input error
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise NasforgeError(f"{what}: {p} is not a loadable exported program ({first})") from None
+    return module
 
 
 def save_model(
@@ -155,6 +277,10 @@ def model_from_factory(factory: str, weights: str | Path, what: str = "MODEL") -
     except AttributeError:
         raise ConfigError(f"--model-factory: {module_name!r} has no {attr!r}") from None
     model = target()
+    if isinstance(model, torch.jit.ScriptModule):
+        raise TorchScriptModel(
+            f"--model-factory: {factory}() returned a TorchScript module; {TORCHSCRIPT_HELP}"
+        )
     if not isinstance(model, nn.Module):
         raise ConfigError(
             f"--model-factory: {factory}() returned a {type(model).__name__}, not an nn.Module"
@@ -192,15 +318,25 @@ def build_described(desc: Mapping[str, Any]) -> nn.Module:
 def load_model(path: str | Path, factory: str | None = None, what: str = "MODEL") -> nn.Module:
     """A model from ``path`` without running code from it, in evaluation mode.
 
-    ``path`` is a state-dict file with ``factory`` (``package.module:factory``), or a
-    state-dict file next to an ``arch.json``, or a folder holding both (a run's ``best/``), or
-    a run directory (its ``best/`` is used).
+    ``path`` is an exported program (``.pt2``), a state-dict file with ``factory``
+    (``package.module:factory``), or a state-dict file next to an ``arch.json``, or a folder
+    holding both (a run's ``best/``), or a run directory (its ``best/`` is used).
 
     Raises:
         UnsafeModelFile: the file would need unpickling arbitrary objects.
+        TorchScriptModel: a TorchScript archive (or a factory returning a ScriptModule).
         NasforgeError: anything else missing or inconsistent (one line, naming ``what``).
     """
     p = Path(path)
+    if p.is_file() and p.suffix == ".pt2":
+        return load_exported_program(p, what).eval()
+    if p.is_file() and p.suffix == ".onnx":
+        raise NasforgeError(
+            f"{what}: {p} is an ONNX model, not a PyTorch module; only quantization runs on "
+            "it (nasforge compress MODEL.onnx --quantize int8)"
+        )
+    if p.is_file() and is_torchscript(p):
+        raise TorchScriptModel(f"{what}: {p} is a TorchScript archive; {TORCHSCRIPT_HELP}")
     if p.is_dir():
         folder = p / "best" if (p / "best" / WEIGHTS_FILE).is_file() else p
         p = folder / WEIGHTS_FILE
