@@ -39,6 +39,7 @@ from __future__ import annotations
 import argparse
 import copy
 import os
+import sys
 import tempfile
 import time
 import traceback
@@ -469,6 +470,11 @@ def prune_and_quantize(
 
 
 def main() -> None:
+    if any(a == "--models" or a.startswith("--models=") for a in sys.argv[1:]):
+        # the zoo models (issue 14) with every peer: benchmarks/compression_models.py
+        from compression_models import main as models_main
+
+        raise SystemExit(models_main(sys.argv[1:]))
     ap = argparse.ArgumentParser()
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--epochs", type=int, default=4)

@@ -1,0 +1,714 @@
+"""The models people bring, compressed by nasforge and by the peers in one run (issue 14).
+
+``python benchmarks/compression.py --models resnet18,mobilenet_v2,efficientnet_b0,vit_tiny
+[--quick]`` (or this file directly). For every model of :data:`nasforge.compression.zoo.MODELS`
+(10 classes, 3x32x32):
+
+1. train briefly on mnist5k adapted to 3x32x32 (``nasforge.data.adapt_input``); the weights are
+   cached under ``$TMPDIR/nasforge_bench_models`` keyed by the recipe (a ``state_dict`` read
+   back with ``weights_only=True``: no cached file can run code);
+2. nasforge through its public pipeline (:func:`nasforge.compression.run_pipeline`): INT8
+   alone, and channel pruning (50% FLOPs) + distillation fine-tune + INT8;
+3. the peers in the same run: onnxruntime ``quantize_static`` tuned (QDQ, QUInt8
+   activations, QInt8 per-channel weights, calibrated on the same images, after
+   ``quant_pre_process``), for models with attention also ``quantize_dynamic`` (the best peer
+   is the fastest one within 0.5 point of FP32's top-1); Torch-Pruning at the same FLOPs with
+   the same rounding, BN recalibration and fine-tune recipe (``benchmarks/prune_peer.py``,
+   engineer C; a "not available" line until it exists); torchao PT2E (X86 Inductor quantizer
+   defaults, run through ``torch.compile`` with freezing) when torchao is installed;
+4. every artifact timed at batch 1 and 32 in one interleaved pass per batch size
+   (:func:`speedups.timing` -> ``compare_speedups``: paired rounds, 95% interval, stability
+   verdict), onnxruntime with ``--threads`` intra-op threads (torch too, for PT2E);
+5. which layers stayed float and why (the per-layer INT8 decisions of the pipeline's report);
+6. GOAL lines (``benchmarks/goals.py`` format, host included), per goal per model:
+   ``int8 vs best peer`` (nasforge INT8 at least as fast as the best peer at b1 and b32),
+   ``int8 vs fp32`` (b32: EfficientNet >= 1.5x, ViT >= 1.3x, others > 1x: the whole interval
+   above 1), ``prune drop vs TP`` (our top-1 drop within 0.5 point of Torch-Pruning's) and
+   ``prune+int8 not slower`` (than pruned FP32 and than INT8 alone: no stable interval
+   below 1, at b1 and b32). An unstable speed-up is ``NOT MET (... unstable: host busy)``; a
+   path that failed is ``NOT MET (failed: <reason>)``.
+
+``--quick``: EfficientNet-B0 (width 0.25) and a 2-layer ViT, 1 epoch, 1 fine-tune epoch, 3
+timing rounds, no torch.compile peer: a smoke test that finishes in minutes on 2 cores (its
+GOAL lines are about the tiny models, not the goals' models). The log goes to
+``benchmarks/results/cpu_compression_models_<date>[_quick].log`` (and a ``.json`` beside it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import datetime
+import hashlib
+import json
+import math
+import os
+import sys
+import tempfile
+import time
+import traceback
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+import torch
+from goals import goal, host_record  # benchmarks/goals.py
+from speedups import Goal, iv, speed_goal, timing, vs
+from torch import nn
+
+from nasforge.compression import CompressConfig, run_pipeline
+from nasforge.compression.distill import DistillationLoss
+from nasforge.compression.pruning import recalibrate_bn
+from nasforge.compression.quantization import export_onnx
+from nasforge.compression.quantization.runtime import (
+    Latency,
+    ort_predict,
+    ort_runner,
+    ort_session,
+    speedup_text,
+    timing_config,
+)
+from nasforge.compression.results import CompressionReport
+from nasforge.compression.zoo import MODELS
+from nasforge.data import Dataset, adapt_input, load_dataset
+from nasforge.hardware import count_flops
+from nasforge.train import TrainConfig, evaluate_accuracy, train_model
+
+SHAPE = (3, 32, 32)
+RESULTS = Path(__file__).resolve().parent / "results"
+ALL_MODELS = ("resnet18", "mobilenet_v2", "efficientnet_b0", "vit_tiny")
+QUICK_MODELS = ("efficientnet_b0", "vit_tiny")
+#: model -> constructor keyword arguments (full run: the goals' models; quick: tiny ones)
+FULL_KWARGS: dict[str, dict[str, Any]] = {
+    "resnet18": {},
+    "mobilenet_v2": {},
+    "efficientnet_b0": {},
+    "vit_tiny": {},
+}
+QUICK_KWARGS: dict[str, dict[str, Any]] = {
+    "resnet18": {"width": 16},
+    "mobilenet_v2": {"width": 0.35},
+    "efficientnet_b0": {"width": 0.25},
+    "vit_tiny": {"num_layers": 2, "hidden_dim": 48, "mlp_dim": 96, "num_heads": 3},
+}
+#: INT8 vs FP32 (onnxruntime, batch 32) targets: ratio threshold, or None for "> 1x" (the whole
+#: interval above 1)
+INT8_TARGET: dict[str, float | None] = {"efficientnet_b0": 1.5, "vit_tiny": 1.3}
+PEER_DROP = 0.5  # points: a peer config further below FP32's top-1 is not a candidate
+TP_MARGIN = 0.5  # points: our pruning drop may exceed Torch-Pruning's by at most this
+BATCHES = (1, 32)
+#: points: FLOPs removed by ours and by Torch-Pruning must agree this well to compare drops
+FLOPS_TOLERANCE = 5.0
+Runner = Callable[[], object]
+
+
+def why() -> str:
+    """The exception being handled, in one line (its last non-blank traceback line)."""
+    lines = [ln.strip() for ln in traceback.format_exc().splitlines() if ln.strip()]
+    return (lines[-1] if lines else "unknown error")[:300]
+
+
+def is_transformer(model: nn.Module) -> bool:
+    return any(isinstance(m, nn.MultiheadAttention) for m in model.modules())
+
+
+def train_recipe(name: str, epochs: int) -> TrainConfig:
+    """The base-model recipe (AdamW for the ViT: SGD at CNN rates does not train it)."""
+    if name == "vit_tiny":
+        return TrainConfig(epochs=epochs, optimizer="adamw", lr=1e-3, weight_decay=0.05, seed=0)
+    return TrainConfig(epochs=epochs, lr=0.05, seed=0)
+
+
+def finetune_recipe(name: str, epochs: int) -> TrainConfig:
+    """The fine-tune recipe nasforge's distill stage and Torch-Pruning's model both get."""
+    if name == "vit_tiny":
+        return TrainConfig(
+            epochs=epochs, optimizer="adamw", lr=3e-4, weight_decay=0.0, label_smoothing=0.0
+        )
+    return TrainConfig(epochs=epochs, lr=0.01, label_smoothing=0.0)
+
+
+def base_model(name: str, kwargs: dict[str, Any], ds: Dataset, epochs: int) -> nn.Module:
+    """The zoo model trained ``epochs`` on ``ds`` (a cached state_dict when the recipe
+    matches: model, kwargs, recipe, data shape and size)."""
+    recipe = train_recipe(name, epochs)
+    key = json.dumps(
+        [name, kwargs, recipe.model_dump(mode="json"), list(ds.input_shape), len(ds.x_train)],
+        sort_keys=True,
+    )
+    digest = hashlib.sha256(key.encode()).hexdigest()[:16]
+    cache = Path(tempfile.gettempdir()) / "nasforge_bench_models" / f"{name}_{digest}.pt"
+    torch.manual_seed(0)
+    model = MODELS[name](num_classes=10, in_channels=3, **kwargs)
+    if cache.is_file():
+        model.load_state_dict(torch.load(cache, weights_only=True))
+        print(f"  base model: cached {cache}")
+        return model.eval()
+    t0 = time.perf_counter()
+    train_model(model, ds.x_train, ds.y_train, recipe)
+    print(f"  base model: trained {epochs} epoch(s) in {time.perf_counter() - t0:.0f} s")
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(model.state_dict(), cache)
+    return model.eval()
+
+
+# --- peers ------------------------------------------------------------------------------------
+
+
+def ort_static_tuned(fp32: Path, out: Path, calib: torch.Tensor) -> Path:
+    """onnxruntime's own static quantizer, tuned: ``quant_pre_process`` (shape inference +
+    graph optimisation) then QDQ, QUInt8 activations, QInt8 per-channel weights, MinMax
+    calibration on ``calib``."""
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
+
+    src = fp32
+    try:
+        from onnxruntime.quantization.shape_inference import quant_pre_process
+
+        pre = out.with_name(out.stem + ".pre.onnx")
+        quant_pre_process(str(fp32), str(pre), skip_symbolic_shape=True)
+        src = pre
+    except Exception:  # noqa: BLE001 - pre-processing is an optimisation; say so and go on
+        print(f"    ORT quant_pre_process failed ({why()}); quantizing the plain export")
+    name = ort_session(src).get_inputs()[0].name
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.it = iter([{name: calib[i : i + 64].numpy()} for i in range(0, len(calib), 64)])
+
+        def get_next(self):  # type: ignore[no-untyped-def]
+            return next(self.it, None)
+
+    quantize_static(
+        str(src),
+        str(out),
+        Reader(),
+        quant_format=QuantFormat.QDQ,
+        activation_type=QuantType.QUInt8,
+        weight_type=QuantType.QInt8,
+        per_channel=True,
+    )
+    return out
+
+
+def ort_dynamic(fp32: Path, out: Path) -> Path:
+    """onnxruntime's dynamic quantizer (QInt8 weights; MatMulInteger / DynamicQuantizeMatMul)."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    quantize_dynamic(str(fp32), str(out), weight_type=QuantType.QInt8)
+    return out
+
+
+def torchao_pt2e(model: nn.Module, calib: torch.Tensor) -> nn.Module:
+    """torchao PT2E with the X86 Inductor quantizer's defaults (static, per-channel); the
+    converted graph module (deploys through ``torch.compile``)."""
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+    from torchao.quantization.pt2e.quantizer.x86_inductor_quantizer import (
+        X86InductorQuantizer,
+        get_default_x86_inductor_quantization_config,
+    )
+
+    batch = torch.export.Dim("batch", min=1, max=1024)
+    ep = torch.export.export(
+        copy.deepcopy(model).eval(), (calib[:2],), dynamic_shapes=({0: batch},)
+    ).module()
+    q = X86InductorQuantizer().set_global(get_default_x86_inductor_quantization_config())
+    prepared = prepare_pt2e(ep, q)  # type: ignore[arg-type]
+    with torch.no_grad():
+        for i in range(0, len(calib), 64):
+            prepared(calib[i : i + 64])
+    return convert_pt2e(prepared)  # type: ignore[no-any-return]
+
+
+def compiled(model: nn.Module, xs: dict[int, torch.Tensor]) -> nn.Module:
+    """``torch.compile`` with frozen weights (the CPU inference recipe), warmed up at every
+    batch size of ``xs``."""
+    import torch._inductor.config as inductor_config
+
+    inductor_config.freezing = True
+    c = torch.compile(model, dynamic=False)
+    with torch.no_grad():
+        for x in xs.values():
+            c(x)
+    return c  # type: ignore[return-value]
+
+
+def no_grad_runner(model: Callable[[torch.Tensor], object], x: torch.Tensor) -> Runner:
+    def run() -> object:
+        with torch.no_grad():
+            return model(x)
+
+    return run
+
+
+def prune_peer() -> Any:
+    """benchmarks/prune_peer.py (engineer C), or None (the reason printed)."""
+    try:
+        import prune_peer as pp
+    except Exception:  # noqa: BLE001
+        print(f"    Torch-Pruning peer: not available (benchmarks/prune_peer.py: {why()})")
+        return None
+    if not hasattr(pp, "tp_prune"):
+        print("    Torch-Pruning peer: not available (prune_peer has no tp_prune)")
+        return None
+    return pp
+
+
+# --- one model ---------------------------------------------------------------------------------
+
+
+@dataclass
+class Arm:
+    """One timed artifact: a runner factory (batch size -> call) and its test top-1."""
+
+    make: Callable[[int], Runner]
+    top1: float
+    kind: str  # "nasforge", "peer-int8", "peer-prune", "fp32"
+
+
+@dataclass
+class ModelRun:
+    name: str
+    arms: dict[str, Arm] = field(default_factory=dict)
+    failures: dict[str, str] = field(default_factory=dict)
+    info: dict[str, Any] = field(default_factory=dict)
+    timings: dict[int, dict[str, Latency]] = field(default_factory=dict)
+
+
+def stage_artifact(report: CompressionReport, out: Path, stage: str) -> tuple[Path, float] | None:
+    """The artifact file and test top-1 of the last output of ``stage`` in ``report``."""
+    for o in reversed(report.outputs):
+        if o.stage == stage and o.artifact:
+            return out / o.artifact, o.test_accuracy
+    return None
+
+
+def artifact_runner(
+    path: Path, xs: dict[int, torch.Tensor], threads: int
+) -> Callable[[int], Runner]:
+    """Runner factory of a shipped artifact: ``.onnx`` on onnxruntime, ``.pt2`` as a compiled
+    exported program (F's inductor runtime when present, else ``torch.export.load``)."""
+    if path.suffix == ".onnx":
+        return lambda bs: ort_runner(path, xs[bs], threads)
+    try:
+        from nasforge.compression.quantization import inductor  # type: ignore[attr-defined]
+
+        prog = inductor.load_program(path)
+        return lambda bs: inductor.compiled_runner(prog, xs[bs])  # type: ignore[no-any-return]
+    except ImportError:
+        prog = torch.export.load(str(path)).module()
+        comp = compiled(prog, xs)
+        return lambda bs: no_grad_runner(comp, xs[bs])
+
+
+def layer_decisions(details: Any) -> list[dict[str, Any]]:
+    """Every per-layer INT8 decision found in a report's details: dicts with a layer name and
+    a reason (the key names of D's/E's report are matched loosely)."""
+    found: list[dict[str, Any]] = []
+
+    def walk(v: Any) -> None:
+        if isinstance(v, dict):
+            keys = set(v)
+            if "reason" in keys and keys & {"layer", "name", "node"}:
+                found.append(v)
+                return
+            for w in v.values():
+                walk(w)
+        elif isinstance(v, list | tuple):
+            for w in v:
+                walk(w)
+
+    walk(details)
+    return found
+
+
+def is_float_decision(d: dict[str, Any]) -> bool:
+    for k in ("int8", "quantized"):
+        if isinstance(d.get(k), bool):
+            return not d[k]
+    for k in ("decision", "precision", "dtype", "choice", "format", "kept"):
+        if isinstance(d.get(k), str):
+            return "float" in d[k].lower() or "fp32" in d[k].lower()
+    return False
+
+
+def print_decisions(report: CompressionReport | None, label: str) -> None:
+    if report is None:
+        return
+    ds = layer_decisions(report.details)
+    if not ds:
+        print(
+            f"    {label}: no per-layer INT8 decisions in the report (details keys: "
+            f"{', '.join(sorted(report.details)) or 'none'})"
+        )
+        return
+    fl = [d for d in ds if is_float_decision(d)]
+    print(f"    {label}: {len(ds)} layer decisions, {len(fl)} kept float:")
+    for d in fl:
+        name = d.get("layer") or d.get("name") or d.get("node")
+        op = d.get("op") or d.get("op_kind") or d.get("kind") or ""
+        print(f"      {name} ({op}): {d.get('reason')}")
+
+
+def run_model(name: str, kwargs: dict[str, Any], ds: Dataset, a: argparse.Namespace) -> ModelRun:
+    r = ModelRun(name)
+    work = Path(tempfile.mkdtemp(prefix=f"nasforge_bench_{name}_"))
+    xs = {bs: ds.x_test[:bs] for bs in BATCHES}
+    calib = ds.x_train[: a.calibration]
+    t0 = time.perf_counter()
+    model = base_model(name, kwargs, ds, a.epochs)
+    flops = count_flops(model, SHAPE)
+    fp32 = export_onnx(model, work / "fp32.onnx", SHAPE)
+    acc_fp32 = top1_onnx(fp32, ds, a.threads)
+    r.info.update(
+        kwargs=kwargs, mflops=flops / 1e6, top1_fp32=acc_fp32, work=str(work), host=host_record()
+    )
+    print(
+        f"  {name} {kwargs or '(defaults)'}: {flops / 1e6:.1f} MFLOPs, "
+        f"{sum(p.numel() for p in model.parameters()) / 1e6:.2f} M params, FP32 ONNX top-1 "
+        f"{acc_fp32:.4f}; artifacts in {work}"
+    )
+    r.arms["ort_fp32"] = Arm(lambda bs: ort_runner(fp32, xs[bs], a.threads), acc_fp32, "fp32")
+
+    # nasforge through its public pipeline
+    recipe = finetune_recipe(name, a.finetune_epochs)
+    cheap = timing_config(rounds=3, repeats=3, warmup=1)  # the pipeline's own pass; ours decides
+    q = {"calibration_size": a.calibration}
+    runs = {
+        "int8": [{"name": "quantize_int8", **q}],
+        "prune": [
+            {"name": "prune_channels", "ratio": 0.5, "target": "flops", "round_to": a.round_to},
+            "distill",
+            {"name": "quantize_int8", **q},
+        ],
+    }
+    reports: dict[str, CompressionReport | None] = {}
+    for key, stages in runs.items():
+        out = work / f"nasforge_{key}"
+        t = time.perf_counter()
+        try:
+            cfg = CompressConfig.model_validate(
+                {"stages": stages, "target": {"threads": a.threads, "rounds": 3}, "seed": 0}
+            )
+            rep = run_pipeline(model, ds, cfg, out, train=recipe, timing=cheap)
+            reports[key] = rep
+        except Exception:  # noqa: BLE001 - a failing path is a result to print
+            reports[key] = None
+            r.failures[f"nasforge_{key}"] = why()
+            print(f"    nasforge {key}: FAILED: {why()}")
+            continue
+        print(f"    nasforge {key}: pipeline {time.perf_counter() - t:.0f} s; {rep.verdict}")
+        for w in rep.warnings:
+            print(f"      warning: {w}")
+        if key == "int8":
+            got = stage_artifact(rep, out, "quantize_int8")
+            if got:
+                r.arms["nasforge_int8"] = Arm(
+                    artifact_runner(got[0], xs, a.threads), got[1], "nasforge"
+                )
+        else:
+            for stage, arm in (
+                ("distill", "nasforge_pruned"),
+                ("quantize_int8", "nasforge_pruned_int8"),
+            ):
+                got = stage_artifact(rep, out, stage)
+                if got:
+                    r.arms[arm] = Arm(artifact_runner(got[0], xs, a.threads), got[1], "nasforge")
+            pruned = stage_artifact(rep, out, "distill")
+            plan = rep.details.get("pruning", {})
+            if isinstance(plan, dict) and plan.get("macs_before"):
+                r.info["nasforge_prune_macs_removed"] = 1 - plan["macs_after"] / plan["macs_before"]
+            if pruned:
+                r.info["nasforge_pruned_top1"] = pruned[1]
+    # peers: onnxruntime's quantizers
+    try:
+        p = ort_static_tuned(fp32, work / "ort_static.onnx", calib)
+        r.arms["ort_static_tuned"] = Arm(
+            lambda bs: ort_runner(p, xs[bs], a.threads), top1_onnx(p, ds, a.threads), "peer-int8"
+        )
+    except Exception:  # noqa: BLE001
+        r.failures["ort_static_tuned"] = why()
+    if is_transformer(model):
+        try:
+            pd = ort_dynamic(fp32, work / "ort_dynamic.onnx")
+            r.arms["ort_dynamic"] = Arm(
+                lambda bs: ort_runner(pd, xs[bs], a.threads),
+                top1_onnx(pd, ds, a.threads),
+                "peer-int8",
+            )
+        except Exception:  # noqa: BLE001
+            r.failures["ort_dynamic"] = why()
+    # peer: torchao PT2E, compiled
+    if a.torchao:
+        try:
+            pt = torchao_pt2e(model, calib)
+            acc = evaluate_accuracy(pt, ds.x_test, ds.y_test)
+            comp = compiled(pt, xs)
+            r.arms["torchao_pt2e"] = Arm(lambda bs: no_grad_runner(comp, xs[bs]), acc, "peer-int8")
+        except Exception:  # noqa: BLE001
+            r.failures["torchao_pt2e"] = why()
+    else:
+        print("    torchao PT2E peer: skipped (--quick or --no-torchao)")
+    # peer: Torch-Pruning, same FLOPs / rounding / recalibration / fine-tune recipe
+    pp = prune_peer()
+    if pp is not None:
+        try:
+            # tp_prune ignores the classifier (the last Linear) itself
+            tpm = pp.tp_prune(copy.deepcopy(model), SHAPE, 0.5, a.round_to, ())
+            recalibrate_bn(tpm, [ds.x_train[i : i + 64] for i in range(0, 1024, 64)])
+            teacher = copy.deepcopy(model).eval()
+            cfg0 = CompressConfig()
+            loss = DistillationLoss(
+                teacher, cfg0.distill.temperature, cfg0.distill.alpha, memoize=True
+            )
+            train_model(tpm, ds.x_train, ds.y_train, recipe, loss_fn=loss)
+            tpm.eval()
+            tpo = export_onnx(tpm, work / "tp_pruned.onnx", SHAPE)
+            r.info["tp_flops_removed"] = 1 - count_flops(tpm, SHAPE) / flops
+            r.arms["tp_pruned"] = Arm(
+                lambda bs: ort_runner(tpo, xs[bs], a.threads),
+                top1_onnx(tpo, ds, a.threads),
+                "peer-prune",
+            )
+        except Exception:  # noqa: BLE001
+            r.failures["tp_pruned"] = why()
+    for k, v in r.failures.items():
+        if not k.startswith("nasforge_"):  # those were printed as they failed
+            print(f"    {k}: FAILED: {v}")
+    acc_line = ", ".join(f"{k} {v.top1:.4f}" for k, v in r.arms.items())
+    print(f"  test top-1: {acc_line}")
+    if "nasforge_prune_macs_removed" in r.info or "tp_flops_removed" in r.info:
+        print(
+            "  FLOPs removed: nasforge (plan MACs) "
+            f"{100 * r.info.get('nasforge_prune_macs_removed', math.nan):.1f}%, Torch-Pruning "
+            f"{100 * r.info.get('tp_flops_removed', math.nan):.1f}%"
+        )
+    print("  which layers stayed float (nasforge's per-layer INT8 decisions):")
+    print_decisions(reports.get("int8"), "INT8")
+    print_decisions(reports.get("prune"), "prune+INT8")
+
+    # one interleaved pass per batch size, every artifact
+    for bs in BATCHES:
+        try:
+            runners = {k: arm.make(bs) for k, arm in r.arms.items()}
+            t = timing(runners, bs, a.threads, a.rounds, "ort_fp32")
+        except Exception:  # noqa: BLE001
+            r.failures[f"timing b{bs}"] = why()
+            print(f"  batch {bs}: timing FAILED: {why()}")
+            continue
+        r.timings[bs] = t
+        print(f"  batch {bs}: " + ", ".join(f"{k} {v.median_ms:.3f} ms" for k, v in t.items()))
+        for k in t:
+            if k != "ort_fp32":
+                print(f"    {k} vs ort_fp32: {speedup_text(vs(t, 'ort_fp32', k))}")
+    r.info["seconds"] = time.perf_counter() - t0
+    return r
+
+
+def top1_onnx(path: Path, ds: Dataset, threads: int) -> float:
+    logits = ort_predict(ort_session(path, threads), ds.x_test)
+    return float((logits.argmax(1) == ds.y_test).float().mean())
+
+
+# --- goals ------------------------------------------------------------------------------------
+
+
+#: timed arm -> the run that makes it (whose failure explains a missing arm)
+MADE_BY = {
+    "nasforge_int8": "nasforge_int8",
+    "nasforge_pruned": "nasforge_prune",
+    "nasforge_pruned_int8": "nasforge_prune",
+}
+
+
+def missing(r: ModelRun, arm: str, default: str = "not run") -> str:
+    """Why ``arm`` has no artifact: the failure of the run that makes it, else ``default``."""
+    key = MADE_BY.get(arm, arm)
+    return r.failures.get(key, r.failures.get(arm, default))
+
+
+def model_goals(r: ModelRun) -> list[Goal]:
+    g: list[Goal] = []
+    n, arms, t = r.name, r.arms, r.timings
+
+    def failed(goal_name: str, needs: list[str], target: str) -> bool:
+        miss = [k for k in needs if k not in arms]
+        miss += [f"timing b{bs}" for bs in BATCHES if bs not in t]
+        if not miss:
+            return False
+        reason = "; ".join(sorted({f"{MADE_BY.get(k, k)}: {missing(r, k)}" for k in miss}))
+        g.append((goal_name, False, f"failed: {reason}"[:400], target, False))
+        return True
+
+    fp32 = arms["ort_fp32"].top1
+    # int8 vs best peer, at b1 and b32
+    name, target = f"{n} int8 vs best peer", ">= 1.0x at b1 and b32"
+    peers = [k for k, v in arms.items() if v.kind == "peer-int8"]
+    if not failed(name, ["nasforge_int8"], target):
+        ok_peers = [k for k in peers if 100 * (fp32 - arms[k].top1) <= PEER_DROP]
+        if not ok_peers:
+            g.append(
+                (
+                    name,
+                    True,
+                    f"no peer within {PEER_DROP} pt of FP32 top-1 (peers: "
+                    f"{', '.join(peers) or 'none ran'})",
+                    target,
+                    False,
+                )
+            )
+        else:
+            sps, parts = [], []
+            for bs in BATCHES:
+                best = max(ok_peers, key=lambda k: vs(t[bs], "ort_fp32", k).ratio)
+                s = vs(t[bs], best, "nasforge_int8")
+                sps.append(s)
+                parts.append(f"b{bs} {iv(s)} vs {best}")
+            speed_goal(g, name, all(s.ratio >= 1.0 for s in sps), sps, "; ".join(parts), target)
+    # int8 vs fp32 at b32
+    thr = INT8_TARGET.get(n)
+    target = f">= {thr}x at b32" if thr else "> 1x at b32 (interval above 1)"
+    name = f"{n} int8 vs fp32"
+    if not failed(name, ["nasforge_int8"], target):
+        s = vs(t[32], "ort_fp32", "nasforge_int8")
+        speed_goal(g, name, s.ratio >= thr if thr else s.low > 1, [s], iv(s), target)
+    # pruning drop vs Torch-Pruning
+    name, target = f"{n} prune drop vs TP", f"<= TP's drop + {TP_MARGIN} pt"
+    miss = [k for k in ("nasforge_pruned", "tp_pruned") if k not in arms]
+    if miss:
+        reason = "; ".join(
+            sorted({f"{MADE_BY.get(k, k)}: {missing(r, k, 'not available')}" for k in miss})
+        )
+        g.append((name, False, f"failed: {reason}"[:400], target, False))
+    else:
+        ours, tp = (
+            100 * (fp32 - arms["nasforge_pruned"].top1),
+            100 * (fp32 - arms["tp_pruned"].top1),
+        )
+        fo = 100 * r.info.get("nasforge_prune_macs_removed", math.nan)
+        ft = 100 * r.info.get("tp_flops_removed", math.nan)
+        equal = abs(fo - ft) <= FLOPS_TOLERANCE  # nan (unknown) is not equal
+        measured = f"drop {ours:.2f} pt vs TP {tp:.2f} pt at FLOPs -{fo:.1f}% vs -{ft:.1f}%"
+        if not equal:
+            measured += f" (not equal FLOPs: differ by more than {FLOPS_TOLERANCE} points)"
+        g.append((name, equal and ours <= tp + TP_MARGIN, measured, target, False))
+    # prune+int8 not measurably slower than pruned FP32 and than INT8 alone
+    name, target = (
+        f"{n} prune+int8 not slower",
+        "no interval below 1 vs pruned and vs int8, b1 and b32",
+    )
+    if not failed(name, ["nasforge_pruned", "nasforge_int8", "nasforge_pruned_int8"], target):
+        sps, parts = [], []
+        for bs in BATCHES:
+            for base in ("nasforge_pruned", "nasforge_int8"):
+                s = vs(t[bs], base, "nasforge_pruned_int8")
+                sps.append(s)
+                parts.append(f"b{bs} {iv(s)} vs {base.removeprefix('nasforge_')}")
+        speed_goal(g, name, all(s.high >= 1.0 for s in sps), sps, "; ".join(parts), target)
+    return g
+
+
+# --- main --------------------------------------------------------------------------------------
+
+
+class Tee:
+    """stdout copied to a log file."""
+
+    def __init__(self, stream: TextIO, path: Path) -> None:
+        self.stream, self.file = stream, path.open("w")
+
+    def write(self, s: str) -> int:
+        self.file.write(s)
+        self.file.flush()
+        return self.stream.write(s)
+
+    def flush(self) -> None:
+        self.stream.flush()
+        self.file.flush()
+
+
+def parse(argv: list[str] | None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--models", default=None, help=f"comma list of {', '.join(ALL_MODELS)}")
+    ap.add_argument("--quick", action="store_true", help="tiny models, 1 epoch: a smoke test")
+    ap.add_argument("--epochs", type=int, default=None, help="base training (3; quick 1)")
+    ap.add_argument("--finetune-epochs", type=int, default=None, help="(2; quick 1)")
+    ap.add_argument("--rounds", type=int, default=None, help="timing rounds (9; quick 3)")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--round-to", type=int, default=8)
+    ap.add_argument("--calibration", type=int, default=None, help="images (512; quick 128)")
+    ap.add_argument("--no-torchao", dest="torchao", action="store_false", default=None)
+    ap.add_argument("--log", type=Path, default=None, help="log file (default: results/...)")
+    a = ap.parse_args(argv)
+    quick = a.quick
+    a.epochs = a.epochs if a.epochs is not None else (1 if quick else 3)
+    a.finetune_epochs = a.finetune_epochs if a.finetune_epochs is not None else (1 if quick else 2)
+    a.rounds = a.rounds if a.rounds is not None else (3 if quick else 9)
+    a.calibration = a.calibration if a.calibration is not None else (128 if quick else 512)
+    if a.torchao is None:
+        a.torchao = not quick
+    if a.torchao:
+        try:
+            import torchao  # noqa: F401
+        except ImportError:
+            print("torchao PT2E peer: not installed")
+            a.torchao = False
+    names = tuple(a.models.split(",")) if a.models else (QUICK_MODELS if quick else ALL_MODELS)
+    bad = [n for n in names if n not in MODELS]
+    if bad:
+        ap.error(f"--models: unknown {', '.join(bad)} (known: {', '.join(MODELS)})")
+    a.models = names
+    return a
+
+
+def main(argv: list[str] | None = None) -> int:
+    a = parse(argv)
+    stamp = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H%M")
+    log = a.log or RESULTS / f"cpu_compression_models_{stamp}{'_quick' if a.quick else ''}.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    sys.stdout = Tee(sys.__stdout__, log)  # type: ignore[assignment]
+    warnings.filterwarnings("ignore")
+    torch.set_num_threads(a.threads)
+    t0 = time.perf_counter()
+    print(
+        f"compression of the zoo models: {', '.join(a.models)}{' (quick)' if a.quick else ''}; "
+        f"epochs {a.epochs}, fine-tune {a.finetune_epochs}, {a.rounds} timing rounds, "
+        f"{a.threads} thread(s); load average at start "
+        f"{' '.join(f'{v:.2f}' for v in os.getloadavg())} ({os.cpu_count()} CPUs)"
+    )
+    ds = adapt_input(load_dataset("mnist5k"), SHAPE)
+    kw = QUICK_KWARGS if a.quick else FULL_KWARGS
+    goals: list[Goal] = []
+    record: dict[str, Any] = {"args": {k: str(v) for k, v in vars(a).items()}, "models": {}}
+    for name in a.models:
+        print(f"\n== {name}")
+        r = run_model(name, kw[name], ds, a)
+        g = model_goals(r)
+        goals.extend(g)
+        record["models"][name] = {
+            "info": r.info,
+            "top1": {k: v.top1 for k, v in r.arms.items()},
+            "failures": r.failures,
+            "timing": {bs: {k: v.to_dict() for k, v in t.items()} for bs, t in r.timings.items()},
+            "goals": g,
+        }
+    print(
+        f"\ntotal {time.perf_counter() - t0:.0f} s; load average at end: "
+        f"{' '.join(f'{v:.2f}' for v in os.getloadavg())}"
+    )
+    for name, met, measured, target, unstable in goals:
+        goal(name, met, measured, target, unstable=unstable)
+    log.with_suffix(".json").write_text(json.dumps(record, indent=1, default=str))
+    print(f"log: {log}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
