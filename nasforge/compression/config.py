@@ -5,6 +5,11 @@ section. Without ``stages:`` the list is derived from ``prune.method`` and
 ``quantize.mode`` (prune -> fine-tune/distil -> quantize), so older configs run unchanged.
 The sections here are the one source of the built-in stages' defaults and checks.
 
+``input_shape`` (``C,H,W``; ``--input-shape``) adapts the data to the shape the model takes
+(:func:`nasforge.data.adapt_input`); ``plugins`` (``--plugin``) are imported before the
+model is loaded, so they can register stages and pruning rules. ``deploy.accuracy_budget``
+is the test top-1 drop (vs the original) a shipped artifact may have.
+
 Ratios and budgets are fractions: ``prune.ratio: 0.5`` removes half the FLOPs (or
 channels/weights), ``quantize.drop_budget: 0.003`` allows 0.3 top-1 points of loss.
 """
@@ -13,7 +18,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from nasforge.errors import ConfigError
 from nasforge.train import TrainConfig
@@ -129,6 +134,14 @@ class TargetConfig(_Section):
     rounds: int = Field(7, ge=1)
 
 
+class DeployConfig(_Section):
+    """Which artifact is shipped (copied to ``model.deploy.onnx``): the last stage's that is
+    not measurably slower than an earlier stage's and loses at most ``accuracy_budget`` test
+    top-1 (a fraction: 0.01 = one point) against the original."""
+
+    accuracy_budget: float = Field(0.01, ge=0.0, lt=1.0)
+
+
 class StageSpec(_Section):
     """One entry of ``compress.stages``: a registered stage ``name`` and its ``options``.
 
@@ -165,7 +178,24 @@ class CompressConfig(_Section):
     distill: DistillConfig = DistillConfig()
     quantize: QuantizeConfig = QuantizeConfig()
     target: TargetConfig = TargetConfig()
+    deploy: DeployConfig = DeployConfig()
+    input_shape: tuple[int, ...] | None = None
+    plugins: tuple[str, ...] = ()
     seed: int = 0
+
+    @field_validator("input_shape", mode="before")
+    @classmethod
+    def _shape(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            try:
+                v = tuple(int(p) for p in v.replace("x", ",").split(",") if p.strip())
+            except ValueError:
+                raise ValueError(f"expected C,H,W (e.g. 3,32,32), got {v!r}") from None
+        if v is not None and (
+            not 1 <= len(v) <= 3 or any(not isinstance(d, int) or d < 1 for d in v)
+        ):
+            raise ValueError(f"expected C,H,W of positive integers (e.g. 3,32,32), got {v!r}")
+        return v
 
     @model_validator(mode="after")
     def _one_way_to_choose(self) -> CompressConfig:

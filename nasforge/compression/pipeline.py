@@ -13,36 +13,153 @@ the paired ratio against the original in that same pass, with its 95% interval a
 verdict (:func:`~nasforge.compression.quantization.runtime.compare_speedups`). A speed-up the
 host was too busy to pin down is shown as ``unstable: host busy (...)`` and the "faster than
 the original" verdict is then left undecided (``deployable is None``), never guessed.
+
+Every stage is also compared with every earlier stage (:func:`~nasforge.compression.
+quantization.runtime.paired` of their round medians from the same pass; the report's
+``comparisons``). A stage measurably slower than an earlier one (stable interval below 1) is
+flagged (``SLOWER`` warning) and not shipped: the shipped artifact is the last stage's that
+is not measurably slower than any earlier stage's and within ``deploy.accuracy_budget``,
+copied to ``model.deploy.onnx`` (the stage files keep their names). An undecided comparison
+is said (``UNDECIDED``), never resolved by a guess.
+
+Inputs: ``compress.input_shape`` adapts the data (:func:`nasforge.data.adapt_input`); the
+model is first run on two samples, and a model that does not run on the data's shape is a
+one-line :class:`InputShapeError` naming the shape, the layer and the message.
+:func:`run_onnx_pipeline` takes an ONNX model instead: quantization only (onnxruntime's
+static QDQ quantizer, and its dynamic one when the model has MatMul/Gemm, chosen by
+measurement), accuracy through onnxruntime.
 """
 
 from __future__ import annotations
 
 import copy
 import logging
+import shutil
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 
 from nasforge.compression.config import CompressConfig, TargetConfig
+from nasforge.compression.errors import CompressionError, UnsupportedModelError
 from nasforge.compression.quantization import export_onnx
 from nasforge.compression.quantization.runtime import (
     Latency,
     compare_speedups,
     file_size,
+    ort_predict,
     ort_runner,
+    ort_session,
+    paired,
     speedup_text,
     timing_config,
 )
 from nasforge.compression.report import write_html
-from nasforge.compression.results import CompressionReport, StageOutput, StageResult
-from nasforge.compression.stages import PipelineState, Progress, build_stages
-from nasforge.data import Dataset
+from nasforge.compression.results import (
+    Comparison,
+    CompressionReport,
+    StageOutput,
+    StageResult,
+)
+from nasforge.compression.stages import Int8Result, PipelineState, Progress, build_stages
+from nasforge.data import Dataset, adapt_input
 from nasforge.hardware.timing import TimingConfig
 from nasforge.train import TrainConfig, evaluate_accuracy
 
-__all__ = ["CompressionReport", "StageResult", "run_pipeline"]
+__all__ = [
+    "DEPLOY_FILE",
+    "CompressionReport",
+    "InputShapeError",
+    "StageResult",
+    "prepare_inputs",
+    "run_onnx_pipeline",
+    "run_pipeline",
+]
 log = logging.getLogger("nasforge.compression")
+
+#: the shipped artifact's file name in the output directory (a copy of one stage's file)
+DEPLOY_FILE = "model.deploy.onnx"
+#: stages that run on an ONNX model given as input
+ONNX_STAGES = ("quantize_int8",)
+
+
+class InputShapeError(UnsupportedModelError):
+    """The model does not run on the data's shape (names both, and the layer)."""
+
+
+def _shape_text(shape: tuple[int, ...]) -> str:
+    return ",".join(str(d) for d in shape)
+
+
+def _failing_layer(model: nn.Module, x: torch.Tensor) -> tuple[str, str] | None:
+    """``(layer, message)`` of the first failure when ``model`` runs on ``x``, or ``None``.
+    The layer is the innermost module still running when the error was raised."""
+    stack: list[str] = []
+    failed: list[str] = []
+
+    def pre(name: str) -> Callable[..., None]:
+        def hook(*_: object) -> None:
+            stack.append(name)
+
+        return hook
+
+    def post(*_: object) -> None:
+        if stack:
+            stack.pop()
+
+    handles = []
+    for name, m in model.named_modules():
+        if name:
+            handles.append(m.register_forward_pre_hook(pre(name)))
+            handles.append(m.register_forward_hook(post))
+    try:
+        with torch.no_grad():
+            model(x)
+    except Exception as exc:  # noqa: BLE001 - any failure of the user's model is reported
+        failed = [stack[-1] if stack else "forward", str(exc).strip()]
+    finally:
+        for h in handles:
+            h.remove()
+    if not failed:
+        return None
+    first = failed[1].splitlines()[0] if failed[1] else "error"
+    return failed[0], first[:300]
+
+
+def prepare_inputs(
+    model: nn.Module, dataset: Dataset, input_shape: tuple[int, ...] | None
+) -> Dataset:
+    """``dataset`` adapted to ``input_shape`` (when given), after checking that ``model``
+    runs on two of its samples.
+
+    Raises:
+        DataError: the data cannot be adapted to ``input_shape`` (names both shapes).
+        InputShapeError: the model fails on the data's shape (one line: the shape, the layer
+            and its message, and what to pass).
+    """
+    ds = adapt_input(dataset, input_shape) if input_shape is not None else dataset
+    shape = tuple(ds.input_shape)
+    was = model.training
+    model.eval()
+    try:
+        failure = _failing_layer(model, ds.x_train[:2])
+    finally:
+        model.train(was)
+    if failure is None:
+        return ds
+    layer, msg = failure
+    if input_shape is not None:
+        raise InputShapeError(
+            f"--input-shape {_shape_text(shape)}: the model does not run on inputs of shape "
+            f"{shape} (layer {layer}: {msg})"
+        )
+    raise InputShapeError(
+        f"the model does not run on {ds.name}'s input shape {shape} (layer {layer}: {msg}); "
+        "pass --input-shape C,H,W (compress.input_shape) with the shape the model takes, "
+        "and the data is adapted to it"
+    )
 
 
 def run_pipeline(
@@ -82,8 +199,9 @@ def run_pipeline(
     recipe = train if train is not None else cfg.finetune.train_config(cfg.seed)
     warnings = [w for i, s in enumerate(stages) for w in s.check(stages[i + 1 :], recipe)]
     torch.manual_seed(cfg.seed)
-    shape = tuple(dataset.input_shape)
     original = copy.deepcopy(model).eval()
+    dataset = prepare_inputs(original, dataset, cfg.input_shape)
+    shape = tuple(dataset.input_shape)
     teacher = (teacher or copy.deepcopy(original)).eval()
 
     say("exporting the FP32 baseline")
@@ -112,8 +230,22 @@ def run_pipeline(
         state.outputs.append(result)
         warnings.extend(result.warnings)
     outputs = tuple(state.outputs)
+    return _finish(baseline, outputs, warnings, dataset, cfg, out, timing, say)
 
-    say("measuring latency on onnxruntime (every artifact against the original, interleaved)")
+
+def _finish(
+    baseline: StageOutput,
+    outputs: tuple[StageOutput, ...],
+    warnings: list[str],
+    dataset: Dataset,
+    cfg: CompressConfig,
+    out: Path,
+    timing: TimingConfig | None,
+    say: Progress,
+) -> CompressionReport:
+    """Time every ONNX artifact in one interleaved pass per batch size, compare every stage
+    with every earlier one, decide what ships, write the report."""
+    say("measuring latency on onnxruntime (every artifact against every earlier one, interleaved)")
     timed = {o.row: out / o.artifact for o in (baseline, *outputs) if o.artifact.endswith(".onnx")}
     lat = _measure(timed, dataset, cfg.target, timing or timing_config(cfg.target.rounds))
     details: dict[str, object] = {}
@@ -124,16 +256,135 @@ def run_pipeline(
     rows = [
         _row(o, lat.get(o.row, {}), o.row == baseline.row) for o in (baseline, *outputs) if o.row
     ]
+    comparisons = _comparisons(lat)
     deployable = _verdict(rows, warnings)
+    deployable = _against_earlier(rows, comparisons, deployable, warnings)
+    shipped, reason = _ship(rows, comparisons, cfg.deploy.accuracy_budget, warnings)
+    shutil.copyfile(out / shipped.artifact, out / DEPLOY_FILE)
     details["test_accuracy_drop"] = rows[0].test_accuracy - rows[-1].test_accuracy
+    details["shipped"] = {"row": shipped.name, "artifact": DEPLOY_FILE, "from": shipped.artifact}
     report = CompressionReport(
-        tuple(rows), tuple(warnings), cfg.model_dump(mode="json"), details, deployable, outputs
+        tuple(rows),
+        tuple(warnings),
+        cfg.model_dump(mode="json"),
+        details,
+        deployable,
+        outputs,
+        tuple(comparisons),
+        shipped.name,
+        DEPLOY_FILE,
+        reason,
     )
     (out / "report.json").write_text(report.to_json())
     write_html(report, out / "report.html")
     for w in warnings:
         say(f"WARNING: {w}")
     return report
+
+
+def _comparisons(lat: dict[str, dict[int, Latency]]) -> list[Comparison]:
+    """Every timed row against every earlier timed row, per batch size, paired over the
+    rounds of the same pass (ratio = earlier / this: above 1, this row is faster)."""
+    names = [k for k, m in lat.items() if m]
+    out = []
+    for j, stage in enumerate(names):
+        for earlier in names[:j]:
+            for bs, cand in lat[stage].items():
+                base = lat[earlier].get(bs)
+                if base is None:
+                    continue
+                s = paired(base, cand)
+                out.append(
+                    Comparison(
+                        stage, earlier, bs, s.ratio, s.low, s.high, s.stable, speedup_text(s)
+                    )
+                )
+    return out
+
+
+def _against_earlier(
+    rows: list[StageResult],
+    comparisons: list[Comparison],
+    deployable: bool | None,
+    warnings: list[str],
+) -> bool | None:
+    """Warn about every row measurably slower than an earlier (non-original) row; the final
+    row's verdict becomes ``False`` when it is one, ``None`` when it was faster than the
+    original but a comparison with an earlier stage is undecided."""
+    final = next((r for r in reversed(rows) if r.latency_ms), rows[0])
+    original = rows[0].name
+    slower: dict[str, list[Comparison]] = {}
+    for c in comparisons:
+        if c.verdict == "slower" and c.earlier != original:
+            slower.setdefault(c.stage, []).append(c)
+    for stage, cs in slower.items():
+        what = "; ".join(f"vs {c.earlier} at batch {c.batch_size}: {c.label}" for c in cs)
+        warnings.append(
+            f"SLOWER: {stage} is measurably slower than an earlier stage ({what}); "
+            "flagged, not shipped"
+        )
+    if final.name in slower or any(
+        c.stage == final.name and c.verdict == "slower" for c in comparisons
+    ):
+        return False
+    undecided = [
+        c
+        for c in comparisons
+        if c.stage == final.name and c.earlier != original and c.verdict == "undecided"
+    ]
+    if undecided and deployable is not False:
+        what = "; ".join(f"vs {c.earlier} at batch {c.batch_size}" for c in undecided)
+        warnings.append(
+            f"UNDECIDED: could not decide whether {final.name} is slower than an earlier stage "
+            f"({what}: host busy or too few rounds); re-run on a quiet host"
+        )
+        return None
+    return deployable
+
+
+def _ship(
+    rows: list[StageResult], comparisons: list[Comparison], budget: float, warnings: list[str]
+) -> tuple[StageResult, str]:
+    """The row whose artifact ships and why: the last timed ONNX row that is not measurably
+    slower than any earlier row and loses at most ``budget`` test top-1 vs the original
+    (the original when none qualifies)."""
+    original = rows[0]
+    timed = [r for r in rows if r.latency_ms and r.artifact.endswith(".onnx")]
+    skipped: list[str] = []
+    for r in reversed(timed):
+        if r.name == original.name:
+            break
+        slow = [c for c in comparisons if c.stage == r.name and c.verdict == "slower"]
+        drop = original.test_accuracy - r.test_accuracy
+        if slow:
+            c = slow[0]
+            skipped.append(f"{r.name} is slower than {c.earlier} at batch {c.batch_size}")
+        elif drop > budget:
+            skipped.append(
+                f"{r.name} loses {drop * 100:.2f} test points (budget {budget * 100:.2f})"
+            )
+        else:
+            undecided = [c for c in comparisons if c.stage == r.name and c.verdict == "undecided"]
+            why = (
+                f"{r.name}: the last stage not measurably slower than an earlier one and within "
+                f"the accuracy budget ({budget * 100:.2f} points)"
+            )
+            if undecided:
+                why += (
+                    f"; UNDECIDED against {len(undecided)} earlier stage/batch pair(s) "
+                    "(host busy or too few rounds): not shown slower, not shown faster"
+                )
+            if skipped:
+                why += "; not shipped: " + "; ".join(skipped)
+            return r, why
+    why = "original: no compressed stage qualified"
+    if skipped:
+        why += " (" + "; ".join(skipped) + ")"
+    elif len(timed) <= 1:
+        why = "original: no stage produced an ONNX artifact"
+    if len(timed) > 1:
+        warnings.append(f"SHIPPED THE ORIGINAL: {why}")
+    return original, why
 
 
 def _row(o: StageOutput, lat: dict[int, Latency], is_baseline: bool) -> StageResult:
@@ -211,3 +462,179 @@ def _measure(
         for k, r in res.items():
             out[k][bs] = r
     return out
+
+
+def _onnx_batch(path: Path) -> int | None:
+    """The fixed batch size of the ONNX model's first input, or ``None`` when symbolic."""
+    import onnx
+
+    m = onnx.load(str(path), load_external_data=False)
+    init = {i.name for i in m.graph.initializer}
+    inp = next(i for i in m.graph.input if i.name not in init)
+    dims = inp.type.tensor_type.shape.dim
+    return int(dims[0].dim_value) if dims and dims[0].HasField("dim_value") else None
+
+
+def _top1(logits: torch.Tensor, y: torch.Tensor) -> float:
+    return float((logits.argmax(1) == y).float().mean())
+
+
+def run_onnx_pipeline(
+    model_path: str | Path,
+    dataset: Dataset,
+    cfg: CompressConfig,
+    out_dir: str | Path,
+    progress: Progress | None = None,
+    timing: TimingConfig | None = None,
+) -> CompressionReport:
+    """Quantize an ONNX model given as input (no PyTorch module): onnxruntime's static QDQ
+    quantizer (u8 activations, or s8 with ``activations: int8``; s8 per-channel weights;
+    calibrated on the training split) and, when the model has MatMul/Gemm, its dynamic one;
+    the dynamic one replaces the static one only when measurably faster at every batch size
+    in one interleaved pass and within ``drop_budget`` (or when the static one is over the
+    budget and it is not). Accuracy is measured through onnxruntime. The FP32 file is copied
+    to ``model.fp32.onnx``; the rest is :func:`run_pipeline`'s (every stage against every
+    earlier one, the shipped ``model.deploy.onnx``, the report).
+
+    Raises:
+        UnsupportedModelError: a stage other than ``quantize_int8`` is configured (pruning
+            and training need the PyTorch model).
+        InputShapeError: the model's input shape is not the data's (names both; pass
+            ``--input-shape``) or the model does not run on it.
+        QuantizationError: onnxruntime cannot quantize the file (one line).
+    """
+    say = progress or log.info
+    src, out = Path(model_path), Path(out_dir)
+    refused = [s.name for s in cfg.stage_specs() if s.name not in ONNX_STAGES]
+    if refused:
+        raise UnsupportedModelError(
+            f"MODEL: {src} is an ONNX model: only quantization ({', '.join(ONNX_STAGES)}) runs "
+            f"on it; stage {refused[0]!r} needs the PyTorch model (a state dict with "
+            "--model-factory, a run's best/, or an exported program .pt2)"
+        )
+    if not cfg.stage_specs():
+        raise CompressionError(f"MODEL: {src} is an ONNX model and no stage is configured")
+    from nasforge.compression.quantization import ortquant
+    from nasforge.compression.quantization.qsim import QuantSpec
+
+    stage = build_stages(cfg)[0]
+    q: Any = stage.config
+    shape = ortquant.onnx_input_shape(src)
+    if cfg.input_shape is not None and tuple(cfg.input_shape) != shape:
+        raise InputShapeError(
+            f"--input-shape {_shape_text(tuple(cfg.input_shape))}: the ONNX model {src.name} "
+            f"takes inputs of shape {shape}"
+        )
+    ds = dataset
+    if tuple(ds.input_shape) != shape:
+        if cfg.input_shape is None:
+            raise InputShapeError(
+                f"the ONNX model {src.name} takes inputs of shape {shape} but {ds.name} has "
+                f"{tuple(ds.input_shape)}; pass --input-shape {_shape_text(shape)} "
+                "(compress.input_shape) to adapt the data"
+            )
+        ds = adapt_input(ds, shape)
+    out.mkdir(parents=True, exist_ok=True)
+    fp32 = out / "model.fp32.onnx"
+    if not fp32.exists() or src.resolve() != fp32.resolve():
+        shutil.copyfile(src, fp32)
+    threads = cfg.target.threads
+    fixed = _onnx_batch(fp32)
+    sizes = tuple(b for b in cfg.target.batch_sizes if fixed is None or b == fixed)
+    notes: list[str] = []
+    if not sizes:
+        sizes = (fixed or 1,)
+        notes.append(f"the ONNX model's batch dimension is fixed at {fixed}: timed at it only")
+    cfg = cfg.model_copy(update={"target": cfg.target.model_copy(update={"batch_sizes": sizes})})
+    sess = ort_session(fp32, threads)
+    bs = fixed or 256
+    try:
+        float_val = ort_predict(sess, ds.x_val, bs)
+    except Exception as exc:  # noqa: BLE001 - any onnxruntime failure on the data
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise InputShapeError(
+            f"the ONNX model {src.name} does not run on {ds.name}'s inputs of shape "
+            f"{tuple(ds.input_shape)} ({first[:300]})"
+        ) from None
+    float_test = ort_predict(sess, ds.x_test, bs)
+    val_acc = _top1(float_val, ds.y_val)
+    spec = QuantSpec(
+        calibration=q.calibration,
+        percentile=q.percentile,
+        activations="int8" if q.activations == "int8" else "uint8",
+    )
+    calib = ds.x_train[: q.calibration_size]
+    say("quantizing the ONNX model with onnxruntime (static QDQ; dynamic when it has MatMul)")
+    makers: dict[str, Callable[[Path], Path]] = {
+        "ort_static_qdq": lambda p: ortquant.quantize_onnx_static(fp32, p, calib, spec)
+    }
+    if {"MatMul", "Gemm"} & ortquant.onnx_op_types(fp32):
+        makers["ort_dynamic"] = lambda p: ortquant.quantize_onnx_dynamic(fp32, p)
+    built: dict[str, Path] = {}
+    drops: dict[str, float] = {}
+    failure: CompressionError | None = None
+    for name, make in makers.items():
+        try:
+            path = make(out / f"model.int8.{name}.onnx")
+        except CompressionError as exc:
+            failure = failure or exc
+            notes.append(f"{name} failed: {str(exc).splitlines()[0]}")
+            continue
+        built[name] = path
+        drops[name] = val_acc - _top1(
+            ort_predict(ort_session(path, threads), ds.x_val, bs), ds.y_val
+        )
+    if not built:
+        assert failure is not None
+        raise failure
+    chosen = next(iter(built))
+    formats: tuple[tuple[str, dict[int, float]], ...] = ()
+    if len(built) > 1:
+        say("measuring the onnxruntime INT8 formats (interleaved)")
+        lat = _measure(
+            {"fp32": fp32, **built}, ds, cfg.target, timing or timing_config(cfg.target.rounds)
+        )
+        formats = tuple((n, {b: m.median_ms for b, m in lat[n].items()}) for n in built)
+        default, other = list(built)[:2]
+        ups = [paired(lat[default][b], lat[other][b]) for b in lat[default]]
+        labels = ", ".join(f"batch {b}: {speedup_text(s)}" for b, s in zip(lat[default], ups))
+        faster = all(s.stable and s.low > 1.0 for s in ups)
+        if drops[default] > q.drop_budget and drops[other] <= q.drop_budget:
+            chosen = other
+            notes.append(f"{other}: {default} is over the drop budget ({labels} vs {default})")
+        elif faster and drops[other] <= q.drop_budget:
+            chosen = other
+            notes.append(f"{other}: measurably faster than {default} ({labels})")
+        elif faster:
+            notes.append(
+                f"{default}: {other} is faster ({labels}) but loses "
+                f"{drops[other] * 100:.2f} points, over the drop budget"
+            )
+        else:
+            notes.append(f"{default}: {other} not measurably faster ({labels})")
+    final = out / "model.int8.onnx"
+    shutil.copyfile(built[chosen], final)
+    logits = ort_predict(ort_session(final, threads), ds.x_test, bs)
+    agree = float((logits.argmax(1) == float_test.argmax(1)).float().mean())
+    drop = drops[chosen]
+    warnings: list[str] = []
+    if drop > q.drop_budget:
+        warnings.append(
+            f"INT8 validation drop {drop * 100:.2f} points exceeds the budget "
+            f"{q.drop_budget * 100:.2f} ({chosen})"
+        )
+    result = Int8Result(
+        stage.name,
+        "int8",
+        _top1(logits, ds.y_test),
+        file_size(final),
+        final.name,
+        (f"{chosen} (onnxruntime); top-1 agreement with float {agree:.4f}", *notes),
+        tuple(warnings),
+        method=chosen,
+        val_drop=drop,
+        agreement_vs_float={"top1_agreement": agree},
+        formats=formats,
+    )
+    baseline = StageOutput("", "original", _top1(float_test, ds.y_test), file_size(fp32), fp32.name)
+    return _finish(baseline, (result,), warnings, ds, cfg, out, timing, say)

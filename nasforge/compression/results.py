@@ -78,15 +78,52 @@ class StageResult:
 
 
 @dataclass(frozen=True)
+class Comparison:
+    """One stage's artifact against one earlier stage's, at one batch size, from the same
+    interleaved pass (:func:`~nasforge.compression.quantization.runtime.paired` of their
+    round medians): ``ratio`` = earlier / this (above 1: this stage is faster).
+
+    ``verdict``: ``faster`` (stable, whole interval above 1), ``slower`` (stable, whole
+    interval below 1), ``no measurable difference`` (stable, interval straddles 1) or
+    ``undecided`` (unstable: host busy or too few rounds; nothing is concluded from it).
+    """
+
+    stage: str
+    earlier: str
+    batch_size: int
+    ratio: float
+    low: float
+    high: float
+    stable: bool
+    label: str
+
+    @property
+    def verdict(self) -> str:
+        if not self.stable:
+            return "undecided"
+        if self.low > 1.0:
+            return "faster"
+        if self.high < 1.0:
+            return "slower"
+        return "no measurable difference"
+
+
+@dataclass(frozen=True)
 class CompressionReport:
     """The rows (``stages``), warnings, the config as run, free-form ``details`` for
     report.json, whether the final artifact is faster than the original, and every
     stage's typed result (``outputs``, in pipeline order).
 
     ``deployable`` is ``True`` when the final artifact is faster than the original at every
-    batch size (each interval above 1, every figure stable), ``False`` when it is measurably
-    not, and ``None`` when it could not be decided (a speed-up was unstable: host busy);
-    :attr:`verdict` says which in words.
+    batch size (each interval above 1, every figure stable) and not measurably slower than
+    any earlier stage's artifact, ``False`` when it is measurably not, and ``None`` when it
+    could not be decided (a speed-up was unstable: host busy); :attr:`verdict` says which
+    in words.
+
+    ``comparisons``: every timed row against every earlier timed row, per batch size, from
+    the same interleaved passes. ``shipped``: the row whose artifact is shipped (the last one
+    that is not measurably slower than an earlier row and is within the accuracy budget),
+    copied to ``shipped_artifact`` (``model.deploy.onnx``); ``shipped_reason`` says why.
     """
 
     stages: tuple[StageResult, ...]
@@ -95,11 +132,31 @@ class CompressionReport:
     details: dict[str, object]
     deployable: bool | None
     outputs: tuple[StageOutput, ...] = ()
+    comparisons: tuple[Comparison, ...] = ()
+    shipped: str = ""
+    shipped_artifact: str = ""
+    shipped_reason: str = ""
+
+    def comparisons_of(self, stage: str) -> list[Comparison]:
+        """Every comparison of row ``stage`` against an earlier row."""
+        return [c for c in self.comparisons if c.stage == stage]
+
+    def flagged(self) -> list[str]:
+        """Rows measurably slower (stable interval below 1) than an earlier row."""
+        out: list[str] = []
+        for c in self.comparisons:
+            if c.verdict == "slower" and c.stage not in out:
+                out.append(c.stage)
+        return out
 
     @property
     def verdict(self) -> str:
         """``deployable: faster than the original``, ``NOT FASTER THAN THE ORIGINAL`` or
         ``UNDECIDED: ...`` (an unstable speed-up decides nothing)."""
+        ship = f"; shipped: {self.shipped} ({self.shipped_artifact})" if self.shipped else ""
+        return self._verdict_words() + ship
+
+    def _verdict_words(self) -> str:
         if self.deployable is None:
             return (
                 "UNDECIDED: whether the compressed model is faster than the original could "
@@ -115,6 +172,7 @@ class CompressionReport:
         d = asdict(self)
         d["outputs"] = [{"type": type(o).__name__, **asdict(o)} for o in self.outputs]
         d["verdict"] = self.verdict
+        d["comparisons"] = [{**asdict(c), "verdict": c.verdict} for c in self.comparisons]
         return d
 
     def to_json(self) -> str:
