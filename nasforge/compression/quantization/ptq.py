@@ -11,26 +11,40 @@ format only when it is measurably faster (the paired interval against the defaul
 some batch size, below it at none) on a stable pass; otherwise the default is kept and the
 notes say why (an unstable pass, or intervals that overlap), so a busy host never picks a
 format at random.
+
+Candidates are more than activation formats (:func:`format_candidates`, pruned by what the
+model contains): op kinds kept in float (``QuantSpec.float_ops``), onnxruntime's own static
+QDQ quantizer and, for models with Linear/attention, its dynamic quantization
+(:mod:`~nasforge.compression.quantization.ortquant`), and -- when torchao is installed --
+torchao PT2E run by torch inductor, timed in the same pass as the ONNX Runtime sessions. With
+a validation split and a drop budget, a faster candidate that loses more than the budget is
+not chosen.
 """
 
 from __future__ import annotations
 
+import copy
+import importlib
 import math
 import tempfile
-from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, cast
 
 import torch
 from torch import nn
 
+from nasforge.compression.errors import QuantizationError
 from nasforge.compression.quantization.export import export_onnx, export_qdq
+from nasforge.compression.quantization.ortquant import quantize_onnx_dynamic, quantize_onnx_static
 from nasforge.compression.quantization.qsim import QuantSim, QuantSpec, prepare
 from nasforge.compression.quantization.runtime import (
     Latency,
     compare_speedups,
+    ort_predict,
     ort_runner,
+    ort_session,
     paired,
     speedup_text,
     timing_config,
@@ -50,21 +64,68 @@ def quantize_static_int8(
     return sim.calibrate([calib_x[i : i + batch_size] for i in range(0, len(calib_x), batch_size)])
 
 
+#: how a candidate is built and where it runs
+METHODS = ("qdq", "ort_static", "ort_dynamic", "pt2e")
+
+#: op kinds whose float-vs-INT8 choice is measured when the model has them and the default
+#: spec quantizes them (``QuantSpec.quantizes``; kinds float by default have no integer
+#: kernel to try), in this order, at most :data:`MAX_OP_KIND_CANDIDATES` of them
+OP_KIND_CANDIDATES = ("softmax", "matmul", "silu", "sigmoid", "hardswish", "gelu", "hardsigmoid")
+MAX_OP_KIND_CANDIDATES = 2
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One INT8 build to measure.
+
+    ``method``: ``qdq`` (nasforge's :class:`QuantSim` of ``spec`` exported as QDQ, run on
+    ONNX Runtime), ``ort_static`` / ``ort_dynamic`` (onnxruntime's own quantizers applied to
+    the FP32 export; see :mod:`~nasforge.compression.quantization.ortquant`) or ``pt2e``
+    (torchao PT2E run by torch inductor; see :mod:`~nasforge.compression.quantization.
+    inductor`, an optional extra).
+    """
+
+    spec: QuantSpec = field(default_factory=QuantSpec)
+    method: str = "qdq"
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise QuantizationError(
+                f"INT8 candidate method: expected one of {METHODS}, got {self.method!r}"
+            )
+
+    @property
+    def runtime(self) -> str:
+        return "torch-inductor" if self.method == "pt2e" else "onnxruntime"
+
+
+def as_candidate(c: QuantSpec | Candidate) -> Candidate:
+    """A plain :class:`QuantSpec` is nasforge's QDQ build of it."""
+    return c if isinstance(c, Candidate) else Candidate(c, "qdq")
+
+
 @dataclass(frozen=True)
 class FormatTrial:
-    """End-to-end ONNX Runtime latency of one INT8 format candidate, and its speed-up over
-    the FP32 reference measured in the same interleaved pass (batch size -> ``Speedup``
-    with its 95% interval and verdict)."""
+    """End-to-end latency of one INT8 candidate, and its speed-up over the FP32 reference
+    measured in the same interleaved pass (batch size -> ``Speedup`` with its 95% interval
+    and verdict). ``method`` says how it was built (see :class:`Candidate`); ``drop`` is
+    its validation top-1 drop vs the FP32 model (fraction), when measured."""
 
     name: str
     spec: QuantSpec
     latency_ms: dict[int, float]
     speedup: dict[int, Speedup] = field(default_factory=dict)
+    method: str = "qdq"
+    drop: float | None = None
 
     @property
     def stable(self) -> bool:
         """Whether every speed-up of this candidate could be trusted."""
         return all(s.stable for s in self.speedup.values())
+
+    @property
+    def runtime(self) -> str:
+        return Candidate(self.spec, self.method).runtime
 
     def score(self) -> float:
         """Geometric mean of the speed-ups over FP32 across batch sizes (higher is faster);
@@ -83,10 +144,14 @@ class FormatChoice:
         trials: every candidate, the chosen one first, then the others fastest first.
         chosen: the chosen candidate's name.
         default: the default candidate (the first one given), kept unless another is
-            measurably faster on a stable pass.
-        notes: why the choice was made, in words (an unstable or overlapping comparison is
-            said here).
+            measurably faster on a stable pass (and, when accuracy was measured, within
+            the drop budget).
+        notes: why the choice was made, in words (an unstable or overlapping comparison,
+            a faster candidate over the drop budget, a skipped candidate are said here).
         fp32_ms: batch size -> the FP32 reference's median latency in the same pass.
+        built: candidate name -> its ONNX file (valid while ``workdir`` exists) or its
+            torch module (``pt2e``).
+        fp32_accuracy: the FP32 reference's validation top-1, when measured.
     """
 
     trials: tuple[FormatTrial, ...]
@@ -94,19 +159,114 @@ class FormatChoice:
     default: str
     notes: tuple[str, ...] = ()
     fp32_ms: dict[int, float] = field(default_factory=dict)
+    built: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+    fp32_accuracy: float | None = None
 
     @property
     def spec(self) -> QuantSpec:
         """The chosen format."""
         return self.trials[0].spec
 
+    @property
+    def method(self) -> str:
+        """How the chosen candidate is built (see :class:`Candidate`)."""
+        return self.trials[0].method
 
-def format_candidates(model: nn.Module, base: QuantSpec | None = None) -> dict[str, QuantSpec]:
-    """INT8 formats worth measuring: uint8 vs int8 activations, per-channel weights, and the
-    same with a narrow-input stem (<= 4 input channels) kept in FP32, where integer kernels
-    have too little work per output to win."""
+    @property
+    def runtime(self) -> str:
+        """Where the chosen candidate runs: ``onnxruntime`` or ``torch-inductor``."""
+        return self.trials[0].runtime
+
+    def trial(self, name: str) -> FormatTrial:
+        return next(t for t in self.trials if t.name == name)
+
+
+def _spec_fields() -> set[str]:
+    return {f.name for f in fields(QuantSpec)}
+
+
+_KIND_MODULES: tuple[tuple[type[nn.Module], tuple[str, ...]], ...] = (
+    (nn.SiLU, ("silu",)),
+    (nn.Sigmoid, ("sigmoid",)),
+    (nn.Hardswish, ("hardswish",)),
+    (nn.Hardsigmoid, ("hardsigmoid",)),
+    (nn.GELU, ("gelu",)),
+    (nn.Softmax, ("softmax",)),
+    (nn.LayerNorm, ("layernorm",)),
+    (nn.MultiheadAttention, ("attention", "matmul", "softmax", "linear")),
+    (nn.Linear, ("linear",)),
+    (nn.Conv1d, ("conv",)),
+    (nn.Conv2d, ("conv",)),
+    (nn.Conv3d, ("conv",)),
+)
+_KIND_FUNCTIONS = {
+    "silu": ("silu",),
+    "sigmoid": ("sigmoid",),
+    "hardswish": ("hardswish",),
+    "hardsigmoid": ("hardsigmoid",),
+    "gelu": ("gelu",),
+    "softmax": ("softmax",),
+    "layer_norm": ("layernorm",),
+    "matmul": ("matmul",),
+    "bmm": ("matmul",),
+}
+
+
+def op_kinds(model: nn.Module) -> set[str]:
+    """The op kinds ``model`` contains (module types, and functions when it traces with
+    ``torch.fx``): what INT8 candidates are worth measuring."""
+    kinds: set[str] = set()
+    for m in model.modules():
+        for t, ks in _KIND_MODULES:
+            if isinstance(m, t):
+                kinds.update(ks)
+        if type(m).__name__ == "SelfAttention" and hasattr(m, "num_heads"):
+            kinds.update(("attention", "matmul", "softmax", "linear"))
+    try:
+        gm = torch.fx.symbolic_trace(copy.deepcopy(model))
+    except Exception:  # not traceable as is: the module types above are what we know
+        return kinds
+    for node in gm.graph.nodes:
+        if node.op in ("call_function", "call_method"):
+            name = node.target if isinstance(node.target, str) else node.target.__name__
+            kinds.update(_KIND_FUNCTIONS.get(name, ()))
+    return kinds
+
+
+def _linear_heavy(model: nn.Module) -> bool:
+    """More weights in Linear layers than in convolutions (transformers, MLPs)."""
+    lin = sum(m.weight.numel() for m in model.modules() if isinstance(m, nn.Linear))
+    conv = sum(m.weight.numel() for m in model.modules() if isinstance(m, nn.modules.conv._ConvNd))
+    return lin > conv
+
+
+def format_candidates(
+    model: nn.Module,
+    base: QuantSpec | None = None,
+    *,
+    onnxruntime_quantizer: bool = True,
+    dynamic: bool | None = None,
+    torch_runtime: bool = False,
+) -> dict[str, QuantSpec | Candidate]:
+    """INT8 builds worth measuring on ``model``, the default (nasforge QDQ, uint8
+    activations, int8 per-channel weights) first:
+
+    * int8 activations; a narrow-input stem (<= 4 input channels) kept in FP32, where
+      integer kernels have too little work per output to win;
+    * per op kind the model contains (:data:`OP_KIND_CANDIDATES`, at most
+      :data:`MAX_OP_KIND_CANDIDATES`): that kind kept in float (``QuantSpec.float_ops``),
+      when the spec has that field;
+    * ``onnxruntime_quantizer``: onnxruntime's own static QDQ quantizer (the peer; measured
+      so nasforge never ships something slower than it);
+    * ``dynamic`` (default: models with attention or more Linear than conv weights):
+      onnxruntime's dynamic quantization of MatMul/Gemm;
+    * ``torch_runtime``: torchao PT2E on torch inductor (pass ``inductor.available()``).
+
+    Plain :class:`QuantSpec` values are nasforge QDQ builds; the others are
+    :class:`Candidate` with their method.
+    """
     base = base or QuantSpec()
-    cands = {
+    cands: dict[str, QuantSpec | Candidate] = {
         "u8act_s8w_per_channel": replace(base, activations="uint8"),
         "s8act_s8w_per_channel": replace(base, activations="int8"),
     }
@@ -118,61 +278,180 @@ def format_candidates(model: nn.Module, base: QuantSpec | None = None) -> dict[s
         cands["u8act_s8w_per_channel_fp32_stem"] = replace(
             base, activations="uint8", exclude=tuple(base.exclude) + (stem,)
         )
+    kinds = op_kinds(model)
+    if "float_ops" in _spec_fields():
+        have = tuple(getattr(base, "float_ops", ()))
+        quantizes = getattr(base, "quantizes", lambda k: True)
+        tried = [k for k in OP_KIND_CANDIDATES if k in kinds and quantizes(k)]
+        for k in tried[:MAX_OP_KIND_CANDIDATES]:
+            cands[f"u8act_float_{k}"] = replace(
+                base, activations="uint8", **cast(Any, {"float_ops": (*have, k)})
+            )
+    if "linear_output" in _spec_fields() and "attention" in kinds:
+        cands["u8act_linear_float_output"] = replace(
+            base, activations="uint8", **cast(Any, {"linear_output": "float"})
+        )
+    if onnxruntime_quantizer:
+        cands["ort_static_qdq"] = Candidate(replace(base, activations="uint8"), "ort_static")
+    if dynamic is None:
+        dynamic = "attention" in kinds or _linear_heavy(model)
+    if dynamic:
+        cands["ort_dynamic_matmul"] = Candidate(base, "ort_dynamic")
+    if torch_runtime:
+        cands["pt2e_inductor"] = Candidate(base, "pt2e")
     return cands
+
+
+def _inductor() -> Any:
+    """The torch INT8 runtime module (optional: torchao), imported when a ``pt2e``
+    candidate is built."""
+    return importlib.import_module("nasforge.compression.quantization.inductor")
+
+
+def _build(
+    model: nn.Module,
+    calib_x: torch.Tensor,
+    input_shape: Sequence[int],
+    name: str,
+    cand: Candidate,
+    d: Path,
+    fp32: Path,
+) -> Path | nn.Module:
+    out = d / f"cand_{name}.onnx"
+    if cand.method == "qdq":
+        return export_qdq(quantize_static_int8(model, calib_x, cand.spec), out, input_shape)
+    if cand.method == "ort_static":
+        return quantize_onnx_static(fp32, out, calib_x, cand.spec)
+    if cand.method == "ort_dynamic":
+        return quantize_onnx_dynamic(fp32, out)
+    return cast(nn.Module, _inductor().quantize_pt2e(model, calib_x, tuple(input_shape)))
+
+
+def _runner(built: Path | nn.Module, x: torch.Tensor, threads: int) -> Callable[[], object]:
+    if isinstance(built, Path):
+        return ort_runner(built, x, threads)
+    return cast(Callable[[], object], _inductor().compiled_runner(built, x))
+
+
+def predict_built(
+    built: Path | nn.Module, x: torch.Tensor, threads: int = 1, batch_size: int = 256
+) -> torch.Tensor:
+    """Logits of a built candidate (ONNX file on onnxruntime, or a torch module)."""
+    if isinstance(built, Path):
+        return ort_predict(ort_session(built, threads), x, batch_size)
+    with torch.no_grad():
+        return torch.cat([built(x[i : i + batch_size]) for i in range(0, len(x), batch_size)])
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0]}" if text else type(e).__name__
 
 
 def select_int8_format(
     model: nn.Module,
     calib_x: torch.Tensor,
     input_shape: Sequence[int],
-    candidates: dict[str, QuantSpec],
+    candidates: Mapping[str, QuantSpec | Candidate],
     batch_sizes: Sequence[int] = (1, 32),
     threads: int = 1,
     workdir: str | Path | None = None,
     timing: TimingConfig | None = None,
+    *,
+    val: tuple[torch.Tensor, torch.Tensor] | None = None,
+    drop_budget: float | None = None,
 ) -> FormatChoice:
-    """Measure every candidate format end to end against the FP32 model, all in one
-    interleaved pass per batch size, and choose one.
+    """Measure every candidate end to end against the FP32 model, all in one interleaved
+    pass per batch size (ONNX Runtime sessions and, for ``pt2e``, a compiled torch runner
+    side by side), and choose one.
 
     The first candidate is the default. Another replaces it only when, on a stable pass,
     its paired speed-up over the default has its 95% interval above 1 at some batch size
-    and below 1 at none; otherwise the default is kept and :attr:`FormatChoice.notes` says
-    why. ``timing`` defaults to 5 rounds of 10 calls (3 at batch sizes over 4).
+    and below 1 at none, and -- with ``val`` and ``drop_budget`` -- its validation top-1
+    drop vs FP32 is within the budget (a faster candidate over budget is not chosen, and the
+    notes say so). Otherwise the default is kept and :attr:`FormatChoice.notes` says why. A
+    non-default candidate that fails to build, or builds the same graph as an earlier one,
+    is skipped (noted). ``timing`` defaults to 5 rounds of 10 calls (3 at batch sizes over
+    4). Built ONNX files stay in ``workdir`` when given (:attr:`FormatChoice.built`).
 
     Raises:
         ValueError: no candidates.
     """
     if not candidates:
         raise ValueError("select_int8_format: no candidate formats")
+    cands = {n: as_candidate(c) for n, c in candidates.items()}
+    default_name = next(iter(cands))
+    notes: list[str] = []
     with tempfile.TemporaryDirectory() as tmp:
         d = Path(workdir or tmp)
-        paths = {FP32_REFERENCE: export_onnx(model, d / "cand_fp32_reference.onnx", input_shape)}
-        for name, spec in candidates.items():
-            paths[name] = export_qdq(
-                quantize_static_int8(model, calib_x, spec), d / f"cand_{name}.onnx", input_shape
-            )
+        fp32 = export_onnx(model, d / "cand_fp32_reference.onnx", input_shape)
+        built: dict[str, Path | nn.Module] = {}
+        graphs: dict[bytes, str] = {}
+        for name, cand in cands.items():
+            try:
+                b = _build(model, calib_x, input_shape, name, cand, d, fp32)
+            except Exception as e:
+                if name == default_name:
+                    raise
+                notes.append(f"INT8 candidate {name} skipped: {_first_line(e)}")
+                continue
+            if isinstance(b, Path):
+                data = b.read_bytes()
+                if data in graphs:
+                    notes.append(f"INT8 candidate {name}: same graph as {graphs[data]}, not timed")
+                    continue
+                graphs[data] = name
+            built[name] = b
+        fp32_acc: float | None = None
+        drops: dict[str, float] = {}
+        if val is not None:
+            xv, yv = val
+            fp32_acc = float((predict_built(fp32, xv, threads).argmax(1) == yv).float().mean())
+            for name, b in built.items():
+                acc = float((predict_built(b, xv, threads).argmax(1) == yv).float().mean())
+                drops[name] = fp32_acc - acc
         passes: dict[int, dict[str, Latency]] = {}
         for bs in batch_sizes:
             x = calib_x[:1].expand(bs, *calib_x.shape[1:]).contiguous()
             cfg = timing or timing_config(rounds=5, repeats=10 if bs <= 4 else 3, warmup=3)
-            runners = {n: ort_runner(p, x, threads) for n, p in paths.items()}
+            runners = {FP32_REFERENCE: ort_runner(fp32, x, threads)}
+            runners.update({n: _runner(b, x, threads) for n, b in built.items()})
             passes[bs] = compare_speedups(runners, FP32_REFERENCE, bs, threads, cfg)
     trials = [
         FormatTrial(
             n,
-            candidates[n],
+            cands[n].spec,
             {bs: p[n].median_ms for bs, p in passes.items()},
             {bs: s for bs, p in passes.items() if (s := p[n].speedup) is not None},
+            cands[n].method,
+            drops.get(n),
         )
-        for n in candidates
+        for n in built
     ]
-    return _choose(trials, passes)
+    choice = _choose(trials, passes, drop_budget)
+    return replace(
+        choice,
+        notes=(*choice.notes, *notes),
+        built=dict(built)
+        if workdir is not None
+        else {n: b for n, b in built.items() if not isinstance(b, Path)},
+        fp32_accuracy=fp32_acc,
+    )
 
 
-def _choose(trials: list[FormatTrial], passes: dict[int, dict[str, Latency]]) -> FormatChoice:
+def _choose(
+    trials: list[FormatTrial],
+    passes: dict[int, dict[str, Latency]],
+    drop_budget: float | None = None,
+) -> FormatChoice:
     """The deterministic choice of :func:`select_int8_format` from its measured passes."""
     default = trials[0]
-    ranked = sorted(trials, key=lambda t: -t.score())
+
+    def within(t: FormatTrial) -> bool:
+        return t is default or drop_budget is None or t.drop is None or t.drop <= drop_budget
+
+    ranked_all = sorted(trials, key=lambda t: -t.score())
+    ranked = [t for t in ranked_all if within(t)]
     best = ranked[0]
     fp32_ms = {bs: p[FP32_REFERENCE].median_ms for bs, p in passes.items()}
     notes: list[str] = []
@@ -207,7 +486,14 @@ def _choose(trials: list[FormatTrial], passes: dict[int, dict[str, Latency]]) ->
     vs_fp32 = ", ".join(f"b{bs} {speedup_text(s)}" for bs, s in chosen.speedup.items())
     if vs_fp32:
         notes.append(f"{chosen.name} vs FP32 in the same pass: {vs_fp32}")
-    order = (chosen, *[t for t in ranked if t.name != chosen.name])
+    for t in ranked_all:
+        if not within(t) and t.score() > chosen.score():
+            notes.append(
+                f"INT8 format: {t.name} scored faster but its validation drop "
+                f"{cast(float, t.drop) * 100:.2f} points exceeds the budget "
+                f"{cast(float, drop_budget) * 100:.2f}: not chosen"
+            )
+    order = (chosen, *[t for t in ranked_all if t.name != chosen.name])
     return FormatChoice(order, chosen.name, default.name, tuple(notes), fp32_ms)
 
 
@@ -220,7 +506,7 @@ def choose_int8_format(
     model: nn.Module,
     calib_x: torch.Tensor,
     input_shape: Sequence[int],
-    candidates: dict[str, QuantSpec],
+    candidates: Mapping[str, QuantSpec | Candidate],
     batch_sizes: Sequence[int] = (1, 32),
     threads: int = 1,
     workdir: str | Path | None = None,
