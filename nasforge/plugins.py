@@ -13,7 +13,10 @@ Two ways in, both plain imports:
 A plugin registers by calling the register functions when imported:
 :func:`nasforge.spaces.register_space`, :func:`nasforge.strategies.register_strategy`,
 :func:`nasforge.evaluators.register_evaluator`, :func:`nasforge.hardware.register_backend`
-and compression's ``register_stage``. What each plugin added is recorded with its origin
+and compression's ``register_stage``, and the channel graph's
+:func:`~nasforge.compression.pruning.register_leaf_rule` (a module type) and
+``register_function_rule`` (an fx-wrapped function), recorded as kind ``pruning rule``
+(named ``module:Class`` / ``function:name``). What each plugin added is recorded with its origin
 (:func:`registrations`) for ``nasforge spaces`` and ``nasforge plugins``.
 
 Any failure while importing a plugin is a one-line :class:`~nasforge.errors.PluginError`
@@ -36,7 +39,7 @@ from nasforge.spaces import list_spaces
 from nasforge.strategies import STRATEGIES
 
 ENTRY_POINT_GROUP = "nasforge.plugins"
-KINDS = ("space", "strategy", "evaluator", "backend", "stage")
+KINDS = ("space", "strategy", "evaluator", "backend", "stage", "pruning rule")
 
 
 @dataclass(frozen=True)
@@ -70,7 +73,26 @@ def _registry_listers() -> dict[str, Callable[[], dict[str, Any]]]:
         "evaluator": lambda: {e.name: e for e in list_evaluators()},
         "backend": lambda: {n: get_backend(n) for n in list_backends()},
         "stage": lambda: {n: get_stage(n) for n in list_stages()},
+        "pruning rule": _pruning_rules,
     }
+
+
+def _rule_key(key: object) -> str:
+    return getattr(key, "__qualname__", None) or getattr(key, "__name__", None) or str(key)
+
+
+def _pruning_rules() -> dict[str, Any]:
+    """The channel graph's leaf rules (``module:Class``) and function rules
+    (``function:name``), read from its registries (absent ones are empty)."""
+    from nasforge.compression.pruning import graph
+
+    out: dict[str, Any] = {}
+    for prefix, attr in (("module", "_LEAF_RULES"), ("function", "_FUNCTION_RULES")):
+        registry = getattr(graph, attr, None)
+        if isinstance(registry, dict):
+            for key, rule in registry.items():
+                out[f"{prefix}:{_rule_key(key)}"] = rule
+    return out
 
 
 def _snapshot() -> dict[str, dict[str, Any]]:

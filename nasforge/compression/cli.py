@@ -5,7 +5,12 @@ folder (or the run directory), a ``model.pt`` state dict next to the ``arch.json
 rebuilds it, or a state dict together with ``--model-factory package.module:factory`` (a
 function returning your ``nn.Module``; ``model_factory:`` in the ``--config`` YAML does the
 same). A whole pickled module (``torch.save(model)``) is refused with one line saying what to
-save instead. Bad input exits with code 2 and one line.
+save instead. ``MODEL`` may also be an exported program (``.pt2``, checked before
+``torch.export.load`` so no pickled object is read) or an ONNX model (``.onnx``:
+quantization only). A TorchScript archive is refused with one line saying what to pass.
+``--input-shape C,H,W`` adapts the data to the model; ``--plugin MODULE`` (repeatable, or
+``compress.plugins``) is imported before the model is loaded (to register stages and
+pruning rules). Bad input exits with code 2 and one line.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from pydantic import ValidationError
 
 from nasforge.compression.config import CompressConfig
 from nasforge.compression.errors import CompressionError
+from nasforge.compression.report import float_layers_text
 from nasforge.compression.results import CompressionReport
 from nasforge.errors import NasforgeError
 from nasforge.hardware.noise import UNSTABLE
@@ -126,13 +132,29 @@ def compress(
     ] = None,
     out: Annotated[Path, typer.Option("--out", help="output directory")] = Path("compressed"),
     finetune_epochs: Annotated[int | None, typer.Option("--finetune-epochs")] = None,
+    input_shape: Annotated[
+        str | None,
+        typer.Option(
+            "--input-shape",
+            help="C,H,W the model takes (e.g. 3,32,32); the data is adapted to it",
+        ),
+    ] = None,
+    plugin: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--plugin",
+            help="module to import first (repeatable); it may call register_stage, "
+            "register_leaf_rule, register_function_rule",
+        ),
+    ] = None,
 ) -> None:
     """Prune, fine-tune with distillation, quantize, export ONNX, verify and measure."""
     from rich.console import Console
     from rich.markup import escape
 
-    from nasforge.compression.pipeline import run_pipeline
+    from nasforge.compression.pipeline import run_onnx_pipeline, run_pipeline
     from nasforge.data import load_dataset
+    from nasforge.plugins import load_plugins
 
     console = Console(stderr=True)
     try:
@@ -152,28 +174,42 @@ def compress(
             raw["stages"] = [s.strip() for s in stages.split(",") if s.strip()]
         if finetune_epochs is not None:
             section("finetune", epochs=finetune_epochs)
+        if input_shape is not None:
+            raw["input_shape"] = input_shape
+        if plugin:
+            raw["plugins"] = [*list(raw.get("plugins") or []), *plugin]
         try:
             cfg = CompressConfig.model_validate(raw)
         except ValidationError as exc:  # report the first field on one line
             e = exc.errors()[0]
             field = ".".join(str(x) for x in e.get("loc", ()))
             raise CompressionError(f"compress.{field}: {e.get('msg')}") from None
-        net = load_model(model, model_factory)
-        teacher = (
-            load_model(distill_from, teacher_factory, "--distill-from")
-            if distill_from is not None
-            else None
-        )
-        ds = load_dataset(data, data_path)
-        with console.status("compressing") as status:
-            report = run_pipeline(
-                net,
-                ds,
-                cfg,
-                out,
-                teacher=teacher,
-                progress=lambda m: _show(status, console, m),
+        load_plugins(cfg.plugins)
+        if model.suffix == ".onnx":
+            if not model.is_file():
+                raise CompressionError(f"MODEL: {model} does not exist")
+            ds = load_dataset(data, data_path)
+            with console.status("compressing") as status:
+                report = run_onnx_pipeline(
+                    model, ds, cfg, out, progress=lambda m: _show(status, console, m)
+                )
+        else:
+            net = load_model(model, model_factory)
+            teacher = (
+                load_model(distill_from, teacher_factory, "--distill-from")
+                if distill_from is not None
+                else None
             )
+            ds = load_dataset(data, data_path)
+            with console.status("compressing") as status:
+                report = run_pipeline(
+                    net,
+                    ds,
+                    cfg,
+                    out,
+                    teacher=teacher,
+                    progress=lambda m: _show(status, console, m),
+                )
     except (NasforgeError, ValueError) as exc:
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         console.print(f"[red]error:[/red] {escape(first)}", highlight=False, soft_wrap=True)
@@ -190,8 +226,9 @@ def compress(
 def table_lines(report: CompressionReport) -> list[str]:
     """The console table: one line per stage, each latency with its speed-up over the
     original as ``2.63x [2.51, 2.76]`` (95% interval) or, when the host was too busy,
-    ``UNSTABLE: host busy (<reasons>)`` in capitals, never the bare ratio; then the
-    verdict."""
+    ``UNSTABLE: host busy (<reasons>)`` in capitals, never the bare ratio; then every stage
+    against every earlier compressed stage (a slower one flagged), the shipped artifact,
+    the layers INT8 left float and why, and the verdict."""
     lines = []
     for s in report.stages:
         parts = []
@@ -204,5 +241,22 @@ def table_lines(report: CompressionReport) -> list[str]:
             f"{s.name:24s} top-1 {s.test_accuracy * 100:6.2f}%  "
             f"{s.size_bytes / 1024:8.1f} KiB  {'  '.join(parts)}"
         )
+    earlier = [c for c in report.comparisons if c.earlier != report.stages[0].name]
+    if earlier:
+        lines.append("against earlier stages (speed-up = earlier / this, same pass):")
+        for c in earlier:
+            label = c.label
+            if not c.stable:
+                label = label.replace(UNSTABLE, UNSTABLE.upper(), 1)
+            flag = "  <- SLOWER: flagged, not shipped" if c.verdict == "slower" else ""
+            lines.append(f"  {c.stage} vs {c.earlier} b{c.batch_size}: {label} ({c.verdict}){flag}")
+    if report.shipped:
+        lines.append(
+            f"shipped: {report.shipped} -> {report.shipped_artifact} ({report.shipped_reason})"
+        )
+    floats = float_layers_text(report)
+    if floats:
+        lines.append(f"INT8: {len(floats)} layer(s) stayed float:")
+        lines.extend(f"  {ln}" for ln in floats)
     lines.append(f"verdict: {report.verdict}")
     return lines
