@@ -17,7 +17,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from nasforge.compression.errors import UnsupportedModelError
+from nasforge.compression.attention import SelfAttention
+from nasforge.compression.errors import PlanMismatchError, UnsupportedModelError
 from nasforge.compression.pruning.ops import BN, CONV
 
 CutFn = Callable[[nn.Module, str, Sequence[int]], None]
@@ -156,6 +157,43 @@ def _cut_weighted(module: nn.Module, kind: str, drop: Sequence[int]) -> None:
             mod.in_channels = len(idx)
 
 
+@torch.no_grad()
+def _cut_layer_norm(module: nn.Module, kind: str, drop: Sequence[int]) -> None:
+    """A LayerNorm over the channels (one normalised dim): slice weight/bias, shrink
+    ``normalized_shape``. Its statistics then run over the kept channels only."""
+    mod: Any = module
+    idx = keep_index(int(mod.normalized_shape[-1]), drop)
+    for a in ("weight", "bias"):
+        if getattr(mod, a, None) is not None:
+            set_tensor(mod, a, getattr(mod, a)[idx])
+    mod.normalized_shape = (len(idx),)
+
+
+def _cut_heads(module: nn.Module, kind: str, drop: Sequence[int]) -> None:
+    """SelfAttention: its q/k/v/out_proj Linear layers are cut as members of their own;
+    here every head must lose the same number of dims, and ``head_dim`` follows. ``scale``
+    (the softmax temperature) stays as trained."""
+    mod: Any = module
+    hd, heads = int(mod.head_dim), int(mod.num_heads)
+    per_head = [0] * heads
+    for i in drop:
+        if not 0 <= i < hd * heads:
+            raise PlanMismatchError(f"attention {mod.extra_repr()}: dim {i} out of range")
+        per_head[i // hd] += 1
+    if len(set(per_head)) != 1 or per_head[0] >= hd:
+        raise PlanMismatchError(
+            f"attention ({heads} heads of {hd}): a cut must remove the same number of dims "
+            f"from every head and keep at least one (removes {per_head})"
+        )
+    mod.head_dim = hd - per_head[0]
+
+
+def _no_parameters(kind: str, attr: str) -> int | None:
+    return None
+
+
+register_cut_rule(nn.LayerNorm, _cut_layer_norm)
+register_cut_rule(SelfAttention, _cut_heads, _no_parameters)
 for _bn in BN:
     register_cut_rule(_bn, _cut_bn)
 for _weighted in (*CONV, nn.Linear):

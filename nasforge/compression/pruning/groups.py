@@ -8,13 +8,17 @@ parameter slices (:class:`Member`) each space touches. Leaf rules
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from nasforge.compression.errors import UnsupportedModelError
 
-MEMBER_KINDS = ("out", "in", "dw", "bn")
+MEMBER_KINDS = ("out", "in", "dw", "bn", "ln", "heads")
 """``out``: dim 0 of a conv/linear weight (+ bias); ``in``: dim 1 of a conv/linear weight;
-``dw``: a depthwise conv (weight dim 0, bias, channel counts, groups); ``bn``: a batch norm."""
+``dw``: a depthwise conv (weight dim 0, bias, channel counts, groups); ``bn``: a batch norm;
+``ln``: a layer norm over the channels (weight and bias); ``heads``: the per-head dims of a
+:class:`~nasforge.compression.attention.SelfAttention` (no parameter of its own: its cut
+checks that every head loses the same dims and updates ``head_dim``)."""
 
 
 @dataclass(frozen=True)
@@ -32,13 +36,19 @@ class Member:
 
 @dataclass(frozen=True)
 class ChannelGroup:
-    """Channels that must be pruned together; ``frozen`` groups (with ``reason``) are kept."""
+    """Channels that must be pruned together; ``frozen`` groups (with ``reason``) are kept.
+
+    ``blocks``: the group is ``blocks`` equal consecutive parts (attention heads: channel
+    ``i`` is in part ``i // (size // blocks)``) that must each keep the same number of
+    channels; 1 means no such constraint.
+    """
 
     id: str
     size: int
     members: tuple[Member, ...]
     frozen: bool = False
     reason: str = ""
+    blocks: int = 1
 
 
 @dataclass(frozen=True)
@@ -57,6 +67,7 @@ class GroupBuilder:
         self.size: list[int] = []
         self.members: dict[int, list[Member]] = {}
         self.frozen: dict[int, str] = {}
+        self.blocks: dict[int, int] = {}
         self.names: list[str] = []
 
     def new_space(self, size: int, name: str) -> int:
@@ -88,12 +99,29 @@ class GroupBuilder:
         self.members[ra].extend(self.members.pop(rb))
         if rb in self.frozen:
             self.frozen.setdefault(ra, self.frozen.pop(rb))
+        if rb in self.blocks:
+            self._merge_blocks(ra, self.blocks.pop(rb), where)
 
     def add_member(self, layout: list[Segment], module: str, kind: str) -> None:
         offset = 0
         for seg in layout:
             self.members[self.find(seg.space)].append(Member(module, kind, offset))
             offset += seg.length
+
+    def set_blocks(self, layout: list[Segment], blocks: int, where: str) -> None:
+        """Each space of ``layout`` is ``blocks`` equal parts that keep equal counts."""
+        for seg in layout:
+            self._merge_blocks(self.find(seg.space), blocks, where)
+
+    def _merge_blocks(self, root: int, blocks: int, where: str) -> None:
+        both = math.lcm(self.blocks.get(root, 1), int(blocks))
+        if self.size[root] % both:
+            self.frozen.setdefault(
+                root, f"incompatible block (head) counts at {where!r} ({both} parts)"
+            )
+            both = 1
+        if both > 1:
+            self.blocks[root] = both
 
     def freeze(self, layout: list[Segment] | None, reason: str) -> None:
         for seg in layout or []:

@@ -91,3 +91,29 @@ BINARY = {
 }
 BINARY_METHODS = {"add", "add_", "sub", "mul", "mul_", "div"}
 CAT = {torch.cat, torch.concat}
+POOL_MODULES: tuple[type[nn.Module], ...] = (
+    nn.MaxPool1d,
+    nn.MaxPool2d,
+    nn.AvgPool1d,
+    nn.AvgPool2d,
+    nn.AdaptiveAvgPool1d,
+    nn.AdaptiveAvgPool2d,
+    nn.AdaptiveMaxPool1d,
+    nn.AdaptiveMaxPool2d,
+)
+"""Pass-through modules that pool the dims after dim 1: the channels must be at dim 1."""
+POOL_FUNCTIONS: set[object] = {
+    F.adaptive_avg_pool1d,
+    F.adaptive_avg_pool2d,
+    F.avg_pool1d,
+    F.avg_pool2d,
+    F.max_pool1d,
+    F.max_pool2d,
+    F.adaptive_max_pool2d,
+}
+SOFTMAX = {torch.softmax, F.softmax, torch.log_softmax, F.log_softmax, "softmax", "log_softmax"}
+"""Normalise along one dim: pass-through unless that dim is the channel axis."""
+PERMUTE = {torch.permute, "permute"}
+TRANSPOSE = {torch.transpose, "transpose", torch.swapaxes, "swapaxes"}
+RESHAPE = {"view", "reshape", torch.reshape, torch.squeeze, "squeeze", torch.unsqueeze, "unsqueeze"}
+"""Shape-only ops: the channel axis survives when it is neither split nor merged."""
