@@ -16,6 +16,7 @@ channels/weights), ``quantize.drop_budget: 0.003`` allows 0.3 top-1 points of lo
 
 from __future__ import annotations
 
+import re
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -188,7 +189,7 @@ class CompressConfig(_Section):
     def _shape(cls, v: Any) -> Any:
         if isinstance(v, str):
             try:
-                v = tuple(int(p) for p in v.replace("x", ",").split(",") if p.strip())
+                v = tuple(int(p) for p in re.split(r"[,x]", v.strip()))
             except ValueError:
                 raise ValueError(f"expected C,H,W (e.g. 3,32,32), got {v!r}") from None
         if v is not None and (

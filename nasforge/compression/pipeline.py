@@ -592,7 +592,7 @@ def run_onnx_pipeline(
     if len(built) > 1:
         say("measuring the onnxruntime INT8 formats (interleaved)")
         lat = _measure(
-            {"fp32": fp32, **built}, ds, cfg.target, timing or timing_config(cfg.target.rounds)
+            {"original": fp32, **built}, ds, cfg.target, timing or timing_config(cfg.target.rounds)
         )
         formats = tuple((n, {b: m.median_ms for b, m in lat[n].items()}) for n in built)
         default, other = list(built)[:2]
