@@ -254,3 +254,114 @@ def test_function_rule_by_name_and_non_tensor_values_are_never_refused() -> None
 
     graph = DependencyGraph.build(Net(), (3, 8, 8))
     assert [g.id for g in graph.prunable] == ["conv"]
+
+
+class LayerNorm2d(nn.LayerNorm):
+    """torchvision's ConvNeXt LayerNorm2d: a LayerNorm subclass that permutes around
+    ``F.layer_norm``."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.permute(0, 2, 3, 1)
+        x = nn.functional.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
+        return x.permute(0, 3, 1, 2)
+
+
+class Permute(nn.Module):
+    def __init__(self, dims: list[int]) -> None:
+        super().__init__()
+        self.dims = dims
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.permute(x, self.dims)
+
+
+class CNBlock(nn.Module):
+    """torchvision's ConvNeXt block: depthwise 7x7, channels-last LayerNorm + MLP, layer scale
+    (an nn.Parameter), stochastic depth, residual."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.block = nn.Sequential(
+            nn.Conv2d(dim, dim, 7, padding=3, groups=dim),
+            Permute([0, 2, 3, 1]),
+            nn.LayerNorm(dim, eps=1e-6),
+            nn.Linear(dim, 4 * dim),
+            nn.GELU(),
+            nn.Linear(4 * dim, dim),
+            Permute([0, 3, 1, 2]),
+        )
+        self.layer_scale = nn.Parameter(torch.full((dim, 1, 1), 0.5))
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        from nasforge.compression.zoo import stochastic_depth
+
+        result = self.layer_scale * self.block(input)
+        result = stochastic_depth(result, 0.1, "row", self.training)
+        result += input
+        return result
+
+
+def test_convnext_block_prunes_its_mlp_and_layer_norm_2d_is_a_member() -> None:
+    model = nn.Sequential(
+        nn.Conv2d(3, 8, 4, 4),
+        LayerNorm2d(8),
+        CNBlock(8),
+        LayerNorm2d(8),
+        nn.Conv2d(8, 16, 2, 2),
+        CNBlock(16),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(1),
+        nn.Linear(16, 5),
+    )
+    model = _randomize(model)
+    graph = DependencyGraph.build(model, (3, 16, 16))
+    assert {g.id for g in graph.prunable} == {"2.block.3", "5.block.3"}  # the MLP hidden dims
+    stream = graph.by_id["0"]
+    assert stream.frozen and "constant" in stream.reason  # layer_scale: the stream is kept
+    assert {"1:ln@0", "2.block.0:dw@0", "2.block.2:ln@0", "3:ln@0", "4:in@0"} <= {
+        m.spec() for m in stream.members
+    }
+    _prune_and_compare(model, (3, 16, 16))
+
+    # without a layer scale the channels-first LayerNorm2d is pruned through F.layer_norm
+    net = _randomize(nn.Sequential(nn.Conv2d(3, 8, 3), LayerNorm2d(8), nn.Conv2d(8, 4, 1)))
+    graph = DependencyGraph.build(net, (3, 8, 8))
+    g = graph.by_id["0"]
+    assert not g.frozen and {m.spec() for m in g.members} == {"0:out@0", "1:ln@0", "2:in@0"}
+    keep = (0, 2, 4, 6)
+    plan = PruningPlan(
+        cuts=(GroupCut("0", 8, keep, tuple(m.spec() for m in g.members)),), input_shape=(3, 8, 8)
+    )
+    pruned = apply_plan(copy.deepcopy(net), plan)
+    assert pruned[1].weight.shape == (4,) and pruned[1].normalized_shape == (4,)
+    assert pruned(torch.randn(2, 3, 8, 8)).shape == (2, 4, 6, 6)
+
+
+class TokenEncoder(nn.Module):
+    """A transformer block fed tokens (N, L, D) directly: the input is a constant to the
+    graph, so its dim D is frozen, heads and MLP hidden prune."""
+
+    def __init__(self, d: int = 24, heads: int = 4) -> None:
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(d)
+        self.attn = nn.MultiheadAttention(d, heads, batch_first=True)
+        self.ln_2 = nn.LayerNorm(d)
+        self.mlp = nn.Sequential(nn.Linear(d, 2 * d), nn.GELU(), nn.Linear(2 * d, d))
+        self.head = nn.Linear(d, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.ln_1(x)
+        y, _ = self.attn(y, y, y, need_weights=False)
+        x = x + y
+        x = x + self.mlp(self.ln_2(x))
+        return self.head(x.mean(1))
+
+
+def test_token_input_transformer_prunes_heads_and_mlp() -> None:
+    torch.manual_seed(0)
+    model = _randomize(decompose_attention(TokenEncoder()))
+    graph = DependencyGraph.build(model, (7, 24))
+    assert {g.id for g in graph.prunable} == {"attn", "mlp.0"}
+    assert graph.by_id["attn"].blocks == 4
+    pruned, _ = _prune_and_compare(model, (7, 24))
+    assert pruned.attn.head_dim == 3

@@ -38,6 +38,7 @@ from dataclasses import dataclass
 from typing import Any, cast
 
 import torch
+import torch.nn.functional as F
 from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp
 
@@ -48,6 +49,7 @@ from nasforge.compression.pruning.cuts import (
     CutFn,
     CutRule,
     cut_rule_for,
+    find_cut_rule,
     keep_index,
     register_cut_rule,
 )
@@ -149,7 +151,9 @@ class _Tracer(fx.Tracer):
         self.nf_scope: list[str] = [""]
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-        if isinstance(m, CONV + BN + (nn.Linear, nn.Flatten, nn.LayerNorm) + PASS_MODULES):
+        if isinstance(m, CONV + BN + (nn.Linear, nn.Flatten) + PASS_MODULES):
+            return True
+        if type(m) is nn.LayerNorm:
             return True
         if isinstance(m, SelfAttention):
             return True
@@ -257,7 +261,7 @@ class DependencyGraph:
             ) from None
         finally:
             model.train(was_training)
-        return _Walker(gm).run(tuple(int(s) for s in input_shape))
+        return _Walker(gm, model).run(tuple(int(s) for s in input_shape))
 
 
 @dataclass(frozen=True)
@@ -311,8 +315,9 @@ def _prod(xs: Sequence[int]) -> int:
 
 
 class _Walker:
-    def __init__(self, gm: fx.GraphModule) -> None:
+    def __init__(self, gm: fx.GraphModule, model: nn.Module | None = None) -> None:
         self.gm = gm
+        self.model = model if model is not None else gm
         self.b = GroupBuilder()
         self.layout: dict[fx.Node, list[Segment] | None] = {}
         self.axis: dict[fx.Node, int] = {}  # which dim each layout describes
@@ -320,6 +325,7 @@ class _Walker:
         self.module_io: dict[str, tuple[list[Segment], list[Segment]]] = {}
         self.raw_costs: list[_RawCost] = []
         self.out_axis: int | None = None
+        self.consts: dict[tuple[fx.Node, int], list[Segment]] = {}
 
     def where(self, node: fx.Node) -> str:
         if node.op == "call_module":
@@ -381,12 +387,7 @@ class _Walker:
     def visit(self, node: fx.Node) -> list[Segment] | None:
         b = self.b
         if node.op == "placeholder":
-            shape = _shape(node)
-            if shape is None or len(shape) < 2:
-                return None
-            lay = [Segment(b.new_space(shape[1], "<input>"), shape[1])]
-            b.freeze(lay, "model input")
-            return lay
+            return None  # the input is a constant to the graph: layers it feeds get frozen
         if node.op == "output":
             for arg in _flat(node.args):
                 b.freeze(self.lay(arg), "model output")
@@ -415,7 +416,7 @@ class _Walker:
             )
         if type(m) in _LEAF_RULES:
             if lay is None:
-                raise UnsupportedModelError(f"layer {name!r}: input has no channel dimension")
+                lay = self.const_layout(arg0, 1, name)
             return _LEAF_RULES[type(m)](b, name, m, lay)
         if isinstance(m, POOL_MODULES) and lay is not None and self.ax(arg0) != 1:
             raise UnsupportedModelError(
@@ -431,7 +432,7 @@ class _Walker:
                 )
             b.add_member(lay or [], name, "bn")
             return lay
-        if isinstance(m, nn.LayerNorm):
+        if type(m) is nn.LayerNorm:  # exactly: a subclass (LayerNorm2d) may permute first
             return self.layer_norm(node, name, m, lay)
         if isinstance(m, CONV + (nn.Linear,)):
             return self.visit_weighted(node, name, m, lay)
@@ -441,6 +442,21 @@ class _Walker:
             f"layer {name!r} ({type(m).__name__}): not supported by the channel dependency graph; "
             "register a rule with nasforge.compression.pruning.register_leaf_rule"
         )
+
+    def const_layout(self, arg: object, axis: int, where: str) -> list[Segment]:
+        """A frozen layout for the channels (dim ``axis``) of a tensor without one: the
+        model input or a constant. One per (tensor, axis)."""
+        shape = _shape(arg)
+        assert isinstance(arg, fx.Node) and shape is not None
+        key = (arg, axis)
+        if key not in self.consts:
+            n = int(shape[axis])
+            source = "<input>" if arg.op == "placeholder" else f"<constant {arg.name}>"
+            lay = [Segment(self.b.new_space(n, source), n)]
+            reason = "model input" if arg.op == "placeholder" else f"constant input to {where!r}"
+            self.b.freeze(lay, reason)
+            self.consts[key] = lay
+        return self.consts[key]
 
     def layer_norm(
         self, node: fx.Node, name: str, m: nn.LayerNorm, lay: list[Segment] | None
@@ -455,6 +471,40 @@ class _Walker:
             self.b.add_member(lay, name, "ln")
         elif k != 1:
             self.b.freeze(lay, f"layer norm {name!r} over the channels and other dims")
+        return lay
+
+    def functional_layer_norm(self, node: fx.Node) -> list[Segment] | None:
+        """``F.layer_norm(x, shape, weight, bias)`` (torchvision's LayerNorm2d after a permute):
+        the weight/bias owner becomes an ``ln`` member when it has a cut rule."""
+        args, kw = list(node.args) + [None] * 4, node.kwargs
+        x = args[0]
+        lay, shape = self.lay(x), _shape(x)
+        if lay is None or shape is None:
+            return lay
+        normalized = args[1] if args[1] is not None else kw.get("normalized_shape")
+        k = 1 if isinstance(normalized, int) else len(cast(Any, normalized))
+        if self.ax(x) < len(shape) - k:
+            return lay
+        where = self.where(node)
+        if k != 1:
+            self.b.freeze(lay, f"layer norm over the channels and other dims at {where!r}")
+            return lay
+        params = [args[2] if args[2] is not None else kw.get("weight")]
+        params.append(args[3] if args[3] is not None else kw.get("bias"))
+        owners = set()
+        for p, attr in zip(params, ("weight", "bias"), strict=True):
+            if p is None:
+                continue
+            target = str(p.target) if isinstance(p, fx.Node) and p.op == "get_attr" else ""
+            mod, _, field = target.rpartition(".")
+            owners.add(mod if field == attr and mod else None)
+        if not owners:
+            return lay  # no affine parameters
+        owner = owners.pop() if len(owners) == 1 else None
+        if owner is not None and find_cut_rule(self.model.get_submodule(owner)) is not None:
+            self.b.add_member(lay, owner, "ln")
+        else:
+            self.b.freeze(lay, f"layer norm parameters without a cut rule at {where!r}")
         return lay
 
     def attention(self, node: fx.Node, name: str, m: SelfAttention) -> list[Segment] | None:
@@ -472,7 +522,11 @@ class _Walker:
         ins = []
         for arg in (query, key, value):
             la, shape = self.lay(arg), _shape(arg)
-            if la is None or shape is None or self.ax(arg) != len(shape) - 1:
+            if la is None and shape is not None:
+                la = self.const_layout(arg, len(shape) - 1, name)
+            elif la is not None and shape is not None and self.ax(arg) != len(shape) - 1:
+                la = None
+            if la is None or shape is None:
                 raise UnsupportedModelError(
                     f"layer {name!r} (SelfAttention): its inputs must be token tensors with the "
                     "features in the last dim"
@@ -524,10 +578,14 @@ class _Walker:
     ) -> list[Segment]:
         b, m = self.b, cast(Any, module)  # conv/linear attributes are untyped on nn.Module
         in_shape, out_shape = _shape(node.args[0]), _shape(node)
-        if lay is None or in_shape is None or out_shape is None:
-            raise UnsupportedModelError(f"layer {name!r}: input has no channel layout")
-        axis = self.ax(node.args[0])
+        if in_shape is None or out_shape is None:
+            raise UnsupportedModelError(f"layer {name!r}: input is not a tensor")
         linear = isinstance(m, nn.Linear)
+        if lay is None:
+            axis = len(in_shape) - 1 if linear else 1
+            lay = self.const_layout(node.args[0], axis, name)
+        else:
+            axis = self.ax(node.args[0])
         if linear:
             macs = _prod(out_shape[:-1]) * m.in_features * m.out_features
             if axis != len(in_shape) - 1:
@@ -618,6 +676,8 @@ class _Walker:
             )
         if fn in PASS_FUNCTIONS or name in PASS_METHODS:
             return self.lay(args[0])
+        if fn in (F.layer_norm, torch.layer_norm):
+            return self.functional_layer_norm(node)
         if fn in BINARY or name in BINARY_METHODS:
             return self.binary(node)
         if fn in CAT:
