@@ -1,7 +1,9 @@
 """Pruning: the channel dependency graph (coupling rules), per-layer cut rules, importance
 criteria, structured and unstructured pruners, hardware-aware ratios and iterative magnitude
 pruning. A new layer type is made prunable with ``register_leaf_rule`` (how it couples
-channels) and ``register_cut_rule`` (how it loses them)."""
+channels) and ``register_cut_rule`` (how it loses them); an fx-wrapped function (torchvision's
+``stochastic_depth``) with ``register_function_rule``. Models with ``nn.MultiheadAttention``
+are pruned through the equal ``SelfAttention`` (heads' dims and MLP width)."""
 
 from nasforge.compression.pruning.cuts import (
     CutRule,
@@ -10,7 +12,13 @@ from nasforge.compression.pruning.cuts import (
     register_cut_rule,
     slice_parameters,
 )
-from nasforge.compression.pruning.graph import DependencyGraph, register_leaf_rule
+from nasforge.compression.pruning.graph import (
+    DependencyGraph,
+    FunctionRule,
+    pass_through,
+    register_function_rule,
+    register_leaf_rule,
+)
 from nasforge.compression.pruning.groups import ChannelGroup, GroupBuilder, Member, Segment
 from nasforge.compression.pruning.imp import (
     IMPResult,
@@ -59,6 +67,7 @@ __all__ = [
     "ChannelPruningConfig",
     "CutRule",
     "DependencyGraph",
+    "FunctionRule",
     "GradualMagnitudePruner",
     "GroupBuilder",
     "GroupCut",
@@ -84,8 +93,10 @@ __all__ = [
     "magnitude_masks",
     "make_importance",
     "mask_plan",
+    "pass_through",
     "recalibrate_bn",
     "register_cut_rule",
+    "register_function_rule",
     "register_leaf_rule",
     "slice_parameters",
     "sparse_size_bytes",

@@ -4,6 +4,11 @@ The pruner decides (from the dependency graph and an importance) how many and wh
 channels each coupled group keeps; :func:`apply_plan` physically slices the parameters so
 the pruned model is a smaller dense model that any runtime speeds up; :func:`mask_plan`
 zeroes the same channels instead -- the oracle of the differential tests.
+
+Transformers: ``nn.MultiheadAttention`` layers are first replaced by the equal
+:class:`~nasforge.compression.attention.SelfAttention` (``decompose_attention``), whose
+q/k/v/out_proj Linear layers the graph can couple; a group of ``blocks`` parts (attention
+heads) keeps the same number of channels in every part, so every head keeps one head_dim.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from nasforge.compression.attention import decompose_attention
 from nasforge.compression.errors import PlanMismatchError
 from nasforge.compression.pruning.cuts import cut_rule_for
 from nasforge.compression.pruning.graph import DependencyGraph
@@ -80,17 +86,25 @@ class ChannelPruner:
         ]
 
     def _floor(self, g: ChannelGroup) -> int:
-        return min(g.size, self.config.min_keep)
+        nb = _blocks(g)
+        return nb * min(g.size // nb, max(1, math.ceil(self.config.min_keep / nb)))
 
     def _round(self, g: ChannelGroup, n: float) -> int:
-        r = self.config.round_to
-        k = int(math.ceil(n / r - 1e-9) * r)
-        return max(self._floor(g), min(g.size, k))
+        """``n`` kept channels rounded up: to a multiple of ``round_to`` (per block, when
+        ``round_to`` divides the block), within [floor, size]; always a multiple of the
+        group's ``blocks`` (equal counts per block)."""
+        nb = _blocks(g)
+        per, r = g.size // nb, self.config.round_to
+        k = math.ceil(n / nb - 1e-9)
+        if per % r == 0 or nb == 1:
+            k = int(math.ceil(k / r - 1e-9) * r)
+        return max(self._floor(g), min(g.size, nb * k))
 
     def plan(
         self, model: nn.Module, input_shape: Sequence[int], graph: DependencyGraph | None = None
     ) -> PruningPlan:
         """Decide which channels each prunable group keeps; the model is not modified."""
+        model = with_attention_decomposed(model)
         graph = graph or DependencyGraph.build(model, input_shape)
         cfg = self.config
         groups = self._candidates(graph)
@@ -102,8 +116,7 @@ class ChannelPruner:
             keep = self._global_counts(graph, groups, scores, total)
         cuts = []
         for g in groups:
-            k = keep[g.id]
-            idx = torch.argsort(scores[g.id], descending=True, stable=True)[:k]
+            idx = _top_per_block(scores[g.id], keep[g.id], _blocks(g))
             cuts.append(
                 GroupCut(
                     g.id,
@@ -151,8 +164,13 @@ class ChannelPruner:
             normed[g.id] = s / s.mean() if float(s.mean()) > 0 else s
         hi = max((float(v.max()) for v in normed.values()), default=1.0) + 1e-6
 
+        def above(g: ChannelGroup, t: float) -> float:
+            # a block group keeps its parts equal: the most-kept part sets the count
+            per_block = (normed[g.id] > t * hi).reshape(_blocks(g), -1).sum(1)
+            return float(per_block.max()) * _blocks(g)
+
         def counts(t: float) -> dict[str, int]:
-            return {g.id: self._round(g, float((normed[g.id] > t * hi).sum())) for g in groups}
+            return {g.id: self._round(g, above(g, t)) for g in groups}
 
         if self.config.target == "channels":
             n_all = sum(g.size for g in groups)
@@ -160,6 +178,49 @@ class ChannelPruner:
             return _bisect(counts, lambda k: sum(k.values()) <= goal_ch)
         goal = total * (1.0 - self.config.ratio)
         return _bisect(counts, lambda k: graph.estimate_macs(k) <= goal)
+
+
+def _blocks(g: ChannelGroup) -> int:
+    """Equal parts of ``g`` (attention heads); 1 for a group without ``blocks``."""
+    nb = int(getattr(g, "blocks", 1) or 1)
+    return nb if nb > 0 and g.size % nb == 0 else 1
+
+
+def _top_per_block(scores: torch.Tensor, keep: int, blocks: int) -> list[int]:
+    """Indices of the ``keep // blocks`` highest scores of every block, sorted."""
+    per, k = scores.numel() // blocks, keep // blocks
+    out: list[int] = []
+    for b in range(blocks):
+        idx = torch.argsort(scores[b * per : (b + 1) * per], descending=True, stable=True)[:k]
+        out.extend(b * per + int(i) for i in idx)
+    return sorted(out)
+
+
+def with_attention_decomposed(model: nn.Module) -> nn.Module:
+    """``model`` itself when it has no ``nn.MultiheadAttention``; otherwise a copy whose
+    attention layers are the equal, prunable ``SelfAttention`` (the model is not changed)."""
+    if not any(isinstance(m, nn.MultiheadAttention) for m in model.modules()):
+        return model
+    return decompose_attention(model)
+
+
+def decompose_attention_(model: nn.Module) -> nn.Module:
+    """Replace every ``nn.MultiheadAttention`` inside ``model`` by its equal
+    ``SelfAttention`` in place (what :func:`apply_plan` prunes); returns ``model``."""
+    if isinstance(model, nn.MultiheadAttention):
+        raise PlanMismatchError(
+            "pruning: the model is a bare nn.MultiheadAttention; prune the model that holds it"
+        )
+    if not any(isinstance(m, nn.MultiheadAttention) for m in model.modules()):
+        return model
+    copy_ = decompose_attention(model)
+    for name, mod in list(model.named_modules()):
+        if isinstance(mod, nn.MultiheadAttention):
+            parent, _, attr = name.rpartition(".")
+            new = copy_.get_submodule(name)
+            if not isinstance(new, nn.MultiheadAttention):
+                setattr(model.get_submodule(parent), attr, new)
+    return model
 
 
 def _bisect(
@@ -193,6 +254,15 @@ def _check_fit(model: nn.Module, plan: PruningPlan) -> DependencyGraph:
             raise PlanMismatchError(f"pruning plan: group {cut.group!r} is frozen ({g.reason})")
         if any(i < 0 or i >= g.size for i in cut.keep) or not cut.keep:
             raise PlanMismatchError(f"pruning plan: group {cut.group!r} keeps invalid indices")
+        nb = _blocks(g)
+        if nb > 1:
+            per = g.size // nb
+            kept = [sum(1 for i in cut.keep if i // per == b) for b in range(nb)]
+            if len(set(kept)) > 1:
+                raise PlanMismatchError(
+                    f"pruning plan: group {cut.group!r} keeps {kept} channels of its {nb} "
+                    "blocks; every block (attention head) must keep the same number"
+                )
     return graph
 
 
@@ -209,7 +279,9 @@ def _removals(graph: DependencyGraph, plan: PruningPlan) -> dict[tuple[str, str]
 def apply_plan(model: nn.Module, plan: PruningPlan) -> nn.Module:
     """Remove the channels that ``plan`` drops from ``model`` in place; returns ``model``.
 
-    Each member's module is cut by the rule registered for its type
+    ``nn.MultiheadAttention`` layers of ``model`` are first replaced (in place) by the
+    equal ``SelfAttention`` the plan was made on. Each member's module is cut by the rule
+    registered for its type
     (:func:`~nasforge.compression.pruning.register_cut_rule`); every rule is looked up
     before anything is cut, so a missing rule leaves the model untouched.
 
@@ -217,6 +289,7 @@ def apply_plan(model: nn.Module, plan: PruningPlan) -> nn.Module:
         PlanMismatchError: the plan was made for a different model (names the group).
         UnsupportedModelError: a member's layer type has no cut rule (names the layer).
     """
+    decompose_attention_(model)
     graph = _check_fit(model, plan)
     removals = _removals(graph, plan)
     rules = {module: cut_rule_for(model.get_submodule(module), module) for module, _ in removals}
@@ -230,18 +303,31 @@ def mask_plan(model: nn.Module, plan: PruningPlan) -> nn.Module:
     """A copy of ``model`` whose dropped channels are zeroed where they are consumed.
 
     Zeroing the consumers' input slices (``in`` members, along their rule's channel dim of
-    ``weight``) removes each dropped channel's every effect on the output, so
-    ``apply_plan`` must compute the same function.
+    ``weight``) removes each dropped channel's every effect on the output (attention: the
+    q/k/v rows too), so ``apply_plan`` must compute the same function.
     """
-    masked = copy.deepcopy(model)
+    masked = decompose_attention_(copy.deepcopy(model))
     graph = _check_fit(masked, plan)
+    # attention: a dropped q/k dim acts through the q.k product, not through an ``in``
+    # slice, so its q/k/v ``out`` rows (weight and bias) are zeroed as well
+    attn = {
+        m.module
+        for cut in plan.cuts
+        if any(x.kind == "heads" for x in graph.by_id[cut.group].members)
+        for m in graph.by_id[cut.group].members
+        if m.kind == "out"
+    }
     with torch.no_grad():
         for (module, kind), drop in _removals(graph, plan).items():
-            if kind == "in" and drop:
-                mod = masked.get_submodule(module)
-                dim = cut_rule_for(mod, module).channel_dim(kind, "weight")
-                if dim is not None:
-                    mod.weight.index_fill_(dim, torch.tensor(drop), 0.0)  # type: ignore[operator]
+            if not drop or not (kind == "in" or (kind == "out" and module in attn)):
+                continue
+            mod = masked.get_submodule(module)
+            rule = cut_rule_for(mod, module)
+            for attr in ("weight", "bias") if kind == "out" else ("weight",):
+                dim = rule.channel_dim(kind, attr)
+                t = getattr(mod, attr, None)
+                if dim is not None and isinstance(t, torch.Tensor):
+                    t.index_fill_(dim, torch.tensor(drop), 0.0)
     return masked
 
 
