@@ -32,6 +32,7 @@ import copy
 import io
 import json
 import logging
+import warnings
 import zipfile
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -224,10 +225,20 @@ def compiled_runner(
     from nasforge.hardware.backend_base import threads_pinned
 
     _eval(qmodel)
-    compiled = torch.compile(qmodel, dynamic=False, options={"freezing": True})
+    import torch._inductor.config as inductor_config
+
+    # freezing through config.patch: torch.compile(options={"freezing": True}) fails on
+    # torchao's weight prepack (onednn.qconv_prepack has no fake kernel there; torch 2.13)
+    compiled = torch.compile(qmodel, dynamic=False)
     n = torch.get_num_threads() if threads is None else int(threads)
     try:
-        with threads_pinned(n), torch.no_grad():
+        with (
+            threads_pinned(n),
+            torch.no_grad(),
+            inductor_config.patch(freezing=True),
+            warnings.catch_warnings(),
+        ):
+            warnings.simplefilter("ignore", UserWarning)  # torch's own mkldnn lowering warns
             compiled(x)
     except Exception as e:
         raise QuantizationError(
