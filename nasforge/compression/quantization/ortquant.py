@@ -254,3 +254,89 @@ def onnx_input_shape(path: str | Path) -> tuple[int, ...]:
             "export it with a fixed C,H,W"
         )
     return tuple(int(d.dim_value) for d in dims)
+
+
+#: ONNX op types that compute (shape arithmetic, casts and data movement are left out of
+#: the per-layer decisions)
+COMPUTE_OP_TYPES = frozenset(
+    {
+        "Conv",
+        "ConvInteger",
+        "MatMul",
+        "MatMulInteger",
+        "Gemm",
+        "Add",
+        "Mul",
+        "Div",
+        "Sigmoid",
+        "Softmax",
+        "LayerNormalization",
+        "Gelu",
+        "Erf",
+        "HardSwish",
+        "HardSigmoid",
+        "AveragePool",
+        "GlobalAveragePool",
+        "Relu",
+        "Clip",
+        "Tanh",
+        "Sqrt",
+        "Pow",
+        "ReduceMean",
+    }
+)
+
+
+#: ONNX op types onnxruntime's CPU EP runs on integer kernels when QDQ surrounds them
+INT8_KERNEL_OP_TYPES = frozenset(
+    {
+        "Conv",
+        "MatMul",
+        "Gemm",
+        "Add",
+        "Mul",
+        "Sigmoid",
+        "Softmax",
+        "AveragePool",
+        "GlobalAveragePool",
+        "Relu",
+        "Clip",
+    }
+)
+
+
+def onnx_layer_decisions(path: str | Path, method: str) -> list[dict[str, object]]:
+    """Per-node INT8 decisions of a file made by :func:`quantize_onnx_static` (``method``
+    ``ort_static``) or :func:`quantize_onnx_dynamic` (``ort_dynamic``): ``name`` (ONNX node),
+    ``op`` (op type), ``precision`` (``int8``/``float``) and ``reason``. A static node is
+    int8 when an input comes from a ``DequantizeLinear`` and the CPU EP has an integer
+    kernel for it (:data:`INT8_KERNEL_OP_TYPES`); a dynamic one when it is
+    ``MatMulInteger``/``ConvInteger``."""
+    model = _load(path)
+    producer = {o: n.op_type for n in model.graph.node for o in n.output}
+    out: list[dict[str, object]] = []
+    for n in model.graph.node:
+        if n.op_type not in COMPUTE_OP_TYPES:
+            continue
+        if method == "ort_dynamic":
+            q = n.op_type in ("MatMulInteger", "ConvInteger")
+            why = (
+                "int8 weights, activations quantized per call (onnxruntime dynamic)"
+                if q
+                else "float: onnxruntime dynamic quantization covers MatMul/Gemm only"
+            )
+        else:
+            fed = any(producer.get(i) == "DequantizeLinear" for i in n.input)
+            q = fed and n.op_type in INT8_KERNEL_OP_TYPES
+            if q:
+                why = "int8: onnxruntime static QDQ (fused into a QLinear kernel)"
+            elif n.op_type not in INT8_KERNEL_OP_TYPES:
+                why = "float: no integer kernel in onnxruntime" + (
+                    " (runs float between its Q/DQ)" if fed else ""
+                )
+            else:
+                why = "float: left unquantized by onnxruntime's static quantizer"
+        out.append(
+            {"name": n.name, "op": n.op_type, "precision": "int8" if q else "float", "reason": why}
+        )
+    return out

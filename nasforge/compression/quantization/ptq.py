@@ -152,6 +152,10 @@ class FormatChoice:
         built: candidate name -> its ONNX file (valid while ``workdir`` exists) or its
             torch module (``pt2e``).
         fp32_accuracy: the FP32 reference's validation top-1, when measured.
+        runtime_chosen: the torch-runtime candidate (``pt2e``) that measured faster than
+            the chosen ONNX Runtime candidate in the same pass (and within the drop
+            budget), or ``""``. :attr:`chosen` is always an ONNX Runtime build (the
+            artifact every stage is timed with); this one is the faster way to deploy it.
     """
 
     trials: tuple[FormatTrial, ...]
@@ -161,6 +165,7 @@ class FormatChoice:
     fp32_ms: dict[int, float] = field(default_factory=dict)
     built: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
     fp32_accuracy: float | None = None
+    runtime_chosen: str = ""
 
     @property
     def spec(self) -> QuantSpec:
@@ -330,7 +335,7 @@ def _build(
 def _runner(built: Path | nn.Module, x: torch.Tensor, threads: int) -> Callable[[], object]:
     if isinstance(built, Path):
         return ort_runner(built, x, threads)
-    return cast(Callable[[], object], _inductor().compiled_runner(built, x))
+    return cast(Callable[[], object], _inductor().compiled_runner(built, x, threads))
 
 
 def predict_built(
@@ -365,7 +370,9 @@ def select_int8_format(
     pass per batch size (ONNX Runtime sessions and, for ``pt2e``, a compiled torch runner
     side by side), and choose one.
 
-    The first candidate is the default. Another replaces it only when, on a stable pass,
+    The first candidate is the default; torch-runtime candidates (``pt2e``) are compared
+    with the ONNX Runtime choice afterwards, paired in the same pass, by the same rule
+    (:attr:`FormatChoice.runtime_chosen`). Another replaces the default only when, on a stable pass,
     its paired speed-up over the default has its 95% interval above 1 at some batch size
     and below 1 at none, and -- with ``val`` and ``drop_budget`` -- its validation top-1
     drop vs FP32 is within the budget (a faster candidate over budget is not chosen, and the
@@ -428,9 +435,25 @@ def select_int8_format(
         )
         for n in built
     ]
-    choice = _choose(trials, passes, drop_budget)
+    ort = [t for t in trials if t.runtime == "onnxruntime"]
+    torch_trials = [t for t in trials if t.runtime != "onnxruntime"]
+    if not ort:  # only torch candidates: the first is the default
+        ort, torch_trials = trials, []
+    choice = _choose(ort, passes, drop_budget)
+    runtime_chosen = ""
+    for t in torch_trials:
+        # the torch runtime against the ONNX Runtime choice, paired in the same pass
+        rt = _choose([choice.trials[0], t], passes, drop_budget)
+        notes.append(
+            rt.notes[0].replace("INT8 format:", "INT8 runtime:")
+            + (" (torch inductor)" if rt.chosen == t.name else " (onnxruntime)")
+        )
+        if rt.chosen == t.name and not runtime_chosen:
+            runtime_chosen = t.name
     return replace(
         choice,
+        trials=(*choice.trials, *sorted(torch_trials, key=lambda t: -t.score())),
+        runtime_chosen=runtime_chosen,
         notes=(*choice.notes, *notes),
         built=dict(built)
         if workdir is not None
