@@ -255,7 +255,7 @@ def test_torch_runtime_is_measured_in_the_same_pass(digits, tmp_path) -> None:  
     if not inductor.available():
         pytest.skip(inductor.unavailable_reason())
     ds, model = digits
-    cands = {
+    cands: dict[str, QuantSpec | Candidate] = {
         "u8act_s8w_per_channel": QuantSpec(),
         "pt2e_inductor": Candidate(QuantSpec(), "pt2e"),
     }
