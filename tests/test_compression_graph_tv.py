@@ -365,3 +365,28 @@ def test_token_input_transformer_prunes_heads_and_mlp() -> None:
     assert graph.by_id["attn"].blocks == 4
     pruned, _ = _prune_and_compare(model, (7, 24))
     assert pruned.attn.head_dim == 3
+
+
+class HandWritten(nn.Module):
+    """Ops written out by hand: tanh-GELU (pow, tanh, scalar arithmetic) on a prunable hidden
+    dim, an RMSNorm (mean over the channels, rsqrt, a weight parameter) on the stream."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(6, 12)
+        self.fc2 = nn.Linear(12, 6)
+        self.weight = nn.Parameter(torch.ones(6))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-6) * self.weight
+        h = self.fc1(x)
+        h = 0.5 * h * (1 + torch.tanh(0.7978845608 * (h + 0.044715 * torch.pow(h, 3))))
+        return x + self.fc2(h).clone()
+
+
+def test_hand_written_elementwise_ops_and_rms_norm() -> None:
+    model = _randomize(HandWritten())
+    graph = DependencyGraph.build(model, (5, 6))
+    assert [g.id for g in graph.prunable] == ["fc1"]
+    assert graph.by_id["fc2"].frozen  # the stream: model input, output, RMSNorm weight
+    _prune_and_compare(model, (5, 6))

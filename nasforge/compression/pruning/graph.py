@@ -438,6 +438,8 @@ class _Walker:
             return self.visit_weighted(node, name, m, lay)
         if isinstance(m, nn.Flatten):
             return self.flatten(node, m.start_dim, m.end_dim)
+        if not self.has_layout(node):
+            return None  # e.g. nn.Embedding of token ids: computed from constants, nothing cut
         raise UnsupportedModelError(
             f"layer {name!r} ({type(m).__name__}): not supported by the channel dependency graph; "
             "register a rule with nasforge.compression.pruning.register_leaf_rule"

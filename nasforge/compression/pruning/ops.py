@@ -62,7 +62,22 @@ PASS_FUNCTIONS: set[object] = {
     torch.tanh,
     torch.clamp,
     torch.clip,
+    F.mish,
+    F.softplus,
+    F.selu,
+    F.celu,
+    F.dropout1d,
+    F.dropout2d,
+    torch.exp,
+    torch.erf,
+    torch.sqrt,
+    torch.rsqrt,
+    torch.abs,
+    torch.neg,
+    torch.clone,
+    operator.neg,
 }
+"""Elementwise (or channel-wise in evaluation, like dropout) functions of their first argument."""
 PASS_METHODS = {
     "relu",
     "relu_",
@@ -75,6 +90,17 @@ PASS_METHODS = {
     "contiguous",
     "hardswish",
     "float",
+    "half",
+    "to",
+    "type_as",
+    "clone",
+    "detach",
+    "exp",
+    "erf",
+    "sqrt",
+    "rsqrt",
+    "abs",
+    "neg",
 }
 BINARY = {
     operator.add,
@@ -88,8 +114,11 @@ BINARY = {
     torch.sub,
     torch.mul,
     torch.div,
+    operator.pow,
+    torch.pow,
 }
-BINARY_METHODS = {"add", "add_", "sub", "mul", "mul_", "div"}
+"""Elementwise ops of two operands (with broadcasting): they couple both operands' channels."""
+BINARY_METHODS = {"add", "add_", "sub", "mul", "mul_", "div", "pow"}
 CAT = {torch.cat, torch.concat}
 POOL_MODULES: tuple[type[nn.Module], ...] = (
     nn.MaxPool1d,
