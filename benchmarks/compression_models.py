@@ -29,7 +29,8 @@
    path that failed is ``NOT MET (failed: <reason>)``.
 
 ``--quick``: EfficientNet-B0 (width 0.25) and a 2-layer ViT, 1 epoch, 1 fine-tune epoch, 3
-timing rounds, no torch.compile peer: a smoke test that finishes in minutes on 2 cores (its
+timing rounds, the pipeline's own format choice measured at batch 32 only, no torch.compile
+peer (``--torchao`` adds it): a smoke test that finishes in minutes on 2 cores (its
 GOAL lines are about the tiny models, not the goals' models). The log goes to
 ``benchmarks/results/cpu_compression_models_<date>[_quick].log`` (and a ``.json`` beside it).
 """
@@ -78,7 +79,7 @@ from nasforge.train import TrainConfig, evaluate_accuracy, train_model
 
 SHAPE = (3, 32, 32)
 RESULTS = Path(__file__).resolve().parent / "results"
-ALL_MODELS = ("resnet18", "mobilenet_v2", "efficientnet_b0", "vit_tiny")
+ALL_MODELS = ("efficientnet_b0", "vit_tiny", "mobilenet_v2", "resnet18")
 QUICK_MODELS = ("efficientnet_b0", "vit_tiny")
 #: model -> constructor keyword arguments (full run: the goals' models; quick: tiny ones)
 FULL_KWARGS: dict[str, dict[str, Any]] = {
@@ -141,7 +142,8 @@ def base_model(name: str, kwargs: dict[str, Any], ds: Dataset, epochs: int) -> n
     digest = hashlib.sha256(key.encode()).hexdigest()[:16]
     cache = Path(tempfile.gettempdir()) / "nasforge_bench_models" / f"{name}_{digest}.pt"
     torch.manual_seed(0)
-    model = MODELS[name](num_classes=10, in_channels=3, **kwargs)
+    make: Callable[..., nn.Module] = MODELS[name]  # type: ignore[assignment]
+    model = make(num_classes=10, in_channels=3, **kwargs)
     if cache.is_file():
         model.load_state_dict(torch.load(cache, weights_only=True))
         print(f"  base model: cached {cache}")
@@ -389,13 +391,15 @@ def run_model(name: str, kwargs: dict[str, Any], ds: Dataset, a: argparse.Namesp
             {"name": "quantize_int8", **q},
         ],
     }
+    # the pipeline's own choices measure at these batch sizes (quick: b32 only, half the time)
+    target = {"rounds": 3, "batch_sizes": [32] if a.quick else list(BATCHES)}
     reports: dict[str, CompressionReport | None] = {}
     for key, stages in runs.items():
         out = work / f"nasforge_{key}"
-        t = time.perf_counter()
+        started = time.perf_counter()
         try:
             cfg = CompressConfig.model_validate(
-                {"stages": stages, "target": {"threads": a.threads, "rounds": 3}, "seed": 0}
+                {"stages": stages, "target": {**target, "threads": a.threads}, "seed": 0}
             )
             rep = run_pipeline(model, ds, cfg, out, train=recipe, timing=cheap)
             reports[key] = rep
@@ -404,7 +408,7 @@ def run_model(name: str, kwargs: dict[str, Any], ds: Dataset, a: argparse.Namesp
             r.failures[f"nasforge_{key}"] = why()
             print(f"    nasforge {key}: FAILED: {why()}")
             continue
-        print(f"    nasforge {key}: pipeline {time.perf_counter() - t:.0f} s; {rep.verdict}")
+        print(f"    nasforge {key}: pipeline {time.perf_counter() - started:.0f} s; {rep.verdict}")
         for w in rep.warnings:
             print(f"      warning: {w}")
         if key == "int8":
@@ -644,7 +648,10 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--round-to", type=int, default=8)
     ap.add_argument("--calibration", type=int, default=None, help="images (512; quick 128)")
-    ap.add_argument("--no-torchao", dest="torchao", action="store_false", default=None)
+    ap.add_argument(
+        "--torchao", dest="torchao", action="store_true", default=None, help="(default: not quick)"
+    )
+    ap.add_argument("--no-torchao", dest="torchao", action="store_false")
     ap.add_argument("--log", type=Path, default=None, help="log file (default: results/...)")
     a = ap.parse_args(argv)
     quick = a.quick
@@ -673,7 +680,7 @@ def main(argv: list[str] | None = None) -> int:
     stamp = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H%M")
     log = a.log or RESULTS / f"cpu_compression_models_{stamp}{'_quick' if a.quick else ''}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
-    sys.stdout = Tee(sys.__stdout__, log)  # type: ignore[assignment]
+    sys.stdout = Tee(sys.stdout, log)  # type: ignore[assignment]
     warnings.filterwarnings("ignore")
     torch.set_num_threads(a.threads)
     t0 = time.perf_counter()
@@ -692,6 +699,9 @@ def main(argv: list[str] | None = None) -> int:
         r = run_model(name, kw[name], ds, a)
         g = model_goals(r)
         goals.extend(g)
+        print(f"  {name} goals (all of them again at the end):")
+        for gname, met, measured, tgt, unstable in g:
+            goal(gname, met, measured, tgt, unstable=unstable)
         record["models"][name] = {
             "info": r.info,
             "top1": {k: v.top1 for k, v in r.arms.items()},
