@@ -390,3 +390,22 @@ def test_hand_written_elementwise_ops_and_rms_norm() -> None:
     assert [g.id for g in graph.prunable] == ["fc1"]
     assert graph.by_id["fc2"].frozen  # the stream: model input, output, RMSNorm weight
     _prune_and_compare(model, (5, 6))
+
+
+def test_parameters_used_outside_modules_are_refused_in_one_line() -> None:
+    class Functional(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.w = nn.Parameter(torch.randn(4, 3, 3, 3))
+            self.fc = nn.Linear(4, 2)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.fc(nn.functional.conv2d(x, self.w).mean((2, 3)))
+
+    with pytest.raises(UnsupportedModelError, match="uses parameter 'w' outside a module"):
+        DependencyGraph.build(Functional(), (3, 8, 8))
+    small = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(144, 2)).eval()
+    exported = torch.export.export(small, (torch.zeros(1, 3, 8, 8),)).module()
+    with pytest.raises(UnsupportedModelError, match="outside a module") as err:
+        DependencyGraph.build(exported, (3, 8, 8))  # aten ops on parameters; train() refused
+    assert "\n" not in str(err.value)

@@ -249,8 +249,10 @@ class DependencyGraph:
             UnsupportedModelError: an op the graph does not know; the message names the layer.
         """
         gm = trace(model)
-        was_training = model.training
-        gm.eval()
+        # flags set directly: an exported program's module refuses train()/eval()
+        modes = [(m, m.training) for m in [*model.modules(), *gm.modules()]]
+        for m, _ in modes:
+            m.training = False
         try:
             with torch.no_grad():
                 ShapeProp(gm).propagate(torch.zeros(1, *input_shape))
@@ -260,7 +262,8 @@ class DependencyGraph:
                 f"{type(exc).__name__}: {exc}"
             ) from None
         finally:
-            model.train(was_training)
+            for m, mode in modes:
+                m.training = mode
         return _Walker(gm, model).run(tuple(int(s) for s in input_shape))
 
 
@@ -668,6 +671,14 @@ class _Walker:
         if node.op == "call_function" and target is operator.getitem:
             return self.getitem(node)
         if not self.has_layout(node):
+            param = self.parameter_arg(node)
+            if param is not None and not _known(node):
+                raise UnsupportedModelError(
+                    f"layer {self.where(node)!r}: op {getattr(target, '__name__', target)!r} "
+                    f"uses parameter {param!r} outside a module; the channel graph prunes "
+                    "parameters of conv/linear/norm modules (for an exported program or "
+                    "functional layers, prune the nn.Module they came from)"
+                )
             return None  # computed from constants only: a constant
         name = target if node.op == "call_method" else None
         fn = target if node.op == "call_function" else None
@@ -702,6 +713,18 @@ class _Walker:
             f"layer {self.where(node)!r}: op {getattr(target, '__name__', target)!r} is not "
             "supported by the channel dependency graph"
         )
+
+    def parameter_arg(self, node: fx.Node) -> str | None:
+        """The name of an ``nn.Parameter`` read with ``get_attr`` among the node's arguments."""
+        for a in _flat((node.args, node.kwargs)):
+            if isinstance(a, fx.Node) and a.op == "get_attr":
+                try:
+                    value = self.gm.get_parameter(str(a.target))
+                except AttributeError:
+                    continue
+                if isinstance(value, nn.Parameter):
+                    return str(a.target)
+        return None
 
     def function_rule(self, node: fx.Node) -> FunctionRule | None:
         target = node.target
@@ -940,6 +963,30 @@ class _Walker:
                 f"layer {self.where(node)!r}: expands the channel dim of a tensor"
             )
         return self.lay(node.args[0])
+
+
+_KNOWN_SETS: tuple[Any, ...] = (
+    PASS_FUNCTIONS,
+    PASS_METHODS,
+    BINARY,
+    BINARY_METHODS,
+    CAT,
+    RESHAPE,
+    PERMUTE,
+    TRANSPOSE,
+    SOFTMAX,
+    {torch.flatten, "flatten", torch.mean, "mean", torch.sum, "sum", "amax", torch.amax},
+    {"expand", "expand_as", F.layer_norm, torch.layer_norm},
+)
+
+
+def _known(node: fx.Node) -> bool:
+    """Whether the walk has a rule for ``node``'s op (on constants it yields a constant)."""
+    target = node.target
+    try:
+        return any(target in known for known in _KNOWN_SETS)
+    except TypeError:  # unhashable target
+        return False
 
 
 def _flat(args: object) -> list[object]:
