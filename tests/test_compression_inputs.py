@@ -25,11 +25,14 @@ from nasforge.compression.pipeline import (
     DEPLOY_FILE,
     InputShapeError,
     prepare_inputs,
+    run_exported_pipeline,
     run_onnx_pipeline,
 )
 from nasforge.compression.quantization import export_onnx
 from nasforge.data import load_dataset
 from nasforge.errors import DataError
+from nasforge.hardware.noise import NoisePolicy
+from nasforge.hardware.timing import TimingConfig
 from nasforge.modelfile import TorchScriptModel, UnsafeModelFile, load_model
 from nasforge.plugins import registrations
 
@@ -86,6 +89,19 @@ def factory_module(tmp_path, monkeypatch):  # type: ignore[no-untyped-def]
     monkeypatch.syspath_prepend(str(tmp_path))
     yield name
     sys.modules.pop(name, None)
+
+
+def _has_ortquant() -> bool:
+    try:
+        from nasforge.compression.quantization import ortquant  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+needs_ortquant = pytest.mark.skipif(
+    not _has_ortquant(), reason="nasforge.compression.quantization.ortquant (engineer E) missing"
+)
 
 
 # -- shapes ---------------------------------------------------------------------------------------
@@ -151,6 +167,21 @@ def test_exported_program_loads_and_runs(tmp_path) -> None:  # type: ignore[no-u
     x = torch.randn(5, 3, 8, 8)
     assert torch.allclose(loaded(x), net(x), atol=1e-5)
     loaded.eval()  # a plain module: eval() and copies work
+    cfg = CompressConfig.model_validate({"stages": ["prune_channels", "quantize_int8"]})
+    with pytest.raises(UnsupportedModelError, match="exported program.*'prune_channels'"):
+        run_exported_pipeline(loaded, load_dataset("digits"), cfg, tmp_path / "out")
+
+
+@needs_ortquant
+def test_exported_program_is_quantized_through_onnx(tmp_path, digits) -> None:  # type: ignore[no-untyped-def]
+    loaded = load_model(_export(tmp_path, _rgb_net()))
+    cfg = _onnx_cfg(input_shape=[3, 8, 8], target={"batch_sizes": [1], "rounds": 3})
+    report = run_exported_pipeline(loaded, digits, cfg, tmp_path / "out", timing=QUICK)
+    assert [s.name for s in report.stages] == ["original", "int8"]
+    from nasforge.compression.quantization.ortquant import onnx_op_types
+
+    ops = onnx_op_types(tmp_path / "out" / "model.int8.onnx")
+    assert {"QuantizeLinear", "DynamicQuantizeLinear"} & ops  # really quantized, not a no-op
 
 
 class _Touch:
@@ -205,16 +236,15 @@ def test_exported_program_with_a_pickled_object_is_refused_before_loading(tmp_pa
 
 
 # -- ONNX in --------------------------------------------------------------------------------------
-def _has_ortquant() -> bool:
-    try:
-        from nasforge.compression.quantization import ortquant  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
-needs_ortquant = pytest.mark.skipif(
-    not _has_ortquant(), reason="nasforge.compression.quantization.ortquant (engineer E) missing"
+#: a short real timing pass (verdicts are not asserted here; only that every path runs)
+QUICK = TimingConfig(
+    warmup=1,
+    repeats=6,
+    rounds=3,
+    reference=False,
+    max_remeasure=0,
+    clock="wall",
+    policy=NoisePolicy(retries=0),
 )
 
 
@@ -235,7 +265,7 @@ def test_onnx_model_is_quantized_by_measurement(tmp_path, digits, monkeypatch) -
     out = tmp_path / "out"
     with pytest.raises(InputShapeError, match=r"\(3, 8, 8\).*\(1, 8, 8\).*--input-shape 3,8,8"):
         run_onnx_pipeline(src, digits, _onnx_cfg(), out)
-    report = run_onnx_pipeline(src, digits, _onnx_cfg(input_shape=[3, 8, 8]), out)
+    report = run_onnx_pipeline(src, digits, _onnx_cfg(input_shape=[3, 8, 8]), out, timing=QUICK)
     assert [s.name for s in report.stages] == ["original", "int8"]
     int8 = report.output("quantize_int8")
     assert int8.artifact == "model.int8.onnx" and (out / "model.int8.onnx").is_file()

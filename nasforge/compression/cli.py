@@ -6,8 +6,8 @@ rebuilds it, or a state dict together with ``--model-factory package.module:fact
 function returning your ``nn.Module``; ``model_factory:`` in the ``--config`` YAML does the
 same). A whole pickled module (``torch.save(model)``) is refused with one line saying what to
 save instead. ``MODEL`` may also be an exported program (``.pt2``, checked before
-``torch.export.load`` so no pickled object is read) or an ONNX model (``.onnx``:
-quantization only). A TorchScript archive is refused with one line saying what to pass.
+``torch.export.load`` so no pickled object is read; quantization only, through ONNX: its
+ATen graph has no modules to prune) or an ONNX model (``.onnx``: quantization only). A TorchScript archive is refused with one line saying what to pass.
 ``--input-shape C,H,W`` adapts the data to the model; ``--plugin MODULE`` (repeatable, or
 ``compress.plugins``) is imported before the model is loaded (to register stages and
 pruning rules). Bad input exits with code 2 and one line.
@@ -152,7 +152,11 @@ def compress(
     from rich.console import Console
     from rich.markup import escape
 
-    from nasforge.compression.pipeline import run_onnx_pipeline, run_pipeline
+    from nasforge.compression.pipeline import (
+        run_exported_pipeline,
+        run_onnx_pipeline,
+        run_pipeline,
+    )
     from nasforge.data import load_dataset
     from nasforge.plugins import load_plugins
 
@@ -192,6 +196,13 @@ def compress(
             with console.status("compressing") as status:
                 report = run_onnx_pipeline(
                     model, ds, cfg, out, progress=lambda m: _show(status, console, m)
+                )
+        elif model.suffix == ".pt2":
+            net = load_model(model)
+            ds = load_dataset(data, data_path)
+            with console.status("compressing") as status:
+                report = run_exported_pipeline(
+                    net, ds, cfg, out, f"MODEL: {model}", lambda m: _show(status, console, m)
                 )
         else:
             net = load_model(model, model_factory)

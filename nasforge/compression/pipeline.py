@@ -74,6 +74,7 @@ __all__ = [
     "InputShapeError",
     "StageResult",
     "prepare_inputs",
+    "run_exported_pipeline",
     "run_onnx_pipeline",
     "run_pipeline",
 ]
@@ -118,7 +119,7 @@ def _failing_layer(model: nn.Module, x: torch.Tensor) -> tuple[str, str] | None:
         with torch.no_grad():
             model(x)
     except Exception as exc:  # noqa: BLE001 - any failure of the user's model is reported
-        failed = [stack[-1] if stack else "forward", str(exc).strip()]
+        failed = [f"layer {stack[-1]}" if stack else "the model's forward", str(exc).strip()]
     finally:
         for h in handles:
             h.remove()
@@ -153,10 +154,10 @@ def prepare_inputs(
     if input_shape is not None:
         raise InputShapeError(
             f"--input-shape {_shape_text(shape)}: the model does not run on inputs of shape "
-            f"{shape} (layer {layer}: {msg})"
+            f"{shape} ({layer}: {msg})"
         )
     raise InputShapeError(
-        f"the model does not run on {ds.name}'s input shape {shape} (layer {layer}: {msg}); "
+        f"the model does not run on {ds.name}'s input shape {shape} ({layer}: {msg}); "
         "pass --input-shape C,H,W (compress.input_shape) with the shape the model takes, "
         "and the data is adapted to it"
     )
@@ -638,3 +639,44 @@ def run_onnx_pipeline(
     )
     baseline = StageOutput("", "original", _top1(float_test, ds.y_test), file_size(fp32), fp32.name)
     return _finish(baseline, (result,), warnings, ds, cfg, out, timing, say)
+
+
+def run_exported_pipeline(
+    model: nn.Module,
+    dataset: Dataset,
+    cfg: CompressConfig,
+    out_dir: str | Path,
+    source: str = "MODEL",
+    progress: Progress | None = None,
+    timing: TimingConfig | None = None,
+) -> CompressionReport:
+    """Compress the module of an exported program (``.pt2``; see
+    :func:`nasforge.modelfile.load_exported_program`).
+
+    Its graph holds ATen calls (``aten.conv2d`` on parameters), not ``nn.Conv2d`` /
+    ``nn.Linear`` modules, so nasforge's channel pruning and its own INT8 simulation find no
+    layer to act on; rather than report a no-op as compression, the module is exported to
+    ONNX (``model.fp32.onnx``) after the input check of :func:`prepare_inputs`, and
+    quantized by :func:`run_onnx_pipeline` (onnxruntime's quantizers, chosen by measurement).
+
+    Raises:
+        UnsupportedModelError: a stage other than ``quantize_int8`` is configured (one line:
+            what to pass instead).
+        InputShapeError, DataError: as :func:`prepare_inputs`.
+    """
+    refused = [s.name for s in cfg.stage_specs() if s.name not in ONNX_STAGES]
+    if refused:
+        raise UnsupportedModelError(
+            f"{source} is an exported program (ATen ops, no nn.Conv2d/nn.Linear modules): only "
+            f"quantization ({', '.join(ONNX_STAGES)}) runs on it; stage {refused[0]!r} needs "
+            "the Python module (a state dict with --model-factory, or a run's best/)"
+        )
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    ds = prepare_inputs(model, dataset, cfg.input_shape)
+    shape = tuple(ds.input_shape)
+    (progress or log.info)("exporting the exported program to ONNX")
+    fp32 = export_onnx(model, out / "model.fp32.onnx", shape)
+    return run_onnx_pipeline(
+        fp32, ds, cfg.model_copy(update={"input_shape": shape}), out, progress, timing
+    )
