@@ -409,3 +409,33 @@ def test_parameters_used_outside_modules_are_refused_in_one_line() -> None:
     with pytest.raises(UnsupportedModelError, match="outside a module") as err:
         DependencyGraph.build(exported, (3, 8, 8))  # aten ops on parameters; train() refused
     assert "\n" not in str(err.value)
+
+
+class CrossAttention(nn.Module):
+    """Queries from the tokens, keys/values from a projection of them (kdim = vdim = 12)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Linear(6, 16)
+        self.kv_proj = nn.Linear(6, 12)
+        self.attn = nn.MultiheadAttention(16, 2, kdim=12, vdim=12, batch_first=True)
+        self.head = nn.Linear(16, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        q = self.embed(x)
+        kv = torch.relu(self.kv_proj(x))
+        y, _ = self.attn(q, kv, kv, need_weights=False)
+        return self.head((q + y)[:, 0])
+
+
+def test_cross_attention_couples_keys_and_values_with_their_source() -> None:
+    torch.manual_seed(0)
+    model = _randomize(decompose_attention(CrossAttention()))
+    graph = DependencyGraph.build(model, (5, 6))
+    kv = graph.by_id["kv_proj"]
+    assert not kv.frozen
+    assert {m.spec() for m in kv.members} == {"kv_proj:out@0", "attn.k:in@0", "attn.v:in@0"}
+    assert {g.id for g in graph.prunable} == {"embed", "kv_proj", "attn"}
+    pruned, _ = _prune_and_compare(model, (5, 6))
+    assert pruned.attn.k.in_features == 6 and pruned.attn.head_dim == 4
+    assert pruned.attn.embed_dim == 8  # the model dim (embed) was cut too

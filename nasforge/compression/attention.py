@@ -55,7 +55,6 @@ class SelfAttention(nn.Module):
             raise ValueError(
                 f"embed_dim ({embed_dim}) must be divisible by num_heads ({num_heads})"
             )
-        self.embed_dim = embed_dim
         self.num_heads = num_heads
         self.head_dim = embed_dim // num_heads
         self.scale = 1.0 / math.sqrt(self.head_dim)
@@ -66,6 +65,11 @@ class SelfAttention(nn.Module):
         self.k = nn.Linear(kdim if kdim is not None else embed_dim, inner, bias=bias)
         self.v = nn.Linear(vdim if vdim is not None else embed_dim, inner, bias=bias)
         self.out_proj = nn.Linear(inner, embed_dim, bias=bias)
+
+    @property
+    def embed_dim(self) -> int:
+        """The model dim (out_proj's output): follows pruning of the residual stream."""
+        return int(self.out_proj.out_features)
 
     @classmethod
     def from_multihead(cls, mha: nn.MultiheadAttention) -> SelfAttention:
