@@ -284,3 +284,46 @@ def test_load_refuses_torch_save_and_junk(tmp_path: Path) -> None:
     with pytest.raises(CompressionError, match="cannot read"):
         inductor.load_program(tmp_path / "missing.pt2")
     assert not marker.exists()
+
+
+def _edit_graph(src: Path, dst: Path, old: str, new: str) -> Path:
+    with zipfile.ZipFile(src) as z:
+        root = z.namelist()[0].split("/", 1)[0]
+        text = z.read(f"{root}/models/model.json").decode()
+    assert old in text
+    return _rewrite(src, dst, {"models/model.json": text.replace(old, new).encode()})
+
+
+def test_load_refuses_code_in_shape_expressions(tmp_path: Path) -> None:
+    """torch's deserializer ``sympy.sympify``-s shape expressions (evaluates them): an
+    expression that is not a plain shape expression is refused before that happens."""
+    src = _saved_fp32(tmp_path)
+    marker = tmp_path / "pwned"
+    with zipfile.ZipFile(src) as z:
+        root = z.namelist()[0].split("/", 1)[0]
+        graph = json.loads(z.read(f"{root}/models/model.json"))
+    exprs: list[str] = []
+    stack: list[object] = [graph]
+    while stack:
+        o = stack.pop()
+        if isinstance(o, dict):
+            if isinstance(o.get("expr_str"), str):
+                exprs.append(o["expr_str"])
+            stack.extend(o.values())
+        elif isinstance(o, list):
+            stack.extend(o)
+    assert exprs, "the dynamic batch dimension should be symbolic"
+    evil = f"__import__('pathlib').Path({str(marker)!r}).write_text('ran')"
+    bad = _edit_graph(src, tmp_path / "bad.pt2", json.dumps(exprs[0])[1:-1], evil)
+    with pytest.raises(CompressionError, match="not a plain shape expression") as e:
+        inductor.load_program(bad)
+    assert "\n" not in str(e.value)
+    assert not marker.exists()
+
+
+def test_load_refuses_non_op_targets(tmp_path: Path) -> None:
+    bad = _edit_graph(
+        _saved_fp32(tmp_path), tmp_path / "bad.pt2", "torch.ops.aten.linear.default", "torch.load"
+    )
+    with pytest.raises(CompressionError, match="node calls 'torch.load'"):
+        inductor.load_program(bad)

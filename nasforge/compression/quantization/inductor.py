@@ -32,11 +32,13 @@ import copy
 import io
 import json
 import logging
+import re
+import tokenize
 import warnings
 import zipfile
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -342,6 +344,12 @@ def _check_archive(data: bytes, name: str) -> None:
                     f"{name}: {fqn!r} is stored as a pickled object ({path_name}): "
                     "refused, loading it could run code"
                 )
+    for m in models:
+        try:
+            graph = json.loads(zf.read(f"{root}/{m}"))
+        except (ValueError, KeyError, UnicodeDecodeError) as e:
+            raise CompressionError(f"{name}: {m}: unreadable ({_first_line(e)})") from None
+        _check_graph(graph, f"{name}: {m}")
     for m in members:
         if m.startswith("data/sample_inputs/") and not m.endswith("/"):
             try:
@@ -353,6 +361,73 @@ def _check_archive(data: bytes, name: str) -> None:
                 ) from None
 
 
+#: names a symbolic shape expression may use: sympy's constructors of the values torch
+#: stores, torch's sympy functions (``ExportedProgramDeserializer.sympy_functions``), literals
+_SYMPY_NAMES = frozenset(
+    "Symbol Integer Rational Float Add Mul Pow Max Min Abs Eq Ne Lt Le Gt Ge And Or Not "
+    "true false True False oo zoo nan sqrt floor ceiling Mod FloorDiv ModularIndexing Where "
+    "PythonMod CleanDiv CeilToInt FloorToInt CeilDiv LShift RShift PowByNatural FloatPow "
+    "FloatTrueDiv IntTrueDiv IsNonOverlappingAndDenseIndicator TruncToFloat TruncToInt "
+    "RoundToInt RoundDecimal ToFloat Identity OpaqueUnaryFn_sqrt BitwiseFn_bitwise_and "
+    "BitwiseFn_bitwise_or positive integer nonnegative negative real finite".split()
+)
+#: a symbol torch creates for a shape (s0, s77, u3, ...)
+_SYMBOL = re.compile(r"[a-z]{1,3}[0-9]+")
+_SYMPY_OPS = frozenset("+ - * / ** // % ( ) , = < > <= >= == != & | ~".split())
+#: call targets a plain exported program has (ATen / torchao / quantized ops, python operators)
+_TARGET_PREFIXES = ("torch.ops.", "_operator.", "math.", "torch.sym_", "torch._sym_")
+
+
+def _safe_sympy(expr: str) -> bool:
+    """Whether ``expr`` is a plain shape expression (torch's deserializer hands it to
+    ``sympy.sympify``, which *evaluates* Python: a crafted one could run code)."""
+    try:
+        tokens = list(tokenize.generate_tokens(io.StringIO(expr).readline))
+    except (tokenize.TokenError, IndentationError, SyntaxError):
+        return False
+    for t in tokens:
+        if t.type in (tokenize.NEWLINE, tokenize.NL, tokenize.ENDMARKER, tokenize.NUMBER):
+            continue
+        if t.type == tokenize.NAME:
+            if t.string not in _SYMPY_NAMES and not _SYMBOL.fullmatch(t.string):
+                return False
+        elif t.type == tokenize.STRING:
+            if not re.fullmatch(r"'[a-z]{1,3}[0-9]+'|\"[a-z]{1,3}[0-9]+\"", t.string):
+                return False
+        elif t.type != tokenize.OP or t.string not in _SYMPY_OPS:
+            return False
+    return True
+
+
+def _check_graph(obj: object, where: str) -> None:
+    """Walk a serialized exported program: every node calls a torch op or a Python operator
+    (never an arbitrary ``torch.*`` function), every symbolic expression is a plain shape
+    expression (:func:`_safe_sympy`), and no string holds a carriage return (a line break
+    for Python if it ever reached generated code)."""
+    stack = [obj]
+    while stack:
+        o = stack.pop()
+        if isinstance(o, dict):
+            target = o.get("target")
+            if isinstance(target, str) and "inputs" in o and "outputs" in o:
+                if not target.startswith(_TARGET_PREFIXES) or "__" in target.split(".", 1)[1]:
+                    raise CompressionError(
+                        f"{where}: node calls {target!r}: refused (only torch ops and "
+                        "operators are allowed in a loaded program)"
+                    )
+            expr = o.get("expr_str")
+            if isinstance(expr, str) and not _safe_sympy(expr):
+                raise CompressionError(
+                    f"{where}: symbolic expression {expr[:60]!r} is not a plain shape "
+                    "expression: refused (it would be evaluated when loading)"
+                )
+            stack.extend(o.values())
+        elif isinstance(o, list):
+            stack.extend(o)
+        elif isinstance(o, str) and "\r" in o:
+            raise CompressionError(f"{where}: a string holds a carriage return: refused")
+
+
 def load_program(path: str | Path) -> nn.Module:
     """Load a ``.pt2`` exported program saved by :func:`save_program` (or any plain
     ``torch.export.save`` archive) as a runnable module, without unpickling.
@@ -360,8 +435,11 @@ def load_program(path: str | Path) -> nn.Module:
     Safety: ``torch.export.load`` itself is NOT safe on untrusted files in torch 2.13 (see
     :func:`_check_archive` for its four pickle paths). The file is read once into memory,
     checked so that none of those paths can be taken (the graph is JSON, the weights raw
-    tensor bytes, the sample inputs loadable with ``weights_only=True``), and the same bytes
-    are then handed to ``torch.export.load``. Anything else is refused with one line.
+    tensor bytes, the sample inputs loadable with ``weights_only=True``), nor the two ways
+    its graph could run code (symbolic shape expressions are ``sympy.sympify``-ed, i.e.
+    evaluated: only plain shape expressions pass; node targets are looked up by name under
+    ``torch``: only ``torch.ops.*`` and Python operators pass), and the same bytes are then
+    handed to ``torch.export.load``. Anything else is refused with one line.
 
     Raises:
         CompressionError: the file is missing, not a plain exported program, or would need
@@ -383,3 +461,124 @@ def load_program(path: str | Path) -> nn.Module:
         raise CompressionError(
             f"{path}: not a loadable exported program: {_first_line(e)}"
         ) from None
+
+
+# --- measurement (not used by the product: ``python -m ...inductor``) -------------------------
+
+
+def measure(
+    model_names: Sequence[str] = ("resnet18", "mobilenet_v2", "efficientnet_b0"),
+    batch_sizes: Sequence[int] = (1, 32),
+    threads: int = 1,
+    input_shape: Sequence[int] = (3, 32, 32),
+    calib: int = 64,
+    rounds: int = 7,
+    log: Callable[[str], None] = print,
+) -> dict[str, dict[int, dict[str, object]]]:
+    """Torch INT8 (this module) vs ONNX Runtime INT8 and FP32 on zoo models, timed with
+    :func:`~nasforge.compression.quantization.runtime.compare_speedups`.
+
+    Per model and batch size, one interleaved pass of: ``ort_fp32`` (the baseline: the FP32
+    ONNX export), ``ort_int8_nasforge`` (nasforge's QDQ export), ``ort_int8_ort``
+    (onnxruntime's own ``quantize_static``), ``torch_fp32`` (the float model under the same
+    Inductor + freezing compile) and ``torch_int8`` (PT2E + Inductor), each with its speed-up
+    over the baseline; ``torch_int8_vs_*`` are paired speed-ups of the torch INT8 runner
+    over the other runners from the same pass (:func:`~nasforge.compression.quantization.
+    runtime.paired`). A candidate that fails to build is reported with its one-line error.
+    Weights are random (latency does not depend on them); inputs are random images.
+    """
+    import tempfile
+
+    from nasforge.compression import zoo
+    from nasforge.compression.quantization.export import export_onnx, export_qdq
+    from nasforge.compression.quantization.ortquant import quantize_onnx_static
+    from nasforge.compression.quantization.ptq import quantize_static_int8
+    from nasforge.compression.quantization.runtime import (
+        compare_speedups,
+        ort_runner,
+        paired,
+        speedup_text,
+        timing_config,
+    )
+
+    shape = tuple(int(d) for d in input_shape)
+    results: dict[str, dict[int, dict[str, object]]] = {}
+    for name in model_names:
+        torch.manual_seed(0)
+        factory = cast(Callable[..., nn.Module], zoo.MODELS[name])
+        model = factory(num_classes=10, in_channels=shape[0]).eval()
+        calib_x = torch.randn(calib, *shape)
+        tmp = Path(tempfile.mkdtemp(prefix=f"inductor-{name}-"))
+        builds: dict[str, Path | nn.Module | str] = {}
+        fp32 = export_onnx(model, tmp / "fp32.onnx", shape)
+        builds["ort_fp32"] = fp32
+        try:
+            builds["ort_int8_nasforge"] = export_qdq(
+                quantize_static_int8(model, calib_x), tmp / "qdq.onnx", shape
+            )
+        except Exception as e:
+            builds["ort_int8_nasforge"] = _first_line(e)
+        try:
+            builds["ort_int8_ort"] = quantize_onnx_static(fp32, tmp / "ort.onnx", calib_x)
+        except Exception as e:
+            builds["ort_int8_ort"] = _first_line(e)
+        builds["torch_fp32"] = model
+        try:
+            builds["torch_int8"] = quantize_pt2e(model, calib_x, shape)
+        except Exception as e:
+            builds["torch_int8"] = _first_line(e)
+        results[name] = {}
+        for bs in batch_sizes:
+            x = torch.randn(bs, *shape)
+            runners: dict[str, Callable[[], object]] = {}
+            row: dict[str, object] = {}
+            for key, b in builds.items():
+                if isinstance(b, str):
+                    row[key] = f"not built: {b}"
+                    continue
+                try:
+                    if isinstance(b, Path):
+                        runners[key] = ort_runner(b, x, threads)
+                    else:
+                        runners[key] = compiled_runner(b, x, threads)
+                except Exception as e:
+                    row[key] = f"not runnable: {_first_line(e)}"
+            lat = compare_speedups(runners, "ort_fp32", bs, threads, timing_config(rounds=rounds))
+            for key, la in lat.items():
+                s = la.speedup
+                row[key] = {
+                    "median_ms": round(la.median_ms, 3),
+                    "vs_ort_fp32": "" if s is None else speedup_text(s),
+                }
+            if "torch_int8" in lat:
+                for other in lat:
+                    if other != "torch_int8":
+                        row[f"torch_int8_vs_{other}"] = speedup_text(
+                            paired(lat[other], lat["torch_int8"])
+                        )
+            results[name][bs] = row
+            log(f"{name} b{bs}: {json.dumps(row)}")
+    return results
+
+
+if __name__ == "__main__":  # pragma: no cover - a measurement, run by hand
+    import argparse
+    import platform
+
+    ap = argparse.ArgumentParser(description=measure.__doc__.splitlines()[0])  # type: ignore[union-attr]
+    ap.add_argument("--models", default="resnet18,mobilenet_v2,efficientnet_b0")
+    ap.add_argument("--batch-sizes", default="1,32")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--rounds", type=int, default=7)
+    ap.add_argument("--out", default="")
+    a = ap.parse_args()
+    host = f"{platform.node()} {platform.processor() or platform.machine()}"
+    print(f"host: {host}; torch {torch.__version__}; threads {a.threads}")
+    res = measure(
+        a.models.split(","),
+        [int(b) for b in a.batch_sizes.split(",")],
+        a.threads,
+        rounds=a.rounds,
+    )
+    if a.out:
+        Path(a.out).write_text(json.dumps({"host": host, "results": res}, indent=1))
