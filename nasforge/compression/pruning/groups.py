@@ -126,3 +126,26 @@ class GroupBuilder:
     def freeze(self, layout: list[Segment] | None, reason: str) -> None:
         for seg in layout or []:
             self.frozen.setdefault(self.find(seg.space), reason)
+
+
+@dataclass(frozen=True)
+class LayerCost:
+    """MACs of one conv/linear (or attention matmul) at batch 1; layouts are
+    ``(group id, length)`` segments (the graph's FLOPs estimate scales by what they keep)."""
+
+    module: str
+    macs: int
+    in_layout: list[tuple[str, int]]
+    out_layout: list[tuple[str, int]]
+    depthwise: bool = False
+
+
+@dataclass(frozen=True)
+class RawCost:
+    """A :class:`LayerCost` while the graph is built: layouts still as segments."""
+
+    module: str
+    macs: int
+    ins: list[Segment]
+    outs: list[Segment]
+    depthwise: bool = False
