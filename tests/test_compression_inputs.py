@@ -21,13 +21,8 @@ from nasforge.compression import CompressConfig
 from nasforge.compression import pipeline as pipeline_mod
 from nasforge.compression.cli import compress
 from nasforge.compression.errors import UnsupportedModelError
-from nasforge.compression.pipeline import (
-    DEPLOY_FILE,
-    InputShapeError,
-    prepare_inputs,
-    run_exported_pipeline,
-    run_onnx_pipeline,
-)
+from nasforge.compression.model_inputs import run_exported_pipeline, run_onnx_pipeline
+from nasforge.compression.pipeline import DEPLOY_FILE, InputShapeError, prepare_inputs
 from nasforge.compression.quantization import export_onnx
 from nasforge.data import load_dataset
 from nasforge.errors import DataError

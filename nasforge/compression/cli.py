@@ -7,10 +7,11 @@ function returning your ``nn.Module``; ``model_factory:`` in the ``--config`` YA
 same). A whole pickled module (``torch.save(model)``) is refused with one line saying what to
 save instead. ``MODEL`` may also be an exported program (``.pt2``, checked before
 ``torch.export.load`` so no pickled object is read; quantization only, through ONNX: its
-ATen graph has no modules to prune) or an ONNX model (``.onnx``: quantization only). A TorchScript archive is refused with one line saying what to pass.
-``--input-shape C,H,W`` adapts the data to the model; ``--plugin MODULE`` (repeatable, or
-``compress.plugins``) is imported before the model is loaded (to register stages and
-pruning rules). Bad input exits with code 2 and one line.
+ATen graph has no modules to prune) or an ONNX model (``.onnx``: quantization only). A
+TorchScript archive is refused with one line saying what to pass. ``--input-shape C,H,W``
+adapts the data to the model; ``--plugin MODULE`` (repeatable, or ``compress.plugins``) is
+imported before the model is loaded (to register stages and pruning rules). Bad input exits
+with code 2 and one line.
 """
 
 from __future__ import annotations
@@ -152,11 +153,8 @@ def compress(
     from rich.console import Console
     from rich.markup import escape
 
-    from nasforge.compression.pipeline import (
-        run_exported_pipeline,
-        run_onnx_pipeline,
-        run_pipeline,
-    )
+    from nasforge.compression.model_inputs import run_exported_pipeline, run_onnx_pipeline
+    from nasforge.compression.pipeline import run_pipeline
     from nasforge.data import load_dataset
     from nasforge.plugins import load_plugins
 
