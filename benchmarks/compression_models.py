@@ -345,7 +345,22 @@ def is_float_decision(d: dict[str, Any]) -> bool:
 
 
 def print_decisions(report: CompressionReport | None, label: str) -> None:
+    """Which layers stayed float and why: the report's own reading
+    (``nasforge.compression.report.layer_decisions``) when it has one, else any decision
+    records found in its details."""
     if report is None:
+        return
+    try:
+        from nasforge.compression import report as rep_mod
+
+        rows = rep_mod.layer_decisions(report)  # type: ignore[attr-defined]
+        lines = rep_mod.float_layers_text(report)  # type: ignore[attr-defined]
+    except (ImportError, AttributeError):
+        rows = []
+    if rows:
+        print(f"    {label}: {len(rows)} layer decisions, {len(lines)} kept float:")
+        for ln in lines:
+            print(f"      {ln}")
         return
     ds = layer_decisions(report.details)
     if not ds:
