@@ -24,6 +24,7 @@ from nasforge.compression.errors import UnsupportedModelError
 from nasforge.compression.model_inputs import run_exported_pipeline, run_onnx_pipeline
 from nasforge.compression.pipeline import DEPLOY_FILE, InputShapeError, prepare_inputs
 from nasforge.compression.quantization import export_onnx
+from nasforge.compression.report import layer_decisions
 from nasforge.data import load_dataset
 from nasforge.errors import DataError
 from nasforge.hardware.noise import NoisePolicy
@@ -265,9 +266,11 @@ def test_onnx_model_is_quantized_by_measurement(tmp_path, digits, monkeypatch) -
     int8 = report.output("quantize_int8")
     assert int8.artifact == "model.int8.onnx" and (out / "model.int8.onnx").is_file()
     # a Linear layer (Gemm) makes onnxruntime's dynamic quantizer a measured candidate
-    assert {n for n, _ in int8.formats} == {"ort_static_qdq", "ort_dynamic"}  # type: ignore[attr-defined]
+    assert {n for n, _ in int8.formats} == {"ort_static", "ort_dynamic"}  # type: ignore[attr-defined]
     assert (out / DEPLOY_FILE).is_file() and report.shipped in ("original", "int8")
     assert {(c.stage, c.earlier) for c in report.comparisons} == {("int8", "original")}
+    decisions = layer_decisions(report)  # which layers stayed float and why
+    assert decisions and {d["precision"] for d in decisions} <= {"int8", "float"}
 
 
 def test_onnx_model_refuses_pruning_with_one_line(tmp_path, digits) -> None:  # type: ignore[no-untyped-def]

@@ -150,7 +150,7 @@ def run_onnx_pipeline(
     calib = ds.x_train[: q.calibration_size]
     say("quantizing the ONNX model with onnxruntime (static QDQ; dynamic when it has MatMul)")
     makers: dict[str, Callable[[Path], Path]] = {
-        "ort_static_qdq": lambda p: ortquant.quantize_onnx_static(fp32, p, calib, spec)
+        "ort_static": lambda p: ortquant.quantize_onnx_static(fp32, p, calib, spec)
     }
     if {"MatMul", "Gemm"} & ortquant.onnx_op_types(fp32):
         makers["ort_dynamic"] = lambda p: ortquant.quantize_onnx_dynamic(fp32, p)
@@ -219,6 +219,7 @@ def run_onnx_pipeline(
         val_drop=drop,
         agreement_vs_float={"top1_agreement": agree},
         formats=formats,
+        layers=tuple(ortquant.onnx_layer_decisions(final, chosen)),
     )
     baseline = StageOutput("", "original", _top1(float_test, ds.y_test), file_size(fp32), fp32.name)
     return _finish(baseline, (result,), warnings, ds, cfg, out, timing, say)

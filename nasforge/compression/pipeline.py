@@ -19,7 +19,9 @@ quantization.runtime.paired` of their round medians from the same pass; the repo
 ``comparisons``). A stage measurably slower than an earlier one (stable interval below 1) is
 flagged (``SLOWER`` warning) and not shipped: the shipped artifact is the last stage's that
 is not measurably slower than any earlier stage's and within ``deploy.accuracy_budget``,
-copied to ``model.deploy.onnx`` (the stage files keep their names). An undecided comparison
+copied to ``model.deploy.onnx`` (the stage files keep their names; an INT8 stage's faster
+runtime artifact, e.g. a ``.pt2`` for torch-inductor, is copied beside it as
+``model.deploy.pt2``). An undecided comparison
 is said (``UNDECIDED``), never resolved by a guess.
 
 Inputs: ``compress.input_shape`` adapts the data (:func:`nasforge.data.adapt_input`); the
@@ -256,6 +258,13 @@ def _finish(
     deployable = _against_earlier(rows, comparisons, deployable, warnings)
     shipped, reason = _ship(rows, comparisons, cfg.deploy.accuracy_budget, warnings)
     shutil.copyfile(out / shipped.artifact, out / DEPLOY_FILE)
+    runtime_file = next(
+        (getattr(o, "runtime_artifact", "") for o in outputs if o.row == shipped.name), ""
+    )
+    if runtime_file and (out / runtime_file).is_file():
+        target = DEPLOY_FILE.replace(".onnx", Path(runtime_file).suffix)
+        shutil.copyfile(out / runtime_file, out / target)
+        reason += f"; its INT8 runtime artifact {runtime_file} is shipped as {target}"
     details["test_accuracy_drop"] = rows[0].test_accuracy - rows[-1].test_accuracy
     details["shipped"] = {"row": shipped.name, "artifact": DEPLOY_FILE, "from": shipped.artifact}
     report = CompressionReport(
