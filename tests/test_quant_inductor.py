@@ -81,6 +81,31 @@ def test_quantize_resnet18_shared_relu_and_dynamic_batch() -> None:
 
 
 @needs_torchao
+def test_non_strict_capture_fallback_handles_shared_modules(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """When strict (TorchDynamo) capture fails, the non-strict capture is used; its shared
+    ReLU calls are told apart so the quantizer does not refuse them."""
+    real = torch.export.export
+    calls: list[bool] = []
+
+    def export(*args: object, strict: bool = False, **kw: object) -> object:
+        calls.append(strict)
+        if strict:
+            raise RuntimeError("strict capture unsupported here")
+        return real(*args, strict=False, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(torch.export, "export", export)
+    torch.manual_seed(0)
+    m = zoo.resnet18(width=4).eval()
+    x = torch.randn(8, 3, 32, 32)
+    q = inductor.quantize_pt2e(m, x, (3, 32, 32))
+    assert calls == [True, False]
+    with torch.no_grad():
+        assert _rel_err(q(x), m(x)) < 0.1
+
+
+@needs_torchao
 @pytest.mark.parametrize(
     "name", [pytest.param("efficientnet_b0", marks=pytest.mark.slow), "vit_tiny"]
 )
