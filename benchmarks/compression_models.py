@@ -47,6 +47,7 @@ import os
 import sys
 import tempfile
 import time
+import traceback
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -99,6 +100,8 @@ INT8_TARGET: dict[str, float | None] = {"efficientnet_b0": 1.5, "vit_tiny": 1.3}
 PEER_DROP = 0.5  # points: a peer config further below FP32's top-1 is not a candidate
 TP_MARGIN = 0.5  # points: our pruning drop may exceed Torch-Pruning's by at most this
 BATCHES = (1, 32)
+#: the goals of one model, as their names end
+GOAL_KINDS = ("int8 vs best peer", "int8 vs fp32", "prune drop vs TP", "prune+int8 not slower")
 #: points: FLOPs removed by ours and by Torch-Pruning must agree this well to compare drops
 FLOPS_TOLERANCE = 5.0
 Runner = Callable[[], object]
@@ -718,8 +721,14 @@ def main(argv: list[str] | None = None) -> int:
     record: dict[str, Any] = {"args": {k: str(v) for k, v in vars(a).items()}, "models": {}}
     for name in a.models:
         print(f"\n== {name}")
-        r = run_model(name, kw[name], ds, a)
-        g = model_goals(r)
+        try:
+            r = run_model(name, kw[name], ds, a)
+            g = model_goals(r)
+        except Exception:  # noqa: BLE001 - one model's crash is its result; the others run
+            print(f"  {name}: FAILED: {why()}")
+            traceback.print_exc()
+            g = [(f"{name} {k}", False, f"failed: {why()}", "-", False) for k in GOAL_KINDS]
+            r = ModelRun(name, failures={"run": why()})
         goals.extend(g)
         print(f"  {name} goals (all of them again at the end):")
         for gname, met, measured, tgt, unstable in g:
