@@ -32,6 +32,7 @@ import torch
 from torch import nn
 
 from nasforge.compression import zoo
+from nasforge.compression.attention import SelfAttention, decompose_attention
 from nasforge.compression.distill import DistillationLoss
 from nasforge.compression.pruning import (
     ChannelPruner,
@@ -58,10 +59,13 @@ DEFAULT_RECIPE: dict[str, Any] = {
 
 
 def count_flops(model: nn.Module, input_shape: Sequence[int]) -> tuple[int, int]:
-    """(MACs, params) by Torch-Pruning's counter: one counter for both pruners."""
+    """(MACs, params) by Torch-Pruning's counter: one counter for both pruners (attention
+    counted on the equal SelfAttention: the counter skips nn.MultiheadAttention's matmuls)."""
     import torch_pruning as tp
 
     model.eval()
+    if any(isinstance(mod, nn.MultiheadAttention) for mod in model.modules()):
+        model = decompose_attention(model).eval()
     ops, params = tp.utils.count_ops_and_params(model, torch.zeros(1, *input_shape))
     return int(ops), int(params)
 
@@ -88,21 +92,28 @@ def _tp_once(
     import torch_pruning as tp
 
     m = copy.deepcopy(model).eval()
+    if any(isinstance(mod, nn.MultiheadAttention) for mod in m.modules()):
+        # torch's MHA ties its inner dims to the embedding dim; Torch-Pruning prunes heads'
+        # dims on separate q/k/v Linear layers, i.e. on the same SelfAttention nasforge prunes
+        m = decompose_attention(m).eval()
     ex = torch.zeros(1, *input_shape)
     ign = _ignored_modules(m, ignored)
     num_heads: dict[nn.Module, int] = {}
-    for mod in m.modules():
-        if isinstance(mod, nn.MultiheadAttention):
-            num_heads[mod] = mod.num_heads
-    if num_heads:
-        # transformers: the embedding dim (residual stream, LayerNorms, patch conv out,
-        # class token, position embedding) stays; heads' dims and MLP hidden are pruned.
-        for name, mod in m.named_modules():
-            if isinstance(mod, (nn.LayerNorm, nn.Conv2d)) or name.endswith("mlp.3"):
-                ign.append(mod)
+    attn = [mod for mod in m.modules() if isinstance(mod, SelfAttention)]
+    for sa in attn:
+        for lin in (sa.q, sa.k, sa.v):
+            num_heads[lin] = sa.num_heads
+    if attn:
+        # transformers: the embedding dim (residual stream: patch conv, LayerNorms, attention
+        # and MLP outputs, class token, position embedding) stays; heads' dims and the MLP
+        # hidden width are pruned, as nasforge does
+        embed = {sa.embed_dim for sa in attn}
+        qkv = set(num_heads)
         for mod in m.modules():
-            if hasattr(mod, "mlp") and isinstance(mod.mlp, nn.Sequential):
-                ign.append(mod.mlp[3])
+            out = getattr(mod, "out_features", getattr(mod, "out_channels", None))
+            if mod not in qkv and (isinstance(mod, nn.LayerNorm) or out in embed):
+                ign.append(mod)
+        ign.extend(sa.out_proj for sa in attn)
     pruner = tp.pruner.MetaPruner(
         m,
         ex,
@@ -116,11 +127,8 @@ def _tp_once(
         prune_num_heads=False,
     )
     pruner.step()
-    if num_heads:
-        for mha, n in num_heads.items():
-            cast: Any = mha
-            cast.embed_dim = cast.in_proj_weight.shape[0] // 3
-            cast.head_dim = cast.embed_dim // n
+    for sa in attn:
+        sa.head_dim = sa.q.out_features // sa.num_heads
     return m
 
 

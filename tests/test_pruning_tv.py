@@ -16,8 +16,10 @@ from nasforge.compression.pruning import (
     ChannelPruner,
     ChannelPruningConfig,
     DependencyGraph,
+    GroupMagnitudeImportance,
     MagnitudeImportance,
     apply_plan,
+    make_importance,
     mask_plan,
     recalibrate_bn,
 )
@@ -110,3 +112,28 @@ def test_efficientnet_prunes_through_se_and_stochastic_depth() -> None:
     assert model(x).shape == (3, 10)
     after = DependencyGraph.build(model, SHAPE).estimate_macs()
     assert after == pytest.approx(plan.macs_after, rel=0.02)
+
+
+def test_group_magnitude_is_the_mean_of_raw_member_norms() -> None:
+    model = nn.Sequential(nn.Conv2d(3, 4, 1), nn.BatchNorm2d(4), nn.ReLU(), nn.Conv2d(4, 2, 1))
+    with torch.no_grad():
+        model[1].weight.copy_(torch.tensor([1.0, 0.1, 2.0, 0.5]))
+    graph = DependencyGraph.build(model, (3, 4, 4))
+    (group,) = [g for g in graph.prunable if g.size == 4]
+    got = GroupMagnitudeImportance(2).scores(model, group)
+    w0, w3 = model[0].weight.detach(), model[3].weight.detach()
+    want = (
+        w0.pow(2).flatten(1).sum(1) + model[1].weight.detach().pow(2) + w3.pow(2).sum((0, 2, 3))
+    ) / 3
+    torch.testing.assert_close(got, want)
+
+
+def test_taylor_scores_the_decomposed_attention() -> None:
+    model = small_vit()
+    batches = [(torch.randn(8, *SHAPE), torch.randint(0, 10, (8,)))]
+    imp = make_importance("taylor", model, batches)
+    plan = ChannelPruner(imp, ChannelPruningConfig(0.4, round_to=4, min_keep=4)).plan(model, SHAPE)
+    attn = [c for c in plan.cuts if c.group.endswith("self_attention")]
+    assert attn and any(len(c.keep) < c.size for c in attn)
+    assert "SelfAttention" in " ".join(plan.notes)
+    assert any(k.startswith("encoder.layers.0.self_attention.q.") for k in imp.grads)

@@ -29,6 +29,7 @@ from nasforge.compression.pruning.imp import (
 from nasforge.compression.pruning.importance import (
     IMPORTANCES,
     BNScaleImportance,
+    GroupMagnitudeImportance,
     Importance,
     MagnitudeImportance,
     RandomImportance,
@@ -70,6 +71,7 @@ __all__ = [
     "FunctionRule",
     "GradualMagnitudePruner",
     "GroupBuilder",
+    "GroupMagnitudeImportance",
     "GroupCut",
     "IMPResult",
     "IMPRound",

@@ -16,7 +16,7 @@ from torch import nn
 from nasforge.compression.pruning.cuts import default_channel_dim, find_cut_rule
 from nasforge.compression.pruning.groups import ChannelGroup, Member
 
-IMPORTANCES = ("l1", "l2", "bn_scale", "taylor", "random")
+IMPORTANCES = ("l1", "l2", "group_l1", "group_l2", "bn_scale", "taylor", "random")
 
 
 class Importance(Protocol):
@@ -89,6 +89,37 @@ class MagnitudeImportance:
         return total
 
 
+class GroupMagnitudeImportance:
+    """Group magnitude: the mean over every coupled member (producers, consumers, BN, the
+    SE gate's convs, depthwise) of ``sum |w|^p`` over the channel's slice, without
+    per-member normalisation (Torch-Pruning's ``GroupMagnitudeImportance``; the pruner's
+    global ranking normalises each group by its mean).
+
+    Why not normalise each member before summing (:class:`MagnitudeImportance`): a sum of
+    unit-mean vectors flattens with the number of members, so groups with many members
+    (the residual streams of EfficientNet/MobileNet stages: every block's project conv,
+    BN and next expand conv) look uniform and are never cut, while single-consumer groups
+    (expanded widths, the 1280-wide head) lose the most. Raw ``|w|^p`` keeps each group's
+    spread: its largest members dominate, as their contribution to the output does.
+    """
+
+    def __init__(self, p: int = 2) -> None:
+        if p not in (1, 2):
+            raise ValueError(f"importance p must be 1 or 2, got {p}")
+        self.p = p
+        self.name = f"group_l{p}"
+
+    def scores(self, model: nn.Module, group: ChannelGroup) -> torch.Tensor:
+        total, n = torch.zeros(group.size), 0
+        for m in group.members:
+            w = _slice(model, m, group.size)
+            if w is None:
+                continue
+            total += w.abs().pow(self.p).sum(dim=1)
+            n += 1
+        return total / max(n, 1)
+
+
 class BNScaleImportance:
     """|gamma| of the group's batch norms (network slimming); falls back to L1 without BN."""
 
@@ -118,6 +149,12 @@ class TaylorImportance:
     def __init__(
         self, model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]]
     ) -> None:
+        if any(isinstance(m, nn.MultiheadAttention) for m in model.modules()):
+            # the pruner scores the decomposed attention (q/k/v/out_proj Linear layers):
+            # take the gradients under the names it will look up
+            from nasforge.compression.attention import decompose_attention
+
+            model = decompose_attention(model)
         params = dict(model.named_parameters())
         grads = {k: torch.zeros_like(p) for k, p in params.items()}
         was_training = model.training
@@ -171,6 +208,8 @@ def make_importance(
         return MagnitudeImportance(1)
     if name == "l2":
         return MagnitudeImportance(2)
+    if name in ("group_l1", "group_l2"):
+        return GroupMagnitudeImportance(int(name[-1]))
     if name == "bn_scale":
         return BNScaleImportance()
     if name == "random":

@@ -104,7 +104,14 @@ class ChannelPruner:
         self, model: nn.Module, input_shape: Sequence[int], graph: DependencyGraph | None = None
     ) -> PruningPlan:
         """Decide which channels each prunable group keeps; the model is not modified."""
-        model = with_attention_decomposed(model)
+        decomposed = with_attention_decomposed(model)
+        notes: tuple[str, ...] = ()
+        if decomposed is not model:
+            notes = (
+                "nn.MultiheadAttention replaced by the equal SelfAttention (q/k/v/out_proj "
+                "Linear layers): heads' dims pruned alike, num_heads and embedding dim kept",
+            )
+        model = decomposed
         graph = graph or DependencyGraph.build(model, input_shape)
         cfg = self.config
         groups = self._candidates(graph)
@@ -134,6 +141,7 @@ class ChannelPruner:
             cfg.ratio,
             total,
             graph.estimate_macs(keep),
+            notes,
         )
 
     def apply(self, model: nn.Module, plan: PruningPlan) -> nn.Module:
