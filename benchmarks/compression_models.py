@@ -298,6 +298,51 @@ def stage_artifact(report: CompressionReport, out: Path, stage: str) -> tuple[Pa
     return None
 
 
+def add_int8_arms(
+    r: ModelRun,
+    rep: CompressionReport,
+    out: Path,
+    arm: str,
+    xs: dict[int, torch.Tensor],
+    ds: Dataset,
+    threads: int,
+) -> None:
+    """The INT8 stage's shipped artifact as ``arm``: its ONNX file, or the ``.pt2`` when the
+    stage chose the torch INT8 runtime (``runtime_artifact``; the ONNX file is then timed
+    too, as ``<arm>_onnx``)."""
+    o = next((o for o in reversed(rep.outputs) if o.stage == "quantize_int8"), None)
+    if o is None or not o.artifact:
+        return
+    onnx_arm = Arm(artifact_runner(out / o.artifact, xs, threads), o.test_accuracy, "nasforge")
+    rt = str(getattr(o, "runtime_artifact", "") or "")
+    if not rt:
+        r.arms[arm] = onnx_arm
+        return
+    print(f"    nasforge ships {arm} as {rt}: {getattr(o, 'runtime_note', '')}")
+    try:
+        make = artifact_runner(out / rt, xs, threads)
+        prog = load_pt2(out / rt)
+        with torch.no_grad():
+            logits = torch.cat(
+                [prog(ds.x_test[i : i + 500]) for i in range(0, len(ds.x_test), 500)]
+            )
+        r.arms[arm] = Arm(make, float((logits.argmax(1) == ds.y_test).float().mean()), "nasforge")
+        r.arms[f"{arm}_onnx"] = onnx_arm
+    except Exception:  # noqa: BLE001
+        r.failures[f"{arm} .pt2"] = why()
+        r.arms[arm] = onnx_arm
+
+
+def load_pt2(path: Path) -> Any:
+    """An exported program's module: F's safe loader when present, else torch.export.load."""
+    try:
+        from nasforge.compression.quantization import inductor  # type: ignore[attr-defined]
+
+        return inductor.load_program(path)
+    except ImportError:
+        return torch.export.load(str(path)).module()
+
+
 def artifact_runner(
     path: Path, xs: dict[int, torch.Tensor], threads: int
 ) -> Callable[[int], Runner]:
@@ -305,13 +350,12 @@ def artifact_runner(
     exported program (F's inductor runtime when present, else ``torch.export.load``)."""
     if path.suffix == ".onnx":
         return lambda bs: ort_runner(path, xs[bs], threads)
+    prog = load_pt2(path)
     try:
         from nasforge.compression.quantization import inductor  # type: ignore[attr-defined]
 
-        prog = inductor.load_program(path)
         return lambda bs: inductor.compiled_runner(prog, xs[bs])  # type: ignore[no-any-return]
     except ImportError:
-        prog = torch.export.load(str(path)).module()
         comp = compiled(prog, xs)
         return lambda bs: no_grad_runner(comp, xs[bs])
 
@@ -433,19 +477,14 @@ def run_model(name: str, kwargs: dict[str, Any], ds: Dataset, a: argparse.Namesp
         for w in rep.warnings:
             print(f"      warning: {w}")
         if key == "int8":
-            got = stage_artifact(rep, out, "quantize_int8")
+            add_int8_arms(r, rep, out, "nasforge_int8", xs, ds, a.threads)
+        else:
+            got = stage_artifact(rep, out, "distill")
             if got:
-                r.arms["nasforge_int8"] = Arm(
+                r.arms["nasforge_pruned"] = Arm(
                     artifact_runner(got[0], xs, a.threads), got[1], "nasforge"
                 )
-        else:
-            for stage, arm in (
-                ("distill", "nasforge_pruned"),
-                ("quantize_int8", "nasforge_pruned_int8"),
-            ):
-                got = stage_artifact(rep, out, stage)
-                if got:
-                    r.arms[arm] = Arm(artifact_runner(got[0], xs, a.threads), got[1], "nasforge")
+            add_int8_arms(r, rep, out, "nasforge_pruned_int8", xs, ds, a.threads)
             pruned = stage_artifact(rep, out, "distill")
             plan = rep.details.get("pruning", {})
             if isinstance(plan, dict) and plan.get("macs_before"):
