@@ -480,9 +480,11 @@ def run_model(name: str, kwargs: dict[str, Any], ds: Dataset, a: argparse.Namesp
             add_int8_arms(r, rep, out, "nasforge_int8", xs, ds, a.threads)
         else:
             got = stage_artifact(rep, out, "distill")
-            if got:
+            if got:  # top-1 on onnxruntime, like every other row's
                 r.arms["nasforge_pruned"] = Arm(
-                    artifact_runner(got[0], xs, a.threads), got[1], "nasforge"
+                    artifact_runner(got[0], xs, a.threads),
+                    top1_onnx(got[0], ds, a.threads),
+                    "nasforge",
                 )
             add_int8_arms(r, rep, out, "nasforge_pruned_int8", xs, ds, a.threads)
             pruned = stage_artifact(rep, out, "distill")
