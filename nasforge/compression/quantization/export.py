@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -22,7 +23,14 @@ from torch import nn
 from nasforge.hardware.onnx import OPSET
 from nasforge.hardware.onnx import export_onnx as _export
 
-__all__ = ["OPSET", "compact", "export_onnx", "export_qdq", "fold_weight_quantizers"]
+__all__ = [
+    "OPSET",
+    "compact",
+    "export_onnx",
+    "export_qdq",
+    "fold_weight_quantizers",
+    "transpose_matmul_weights",
+]
 
 
 def export_onnx(
@@ -58,6 +66,7 @@ def export_qdq(sim: nn.Module, path: str | Path, input_shape: Sequence[int]) -> 
         sim.freeze_weight_scales(False)  # type: ignore[operator]
     model = onnx.load(str(path))
     fold_weight_quantizers(model)
+    transpose_matmul_weights(model)
     compact(model)
     onnx.checker.check_model(model)
     onnx.save(model, str(path))
@@ -158,3 +167,60 @@ def fold_weight_quantizers(model: object) -> int:
         if n.op_type == "Constant" and n.output[0] not in used:
             graph.node.remove(n)
     return folded
+
+
+def transpose_matmul_weights(model: object) -> int:
+    """``DQ(int8 W, axis 0) -> Transpose -> MatMul`` becomes ``DQ(int8 W^T, axis 1) -> MatMul``
+    (in place). The exporter writes a Linear on a 3-D input as ``MatMul(x, W^T) + b``; the
+    Transpose between the DequantizeLinear and the MatMul hides the pattern ONNX Runtime fuses
+    into an integer MatMul (and is not constant-folded, DQ being kept for fusion). Returns the
+    number of rewritten weights."""
+    from onnx import helper, numpy_helper
+
+    graph = model.graph  # type: ignore[attr-defined]
+    inits = {i.name: i for i in graph.initializer}
+    users: dict[str, list[object]] = {}
+    for n in graph.node:
+        for i in n.input:
+            users.setdefault(i, []).append(n)
+    done, remove = 0, []
+    for dq in graph.node:
+        if dq.op_type != "DequantizeLinear" or dq.input[0] not in inits:
+            continue
+        outs = users.get(dq.output[0], [])
+        if len(outs) != 1 or getattr(outs[0], "op_type", "") != "Transpose":
+            continue
+        tr: Any = outs[0]
+        perm = next((list(a.ints) for a in tr.attribute if a.name == "perm"), None)
+        w = numpy_helper.to_array(inits[dq.input[0]])
+        if w.ndim != 2 or perm not in (None, [1, 0]):
+            continue
+        mm = users.get(tr.output[0], [])
+        if not mm or any(getattr(u, "op_type", "") != "MatMul" for u in mm):
+            continue
+        if any(list(getattr(u, "input", []))[1] != tr.output[0] for u in mm):
+            continue
+        if users.get(dq.input[0], []) != [dq]:
+            continue  # the int8 weight is shared with another node
+        new = numpy_helper.from_array(np.ascontiguousarray(w.T), dq.input[0] + "_t")
+        graph.initializer.append(new)
+        dq.input[0] = new.name
+        axis = next((a.i for a in dq.attribute if a.name == "axis"), 1)
+        scale = inits.get(dq.input[1])
+        per_channel = scale is not None and numpy_helper.to_array(scale).size > 1
+        for a in list(dq.attribute):
+            if a.name == "axis":
+                dq.attribute.remove(a)
+        if per_channel:
+            dq.attribute.append(helper.make_attribute("axis", 1 - axis))
+        for u in mm:
+            u.input[1] = dq.output[0]  # type: ignore[attr-defined]
+        remove.append(tr)
+        done += 1
+    for n in remove:
+        graph.node.remove(n)
+    used = {i for n in graph.node for i in n.input}
+    for init in list(graph.initializer):
+        if init.name not in used:
+            graph.initializer.remove(init)
+    return done
