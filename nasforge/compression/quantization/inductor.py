@@ -20,9 +20,14 @@ ships whichever runtime is faster in one interleaved pass of
 torchao is the optional ``bench`` extra: it is imported lazily, :func:`available` says whether
 it can be, and everything else raises :class:`QuantizationError` with one line when it cannot.
 
-Measured on this project's build host (AMD EPYC, AVX-512 VNNI, no AMX; 1 thread) by
-``python -m nasforge.compression.quantization.inductor`` (see :func:`measure`): results in the
-engineer's report of issue 14, never hard-coded here.
+What to expect (``python -m nasforge.compression.quantization.inductor``, :func:`measure`;
+build host: 2-core AMD EPYC VM, AVX-512 VNNI, no AMX, torch 2.13 / torchao 0.18, 1 thread,
+3x32x32 inputs, 2026-12-02, every pass flagged unstable because the host was shared, so
+these are indications, not verdicts): at batch 1 the torch runtime lost to ONNX Runtime
+INT8 by 7-45x (Dynamo's guard check ~1 ms per call and ~0.3 ms per oneDNN qconv call at
+these tiny spatial sizes); at batch 32 it beat it for ResNet-18 (paired interval [1.38,
+1.61]) and lost for MobileNetV2 ([0.61, 0.68]) and EfficientNet-B0 ([0.67, 0.76]). So the
+quantize stage must measure it (as it does), never assume it.
 """
 
 from __future__ import annotations
