@@ -137,3 +137,27 @@ def test_taylor_scores_the_decomposed_attention() -> None:
     assert attn and any(len(c.keep) < c.size for c in attn)
     assert "SelfAttention" in " ".join(plan.notes)
     assert any(k.startswith("encoder.layers.0.self_attention.q.") for k in imp.grads)
+
+
+def test_prune_stage_prunes_a_vit_from_a_config(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from nasforge.compression import CompressConfig, run_pipeline
+    from nasforge.compression.stages.prune import ChannelPruneResult
+    from nasforge.data import adapt_input, load_dataset
+
+    ds = adapt_input(load_dataset("digits"), SHAPE)
+    model = small_vit()
+    cfg = CompressConfig.model_validate(
+        {
+            "stages": [
+                {"name": "prune_channels", "ratio": 0.3, "round_to": 4, "min_keep": 4},
+                {"name": "finetune", "epochs": 0},
+            ],
+            "target": {"batch_sizes": [1], "rounds": 1},
+        }
+    )
+    report = run_pipeline(model, ds, cfg, tmp_path, progress=lambda m: None)
+    out = report.output("prune_channels")
+    assert isinstance(out, ChannelPruneResult)
+    assert out.macs_after < out.macs_before and out.channels_removed > 0
+    assert any("SelfAttention" in n for n in out.plan_notes)
+    assert (tmp_path / "model.pruned.onnx").is_file()
