@@ -43,6 +43,10 @@ Per op kind (:data:`KIND_DEFAULTS`; ``QuantSpec.float_ops`` overrides, and
   1.20-1.91x with ``"quantized"`` (fc1 -> GELU then keeps BiasGelu fused; busy host, unstable).
 
 Quantizers sit only on floating tensors (never on ``h // p``, shapes, bools or tuples).
+Op-kind classification, per-kind defaults and the graph rewrites (BN folding, SiLU
+decomposition, scalar-multiply folding) live in :mod:`~nasforge.compression.quantization.opgraph`;
+this module holds the spec, the fake-quantizers, the placement policy (:func:`prepare`) and
+:class:`QuantSim` (``OP_KINDS``, ``KIND_DEFAULTS`` and ``fold_bn_graph`` stay importable here).
 
 That placement is the one ONNX Runtime's QDQ fusions expect (``DQ -> Conv -> Q`` becomes
 ``QLinearConv``), so :func:`export_qdq` produces a graph that runs on INT8 kernels end to end.
@@ -53,7 +57,6 @@ estimator (gradient 1 inside the range, 0 outside), which is what QAT trains thr
 from __future__ import annotations
 
 import copy
-import operator
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, cast
@@ -62,114 +65,48 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
-from nasforge.compression.errors import QuantizationError, UnsupportedModelError
+from nasforge.compression.errors import QuantizationError
 from nasforge.compression.quantization.calibrate import RangeObserver, qparams
-from nasforge.nn.fuse import fold_conv_bn
+from nasforge.compression.quantization.opgraph import (
+    BINARY_KINDS,
+    KIND_DEFAULTS,
+    OP_KINDS,
+    decompose_attention_of,
+    decompose_silu,
+    feeds_float_norm,
+    float_values_shapeprop,
+    float_values_static,
+    fold_bn_graph,
+    fold_scalar_mul,
+    getattr_path,
+    is_fused_act,
+    is_movement,
+    node_name,
+    op_kind,
+    set_submodule,
+    trace_model,
+)
+
+__all__ = [
+    "ACTIVATION_TYPES",
+    "KIND_DEFAULTS",
+    "OP_KINDS",
+    "WEIGHT_TYPES",
+    "ActQuant",
+    "QConv1d",
+    "QConv2d",
+    "QConv3d",
+    "QLinear",
+    "QuantSim",
+    "QuantSpec",
+    "fold_bn_graph",
+    "getattr_path",
+    "prepare",
+    "weight_scale",
+]
 
 ACTIVATION_TYPES = ("uint8", "int8")
 WEIGHT_TYPES = ("int8_per_channel", "int8_per_tensor")
-_CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
-_BN = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
-_FUSED_ACT_MODULES = (nn.ReLU, nn.ReLU6)
-_FUSED_ACT_FUNCTIONS = {F.relu, F.relu6, torch.relu}
-_POOL_MODULES = (nn.AvgPool1d, nn.AvgPool2d, nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d)
-_MOVEMENT_MODULES = (nn.Flatten, nn.Dropout, nn.Identity, nn.MaxPool1d, nn.MaxPool2d)
-_MOVEMENT_FUNCTIONS = {
-    torch.flatten,
-    F.max_pool2d,
-    F.dropout,
-    torch.reshape,
-    torch.transpose,
-    torch.permute,
-    torch.squeeze,
-    torch.unsqueeze,
-    operator.getitem,
-}
-_MOVEMENT_METHODS = {
-    "flatten",
-    "view",
-    "reshape",
-    "contiguous",
-    "permute",
-    "transpose",
-    "squeeze",
-    "unsqueeze",
-    "expand",
-}
-
-#: op kinds :class:`QuantSpec.float_ops` names (see :data:`DEFAULT_FLOAT_OPS` for the defaults)
-OP_KINDS = (
-    "silu",
-    "sigmoid",
-    "hardswish",
-    "hardsigmoid",
-    "gelu",
-    "softmax",
-    "layernorm",
-    "matmul",
-    "mul",
-    "add",
-)
-#: what each op kind does by default, and why (the ``reason`` of :meth:`QuantSim.layer_decisions`)
-KIND_DEFAULTS: dict[str, tuple[bool, str]] = {
-    "conv": (True, "int8: QLinearConv (ReLU/Clip fused)"),
-    "linear": (True, "int8: QGemm / MatMulIntegerToFloat / QLinearMatMul"),
-    "avgpool": (True, "int8: QLinear(Global)AveragePool"),
-    "cat": (True, "int8: QLinearConcat"),
-    # SiLU = x * sigmoid(x): decomposed so that both halves run on integer kernels.
-    "silu": (True, "int8: decomposed into QLinearSigmoid + QLinearMul"),
-    "sigmoid": (True, "int8: QLinearSigmoid"),
-    "mul": (True, "int8: QLinearMul"),
-    "add": (True, "int8: QLinearAdd"),
-    "matmul": (True, "int8: QLinearMatMul (both inputs quantized)"),
-    "softmax": (True, "int8: QLinearSoftmax"),
-    # No integer kernel in ONNX Runtime 1.32 (CPU EP): run float, with no Q/DQ pair
-    # placed for them; a neighbour that is quantized still quantizes its own inputs.
-    "hardswish": (False, "float: no integer kernel in ONNX Runtime"),
-    "hardsigmoid": (False, "float: no integer kernel in ONNX Runtime"),
-    "gelu": (False, "float: no integer kernel in ONNX Runtime"),
-    "layernorm": (False, "float: no integer kernel in ONNX Runtime"),
-}
-_KIND_MODULES: tuple[tuple[type[nn.Module], str], ...] = (
-    (nn.SiLU, "silu"),
-    (nn.Sigmoid, "sigmoid"),
-    (nn.Hardswish, "hardswish"),
-    (nn.Hardsigmoid, "hardsigmoid"),
-    (nn.GELU, "gelu"),
-    (nn.Softmax, "softmax"),
-    (nn.LayerNorm, "layernorm"),
-)
-_KIND_FUNCTIONS: dict[Any, str] = {
-    F.silu: "silu",
-    torch.sigmoid: "sigmoid",
-    F.sigmoid: "sigmoid",
-    F.hardswish: "hardswish",
-    F.hardsigmoid: "hardsigmoid",
-    F.gelu: "gelu",
-    torch.softmax: "softmax",
-    F.softmax: "softmax",
-    F.layer_norm: "layernorm",
-    torch.matmul: "matmul",
-    operator.matmul: "matmul",
-    torch.bmm: "matmul",
-    operator.add: "add",
-    operator.iadd: "add",
-    torch.add: "add",
-    operator.mul: "mul",
-    operator.imul: "mul",
-    torch.mul: "mul",
-    torch.cat: "cat",
-    torch.concat: "cat",
-}
-_KIND_METHODS = {
-    "sigmoid": "sigmoid",
-    "softmax": "softmax",
-    "matmul": "matmul",
-    "add": "add",
-    "mul": "mul",
-}
-#: kinds that need two tensor operands to run on an integer kernel
-_BINARY = {"add", "mul", "matmul"}
 
 
 @dataclass(frozen=True)
@@ -361,37 +298,6 @@ def _not(q: fx.Node) -> Any:
     return lambda u: u is not q
 
 
-def fold_bn_graph(gm: fx.GraphModule) -> fx.GraphModule:
-    """Fold every BN whose input is a conv used only by it (in place, eval semantics)."""
-    for node in list(gm.graph.nodes):
-        if node.op != "call_module" or not isinstance(gm.get_submodule(node.target), _BN):
-            continue
-        src = node.args[0]
-        if not (
-            isinstance(src, fx.Node)
-            and src.op == "call_module"
-            and len(src.users) == 1
-            and isinstance(gm.get_submodule(str(src.target)), _CONV)
-        ):
-            continue
-        bn = gm.get_submodule(node.target)
-        if not bn.track_running_stats or bn.running_mean is None:
-            continue
-        conv = gm.get_submodule(str(src.target))
-        _set_submodule(gm, str(src.target), fold_conv_bn(conv, bn))
-        node.replace_all_uses_with(src)
-        gm.graph.erase_node(node)
-    gm.graph.lint()
-    gm.delete_all_unused_submodules()
-    gm.recompile()
-    return gm
-
-
-def _set_submodule(gm: nn.Module, target: str, module: nn.Module) -> None:
-    parent, _, name = target.rpartition(".")
-    setattr(gm.get_submodule(parent) if parent else gm, name, module)
-
-
 def _excluded(name: str, exclude: Sequence[str]) -> bool:
     return any(name == p or name.startswith(p + ".") for p in exclude)
 
@@ -496,234 +402,10 @@ class QuantSim(nn.Module):
             m.quant_weights = False  # type: ignore[assignment]
 
 
-def _is_fused_act(gm: fx.GraphModule, n: fx.Node) -> bool:
-    if n.op == "call_module":
-        m = gm.get_submodule(str(n.target))
-        if isinstance(m, _FUSED_ACT_MODULES):
-            return True
-        return isinstance(m, nn.Hardtanh) and m.min_val == 0.0
-    return n.op == "call_function" and n.target in _FUSED_ACT_FUNCTIONS
-
-
-def _is_movement(gm: fx.GraphModule, n: fx.Node) -> bool:
-    if n.op == "call_module":
-        return isinstance(gm.get_submodule(str(n.target)), _MOVEMENT_MODULES)
-    if n.op == "call_function":
-        return n.target in _MOVEMENT_FUNCTIONS
-    return n.op == "call_method" and n.target in _MOVEMENT_METHODS
-
-
-def _trace(model: nn.Module) -> fx.GraphModule:
-    """The channel graph's tracer (same leaves, scopes and one-line error), except that
-    attention modules are traced through so their matmuls/softmax are visible."""
-    from nasforge.compression.pruning import graph as _graph
-
-    base = cast(Any, _graph)._Tracer
-    try:
-        from nasforge.compression.attention import SelfAttention
-
-        through: tuple[type, ...] = (SelfAttention,)
-    except ImportError:  # pragma: no cover - before attention.py exists
-        through = ()
-
-    class _QTracer(base):  # type: ignore[misc, valid-type]
-        def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-            if isinstance(m, through):
-                return False
-            return bool(super().is_leaf_module(m, qualname))
-
-    tracer = _QTracer()
-    try:
-        graph = tracer.trace(model)
-    except Exception as exc:  # noqa: BLE001 - fx raises many types; we re-raise one clear error
-        where = tracer.nf_scope[-1] or type(model).__name__
-        raise UnsupportedModelError(
-            f"layer {where!r}: torch.fx cannot trace it ({type(exc).__name__}: {exc}); "
-            "data-dependent control flow cannot be quantized"
-        ) from None
-    return fx.GraphModule(tracer.root, graph, type(model).__name__)
-
-
-def _decompose_attention(model: nn.Module) -> nn.Module:
-    try:
-        from nasforge.compression.attention import decompose_attention
-    except ImportError:  # pragma: no cover - before attention.py exists
-        return model
-    return decompose_attention(model)
-
-
-def _kind(gm: fx.GraphModule, n: fx.Node) -> str | None:
-    """The op kind of a node (``conv``, ``linear``, ``avgpool`` or one of :data:`OP_KINDS`)."""
-    if n.op == "call_module":
-        m = gm.get_submodule(str(n.target))
-        if isinstance(m, _CONV):
-            return "conv"
-        if isinstance(m, nn.Linear):
-            return "linear"
-        if isinstance(m, _POOL_MODULES):
-            return "avgpool"
-        return next((k for cls, k in _KIND_MODULES if isinstance(m, cls)), None)
-    if n.op == "call_function":
-        return _KIND_FUNCTIONS.get(n.target)
-    if n.op == "call_method":
-        return _KIND_METHODS.get(str(n.target))
-    return None
-
-
-def _decompose_silu(gm: fx.GraphModule) -> None:
-    """``silu(x)`` -> ``x * sigmoid(x)`` (in place), so both run on integer kernels."""
-    for n in list(gm.graph.nodes):
-        if _kind(gm, n) != "silu" or not n.args or not isinstance(n.args[0], fx.Node):
-            continue
-        x = n.args[0]
-        with gm.graph.inserting_after(n):
-            sig = gm.graph.call_function(torch.sigmoid, (x,))
-        with gm.graph.inserting_after(sig):
-            mul = gm.graph.call_function(operator.mul, (x, sig))
-        for new in (sig, mul):
-            new.meta["scope"] = n.meta.get("scope", "")
-            new.meta["silu"] = str(n.target) if n.op == "call_module" else n.name
-        n.replace_all_uses_with(mul)
-        gm.graph.erase_node(n)
-    gm.graph.lint()
-    gm.delete_all_unused_submodules()
-    gm.recompile()
-
-
-@torch.no_grad()
-def _fold_scalar_mul(gm: fx.GraphModule) -> None:
-    """``linear(x) (-> reshape/transpose...) * c`` -> the Linear's weight and bias times ``c``
-    (in place; exact in float). Attention scales ``q`` this way; a multiplication by a Python
-    number has no integer kernel and would cost a Q/DQ pair."""
-    calls: dict[str, int] = {}
-    for n in gm.graph.nodes:
-        if n.op == "call_module":
-            calls[str(n.target)] = calls.get(str(n.target), 0) + 1
-    for n in list(gm.graph.nodes):
-        if _kind(gm, n) != "mul" or n.kwargs or len(n.args) != 2:
-            continue
-        a, c = n.args
-        if isinstance(a, (int, float)):
-            a, c = c, a
-        if not isinstance(a, fx.Node) or isinstance(c, bool) or not isinstance(c, (int, float)):
-            continue
-        src = a
-        while _is_movement(gm, src) and len(src.users) == 1 and src.all_input_nodes:
-            src = src.args[0] if isinstance(src.args[0], fx.Node) else src
-            if src is a:
-                break
-        if not (
-            src.op == "call_module"
-            and len(src.users) == 1
-            and calls.get(str(src.target)) == 1
-            and isinstance(gm.get_submodule(str(src.target)), nn.Linear)
-        ):
-            continue
-        lin = cast(nn.Linear, gm.get_submodule(str(src.target)))
-        lin.weight.mul_(float(c))
-        if lin.bias is not None:
-            lin.bias.mul_(float(c))
-        n.replace_all_uses_with(a)
-        gm.graph.erase_node(n)
-    gm.graph.lint()
-    gm.recompile()
-
-
-_SHAPE_ATTRS = {"shape", "ndim", "dtype", "device", "is_cuda", "requires_grad"}
-_SHAPE_METHODS = {"size", "dim", "numel", "item", "tolist", "__len__", "nelement"}
-_INT_FUNCTIONS = {
-    torch._assert,
-    len,
-    operator.eq,
-    operator.ne,
-    operator.lt,
-    operator.le,
-    operator.gt,
-    operator.ge,
-    operator.floordiv,
-    operator.mod,
-    operator.not_,
-    operator.and_,
-    operator.or_,
-}
-
-
-def _float_values_static(gm: fx.GraphModule) -> dict[fx.Node, bool]:
-    """Best guess, without running the model, of which nodes hold a floating tensor: shape
-    reads, integer arithmetic on them, comparisons and asserts do not. :meth:`QuantSim.calibrate`
-    confirms it on real data (ShapeProp) and removes any quantizer placed on a non-float."""
-    res: dict[fx.Node, bool] = {}
-    for n in gm.graph.nodes:
-        ins = n.all_input_nodes
-        if n.op == "placeholder":
-            res[n] = True
-        elif n.op == "get_attr":
-            res[n] = isinstance(getattr_path(gm, str(n.target)), torch.Tensor) and bool(
-                getattr_path(gm, str(n.target)).is_floating_point()
-            )
-        elif n.op == "output":
-            res[n] = False
-        elif n.op == "call_function" and n.target is getattr:
-            res[n] = len(n.args) > 1 and n.args[1] not in _SHAPE_ATTRS and res.get(ins[0], False)
-        elif n.op == "call_method" and n.target in _SHAPE_METHODS:
-            res[n] = False
-        elif n.op == "call_function" and n.target in _INT_FUNCTIONS:
-            res[n] = False
-        elif n.op == "call_module" and isinstance(
-            gm.get_submodule(str(n.target)), nn.MultiheadAttention
-        ):
-            res[n] = False  # a tuple
-        else:
-            res[n] = any(res.get(a, False) for a in ins)
-    return res
-
-
-def getattr_path(root: nn.Module, target: str) -> Any:
-    obj: Any = root
-    for part in target.split("."):
-        obj = getattr(obj, part)
-    return obj
-
-
-def _float_values_shapeprop(gm: fx.GraphModule, example: torch.Tensor) -> dict[fx.Node, bool]:
-    """Which nodes hold a floating tensor, from running ``example`` through the graph."""
-    from torch.fx.passes.shape_prop import ShapeProp, TensorMetadata
-
-    with torch.no_grad():
-        ShapeProp(gm).propagate(example)
-    res: dict[fx.Node, bool] = {}
-    for n in gm.graph.nodes:
-        meta = n.meta.get("tensor_meta")
-        res[n] = isinstance(meta, TensorMetadata) and meta.dtype.is_floating_point
-    return res
-
-
 _RESIDUAL_REASON = (
     "float: residual stream read by LayerNorm (float); quantizing it costs a Q/DQ pair "
     "and the class token's precision (ViT-tiny/2 top-1 agreement 0.85 vs 0.99)"
 )
-
-
-def _feeds_float_norm(gm: fx.GraphModule, n: fx.Node, spec: QuantSpec) -> bool:
-    """Whether ``n``'s value reaches a float LayerNorm (through data movement)."""
-    todo, seen = list(n.users), set()
-    while todo:
-        u = todo.pop()
-        if u in seen:
-            continue
-        seen.add(u)
-        if _kind(gm, u) == "layernorm" and not spec.quantizes("layernorm"):
-            return True
-        if _is_movement(gm, u):
-            todo.extend(u.users)
-    return False
-
-
-def _node_name(n: fx.Node) -> str:
-    if n.op == "call_module":
-        return str(n.target)
-    scope = str(n.meta.get("scope", ""))
-    return f"{scope}.{n.name}" if scope else n.name
 
 
 def prepare(
@@ -743,15 +425,15 @@ def prepare(
         UnsupportedModelError: ``torch.fx`` cannot trace the model (names the layer).
     """
     spec = spec or QuantSpec()
-    model = _decompose_attention(copy.deepcopy(model).eval())
-    gm = fold_bn_graph(_trace(model))
-    _fold_scalar_mul(gm)
+    model = decompose_attention_of(copy.deepcopy(model).eval())
+    gm = fold_bn_graph(trace_model(model))
+    fold_scalar_mul(gm)
     if spec.quantizes("silu"):
-        _decompose_silu(gm)
+        decompose_silu(gm)
     if example_input is not None:
-        is_float = _float_values_shapeprop(gm, example_input)
+        is_float = float_values_shapeprop(gm, example_input)
     else:
-        is_float = _float_values_static(gm)
+        is_float = float_values_static(gm)
     nodes = list(gm.graph.nodes)
     out_node = next(n for n in nodes if n.op == "output")
     # values computed from parameters alone (``class_token.expand(n, -1, -1)``)
@@ -777,11 +459,11 @@ def prepare(
             decisions.append({"name": silu, "op": "silu", "quantized": quantized, "reason": reason})
             return
         decisions.append(
-            {"name": _node_name(n), "op": kind, "quantized": quantized, "reason": reason}
+            {"name": node_name(n), "op": kind, "quantized": quantized, "reason": reason}
         )
 
     for n in nodes:
-        kind = _kind(gm, n)
+        kind = op_kind(gm, n)
         if kind is None:
             continue
         if n.meta.get("silu") is not None:
@@ -803,7 +485,7 @@ def prepare(
         tensor_ins = [a for a in n.all_input_nodes if is_float.get(a, False)]
         if not is_float.get(n, False) or not tensor_ins:
             continue  # integer/shape arithmetic (``h // p``, ``n_h * n_w``): not a layer
-        if kind == "add" and _feeds_float_norm(gm, n, spec):
+        if kind == "add" and feeds_float_norm(gm, n, not spec.quantizes("layernorm")):
             decide(n, kind, False, _RESIDUAL_REASON)
             continue
         if kind in ("add", "cat") and any(learned.get(a, False) for a in tensor_ins):
@@ -815,7 +497,7 @@ def prepare(
                 "embedding) would be rounded to the activation's grid; runs once",
             )
             continue
-        if kind in _BINARY and (
+        if kind in BINARY_KINDS and (
             len(tensor_ins) < 2 or any(not isinstance(a, fx.Node) for a in n.args[:2])
         ):
             decide(n, kind, False, "float: a scalar operand (no integer kernel)")
@@ -825,7 +507,7 @@ def prepare(
             if type(m) not in _QCLASS:
                 decide(n, kind, False, f"float: {type(m).__name__} has no integer kernel")
                 continue
-            _set_submodule(gm, str(n.target), _to_quant(m, spec.weights == "int8_per_channel"))
+            set_submodule(gm, str(n.target), _to_quant(m, spec.weights == "int8_per_channel"))
             weighted.append(str(n.target))
         quant_ops.add(n)
         decide(n, kind, True, KIND_DEFAULTS[kind_for_spec][1])
@@ -842,23 +524,23 @@ def prepare(
             want(a)
         out = n
         users = list(n.users)
-        if len(users) == 1 and _is_fused_act(gm, users[0]):
+        if len(users) == 1 and is_fused_act(gm, users[0]):
             out = users[0]
         if len(out.users) == 1 and next(iter(out.users)) is out_node:
             continue
-        if _kind(gm, n) == "linear" and spec.linear_output == "float":
+        if op_kind(gm, n) == "linear" and spec.linear_output == "float":
             continue  # quantized only when a quantized consumer asks for it
         want(out)
     # A movement op's quantizer is shared with its input, so the runtime can drop the pair.
     for n in need:
-        if _is_movement(gm, n) and n.all_input_nodes:
+        if is_movement(gm, n) and n.all_input_nodes:
             want(n.all_input_nodes[0])
     quantizers: dict[str, ActQuant] = {}
     fq_of: dict[fx.Node, str] = {}
     order = {n: i for i, n in enumerate(nodes)}
     first_input = {n: n.all_input_nodes[0] for n in need if n.all_input_nodes}
     for n in sorted(need, key=order.__getitem__):
-        src = first_input.get(n) if _is_movement(gm, n) else None
+        src = first_input.get(n) if is_movement(gm, n) else None
         if src is not None and src in fq_of:
             name = fq_of[src]
         else:
