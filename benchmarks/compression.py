@@ -204,16 +204,19 @@ def tp_prune_to_flops(model: nn.Module, target: float) -> nn.Module:
 
 
 def train_base(ds, epochs: int, width: float = WIDTH) -> nn.Module:  # type: ignore[no-untyped-def]
-    cache = Path(tempfile.gettempdir()) / f"nasforge_bench_mbv2_w{width}_e{epochs}.pt"
+    # a state dict (read weights-only): a cached file can never run code
+    cache = Path(tempfile.gettempdir()) / f"nasforge_bench_mbv2_sd_w{width}_e{epochs}.pt"
     if cache.is_file():
         print(f"base model: cached {cache}")
-        return torch.load(cache, weights_only=False).eval()  # type: ignore[no-any-return]
+        model = MobileNetV2(width=width)
+        model.load_state_dict(torch.load(cache, weights_only=True))
+        return model.eval()
     torch.manual_seed(0)
     model = MobileNetV2(width=width)
     t0 = time.perf_counter()
     train_model(model, ds.x_train, ds.y_train, TrainConfig(epochs=epochs, lr=0.05, seed=0))
     print(f"base model: trained {epochs} epochs in {time.perf_counter() - t0:.0f} s")
-    torch.save(model, cache)
+    torch.save(model.state_dict(), cache)
     return model.eval()
 
 
