@@ -270,3 +270,106 @@ def test_torch_runtime_is_measured_in_the_same_pass(digits, tmp_path) -> None:  
     assert {t.name for t in choice.trials} == set(cands)
     assert choice.trial("pt2e_inductor").runtime == "torch-inductor"
     assert any(n.startswith("INT8 runtime:") for n in choice.notes)
+
+
+class Counted(Scripted):
+    """A scripted runner that counts its timed calls."""
+
+    calls: dict[str, int] = {}
+
+    def run(self, n: int) -> tuple[list[float], list[float]]:
+        Counted.calls[self.name] = Counted.calls.get(self.name, 0) + n
+        return super().run(n)
+
+
+def test_clearly_slower_candidates_are_screened_out_before_accuracy_and_the_full_pass(
+    digits, tmp_path, monkeypatch
+) -> None:  # type: ignore[no-untyped-def]
+    ds, model = digits
+    times = {
+        "fp32_reference": 4.0,
+        "u8act_s8w_per_channel": 2.0,
+        "s8act_s8w_per_channel": 20.0,  # 10x slower than the default: screened out
+        "ort_static_qdq": 1.0,
+    }
+    keys = sorted(times, key=len, reverse=True)
+    Counted.calls = {}
+
+    def fake(path: str | Path, x: torch.Tensor, threads: int = 1) -> Runner:
+        k = next(k for k in keys if k in Path(path).name)
+        return Counted(k, times[k])
+
+    monkeypatch.setattr(ptq_mod, "ort_runner", fake)
+    validated: list[str] = []
+    real = ptq_mod.predict_built
+
+    def predict(built, x, threads=1, batch_size=256):  # type: ignore[no-untyped-def]
+        validated.append(Path(built).name)
+        return real(built, x, threads, batch_size)
+
+    monkeypatch.setattr(ptq_mod, "predict_built", predict)
+    cands: dict[str, QuantSpec | Candidate] = {
+        "u8act_s8w_per_channel": QuantSpec(),
+        "s8act_s8w_per_channel": QuantSpec(activations="int8"),
+        "ort_static_qdq": Candidate(QuantSpec(), "ort_static"),
+    }
+    choice = select_int8_format(
+        model,
+        ds.x_train[:64],
+        ds.input_shape,
+        cands,
+        (1, 8),
+        1,
+        tmp_path,
+        SCRIPTED,
+        val=(ds.x_val, ds.y_val),
+        drop_budget=0.5,
+    )
+    assert choice.chosen == "ort_static_qdq"
+    slow = choice.trial("s8act_s8w_per_channel")
+    # slower than the default at b1 already: never run at b8
+    assert slow.drop is None and slow.latency_ms == {1: 20.0}
+    assert choice.trials[-1].name == "s8act_s8w_per_channel"
+    assert any(
+        "s8act_s8w_per_channel screened out" in n and "clearly slower" in n for n in choice.notes
+    )
+    # no accuracy measured for it, and only the screening pass timed it
+    assert not any("s8act" in v for v in validated)
+    screening = ptq_mod.screening_config(SCRIPTED).repeats
+    assert Counted.calls["s8act_s8w_per_channel"] == screening
+    assert Counted.calls["ort_static_qdq"] > 2 * screening
+
+
+def test_screening_keeps_what_noise_cannot_separate() -> None:
+    """A wide interval never drops a candidate; an interval below 1 against the default at
+    one batch size does (it could never replace the default)."""
+    from nasforge.compression.quantization.runtime import compare_speedups
+
+    class Noisy(Runner):
+        def __init__(self, name: str, values: list[float]) -> None:
+            super().__init__(lambda: None, name)
+            self.values, self.i = values, 0
+
+        def run(self, n: int) -> tuple[list[float], list[float]]:
+            v = [self.values[self.i % len(self.values)]] * n
+            self.i += 1
+            return v, list(v)
+
+    cfg = ptq_mod.screening_config(SCRIPTED)
+    passes = {
+        bs: compare_speedups(
+            {
+                "fp32": Scripted("fp32", 4.0),
+                "default": Scripted("default", 2.0),
+                "noisy": Noisy("noisy", [1.0, 4.0, 2.5]),  # interval straddles the default
+                "slow_at_b8": Scripted("slow_at_b8", 2.0 if bs == 1 else 3.0),
+            },
+            "fp32",
+            bs,
+            1,
+            cfg,
+        )
+        for bs in (1, 8)
+    }
+    out = ptq_mod.screen(passes, "default")
+    assert set(out) == {"slow_at_b8"} and "the default default" in out["slow_at_b8"]

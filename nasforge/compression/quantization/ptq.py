@@ -353,6 +353,167 @@ def _first_line(e: BaseException) -> str:
     return f"{type(e).__name__}: {text[0]}" if text else type(e).__name__
 
 
+#: the screening pass: this many interleaved rounds of :data:`SCREEN_CALLS` calls per
+#: candidate, no re-measurement; it only drops candidates clearly slower than another
+SCREEN_ROUNDS = 3
+SCREEN_CALLS = 3
+
+
+def screening_config(timing: TimingConfig | None = None) -> TimingConfig:
+    """The cheap first pass of :func:`select_int8_format`: :data:`SCREEN_ROUNDS` rounds of
+    :data:`SCREEN_CALLS` calls, one warm-up call (``timing``'s when given), no stray-round
+    re-measurement, no reference kernel and no retry."""
+    base = timing or timing_config(rounds=SCREEN_ROUNDS, repeats=SCREEN_CALLS, warmup=1)
+    return replace(
+        base,
+        rounds=SCREEN_ROUNDS,
+        repeats=SCREEN_ROUNDS * SCREEN_CALLS,
+        max_remeasure=0,
+        reference=False,
+        policy=replace(base.policy, retries=0),
+    )
+
+
+def full_config(batch_size: int, timing: TimingConfig | None = None) -> TimingConfig:
+    """The deciding pass of :func:`select_int8_format`: ``timing`` or 5 rounds of 10 calls
+    (3 at batch sizes over 4), at most one re-measurement of stray rounds and at most one
+    whole re-measurement when unstable."""
+    cfg = timing or timing_config(rounds=5, repeats=10 if batch_size <= 4 else 3, warmup=3)
+    return replace(
+        cfg,
+        max_remeasure=min(cfg.max_remeasure, 1),
+        policy=replace(cfg.policy, retries=min(cfg.policy.retries, 1)),
+    )
+
+
+class _Runners:
+    """Runners made on first use, one per batch size and model, and kept (sessions and torch
+    compilations are shared by the screening and the deciding pass; a candidate screened
+    out at a small batch size is never compiled for a larger one)."""
+
+    def __init__(
+        self, built: Mapping[str, Path | nn.Module], fp32: Path, x0: torch.Tensor, threads: int
+    ) -> None:
+        self.built, self.fp32, self.x0, self.threads = built, fp32, x0, threads
+        self.made: dict[tuple[int, str], Callable[[], object]] = {}
+
+    def get(self, bs: int, names: Sequence[str]) -> dict[str, Callable[[], object]]:
+        x = self.x0[:1].expand(bs, *self.x0.shape[1:]).contiguous()
+        out: dict[str, Callable[[], object]] = {}
+        for n in (FP32_REFERENCE, *names):
+            if (bs, n) not in self.made:
+                self.made[bs, n] = (
+                    ort_runner(self.fp32, x, self.threads)
+                    if n == FP32_REFERENCE
+                    else _runner(self.built[n], x, self.threads)
+                )
+            out[n] = self.made[bs, n]
+        return out
+
+
+def _pass(
+    runners: _Runners, bs: int, names: Sequence[str], config: TimingConfig
+) -> dict[str, Latency]:
+    """One interleaved pass at ``bs`` over the FP32 reference and ``names``."""
+    return compare_speedups(runners.get(bs, names), FP32_REFERENCE, bs, runners.threads, config)
+
+
+def _trials(
+    names: Sequence[str],
+    cands: Mapping[str, Candidate],
+    passes: dict[int, dict[str, Latency]],
+    drops: Mapping[str, float],
+) -> list[FormatTrial]:
+    return [
+        FormatTrial(
+            n,
+            cands[n].spec,
+            {bs: p[n].median_ms for bs, p in passes.items()},
+            {bs: s for bs, p in passes.items() if (s := p[n].speedup) is not None},
+            cands[n].method,
+            drops.get(n),
+        )
+        for n in names
+    ]
+
+
+def _screened(
+    name: str, cand: Candidate, scr: dict[int, dict[str, Latency]], drop: float | None
+) -> FormatTrial:
+    """The trial of a candidate left out of the deciding pass, from its screening rounds
+    (at the batch sizes it ran)."""
+    ps = {bs: p[name] for bs, p in scr.items() if name in p}
+    return FormatTrial(
+        name,
+        cand.spec,
+        {bs: v.median_ms for bs, v in ps.items()},
+        {bs: v.speedup for bs, v in ps.items() if v.speedup is not None},
+        cand.method,
+        drop,
+    )
+
+
+def _geo_ratio(passes: dict[int, dict[str, Latency]], name: str) -> float:
+    vals = [s.ratio for p in passes.values() if (s := p[name].speedup) is not None]
+    vals = [v for v in vals if v > 0]
+    return math.exp(sum(math.log(v) for v in vals) / len(vals)) if vals else 0.0
+
+
+def _interval(v: Speedup) -> str:
+    return f"{v.ratio:.2f}x [{v.low:.2f}, {v.high:.2f}]"
+
+
+def screen(
+    passes: dict[int, dict[str, Latency]],
+    default: str,
+    torch_names: Sequence[str] = (),
+    against_best: bool = True,
+) -> dict[str, str]:
+    """Candidates of a screening pass that are clearly slower, each with why; the default is
+    never dropped. A candidate is clearly slower when its paired 95% interval lies below 1:
+
+    * an ONNX Runtime candidate against the default at some batch size (it could never
+      replace the default);
+    * a torch-runtime candidate against every ONNX Runtime candidate of the pass at some
+      batch size (it could never replace the ONNX Runtime choice);
+    * with ``against_best`` (all batch sizes measured), any candidate against the fastest
+      of the pass at every batch size.
+
+    Noise can only keep a candidate (a wide interval does not lie below 1), never drop one.
+    """
+    names = [n for n in next(iter(passes.values())) if n != FP32_REFERENCE]
+    if not names or default not in names:
+        return {}
+    ort = [n for n in names if n not in torch_names]
+    best = max(names, key=lambda n: _geo_ratio(passes, n))
+    out: dict[str, str] = {}
+    for n in names:
+        if n == default:
+            continue
+        if n in torch_names:
+            for bs, p in passes.items():
+                vs = {o: paired(p[o], p[n]) for o in ort}
+                if vs and all(v.high < 1 for v in vs.values()):
+                    o = max(ort, key=lambda o: vs[o].high)
+                    out[n] = (
+                        f"clearly slower than every ONNX Runtime candidate at b{bs} "
+                        f"(the closest, {o}: {_interval(vs[o])})"
+                    )
+                    break
+        else:
+            slower = {bs: v for bs, p in passes.items() if (v := paired(p[default], p[n])).high < 1}
+            if slower:
+                shown = ", ".join(f"b{bs} {_interval(v)}" for bs, v in slower.items())
+                out[n] = f"clearly slower than the default {default} ({shown})"
+        if n in out or not against_best or n == best:
+            continue
+        vs_best = {bs: paired(p[best], p[n]) for bs, p in passes.items()}
+        if all(v.high < 1 for v in vs_best.values()):
+            shown = ", ".join(f"b{bs} {_interval(v)}" for bs, v in vs_best.items())
+            out[n] = f"clearly slower than {best} ({shown})"
+    return out
+
+
 def select_int8_format(
     model: nn.Module,
     calib_x: torch.Tensor,
@@ -366,20 +527,29 @@ def select_int8_format(
     val: tuple[torch.Tensor, torch.Tensor] | None = None,
     drop_budget: float | None = None,
 ) -> FormatChoice:
-    """Measure every candidate end to end against the FP32 model, all in one interleaved
-    pass per batch size (ONNX Runtime sessions and, for ``pt2e``, a compiled torch runner
-    side by side), and choose one.
+    """Measure the candidates end to end against the FP32 model and choose one.
+
+    1. Every candidate is built (a non-default one that fails to build, or builds the same
+       graph as an earlier one, is skipped: noted).
+    2. Screening: all of them and the FP32 model in one cheap interleaved pass per batch
+       size (:func:`screening_config`); candidates clearly slower (:func:`screen`) are
+       dropped, with their screening latencies kept in the trials and the reason in the
+       notes.
+    3. With ``val``: the validation top-1 drop vs FP32 of the survivors (onnxruntime on the
+       built file, in batches); with ``drop_budget``, a survivor over it cannot be chosen
+       and is not timed further (noted).
+    4. The deciding pass: the default and the remaining survivors with the FP32 model, one
+       interleaved pass per batch size (ONNX Runtime sessions and, for ``pt2e``, a compiled
+       torch runner side by side; :func:`full_config`: ``timing`` or 5 rounds of 10 calls,
+       3 at batch sizes over 4, at most one re-measurement when unstable).
 
     The first candidate is the default; torch-runtime candidates (``pt2e``) are compared
     with the ONNX Runtime choice afterwards, paired in the same pass, by the same rule
-    (:attr:`FormatChoice.runtime_chosen`). Another replaces the default only when, on a stable pass,
-    its paired speed-up over the default has its 95% interval above 1 at some batch size
-    and below 1 at none, and -- with ``val`` and ``drop_budget`` -- its validation top-1
-    drop vs FP32 is within the budget (a faster candidate over budget is not chosen, and the
-    notes say so). Otherwise the default is kept and :attr:`FormatChoice.notes` says why. A
-    non-default candidate that fails to build, or builds the same graph as an earlier one,
-    is skipped (noted). ``timing`` defaults to 5 rounds of 10 calls (3 at batch sizes over
-    4). Built ONNX files stay in ``workdir`` when given (:attr:`FormatChoice.built`).
+    (:attr:`FormatChoice.runtime_chosen`). Another replaces the default only when, on a
+    stable pass, its paired speed-up over the default has its 95% interval above 1 at some
+    batch size and below 1 at none, and its drop is within the budget. Otherwise the
+    default is kept and :attr:`FormatChoice.notes` says why. Built ONNX files stay in
+    ``workdir`` when given (:attr:`FormatChoice.built`).
 
     Raises:
         ValueError: no candidates.
@@ -409,32 +579,48 @@ def select_int8_format(
                     continue
                 graphs[data] = name
             built[name] = b
+        torch_names = [n for n in built if cands[n].runtime != "onnxruntime"]
+        runners = _Runners(built, fp32, calib_x, threads)
+        # screening, smallest batch size first: what is clearly slower there is not run
+        # (nor compiled) at the larger ones
+        scr: dict[int, dict[str, Latency]] = {}
+        dropped: dict[str, str] = {}
+        alive = list(built)
+        for i, bs in enumerate(sorted(batch_sizes)):
+            if len(alive) < 2:
+                break
+            scr[bs] = _pass(runners, bs, alive, screening_config(timing))
+            last = i == len(batch_sizes) - 1
+            alive_passes = {b: {n: p[n] for n in (FP32_REFERENCE, *alive)} for b, p in scr.items()}
+            for n, why in screen(
+                alive_passes if last else {bs: scr[bs]}, default_name, torch_names, last
+            ).items():
+                dropped[n] = why
+                notes.append(
+                    f"INT8 candidate {n} screened out ({SCREEN_ROUNDS} rounds x "
+                    f"{SCREEN_CALLS} calls): {why}"
+                )
+            alive = [n for n in alive if n not in dropped]
         fp32_acc: float | None = None
         drops: dict[str, float] = {}
         if val is not None:
             xv, yv = val
             fp32_acc = float((predict_built(fp32, xv, threads).argmax(1) == yv).float().mean())
             for name, b in built.items():
+                if name in dropped:
+                    continue
                 acc = float((predict_built(b, xv, threads).argmax(1) == yv).float().mean())
                 drops[name] = fp32_acc - acc
-        passes: dict[int, dict[str, Latency]] = {}
-        for bs in batch_sizes:
-            x = calib_x[:1].expand(bs, *calib_x.shape[1:]).contiguous()
-            cfg = timing or timing_config(rounds=5, repeats=10 if bs <= 4 else 3, warmup=3)
-            runners = {FP32_REFERENCE: ort_runner(fp32, x, threads)}
-            runners.update({n: _runner(b, x, threads) for n, b in built.items()})
-            passes[bs] = compare_speedups(runners, FP32_REFERENCE, bs, threads, cfg)
-    trials = [
-        FormatTrial(
-            n,
-            cands[n].spec,
-            {bs: p[n].median_ms for bs, p in passes.items()},
-            {bs: s for bs, p in passes.items() if (s := p[n].speedup) is not None},
-            cands[n].method,
-            drops.get(n),
-        )
-        for n in built
-    ]
+                if name != default_name and drop_budget is not None and drops[name] > drop_budget:
+                    dropped[name] = "over the drop budget"
+                    notes.append(
+                        f"INT8 format: {name}: its validation drop {drops[name] * 100:.2f} "
+                        f"points exceeds the budget {drop_budget * 100:.2f}: not chosen "
+                        "(not timed further)"
+                    )
+        timed = [n for n in built if n not in dropped]
+        passes = {bs: _pass(runners, bs, timed, full_config(bs, timing)) for bs in batch_sizes}
+    trials = _trials(timed, cands, passes, drops)
     ort = [t for t in trials if t.runtime == "onnxruntime"]
     torch_trials = [t for t in trials if t.runtime != "onnxruntime"]
     if not ort:  # only torch candidates: the first is the default
@@ -450,9 +636,14 @@ def select_int8_format(
         )
         if rt.chosen == t.name and not runtime_chosen:
             runtime_chosen = t.name
+    out = [_screened(n, cands[n], scr, drops.get(n)) for n in dropped]
     return replace(
         choice,
-        trials=(*choice.trials, *sorted(torch_trials, key=lambda t: -t.score())),
+        trials=(
+            *choice.trials,
+            *sorted(torch_trials, key=lambda t: -t.score()),
+            *sorted(out, key=lambda t: -t.score()),
+        ),
         runtime_chosen=runtime_chosen,
         notes=(*choice.notes, *notes),
         built=dict(built)
