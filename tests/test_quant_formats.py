@@ -373,3 +373,26 @@ def test_screening_keeps_what_noise_cannot_separate() -> None:
     }
     out = ptq_mod.screen(passes, "default")
     assert set(out) == {"slow_at_b8"} and "the default default" in out["slow_at_b8"]
+
+
+def test_shared_calibration_builds_the_same_file_as_calibrating(tmp_path: Path) -> None:
+    """An activation-format candidate reuses the default's observed ranges: its file is the
+    one a calibration of its own gives; a float_ops kind that changes nothing is found
+    before calibrating."""
+    torch.manual_seed(0)
+    model = efficientnet_b0(width=0.25).eval()
+    x = torch.randn(32, 3, 32, 32)
+    fp32 = export_onnx(model, tmp_path / "fp32.onnx", (3, 32, 32))
+    b = ptq_mod._Builder(model, x, (3, 32, 32), tmp_path)
+    b.build("default", Candidate(QuantSpec()), fp32)
+    s8 = QuantSpec(activations="int8")
+    shared = b.build("s8", Candidate(s8), fp32)
+    assert len(b.calibrated) == 1  # no second calibration
+    own = ptq_mod.export_qdq(
+        ptq_mod.quantize_static_int8(model, x, s8), tmp_path / "own.onnx", (3, 32, 32)
+    )
+    assert Path(shared).read_bytes() == Path(own).read_bytes()
+    # no hardswish in the model: keeping it float changes nothing, found before calibrating
+    with pytest.raises(ptq_mod._SameGraph, match="default"):
+        b.build("hardswish", Candidate(QuantSpec(float_ops=("hardswish",))), fp32)
+    assert len(b.calibrated) == 1

@@ -313,23 +313,74 @@ def _inductor() -> Any:
     return importlib.import_module("nasforge.compression.quantization.inductor")
 
 
-def _build(
-    model: nn.Module,
-    calib_x: torch.Tensor,
-    input_shape: Sequence[int],
-    name: str,
-    cand: Candidate,
-    d: Path,
-    fp32: Path,
-) -> Path | nn.Module:
-    out = d / f"cand_{name}.onnx"
-    if cand.method == "qdq":
-        return export_qdq(quantize_static_int8(model, calib_x, cand.spec), out, input_shape)
-    if cand.method == "ort_static":
-        return quantize_onnx_static(fp32, out, calib_x, cand.spec)
-    if cand.method == "ort_dynamic":
-        return quantize_onnx_dynamic(fp32, out)
-    return cast(nn.Module, _inductor().quantize_pt2e(model, calib_x, tuple(input_shape)))
+class _SameGraph(Exception):
+    """A candidate whose prepared graph equals an earlier one's (found before calibrating)."""
+
+
+class _Builder:
+    """Builds candidates; nasforge QDQ builds share work: a prepared graph identical to an
+    earlier one (a ``float_ops`` kind the model does not quantize anyway) is found before
+    calibrating, and a graph identical to an earlier calibrated one but for the activation
+    signedness or excluded weights reuses its observed ranges (the observers see the float
+    values, which these choices do not change) instead of calibrating again."""
+
+    def __init__(
+        self, model: nn.Module, calib_x: torch.Tensor, input_shape: Sequence[int], d: Path
+    ) -> None:
+        self.model, self.calib_x, self.input_shape, self.d = model, calib_x, input_shape, d
+        self.keys: dict[str, str] = {}
+        self.calibrated: list[QuantSim] = []
+
+    def _prepared(self, spec: QuantSpec) -> QuantSim:
+        sim = prepare(self.model, spec)
+        check = getattr(sim, "_check_float_inputs", None)
+        if callable(check):  # what calibrate would do first: drop quantizers on non-floats
+            check(self.calib_x[:1])
+        return sim
+
+    @staticmethod
+    def _key(sim: QuantSim) -> str:
+        spec = sim.spec
+        if "float_ops" in _spec_fields():
+            spec = replace(spec, **cast(Any, {"float_ops": ()}))
+        mods = [(n, type(m).__name__) for n, m in sim.gm.named_modules()]
+        return repr((sim.gm.code, mods, spec))
+
+    def _reuse(self, sim: QuantSim) -> bool:
+        how = (sim.spec.calibration, sim.spec.percentile)
+        for ref in self.calibrated:
+            if (
+                (ref.spec.calibration, ref.spec.percentile) == how
+                and ref.gm.code == sim.gm.code
+                and set(ref.quantizers) == set(sim.quantizers)
+            ):
+                for k, q in sim.quantizers.items():
+                    q.observer = copy.deepcopy(ref.quantizers[k].observer)
+                    q.freeze()
+                sim.eval()
+                return True
+        return False
+
+    def build(self, name: str, cand: Candidate, fp32: Path) -> Path | nn.Module:
+        out = self.d / f"cand_{name}.onnx"
+        if cand.method == "qdq":
+            sim = self._prepared(cand.spec)
+            key = self._key(sim)
+            if key in self.keys:
+                raise _SameGraph(self.keys[key])
+            self.keys[key] = name
+            if not self._reuse(sim):
+                b = 64
+                sim.calibrate([self.calib_x[i : i + b] for i in range(0, len(self.calib_x), b)])
+                self.calibrated.append(sim)
+            return export_qdq(sim, out, self.input_shape)
+        if cand.method == "ort_static":
+            return quantize_onnx_static(fp32, out, self.calib_x, cand.spec)
+        if cand.method == "ort_dynamic":
+            return quantize_onnx_dynamic(fp32, out)
+        return cast(
+            nn.Module, _inductor().quantize_pt2e(self.model, self.calib_x, tuple(self.input_shape))
+        )
 
 
 def _runner(built: Path | nn.Module, x: torch.Tensor, threads: int) -> Callable[[], object]:
@@ -564,9 +615,13 @@ def select_int8_format(
         fp32 = export_onnx(model, d / "cand_fp32_reference.onnx", input_shape)
         built: dict[str, Path | nn.Module] = {}
         graphs: dict[bytes, str] = {}
+        builder = _Builder(model, calib_x, input_shape, d)
         for name, cand in cands.items():
             try:
-                b = _build(model, calib_x, input_shape, name, cand, d, fp32)
+                b = builder.build(name, cand, fp32)
+            except _SameGraph as e:
+                notes.append(f"INT8 candidate {name}: same graph as {e}, not timed")
+                continue
             except Exception as e:
                 if name == default_name:
                     raise
