@@ -329,6 +329,7 @@ def test_clearly_slower_candidates_are_screened_out_before_accuracy_and_the_full
     slow = choice.trial("s8act_s8w_per_channel")
     # slower than the default at b1 already: never run at b8
     assert slow.drop is None and slow.latency_ms == {1: 20.0}
+    assert "clearly slower than the default" in slow.screened
     assert choice.trials[-1].name == "s8act_s8w_per_channel"
     assert any(
         "s8act_s8w_per_channel screened out" in n and "clearly slower" in n for n in choice.notes
@@ -373,6 +374,10 @@ def test_screening_keeps_what_noise_cannot_separate() -> None:
     }
     out = ptq_mod.screen(passes, "default")
     assert set(out) == {"slow_at_b8"} and "the default default" in out["slow_at_b8"]
+    # a torch-runtime candidate goes only when slower than every ONNX Runtime one somewhere
+    assert ptq_mod.screen(passes, "default", ("slow_at_b8",)) == {}
+    out = ptq_mod.screen(passes, "default", ("noisy",))
+    assert set(out) == {"slow_at_b8"}
 
 
 def test_shared_calibration_builds_the_same_file_as_calibrating(tmp_path: Path) -> None:

@@ -109,7 +109,9 @@ class FormatTrial:
     """End-to-end latency of one INT8 candidate, and its speed-up over the FP32 reference
     measured in the same interleaved pass (batch size -> ``Speedup`` with its 95% interval
     and verdict). ``method`` says how it was built (see :class:`Candidate`); ``drop`` is
-    its validation top-1 drop vs the FP32 model (fraction), when measured."""
+    its validation top-1 drop vs the FP32 model (fraction), when measured; ``screened``:
+    why it was left out of the deciding pass (its figures are then from the screening pass,
+    at the batch sizes it ran), else ``""``."""
 
     name: str
     spec: QuantSpec
@@ -117,6 +119,7 @@ class FormatTrial:
     speedup: dict[int, Speedup] = field(default_factory=dict)
     method: str = "qdq"
     drop: float | None = None
+    screened: str = ""
 
     @property
     def stable(self) -> bool:
@@ -489,7 +492,11 @@ def _trials(
 
 
 def _screened(
-    name: str, cand: Candidate, scr: dict[int, dict[str, Latency]], drop: float | None
+    name: str,
+    cand: Candidate,
+    scr: dict[int, dict[str, Latency]],
+    drop: float | None,
+    why: str,
 ) -> FormatTrial:
     """The trial of a candidate left out of the deciding pass, from its screening rounds
     (at the batch sizes it ran)."""
@@ -501,6 +508,7 @@ def _screened(
         {bs: v.speedup for bs, v in ps.items() if v.speedup is not None},
         cand.method,
         drop,
+        why,
     )
 
 
@@ -667,7 +675,10 @@ def select_int8_format(
                 acc = float((predict_built(b, xv, threads).argmax(1) == yv).float().mean())
                 drops[name] = fp32_acc - acc
                 if name != default_name and drop_budget is not None and drops[name] > drop_budget:
-                    dropped[name] = "over the drop budget"
+                    dropped[name] = (
+                        f"validation drop {drops[name] * 100:.2f} points over the budget "
+                        f"{drop_budget * 100:.2f}"
+                    )
                     notes.append(
                         f"INT8 format: {name}: its validation drop {drops[name] * 100:.2f} "
                         f"points exceeds the budget {drop_budget * 100:.2f}: not chosen "
@@ -691,7 +702,7 @@ def select_int8_format(
         )
         if rt.chosen == t.name and not runtime_chosen:
             runtime_chosen = t.name
-    out = [_screened(n, cands[n], scr, drops.get(n)) for n in dropped]
+    out = [_screened(n, cands[n], scr, drops.get(n), why) for n, why in dropped.items()]
     return replace(
         choice,
         trials=(

@@ -117,7 +117,7 @@ def qdq_layer_decisions(
                 if t.method == "qdq":
                     tried[k] = ", ".join(
                         f"b{bs} {s.ratio:.2f}x vs FP32" for bs, s in t.speedup.items()
-                    )
+                    ) + (f" (screened out: {t.screened})" if t.screened else "")
     fp32_drop: dict[str, float] = {}
     if plan is not None:
         acc = {s.layer: s.accuracy for s in plan.sensitivities}
