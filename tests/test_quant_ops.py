@@ -194,3 +194,55 @@ def test_untrained_efficientnet_decomposes_silu(digits) -> None:  # type: ignore
     with torch.no_grad():
         x = digits.x_train[:8]
         assert (sim(x) - model(x)).abs().max() < 1e-4
+
+
+class _SmallMaps(nn.Module):
+    """A 5x5 depthwise conv on a 2x2 map and another on a 1x1 map, a head pool on 1x1."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, stride=16, padding=1)  # 32x32 -> 2x2
+        self.dw2 = nn.Conv2d(8, 8, 5, padding=2, groups=8)
+        self.down = nn.Conv2d(8, 16, 3, stride=2, padding=1)  # 2x2 -> 1x1
+        self.dw1 = nn.Conv2d(16, 16, 5, padding=2, groups=16)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(16, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.dw2(torch.relu(self.stem(x))))
+        x = torch.relu(self.dw1(torch.relu(self.down(x))))
+        return self.fc(torch.flatten(self.pool(x), 1))
+
+
+def test_export_crops_kernels_and_drops_pools_on_tiny_maps(digits, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import onnx
+
+    from nasforge.compression.quantization import export as ex
+
+    torch.manual_seed(0)
+    model = _SmallMaps().eval()
+    x = torch.as_tensor(digits.x_train[:64]).float()
+    sim = prepare(model).calibrate([x])
+    fp = export_onnx(model, tmp_path / "fp.onnx", SHAPE)
+    q = export_qdq(sim, tmp_path / "q.onnx", SHAPE)
+
+    def kernels(m: onnx.ModelProto) -> list[tuple[int, ...]]:
+        convs = [n for n in m.graph.node if n.op_type == "Conv"]
+        return sorted(tuple(a.ints) for n in convs for a in n.attribute if a.name == "kernel_shape")
+
+    qm = onnx.load(str(q))
+    assert (5, 5) not in kernels(qm) and {(3, 3), (1, 1)} <= set(kernels(qm)), kernels(qm)
+    assert not any(n.op_type == "GlobalAveragePool" for n in qm.graph.node)
+    assert (5, 5) in kernels(onnx.load(str(fp)))  # the float export is left as it is
+    # the same graphs without the rewrites compute the same outputs (float and INT8)
+    raw = ex.export_onnx(model, tmp_path / "raw.onnx", SHAPE, compact_graph=False)
+    m = onnx.load(str(raw))
+    assert ex.crop_conv_kernels(m) == 3 and ex.drop_identity_pools(m) == 1  # dw2, down, dw1
+    ref = ort_predict(ort_session(str(raw)), x)
+    assert torch.allclose(ort_predict(ort_session(m.SerializeToString()), x), ref, atol=1e-5)
+    sim.freeze_weight_scales(True)
+    rawq = onnx.load(str(ex.export_onnx(sim, tmp_path / "rawq.onnx", SHAPE, compact_graph=False)))
+    sim.freeze_weight_scales(False)
+    ex.fold_weight_quantizers(rawq)
+    refq = ort_predict(ort_session(rawq.SerializeToString()), x)
+    assert torch.allclose(ort_predict(ort_session(str(q)), x), refq, atol=1e-5)

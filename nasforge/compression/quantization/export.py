@@ -56,7 +56,16 @@ def export_onnx(
 
 
 def export_qdq(sim: nn.Module, path: str | Path, input_shape: Sequence[int]) -> Path:
-    """Export a calibrated :class:`QuantSim` as a QDQ ONNX model with INT8 weights."""
+    """Export a calibrated :class:`QuantSim` as a QDQ ONNX model with INT8 weights.
+
+    At the export's static spatial size, kernel taps that only ever read padding are cropped
+    (:func:`crop_conv_kernels`) and pools over a 1x1 map dropped (:func:`drop_identity_pools`):
+    both exact. Measured (AMD EPYC avx512_vnni, 2 CPUs shared, load 3.8-5.3, onnxruntime 1.32,
+    1 thread, compare_speedups, EfficientNet-B0 width 1 at 32x32 trained 2 epochs on mnist5k):
+    INT8 with vs without them at b32 1.03-1.20x and 1.04-1.20x (two passes), b1 1.07x
+    [1.04, 1.09] (crop alone) -- all passes *unstable* (busy host). The same rewrites on the
+    FP32 export measured 0.91-1.12x and 0.95-1.00x at b32: not faster, so :func:`export_onnx`
+    leaves the float graph as it is."""
     import onnx
 
     sim.freeze_weight_scales(True)  # type: ignore[operator]
@@ -67,6 +76,8 @@ def export_qdq(sim: nn.Module, path: str | Path, input_shape: Sequence[int]) -> 
     model = onnx.load(str(path))
     fold_weight_quantizers(model)
     transpose_matmul_weights(model)
+    crop_conv_kernels(model)
+    drop_identity_pools(model)
     compact(model)
     onnx.checker.check_model(model)
     onnx.save(model, str(path))
@@ -223,4 +234,153 @@ def transpose_matmul_weights(model: object) -> int:
     for init in list(graph.initializer):
         if init.name not in used:
             graph.initializer.remove(init)
+    return done
+
+
+def _useful_taps(size: int, k: int, stride: int, pad: int, out: int) -> tuple[int, int]:
+    """First and last kernel tap (of ``k``) that reads a real input element (not padding)
+    for some output position, along one axis of static ``size``."""
+    useful = [t for t in range(k) if any(0 <= o * stride + t - pad < size for o in range(out))]
+    return (useful[0], useful[-1]) if useful else (0, k - 1)
+
+
+def crop_conv_kernels(model: object) -> int:
+    """Crop each Conv's kernel to the taps that can touch real input (in place; exact).
+
+    At a static spatial size smaller than the kernel's reach (EfficientNet's 5x5 depthwise
+    convs on 1x1 and 2x2 maps at 32x32 input) the outer taps only ever multiply the zero
+    padding: a 5x5 depthwise conv on a 1x1 map is a per-channel scale. Cropping them (and the
+    padding with them) leaves every output unchanged -- in float, and in INT8 too, where the
+    padding is the zero point and the weight scales are per output channel -- but the runtime
+    no longer walks 25 taps. ONNX Runtime's INT8 depthwise kernel pays for every tap (profiled,
+    EfficientNet-B0 32x32 b32, onnxruntime 1.32, 1 thread, AMD EPYC, busy host: the four
+    1x1-map depthwise QLinearConvs took 1.6 ms of a 19.9 ms run; all 16 INT8 depthwise convs
+    2.9 ms against 1.4 ms for the FP32 ones).
+    The weight is an initializer (float) or ``DequantizeLinear(int8 initializer)``; a weight
+    shared with another node, dilation, ``auto_pad`` or a non-static input size is left alone.
+    Returns the number of cropped convs."""
+    import onnx
+    from onnx import numpy_helper
+
+    graph = model.graph  # type: ignore[attr-defined]
+    shapes = _static_shapes(model)
+    inits = {i.name: i for i in graph.initializer}
+    producers = {o: n for n in graph.node for o in n.output}
+    uses: dict[str, int] = {}
+    for n in graph.node:
+        for i in n.input:
+            uses[i] = uses.get(i, 0) + 1
+    done = 0
+    for conv in graph.node:
+        if conv.op_type != "Conv" or len(conv.input) < 2:
+            continue
+        attrs = {a.name: a for a in conv.attribute}
+        if "auto_pad" in attrs and attrs["auto_pad"].s not in (b"", b"NOTSET"):
+            continue
+        if "dilations" in attrs and any(d != 1 for d in attrs["dilations"].ints):
+            continue
+        wname = conv.input[1]
+        dq = producers.get(wname)
+        if dq is not None:
+            if dq.op_type != "DequantizeLinear" or uses.get(wname) != 1:
+                continue
+            wname = dq.input[0]
+        if wname not in inits or uses.get(wname) != 1:
+            continue
+        w = numpy_helper.to_array(inits[wname])
+        x = shapes.get(conv.input[0], [])
+        nsp = w.ndim - 2
+        if nsp < 1 or len(x) != w.ndim or any(s <= 0 for s in x[2:]):
+            continue
+        ks = list(w.shape[2:])
+        strides = list(attrs["strides"].ints) if "strides" in attrs else [1] * nsp
+        pads = list(attrs["pads"].ints) if "pads" in attrs else [0] * (2 * nsp)
+        lo, hi, new_pads, crop = [], [], list(pads), False
+        for d in range(nsp):
+            size, k, st, pb, pe = x[2 + d], ks[d], strides[d], pads[d], pads[d + nsp]
+            out = (size + pb + pe - k) // st + 1
+            a, b = _useful_taps(size, k, st, pb, out)
+            k2 = b - a + 1
+            pb2 = pb - a
+            pe2 = (out - 1) * st + k2 - size - pb2
+            if pb2 < 0 or pe2 < 0 or (size + pb2 + pe2 - k2) // st + 1 != out:
+                a, b, pb2, pe2 = 0, k - 1, pb, pe
+            crop = crop or (a, b) != (0, k - 1)
+            lo.append(a)
+            hi.append(b + 1)
+            new_pads[d], new_pads[d + nsp] = pb2, pe2
+        if not crop:
+            continue
+        index = (slice(None), slice(None)) + tuple(slice(a, b) for a, b in zip(lo, hi))
+        cropped = np.ascontiguousarray(w[index])
+        inits[wname].CopyFrom(numpy_helper.from_array(cropped, wname))
+        for key, vals in (("kernel_shape", list(cropped.shape[2:])), ("pads", new_pads)):
+            if key in attrs:
+                conv.attribute.remove(attrs[key])
+            conv.attribute.append(onnx.helper.make_attribute(key, vals))
+        done += 1
+    return done
+
+
+def _static_shapes(model: object) -> dict[str, list[int]]:
+    """Tensor name -> shape (``-1`` for a dynamic dimension) from ONNX shape inference."""
+    import onnx
+
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model)  # type: ignore[arg-type]
+    except Exception:  # noqa: BLE001 - shape inference is best effort here
+        return {}
+    shapes: dict[str, list[int]] = {}
+    for vi in list(inferred.graph.value_info) + list(inferred.graph.input):
+        dims = vi.type.tensor_type.shape.dim
+        shapes[vi.name] = [d.dim_value if d.HasField("dim_value") else -1 for d in dims]
+    return shapes
+
+
+def drop_identity_pools(model: object) -> int:
+    """Remove each GlobalAveragePool/GlobalMaxPool whose input is statically 1x1 (in place).
+
+    Over a single position the pool is the identity. ONNX Runtime's INT8 kernel is not free
+    there: the head's QLinearGlobalAveragePool on EfficientNet-B0's (32, 1280, 1, 1) map
+    (32x32 input) took 0.47 ms (median) of an 18 ms run, left in NCHW and walked one "image"
+    per channel. In a QDQ graph the pool's ``DQ -> pool -> Q -> DQ`` becomes the first DQ:
+    the value keeps the quantization of the pool's input (one rounding fewer). Returns the
+    number of removed pools."""
+    graph = model.graph  # type: ignore[attr-defined]
+    shapes = _static_shapes(model)
+    outputs = {o.name for o in graph.output}
+    done = 0
+    for pool in list(graph.node):
+        if pool.op_type not in ("GlobalAveragePool", "GlobalMaxPool"):
+            continue
+        x = shapes.get(pool.input[0], [])
+        if len(x) < 3 or any(s != 1 for s in x[2:]) or pool.output[0] in outputs:
+            continue
+        src, out = pool.input[0], pool.output[0]
+        users = [n for n in graph.node if out in n.input]
+        # QDQ: DQ(a) -> pool -> Q(b) -> DQ(b) -> ...: the consumers read DQ(a) directly
+        if len(users) == 1 and users[0].op_type == "QuantizeLinear":
+            q = users[0]
+            dqs = [n for n in graph.node if q.output[0] in n.input]
+            if (
+                dqs
+                and q.output[0] not in outputs
+                and all(d.op_type == "DequantizeLinear" and d.output[0] not in outputs for d in dqs)
+            ):
+                for d in dqs:
+                    for n in graph.node:
+                        for i, name in enumerate(n.input):
+                            if name == d.output[0]:
+                                n.input[i] = src
+                    graph.node.remove(d)
+                graph.node.remove(q)
+                graph.node.remove(pool)
+                done += 1
+                continue
+        for n in users:
+            for i, name in enumerate(n.input):
+                if name == out:
+                    n.input[i] = src
+        graph.node.remove(pool)
+        done += 1
     return done

@@ -19,7 +19,15 @@ Per op kind (:data:`KIND_DEFAULTS`; ``QuantSpec.float_ops`` overrides, and
   QLinearSigmoid + QLinearMul. Measured (AMD EPYC, onnxruntime 1.32, 1 thread, compare_speedups,
   EfficientNet-B0 width 1 at 32x32, untrained weights; host busy, verdict *unstable*): INT8 vs
   FP32 1.13-1.22x at b1 and 1.24-1.37x at b32; with ``float_ops=("silu",)`` (SiLU float between
-  Q/DQ pairs) 0.98-1.04x and 0.96-1.04x.
+  Q/DQ pairs) 0.98-1.04x and 0.96-1.04x. Where the INT8 time goes (ORT profile, b32, same
+  host): QLinearConv ~10 ms vs FP32 Conv ~15.6 ms, SiLU as QLinearSigmoid + QLinearMul ~5 ms
+  vs FP32's fused QuickGelu ~2.6-3.0 ms (the main loss; no single integer SiLU kernel
+  exists), SE gating QLinearMul ~0.6-1.0 ms vs FP32's broadcast Mul 1.5-2.5 ms (so a float
+  SE multiply cannot win), depthwise QLinearConv on 1x1/2x2 maps and the head's
+  QLinearGlobalAveragePool on 1x1 (fixed at export: ``export.crop_conv_kernels``,
+  ``drop_identity_pools``). With those, trained weights (2 epochs mnist5k, INT8 top-1 0.891
+  vs FP32 0.883, agreement 0.973): INT8 vs FP32 1.33-1.71x and 1.46-1.69x at b32, 1.58-2.33x
+  at b1 (load 3.8-5.3 on 2 CPUs, all *unstable*).
 * ``sigmoid`` (SE gates) and ``mul`` (SE gating ``scale * x``): quantized (QLinearSigmoid,
   QLinearMul). A multiplication by a Python number after a Linear (attention's ``q * scale``)
   is folded into that Linear's weights instead.
