@@ -401,3 +401,18 @@ def test_shared_calibration_builds_the_same_file_as_calibrating(tmp_path: Path) 
     with pytest.raises(ptq_mod._SameGraph, match="default"):
         b.build("hardswish", Candidate(QuantSpec(float_ops=("hardswish",))), fp32)
     assert len(b.calibrated) == 1
+
+
+def test_float_op_variants_reuse_the_observed_ranges(tmp_path: Path) -> None:
+    model = _small_vit()
+    x = torch.randn(16, 3, 32, 32)
+    fp32 = export_onnx(model, tmp_path / "fp32.onnx", (3, 32, 32))
+    b = ptq_mod._Builder(model, x, (3, 32, 32), tmp_path)
+    b.build("default", Candidate(QuantSpec()), fp32)
+    spec = QuantSpec(float_ops=("matmul",))  # fewer quantizers, the same float graph
+    shared = b.build("float_matmul", Candidate(spec), fp32)
+    assert len(b.calibrated) == 1
+    own = ptq_mod.export_qdq(
+        ptq_mod.quantize_static_int8(model, x, spec), tmp_path / "own.onnx", (3, 32, 32)
+    )
+    assert Path(shared).read_bytes() == Path(own).read_bytes()

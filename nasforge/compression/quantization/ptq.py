@@ -349,19 +349,38 @@ class _Builder:
         mods = [(n, type(m).__name__) for n, m in sim.gm.named_modules()]
         return repr((sim.gm.code, mods, spec))
 
+    @staticmethod
+    def _sources(sim: QuantSim) -> tuple[list[tuple[str, str, str]], dict[str, str]]:
+        """The graph without its quantizers (name, op, target of every other node), and
+        quantizer -> the node whose value it observes."""
+        rest: list[tuple[str, str, str]] = []
+        src: dict[str, str] = {}
+        for n in sim.gm.graph.nodes:
+            if n.op == "call_module" and str(n.target) in sim.quantizers:
+                src[str(n.target)] = cast(torch.fx.Node, n.args[0]).name
+            else:
+                rest.append((n.name, n.op, str(n.target)))
+        return rest, src
+
     def _reuse(self, sim: QuantSim) -> bool:
+        """Copy the observed ranges of a calibrated build with the same graph but for where
+        quantizers sit (each quantizer of ``sim`` observing a node one of the other's
+        observed), then freeze: calibration observes float values, unchanged by these
+        choices."""
         how = (sim.spec.calibration, sim.spec.percentile)
+        rest, src = self._sources(sim)
         for ref in self.calibrated:
-            if (
-                (ref.spec.calibration, ref.spec.percentile) == how
-                and ref.gm.code == sim.gm.code
-                and set(ref.quantizers) == set(sim.quantizers)
-            ):
-                for k, q in sim.quantizers.items():
-                    q.observer = copy.deepcopy(ref.quantizers[k].observer)
-                    q.freeze()
-                sim.eval()
-                return True
+            ref_rest, ref_src = self._sources(ref)
+            by_node = {v: k for k, v in ref_src.items()}
+            if (ref.spec.calibration, ref.spec.percentile) != how or ref_rest != rest:
+                continue
+            if not all(v in by_node for v in src.values()):
+                continue
+            for k, q in sim.quantizers.items():
+                q.observer = copy.deepcopy(ref.quantizers[by_node[src[k]]].observer)
+                q.freeze()
+            sim.eval()
+            return True
         return False
 
     def build(self, name: str, cand: Candidate, fp32: Path) -> Path | nn.Module:
