@@ -544,45 +544,31 @@ def _interval(v: Speedup) -> str:
 def screen(
     passes: dict[int, dict[str, Latency]],
     default: str,
-    torch_names: Sequence[str] = (),
     against_best: bool = True,
 ) -> dict[str, str]:
     """Candidates of a screening pass that are clearly slower, each with why; the default is
     never dropped. A candidate is clearly slower when its paired 95% interval lies below 1:
 
-    * an ONNX Runtime candidate against the default at some batch size (it could never
-      replace the default);
-    * a torch-runtime candidate against every ONNX Runtime candidate of the pass at some
-      batch size (it could never replace the ONNX Runtime choice);
-    * with ``against_best`` (all batch sizes measured), any candidate against the fastest
-      of the pass at every batch size.
+    * against the default at some batch size: an ONNX Runtime candidate could never
+      replace the default, and a torch-runtime one could never replace the ONNX Runtime
+      choice (the default, or one not measurably slower than it anywhere);
+    * with ``against_best`` (all batch sizes measured), against the fastest candidate of
+      the pass at every batch size.
 
     Noise can only keep a candidate (a wide interval does not lie below 1), never drop one.
     """
     names = [n for n in next(iter(passes.values())) if n != FP32_REFERENCE]
     if not names or default not in names:
         return {}
-    ort = [n for n in names if n not in torch_names]
     best = max(names, key=lambda n: _geo_ratio(passes, n))
     out: dict[str, str] = {}
     for n in names:
         if n == default:
             continue
-        if n in torch_names:
-            for bs, p in passes.items():
-                vs = {o: paired(p[o], p[n]) for o in ort}
-                if vs and all(v.high < 1 for v in vs.values()):
-                    o = max(ort, key=lambda o: vs[o].high)
-                    out[n] = (
-                        f"clearly slower than every ONNX Runtime candidate at b{bs} "
-                        f"(the closest, {o}: {_interval(vs[o])})"
-                    )
-                    break
-        else:
-            slower = {bs: v for bs, p in passes.items() if (v := paired(p[default], p[n])).high < 1}
-            if slower:
-                shown = ", ".join(f"b{bs} {_interval(v)}" for bs, v in slower.items())
-                out[n] = f"clearly slower than the default {default} ({shown})"
+        slower = {bs: v for bs, p in passes.items() if (v := paired(p[default], p[n])).high < 1}
+        if slower:
+            shown = ", ".join(f"b{bs} {_interval(v)}" for bs, v in slower.items())
+            out[n] = f"clearly slower than the default {default} ({shown})"
         if n in out or not against_best or n == best:
             continue
         vs_best = {bs: paired(p[best], p[n]) for bs, p in passes.items()}
@@ -661,7 +647,6 @@ def select_int8_format(
                     continue
                 graphs[data] = name
             built[name] = b
-        torch_names = [n for n in built if cands[n].runtime != "onnxruntime"]
         runners = _Runners(built, fp32, calib_x, threads)
         # screening, smallest batch size first: what is clearly slower there is not run
         # (nor compiled) at the larger ones
@@ -675,7 +660,7 @@ def select_int8_format(
             last = i == len(batch_sizes) - 1
             alive_passes = {b: {n: p[n] for n in (FP32_REFERENCE, *alive)} for b, p in scr.items()}
             for n, why in screen(
-                alive_passes if last else {bs: scr[bs]}, default_name, torch_names, last
+                alive_passes if last else {bs: scr[bs]}, default_name, last
             ).items():
                 dropped[n] = why
                 notes.append(
