@@ -205,12 +205,14 @@ class _SmallMaps(nn.Module):
         self.dw2 = nn.Conv2d(8, 8, 5, padding=2, groups=8)
         self.down = nn.Conv2d(8, 16, 3, stride=2, padding=1)  # 2x2 -> 1x1
         self.dw1 = nn.Conv2d(16, 16, 5, padding=2, groups=16)
+        self.pw = nn.Conv2d(16, 16, 1)  # a 1x1 conv on a 1x1 map
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(16, 10)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = torch.relu(self.dw2(torch.relu(self.stem(x))))
         x = torch.relu(self.dw1(torch.relu(self.down(x))))
+        x = torch.sigmoid(self.pw(x))  # not fused into the conv: the conv ends in a Q
         return self.fc(torch.flatten(self.pool(x), 1))
 
 
@@ -246,3 +248,8 @@ def test_export_crops_kernels_and_drops_pools_on_tiny_maps(digits, tmp_path) -> 
     ex.fold_weight_quantizers(rawq)
     refq = ort_predict(ort_session(rawq.SerializeToString()), x)
     assert torch.allclose(ort_predict(ort_session(str(q)), x), refq, atol=1e-5)
+    # opt-in: the 1x1 conv on the 1x1 map as one integer MatMul over the batch
+    qm2 = export_qdq(sim, tmp_path / "q2.onnx", SHAPE, pixel_matmul=True)
+    assert optimized_op_counts(qm2).get("MatMulIntegerToFloat", 0) == 1
+    agree = agreement(ort_predict(ort_session(str(q)), x), ort_predict(ort_session(str(qm2)), x))
+    assert agree["top1_agreement"] >= 0.95 and agree["mean_abs_diff"] < 0.02, agree

@@ -27,7 +27,10 @@ Per op kind (:data:`KIND_DEFAULTS`; ``QuantSpec.float_ops`` overrides, and
   QLinearGlobalAveragePool on 1x1 (fixed at export: ``export.crop_conv_kernels``,
   ``drop_identity_pools``). With those, trained weights (2 epochs mnist5k, INT8 top-1 0.891
   vs FP32 0.883, agreement 0.973): INT8 vs FP32 1.33-1.71x and 1.46-1.69x at b32, 1.58-2.33x
-  at b1 (load 3.8-5.3 on 2 CPUs, all *unstable*).
+  at b1 (load 3.8-5.3 on 2 CPUs, all *unstable*). The 1x1 convs on 1x1 maps run one image
+  at a time (matrix-vector products); ``export_qdq(..., pixel_matmul=True)`` makes them one
+  integer MatMul over the batch: INT8 vs FP32 1.62-1.77x at b32 but slower at b1 (see
+  ``export.pixel_convs_as_matmul``), so it is an opt-in candidate, not the default.
 * ``sigmoid`` (SE gates) and ``mul`` (SE gating ``scale * x``): quantized (QLinearSigmoid,
   QLinearMul). A multiplication by a Python number after a Linear (attention's ``q * scale``)
   is folded into that Linear's weights instead.
