@@ -91,8 +91,9 @@ def compress(
     model: Annotated[
         Path,
         typer.Argument(
-            help="a run's best/ folder, or a state dict (model.pt next to arch.json, or "
-            "with --model-factory)"
+            help="a run's best/ folder, a state dict (model.pt next to arch.json, or with "
+            "--model-factory), an exported program (.pt2) or an ONNX model (.onnx); the last "
+            "two are quantized only"
         ),
     ],
     data: Annotated[str, typer.Option("--data", help="dataset name (nasforge.data)")] = "mnist5k",
