@@ -382,7 +382,7 @@ def test_shared_calibration_builds_the_same_file_as_calibrating(tmp_path: Path) 
     before calibrating."""
     torch.manual_seed(0)
     model = efficientnet_b0(width=0.25).eval()
-    x = torch.randn(32, 3, 32, 32)
+    x = torch.randn(8, 3, 32, 32)
     fp32 = export_onnx(model, tmp_path / "fp32.onnx", (3, 32, 32))
     b = ptq_mod._Builder(model, x, (3, 32, 32), tmp_path)
     b.build("default", Candidate(QuantSpec()), fp32)
@@ -401,7 +401,7 @@ def test_shared_calibration_builds_the_same_file_as_calibrating(tmp_path: Path) 
 
 def test_float_op_variants_reuse_the_observed_ranges(tmp_path: Path) -> None:
     model = _small_vit()
-    x = torch.randn(16, 3, 32, 32)
+    x = torch.randn(8, 3, 32, 32)
     fp32 = export_onnx(model, tmp_path / "fp32.onnx", (3, 32, 32))
     b = ptq_mod._Builder(model, x, (3, 32, 32), tmp_path)
     b.build("default", Candidate(QuantSpec()), fp32)

@@ -449,12 +449,12 @@ def screening_config(timing: TimingConfig | None = None) -> TimingConfig:
 
 def full_config(batch_size: int, timing: TimingConfig | None = None) -> TimingConfig:
     """The deciding pass of :func:`select_int8_format`: ``timing`` or 5 rounds of 10 calls
-    (3 at batch sizes over 4), at most one re-measurement of stray rounds and at most one
-    whole re-measurement when unstable."""
+    (3 at batch sizes over 4), with at most one re-measurement: the whole pass again (twice
+    the rounds) when unstable, no separate re-measurement of stray rounds."""
     cfg = timing or timing_config(rounds=5, repeats=10 if batch_size <= 4 else 3, warmup=3)
     return replace(
         cfg,
-        max_remeasure=min(cfg.max_remeasure, 1),
+        max_remeasure=0,
         policy=replace(cfg.policy, retries=min(cfg.policy.retries, 1)),
     )
 
