@@ -10,7 +10,10 @@ speed-up over FP32 has a 95% interval and a noise verdict. A candidate replaces 
 format only when it is measurably faster (the paired interval against the default above 1 at
 some batch size, below it at none) on a stable pass; otherwise the default is kept and the
 notes say why (an unstable pass, or intervals that overlap), so a busy host never picks a
-format at random.
+format at random. To keep this affordable, a cheap screening pass (3 rounds x 3 calls, smallest
+batch size first) first drops candidates clearly slower than the default (or than the fastest
+at every batch size); only the survivors get their validation accuracy and the deciding pass
+(the notes and :attr:`FormatTrial.screened` say what was screened out and why).
 
 Candidates are more than activation formats (:func:`format_candidates`, pruned by what the
 model contains): op kinds kept in float (``QuantSpec.float_ops``), onnxruntime's own static
