@@ -18,6 +18,7 @@ from nasforge.compression.quantization import (
     Candidate,
     QuantSpec,
     export_onnx,
+    export_qdq,
     format_candidates,
     inductor,
     op_kinds,
@@ -389,7 +390,7 @@ def test_shared_calibration_builds_the_same_file_as_calibrating(tmp_path: Path) 
     s8 = QuantSpec(activations="int8")
     shared = b.build("s8", Candidate(s8), fp32)
     assert len(b.calibrated) == 1  # no second calibration
-    own = ptq_mod.export_qdq(
+    own = export_qdq(
         ptq_mod.quantize_static_int8(model, x, s8), tmp_path / "own.onnx", (3, 32, 32)
     )
     assert Path(shared).read_bytes() == Path(own).read_bytes()
@@ -408,7 +409,7 @@ def test_float_op_variants_reuse_the_observed_ranges(tmp_path: Path) -> None:
     spec = QuantSpec(float_ops=("matmul",))  # fewer quantizers, the same float graph
     shared = b.build("float_matmul", Candidate(spec), fp32)
     assert len(b.calibrated) == 1
-    own = ptq_mod.export_qdq(
+    own = export_qdq(
         ptq_mod.quantize_static_int8(model, x, spec), tmp_path / "own.onnx", (3, 32, 32)
     )
     assert Path(shared).read_bytes() == Path(own).read_bytes()

@@ -3,6 +3,7 @@ QDQ, onnxruntime's own quantizers and torchao PT2E (``inductor``, optional) as m
 candidates, INT4 weight-only, and per-layer sensitivity with mixed-precision plans."""
 
 from nasforge.compression.quantization.calibrate import CALIBRATIONS, RangeObserver, qparams
+from nasforge.compression.quantization.candidates import Candidate, format_candidates, op_kinds
 from nasforge.compression.quantization.export import compact, export_onnx, export_qdq
 from nasforge.compression.quantization.int4 import Int4Model, quantize_int4
 from nasforge.compression.quantization.ortquant import (
@@ -10,12 +11,9 @@ from nasforge.compression.quantization.ortquant import (
     quantize_onnx_static,
 )
 from nasforge.compression.quantization.ptq import (
-    Candidate,
     FormatChoice,
     FormatTrial,
     choose_int8_format,
-    format_candidates,
-    op_kinds,
     quantize_static_int8,
     select_int8_format,
 )
