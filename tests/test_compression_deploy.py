@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from scripted_timing import JUMPY, SCRIPTED
 
 from nasforge.compression import CompressConfig, run_pipeline
 from nasforge.compression import pipeline as pipeline_mod
@@ -27,21 +28,8 @@ from nasforge.compression.results import (
 from nasforge.compression.zoo import MobileNetV2
 from nasforge.data import load_dataset
 from nasforge.hardware.backends import Runner
-from nasforge.hardware.noise import NoisePolicy
-from nasforge.hardware.timing import TimingConfig
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-SCRIPTED = TimingConfig(
-    warmup=0,
-    repeats=48,
-    rounds=8,
-    reference=False,
-    max_remeasure=0,
-    clock="wall",
-    policy=NoisePolicy(retries=0),
-)
-JUMPY = [1.0, 2.5, 0.6, 1.8, 0.7, 2.2, 1.0, 0.5]
 
 
 class Scripted(Runner):

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from scripted_timing import JUMPY, SCRIPTED
 
 from nasforge.compression import CompressConfig, run_pipeline
 from nasforge.compression import pipeline as pipeline_mod
@@ -34,18 +35,6 @@ from nasforge.hardware.noise import UNSTABLE, NoisePolicy
 from nasforge.hardware.timing import TimingConfig
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-#: one pass, no warm-up visit (it would consume a scripted factor), no reference kernel
-SCRIPTED = TimingConfig(
-    warmup=0,
-    repeats=48,
-    rounds=8,
-    reference=False,
-    max_remeasure=0,
-    clock="wall",
-    policy=NoisePolicy(retries=0),
-)
-JUMPY = [1.0, 2.5, 0.6, 1.8, 0.7, 2.2, 1.0, 0.5]  # every round a different host
 
 
 class Scripted(Runner):

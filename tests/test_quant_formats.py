@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from scripted_timing import SCRIPTED
 
 from nasforge.compression import CompressConfig, run_pipeline
 from nasforge.compression.errors import QuantizationError
@@ -40,20 +41,9 @@ from nasforge.compression.quantization.sensitivity import sqnr_db
 from nasforge.compression.zoo import MobileNetV2, efficientnet_b0, resnet18, vit_tiny
 from nasforge.data import load_dataset
 from nasforge.hardware.backends import Runner
-from nasforge.hardware.noise import NoisePolicy
 from nasforge.hardware.timing import TimingConfig
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-SCRIPTED = TimingConfig(
-    warmup=0,
-    repeats=48,
-    rounds=8,
-    reference=False,
-    max_remeasure=0,
-    clock="wall",
-    policy=NoisePolicy(retries=0),
-)
 
 
 class Scripted(Runner):
@@ -390,9 +380,7 @@ def test_shared_calibration_builds_the_same_file_as_calibrating(tmp_path: Path) 
     s8 = QuantSpec(activations="int8")
     shared = b.build("s8", Candidate(s8), fp32)
     assert len(b.calibrated) == 1  # no second calibration
-    own = export_qdq(
-        ptq_mod.quantize_static_int8(model, x, s8), tmp_path / "own.onnx", (3, 32, 32)
-    )
+    own = export_qdq(ptq_mod.quantize_static_int8(model, x, s8), tmp_path / "own.onnx", (3, 32, 32))
     assert Path(shared).read_bytes() == Path(own).read_bytes()
     # no hardswish in the model: keeping it float changes nothing, found before calibrating
     with pytest.raises(ptq_mod._SameGraph, match="default"):
