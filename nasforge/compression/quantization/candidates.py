@@ -1,8 +1,9 @@
 """What INT8 builds are worth measuring on a model, and how each is built:
 :class:`Candidate` (a spec and how it is built: nasforge's QDQ graph, onnxruntime's static or
-dynamic quantizer, torchao PT2E on torch inductor), the op kinds a model contains (:func:`op_kinds`), and :func:`format_candidates`, the
-short list :func:`~nasforge.compression.quantization.ptq.select_int8_format` measures (split
-from ``ptq.py``, which times and chooses); ``_Builder`` builds them, sharing calibration
+dynamic quantizer, torchao PT2E on torch inductor), the op kinds a model contains
+(:func:`op_kinds`), and :func:`format_candidates`, the short list that
+:func:`~nasforge.compression.quantization.ptq.select_int8_format` measures (split from
+``ptq.py``, which times and chooses); ``_Builder`` builds them, sharing calibration
 between nasforge QDQ builds that differ only where quantizers sit.
 """
 
