@@ -215,24 +215,12 @@ def ort_dynamic(fp32: Path, out: Path) -> Path:
 
 
 def torchao_pt2e(model: nn.Module, calib: torch.Tensor) -> nn.Module:
-    """torchao PT2E with the X86 Inductor quantizer's defaults (static, per-channel); the
-    converted graph module (deploys through ``torch.compile``)."""
-    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
-    from torchao.quantization.pt2e.quantizer.x86_inductor_quantizer import (
-        X86InductorQuantizer,
-        get_default_x86_inductor_quantization_config,
-    )
+    """torchao PT2E with the X86 Inductor quantizer's defaults (static, per-channel), through
+    nasforge's own capture (strict export first: the non-strict one fails on a ReLU module
+    called twice, as in ResNet's basic block); deploys through ``torch.compile``."""
+    from nasforge.compression.quantization.inductor import quantize_pt2e
 
-    batch = torch.export.Dim("batch", min=1, max=1024)
-    ep = torch.export.export(
-        copy.deepcopy(model).eval(), (calib[:2],), dynamic_shapes=({0: batch},)
-    ).module()
-    q = X86InductorQuantizer().set_global(get_default_x86_inductor_quantization_config())
-    prepared = prepare_pt2e(ep, q)  # type: ignore[arg-type]
-    with torch.no_grad():
-        for i in range(0, len(calib), 64):
-            prepared(calib[i : i + 64])
-    return convert_pt2e(prepared)  # type: ignore[no-any-return]
+    return quantize_pt2e(model, calib, tuple(calib.shape[1:]))
 
 
 def compiled(model: nn.Module, xs: dict[int, torch.Tensor]) -> nn.Module:
