@@ -34,6 +34,18 @@ class Result:
     info: dict[str, Any] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class Fidelity:
+    """A multi-fidelity budget: train for ``epochs`` (``None``: the recipe's) on
+    ``data_fraction`` of the training split (a seeded, class-stratified subset; 1.0: all).
+
+    ``evaluate(arch, budget=...)`` takes a :class:`Fidelity` or, as before, a number of
+    epochs."""
+
+    epochs: int | None = None
+    data_fraction: float = 1.0
+
+
 class StopTrial(Exception):
     """Raised by a reporter to stop a trial early; the evaluator returns what it has."""
 

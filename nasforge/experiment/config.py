@@ -29,8 +29,10 @@ from nasforge.compression.config import CompressConfig
 from nasforge.data import GENERATED
 from nasforge.errors import ConfigError, NasforgeError, PluginError
 from nasforge.evaluators import evaluator_entry
+from nasforge.experiment.automl_config import AutomlSection
 from nasforge.experiment.ofa_config import OFASection
 from nasforge.experiment.oneshot_config import OneshotConfig, default_evaluator
+from nasforge.experiment.scaling_config import ScalingSection
 from nasforge.hardware.backends import get_backend, list_backends
 from nasforge.objectives import Objective
 from nasforge.plugins import load_plugins
@@ -243,6 +245,14 @@ class ExperimentConfig(_Section):
         None, description="weight-sharing search (DARTS, single-path supernet); see oneshot_config"
     )
     ofa: OFASection | None = Field(None, description="Once-for-All (nasforge ofa); see ofa_config")
+    automl: AutomlSection | None = Field(
+        None,
+        description="training recipe and compression searched with the architecture; "
+        "see automl_config",
+    )
+    scaling: ScalingSection | None = Field(
+        None, description="compound scaling (nasforge scale); see scaling_config"
+    )
 
     @model_validator(mode="before")
     @classmethod
