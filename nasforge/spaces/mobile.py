@@ -9,6 +9,14 @@ with more than one multiplier the space's first dimension is ``resolution`` and 
 multiplier is not 1.0 resizes its input first (:class:`~nasforge.nn.blocks.Resized`), so
 every net takes the dataset's input and computes at :meth:`MobileSpace.input_size`.
 
+Compound scaling (EfficientNet; options ``width_mult``, ``depth_mult``, ``resolution_mult``,
+default 1.0): ``width_mult`` multiplies the channels of the stem, every stage and the head
+(rounded with :func:`~nasforge.nn.blocks.make_divisible`), ``depth_mult`` turns each stage's
+``max_depth`` into ``ceil(max_depth * depth_mult)`` and ``resolution_mult`` multiplies every
+entry of ``resolutions`` (the net resizes its input to the scaled size). They are applied once
+in the constructor, so ``build``, ``plan``, ``all_layers`` and the Once-for-All supernets all
+see the scaled stages. :mod:`nasforge.spaces.mobile_scale` maps a base arch to its scaled one.
+
 Layer plan (for latency tables): the input resize (only when resized), the stem, one
 ``mobile.ir`` layer per block, the head; the four factories are registered when this module is
 imported.
@@ -72,6 +80,21 @@ RESOLUTION = "resolution"
 #: the smallest side a resized input may have (a smaller one leaves the stages nothing to see)
 MIN_SIDE = 4
 _WHERE = "space.options.resolutions"
+#: the largest multiplier ``width_mult`` / ``depth_mult`` / ``resolution_mult`` accept
+MAX_MULT = 16.0
+
+
+def check_multiplier(name: str, value: Any) -> float:
+    """``value`` as a float if it is a finite number in (0, :data:`MAX_MULT`].
+
+    Raises:
+        ConfigError: naming ``space.options.<name>``.
+    """
+    if isinstance(value, bool) or not isinstance(value, Real) or not math.isfinite(float(value)):
+        raise ConfigError(f"space.options.{name}: {value!r} is not a finite number")
+    if not 0 < float(value) <= MAX_MULT:
+        raise ConfigError(f"space.options.{name}: {value} must be > 0 and <= {MAX_MULT:g}")
+    return float(value)
 
 
 def resolution_size(spatial: Sequence[int], multiplier: float) -> tuple[int, ...]:
@@ -122,6 +145,53 @@ def check_resolutions(resolutions: Any, spatial: Sequence[int]) -> tuple[float, 
     return tuple(out)
 
 
+def scaled_sizes(
+    resolutions: Sequence[float], spatial: Sequence[int], resolution_mult: float
+) -> dict[float, tuple[int, ...]]:
+    """Per multiplier of ``resolutions`` (checked), the size the net computes at once scaled
+    by ``resolution_mult``.
+
+    Raises:
+        ConfigError: (naming ``space.options.resolution_mult``) the scaled size makes a side
+            smaller than :data:`MIN_SIDE` or gives two multipliers one size.
+    """
+    out: dict[float, tuple[int, ...]] = {}
+    for m in resolutions:
+        scaled = m * resolution_mult
+        raw = tuple(round(s * scaled) for s in spatial)
+        if scaled != 1.0 and min(raw) < MIN_SIDE:
+            raise ConfigError(
+                f"space.options.resolution_mult: {resolution_mult} turns the "
+                f"{'x'.join(map(str, spatial))} input into {'x'.join(map(str, raw))} at "
+                f"resolution {m}; every side must stay >= {MIN_SIDE}"
+            )
+        size = resolution_size(spatial, scaled)
+        if size in out.values():
+            raise ConfigError(
+                f"space.options.resolution_mult: {resolution_mult} gives resolutions {m} and "
+                f"another one the same {'x'.join(map(str, size))} input; list fewer resolutions"
+            )
+        out[m] = size
+    return out
+
+
+def _scaled_channels(channels: int, width_mult: float) -> int:
+    """``channels`` times ``width_mult``, rounded like MobileNet / EfficientNet's filters
+    (unchanged at 1.0, so unscaled spaces keep their exact channels)."""
+    return int(channels) if width_mult == 1.0 else make_divisible(channels * width_mult)
+
+
+def _scaled_stage(stage: StageSpec, space: MobileSpace) -> StageSpec:
+    """``stage`` with channels times the space's ``width_mult`` and ``max_depth`` times its
+    ``depth_mult`` (rounded up)."""
+    depth = (
+        stage.max_depth
+        if space.depth_mult == 1.0
+        else math.ceil(stage.max_depth * space.depth_mult - 1e-9)
+    )
+    return StageSpec(_scaled_channels(stage.channels, space.width_mult), stage.stride, depth)
+
+
 class _ResolutionPlan(NamedTuple):
     """The plan tables of one resolution (see :meth:`MobileSpace._compile_plan`)."""
 
@@ -141,9 +211,14 @@ class MobileSpace(SearchSpace):
             :meth:`input_size`). With more than one, the categorical dimension ``resolution``
             (the multipliers as floats) is the space's first; with one (default ``(1.0,)``)
             there is no such dimension and every net computes at that one multiplier.
+        width_mult: multiplies the stem's, every stage's and the head's channels.
+        depth_mult: each stage's ``max_depth`` becomes ``ceil(max_depth * depth_mult)``.
+        resolution_mult: multiplies every entry of ``resolutions`` (the arch's
+            ``resolution`` label keeps the unscaled value).
 
     Raises:
-        ConfigError: bad ``resolutions`` (the message names ``space.options.resolutions``).
+        ConfigError: bad ``resolutions`` or multipliers (the message names the option, e.g.
+            ``space.options.width_mult``).
     """
 
     name = "mobile"
@@ -162,6 +237,9 @@ class MobileSpace(SearchSpace):
         head_features: int = 128,
         stem_stride: int | None = None,
         resolutions: Sequence[float] = (1.0,),
+        width_mult: float = 1.0,
+        depth_mult: float = 1.0,
+        resolution_mult: float = 1.0,
     ) -> None:
         self.input_shape = tuple(int(s) for s in input_shape)
         if len(self.input_shape) not in (2, 3):
@@ -169,14 +247,19 @@ class MobileSpace(SearchSpace):
                 f"mobile: input_shape must be (C, H, W) or (C, L), got {self.input_shape}"
             )
         self.nd = len(self.input_shape) - 1
+        self.width_mult = check_multiplier("width_mult", width_mult)
+        self.depth_mult = check_multiplier("depth_mult", depth_mult)
+        self.resolution_mult = check_multiplier("resolution_mult", resolution_mult)
         self.resolutions = check_resolutions(resolutions, self.input_shape[1:])
         #: multiplier -> the spatial size the net computes at
-        self._sizes = {m: resolution_size(self.input_shape[1:], m) for m in self.resolutions}
+        self._sizes = scaled_sizes(self.resolutions, self.input_shape[1:], self.resolution_mult)
         self._elastic_resolution = len(self.resolutions) > 1
         self.num_classes = int(num_classes)
-        self.stages = tuple(s if isinstance(s, StageSpec) else StageSpec(*s) for s in stages)
-        self.stem_channels = stem_channels
-        self.head_features = head_features
+        self.stages = tuple(
+            _scaled_stage(s if isinstance(s, StageSpec) else StageSpec(*s), self) for s in stages
+        )
+        self.stem_channels = _scaled_channels(stem_channels, self.width_mult)
+        self.head_features = _scaled_channels(head_features, self.width_mult)
         if stem_stride is None:
             stem_stride = 2 if min(self.input_shape[1:]) >= 24 else 1
         self.stem_stride = stem_stride
@@ -295,7 +378,8 @@ class MobileSpace(SearchSpace):
         lines = []
         size = self.input_size(arch)
         if size != self.input_shape[1:]:
-            lines.append(f"resolution: {self.resolution(arch)} ({'x'.join(map(str, size))})")
+            m = self.resolution(arch) * self.resolution_mult
+            lines.append(f"resolution: {m:g} ({'x'.join(map(str, size))})")
         for i, st in enumerate(self.stages):
             mine = [b for b in blocks if b.stage == i]
             spelled = [f"ir_k{b.kernel}_e{b.expand}{'_se' if b.se else ''}_{b.act}" for b in mine]
