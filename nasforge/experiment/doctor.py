@@ -14,11 +14,12 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-from nasforge.errors import NasforgeError
+from nasforge.errors import ConfigError, NasforgeError
 from nasforge.experiment.config import ExperimentConfig
 from nasforge.experiment.ofa_config import ofa_findings
 from nasforge.experiment.oneshot_config import darts_findings
 from nasforge.experiment.preflight import budget_findings, latency_trust_findings, prepare_run
+from nasforge.experiment.setup import automl_problems, is_multi_fidelity
 from nasforge.hardware.doctor import latency_findings
 from nasforge.hardware.trust import UntrustedTableWarning
 
@@ -127,5 +128,93 @@ def diagnose(cfg: ExperimentConfig, build: bool = True) -> list[Finding]:
                     "moderate ratios; fine-tune (with distillation) after compressing",
                 )
             )
+    out.extend(automl_findings(cfg))
     # the pre-run validation and the latency checks may name the same table verdict
     return list(dict.fromkeys(out))
+
+
+#: a global channel-pruning ratio from which fine-tuning is needed (the brief: compression
+#: beyond a moderate ratio is followed by fine-tuning)
+MODERATE_PRUNE_RATIO = 0.5
+
+
+def automl_findings(cfg: ExperimentConfig) -> list[Finding]:
+    """What is wrong or wasteful in the ``automl:`` section: the errors a search stops with
+    (:func:`~nasforge.experiment.setup.automl_problems`, all of them, not only the first),
+    pruning beyond a moderate ratio without fine-tuning, compression an accuracy-only
+    objective can only lose to, one-choice dimensions, and a searched epoch count the final
+    does not use."""
+    automl = cfg.automl
+    if automl is None or not automl.has_dims:
+        return []
+    out: list[Finding] = []
+    for problem in automl_problems(cfg):
+        out.extend(error_findings(ConfigError(problem)))
+    if "epochs" in automl.recipe and not is_multi_fidelity(cfg.strategy.name):
+        out.append(
+            Finding(
+                "info",
+                "final.epochs",
+                f"the epochs are searched, but the final model trains for final.epochs "
+                f"({cfg.final.epochs}); the card shows both",
+            )
+        )
+    out.extend(_compress_findings(cfg))
+    for field, spec in automl.recipe.items():
+        if isinstance(spec, list) and len(spec) == 1:
+            out.append(
+                Finding(
+                    "warning",
+                    f"automl.recipe.{field}",
+                    f"one choice ({spec[0]!r}) is no search dimension; set train.{field} instead",
+                )
+            )
+    return out
+
+
+def _compress_findings(cfg: ExperimentConfig) -> list[Finding]:
+    automl = cfg.automl
+    if automl is None or not automl.compress:
+        return []
+    out: list[Finding] = []
+    ratios = automl.compress.get("prune_ratio", [])
+    finetune = cfg.evaluator.options.get("finetune_epochs", 1)
+    if ratios and max(ratios) >= MODERATE_PRUNE_RATIO and finetune == 0:
+        out.append(
+            Finding(
+                "warning",
+                "evaluator.options.finetune_epochs",
+                f"pruning up to {max(ratios):.0%} of the channels without fine-tuning loses "
+                "accuracy beyond moderate ratios; fine-tune each pruned candidate "
+                "(finetune_epochs >= 1)",
+            )
+        )
+    if cfg.objective.kind == "accuracy":
+        out.append(
+            Finding(
+                "warning",
+                "objective.kind",
+                "automl.compress is searched with an accuracy-only objective: compression "
+                "only costs accuracy, so the search will prefer no pruning and 32 bits; use "
+                "constraint, weighted_product or pareto with a latency target",
+            )
+        )
+    if cfg.latency.mode == "predict":
+        out.append(
+            Finding(
+                "info",
+                "latency.mode",
+                "a compressed candidate's latency is measured, never predicted from the "
+                "table: the latency prefilter is off for this search",
+            )
+        )
+    if cfg.compress is not None:
+        out.append(
+            Finding(
+                "warning",
+                "compress",
+                "the final model is compressed with the searched automl.compress settings; "
+                "the compress: section is not used",
+            )
+        )
+    return out

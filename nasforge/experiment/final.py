@@ -33,6 +33,7 @@ from nasforge.compression.pipeline import run_pipeline
 from nasforge.data import Dataset
 from nasforge.experiment.config import ExperimentConfig
 from nasforge.experiment.export import export_onnx, onnx_max_abs_diff
+from nasforge.experiment.fidelity_view import full_fidelity
 from nasforge.experiment.latency_verdict import card_stability, latency_text
 from nasforge.experiment.progress import RunLog
 from nasforge.experiment.setup import RunObjects, make_latency_model, train_config
@@ -43,13 +44,19 @@ from nasforge.modelfile import save_model
 from nasforge.nn import fuse_bn
 from nasforge.objectives import Objective, pareto_front
 from nasforge.space import Arch, SearchSpace
+from nasforge.space.joint import inner_space, recipe_train_config, split_arch
 from nasforge.strategies.base import scalar
-from nasforge.train import TrainConfig, evaluate_accuracy, train_model
+from nasforge.train import TrainConfig, TrainSection, evaluate_accuracy, train_model
 
 
 def select_final(store: TrialStore, objective: Objective, top_k: int) -> list[TrialRecord]:
-    """The best ``top_k`` trials by score, or up to ``top_k`` of the Pareto front (by accuracy)."""
-    complete = [t for t in store.trials(("complete",)) if t.score is not None]
+    """The best ``top_k`` trials by score, or up to ``top_k`` of the Pareto front (by accuracy).
+
+    In a multi-fidelity run only the trials at the highest budget reached compete
+    (:func:`~nasforge.experiment.fidelity_view.full_fidelity`): a cheap rung's score is not
+    comparable with a full training's.
+    """
+    complete = full_fidelity([t for t in store.trials(("complete",)) if t.score is not None])
     if not complete:
         return []
     if objective.multi:
@@ -96,6 +103,13 @@ def finalize(
     for rank, trial in enumerate(chosen):
         out_dir = run_dir / "best" if rank == 0 else run_dir / "best" / f"candidate{rank}"
         msg = f"final: retraining trial {trial.id} on train+val for {cfg.final.epochs} epochs"
+        searched = split_arch(space, trial.arch)[1]
+        if searched:
+            msg += (
+                " with its searched recipe ("
+                + ", ".join(f"{k}={_short(v)}" for k, v in searched.items() if k != "epochs")
+                + ")"
+            )
         if log is not None:
             log.say(msg)
         else:
@@ -105,6 +119,10 @@ def finalize(
         )
     store.set_meta("final", models)
     return models[0]
+
+
+def _short(value: Any) -> str:
+    return f"{value:.3g}" if isinstance(value, float) else str(value)
 
 
 def finalize_table(
@@ -237,13 +255,25 @@ def finalize_one(
 
     ``latency_model`` and ``train`` (with the final epochs) default to those built from
     ``cfg`` (:func:`final_latency_model`, :func:`~nasforge.experiment.setup.train_config`).
+
+    A trial of a joint space (``automl:``) is retrained with its own recipe (the searched
+    ``recipe/...`` values over ``train``), for ``final.epochs`` even when the search chose
+    the epochs too: a trial's epochs are a search-time budget, the final's are the user's
+    (the card keeps both: ``recipe_searched`` and ``final_epochs``). The saved arch is the
+    architecture part, so ``nasforge export`` and the model file rebuild it with the plain
+    space; with ``compress/...`` settings, the retrained model is compressed with them
+    (``compression`` on the card).
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     d = dataset
     epochs = cfg.final.epochs
     threads = cfg.latency.threads  # what the search's workers trained with
+    arch, searched, settings = split_arch(space, trial.arch)
+    arch_space = inner_space(space)
+    base = train if train is not None else train_config(cfg, epochs)
+    recipe = recipe_train_config(base, {k: v for k, v in searched.items() if k != "epochs"})
     t0 = time.perf_counter()
-    model = space.build(trial.arch)
+    model = arch_space.build(arch)
     x = torch.cat([d.x_train, d.x_val])
     y = torch.cat([d.y_train, d.y_val])
     what = f"final trial {trial.id}"
@@ -260,7 +290,6 @@ def finalize_one(
             )
 
     with progress, training_threads(threads):
-        recipe = train if train is not None else train_config(cfg, epochs)
         train_model(model, x, y, recipe, reporter=report_epoch)
         test_acc = evaluate_accuracy(model, d.x_test, d.y_test)  # the one use of the test split
     train_seconds = time.perf_counter() - t0
@@ -269,7 +298,7 @@ def finalize_one(
     # weights + the arch that rebuilds them, never a pickled module (loading runs no code)
     save_model(
         model,
-        trial.arch,
+        arch,
         out_dir,
         space=cfg.space.name,
         input_shape=d.input_shape,
@@ -279,9 +308,9 @@ def finalize_one(
     )
     card: dict[str, Any] = {
         "trial_id": trial.id,
-        "arch_key": trial.arch.key,
-        "arch": trial.arch.to_dict(),
-        "arch_description": space.describe(trial.arch),
+        "arch_key": arch.key,
+        "arch": arch.to_dict(),
+        "arch_description": arch_space.describe(arch),
         "space": space.name,
         "dataset": d.summary(),
         "input_shape": list(d.input_shape),
@@ -291,9 +320,14 @@ def finalize_one(
         "final_epochs": epochs,
         "final_train_seconds": train_seconds,
         "final_train_threads": threads,
+        # the recipe the final model was trained with (every train: field)
+        "recipe": recipe.model_dump(include=set(TrainSection.model_fields)),
     }
+    if searched or settings:
+        card["joint_arch"] = trial.arch.to_dict()
+        card["recipe_searched"] = dict(searched)  # the trial's values (its epochs included)
     latency_model = latency_model if latency_model is not None else final_latency_model(cfg, space)
-    card.update(measure_final(latency_model, trial.arch, fused, d.input_shape))
+    card.update(measure_final(latency_model, arch, fused, d.input_shape))
     card.update(
         params=count_params(model),
         flops=count_flops(model, d.input_shape),
@@ -303,7 +337,13 @@ def finalize_one(
         onnx_bytes = export_onnx(fused, d.input_shape, out_dir / "model.onnx")
         card["onnx_max_abs_diff"] = onnx_max_abs_diff(fused, onnx_bytes, d.x_test[:64])
         card["onnx_size_bytes"] = len(onnx_bytes)
-    if cfg.compress:
+    if settings:
+        # the joint search scored the trial after compressing it with these settings
+        from nasforge.evaluators.compressed import compress_final
+
+        card["compression_settings"] = dict(settings)
+        card["compression"] = compress_final(cfg, model, dataset, dict(settings), out_dir)
+    elif cfg.compress:
         card["compression"] = _compress(cfg, model, dataset, out_dir)
     (out_dir / "card.json").write_text(json.dumps(card, indent=2, default=str))
     lat = card["latency"]

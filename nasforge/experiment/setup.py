@@ -17,16 +17,19 @@ from pathlib import Path
 from typing import Any
 
 from nasforge.data import Dataset, load_dataset
-from nasforge.errors import ConfigError, SpaceError
+from nasforge.errors import ConfigError, NasforgeError, SpaceError
 from nasforge.evaluators import Evaluator, EvaluatorContext, create_evaluator
 from nasforge.evaluators.table import TableEvaluator
 from nasforge.experiment.config import ExperimentConfig
 from nasforge.hardware.model import LatencyModel
 from nasforge.objectives import Objective
 from nasforge.space import Categorical, SearchSpace
+from nasforge.space.joint import COMPRESS_PREFIX, RECIPE_PREFIX, JointSpace
 from nasforge.spaces import create_space
-from nasforge.strategies import Constraint, Strategy, create_strategy
+from nasforge.strategies import Constraint, Strategy, create_strategy, strategy_factory
 from nasforge.train import TrainConfig
+
+JOINT_PREFIXES = (RECIPE_PREFIX, COMPRESS_PREFIX)
 
 
 def make_dataset(cfg: ExperimentConfig) -> Dataset:
@@ -61,7 +64,12 @@ def pin_labels(space: SearchSpace, fixed: dict[str, Any]) -> SearchSpace:
 
 def make_space(cfg: ExperimentConfig, dataset: Dataset | None) -> SearchSpace:
     """The configured space; without a dataset (table evaluator) the input shape and class count
-    come from ``space.options`` (default 3x32x32, 10 classes, as in NAS-Bench-201's CIFAR-10)."""
+    come from ``space.options`` (default 3x32x32, 10 classes, as in NAS-Bench-201's CIFAR-10).
+
+    With an ``automl:`` section that adds dimensions, the architecture space is wrapped in a
+    :class:`~nasforge.space.joint.JointSpace` with the ``recipe/...`` and ``compress/...``
+    dimensions; ``space.fixed`` pins labels of either part.
+    """
     options = dict(cfg.space.options)
     if dataset is not None:
         shape, classes = dataset.input_shape, dataset.num_classes
@@ -69,7 +77,73 @@ def make_space(cfg: ExperimentConfig, dataset: Dataset | None) -> SearchSpace:
         shape = tuple(options.pop("input_shape", (3, 32, 32)))
         classes = int(options.pop("num_classes", 10))
     space = create_space(cfg.space.name, shape, classes, **options)
-    return pin_labels(space, cfg.space.fixed)
+    joint_fixed = {k: v for k, v in cfg.space.fixed.items() if k.startswith(JOINT_PREFIXES)}
+    arch_fixed = {k: v for k, v in cfg.space.fixed.items() if k not in joint_fixed}
+    space = pin_labels(space, arch_fixed)
+    automl = cfg.automl
+    if automl is None or not automl.has_dims:
+        return pin_labels(space, joint_fixed)  # a joint label here is unknown: says so
+    check_automl(cfg)
+    return pin_labels(JointSpace(space, automl.dimensions()), joint_fixed)
+
+
+def automl_problems(cfg: ExperimentConfig) -> list[str]:
+    """Every problem of the ``automl:`` section against the rest of the config, one line
+    each naming the field: a searched value that contradicts ``train:``, compress dimensions
+    with the ``train`` evaluator (which cannot compress), ``automl:`` with a weight-sharing
+    (``oneshot:``/``ofa:``) search, ``recipe/epochs`` with a multi-fidelity strategy (which
+    owns the epochs)."""
+    automl = cfg.automl
+    if automl is None or not automl.has_dims:
+        return []
+    out = []
+    try:
+        automl.check_train(cfg.train)
+    except ValueError as exc:
+        out.append(str(exc))
+    if automl.compress and cfg.evaluator.kind == "train":
+        out.append(COMPRESS_NEEDS_EVALUATOR)
+    if cfg.oneshot is not None or cfg.ofa is not None:
+        out.append(AUTOML_NEEDS_BLACK_BOX)
+    if "epochs" in automl.recipe and is_multi_fidelity(cfg.strategy.name):
+        out.append(EPOCHS_OWNED_BY_STRATEGY.format(strategy=cfg.strategy.name))
+    return out
+
+
+def check_automl(cfg: ExperimentConfig) -> None:
+    """Raise :class:`ConfigError` with the first of :func:`automl_problems` (run before the
+    first trial, so ``nasforge search`` and ``doctor`` refuse the same configs)."""
+    problems = automl_problems(cfg)
+    if problems:
+        raise ConfigError(problems[0])
+
+
+#: the error for ``automl.compress`` with the plain training evaluator
+COMPRESS_NEEDS_EVALUATOR = (
+    "automl.compress: the 'train' evaluator does not compress models; use evaluator.kind: "
+    "compressed (prunes, fine-tunes, quantizes and measures each candidate)"
+)
+#: the error for ``automl:`` with a weight-sharing search
+AUTOML_NEEDS_BLACK_BOX = (
+    "automl: a weight-sharing search (oneshot:/ofa:) trains one supernet with one recipe; "
+    "search the recipe with a black-box strategy instead"
+)
+#: the error for a searched ``recipe/epochs`` with a multi-fidelity strategy
+EPOCHS_OWNED_BY_STRATEGY = (
+    "automl.recipe.epochs: the multi-fidelity strategy {strategy!r} sets every trial's "
+    "epochs (its budget ladder up to strategy.options.max_epochs, default train.epochs); "
+    "remove epochs from the searched recipe"
+)
+
+
+def is_multi_fidelity(strategy_name: str) -> bool:
+    """Whether the strategy registered as ``strategy_name`` is a multi-fidelity one (asks
+    trials with budgets); ``False`` for an unknown name (reported elsewhere)."""
+    try:
+        factory = strategy_factory(strategy_name)
+    except NasforgeError:
+        return False
+    return bool(getattr(factory, "multi_fidelity", False))
 
 
 def uses_data(cfg: ExperimentConfig) -> bool:
@@ -154,6 +228,9 @@ def _constraint(objects: RunObjects) -> tuple[Constraint | None, Evaluator | Non
     ):
         return None, None
     limit = objective.target
+    if isinstance(objects.space, JointSpace) and objects.space.compress_labels:
+        # the latency of a compressed model is only known by measuring it, not predicted
+        return None, None
     if objects.dataset is None:
         evaluator = create_evaluator(
             cfg.evaluator.kind, objects.evaluator_context(), **_evaluator_options(cfg)
@@ -196,6 +273,9 @@ def make_strategy(objects: RunObjects) -> Strategy:
     options = dict(cfg.strategy.options)
     if cfg.objective.kind == "pareto" and cfg.strategy.name == "evolution":
         options.setdefault("selection", "pareto")
+    if is_multi_fidelity(cfg.strategy.name):
+        # the largest rung trains as long as the train: recipe says a trial trains
+        options.setdefault("max_epochs", cfg.train.epochs)
     return create_strategy(
         cfg.strategy.name, objects.space, seed=cfg.seed, constraint=objects.constraint, **options
     )
