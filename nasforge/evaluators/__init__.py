@@ -173,3 +173,11 @@ register_evaluator(
     "nasforge.evaluators.supernet:supernet_evaluator",
     "score each candidate with a single-path supernet's inherited weights (SPOS / FairNAS)",
 )
+
+register_evaluator(
+    "compressed",
+    "nasforge.evaluators.compressed:compressed_evaluator",
+    "train each candidate, compress it (channel pruning, fine-tuning, INT8) as its "
+    "compress/ settings say, score the exported model: validation accuracy after compression "
+    "and its latency measured on onnxruntime",
+)
