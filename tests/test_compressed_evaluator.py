@@ -188,3 +188,34 @@ def test_compress_final_runs_the_pipeline_with_the_trial_settings(
     assert report["settings"] == {"prune_ratio": 0.5, "bits": 8}
     assert [s["name"] for s in report["stages"]][-1] == "int8"
     assert (tmp_path / "model.int8.onnx").is_file() and (tmp_path / "report.json").is_file()
+
+
+def test_joint_search_through_the_experiment_with_the_process_executor(tmp_path: Path) -> None:
+    from rich.console import Console
+
+    from nasforge.experiment.config import parse_config
+    from nasforge.experiment.runner import Experiment
+    from nasforge.experiment.store import TrialStore
+
+    cfg = parse_config(
+        {
+            "name": "joint",
+            "runs_dir": str(tmp_path),
+            "data": {"name": "digits"},
+            "space": {"name": "mobile", "options": SPACE_OPTIONS},
+            "search": {"trials": 3, "executor": "process", "workers": 1},
+            "strategy": {"name": "random"},
+            "train": {"epochs": 1, "lr": 0.1},
+            "evaluator": {"kind": "compressed", "options": OPTIONS},
+            "automl": {"compress": {"prune_ratio": [0.0, 0.5], "bits": [32, 8]}},
+            "latency": {"backend": "onnxruntime", "repeats": 5, "warmup": 1},
+            "objective": {"kind": "weighted_product", "target": 1.0},
+        }
+    )
+    summary = Experiment(cfg, console=Console(quiet=True), progress=False).run(final=False)
+    assert summary.trials_complete == 3 and summary.trials_failed == 0
+    trials = TrialStore(tmp_path / "joint" / "trials.db").trials()
+    for t in trials:
+        assert {"val_acc", "val_acc_float", "latency_ms", "bits", "prune_ratio"} <= set(t.metrics)
+        assert t.metrics["bits"] == t.arch["compress/bits"]
+        assert t.metrics["prune_ratio"] == t.arch["compress/prune_ratio"]

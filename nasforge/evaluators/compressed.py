@@ -258,22 +258,11 @@ def _validation_view(ds: Dataset) -> Dataset:
 
 
 def _recipe(train: TrainConfig, recipe: dict[str, Any]) -> TrainConfig:
-    """``train`` with the trial's recipe overrides, re-validated (a bad value is a
-    ValueError naming ``recipe/<field>``)."""
-    if not recipe:
-        return train
-    from nasforge.space import joint
+    """``train`` with the trial's recipe overrides, by the joint space's own rule (a bad
+    value is a ``pydantic.ValidationError`` naming the field: the trial fails)."""
+    from nasforge.space.joint import recipe_train_config
 
-    rule = getattr(joint, "recipe_train_config", None)  # the joint space's own rule
-    if rule is not None:
-        result: TrainConfig = rule(train, recipe)
-        return result
-    try:
-        return TrainConfig.model_validate({**train.model_dump(), **recipe})
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        loc = ".".join(str(x) for x in err.get("loc", ()))
-        raise ValueError(f"recipe/{loc}: {err.get('msg')}") from None
+    return recipe_train_config(train, recipe)
 
 
 class CompressedEvaluator(Evaluator):
