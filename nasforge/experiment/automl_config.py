@@ -22,7 +22,7 @@ The searched values become the labels ``recipe/<field>`` and ``compress/<name>``
 from __future__ import annotations
 
 import difflib
-from typing import Any
+from typing import Any, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -66,8 +66,15 @@ def _checked_value(field: str, value: Any, where: str) -> Any:
     return getattr(section, field)
 
 
+def _number_type(field: str) -> type | None:
+    """``int`` or ``float`` for a numeric train field (``float | None`` counts), else None."""
+    annotation = TrainSection.model_fields[field].annotation
+    kinds = [a for a in (get_args(annotation) or (annotation,)) if a is not type(None)]
+    return kinds[0] if len(kinds) == 1 and kinds[0] in (int, float) else None
+
+
 def _is_int_field(field: str) -> bool:
-    return TrainSection.model_fields[field].annotation is int
+    return _number_type(field) is int
 
 
 def _recipe_entry(field: str, spec: Any) -> list[Any] | dict[str, Any]:
@@ -98,8 +105,7 @@ def _recipe_entry(field: str, spec: Any) -> list[Any] | dict[str, Any]:
     for flag in ("log", "int"):
         if not isinstance(spec.get(flag, False), bool):
             raise ValueError(f"{where}.{flag}: expected true or false, got {spec[flag]!r}")
-    annotation = TrainSection.model_fields[field].annotation
-    if annotation not in (int, float):
+    if _number_type(field) is None:
         raise ValueError(
             f"{where}: train.{field} is not a number; list its choices instead of a range"
         )

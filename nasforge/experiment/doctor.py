@@ -208,13 +208,4 @@ def _compress_findings(cfg: ExperimentConfig) -> list[Finding]:
                 "table: the latency prefilter is off for this search",
             )
         )
-    if cfg.compress is not None:
-        out.append(
-            Finding(
-                "warning",
-                "compress",
-                "the final model is compressed with the searched automl.compress settings; "
-                "the compress: section is not used",
-            )
-        )
     return out

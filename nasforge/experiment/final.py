@@ -338,10 +338,10 @@ def finalize_one(
         card["onnx_max_abs_diff"] = onnx_max_abs_diff(fused, onnx_bytes, d.x_test[:64])
         card["onnx_size_bytes"] = len(onnx_bytes)
     if settings:
-        # the joint search scored the trial after compressing it with these settings
+        # the joint search scored the trial after compressing it with these settings (the
+        # report holds them); the compress: section's other stages apply as in the trials
         from nasforge.evaluators.compressed import compress_final
 
-        card["compression_settings"] = dict(settings)
         card["compression"] = compress_final(cfg, model, dataset, dict(settings), out_dir)
     elif cfg.compress:
         card["compression"] = _compress(cfg, model, dataset, out_dir)

@@ -82,7 +82,12 @@ def make_space(cfg: ExperimentConfig, dataset: Dataset | None) -> SearchSpace:
     space = pin_labels(space, arch_fixed)
     automl = cfg.automl
     if automl is None or not automl.has_dims:
-        return pin_labels(space, joint_fixed)  # a joint label here is unknown: says so
+        if joint_fixed:
+            raise ConfigError(
+                f"space.fixed: {next(iter(joint_fixed))}: no automl: section searches this "
+                "label (set the value in train: instead)"
+            )
+        return space
     check_automl(cfg)
     return pin_labels(JointSpace(space, automl.dimensions()), joint_fixed)
 

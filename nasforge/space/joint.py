@@ -69,19 +69,17 @@ def recipe_train_config(base: _Recipe, recipe: Mapping[str, Value]) -> _Recipe:
     ``recipe`` overrides, validated again as a whole (``pydantic.ValidationError`` if a value
     does not fit).
 
-    A searched ``schedule`` replaces the legacy ``cosine`` switch: ``cosine`` is reset to its
-    default (true, "not disabled") so that ``train: {cosine: false}`` does not contradict the
-    schedule the search picked.
+    A searched ``schedule`` replaces the older ``cosine`` switch, which is left at its
+    default, so ``train: {cosine: false}`` cannot contradict the schedule the search picked.
     """
     if not recipe:
         return base
     model = type(base)
-    update: dict[str, Any] = dict(recipe)
-    fields = model.model_fields  # type: ignore[attr-defined]
-    if "schedule" in update and "cosine" in fields and "schedule" in fields:
-        update["cosine"] = True
-    # a pydantic model: dump + validate re-runs every field and cross-field check
-    return model.model_validate({**base.model_dump(), **update})  # type: ignore[attr-defined, no-any-return]
+    values = {**base.model_dump(), **recipe}  # type: ignore[attr-defined]
+    if "schedule" in recipe:
+        values.pop("cosine", None)
+    # a pydantic model: validating the whole dump re-runs every field and cross-field check
+    return model.model_validate(values)  # type: ignore[attr-defined, no-any-return]
 
 
 def _strip(value: Any) -> Any:
