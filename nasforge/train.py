@@ -1,4 +1,6 @@
-"""One compact training loop: SGD or AdamW, cosine schedule, label smoothing, NaN guard."""
+"""One compact training loop: SGD or AdamW, a learning-rate schedule (cosine, step, one-cycle,
+constant; linear warm-up), label smoothing, batch augmentation (:mod:`nasforge.augment`),
+NaN guard."""
 
 from __future__ import annotations
 
@@ -9,9 +11,10 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
 
+from nasforge.augment import MAX_MAGNITUDE, augment_batch
 from nasforge.errors import TrainingDiverged
 
 LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
@@ -31,10 +34,56 @@ class TrainSection(BaseModel):
     weight_decay: float = Field(4e-5, ge=0)
     momentum: float = Field(0.9, ge=0, lt=1)
     label_smoothing: float = Field(0.1, ge=0, lt=1)
-    cosine: bool = True
-    augment: Literal["none", "shift"] = Field(
-        "none", description="'shift': random +-2 pixel translation"
+    schedule: Literal["cosine", "step", "onecycle", "constant"] = Field(
+        "cosine",
+        description="learning rate per batch: 'cosine' to 0, 'step' (x step_gamma every "
+        "step_every_epochs), 'onecycle' (torch's OneCycleLR, peak lr), 'constant'",
     )
+    cosine: bool | None = Field(
+        None,
+        description="the older switch, still accepted: false = schedule 'constant', true = "
+        "'cosine'; a schedule that says otherwise is refused; after validation it is folded "
+        "into schedule and reads None",
+    )
+    warmup_epochs: float = Field(
+        0.0,
+        ge=0,
+        description="linear warm-up from lr/(W+1) to lr over this many epochs (W batches), "
+        "then the schedule over the rest; capped at the run's length; for 'onecycle' it is the "
+        "rising phase (pct_start), default 0.3 of the run",
+    )
+    step_every_epochs: float | None = Field(
+        None, gt=0, description="'step': epochs between drops; default a third of the epochs"
+    )
+    step_gamma: float = Field(0.1, gt=0, le=1, description="'step': lr factor at each drop")
+    augment: Literal["none", "shift", "randaugment", "trivialaugment"] = Field(
+        "none",
+        description="'shift': random +-2 pixel translation of the batch; 'randaugment': "
+        "augment_n ops per sample at magnitude augment_m; 'trivialaugment': one op per sample "
+        "at a random magnitude (TrivialAugmentWide); 1-D data gets the signal ops",
+    )
+    augment_n: int = Field(2, ge=0, le=10, description="'randaugment': ops per sample")
+    augment_m: int = Field(
+        9, ge=0, le=MAX_MAGNITUDE, description="'randaugment': magnitude 0..30 (0 = no change)"
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _fold_cosine(cls, data: Any) -> Any:
+        """``cosine:`` (the older switch) becomes ``schedule``; a contradiction is refused."""
+        if not isinstance(data, dict) or data.get("cosine") is None:
+            return data
+        cosine = data["cosine"]
+        if not isinstance(cosine, bool):
+            return data  # the field's own check names it
+        implied = "cosine" if cosine else "constant"
+        given = data.get("schedule")
+        if given is not None and given != implied:
+            raise ValueError(
+                f"cosine: {str(cosine).lower()} contradicts schedule: {given} (cosine: is the "
+                f"older switch for schedule: {implied}); keep only schedule:"
+            )
+        return {**data, "schedule": implied, "cosine": None}
 
 
 class TrainConfig(TrainSection):
@@ -70,15 +119,43 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
     raise ValueError(f"train.optimizer: expected 'sgd' or 'adamw', got {cfg.optimizer!r}")
 
 
-def _augment(x: torch.Tensor, kind: str, gen: torch.Generator) -> torch.Tensor:
-    if kind == "none":
-        return x
-    if kind == "shift":
-        dx, dy = (int(v) for v in torch.randint(-2, 3, (2,), generator=gen))
-        dims = (-1,) if x.dim() == 3 else (-2, -1)
-        shifts = (dx,) if x.dim() == 3 else (dy, dx)
-        return torch.roll(x, shifts=shifts, dims=dims)
-    raise ValueError(f"train.augment: expected 'none' or 'shift', got {kind!r}")
+def make_scheduler(
+    opt: torch.optim.Optimizer, cfg: TrainConfig, steps_per_epoch: int
+) -> torch.optim.lr_scheduler.LRScheduler:
+    """The learning-rate scheduler of ``cfg``, stepped once per batch.
+
+    'onecycle' is torch's OneCycleLR (peak ``cfg.lr``; warm-up = its rising phase; momentum
+    stays the configured one). The others are one LambdaLR of closed-form factors: linear
+    warm-up over W = round(warmup_epochs * steps_per_epoch) batches, then cosine / step /
+    constant over the remaining batches. One LambdaLR rather than SequentialLR(LinearLR, ...):
+    the cosine factor must stay bit-identical to the recipe of runs made before warm-up
+    existed, and SequentialLR restarts its second scheduler through the deprecated
+    ``step(epoch)`` path.
+    """
+    total = max(1, cfg.epochs * steps_per_epoch)
+    warm = min(total, round(cfg.warmup_epochs * steps_per_epoch))
+    if cfg.schedule == "onecycle":
+        # OneCycleLR divides by (rise - 1) and (total - rise): keep the rise off 1 and total
+        rise = min(max(float(warm) if warm else 0.3 * total, 1.5), total - 0.5)
+        return torch.optim.lr_scheduler.OneCycleLR(
+            opt, max_lr=cfg.lr, total_steps=total, pct_start=rise / total, cycle_momentum=False
+        )
+    main = max(1, total - warm)
+    every_epochs = cfg.step_every_epochs or max(cfg.epochs - cfg.warmup_epochs, 0) / 3
+    every = max(1, round(every_epochs * steps_per_epoch))
+    schedule, gamma = cfg.schedule, cfg.step_gamma
+
+    def factor(s: int) -> float:
+        if s < warm:
+            return (s + 1) / (warm + 1)
+        t = s - warm
+        if schedule == "cosine":
+            return 0.5 * (1 + math.cos(math.pi * min(t, main) / main))
+        if schedule == "step":
+            return float(gamma ** (t // every))
+        return 1.0
+
+    return torch.optim.lr_scheduler.LambdaLR(opt, factor)
 
 
 @torch.no_grad()
@@ -120,10 +197,7 @@ def train_model(
     torch.manual_seed(cfg.seed)
     opt = make_optimizer(model, cfg)
     steps_per_epoch = max(1, math.ceil(len(x) / cfg.batch_size))
-    total = max(1, cfg.epochs * steps_per_epoch)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total) / total)) if cfg.cosine else 1.0
-    )
+    sched = make_scheduler(opt, cfg, steps_per_epoch)
     ce = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
     hist = TrainHistory()
     for epoch in range(cfg.epochs):
@@ -134,7 +208,8 @@ def train_model(
             idx = perm[i : i + cfg.batch_size]
             if len(idx) < 2:  # batch norm needs two samples
                 continue
-            xb, yb = _augment(x[idx], cfg.augment, gen), y[idx]
+            xb = augment_batch(x[idx], cfg.augment, gen, cfg.augment_n, cfg.augment_m)
+            yb = y[idx]
             logits = model(xb)
             loss = loss_fn(logits, yb, xb) if loss_fn is not None else ce(logits, yb)
             if not torch.isfinite(loss):
