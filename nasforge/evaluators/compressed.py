@@ -362,7 +362,7 @@ class CompressedEvaluator(Evaluator):
             if self.options.keep_artifacts:
                 out = (self.run_dir or Path(tmp)) / "compressed" / arch.key
                 out.mkdir(parents=True, exist_ok=True)
-            compressed, info = self._compress(model, ds, s, out, cfg.seed)
+            compressed, info = self.compress_and_measure(model, ds, s, out, cfg.seed)
         metrics.update(compressed)
         metrics["compress_seconds"] = time.perf_counter() - t1
         stability = info.pop("_stability")
@@ -372,7 +372,7 @@ class CompressedEvaluator(Evaluator):
         info[STABILITY_INFO] = stability
         return Result(metrics, cost_seconds=time.perf_counter() - t0, info=info)
 
-    def _compress(
+    def compress_and_measure(
         self,
         model: torch.nn.Module,
         ds: Dataset,
@@ -380,8 +380,17 @@ class CompressedEvaluator(Evaluator):
         out: Path,
         seed: int,
     ) -> tuple[dict[str, float], dict[str, Any]]:
-        """Run the stages on ``model`` (changed in place), export, time; the metrics and
-        info. Any failure of a stage or the export is a :class:`CompressionFailed`."""
+        """Compress a trained ``model`` (changed in place) with ``settings`` by the pipeline's
+        stages on ``ds``'s validation view, export it under ``out``, time the file on the
+        target. Returns the metrics (``val_acc`` of the compressed model, ``latency_ms``,
+        ``latency_unstable``, ``params``, ``flops``, ``size_bytes``) and the info
+        (``compression``: settings, artifact, stage rows, warnings; ``latency_backend``;
+        ``_stability``: the noise verdict). Also used to compress a model searched without
+        compression (benchmarks/automl_joint.py).
+
+        Raises:
+            CompressionFailed: a stage, the export or the timing failed (one line).
+        """
         from nasforge.compression.quantization import export_onnx
         from nasforge.compression.stages import PipelineState, build_stages
         from nasforge.hardware import count_flops, count_params
