@@ -1,4 +1,5 @@
-"""The `nasforge` command line: search, show, export, spaces, plugins, doctor, latency, compress."""
+"""The `nasforge` command line: search, scale, show, export, spaces, plugins, doctor, latency,
+compress, ofa."""
 
 from __future__ import annotations
 
@@ -87,6 +88,39 @@ def search(
             soft_wrap=True,
         )
         raise typer.Exit(1)
+
+
+@app.command()
+def scale(
+    config: Annotated[Path, typer.Argument(help="experiment YAML config with a scaling: section")],
+    resume: Annotated[
+        bool, typer.Option(help="continue a stopped run, skipping done points")
+    ] = False,
+    runs_dir: Annotated[Path | None, typer.Option(help="parent folder of run directories")] = None,
+    name: Annotated[str | None, typer.Option(help="run name (overrides the config's)")] = None,
+    quiet: Annotated[bool, typer.Option(help="progress only in the run's progress.log")] = False,
+) -> None:
+    """Compound scaling (EfficientNet) of a base mobile arch: grid of alpha, beta, gamma, the
+    family B0..Bk and width-, depth-, resolution-only baselines, accuracy and latency measured;
+    writes runs/<name>/scaling.json, scaling.png and scaling.html."""
+    from nasforge.experiment.config import load_config
+    from nasforge.experiment.interrupt import SearchInterrupted
+    from nasforge.experiment.scaling import ScalingRun
+
+    try:
+        cfg = load_config(config, {"name": name} if name else None)
+        run_dir = cfg.run_dir(runs_dir)
+        err.print(
+            f"run directory: {escape(str(run_dir.resolve()))}", highlight=False, soft_wrap=True
+        )
+        summary = ScalingRun(cfg, run_dir, err, progress=not quiet, config_path=config).run(resume)
+    except SearchInterrupted as stop:  # the run printed what was kept and how to resume
+        raise typer.Exit(stop.exit_code) from None
+    except NasforgeError as exc:
+        _fail(exc)
+        return
+    for line in summary.lines():
+        out.print(escape(line), highlight=False, soft_wrap=True)
 
 
 @app.command()
