@@ -46,7 +46,7 @@ from automl_common import (  # noqa: E402 - benchmarks/ on the path first
     base_config,
     loads,
     recipe_dims,
-    run_product,
+    run_all,
     stamp,
     start_log,
     strategy_known,
@@ -71,6 +71,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--eta", type=int, default=3)
     ap.add_argument("--methods", default=",".join(METHODS), help="comma list")
     ap.add_argument("--recipe", choices=("explicit", "standard"), default="explicit")
+    ap.add_argument("--jobs", type=int, default=1, help="runs at once (<= half the CPUs)")
     ap.add_argument("--work", type=Path, default=None, help="run dirs (default: a temp dir)")
     ap.add_argument("--log", type=Path, default=None, help="log file (default: results/...)")
     a = ap.parse_args(argv)
@@ -195,22 +196,24 @@ def main(argv: list[str] | None = None) -> int:
     for m in missing:
         print(f"strategy {m!r}: not registered in this checkout; skipped")
     methods = [m for m in a.methods if m not in missing]
-    runs: list[RunResult] = []
-    for seed in range(a.seeds):
+    jobs = []
+    for seed in range(a.seeds):  # the order rotates: no method always runs first
         order = methods[seed % len(methods) :] + methods[: seed % len(methods)]
-        for method in order:
-            run = run_product(
-                config(method, seed, a, runs_root), runs_root / f"{method}-s{seed}", method, seed
-            )
-            runs.append(run)
-            curve = full_fidelity_curve(run, a.max_epochs)
-            n_full = sum(is_full(e, f, a.max_epochs) for _, _, e, f, _ in run.trials)
-            print(
-                f"  seed {seed} {method:9s}: {len(run.trials)} trials, {n_full} at full "
-                f"fidelity, best val {fmt(curve[-1][1] if curve else None)}, test "
-                f"{fmt(run.test_acc)}, {run.wall_s:.0f} s with final; {run.stability}"
-                + (f"; FAILED: {run.error}" if run.error else "")
-            )
+        for m in order:
+            jobs.append((config(m, seed, a, runs_root), runs_root / f"{m}-s{seed}", m, seed))
+
+    def done(run: RunResult) -> None:
+        curve = full_fidelity_curve(run, a.max_epochs)
+        n_full = sum(is_full(e, f, a.max_epochs) for _, _, e, f, _ in run.trials)
+        print(
+            f"  seed {run.seed} {run.method:9s}: {len(run.trials)} trials, {n_full} at full "
+            f"fidelity, best val {fmt(curve[-1][1] if curve else None)}, test "
+            f"{fmt(run.test_acc)}, {run.wall_s:.0f} s with final; {run.stability}"
+            + (f"; FAILED: {run.error}" if run.error else ""),
+            flush=True,
+        )
+
+    runs = run_all(jobs, a.jobs, done)
     by = {(r.method, r.seed): r for r in runs}
     fractions: dict[str, list[float]] = {m: [] for m in methods if m != "evolution"}
     per_seed: list[dict[str, Any]] = []

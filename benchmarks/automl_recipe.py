@@ -39,7 +39,7 @@ from automl_common import (  # noqa: E402 - benchmarks/ on the path first
     base_config,
     loads,
     recipe_dims,
-    run_product,
+    run_all,
     stamp,
     start_log,
     work_dir,
@@ -57,6 +57,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--trials", type=int, default=None, help="trials per run (30; quick 8)")
     ap.add_argument("--epochs", type=int, default=None, help="per trial and final (4; quick 2)")
     ap.add_argument("--recipe", choices=("explicit", "standard"), default="explicit")
+    ap.add_argument("--jobs", type=int, default=1, help="runs at once (<= half the CPUs)")
     ap.add_argument("--work", type=Path, default=None, help="run dirs (default: a temp dir)")
     ap.add_argument("--log", type=Path, default=None, help="log file (default: results/...)")
     a = ap.parse_args(argv)
@@ -72,7 +73,10 @@ def config(arm: str, seed: int, a: argparse.Namespace, runs: Path) -> dict[str, 
     """The product config of one arm's run (the two differ only in ``automl:``)."""
     cfg = base_config(f"{arm}-s{seed}", seed, runs, a.quick, a.epochs, final_epochs=a.epochs)
     pop = min(4 if a.quick else 10, a.trials)
-    cfg["strategy"] = {"name": "evolution", "options": {"population": pop, "tournament": 3}}
+    cfg["strategy"] = {
+        "name": "evolution",
+        "options": {"population": pop, "tournament": min(3, pop)},
+    }
     cfg["search"] = {"trials": a.trials, "executor": "inline", "workers": 1}
     if arm == "joint":
         cfg["automl"] = {"recipe": recipe_dims(a.recipe)}
@@ -111,25 +115,28 @@ def main(argv: list[str] | None = None) -> int:
         f"{a.epochs} epoch(s); recipe {a.recipe}: {json.dumps(recipe_dims(a.recipe))}"
     )
     print(f"host: {host()}; load average at start {loads()}; runs in {runs_root}")
-    runs: dict[tuple[str, int], RunResult] = {}
-    for seed in range(a.seeds):
-        for arm in ARMS if seed % 2 == 0 else ARMS[::-1]:
-            run = run_product(
-                config(arm, seed, a, runs_root), runs_root / f"{arm}-s{seed}", arm, seed
-            )
-            runs[(arm, seed)] = run
-            searched = recipe_dims(a.recipe)
-            won = {
-                k: v
-                for k, v in winning_recipe(run).items()
-                if not isinstance(searched, dict) or k in searched
-            }
-            extra = f"; recipe {json.dumps(won, default=str)}" if arm == "joint" else ""
-            print(
-                f"  seed {seed} {arm:9s}: {len(run.trials)} trials, best val "
-                f"{fmt(best_val(run))}, test {fmt(run.test_acc)}, {run.wall_s:.0f} s with "
-                f"final{extra}" + (f"; FAILED: {run.error}" if run.error else "")
-            )
+    jobs = [
+        (config(arm, seed, a, runs_root), runs_root / f"{arm}-s{seed}", arm, seed)
+        for seed in range(a.seeds)
+        for arm in (ARMS if seed % 2 == 0 else ARMS[::-1])
+    ]
+    searched = recipe_dims(a.recipe)
+
+    def done(run: RunResult) -> None:
+        won = {
+            k: v
+            for k, v in winning_recipe(run).items()
+            if not isinstance(searched, dict) or k in searched
+        }
+        extra = f"; recipe {json.dumps(won, default=str)}" if run.method == "joint" else ""
+        print(
+            f"  seed {run.seed} {run.method:9s}: {len(run.trials)} trials, best val "
+            f"{fmt(best_val(run))}, test {fmt(run.test_acc)}, {run.wall_s:.0f} s with "
+            f"final{extra}" + (f"; FAILED: {run.error}" if run.error else ""),
+            flush=True,
+        )
+
+    runs = {(r.method, r.seed): r for r in run_all(jobs, a.jobs, done)}
     diffs, val_diffs, costly = [], [], []
     for seed in range(a.seeds):
         j, o = runs[("joint", seed)], runs[("arch-only", seed)]
