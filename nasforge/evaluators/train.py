@@ -7,14 +7,18 @@ import fcntl
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import torch
 
 from nasforge.data import Dataset
+from nasforge.errors import ConfigError
 from nasforge.evaluators.base import (
     STABILITY_INFO,
     UNSTABLE_METRIC,
     Evaluator,
+    Fidelity,
     Reporter,
     Result,
     StopTrial,
@@ -23,6 +27,7 @@ from nasforge.hardware import count_flops, count_params, model_size_bytes
 from nasforge.hardware.model import LatencyModel
 from nasforge.hardware.noise import Stability
 from nasforge.space import Arch, SearchSpace
+from nasforge.space.joint import split_arch
 from nasforge.train import TrainConfig, evaluate_accuracy, train_model
 
 
@@ -42,7 +47,13 @@ def file_lock(path: str | Path | None) -> Iterator[None]:
 
 
 class TrainEvaluator(Evaluator):
-    """Train for ``train.epochs`` (or ``budget`` epochs), report ``val_acc`` and costs.
+    """Train for ``train.epochs`` (or the budget's epochs, on the budget's fraction of the
+    training split), report ``val_acc`` and costs.
+
+    A joint arch (:mod:`nasforge.space.joint`) trains its inner network with its recipe
+    (``recipe/...`` labels over ``train``); ``compress/...`` labels are refused (the
+    ``compressed`` evaluator compresses). :attr:`Result.info` holds the per-epoch validation
+    curve (``curve``), the epochs and data fraction trained with, and the recipe overrides.
 
     Metrics: ``val_acc`` (validation, in [0, 1]), ``latency_ms`` (measured on the target
     backend with the BN-folded model, or predicted from a latency table; absent when
@@ -77,6 +88,7 @@ class TrainEvaluator(Evaluator):
         self.train = train
         self.latency = latency
         self.lock_path = lock_path
+        self._subsets: dict[float, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def produces(self) -> frozenset[str]:
         """``val_acc``, ``params``, ``flops``, ``size_bytes``, ``train_seconds`` and either
@@ -114,26 +126,114 @@ class TrainEvaluator(Evaluator):
         return metrics, None
 
     def evaluate(
-        self, arch: Arch, budget: float | None = None, reporter: Reporter | None = None
+        self,
+        arch: Arch,
+        budget: Fidelity | float | None = None,
+        reporter: Reporter | None = None,
     ) -> Result:
+        """Train ``arch`` (a joint arch: its inner network with its recipe) and score it.
+
+        Args:
+            arch: the candidate; ``recipe/...`` labels override the training recipe.
+            budget: a :class:`Fidelity` (epochs, fraction of the training split) or a number
+                of epochs; ``None``: the recipe's epochs on the whole split. An explicit
+                budget's epochs override a searched ``recipe/epochs``.
+            reporter: called after each epoch with ``loss`` and ``val_acc``.
+
+        Raises:
+            ConfigError: ``arch`` has ``compress/...`` labels (the ``compressed`` evaluator's).
+        """
         t0 = time.perf_counter()
-        model = self.space.build(arch)
-        metrics, stability = self._costs(arch, model)
-        epochs = int(budget) if budget is not None else self.train.epochs
-        cfg = (
-            self.train
-            if epochs == self.train.epochs
-            else self.train.model_copy(update={"epochs": epochs})
+        inner, recipe, compress = split_arch(self.space, arch)
+        if compress:
+            raise ConfigError(
+                f"evaluator.kind: the train evaluator does not compress ({', '.join(compress)} "
+                "searched in automl.compress); use evaluator.kind: compressed"
+            )
+        fidelity = (
+            budget
+            if isinstance(budget, Fidelity)
+            else Fidelity(None if budget is None else int(budget))
         )
+        cfg = _recipe_config(self.train, recipe)
+        epochs = fidelity.epochs if fidelity.epochs is not None else cfg.epochs
+        if epochs != cfg.epochs:
+            cfg = cfg.model_copy(update={"epochs": epochs})
+        model = getattr(self.space, "inner", self.space).build(inner)
+        metrics, stability = self._costs(arch, model)
         d = self.dataset
+        x, y = self._train_split(fidelity.data_fraction)
+        curve: list[float] = []
+
+        def report(epoch: int, values: dict[str, float]) -> None:
+            curve.append(float(values.get("val_acc", float("nan"))))
+            if reporter is not None:
+                reporter(epoch, values)
+
         stopped = False
         try:
-            train_model(model, d.x_train, d.y_train, cfg, reporter=reporter)
+            train_model(model, x, y, cfg, d.x_val, d.y_val, reporter=report)
         except StopTrial:
             stopped = True
-        metrics["val_acc"] = evaluate_accuracy(model, d.x_val, d.y_val)
+        # the last epoch's validation accuracy is this model's (same weights, eval mode)
+        full = not stopped and epochs > 0 and len(curve) == epochs
+        metrics["val_acc"] = curve[-1] if full else evaluate_accuracy(model, d.x_val, d.y_val)
         metrics["train_seconds"] = time.perf_counter() - t0
-        info: dict[str, object] = {"epochs": epochs, "stopped_early": stopped}
+        info: dict[str, object] = {
+            "epochs": epochs,
+            "data_fraction": fidelity.data_fraction,
+            "train_samples": len(y),
+            "stopped_early": stopped,
+            "curve": curve,
+        }
+        if recipe:
+            info["recipe"] = dict(recipe)
         if stability is not None:
             info[STABILITY_INFO] = stability.to_dict()
         return Result(metrics, cost_seconds=time.perf_counter() - t0, info=info)
+
+    def _train_split(self, fraction: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """The training split, or a seeded class-stratified ``fraction`` of it (cached)."""
+        d = self.dataset
+        if fraction >= 1.0:
+            return d.x_train, d.y_train
+        if not 0.0 < fraction:
+            raise ConfigError(f"budget data_fraction: expected a value in (0, 1], got {fraction}")
+        if fraction not in self._subsets:
+            idx = stratified_subset(d.y_train, fraction, self.train.seed)
+            self._subsets[fraction] = (d.x_train[idx], d.y_train[idx])
+        return self._subsets[fraction]
+
+
+def stratified_subset(y: torch.Tensor, fraction: float, seed: int) -> torch.Tensor:
+    """Sorted indices of a seeded, class-stratified ``fraction`` of labels ``y`` (every class
+    keeps its share, at least one sample of each where possible), via scikit-learn's
+    ``train_test_split``; a split it cannot stratify (a class with one sample) falls back to
+    a seeded uniform subset."""
+    from sklearn.model_selection import train_test_split
+
+    n = len(y)
+    keep = max(1, round(n * fraction))
+    if keep >= n:
+        return torch.arange(n)
+    labels = y.numpy()
+    idx = np.arange(n)
+    try:
+        chosen, _ = train_test_split(
+            idx, train_size=keep, stratify=labels, random_state=seed, shuffle=True
+        )
+    except ValueError:  # too few samples of a class, or fewer kept samples than classes
+        chosen = np.random.default_rng(seed).permutation(n)[:keep]
+    return torch.as_tensor(np.sort(chosen), dtype=torch.long)
+
+
+def _recipe_config(base: TrainConfig, recipe: dict[str, Any]) -> TrainConfig:
+    """``base`` with a joint arch's ``recipe`` overrides, validated as a whole."""
+    if not recipe:
+        return base
+    from nasforge.space import joint
+
+    merge = getattr(joint, "recipe_train_config", None)
+    if merge is not None:
+        return merge(base, recipe)  # type: ignore[no-any-return]
+    return TrainConfig.model_validate({**base.model_dump(), **recipe})

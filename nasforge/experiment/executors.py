@@ -51,11 +51,16 @@ def _init_worker(threads: int, parent_pid: int | None = None) -> None:
 def evaluate_payload(payload: dict[str, Any]) -> dict[str, Any]:
     """Evaluate one trial; runs in whichever process the executor chose.
 
+    ``payload["budget"]`` (a multi-fidelity trial: ``{"epochs", "data_fraction"}``) reaches
+    the evaluator as a :class:`~nasforge.evaluators.base.Fidelity`; without it the
+    evaluator's own default budget applies.
+
     The evaluator (dataset, space) is built once per process and cached. Exceptions become
     ``{"ok": False, "error": ...}`` so the search records the trial as failed and goes on.
     """
     import time
 
+    from nasforge.evaluators.base import Fidelity
     from nasforge.experiment.config import parse_config
     from nasforge.experiment.setup import make_evaluator
     from nasforge.space import Arch
@@ -70,7 +75,10 @@ def evaluate_payload(payload: dict[str, Any]) -> dict[str, Any]:
             _EVALUATORS.clear()
             _EVALUATORS[key] = ev
         arch = Arch.from_json(payload["arch_json"])
-        result = ev.evaluate(arch)
+        # a multi-fidelity trial's budget (epochs, data fraction); inline, process and ray alike
+        budget = payload.get("budget")
+        fidelity: Any = Fidelity(**budget) if budget else None  # Evaluator.evaluate's budget
+        result = ev.evaluate(arch, fidelity)
         return {
             "ok": True,
             "metrics": result.metrics,

@@ -17,6 +17,7 @@ from typing import Any
 
 from nasforge.data import RESIZED
 from nasforge.experiment.config import ExperimentConfig
+from nasforge.experiment.fidelity_view import full_fidelity
 from nasforge.experiment.latency_verdict import (
     UNSTABLE_TRIALS_META,
     card_stability,
@@ -24,6 +25,7 @@ from nasforge.experiment.latency_verdict import (
     search_summary,
     summary_text,
 )
+from nasforge.experiment.report_automl import automl_plots, automl_section, render_automl
 from nasforge.experiment.report_ofa import OFA_PHASE, ofa_plots, ofa_section, render_ofa
 from nasforge.experiment.report_oneshot import (
     oneshot_plots,
@@ -39,7 +41,9 @@ from nasforge.strategies.base import scalar
 
 
 def leaderboard(store: TrialStore, top: int = 20) -> list[TrialRecord]:
-    complete = [t for t in store.trials(("complete",)) if t.score is not None]
+    """The best ``top`` complete trials by score (a multi-fidelity run's at the highest budget
+    reached: a cheaper rung's score is not comparable)."""
+    complete = full_fidelity([t for t in store.trials(("complete",)) if t.score is not None])
     complete.sort(key=lambda t: -scalar(t.score))
     return complete[:top]
 
@@ -102,6 +106,9 @@ def build_report(
     ofa = ofa_section(run_dir, store, cfg)  # Once-for-All runs only
     if ofa is not None:
         report["ofa"] = ofa
+    automl = automl_section(trials, objective.metric, final)  # budgets or a searched recipe
+    if automl is not None:
+        report["automl"] = automl
     return report
 
 
@@ -173,6 +180,7 @@ def _plots(store: TrialStore, objective: Objective) -> dict[str, str]:
     import matplotlib.pyplot as plt
 
     complete = [t for t in store.trials(("complete",), order="finished") if t.score is not None]
+    complete = full_fidelity(complete)  # a multi-fidelity run: the Multi-fidelity section has all
     if not complete:
         return {}
     out = {}
@@ -337,6 +345,7 @@ def render_html(report: dict[str, Any], plots: dict[str, str], space: SearchSpac
             parts.append(f"<h2>{title}</h2><img src='{plots[key]}'/>")
     parts.append(render_oneshot(report.get("oneshot"), plots, _table))
     parts.append(render_ofa(report.get("ofa"), plots, _table))
+    parts.append(render_automl(report.get("automl"), plots, _table))
     parts.append("<h2>Leaderboard</h2>")
     rows = [
         [
@@ -392,5 +401,6 @@ def write_report(
     out = run_dir / "report.html"
     plots = {**_plots(store, objective), **oneshot_plots(report.get("oneshot"), _png)}
     plots.update(ofa_plots(report.get("ofa"), _png))
+    plots.update(automl_plots(report.get("automl"), _png))
     out.write_text(render_html(report, plots, space))
     return out

@@ -14,44 +14,32 @@ interrupted, and one line says what was saved and how to resume.
 from __future__ import annotations
 
 import errno
-import json
 import shlex
-import signal
-import sqlite3
-import time
-from concurrent.futures import FIRST_COMPLETED, Future, wait
-from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from nasforge.data import Dataset
 from nasforge.errors import ConfigError
-from nasforge.evaluators.base import STABILITY_INFO
 from nasforge.experiment.config import ExperimentConfig, load_config
-from nasforge.experiment.executors import Executor, make_executor
+from nasforge.experiment.fidelity_view import full_fidelity
 from nasforge.experiment.interrupt import SearchInterrupted, stop_on_signals
 from nasforge.experiment.latency_verdict import (
     UNSTABLE_TRIALS_META,
-    is_unstable,
-    record_trial_verdict,
     search_summary,
     summary_text,
-    trial_latency_text,
 )
 from nasforge.experiment.lock import RunLock
+from nasforge.experiment.loop import TrialLoop, is_multi_fidelity, replay_fidelity
 from nasforge.experiment.oneshot_run import OneshotPhase
 from nasforge.experiment.preflight import prepare_run
 from nasforge.experiment.progress import LOG_NAME, RunLog
-from nasforge.experiment.setup import uses_data
 from nasforge.experiment.store import (
     FINISHED,
     StoreError,
-    TrialRecord,
     TrialStore,
     journal_path,
     read_journal,
@@ -60,7 +48,7 @@ from nasforge.hardware.fingerprint import host_info
 from nasforge.hardware.noise import Stability
 from nasforge.objectives import Objective
 from nasforge.space import Arch, SearchSpace
-from nasforge.strategies.base import Score, scalar
+from nasforge.strategies.base import scalar
 
 
 @dataclass
@@ -74,7 +62,7 @@ class RunSummary:
     notes: list[str] = field(default_factory=list)
 
 
-class Experiment:
+class Experiment(TrialLoop):
     """Run a search from a validated config.
 
     Args:
@@ -205,6 +193,7 @@ class Experiment:
         self.log = RunLog(self.run_dir / LOG_NAME, self.console, self.show_progress)
         try:
             rerun: list[Arch] = []
+            fidelity = is_multi_fidelity(strategy)
             if resume:
                 restored = store.replay_journal()
                 if restored:
@@ -213,16 +202,20 @@ class Experiment:
                         f"were restored from {escape(str(journal_path(store.path)))}",
                         highlight=False,
                     )
-                store.mark_interrupted()
-                rerun = _interrupted_archs(store)
-                if rerun:
+                stopped = store.mark_interrupted()
+                # a multi-fidelity strategy asks again what it still needs (at its budget)
+                rerun = [] if fidelity else _interrupted_archs(store)
+                if rerun or (fidelity and stopped):
                     self.console.print(
-                        f"[yellow]resume:[/] {len(rerun)} interrupted trial(s) will be run again "
-                        "first"
+                        f"[yellow]resume:[/] {len(rerun) or stopped} interrupted trial(s) will "
+                        + ("be run again first" if rerun else "be asked again by the strategy")
                     )
             store.set_meta("status", "running")
             finished = store.trials(FINISHED, order="finished")
-            strategy.replay(((t.arch, t.score) for t in finished), asked=rerun)
+            if fidelity:
+                replay_fidelity(strategy, finished)
+            else:
+                strategy.replay(((t.arch, t.score) for t in finished), asked=rerun)
             store.set_meta("hardware", host_info())
             store.set_meta(
                 "dataset",
@@ -235,6 +228,9 @@ class Experiment:
             )
             what = dataset.summary() if dataset is not None else "table benchmark"
             plan = f"strategy {strategy.name}; {self.cfg.search.trials} trials"
+            if fidelity:
+                top = getattr(strategy, "max_epochs", "?")
+                plan += f" (one per rung evaluation), multi-fidelity up to {top} epochs"
             phase = None
             if self.cfg.oneshot is not None:  # weight sharing: DARTS, or a supernet first
                 phase = OneshotPhase(
@@ -300,231 +296,10 @@ class Experiment:
             self.log.close()
             store.close()
 
-    def _backup(self, store: TrialStore, periodic: bool = False) -> None:
-        """A checkpoint backup of the store; a failure is reported, never fatal."""
-        now = time.monotonic()
-        if (
-            periodic
-            and self._last_backup is not None
-            and now - self._last_backup < self.backup_min_interval_s
-        ):
-            return
-        self._last_backup = now
-        try:
-            store.checkpoint_backup()
-        except (OSError, StoreError, sqlite3.Error) as exc:
-            self.console.print(
-                f"[yellow]warning:[/] store backup failed ({escape(str(exc))}); the run goes on",
-                highlight=False,
-            )
-
-    def _interrupt_message(self, store: TrialStore, stop: SearchInterrupted, stopped: int) -> str:
-        n = store.count(FINISHED)
-        running = (
-            f"; {stopped} running trial(s) stopped, run again first on resume" if stopped else ""
-        )
-        return (
-            f"interrupted by {stop.signal_name}: {n} finished trial(s) saved in "
-            f"{store.path}{running}; continue with: {self.resume_command()}"
-        )
-
-    def _record_interrupt(self, store: TrialStore, stop: SearchInterrupted) -> None:
-        store.set_meta("status", "interrupted")
-        store.log_event("interrupt", stop.message)
-
-    def _loop(
-        self,
-        store: TrialStore,
-        strategy: Any,
-        objective: Objective,
-        rerun: list[Arch] | None = None,
-    ) -> float:
-        """Ask, evaluate, record, tell until the budget is spent; ``rerun`` (interrupted
-        trials' archs, already open in the strategy) are evaluated first."""
-        rerun = list(rerun or [])
-        search = self.cfg.search
-        budget = search.trials
-        prior_seconds = float(store.get_meta("search_seconds", 0.0))
-        t_start = time.time()
-        cfg_json = json.dumps(self.cfg.model_dump(mode="json"))
-        # table lookups take microseconds: a pool would only add overhead
-        kind = search.executor if uses_data(self.cfg) else "inline"
-        executor: Executor = make_executor(
-            kind, search.workers, self.cfg.latency.threads, search.ray_address
-        )
-        pending: dict[Future, tuple[int, Arch]] = {}
-        book = LoopBook(store)
-        best = book.best
-
-        def elapsed() -> float:
-            return prior_seconds + time.time() - t_start
-
-        def out_of_time() -> bool:
-            if search.cost_budget_s is not None and book.cost_seconds >= search.cost_budget_s:
-                return True
-            return search.time_budget_s is not None and elapsed() >= search.time_budget_s
-
-        progress = Progress(
-            TextColumn("[bold]search"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("best {task.fields[best]}"),
-            TimeElapsedColumn(),
-            TextColumn("~{task.fields[remaining]} left"),
-            console=self.console,
-            disable=not self.log.live,  # off a terminal a live bar prints nothing: log lines
-            transient=False,
-        )
-        done0 = book.finished
-        task = progress.add_task(
-            "search", total=budget, completed=done0, best=_fmt(best), remaining="?"
-        )
-        duplicates = 0
-        terminated = False
-        try:
-            with progress:
-                while True:
-                    while (
-                        len(pending) < executor.workers
-                        and book.finished + len(pending) < budget
-                        and not out_of_time()
-                        and duplicates < 10 * budget
-                    ):
-                        arch = rerun.pop(0) if rerun else strategy.ask(1)[0]
-                        if book.seen(arch.key):  # same network already paid for: reuse it
-                            strategy.tell(arch, book.score_of(arch.key))
-                            duplicates += 1
-                            continue
-                        tid = store.add_trial(arch)
-                        payload = {
-                            "config_json": cfg_json,
-                            "arch_json": arch.to_json(),
-                            "run_dir": str(self.run_dir),
-                            "trial_id": tid,
-                        }
-                        pending[executor.submit(payload)] = (tid, arch)
-                    if not pending:
-                        break
-                    ready, _ = wait(list(pending), timeout=1.0, return_when=FIRST_COMPLETED)
-                    for fut in ready:
-                        tid, arch = pending.pop(fut)
-                        score = self._record(store, fut, tid, arch, objective, executor)
-                        book.add(
-                            arch.key,
-                            score,
-                            store.trial(tid).cost_seconds
-                            if search.cost_budget_s is not None
-                            else 0.0,
-                        )
-                        strategy.tell(arch, score)
-                        self._log_trial(store.trial(tid), book, budget, t_start, done0)
-                        if self.backup_every and book.finished % self.backup_every == 0:
-                            self._backup(store, periodic=True)
-                    book.save_elapsed(elapsed())
-                    done = book.finished
-                    left = _time_left(t_start, done - done0, budget - done)
-                    progress.update(
-                        task,
-                        completed=done,
-                        best=_fmt(book.best),
-                        remaining=f"{left:.0f}s" if left is not None else "?",
-                    )
-        except KeyboardInterrupt as exc:
-            # stop at once: the running trials are abandoned (run again first on resume),
-            # not waited for and then thrown away
-            executor.terminate()
-            terminated = True
-            stop = exc if isinstance(exc, SearchInterrupted) else SearchInterrupted(signal.SIGINT)
-            stopped = store.mark_interrupted()
-            book.save_elapsed(elapsed(), force=True)
-            stop.message = self._interrupt_message(store, stop, stopped)
-            self._record_interrupt(store, stop)
-            raise stop from None
-        finally:
-            if not terminated:
-                executor.shutdown()
-        book.save_elapsed(elapsed(), force=True)
-        if out_of_time():
-            store.log_event(
-                "budget",
-                f"budget reached after {elapsed():.1f}s wall, {book.cost_seconds:.1f}s trial cost",
-            )
-        return elapsed()
-
-    def _log_trial(
-        self, trial: TrialRecord, book: LoopBook, budget: int, t_start: float, done0: int
-    ) -> None:
-        """One plain line per finished trial (the log file, and the console off a terminal)."""
-        left = _time_left(t_start, book.finished - done0, budget - book.finished)
-        head = f"trial {trial.id} {trial.state} ({book.finished}/{budget})"
-        if trial.state != "complete":
-            what = (trial.error or "").splitlines()[0] if trial.error else ""
-        else:
-            shown = ("val_acc", "latency_ms", "flops", "params")
-            what = ", ".join(
-                trial_latency_text(trial, self._unstable.get(trial.id))
-                if k == "latency_ms"
-                else f"{k} {trial.metrics[k]:.4g}"
-                for k in shown
-                if isinstance(trial.metrics.get(k), (int, float))
-            )
-            if trial.score is not None:
-                what += f"; score {scalar(trial.score):.4f}"
-        self.log.line(
-            f"{head}: {what}; {trial.cost_seconds:.1f}s; best {_fmt(book.best)}; "
-            f"~{'?' if left is None else f'{left:.0f}s'} left"
-        )
-
-    def _record(
-        self,
-        store: TrialStore,
-        fut: Future,
-        tid: int,
-        arch: Arch,
-        objective: Objective,
-        executor: Executor,
-    ) -> Score:
-        try:
-            out = fut.result()
-        except BrokenProcessPool:
-            out = {
-                "ok": False,
-                "error": "worker process died (out of memory or killed)",
-                "cost_seconds": 0.0,
-            }
-            executor.restart()
-        except Exception as exc:  # noqa: BLE001 - executor failures (ray) are the trial's failure
-            out = {"ok": False, "error": f"{type(exc).__name__}: {exc}", "cost_seconds": 0.0}
-        if not out["ok"]:
-            store.finish_trial(
-                tid, "failed", cost_seconds=out.get("cost_seconds", 0.0), error=out["error"]
-            )
-            self.console.print(
-                f"[red]trial {tid} failed:[/] {escape(out['error'].splitlines()[0])}",
-                highlight=False,
-                soft_wrap=True,
-            )
-            return None
-        score = objective.score(out["metrics"])
-        store.finish_trial(tid, "complete", out["metrics"], score, out["cost_seconds"])
-        if is_unstable(out["metrics"]):
-            verdict = (out.get("info") or {}).get(STABILITY_INFO)
-            latency = float(out["metrics"].get("latency_ms", float("nan")))
-            stability = record_trial_verdict(store, tid, latency, verdict)
-            if not self._unstable and self.log.live:  # the log lines are not echoed: say once
-                self.console.print(
-                    f"[yellow]warning:[/] trial {tid}'s measured latency is "
-                    f"{escape(stability.label)}; such trials are marked in "
-                    f"{escape(str(self.run_dir / LOG_NAME))} and the report",
-                    highlight=False,
-                    soft_wrap=True,
-                )
-            self._unstable[tid] = stability
-        return score
-
     def _summary(self, store: TrialStore, objective: Objective, seconds: float) -> RunSummary:
         complete = store.trials(("complete",))
-        best = max(complete, key=lambda t: scalar(t.score), default=None)
+        # a multi-fidelity run's best is among the trials at the highest budget reached
+        best = max(full_fidelity(complete), key=lambda t: scalar(t.score), default=None)
         return RunSummary(
             self.run_dir,
             len(complete),
@@ -532,42 +307,6 @@ class Experiment:
             best.to_dict() if best else None,
             search_seconds=seconds,
         )
-
-
-class LoopBook:
-    """The loop's running tally (finished count, best score, finished keys) kept in memory,
-    so that per-trial bookkeeping costs three SQLite statements, not a scan of the store."""
-
-    def __init__(self, store: TrialStore, save_every_s: float = 1.0) -> None:
-        self.store = store
-        self._scores: dict[str, Score] = {}
-        self.best: float | None = None
-        self.finished = 0
-        self.cost_seconds = 0.0
-        for t in store.trials(FINISHED):
-            self.add(t.key, t.score, t.cost_seconds)
-        self._save_every_s = save_every_s
-        self._last_save = 0.0
-
-    def add(self, key: str, score: Score, cost_seconds: float = 0.0) -> None:
-        self._scores.setdefault(key, score)
-        self.finished += 1
-        self.cost_seconds += cost_seconds
-        if score is not None and (self.best is None or scalar(score) > self.best):
-            self.best = scalar(score)
-
-    def seen(self, key: str) -> bool:
-        """Whether a trial of the same network (same canonical key) already finished."""
-        return key in self._scores
-
-    def score_of(self, key: str) -> Score:
-        return self._scores[key]
-
-    def save_elapsed(self, seconds: float, force: bool = False) -> None:
-        now = time.monotonic()
-        if force or now - self._last_save >= self._save_every_s:
-            self.store.set_meta("search_seconds", seconds)
-            self._last_save = now
 
 
 _DISK_FULL = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
@@ -581,15 +320,6 @@ def _interrupted_archs(store: TrialStore) -> list[Arch]:
         if t.key not in done:
             out.setdefault(t.key, t.arch)
     return list(out.values())
-
-
-def _fmt(v: float | None) -> str:
-    return "-" if v is None else f"{v:.4f}"
-
-
-def _time_left(t_start: float, done: int, remaining: int) -> float | None:
-    """Seconds left at this run's pace, or ``None`` before the first finished trial."""
-    return (time.time() - t_start) / done * remaining if done > 0 else None
 
 
 def _input_meta(dataset: Dataset | None, space: SearchSpace) -> dict[str, Any]:
