@@ -37,6 +37,11 @@ STRATEGIES: dict[str, str | StrategyFactory] = {
     "predictor": "nasforge.strategies.predictor:PredictorStrategy",
     "optuna": "nasforge.strategies.optuna:OptunaStrategy",
     "proxy_filter": "nasforge.strategies.proxy_filter:ProxyFilterStrategy",
+    # multi-fidelity (FidelityStrategy: the loop calls ask_trial/tell_trial with budgets)
+    "sh": "nasforge.strategies.fidelity:SuccessiveHalvingStrategy",
+    "hyperband": "nasforge.strategies.fidelity:HyperbandStrategy",
+    "asha": "nasforge.strategies.fidelity:AshaStrategy",
+    "bohb": "nasforge.strategies.fidelity:BohbStrategy",
 }
 
 
@@ -111,6 +116,12 @@ _LAZY = {
     "PredictorStrategy": "nasforge.strategies.predictor",
     "OptunaStrategy": "nasforge.strategies.optuna",
     "ProxyFilterStrategy": "nasforge.strategies.proxy_filter",
+    "FidelityStrategy": "nasforge.strategies.fidelity_base",
+    "TrialRequest": "nasforge.strategies.fidelity_base",
+    "SuccessiveHalvingStrategy": "nasforge.strategies.fidelity",
+    "HyperbandStrategy": "nasforge.strategies.fidelity",
+    "AshaStrategy": "nasforge.strategies.fidelity",
+    "BohbStrategy": "nasforge.strategies.fidelity",
 }
 
 
@@ -123,6 +134,12 @@ def __getattr__(name: str) -> Any:
 __all__ = [
     "STRATEGIES",
     "STRATEGY_CONTRACT",
+    "AshaStrategy",
+    "BohbStrategy",
+    "FidelityStrategy",
+    "HyperbandStrategy",
+    "SuccessiveHalvingStrategy",
+    "TrialRequest",
     "Constraint",
     "EvolutionStrategy",
     "LocalSearchStrategy",
