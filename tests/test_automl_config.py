@@ -269,3 +269,22 @@ def test_joint_search_retrains_the_winner_with_its_recipe(tmp_path: Path) -> Non
     assert not any(k.startswith("recipe/") for k in read_description(best / "arch.json")["arch"])
     model = load_model(best)
     assert model(torch.zeros((2, *card["input_shape"]))).shape == (2, 10)
+
+
+def test_the_automl_example_runs_small(tmp_path: Path) -> None:
+    example = Path(__file__).resolve().parents[1] / "examples" / "automl.yaml"
+    res = runner.invoke(app, ["doctor", str(example)])
+    assert res.exit_code == 0 and "error" not in res.output and "warning" not in res.output
+    cfg = yaml.safe_load(example.read_text())
+    cfg["data"]["samples"] = 400
+    cfg["search"].update(trials=2, executor="inline")
+    cfg["train"]["epochs"] = 1  # ASHA's one rung: 1 epoch
+    cfg["latency"].update(repeats=3, warmup=1)
+    cfg["final"] = {"epochs": 1, "export_onnx": False}
+    small = tmp_path / "automl.yaml"
+    small.write_text(yaml.safe_dump(cfg))
+    res = runner.invoke(app, ["search", str(small), "--runs-dir", str(tmp_path), "--quiet"])
+    assert res.exit_code == 0, res.output
+    card = json.loads((tmp_path / "automl-mnist1d" / "best" / "card.json").read_text())
+    assert set(card["recipe_searched"]) == set(STANDARD_RECIPE)
+    assert card["search_metrics"]["budget_epochs"] == 1  # the budget is on the winner's row

@@ -197,10 +197,10 @@ def _joint_objective(arch: Arch) -> float:
 )
 def test_every_strategy_searches_the_joint_space(name: str) -> None:
     space = JointSpace(toy_space(3, 4), RECIPE[:2])
-    records = run_search(create_strategy(name, space, seed=0), _joint_objective, budget=24)
-    assert len(records) == 24
+    records = run_search(create_strategy(name, space, seed=0), _joint_objective, budget=16)
+    assert len(records) == 16
     for arch, _ in records:
         space.validate(arch)
-    assert len({a.key for a, _ in records}) == 24
-    again = run_search(create_strategy(name, space, seed=0), _joint_objective, budget=24)
+    assert len({a.key for a, _ in records}) == 16
+    again = run_search(create_strategy(name, space, seed=0), _joint_objective, budget=16)
     assert [a.key for a, _ in again] == [a.key for a, _ in records]  # seeded

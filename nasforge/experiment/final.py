@@ -320,8 +320,9 @@ def finalize_one(
         "final_epochs": epochs,
         "final_train_seconds": train_seconds,
         "final_train_threads": threads,
-        # the recipe the final model was trained with (every train: field)
-        "recipe": recipe.model_dump(include=set(TrainSection.model_fields)),
+        # the recipe the final model was trained with (every train: field but the older
+        # cosine switch, folded into schedule)
+        "recipe": recipe.model_dump(include=set(TrainSection.model_fields) - {"cosine"}),
     }
     if searched or settings:
         card["joint_arch"] = trial.arch.to_dict()
