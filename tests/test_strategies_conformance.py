@@ -136,4 +136,7 @@ def test_registry_builds_every_strategy() -> None:
             continue
         strategy = create_strategy(name, space, seed=1)
         assert strategy.name == name
+        if getattr(strategy, "multi_fidelity", False):  # budgets: tests/test_fidelity_strategies
+            assert strategy.ask_trial() is not None  # type: ignore[attr-defined]
+            continue
         assert len(strategy.ask(2)) == 2
