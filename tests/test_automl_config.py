@@ -288,3 +288,28 @@ def test_the_automl_example_runs_small(tmp_path: Path) -> None:
     card = json.loads((tmp_path / "automl-mnist1d" / "best" / "card.json").read_text())
     assert set(card["recipe_searched"]) == set(STANDARD_RECIPE)
     assert card["search_metrics"]["budget_epochs"] == 1  # the budget is on the winner's row
+
+
+@pytest.mark.slow  # trains, prunes, fine-tunes, quantizes and times on onnxruntime (~1 min)
+def test_a_joint_compression_winner_is_compressed_with_its_settings(tmp_path: Path) -> None:
+    from nasforge.experiment.runner import Experiment
+
+    cfg = config(
+        name="jointc",
+        space={"name": "mobile", "fixed": {f"stage{i}/depth": 1 for i in range(4)}},
+        strategy={"name": "random"},
+        train={"epochs": 1, "batch_size": 32},
+        evaluator={"kind": "compressed", "options": {"calibration": 32}},
+        automl={"recipe": {"lr": [0.02, 0.05]}, "compress": {"prune_ratio": [0.5], "bits": [8]}},
+        objective={"kind": "weighted_product", "target": 1.0},
+        latency={"backend": "onnxruntime", "repeats": 3, "warmup": 1, "mode": "measure"},
+        final={"epochs": 1},
+    )
+    Experiment(cfg, tmp_path / "jointc", console=Console(quiet=True), progress=False).run()
+    best = tmp_path / "jointc" / "best"
+    card = json.loads((best / "card.json").read_text())
+    assert card["compression"]["settings"] == {"prune_ratio": 0.5, "bits": 8}
+    assert card["joint_arch"]["compress/bits"] == 8
+    assert not any(k.startswith("compress/") for k in card["arch"])
+    assert (best / "model.int8.onnx").is_file()
+    assert load_model(best)(torch.zeros((2, 1, 8, 8))).shape == (2, 10)

@@ -357,6 +357,10 @@ def finalize_one(
     )
     if "onnx_max_abs_diff" in card:
         msg += f"; ONNX max abs diff {card['onnx_max_abs_diff']:.2e}"
+    if settings and isinstance(card.get("compression"), dict):
+        told = ", ".join(f"{k} {_short(v)}" for k, v in settings.items())
+        verdict = card["compression"].get("verdict") or "see the compression report"
+        msg += f"\nfinal: compressed with the searched {told}: {verdict}"
     if log is not None:
         log.say(msg)
     else:
