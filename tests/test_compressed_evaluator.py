@@ -3,6 +3,7 @@ validation accuracy after compression and the latency measured on onnxruntime)."
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from pathlib import Path
 
@@ -44,7 +45,8 @@ OPTIONS = {"round_to": 4, "min_keep": 4, "calibration": 64}
 
 @pytest.fixture(scope="module")
 def digits():  # type: ignore[no-untyped-def]
-    return load_dataset("digits")
+    ds = load_dataset("digits")  # a smaller train split: tests stay fast on a busy host
+    return dataclasses.replace(ds, x_train=ds.x_train[:600], y_train=ds.y_train[:600])
 
 
 @pytest.fixture(scope="module")
@@ -64,12 +66,17 @@ def _joint(space, **compress: object) -> Arch:  # type: ignore[no-untyped-def]
     return Arch({**arch, **{f"compress/{k}": v for k, v in compress.items()}})
 
 
-def test_pruned_int8_candidate_is_an_int8_onnx_model_timed_on_onnxruntime(
-    space, digits, tmp_path: Path
-) -> None:  # type: ignore[no-untyped-def]
-    ev = _evaluator(space, digits, tmp_path, keep_artifacts=True)
+@pytest.fixture(scope="module")
+def scored(space, digits, tmp_path_factory):  # type: ignore[no-untyped-def]
+    """One architecture scored uncompressed and pruned 50% + INT8 (artifacts kept)."""
+    ev = _evaluator(space, digits, tmp_path_factory.mktemp("run"), keep_artifacts=True)
     plain = ev.evaluate(_joint(space, prune_ratio=0.0, bits=32))
     packed = ev.evaluate(_joint(space, prune_ratio=0.5, bits=8))
+    return plain, packed
+
+
+def test_pruned_int8_candidate_is_an_int8_onnx_model_timed_on_onnxruntime(scored) -> None:  # type: ignore[no-untyped-def]
+    plain, packed = scored
     m = packed.metrics
     assert m["bits"] == 8 and m["prune_ratio"] == 0.5
     assert m["params"] < plain.metrics["params"] and m["flops"] < plain.metrics["flops"]
@@ -90,8 +97,8 @@ def test_pruned_int8_candidate_is_an_int8_onnx_model_timed_on_onnxruntime(
     assert int8, "the exported model holds no INT8 weights"
 
 
-def test_float_unpruned_candidate_scores_the_float_model(space, digits) -> None:  # type: ignore[no-untyped-def]
-    res = _evaluator(space, digits).evaluate(_joint(space, prune_ratio=0.0, bits=32))
+def test_float_unpruned_candidate_scores_the_float_model(scored) -> None:  # type: ignore[no-untyped-def]
+    res = scored[0]
     assert res.metrics["val_acc"] == res.metrics["val_acc_float"]
     assert res.info["compression"]["artifact"] == "model.fp32.onnx"
     assert res.info["compression"]["stages"] == []
@@ -201,19 +208,19 @@ def test_joint_search_through_the_experiment_with_the_process_executor(tmp_path:
         {
             "name": "joint",
             "runs_dir": str(tmp_path),
-            "data": {"name": "digits"},
+            "data": {"name": "digits", "limit": 500},
             "space": {"name": "mobile", "options": SPACE_OPTIONS},
-            "search": {"trials": 3, "executor": "process", "workers": 1},
+            "search": {"trials": 2, "executor": "process", "workers": 1},
             "strategy": {"name": "random"},
             "train": {"epochs": 1, "lr": 0.1},
             "evaluator": {"kind": "compressed", "options": OPTIONS},
             "automl": {"compress": {"prune_ratio": [0.0, 0.5], "bits": [32, 8]}},
-            "latency": {"backend": "onnxruntime", "repeats": 5, "warmup": 1},
+            "latency": {"backend": "onnxruntime", "repeats": 3, "warmup": 1},
             "objective": {"kind": "weighted_product", "target": 1.0},
         }
     )
     summary = Experiment(cfg, console=Console(quiet=True), progress=False).run(final=False)
-    assert summary.trials_complete == 3 and summary.trials_failed == 0
+    assert summary.trials_complete == 2 and summary.trials_failed == 0
     trials = TrialStore(tmp_path / "joint" / "trials.db").trials()
     for t in trials:
         assert {"val_acc", "val_acc_float", "latency_ms", "bits", "prune_ratio"} <= set(t.metrics)
