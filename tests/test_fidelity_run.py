@@ -30,7 +30,7 @@ from nasforge.experiment.runner import Experiment
 from nasforge.experiment.store import TrialStore
 from nasforge.space import Arch, SearchSpace
 from nasforge.spaces import create_space
-from nasforge.strategies import register_strategy
+from nasforge.strategies import STRATEGIES, register_strategy
 from nasforge.strategies.base import Score, scalar
 from nasforge.strategies.fidelity_base import FidelityStrategy, TrialRequest
 from nasforge.train import TrainConfig
@@ -153,6 +153,14 @@ def _instant(tmp_path: Path, strategy: dict[str, Any], trials: int) -> Any:
     )
 
 
+@pytest.fixture
+def no_report(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The report (plots) is not under test there and costs most of an instant run."""
+    from nasforge.experiment import report
+
+    monkeypatch.setattr(report, "write_report", lambda *a, **k: None)
+
+
 def _rows(db: Path) -> list[Any]:
     with TrialStore(db, create=False) as s:
         return s.trials()
@@ -191,7 +199,7 @@ def test_rows_carry_budget_and_rung_and_rungs_promote_the_best(tmp_path: Path) -
     assert "<h2>Multi-fidelity</h2>" in page and "Best full-fidelity score over wall time" in page
 
 
-def test_same_arch_at_same_budget_is_not_paid_twice(tmp_path: Path) -> None:
+def test_same_arch_at_same_budget_is_not_paid_twice(tmp_path: Path, no_report: None) -> None:
     cfg = _instant(tmp_path, {"name": "toy_halving", "options": {"repeat": True}}, 50)
     _run(cfg, tmp_path / "a")
     rows = _rows(tmp_path / "a" / "trials.db")
@@ -199,7 +207,9 @@ def test_same_arch_at_same_budget_is_not_paid_twice(tmp_path: Path) -> None:
     assert len(keys) == len(set(keys)) == 4 + 2
 
 
-def test_trial_budget_counts_rows_and_resume_continues_the_ladders(tmp_path: Path) -> None:
+def test_trial_budget_counts_rows_and_resume_continues_the_ladders(
+    tmp_path: Path, no_report: None
+) -> None:
     options = EIGHT
     _run(_instant(tmp_path, options, 50), tmp_path / "whole")
     whole = _rows(tmp_path / "whole" / "trials.db")
@@ -212,7 +222,7 @@ def test_trial_budget_counts_rows_and_resume_continues_the_ladders(tmp_path: Pat
 
 
 def test_interrupted_rows_are_asked_again_by_the_strategy_not_rerun_blindly(
-    tmp_path: Path,
+    tmp_path: Path, no_report: None
 ) -> None:
     options = EIGHT
     run_dir = tmp_path / "a"
@@ -226,6 +236,30 @@ def test_interrupted_rows_are_asked_again_by_the_strategy_not_rerun_blindly(
     assert sum(t.state == "interrupted" for t in rows) == 2
     keys = [request_of(t).key for t in done]  # type: ignore[union-attr]
     assert len(keys) == len(set(keys)) == 14
+
+
+REGISTERED = [n for n in ("sh", "hyperband", "asha", "bohb") if n in STRATEGIES]
+
+
+@pytest.mark.skipif(not REGISTERED, reason="no multi-fidelity strategy registered yet")
+@pytest.mark.parametrize("name", REGISTERED)
+def test_registered_strategies_resume_like_an_uninterrupted_run(
+    tmp_path: Path, no_report: None, name: str
+) -> None:
+    options = {"name": name, "options": {"min_epochs": 1, "max_epochs": 9, "eta": 3}}
+    _run(_instant(tmp_path, options, 30), tmp_path / "whole")
+    whole = _rows(tmp_path / "whole" / "trials.db")
+    # sh is one ladder (9 + 3 + 1 trials), then done; the others start brackets forever
+    total = 13 if name == "sh" else 30
+    _run(_instant(tmp_path, options, 7 if name == "sh" else 13), tmp_path / "part")
+    _run(_instant(tmp_path, options, 30), tmp_path / "part", resume=True)
+    part = _rows(tmp_path / "part" / "trials.db")
+    assert [(t.key, t.metrics) for t in part] == [(t.key, t.metrics) for t in whole]
+    assert len(whole) == total and all(t.state == "complete" for t in whole)
+    assert {t.metrics[BUDGET_EPOCHS] for t in whole} <= {1.0, 3.0, 9.0}
+    assert any(t.metrics[BUDGET_EPOCHS] == 9.0 for t in whole)  # something reached the top
+    keys = [request_of(t).key for t in whole]  # type: ignore[union-attr]
+    assert len(keys) == len(set(keys))
 
 
 # -- the train evaluator's budget ----------------------------------------------------------------
@@ -243,9 +277,9 @@ def test_fidelity_epochs_and_fraction_reach_training(digits: Any, one_thread: No
     ev = _evaluator(digits, epochs=1)
     arch = ev.space.sample(np.random.default_rng(0))
     reporter = Reporter()
-    res = ev.evaluate(arch, Fidelity(epochs=3, data_fraction=0.25), reporter)
-    assert res.info["epochs"] == 3 and len(res.info["curve"]) == 3
-    assert [step for step, _ in reporter.values] == [0, 1, 2]
+    res = ev.evaluate(arch, Fidelity(epochs=2, data_fraction=0.25), reporter)
+    assert res.info["epochs"] == 2 and len(res.info["curve"]) == 2
+    assert [step for step, _ in reporter.values] == [0, 1]
     assert res.metrics["val_acc"] == res.info["curve"][-1]
     n = len(digits.y_train)
     assert res.info["train_samples"] == round(0.25 * n)
@@ -325,15 +359,18 @@ def test_data_fraction_resource_trains_on_part_of_the_split(
         tmp_path,
         {
             "name": "toy_halving",
-            "options": {"n_configs": 4, "max_epochs": 2, "resource": "data_fraction"},
+            "options": {"n_configs": 2, "max_epochs": 1, "resource": "data_fraction"},
         },
         train={"epochs": 1, "lr": 0.1},
         search={"trials": 20, "executor": "inline"},
     )
     _run(cfg, tmp_path / "f")
     rows = _rows(tmp_path / "f" / "trials.db")
-    assert [t.metrics[BUDGET_FRACTION] for t in rows] == [0.5] * 4 + [1.0] * 2
-    assert {t.metrics[BUDGET_EPOCHS] for t in rows} == {2.0}
+    assert [t.metrics[BUDGET_FRACTION] for t in rows] == [0.5, 0.5, 1.0]
+    assert {t.metrics[BUDGET_EPOCHS] for t in rows} == {1.0}
+    # half of the data is a different evaluation: the promoted config's two rows differ
+    top = rows[2].metrics["config_id"]
+    assert len({t.metrics["val_acc"] for t in rows if t.metrics["config_id"] == top}) == 2
 
 
 @pytest.mark.slow  # spawned processes importing torch: 20-40 s on a busy host
