@@ -17,7 +17,7 @@ its wide ranges). Magnitude 0 leaves a sample unchanged for every op. Ops with a
 
 Image ops: identity, brightness, contrast, sharpness, solarize, posterize, rotate, shear_x,
 shear_y, translate_x, translate_y, cutout. Signal ops (no flips: time has a direction):
-identity, shift, scale, noise, stretch, warp, cutout.
+identity, shift, trend, scale, noise, stretch, warp, cutout.
 """
 
 from __future__ import annotations
@@ -211,8 +211,20 @@ def _positions(x: torch.Tensor) -> torch.Tensor:
 
 
 def shift(x: torch.Tensor, v: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-    """Delay by ``v`` of the length (edge values extend)."""
-    return _resample_1d(x, _positions(x) - 2 * v[:, None])
+    """Roll by ``round(v * L)`` steps, circularly (what wraps off one end comes in at the
+    other, as mnist1d's own generator translates; no edge value is invented)."""
+    length = x.shape[-1]
+    steps = torch.round(v * length).long()
+    index = (torch.arange(length) - steps[:, None]) % length  # (k, L)
+    return torch.gather(x, -1, index[:, None, :].expand(-1, x.shape[1], -1))
+
+
+def trend(x: torch.Tensor, v: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """Add a linear ramp from ``-v/2`` to ``+v/2`` of the sample's range over the length
+    (a drifting baseline; mnist1d's generator "shears" its signals this way)."""
+    lo, hi = _range(x)
+    ramp = torch.linspace(-0.5, 0.5, x.shape[-1], dtype=x.dtype)
+    return x + _per_sample(x, v) * (hi - lo) * ramp
 
 
 def scale(x: torch.Tensor, v: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
@@ -260,6 +272,7 @@ IMAGE_OPS: dict[str, AugmentOp] = {
 SIGNAL_OPS: dict[str, AugmentOp] = {
     "identity": AugmentOp(identity, 0.0, 0.0, False),
     "shift": AugmentOp(shift, 0.3, 0.5, True),
+    "trend": AugmentOp(trend, 0.5, 0.9, True),
     "scale": AugmentOp(scale, 0.5, 0.9, True),
     "noise": AugmentOp(noise, 0.3, 0.5, False),
     "stretch": AugmentOp(stretch, 0.3, 0.5, True),
