@@ -12,8 +12,9 @@ import pytest
 from nasforge.errors import ConfigError
 from nasforge.space import Arch
 from nasforge.strategies import STRATEGIES, create_strategy, strategy_factory
-from nasforge.strategies.fidelity import MultiFidelityStrategy, make_ladder
+from nasforge.strategies.fidelity import MultiFidelityStrategy
 from nasforge.strategies.fidelity_base import FidelityStrategy, TrialRequest
+from nasforge.strategies.fidelity_sched import make_ladder
 from nasforge.testing import toy_objective, toy_space
 
 NAMES = ("sh", "hyperband", "asha", "bohb")
@@ -313,3 +314,18 @@ def test_replay_refuses_a_changed_ladder() -> None:
     assert any(r.epochs == 3 for r, _ in told)
     with pytest.raises(ConfigError, match="ladder"):
         _make("asha", eta=2, max_epochs=8).replay_trials(told)
+
+
+def test_asynchronous_hyperband_uses_optunas_brackets() -> None:
+    """Every new configuration is worse than all before it: ASHA (one bracket) stops all but
+    the first at rung 0, Optuna's HyperbandPruner lets its higher brackets' configurations
+    through rung 0 unchecked (their first decision is at a larger budget)."""
+    promoted = {}
+    for name, options in (("asha", {}), ("hyperband", {"synchronous": False})):
+        strategy = _make(name, **options)  # type: ignore[arg-type]
+        told = _run(strategy, lambda r: 1.0 / (1 + r.config_id) + 0.01 * r.rung, 60)
+        promoted[name] = {r.config_id for r, _ in told if r.rung == 1}
+        states = Counter(t.state.name for t in strategy.study.get_trials(deepcopy=False))
+        assert states["PRUNED"] > 0 and states["COMPLETE"] > 0
+    assert promoted["asha"] == {0}
+    assert len(promoted["hyperband"]) >= 3

@@ -1,6 +1,7 @@
-"""Who decides promotions in a multi-fidelity strategy (see :mod:`nasforge.strategies.fidelity`).
+"""Budgets and rungs of the multi-fidelity strategies (see :mod:`nasforge.strategies.fidelity`).
 
-A scheduler keeps the rungs; the strategy keeps the configurations and the Optuna study.
+The ladder of budgets (:class:`Ladder`), the record of one configuration, and the schedulers
+that decide promotions; the strategy keeps the configurations and the Optuna study.
 
 * :class:`PrunerScheduler`: Optuna's pruner decides as each result arrives (asynchronous:
   ASHA with ``SuccessiveHalvingPruner``, asynchronous Hyperband with ``HyperbandPruner``).
@@ -19,13 +20,96 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import Any
 
-if TYPE_CHECKING:
-    from nasforge.strategies.fidelity import FidelityConfig
+from nasforge.space import Arch
+from nasforge.strategies.base import Score
+from nasforge.strategies.fidelity_base import TrialRequest
 
+RESOURCES = ("epochs", "data_fraction")
 Slot = tuple[int | None, int, int]
 Verdicts = list[tuple[int, str]]
+
+
+@dataclass(frozen=True)
+class Ladder:
+    """The budgets of the rungs: rung ``k`` trains ``epochs[k]`` epochs on ``fractions[k]``
+    of the training split; Optuna sees rung ``k``'s score at step ``eta**k``."""
+
+    epochs: tuple[int, ...]
+    fractions: tuple[float, ...]
+    eta: int
+
+    @property
+    def top(self) -> int:
+        """The highest rung (full fidelity)."""
+        return len(self.epochs) - 1
+
+    def step(self, rung: int) -> int:
+        return int(self.eta**rung)
+
+    def rung_of(self, epochs: int, fraction: float) -> int | None:
+        for k, (e, f) in enumerate(zip(self.epochs, self.fractions, strict=True)):
+            if e == int(epochs) and math.isclose(f, float(fraction), rel_tol=1e-6):
+                return k
+        return None
+
+
+def _levels(ratio: float, eta: int) -> int:
+    """``floor(log_eta(ratio))`` without floating-point surprises at exact powers."""
+    k = 0
+    while eta ** (k + 1) <= ratio * (1 + 1e-9):
+        k += 1
+    return k
+
+
+def make_ladder(
+    resource: str, min_epochs: int, max_epochs: int, min_fraction: float, eta: int
+) -> Ladder:
+    """Hyperband's budgets ``R * eta**-i`` (top = the maximum), rounded to whole epochs."""
+    if resource == "epochs":
+        k = _levels(max_epochs / min_epochs, eta)
+        epochs = tuple(
+            max(min_epochs, math.floor(max_epochs * float(eta) ** (i - k) + 0.5))
+            for i in range(k + 1)
+        )
+        return Ladder(epochs, (1.0,) * (k + 1), eta)
+    k = _levels(1.0 / min_fraction, eta)
+    fractions = tuple(round(float(eta) ** (i - k), 6) for i in range(k + 1))
+    return Ladder((max_epochs,) * (k + 1), fractions, eta)
+
+
+@dataclass
+class FidelityConfig:
+    """One configuration: its arch, Optuna trial and the scores of the rungs it ran."""
+
+    config_id: int
+    arch: Arch
+    trial: Any  # optuna.trial.Trial (live: reports and should_prune go through it)
+    bracket: int
+    scores: dict[int, Score] = field(default_factory=dict)
+
+
+def request_to_json(request: TrialRequest) -> dict[str, Any]:
+    return {
+        "arch": request.arch.to_json(),
+        "epochs": request.epochs,
+        "data_fraction": request.data_fraction,
+        "rung": request.rung,
+        "bracket": request.bracket,
+        "config_id": request.config_id,
+    }
+
+
+def request_from_json(data: dict[str, Any]) -> TrialRequest:
+    return TrialRequest(
+        arch=Arch.from_json(data["arch"]),
+        epochs=int(data["epochs"]),
+        data_fraction=float(data["data_fraction"]),
+        rung=int(data["rung"]),
+        bracket=int(data["bracket"]),
+        config_id=int(data["config_id"]),
+    )
 
 
 class PrunerScheduler:
