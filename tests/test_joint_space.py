@@ -151,6 +151,9 @@ class _EvenDepthSpace(SearchSpace):
     def sample(self, rng: np.random.Generator) -> Arch:
         return self.make({"depth": 2 * int(rng.integers(1, 4)), "act": "a"})
 
+    def mutate(self, arch: Arch, rng: np.random.Generator, max_tries: int = 20) -> Arch:
+        return self.make({**arch, "depth": 2 + (int(arch["depth"]) % 6)})  # 2 -> 4 -> 6 -> 2
+
 
 def test_a_plugin_spaces_own_checks_and_sampler_are_kept() -> None:
     space = JointSpace(_EvenDepthSpace(), RECIPE[:1])
@@ -160,6 +163,12 @@ def test_a_plugin_spaces_own_checks_and_sampler_are_kept() -> None:
     assert len({a["recipe/lr"] for a in archs}) == 20
     with pytest.raises(SpaceError, match="depth must be even"):
         space.make({"depth": 3, "act": "a", "recipe/lr": 0.01})
+    arch = archs[0]
+    children = [space.mutate(arch, rng) for _ in range(40)]
+    for child in children:
+        space.validate(child)  # the space's own mutation keeps depth even
+    assert {c["depth"] for c in children} == {arch["depth"], 2 + int(arch["depth"]) % 6}
+    assert any(c["recipe/lr"] != arch["recipe/lr"] for c in children)
 
 
 def test_recipe_train_config_overrides_and_revalidates() -> None:

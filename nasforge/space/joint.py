@@ -175,12 +175,26 @@ class JointSpace(SearchSpace):
         # a space with its own sampler: its arch, then the joint dimensions
         return self.repair(dict(self.inner.sample(rng)), rng)
 
+    def mutate(self, arch: Arch, rng: np.random.Generator, max_tries: int = 20) -> Arch:
+        if type(self.inner).mutate is SearchSpace.mutate:
+            return super().mutate(arch, rng, max_tries)
+        # a space with its own mutation: it mutates the architecture part, or one joint
+        # dimension changes, in proportion to the number of labels of each part
+        inner_vals, _, _ = split_values(arch)
+        joint = [lb for lb in self.joint_labels if lb in arch and self.dimension(lb).mutable]
+        if joint and rng.random() < len(joint) / (len(joint) + len(inner_vals)):
+            label = joint[int(rng.integers(len(joint)))]
+            new = {**arch, label: self.dimension(label).mutate(arch[label], rng)}
+            return self.repair(new, rng)
+        child = self.inner.mutate(self._inner_arch(arch), rng, max_tries)
+        return self.repair({**arch, **child}, rng)
+
     # -- delegated to the architecture space ----------------------------------------------------
     def build(self, arch: Arch) -> Any:
         return self.inner.build(self._inner_arch(arch))
 
     def plan(self, arch: Mapping[str, Any]) -> Plan:
-        return self.inner.plan(split_values(arch)[0])
+        return self.inner.plan(_strip(arch))
 
     @property
     def has_plan(self) -> bool:
