@@ -15,7 +15,7 @@ from nasforge.strategies import STRATEGIES, create_strategy, strategy_factory
 from nasforge.strategies.fidelity import MultiFidelityStrategy
 from nasforge.strategies.fidelity_base import FidelityStrategy, TrialRequest
 from nasforge.strategies.fidelity_sched import make_ladder
-from nasforge.testing import toy_objective, toy_space
+from nasforge.testing import conditional_objective, conditional_toy_space, toy_objective, toy_space
 
 NAMES = ("sh", "hyperband", "asha", "bohb")
 Score = Callable[[TrialRequest], float | None]
@@ -329,3 +329,29 @@ def test_asynchronous_hyperband_uses_optunas_brackets() -> None:
         assert states["PRUNED"] > 0 and states["COMPLETE"] > 0
     assert promoted["asha"] == {0}
     assert len(promoted["hyperband"]) >= 3
+
+
+@pytest.mark.parametrize("name", ("hyperband", "bohb"))
+def test_conditional_space_with_floats_replays(name: str) -> None:
+    """Int, log-Float and conditional dims go through Optuna and back unchanged on replay."""
+    space = conditional_toy_space()
+
+    def score(r: TrialRequest) -> float:
+        return float(conditional_objective(r.arch)) + 0.1 * r.rung  # type: ignore[arg-type]
+
+    live = create_strategy(name, space, seed=1)
+    told = _run(live, score, 30)  # type: ignore[arg-type]
+    for r, _ in told:
+        space.validate(r.arch)
+    resumed = create_strategy(name, space, seed=1)
+    resumed.replay_trials(told)  # type: ignore[attr-defined]
+    a = [_ident(r) for r, _ in _run(live, score, 12)]  # type: ignore[arg-type]
+    b = [_ident(r) for r, _ in _run(resumed, score, 12)]  # type: ignore[arg-type]
+    assert a == b
+
+
+def test_tiny_space_exhausted_does_not_hang() -> None:
+    space = toy_space(n_dims=1, n_choices=2)
+    strategy = create_strategy("asha", space, seed=0)
+    told = _run(strategy, lambda r: 0.5, 12)  # type: ignore[arg-type]
+    assert len(told) == 12

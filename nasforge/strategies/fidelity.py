@@ -30,8 +30,10 @@ Who decides promotions (:mod:`nasforge.strategies.fidelity_sched`):
 Determinism and resume: the Optuna trial number *is* the configuration id, and the sampler of
 trial ``n`` is seeded from ``(seed, n)``. :meth:`replay_trials` rebuilds the study from the
 finished rows (trials re-created in id order with their parameters, reports and pruner
-decisions replayed in finish order), so the next requests are those of an uninterrupted run;
-a request asked but unfinished before a crash is asked again.
+decisions replayed in finish order), so the next requests are those of an uninterrupted run.
+What was running at the crash is asked again: a promotion as the same configuration at the
+same rung, a new configuration as a fresh sample under a new id (the lost id stays a failed
+Optuna trial, so numbers keep matching).
 """
 
 from __future__ import annotations
@@ -316,15 +318,17 @@ class MultiFidelityStrategy(FidelityStrategy):
             with _quiet(self.optuna):
                 self.study.tell(trial.number, state=self.optuna.trial.TrialState.FAIL)
         rng = np.random.default_rng([self.seed, self._n_trials(), 1])
-        fallback = None
+        fallback: Arch | None = None
         for _ in range(1000):  # a tight constraint or a small space: uniform samples
             arch = self.space.sample(rng)
             if self.allowed(arch):
                 fallback = arch
                 break
             if fallback is None and arch.key not in self.asked:
-                fallback = arch
-        return self._add_config(self._fixed_trial(fallback or arch), fallback or arch, bracket)
+                fallback = arch  # unseen but violating the constraint beats a repeat
+        if fallback is None:
+            fallback = arch  # the space is exhausted: a repeat (the loop does not pay twice)
+        return self._add_config(self._fixed_trial(fallback), fallback, bracket)
 
     def _fixed_trial(self, arch: Arch) -> Any:
         """A new Optuna trial whose parameters are ``arch``'s (enqueued, then asked)."""
@@ -475,9 +479,12 @@ class HyperbandStrategy(MultiFidelityStrategy):
     def _pruner(self) -> Any:
         if self.synchronous:
             return super()._pruner()
-        top = self.ladder.top
+        # brackets = floor(log_eta(max_resource)) + 1 = top + 1; the +1 keeps float logs of
+        # exact powers (log(243, 3) = 4.999...) from losing the full-budget bracket
         return self.optuna.pruners.HyperbandPruner(
-            min_resource=1, max_resource=max(1, self.ladder.step(top)), reduction_factor=self.eta
+            min_resource=1,
+            max_resource=self.ladder.step(self.ladder.top) + 1,
+            reduction_factor=self.eta,
         )
 
     def _make_scheduler(self) -> Any:
