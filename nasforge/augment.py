@@ -36,16 +36,23 @@ MAX_MAGNITUDE = 30
 
 OpFn = Callable[[torch.Tensor, torch.Tensor, torch.Generator], torch.Tensor]
 """``op(x, v, gen) -> x'``: ``x`` a sub-batch, ``v`` its per-sample signed strength (k,)."""
+GridFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+"""``grid(x, v)``: where a geometric op samples ``x`` (grid_sample's normalised grid)."""
 
 
 @dataclass(frozen=True)
 class AugmentOp:
-    """One op: its function and the strength at magnitude 30 (RandAugment, TrivialAugmentWide)."""
+    """One op: its function and the strength at magnitude 30 (RandAugment, TrivialAugmentWide).
+
+    A geometric op also gives its sampling ``grid``, so that a layer resamples all its
+    geometric samples in one ``grid_sample`` call (``fn`` is that resampling on its own).
+    """
 
     fn: OpFn
     ra_max: float
     ta_max: float
     signed: bool
+    grid: GridFn | None = None
 
 
 def _per_sample(x: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
@@ -119,11 +126,20 @@ def posterize(x: torch.Tensor, v: torch.Tensor, gen: torch.Generator) -> torch.T
     return torch.where(_per_sample(x, bits) >= 8, x, out)
 
 
-def _affine(x: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
-    """Resample ``x`` at ``theta @ [u, v, 1]`` (normalised coords); uncovered pixels -> ``lo``."""
-    lo = _range(x)[0]
-    grid = F.affine_grid(theta.to(x.dtype), list(x.shape), align_corners=False)
-    return lo + F.grid_sample(x - lo, grid, mode="bilinear", align_corners=False)
+def _resample(x: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
+    """``x`` sampled at ``grid``: images fill what is uncovered with their ``lo`` (black),
+    signals extend their edge values."""
+    if x.dim() == 4:
+        lo = _range(x)[0]
+        return lo + F.grid_sample(x - lo, grid, mode="bilinear", align_corners=False)
+    out = F.grid_sample(
+        x.unsqueeze(2), grid, mode="bilinear", padding_mode="border", align_corners=False
+    )
+    return out.squeeze(2)
+
+
+def _affine_grid(x: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
+    return F.affine_grid(theta.to(x.dtype), list(x.shape), align_corners=False)
 
 
 def _theta(v: torch.Tensor) -> torch.Tensor:
@@ -133,39 +149,54 @@ def _theta(v: torch.Tensor) -> torch.Tensor:
     return theta
 
 
-def rotate(x: torch.Tensor, v: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+def rotate_grid(x: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """Rotate by ``v`` degrees about the centre."""
     rad = v * (math.pi / 180)
     theta = _theta(v)
     theta[:, 0, 0], theta[:, 0, 1] = torch.cos(rad), -torch.sin(rad)
     theta[:, 1, 0], theta[:, 1, 1] = torch.sin(rad), torch.cos(rad)
-    return _affine(x, theta)
+    return _affine_grid(x, theta)
 
 
-def shear_x(x: torch.Tensor, v: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+def shear_x_grid(x: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     theta = _theta(v)
     theta[:, 0, 1] = v
-    return _affine(x, theta)
+    return _affine_grid(x, theta)
 
 
-def shear_y(x: torch.Tensor, v: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+def shear_y_grid(x: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     theta = _theta(v)
     theta[:, 1, 0] = v
-    return _affine(x, theta)
+    return _affine_grid(x, theta)
 
 
-def translate_x(x: torch.Tensor, v: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+def translate_x_grid(x: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """Translate by ``v`` of the width."""
     theta = _theta(v)
     theta[:, 0, 2] = 2 * v
-    return _affine(x, theta)
+    return _affine_grid(x, theta)
 
 
-def translate_y(x: torch.Tensor, v: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+def translate_y_grid(x: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """Translate by ``v`` of the height."""
     theta = _theta(v)
     theta[:, 1, 2] = 2 * v
-    return _affine(x, theta)
+    return _affine_grid(x, theta)
+
+
+def _geometric(grid: GridFn) -> OpFn:
+    def op(x: torch.Tensor, v: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        return _resample(x, grid(x, v))
+
+    op.__doc__ = grid.__doc__
+    return op
+
+
+rotate = _geometric(rotate_grid)
+shear_x = _geometric(shear_x_grid)
+shear_y = _geometric(shear_y_grid)
+translate_x = _geometric(translate_x_grid)
+translate_y = _geometric(translate_y_grid)
 
 
 def _cutout_mask(sizes: tuple[int, ...], v: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
@@ -195,14 +226,9 @@ def cutout(x: torch.Tensor, v: torch.Tensor, gen: torch.Generator) -> torch.Tens
 # -- signal ops (k, C, L) ---------------------------------------------------------------------
 
 
-def _resample_1d(x: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
-    """Sample ``x`` (k, C, L) at normalised positions ``coords`` (k, L), edges extended."""
-    grid = torch.stack([coords, torch.zeros_like(coords)], dim=-1).unsqueeze(1)  # (k, 1, L, 2)
-    out = F.grid_sample(
-        x.unsqueeze(2), grid.to(x.dtype), mode="bilinear", padding_mode="border",
-        align_corners=False,
-    )  # fmt: skip
-    return out.squeeze(2)
+def _time_grid(t: torch.Tensor) -> torch.Tensor:
+    """grid_sample's grid for signals seen as (k, C, 1, L) images, at positions ``t`` (k, L)."""
+    return torch.stack([t, torch.zeros_like(t)], dim=-1).unsqueeze(1)  # (k, 1, L, 2)
 
 
 def _positions(x: torch.Tensor) -> torch.Tensor:
@@ -240,16 +266,20 @@ def noise(x: torch.Tensor, v: torch.Tensor, gen: torch.Generator) -> torch.Tenso
     return x + _per_sample(x, v * std) * eps
 
 
-def stretch(x: torch.Tensor, v: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+def stretch_grid(x: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """Stretch time by ``1 + v`` about the centre (length kept; edges extend)."""
-    return _resample_1d(x, _positions(x) / (1 + v[:, None]))
+    return _time_grid(_positions(x) / (1 + v[:, None]))
 
 
-def warp(x: torch.Tensor, v: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+def warp_grid(x: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """Smooth monotone time warp: position t -> t + v (1 - t^2) / 2 (|v| < 1 keeps order),
     one half of the signal slowed, the other sped up; the ends stay put."""
     t = _positions(x)
-    return _resample_1d(x, t + v[:, None] * (1 - t * t) / 2)
+    return _time_grid(t + v[:, None] * (1 - t * t) / 2)
+
+
+stretch = _geometric(stretch_grid)
+warp = _geometric(warp_grid)
 
 
 IMAGE_OPS: dict[str, AugmentOp] = {
@@ -260,11 +290,11 @@ IMAGE_OPS: dict[str, AugmentOp] = {
     "sharpness": AugmentOp(sharpness, 0.9, 0.99, True),
     "solarize": AugmentOp(solarize, 1.0, 1.0, False),
     "posterize": AugmentOp(posterize, 4.0, 6.0, False),
-    "rotate": AugmentOp(rotate, 30.0, 135.0, True),
-    "shear_x": AugmentOp(shear_x, 0.3, 0.99, True),
-    "shear_y": AugmentOp(shear_y, 0.3, 0.99, True),
-    "translate_x": AugmentOp(translate_x, 150 / 331, 0.5, True),
-    "translate_y": AugmentOp(translate_y, 150 / 331, 0.5, True),
+    "rotate": AugmentOp(rotate, 30.0, 135.0, True, rotate_grid),
+    "shear_x": AugmentOp(shear_x, 0.3, 0.99, True, shear_x_grid),
+    "shear_y": AugmentOp(shear_y, 0.3, 0.99, True, shear_y_grid),
+    "translate_x": AugmentOp(translate_x, 150 / 331, 0.5, True, translate_x_grid),
+    "translate_y": AugmentOp(translate_y, 150 / 331, 0.5, True, translate_y_grid),
     "cutout": AugmentOp(cutout, 0.5, 0.6, False),
 }
 """Ops for ``(N, C, H, W)`` batches, by name."""
@@ -275,8 +305,8 @@ SIGNAL_OPS: dict[str, AugmentOp] = {
     "trend": AugmentOp(trend, 0.5, 0.9, True),
     "scale": AugmentOp(scale, 0.5, 0.9, True),
     "noise": AugmentOp(noise, 0.3, 0.5, False),
-    "stretch": AugmentOp(stretch, 0.3, 0.5, True),
-    "warp": AugmentOp(warp, 0.5, 0.9, True),
+    "stretch": AugmentOp(stretch, 0.3, 0.5, True, stretch_grid),
+    "warp": AugmentOp(warp, 0.5, 0.9, True, warp_grid),
     "cutout": AugmentOp(cutout, 0.3, 0.5, False),
 }
 """Ops for ``(N, C, L)`` batches, by name (no flips)."""
@@ -329,15 +359,29 @@ def _apply_layer(
     gen: torch.Generator,
     wide: bool,
 ) -> torch.Tensor:
-    """One layer: sample i gets op ``choice[i]`` at ``magnitude[i]`` with ``sign[i]``."""
-    out = x
-    for index, name in enumerate(ops):
-        chosen = choice == index
-        if name == "identity" or not bool(chosen.any()):
+    """One layer: sample i gets op ``choice[i]`` at ``magnitude[i]`` with ``sign[i]``; the
+    geometric samples are resampled together in one call."""
+    table = list(ops.values())
+    top = torch.tensor([op.ta_max if wide else op.ra_max for op in table], dtype=x.dtype)
+    signed = torch.tensor([op.signed for op in table])
+    strength = magnitude / MAX_MAGNITUDE * top[choice]
+    strength = torch.where(signed[choice], strength * sign.to(x.dtype), strength)
+    active = strength != 0
+    out = x.clone()
+    moved: list[torch.Tensor] = []
+    grids: list[torch.Tensor] = []
+    for index, op in enumerate(table):
+        idx = torch.nonzero((choice == index) & active).squeeze(1)
+        if idx.numel() == 0:
             continue
-        part = apply_op(name, x[chosen], magnitude[chosen], gen, wide, sign[chosen])
-        out = out.clone() if out is x else out
-        out[chosen] = part
+        if op.grid is not None:
+            moved.append(idx)
+            grids.append(op.grid(x[idx], strength[idx]))
+        else:
+            out[idx] = op.fn(x[idx], strength[idx], gen)
+    if moved:
+        idx = torch.cat(moved)
+        out[idx] = _resample(x[idx], torch.cat(grids))
     return out
 
 

@@ -180,3 +180,19 @@ def test_unknown_kind_or_layout_names_the_field() -> None:
         augment_batch(torch.zeros(4, 3, 8, 8), "mixup", _gen())
     with pytest.raises(ValueError, match=r"train.augment.*\(4, 10\)"):
         augment_batch(torch.zeros(4, 10), "randaugment", _gen())
+
+
+def test_a_layer_gives_each_sample_its_own_op_as_if_applied_alone(images, signals) -> None:
+    for x in (images, signals):
+        ops = augment.ops_for(x)
+        out = rand_augment(x, _gen(7), n=1, m=20)
+        replay = _gen(7)  # rand_augment's first draws: the op, then the sign, per sample
+        choice = torch.randint(len(ops), (len(x),), generator=replay)
+        sign = torch.randint(2, (len(x),), generator=replay) * 2 - 1
+        names = list(ops)
+        for i in range(len(x)):
+            name = names[int(choice[i])]
+            if name in ("cutout", "noise"):  # their own draws follow the layer's order
+                continue
+            alone = apply_op(name, x[i : i + 1], 20, _gen(), sign=sign[i : i + 1])
+            assert torch.allclose(out[i : i + 1], alone, atol=1e-5), name
