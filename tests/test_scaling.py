@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 from runproc import wait_for
@@ -18,6 +19,7 @@ from nasforge.cli import app
 from nasforge.errors import ConfigError
 from nasforge.experiment.config import parse_config
 from nasforge.experiment.scaling_base import base_arch, default_base
+from nasforge.experiment.scaling_config import BASELINES
 from nasforge.experiment.scaling_report import dominance, dominates, interpolate
 from nasforge.modelfile import save_model
 from nasforge.spaces.mobile import MobileSpace
@@ -36,14 +38,56 @@ def write_config(tmp_path: Path, scaling: str, name: str = "s", space: str = SPA
     return cfg
 
 
-TINY = (
-    "{grid: {alpha: [1.2], beta: [1.1], gamma: [1.1, 1.15]}, tol: 0.3, phis: 1, ladder: 2,"
-    " baselines: [width, depth, resolution]}"
-)
+TINY = "{grid: {alpha: [1.2], beta: [1.1], gamma: [1.1, 1.15]}, tol: 0.3, phis: 1, ladder: 2"
+
+
+def check_results(r: dict[str, Any], baselines: tuple[str, ...]) -> None:
+    """What every finished scaling.json holds (steps 1 to 4)."""
+    # step 1: two grid points near alpha*beta^2*gamma^2 = 2, the chosen one the most accurate
+    assert len(r["grid"]) == 2
+    chosen = next(
+        g for g in r["grid"] if (g["alpha"], g["beta"], g["gamma"]) == tuple(r["chosen"].values())
+    )
+    assert r["points"][chosen["key"]]["val_acc"] == max(
+        r["points"][g["key"]]["val_acc"] for g in r["grid"]
+    )
+    # step 2: B0 is the base, B1 the chosen grid point (not trained twice)
+    fam = r["family"]
+    assert [f["label"] for f in fam] == ["B0", "B1"] and fam[1]["key"] == chosen["key"]
+    b0, b1 = (r["points"][f["key"]] for f in fam)
+    assert b0["options"] == {
+        "stages": [[8, 1, 1], [16, 2, 2]],
+        "stem_channels": 8,
+        "width_mult": 1.0,
+        "depth_mult": 1.0,
+        "resolution_mult": 1.0,
+    }
+    assert b0["arch"]["stage0/depth"] == 1 and b0["arch"]["stage1/depth"] == 2  # default base
+    assert b1["params"] > b0["params"] and b1["input_size"] != b0["input_size"]
+    # step 3: each baseline scales one dimension and starts at B0
+    assert set(r["baselines"]) == set(baselines)
+    for dim in baselines:
+        members = r["baselines"][dim]
+        assert members[0]["key"] == fam[0]["key"] and len(members) >= 2
+        for m in members[1:]:
+            p = r["points"][m["key"]]
+            others = {"width", "depth", "resolution"} - {dim}
+            assert p[dim] > 1.0 and all(p[o] == 1.0 for o in others)
+    # step 4: test accuracy and measured latency with a verdict for family and baselines
+    keys = {f["key"] for f in fam} | {m["key"] for ms in r["baselines"].values() for m in ms}
+    for key in keys:
+        p = r["points"][key]
+        assert 0.0 <= p["test_acc"] <= 1.0 and p["latency_ms"] > 0
+        assert p["latency_verdict"].startswith(("stable", "unstable"))
+    assert set(r["dominance"]) == {"metric", *baselines}
+    for dim in baselines:  # B1 is compared when it lies in the baseline's latency range
+        comps = r["dominance"][dim]["comparisons"]
+        assert [c["label"] for c in comps] == ["B1"]
+    assert r["status"] == "done" and r["latency"]["backend"].startswith("torch")
 
 
 def test_scale_end_to_end_then_resume_after_kill_skips_done_points(tmp_path: Path) -> None:
-    cfg = write_config(tmp_path, TINY)
+    cfg = write_config(tmp_path, TINY + ", baselines: [depth]}")
     run = tmp_path / "runs" / "s"
     results = run / "scaling.json"
 
@@ -77,47 +121,19 @@ def test_scale_end_to_end_then_resume_after_kill_skips_done_points(tmp_path: Pat
     for key, p in before.items():  # finished points were not trained again
         assert r["points"][key]["seconds"] == p["seconds"]
         assert r["points"][key]["val_accs"] == p["val_accs"]
-    log = (run / "progress.log").read_text()
-    assert "done before" in log
-    # step 1: two grid points near alpha*beta^2*gamma^2 = 2, the chosen one the most accurate
-    assert len(r["grid"]) == 2
-    chosen = next(
-        g for g in r["grid"] if (g["alpha"], g["beta"], g["gamma"]) == tuple(r["chosen"].values())
-    )
-    assert r["points"][chosen["key"]]["val_acc"] == max(
-        r["points"][g["key"]]["val_acc"] for g in r["grid"]
-    )
-    # step 2: B0 is the base, B1 the chosen grid point (not trained twice)
-    fam = r["family"]
-    assert [f["label"] for f in fam] == ["B0", "B1"] and fam[1]["key"] == chosen["key"]
-    b0, b1 = (r["points"][f["key"]] for f in fam)
-    assert b0["options"] == {
-        "stages": [[8, 1, 1], [16, 2, 2]],
-        "stem_channels": 8,
-        "width_mult": 1.0,
-        "depth_mult": 1.0,
-        "resolution_mult": 1.0,
-    }
-    assert b1["params"] > b0["params"] and b1["input_size"] != b0["input_size"]
-    # step 3: each baseline scales one dimension and starts at B0
-    for dim in ("width", "depth", "resolution"):
-        members = r["baselines"][dim]
-        assert members[0]["key"] == fam[0]["key"] and len(members) >= 2
-        for m in members[1:]:
-            p = r["points"][m["key"]]
-            others = {"width", "depth", "resolution"} - {dim}
-            assert p[dim] > 1.0 and all(p[o] == 1.0 for o in others)
-    # step 4: test accuracy and measured latency with a verdict for family and baselines
-    for key in {f["key"] for f in fam} | {m["key"] for ms in r["baselines"].values() for m in ms}:
-        p = r["points"][key]
-        assert 0.0 <= p["test_acc"] <= 1.0 and p["latency_ms"] > 0
-        assert p["latency_verdict"].startswith(("stable", "unstable"))
-    assert set(r["dominance"]) >= {"metric", "width", "depth", "resolution"}
+    assert "done before" in (run / "progress.log").read_text()
+    check_results(r, ("depth",))
     assert (run / "scaling.png").stat().st_size > 1000
-    assert "compound scaling" in (run / "scaling.html").read_text().lower() or True
     assert "B1" in (run / "scaling.html").read_text()
-    assert r["status"] == "done" and r["latency"]["backend"].startswith("torch")
     assert "B1: test acc" in res.output
+
+
+@pytest.mark.slow
+def test_scale_with_the_three_baselines(tmp_path: Path) -> None:
+    cfg = write_config(tmp_path, TINY + "}")
+    res = CliRunner().invoke(app, ["scale", str(cfg), "--quiet"])
+    assert res.exit_code == 0, res.output
+    check_results(json.loads((tmp_path / "runs" / "s" / "scaling.json").read_text()), BASELINES)
 
 
 def test_interpolate_and_dominance() -> None:

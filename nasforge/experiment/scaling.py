@@ -331,12 +331,14 @@ class ScalingRun:
         """Per baseline dimension, the multipliers whose measured latency is closest to each
         family point's (B1..Bk), from a ladder measured interleaved with the family."""
         fam = self.results["family"]
-        grow = self.sc.target**self.sc.phis  # the family's FLOPs factor, to size the ladders
+        # the family's FLOPs factor sizes the ladders, with room: at batch 1 on a CPU a
+        # small net's latency grows much slower with width than its FLOPs do
+        grow = self.sc.target**self.sc.phis
         top = {"width": math.sqrt(grow), "depth": grow, "resolution": math.sqrt(grow)}
         ladders: dict[str, list[float]] = {}
         for dim in map(str, self.sc.baselines):
             option = float(self.options.get(f"{dim}_mult", 1.0))
-            hi = max(1.05, min(1.5 * top[dim], MAX_MULT / option))
+            hi = max(1.05, min(4 * top[dim], MAX_MULT / option))
             n = self.sc.ladder
             ladders[dim] = [hi ** ((i + 1) / n) for i in range(n)]
         models, tags = [], []

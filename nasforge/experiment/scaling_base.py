@@ -1,7 +1,8 @@
 """The base arch of ``nasforge scale`` (``scaling.base``): a mapping of labels, an
 ``arch.json`` (a run's ``best/arch.json``, read as JSON: nothing in it runs), a run or best
-directory holding one, or by default :func:`default_base`: a small B0 (one block per stage,
-width 1.0, the first kernel, the middle expansion, no SE, the first activation)."""
+directory holding one, or by default :func:`default_base`: a small B0 (two blocks per stage
+where allowed, so that depth can grow by less than double; width 1.0, the first kernel, the
+middle expansion, no SE, the first activation)."""
 
 from __future__ import annotations
 
@@ -31,20 +32,22 @@ def default_base(space: MobileSpace) -> dict[str, Any]:
     values: dict[str, Any] = {}
     if RESOLUTION in space.labels():
         values[RESOLUTION] = pick(RESOLUTION, 1.0, -1)
-    for i in range(len(space.stages)):
+    for i, stage in enumerate(space.stages):
         p = f"stage{i}"
-        b = f"{p}/block0"
-        expands = sorted(choices(f"{b}/expand"))
-        values.update(
-            {
-                f"{p}/depth": 1,
-                f"{p}/width": pick(f"{p}/width", 1.0, -1),
-                f"{b}/kernel": sorted(choices(f"{b}/kernel"))[0],
-                f"{b}/expand": expands[len(expands) // 2],
-                f"{b}/se": pick(f"{b}/se", False, 0),
-                f"{b}/act": choices(f"{b}/act")[0],
-            }
-        )
+        depth = min(2, stage.max_depth)
+        values[f"{p}/depth"] = depth
+        values[f"{p}/width"] = pick(f"{p}/width", 1.0, -1)
+        for j in range(depth):
+            b = f"{p}/block{j}"
+            expands = sorted(choices(f"{b}/expand"))
+            values.update(
+                {
+                    f"{b}/kernel": sorted(choices(f"{b}/kernel"))[0],
+                    f"{b}/expand": expands[len(expands) // 2],
+                    f"{b}/se": pick(f"{b}/se", False, 0),
+                    f"{b}/act": choices(f"{b}/act")[0],
+                }
+            )
     return values
 
 

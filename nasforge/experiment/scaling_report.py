@@ -102,10 +102,12 @@ def curves(results: Mapping[str, Any], metric: str = "test_acc") -> dict[str, li
 
 
 def dominance_summary(results: Mapping[str, Any], metric: str = "test_acc") -> dict[str, Any]:
-    """Per baseline: the comparisons and whether the family dominates it (see
-    :func:`dominance`), from a results file."""
+    """Per baseline: the comparisons of the family's scaled points (B1..Bk) and whether the
+    family dominates it (see :func:`dominance`), from a results file."""
     cs = curves(results, metric)
-    family = cs.get("family", [])
+    # B0 is every baseline's first point too: comparing it with itself proves nothing
+    first = (results.get("family") or [{}])[0].get("label")
+    family = [row for row in cs.get("family", []) if row[0] != first]
     out: dict[str, Any] = {"metric": metric}
     for name, rows in cs.items():
         if name == "family":
