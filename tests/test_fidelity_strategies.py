@@ -234,7 +234,10 @@ def test_state_dict_round_trip(name: str) -> None:
         name, seed=4, sampler_options={"n_startup_trials": 3} if name == "bohb" else None
     )
     _run(original, score, 20)
-    open_request = original.ask_trial()
+    open_request = original.ask_trial()  # stays open while a later ask finishes
+    later = original.ask_trial()
+    assert later is not None
+    original.tell_trial(later, score(later))
     state = json.loads(json.dumps(original.state_dict()))
     restored = _make(
         name, seed=4, sampler_options={"n_startup_trials": 3} if name == "bohb" else None

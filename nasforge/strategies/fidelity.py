@@ -182,18 +182,7 @@ class MultiFidelityStrategy(FidelityStrategy):
         Call it on a freshly built strategy. Configurations are re-created in id order (the
         Optuna trial number), then results are told in the given order, so the pruners and
         the synchronous rungs decide as they did; what was running is asked again."""
-        rows = list(finished)
-        firsts: dict[int, TrialRequest] = {}
-        for request, _ in rows:
-            self._check_budget(request)
-            seen = firsts.get(request.config_id)
-            if seen is None or request.rung < seen.rung:
-                firsts[request.config_id] = request
-        for config_id in sorted(firsts):
-            self._restore_config(firsts[config_id])
-        for request, score in rows:
-            self._restore_running(request)
-            self.tell_trial(request, score)
+        self._rebuild(list(finished), [])
 
     def done(self) -> bool:
         return not self.running and self.sched.done()
@@ -236,15 +225,29 @@ class MultiFidelityStrategy(FidelityStrategy):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.seed = int(state["seed"])
         self._reset()
-        self.replay_trials((request_from_json(r), _score_from(s)) for r, s in state.get("told", []))
-        for data in state.get("running", []):
-            request = request_from_json(data)
-            self._check_budget(request)
-            if request.config_id not in self.configs:
-                self._restore_config(request)
-            self._restore_running(request)
+        self._rebuild(
+            [(request_from_json(r), _score_from(s)) for r, s in state.get("told", [])],
+            [request_from_json(r) for r in state.get("running", [])],
+        )
 
     # -- internals ------------------------------------------------------------------------------
+    def _rebuild(self, told: list[tuple[TrialRequest, Score]], running: list[TrialRequest]) -> None:
+        """Re-create every configuration in id order, tell ``told`` in order, then mark
+        ``running`` as asked (in flight)."""
+        firsts: dict[int, TrialRequest] = {}
+        for request in [r for r, _ in told] + running:
+            self._check_budget(request)
+            seen = firsts.get(request.config_id)
+            if seen is None or request.rung < seen.rung:
+                firsts[request.config_id] = request
+        for config_id in sorted(firsts):
+            self._restore_config(firsts[config_id])
+        for request, score in told:
+            self._restore_running(request)
+            self.tell_trial(request, score)
+        for request in running:
+            self._restore_running(request)
+
     def _make_scheduler(self) -> Any:
         raise NotImplementedError
 
