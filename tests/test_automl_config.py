@@ -23,7 +23,7 @@ from nasforge.experiment.config import parse_config
 from nasforge.experiment.doctor import diagnose
 from nasforge.experiment.setup import build_run, make_space, make_strategy
 from nasforge.modelfile import load_model, read_description
-from nasforge.space import Categorical, Float, Int
+from nasforge.space import Arch, Categorical, Float, Int
 from nasforge.space.joint import JointSpace
 from nasforge.strategies import STRATEGIES, register_strategy
 from nasforge.strategies.fidelity_base import FidelityStrategy
@@ -313,3 +313,23 @@ def test_a_joint_compression_winner_is_compressed_with_its_settings(tmp_path: Pa
     assert not any(k.startswith("compress/") for k in card["arch"])
     assert (best / "model.int8.onnx").is_file()
     assert load_model(best)(torch.zeros((2, 1, 8, 8))).shape == (2, 10)
+
+
+def test_the_final_is_chosen_among_full_fidelity_trials(tmp_path: Path) -> None:
+    from nasforge.experiment.final import select_final
+    from nasforge.experiment.store import TrialStore
+    from nasforge.objectives import Objective
+
+    rows = [  # (budget epochs, score): a cheap rung scored best, by a non-comparable measure
+        (1, 0.95),
+        (3, 0.70),
+        (3, 0.80),
+        (1, 0.60),
+    ]
+    with TrialStore(tmp_path / "trials.db") as store:
+        for i, (epochs, score) in enumerate(rows):
+            tid = store.add_trial(Arch({"x": i}))
+            metrics = {"val_acc": score, "budget_epochs": float(epochs), "rung": epochs // 3}
+            store.finish_trial(tid, "complete", metrics, score)
+        chosen = select_final(store, Objective("accuracy"), top_k=2)
+    assert [t.metrics["val_acc"] for t in chosen] == [0.80, 0.70]
