@@ -214,3 +214,12 @@ def test_base_from_a_saved_arch_file_and_its_options_checked(tmp_path: Path) -> 
 def _block(stage: int, j: int) -> dict[str, object]:
     b = f"stage{stage}/block{j}"
     return {f"{b}/kernel": 5, f"{b}/expand": 3, f"{b}/se": True, f"{b}/act": "relu"}
+
+
+def test_the_example_config_is_a_scaling_run() -> None:
+    from nasforge.experiment.config import load_config
+    from nasforge.experiment.scaling import check_scalable
+
+    cfg = load_config(Path(__file__).parent.parent / "examples" / "scale.yaml")
+    check_scalable(cfg)
+    assert cfg.scaling is not None and len(cfg.scaling.grid_points()) >= 2
