@@ -41,6 +41,7 @@ class TrainSection(BaseModel):
     )
     cosine: bool | None = Field(
         None,
+        exclude=True,  # folded into schedule: a dump (a run's config.yaml) holds schedule only
         description="the older switch, still accepted: false = schedule 'constant', true = "
         "'cosine'; a schedule that says otherwise is refused; after validation it is folded "
         "into schedule and reads None",

@@ -96,6 +96,7 @@ def test_the_older_cosine_switch_folds_into_schedule() -> None:
     assert TrainSection(cosine=False, schedule="constant").schedule == "constant"
     section = TrainSection(cosine=False)
     assert TrainSection(**section.model_dump()) == section  # a dumped config reads back
+    assert "cosine" not in section.model_dump() and section.cosine is None
     assert TrainConfig.from_section(section, seed=1).schedule == "constant"
     with pytest.raises(ValidationError, match="cosine: false contradicts schedule: step"):
         TrainSection(cosine=False, schedule="step")
