@@ -98,6 +98,8 @@ def test_recipe_entries_become_typed_dimensions() -> None:
         ({"recipe": {"lr": 0.1}}, ["automl.recipe.lr", "belongs in train.lr"]),
         ({"recipe": {"lr": []}}, ["automl.recipe.lr", "empty"]),
         ({"recipe": {"optimizer": ["sgd", "sgd"]}}, ["repeated choice"]),
+        ({"recipe": {"step_every_epochs": [None, 1.0]}}, ["null is no choice"]),
+        ({"recipe": {"cosine": [True, False]}}, ["automl.recipe.cosine", "train.schedule"]),
         ({"recipe": "standart"}, ["automl.recipe", "did you mean 'standard'"]),
         ({"compress": {"bits": [16]}}, ["automl.compress.bits", "32, 8"]),
         ({"compress": {"prune_ratio": [0.5, 1.0]}}, ["automl.compress.prune_ratio", "[0, 1)"]),

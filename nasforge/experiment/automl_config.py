@@ -84,6 +84,8 @@ def _recipe_entry(field: str, spec: Any) -> list[Any] | dict[str, Any]:
     if isinstance(spec, list):
         if not spec:
             raise ValueError(f"{where}: the list of choices is empty")
+        if any(v is None for v in spec):
+            raise ValueError(f"{where}: null is no choice (leave train.{field} at its default)")
         choices = [_checked_value(field, v, where) for v in spec]
         repeated = sorted({repr(c) for c in choices if choices.count(c) > 1})
         if repeated:
