@@ -17,7 +17,7 @@ LAYERS: list[set[str]] = [
     {"hardware"},
     {"spaces"},
     {"space"},
-    {"nn", "data", "train", "objectives", "registry"},
+    {"nn", "data", "augment", "train", "objectives", "registry"},
     {"errors", "yamlfile", "cliutil"},
 ]
 MAX_LINES = 600
