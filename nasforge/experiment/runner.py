@@ -3,7 +3,10 @@
 The store is the source of truth: ``resume=True`` checks it (a damaged store is refused,
 never restarted), restores finished trials its journal holds and it lost, marks trials left
 running by a killed process as interrupted and runs those again first, rebuilds the
-strategy by replaying finished trials, and evaluates nothing that finished before.
+strategy by replaying finished trials, and evaluates nothing that finished before. A
+multi-fidelity strategy is replayed with each finished row's request (arch and budget, from
+its metrics) and asks again itself what was interrupted; the loop is in
+:mod:`nasforge.experiment.loop`.
 
 One process writes a run: :meth:`Experiment.run` holds the run's lock
 (:class:`~nasforge.experiment.lock.RunLock`) throughout. SIGINT and SIGTERM stop the run at
