@@ -9,6 +9,7 @@ own; the registered strategies (``asha`` ...) are run through the loop too where
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
@@ -21,7 +22,8 @@ import torch
 from rich.console import Console
 
 from nasforge.data import load_dataset
-from nasforge.evaluators.base import Fidelity, Reporter
+from nasforge.evaluators import register_evaluator
+from nasforge.evaluators.base import Evaluator, Fidelity, Reporter, Result
 from nasforge.evaluators.train import TrainEvaluator, stratified_subset
 from nasforge.experiment.config import parse_config
 from nasforge.experiment.fidelity_view import BUDGET_EPOCHS, BUDGET_FRACTION, RUNG, full_fidelity
@@ -138,13 +140,15 @@ def _run(cfg: Any, run_dir: Path, resume: bool = False) -> Any:
     return exp.run(resume=resume, final=False)
 
 
-def _instant(tmp_path: Path, strategy: dict[str, Any], trials: int) -> Any:
+def _instant(
+    tmp_path: Path, strategy: dict[str, Any], trials: int, evaluator: str = "instant"
+) -> Any:
     """A config whose trials are instant (hash-scored, no training): loop logic only."""
     return parse_config(
         {
             "name": "mf",
             "plugins": ["fault_plugin"],
-            "evaluator": {"kind": "instant"},
+            "evaluator": {"kind": evaluator},
             "space": {"name": "mobile", "options": TINY},
             "strategy": strategy,
             "objective": {"kind": "accuracy"},
@@ -236,6 +240,61 @@ def test_interrupted_rows_are_asked_again_by_the_strategy_not_rerun_blindly(
     assert sum(t.state == "interrupted" for t in rows) == 2
     keys = [request_of(t).key for t in done]  # type: ignore[union-attr]
     assert len(keys) == len(set(keys)) == 14
+
+
+class FlakyEvaluator(Evaluator):
+    """Instant, hash-scored; fails every arch whose hash is divisible by 3 (at any budget)."""
+
+    def produces(self) -> frozenset[str]:
+        return frozenset({"val_acc"})
+
+    def evaluate(self, arch: Arch, budget: Any = None, reporter: Any = None) -> Result:
+        h = int(hashlib.sha256(arch.key.encode()).hexdigest()[:8], 16)
+        if h % 3 == 0:
+            raise RuntimeError("flaky: this candidate fails")
+        return Result({"val_acc": (h % 10_000) / 10_000}, cost_seconds=0.01)
+
+
+register_evaluator("flaky", lambda context, **o: FlakyEvaluator(), "test", needs_data=False)
+
+
+class Stuck(ToyHalving):
+    """Asks two requests, then nothing ever again (a strategy waiting on nothing)."""
+
+    def ask_trial(self) -> TrialRequest | None:
+        return super().ask_trial() if len(self.issued) < 2 else None
+
+
+register_strategy("toy_stuck", Stuck)
+
+
+def test_failed_rows_carry_their_budget_are_never_promoted_and_replay(
+    tmp_path: Path, no_report: None
+) -> None:
+    def cfg(trials: int) -> Any:
+        return _instant(tmp_path, EIGHT, trials, evaluator="flaky")
+
+    _run(cfg(50), tmp_path / "whole")
+    rows = _rows(tmp_path / "whole" / "trials.db")
+    failed = [t for t in rows if t.state == "failed"]
+    assert failed and all(RUNG in t.metrics and BUDGET_EPOCHS in t.metrics for t in failed)
+    dead = {t.metrics["config_id"] for t in failed}
+    assert all(t.metrics["config_id"] not in dead for t in rows if t.metrics[RUNG] > 0)
+    _run(cfg(5), tmp_path / "part")
+    _run(cfg(50), tmp_path / "part", resume=True)
+    part = _rows(tmp_path / "part" / "trials.db")
+    assert [(t.key, t.state, t.metrics) for t in part] == [
+        (t.key, t.state, t.metrics) for t in rows
+    ]
+
+
+def test_a_strategy_that_asks_nothing_while_nothing_runs_ends_the_search(
+    tmp_path: Path, no_report: None
+) -> None:
+    _run(_instant(tmp_path, {"name": "toy_stuck"}, 50), tmp_path / "s")
+    assert len(_rows(tmp_path / "s" / "trials.db")) == 2
+    with TrialStore(tmp_path / "s" / "trials.db", create=False) as s:
+        assert any(kind == "stalled" for _, kind, _ in s.events())
 
 
 REGISTERED = [n for n in ("sh", "hyperband", "asha", "bohb") if n in STRATEGIES]
