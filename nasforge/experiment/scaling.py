@@ -60,6 +60,8 @@ from nasforge.train import TrainConfig, evaluate_accuracy, train_model
 RESULTS_NAME = "scaling.json"
 RESULTS_FORMAT = "nasforge-scaling/1"
 WEIGHTS_DIR = "scaling"
+#: the most input positions (H*W, or L) the resolution-only ladder tries (256x256)
+MAX_POSITIONS = 65536
 #: the config sections a resumed scaling run must share with the one it continues
 _TRAINED_PART = ("data", "space", "seed", "train", "latency", "scaling")
 
@@ -251,11 +253,12 @@ class ScalingRun:
             },
             status="running",
         )
-        log.say(
+        self._say(
+            log,
             f"nasforge scale {self.cfg.name}: {d.summary()}; {len(self.sc.grid_points())} grid "
             f"point(s), B0..B{self.sc.phis}, baselines {', '.join(self.sc.baselines) or 'none'}; "
             f"{'resumed with ' + str(len(r['points'])) + ' point(s) done; ' if resume else ''}"
-            f"progress also in {self.run_dir / LOG_NAME}"
+            f"progress also in {self.run_dir / LOG_NAME}",
         )
         with training_threads(self.cfg.latency.threads):
             self._grid(log)
@@ -288,10 +291,11 @@ class ScalingRun:
 
         best = min(grid, key=rank)
         r["chosen"] = {k: best[k] for k in ("alpha", "beta", "gamma")}
-        log.say(
+        self._say(
+            log,
             f"chosen at phi=1 (best validation accuracy): alpha {best['alpha']}, beta "
             f"{best['beta']}, gamma {best['gamma']} (val acc "
-            f"{r['points'][best['key']]['val_acc']:.4f})"
+            f"{r['points'][best['key']]['val_acc']:.4f})",
         )
         self._save()
 
@@ -331,14 +335,21 @@ class ScalingRun:
         """Per baseline dimension, the multipliers whose measured latency is closest to each
         family point's (B1..Bk), from a ladder measured interleaved with the family."""
         fam = self.results["family"]
-        # the family's FLOPs factor sizes the ladders, with room: at batch 1 on a CPU a
-        # small net's latency grows much slower with width than its FLOPs do
+        # The ladders reach far: at batch 1 on a CPU a small net's latency grows much slower
+        # with width or resolution than its FLOPs do (per-layer overhead dominates), so a
+        # baseline may need a large multiplier to reach the family's latency. Depth stops at
+        # 4x the family's FLOPs factor, resolution at MAX_POSITIONS input positions.
         grow = self.sc.target**self.sc.phis
-        top = {"width": math.sqrt(grow), "depth": grow, "resolution": math.sqrt(grow)}
+        spatial = self.dataset.input_shape[1:]
         ladders: dict[str, list[float]] = {}
         for dim in map(str, self.sc.baselines):
             option = float(self.options.get(f"{dim}_mult", 1.0))
-            hi = max(1.05, min(4 * top[dim], MAX_MULT / option))
+            cap = {
+                "width": MAX_MULT,
+                "depth": 4 * grow,
+                "resolution": (MAX_POSITIONS / math.prod(spatial)) ** (1 / len(spatial)) / option,
+            }[dim]
+            hi = max(1.05, min(cap, MAX_MULT / option))
             n = self.sc.ladder
             ladders[dim] = [hi ** ((i + 1) / n) for i in range(n)]
         models, tags = [], []
@@ -349,7 +360,9 @@ class ScalingRun:
             for m in mults:
                 models.append(self._build(self._scaled({dim: m})))
                 tags.append((dim, m))
-        log.say(f"measuring {len(models)} untrained models interleaved to place the baselines")
+        self._say(
+            log, f"measuring {len(models)} untrained models interleaved to place the baselines"
+        )
         lats = [x.value_ms(self.latency.statistic) for x in self._measure(models)]
         fam_lat = [lat for (kind, _), lat in zip(tags, lats, strict=True) if kind == "family"]
         out: dict[str, list[float]] = {}
@@ -359,9 +372,10 @@ class ScalingRun:
                 float(min(cand, key=lambda c: abs(math.log(c[1] / target)))[0])
                 for target in fam_lat[1:]
             ]
-            log.line(
+            self._say(
+                log,
                 f"{dim}-only: multipliers {', '.join(f'{m:.3f}' for m in out[dim])} for the "
-                f"family's latencies {', '.join(f'{x:.3f}' for x in fam_lat[1:])} ms"
+                f"family's latencies {', '.join(f'{x:.3f}' for x in fam_lat[1:])} ms",
             )
         self.results["ladders"] = {
             dim: [[m, lat] for (kind, m), lat in zip(tags, lats, strict=True) if kind == dim]
@@ -396,7 +410,9 @@ class ScalingRun:
             p["test_accs"] = accs
             p["test_acc"] = sum(accs) / len(accs)
             models.append(model)
-        log.say(f"final: test accuracy and latency of {len(keys)} models, measured interleaved")
+        self._say(
+            log, f"final: test accuracy and latency of {len(keys)} models, measured interleaved"
+        )
         for k, m in zip(keys, self._measure(models), strict=True):
             _put_latency(r["points"][k], m, self.latency.statistic)
         r["final_measured"] = True
@@ -480,12 +496,19 @@ class ScalingRun:
         p["seconds"] = time.perf_counter() - t0
         points[key] = p
         self._save()
-        log.say(
+        self._say(
+            log,
             f"{what}: val acc {p['val_acc']:.4f}, latency {p['latency_ms']:.3f} ms "
             f"({p['latency_verdict']}), params {p['params']:.0f} "
-            f"[{p['seconds']:.1f} s]"
+            f"[{p['seconds']:.1f} s]",
         )
         return key
+
+    def _say(self, log: RunLog, message: str) -> None:
+        """A progress line: on the console (unless ``--quiet``) and in ``progress.log``."""
+        if self.show_progress:
+            self.console.print(escape(message), highlight=False, soft_wrap=True)
+        log.line(message, echo=False)
 
     def _save(self) -> None:
         """Write the results atomically (a kill leaves the old or the new file, never half)."""
