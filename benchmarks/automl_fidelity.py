@@ -1,21 +1,24 @@
 """Goal 1 of issue 15: multi-fidelity search (Hyperband, ASHA) against full-fidelity evolution
 and random search on one joint space (architecture + training recipe), same wall-clock budget.
 
-``python benchmarks/automl_fidelity.py [--quick]``. For each seed (5; quick 2) every method is
-one product run (:func:`automl_common.run_product`: ``parse_config`` -> ``Experiment``) with
-``search.time_budget_s`` = the budget (300 s; quick 40 s), the inline executor and one torch
-thread, the methods' order rotated per seed so none always runs on the quieter stretch:
+``python benchmarks/automl_fidelity.py [--quick] [--jobs N]``. For each seed (5; quick 2)
+every method is one product run (:func:`automl_common.run_product`: ``parse_config`` ->
+``Experiment``) with ``search.time_budget_s`` = the budget (300 s; quick 45 s), the inline
+executor and one torch thread; one run at a time (the methods' order rotated per seed so none
+always runs on the quieter stretch), or ``--jobs`` runs at once in their own processes on a
+host with at least twice as many CPUs:
 
-* ``hyperband``, ``asha``: ``min_epochs`` 1, ``max_epochs`` 9, ``eta`` 3 (the strategies ask
-  each configuration at growing epochs; only trials at 9 epochs are full-fidelity);
-* ``evolution`` (population 8, quick 4; tournament 3) and ``random``: every trial trains 9
-  epochs.
+* ``hyperband``, ``asha``: ``min_epochs`` 1, ``max_epochs`` 9, ``eta`` 3 (quick: 4 and 2, so
+  that a 45 s run on a busy 2-core host still reaches full fidelity; the strategies ask
+  each configuration at growing epochs; only trials at ``max_epochs`` are full-fidelity);
+* ``evolution`` (population 8, quick 4; tournament 3) and ``random``: every trial trains
+  ``max_epochs`` epochs.
 
 Read back from each run's store: the best full-fidelity validation accuracy over wall time
 (seconds since the run's first trial started, at each trial's finish) -> the plot
 ``results/cpu_automl_fidelity_<stamp>[_quick].png``; the final test accuracy of each method's
-chosen trial (the product's final step: retrained 9 epochs on train+val with its recipe,
-tested once).
+chosen trial (the product's final step: retrained ``max_epochs`` on train+val with its
+recipe, tested once).
 
 Goal (one line per multi-fidelity method): the time at which its best full-fidelity val acc
 first reaches full-fidelity evolution's FINAL best val acc, as a fraction of evolution's wall
@@ -63,12 +66,12 @@ Curve = list[tuple[float, float]]
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--quick", action="store_true", help="2 seeds, 40 s per run: a smoke test")
+    ap.add_argument("--quick", action="store_true", help="2 seeds, 45 s per run: a smoke test")
     ap.add_argument("--seeds", type=int, default=None, help="seeds (5; quick 2)")
-    ap.add_argument("--budget-s", type=float, default=None, help="wall s per run (300; quick 40)")
-    ap.add_argument("--max-epochs", type=int, default=9)
+    ap.add_argument("--budget-s", type=float, default=None, help="wall s per run (300; quick 45)")
+    ap.add_argument("--max-epochs", type=int, default=None, help="(9; quick 4)")
     ap.add_argument("--min-epochs", type=int, default=1)
-    ap.add_argument("--eta", type=int, default=3)
+    ap.add_argument("--eta", type=int, default=None, help="(3; quick 2)")
     ap.add_argument("--methods", default=",".join(METHODS), help="comma list")
     ap.add_argument("--recipe", choices=("explicit", "standard"), default="explicit")
     ap.add_argument("--jobs", type=int, default=1, help="runs at once (<= half the CPUs)")
@@ -76,7 +79,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--log", type=Path, default=None, help="log file (default: results/...)")
     a = ap.parse_args(argv)
     a.seeds = a.seeds if a.seeds is not None else (2 if a.quick else 5)
-    a.budget_s = a.budget_s if a.budget_s is not None else (40.0 if a.quick else 300.0)
+    a.budget_s = a.budget_s if a.budget_s is not None else (45.0 if a.quick else 300.0)
+    a.max_epochs = a.max_epochs if a.max_epochs is not None else (4 if a.quick else 9)
+    a.eta = a.eta if a.eta is not None else (2 if a.quick else 3)
     a.methods = tuple(m for m in a.methods.split(",") if m)
     bad = [m for m in a.methods if m not in METHODS]
     if bad or "evolution" not in a.methods:
@@ -166,7 +171,10 @@ def plot(runs: list[RunResult], max_epochs: int, path: Path) -> Path | None:
         label = r.method if r.method not in seen else None
         seen.add(r.method)
         ax.step(xs, ys, where="post", color=colours.get(r.method), alpha=0.8, label=label)
-    ax.set_xlabel("wall time since the run's first trial (s)")
+    for r in runs:  # the goal's deadline: a third of each seed's evolution wall time
+        if r.method == "evolution" and r.trials:
+            ax.axvline(last_finish(r) * TARGET_FRACTION, color="C2", ls=":", lw=1)
+    ax.set_xlabel("wall time since the run's first trial (s); dotted: 1/3 of evolution's")
     ax.set_ylabel(f"best val acc at {max_epochs} epochs")
     ax.set_title(f"multi-fidelity vs full fidelity (joint space) [{host()}]", fontsize=7)
     ax.grid(alpha=0.3)

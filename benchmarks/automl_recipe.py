@@ -1,10 +1,11 @@
 """Goal 2 of issue 15: joint search (architecture + training recipe) against architecture-only
 search with the default ``train:`` recipe, same trial budget.
 
-``python benchmarks/automl_recipe.py [--quick]``. For each seed (5; quick 2) two product runs
-(:func:`automl_common.run_product`: ``parse_config`` -> ``Experiment``), evolution (population
-10, quick 4; tournament 3), the same number of trials (30; quick 8) of the same epochs (4;
-quick 2) on mnist1d, inline executor, one torch thread:
+``python benchmarks/automl_recipe.py [--quick] [--jobs N]``. For each seed (5; quick 2) two
+product runs (:func:`automl_common.run_product`: ``parse_config`` -> ``Experiment``), evolution
+(population 10, quick 4; tournament 3), the same number of trials (30; quick 8) of the same
+epochs (4; quick 2) on mnist1d, inline executor, one torch thread (``--jobs`` runs at once,
+each in its own process):
 
 * ``arch-only``: the ``mobile`` space of :mod:`automl_common`, the default ``train:`` recipe;
 * ``joint``: the same space plus ``automl.recipe`` (:func:`automl_common.recipe_dims`: lr,
