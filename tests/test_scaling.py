@@ -223,3 +223,12 @@ def test_the_example_config_is_a_scaling_run() -> None:
     cfg = load_config(Path(__file__).parent.parent / "examples" / "scale.yaml")
     check_scalable(cfg)
     assert cfg.scaling is not None and len(cfg.scaling.grid_points()) >= 2
+
+
+def test_a_second_process_on_the_same_run_is_refused(tmp_path: Path) -> None:
+    from nasforge.experiment.lock import RunLock
+
+    cfg = write_config(tmp_path, TINY + "}")
+    with RunLock(tmp_path / "runs" / "s", "scale"):
+        res = CliRunner().invoke(app, ["scale", str(cfg), "--quiet"])
+    assert res.exit_code == 2 and "is in use by process" in res.output.replace("\n", " ")

@@ -289,7 +289,12 @@ class ScalingRun:
             p = r["points"][item["key"]]
             return (-p["val_acc"], p["latency_ms"])
 
-        best = min(grid, key=rank)
+        # a resumed run keeps its choice (step 4 re-measures latencies, which could flip a tie)
+        prior = r.get("chosen")
+        best = next(
+            (g for g in grid if prior and all(g[k] == prior[k] for k in prior)),
+            min(grid, key=rank),
+        )
         r["chosen"] = {k: best[k] for k in ("alpha", "beta", "gamma")}
         self._say(
             log,
