@@ -110,6 +110,8 @@ def test_plain_arch_and_fidelity_budget(space, digits) -> None:  # type: ignore[
     arch = space.sample(np.random.default_rng(1))
     res = _evaluator(space, digits).evaluate(arch, Fidelity(epochs=1, data_fraction=0.3))
     assert res.info["epochs"] == 1 and res.info["data_fraction"] == 0.3
+    assert res.info["train_samples"] == round(0.3 * len(digits.y_train))
+    assert len(res.info["curve"]) == 1 and res.info["curve"][0] == res.metrics["val_acc_float"]
     assert res.metrics["bits"] == 32 and res.metrics["prune_ratio"] == 0.0
 
 

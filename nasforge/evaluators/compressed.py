@@ -42,7 +42,7 @@ from nasforge.evaluators.base import (
     Result,
     StopTrial,
 )
-from nasforge.evaluators.train import file_lock
+from nasforge.evaluators.train import file_lock, stratified_subset
 from nasforge.space import Arch, SearchSpace
 from nasforge.space.joint import split_arch
 from nasforge.train import TrainConfig, evaluate_accuracy, train_model
@@ -234,21 +234,6 @@ def measure_onnx(
     return LatencyMeasurement.from_stats(stats, spec, batch_size, clock)
 
 
-def stratified_subset(ds: Dataset, fraction: float, seed: int) -> Dataset:
-    """``ds`` with a seeded, class-stratified ``fraction`` of its train split (at least one
-    sample per class); validation and test untouched."""
-    if fraction >= 1.0:
-        return ds
-    gen = torch.Generator().manual_seed(seed)
-    keep = []
-    for c in torch.unique(ds.y_train):
-        idx = torch.nonzero(ds.y_train == c).flatten()
-        n = max(1, round(len(idx) * fraction))
-        keep.append(idx[torch.randperm(len(idx), generator=gen)[:n]])
-    order = torch.sort(torch.cat(keep)).values
-    return dataclasses.replace(ds, x_train=ds.x_train[order], y_train=ds.y_train[order])
-
-
 def _validation_view(ds: Dataset) -> Dataset:
     """``ds`` whose test split is its validation split: what the stages call "test" accuracy
     is then validation accuracy, and the search never reads the test split."""
@@ -339,14 +324,26 @@ class CompressedEvaluator(Evaluator):
             budget = budget.epochs
         if budget is not None and int(budget) != cfg.epochs:
             cfg = cfg.model_copy(update={"epochs": int(budget)})
-        ds = stratified_subset(self.dataset, fraction, cfg.seed)
+        ds = self.dataset
+        if fraction < 1.0:  # the train evaluator's subset: same seed and fraction, same samples
+            if not 0.0 < fraction:
+                raise ConfigError(
+                    f"budget data_fraction: expected a value in (0, 1], got {fraction}"
+                )
+            idx = stratified_subset(ds.y_train, fraction, self.train.seed)
+            ds = dataclasses.replace(ds, x_train=ds.x_train[idx], y_train=ds.y_train[idx])
         torch.manual_seed(cfg.seed)  # the same trial (arch, recipe, budget) is the same model
         model = getattr(self.space, "inner", self.space).build(inner)
+        curve: list[float] = []
+
+        def report(epoch: int, values: dict[str, float]) -> None:
+            curve.append(float(values.get("val_acc", float("nan"))))
+            if reporter is not None:
+                reporter(epoch, values)
+
         stopped = False
         try:
-            x_val = ds.x_val if reporter is not None else None
-            y_val = ds.y_val if reporter is not None else None
-            train_model(model, ds.x_train, ds.y_train, cfg, x_val, y_val, reporter=reporter)
+            train_model(model, ds.x_train, ds.y_train, cfg, ds.x_val, ds.y_val, reporter=report)
         except StopTrial:
             stopped = True
         model.eval()
@@ -368,7 +365,15 @@ class CompressedEvaluator(Evaluator):
         stability = info.pop("_stability")
         if self.options.keep_artifacts and self.run_dir is not None:
             info["compression"]["dir"] = str(out)
-        info.update(epochs=cfg.epochs, data_fraction=fraction, stopped_early=stopped)
+        info.update(
+            epochs=cfg.epochs,
+            data_fraction=fraction,
+            train_samples=len(ds.y_train),
+            stopped_early=stopped,
+            curve=curve,  # the float model's validation accuracy per epoch
+        )
+        if recipe:
+            info["recipe"] = dict(recipe)
         info[STABILITY_INFO] = stability
         return Result(metrics, cost_seconds=time.perf_counter() - t0, info=info)
 
