@@ -347,6 +347,16 @@ def test_fidelity_epochs_and_fraction_reach_training(digits: Any, one_thread: No
     assert len(res2.info["curve"]) == 2 and res2.info["train_samples"] == n
 
 
+def test_a_trial_is_the_same_model_whatever_ran_before_it(digits: Any, one_thread: None) -> None:
+    ev = _evaluator(digits)
+    rng = np.random.default_rng(2)
+    a, b = ev.space.sample(rng), ev.space.sample(rng)
+    first = ev.evaluate(b).info["curve"]
+    ev.evaluate(a)
+    torch.randn(100)  # the process's random stream moved on
+    assert ev.evaluate(b).info["curve"] == first  # a resumed or re-asked trial repeats
+
+
 def test_stratified_subset_keeps_class_shares_and_is_seeded(digits: Any) -> None:
     y = digits.y_train
     idx = stratified_subset(y, 0.2, seed=3)

@@ -159,6 +159,9 @@ class TrainEvaluator(Evaluator):
         epochs = fidelity.epochs if fidelity.epochs is not None else cfg.epochs
         if epochs != cfg.epochs:
             cfg = cfg.model_copy(update={"epochs": epochs})
+        # the initial weights from the seed, not from whatever the process drew before: the
+        # same (arch, recipe, budget) is the same model in any worker, first trial or not
+        torch.manual_seed(cfg.seed)
         model = getattr(self.space, "inner", self.space).build(inner)
         metrics, stability = self._costs(arch, model)
         d = self.dataset

@@ -153,6 +153,8 @@ def automl_plots(section: dict[str, Any] | None, png: Callable[[Any], str]) -> d
     budgets = sorted({p[0] for pts in fid["configs"].values() for p in pts})
     if len(budgets) > 1 and budgets[0] > 0:
         ax.set_xscale("log", base=2)
+    ax.set_xticks(budgets, [f"{b:g}" for b in budgets])
+    ax.minorticks_off()
     ax.set_xlabel("budget (epochs x data fraction)")
     ax.set_ylabel(fid["metric"])
     ax.set_title("each configuration's value at each budget")
