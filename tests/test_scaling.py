@@ -232,3 +232,15 @@ def test_a_second_process_on_the_same_run_is_refused(tmp_path: Path) -> None:
     with RunLock(tmp_path / "runs" / "s", "scale"):
         res = CliRunner().invoke(app, ["scale", str(cfg), "--quiet"])
     assert res.exit_code == 2 and "is in use by process" in res.output.replace("\n", " ")
+
+
+def test_resume_refuses_another_config_and_a_missing_run(tmp_path: Path) -> None:
+    cfg = write_config(tmp_path, TINY + "}")
+    res = CliRunner().invoke(app, ["scale", str(cfg), "--resume", "--quiet"])
+    assert res.exit_code == 2 and "nothing to resume" in res.output
+    run = tmp_path / "runs" / "s"
+    run.mkdir(parents=True, exist_ok=True)
+    (run / "scaling.json").write_text(json.dumps({"format": "nasforge-scaling/1", "points": {}}))
+    (run / "config.yaml").write_text(cfg.read_text().replace("epochs: 1", "epochs: 2"))
+    res = CliRunner().invoke(app, ["scale", str(cfg), "--resume", "--quiet"])
+    assert res.exit_code == 2 and "differs from the one this run started with" in res.output
