@@ -107,6 +107,13 @@ def main(argv: list[str] | None = None) -> int:
             p = r["points"][key]
             flag = " unstable" if p.get("latency_unstable") else ""
             print(f"{curve:<11} {label:<10} {lat:>10.3f}  {acc:>8.4f}  {p['val_acc']:>7.4f}{flag}")
+    # why a curve reaches where it does: latency per multiplier, measured untrained in one
+    # interleaved run with the family (the placement step's ladders)
+    ladders = r.get("ladders", {})
+    b0 = (r.get("placement_family_ms") or [r["points"][r["family"][0]["key"]]["latency_ms"]])[0]
+    for dim, rows in ladders.items():
+        steps = ", ".join(f"x{m:.2f}: {lat / b0:.2f}" for m, lat in rows[:: max(1, len(rows) // 4)])
+        print(f"latency / B0's along the {dim} ladder: {steps}")
     dom = r["dominance"]
     parts, ok_all, compared_all = [], True, 0
     for dim in ("width", "depth", "resolution"):

@@ -382,6 +382,7 @@ class ScalingRun:
                 f"{dim}-only: multipliers {', '.join(f'{m:.3f}' for m in out[dim])} for the "
                 f"family's latencies {', '.join(f'{x:.3f}' for x in fam_lat[1:])} ms",
             )
+        self.results["placement_family_ms"] = fam_lat
         self.results["ladders"] = {
             dim: [[m, lat] for (kind, m), lat in zip(tags, lats, strict=True) if kind == dim]
             for dim in ladders
