@@ -320,7 +320,11 @@ class TrialLoop:
         return self._drive(store, objective, book, feed)
 
     def _drive(  # noqa: C901 - one loop, its states kept together
-        self, store: TrialStore, objective: Objective, book: LoopBook, feed: Any
+        self,
+        store: TrialStore,
+        objective: Objective,
+        book: LoopBook,
+        feed: PlainFeed | FidelityFeed,
     ) -> float:
         search = self.cfg.search
         budget = search.trials
@@ -419,7 +423,7 @@ class TrialLoop:
             if not terminated:
                 executor.shutdown()
         book.save_elapsed(elapsed(), force=True)
-        if getattr(feed, "stalled", False) and book.finished < budget and not out_of_time():
+        if feed.stalled and book.finished < budget and not out_of_time():
             store.log_event("stalled", "the strategy asked for nothing more; the search ends")
             self.log.line("the strategy asked for nothing more (its brackets are spent)")
         if out_of_time():
