@@ -263,6 +263,9 @@ class TrialLoop:
     _last_backup: float | None
     _unstable: dict[int, Stability]
 
+    #: what happens to running trials stopped by a signal, said in the interrupt message
+    _stopped_words = "run again first on resume"
+
     def resume_command(self) -> str:
         raise NotImplementedError
 
@@ -288,9 +291,7 @@ class TrialLoop:
 
     def _interrupt_message(self, store: TrialStore, stop: SearchInterrupted, stopped: int) -> str:
         n = store.count(FINISHED)
-        running = (
-            f"; {stopped} running trial(s) stopped, run again first on resume" if stopped else ""
-        )
+        running = f"; {stopped} running trial(s) stopped, {self._stopped_words}" if stopped else ""
         return (
             f"interrupted by {stop.signal_name}: {n} finished trial(s) saved in "
             f"{store.path}{running}; continue with: {self.resume_command()}"
@@ -314,6 +315,7 @@ class TrialLoop:
         if is_multi_fidelity(strategy):
             book = LoopBook(store, max_epochs=int(strategy.max_epochs))
             feed = FidelityFeed(strategy, book)
+            self._stopped_words = "asked again by the strategy on resume"
         else:
             book = LoopBook(store)
             feed = PlainFeed(strategy, book, list(rerun or []))
