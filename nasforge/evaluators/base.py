@@ -74,7 +74,7 @@ class Evaluator:
         return None
 
     def evaluate(
-        self, arch: Arch, budget: float | None = None, reporter: Reporter | None = None
+        self, arch: Arch, budget: float | Fidelity | None = None, reporter: Reporter | None = None
     ) -> Result:
         raise NotImplementedError
 

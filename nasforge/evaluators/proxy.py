@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from nasforge.errors import ConfigError
-from nasforge.evaluators.base import Evaluator, EvaluatorContext, Reporter, Result
+from nasforge.evaluators.base import Evaluator, EvaluatorContext, Fidelity, Reporter, Result
 from nasforge.evaluators.proxies import measures
 from nasforge.space import Arch, SearchSpace
 
@@ -230,7 +230,7 @@ class ProxyEvaluator(Evaluator):
         return frozenset({*self.scorer.proxies, "proxy_score", "proxy_cpu_s"})
 
     def evaluate(
-        self, arch: Arch, budget: float | None = None, reporter: Reporter | None = None
+        self, arch: Arch, budget: float | Fidelity | None = None, reporter: Reporter | None = None
     ) -> Result:
         values, cpu = self.scorer.score(arch)
         metrics = {**values, "proxy_score": values[self.score_name], "proxy_cpu_s": cpu}

@@ -25,7 +25,7 @@ from typing import Any
 
 from nasforge.data import Dataset
 from nasforge.errors import ConfigError
-from nasforge.evaluators.base import Evaluator, EvaluatorContext, Reporter, Result
+from nasforge.evaluators.base import Evaluator, EvaluatorContext, Fidelity, Reporter, Result
 from nasforge.evaluators.train import TrainEvaluator, file_lock
 from nasforge.hardware.model import LatencyModel
 from nasforge.oneshot.spos import SupernetConfig, SupernetTrainer
@@ -97,7 +97,7 @@ class SupernetEvaluator(Evaluator):
         return trainer
 
     def evaluate(
-        self, arch: Arch, budget: float | None = None, reporter: Reporter | None = None
+        self, arch: Arch, budget: float | Fidelity | None = None, reporter: Reporter | None = None
     ) -> Result:
         first = self._trainer is None
         trainer = self.trainer

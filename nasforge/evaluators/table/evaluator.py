@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from nasforge.errors import ConfigError, NasforgeError
-from nasforge.evaluators.base import Evaluator, Reporter, Result, StopTrial
+from nasforge.evaluators.base import Evaluator, Fidelity, Reporter, Result, StopTrial
 from nasforge.evaluators.table.spec import TableSpec
 from nasforge.space import Arch
 
@@ -170,7 +170,7 @@ class TableEvaluator(Evaluator):
     def evaluate(
         self,
         arch: Arch | Mapping[str, Any] | str,
-        budget: float | None = None,
+        budget: float | Fidelity | None = None,
         reporter: Reporter | None = None,
     ) -> Result:
         """Look ``arch`` up, count one query and its simulated cost, return its metrics.
