@@ -281,7 +281,10 @@ def final_pass(
     from nasforge.hardware.timing import time_runners
 
     spec = BackendSpec("onnxruntime", threads=1)
-    cfg = replace(timing(), rounds=9, repeats=100)  # sub-0.1 ms models: rounds are cheap
+    # sub-0.1 ms models: rounds are cheap; an unstable pass is measured again (up to three
+    # times, the least noisy pass kept) before its figures are flagged
+    base_cfg = timing()
+    cfg = replace(base_cfg, rounds=9, repeats=100, policy=replace(base_cfg.policy, retries=3))
     accs = []
     for a, ds in zip(artifacts, datasets):
         sess = ort_session(Path(a).read_bytes(), spec)
