@@ -244,3 +244,13 @@ def test_resume_refuses_another_config_and_a_missing_run(tmp_path: Path) -> None
     (run / "config.yaml").write_text(cfg.read_text().replace("epochs: 1", "epochs: 2"))
     res = CliRunner().invoke(app, ["scale", str(cfg), "--resume", "--quiet"])
     assert res.exit_code == 2 and "differs from the one this run started with" in res.output
+
+
+def test_placement_picks_the_closest_latency_and_never_repeats_a_multiplier() -> None:
+    from nasforge.experiment.scaling import place
+
+    ladder = [(4.0, 3.0), (1.5, 1.2), (2.0, 1.9), (3.0, 2.5)]
+    assert place(ladder, [1.3, 2.4]) == [1.5, 3.0]
+    # two family points measured alike still get two baseline points, in order
+    assert place(ladder, [1.9, 1.9, 1.95]) == [2.0, 3.0, 4.0]
+    assert place(ladder, [9.0, 9.0]) == [4.0, 4.0]  # nothing larger left

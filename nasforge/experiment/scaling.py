@@ -373,10 +373,7 @@ class ScalingRun:
         out: dict[str, list[float]] = {}
         for dim in ladders:
             cand = [(m, lat) for (kind, m), lat in zip(tags, lats, strict=True) if kind == dim]
-            out[dim] = [
-                float(min(cand, key=lambda c: abs(math.log(c[1] / target)))[0])
-                for target in fam_lat[1:]
-            ]
+            out[dim] = place(cand, fam_lat[1:])
             self._say(
                 log,
                 f"{dim}-only: multipliers {', '.join(f'{m:.3f}' for m in out[dim])} for the "
@@ -522,6 +519,19 @@ class ScalingRun:
         tmp = path.with_suffix(".json.tmp")
         tmp.write_text(json.dumps(self.results, indent=1, default=str))
         os.replace(tmp, path)
+
+
+def place(candidates: list[tuple[float, float]], targets: list[float]) -> list[float]:
+    """For each target latency (in order), the multiplier of ``candidates`` (multiplier,
+    latency) whose latency is closest in ratio, each larger than the one before while any is
+    left: on a busy host two family points can measure alike, and a baseline of one point
+    spans nothing."""
+    ladder = sorted(candidates)
+    out: list[float] = []
+    for target in targets:
+        left = [c for c in ladder if not out or c[0] > out[-1]] or ladder[-1:]
+        out.append(float(min(left, key=lambda c: abs(math.log(c[1] / target)))[0]))
+    return out
 
 
 def _put_latency(p: dict[str, Any], m: LatencyMeasurement, statistic: str) -> None:
