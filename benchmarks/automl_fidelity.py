@@ -150,7 +150,8 @@ def fmt(v: float | None, spec: str = ".4f") -> str:
 
 
 def plot(runs: list[RunResult], max_epochs: int, path: Path) -> Path | None:
-    """Best full-fidelity val acc over wall time, one line per run, a colour per method."""
+    """Best full-fidelity val acc over wall time, one line per run, a colour per method and
+    a line style per seed (solid, dashed, dash-dot)."""
     try:
         import matplotlib
 
@@ -170,7 +171,8 @@ def plot(runs: list[RunResult], max_epochs: int, path: Path) -> Path | None:
         ys = [v for _, v in curve] + [curve[-1][1]]
         label = r.method if r.method not in seen else None
         seen.add(r.method)
-        ax.step(xs, ys, where="post", color=colours.get(r.method), alpha=0.8, label=label)
+        dash = ("-", "--", "-.")[r.seed % 3]  # one line style per seed
+        ax.step(xs, ys, where="post", color=colours.get(r.method), ls=dash, alpha=0.8, label=label)
     for r in runs:  # the goal's deadline: a third of each seed's evolution wall time
         if r.method == "evolution" and r.trials:
             ax.axvline(last_finish(r) * TARGET_FRACTION, color="C2", ls=":", lw=1)
