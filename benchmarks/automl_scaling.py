@@ -74,6 +74,10 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--quick", action="store_true", help="smoke-test size (a few minutes)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--margin", type=float, default=0.0, help="accuracy slack in the check")
+    ap.add_argument(
+        "--run-dir", type=Path, default=None, help="keep the scaling run here (default: a temp dir)"
+    )
+    ap.add_argument("--resume", action="store_true", help="continue the run in --run-dir")
     return ap.parse_args(argv)
 
 
@@ -86,8 +90,8 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     cfg = parse_config(config(a.quick, a.seed), "automl_scaling")
     with tempfile.TemporaryDirectory(prefix="nasforge-scaling-") as tmp:
-        run_dir = Path(tmp) / "run"
-        summary = ScalingRun(cfg, run_dir, Console(stderr=True, width=120)).run()
+        run_dir = a.run_dir or Path(tmp) / "run"
+        summary = ScalingRun(cfg, run_dir, Console(stderr=True, width=120)).run(a.resume)
         shutil.copy(run_dir / RESULTS_NAME, RESULTS / f"{name}.json")
         if (run_dir / PLOT_NAME).is_file():
             shutil.copy(run_dir / PLOT_NAME, RESULTS / f"{name}.png")
