@@ -208,8 +208,8 @@ def main(argv: list[str] | None = None) -> int:
                 else "validation: no pair",
                 "best val minus final test: "
                 + ", ".join(f"{arm} {fmt(g, '+.2f')} pt" for arm, g in gaps.items())
-                + " (the final trains on train+val; a larger gap for joint: its winner's val was"
-                " luckier)",
+                + " (the final trains on train+val; a positive gap: the winner's val was luckier"
+                " than its retrain)",
                 f"seed-to-seed sd of the test difference {sd:.2f} pt (a {TARGET_POINTS} pt gain "
                 f"needs sd/sqrt(n) = {sd / len(diffs) ** 0.5:.2f} pt well below it)",
                 f"{100 * statistics.fmean(costly):.0f}% of joint trials scored below arch-only's "
