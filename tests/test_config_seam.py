@@ -13,8 +13,8 @@ import pytest
 from nasforge.errors import ConfigError
 from nasforge.experiment.config import ExperimentConfig, TrainSection, parse_config
 from nasforge.experiment.setup import build_run, make_evaluator, make_strategy, train_config
-from nasforge.strategies import STRATEGIES, create_strategy
-from nasforge.testing import toy_space
+from nasforge.strategies import create_strategy
+from nasforge.testing import builtin_strategies, toy_space
 from nasforge.train import TrainConfig
 
 
@@ -61,7 +61,7 @@ def test_every_strategy_takes_its_constraint_at_construction() -> None:
     def constraint(arch) -> bool:
         return int(arch["d0"]) != 0
 
-    for name in STRATEGIES:
+    for name in builtin_strategies():  # test modules register toys (imported by every worker)
         if name == "proxy_filter":  # scores built networks; same check in test_proxies.py
             continue
         strategy = create_strategy(name, toy_space(), seed=0, constraint=constraint)

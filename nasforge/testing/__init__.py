@@ -2,6 +2,7 @@
 
 from nasforge.testing.strategies import (
     StrategyConformance,
+    builtin_strategies,
     conditional_objective,
     conditional_toy_space,
     run_search,
@@ -11,6 +12,7 @@ from nasforge.testing.strategies import (
 
 __all__ = [
     "StrategyConformance",
+    "builtin_strategies",
     "conditional_objective",
     "conditional_toy_space",
     "run_search",

@@ -247,3 +247,14 @@ class StrategyConformance:
             assert best == optimum, (
                 f"seed {seed}: best {best} after {len(records)} evaluations, optimum {optimum}"
             )
+
+
+def builtin_strategies() -> list[str]:
+    """The strategy names nasforge itself registers (a factory in the ``nasforge`` package),
+    not those a plugin or a test module added to the registry."""
+    from nasforge.strategies import STRATEGIES
+
+    def module(factory: object) -> str:
+        return factory.split(":")[0] if isinstance(factory, str) else factory.__module__
+
+    return [n for n, f in STRATEGIES.items() if module(f).split(".")[0] == "nasforge"]
