@@ -126,6 +126,7 @@ def test_diagnose_torch_writes_all_sections(tmp_path: Path) -> None:
     assert kern["aten_kernels"]  # the mobile layers are convolutions: some conv backend ran
 
 
+@pytest.mark.slow  # ~10 s
 def test_diagnose_onnxruntime_writes_all_sections(tmp_path: Path) -> None:
     pytest.importorskip("onnxruntime")
     data = _run(tmp_path, "onnxruntime", 1)

@@ -121,6 +121,7 @@ def test_parallel_backends_time_entries_in_a_chain_of_forks() -> None:
     assert len(chain) > 1 and all(isinstance(m, _Forked) for m in chain)
 
 
+@pytest.mark.slow  # ~17 s: builds a whole table
 def test_a_table_on_torch_parallel_has_a_schedule_calibration_and_round_trips(tmp_path) -> None:  # type: ignore[no-untyped-def]
     space = create_space("nb201", (3, 8, 8), 10, C=4, N=1)
     spec = BackendSpec("torch", threads=pool_threads(), execution_mode="parallel")

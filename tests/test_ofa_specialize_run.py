@@ -179,6 +179,7 @@ def test_samples_are_made_once_and_reused(
     assert samples.read_text() == before
 
 
+@pytest.mark.slow  # ~10 s
 def test_same_label_is_replaced_whole(
     trained: dict[str, Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:

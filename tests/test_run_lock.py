@@ -53,6 +53,7 @@ def test_lock_of_a_killed_process_is_free(tmp_path: Path) -> None:
             holder.wait(30)
 
 
+@pytest.mark.slow  # ~10 s: two spawned searches
 def test_two_searches_started_together_run_once(tmp_path: Path) -> None:
     cfg = write_config(tmp_path, search="{trials: 6, executor: inline}")
     procs = [start_search(cfg), start_search(cfg)]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from nasforge.space import SearchSpace
 from nasforge.strategies import Constraint, EvolutionStrategy, RandomStrategy, Strategy
 from nasforge.testing import StrategyConformance
@@ -85,6 +87,7 @@ class TestPredictorGPConformance(StrategyConformance):
         return PredictorStrategy(space, seed=seed, constraint=constraint)
 
 
+@pytest.mark.slow  # ~35 s; the MLP surrogate is also covered in test_strategies_predictor.py
 class TestPredictorMLPConformance(StrategyConformance):
     optimum_budget = 150
 
