@@ -42,10 +42,16 @@ from nasforge.evaluators.base import (
     Result,
     StopTrial,
 )
-from nasforge.evaluators.train import file_lock, stratified_subset
+from nasforge.evaluators.train import (
+    build_seeded,
+    file_lock,
+    stratified_subset,
+    train_with_curve,
+    trial_recipe,
+)
 from nasforge.space import Arch, SearchSpace
 from nasforge.space.joint import split_arch
-from nasforge.train import TrainConfig, evaluate_accuracy, train_model
+from nasforge.train import TrainConfig, evaluate_accuracy
 
 if TYPE_CHECKING:
     from nasforge.compression.config import CompressConfig
@@ -242,14 +248,6 @@ def _validation_view(ds: Dataset) -> Dataset:
     )
 
 
-def _recipe(train: TrainConfig, recipe: dict[str, Any]) -> TrainConfig:
-    """``train`` with the trial's recipe overrides, by the joint space's own rule (a bad
-    value is a ``pydantic.ValidationError`` naming the field: the trial fails)."""
-    from nasforge.space.joint import recipe_train_config
-
-    return recipe_train_config(train, recipe)
-
-
 class CompressedEvaluator(Evaluator):
     """Train, compress, export and time each candidate (see the module docstring).
 
@@ -317,13 +315,8 @@ class CompressedEvaluator(Evaluator):
         t0 = time.perf_counter()
         inner, recipe, settings = split_arch(self.space, arch)
         s = check_settings(dict(settings))
-        cfg = _recipe(self.train, dict(recipe))
-        fraction = 1.0
-        if isinstance(budget, Fidelity):
-            fraction = budget.data_fraction
-            budget = budget.epochs
-        if budget is not None and int(budget) != cfg.epochs:
-            cfg = cfg.model_copy(update={"epochs": int(budget)})
+        cfg, fidelity = trial_recipe(self.train, dict(recipe), budget)
+        fraction = fidelity.data_fraction
         ds = self.dataset
         if fraction < 1.0:  # the train evaluator's subset: same seed and fraction, same samples
             if not 0.0 < fraction:
@@ -332,20 +325,10 @@ class CompressedEvaluator(Evaluator):
                 )
             idx = stratified_subset(ds.y_train, fraction, self.train.seed)
             ds = dataclasses.replace(ds, x_train=ds.x_train[idx], y_train=ds.y_train[idx])
-        torch.manual_seed(cfg.seed)  # the same trial (arch, recipe, budget) is the same model
-        model = getattr(self.space, "inner", self.space).build(inner)
-        curve: list[float] = []
-
-        def report(epoch: int, values: dict[str, float]) -> None:
-            curve.append(float(values.get("val_acc", float("nan"))))
-            if reporter is not None:
-                reporter(epoch, values)
-
-        stopped = False
-        try:
-            train_model(model, ds.x_train, ds.y_train, cfg, ds.x_val, ds.y_val, reporter=report)
-        except StopTrial:
-            stopped = True
+        model = build_seeded(self.space, inner, cfg.seed)
+        curve, stopped = train_with_curve(
+            model, ds.x_train, ds.y_train, cfg, ds.x_val, ds.y_val, reporter
+        )
         model.eval()
         metrics: dict[str, float] = {
             "val_acc_float": evaluate_accuracy(model, ds.x_val, ds.y_val),

@@ -150,34 +150,13 @@ class TrainEvaluator(Evaluator):
                 f"evaluator.kind: the train evaluator does not compress ({', '.join(compress)} "
                 "searched in automl.compress); use evaluator.kind: compressed"
             )
-        fidelity = (
-            budget
-            if isinstance(budget, Fidelity)
-            else Fidelity(None if budget is None else int(budget))
-        )
-        cfg = _recipe_config(self.train, recipe)
-        epochs = fidelity.epochs if fidelity.epochs is not None else cfg.epochs
-        if epochs != cfg.epochs:
-            cfg = cfg.model_copy(update={"epochs": epochs})
-        # the initial weights from the seed, not from whatever the process drew before: the
-        # same (arch, recipe, budget) is the same model in any worker, first trial or not
-        torch.manual_seed(cfg.seed)
-        model = getattr(self.space, "inner", self.space).build(inner)
+        cfg, fidelity = trial_recipe(self.train, recipe, budget)
+        epochs = cfg.epochs
+        model = build_seeded(self.space, inner, cfg.seed)
         metrics, stability = self._costs(arch, model)
         d = self.dataset
         x, y = self._train_split(fidelity.data_fraction)
-        curve: list[float] = []
-
-        def report(epoch: int, values: dict[str, float]) -> None:
-            curve.append(float(values.get("val_acc", float("nan"))))
-            if reporter is not None:
-                reporter(epoch, values)
-
-        stopped = False
-        try:
-            train_model(model, x, y, cfg, d.x_val, d.y_val, reporter=report)
-        except StopTrial:
-            stopped = True
+        curve, stopped = train_with_curve(model, x, y, cfg, d.x_val, d.y_val, reporter)
         # the last epoch's validation accuracy is this model's (same weights, eval mode)
         full = not stopped and epochs > 0 and len(curve) == epochs
         metrics["val_acc"] = curve[-1] if full else evaluate_accuracy(model, d.x_val, d.y_val)
@@ -206,6 +185,56 @@ class TrainEvaluator(Evaluator):
             idx = stratified_subset(d.y_train, fraction, self.train.seed)
             self._subsets[fraction] = (d.x_train[idx], d.y_train[idx])
         return self._subsets[fraction]
+
+
+def trial_recipe(
+    base: TrainConfig, recipe: dict[str, Any], budget: Fidelity | float | None
+) -> tuple[TrainConfig, Fidelity]:
+    """The recipe one trial trains with (``base`` with the joint arch's ``recipe`` overrides;
+    an explicit budget's epochs win over a searched ``recipe/epochs``) and its budget as a
+    :class:`Fidelity`. Shared by every evaluator that trains candidates."""
+    fidelity = (
+        budget
+        if isinstance(budget, Fidelity)
+        else Fidelity(None if budget is None else int(budget))
+    )
+    cfg = _recipe_config(base, recipe)
+    if fidelity.epochs is not None and fidelity.epochs != cfg.epochs:
+        cfg = cfg.model_copy(update={"epochs": fidelity.epochs})
+    return cfg, fidelity
+
+
+def build_seeded(space: SearchSpace, inner: Arch, seed: int) -> torch.nn.Module:
+    """The network of ``inner`` (a joint space builds its architecture part) with initial
+    weights from ``seed``, not from whatever the process drew before: the same (arch, recipe,
+    budget) is the same model in any worker, first trial or not."""
+    torch.manual_seed(seed)
+    return getattr(space, "inner", space).build(inner)
+
+
+def train_with_curve(
+    model: torch.nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    cfg: TrainConfig,
+    x_val: torch.Tensor,
+    y_val: torch.Tensor,
+    reporter: Reporter | None = None,
+) -> tuple[list[float], bool]:
+    """Train ``model`` in place; ``(validation accuracy per epoch, stopped early by the
+    reporter)``. ``reporter`` gets every epoch's ``loss`` and ``val_acc``."""
+    curve: list[float] = []
+
+    def report(epoch: int, values: dict[str, float]) -> None:
+        curve.append(float(values.get("val_acc", float("nan"))))
+        if reporter is not None:
+            reporter(epoch, values)
+
+    try:
+        train_model(model, x, y, cfg, x_val, y_val, reporter=report)
+    except StopTrial:
+        return curve, True
+    return curve, False
 
 
 def stratified_subset(y: torch.Tensor, fraction: float, seed: int) -> torch.Tensor:
