@@ -35,7 +35,10 @@ import typing
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from goals import Tee  # noqa: E402 - benchmarks/goals.py
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -255,22 +258,6 @@ def work_dir(arg: Path | None, prefix: str) -> Path:
 
 def stamp() -> str:
     return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H%M")
-
-
-class Tee:
-    """stdout copied to a log file."""
-
-    def __init__(self, stream: TextIO, path: Path) -> None:
-        self.stream, self.file = stream, path.open("w")
-
-    def write(self, s: str) -> int:
-        self.file.write(s)
-        self.file.flush()
-        return self.stream.write(s)
-
-    def flush(self) -> None:
-        self.stream.flush()
-        self.file.flush()
 
 
 def start_log(path: Path) -> None:

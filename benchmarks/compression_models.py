@@ -52,10 +52,10 @@ import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
 import torch
-from goals import goal, host_record  # benchmarks/goals.py
+from goals import Tee, goal, host_record  # benchmarks/goals.py
 from speedups import Goal, iv, speed_goal, timing, vs
 from torch import nn
 
@@ -697,22 +697,6 @@ def model_goals(r: ModelRun) -> list[Goal]:
 
 
 # --- main --------------------------------------------------------------------------------------
-
-
-class Tee:
-    """stdout copied to a log file."""
-
-    def __init__(self, stream: TextIO, path: Path) -> None:
-        self.stream, self.file = stream, path.open("w")
-
-    def write(self, s: str) -> int:
-        self.file.write(s)
-        self.file.flush()
-        return self.stream.write(s)
-
-    def flush(self) -> None:
-        self.stream.flush()
-        self.file.flush()
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:

@@ -11,7 +11,8 @@ Scripts in this folder import it as ``from goals import goal``.
 from __future__ import annotations
 
 import os
-from typing import Any
+from pathlib import Path
+from typing import Any, TextIO
 
 from nasforge.hardware import device_fingerprint
 
@@ -86,3 +87,19 @@ def goal(name: str, met: bool, measured: str, target: str, unstable: bool = Fals
     """Print the goal line and return whether it was met (an unstable figure never is)."""
     print(goal_line(name, met, measured, target, unstable))
     return met and not unstable
+
+
+class Tee:
+    """stdout copied to a log file (a benchmark's log beside its terminal output)."""
+
+    def __init__(self, stream: TextIO, path: Path) -> None:
+        self.stream, self.file = stream, path.open("w")
+
+    def write(self, s: str) -> int:
+        self.file.write(s)
+        self.file.flush()
+        return self.stream.write(s)
+
+    def flush(self) -> None:
+        self.stream.flush()
+        self.file.flush()
