@@ -29,7 +29,7 @@ from nasforge.hardware.onnx import ort_session
 from nasforge.hardware.predictor import LatencyPredictor
 from nasforge.hardware.table import LatencyTable
 from nasforge.modelfile import load_model
-from nasforge.oneshot.ofa.specialize import extreme_arch
+from nasforge.oneshot.ofa.specialize import SpecializeConfig, extreme_arch
 
 runner = CliRunner()
 
@@ -338,7 +338,8 @@ def test_measured_refinement_rounds_are_on_the_card(trained: dict[str, Any]) -> 
     target = lo + 0.5 * (hi - lo)
     card = specialise(trained, target, label="refined")
     rounds = card["refinement"]
-    assert 1 <= len(rounds) <= 3 and card["refine_stop"] in ("inside", "rounds", "repeat")
+    most = SpecializeConfig().refine_rounds  # the default; a busy host may use them all
+    assert 1 <= len(rounds) <= most and card["refine_stop"] in ("inside", "rounds", "repeat")
     assert rounds[0]["limit_ms"] == pytest.approx(0.95 * target)  # the window's middle
     keys = {"limit_ms", "arch_key", "predicted_ms", "measured_ms", "unstable", "stability"}
     for i, r in enumerate(rounds, 1):
