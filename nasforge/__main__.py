@@ -1,4 +1,4 @@
-"""``python -m nasforge ...``: the CLI (also how torchrun starts it: ``torchrun ... -m nasforge``)."""
+"""``python -m nasforge ...``: the CLI (torchrun starts it so: ``torchrun ... -m nasforge``)."""
 
 from nasforge.cli import main
 
