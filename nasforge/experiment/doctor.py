@@ -9,6 +9,7 @@ that would stop ``nasforge search``, and flags budgets smaller than the strategy
 
 from __future__ import annotations
 
+import importlib.util
 import re
 import warnings
 from dataclasses import dataclass
@@ -19,7 +20,7 @@ from nasforge.experiment.config import ExperimentConfig
 from nasforge.experiment.ofa_config import ofa_findings
 from nasforge.experiment.oneshot_config import darts_findings
 from nasforge.experiment.preflight import budget_findings, latency_trust_findings, prepare_run
-from nasforge.experiment.setup import automl_problems, is_multi_fidelity
+from nasforge.experiment.setup import automl_problems, is_multi_fidelity, uses_data
 from nasforge.hardware.doctor import latency_findings
 from nasforge.hardware.trust import UntrustedTableWarning
 
@@ -129,6 +130,7 @@ def diagnose(cfg: ExperimentConfig, build: bool = True) -> list[Finding]:
                 )
             )
     out.extend(automl_findings(cfg))
+    out.extend(ray_findings(cfg))
     # the pre-run validation and the latency checks may name the same table verdict
     return list(dict.fromkeys(out))
 
@@ -136,6 +138,44 @@ def diagnose(cfg: ExperimentConfig, build: bool = True) -> list[Finding]:
 #: a global channel-pruning ratio from which fine-tuning is needed (the brief: compression
 #: beyond a moderate ratio is followed by fine-tuning)
 MODERATE_PRUNE_RATIO = 0.5
+
+
+def ray_findings(cfg: ExperimentConfig) -> list[Finding]:
+    """A Ray cluster's anti-patterns: ray missing; latency timed on whichever node runs a
+    trial (nodes of another CPU give latencies that do not compare)."""
+    s = cfg.search
+    if s.executor != "ray":
+        return []
+    out: list[Finding] = []
+    if importlib.util.find_spec("ray") is None:
+        out.append(
+            Finding(
+                "error",
+                "search.executor",
+                "'ray' needs the ray package on this machine and every node "
+                "(pip install 'nasforge[ray]')",
+            )
+        )
+    if cfg.latency.mode == "measure" and uses_data(cfg):
+        out.append(
+            Finding(
+                "warning",
+                "latency.mode",
+                "on a Ray cluster each trial's latency is measured on whichever node runs it; "
+                "nodes of different CPUs (or busy ones) give latencies that do not compare. "
+                "Use latency.mode: predict with a table built on the target machine",
+            )
+        )
+    if s.ray_address is None:
+        out.append(
+            Finding(
+                "info",
+                "search.ray_address",
+                "no address: a one-machine Ray is started for the run; set ray_address "
+                "(host:port of the head, or auto) to use a cluster",
+            )
+        )
+    return out
 
 
 def automl_findings(cfg: ExperimentConfig) -> list[Finding]:
