@@ -1,5 +1,5 @@
-"""The `nasforge` command line: search, scale, show, export, spaces, plugins, doctor, latency,
-compress, ofa."""
+"""The `nasforge` command line: search, scale, show, export, spaces, plugins, doctor, dashboard,
+latency, compress, ofa."""
 
 from __future__ import annotations
 
@@ -353,6 +353,39 @@ def doctor(config: Annotated[Path, typer.Argument(help="experiment YAML config")
         out.print("[green]no problems found[/]")
     if any(f.level == "error" for f in findings):
         raise typer.Exit(1)
+
+
+@app.command()
+def dashboard(
+    run: Annotated[Path, typer.Argument(help="run directory")],
+    port: Annotated[int, typer.Option(help="TCP port (0: any free port)")] = 8050,
+    host: Annotated[str, typer.Option(help="address to listen on")] = "127.0.0.1",
+    allow_remote: Annotated[
+        bool, typer.Option("--allow-remote", help="allow a non-loopback --host (no auth!)")
+    ] = False,
+    refresh: Annotated[float, typer.Option(help="seconds between the page's updates")] = 2.0,
+    verbose: Annotated[bool, typer.Option(help="log every request")] = False,
+) -> None:
+    """Serve a live, read-only web page of a run (progress, leaderboard, Pareto front, curves);
+    it follows a running search and keeps working while the run is killed and resumed."""
+    import logging
+
+    from nasforge.dashboard.server import serve
+
+    if verbose:
+        logging.basicConfig(level=logging.WARNING, format="%(message)s")
+        logging.getLogger("nasforge.dashboard").setLevel(logging.DEBUG)
+
+    def say(line: str) -> None:  # the URL on stdout, a warning on stderr
+        if line.startswith("warning:"):
+            err.print(escape(line), style="yellow", highlight=False, soft_wrap=True)
+        else:
+            out.print(escape(line), highlight=False, soft_wrap=True)
+
+    try:
+        serve(run, host, port, refresh_s=refresh, allow_remote=allow_remote, say=say)
+    except NasforgeError as exc:
+        _fail(exc)
 
 
 app.add_typer(latency_app, name="latency", help="Build, predict and validate latency tables.")
