@@ -19,19 +19,31 @@ What protects a finished trial:
   put a schema into it);
 - :meth:`TrialStore.backup` copies the store with SQLite's online backup API (the runner calls
   it every few finished trials and at the end; :mod:`nasforge.experiment.repair` uses it).
+
+Readers that must not disturb a run (``nasforge dashboard``) open it with
+:meth:`TrialStore.open_readonly`: SQLite's ``mode=ro`` plus ``query_only``, so nothing is
+created, upgraded, replayed or backed up, and every write method raises :class:`StoreError`.
+A WAL reader sees each committed write of the one writer, while it runs and after it was
+killed.
+
+A trial's learning curve (validation accuracy per epoch, :meth:`TrialStore.add_curve`) lives
+in the ``epochs`` table under phase ``trial/<id>`` (no schema change); :meth:`TrialStore.epochs`
+without a phase leaves these out, so weight-sharing readers see only their own phases.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import os
 import sqlite3
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Self
 
+from nasforge.experiment.store_epochs import CURVE_PHASE, EpochRecords, _clean
 from nasforge.experiment.storefile import (  # re-exported: the store's public file helpers
     _SCHEMA,
     BACKUP_DIR,
@@ -112,18 +124,7 @@ def row_from_dict(d: dict[str, Any]) -> tuple[Any, ...]:
     )
 
 
-def _clean(v: Any) -> Any:
-    """JSON has no NaN/inf: store them as None."""
-    if isinstance(v, float) and not math.isfinite(v):
-        return None
-    if isinstance(v, dict):
-        return {k: _clean(x) for k, x in v.items()}
-    if isinstance(v, (list, tuple)):
-        return [_clean(x) for x in v]
-    return v
-
-
-class TrialStore:
+class TrialStore(EpochRecords):
     """The trial store at ``path`` (``":memory:"`` for tests).
 
     Args:
@@ -136,10 +137,21 @@ class TrialStore:
     :class:`StoreError` and is not touched.
     """
 
-    def __init__(self, path: str | Path, timeout_s: float = 60.0, *, create: bool = True) -> None:
+    def __init__(
+        self,
+        path: str | Path,
+        timeout_s: float = 60.0,
+        *,
+        create: bool = True,
+        readonly: bool = False,
+    ) -> None:
         self.path = str(path)
+        self.readonly = readonly
         memory = self.path == ":memory:"
         self._journal: Path | None = None if memory else journal_path(self.path)
+        if readonly:
+            self._db = self._connect_readonly(timeout_s)
+            return
         fresh = False
         if not memory:
             p = Path(self.path)
@@ -171,6 +183,43 @@ class TrialStore:
                 "space and retry"
             ) from None
 
+    @classmethod
+    def open_readonly(cls, path: str | Path, timeout_s: float = 5.0) -> TrialStore:
+        """Open an existing store for reading only (see the module doc).
+
+        Never creates, upgrades, replays or backs up anything; works while the run's writer
+        holds its lock and after it was killed (``kill -9``: SQLite's WAL keeps every commit).
+
+        Raises:
+            StoreError: the file is missing, empty, damaged or not a store (naming the file).
+        """
+        return cls(path, timeout_s, create=False, readonly=True)
+
+    def _connect_readonly(self, timeout_s: float) -> sqlite3.Connection:
+        if self.path == ":memory:":
+            raise StoreError(":memory: a read-only store needs a file")
+        p = Path(self.path)
+        check_store(p)  # opens it mode=ro itself: a damaged file is refused, never touched
+        uri = p.absolute().as_uri() + "?mode=ro"  # as_uri: a path with ?, # or % stays a path
+        try:
+            db = sqlite3.connect(
+                uri, uri=True, timeout=timeout_s, isolation_level=None, check_same_thread=False
+            )
+        except sqlite3.Error as exc:
+            raise StoreError(f"{p}: cannot be opened read-only ({exc})") from None
+        try:
+            db.execute("PRAGMA query_only=ON")
+            db.execute(f"PRAGMA busy_timeout={int(timeout_s * 1000)}")
+            db.execute("SELECT COUNT(*) FROM trials").fetchone()
+        except sqlite3.Error as exc:
+            db.close()
+            raise StoreError(f"{p}: cannot be read ({exc})") from None
+        return db
+
+    def _writable(self, what: str) -> None:
+        if self.readonly:
+            raise StoreError(f"{self.path}: opened read-only; cannot {what}")
+
     def close(self) -> None:
         self._db.close()
 
@@ -188,6 +237,7 @@ class TrialStore:
         Raises:
             StoreError: the copy fails its integrity check (the previous ``dest`` is kept).
         """
+        self._writable("back it up")
         dest = Path(dest)
         dest.parent.mkdir(parents=True, exist_ok=True)
         tmp = dest.with_name(dest.name + ".tmp")
@@ -218,6 +268,7 @@ class TrialStore:
 
     def _append_journal(self, record: TrialRecord) -> None:
         """Append one finished trial to the journal and sync it (before the store write)."""
+        self._writable("write its journal")
         if self._journal is None:
             return
         entry = record.to_dict() | {"arch_json": record.arch.to_json()}
@@ -245,6 +296,7 @@ class TrialStore:
     def replay_journal(self) -> int:
         """Write back finished trials the journal holds and the store lost (a failed or lost
         write); returns how many. Call only as the run's one writer (lock held)."""
+        self._writable("replay its journal")
         gap = self.journal_gap()
         if not gap:
             return 0
@@ -274,6 +326,7 @@ class TrialStore:
 
     def _write(self, sql: str, args: tuple[Any, ...] = ()) -> sqlite3.Cursor:
         """One write; an SQLite failure (full disk, I/O error) becomes a :class:`StoreError`."""
+        self._writable("write")
         try:
             return self._db.execute(sql, args)
         except sqlite3.Error as exc:
@@ -298,6 +351,7 @@ class TrialStore:
             StoreError: the journal or the store could not be written (a full disk, a file
                 size limit, an I/O error); the message says which and what to do.
         """
+        self._writable("record a trial")
         if state not in STATES:
             raise ValueError(f"state must be one of {STATES}, got {state!r}")
         now = time.time()
@@ -381,27 +435,6 @@ class TrialStore:
             "INSERT INTO events(time, kind, message) VALUES (?,?,?)", (time.time(), kind, message)
         )
 
-    def add_epoch(self, phase: str, epoch: int, record: dict[str, Any]) -> None:
-        """Record one epoch of a weight-sharing phase (``"darts"``, ``"supernet"``, ...); a
-        record for the same ``(phase, epoch)`` (an epoch run again after a resume) replaces it.
-        ``record`` must be JSON-ready (non-finite floats are stored as ``null``)."""
-        self._write(
-            "INSERT OR REPLACE INTO epochs(phase, epoch, time, record) VALUES (?,?,?,?)",
-            (phase, int(epoch), time.time(), json.dumps(_clean(record))),
-        )
-
-    def epochs(self, phase: str | None = None) -> list[dict[str, Any]]:
-        """The recorded epochs of ``phase`` (every phase: ``None``) in epoch order; each record
-        as given to :meth:`add_epoch`, with ``phase`` and ``epoch`` set."""
-        sql = "SELECT phase, epoch, record FROM epochs"
-        args: tuple[Any, ...] = ()
-        if phase is not None:
-            sql, args = sql + " WHERE phase=?", (phase,)
-        out = []
-        for ph, ep, rec in self._db.execute(sql + " ORDER BY phase, epoch", args).fetchall():
-            out.append({**json.loads(rec), "phase": ph, "epoch": int(ep)})
-        return out
-
     # -- reads ----------------------------------------------------------------------------------
     def _rows(self, sql: str, args: tuple[Any, ...] = ()) -> list[TrialRecord]:
         out = []
@@ -442,6 +475,36 @@ class TrialStore:
             )
         return self._rows(f"SELECT {self._COLS} FROM trials ORDER BY {order_sql}")
 
+    def trial_dicts(self, states: tuple[str, ...] | None = None) -> list[dict[str, Any]]:
+        """Every trial (only those in ``states`` when given) in id order, as JSON-ready dicts
+        of :meth:`TrialRecord.to_dict`'s fields but ``arch`` (``key`` is kept; a non-finite
+        metric is ``None``): a cheap read for live views, which parses no arch."""
+        sql = f"SELECT {self._COLS.replace('arch, ', '')} FROM trials"
+        args: tuple[Any, ...] = ()
+        if states:
+            sql, args = sql + f" WHERE state IN ({','.join('?' * len(states))})", tuple(states)
+        names = [c.strip() for c in self._COLS.replace("arch, ", "").split(",")]
+        out = []
+        for r in self._db.execute(sql + " ORDER BY id", args).fetchall():
+            d = dict(zip(names, r, strict=True))
+            d["score"] = json.loads(d["score"]) if d["score"] is not None else None
+            d["metrics"] = json.loads(d["metrics"])
+            out.append(d)
+        return out
+
+    @contextmanager
+    def reading(self) -> Iterator[None]:
+        """Reads inside see the store at one instant (one WAL read transaction), however
+        often its writer commits meanwhile; a read-only view reads everything inside one."""
+        if self._db.in_transaction:
+            yield
+            return
+        self._db.execute("BEGIN")
+        try:
+            yield
+        finally:
+            self._db.execute("ROLLBACK")  # nothing was written: ending the read is all
+
     def trial(self, trial_id: int) -> TrialRecord:
         rows = self._rows(f"SELECT {self._COLS} FROM trials WHERE id=?", (trial_id,))
         if not rows:
@@ -479,6 +542,7 @@ class TrialStore:
 
 __all__ = [
     "BACKUP_DIR",
+    "CURVE_PHASE",
     "FINISHED",
     "SCHEMA_VERSION",
     "SQLITE_HEADER",
