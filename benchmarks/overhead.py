@@ -7,10 +7,16 @@ space. Beside it, in the same process: Optuna's ask/tell on its SQLite storage w
 space flattened to suggest_* calls. Optuna's per-trial cost grows with the study size, so
 its number for fewer trials is a lower bound for 10,000.
 
-    python benchmarks/overhead.py [--trials 10000] [--optuna-trials 500]
+Then the Ray rows (``benchmarks/overhead_ray.py``, its docstring says how and why): per-trial
+overhead of the ``ray`` executor on a real 2-node Ray cluster on this machine vs the ``process``
+pool on trivial trials, and the throughput of fixed-work trials with 1 vs 2 nodes.
 
-Ends with one ``GOAL`` line per goal (< 1 ms per trial, >= 20x cheaper than Optuna), each with
-the host, marked unstable when other work shared the cores.
+    python benchmarks/overhead.py [--trials 10000] [--optuna-trials 500] [--quick]
+                                  [--no-ray | --ray-only]
+
+Ends with one ``GOAL`` line per goal (< 1 ms per trial, >= 20x cheaper than Optuna; Ray
+overhead < 50 ms per trial, 2 nodes >= 1.6x the throughput of 1), each with the host, marked
+unstable when other work shared the cores.
 """
 
 from __future__ import annotations
@@ -24,8 +30,9 @@ from pathlib import Path
 import numpy as np
 from goals import busy as host_busy
 from goals import goal  # benchmarks/goals.py: the script's folder is on sys.path
+from overhead_ray import run as ray_rows
 
-from nasforge.experiment.runner import LoopBook
+from nasforge.experiment.loop import LoopBook
 from nasforge.experiment.store import FINISHED, TrialStore
 from nasforge.hardware import host_info
 from nasforge.space import Categorical, Int
@@ -38,7 +45,7 @@ def instant_metrics(arch, rng: np.random.Generator) -> dict[str, float]:
 
 
 def nasforge_loop(strategy, store: TrialStore, trials: int) -> float:
-    """The experiment loop's per-trial work (runner.Experiment._loop), evaluator replaced."""
+    """The experiment loop's per-trial work (loop.py: the search loop), evaluator replaced."""
     rng = np.random.default_rng(0)
     t0 = time.perf_counter()
     book = LoopBook(store)
@@ -85,10 +92,24 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--trials", type=int, default=10_000)
     ap.add_argument("--optuna-trials", type=int, default=500)
+    ap.add_argument("--quick", action="store_true", help="1,000 and 100 trials, fewer Ray trials")
+    rows_ap = ap.add_mutually_exclusive_group()
+    rows_ap.add_argument("--no-ray", action="store_true", help="skip the Ray rows")
+    rows_ap.add_argument("--ray-only", action="store_true", help="only the Ray rows")
     args = ap.parse_args()
-    space = create_space("mobile", (1, 28, 28), 10)
     hw = host_info()
     print(f"machine: {hw['cpu']}, {hw['cores']} cores, python {hw['python']}, torch {hw['torch']}")
+    if args.quick:
+        args.trials, args.optuna_trials = min(args.trials, 1000), min(args.optuna_trials, 100)
+    if not args.ray_only:
+        loop_rows(args)
+    if not args.no_ray:
+        ray_rows(args.quick)
+
+
+def loop_rows(args: argparse.Namespace) -> None:
+    """The search loop's own bookkeeping per trial, nasforge vs Optuna, and its goals."""
+    space = create_space("mobile", (1, 28, 28), 10)
     print(
         f"space: mobile ({len(space.dimensions())} dimensions); instant evaluator; "
         "SQLite WAL stores in a temp dir"
