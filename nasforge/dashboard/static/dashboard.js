@@ -126,6 +126,9 @@
     bar.style.width = p.total ? Math.min(100, (100 * done) / p.total) + "%" : "0";
     const bits = [(p.complete || 0) + (p.total ? " of " + p.total : "") + " complete"];
     for (const k of ["failed", "running", "interrupted"]) if (p[k]) bits.push(p[k] + " " + k);
+    if (typeof p.epochs_done === "number") {
+      bits.push("supernet epoch " + p.epochs_done + (p.epochs_total ? " of " + p.epochs_total : ""));
+    }
     bits.push("elapsed " + duration(p.elapsed_s));
     bits.push("ETA " + (p.eta_s === null || p.eta_s === undefined ? "unknown" : duration(p.eta_s)));
     if (typeof p.cost_seconds === "number") bits.push("cost " + num(p.cost_seconds, 1) + " device-s");
@@ -179,6 +182,7 @@
   function renderPoints(s) {
     const pts = s.points || [];
     const obj = (s.run || {}).objective || {};
+    const axes = s.axes || {};
     const trace = (sel, name, extra) =>
       Object.assign(
         {
@@ -199,8 +203,8 @@
         trace(front, "Pareto front", { mode: "lines+markers", type: "scatter", line: { shape: "hv", color: "#d1495b" } }),
       ],
       {
-        xaxis: { title: { text: s.points_x || obj.cost_metric || "latency_ms" } },
-        yaxis: { title: { text: s.points_y || obj.metric || "val_acc" } },
+        xaxis: { title: { text: axes.x || "no cost metric in this run" } },
+        yaxis: { title: { text: axes.y || obj.metric || "accuracy" } },
       }
     );
     const div = $("plot-pareto");
@@ -241,14 +245,16 @@
     const ids = (s.leaderboard || []).slice(0, TOP_CURVES).map((t) => t.id);
     if (state.selected !== null && !ids.includes(state.selected)) ids.push(state.selected);
     const traces = [];
+    const snapCurves = s.curves || {};
     for (const id of ids) {
-      let d;
-      try {
-        d = await detail(id);
-      } catch (e) {
-        continue; // a trial the store no longer has (a repaired run): skip its curve
+      let curve = snapCurves[String(id)];
+      if (!curve) {
+        try {
+          curve = (await detail(id)).curve || [];
+        } catch (e) {
+          continue; // a trial the store no longer has (a repaired run): skip its curve
+        }
       }
-      const curve = d.curve || [];
       traces.push({
         x: curve.map((_, i) => i + 1),
         y: curve,
@@ -319,10 +325,11 @@
       select.value = state.edge;
       const a = alphas[state.edge];
       const epochs = a.epochs || [];
+      const numbers = a.epoch_numbers || [];
       plot(
         "plot-alphas",
         (a.ops || []).map((op, j) => ({
-          x: epochs.map((_, i) => i + 1),
+          x: epochs.map((_, i) => (typeof numbers[i] === "number" ? numbers[i] : i + 1)),
           y: epochs.map((row) => row[j]),
           mode: "lines+markers",
           type: "scatter",
