@@ -27,6 +27,11 @@ counts each recorded epoch once) go to the store's ``oneshot`` meta with ``in_tr
 (``True`` for DARTS, whose derived trial carries them; ``False`` for SPOS, where the trials
 carry only their own evaluation); the phase's wall seconds are added to ``search_seconds``.
 Validation split for search; the test split is not touched here.
+
+Data-parallel (``torchrun --nproc-per-node N -m nasforge search CFG``): this phase runs on rank
+0 and trains in lock step with the other ranks (:mod:`nasforge.experiment.oneshot_ddp`), which
+build the same trainer and write nothing. ``world_size`` (the number of processes) is in the
+``oneshot`` meta and in every epoch record; an epoch's ``cpu_seconds`` is summed over the ranks.
 """
 
 from __future__ import annotations
@@ -46,8 +51,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from nasforge.data import Dataset
 from nasforge.errors import ConfigError, NasforgeError
-from nasforge.evaluators.supernet import SupernetEvaluator
 from nasforge.evaluators.train import TrainEvaluator
+from nasforge.experiment import oneshot_ddp as ddp
 from nasforge.experiment.config import ExperimentConfig
 from nasforge.experiment.final import training_threads
 from nasforge.experiment.interrupt import SearchInterrupted
@@ -55,11 +60,8 @@ from nasforge.experiment.oneshot_config import CHECKPOINT_DIR, checkpoint_path, 
 from nasforge.experiment.preflight import PreparedRun
 from nasforge.experiment.progress import RunLog
 from nasforge.experiment.store import TrialStore
-from nasforge.hardware.model import LatencyModel
-from nasforge.hardware.predictor import LatencyPredictor
-from nasforge.oneshot.darts import DartsConfig, DartsSearch
+from nasforge.oneshot import distributed
 from nasforge.oneshot.recipe import save_state
-from nasforge.oneshot.spos import SupernetTrainer
 from nasforge.train import TrainConfig
 
 ONESHOT_META = "oneshot"
@@ -146,16 +148,22 @@ class OneshotPhase:
         self.dataset: Dataset = objects.dataset
         self.evaluator = prepared.evaluator
         self.log, self.console = log, console
+        self.world_size = distributed.current().world_size  # > 1: data-parallel (torchrun)
         self._cpu: float | None = None  # DARTS: the derived trial's cost (derivation included)
 
     def plan(self, loop: str) -> str:
         """One phrase for the run's start line (``loop``: what the trial loop does)."""
+        ddp = (
+            f", data-parallel on {self.world_size} processes (DDP, gloo)"
+            if self.world_size > 1
+            else ""
+        )
         if self.method == "darts":
             d = darts_config(self.oneshot.options, self.cfg.seed)
             reg = ", ".join(d.regularization) or "none (plain DARTS)"
-            return f"DARTS, {d.epochs} epochs, regularization {reg}"
+            return f"DARTS, {d.epochs} epochs, regularization {reg}{ddp}"
         sampling = self.oneshot.options.get("sampling", "uniform")
-        return f"single-path supernet ({sampling} sampling), then {loop}"
+        return f"single-path supernet ({sampling} sampling{ddp}), then {loop}"
 
     def run(self, resume_command: str) -> OneshotOutcome:
         """Run (or continue) the phase; SIGINT/SIGTERM stop it with the checkpoints kept
@@ -238,46 +246,27 @@ class OneshotPhase:
         self.store.set_meta(ONESHOT_META, meta)
 
     # -- DARTS ----------------------------------------------------------------------------------
-    def _darts_latency(self, config: DartsConfig) -> LatencyPredictor | None:
-        """The run's latency table as a predictor, when a latency option needs it."""
-        if config.latency_penalty <= 0 and config.latency_limit_ms is None:
-            return None
-        model = self.objects.latency
-        if model is not None and model.predictor is not None:
-            return model.predictor
-        lat = self.cfg.latency
-        field = "latency_penalty" if config.latency_penalty > 0 else "latency_limit_ms"
-        if not lat.table or not Path(lat.table).is_file():
-            raise ConfigError(
-                f"oneshot.options.{field}: latency-aware DARTS needs the measured latency table "
-                f"of the space; latency.table {lat.table!r} is not a file (build one with "
-                "`nasforge latency build`)"
-            )
-        table_model = LatencyModel(
-            "predict",
-            table=lat.table,
-            space=self.objects.space,
-            statistic=lat.statistic,
-            allow_untrusted_table=lat.allow_untrusted_table,
-        )
-        return table_model.predictor
-
     def _darts(self) -> bool:
         store, space, cfg = self.store, self.objects.space, self.cfg
         derived = store.trials(("complete",))
         if derived:  # derived and recorded by an earlier session
             self._cpu = derived[0].cost_seconds
+            ddp.announce(False)  # the other ranks (torchrun) have nothing to train
+            ddp.leave()
             return False
+        ddp.announce(True)
         config = darts_config(self.oneshot.options, cfg.seed)
-        search = DartsSearch.from_dataset(space, config, self.dataset, self._darts_latency(config))
+        search = ddp.build_darts(cfg, self.objects)
         self._set_meta(
             method="darts",
             phase="darts",
             in_trial_costs=True,
             checkpoints=CHECKPOINT_DIR,
             config=config.to_dict(),
+            world_size=self.world_size,
         )
         self._resume_from(search.load_state_dict, lambda: search.history)
+        ddp.share_state(search)  # the other ranks start from this state
         with self._progress(config.epochs, search.epoch) as (progress, task):
             while not search.done:
                 rec = search.step_epoch()
@@ -289,6 +278,7 @@ class OneshotPhase:
                     completed=search.epoch,
                     status=f"val_acc {rec['val_acc']:.3f} skip {rec['skip_count']}",
                 )
+            ddp.leave()  # training is over: rank 0 derives and goes on alone
             if search.stopped:
                 self.log.say(f"darts: {search.stopped}")
             t0 = time.process_time()
@@ -338,10 +328,7 @@ class OneshotPhase:
 
     # -- single-path supernet -------------------------------------------------------------------
     def _spos(self) -> bool:
-        ev = self.evaluator
-        if not isinstance(ev, SupernetEvaluator) or ev.checkpoint is None:
-            raise ConfigError("evaluator.kind: oneshot.method 'spos' needs the supernet evaluator")
-        config, final = ev.config, ev.checkpoint
+        config, final = ddp.supernet_recipe(self.evaluator)
         self._set_meta(
             method="spos",
             phase="supernet",
@@ -350,21 +337,25 @@ class OneshotPhase:
             checkpoints=CHECKPOINT_DIR,
             checkpoint=str(final.relative_to(self.run_dir)),
             epochs=config.epochs,
+            world_size=self.world_size,
         )
         if final.is_file():  # trained by an earlier session: the trial loop continues
+            ddp.announce(False)  # the other ranks (torchrun) have nothing to train
+            ddp.leave()
             return True
-        trainer = SupernetTrainer(self.objects.space, self.dataset, config)
+        ddp.announce(True)
+        trainer = ddp.build_spos(self.objects, config)
         extra = {"sampling": config.sampling}
 
         def history() -> list[dict[str, Any]]:
             return [asdict(r) | extra for r in trainer.records]
 
         self._resume_from(trainer.load_state_dict, history)
+        ddp.share_state(trainer)  # the other ranks start from this state
         with self._progress(config.epochs, trainer.epoch) as (progress, task):
             while not trainer.done:
-                t0 = time.process_time()
-                rec = trainer.step_epoch()
-                record = asdict(rec) | extra | {"cpu_seconds": time.process_time() - t0}
+                rec = trainer.step_epoch()  # its cpu_seconds: summed over the ranks
+                record = asdict(rec) | extra
                 self.store.add_epoch("supernet", rec.epoch, record)  # before its checkpoint
                 save_checkpoint(trainer.state_dict(), checkpoint_path(self.run_dir, trainer.epoch))
                 self.log.line(
@@ -373,6 +364,7 @@ class OneshotPhase:
                     f"{record['cpu_seconds']:.1f} CPU s"
                 )
                 progress.update(task, completed=trainer.epoch, status=f"loss {rec.loss:.4f}")
+            ddp.leave()  # training is over: rank 0 goes on alone
         if not final.is_file():  # epochs: 0 (an untrained supernet, on purpose)
             save_checkpoint(trainer.state_dict(), final)
         self.log.say(

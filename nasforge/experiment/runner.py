@@ -12,6 +12,10 @@ One process writes a run: :meth:`Experiment.run` holds the run's lock
 (:class:`~nasforge.experiment.lock.RunLock`) throughout. SIGINT and SIGTERM stop the run at
 once (:mod:`nasforge.experiment.interrupt`): workers are stopped, running trials recorded as
 interrupted, and one line says what was saved and how to resume.
+
+Under ``torchrun`` (a config with a ``oneshot:`` section, its supernet trained data-parallel):
+rank 0 runs the run as above; the other ranks join the process group, train in lock step with
+rank 0 and leave (:mod:`nasforge.experiment.oneshot_ddp`).
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from rich.markup import escape
 
 from nasforge.data import Dataset
 from nasforge.errors import ConfigError
+from nasforge.experiment import oneshot_ddp
 from nasforge.experiment.config import ExperimentConfig, load_config
 from nasforge.experiment.fidelity_view import full_fidelity
 from nasforge.experiment.interrupt import SearchInterrupted, stop_on_signals
@@ -50,6 +55,7 @@ from nasforge.experiment.store import (
 from nasforge.hardware.fingerprint import host_info
 from nasforge.hardware.noise import Stability
 from nasforge.objectives import Objective
+from nasforge.oneshot import distributed
 from nasforge.space import Arch, SearchSpace
 from nasforge.strategies.base import scalar
 
@@ -149,11 +155,25 @@ class Experiment(TrialLoop):
     def run(self, resume: bool = False, final: bool = True) -> RunSummary:
         """Run (or with ``resume`` continue) the search, then the final step and the report.
 
+        Under ``torchrun`` (several processes) rank 0 does all of that; any other rank trains the
+        supernet with it in lock step and then raises ``SystemExit(0)``: it has no run to return
+        (no lock, no store, no summary), and its command's work is done.
+
         Raises:
             RunLocked: another process writes this run.
             StoreError: the store is damaged, empty or missing (nothing is rewritten).
             SearchInterrupted: SIGINT or SIGTERM; its ``message`` says what was saved.
+            ConfigError: several processes (torchrun) for a config they cannot share.
         """
+        if not oneshot_ddp.join(self.cfg).is_main:
+            oneshot_ddp.follow(self.cfg, self.run_dir)
+            raise SystemExit(0)
+        try:
+            return self._run_main(resume, final)
+        finally:
+            distributed.shutdown()  # left after training already; here when the run failed
+
+    def _run_main(self, resume: bool, final: bool) -> RunSummary:
         lock = RunLock(self.run_dir, "search").acquire()
         try:
             with stop_on_signals():

@@ -19,6 +19,16 @@ Randomness: one ``torch.Generator`` owns the data order, the start vectors of th
 eigenvalue iteration and a seed per step for torch's global generator (Dirichlet samples,
 random smoothing), so a run repeats exactly, and :meth:`state_dict` /
 :meth:`load_state_dict` continue one exactly.
+
+Data parallelism (``torchrun``, :mod:`nasforge.oneshot.distributed`): when the process group is
+joined, every rank draws the same global batches and step seeds and works on its slice of each
+(:func:`~nasforge.oneshot.distributed.shard`); the network step runs the supernet in DDP, which
+averages the weights' gradients; alpha's gradients are averaged with
+:func:`~nasforge.oneshot.distributed.all_reduce_mean_` before the alpha step (alpha lives
+outside the network). So the ranks hold identical weights and alphas after every step.
+Second order is refused under DDP (its virtual step would need the gradient of the whole batch
+inside :func:`~nasforge.oneshot.bilevel.unrolled_arch_grads`). An epoch's training loss and
+accuracy are over all ranks' examples, its ``cpu_seconds`` the sum over the ranks.
 """
 
 from __future__ import annotations
@@ -38,6 +48,7 @@ from nasforge.data import Dataset
 from nasforge.errors import ConfigError, NasforgeError
 from nasforge.hardware.predictor import LatencyPredictor
 from nasforge.hardware.table import LatencyTable
+from nasforge.oneshot import distributed
 from nasforge.oneshot import regularizers as reg
 from nasforge.oneshot.bilevel import (
     Split,
@@ -221,6 +232,7 @@ class DartsSearch:
         self.epoch = 0
         self.history: list[dict[str, Any]] = []
         self.stopped: str | None = None
+        self._ddp: nn.Module | None = None  # the network as the weight step runs it (DDP)
         self.latency: MixedLatency | None = None
         if latency is not None:
             pred = (
@@ -345,15 +357,25 @@ class DartsSearch:
             )
         start = time.process_time()
         cfg = self.config
+        ctx = distributed.current()
+        if ctx.active and cfg.order == 2:
+            raise ConfigError(
+                f"darts.order: 2 (second order) is not supported in data-parallel training "
+                f"({ctx.world_size} processes); use order 1, or run in one process"
+            )
+        if self._ddp is None:  # wrapped once, by every rank at the same step (DDP syncs here)
+            self._ddp = distributed.wrap(self.net, ctx)
         lr = self.lr()
         for group in self.w_opt.param_groups:
             group["lr"] = lr
         bs = cfg.batch_size
         tr_order = batch_order(len(self.train[1]), self.steps() * bs, self.generator)
         va_order = batch_order(len(self.val[1]), self.steps() * bs, self.generator)
-        losses, correct, seen = 0.0, 0, 0
+        losses, correct, seen = 0.0, 0.0, 0.0
         for step in range(self.steps()):
-            ti, vi = tr_order[step * bs : (step + 1) * bs], va_order[step * bs : (step + 1) * bs]
+            # the global batch (the same on every rank); this rank's slice of it
+            ti = distributed.shard(tr_order[step * bs : (step + 1) * bs], ctx)
+            vi = distributed.shard(va_order[step * bs : (step + 1) * bs], ctx)
             xb, yb, xv, yv = self.train[0][ti], self.train[1][ti], self.val[0][vi], self.val[1][vi]
             seed = int(torch.randint(0, 2**62, (1,), generator=self.generator))
             with torch.random.fork_rng(devices=[]):
@@ -365,9 +387,12 @@ class DartsSearch:
                     w = self.weights()
                     loss = F.cross_entropy(self.net(xv, w), yv) + self.arch_penalty(w)
                     loss.backward()
+                # alpha is outside the DDP-wrapped network: average its gradients here
+                grads = [a.grad for a in self.arch_parameters() if a.grad is not None]
+                distributed.all_reduce_mean_(grads, ctx)
                 self.a_opt.step()
                 self.w_opt.zero_grad(set_to_none=True)
-                logits = self.net(xb, self.weights(for_network=True))
+                logits = self._ddp(xb, self.weights(for_network=True))
                 loss = F.cross_entropy(logits, yb)
                 loss.backward()
                 nn.utils.clip_grad_norm_(self.net.parameters(), cfg.grad_clip)
@@ -376,12 +401,19 @@ class DartsSearch:
             correct += int((logits.argmax(1) == yb).sum())
             seen += len(yb)
         self.epoch += 1
-        rec = self.record(time.process_time() - start)
+        # training loss and accuracy over every rank's examples; CPU seconds summed
+        tot = torch.tensor([losses, correct, seen, time.process_time() - start], dtype=torch.double)
+        distributed.all_reduce_mean_([tot], ctx)
+        losses, correct, seen, cpu = (float(v) * ctx.world_size for v in tot)
+        rec = self.record(cpu)
         rec["train_loss"], rec["train_acc"] = losses / seen, correct / seen
         rec["lr"] = lr
+        rec["world_size"] = ctx.world_size
         skips = rec["skip_count"]
         if cfg.uses("early_stop") and skips >= self.skip_limit:
             self.stopped = f"early stop: {skips} skip connections >= {self.skip_limit}"
+        # every rank computes the same; rank 0's word makes the ranks stop at the same epoch
+        self.stopped = distributed.broadcast_object(self.stopped, ctx)
         rec["stopped"] = self.stopped
         self.history.append(rec)
         return rec
@@ -408,7 +440,7 @@ class DartsSearch:
     def evaluate(self, weights: ArchWeights | None = None) -> tuple[float, float]:
         """(loss, accuracy) of the supernet on ``eval_batches`` fixed validation batches."""
         w = weights if weights is not None else self.weights(sample=False)
-        losses, correct, seen = 0.0, 0, 0
+        losses, correct, seen = 0.0, 0.0, 0.0
         with torch.no_grad(), kept_buffers(self.net):
             for xv, yv in self._eval_batches():
                 logits = self.net(xv, w)

@@ -11,6 +11,13 @@ Determinism and resume: the batch order and the sampler of epoch ``e`` are seede
 resumed run needs to continue exactly as an uninterrupted one. :meth:`save` / :meth:`load` use
 ``torch.save`` / ``torch.load(weights_only=True)``: a checkpoint holds tensors and plain values,
 never code.
+
+Data parallelism (``torchrun``, :mod:`nasforge.oneshot.distributed`): when the process group is
+joined, :meth:`SupernetTrainer.step_epoch` trains the supernet wrapped in DDP; every rank draws
+the same global batches and paths (same seeds) and runs its slice of each batch
+(:func:`~nasforge.oneshot.distributed.shard`); DDP averages the gradients, so the ranks hold
+identical weights after every step. An epoch's loss is the mean over all ranks and its
+``cpu_seconds`` the sum (the search cost of every process).
 """
 
 from __future__ import annotations
@@ -26,6 +33,7 @@ from torch import nn
 
 from nasforge.data import Dataset
 from nasforge.errors import ConfigError, TrainingDiverged
+from nasforge.oneshot import distributed
 from nasforge.oneshot.bn import calibration_batches, recalibrate_bn
 from nasforge.oneshot.recipe import (
     BoundArch,
@@ -83,8 +91,9 @@ class SupernetConfig(BaseModel):
 
 @dataclass(frozen=True)
 class EpochRecord:
-    """One training epoch: mean loss over paths, steps, paths run, the learning rate at its
-    end and its wall-clock seconds."""
+    """One training epoch: mean loss over paths (and ranks), steps, paths run, the learning
+    rate at its end, its wall-clock seconds, its CPU seconds (summed over the ranks) and the
+    number of data-parallel processes that trained it."""
 
     epoch: int
     loss: float
@@ -92,6 +101,8 @@ class EpochRecord:
     paths: int
     lr: float
     seconds: float
+    cpu_seconds: float = 0.0
+    world_size: int = 1
 
 
 class SupernetTrainer:
@@ -121,6 +132,7 @@ class SupernetTrainer:
         self.epoch = 0
         self.records: list[EpochRecord] = []
         self.train_seconds = 0.0
+        self._net: nn.Module | None = None  # the supernet as trained (in DDP under torchrun)
         self._calib = calibration_batches(
             dataset.x_train, config.bn_batches, config.bn_batch_size, config.seed
         )
@@ -141,16 +153,20 @@ class SupernetTrainer:
         Raises:
             TrainingDiverged: the loss became NaN or infinite.
         """
-        t0 = time.perf_counter()
+        t0, cpu0 = time.perf_counter(), time.process_time()
         cfg, d = self.config, self.dataset
+        ctx = distributed.current()
         sampler = self.sampler_for(self.epoch)
         gen = torch.Generator().manual_seed(cfg.seed * 100_003 + self.epoch)
         perm = torch.randperm(len(d.y_train), generator=gen)
-        net = self.supernet
+        if self._net is None:  # wrapped once, by every rank at the same step (DDP syncs here)
+            self._net = distributed.wrap(self.supernet, ctx)
+        net = self._net
         net.train()
-        total, count, paths = 0.0, 0, 0
+        total, count, paths = 0.0, 0.0, 0
         for step in range(self.steps_per_epoch):
-            idx = perm[step * cfg.batch_size : (step + 1) * cfg.batch_size]
+            # the global batch, the same on every rank; this rank trains on its slice
+            idx = distributed.shard(perm[step * cfg.batch_size : (step + 1) * cfg.batch_size], ctx)
             xb, yb = d.x_train[idx], d.y_train[idx]
             self.optimizer.zero_grad(set_to_none=True)
             for arch in sampler.paths():
@@ -160,32 +176,40 @@ class SupernetTrainer:
                         f"supernet loss became {loss.item()} at epoch {self.epoch}, step {step}"
                     )
                 loss.backward()  # FairNAS: gradients of all paths accumulate, one update
+                # (under DDP each backward averages over the ranks; the sum stays averaged)
                 total += loss.item()
                 count += 1
                 paths += 1
             if cfg.grad_clip > 0:
-                nn.utils.clip_grad_norm_(net.parameters(), cfg.grad_clip)
+                nn.utils.clip_grad_norm_(self.supernet.parameters(), cfg.grad_clip)
             self.optimizer.step()
             self.scheduler.step()
+        # loss: the mean over every rank's paths; CPU seconds: the sum over the ranks
+        sums = torch.tensor([total, count, time.process_time() - cpu0], dtype=torch.float64)
+        distributed.all_reduce_mean_([sums], ctx)
+        total, count, cpu = (float(v) * ctx.world_size for v in sums)
         seconds = time.perf_counter() - t0
         self.train_seconds += seconds
         record = EpochRecord(
             self.epoch,
-            total / max(count, 1),
+            total / max(count, 1.0),
             self.steps_per_epoch,
             paths,
             float(self.optimizer.param_groups[0]["lr"]),
             seconds,
+            cpu,
+            ctx.world_size,
         )
         self.records.append(record)
         self.epoch += 1
         return record
 
     def train(self, checkpoint: str | Path | None = None) -> list[EpochRecord]:
-        """Train the remaining epochs; with ``checkpoint``, save after every epoch."""
+        """Train the remaining epochs; with ``checkpoint``, save after every epoch (rank 0 only,
+        under torchrun: the other ranks hold the same weights)."""
         while not self.done:
             self.step_epoch()
-            if checkpoint is not None:
+            if checkpoint is not None and distributed.current().is_main:
                 self.save(checkpoint)
         return list(self.records)
 
