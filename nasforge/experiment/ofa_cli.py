@@ -47,25 +47,35 @@ def train(
     """Train the elastic supernet (progressive shrinking); writes runs/<name>/supernet/final.pt.
 
     One checkpoint per epoch in runs/<name>/supernet/; --resume after a kill continues from
-    the last one exactly.
+    the last one exactly. Data-parallel (DDP): torchrun --nproc-per-node N -m nasforge ofa
+    train CONFIG.
     """
     from nasforge.experiment.config import load_config
     from nasforge.experiment.interrupt import SearchInterrupted
     from nasforge.experiment.ofa_run import OFATraining
+    from nasforge.oneshot.distributed import from_env
 
     try:
         cfg = load_config(config, {"name": name} if name else None)
         run_dir = cfg.run_dir(runs_dir)
-        err.print(
-            f"run directory: {escape(str(run_dir.resolve()))}", highlight=False, soft_wrap=True
-        )
+        try:
+            main = from_env().is_main  # under torchrun only rank 0 speaks (others: errors)
+        except ValueError as exc:
+            raise NasforgeError(f"torchrun environment: {exc}") from None
+        if main:
+            err.print(
+                f"run directory: {escape(str(run_dir.resolve()))}",
+                highlight=False,
+                soft_wrap=True,
+            )
         summary = OFATraining(cfg, run_dir, console=err, progress=not quiet).run(resume)
     except SearchInterrupted as stop:  # the run printed what was saved and how to resume
         raise typer.Exit(stop.exit_code) from None
     except NasforgeError as exc:
         _fail(exc)
         return
-    out.print(escape(summary.line()), highlight=False, soft_wrap=True)
+    if summary is not None:  # None: a rank other than 0 of a data-parallel training
+        out.print(escape(summary.line()), highlight=False, soft_wrap=True)
 
 
 @ofa_app.command()

@@ -24,6 +24,19 @@ loaded and training continues from it exactly (the trainer checkpoints its rando
 phase, optimizer and schedule); the result equals an uninterrupted run's. Cost: the CPU
 seconds of training (summed over the epoch records, each epoch once) go to the store's
 ``ofa`` meta, the wall seconds to ``search_seconds``. The test split is not touched here.
+
+Data parallel (``torchrun --nproc-per-node 2 -m nasforge ofa train CONFIG``; see
+:mod:`nasforge.oneshot.distributed`): every process runs the command; rank 0 does all of the
+above (lock, directory, store, checkpoints, log, report) and, once it has built its trainer
+and made the resume decision, sends the other ranks that decision: the checkpoint's trainer
+state (``None`` for a new training) or the one-line error that stopped it. The state goes
+over the process group, not through the file, so ranks on other hosts need no shared run
+directory. The other ranks build the same dataset, space and trainer from the config, train
+in lock step, print nothing and return ``None`` when training ends; rank 0 then leaves the
+process group and finishes alone. Each epoch record says its ``world_size`` and its
+``cpu_seconds`` sum every rank's (the cost of the data-parallel epoch); the ``ofa`` meta says
+the last session's ``world_size``. A resume may use another number of processes: the
+global batch, and so the schedule, stays the same.
 """
 
 from __future__ import annotations
@@ -54,6 +67,8 @@ from nasforge.experiment.report import write_report
 from nasforge.experiment.setup import make_dataset, make_objective, make_space
 from nasforge.experiment.store import StoreError, TrialStore
 from nasforge.hardware.fingerprint import host_info
+from nasforge.oneshot import distributed
+from nasforge.oneshot.distributed import DistContext
 from nasforge.oneshot.ofa.train import OFAEpochRecord, OFATrainer
 from nasforge.spaces.mobile import MobileSpace
 
@@ -111,6 +126,7 @@ class OFATrainSummary:
         wall_seconds: wall seconds of all sessions.
         final: the trained supernet's weights (``supernet/final.pt``).
         resumed_from: the checkpoint's epoch a resumed session started from (``None``: new).
+        world_size: the processes this session trained on (data-parallel when above 1).
     """
 
     run_dir: Path
@@ -120,13 +136,15 @@ class OFATrainSummary:
     wall_seconds: float
     final: Path
     resumed_from: int | None = None
+    world_size: int = 1
 
     def line(self) -> str:
         """One line for the end of the command."""
         schedule = ", ".join(f"{n} {e}" for n, e in self.phases)
+        ddp = f" on {self.world_size} processes (DDP)" if self.world_size > 1 else ""
         return (
             f"ofa: supernet trained, {self.epochs} epochs ({schedule}) in "
-            f"{self.cpu_seconds:.1f} CPU seconds ({self.wall_seconds:.1f} s wall); weights in "
+            f"{self.cpu_seconds:.1f} CPU seconds ({self.wall_seconds:.1f} s wall){ddp}; weights in "
             f"{self.final}; next: nasforge ofa specialize {self.run_dir} --target-ms MS"
         )
 
@@ -158,6 +176,11 @@ class OFATraining:
         self.run_dir = Path(run_dir) if run_dir is not None else config.run_dir()
         self.console = console or Console(stderr=True)
         self.show_progress = progress
+        #: this process's place in a data-parallel job (set by :meth:`run`)
+        self.dist = DistContext()
+        #: the trainer of the last :meth:`run` on this rank (``None`` before one)
+        self.trainer: OFATrainer | None = None
+        self._told = False  # whether rank 0 sent the other ranks its decision
 
     def resume_command(self) -> str:
         """The command that continues this run (from the config saved in the run dir)."""
@@ -168,9 +191,12 @@ class OFATraining:
                 cmd += ["--name", self.run_dir.name]
         return shlex.join(cmd)
 
-    def run(self, resume: bool = False) -> OFATrainSummary:
+    def run(self, resume: bool = False) -> OFATrainSummary | None:
         """Train (or with ``resume`` continue) the supernet; SIGINT/SIGTERM stop it with the
         checkpoints kept (one line says what was saved and gives the resume command).
+
+        Under torchrun this joins the process group first; a rank other than 0 follows rank 0
+        (see the module docstring) and returns ``None``.
 
         Raises:
             RunLocked: another process writes this run.
@@ -179,10 +205,20 @@ class OFATraining:
             NasforgeError: a damaged store, a checkpoint of another recipe.
             SearchInterrupted: SIGINT or SIGTERM, with its message set.
         """
-        lock = RunLock(self.run_dir, "ofa train").acquire()
         try:
-            with stop_on_signals():
-                return self._run_locked(resume)
+            self.dist = distributed.init()
+        except (ValueError, RuntimeError) as exc:
+            raise NasforgeError(f"torchrun environment: {_first_line(exc)}") from None
+        if not self.dist.is_main:
+            self._follow()
+            return None
+        try:
+            lock = RunLock(self.run_dir, "ofa train").acquire()
+            try:
+                with stop_on_signals():
+                    return self._run_locked(resume)
+            finally:
+                lock.release()
         except SearchInterrupted as stop:
             if not stop.message:
                 stop.message = (
@@ -190,9 +226,49 @@ class OFATraining:
                     f"lost; start again with: {self.resume_command()}"
                 )
             self.console.print(escape(stop.message), highlight=False, soft_wrap=True)
+            self._tell_followers({"error": stop.message})
+            raise
+        except BaseException as exc:
+            self._tell_followers({"error": _first_line(exc)})
             raise
         finally:
-            lock.release()
+            distributed.shutdown()
+
+    # -- data parallel --------------------------------------------------------------------------
+    def _tell_followers(self, message: dict[str, Any]) -> None:
+        """Send the other ranks rank 0's decision once: ``{"state": ...}`` (the trainer state
+        to start from, ``None``: a new training) or ``{"error": line}`` (they stop)."""
+        if self._told or not self.dist.active:
+            return
+        self._told = True
+        distributed.broadcast_object(message, self.dist)
+
+    def _follow(self) -> None:
+        """A rank other than 0: wait for rank 0's decision, then train in lock step with it
+        (no lock, store, files or progress output of its own)."""
+        rank = self.dist.rank
+        try:
+            with stop_on_signals():
+                message: dict[str, Any] = distributed.broadcast_object({}, self.dist)
+                if message.get("error"):
+                    raise NasforgeError(f"rank {rank}: rank 0 did not train: {message['error']}")
+                dataset = make_dataset(self.cfg)
+                space = make_space(self.cfg, dataset)
+                if not isinstance(space, MobileSpace):  # rank 0 refused it already
+                    raise ConfigError(f"space.name: not the mobile space ({space.name!r})")
+                with training_threads(self.cfg.latency.threads):
+                    trainer = self.trainer = OFATrainer(space, dataset, self.ofa)
+                    if message.get("state") is not None:
+                        trainer.load_state_dict(message["state"])
+                    while not trainer.done:
+                        _train_epoch(trainer, self.dist)
+        except torch.distributed.DistError as exc:
+            raise NasforgeError(
+                f"rank {rank}: lost the other processes of the training ({_first_line(exc)}); "
+                "rank 0 keeps the checkpoints"
+            ) from None
+        finally:
+            distributed.shutdown()
 
     # -- directory ------------------------------------------------------------------------------
     def _prepare_dir(self, resume: bool) -> None:
@@ -240,11 +316,13 @@ class OFATraining:
             )
             store.log_event("start", f"ofa train {'resumed' if resume else 'started'}")
             with training_threads(self.cfg.latency.threads):
-                trainer = OFATrainer(space, dataset, self.ofa)
-                self._set_meta(store)
+                trainer = self.trainer = OFATrainer(space, dataset, self.ofa)
+                self._set_meta(store, world_size=self.dist.world_size)
                 start = self._resume_from(trainer, store, log) if resume else None
+                self._tell_followers({"state": trainer.state_dict() if start else None})
                 self._say_plan(space.name, dataset.summary(), resume, log)
                 self._train(trainer, store, log)
+                distributed.shutdown()  # the other ranks are done; the rest is rank 0's alone
                 save_checkpoint(trainer.supernet.state_dict(), final_path(self.run_dir))
             wall = prior + time.time() - t0
             cpu = self._cpu_seconds(store)
@@ -259,6 +337,7 @@ class OFATraining:
                 wall,
                 final_path(self.run_dir),
                 start,
+                self.dist.world_size,
             )
             store.log_event("done", summary.line())
             # the report's ofa section: loss per phase (specialisations add their rows later)
@@ -280,6 +359,17 @@ class OFATraining:
             store.set_meta("status", "interrupted")
             store.log_event("interrupt", stop.message)
             raise
+        except torch.distributed.DistError as exc:  # another rank died (kill, lost host)
+            store.set_meta("search_seconds", prior + time.time() - t0)
+            n = len(checkpoints(self.run_dir))
+            message = (
+                f"ofa training lost one of its {self.dist.world_size} processes "
+                f"({_first_line(exc)}); {n} epoch checkpoint(s) in "
+                f"{self.run_dir / CHECKPOINT_DIR}; continue with: {self.resume_command()}"
+            )
+            store.set_meta("status", "interrupted")
+            store.log_event("interrupt", message)
+            raise NasforgeError(message) from None
         finally:
             log.close()
             store.close()
@@ -288,6 +378,8 @@ class OFATraining:
         plan = ", ".join(
             f"{p.name} {p.epochs} ({'+'.join(p.elastic) or 'largest'})" for p in self.ofa.phases
         )
+        if self.dist.active:
+            plan += f"; data-parallel on {self.dist.world_size} processes (DDP, gloo)"
         self.console.print(
             f"[bold]nasforge ofa[/] {escape(self.cfg.name)}: {escape(data)}; space {space}; "
             f"phases {escape(plan)}",
@@ -303,9 +395,8 @@ class OFATraining:
         total = self.ofa.total_epochs
         with self._progress(total, trainer.epoch, log) as (progress, task):
             while not trainer.done:
-                t0 = time.process_time()
-                rec = trainer.step_epoch()
-                record = epoch_record(rec, time.process_time() - t0)
+                rec, cpu_seconds = _train_epoch(trainer, self.dist)
+                record = epoch_record(rec, cpu_seconds)
                 store.add_epoch(OFA_PHASE, trainer.epoch, record)  # before its checkpoint
                 save_checkpoint(trainer.state_dict(), checkpoint_path(self.run_dir, trainer.epoch))
                 elastic = "+".join(rec.elastic) or "largest only"
@@ -373,6 +464,20 @@ class OFATraining:
         return float(sum(r.get("cpu_seconds") or r.get("seconds") or 0.0 for r in recs))
 
 
+def _train_epoch(trainer: OFATrainer, ctx: DistContext) -> tuple[OFAEpochRecord, float]:
+    """One epoch (on every rank in lock step) and its CPU seconds summed over the ranks."""
+    t0 = time.process_time()
+    rec = trainer.step_epoch()
+    cpu = torch.tensor([time.process_time() - t0], dtype=torch.float64)
+    distributed.all_reduce_mean_([cpu], ctx)
+    return rec, float(cpu[0]) * ctx.world_size
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
 def _trained_part(cfg: ExperimentConfig) -> dict[str, Any]:
     """What a resumed training must share with the run: everything but the sections that do
     not change the supernet (and ``ofa.specialize``)."""
@@ -388,7 +493,7 @@ def train_ofa(
     resume: bool = False,
     console: Console | None = None,
     progress: bool = True,
-) -> OFATrainSummary:
+) -> OFATrainSummary | None:
     """:meth:`OFATraining.run` in one call (the Python API of ``nasforge ofa train``)."""
     return OFATraining(cfg, run_dir, console, progress).run(resume)
 

@@ -20,12 +20,21 @@ Determinism and resume follow :class:`~nasforge.oneshot.spos.SupernetTrainer`: e
 batch order and subnets are seeded by ``(seed, e)`` and phases start at fixed epochs, so
 :meth:`OFATrainer.state_dict` (weights, the current phase's optimizer and schedule, epoch,
 records) is all a resumed run needs to continue exactly, also across a phase boundary.
+
+Data parallel (under ``torchrun``, after :func:`nasforge.oneshot.distributed.init`): the
+trainer wraps the supernet in torch's DDP, every rank draws the same batch order and the same
+subnets (the seeds above), and each trains on its slice of every global batch
+(:func:`~nasforge.oneshot.distributed.shard`); the step's passes accumulate locally
+(``no_sync``) and DDP averages the accumulated gradients once, in the step's last backward, so
+one step sees the global batch (batch-norm statistics per rank). The epoch record's losses are
+the mean over the ranks and it says the ``world_size``.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Mapping, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -38,6 +47,7 @@ from torch import nn
 
 from nasforge.data import Dataset
 from nasforge.errors import ConfigError, TrainingDiverged
+from nasforge.oneshot import distributed
 from nasforge.oneshot.bn import calibration_batches, recalibrate_bn
 from nasforge.oneshot.ofa.elastic import ELASTIC_DIMS, ElasticMobileSupernet, elastic_dim
 from nasforge.oneshot.recipe import (
@@ -220,7 +230,8 @@ class OFAEpochRecord:
             net's loss in a phase without elastic dimensions); teacher_loss: mean
             cross-entropy of the largest net.
         steps: updates; subnets: subnet forwards besides the largest; lr: at the epoch's end;
-        seconds: wall-clock.
+        seconds: wall-clock; world_size: the processes that trained it data-parallel (1:
+        one process; the losses are the mean over them).
     """
 
     epoch: int
@@ -232,6 +243,7 @@ class OFAEpochRecord:
     subnets: int
     lr: float
     seconds: float
+    world_size: int = 1
 
 
 def _largest_first(dim: str, values: Sequence[Value]) -> tuple[Value, ...]:
@@ -250,17 +262,41 @@ class OFATrainer:
         space: a ``mobile`` space (any other is a :class:`ConfigError`).
         dataset: train split for training and BN recalibration, validation for scoring.
         config: the recipe and the schedule.
+        dist: the data-parallel job this rank is part of (default: the one
+            :func:`nasforge.oneshot.distributed.init` joined; alone without torchrun).
 
     Call :meth:`step_epoch` (or :meth:`train`) to train, :meth:`accuracy` to score an arch,
     :meth:`extract` for its stand-alone net. The trainer owns the supernet (:attr:`supernet`);
     nothing else mutates it. The constructor seeds torch's global generator with
     ``config.seed`` to initialise the weights.
+
+    Data parallel: build it after :func:`nasforge.oneshot.distributed.init` on every rank of
+    the job and call
+    :meth:`step_epoch` on all of them in lock step; :attr:`supernet` stays the plain module
+    (checkpoints, evaluation), the DDP wrapper is :attr:`net`.
+
+    Raises:
+        ConfigError: data-parallel with ``batch_size`` below 2 samples per rank.
     """
 
-    def __init__(self, space: MobileSpace, dataset: Dataset, config: OFAConfig) -> None:
+    def __init__(
+        self,
+        space: MobileSpace,
+        dataset: Dataset,
+        config: OFAConfig,
+        dist: distributed.DistContext | None = None,
+    ) -> None:
         self.space, self.dataset, self.config = space, dataset, config
+        self.dist = dist or distributed.current()
+        if config.batch_size < 2 * self.dist.world_size:  # batch norm needs 2 samples a rank
+            raise ConfigError(
+                f"ofa.train.batch_size: {config.batch_size} is too small for "
+                f"{self.dist.world_size} data-parallel processes; the global batch is split "
+                f"among them: use at least {2 * self.dist.world_size}"
+            )
         torch.manual_seed(config.seed)
         self.supernet = ElasticMobileSupernet(space)
+        self._net: nn.Module | None = None  # the DDP wrapper, built at the first step
         self._choices = {
             label: _largest_first(elastic_dim(label), values)
             for label, values in choice_values(space).items()
@@ -358,6 +394,20 @@ class OFATrainer:
     def _seed(self, epoch: int) -> int:
         return self.config.seed * 100_003 + epoch
 
+    @property
+    def net(self) -> nn.Module:
+        """The module the steps run: the supernet in DDP when data-parallel, else the supernet.
+        Built on first use (a collective: DDP starts from rank 0's weights and buffers)."""
+        if self._net is None:
+            self._net = distributed.wrap(self.supernet, self.dist)
+        return self._net
+
+    def _accumulate(self, net: nn.Module, last: bool) -> AbstractContextManager[Any]:
+        """The context of one forward + backward of a step: all but the step's ``last`` pass
+        keep their gradients local (DDP's ``no_sync``); the last backward averages the sum."""
+        no_sync = getattr(net, "no_sync", None)
+        return nullcontext() if last or no_sync is None else no_sync()
+
     def step_epoch(self) -> OFAEpochRecord:
         """Train one epoch of the current phase and return (and keep) its record.
 
@@ -381,38 +431,47 @@ class OFATrainer:
         rng = np.random.default_rng(self._seed(self.epoch))
         gen = torch.Generator().manual_seed(self._seed(self.epoch))
         perm = torch.randperm(len(d.y_train), generator=gen)
-        net = self.supernet
+        net = self.net
         net.train()
         n_sub = (cfg.subnets_per_step + cfg.sandwich) if phase.elastic else 0
         limit = {str(dim): n for dim, n in phase.choices.items()}
         t_sum, s_sum, subnets = 0.0, 0.0, 0
         temp = cfg.temperature
         for step in range(self.steps_per_epoch):
-            idx = perm[step * cfg.batch_size : (step + 1) * cfg.batch_size]
+            batch = perm[step * cfg.batch_size : (step + 1) * cfg.batch_size]
+            idx = distributed.shard(batch, self.dist)  # this rank's slice of the global batch
             xb, yb = d.x_train[idx], d.y_train[idx]
             self.optimizer.zero_grad(set_to_none=True)
-            logits = net(xb, self.largest)
-            loss = self.loss_fn(logits, yb)
-            self._check(loss, step)
-            loss.backward()
+            with self._accumulate(net, last=n_sub == 0):
+                logits = net(xb, self.largest)
+                loss = self.loss_fn(logits, yb)
+                self._check(loss, step)
+                loss.backward()
             t_sum += loss.item()
             teacher = F.softmax(logits.detach() / temp, dim=1)
             for k in range(n_sub):
                 small = cfg.sandwich and k == 0
                 arch = self.sample_arch(rng, phase.elastic, limit, smallest=small)
-                out = net(xb, arch)
-                loss = self.loss_fn(out, yb)
-                if cfg.distill > 0:
-                    kd = F.kl_div(F.log_softmax(out / temp, dim=1), teacher, reduction="batchmean")
-                    loss = loss + cfg.distill * kd * temp * temp
-                self._check(loss, step)
-                loss.backward()  # gradients of the largest net and the subnets accumulate
+                with self._accumulate(net, last=k == n_sub - 1):
+                    out = net(xb, arch)
+                    loss = self.loss_fn(out, yb)
+                    if cfg.distill > 0:
+                        kd = F.kl_div(
+                            F.log_softmax(out / temp, dim=1), teacher, reduction="batchmean"
+                        )
+                        loss = loss + cfg.distill * kd * temp * temp
+                    self._check(loss, step)
+                    loss.backward()  # gradients of the largest net and the subnets accumulate
                 s_sum += loss.item()
                 subnets += 1
             if cfg.grad_clip > 0:
                 nn.utils.clip_grad_norm_(net.parameters(), cfg.grad_clip)
             self.optimizer.step()
             self.scheduler.step()
+        if self.dist.active:  # the record's losses: the mean over the ranks' shards
+            sums = torch.tensor([t_sum, s_sum], dtype=torch.float64)
+            distributed.all_reduce_mean_([sums], self.dist)
+            t_sum, s_sum = float(sums[0]), float(sums[1])
         seconds = time.perf_counter() - t0
         self.train_seconds += seconds
         teacher_loss = t_sum / self.steps_per_epoch
@@ -426,6 +485,7 @@ class OFATrainer:
             subnets,
             float(self.optimizer.param_groups[0]["lr"]),
             seconds,
+            self.dist.world_size,
         )
         self.records.append(record)
         self.epoch += 1
