@@ -343,9 +343,10 @@ def snapshot(run_dir: str | Path) -> dict[str, Any]:
     for d in rows:
         counts[d["state"]] = counts.get(d["state"], 0) + 1
     total = _planned_trials(config)
+    t0 = min([float(d["created"]) for d in rows] + [float(e[0]) for e in first_event], default=None)
     elapsed = _num(search_seconds)
-    if elapsed is None and first_event and status == "running":
-        elapsed = max(0.0, as_of - float(first_event[0][0]))
+    if elapsed is None and t0 is not None and status == "running":  # before the loop saved it
+        elapsed = max(0.0, as_of - t0)
     finished = counts["complete"] + counts["failed"]
     eta = None
     if status == "running" and total and finished and elapsed is not None:
@@ -362,7 +363,6 @@ def snapshot(run_dir: str | Path) -> dict[str, Any]:
     if phase is not None:
         progress["epochs_done"] = phase["epochs_done"]
         progress["epochs_total"] = phase["epochs_total"]
-    t0 = min((float(d["created"]) for d in rows), default=as_of)
     out = {
         "run": {
             "name": str(config.get("name") or run.name),
@@ -398,7 +398,7 @@ def snapshot(run_dir: str | Path) -> dict[str, Any]:
             for i, d in enumerate(top)
         ],
         "points": _points(kept, objective.metric, x),
-        "best_so_far": _best_so_far(kept, t0),
+        "best_so_far": _best_so_far(kept, as_of if t0 is None else t0),
         "trials": [
             {
                 "id": d["id"],
