@@ -76,7 +76,7 @@ def optuna_loop(space, path: Path, trials: int) -> float:
     t0 = time.perf_counter()
     for _ in range(trials):
         trial = study.ask()
-        values = {}
+        values: dict[str, object] = {}
         for d in dims:
             if not d.active(values):
                 continue

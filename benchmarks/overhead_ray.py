@@ -95,12 +95,13 @@ class FixedWorkEvaluator(InstantEvaluator):
         self.iterations = iterations
 
     def evaluate(self, arch: Arch, budget: Any = None, reporter: Any = None) -> Result:
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         x = 0
         for i in range(self.iterations):
             x += i * i
         res = super().evaluate(arch, budget, reporter)
-        return Result(res.metrics, time.perf_counter() - t0, {**res.info, "work": x & 1})
+        info = {**res.info, "cpu_s": time.process_time() - c0, "work": x & 1}
+        return Result(res.metrics, time.perf_counter() - t0, info)
 
 
 def _instant(context: EvaluatorContext, **options: Any) -> Evaluator:
@@ -122,11 +123,18 @@ class Batch:
     trials: int
     wall_s: float
     eval_s: list[float]
+    cpu_s: list[float]
     nodes_seen: list[str]
 
     @property
     def mean_eval_s(self) -> float:
         return sum(self.eval_s) / max(1, len(self.eval_s))
+
+    @property
+    def mean_cpu_s(self) -> float:
+        """The evaluations' own CPU time: below :attr:`mean_eval_s` when the trials waited
+        for a core (other work, or two trials on one core)."""
+        return sum(self.cpu_s) / max(1, len(self.cpu_s))
 
 
 def config_json(evaluator: str, trials: int, workers: int, options: dict[str, Any]) -> str:
@@ -171,6 +179,7 @@ def drive(executor: Executor, batch: list[dict[str, Any]], in_flight: int) -> Ba
     todo = list(batch)
     pending: set[Future] = set()
     evals: list[float] = []
+    cpus: list[float] = []
     seen: list[str] = []
     t0 = time.perf_counter()
     while todo or pending:
@@ -182,8 +191,10 @@ def drive(executor: Executor, batch: list[dict[str, Any]], in_flight: int) -> Ba
             if not res.get("ok"):
                 raise RuntimeError(f"a benchmark trial failed: {res.get('error', '')[:300]}")
             evals.append(float(res["cost_seconds"]))
-            seen.append(str(res.get("info", {}).get("node", "?")))
-    return Batch(len(batch), time.perf_counter() - t0, evals, seen)
+            info = res.get("info") or {}
+            cpus.append(float(info.get("cpu_s", 0.0)))
+            seen.append(str(info.get("node", "?")))
+    return Batch(len(batch), time.perf_counter() - t0, evals, cpus, seen)
 
 
 def _space() -> SearchSpace:
@@ -325,13 +336,15 @@ def run(quick: bool = False) -> list[bool]:
     tput = {1: _batch(one["throughput"]), 2: _batch(two["throughput"])}
     print(
         f"{'cluster':10s} {'trials':>7s} {'wall s':>8s} {'trials/s':>9s} {'eval s':>7s} "
-        f"{'nodes used':>11s}"
+        f"{'eval cpu s':>11s} {'nodes used':>11s}"
     )
     for n, b in tput.items():
         print(
             f"{n} node{'s' if n > 1 else ' '}   {b.trials:7d} {b.wall_s:8.2f} "
-            f"{b.trials / b.wall_s:9.3f} {b.mean_eval_s:7.2f} {len(set(b.nodes_seen)):11d}"
+            f"{b.trials / b.wall_s:9.3f} {b.mean_eval_s:7.2f} {b.mean_cpu_s:11.2f} "
+            f"{len(set(b.nodes_seen)):11d}"
         )
+    print("(eval s above eval cpu s: the trials waited for a core)")
     busy = host_busy(loads, own_threads=workers)
     if busy:
         print(f"host busy (load {max(loads):.1f}): Ray figures are marked unstable")
