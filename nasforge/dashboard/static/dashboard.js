@@ -195,6 +195,8 @@
         },
         extra
       );
+    const cost = axes.x === "latency_ms" ? "latency (ms)" : axes.x;
+    $("pareto-title").textContent = cost ? (axes.y || "accuracy") + " vs " + cost : "Accuracy vs latency";
     const front = pts.filter((p) => p.pareto).sort((a, b) => a.x - b.x);
     plot(
       "plot-pareto",
