@@ -186,3 +186,42 @@ def test_the_page_in_chromium_follows_a_running_search_as_its_store_has_it(
     # killed with -9: the server still reads the store; nothing holds the run any more
     assert after["run"]["status"] != "running" and after["run"]["lock_held"] is False
     assert [r["id"] for r in after["leaderboard"]] == [t.id for t in final]
+
+
+def run_chromium(url: str, tmp_path: Path, *extra: str) -> str:
+    assert CHROMIUM is not None
+    done = subprocess.run(
+        [CHROMIUM, *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'chromium-profile'}", *extra]
+        + ["--dump-dom", url],
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done.stdout
+
+
+def test_the_page_waits_for_an_unreadable_store_and_shows_its_error_as_text(
+    tmp_path: Path,
+) -> None:
+    # a damaged store (a run killed mid-write of its header, or not a store at all), in a
+    # directory whose name is markup: the page must say it waits, and show the name as text
+    run = tmp_path / "<img src=x onerror=alert(1)><b>run"
+    run.mkdir()
+    (run / "trials.db").write_bytes(b"this is not a SQLite file" * 200)
+    server = make_server(run, port=0, refresh_s=0.5)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
+    thread.start()
+    try:
+        html = run_chromium(server.url, tmp_path, "--virtual-time-budget=2000")
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(10)
+    dom = PageDom()
+    dom.feed(html)
+    assert "hidden" not in dom.by_id["store-error"]
+    assert "waiting for the store:" in html and "not a SQLite database" in html
+    assert "&lt;img src=x onerror=alert(1)&gt;&lt;b&gt;run" in html  # text, not tags
+    assert "<img" not in html and "<b>" not in html
+    assert dom.rows == []

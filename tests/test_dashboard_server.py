@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from runproc import write_config
+from runproc import kill_group, start_search, wait_for, write_config
 from typer.testing import CliRunner
 
 from nasforge.cli import app
@@ -353,3 +353,64 @@ def test_the_dashboard_process_prints_its_url_warns_when_remote_and_stops_on_sig
     assert proc.returncode == 0, err
     assert "dashboard stopped" in out
     assert "warning:" in err and "no authentication" in err and "Traceback" not in err
+
+
+@pytest.mark.slow  # ~40 s: a search, killed with -9 and resumed, under a live dashboard
+def test_the_api_follows_a_search_through_kill_and_resume(tmp_path: Path) -> None:
+    from nasforge.experiment.report import leaderboard
+    from nasforge.experiment.store import TrialStore
+
+    cfg = write_config(tmp_path, "kr", search="{trials: 8, executor: inline}")
+    run = tmp_path / "runs" / "kr"
+    seen: list[tuple[int, str | None, int | None]] = []
+    stop = threading.Event()
+    search = start_search(cfg)
+    resumed = None
+    try:
+        wait_for(lambda: (run / "trials.db").is_file(), 300, "the store")
+        server = make_server(run, port=0)
+        with serving(server) as s:
+
+            def poll() -> None:
+                while not stop.is_set():
+                    status, _, body = request(s, "/api/snapshot")
+                    snap = json.loads(body)
+                    run_status = snap.get("run", {}).get("status")
+                    seen.append((status, run_status, snap.get("progress", {}).get("complete")))
+                    time.sleep(0.1)
+
+            poller = threading.Thread(target=poll)
+            poller.start()
+            try:
+                wait_for(lambda: any(c and c >= 2 for _, _, c in seen), 300, "2 complete")
+                os.killpg(search.pid, signal.SIGKILL)
+                search.wait(30)
+                wait_for(lambda: seen[-1][1] == "interrupted", 60, "the page to see the kill")
+                resumed = start_search(cfg, "--resume")
+                assert resumed.wait(600) == 0, resumed.communicate()
+                wait_for(lambda: seen[-1][1] == "finished", 60, "the page to see the end")
+            finally:
+                stop.set()
+                poller.join(30)
+    finally:
+        kill_group(search)
+        if resumed is not None:
+            kill_group(resumed)
+    assert {status for status, _, _ in seen} <= {200, 503}  # never a server error
+    statuses = [st for code, st, _ in seen if code == 200]
+    assert "running" in statuses and "interrupted" in statuses and statuses[-1] == "finished"
+    assert statuses.index("interrupted") < len(statuses) - 1 - statuses[::-1].index("running")
+    with TrialStore.open_readonly(run / "trials.db") as store:
+        ranked = [t.id for t in leaderboard(store, 20)]
+        assert store.count(("complete",)) == 8
+    last = json.loads(request_once(run, "/api/snapshot"))
+    assert [r["id"] for r in last["leaderboard"]] == ranked
+    assert last["progress"]["complete"] == 8
+
+
+def request_once(run: Path, path: str) -> bytes:
+    server = make_server(run, port=0)
+    with serving(server) as s:
+        status, _, body = request(s, path)
+    assert status == 200, body
+    return body
