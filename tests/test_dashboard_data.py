@@ -17,15 +17,19 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from rich.console import Console
 from runproc import TINY, kill_group, wait_for
 
-from nasforge.dashboard.data import UnknownTrial, lock_held, snapshot, trial_detail
+from nasforge.dashboard.data import UnknownTrial, _front, lock_held, snapshot, trial_detail
+from nasforge.experiment import report
 from nasforge.experiment.config import parse_config
 from nasforge.experiment.report import leaderboard
 from nasforge.experiment.report_oneshot import oneshot_section
 from nasforge.experiment.runner import Experiment
 from nasforge.experiment.store import CURVE_PHASE, StoreError, TrialStore
+from nasforge.objectives import pareto_front
 from nasforge.space import Arch
 from nasforge.strategies.base import scalar
 from nasforge.yamlfile import parse_yaml
@@ -47,7 +51,10 @@ def _run(tmp_path: Path, name: str, **sections: Any) -> Path:
     }
     cfg.update(sections)
     run = tmp_path / "runs" / name
-    Experiment(parse_config(cfg), run, console=Console(quiet=True), progress=False).run(final=False)
+    with pytest.MonkeyPatch.context() as mp:  # the report (plots) is not read here: spare it
+        mp.setattr(report, "write_report", lambda *a, **k: None)
+        exp = Experiment(parse_config(cfg), run, console=Console(quiet=True), progress=False)
+        exp.run(final=False)
     return run
 
 
@@ -360,3 +367,44 @@ def test_darts_run_shows_epochs_and_alpha_trajectories(tmp_path: Path) -> None:
         assert a["ops"] == last[cell]["ops"]
         assert a["epochs"][-1] == last[cell]["weights"][int(edge)]
         assert sum(a["epochs"][-1]) == pytest.approx(1.0, abs=1e-3)
+
+
+def test_supernet_and_ofa_runs_are_told_apart(tmp_path: Path) -> None:
+    spos_run, ofa_run = tmp_path / "sp", tmp_path / "ofa"
+    _store_with(spos_run, [("complete", {"val_acc": 0.5}, None)])
+    with TrialStore(spos_run / "trials.db") as store:
+        store.add_curve(1, [0.3, 0.5])  # a trial's curve is no supernet epoch
+        for e in (1, 2):
+            store.add_epoch("supernet", e, {"loss": 2.0 / e, "lr": 0.1, "sampling": "uniform"})
+        store.set_meta("oneshot", {"method": "spos", "phase": "supernet", "epochs": 3})
+    snap = snapshot(spos_run)
+    assert snap["run"]["kind"] == "spos" and snap["ofa"] is None
+    assert [e["epoch"] for e in snap["oneshot"]["epochs"]] == [1, 2]
+    assert snap["oneshot"]["alphas"] == {} and snap["oneshot"]["sampling"] == "uniform"
+    assert (snap["progress"]["epochs_done"], snap["progress"]["epochs_total"]) == (2, 3)
+    _store_with(ofa_run, [])
+    with TrialStore(ofa_run / "trials.db") as store:
+        store.add_epoch("ofa", 1, {"loss": 1.5, "stage": "full", "elastic": []})
+        store.add_epoch("ofa", 2, {"loss": float("nan"), "stage": "kernel", "elastic": ["k"]})
+    phases = [{"name": "full", "epochs": 1}, {"name": "kernel", "elastic": ["kernel"], "epochs": 2}]
+    (ofa_run / "config.yaml").write_text(
+        json.dumps({"name": "o", "ofa": {"train": {"phases": phases}}})
+    )
+    snap = snapshot(ofa_run)
+    json.dumps(snap, allow_nan=False)
+    assert snap["run"]["kind"] == "ofa" and snap["oneshot"] is None
+    assert (snap["progress"]["epochs_done"], snap["progress"]["epochs_total"]) == (2, 3)
+    assert snap["progress"]["total"] is None and snap["run"]["name"] == "o"
+    assert [p["epochs_planned"] for p in snap["ofa"]["phases"]] == [1, 2]
+    assert [(e["phase"], e["loss"]) for e in snap["ofa"]["epochs"]] == [
+        ("full", 1.5),
+        ("kernel", None),
+    ]
+    assert snap["leaderboard"] == [] and snap["points"] == []
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 6).map(float), st.integers(0, 6).map(float)), max_size=30))
+def test_pareto_sweep_equals_the_objectives_pareto_front(xy: list[tuple[float, float]]) -> None:
+    expected = set(pareto_front([[y, -x] for x, y in xy])) if xy else set()
+    assert _front(xy) == expected

@@ -32,7 +32,7 @@ from nasforge.errors import NasforgeError
 from nasforge.experiment.fidelity_view import full_fidelity
 from nasforge.experiment.lock import LOCK_NAME
 from nasforge.experiment.store import StoreError, TrialStore
-from nasforge.objectives import Objective, pareto_front
+from nasforge.objectives import Objective
 from nasforge.strategies.base import scalar
 from nasforge.yamlfile import read_yaml
 
@@ -216,11 +216,32 @@ def _points(kept: Sequence[dict[str, Any]], y: str, x: str | None) -> list[dict[
         px, py = _num(d["metrics"].get(x)), _num(d["metrics"].get(y))
         if px is not None and py is not None:
             pts.append((d, px, py))
-    front = set(pareto_front([[py, -px] for _, px, py in pts])) if pts else set()
+    front = _front([(px, py) for _, px, py in pts])
     return [
         {"id": d["id"], "x": px, "y": py, "score": _score(d["score"]), "pareto": i in front}
         for i, (d, px, py) in enumerate(pts)
     ]
+
+
+def _front(xy: Sequence[tuple[float, float]]) -> set[int]:
+    """Indices of the points no other point dominates (lower or equal ``x`` and higher or equal
+    ``y``, one of them strictly): :func:`nasforge.objectives.pareto_front` on ``(y, -x)``, but
+    a sort and one sweep (two objectives) instead of its all-fronts ranking, whose n x n
+    matrices cost most of a 1,000-trial snapshot."""
+    order = sorted(range(len(xy)), key=lambda i: (xy[i][0], -xy[i][1]))
+    front: set[int] = set()
+    best_before = -math.inf  # the highest y among points of a strictly lower x
+    k = 0
+    while k < len(order):
+        x, top = xy[order[k]][0], xy[order[k]][1]  # the highest y of this x comes first
+        group = []
+        while k < len(order) and xy[order[k]][0] == x:
+            group.append(order[k])
+            k += 1
+        if top > best_before:
+            front.update(i for i in group if xy[i][1] == top)
+        best_before = max(best_before, top)
+    return front
 
 
 def _best_so_far(kept: Sequence[dict[str, Any]], t0: float) -> list[dict[str, Any]]:
@@ -285,6 +306,44 @@ def _ofa(section: Mapping[str, Any] | None) -> dict[str, Any] | None:
     }
 
 
+def _eta(progress: Mapping[str, Any], phase: Mapping[str, Any] | None) -> float | None:
+    """Seconds left of a running run: the epochs left of a weight-sharing or OFA phase at its
+    recorded seconds per epoch while it trains, else the trials left at the run's pace so far
+    (elapsed / finished; parallel workers included). ``None`` when there is no pace yet."""
+    if phase is not None and phase.get("epochs_total"):
+        done, planned = int(phase["epochs_done"]), int(phase["epochs_total"])
+        if done < planned:
+            secs = [
+                float(v)
+                for e in phase.get("epochs") or []
+                if isinstance(v := e.get("seconds", e.get("cpu_seconds")), (int, float))
+            ]
+            return sum(secs) / len(secs) * (planned - done) if secs else None
+    total, elapsed = progress.get("total"), progress.get("elapsed_s")
+    finished = int(progress["complete"]) + int(progress["failed"])
+    if not total or not finished or elapsed is None:
+        return None
+    return float(elapsed) / finished * max(int(total) - finished, 0)
+
+
+def _ofa_config(config: Mapping[str, Any]) -> Any:
+    """What :func:`~nasforge.experiment.report_ofa.ofa_section` reads of a config (``ofa`` and
+    ``seed``: the planned phases), built from the plain data; ``None`` without a valid one."""
+    from types import SimpleNamespace
+
+    from nasforge.experiment.ofa_config import OFASection
+
+    section = config.get("ofa")
+    if not isinstance(section, dict):
+        return None
+    try:
+        ofa = OFASection.model_validate(section)
+        seed = config.get("seed", 0)
+        return SimpleNamespace(ofa=ofa, seed=seed if isinstance(seed, int) else 0)
+    except (ValueError, TypeError):
+        return None
+
+
 def _planned_trials(config: Mapping[str, Any]) -> int | None:
     search = config.get("search")
     trials = search.get("trials") if isinstance(search, dict) else None
@@ -331,7 +390,7 @@ def snapshot(run_dir: str | Path) -> dict[str, Any]:
             search_seconds = store.get_meta("search_seconds")
             cost = search_cost_seconds(store)
             oneshot = _oneshot(oneshot_section(store, config))
-            ofa = _ofa(ofa_section(run, store, None))
+            ofa = _ofa(ofa_section(run, store, _ofa_config(config)))
             kept = ranked(rows)
             top = kept[:TOP]
             curves = store.curves([d["id"] for d in top[:TOP_CURVES]])
@@ -342,32 +401,32 @@ def snapshot(run_dir: str | Path) -> dict[str, Any]:
     counts = {s: 0 for s in ("complete", "failed", "running", "interrupted")}
     for d in rows:
         counts[d["state"]] = counts.get(d["state"], 0) + 1
-    total = _planned_trials(config)
+    kind = run_kind(config, ofa is not None, oneshot)
+    # a DARTS run records one derived trial and an OFA run none: their progress is in epochs
+    total = None if kind in ("darts", "ofa") else _planned_trials(config)
     t0 = min([float(d["created"]) for d in rows] + [float(e[0]) for e in first_event], default=None)
     elapsed = _num(search_seconds)
     if elapsed is None and t0 is not None and status == "running":  # before the loop saved it
         elapsed = max(0.0, as_of - t0)
-    finished = counts["complete"] + counts["failed"]
-    eta = None
-    if status == "running" and total and finished and elapsed is not None:
-        eta = elapsed / finished * max(total - finished, 0)
-    columns, x = _columns(objective, kept)
     progress: dict[str, Any] = {
         **counts,
         "total": total,
         "elapsed_s": elapsed,
-        "eta_s": eta,
-        "cost_seconds": cost,
+        "eta_s": None,
+        "cost_seconds": _num(cost),
     }
     phase = oneshot or ofa
     if phase is not None:
         progress["epochs_done"] = phase["epochs_done"]
         progress["epochs_total"] = phase["epochs_total"]
+    if status == "running":
+        progress["eta_s"] = _eta(progress, phase)
+    columns, x = _columns(objective, kept)
     out = {
         "run": {
             "name": str(config.get("name") or run.name),
             "dir": str(run),
-            "kind": run_kind(config, ofa is not None, oneshot),
+            "kind": kind,
             "status": status,
             "objective": {
                 "kind": objective.kind,
@@ -380,7 +439,7 @@ def snapshot(run_dir: str | Path) -> dict[str, Any]:
             "as_of": as_of,
             "lock_held": held,
         },
-        "progress": progress,
+        "progress": _finite(progress),
         "columns": columns,
         "axes": {"x": x, "y": objective.metric},
         "leaderboard": [
@@ -391,9 +450,9 @@ def snapshot(run_dir: str | Path) -> dict[str, Any]:
                 "score": _score(d["score"]),
                 "state": d["state"],
                 "worker": d["worker"],
-                "cost_seconds": d["cost_seconds"],
+                "cost_seconds": _num(d["cost_seconds"]),
                 "finished": d["finished"],
-                "metrics": {c: d["metrics"].get(c) for c in columns},
+                "metrics": _finite({c: d["metrics"].get(c) for c in columns}),
             }
             for i, d in enumerate(top)
         ],
@@ -406,16 +465,17 @@ def snapshot(run_dir: str | Path) -> dict[str, Any]:
                 "score": _score(d["score"]),
                 "error_line": _error_line(d["error"]),
                 "worker": d["worker"],
-                "cost_seconds": d["cost_seconds"],
+                "cost_seconds": _num(d["cost_seconds"]),
             }
             for d in reversed(rows[-MAX_TRIALS:])
         ],
-        "curves": {str(k): v for k, v in curves.items()},
-        "oneshot": oneshot,
-        "ofa": ofa,
+        "curves": {str(k): _finite(v) for k, v in curves.items()},
+        "oneshot": _finite(oneshot),
+        "ofa": _finite(ofa),
     }
-    result: dict[str, Any] = _finite(out)
-    return result
+    # the store keeps no NaN in its JSON (stored as null) and the parts above are cleaned
+    # where they may hold one: the rest (500 trials) need no walk
+    return out
 
 
 def trial_detail(run_dir: str | Path, trial_id: int | str) -> dict[str, Any]:
