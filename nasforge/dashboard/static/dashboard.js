@@ -6,6 +6,7 @@
   const meta = document.querySelector('meta[name="nasforge-refresh-ms"]');
   const REFRESH_MS = Math.max(250, Number(meta && meta.content) || 2000);
   const TOP_CURVES = 5;
+  const SUPERNET_SHOWN = new Set(["val_acc", "train_acc", "train_loss", "val_loss", "loss", "acc"]);
   const FINISHED = new Set(["complete", "failed"]);
   const state = { selected: null, details: new Map(), edge: null, snap: null };
   const $ = (id) => document.getElementById(id);
@@ -42,14 +43,17 @@
     return typeof window.Plotly === "undefined" ? null : window.Plotly;
   }
 
-  function plot(id, traces, layout) {
+  function plot(id, traces, layout, empty) {
     const div = $(id);
     const P = plotly();
     if (!P) {
       div.textContent = "plotly.min.js did not load";
       return;
     }
+    const blank = !traces.some((t) => t.x && t.x.length);
+    const note = blank && empty ? [{ text: empty, showarrow: false, xref: "paper", yref: "paper", x: 0.5, y: 0.5 }] : [];
     const base = {
+      annotations: note,
       margin: { l: 55, r: 15, t: 10, b: 45 },
       uirevision: "keep",
       showlegend: traces.length > 1,
@@ -207,7 +211,8 @@
       {
         xaxis: { title: { text: axes.x || "no cost metric in this run" } },
         yaxis: { title: { text: axes.y || obj.metric || "accuracy" } },
-      }
+      },
+      "no complete trial yet"
     );
     const div = $("plot-pareto");
     if (div.on && !div.dataset.clicks) {
@@ -231,7 +236,8 @@
           name: "best score",
         },
       ],
-      { xaxis: { title: { text: "seconds since the first trial" } }, yaxis: { title: { text: "score" } } }
+      { xaxis: { title: { text: "seconds since the first trial" } }, yaxis: { title: { text: "score" } } },
+      "no complete trial yet"
     );
   }
 
@@ -266,10 +272,12 @@
         line: { width: id === state.selected ? 4 : 2 },
       });
     }
-    plot("plot-curves", traces, {
-      xaxis: { title: { text: "epoch" }, dtick: 1 },
-      yaxis: { title: { text: "validation accuracy" } },
-    });
+    plot(
+      "plot-curves",
+      traces,
+      { xaxis: { title: { text: "epoch" }, dtick: 1 }, yaxis: { title: { text: "validation accuracy" } } },
+      "no learning curve recorded (yet): trials scored without training have none"
+    );
   }
 
   async function renderDetail(s) {
@@ -353,6 +361,8 @@
           mode: "lines+markers",
           type: "scatter",
           name: k,
+          // many records per epoch on different scales: the main ones shown, the rest a click away
+          visible: SUPERNET_SHOWN.has(k) ? true : "legendonly",
         })),
         { xaxis: { title: { text: "epoch" } } }
       );
