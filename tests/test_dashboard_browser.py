@@ -10,6 +10,7 @@ import json
 import os
 import shutil
 import signal
+import sqlite3
 import subprocess
 import threading
 from html.parser import HTMLParser
@@ -98,7 +99,7 @@ def complete_count(run: Path) -> int:
     try:
         with TrialStore.open_readonly(run / "trials.db") as s:
             return s.count(("complete",))
-    except StoreError:  # not created yet
+    except (StoreError, sqlite3.Error):  # not created yet, or mid-creation
         return 0
 
 
