@@ -20,7 +20,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from rich.console import Console
-from runproc import TINY, kill_group, wait_for
+from runproc import TINY, kill_group, start_search, wait_for, write_config
 
 from nasforge.dashboard.data import UnknownTrial, _front, lock_held, snapshot, trial_detail
 from nasforge.experiment import report
@@ -408,3 +408,50 @@ def test_supernet_and_ofa_runs_are_told_apart(tmp_path: Path) -> None:
 def test_pareto_sweep_equals_the_objectives_pareto_front(xy: list[tuple[float, float]]) -> None:
     expected = set(pareto_front([[y, -x] for x, y in xy])) if xy else set()
     assert _front(xy) == expected
+
+
+@pytest.mark.slow  # two `nasforge search` processes importing torch: 20-40 s on a busy host
+def test_follows_a_real_search_through_kill_9_and_resume(tmp_path: Path) -> None:
+    cfg = write_config(
+        tmp_path, "live", search="{trials: 8, executor: inline}", train="{epochs: 2, lr: 0.1}"
+    )
+    run = tmp_path / "runs" / "live"
+
+    def complete() -> int:
+        try:
+            return int(snapshot(run)["progress"]["complete"])
+        except StoreError:  # the run directory or its store is not made yet
+            return 0
+
+    proc = start_search(cfg)
+    try:
+        wait_for(lambda: complete() >= 2, what="2 complete trials, read read-only")
+        live = snapshot(run)
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(30)
+    finally:
+        kill_group(proc)
+    assert live["run"]["status"] == "running" and live["run"]["lock_held"] is True
+    assert live["progress"]["total"] == 8 and live["progress"]["eta_s"] is not None
+    assert all(len(live["curves"][str(r["id"])]) == 2 for r in live["leaderboard"][:5])
+    killed = snapshot(run)
+    assert killed["run"]["status"] == "interrupted", "the run finished before it was killed"
+    assert killed["progress"]["complete"] < 8
+    res = subprocess.run(
+        [sys.executable, "-m", "nasforge.cli", "search", str(cfg), "--quiet", "--no-final"]
+        + ["--resume"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert res.returncode == 0, res.stderr
+    done = snapshot(run)
+    with TrialStore.open_readonly(run / "trials.db") as store:
+        ranking = leaderboard(store)
+        complete_ids = [t.id for t in store.trials(("complete",))]
+    assert done["run"]["status"] == "finished" and done["progress"]["complete"] == 8
+    assert [r["id"] for r in done["leaderboard"]] == [t.id for t in ranking]
+    assert sorted(int(k) for k in done["curves"]) == sorted(
+        r["id"] for r in done["leaderboard"][:5]
+    )
+    assert all(len(trial_detail(run, i)["curve"]) == 2 for i in complete_ids)

@@ -106,11 +106,15 @@ def lock_held(run_dir: str | Path) -> bool:
 
     Read without touching the lock (taking even a shared lock could make the writer's
     ``--resume`` fail at that instant): a holder writes its PID into ``.lock`` and a clean
-    release empties it; a holder killed with ``kill -9`` leaves its PID, which is dead.
+    release empties it; a holder killed with ``kill -9`` leaves its PID, which is dead. Where
+    the kernel lists its locks (Linux ``/proc/locks``) the lock file's inode must be among the
+    ``FLOCK`` ones too, so a reused PID is not taken for the holder.
     """
+    path = Path(run_dir) / LOCK_NAME
     try:
-        text = (Path(run_dir) / LOCK_NAME).read_text(errors="replace").strip()
+        text = path.read_text(errors="replace").strip()
         pid = int(text.partition(" ")[0])
+        inode = path.stat().st_ino
     except (OSError, ValueError):
         return False
     try:
@@ -118,8 +122,16 @@ def lock_held(run_dir: str | Path) -> bool:
     except ProcessLookupError:
         return False
     except PermissionError:  # alive, another user's
+        pass
+    try:
+        locks = Path("/proc/locks").read_text()
+    except OSError:
         return True
-    return True
+    # "1: FLOCK  ADVISORY  WRITE <pid> <major>:<minor>:<inode> 0 EOF"
+    return any(
+        len(f) > 5 and f[1] == "FLOCK" and f[5].rsplit(":", 1)[-1] == str(inode)
+        for f in (line.split() for line in locks.splitlines())
+    )
 
 
 def run_status(meta_status: Any, held: bool) -> str:

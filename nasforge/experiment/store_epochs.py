@@ -32,6 +32,11 @@ def _clean(v: Any) -> Any:
     return v
 
 
+def _float(v: Any) -> float:
+    """A curve's value; anything but a number (an evaluator's ``None``) is stored as null."""
+    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else math.nan
+
+
 class EpochRecords:
     """Reads and writes of the ``epochs`` table (the store's ``_db``, ``path``, ``readonly``,
     ``_write`` and ``_writable`` are :class:`~nasforge.experiment.store.TrialStore`'s)."""
@@ -73,13 +78,14 @@ class EpochRecords:
     def add_curve(self, trial_id: int, curve: Sequence[float]) -> None:
         """Record trial ``trial_id``'s learning curve: ``curve[i]`` is its validation accuracy
         after epoch ``i + 1``. Replaces a curve recorded before for that id; an empty curve
-        records nothing. One transaction: a reader sees all of it or none."""
-        if not curve:
+        records nothing, and so does anything but a list or tuple (an evaluator's own ``info``
+        may hold anything). One transaction: a reader sees all of it or none."""
+        if not isinstance(curve, (list, tuple)) or not curve:
             return
         self._writable("record a curve")
         phase, now = f"{CURVE_PHASE}{int(trial_id)}", time.time()
         rows = [
-            (phase, i + 1, now, json.dumps(_clean({"val_acc": float(v)})))
+            (phase, i + 1, now, json.dumps(_clean({"val_acc": _float(v)})))
             for i, v in enumerate(curve)
         ]
         try:
