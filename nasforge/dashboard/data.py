@@ -6,7 +6,9 @@ trial's record with its learning curve. Both open the store with
 :meth:`~nasforge.experiment.store.TrialStore.open_readonly` on every call: a run being
 written, killed (``kill -9``), resumed or repaired (a new store file) is read as it is now.
 Nothing here imports a config's plugins or writes anything: the run's ``config.yaml`` is read
-as plain YAML data for the objective's metric names and the planned number of trials.
+as plain YAML data for the objective's metric names and the planned number of trials, and the
+store file is never written (SQLite may add the empty ``-wal``/``-shm`` sidecars a WAL reader
+needs, and marks its reads in ``-shm``, which holds no data).
 
 The leaderboard ranks complete trials by their stored score exactly as ``nasforge show`` and
 the report do (:func:`nasforge.experiment.report.leaderboard`: the highest budget reached of
@@ -172,11 +174,17 @@ def _finite(v: Any) -> Any:
     return v
 
 
+def _stored(score: Any) -> Any:
+    """A score as the store reads it back (a Pareto score is a tuple there, a list in JSON)."""
+    return tuple(score) if isinstance(score, list) else score
+
+
 def _score(score: Any) -> float | None:
+    """The score to show and rank by (:func:`scalar`: a Pareto score's first objective)."""
     if score is None:
         return None
     try:
-        v = scalar(tuple(score) if isinstance(score, list) else score)
+        v = scalar(_stored(score))
     except (TypeError, ValueError):
         return None
     return v if math.isfinite(v) else None
@@ -195,12 +203,7 @@ def ranked(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     :func:`nasforge.experiment.report.leaderboard`'s order."""
     complete = [_Row(d) for d in rows if d["state"] == "complete" and d["score"] is not None]
     kept = [r.d for r in full_fidelity(complete)]
-    kept.sort(
-        key=lambda d: (
-            -scalar(tuple(d["score"]) if isinstance(d["score"], list) else d["score"]),
-            d["id"],
-        )
-    )
+    kept.sort(key=lambda d: (-scalar(_stored(d["score"])), d["id"]))
     return kept
 
 
@@ -381,7 +384,14 @@ def snapshot(run_dir: str | Path) -> dict[str, Any]:
     :data:`MAX_TRIALS`: id, state, score, error_line, worker, cost_seconds), ``curves``
     (validation accuracy per epoch of the top :data:`TOP_CURVES`, by id as a string),
     ``oneshot`` (``None`` or method, epochs, alphas ``{"<cell>/edge<k>": {ops, epoch_numbers,
-    epochs: [[p per op] per epoch]}}``, epochs_done, epochs_total) and ``ofa``.
+    epochs: [[p per op] per epoch]}}``, epochs_done, epochs_total; DARTS: derived,
+    collapse; supernet: sampling) and ``ofa`` (``None`` or epochs, phases, epochs_done,
+    epochs_total, specializations).
+
+    ``status`` is ``running`` while a live process holds the run's lock (:func:`lock_held`).
+    ``total`` is the config's ``search.trials`` (``None`` for DARTS and OFA runs: their
+    progress is in epochs); ``eta_s`` (running runs only) is a phase's epochs left at its
+    recorded seconds per epoch while it trains, else the trials left at the pace so far.
 
     Raises:
         StoreError: no run directory, no store, or a store that cannot be read (naming it).
