@@ -10,8 +10,12 @@ under torchrun are ``slow`` (torchrun's start-up is most of their time)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import socket
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -21,12 +25,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 import yaml
+from runproc import descendants, kill_group, wait_for
 from torch import multiprocessing as mp
 from torch import nn
 
 from nasforge.errors import ConfigError
 from nasforge.experiment.config import load_config
-from nasforge.experiment.ofa_run import OFA_META, OFATraining, load_final_weights
+from nasforge.experiment.ofa_run import OFA_META, OFATraining, final_path, load_final_weights
 from nasforge.experiment.oneshot_run import checkpoints
 from nasforge.experiment.setup import make_dataset, make_space
 from nasforge.experiment.store import TrialStore
@@ -60,11 +65,13 @@ PHASES = [
 ]
 
 
-def write_config(tmp_path: Path, name: str, phases: list[dict[str, Any]] | None = None) -> Path:
+def write_config(
+    tmp_path: Path, name: str, phases: list[dict[str, Any]] | None = None, samples: int = 400
+) -> Path:
     raw = {
         "name": name,
         "runs_dir": str(tmp_path / "runs"),
-        "data": {"name": "mnist1d", "samples": 400},  # 256 training samples: 2 steps of 128
+        "data": {"name": "mnist1d", "samples": samples},  # 400: 256 to train, 2 steps of 128
         "space": SPACE,
         "ofa": {"train": {"batch_size": 128, "subnets_per_step": 2, "phases": phases or PHASES}},
         "latency": {"threads": 1},
@@ -224,3 +231,129 @@ def test_a_batch_too_small_for_the_ranks_is_refused(tmp_path: Path) -> None:
     OFATrainer(space, dataset, train)  # alone: 3 samples a step are enough
     with pytest.raises(ConfigError, match="ofa.train.batch_size: 3 is too small for 2 data-"):
         OFATrainer(space, dataset, train, DistContext(rank=1, world_size=2))
+
+
+def torchrun(config: Path, *args: str) -> subprocess.Popen[str]:
+    """``torchrun --standalone --nproc-per-node 2 -m nasforge ofa train CONFIG --quiet ARGS``
+    in its own session (so ``kill -9`` of the group takes the agent and both ranks)."""
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            f"--nproc-per-node={WORLD}",
+            "-m",
+            "nasforge",
+            "ofa",
+            "train",
+            str(config),
+            "--quiet",
+            *args,
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+
+
+def finish(proc: subprocess.Popen[str], timeout_s: float = 600.0) -> tuple[int, str, str]:
+    try:
+        out, err = proc.communicate(timeout=timeout_s)
+    finally:
+        kill_job(proc)
+    return proc.returncode, out, err
+
+
+@pytest.mark.slow  # torchrun's agent and two ranks start up (about 35 s on a busy 2-core host)
+def test_torchrun_ofa_train_end_to_end(tmp_path: Path) -> None:
+    config = write_config(tmp_path, "tr")
+    code, out, err = finish(torchrun(config))
+    assert code == 0, err
+    run = tmp_path / "runs" / "tr"
+    # only rank 0 speaks: one summary line, one run directory line, no traceback
+    summaries = [line for line in out.splitlines() if line.startswith("ofa: supernet trained")]
+    assert len(summaries) == 1 and "on 2 processes (DDP)" in summaries[0], out
+    assert err.count("run directory:") == 1 and "Traceback" not in err, err
+    assert "data-parallel on 2 processes (DDP, gloo)" in " ".join(err.split())
+    with TrialStore(run / "trials.db", create=False) as store:
+        records = store.epochs("ofa")
+        assert store.get_meta(OFA_META)["world_size"] == 2
+    assert [(r["epoch"], r["world_size"]) for r in records] == [(1, 2), (2, 2)]
+    assert final_path(run).is_file()
+
+
+def kill_job(proc: subprocess.Popen[str]) -> None:
+    """SIGKILL torchrun's agent and its ranks (each rank runs in a session of its own)."""
+    for pid in descendants(proc.pid):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    kill_group(proc)
+
+
+def rank_pid(proc: subprocess.Popen[str], rank: int) -> int:
+    """The pid of ``rank`` among the agent's children (from their torchrun environment)."""
+    for pid in descendants(proc.pid):
+        with contextlib.suppress(OSError):
+            env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+            if (
+                f"RANK={rank}".encode() in env
+                and b"nasforge" in Path(f"/proc/{pid}/cmdline").read_bytes()
+            ):
+                return pid
+    raise AssertionError(f"no rank {rank} under {proc.pid}")
+
+
+@pytest.mark.slow  # four torchrun jobs of 12 small epochs (a few minutes on a busy host)
+def test_lost_rank_and_kill_9_then_resume_under_torchrun(tmp_path: Path) -> None:
+    phases = [
+        {"name": "full", "epochs": 4},
+        {"name": "kernel", "elastic": ["kernel"], "epochs": 4},
+        {"name": "expand", "elastic": ["kernel", "depth", "expand", "width"], "epochs": 4},
+    ]
+    config = write_config(tmp_path, "k", phases, samples=1200)
+    run = tmp_path / "runs" / "k"
+    db = run / "trials.db"
+    # 1. rank 1 is killed (its host lost): rank 0 records the run interrupted, with the resume
+    proc = torchrun(config)
+    try:
+        wait_for(lambda: len(checkpoints(run)) >= 2, what="two OFA checkpoints")
+        os.kill(rank_pid(proc, 1), signal.SIGKILL)
+        code, _, err = finish(proc, 120)
+    finally:
+        kill_job(proc)
+    assert code != 0 and "continue with: nasforge ofa train" in " ".join(err.split()), err
+    with TrialStore(db, create=False) as store:
+        assert store.get_meta("status") == "interrupted"
+    first = checkpoints(run)[-1][0]
+    assert 2 <= first < 12 and not final_path(run).exists(), "finished before it was killed"
+    # 2. the resumed job is killed whole (kill -9 of the agent and both ranks)
+    proc = torchrun(config, "--resume")
+    try:
+        wait_for(lambda: checkpoints(run)[-1][0] > first, what="a checkpoint after the resume")
+        kill_job(proc)
+    finally:
+        kill_job(proc)
+    last = checkpoints(run)[-1][0]
+    assert first < last < 12 and not final_path(run).exists(), "finished before it was killed"
+    # 3. resumed again: it completes from the last checkpoint
+    code, _, err = finish(torchrun(config, "--resume"))
+    assert code == 0, err
+    log = (run / "progress.log").read_text()
+    assert f"ofa: resumed from {run / 'supernet' / f'epoch_{first:04d}.pt'}" in log
+    assert f"ofa: resumed from {run / 'supernet' / f'epoch_{last:04d}.pt'}" in log
+    with TrialStore(db, create=False) as store:
+        records = store.epochs("ofa")
+        assert store.get_meta("status") == "done"
+    assert [(r["epoch"], r["world_size"]) for r in records] == [(e, 2) for e in range(1, 13)]
+    # and ends where an uninterrupted 2-process job does
+    whole = write_config(tmp_path, "whole", phases, samples=1200)
+    code, _, err = finish(torchrun(whole))
+    assert code == 0, err
+    reference = load_final_weights(tmp_path / "runs" / "whole")
+    resumed = load_final_weights(run)
+    assert reference.keys() == resumed.keys()
+    for key, value in reference.items():
+        assert torch.allclose(resumed[key].float(), value.float(), rtol=1e-5, atol=1e-7), key

@@ -52,7 +52,7 @@ def train(
     """
     from nasforge.experiment.config import load_config
     from nasforge.experiment.interrupt import SearchInterrupted
-    from nasforge.experiment.ofa_run import OFATraining
+    from nasforge.experiment.ofa_run import LostRank, OFATraining
     from nasforge.oneshot.distributed import from_env
 
     try:
@@ -71,6 +71,8 @@ def train(
         summary = OFATraining(cfg, run_dir, console=err, progress=not quiet).run(resume)
     except SearchInterrupted as stop:  # the run printed what was saved and how to resume
         raise typer.Exit(stop.exit_code) from None
+    except LostRank:  # likewise (a data-parallel rank died)
+        raise typer.Exit(2) from None
     except NasforgeError as exc:
         _fail(exc)
         return

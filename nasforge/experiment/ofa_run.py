@@ -80,6 +80,12 @@ FINAL_NAME = "final.pt"
 _MAY_CHANGE = {"search", "final", "compress", "strategy", "objective", "evaluator", "latency"}
 
 
+class LostRank(NasforgeError):
+    """A data-parallel training lost one of its processes (killed, its host lost); the run is
+    recorded interrupted, its checkpoints kept, and the message (printed already by the
+    training) gives the resume command."""
+
+
 def final_path(run_dir: str | Path) -> Path:
     """``<run_dir>/supernet/final.pt``: the trained supernet's weights."""
     return Path(run_dir) / CHECKPOINT_DIR / FINAL_NAME
@@ -203,6 +209,7 @@ class OFATraining:
             ConfigError: the run exists (without ``resume``), there is nothing to resume, or
                 the config differs from the one the run started with.
             NasforgeError: a damaged store, a checkpoint of another recipe.
+            LostRank: data-parallel, another rank died during training.
             SearchInterrupted: SIGINT or SIGTERM, with its message set.
         """
         try:
@@ -241,7 +248,11 @@ class OFATraining:
         if self._told or not self.dist.active:
             return
         self._told = True
-        distributed.broadcast_object(message, self.dist)
+        try:
+            distributed.broadcast_object(message, self.dist)
+        except RuntimeError as exc:  # telling them of an error: they may be gone already
+            if "error" not in message or not _lost_rank(exc):
+                raise
 
     def _follow(self) -> None:
         """A rank other than 0: wait for rank 0's decision, then train in lock step with it
@@ -262,7 +273,9 @@ class OFATraining:
                         trainer.load_state_dict(message["state"])
                     while not trainer.done:
                         _train_epoch(trainer, self.dist)
-        except torch.distributed.DistError as exc:
+        except RuntimeError as exc:
+            if not _lost_rank(exc):
+                raise
             raise NasforgeError(
                 f"rank {rank}: lost the other processes of the training ({_first_line(exc)}); "
                 "rank 0 keeps the checkpoints"
@@ -359,7 +372,9 @@ class OFATraining:
             store.set_meta("status", "interrupted")
             store.log_event("interrupt", stop.message)
             raise
-        except torch.distributed.DistError as exc:  # another rank died (kill, lost host)
+        except RuntimeError as exc:
+            if not (self.dist.active and _lost_rank(exc)):
+                raise
             store.set_meta("search_seconds", prior + time.time() - t0)
             n = len(checkpoints(self.run_dir))
             message = (
@@ -369,7 +384,9 @@ class OFATraining:
             )
             store.set_meta("status", "interrupted")
             store.log_event("interrupt", message)
-            raise NasforgeError(message) from None
+            # said now: torchrun's SIGTERM follows a lost rank and may end this process soon
+            log.say(f"error: {message}")
+            raise LostRank(message) from None
         finally:
             log.close()
             store.close()
@@ -473,9 +490,19 @@ def _train_epoch(trainer: OFATrainer, ctx: DistContext) -> tuple[OFAEpochRecord,
     return rec, float(cpu[0]) * ctx.world_size
 
 
+def _lost_rank(exc: RuntimeError) -> bool:
+    """Whether ``exc`` says another rank of the job is gone (killed, its host lost): torch's
+    ``DistError``, or gloo's transport error, which reaches Python as a plain RuntimeError
+    (measured: "gloo/transport/tcp/pair.cc: Read error ...: Connection reset by peer")."""
+    text = str(exc)
+    return isinstance(exc, torch.distributed.DistError) or "gloo/transport" in text
+
+
 def _first_line(exc: BaseException) -> str:
+    """The first line of ``exc``'s text, up to its first sentence's end (gloo's errors go on
+    with advice over several sentences)."""
     text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
+    return text.splitlines()[0].split(". ")[0] if text else type(exc).__name__
 
 
 def _trained_part(cfg: ExperimentConfig) -> dict[str, Any]:
@@ -500,6 +527,7 @@ def train_ofa(
 
 __all__ = [
     "FINAL_NAME",
+    "LostRank",
     "OFA_META",
     "OFA_PHASE",
     "OFATrainSummary",
