@@ -12,6 +12,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "nasforge"
 #: layer of each top-level part, top first; a module may import its own layer or lower ones
 LAYERS: list[set[str]] = [
     {"", "cli", "__main__"},  # "" is the package's own __init__ (the public facade)
+    {"dashboard"},  # reads a run (experiment's store) for the web page; only the CLI imports it
     {"experiment", "plugins", "modelfile"},
     {"strategies", "oneshot", "evaluators", "compression", "testing"},
     {"hardware"},
