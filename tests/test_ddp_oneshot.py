@@ -271,3 +271,48 @@ def test_kill_9_of_every_rank_then_resume_under_torchrun_continues(tmp_path: Pat
     assert all(r["world_size"] == 2 for r in records) and meta["world_size"] == 2
     assert [e for e, _ in checkpoints(run)] == list(range(1, epochs + 1))
     assert complete == 1
+
+
+def rank_pid(torchrun_pid: int, rank: int) -> int | None:
+    """The pid of torchrun's worker of ``rank`` (from its environment), if it runs."""
+    for pid in children(torchrun_pid):
+        try:
+            env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if f"RANK={rank}".encode() in env:
+            return pid
+    return None
+
+
+@pytest.mark.slow
+def test_a_lost_rank_stops_rank_0_in_one_line_then_resume_continues(tmp_path: Path) -> None:
+    epochs = 30
+    path = write(tmp_path, "l", {"method": "darts", "options": {**DARTS_SMALL, "epochs": epochs}})
+    run, logs = tmp_path / "runs" / "l", tmp_path / "logs"
+    cmd = [*TORCHRUN, "--log-dir", str(logs), "--redirects", "3", "-m", "nasforge", "search"]
+    proc = subprocess.Popen(
+        [*cmd, str(path), "--quiet", "--no-final"],
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        wait_for(lambda: len(checkpoints(run)) >= 1, what="a DARTS checkpoint")
+        lost = rank_pid(proc.pid, 1)
+        assert lost is not None, "rank 1 is not running"
+        os.kill(lost, signal.SIGKILL)  # rank 1's machine is lost
+        assert proc.wait(300) != 0
+    finally:
+        kill_group(proc)
+    (stderr0,) = [p for p in logs.rglob("stderr.log") if p.parent.name == "0"]
+    said = stderr0.read_text()
+    assert "Traceback" not in said, said[-3000:]
+    assert "continue with: torchrun --nproc-per-node 2 -m nasforge search" in said, said[-3000:]
+    done = checkpoints(run)[-1][0]
+    assert done < epochs, "the run finished before rank 1 was lost"
+    res = torchrun("-m", "nasforge", "search", str(path), "--quiet", "--no-final", "--resume")
+    assert res.returncode == 0, res.stderr[-3000:]
+    records, meta, complete = epochs_of(run, "darts")
+    assert [r["epoch"] for r in records] == list(range(1, epochs + 1)) and complete == 1

@@ -25,6 +25,9 @@ the epochs, leave.
 
 from __future__ import annotations
 
+import re
+import signal
+import threading
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -166,6 +169,24 @@ def share_state(trainer: Trainer) -> None:
         distributed.broadcast_object(trainer.state_dict())
 
 
+def collective_error(exc: BaseException) -> str:
+    """A failed collective's error in a few words (gloo's source location and advice cut)."""
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return re.sub(r"^\[[^\]]*\]\s*", "", text).split(". ")[0]
+
+
+def ignore_stop_signals() -> None:
+    """Ignore SIGINT and SIGTERM from now on in this process (main thread only).
+
+    For rank 0 once a collective failed: the run is already stopping with its message, and
+    torchrun sends SIGTERM to the surviving ranks when one fails; that signal must not replace
+    the message by an interruption at some later line of the clean-up.
+    """
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, signal.SIG_IGN)
+
+
 # -- ranks > 0 ----------------------------------------------------------------------------------
 def follow(cfg: ExperimentConfig, run_dir: Path) -> int:
     """Train in lock step with rank 0 and return the number of epochs trained here.
@@ -194,10 +215,9 @@ def follow(cfg: ExperimentConfig, run_dir: Path) -> int:
         leave()
         return done
     except RuntimeError as exc:  # torch.distributed's errors (DistBackendError is one)
-        why = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise NasforgeError(
-            f"data-parallel rank {ctx.rank}: training stopped ({why}); if rank 0 stopped or "
-            "failed, its output says why"
+            f"data-parallel rank {ctx.rank}: training stopped ({collective_error(exc)}); if "
+            "rank 0 stopped or failed, its output says why"
         ) from None
     except KeyboardInterrupt:  # Ctrl-C reaches every rank; rank 0 says what was saved
         raise SystemExit(130) from None
@@ -207,8 +227,10 @@ __all__ = [
     "announce",
     "build_darts",
     "build_spos",
+    "collective_error",
     "darts_latency",
     "follow",
+    "ignore_stop_signals",
     "join",
     "leave",
     "share_state",

@@ -172,23 +172,26 @@ class OneshotPhase:
         Raises:
             SearchInterrupted: with its message set (what was saved, how to resume).
             NasforgeError: a checkpoint of another config, a missing latency table, no arch
-                under the latency limit.
+                under the latency limit; data-parallel: a collective failed (another rank
+                died or was stopped), the checkpoints are kept.
         """
         t0 = time.time()
         prior = float(self.store.get_meta("search_seconds", 0.0) or 0.0)
+        if self.world_size > 1:  # continue as it ran: data-parallel
+            resume_command = f"torchrun --nproc-per-node {self.world_size} -m {resume_command}"
         try:
             run_loop = self._darts() if self.method == "darts" else self._spos()
         except SearchInterrupted as stop:
-            self.store.set_meta("search_seconds", prior + time.time() - t0)
-            n = len(checkpoints(self.run_dir))
-            stop.message = (
-                f"interrupted by {stop.signal_name} during the {self.phase} phase: {n} epoch "
-                f"checkpoint(s) in {self.run_dir / CHECKPOINT_DIR}; continue with: "
-                f"{resume_command}"
-            )
-            self.store.set_meta("status", "interrupted")
-            self.store.log_event("interrupt", stop.message)
+            stop.message = self._stopped(f"interrupted by {stop.signal_name}", resume_command, t0)
             raise
+        except RuntimeError as exc:  # torch.distributed's errors are RuntimeErrors
+            if self.world_size == 1:
+                raise
+            ddp.ignore_stop_signals()  # torchrun's SIGTERM follows; this message stays
+            why = f"a data-parallel collective failed ({ddp.collective_error(exc)})"
+            msg = self._stopped(f"{why}: another rank died or was stopped", resume_command, t0)
+            self.log.line(msg, echo=False)
+            raise NasforgeError(msg) from None
         seconds = prior + time.time() - t0
         self.store.set_meta("search_seconds", seconds)
         cpu = self._cpu if self._cpu is not None else self.cpu_seconds()
@@ -198,6 +201,19 @@ class OneshotPhase:
         how = "in the derived trial's cost" if self.method == "darts" else "once, before the trials"
         note = f"{self.phase} search cost: {cpu:.1f} CPU seconds ({epochs} epochs; charged {how})"
         return OneshotOutcome(seconds, cpu, run_loop, note)
+
+    def _stopped(self, why: str, resume_command: str, t0: float) -> str:
+        """Record that the phase stopped early (status, time, event); the line that says so."""
+        prior = float(self.store.get_meta("search_seconds", 0.0) or 0.0)
+        self.store.set_meta("search_seconds", prior + time.time() - t0)
+        n = len(checkpoints(self.run_dir))
+        message = (
+            f"{why} during the {self.phase} phase: {n} epoch checkpoint(s) in "
+            f"{self.run_dir / CHECKPOINT_DIR}; continue with: {resume_command}"
+        )
+        self.store.set_meta("status", "interrupted")
+        self.store.log_event("interrupt", message)
+        return message
 
     def cpu_seconds(self) -> float:
         """The phase's CPU seconds: summed over its epoch records (each epoch once)."""

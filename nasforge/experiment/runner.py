@@ -55,7 +55,6 @@ from nasforge.experiment.store import (
 from nasforge.hardware.fingerprint import host_info
 from nasforge.hardware.noise import Stability
 from nasforge.objectives import Objective
-from nasforge.oneshot import distributed
 from nasforge.space import Arch, SearchSpace
 from nasforge.strategies.base import scalar
 
@@ -168,12 +167,6 @@ class Experiment(TrialLoop):
         if not oneshot_ddp.join(self.cfg).is_main:
             oneshot_ddp.follow(self.cfg, self.run_dir)
             raise SystemExit(0)
-        try:
-            return self._run_main(resume, final)
-        finally:
-            distributed.shutdown()  # left after training already; here when the run failed
-
-    def _run_main(self, resume: bool, final: bool) -> RunSummary:
         lock = RunLock(self.run_dir, "search").acquire()
         try:
             with stop_on_signals():
