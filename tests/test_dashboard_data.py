@@ -455,3 +455,25 @@ def test_follows_a_real_search_through_kill_9_and_resume(tmp_path: Path) -> None
         r["id"] for r in done["leaderboard"][:5]
     )
     assert all(len(trial_detail(run, i)["curve"]) == 2 for i in complete_ids)
+
+
+def test_a_trial_and_its_curve_are_recorded_at_once(tmp_path: Path) -> None:
+    db = tmp_path / "trials.db"
+    with TrialStore(db) as store:
+        ok = store.add_trial(Arch({"i": 0}))
+        store.finish_trial(ok, "complete", {"val_acc": 0.5}, 0.5, 1.0, curve=[0.25, 0.5])
+        assert store.curve(ok) == [0.25, 0.5] and store.trial(ok).state == "complete"
+        # the curve's insert fails (a real SQLite error, as a full disk would raise)
+        other = sqlite3.connect(db, isolation_level=None)
+        other.execute(
+            "CREATE TRIGGER no_curves BEFORE INSERT ON epochs WHEN NEW.phase LIKE 'trial/%' "
+            "BEGIN SELECT RAISE(ABORT, 'disk I/O error'); END"
+        )
+        tid = store.add_trial(Arch({"i": 1}))
+        with pytest.raises(StoreError, match=f"could not record trial {tid}.*kept in"):
+            store.finish_trial(tid, "complete", {"val_acc": 0.7}, 0.7, 1.0, curve=[0.7])
+        assert store.trial(tid).state == "running" and store.curve(tid) == []  # neither
+        other.execute("DROP TRIGGER no_curves")
+        other.close()
+        assert store.replay_journal() == 1  # the result was journaled first: nothing is lost
+        assert store.trial(tid).state == "complete" and store.trial(tid).score == 0.7

@@ -505,9 +505,8 @@ class TrialLoop:
             return None
         metrics = {**out["metrics"], **(extra or {})}
         score = objective.score(metrics)
-        # the learning curve first: a trial a reader sees complete has its curve
-        store.add_curve(tid, (out.get("info") or {}).get("curve") or [])
-        store.finish_trial(tid, "complete", metrics, score, out["cost_seconds"])
+        curve = (out.get("info") or {}).get("curve")  # validation accuracy per epoch
+        store.finish_trial(tid, "complete", metrics, score, out["cost_seconds"], curve=curve)
         if is_unstable(metrics):
             verdict = (out.get("info") or {}).get(STABILITY_INFO)
             latency = float(metrics.get("latency_ms", float("nan")))

@@ -37,7 +37,7 @@ import json
 import os
 import sqlite3
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -343,9 +343,13 @@ class TrialStore(EpochRecords):
         score: Score = None,
         cost_seconds: float = 0.0,
         error: str | None = None,
+        curve: Sequence[float] | None = None,
     ) -> None:
         """Record a trial's outcome. A finished state (``complete``, ``failed``) is appended to
         the journal and synced first, so the result survives a failed or lost store write.
+        ``curve`` (validation accuracy per epoch, :meth:`add_curve`) is written in the same
+        transaction, so a reader sees a complete trial with its curve; it is not journaled (a
+        trial restored from the journal has its result, not its curve).
 
         Raises:
             StoreError: the journal or the store could not be written (a full disk, a file
@@ -355,6 +359,7 @@ class TrialStore(EpochRecords):
         if state not in STATES:
             raise ValueError(f"state must be one of {STATES}, got {state!r}")
         now = time.time()
+        curve_rows = self._curve_rows(trial_id, curve)
         score_json = (
             None
             if score is None
@@ -383,7 +388,11 @@ class TrialStore(EpochRecords):
                     "the disk is full or a file size limit was reached; free space, then "
                     f"--resume (trial {trial_id} will be run again)"
                 ) from None
+        # the row and its curve at once (inside a caller's transaction: that one)
+        began = bool(curve_rows) and not self._db.in_transaction
         try:
+            if began:
+                self._db.execute("BEGIN IMMEDIATE")
             self._db.execute(
                 "UPDATE trials SET state=?, score=?, metrics=?, error=?, cost_seconds=?, "
                 "finished=? WHERE id=?",
@@ -397,7 +406,16 @@ class TrialStore(EpochRecords):
                     trial_id,
                 ),
             )
+            if curve_rows:
+                self._put_curve(trial_id, curve_rows)
+            if began:
+                self._db.execute("COMMIT")
         except sqlite3.Error as exc:
+            if began and self._db.in_transaction:
+                try:
+                    self._db.execute("ROLLBACK")
+                except sqlite3.Error:  # the error below is the one to report
+                    pass
             kept = (
                 f"its result is kept in {self._journal} and is restored on --resume"
                 if state in FINISHED and self._journal is not None

@@ -79,22 +79,16 @@ class EpochRecords:
         """Record trial ``trial_id``'s learning curve: ``curve[i]`` is its validation accuracy
         after epoch ``i + 1``. Replaces a curve recorded before for that id; an empty curve
         records nothing, and so does anything but a list or tuple (an evaluator's own ``info``
-        may hold anything). One transaction: a reader sees all of it or none."""
-        if not isinstance(curve, (list, tuple)) or not curve:
+        may hold anything). One transaction: a reader sees all of it or none. (The loop
+        records a trial's curve with its outcome: ``finish_trial(..., curve=...)``.)"""
+        rows = self._curve_rows(trial_id, curve)
+        if not rows:
             return
         self._writable("record a curve")
-        phase, now = f"{CURVE_PHASE}{int(trial_id)}", time.time()
-        rows = [
-            (phase, i + 1, now, json.dumps(_clean({"val_acc": _float(v)})))
-            for i, v in enumerate(curve)
-        ]
         try:
             self._db.execute("BEGIN IMMEDIATE")
             try:
-                self._db.execute("DELETE FROM epochs WHERE phase=?", (phase,))
-                self._db.executemany(
-                    "INSERT INTO epochs(phase, epoch, time, record) VALUES (?,?,?,?)", rows
-                )
+                self._put_curve(trial_id, rows)
                 self._db.execute("COMMIT")
             except BaseException:
                 self._db.execute("ROLLBACK")
@@ -104,6 +98,24 @@ class EpochRecords:
                 f"{self.path}: could not record trial {trial_id}'s curve ({exc}); free space if "
                 "the disk is full"
             ) from None
+
+    @staticmethod
+    def _curve_rows(trial_id: int, curve: Any) -> list[tuple[str, int, float, str]]:
+        """The ``epochs`` rows of a curve (none for an empty one or one that is no list)."""
+        if not isinstance(curve, (list, tuple)) or not curve:
+            return []
+        phase, now = f"{CURVE_PHASE}{int(trial_id)}", time.time()
+        return [
+            (phase, i + 1, now, json.dumps(_clean({"val_acc": _float(v)})))
+            for i, v in enumerate(curve)
+        ]
+
+    def _put_curve(self, trial_id: int, rows: list[tuple[str, int, float, str]]) -> None:
+        """Replace the trial's curve by ``rows``; the caller holds the write transaction."""
+        self._db.execute("DELETE FROM epochs WHERE phase=?", (f"{CURVE_PHASE}{int(trial_id)}",))
+        self._db.executemany(
+            "INSERT INTO epochs(phase, epoch, time, record) VALUES (?,?,?,?)", rows
+        )
 
     def curve(self, trial_id: int) -> list[float]:
         """Trial ``trial_id``'s validation accuracy per epoch (``nan`` where not finite); ``[]``
