@@ -22,6 +22,7 @@ from typing import Any
 
 import pytest
 import torch
+import torch.nn.functional as F
 import yaml
 from runproc import kill_group, wait_for
 from typer.testing import CliRunner
@@ -30,12 +31,14 @@ from nasforge.cli import app
 from nasforge.data import Dataset, load_dataset
 from nasforge.experiment.oneshot_run import checkpoints
 from nasforge.experiment.store import TrialStore
+from nasforge.oneshot.bilevel import batch_order
+from nasforge.oneshot.darts import DartsConfig, DartsSearch
 from nasforge.oneshot.spos import SupernetConfig, SupernetTrainer
 from nasforge.spaces.nb201 import NB201Space
 
 REPO = Path(__file__).resolve().parents[1]
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
-DARTS_SMALL = {
+DARTS_SMALL: dict[str, Any] = {
     "epochs": 2,
     "steps_per_epoch": 2,
     "batch_size": 32,
@@ -44,7 +47,7 @@ DARTS_SMALL = {
     "eval_batches": 1,
     "alpha_lr": 0.05,
 }
-SPOS_CFG = {"epochs": 1, "batch_size": 32, "bn_batches": 1}
+SPOS_CFG: dict[str, Any] = {"epochs": 1, "batch_size": 32, "bn_batches": 1}
 
 # run by torchrun in each of two processes: train both trainers, save what each rank holds
 TRAINERS_SCRIPT = textwrap.dedent(
@@ -127,6 +130,37 @@ def spos_reference(data: Dataset, config: SupernetConfig) -> dict[str, torch.Ten
     return dict(net.named_parameters())
 
 
+def darts_reference(data: Dataset, config: DartsConfig) -> DartsSearch:
+    """One DARTS epoch (first order) in one process, alpha's and the weights' gradients the
+    means over the two halves of each global batch (what two DDP ranks compute together)."""
+    s = DartsSearch.from_dataset(NB201Space((1, 8, 8), 10, C=4, N=1), config, data)
+    for group in s.w_opt.param_groups:
+        group["lr"] = s.lr()
+    bs, (xt, yt), (xv, yv) = config.batch_size, s.train, s.val
+    tr = batch_order(len(yt), s.steps() * bs, s.generator)
+    va = batch_order(len(yv), s.steps() * bs, s.generator)
+    for step in range(s.steps()):
+        ti, vi = tr[step * bs : (step + 1) * bs], va[step * bs : (step + 1) * bs]
+        seed = int(torch.randint(0, 2**62, (1,), generator=s.generator))
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            s.a_opt.zero_grad(set_to_none=True)
+            w = s.weights()
+            halves = torch.tensor_split(vi, 2)
+            val = torch.stack([F.cross_entropy(s.net(xv[h], w), yv[h]) / 2 for h in halves]).sum()
+            (val + s.arch_penalty(w)).backward()
+            s.a_opt.step()
+            s.w_opt.zero_grad(set_to_none=True)
+            wn = s.weights(for_network=True)
+            halves = torch.tensor_split(ti, 2)
+            torch.stack(
+                [F.cross_entropy(s.net(xt[h], wn), yt[h]) / 2 for h in halves]
+            ).sum().backward()
+            torch.nn.utils.clip_grad_norm_(s.net.parameters(), config.grad_clip)
+            s.w_opt.step()
+    return s
+
+
 def test_two_ranks_train_the_same_weights_as_averaged_halves(tmp_path: Path) -> None:
     script = tmp_path / "trainers.py"
     script.write_text(TRAINERS_SCRIPT.format(spos=SPOS_CFG, darts=DARTS_SMALL))
@@ -148,6 +182,11 @@ def test_two_ranks_train_the_same_weights_as_averaged_halves(tmp_path: Path) -> 
     fresh = SupernetTrainer(NB201Space((1, 8, 8), 10, C=4, N=1), tiny_digits(), SupernetConfig())
     init = dict(fresh.supernet.named_parameters())
     assert any(not torch.allclose(v.detach(), init[k]) for k, v in reference.items())
+    ref = darts_reference(tiny_digits(), DartsConfig(**DARTS_SMALL))
+    for k, v in ref.net.named_parameters():
+        assert torch.allclose(r0["darts"][k], v.detach(), rtol=1e-4, atol=1e-6), k
+    for c, a in ref.alpha.items():
+        assert torch.allclose(r0["alpha"][c], a.detach(), rtol=1e-4, atol=1e-6), c
 
 
 # -- configs torchrun cannot share: refused on every rank before any process waits ------------
