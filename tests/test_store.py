@@ -33,6 +33,10 @@ def test_round_trip_and_states(tmp_path: Path) -> None:
         s.set_meta("k", {"a": [1, 2]})
         assert s.get_meta("k") == {"a": [1, 2]}
         assert s.total_cost_seconds() == 1.5
+        # where a trial ran is recorded when it finishes (a Ray node, a pool process)
+        t3 = s.add_trial(Arch({"x": 3}))
+        s.finish_trial(t3, "failed", error="NodeDiedError", worker="127.0.0.2:42")
+        assert s.trial(t3).worker == "127.0.0.2:42" and s.trial(tid).worker is None
 
 
 def _writer(path: str, worker: int, n: int) -> None:

@@ -496,6 +496,7 @@ class TrialLoop:
                 dict(extra) if extra else None,
                 cost_seconds=out.get("cost_seconds", 0.0),
                 error=out["error"],
+                worker=out.get("worker"),
             )
             self.console.print(
                 f"[red]trial {tid} failed:[/] {escape(out['error'].splitlines()[0])}",
@@ -506,7 +507,15 @@ class TrialLoop:
         metrics = {**out["metrics"], **(extra or {})}
         score = objective.score(metrics)
         curve = (out.get("info") or {}).get("curve")  # validation accuracy per epoch
-        store.finish_trial(tid, "complete", metrics, score, out["cost_seconds"], curve=curve)
+        store.finish_trial(
+            tid,
+            "complete",
+            metrics,
+            score,
+            out["cost_seconds"],
+            curve=curve,
+            worker=out.get("worker"),
+        )
         if is_unstable(metrics):
             verdict = (out.get("info") or {}).get(STABILITY_INFO)
             latency = float(metrics.get("latency_ms", float("nan")))

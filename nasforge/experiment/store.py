@@ -344,9 +344,12 @@ class TrialStore(EpochRecords):
         cost_seconds: float = 0.0,
         error: str | None = None,
         curve: Sequence[float] | None = None,
+        worker: str | None = None,
     ) -> None:
-        """Record a trial's outcome. A finished state (``complete``, ``failed``) is appended to
-        the journal and synced first, so the result survives a failed or lost store write.
+        """Record a trial's outcome; ``worker`` (where it ran: a Ray node, a pool process)
+        replaces the one recorded at the start when given. A finished state (``complete``,
+        ``failed``) is appended to the journal and synced first, so the result survives a
+        failed or lost store write.
         ``curve`` (validation accuracy per epoch, :meth:`add_curve`) is written in the same
         transaction, so a reader sees a complete trial with its curve; it is not journaled (a
         trial restored from the journal has its result, not its curve).
@@ -378,7 +381,7 @@ class TrialStore(EpochRecords):
                 before.created,
                 before.started,
                 now,
-                before.worker,
+                worker or before.worker,
             )
             try:
                 self._append_journal(record)
@@ -395,7 +398,7 @@ class TrialStore(EpochRecords):
                 self._db.execute("BEGIN IMMEDIATE")
             self._db.execute(
                 "UPDATE trials SET state=?, score=?, metrics=?, error=?, cost_seconds=?, "
-                "finished=? WHERE id=?",
+                "finished=?, worker=COALESCE(?, worker) WHERE id=?",
                 (
                     state,
                     score_json,
@@ -403,6 +406,7 @@ class TrialStore(EpochRecords):
                     error,
                     float(cost_seconds),
                     now,
+                    worker,
                     trial_id,
                 ),
             )
