@@ -251,6 +251,11 @@ def test_darts_search_under_torchrun_records_world_size_2(tmp_path: Path) -> Non
     assert [e for e, _ in checkpoints(run)] == [1, 2]
     log = (run / "progress.log").read_text()
     assert "data-parallel on 2 processes" in log and "darts: derived" in log
+    # --resume of a finished phase: rank 0 announces nothing to train, every rank exits 0
+    res = torchrun("-m", "nasforge", "search", str(path), "--quiet", "--no-final", "--resume")
+    assert res.returncode == 0, res.stderr[-3000:]
+    again, _, complete = epochs_of(run, "darts")
+    assert again == records and complete == 1
 
 
 @pytest.mark.slow
@@ -310,6 +315,15 @@ def test_kill_9_of_every_rank_then_resume_under_torchrun_continues(tmp_path: Pat
     assert all(r["world_size"] == 2 for r in records) and meta["world_size"] == 2
     assert [e for e, _ in checkpoints(run)] == list(range(1, epochs + 1))
     assert complete == 1
+    # the same data-parallel search uninterrupted: the same records (every rank resumed
+    # from rank 0's state: weights, alphas, optimizers and the batch order's generator)
+    whole = write(tmp_path, "w", {"method": "darts", "options": {**DARTS_SMALL, "epochs": epochs}})
+    res = torchrun("-m", "nasforge", "search", str(whole), "--quiet", "--no-final")
+    assert res.returncode == 0, res.stderr[-3000:]
+    reference, _, _ = epochs_of(tmp_path / "runs" / "w", "darts")
+    for a, b in zip(records, reference, strict=True):
+        assert a["val_loss"] == pytest.approx(b["val_loss"], rel=1e-5), a["epoch"]
+        assert a["arch"] == b["arch"], a["epoch"]
 
 
 def rank_pid(torchrun_pid: int, rank: int) -> int | None:
