@@ -36,7 +36,15 @@ OFA_PHASE = "ofa"
 SPECIALIZED_DIR = "specialized"
 CARD_FILE = "card.json"
 #: per-epoch fields of a training record copied into the report
-EPOCH_FIELDS: tuple[str, ...] = ("loss", "teacher_loss", "lr", "steps", "subnets", "seconds")
+EPOCH_FIELDS: tuple[str, ...] = (
+    "loss",
+    "teacher_loss",
+    "lr",
+    "steps",
+    "subnets",
+    "seconds",
+    "world_size",
+)
 
 
 def list_specialized(run_dir: Path) -> list[dict[str, Any]]:
@@ -130,7 +138,9 @@ def training_section(records: Sequence[Mapping[str, Any]], cfg: Any, meta: Any) 
         )
     meta = meta if isinstance(meta, Mapping) else {}
     cpu = meta.get("cpu_seconds")
+    world = meta.get("world_size")
     return {
+        "world_size": int(world) if isinstance(world, int) else 1,  # DDP processes (torchrun)
         "epochs_done": len(epochs),
         "epochs_total": sum(n for _, _, n in schedule) if schedule else None,
         "train_seconds": round(sum(float(e.get("seconds") or 0.0) for e in epochs), 3),
@@ -235,6 +245,7 @@ def show_lines(store: TrialStore, run_dir: Path | None = None, cfg: Any = None) 
     lines = [
         f"ofa: supernet {t['epochs_done']}{total} epochs ({phases or 'no epochs yet'}), last loss "
         f"{_fmt(last.get('loss'))}"
+        + (f", data-parallel on {t['world_size']} processes" if t["world_size"] > 1 else "")
     ]
     for r in section["specializations"]:
         note = f" ({r['latency_note']})" if r["latency_note"] else ""
@@ -330,7 +341,9 @@ def render_ofa(
     cpu = f" ({t['cpu_seconds']:.1f} CPU s)" if t["cpu_seconds"] is not None else ""
     parts.append(
         f"<p>Elastic supernet trained once: {t['epochs_done']}{total} epochs of progressive "
-        f"shrinking, {t['train_seconds']:.1f} s{esc(cpu)}. Each specialisation below reuses it.</p>"
+        f"shrinking, {t['train_seconds']:.1f} s{esc(cpu)}"
+        + (f", data-parallel (DDP) on {t['world_size']} processes" if t["world_size"] > 1 else "")
+        + ". Each specialisation below reuses it.</p>"
     )
     parts.append(
         table(
