@@ -60,10 +60,12 @@ def search(
         if cfg.ofa is not None:  # Once-for-All has its own commands
             raise NasforgeError(search_refusal(str(config)))
         run_dir = cfg.run_dir(runs_dir)
-        # the first line says where the run goes (runs_dir / --runs-dir accept any path)
-        err.print(
-            f"run directory: {escape(str(run_dir.resolve()))}", highlight=False, soft_wrap=True
-        )
+        # the first line says where the run goes (runs_dir / --runs-dir accept any path); under
+        # torchrun only rank 0, which owns the run, says it
+        if _main_rank():
+            err.print(
+                f"run directory: {escape(str(run_dir.resolve()))}", highlight=False, soft_wrap=True
+            )
         exp = Experiment(cfg, run_dir, console=err, progress=not quiet)
         summary = exp.run(resume=resume, final=not no_final)
     except SearchInterrupted as stop:  # the run printed what was saved and how to resume
@@ -391,6 +393,16 @@ def dashboard(
 app.add_typer(latency_app, name="latency", help="Build, predict and validate latency tables.")
 app.command(name="compress")(compress)
 app.add_typer(ofa_app, name="ofa", help="Once-for-All: one elastic supernet, a subnet per target.")
+
+
+def _main_rank() -> bool:
+    """Whether this process owns the run: always, but for ranks > 0 under torchrun."""
+    from nasforge.oneshot import distributed
+
+    try:
+        return distributed.from_env().is_main
+    except ValueError:  # a malformed torchrun environment is reported where it is joined
+        return True
 
 
 def main() -> None:

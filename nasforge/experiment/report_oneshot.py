@@ -218,9 +218,11 @@ def oneshot_section(store: TrialStore, cfg: Any = None) -> dict[str, Any] | None
     meta = meta if isinstance(meta, Mapping) else {}
     method, options = oneshot_settings(cfg) if cfg is not None else (None, {})
     planned = _int(options.get("epochs"))
+    world = meta.get("world_size")
     out: dict[str, Any] = {
         "method": meta.get("method") or method or _method(phases),
         "phases": list(phases),
+        "world_size": int(world) if isinstance(world, int) else 1,  # DDP processes (torchrun)
     }
     for phase, recs in phases.items():
         if phase == "darts":  # the meta's "epochs" counts DARTS' done epochs; its config plans
@@ -270,6 +272,8 @@ def show_lines(store: TrialStore, run_dir: Path | None = None) -> list[str]:
     if section is None:
         return []
     lines = []
+    if section.get("world_size", 1) > 1:
+        lines.append(f"trained data-parallel (DDP) on {section['world_size']} processes")
     darts = section.get("darts")
     if darts:
         fin, col = darts["final_derived"], darts["collapse"]

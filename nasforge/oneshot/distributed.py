@@ -107,18 +107,20 @@ def shutdown() -> None:
     _CONTEXT = DistContext()
 
 
-def wrap(module: nn.Module, ctx: DistContext | None = None) -> nn.Module:
+def wrap(module: nn.Module, ctx: DistContext | None = None, find_unused: bool = True) -> nn.Module:
     """``module`` in DDP when the job has several processes, else ``module`` itself.
 
-    ``find_unused_parameters=True``: a supernet step runs one path (SPOS) or one subnet (OFA),
-    so most parameters get no gradient in a given forward; DDP must not wait for them.
+    ``find_unused`` (DDP's ``find_unused_parameters``): a supernet step runs one path (SPOS)
+    or one subnet (OFA), so most parameters get no gradient in a given forward; DDP must not
+    wait for them. A mixed-op network (DARTS) uses every parameter: ``False`` spares the
+    graph traversal (and DDP's warning that none was unused).
     """
     ctx = ctx or current()
     if not ctx.active:
         return module
     from torch.nn.parallel import DistributedDataParallel
 
-    return DistributedDataParallel(module, find_unused_parameters=True)
+    return DistributedDataParallel(module, find_unused_parameters=find_unused)
 
 
 def unwrap(module: nn.Module) -> nn.Module:
