@@ -117,6 +117,16 @@ class StrategyConfig(_Section):
 
 
 class SearchConfig(_Section):
+    """How many trials, under which budgets, where they run.
+
+    ``executor: ray`` runs trials as Ray tasks: on the cluster at ``ray_address``
+    (``auto``: the cluster this machine belongs to, or ``host:port`` of its head), or on a
+    local Ray started for the run when it is unset. Each task asks the cluster for
+    ``ray_num_cpus`` CPUs (default ``latency.threads``) and ``ray_num_gpus`` GPUs; Ray runs a
+    task again up to ``ray_max_retries`` times when its node or worker process dies (a
+    trial's own error is never retried: it is a failed trial).
+    """
+
     trials: int = Field(20, ge=1)
     time_budget_s: float | None = Field(None, gt=0)
     cost_budget_s: float | None = Field(
@@ -125,7 +135,31 @@ class SearchConfig(_Section):
     executor: Literal["inline", "process", "ray"] = "process"
     workers: int = Field(1, ge=1)
     prefilter: bool = Field(True, description="skip archs a latency table says break a hard limit")
-    ray_address: str | None = None
+    ray_address: str | None = Field(
+        None, description="auto, or host:port of the Ray head (unset: a local Ray for the run)"
+    )
+    ray_num_cpus: float | None = Field(
+        None, gt=0, description="CPUs each Ray trial task asks for (unset: latency.threads)"
+    )
+    ray_num_gpus: float = Field(0, ge=0, description="GPUs each Ray trial task asks for")
+    ray_max_retries: int = Field(
+        3, ge=0, description="times Ray re-runs a trial whose node or worker died"
+    )
+
+    @field_validator("ray_address")
+    @classmethod
+    def _ray_address(cls, v: str | None) -> str | None:
+        if v is None or v == "auto":
+            return v
+        if v.startswith("ray://"):
+            raise ValueError(
+                f"{v!r}: Ray Client (ray://) is not supported; give host:port of the head's "
+                "GCS (ray start --head prints it) and run the search on a machine of the cluster"
+            )
+        host, sep, port = v.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"expected auto or host:port of the Ray head, got {v!r}")
+        return v
 
 
 class EvaluatorConfig(_Section):

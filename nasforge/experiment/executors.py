@@ -51,6 +51,9 @@ def _init_worker(threads: int, parent_pid: int | None = None) -> None:
 def evaluate_payload(payload: dict[str, Any]) -> dict[str, Any]:
     """Evaluate one trial; runs in whichever process the executor chose.
 
+    ``payload["dataset_ref"]`` (the ray executor's) is the driver's dataset in Ray's object
+    store: the evaluator is built with it instead of loading the data here.
+
     ``payload["budget"]`` (a multi-fidelity trial: ``{"epochs", "data_fraction"}``) reaches
     the evaluator as a :class:`~nasforge.evaluators.base.Fidelity`; without it the
     evaluator's own default budget applies.
@@ -62,7 +65,7 @@ def evaluate_payload(payload: dict[str, Any]) -> dict[str, Any]:
 
     from nasforge.evaluators.base import Fidelity
     from nasforge.experiment.config import parse_config
-    from nasforge.experiment.setup import make_evaluator
+    from nasforge.experiment.setup import build_run, make_evaluator
     from nasforge.space import Arch
 
     t0 = time.perf_counter()
@@ -71,7 +74,13 @@ def evaluate_payload(payload: dict[str, Any]) -> dict[str, Any]:
         ev = _EVALUATORS.get(key)
         if ev is None:
             cfg = parse_config(__import__("json").loads(payload["config_json"]))
-            ev = make_evaluator(cfg, payload.get("run_dir"))
+            ref = payload.get("dataset_ref")  # the ray executor's: the driver's dataset
+            objects = None
+            if ref is not None:
+                import ray
+
+                objects = build_run(cfg, payload.get("run_dir"), dataset=ray.get(ref))
+            ev = make_evaluator(cfg, payload.get("run_dir"), objects)
             _EVALUATORS.clear()
             _EVALUATORS[key] = ev
         arch = Arch.from_json(payload["arch_json"])
@@ -195,7 +204,24 @@ class ProcessExecutor(Executor):
 
 
 class RayExecutor(Executor):
-    """Trials as Ray tasks on the cluster at ``address`` (``None`` starts a local one)."""
+    """Trials as Ray tasks on the cluster at ``address`` (``auto``: the cluster this machine
+    belongs to; ``None``: a local Ray started for the run).
+
+    The task options and the data come from the config in the payloads (the one source):
+    each task asks for ``search.ray_num_cpus`` CPUs (default ``latency.threads``) and
+    ``search.ray_num_gpus`` GPUs; Ray re-runs a task whose node or worker process died up to
+    ``search.ray_max_retries`` times, never one whose trial failed on its own
+    (``retry_exceptions=False``; :func:`evaluate_payload` returns a trial's error as data
+    anyway). The driver loads the dataset once and puts it in the object store once; every
+    payload carries its ``ObjectRef``, so a worker process fetches it from the object store
+    (a worker on another host needs no data files) and builds its evaluator with it.
+
+    Results come back to the driver, which writes the store; a result's ``worker`` is
+    ``<node ip>:<pid>``. A task lost for good (its node died more often than the retries
+    allow, the task was cancelled) becomes a failed trial with a one-line error naming the
+    loss. The driver disconnects at the end only from a Ray it connected to itself
+    (``ray.shutdown()``: a local Ray it started stops, a cluster keeps running).
+    """
 
     def __init__(self, workers: int = 1, address: str | None = None, threads: int = 1) -> None:
         try:
@@ -205,41 +231,177 @@ class RayExecutor(Executor):
                 "search.executor: 'ray' needs the ray package (pip install 'nasforge[ray]')"
             ) from None
         self.workers = workers
+        self.threads = threads
+        self.address = address
+        self._connected = False
         if not ray.is_initialized():
-            ray.init(
-                address=address,
-                include_dashboard=False,
-                log_to_driver=False,
-                ignore_reinit_error=True,
-            )
-        self._remote = ray.remote(num_cpus=threads)(evaluate_payload)
-        self._refs: list[Any] = []
+            _ray_connect(address)
+            self._connected = True
+        self._config_json: str | None = None
+        self._remote: Any = None
+        self._dataset_ref: Any = None
+        self._retries = 0
+        self._running: dict[Any, Future] = {}  # ObjectRef -> the future the loop waits on
 
-    def submit(self, payload: dict[str, Any]) -> Future:
-        ref = self._remote.remote(payload)
-        self._refs = [r for r in self._refs if not _ray_done(r)] + [ref]
-        return ref.future()
+    def _prepare(self, config_json: str) -> None:
+        """The task options and the dataset's ObjectRef for this config (once per config)."""
+        if config_json == self._config_json:
+            return
+        import json
 
-    def shutdown(self) -> None:
-        pass
-
-    def terminate(self) -> None:
-        """Cancel the running tasks (their worker processes are killed by Ray)."""
         import ray
 
-        for ref in self._refs:
+        from nasforge.experiment.config import parse_config
+        from nasforge.experiment.setup import make_dataset, uses_data
+
+        cfg = parse_config(json.loads(config_json))
+        search = cfg.search
+        cpus = search.ray_num_cpus if search.ray_num_cpus is not None else cfg.latency.threads
+        _check_feasible(cpus, search.ray_num_gpus)
+        self._retries = search.ray_max_retries
+        self._remote = ray.remote(
+            num_cpus=cpus,
+            num_gpus=search.ray_num_gpus,
+            max_retries=search.ray_max_retries,
+            retry_exceptions=False,
+        )(_ray_evaluate)
+        self._dataset_ref = ray.put(make_dataset(cfg)) if uses_data(cfg) else None
+        self._config_json = config_json
+
+    def submit(self, payload: dict[str, Any]) -> Future:
+        self._prepare(payload["config_json"])
+        ref = self._remote.remote({**payload, "dataset_ref": self._dataset_ref}, self.threads)
+        fut: Future = Future()
+        fut.set_running_or_notify_cancel()
+        self._running[ref] = fut
+        retries = self._retries
+
+        def done(ray_fut: Future) -> None:
+            try:
+                out = ray_fut.result()
+            except BaseException as exc:  # noqa: BLE001 - a lost task is the trial's failure
+                out = {"ok": False, "error": ray_loss_message(exc, retries), "cost_seconds": 0.0}
+            self._running.pop(ref, None)
+            if not fut.done():
+                fut.set_result(out)
+
+        ref.future().add_done_callback(done)
+        return fut
+
+    def shutdown(self) -> None:
+        """The loop has every result: disconnect from a Ray this executor connected to."""
+        self._release()
+
+    def terminate(self) -> None:
+        """Cancel the running tasks (Ray kills their worker processes), then disconnect."""
+        import ray
+
+        for ref in list(self._running):
             try:
                 ray.cancel(ref, force=True)
             except Exception:  # noqa: BLE001 - a finished or lost task needs no cancelling
                 pass
-        self._refs = []
+        self._running = {}
+        self._release()
+
+    def _release(self) -> None:
+        import ray
+
+        self._dataset_ref = None
+        self._config_json = None
+        if self._connected and ray.is_initialized():
+            ray.shutdown()
+        self._connected = False
 
 
-def _ray_done(ref: Any) -> bool:
+def _check_feasible(cpus: float, gpus: float) -> None:
+    """A task no alive node can hold would wait forever: refuse it, naming the field."""
     import ray
 
-    ready, _ = ray.wait([ref], timeout=0)
-    return bool(ready)
+    nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
+    if not nodes or any(r.get("CPU", 0) >= cpus and r.get("GPU", 0) >= gpus for r in nodes):
+        return
+    short_gpu = not any(r.get("GPU", 0) >= gpus for r in nodes)
+    field = "search.ray_num_gpus" if short_gpu else "search.ray_num_cpus"
+    have = ", ".join(f"{r.get('CPU', 0):g} CPU + {r.get('GPU', 0):g} GPU" for r in nodes)
+    raise ConfigError(
+        f"{field}: each trial asks Ray for {cpus:g} CPU(s) and {gpus:g} GPU(s) but no node of "
+        f"the cluster has that many (its nodes: {have}); the trials would wait forever"
+    )
+
+
+def _ray_evaluate(payload: dict[str, Any], threads: int) -> dict[str, Any]:
+    """A Ray task: :func:`evaluate_payload` with the worker's torch threads; ``worker``
+    names the node (its IP) and the process."""
+    import ray
+    import torch
+
+    torch.set_num_threads(threads)
+    out = evaluate_payload(payload)
+    out["worker"] = f"{ray.util.get_node_ip_address()}:{os.getpid()}"
+    return out
+
+
+def ray_loss_message(exc: BaseException, retries: int) -> str:
+    """One line for a trial whose Ray task ended without a result."""
+    name = type(exc).__name__
+    first = next((ln.strip() for ln in str(exc).splitlines() if ln.strip()), "")[:300]
+    if name == "TaskCancelledError":
+        return f"ray task cancelled ({name}): {first}"
+    if name in ("NodeDiedError", "WorkerCrashedError", "OwnerDiedError", "ObjectLostError"):
+        return (
+            f"ray node or worker lost ({name}) after {retries} retries "
+            f"(search.ray_max_retries): {first}"
+        )
+    return f"ray task failed ({name}): {first}"
+
+
+def _ray_connect(address: str | None) -> None:
+    """``ray.init`` at ``address``; no cluster there -> :class:`ConfigError` naming
+    ``search.ray_address`` (ray.init would wait for minutes on an address nobody answers,
+    so the head's port is tried first)."""
+    import logging
+    import socket
+
+    import ray
+
+    field = "search.ray_address"
+    if address is not None:
+        try:  # "auto" -> the address of this machine's cluster (RAY_ADDRESS, Ray's temp dir)
+            from ray._private.services import canonicalize_bootstrap_address
+
+            target = canonicalize_bootstrap_address(address)
+        except ConnectionError as exc:
+            raise ConfigError(f"{field}: {address!r}: {_first_line(exc)}") from None
+        except Exception:  # noqa: BLE001 - Ray's private helper moved: ray.init decides
+            target = None
+        if target:
+            host, _, port = target.rpartition(":")
+            try:
+                socket.create_connection((host, int(port)), timeout=10).close()
+            except OSError as exc:
+                raise ConfigError(
+                    f"{field}: no Ray cluster answers at {address} ({target}: {exc}); start "
+                    "its head with `ray start --head` or fix the address"
+                ) from None
+    try:
+        ray.init(
+            address=address,
+            include_dashboard=False,
+            log_to_driver=False,
+            logging_level=logging.WARNING,
+        )
+    except Exception as exc:  # noqa: BLE001 - any failure to reach Ray is a config problem
+        where = (
+            f"{field}: cannot connect to the Ray cluster at {address}"
+            if address
+            else ("search.executor: cannot start a local Ray")
+        )
+        raise ConfigError(f"{where}: {type(exc).__name__}: {_first_line(exc)}") from None
+
+
+def _first_line(exc: BaseException) -> str:
+    return next((ln.strip() for ln in str(exc).splitlines() if ln.strip()), "")[:300]
 
 
 def make_executor(

@@ -250,14 +250,21 @@ def _constraint(objects: RunObjects) -> tuple[Constraint | None, Evaluator | Non
     return (lambda arch: model.predict(arch) <= limit), None
 
 
-def build_run(cfg: ExperimentConfig, run_dir: str | Path | None = None) -> RunObjects:
-    """Build the run's objects from ``cfg`` once (loads the data when the evaluator needs it).
+def build_run(
+    cfg: ExperimentConfig, run_dir: str | Path | None = None, dataset: Dataset | None = None
+) -> RunObjects:
+    """Build the run's objects from ``cfg`` once (loads the data when the evaluator needs it,
+    unless ``dataset`` gives it: a Ray worker gets the driver's from the object store, so a
+    worker on another host needs no data files).
 
     Raises:
         ConfigError: a value only checkable now (missing latency table file, unknown space
             or options the space factory rejects, ...), naming the field.
     """
-    dataset = make_dataset(cfg) if uses_data(cfg) else None
+    if not uses_data(cfg):
+        dataset = None
+    elif dataset is None:
+        dataset = make_dataset(cfg)
     space = make_space(cfg, dataset)
     objects = RunObjects(
         config=cfg,

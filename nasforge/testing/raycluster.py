@@ -70,17 +70,42 @@ def ray_command() -> str:
     return found
 
 
+def session_pids(sid: int) -> list[int]:
+    """The processes of session ``sid`` (Linux ``/proc``; elsewhere none: only the process
+    group is killed)."""
+    pids = []
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        return []
+    for name in entries:
+        if name.isdigit():
+            try:
+                if os.getsid(int(name)) == sid:
+                    pids.append(int(name))
+            except OSError:  # gone meanwhile, or not ours
+                pass
+    return pids
+
+
 class _Node:
     def __init__(self, ip: str, proc: subprocess.Popen, log_path: Path, log: IO[bytes]) -> None:
         self.ip, self.proc, self.log_path, self._log = ip, proc, log_path, log
         self.killed = False
 
     def kill(self) -> None:
-        """SIGKILL the node's whole process group (ray start, raylet, its workers)."""
+        """SIGKILL every process of the node: its session (``ray start``, raylet, agents and
+        the raylet's workers, which Ray puts in process groups of their own)."""
         if not self.killed:
+            for _ in range(3):  # a process forked meanwhile is in the session too
+                for pid in [self.proc.pid, *session_pids(self.proc.pid)]:
+                    try:
+                        os.kill(pid, signal.SIGKILL)
+                    except (ProcessLookupError, PermissionError):
+                        pass
             try:
                 os.killpg(self.proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
+            except (ProcessLookupError, PermissionError):
                 pass
             self.proc.wait(30)
             self.killed = True
@@ -186,8 +211,8 @@ class LocalRayCluster:
         return ip
 
     def kill_node(self, i: int) -> str:
-        """SIGKILL node ``i`` (0 is the head) with all its processes: a lost machine.
-        Returns its IP."""
+        """SIGKILL node ``i`` (0 is the head) with all its processes (its session: Ray puts
+        the workers in process groups of their own): a lost machine. Returns its IP."""
         node = self._nodes[i]
         node.kill()
         return node.ip
@@ -206,7 +231,7 @@ class LocalRayCluster:
         return list(json.loads(out.stdout.strip().splitlines()[-1]))
 
     def stop(self) -> None:
-        """Kill every process group this cluster started (never ``ray stop``)."""
+        """Kill every process this cluster started (its nodes' sessions; never ``ray stop``)."""
         for node in reversed(self._nodes):
             node.kill()
         self._nodes = []
@@ -255,7 +280,7 @@ class LocalRayCluster:
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             env=self.driver_env(),
-            start_new_session=True,  # its own process group: killed alone, never by a Ctrl-C
+            start_new_session=True,  # its own session: killed alone, never by a Ctrl-C
         )
         self._nodes.append(_Node(ip, proc, log_path, log))
 
