@@ -211,13 +211,17 @@ def test_ray_fields_are_checked(tmp_path: Path) -> None:
 
 
 def test_no_cluster_at_the_address_is_a_config_error(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from nasforge.cli import app
+
     port = free_port()  # nothing listens there
     cfg = write_config(tmp_path, "nocluster", f"127.0.0.1:{port}", trials=1)
-    res = search(cfg, dict(os.environ))
-    assert res.returncode == 2, res.stdout + res.stderr
-    err = res.stdout + res.stderr
-    assert "search.ray_address" in err and str(port) in err
-    assert "Traceback" not in err
+    res = CliRunner().invoke(app, ["search", str(cfg), "--quiet", "--no-final"])
+    assert res.exit_code == 2, res.output
+    assert "search.ray_address" in res.output and str(port) in res.output
+    assert "Traceback" not in res.output
+    assert not ray.is_initialized()
 
 
 def test_a_lost_task_is_one_line_naming_the_loss() -> None:

@@ -1,9 +1,14 @@
-"""The `ray` executor runs trials as tasks on a local Ray cluster; results reach the store."""
+"""The `ray` executor on a local Ray started for the run: results reach the store, a trial
+names the Ray node it ran on, and workers get the data from Ray's object store (not from
+the data files). The multi-node cluster tests are in ``tests/test_ray_cluster.py``."""
 
 from __future__ import annotations
 
+import json
+import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 from typer.testing import CliRunner
 
@@ -25,7 +30,53 @@ def test_search_on_a_local_ray_cluster(tmp_path: Path) -> None:
     finally:
         ray.shutdown()
     assert res.exit_code == 0, res.output
+    assert not ray.is_initialized()  # the driver disconnected from the Ray it started
     with TrialStore(tmp_path / "r" / "trials.db") as store:
         trials = store.trials(("complete",))
         assert len(trials) == 3
         assert all(t.metrics["latency_ms"] > 0 for t in trials)
+        for t in trials:  # "<node ip>:<pid>"
+            ip, pid = str(t.worker).rsplit(":", 1)
+            assert ip.count(".") == 3 and pid.isdigit(), t.worker
+
+
+def test_workers_get_the_data_from_the_object_store(tmp_path: Path) -> None:
+    from PIL import Image
+
+    from nasforge.experiment.config import parse_config
+    from nasforge.experiment.executors import make_executor
+    from nasforge.experiment.setup import build_run
+
+    data = tmp_path / "images"
+    rng = np.random.default_rng(0)
+    for c in ("a", "b"):
+        (data / c).mkdir(parents=True)
+        for i in range(12):
+            Image.fromarray(rng.integers(0, 255, (8, 8), dtype=np.uint8)).save(
+                data / c / f"{i}.png"
+            )
+    cfg = parse_config(
+        {
+            "data": {"name": "imagefolder", "path": str(data), "image_size": 8, "channels": 1},
+            "search": {"executor": "ray", "workers": 2},
+            "train": {"epochs": 1},
+            "latency": {"repeats": 3, "warmup": 1},
+        }
+    )
+    space = build_run(cfg).space
+    archs = [space.sample(np.random.default_rng(s)) for s in (1, 2)]
+    cfg_json = json.dumps(cfg.model_dump(mode="json"))
+    executor = make_executor("ray", 2, 1, None)
+    try:
+        payloads = [
+            {"config_json": cfg_json, "arch_json": a.to_json(), "run_dir": None, "trial_id": i}
+            for i, a in enumerate(archs, 1)
+        ]
+        futures = [executor.submit(payloads[0])]  # the driver loads the data, puts it once
+        shutil.rmtree(data)  # no worker can read the files from now on
+        futures.append(executor.submit(payloads[1]))
+        outs = [f.result(timeout=300) for f in futures]
+    finally:
+        executor.shutdown()
+    assert all(o["ok"] for o in outs), [o.get("error") for o in outs]
+    assert all(0.0 <= o["metrics"]["val_acc"] <= 1.0 for o in outs)
