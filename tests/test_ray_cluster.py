@@ -125,6 +125,15 @@ def _evaluating_on(cluster: LocalRayCluster, node: int) -> bool:
     )
 
 
+def _evaluating_anywhere(cluster: LocalRayCluster) -> bool:
+    return any(_evaluating_on(cluster, i) for i in range(len(cluster._nodes)))
+
+
+def _worker_node(cluster: LocalRayCluster) -> int:
+    """The index of the newest alive worker node (an earlier test killed and re-added one)."""
+    return max(i for i, n in enumerate(cluster._nodes) if i > 0 and not n.killed)
+
+
 @pytest.mark.slow
 def test_a_lost_node_s_trial_runs_again(tmp_path: Path, cluster: LocalRayCluster) -> None:
     cfg = write_config(tmp_path, "lost", cluster.address, trials=TRIALS, ray_num_cpus=1)
@@ -137,11 +146,12 @@ def test_a_lost_node_s_trial_runs_again(tmp_path: Path, cluster: LocalRayCluster
     )
     try:
         deadline = time.monotonic() + 300
-        while not _evaluating_on(cluster, 1):
+        node = _worker_node(cluster)
+        while not _evaluating_on(cluster, node):
             assert driver.poll() is None, driver.communicate()[0]
             assert time.monotonic() < deadline, "no trial ever ran on the worker node"
             time.sleep(0.2)
-        lost_ip = cluster.kill_node(1)  # the machine is gone, with the trial it was running
+        lost_ip = cluster.kill_node(node)  # the machine is gone, with the trial it was running
         out, _ = driver.communicate(timeout=600)
     finally:
         if driver.poll() is None:
@@ -231,3 +241,76 @@ def test_a_lost_task_is_one_line_naming_the_loss() -> None:
     msg = ray_loss_message(exc, 3)
     assert "\n" not in msg
     assert "NodeDiedError" in msg and "search.ray_max_retries" in msg and "127.0.0.2" in msg
+
+
+@pytest.mark.slow
+def test_past_the_retries_a_lost_node_s_trial_is_failed_in_one_line(
+    tmp_path: Path, cluster: LocalRayCluster
+) -> None:
+    cfg = write_config(tmp_path, "noretry", cluster.address, trials=4, ray_max_retries=0)
+    driver = subprocess.Popen(
+        [sys.executable, "-m", "nasforge", "search", str(cfg), "--quiet", "--no-final"],
+        env=cluster.driver_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 300
+        node = _worker_node(cluster)
+        while not _evaluating_on(cluster, node):
+            assert driver.poll() is None, driver.communicate()[0]
+            assert time.monotonic() < deadline, "no trial ever ran on the worker node"
+            time.sleep(0.2)
+        cluster.kill_node(node)
+        out, _ = driver.communicate(timeout=600)
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+        cluster.add_node()
+    assert driver.returncode == 0, out
+    got = rows(tmp_path / "runs" / "noretry" / "trials.db")
+    assert len(got) == 4 and len({r[0] for r in got}) == 4, got  # none lost, none twice
+    with TrialStore(tmp_path / "runs" / "noretry" / "trials.db") as store:
+        failed = store.trials(("failed",))
+    assert len(failed) == 1, got
+    error = str(failed[0].error)
+    assert "\n" not in error and "lost" in error and "search.ray_max_retries" in error, error
+
+
+@pytest.mark.slow
+def test_ctrl_c_cancels_the_tasks_and_the_cluster_keeps_running(
+    tmp_path: Path, cluster: LocalRayCluster
+) -> None:
+    cfg = write_config(tmp_path, "sigint", cluster.address, trials=TRIALS)
+    driver = subprocess.Popen(
+        [sys.executable, "-m", "nasforge", "search", str(cfg), "--quiet", "--no-final"],
+        env=cluster.driver_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 300
+        while not _evaluating_anywhere(cluster):
+            assert driver.poll() is None, driver.communicate()[0]
+            assert time.monotonic() < deadline, "no trial ever ran"
+            time.sleep(0.2)
+        os.kill(driver.pid, signal.SIGINT)
+        out, _ = driver.communicate(timeout=120)
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+    assert driver.returncode not in (0, None), out
+    assert "--resume" in out, out
+    deadline = time.monotonic() + 60
+    while _evaluating_anywhere(cluster):  # the driver cancelled its running tasks
+        assert time.monotonic() < deadline, "a cancelled trial still runs on the cluster"
+        time.sleep(0.5)
+    assert len(cluster.alive_ips()) == 2
+    res = search(cfg, cluster.driver_env(), "--resume")
+    assert res.returncode == 0, res.stdout + res.stderr
+    got = rows(tmp_path / "runs" / "sigint" / "trials.db")
+    complete = [r for r in got if r[1] == "complete"]
+    assert len(complete) == TRIALS and len({r[2] for r in complete}) == TRIALS, got
