@@ -350,21 +350,29 @@ def run(quick: bool = False) -> list[bool]:
         f"\nRay: throughput of fixed-work trials ({iterations:,} loop iterations each, "
         f"{work_trials} trials a run, {workers} in flight; runs in the order "
         f"{', '.join(map(str, order))} nodes, each on a fresh cluster), 1 vs 2 nodes of 1 CPU; "
-        "the host's 2 "
-        "cores also run the Ray daemons and the driver, so 2 nodes at best double 1"
+        "the host's 2 cores also run the Ray daemons and the driver, so 2 nodes at best "
+        "double 1"
     )
-    tput = {
-        n: _merged([_batch(r["throughput"]) for r, m in zip(runs, order) if m == n]) for n in (1, 2)
-    }
+    batches = [_batch(r["throughput"]) for r in runs]
+    tput = {n: _merged([b for b, m in zip(batches, order) if m == n]) for n in (1, 2)}
     print(
-        f"{'cluster':10s} {'trials':>7s} {'wall s':>8s} {'trials/s':>9s} {'eval s':>7s} "
+        f"{'run':14s} {'trials':>7s} {'wall s':>8s} {'trials/s':>9s} {'eval s':>7s} "
         f"{'eval cpu s':>11s} {'nodes used':>11s}"
     )
-    for n, b in tput.items():
+    # node ids differ between clusters: nodes are counted within each run
+    used = [len(set(b.nodes_seen)) for b in batches]
+    rows = [
+        (f"{i + 1}: {n} node{'s' * (n > 1)}", b, u)
+        for i, (n, b, u) in enumerate(zip(order, batches, used))
+    ]
+    rows += [
+        (f"all {n} node{'s' * (n > 1)}", tput[n], max(u for u, m in zip(used, order) if m == n))
+        for n in (1, 2)
+    ]
+    for label, b, u in rows:
         print(
-            f"{n} node{'s' if n > 1 else ' '}   {b.trials:7d} {b.wall_s:8.2f} "
-            f"{b.trials / b.wall_s:9.3f} {b.mean_eval_s:7.2f} {b.mean_cpu_s:11.2f} "
-            f"{len(set(b.nodes_seen)):11d}"
+            f"{label:14s} {b.trials:7d} {b.wall_s:8.2f} {b.trials / b.wall_s:9.3f} "
+            f"{b.mean_eval_s:7.2f} {b.mean_cpu_s:11.2f} {u:11d}"
         )
     print("(eval s above eval cpu s: the trials waited for a core)")
     busy = host_busy(loads, own_threads=workers)
