@@ -207,7 +207,8 @@ class RayExecutor(Executor):
     """Trials as Ray tasks on the cluster at ``address`` (``auto``: the cluster this machine
     belongs to; ``None``: a local Ray started for the run).
 
-    The task options and the data come from the config in the payloads (the one source):
+    The task options and the data come from the config (the one source): ``config_json``
+    (the payloads' config) prepares them before the first trial, else the first payload does:
     each task asks for ``search.ray_num_cpus`` CPUs (default ``latency.threads``) and
     ``search.ray_num_gpus`` GPUs; Ray re-runs a task whose node or worker process died up to
     ``search.ray_max_retries`` times, never one whose trial failed on its own
@@ -223,7 +224,13 @@ class RayExecutor(Executor):
     (``ray.shutdown()``: a local Ray it started stops, a cluster keeps running).
     """
 
-    def __init__(self, workers: int = 1, address: str | None = None, threads: int = 1) -> None:
+    def __init__(
+        self,
+        workers: int = 1,
+        address: str | None = None,
+        threads: int = 1,
+        config_json: str | None = None,
+    ) -> None:
         try:
             import ray
         except ImportError:
@@ -242,6 +249,12 @@ class RayExecutor(Executor):
         self._dataset_ref: Any = None
         self._retries = 0
         self._running: dict[Any, Future] = {}  # ObjectRef -> the future the loop waits on
+        if config_json is not None:
+            try:
+                self._prepare(config_json)
+            except BaseException:
+                self._release()
+                raise
 
     def _prepare(self, config_json: str) -> None:
         """The task options and the dataset's ObjectRef for this config (once per config)."""
@@ -345,7 +358,7 @@ def _ray_evaluate(payload: dict[str, Any], threads: int) -> dict[str, Any]:
 def ray_loss_message(exc: BaseException, retries: int) -> str:
     """One line for a trial whose Ray task ended without a result."""
     name = type(exc).__name__
-    first = next((ln.strip() for ln in str(exc).splitlines() if ln.strip()), "")[:300]
+    first = _first_line(exc)
     if name == "TaskCancelledError":
         return f"ray task cancelled ({name}): {first}"
     if name in ("NodeDiedError", "WorkerCrashedError", "OwnerDiedError", "ObjectLostError"):
@@ -400,17 +413,29 @@ def _ray_connect(address: str | None) -> None:
         raise ConfigError(f"{where}: {type(exc).__name__}: {_first_line(exc)}") from None
 
 
-def _first_line(exc: BaseException) -> str:
-    return next((ln.strip() for ln in str(exc).splitlines() if ln.strip()), "")[:300]
+def _first_line(exc: BaseException, limit: int = 300) -> str:
+    """The first line of ``exc``'s message, cut after a whole sentence within ``limit``."""
+    line = next((ln.strip() for ln in str(exc).splitlines() if ln.strip()), "")
+    if len(line) <= limit:
+        return line
+    cut = line.rfind(". ", 0, limit)
+    return line[: cut + 1] if cut > 0 else line[:limit] + "..."
 
 
 def make_executor(
-    kind: str, workers: int, threads: int, ray_address: str | None = None
+    kind: str,
+    workers: int,
+    threads: int,
+    ray_address: str | None = None,
+    config_json: str | None = None,
 ) -> Executor:
+    """The executor ``kind``; ``config_json`` (the payloads' config) lets the ray executor
+    check its task resources and put the dataset in the object store before the first
+    trial (otherwise at the first submit)."""
     if kind == "inline":
         return InlineExecutor(threads)
     if kind == "process":
         return ProcessExecutor(workers, threads)
     if kind == "ray":
-        return RayExecutor(workers, ray_address, threads)
+        return RayExecutor(workers, ray_address, threads, config_json)
     raise ConfigError(f"search.executor: expected inline, process or ray, got {kind!r}")
