@@ -1,6 +1,7 @@
 """The `ray` executor on a local Ray started for the run: results reach the store, a trial
 names the Ray node it ran on, and workers get the data from Ray's object store (not from
-the data files). The multi-node cluster tests are in ``tests/test_ray_cluster.py``."""
+the data files) and never make the driver's run directory. The multi-node cluster tests are
+in ``tests/test_ray_cluster.py``."""
 
 from __future__ import annotations
 
@@ -66,11 +67,13 @@ def test_workers_get_the_data_from_the_object_store(tmp_path: Path) -> None:
     space = build_run(cfg).space
     archs = [space.sample(np.random.default_rng(s)) for s in (1, 2)]
     cfg_json = json.dumps(cfg.model_dump(mode="json"))
+    # the run dir is on the driver's machine only: as for a worker on another host
+    elsewhere = tmp_path / "driver-host" / "runs" / "r"
     executor = make_executor("ray", 2, 1, None)
     try:
         payloads = [
-            {"config_json": cfg_json, "arch_json": a.to_json(), "run_dir": None, "trial_id": i}
-            for i, a in enumerate(archs, 1)
+            {"config_json": cfg_json, "arch_json": a.to_json(), "run_dir": str(elsewhere)}
+            for a in archs
         ]
         futures = [executor.submit(payloads[0])]  # the driver loads the data, puts it once
         shutil.rmtree(data)  # no worker can read the files from now on
@@ -80,3 +83,4 @@ def test_workers_get_the_data_from_the_object_store(tmp_path: Path) -> None:
         executor.shutdown()
     assert all(o["ok"] for o in outs), [o.get("error") for o in outs]
     assert all(0.0 <= o["metrics"]["val_acc"] <= 1.0 for o in outs)
+    assert not elsewhere.parent.exists()  # no worker made the driver's paths

@@ -75,12 +75,14 @@ def evaluate_payload(payload: dict[str, Any]) -> dict[str, Any]:
         if ev is None:
             cfg = parse_config(__import__("json").loads(payload["config_json"]))
             ref = payload.get("dataset_ref")  # the ray executor's: the driver's dataset
+            run_dir = payload.get("run_dir")
             objects = None
             if ref is not None:
                 import ray
 
-                objects = build_run(cfg, payload.get("run_dir"), dataset=ray.get(ref))
-            ev = make_evaluator(cfg, payload.get("run_dir"), objects)
+                run_dir = node_run_dir(run_dir)
+                objects = build_run(cfg, run_dir, dataset=ray.get(ref))
+            ev = make_evaluator(cfg, run_dir, objects)
             _EVALUATORS.clear()
             _EVALUATORS[key] = ev
         arch = Arch.from_json(payload["arch_json"])
@@ -112,6 +114,23 @@ def evaluate_payload(payload: dict[str, Any]) -> dict[str, Any]:
         "cost_seconds": time.perf_counter() - t0,
         "worker": f"{os.uname().nodename}:{os.getpid()}",
     }
+
+
+def node_run_dir(run_dir: str | None) -> str | None:
+    """The run directory a Ray worker's evaluator uses: the run's own when it is on this
+    machine (the driver's host, or a shared file system), else a directory of this node's
+    own (its latency lock: trials on one node time one at a time), so a worker on another
+    host never makes the driver's paths."""
+    import hashlib
+    import tempfile
+    from pathlib import Path
+
+    if run_dir is None or Path(run_dir).is_dir():
+        return run_dir
+    tag = hashlib.sha1(run_dir.encode()).hexdigest()[:12]  # noqa: S324 - a name, not security
+    local = Path(tempfile.gettempdir()) / f"nasforge-run-{tag}"
+    local.mkdir(parents=True, exist_ok=True)
+    return str(local)
 
 
 class Executor:
