@@ -336,8 +336,10 @@ class TrialLoop:
         cfg_json = json.dumps(self.cfg.model_dump(mode="json"))
         # table lookups take microseconds: a pool would only add overhead
         kind = search.executor if uses_data(self.cfg) else "inline"
+        # with the config, the ray executor checks its task resources and puts the dataset in
+        # the object store before the first trial row exists
         executor: Executor = make_executor(
-            kind, search.workers, self.cfg.latency.threads, search.ray_address
+            kind, search.workers, self.cfg.latency.threads, search.ray_address, cfg_json
         )
         pending: dict[Future, tuple[int, Submission]] = {}
 
