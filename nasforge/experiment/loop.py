@@ -346,6 +346,12 @@ class TrialLoop:
         def elapsed() -> float:
             return prior_seconds + time.time() - t_start
 
+        def wall_left() -> float | None:
+            """Seconds the time budget leaves (``None``: no time budget)."""
+            if search.time_budget_s is None:
+                return None
+            return max(0.0, search.time_budget_s - elapsed())
+
         def out_of_time() -> bool:
             if search.cost_budget_s is not None and book.cost_seconds >= search.cost_budget_s:
                 return True
@@ -400,12 +406,14 @@ class TrialLoop:
                         cost = trial.cost_seconds if search.cost_budget_s is not None else 0.0
                         book.add(sub.key, score, cost, full=sub.full)
                         feed.told(sub, score)
-                        self._log_trial(trial, book, budget, t_start, done0, feed.head(trial))
+                        self._log_trial(
+                            trial, book, budget, t_start, done0, feed.head(trial), wall_left()
+                        )
                         if self.backup_every and book.finished % self.backup_every == 0:
                             self._backup(store, periodic=True)
                     book.save_elapsed(elapsed())
                     done = book.finished
-                    left = _time_left(t_start, done - done0, budget - done)
+                    left = _time_left(t_start, done - done0, budget - done, wall_left())
                     progress.update(
                         task,
                         completed=done,
@@ -445,10 +453,12 @@ class TrialLoop:
         t_start: float,
         done0: int,
         rung: str = "",
+        wall_left: float | None = None,
     ) -> None:
         """One plain line per finished trial (the log file, and the console off a terminal);
-        ``rung`` says a multi-fidelity trial's rung and budget."""
-        left = _time_left(t_start, book.finished - done0, budget - book.finished)
+        ``rung`` says a multi-fidelity trial's rung and budget; ``wall_left``: what the time
+        budget leaves (caps the estimate)."""
+        left = _time_left(t_start, book.finished - done0, budget - book.finished, wall_left)
         head = f"trial {trial.id} {trial.state}{rung} ({book.finished}/{budget})"
         if trial.state != "complete":
             what = (trial.error or "").splitlines()[0] if trial.error else ""
@@ -538,6 +548,12 @@ def _fmt(v: float | None) -> str:
     return "-" if v is None else f"{v:.4f}"
 
 
-def _time_left(t_start: float, done: int, remaining: int) -> float | None:
-    """Seconds left at this run's pace, or ``None`` before the first finished trial."""
-    return (time.time() - t_start) / done * remaining if done > 0 else None
+def _time_left(
+    t_start: float, done: int, remaining: int, wall_left: float | None = None
+) -> float | None:
+    """Seconds left at this run's pace, or ``None`` before the first finished trial; never
+    more than ``wall_left``, what a time budget leaves (the run stops then)."""
+    pace = (time.time() - t_start) / done * remaining if done > 0 else None
+    if wall_left is None:
+        return pace
+    return wall_left if pace is None else min(pace, wall_left)
