@@ -134,9 +134,10 @@ def _worker_node(cluster: LocalRayCluster) -> int:
     return max(i for i, n in enumerate(cluster._nodes) if i > 0 and not n.killed)
 
 
-@pytest.mark.slow
-def test_a_lost_node_s_trial_runs_again(tmp_path: Path, cluster: LocalRayCluster) -> None:
-    cfg = write_config(tmp_path, "lost", cluster.address, trials=TRIALS, ray_num_cpus=1)
+def _search_losing_a_node(cluster: LocalRayCluster, cfg: Path) -> tuple[int, str, str]:
+    """Run a search on ``cluster``, SIGKILL the worker node while it evaluates a trial (a lost
+    machine, with that trial), wait for the search; the node is added back for the next test.
+    Returns the search's exit code, its output and the lost node's IP."""
     driver = subprocess.Popen(
         [sys.executable, "-m", "nasforge", "search", str(cfg), "--quiet", "--no-final"],
         env=cluster.driver_env(),
@@ -151,13 +152,20 @@ def test_a_lost_node_s_trial_runs_again(tmp_path: Path, cluster: LocalRayCluster
             assert driver.poll() is None, driver.communicate()[0]
             assert time.monotonic() < deadline, "no trial ever ran on the worker node"
             time.sleep(0.2)
-        lost_ip = cluster.kill_node(node)  # the machine is gone, with the trial it was running
+        lost_ip = cluster.kill_node(node)
         out, _ = driver.communicate(timeout=600)
     finally:
         if driver.poll() is None:
             driver.kill()
         cluster.add_node()  # the module's cluster has two nodes again for the next test
-    assert driver.returncode == 0, out
+    return driver.returncode, out, lost_ip
+
+
+@pytest.mark.slow
+def test_a_lost_node_s_trial_runs_again(tmp_path: Path, cluster: LocalRayCluster) -> None:
+    cfg = write_config(tmp_path, "lost", cluster.address, trials=TRIALS, ray_num_cpus=1)
+    returncode, out, lost_ip = _search_losing_a_node(cluster, cfg)
+    assert returncode == 0, out
     complete = assert_exactly(tmp_path / "runs" / "lost" / "trials.db", TRIALS)
     # the lost node's trial finished elsewhere (Ray ran its task again on the head)
     assert any(not str(w).startswith(lost_ip + ":") for *_, w in complete)
@@ -248,27 +256,8 @@ def test_past_the_retries_a_lost_node_s_trial_is_failed_in_one_line(
     tmp_path: Path, cluster: LocalRayCluster
 ) -> None:
     cfg = write_config(tmp_path, "noretry", cluster.address, trials=4, ray_max_retries=0)
-    driver = subprocess.Popen(
-        [sys.executable, "-m", "nasforge", "search", str(cfg), "--quiet", "--no-final"],
-        env=cluster.driver_env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    try:
-        deadline = time.monotonic() + 300
-        node = _worker_node(cluster)
-        while not _evaluating_on(cluster, node):
-            assert driver.poll() is None, driver.communicate()[0]
-            assert time.monotonic() < deadline, "no trial ever ran on the worker node"
-            time.sleep(0.2)
-        cluster.kill_node(node)
-        out, _ = driver.communicate(timeout=600)
-    finally:
-        if driver.poll() is None:
-            driver.kill()
-        cluster.add_node()
-    assert driver.returncode == 0, out
+    returncode, out, _ = _search_losing_a_node(cluster, cfg)
+    assert returncode == 0, out
     got = rows(tmp_path / "runs" / "noretry" / "trials.db")
     assert len(got) == 4 and len({r[0] for r in got}) == 4, got  # none lost, none twice
     with TrialStore(tmp_path / "runs" / "noretry" / "trials.db") as store:
