@@ -64,20 +64,19 @@ def test_workers_get_the_data_from_the_object_store(tmp_path: Path) -> None:
             "latency": {"repeats": 3, "warmup": 1},
         }
     )
-    space = build_run(cfg).space
-    archs = [space.sample(np.random.default_rng(s)) for s in (1, 2)]
+    run = build_run(cfg)  # the driver loads the data once, as the search does
+    archs = [run.space.sample(np.random.default_rng(s)) for s in (1, 2)]
     cfg_json = json.dumps(cfg.model_dump(mode="json"))
     # the run dir is on the driver's machine only: as for a worker on another host
     elsewhere = tmp_path / "driver-host" / "runs" / "r"
-    executor = make_executor("ray", 2, 1, None)
+    shutil.rmtree(data)  # nobody can read the files from now on: not the executor, no worker
+    executor = make_executor("ray", 2, 1, None, cfg_json, run.dataset)  # put as loaded
     try:
         payloads = [
             {"config_json": cfg_json, "arch_json": a.to_json(), "run_dir": str(elsewhere)}
             for a in archs
         ]
-        futures = [executor.submit(payloads[0])]  # the driver loads the data, puts it once
-        shutil.rmtree(data)  # no worker can read the files from now on
-        futures.append(executor.submit(payloads[1]))
+        futures = [executor.submit(p) for p in payloads]
         outs = [f.result(timeout=300) for f in futures]
     finally:
         executor.shutdown()

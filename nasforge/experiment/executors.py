@@ -249,6 +249,7 @@ class RayExecutor(Executor):
         address: str | None = None,
         threads: int = 1,
         config_json: str | None = None,
+        dataset: Any = None,
     ) -> None:
         try:
             import ray
@@ -264,6 +265,7 @@ class RayExecutor(Executor):
             _ray_connect(address)
             self._connected = True
         self._config_json: str | None = None
+        self._dataset = dataset  # the driver's loaded dataset: put as it is, not loaded again
         self._remote: Any = None
         self._dataset_ref: Any = None
         self._retries = 0
@@ -297,7 +299,12 @@ class RayExecutor(Executor):
             max_retries=search.ray_max_retries,
             retry_exceptions=False,
         )(_ray_evaluate)
-        self._dataset_ref = ray.put(make_dataset(cfg)) if uses_data(cfg) else None
+        if uses_data(cfg):
+            data = self._dataset if self._dataset is not None else make_dataset(cfg)
+            self._dataset_ref = ray.put(data)
+        else:
+            self._dataset_ref = None
+        self._dataset = None  # in the object store now; the driver need not keep a reference
         self._config_json = config_json
 
     def submit(self, payload: dict[str, Any]) -> Future:
@@ -447,14 +454,16 @@ def make_executor(
     threads: int,
     ray_address: str | None = None,
     config_json: str | None = None,
+    dataset: Any = None,
 ) -> Executor:
     """The executor ``kind``; ``config_json`` (the payloads' config) lets the ray executor
     check its task resources and put the dataset in the object store before the first
-    trial (otherwise at the first submit)."""
+    trial (otherwise at the first submit); ``dataset``: that config's dataset, already loaded
+    by the driver (put as it is; otherwise the ray executor loads it)."""
     if kind == "inline":
         return InlineExecutor(threads)
     if kind == "process":
         return ProcessExecutor(workers, threads)
     if kind == "ray":
-        return RayExecutor(workers, ray_address, threads, config_json)
+        return RayExecutor(workers, ray_address, threads, config_json, dataset)
     raise ConfigError(f"search.executor: expected inline, process or ray, got {kind!r}")

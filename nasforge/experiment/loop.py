@@ -307,10 +307,12 @@ class TrialLoop:
         strategy: Any,
         objective: Objective,
         rerun: list[Arch] | None = None,
+        dataset: Any = None,
     ) -> float:
         """Ask, evaluate, record, tell until the budget is spent; ``rerun`` (interrupted
-        trials' archs, already open in the strategy) are evaluated first. Returns the
-        search's wall seconds (this session's plus earlier ones)."""
+        trials' archs, already open in the strategy) are evaluated first; ``dataset`` (the
+        run's, loaded) goes to a Ray cluster's object store as it is. Returns the search's
+        wall seconds (this session's plus earlier ones)."""
         feed: PlainFeed | FidelityFeed
         if is_multi_fidelity(strategy):
             book = LoopBook(store, max_epochs=int(strategy.max_epochs))
@@ -319,7 +321,7 @@ class TrialLoop:
         else:
             book = LoopBook(store)
             feed = PlainFeed(strategy, book, list(rerun or []))
-        return self._drive(store, objective, book, feed)
+        return self._drive(store, objective, book, feed, dataset)
 
     def _drive(  # noqa: C901 - one loop, its states kept together
         self,
@@ -327,6 +329,7 @@ class TrialLoop:
         objective: Objective,
         book: LoopBook,
         feed: PlainFeed | FidelityFeed,
+        dataset: Any = None,
     ) -> float:
         search = self.cfg.search
         budget = search.trials
@@ -339,7 +342,7 @@ class TrialLoop:
         # with the config, the ray executor checks its task resources and puts the dataset in
         # the object store before the first trial row exists
         executor: Executor = make_executor(
-            kind, search.workers, self.cfg.latency.threads, search.ray_address, cfg_json
+            kind, search.workers, self.cfg.latency.threads, search.ray_address, cfg_json, dataset
         )
         pending: dict[Future, tuple[int, Submission]] = {}
 

@@ -263,7 +263,7 @@ class Experiment(TrialLoop):
             )
             outcome = phase.run(self.resume_command()) if phase is not None else None
             search_seconds = (
-                self._loop(store, strategy, objective, rerun)
+                self._loop(store, strategy, objective, rerun, dataset)
                 if outcome is None or outcome.run_loop
                 else outcome.search_seconds
             )
