@@ -26,7 +26,7 @@ import os
 import sqlite3
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -450,14 +450,7 @@ def snapshot(run_dir: str | Path) -> dict[str, Any]:
             "dir": str(run),
             "kind": kind,
             "status": status,
-            "objective": {
-                "kind": objective.kind,
-                "metric": objective.metric,
-                "cost_metric": objective.cost_metric,
-                "target": objective.target,
-                "w": objective.w,
-                "mode": "max",
-            },
+            "objective": {**asdict(objective), "mode": "max"},
             "as_of": as_of,
             "lock_held": held,
         },

@@ -12,6 +12,7 @@ import base64
 import html
 import io
 import json
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -68,13 +69,7 @@ def build_report(
         "name": cfg.name,
         "config": _config_as_used(cfg),
         "input": store.get_meta("input"),
-        "objective": {
-            "kind": objective.kind,
-            "metric": objective.metric,
-            "cost_metric": objective.cost_metric,
-            "target": objective.target,
-            "w": objective.w,
-        },
+        "objective": asdict(objective),
         "hardware": store.get_meta("hardware"),
         "dataset": store.get_meta("dataset"),
         "latency_sources": latency_sources(cfg),
