@@ -10,7 +10,8 @@ build_stages` path as ``nasforge compress``): channel pruning to ``prune_ratio``
 fine-tuning when the ratio is above 0, INT8 post-training quantization exported as a QDQ
 ONNX model when ``bits == 8``; a float candidate (``bits == 32``) is exported as float ONNX.
 The exported file is then timed on the target backend by :mod:`nasforge.hardware`'s harness
-(noise verdict included). The latency of a compressed model is never predicted.
+(:func:`~nasforge.hardware.timing.measure_onnx`, noise verdict included). The latency of a
+compressed model is never predicted.
 
 The stages run on a view of the dataset whose ``test`` split *is* the validation split, so
 every accuracy a stage computes (its "test" row, the INT8 drop decisions) is a validation
@@ -56,7 +57,7 @@ from nasforge.train import TrainConfig, evaluate_accuracy
 if TYPE_CHECKING:
     from nasforge.compression.config import CompressConfig
     from nasforge.hardware.backends import BackendSpec
-    from nasforge.hardware.timing import LatencyMeasurement, TimingConfig
+    from nasforge.hardware.timing import TimingConfig
 
 #: the compression settings a joint arch may carry (``compress/<name>``) and their defaults
 SETTINGS_DEFAULTS: dict[str, float] = {"prune_ratio": 0.0, "bits": 32}
@@ -213,33 +214,6 @@ def onnx_backend(name: str | None, latency: Any) -> BackendSpec:
     return BackendSpec("onnxruntime", threads=threads)
 
 
-def measure_onnx(
-    onnx_bytes: bytes,
-    input_shape: tuple[int, ...],
-    batch_size: int,
-    spec: BackendSpec,
-    timing: TimingConfig,
-) -> LatencyMeasurement:
-    """Time an exported ONNX model with the hardware harness on ``spec`` (an onnxruntime
-    backend): a session from :func:`~nasforge.hardware.onnx.ort_session`, threads pinned,
-    warm-up, interleaved rounds and the noise verdict, as every other measurement.
-
-    Composed of hardware's public pieces because its ``measure_models`` takes a torch module
-    and exports it itself, while a QDQ INT8 model exists only as an ONNX file."""
-    from nasforge.hardware.backend_base import pinned_threads
-    from nasforge.hardware.timing import LatencyMeasurement, time_runners
-
-    backend = spec.backend
-    clock = timing.resolve_clock(spec)
-    with pinned_threads(spec):
-        runner = backend.session_runner(onnx_bytes, input_shape, batch_size, spec)  # type: ignore[attr-defined]
-        try:
-            stats = time_runners([runner], timing, clock, threads=spec.threads)[0]
-        finally:
-            runner.close()
-    return LatencyMeasurement.from_stats(stats, spec, batch_size, clock)
-
-
 def _validation_view(ds: Dataset) -> Dataset:
     """``ds`` whose test split is its validation split: what the stages call "test" accuracy
     is then validation accuracy, and the search never reads the test split."""
@@ -382,6 +356,7 @@ class CompressedEvaluator(Evaluator):
         from nasforge.compression.quantization import export_onnx
         from nasforge.compression.stages import PipelineState, build_stages
         from nasforge.hardware import count_flops, count_params
+        from nasforge.hardware.timing import measure_onnx
 
         what = f"prune_ratio {settings['prune_ratio']:g}, bits {int(settings['bits'])}"
         view = _validation_view(ds)

@@ -33,6 +33,7 @@ from typing import Any
 from torch import nn
 
 from nasforge.hardware.backend_base import (
+    BackendError,
     BackendSpec,
     Runner,
     Samples,
@@ -352,6 +353,54 @@ def measure_latency(
     return measure_models([model], input_shape, batch_size, backend, threads, cfg)[0]
 
 
+def measure_onnx(
+    onnx_bytes: bytes,
+    input_shape: Sequence[int],
+    batch_size: int,
+    backend: str | BackendSpec = "onnxruntime",
+    config: TimingConfig = TimingConfig(),
+    threads: int | None = None,
+) -> LatencyMeasurement:
+    """Latency of an already exported ONNX model on an onnxruntime backend, with the harness.
+
+    For models that exist only as an ONNX file (a QDQ INT8 model, a compression stage's
+    artifact): :func:`measure_models` takes a torch module and exports it itself. The file is
+    run on a session from the backend's one session builder
+    (:func:`~nasforge.hardware.onnx.ort_session`) with the spec's threads pinned, then timed
+    like every other measurement here: warm-up, interleaved rounds, stray rounds re-measured,
+    the noise verdict and the host fingerprint.
+
+    Args:
+        onnx_bytes: the serialized model (one float input of ``(batch_size, *input_shape)``).
+        input_shape: per-sample input shape.
+        batch_size: leading dimension of the input.
+        backend: an onnxruntime backend name (``onnxruntime``, ``onnxruntime:parallel``, or a
+            plugin's that can open a session on ONNX bytes) or a :class:`BackendSpec`.
+        config: the harness settings.
+        threads: overrides the spec's thread count (pinned and recorded).
+
+    Raises:
+        BackendError: the backend cannot run an ONNX file (a torch backend).
+    """
+    spec = as_backend(backend, threads)
+    if threads is not None and spec.threads != threads:
+        spec = replace(spec, threads=threads)
+    session_runner = getattr(spec.backend, "session_runner", None)
+    if session_runner is None:
+        raise BackendError(
+            f"backend {spec.label!r} cannot run an exported ONNX model; use onnxruntime or "
+            "onnxruntime:parallel"
+        )
+    clock = config.resolve_clock(spec)
+    with pinned_threads(spec):
+        runner = session_runner(onnx_bytes, input_shape, batch_size, spec)
+        try:
+            stats = time_runners([runner], config, clock, threads=spec.threads)[0]
+        finally:
+            runner.close()
+    return LatencyMeasurement.from_stats(stats, spec, batch_size, clock)
+
+
 __all__ = [
     "CLOCKS",
     "STATISTICS",
@@ -362,6 +411,7 @@ __all__ = [
     "compare_runners",
     "measure_latency",
     "measure_models",
+    "measure_onnx",
     "summarize",
     "time_factories",
     "time_models",
