@@ -4,6 +4,12 @@ Latencies the host was too busy to trust are marked, never shown as plain facts:
 ``latency_stability`` says how many trials' measured latencies stayed unstable (and why) and
 gives the final latency's verdict; the HTML shows a warning and marks those figures
 ``unstable: host busy``.
+
+A search that predicted latency from a table shows the table's verdict beside the latency
+figures (``latency_table``: the table, trust / do not trust / cannot tell and why, the
+held-out figures, the machine it was built on and this one;
+:func:`~nasforge.experiment.latency_verdict.run_table_verdict`), with a warning when the verdict
+is not "trust": every latency the search ranked by came from that table.
 """
 
 from __future__ import annotations
@@ -23,8 +29,12 @@ from nasforge.experiment.latency_verdict import (
     UNSTABLE_TRIALS_META,
     card_stability,
     is_unstable,
+    run_table_verdict,
     search_summary,
     summary_text,
+    table_evidence_text,
+    table_is_trusted,
+    table_verdict_text,
 )
 from nasforge.experiment.report_automl import automl_plots, automl_section, render_automl
 from nasforge.experiment.report_ofa import OFA_PHASE, ofa_plots, ofa_section, render_ofa
@@ -74,6 +84,7 @@ def build_report(
         "dataset": store.get_meta("dataset"),
         "latency_sources": latency_sources(cfg),
         "latency_stability": latency_stability(store, trials, final),
+        "latency_table": latency_table(store, cfg),
         "search_cost": {
             "device_seconds": round(search_cost_seconds(store), 1),
             "wall_seconds": round(float(store.get_meta("search_seconds", 0.0) or 0.0), 1),
@@ -117,6 +128,14 @@ def latency_stability(
     search = search_summary(trials, store.get_meta(UNSTABLE_TRIALS_META))
     f0 = final[0] if final else {}
     return {"search": search, "final": f0.get("latency_stability")}
+
+
+def latency_table(store: TrialStore, cfg: ExperimentConfig) -> dict[str, Any] | None:
+    """The verdict of the latency table the search predicted from (``None``: it predicted
+    nothing; an OFA run's specialisations carry their own table on their cards)."""
+    if not cfg.evaluator.needs_data or cfg.ofa is not None:
+        return None
+    return run_table_verdict(store, cfg.latency)
 
 
 def latency_sources(cfg: ExperimentConfig) -> dict[str, str]:
@@ -285,7 +304,52 @@ def _stability_warnings(report: dict[str, Any]) -> list[str]:
     search = summary_text(verdicts.get("search") or {})
     if search:
         out.append(f"<p class='warn'>{html.escape(search)}.</p>")
+    table = report.get("latency_table")
+    if table is not None and not table_is_trusted(table):
+        out.append(
+            "<p class='warn'>Every latency the search ranked by was predicted from "
+            f"{html.escape(table_verdict_text(table))}. Check the table with `nasforge latency "
+            "validate` before relying on the search's latencies; the best model's final "
+            "latency is measured.</p>"
+        )
     return out
+
+
+def _table_verdict_html(record: dict[str, Any] | None) -> str:
+    """The "Latency table" section: the table's verdict and what it rests on."""
+    if record is None:
+        return ""
+    v = record.get("verdict") or {}
+    built, here = record.get("built_on") or {}, record.get("this_host") or {}
+    held = record.get("held_out") or {}
+    rows: list[list[Any]] = [
+        ["file", record.get("table")],
+        ["verdict", record.get("label")],
+    ]
+    rows += [["note", n] for n in v.get("notes") or ()]
+    if "verdict" in record:
+        stable = v.get("build_stable")
+        build_noise = "not recorded" if stable is None else "stable" if stable else "unstable"
+        rows += [
+            ["figures the verdict rests on", table_evidence_text(record)],
+            [
+                "held-out accuracy at build",
+                (
+                    f"{_num(held.get('within_10pct'), '.0%')} of {held.get('n')} models within "
+                    f"+-10%, MAPE {_num(held.get('mape'), '.1f')}%, Kendall tau "
+                    f"{_num(held.get('kendall_tau'), '.2f')}"
+                )
+                if held
+                else "none recorded",
+            ],
+            ["built on", f"{built.get('host') or '?'}: {built.get('summary')}"],
+            ["this host", f"{here.get('host') or '?'}: {here.get('summary')}"],
+            ["differences", "; ".join(v.get("mismatches") or ()) or "none"],
+            ["build measurements", build_noise],
+            ["built", record.get("table_created") or "-"],
+            ["verdict taken", f"{record.get('judged')} ({record.get('judged_time')})"],
+        ]
+    return "<h2>Latency table (the search's predictions)</h2>" + _table(rows, ["", "value"])
 
 
 def render_html(report: dict[str, Any], plots: dict[str, str], space: SearchSpace) -> str:
@@ -314,6 +378,9 @@ def render_html(report: dict[str, Any], plots: dict[str, str], space: SearchSpac
                 _latency_cell(f0["search_metrics"]),
             ],
         ]
+        table = report.get("latency_table")
+        if table is not None:
+            rows.append(["the latency table's verdict (the search's)", table.get("label")])
         if f0.get("latency_ms_predicted") is not None:
             rows.append(
                 [
@@ -335,6 +402,7 @@ def render_html(report: dict[str, Any], plots: dict[str, str], space: SearchSpac
             "of the retrained model on a quiet process. The final one is the model's.</p>"
         )
         parts.append(f"<pre>{html.escape(f0.get('arch_description', ''))}</pre>")
+    parts.append(_table_verdict_html(report.get("latency_table")))
     for key, title in (("scatter", "Accuracy vs latency"), ("progress", "Search progress")):
         if key in plots:
             parts.append(f"<h2>{title}</h2><img src='{plots[key]}'/>")
