@@ -428,17 +428,26 @@ class CompressedEvaluator(Evaluator):
         return metrics, info
 
 
-def compressed_evaluator(context: EvaluatorContext, **options: Any) -> CompressedEvaluator:
-    """``evaluator.kind: compressed`` (see :class:`CompressedOptions` for the options)."""
+def _timing_setup(opts: CompressedOptions, latency: Any) -> tuple[BackendSpec, int, TimingConfig]:
+    """Where and how a compressed model is timed: the onnxruntime spec
+    (:func:`onnx_backend`), the batch size and the harness settings of the run's latency
+    model (batch 1 and the model timing without one). The evaluator and
+    :func:`measure_final_compressed` both take them from here, so the final figure is
+    measured as the trials' were."""
     from nasforge.hardware.table import MODEL_TIMING
 
-    opts = parse_options(options)
-    if context.dataset is None:
-        raise ConfigError("evaluator.kind: 'compressed' needs a dataset (data: section)")
-    latency = context.latency
     spec = onnx_backend(opts.backend, latency)
     batch_size = latency.batch_size if latency is not None else 1
     timing = latency.timing if latency is not None else MODEL_TIMING
+    return spec, batch_size, timing
+
+
+def compressed_evaluator(context: EvaluatorContext, **options: Any) -> CompressedEvaluator:
+    """``evaluator.kind: compressed`` (see :class:`CompressedOptions` for the options)."""
+    opts = parse_options(options)
+    if context.dataset is None:
+        raise ConfigError("evaluator.kind: 'compressed' needs a dataset (data: section)")
+    spec, batch_size, timing = _timing_setup(opts, context.latency)
     return CompressedEvaluator(
         context.space,
         context.dataset,
@@ -449,6 +458,16 @@ def compressed_evaluator(context: EvaluatorContext, **options: Any) -> Compresse
         timing,
         context.run_dir,
     )
+
+
+def _final_options(cfg: Any) -> CompressedOptions:
+    """The experiment's ``evaluator.options`` when its evaluator is ``compressed`` (else the
+    defaults): what its trials were compressed and timed with."""
+    evaluator = getattr(cfg, "evaluator", None)
+    raw = (
+        dict(evaluator.options) if evaluator is not None and evaluator.kind == "compressed" else {}
+    )
+    return parse_options(raw)
 
 
 def compress_final(
@@ -466,12 +485,62 @@ def compress_final(
     """
     from nasforge.compression.pipeline import run_pipeline
 
-    evaluator = getattr(cfg, "evaluator", None)
-    raw = (
-        dict(evaluator.options) if evaluator is not None and evaluator.kind == "compressed" else {}
-    )
-    opts = parse_options(raw)
+    opts = _final_options(cfg)
     cc = compress_config(settings, opts, getattr(cfg, "compress", None), getattr(cfg, "seed", 0))
     report = run_pipeline(model, dataset, cc, out_dir).to_dict()
     report["settings"] = check_settings(dict(settings))
     return report
+
+
+def measure_final_compressed(
+    cfg: Any,
+    report: dict[str, Any],
+    out_dir: Path,
+    input_shape: tuple[int, ...],
+    latency: Any,
+) -> dict[str, Any]:
+    """Time the compressed winner as its trial was timed: the artifact its trial was scored
+    by (the last stage's ONNX file in ``report``, :func:`compress_final`'s; the float
+    export when no stage made one) on the same onnxruntime backend, batch size and harness
+    (:func:`_timing_setup` with the run's latency model ``latency``).
+
+    Why measure again rather than take the pipeline's row: the pipeline times every
+    artifact on plain onnxruntime at ``compress.target``'s batch sizes and threads, for its
+    speed-up comparisons; the search's figure is the evaluator's backend and batch size, and
+    the card's ``latency_ms`` must compare with the leaderboard's.
+
+    Returns:
+        ``artifact`` (file name under ``out_dir``), ``row`` (its report row),
+        ``test_acc`` (the pipeline's test accuracy of that row), ``latency_ms`` (median, as
+        the trials' ``latency_ms``), ``measurement``
+        (:meth:`~nasforge.hardware.timing.LatencyMeasurement.to_dict`, its ``stability``
+        the noise verdict), ``timing`` (warmup, repeats) and, when the pipeline shipped
+        another row as its deployable file, ``shipped`` and ``shipped_reason``.
+    """
+    from nasforge.hardware.timing import measure_onnx
+
+    outputs = [o for o in report.get("outputs", []) if str(o.get("artifact", "")).endswith(".onnx")]
+    if outputs:
+        row, artifact = str(outputs[-1].get("row", "")), str(outputs[-1]["artifact"])
+        test_acc = outputs[-1].get("test_accuracy")
+    else:  # nothing compressed: the trial timed the float model's export
+        stages = report.get("stages") or [{}]
+        row, artifact = "original", "model.fp32.onnx"
+        test_acc = stages[0].get("test_accuracy")
+    spec, batch_size, timing = _timing_setup(_final_options(cfg), latency)
+    measured = measure_onnx(
+        (out_dir / artifact).read_bytes(), input_shape, batch_size, spec, timing
+    )
+    out: dict[str, Any] = {
+        "artifact": artifact,
+        "row": row,
+        "test_acc": test_acc,
+        "latency_ms": float(measured.median_ms),
+        "measurement": measured.to_dict(),
+        "timing": {"warmup": timing.warmup, "repeats": timing.repeats},
+    }
+    shipped = report.get("shipped")
+    if shipped and shipped != row:
+        out["shipped"] = shipped
+        out["shipped_reason"] = report.get("shipped_reason", "")
+    return out

@@ -341,26 +341,32 @@ def finalize_one(
     if settings:
         # the joint search scored the trial after compressing it with these settings (the
         # report holds them); the compress: section's other stages apply as in the trials
-        from nasforge.evaluators.compressed import compress_final
+        from nasforge.evaluators.compressed import compress_final, measure_final_compressed
 
         card["compression"] = compress_final(cfg, model, dataset, dict(settings), out_dir)
+        measured = measure_final_compressed(
+            cfg, card["compression"], out_dir, tuple(d.input_shape), latency_model
+        )
+        card["compression"]["measured"] = measured
+        compressed_card(card, measured)
     elif cfg.compress:
         card["compression"] = _compress(cfg, model, dataset, out_dir)
     (out_dir / "card.json").write_text(json.dumps(card, indent=2, default=str))
-    lat = card["latency"]
     stability = card_stability(card)
-    msg = (
-        f"final: test accuracy {test_acc:.4f}, latency "
-        f"{latency_text(card['latency_ms'], stability)} "
-        f"({lat['statistic']} on {lat['backend']}, batch {lat['batch_size']}, "
-        f"{lat['threads']} thread(s), {lat['repeats']} repeats); trained in {train_seconds:.1f}s"
-    )
+    msg = final_line(card, train_seconds)
     if "onnx_max_abs_diff" in card:
         msg += f"; ONNX max abs diff {card['onnx_max_abs_diff']:.2e}"
     if settings and isinstance(card.get("compression"), dict):
         told = ", ".join(f"{k} {_short(v)}" for k, v in settings.items())
         verdict = card["compression"].get("verdict") or "see the compression report"
         msg += f"\nfinal: compressed with the searched {told}: {verdict}"
+        measured = card["compression"].get("measured") or {}
+        if measured.get("shipped"):
+            msg += (
+                f"\nfinal: the card's latency and test accuracy are of {measured['artifact']} "
+                f"(what the search scored); the pipeline shipped {measured['shipped']} instead: "
+                f"{measured.get('shipped_reason', '')}"
+            )
     if log is not None:
         log.say(msg)
     else:
@@ -368,6 +374,79 @@ def finalize_one(
     if stability is not None and not stability.stable:
         _warn_unstable(card["latency_ms"], stability.label, console, log)
     return card
+
+
+#: the float model's latency fields of a compressed winner's card, renamed so that the
+#: top-level ``latency_ms`` (what ``nasforge show`` and the report read) is the compressed one
+FLOAT_LATENCY_KEYS = {
+    "latency_ms": "latency_float_ms",
+    "latency": "latency_float",
+    "latency_check": "latency_float_check",
+    "latency_stability": "latency_float_stability",
+}
+
+
+def compressed_card(card: dict[str, Any], measured: dict[str, Any]) -> None:
+    """Make ``card`` (changed in place) tell the compressed winner's figures.
+
+    A joint architecture x compression search scored each trial by its compressed, exported
+    model timed on onnxruntime, and that model is what ships; so the card's top-level
+    ``latency_ms``, ``latency``, ``latency_stability`` and ``latency_ms_<backend>`` become
+    ``measured``'s (:func:`~nasforge.evaluators.compressed.measure_final_compressed`: the
+    compressed artifact timed as its trial was), and ``test_acc`` the compressed model's
+    (the pipeline's test accuracy of that artifact). The float model's figures stay, under
+    ``latency_float_ms``, ``latency_float`` (its backend and settings),
+    ``latency_float_check``, ``latency_float_stability`` and ``test_acc_float``.
+    """
+    float_lat = card.get("latency") or {}
+    card.pop(f"latency_ms_{str(float_lat.get('backend', '')).replace(':', '_')}", None)
+    card.pop("latency_ms_predicted", None)  # the float arch's prediction: kept in its check
+    for key, float_key in FLOAT_LATENCY_KEYS.items():
+        card[float_key] = card.pop(key, None)
+    m = measured["measurement"]
+    value = float(measured["latency_ms"])
+    card["latency_ms"] = value
+    card[f"latency_ms_{str(m['backend']).replace(':', '_')}"] = value
+    card["latency"] = {
+        "backend": m["backend"],
+        "statistic": "median",  # as the trials' latency_ms
+        "batch_size": m["batch_size"],
+        "threads": m["threads"],
+        "warmup": measured["timing"]["warmup"],
+        "repeats": measured["timing"]["repeats"],
+        "iqr_ms": m.get("iqr_ms"),
+        "model": f"compressed ({measured['artifact']})",
+    }
+    card["latency_stability"] = m.get("stability")
+    card["test_acc_float"] = card.get("test_acc")
+    if measured.get("test_acc") is not None:
+        card["test_acc"] = float(measured["test_acc"])
+
+
+def final_line(card: dict[str, Any], train_seconds: float) -> str:
+    """The console's and the log's ``final:`` line: test accuracy and latency of what the
+    card describes (for a compressed winner, the compressed model's, with the float model's
+    beside them)."""
+    lat = card["latency"]
+    compressed = "latency_float" in card
+    what = f"; {lat['model']}" if compressed else ""
+    acc = f"{card['test_acc']:.4f}"
+    if compressed and isinstance(card.get("test_acc_float"), float):
+        acc += f" (float model {card['test_acc_float']:.4f})"
+    msg = (
+        f"final: test accuracy {acc}, latency "
+        f"{latency_text(card['latency_ms'], card_stability(card))} "
+        f"({lat['statistic']} on {lat['backend']}, batch {lat['batch_size']}, "
+        f"{lat['threads']} thread(s), {lat['repeats']} repeats{what})"
+    )
+    flat = card.get("latency_float") or {}
+    if compressed and card.get("latency_float_ms") is not None:
+        stab = card_stability({"latency_stability": card.get("latency_float_stability")})
+        msg += (
+            f"; float model {latency_text(card['latency_float_ms'], stab)} "
+            f"({flat.get('statistic')} on {flat.get('backend')})"
+        )
+    return msg + f"; trained in {train_seconds:.1f}s"
 
 
 def _warn_unstable(value_ms: float, label: str, console: Console, log: RunLog | None) -> None:
