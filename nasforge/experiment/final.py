@@ -10,6 +10,10 @@ through :class:`~nasforge.hardware.model.LatencyModel`; its noise verdict goes o
 (``latency_stability``) and, when the host stayed too busy to trust the figure, the console
 says so loudly instead of printing it as a fact.
 
+A joint architecture x compression search's winner ships as its compressed ONNX model, so
+its card's top-level latency and test accuracy are that model's (timed on the onnxruntime
+backend its trial was timed on), the float model's kept beside them under ``*_float`` names.
+
 The latency model and the training recipe are the run's own
 (:class:`~nasforge.experiment.setup.RunObjects`) when the caller passes them, so the final step
 measures and trains exactly as the search did; without them they are built from the config.
@@ -262,7 +266,9 @@ def finalize_one(
     (the card keeps both: ``recipe_searched`` and ``final_epochs``). The saved arch is the
     architecture part, so ``nasforge export`` and the model file rebuild it with the plain
     space; with ``compress/...`` settings, the retrained model is compressed with them
-    (``compression`` on the card).
+    (``compression`` on the card), and the card's ``latency_ms`` and ``test_acc`` are the
+    compressed model's, timed as its trial was (:func:`compressed_card`; the float model's
+    under ``latency_float_ms`` and ``test_acc_float``).
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     d = dataset
