@@ -7,6 +7,12 @@ Sources, merged by trial id (a finished record wins over an unfinished one):
 2. the newest backup in ``backups/`` (:meth:`TrialStore.checkpoint_backup`);
 3. the journal of finished trials (``trials.jsonl``), which holds every finished trial.
 
+The run's other tables come along (:mod:`nasforge.experiment.repair_tables`): every readable
+``epochs`` row (DARTS/OFA per-epoch records, trials' learning curves) of the store and the backup,
+one per ``(phase, epoch)``; the events; the meta, with each unstable trial's latency reasons
+(read back from the events or the progress log where meta lost them). What could not be read is
+said in the report, never silently dropped.
+
 The new store is written beside the old one, checked, and only then moved into place; the
 damaged files are moved to ``damaged-<time>/`` in the run directory, never deleted. Trials
 left ``running`` become ``interrupted`` (``--resume`` runs them again).
@@ -19,11 +25,16 @@ import shutil
 import sqlite3
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from nasforge.experiment.lock import RunLock
+from nasforge.experiment.repair_tables import (
+    recover_reasons,
+    salvage_side_tables,
+    unstable_trial_ids,
+)
 from nasforge.experiment.store import (
     FINISHED,
     STATES,
@@ -55,6 +66,9 @@ class RepairReport:
         interrupted: unfinished trials (``--resume`` runs them again).
         was_healthy: the old store passed its checks (repair then only restores from the
             journal what the store lacked).
+        epochs: ``epochs`` rows (per-epoch records and curve points) in the new store.
+        unreadable: what could not be read, one phrase each (a damaged table of the store).
+        reasons_lost: unstable trials whose latency reasons were found nowhere.
     """
 
     store: Path
@@ -65,14 +79,24 @@ class RepairReport:
     finished: int
     interrupted: int
     was_healthy: bool
+    epochs: int = 0
+    unreadable: tuple[str, ...] = field(default=())
+    reasons_lost: tuple[int, ...] = field(default=())
 
     def summary(self) -> str:
         where = f"; damaged files kept in {self.kept}" if self.kept else ""
-        return (
+        text = (
             f"repaired {self.store}: {self.finished} finished and {self.interrupted} interrupted "
             f"trial(s) ({self.from_store} read from the store, {self.from_backup} from the "
-            f"backup, {self.from_journal} from the journal){where}; continue with --resume"
+            f"backup, {self.from_journal} from the journal), {self.epochs} epoch record(s) and "
+            f"curve point(s){where}; continue with --resume"
         )
+        if self.unreadable:
+            text += "; could not read: " + "; ".join(self.unreadable)
+        if self.reasons_lost:
+            ids = ", ".join(str(t) for t in self.reasons_lost)
+            text += f"; the unstable-latency reasons of trial(s) {ids} were found nowhere"
+        return text
 
 
 def _open_copy(files: list[Path], tmp: Path) -> sqlite3.Connection | None:
@@ -145,15 +169,6 @@ def _valid_rows(rows: dict[int, Row]) -> dict[int, Row]:
     return out
 
 
-def _salvage_table(db: sqlite3.Connection | None, sql: str) -> list[Row]:
-    if db is None:
-        return []
-    try:
-        return [tuple(r) for r in db.execute(sql)]
-    except sqlite3.Error:
-        return []
-
-
 def repair_run(run_dir: str | Path) -> RepairReport:
     """Rebuild ``run_dir/trials.db`` from every readable source (see the module docs).
 
@@ -204,11 +219,11 @@ def _repair(run: Path, db_path: Path) -> RepairReport:
                 row = (*row[:3], "interrupted", *row[4:])
             rows[tid] = row
             counts[src] += 1
-        meta = _salvage_table(old, "SELECT key, value FROM meta") or _salvage_table(
-            bak, "SELECT key, value FROM meta"
-        )
-        events = _salvage_table(old, "SELECT time, kind, message FROM events ORDER BY id")
-        events = events or _salvage_table(bak, "SELECT time, kind, message FROM events ORDER BY id")
+        side = salvage_side_tables(old, bak, db_path.name)
+        if old is None and any(f.exists() for f in store_files):
+            source = "the backup and the journal" if bak is not None else "the journal"
+            side.unreadable.insert(0, f"{db_path.name} as a whole (all came from {source})")
+        meta, reasons_lost = recover_reasons(side.meta, unstable_trial_ids(rows), side.events, run)
         for conn in (old, bak):
             if conn is not None:
                 conn.close()
@@ -219,19 +234,20 @@ def _repair(run: Path, db_path: Path) -> RepairReport:
                 f"INSERT INTO trials({TRIAL_COLUMNS}) VALUES ({','.join('?' * 12)})",
                 [rows[t] for t in sorted(rows)],
             )
+            new._db.executemany("INSERT OR REPLACE INTO meta(key, value) VALUES (?,?)", meta)
             new._db.executemany(
-                "INSERT OR REPLACE INTO meta(key, value) VALUES (?,?)",
-                [m for m in meta if len(m) == 2 and isinstance(m[0], str) and m[1] is not None],
+                "INSERT INTO events(id, time, kind, message) VALUES (?,?,?,?)", side.events
             )
             new._db.executemany(
-                "INSERT INTO events(time, kind, message) VALUES (?,?,?)",
-                [e for e in events if len(e) == 3 and None not in e],
+                "INSERT INTO epochs(phase, epoch, time, record) VALUES (?,?,?,?)", side.epochs
             )
             new._db.execute("COMMIT")
+            unread = "; could not read: " + "; ".join(side.unreadable) if side.unreadable else ""
             new.log_event(
                 "repair",
                 f"store rebuilt by nasforge repair: {counts['store']} trial(s) from the store, "
-                f"{counts['backup']} from the backup, {counts['journal']} from the journal",
+                f"{counts['backup']} from the backup, {counts['journal']} from the journal, "
+                f"{len(side.epochs)} epoch record(s) and curve point(s){unread}",
             )
             finished = new.count(FINISHED)
             unfinished = new.count(("interrupted",))
@@ -256,4 +272,7 @@ def _repair(run: Path, db_path: Path) -> RepairReport:
         finished,
         unfinished,
         healthy,
+        len(side.epochs),
+        tuple(side.unreadable),
+        tuple(reasons_lost),
     )
