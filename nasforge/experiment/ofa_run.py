@@ -41,7 +41,6 @@ global batch, and so the schedule, stays the same.
 
 from __future__ import annotations
 
-import shlex
 import sqlite3
 import time
 from collections.abc import Iterator
@@ -56,14 +55,14 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from nasforge.errors import ConfigError, NasforgeError
-from nasforge.experiment.config import ExperimentConfig, load_config
+from nasforge.experiment.config import ExperimentConfig
 from nasforge.experiment.final import training_threads
 from nasforge.experiment.interrupt import SearchInterrupted, stop_on_signals
-from nasforge.experiment.lock import RunLock
 from nasforge.experiment.oneshot_config import CHECKPOINT_DIR, checkpoint_path
 from nasforge.experiment.oneshot_run import checkpoints, load_checkpoint, save_checkpoint
 from nasforge.experiment.progress import LOG_NAME, RunLog
 from nasforge.experiment.report import write_report
+from nasforge.experiment.rundir import SCALING_RESULTS, STORE_NAME, RunDir, RunKind
 from nasforge.experiment.setup import make_dataset, make_objective, make_space
 from nasforge.experiment.store import StoreError, TrialStore
 from nasforge.hardware.fingerprint import host_info
@@ -78,6 +77,25 @@ OFA_META = "ofa"
 FINAL_NAME = "final.pt"
 #: config sections a resumed training may change (they do not change what is trained)
 _MAY_CHANGE = {"search", "final", "compress", "strategy", "objective", "evaluator", "latency"}
+
+
+def _trained_part(cfg: ExperimentConfig) -> dict[str, Any]:
+    """What a resumed training must share with the run: everything but the sections that do
+    not change the supernet (and ``ofa.specialize``)."""
+    dump = cfg.model_dump(mode="json", exclude=_MAY_CHANGE)
+    if isinstance(dump.get("ofa"), dict):
+        dump["ofa"] = {k: v for k, v in dump["ofa"].items() if k != "specialize"}
+    return dump
+
+
+#: an OFA training's run directory (its store holds the epoch records)
+OFA_RUN = RunKind(
+    command="ofa train",
+    marker=STORE_NAME,
+    kept=_trained_part,
+    kept_text="in what is trained (data, space, seed, ofa.train)",
+    others=((SCALING_RESULTS, "a scaling run"),),
+)
 
 
 class LostRank(NasforgeError):
@@ -188,14 +206,14 @@ class OFATraining:
         self.trainer: OFATrainer | None = None
         self._told = False  # whether rank 0 sent the other ranks its decision
 
+    @property
+    def rundir(self) -> RunDir:
+        """The run directory's preparation (lock, checks, config, log)."""
+        return RunDir(self.run_dir, self.cfg, OFA_RUN)
+
     def resume_command(self) -> str:
         """The command that continues this run (from the config saved in the run dir)."""
-        cmd = ["nasforge", "ofa", "train", str(self.run_dir / "config.yaml"), "--resume"]
-        if Path(self.cfg.runs_dir) / self.cfg.name != self.run_dir:
-            cmd += ["--runs-dir", str(self.run_dir.parent)]
-            if self.run_dir.name != self.cfg.name:
-                cmd += ["--name", self.run_dir.name]
-        return shlex.join(cmd)
+        return self.rundir.resume_command()
 
     def run(self, resume: bool = False) -> OFATrainSummary | None:
         """Train (or with ``resume`` continue) the supernet; SIGINT/SIGTERM stop it with the
@@ -220,12 +238,8 @@ class OFATraining:
             self._follow()
             return None
         try:
-            lock = RunLock(self.run_dir, "ofa train").acquire()
-            try:
-                with stop_on_signals():
-                    return self._run_locked(resume)
-            finally:
-                lock.release()
+            with self.rundir.locked():
+                return self._run_locked(resume)
         except SearchInterrupted as stop:
             if not stop.message:
                 stop.message = (
@@ -283,33 +297,9 @@ class OFATraining:
         finally:
             distributed.shutdown()
 
-    # -- directory ------------------------------------------------------------------------------
-    def _prepare_dir(self, resume: bool) -> None:
-        db = self.run_dir / "trials.db"
-        if resume:
-            if not db.is_file():
-                raise ConfigError(
-                    f"{self.run_dir}: nothing to resume (no trials.db); run without --resume"
-                )
-            saved = self.run_dir / "config.yaml"
-            if saved.is_file() and _trained_part(load_config(saved)) != _trained_part(self.cfg):
-                raise ConfigError(
-                    f"{saved}: the config differs from the one this run started with in what "
-                    "is trained (data, space, seed, ofa.train); use a new run name"
-                )
-        elif db.exists():
-            raise ConfigError(
-                f"{self.run_dir}: a run with this name exists; pass --resume to continue it "
-                "or choose another name"
-            )
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        (self.run_dir / "config.yaml").write_text(self.cfg.to_yaml())
-
     # -- training -------------------------------------------------------------------------------
     def _run_locked(self, resume: bool) -> OFATrainSummary:
-        self._prepare_dir(resume)
-        if resume:  # a damaged store is refused before any work, never rewritten
-            TrialStore(self.run_dir / "trials.db", create=False).close()
+        self.rundir.prepare(resume)  # a damaged store is refused before any work, never rewritten
         dataset = make_dataset(self.cfg)
         space = make_space(self.cfg, dataset)
         if not isinstance(space, MobileSpace):
@@ -317,7 +307,7 @@ class OFATraining:
                 f"space.name: Once-for-All trains over the mobile space, not {space.name!r}"
             )
         store = TrialStore(self.run_dir / "trials.db", create=not resume)
-        log = RunLog(self.run_dir / LOG_NAME, self.console, self.show_progress)
+        log = self.rundir.open_log(self.console, self.show_progress)
         t0 = time.time()
         prior = float(store.get_meta("search_seconds", 0.0) or 0.0)
         try:
@@ -503,15 +493,6 @@ def _first_line(exc: BaseException) -> str:
     with advice over several sentences)."""
     text = str(exc).strip()
     return text.splitlines()[0].split(". ")[0] if text else type(exc).__name__
-
-
-def _trained_part(cfg: ExperimentConfig) -> dict[str, Any]:
-    """What a resumed training must share with the run: everything but the sections that do
-    not change the supernet (and ``ofa.specialize``)."""
-    dump = cfg.model_dump(mode="json", exclude=_MAY_CHANGE)
-    if isinstance(dump.get("ofa"), dict):
-        dump["ofa"] = {k: v for k, v in dump["ofa"].items() if k != "specialize"}
-    return dump
 
 
 def train_ofa(

@@ -9,9 +9,10 @@ its metrics) and asks again itself what was interrupted; the loop is in
 :mod:`nasforge.experiment.loop`.
 
 One process writes a run: :meth:`Experiment.run` holds the run's lock
-(:class:`~nasforge.experiment.lock.RunLock`) throughout. SIGINT and SIGTERM stop the run at
-once (:mod:`nasforge.experiment.interrupt`): workers are stopped, running trials recorded as
-interrupted, and one line says what was saved and how to resume.
+(:class:`~nasforge.experiment.lock.RunLock`) throughout; the directory is prepared (a resume's
+config and store checked) as every command's is (:mod:`nasforge.experiment.rundir`). SIGINT
+and SIGTERM stop the run at once (:mod:`nasforge.experiment.interrupt`): workers are stopped,
+running trials recorded as interrupted, and one line says what was saved and how to resume.
 
 Under ``torchrun`` (a config with a ``oneshot:`` section, its supernet trained data-parallel):
 rank 0 runs the run as above; the other ranks join the process group, train in lock step with
@@ -21,7 +22,6 @@ rank 0 and leave (:mod:`nasforge.experiment.oneshot_ddp`).
 from __future__ import annotations
 
 import errno
-import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,27 +30,25 @@ from rich.console import Console
 from rich.markup import escape
 
 from nasforge.data import Dataset
-from nasforge.errors import ConfigError
 from nasforge.experiment import oneshot_ddp
 from nasforge.experiment.config import ExperimentConfig, load_config
 from nasforge.experiment.fidelity_view import full_fidelity
-from nasforge.experiment.interrupt import SearchInterrupted, stop_on_signals
+from nasforge.experiment.interrupt import SearchInterrupted
 from nasforge.experiment.latency_verdict import (
     UNSTABLE_TRIALS_META,
     search_summary,
     summary_text,
 )
-from nasforge.experiment.lock import RunLock
 from nasforge.experiment.loop import TrialLoop, is_multi_fidelity, replay_fidelity
 from nasforge.experiment.oneshot_run import OneshotPhase
 from nasforge.experiment.preflight import prepare_run
-from nasforge.experiment.progress import LOG_NAME, RunLog
+from nasforge.experiment.progress import LOG_NAME
+from nasforge.experiment.rundir import SCALING_RESULTS, STORE_NAME, RunDir, RunKind
 from nasforge.experiment.store import (
     FINISHED,
     StoreError,
     TrialStore,
     journal_path,
-    read_journal,
 )
 from nasforge.hardware.fingerprint import host_info
 from nasforge.hardware.noise import Stability
@@ -103,52 +101,18 @@ class Experiment(TrialLoop):
         self._last_backup: float | None = None
         self._unstable: dict[int, Stability] = {}  # this session's unstable trial latencies
 
+    @property
+    def rundir(self) -> RunDir:
+        """The run directory's preparation (lock, checks, config, log)."""
+        return RunDir(self.run_dir, self.cfg, SEARCH_RUN)
+
     def resume_command(self) -> str:
         """The command that continues this run (from the config saved in the run dir)."""
-        cmd = ["nasforge", "search", str(self.run_dir / "config.yaml"), "--resume"]
-        if Path(self.cfg.runs_dir) / self.cfg.name != self.run_dir:
-            cmd += ["--runs-dir", str(self.run_dir.parent)]
-            if self.run_dir.name != self.cfg.name:
-                cmd += ["--name", self.run_dir.name]
-        return shlex.join(cmd)
+        return self.rundir.resume_command()
 
     @classmethod
     def from_yaml(cls, path: str | Path, **kwargs: Any) -> Experiment:
         return cls(load_config(path), **kwargs)
-
-    # -- directory ------------------------------------------------------------------------------
-    def _prepare_dir(self, resume: bool) -> None:
-        db = self.run_dir / "trials.db"
-        lost = not db.exists() and (
-            read_journal(journal_path(db)) or (self.run_dir / "backups").is_dir()
-        )
-        if lost:  # a store that vanished is damage, not a fresh start
-            raise StoreError(
-                f"{db}: the store is missing but the run's journal or backups are there; "
-                f"recover with `nasforge repair {self.run_dir}`, or choose another run name"
-            )
-        if resume:
-            if not db.is_file():
-                raise ConfigError(
-                    f"{self.run_dir}: nothing to resume (no trials.db); run without --resume"
-                )
-            saved = self.run_dir / "config.yaml"
-            if saved.is_file():
-                old = load_config(saved)
-                if old.model_dump(exclude={"search", "final", "compress"}) != self.cfg.model_dump(
-                    exclude={"search", "final", "compress"}
-                ):
-                    raise ConfigError(
-                        f"{saved}: the config differs from the one this run started with (only "
-                        "search, final and compress may change on resume); use a new run name"
-                    )
-        elif db.exists():
-            raise ConfigError(
-                f"{self.run_dir}: a run with this name exists; pass --resume to continue "
-                "it or choose another name"
-            )
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        (self.run_dir / "config.yaml").write_text(self.cfg.to_yaml())
 
     # -- main loop ------------------------------------------------------------------------------
     def run(self, resume: bool = False, final: bool = True) -> RunSummary:
@@ -167,9 +131,8 @@ class Experiment(TrialLoop):
         if not oneshot_ddp.join(self.cfg).is_main:
             oneshot_ddp.follow(self.cfg, self.run_dir)
             raise SystemExit(0)
-        lock = RunLock(self.run_dir, "search").acquire()
         try:
-            with stop_on_signals():
+            with self.rundir.locked():
                 return self._run_locked(resume, final)
         except SearchInterrupted as stop:
             if not stop.message:
@@ -188,14 +151,10 @@ class Experiment(TrialLoop):
                 "size limit was reached; every finished trial is kept; free space, then: "
                 f"{self.resume_command()}"
             ) from None
-        finally:
-            lock.release()
 
     def _run_locked(self, resume: bool, final: bool) -> RunSummary:
-        self._prepare_dir(resume)
-        # a damaged store is refused before any work (and never rewritten): check it first
-        if resume:
-            TrialStore(self.run_dir / "trials.db", create=False).close()
+        # a damaged store is refused before any work (and never rewritten): checked here
+        self.rundir.prepare(resume)
         # built and checked once, before the first trial: a config error stops here
         prepared = prepare_run(self.cfg, self.run_dir)
         objects = prepared.objects
@@ -206,7 +165,7 @@ class Experiment(TrialLoop):
                 f"latency filter: only archs predicted under {objective.target:g} ms are asked"
             )
         store = TrialStore(self.run_dir / "trials.db", create=not resume)
-        self.log = RunLog(self.run_dir / LOG_NAME, self.console, self.show_progress)
+        self.log = self.rundir.open_log(self.console, self.show_progress)
         try:
             rerun: list[Arch] = []
             fidelity = is_multi_fidelity(strategy)
@@ -326,6 +285,14 @@ class Experiment(TrialLoop):
 
 
 _DISK_FULL = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
+#: a search's run directory: only search, final and compress may change on resume
+SEARCH_RUN = RunKind(
+    command="search",
+    marker=STORE_NAME,
+    kept=lambda cfg: cfg.model_dump(exclude={"search", "final", "compress"}),
+    kept_text="(only search, final and compress may change on resume)",
+    others=((SCALING_RESULTS, "a scaling run"),),
+)
 
 
 def _interrupted_archs(store: TrialStore) -> list[Arch]:

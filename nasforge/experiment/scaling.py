@@ -19,8 +19,8 @@ Steps (the ``scaling:`` section, :mod:`nasforge.experiment.scaling_config`):
 
 Everything goes to ``runs/<name>/scaling.json`` after every point, the weights (state dicts)
 to ``runs/<name>/scaling/<key>/seed<i>.pt``; ``--resume`` skips the points already there. The
-run directory is locked (:class:`~nasforge.experiment.lock.RunLock`); progress lines go to
-the terminal and ``progress.log``.
+run directory is locked and prepared as every command's (:mod:`nasforge.experiment.rundir`);
+progress lines go to the terminal and ``progress.log``.
 """
 
 from __future__ import annotations
@@ -29,7 +29,6 @@ import hashlib
 import json
 import math
 import os
-import shlex
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,11 +39,11 @@ from rich.console import Console
 from rich.markup import escape
 
 from nasforge.errors import ConfigError, NasforgeError, SpaceError
-from nasforge.experiment.config import ExperimentConfig, load_config
+from nasforge.experiment.config import ExperimentConfig
 from nasforge.experiment.final import training_threads
-from nasforge.experiment.interrupt import SearchInterrupted, stop_on_signals
-from nasforge.experiment.lock import RunLock
+from nasforge.experiment.interrupt import SearchInterrupted
 from nasforge.experiment.progress import LOG_NAME, RunLog
+from nasforge.experiment.rundir import SCALING_RESULTS, STORE_NAME, RunDir, RunKind
 from nasforge.experiment.scaling_base import base_arch
 from nasforge.experiment.scaling_report import dominance_summary, write_html, write_plot
 from nasforge.experiment.setup import make_dataset
@@ -57,13 +56,30 @@ from nasforge.spaces.mobile import MAX_MULT, MobileSpace
 from nasforge.spaces.mobile_scale import SCALE_OPTIONS, compound_factors, scale_arch
 from nasforge.train import TrainConfig, evaluate_accuracy, train_model
 
-RESULTS_NAME = "scaling.json"
+RESULTS_NAME = SCALING_RESULTS
 RESULTS_FORMAT = "nasforge-scaling/1"
 WEIGHTS_DIR = "scaling"
 #: the most input positions (H*W, or L) the resolution-only ladder tries (256x256)
 MAX_POSITIONS = 65536
 #: the config sections a resumed scaling run must share with the one it continues
 _TRAINED_PART = ("data", "space", "seed", "train", "latency", "scaling")
+
+
+def _trained_part(cfg: ExperimentConfig) -> dict[str, Any]:
+    dumped = cfg.model_dump(mode="json")
+    return {k: dumped.get(k) for k in _TRAINED_PART}
+
+
+#: a scaling run's directory: refused where a search run lives; resumed with the same
+#: trained part
+SCALING_RUN = RunKind(
+    command="scale",
+    marker=SCALING_RESULTS,
+    kept=_trained_part,
+    kept_text=f"in {', '.join(_TRAINED_PART)}",
+    noun="scaling run",
+    others=((STORE_NAME, "a search run"),),
+)
 
 
 @dataclass(frozen=True)
@@ -158,11 +174,13 @@ class ScalingRun:
         self.results: dict[str, Any] = {}
         self._spaces: dict[str, MobileSpace] = {}
 
+    @property
+    def rundir(self) -> RunDir:
+        """The run directory's preparation (lock, checks, config, log)."""
+        return RunDir(self.run_dir, self.cfg, SCALING_RUN)
+
     def resume_command(self) -> str:
-        cmd = ["nasforge", "scale", str(self.config_path), "--resume"]
-        if Path(self.cfg.runs_dir) / self.cfg.name != self.run_dir:
-            cmd += ["--runs-dir", str(self.run_dir.parent), "--name", self.run_dir.name]
-        return shlex.join(cmd)
+        return self.rundir.resume_command(self.config_path)
 
     # -- entry ----------------------------------------------------------------------------------
     def run(self, resume: bool = False) -> ScaleSummary:
@@ -175,12 +193,13 @@ class ScalingRun:
             SearchInterrupted: SIGINT / SIGTERM (the message says what was kept and how to
                 resume).
         """
-        lock = RunLock(self.run_dir, "scale").acquire()
         log: RunLog | None = None
         try:
-            with stop_on_signals():
-                self._prepare_dir(resume)
-                log = RunLog(self.run_dir / LOG_NAME, self.console, self.show_progress)
+            with self.rundir.locked():
+                self.rundir.prepare(resume)
+                if resume:
+                    self._load_results()
+                log = self.rundir.open_log(self.console, self.show_progress)
                 return self._run(log, resume)
         except SearchInterrupted as stop:
             done = len(self.results.get("points", {}))
@@ -195,37 +214,20 @@ class ScalingRun:
         finally:
             if log is not None:
                 log.close()
-            lock.release()
 
-    def _prepare_dir(self, resume: bool) -> None:
+    def _load_results(self) -> None:
+        """The results of the run being resumed (``prepare`` checked they are there).
+
+        Raises:
+            NasforgeError: the file is unreadable or not a scaling run's results.
+        """
         results = self.run_dir / RESULTS_NAME
-        if (self.run_dir / "trials.db").exists():
-            raise ConfigError(
-                f"{self.run_dir}: holds a search run (trials.db); give the scaling run another "
-                "name (--name or name:)"
-            )
-        if resume:
-            if not results.is_file():
-                raise ConfigError(f"{self.run_dir}: nothing to resume (no {RESULTS_NAME})")
-            saved = self.run_dir / "config.yaml"
-            if saved.is_file() and _trained_part(load_config(saved)) != _trained_part(self.cfg):
-                raise ConfigError(
-                    f"{saved}: the config differs from the one this run started with in "
-                    f"{', '.join(_TRAINED_PART)}; use a new run name"
-                )
-            try:
-                self.results = json.loads(results.read_text())
-            except (OSError, ValueError) as exc:
-                raise NasforgeError(f"{results}: unreadable ({exc})") from None
-            if self.results.get("format") != RESULTS_FORMAT:
-                raise NasforgeError(f"{results}: not a {RESULTS_FORMAT} file")
-        elif results.exists():
-            raise ConfigError(
-                f"{self.run_dir}: a scaling run with this name exists; pass --resume to "
-                "continue it or choose another name"
-            )
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        (self.run_dir / "config.yaml").write_text(self.cfg.to_yaml())
+        try:
+            self.results = json.loads(results.read_text())
+        except (OSError, ValueError) as exc:
+            raise NasforgeError(f"{results}: unreadable ({exc})") from None
+        if self.results.get("format") != RESULTS_FORMAT:
+            raise NasforgeError(f"{results}: not a {RESULTS_FORMAT} file")
 
     # -- steps ----------------------------------------------------------------------------------
     def _run(self, log: RunLog, resume: bool) -> ScaleSummary:
@@ -544,8 +546,3 @@ def _put_latency(p: dict[str, Any], m: LatencyMeasurement, statistic: str) -> No
 
 def _host_line(info: dict[str, Any]) -> str:
     return f"{info.get('cpu', '?')}, {info.get('cores', '?')} CPUs"
-
-
-def _trained_part(cfg: ExperimentConfig) -> dict[str, Any]:
-    dumped = cfg.model_dump(mode="json")
-    return {k: dumped.get(k) for k in _TRAINED_PART}
