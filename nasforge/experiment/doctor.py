@@ -5,6 +5,9 @@ imported and what they register (spaces, strategies, evaluators, backends) is ac
 it runs the search's own pre-run validation (:func:`~nasforge.experiment.preflight.prepare_run`:
 space, strategy, data, evaluator, objective metrics), so that doctor finds every config error
 that would stop ``nasforge search``, and flags budgets smaller than the strategy's warm-up.
+A config with a ``scaling:`` section is one for ``nasforge scale``, which runs no search: it
+gets the findings of what scaling reads (:func:`scaling_findings`), none about a strategy,
+trial budget or objective it never uses.
 """
 
 from __future__ import annotations
@@ -70,6 +73,8 @@ def diagnose(cfg: ExperimentConfig, build: bool = True) -> list[Finding]:
         build: also run the search's pre-run validation (builds the space, strategy, data
             and evaluator as ``nasforge search`` would; ``False``: only the config's fields).
     """
+    if cfg.scaling is not None:  # a `nasforge scale` config: no search to diagnose
+        return scaling_findings(cfg, build)
     out: list[Finding] = preflight_findings(cfg) if build else []
     o, lat = cfg.objective, cfg.latency
     if o.metric in ("test_acc", "test_accuracy"):
@@ -130,6 +135,7 @@ def diagnose(cfg: ExperimentConfig, build: bool = True) -> list[Finding]:
                 )
             )
     out.extend(automl_findings(cfg))
+    out.extend(compressed_backend_findings(cfg))
     out.extend(ray_findings(cfg))
     # the pre-run validation and the latency checks may name the same table verdict
     return list(dict.fromkeys(out))
@@ -249,3 +255,117 @@ def _compress_findings(cfg: ExperimentConfig) -> list[Finding]:
             )
         )
     return out
+
+
+#: the sections ``nasforge scale`` reads (:class:`~nasforge.experiment.scaling.ScalingRun`);
+#: a scaling config's other sections (strategy, search, objective, final ...) are not used
+SCALE_SECTIONS = frozenset(
+    ("name", "plugins", "seed", "runs_dir", "data", "space", "train", "latency", "scaling")
+)
+
+
+def scaling_findings(cfg: ExperimentConfig, build: bool = True) -> list[Finding]:
+    """Findings for a ``nasforge scale`` config: what :func:`~nasforge.experiment.scaling.
+    check_scalable` refuses, and with ``build`` what the run would fail on before its first
+    point (the data, the mobile space with ``space.options``, ``scaling.base``, the latency
+    backend); how latency is measured (:func:`~nasforge.hardware.doctor.latency_findings`,
+    but not the objective's cost metric: scaling has no objective); the data path; and an
+    info line for every section the config sets that scaling does not read."""
+    from nasforge.experiment.scaling import check_scalable  # the scale command's own check
+
+    out: list[Finding] = []
+    try:
+        check_scalable(cfg)
+    except NasforgeError as exc:
+        out.extend(error_findings(exc))
+    if build and not out:
+        out.extend(_scaling_build_findings(cfg))
+    out.extend(
+        Finding(level, field, msg)
+        for level, field, msg in latency_findings(cfg)
+        if not field.startswith("objective.")
+    )
+    if cfg.data.name in ("imagefolder", "cifar10") and not any(f.field == "data.path" for f in out):
+        if not cfg.data.path:
+            out.append(Finding("error", "data.path", f"dataset {cfg.data.name!r} needs a path"))
+        elif not Path(cfg.data.path).exists():
+            out.append(Finding("error", "data.path", f"{cfg.data.path} does not exist"))
+    for section in sorted(cfg.model_fields_set - SCALE_SECTIONS):
+        out.append(
+            Finding(
+                "info",
+                section,
+                "not read by `nasforge scale` (it trains and measures the scaled family; no "
+                "search, strategy, objective or final retraining)",
+            )
+        )
+    return list(dict.fromkeys(out))
+
+
+def _scaling_build_findings(cfg: ExperimentConfig) -> list[Finding]:
+    """What ``nasforge scale`` would stop on before training: the dataset, the base space,
+    the base arch, the latency backend (the first problem of each)."""
+    from nasforge.experiment.scaling_base import base_arch
+    from nasforge.experiment.setup import make_dataset
+    from nasforge.hardware.model import LatencyModel
+    from nasforge.spaces import create_space
+    from nasforge.spaces.mobile import MobileSpace
+
+    out: list[Finding] = []
+    try:
+        LatencyModel.from_config(cfg.latency)
+    except NasforgeError as exc:
+        out.extend(_named(exc, "latency.backend"))
+    try:
+        d = make_dataset(cfg)
+    except NasforgeError as exc:
+        return out + _named(exc, "data")
+    try:
+        space = create_space("mobile", d.input_shape, d.num_classes, **cfg.space.options)
+    except NasforgeError as exc:
+        return out + _named(exc, "space.options")
+    if isinstance(space, MobileSpace):
+        try:
+            base_arch(cfg.scaling.base if cfg.scaling else None, space, cfg.space.options)
+        except NasforgeError as exc:
+            out.extend(_named(exc, "scaling.base"))
+    return out
+
+
+def _named(exc: NasforgeError, field: str) -> list[Finding]:
+    """``exc`` as error findings; a line that names no field is given ``field``."""
+    return [
+        f if f.field != "config" else Finding(f.level, field, f.message)
+        for f in error_findings(exc)
+    ]
+
+
+def compressed_backend_findings(cfg: ExperimentConfig) -> list[Finding]:
+    """``evaluator.kind: compressed`` with a ``latency.backend`` other than the one the
+    compressed models are timed on: the search's latencies are onnxruntime's (the option
+    ``evaluator.options.backend``, else ``onnxruntime``), while the float model's latency on
+    the final card (``latency_float_ms``) is measured on ``latency.backend``; the two do not
+    compare."""
+    if cfg.evaluator.kind != "compressed":
+        return []
+    from nasforge.hardware.backends import BackendSpec, OnnxRuntimeBackend
+
+    backend = cfg.latency.backend
+    try:
+        onnx = isinstance(BackendSpec.parse(backend, threads=1).backend, OnnxRuntimeBackend)
+    except NasforgeError:
+        return []  # an unknown backend is reported by the pre-run validation
+    option = cfg.evaluator.options.get("backend")
+    timed = str(option) if option else backend if onnx else "onnxruntime"
+    if timed == backend:
+        return []
+    return [
+        Finding(
+            "warning",
+            "latency.backend",
+            f"the compressed evaluator times each compressed model on {timed}, but "
+            f"latency.backend is {backend!r}: the final model's float latency "
+            f"(latency_float_ms on the card) is measured on {backend} and does not compare "
+            f"with the search's; set latency.backend: {timed}",
+        )
+    ]
