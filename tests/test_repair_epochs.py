@@ -215,6 +215,7 @@ def test_a_damaged_page_of_epochs_is_made_up_from_the_backup_one_row_per_phase_a
     with TrialStore(db) as s:
         tid = s.add_trial(Arch({"x": 1}))
         s.finish_trial(tid, "complete", {"val_acc": 0.5}, 0.5, curve=[0.25, 0.5])
+        s.set_meta("nothing", None)  # a JSON null is a value, not garbage
         for e in range(400):  # about ten pages of records
             s.add_epoch("supernet", e, {"loss": 1.0, "mark": f"EPOCH-{e:04d}-" + "x" * 40})
         s.checkpoint_backup()
@@ -238,6 +239,7 @@ def test_a_damaged_page_of_epochs_is_made_up_from_the_backup_one_row_per_phase_a
     with TrialStore(db, create=False) as s:
         records = {r["epoch"]: r for r in s.epochs("supernet")}
         assert s.curve(tid) == [0.25, 0.5]
+        assert s.get_meta("nothing", "lost") is None
     assert sorted(records) == list(range(401))  # the damaged page's rows from the backup
     assert records[5]["mark"] == "AGAIN" and records[400]["mark"] == "NEWEST"  # store's wins
     assert records[200]["mark"].startswith("EPOCH-0200-")

@@ -126,7 +126,13 @@ def _event_ok(r: Row) -> bool:
 
 
 def _meta_ok(r: Row) -> bool:
-    return len(r) == 2 and isinstance(r[0], str) and _json(r[1], object) is not None
+    if len(r) != 2 or not isinstance(r[0], str) or not isinstance(r[1], str):
+        return False
+    try:
+        json.loads(r[1])  # any JSON value, null included (set_meta(key, None))
+    except ValueError:
+        return False
+    return True
 
 
 def _merge(
