@@ -102,11 +102,63 @@ class TrainConfig(TrainSection):
         return cls(**{**section.model_dump(), "seed": seed, **update})
 
 
+@dataclass(frozen=True)
+class LoopState:
+    """Where a training run stopped, enough to continue it exactly: the epochs done, the
+    optimizer's and the scheduler's state dicts, the batch-order generator's and torch's
+    global random state. Plain tensors, numbers and strings: a checkpoint of it loads with
+    ``torch.load(weights_only=True)``."""
+
+    epoch: int
+    optimizer: dict[str, Any]
+    scheduler: dict[str, Any]
+    generator: torch.Tensor
+    torch_rng: torch.Tensor
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "epoch": self.epoch,
+            "optimizer": self.optimizer,
+            "scheduler": self.scheduler,
+            "generator": self.generator,
+            "torch_rng": self.torch_rng,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> LoopState:
+        """Raises ``KeyError``/``TypeError`` on a dict that is not one (the caller decides)."""
+        if not isinstance(data["generator"], torch.Tensor):
+            raise TypeError("generator: not a tensor")
+        if not isinstance(data["torch_rng"], torch.Tensor):
+            raise TypeError("torch_rng: not a tensor")
+        return cls(
+            int(data["epoch"]),
+            dict(data["optimizer"]),
+            dict(data["scheduler"]),
+            data["generator"],
+            data["torch_rng"],
+        )
+
+
+@dataclass(frozen=True)
+class TrainSpan:
+    """A part of a longer run (multi-fidelity rungs that continue each other): the schedule
+    spans ``schedule_epochs`` (``None``: ``cfg.epochs``) and training stops after
+    ``cfg.epochs``; ``start`` continues a run stopped there (``None``: from scratch). Training
+    ``r`` epochs, then continuing to ``3r`` with the same span, is exactly the run that trains
+    ``3r`` epochs of the ``schedule_epochs`` schedule."""
+
+    schedule_epochs: int | None = None
+    start: LoopState | None = None
+
+
 @dataclass
 class TrainHistory:
     losses: list[float] = field(default_factory=list)
     val_acc: list[float] = field(default_factory=list)
     seconds: float = 0.0
+    #: where the run stopped (only when trained with a :class:`TrainSpan`)
+    state: LoopState | None = None
 
 
 def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
@@ -185,23 +237,46 @@ def train_model(
     reporter: Callable[[int, dict[str, float]], None] | None = None,
     loss_fn: LossFn | None = None,
     step_hook: Callable[[nn.Module], None] | None = None,
+    span: TrainSpan | None = None,
 ) -> TrainHistory:
     """Train ``model`` in place.
 
     ``reporter(epoch, metrics)`` is called after each epoch (with ``val_acc`` when a
     validation split is given) and may raise to stop the trial early. ``step_hook(model)``
     runs after every optimizer step (pruning masks re-apply themselves there).
+    ``span`` trains a part of a longer schedule, or continues one (:class:`TrainSpan`; the
+    model must hold the weights the start state was saved with); the history's ``state``
+    then says where it stopped. Epoch numbers (``reporter``) count from the run's start.
     Raises :class:`TrainingDiverged` when the loss becomes NaN or infinite.
     """
     t0 = time.perf_counter()
+    span = span or TrainSpan()
+    schedule_epochs = cfg.epochs if span.schedule_epochs is None else span.schedule_epochs
+    if schedule_epochs < cfg.epochs:
+        raise ValueError(
+            f"schedule_epochs ({schedule_epochs}) is shorter than the epochs to train "
+            f"({cfg.epochs})"
+        )
     gen = torch.Generator().manual_seed(cfg.seed)
     torch.manual_seed(cfg.seed)
     opt = make_optimizer(model, cfg)
     steps_per_epoch = max(1, math.ceil(len(x) / cfg.batch_size))
-    sched = make_scheduler(opt, cfg, steps_per_epoch)
+    sched_cfg = (
+        cfg if schedule_epochs == cfg.epochs else cfg.model_copy(update={"epochs": schedule_epochs})
+    )
+    sched = make_scheduler(opt, sched_cfg, steps_per_epoch)
+    first = 0
+    if span.start is not None:
+        # the optimizer's state after the scheduler's: its saved param groups hold the lr of
+        # the step the run stopped at (a new scheduler has just set step 0's)
+        opt.load_state_dict(span.start.optimizer)
+        sched.load_state_dict(span.start.scheduler)
+        gen.set_state(span.start.generator)
+        torch.set_rng_state(span.start.torch_rng)
+        first = span.start.epoch
     ce = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
     hist = TrainHistory()
-    for epoch in range(cfg.epochs):
+    for epoch in range(first, cfg.epochs):
         model.train()
         perm = torch.randperm(len(x), generator=gen)
         running, n = 0.0, 0
@@ -232,5 +307,13 @@ def train_model(
             metrics["val_acc"] = hist.val_acc[-1]
         if reporter is not None:
             reporter(epoch, metrics)
+    if span.schedule_epochs is not None or span.start is not None:
+        hist.state = LoopState(
+            max(first, cfg.epochs),
+            opt.state_dict(),
+            sched.state_dict(),
+            gen.get_state(),
+            torch.get_rng_state(),
+        )
     hist.seconds = time.perf_counter() - t0
     return hist

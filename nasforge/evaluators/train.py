@@ -6,6 +6,7 @@ import contextlib
 import fcntl
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,12 +24,18 @@ from nasforge.evaluators.base import (
     Result,
     StopTrial,
 )
+from nasforge.evaluators.rung_checkpoint import (
+    BUDGET_STARTED_FROM,
+    RungCheckpoints,
+    RungPolicy,
+    fingerprint,
+)
 from nasforge.hardware import count_flops, count_params, model_size_bytes
 from nasforge.hardware.model import LatencyModel
 from nasforge.hardware.noise import Stability
 from nasforge.space import Arch, SearchSpace
 from nasforge.space.joint import split_arch
-from nasforge.train import TrainConfig, evaluate_accuracy, train_model
+from nasforge.train import LoopState, TrainConfig, TrainSpan, evaluate_accuracy, train_model
 
 
 @contextlib.contextmanager
@@ -66,6 +73,15 @@ class TrainEvaluator(Evaluator):
     and, in :attr:`Result.info`, ``latency_stability`` (:meth:`Stability.to_dict`, with the
     reasons).
 
+    A multi-fidelity trial (a :class:`Fidelity` budget) with a :class:`RungPolicy` and a run
+    directory continues its configuration's lower rung (:mod:`~nasforge.evaluators.
+    rung_checkpoint`): every rung trains on the schedule of ``rungs.max_epochs``, starts from
+    the newest checkpoint of the same configuration at fewer epochs (same recipe and data
+    fraction) and trains the difference; the metric ``budget_started_from`` says the epoch it
+    started from (0: scratch), ``info["epochs_trained"]`` the epochs it trained, and the cost
+    is the increment. A budget above ``rungs.max_epochs``, a plain budget (a number) or
+    ``rungs.enabled: false`` trains from scratch on the budget's own schedule, as before.
+
     Args:
         space: builds the candidate.
         dataset: train and validation splits are used.
@@ -73,6 +89,8 @@ class TrainEvaluator(Evaluator):
         latency: measures or predicts latency; ``None`` reports ``mflops`` as the cost
             instead (a proxy that ``nasforge doctor`` warns about), and no ``latency_ms``.
         lock_path: a file lock held while measuring, so parallel workers time one at a time.
+        rungs: how multi-fidelity rungs train (``None``: each from scratch, as before).
+        run_dir: where rung checkpoints go (``run_dir/rungs``); ``None``: nowhere (scratch).
     """
 
     def __init__(
@@ -82,12 +100,16 @@ class TrainEvaluator(Evaluator):
         train: TrainConfig,
         latency: LatencyModel | None,
         lock_path: str | Path | None = None,
+        rungs: RungPolicy | None = None,
+        run_dir: str | Path | None = None,
     ) -> None:
         self.space = space
         self.dataset = dataset
         self.train = train
         self.latency = latency
         self.lock_path = lock_path
+        self.rungs = rungs
+        self.checkpoints = RungCheckpoints(run_dir) if run_dir is not None else None
         self._subsets: dict[float, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def produces(self) -> frozenset[str]:
@@ -156,9 +178,23 @@ class TrainEvaluator(Evaluator):
         metrics, stability = self._costs(arch, model)
         d = self.dataset
         x, y = self._train_split(fidelity.data_fraction)
-        curve, stopped = train_with_curve(model, x, y, cfg, d.x_val, d.y_val, reporter)
+        rung = self._rung(arch, cfg, budget, fidelity, len(y))
+        start = None
+        if rung is not None and rung.store is not None:
+            start = rung.store.find(arch.key, epochs, rung.fingerprint)
+            if start is not None:
+                model.load_state_dict(start.model)
+        span = None
+        if rung is not None:
+            span = TrainSpan(rung.schedule_epochs, None if start is None else start.state)
+        curve, stopped, state = train_span(model, x, y, cfg, (d.x_val, d.y_val), reporter, span)
+        if rung is not None and rung.store is not None and state is not None and not stopped:
+            # the top rung keeps nothing: no rung continues from it
+            keep = epochs < rung.schedule_epochs
+            rung.store.save(arch.key, model, state, rung.fingerprint, keep=keep)
+        started = start.epoch if start is not None else 0
         # the last epoch's validation accuracy is this model's (same weights, eval mode)
-        full = not stopped and epochs > 0 and len(curve) == epochs
+        full = not stopped and epochs > started and len(curve) == epochs - started
         metrics["val_acc"] = curve[-1] if full else evaluate_accuracy(model, d.x_val, d.y_val)
         metrics["train_seconds"] = time.perf_counter() - t0
         info: dict[str, object] = {
@@ -168,11 +204,36 @@ class TrainEvaluator(Evaluator):
             "stopped_early": stopped,
             "curve": curve,
         }
+        if rung is not None:
+            metrics[BUDGET_STARTED_FROM] = float(started)
+            info["epochs_trained"] = [started, started + len(curve)]
+            info["schedule_epochs"] = rung.schedule_epochs
+            if start is not None:
+                info["continued_from"] = str(start.path)
         if recipe:
             info["recipe"] = dict(recipe)
         if stability is not None:
             info[STABILITY_INFO] = stability.to_dict()
         return Result(metrics, cost_seconds=time.perf_counter() - t0, info=info)
+
+    def _rung(
+        self,
+        arch: Arch,
+        cfg: TrainConfig,
+        budget: Fidelity | float | None,
+        fidelity: Fidelity,
+        samples: int,
+    ) -> _Rung | None:
+        """How this trial trains as a rung: ``None`` for a plain budget or no policy (as
+        before); a rung on the top budget's schedule, with a checkpoint store when there is a
+        run directory and continuing is on."""
+        policy = self.rungs
+        if policy is None or not isinstance(budget, Fidelity):
+            return None
+        if not policy.enabled or cfg.epochs > policy.max_epochs:
+            return _Rung(cfg.epochs, None, "")  # its own schedule, from scratch
+        fp = fingerprint(arch, cfg, policy.max_epochs, fidelity.data_fraction, samples)
+        return _Rung(policy.max_epochs, self.checkpoints, fp)
 
     def _train_split(self, fraction: float) -> tuple[torch.Tensor, torch.Tensor]:
         """The training split, or a seeded class-stratified ``fraction`` of it (cached)."""
@@ -185,6 +246,16 @@ class TrainEvaluator(Evaluator):
             idx = stratified_subset(d.y_train, fraction, self.train.seed)
             self._subsets[fraction] = (d.x_train[idx], d.y_train[idx])
         return self._subsets[fraction]
+
+
+@dataclass(frozen=True)
+class _Rung:
+    """A multi-fidelity trial's training: the schedule's length, where its checkpoints go
+    (``None``: none) and the fingerprint a checkpoint must match."""
+
+    schedule_epochs: int
+    store: RungCheckpoints | None
+    fingerprint: str
 
 
 def trial_recipe(
@@ -223,6 +294,21 @@ def train_with_curve(
 ) -> tuple[list[float], bool]:
     """Train ``model`` in place; ``(validation accuracy per epoch, stopped early by the
     reporter)``. ``reporter`` gets every epoch's ``loss`` and ``val_acc``."""
+    curve, stopped, _ = train_span(model, x, y, cfg, (x_val, y_val), reporter)
+    return curve, stopped
+
+
+def train_span(
+    model: torch.nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    cfg: TrainConfig,
+    val: tuple[torch.Tensor, torch.Tensor],
+    reporter: Reporter | None = None,
+    span: TrainSpan | None = None,
+) -> tuple[list[float], bool, LoopState | None]:
+    """:func:`train_with_curve` for a part of a longer run (:class:`TrainSpan`): also where
+    the run stopped (``None`` without a span, or when the reporter stopped it)."""
     curve: list[float] = []
 
     def report(epoch: int, values: dict[str, float]) -> None:
@@ -231,10 +317,10 @@ def train_with_curve(
             reporter(epoch, values)
 
     try:
-        train_model(model, x, y, cfg, x_val, y_val, reporter=report)
+        hist = train_model(model, x, y, cfg, val[0], val[1], reporter=report, span=span)
     except StopTrial:
-        return curve, True
-    return curve, False
+        return curve, True, None
+    return curve, False, hist.state
 
 
 def stratified_subset(y: torch.Tensor, fraction: float, seed: int) -> torch.Tensor:

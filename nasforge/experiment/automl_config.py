@@ -17,6 +17,11 @@ compressed with them before it is scored (``evaluator.kind: compressed``).
 
 The searched values become the labels ``recipe/<field>`` and ``compress/<name>`` of a
 :class:`~nasforge.space.joint.JointSpace` (:meth:`AutomlSection.dimensions`).
+
+``fidelity`` says how a multi-fidelity strategy's promoted trials train:
+``continue_rungs: true`` (the default) continues the configuration's lower rung from its
+checkpoint, every rung on the top budget's schedule (:mod:`nasforge.evaluators.
+rung_checkpoint`); ``false`` trains every rung from scratch on its own epochs' schedule.
 """
 
 from __future__ import annotations
@@ -165,6 +170,19 @@ def _dimension(label: str, spec: list[Any] | dict[str, Any]) -> Dimension:
     return Float(label, low=float(spec["low"]), high=float(spec["high"]), log=spec["log"])
 
 
+class FidelitySection(BaseModel):
+    """``automl.fidelity``: how a multi-fidelity strategy's rungs train (module doc)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    continue_rungs: bool = Field(
+        True,
+        description="a promoted trial continues its lower rung's checkpoint (every rung on the "
+        "top budget's schedule; a config promoted 1 -> 3 -> 9 epochs costs 9, not 13); false: "
+        "every rung from scratch on its own epochs' schedule",
+    )
+
+
 class AutomlSection(BaseModel):
     """Recipe and compression dimensions searched with the architecture (module doc)."""
 
@@ -177,6 +195,11 @@ class AutomlSection(BaseModel):
     compress: dict[str, Any] = Field(
         default_factory=dict,
         description="prune_ratio / bits -> list of choices (global compression settings)",
+    )
+    fidelity: FidelitySection = Field(
+        default_factory=FidelitySection,
+        description="multi-fidelity strategies: whether promoted trials continue their lower "
+        "rung (continue_rungs)",
     )
 
     @field_validator("recipe", mode="before")

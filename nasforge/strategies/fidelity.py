@@ -187,6 +187,13 @@ class MultiFidelityStrategy(FidelityStrategy):
     def done(self) -> bool:
         return not self.running and self.sched.done()
 
+    def live_keys(self) -> set[str] | None:
+        """Configurations whose Optuna trial is still open (not promoted to the top, pruned
+        or failed yet): a later rung may continue their checkpoints."""
+        running = self.optuna.trial.TrialState.RUNNING
+        trials = self.study.get_trials(deepcopy=False)
+        return {c.arch.key for i, c in self.configs.items() if trials[i].state == running}
+
     # -- the plain protocol does not apply ------------------------------------------------------
     def ask(self, n: int = 1) -> list[Arch]:
         raise ConfigError(

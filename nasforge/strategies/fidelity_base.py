@@ -6,9 +6,12 @@ to train it with) or ``None`` when nothing can start until running trials report
 synchronous rung waits for its last member). The loop runs each request as one trial row
 (whose metrics get the budget and rung, see :mod:`nasforge.experiment.fidelity_view`) and
 calls :meth:`~FidelityStrategy.tell_trial` with the score. A configuration promoted to a
-higher rung is asked again at the larger budget: a new trial, trained from scratch with the
-rung's epochs and schedule (so the schedule matches the budget; no checkpoints need to travel
-to a remote worker).
+higher rung is asked again at the larger budget: a new trial row. The train evaluator
+continues it from the checkpoint its lower rung left in the run directory, every rung on the
+top budget's schedule (:mod:`nasforge.evaluators.rung_checkpoint`;
+``automl.fidelity.continue_rungs: false``, or a checkpoint another Ray node holds, trains it
+from scratch). The strategy itself knows nothing of checkpoints: a request is an arch and a
+budget; :meth:`~FidelityStrategy.live_keys` says whose checkpoints may still be needed.
 
 Resume after ``kill -9``: the loop calls :meth:`~FidelityStrategy.replay_trials` with every
 finished row ``(request, score)`` in finish order; the strategy rebuilds its rungs from them,
@@ -79,3 +82,9 @@ class FidelityStrategy(Strategy):
         """``True`` when the strategy has nothing left to ask (its brackets are spent);
         Hyperband and ASHA start new brackets forever, bounded by the search budget."""
         return False
+
+    def live_keys(self) -> set[str] | None:
+        """Arch keys of the configurations that may still be asked at a larger budget (their
+        rung checkpoints are kept when a search ends; the others' may be deleted); ``None``:
+        the strategy cannot tell (keep them all)."""
+        return None
