@@ -91,3 +91,20 @@ def test_final_line_and_show_say_the_compressed_figure(run) -> None:  # type: ig
     assert shown.exit_code == 0, shown.output
     final = " ".join(shown.output.split("final model", 1)[1].split())  # unwrapped
     assert f"{card['latency_ms']:.3f} ms" in final and "on onnxruntime" in final
+
+
+def test_measure_onnx_times_an_onnx_file_in_the_hardware_layer() -> None:
+    from torch import nn
+
+    from nasforge.hardware.backends import BackendError
+    from nasforge.hardware.onnx import export_onnx
+    from nasforge.hardware.timing import TimingConfig, measure_onnx
+
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 10)).eval()
+    onnx_bytes = export_onnx(model, (1, 8, 8), batch_size=2)
+    timing = TimingConfig(warmup=1, repeats=4, rounds=2)
+    m = measure_onnx(onnx_bytes, (1, 8, 8), 2, "onnxruntime", timing, threads=1)
+    assert (m.backend, m.batch_size, m.threads) == ("onnxruntime", 2, 1)
+    assert m.median_ms > 0 and m.repeats >= 4 and m.fingerprint
+    with pytest.raises(BackendError, match="'torch' cannot run an exported ONNX model"):
+        measure_onnx(onnx_bytes, (1, 8, 8), 2, "torch", timing, threads=1)
