@@ -14,11 +14,15 @@ them once: a worker that loads a finished checkpoint charges nothing for it.
 
 With a checkpoint path (the run directory's ``supernet.pt`` by default) every epoch is saved,
 an interrupted run resumes from the last epoch, and worker processes share one training: the
-first holds a file lock and trains, the others wait and load.
+first holds a file lock and trains, the others wait and load. The lock file
+(``<checkpoint>.lock``) is removed once the supernet is fully trained and no other process
+holds it (:func:`remove_lock_file`), so a finished run leaves only its checkpoints.
 """
 
 from __future__ import annotations
 
+import fcntl
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -85,15 +89,19 @@ class SupernetEvaluator(Evaluator):
         trainer = SupernetTrainer(self.space, self.dataset, self.config)
         if self.checkpoint is None:
             trainer.train()
-        else:
-            with file_lock(self.checkpoint.with_name(self.checkpoint.name + ".lock")):
-                if self.checkpoint.exists():
-                    trainer.load(self.checkpoint)
-                loaded_s = trainer.train_seconds
-                trainer.train(self.checkpoint)
-                self._trained_here_s = trainer.train_seconds - loaded_s
-                return trainer
-        self._trained_here_s = trainer.train_seconds
+            self._trained_here_s = trainer.train_seconds
+            return trainer
+        lock = self.checkpoint.with_name(self.checkpoint.name + ".lock")
+        with file_lock(lock):
+            if self.checkpoint.exists():
+                trainer.load(self.checkpoint)
+            loaded_s = trainer.train_seconds
+            trainer.train(self.checkpoint)
+            self._trained_here_s = trainer.train_seconds - loaded_s
+        if trainer.done and self.checkpoint.exists():
+            # only once the supernet is finished: a process that takes the lock later loads
+            # it and trains nothing, so it cannot matter that it locks a removed file
+            remove_lock_file(lock)
         return trainer
 
     def evaluate(
@@ -105,7 +113,14 @@ class SupernetEvaluator(Evaluator):
         metrics = {"val_acc": trainer.accuracy(arch, "val")}
         metrics.update(self._costs.cost_metrics(arch, self.space.build(arch)))
         metrics["eval_seconds"] = time.perf_counter() - t1
-        info: dict[str, Any] = {"supernet_epochs": trainer.epoch, "sampling": self.config.sampling}
+        info: dict[str, Any] = {
+            "supernet_epochs": trainer.epoch,
+            "sampling": self.config.sampling,
+            "choice_passes": trainer.epoch * trainer.choice_passes_per_epoch,
+        }
+        warning = trainer.budget_warning("evaluator.options.epochs")
+        if warning is not None:
+            info["supernet_warning"] = warning
         cost = metrics["eval_seconds"]
         if first:
             # the epochs this process trained are the run's cost, charged once (waiting for
@@ -113,6 +128,39 @@ class SupernetEvaluator(Evaluator):
             info["supernet_seconds"] = self._trained_here_s
             cost += self._trained_here_s
         return Result(metrics, cost_seconds=cost, info=info)
+
+
+def remove_lock_file(path: str | Path) -> bool:
+    """Remove the lock file ``path`` unless another process holds its lock; whether it was
+    removed.
+
+    The lock is taken without waiting, and the file is removed only if the path still names
+    the file that was locked (another process may have removed and re-created it meanwhile),
+    so a lock another process holds is never removed. A process still waiting for the lock
+    when the file goes gets the lock of the removed file; callers remove it only when the
+    work the lock guards is finished, so that waiter has nothing left to do under it.
+    """
+    path = Path(path)
+    try:
+        fh = open(path, "rb")  # never creates it; closed in the finally below
+    except OSError:
+        return False
+    try:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:  # held by another process (or its worker): leave it
+            return False
+        try:
+            if os.stat(path).st_ino != os.fstat(fh.fileno()).st_ino:
+                return False
+            path.unlink()
+            return True
+        except OSError:
+            return False
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+    finally:
+        fh.close()
 
 
 def supernet_evaluator(

@@ -75,7 +75,8 @@ def darts_config(options: dict[str, Any], seed: int = 0) -> DartsConfig:
         return TypeAdapter(DartsConfig).validate_python({"seed": seed, **options})
     except ValidationError as exc:
         err = exc.errors()[0]
-        field = ".".join(str(p) for p in err["loc"])
+        # a union field's error names the member type too ("alpha_lr.float"): not a field
+        field = ".".join(str(p) for p in err["loc"] if p not in ("float", "str", "int"))
         got = err.get("input")
         got_s = f" (got {got!r})" if not isinstance(got, dict) else ""
         raise ConfigError(f"{_WHERE}.{field}: {err['msg']}{got_s}") from None

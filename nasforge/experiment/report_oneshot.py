@@ -6,28 +6,38 @@ checkpoint), so the report of any run, finished, stopped or killed, can be rebui
 ``trials.db``. Two phases are understood:
 
 * ``"darts"``: records of ``DartsSearch.step_epoch()`` (validation/training loss and accuracy,
-  derived cell, skip/none count, entropy, dominant Hessian eigenvalue, op weights per cell,
-  regularisers, expected/derived latency when a latency table was used).
-* ``"supernet"``: records of single-path training (``spos.EpochRecord`` plus ``sampling``).
+  derived cell, skip/none count, entropy, dominant Hessian eigenvalue, op weights per cell and
+  each edge's ``(src, dst)`` nodes, regularisers, the ``alpha_lr`` used and why,
+  expected/derived latency when a latency table was used). Edges are named by their nodes
+  ("node 0 -> node 1"); records from before the nodes were kept get the space's layout by
+  cell name (:func:`edge_endpoints`).
+* ``"supernet"``: records of single-path training (``spos.EpochRecord`` plus ``sampling``);
+  when the least-trained op choice gets fewer than ~100 passes over the training split in the
+  planned epochs, the section carries a warning naming ``oneshot.options.epochs`` and the
+  epochs that would be enough (:mod:`nasforge.oneshot.budget`).
 
 Other phases are passed through as their raw records. A run without epoch records has no
 ``oneshot`` section (:func:`oneshot_section` returns ``None``), so its report is unchanged.
 
-The collapse rule is :func:`nasforge.experiment.collapse.collapse_verdict` (read its
-docstring: it is the contract the report and ``show`` print).
+The plots are :mod:`nasforge.experiment.report_oneshot_plots` (:func:`oneshot_plots` is
+re-exported here). The collapse rule is
+:func:`nasforge.experiment.collapse.collapse_verdict` (read its docstring: it is the contract
+the report and ``show`` print).
 """
 
 from __future__ import annotations
 
 import html
-import math
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from nasforge.errors import NasforgeError
 from nasforge.experiment.collapse import CLEAR, collapse_verdict, op_count
+from nasforge.experiment.report_oneshot_plots import oneshot_plots
 from nasforge.experiment.store import TrialStore
+from nasforge.oneshot.budget import supernet_budget_warning
+from nasforge.spaces.nb201 import EDGES as NB201_EDGES
 from nasforge.yamlfile import read_yaml
 
 #: the store meta the weight-sharing phase of a run writes (``method``, ``phase``, ``config``
@@ -74,6 +84,43 @@ def regularizer_words(names: Sequence[str]) -> list[str]:
     if not real:
         return ["none: plain DARTS (no regulariser against collapse)"]
     return [REGULARIZER_WORDS.get(n, n) for n in real]
+
+
+# -- edges -------------------------------------------------------------------------------------
+def edge_endpoints(cell: str, n_edges: int) -> list[tuple[int, int]] | None:
+    """``(src, dst)`` of each mixed edge of ``cell`` in supernet order, for records that do not
+    carry them: the ``nb201`` cell (``"cell"``: nodes 0-3, edge ``(s, d)`` for ``d > s``) or a
+    ``darts`` cell (``"normal"`` / ``"reduce"``: nodes 0 and 1 are the cell's inputs, every
+    earlier node feeds intermediate node ``d``); ``None`` when ``n_edges`` fits neither."""
+    if cell == "cell" and n_edges == len(NB201_EDGES):
+        return [(s, d) for d, s in NB201_EDGES]
+    if cell in ("normal", "reduce"):
+        out: list[tuple[int, int]] = []
+        dst = 2
+        while len(out) < n_edges:
+            out += [(s, dst) for s in range(dst)]
+            dst += 1
+        return out if len(out) == n_edges else None
+    return None
+
+
+def edge_names(edges: Sequence[Sequence[int]] | None, n_edges: int) -> list[str]:
+    """``"node s -> node d"`` for each edge (``"edge i"`` where the endpoints are unknown)."""
+    if edges is None or len(edges) != n_edges:
+        return [f"edge {e}" for e in range(n_edges)]
+    return [f"node {int(s)} -> node {int(d)}" for s, d in edges]
+
+
+def _alpha_lr(records: Sequence[Mapping[str, Any]], meta: Mapping[str, Any]) -> dict[str, Any]:
+    """The architecture learning rate the search used and why (its records'), else what the
+    stored config says (records from before the value was kept)."""
+    for r in records:
+        if r.get("alpha_lr_note"):
+            return {"value": r.get("alpha_lr"), "note": str(r["alpha_lr_note"])}
+    given = (meta.get("config") or {}).get("alpha_lr")
+    if isinstance(given, (int, float)) and not isinstance(given, bool):
+        return {"value": float(given), "note": f"alpha_lr {given:g} (set in the config)"}
+    return {"value": None, "note": "alpha_lr: not recorded"}
 
 
 # -- the section ---------------------------------------------------------------------------------
@@ -154,6 +201,13 @@ def darts_section(
             )
             t["epochs"].append(r["epoch"])
             t["weights"].append(summary.get("weights") or [])
+            if (r.get("edges") or {}).get(cell):
+                t["edges"] = [list(e) for e in r["edges"][cell]]
+    for cell, t in trajectories.items():
+        n_edges = max((len(w) for w in t["weights"]), default=0)
+        edges = t.get("edges") or edge_endpoints(cell, n_edges)
+        t["edges"] = [list(e) for e in edges] if edges is not None else None
+        t["edge_names"] = edge_names(t["edges"], n_edges)
     stopped = records[-1].get("stopped") or meta.get("stopped")
     final = _final_derived(store, records[-1], meta)
     derived = final["arch"] if final["trial"] is not None else None
@@ -163,6 +217,7 @@ def darts_section(
         "stopped": stopped if isinstance(stopped, str) else None,
         "regularization": names,
         "regularization_words": regularizer_words(names),
+        "alpha_lr": _alpha_lr(records, meta),
         "epochs": [_pick(r, DARTS_FIELDS) for r in records],
         "derived_cells": [
             {"epoch": r["epoch"], "arch_string": r.get("arch_string")} for r in records
@@ -176,15 +231,38 @@ def darts_section(
 
 def supernet_section(records: Sequence[Mapping[str, Any]], total: int | None) -> dict[str, Any]:
     """The report's summary of single-path supernet training: loss/lr per epoch, sampling,
-    wall and CPU seconds (the latter when the records have them)."""
+    wall and CPU seconds (the latter when the records have them), and the passes over the
+    training split of the least-trained op choice with a warning when the planned epochs
+    (else the trained ones) give fewer than ~100 (records that carry ``choice_passes``)."""
     sampling = sorted({str(r["sampling"]) for r in records if r.get("sampling")})
     return {
+        **_choice_budget(records, total, sampling[0] if len(sampling) == 1 else "this"),
         "epochs_done": len(records),
         "epochs_total": total,
         "sampling": sampling[0] if len(sampling) == 1 else sampling or None,
         "epochs": [_pick(r, SUPERNET_FIELDS) for r in records],
         "train_seconds": round(sum(float(r.get("seconds") or 0.0) for r in records), 3),
         "cpu_seconds": round(sum(float(r.get("cpu_seconds") or 0.0) for r in records), 3),
+    }
+
+
+def _choice_budget(
+    records: Sequence[Mapping[str, Any]], total: int | None, sampling: str
+) -> dict[str, Any]:
+    """``choice_passes`` (so far), ``choice_passes_planned`` and ``budget_warning`` (or
+    ``None``) of a supernet's records; empty for records without ``choice_passes``."""
+    last = records[-1]
+    passes, done = last.get("choice_passes"), _int(last.get("epoch"))
+    if not isinstance(passes, (int, float)) or not passes > 0 or done is None:
+        return {}
+    per_epoch = float(passes) / (done + 1)  # supernet records count epochs from 0
+    planned = per_epoch * total if total else float(passes)
+    return {
+        "choice_passes": round(float(passes), 3),
+        "choice_passes_planned": round(planned, 3),
+        "budget_warning": supernet_budget_warning(
+            planned, per_epoch, "oneshot.options.epochs", sampling
+        ),
     }
 
 
@@ -289,6 +367,7 @@ def show_lines(store: TrialStore, run_dir: Path | None = None) -> list[str]:
             f"skip {fin['skip_count']}, none {fin['none_count']} of {col['edges']} edges; "
             f"collapse: {col['verdict']}{why}"
         )
+        lines.append(str(darts["alpha_lr"]["note"]))
     sn = section.get("supernet")
     if sn:
         last = sn["epochs"][-1]
@@ -296,127 +375,13 @@ def show_lines(store: TrialStore, run_dir: Path | None = None) -> list[str]:
             f"{section['method']}: supernet ({sn['sampling']} sampling) {_progress(sn)} epochs, "
             f"last loss {_fmt(last.get('loss'))}, lr {_fmt(last.get('lr'), '.4g')}"
         )
+        if sn.get("budget_warning"):
+            lines.append(f"warning: {sn['budget_warning']}")
     return lines
 
 
 def _fmt(v: Any, fmt: str = ".4f") -> str:
     return format(v, fmt) if isinstance(v, (int, float)) else "-"
-
-
-# -- plots ---------------------------------------------------------------------------------------
-def oneshot_plots(section: Mapping[str, Any] | None, png: Callable[[Any], str]) -> dict[str, str]:
-    """PNG data URLs (``png`` turns a matplotlib figure into one) of the section: per cell
-    ``weights:<cell>`` (one panel per edge, op probability vs epoch), ``collapse`` (skip/none
-    count, entropy, dominant Hessian eigenvalue, supernet validation accuracy, and latency
-    when recorded) and ``supernet_loss``."""
-    if not section:
-        return {}
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from matplotlib.ticker import MaxNLocator
-
-    out: dict[str, str] = {}
-    darts = section.get("darts")
-    if darts:
-        for cell, t in darts["trajectories"].items():
-            n_edges = max((len(w) for w in t["weights"]), default=0)
-            if not n_edges:
-                continue
-            cols = min(4, n_edges)
-            rows = math.ceil(n_edges / cols)
-            fig, axes = plt.subplots(
-                rows,
-                cols,
-                figsize=(3 * cols, 2.4 * rows),
-                squeeze=False,
-                sharey=True,
-                layout="constrained",
-            )
-            for e in range(rows * cols):
-                ax = axes[e // cols][e % cols]
-                if e >= n_edges:
-                    ax.axis("off")
-                    continue
-                for o, op in enumerate(t["ops"]):
-                    ys = [w[e][o] if e < len(w) else float("nan") for w in t["weights"]]
-                    ax.plot(t["epochs"], ys, marker=".", label=op)
-                ax.set_title(f"edge {e}", fontsize=9)
-                ax.set_xlabel("epoch", fontsize=8)
-                ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-            axes[0][0].set_ylabel("op probability")
-            axes[0][0].legend(fontsize=7)
-            fig.suptitle(f"architecture weights ({cell}): op probability per edge")
-            out[f"weights:{cell}"] = png(fig)
-        ep = [r["epoch"] for r in darts["epochs"]]
-
-        def series(name: str) -> list[float]:
-            return [_nan(r.get(name)) for r in darts["epochs"]]
-
-        panels: list[tuple[str, list[tuple[str, list[float]]]]] = [
-            (
-                "derived cell: skip / none count",
-                [("skip", series("skip_count")), ("none", series("none_count"))],
-            ),
-            ("entropy of the architecture weights", [("entropy", series("entropy"))]),
-            (
-                "dominant Hessian eigenvalue"
-                + (
-                    ""
-                    if any(r.get("hessian_eigenvalue") is not None for r in darts["epochs"])
-                    else " (not computed)"
-                ),
-                [("eigenvalue", series("hessian_eigenvalue"))],
-            ),
-            ("supernet validation accuracy", [("val_acc", series("val_acc"))]),
-        ]
-        if any("expected_latency_ms" in r for r in darts["epochs"]):
-            panels.append(
-                (
-                    "latency (ms)",
-                    [
-                        ("expected", series("expected_latency_ms")),
-                        ("derived", series("derived_latency_ms")),
-                    ],
-                )
-            )
-        fig, axes = plt.subplots(
-            1, len(panels), figsize=(3.4 * len(panels), 3.2), squeeze=False, layout="constrained"
-        )
-        for ax, (title, lines) in zip(axes[0], panels):
-            for label, ys in lines:
-                ax.plot(ep, ys, marker="o", ms=3, label=label)
-            ax.set_title(title, fontsize=9)
-            ax.set_xlabel("epoch", fontsize=8)
-            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-            ax.ticklabel_format(axis="y", useOffset=False, style="plain")
-            if title.startswith("derived cell"):  # the collapse line: every edge skip/none
-                edges = darts["collapse"]["edges"]
-                ax.axhline(edges, ls="--", c="gray", label=f"all {edges} edges")
-                ax.yaxis.set_major_locator(MaxNLocator(integer=True))
-            if len(lines) > 1 or title.startswith("derived cell"):
-                ax.legend(fontsize=7)
-        fig.suptitle(f"collapse diagnostics: {darts['collapse']['verdict']}")
-        out["collapse"] = png(fig)
-    sn = section.get("supernet")
-    if sn:
-        ep = [r["epoch"] for r in sn["epochs"]]
-        fig, ax = plt.subplots(figsize=(6, 3.5))
-        ax.plot(ep, [_nan(r.get("loss")) for r in sn["epochs"]], "o-", label="training loss")
-        ax.set_xlabel("epoch")
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.set_ylabel("training loss (mean over paths)")
-        ax2 = ax.twinx()
-        ax2.plot(ep, [_nan(r.get("lr")) for r in sn["epochs"]], "--", c="gray", label="lr")
-        ax2.set_ylabel("learning rate")
-        ax.set_title(f"supernet training ({sn['sampling']} sampling)")
-        out["supernet_loss"] = png(fig)
-    return out
-
-
-def _nan(v: Any) -> float:
-    return float(v) if isinstance(v, (int, float)) else float("nan")
 
 
 # -- HTML ----------------------------------------------------------------------------------------
@@ -438,7 +403,8 @@ def render_oneshot(
             f"<p>DARTS: {esc(_progress(darts))} epochs, {darts['search_cpu_seconds']:.1f} CPU "
             "seconds of search"
             + (f"; {esc(darts['stopped'])}" if darts["stopped"] else "")
-            + ".</p><p>Regularisers in effect:</p><ul>"
+            + f".</p><p>Architecture learning rate: {esc(str(darts['alpha_lr']['note']))}.</p>"
+            + "<p>Regularisers in effect:</p><ul>"
             + "".join(f"<li>{esc(w)}</li>" for w in darts["regularization_words"])
             + "</ul>"
         )
@@ -514,6 +480,19 @@ def render_oneshot(
             f"{esc(_progress(sn))} epochs, {sn['train_seconds']:.1f} s "
             f"({sn['cpu_seconds']:.1f} CPU s).</p>"
         )
+        if sn.get("choice_passes") is not None:
+            parts.append(
+                f"<p>Training per op choice: ~{sn['choice_passes_planned']:.3g} passes over the "
+                "training split for the least-trained choice in the planned epochs "
+                f"({sn['choice_passes']:.3g} so far).</p>"
+            )
+        if sn.get("budget_warning"):  # the leaderboard that follows ranks on this supernet
+            parts.append(
+                "<p class='warn'>Ranking on this supernet: "
+                + esc(str(sn["budget_warning"]))
+                + ". The leaderboard below orders candidates by their accuracy with the "
+                "supernet's weights; treat its order as weak evidence.</p>"
+            )
         if "supernet_loss" in plots:
             parts.append(f"<img src='{plots['supernet_loss']}'/>")
         parts.append(
@@ -533,3 +512,22 @@ def render_oneshot(
             )
         )
     return "".join(parts)
+
+
+__all__ = [
+    "DARTS_FIELDS",
+    "META",
+    "REGULARIZER_WORDS",
+    "SUPERNET_FIELDS",
+    "darts_section",
+    "edge_endpoints",
+    "edge_names",
+    "oneshot_plots",
+    "oneshot_section",
+    "oneshot_settings",
+    "regularizer_words",
+    "render_oneshot",
+    "search_cost_seconds",
+    "show_lines",
+    "supernet_section",
+]

@@ -5,20 +5,23 @@ validation batch and an update of the network weights on a training batch (DARTS
 2019): first order (alpha's gradient at the current weights) or second order (at the weights
 after one virtual SGD step, the mixed second derivative by central finite differences, as in
 DARTS' ``architect.py``; the virtual step leaves out momentum). The regularisers of
-:mod:`nasforge.oneshot.regularizers` and the latency penalty of
-:mod:`nasforge.oneshot.latency` switch on by name. After each epoch :meth:`DartsSearch.step_epoch`
-returns a plain record (collapse diagnostics, the derived cell); :meth:`DartsSearch.derive`
-gives the final arch, a valid :class:`~nasforge.space.Arch` of the space.
+:mod:`nasforge.oneshot.regularizers` and the latency penalty of :mod:`nasforge.oneshot.latency`
+switch on by name; the settings are :class:`~nasforge.oneshot.darts_config.DartsConfig`. After
+each epoch :meth:`DartsSearch.step_epoch` returns a plain record (collapse diagnostics, the
+derived cell, the edges' endpoints, the ``alpha_lr`` used and why); :meth:`DartsSearch.derive`
+gives the final arch, a valid :class:`~nasforge.space.Arch` of the space. ``alpha_lr``
+defaults to ``"auto"``: scaled to the run's steps (:mod:`nasforge.oneshot.budget`), since
+DARTS' 3e-4 barely moves alpha in a CPU-sized run.
 
 The supernet is CPU-sized by default (``channels`` 8, one cell per stage); the derived arch is
 built at the space's own size. Supernet batch norm always uses batch statistics (the weights
 change every step, so running statistics would describe an old mixture); evaluations put
 the running statistics back as they were.
 
-Randomness: one ``torch.Generator`` owns the data order, the start vectors of the
-eigenvalue iteration and a seed per step for torch's global generator (Dirichlet samples,
-random smoothing), so a run repeats exactly, and :meth:`state_dict` /
-:meth:`load_state_dict` continue one exactly.
+Randomness: one ``torch.Generator`` owns the data order, the start vectors of the eigenvalue
+iteration and a seed per step for torch's global generator (Dirichlet samples, random
+smoothing), so a run repeats exactly, and :meth:`state_dict` / :meth:`load_state_dict`
+continue one exactly (with the same ``alpha_lr``, kept in the state).
 
 Data parallelism (``torchrun``, :mod:`nasforge.oneshot.distributed`): when the process group is
 joined, every rank draws the same global batches and step seeds and works on its slice of each
@@ -36,7 +39,6 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Iterator, Mapping
-from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
@@ -57,6 +59,8 @@ from nasforge.oneshot.bilevel import (
     kept_buffers,
     unrolled_arch_grads,
 )
+from nasforge.oneshot.budget import AlphaLR, resolve_alpha_lr
+from nasforge.oneshot.darts_config import DERIVATIONS, DartsConfig
 from nasforge.oneshot.derive import derive_perturbation, layout_for
 from nasforge.oneshot.diagnostics import cell_summary, dominant_eigenvalue, entropy
 from nasforge.oneshot.latency import MixedLatency
@@ -64,111 +68,6 @@ from nasforge.oneshot.mixed import ArchWeights
 from nasforge.space import Arch, SearchSpace
 
 STATE_FORMAT = 1
-DERIVATIONS = ("argmax", "perturbation")
-
-
-@dataclass(frozen=True)
-class DartsConfig:
-    """Everything a DARTS search is set up with (defaults: DARTS' CIFAR-10 search settings,
-    on a CPU-sized supernet, regularised by
-    :data:`~nasforge.oneshot.regularizers.DEFAULT_REGULARIZATION`).
-
-    Attributes:
-        epochs: search epochs.
-        batch_size: examples per step, for both splits.
-        steps_per_epoch: steps per epoch (``None``: one pass over the training split).
-        channels: supernet channels of the first stage.
-        cells_per_stage: supernet cells per stage (nb201: ``N``; darts: ``3 * it + 2`` cells).
-        order: 1 (first order) or 2 (unrolled, finite-difference second order).
-        lr, lr_min, momentum, weight_decay, grad_clip: network weights' SGD with a cosine
-            schedule from ``lr`` to ``lr_min``.
-        alpha_lr, alpha_betas, alpha_weight_decay: architecture weights' Adam.
-        regularization: ``"none"`` (plain DARTS), ``"default"`` or regulariser names.
-        regularizers: their strengths.
-        derivation: ``argmax`` or ``perturbation`` (DARTS-PT) for :meth:`DartsSearch.derive`.
-        latency_penalty: weight of the expected-latency term (0: off; needs a latency table):
-            ``latency_penalty * E[latency] / E0`` (ProxylessNAS; ``E0`` the expected latency
-            under uniform weights), or with ``latency_limit_ms`` the hinge
-            ``latency_penalty * max(E[latency] - limit, 0) / limit`` while the argmax arch is
-            predicted over the limit (a plain expected-latency term drives every edge to the
-            free ``none`` op when the data are easy; :meth:`MixedLatency.hinge_ms`).
-        latency_limit_ms: hard limit on the derived arch's predicted latency (needs a table).
-        latency_margin: the search aims this fraction below ``latency_limit_ms`` (hinge and
-            hard limit), so that a derived arch predicted just under the limit does not
-            measure over it; set it to the table's held-out error (``nasforge latency
-            validate``) when the limit must hold on measurement. 0: aim at the limit.
-        hessian_every: compute the dominant Hessian eigenvalue every this many epochs (0: off).
-        hessian_iters: power-iteration steps.
-        eval_batches: validation batches for the per-epoch record and DARTS-PT.
-        seed: seeds the supernet, alpha and every random draw of the search.
-    """
-
-    epochs: int = 50
-    batch_size: int = 64
-    steps_per_epoch: int | None = None
-    channels: int = 8
-    cells_per_stage: int = 1
-    order: int = 1
-    lr: float = 0.025
-    lr_min: float = 0.001
-    momentum: float = 0.9
-    weight_decay: float = 3e-4
-    grad_clip: float = 5.0
-    alpha_lr: float = 3e-4
-    alpha_betas: tuple[float, float] = (0.5, 0.999)
-    alpha_weight_decay: float = 1e-3
-    regularization: tuple[str, ...] | str = "default"
-    regularizers: reg.RegularizerConfig = field(default_factory=reg.RegularizerConfig)
-    derivation: str = "argmax"
-    latency_penalty: float = 0.0
-    latency_limit_ms: float | None = None
-    latency_margin: float = 0.0
-    hessian_every: int = 1
-    hessian_iters: int = 10
-    eval_batches: int = 2
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "regularization", reg.parse_regularization(self.regularization))
-        positive = ("epochs", "batch_size", "channels", "cells_per_stage", "eval_batches")
-        for name in positive:
-            if int(getattr(self, name)) < 1:
-                raise ConfigError(f"darts.{name}: must be >= 1, got {getattr(self, name)}")
-        if self.steps_per_epoch is not None and self.steps_per_epoch < 1:
-            raise ConfigError(f"darts.steps_per_epoch: must be >= 1, got {self.steps_per_epoch}")
-        if self.order not in (1, 2):
-            raise ConfigError(f"darts.order: must be 1 or 2, got {self.order}")
-        if self.derivation not in DERIVATIONS:
-            raise ConfigError(
-                f"darts.derivation: {self.derivation!r} is not one of {', '.join(DERIVATIONS)}"
-            )
-        for name in ("lr", "alpha_lr"):
-            if not getattr(self, name) > 0:
-                raise ConfigError(f"darts.{name}: must be > 0, got {getattr(self, name)}")
-        if self.latency_penalty < 0:
-            raise ConfigError(f"darts.latency_penalty: must be >= 0, got {self.latency_penalty}")
-        if self.latency_limit_ms is not None and not self.latency_limit_ms > 0:
-            raise ConfigError(f"darts.latency_limit_ms: must be > 0, got {self.latency_limit_ms}")
-        if not 0.0 <= self.latency_margin < 1.0:
-            raise ConfigError(f"darts.latency_margin: must be in [0, 1), got {self.latency_margin}")
-        if self.hessian_every < 0 or self.hessian_iters < 1:
-            raise ConfigError("darts.hessian_every must be >= 0 and darts.hessian_iters >= 1")
-
-    @property
-    def latency_target_ms(self) -> float | None:
-        """The limit the search aims at: ``latency_limit_ms`` less ``latency_margin``."""
-        if self.latency_limit_ms is None:
-            return None
-        return self.latency_limit_ms * (1.0 - self.latency_margin)
-
-    def uses(self, name: str) -> bool:
-        """Whether regulariser ``name`` is switched on."""
-        return name in self.regularization
-
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["regularization"] = list(self.regularization)
-        return d
 
 
 class DartsSearch:
@@ -219,12 +118,13 @@ class DartsSearch:
                 else None
             )
         self.net.train()
+        self.alpha_lr = resolve_alpha_lr(cfg.alpha_lr, cfg.epochs * self.steps())
         self.w_opt = torch.optim.SGD(
             self.net.parameters(), cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
         )
         self.a_opt = torch.optim.Adam(
             self.arch_parameters(),
-            cfg.alpha_lr,
+            self.alpha_lr.value,
             betas=cfg.alpha_betas,
             weight_decay=cfg.alpha_weight_decay,
         )
@@ -247,12 +147,11 @@ class DartsSearch:
                 f"{space.name} space (build one with `nasforge latency build`)"
             )
         self.latency_scale = 1.0
-        if self.latency is not None:
-            if cfg.latency_target_ms is not None:
-                self.latency_scale = cfg.latency_target_ms
-            else:
-                uniform = {c: torch.full(s, 1.0 / s[1]) for c, s in self.layout.shapes().items()}
-                self.latency_scale = float(self.latency.expected_ms(uniform))
+        if self.latency is not None and cfg.latency_target_ms is not None:
+            self.latency_scale = cfg.latency_target_ms
+        elif self.latency is not None:
+            uniform = {c: torch.full(s, 1.0 / s[1]) for c, s in self.layout.shapes().items()}
+            self.latency_scale = float(self.latency.expected_ms(uniform))
 
     @classmethod
     def from_dataset(
@@ -496,9 +395,12 @@ class DartsSearch:
             "entropy": float(np.mean([entropy(p) for p in probs.values()])),
             "hessian_eigenvalue": eig,
             "cells": cell_summary(probs, self.layout.ops),
+            "edges": {c: [list(e) for e in self.layout.edges(c)] for c in probs},  # (src, dst)
             "regularization": list(cfg.regularization),
             "aux_skip": self.aux_skip(),
             "cpu_seconds": cpu_seconds,
+            "alpha_lr": self.alpha_lr.value,
+            "alpha_lr_note": self.alpha_lr.note(),
         }
         if self.latency is not None:
             ew = self.edge_weights()
@@ -551,6 +453,7 @@ class DartsSearch:
             "betas": {c: b.detach().clone() for c, b in self.betas.items()} if self.betas else None,
             "w_opt": self.w_opt.state_dict(),
             "a_opt": self.a_opt.state_dict(),
+            "alpha_lr": self.alpha_lr.to_dict(),
             "generator": self.generator.get_state(),
             "history": list(self.history),
             "stopped": self.stopped,
@@ -579,7 +482,9 @@ class DartsSearch:
                     for c, b in self.betas.items():
                         b.copy_(state["betas"][c])
             self.w_opt.load_state_dict(state["w_opt"])
-            self.a_opt.load_state_dict(state["a_opt"])
+            self.a_opt.load_state_dict(state["a_opt"])  # its lr: the checkpoint's alpha_lr
+            if "alpha_lr" in state:  # absent from checkpoints before alpha_lr "auto"
+                self.alpha_lr = AlphaLR.from_dict(state["alpha_lr"])
             self.generator.set_state(state["generator"])
         except (KeyError, RuntimeError, TypeError, ValueError) as exc:
             raise NasforgeError(

@@ -35,6 +35,7 @@ from nasforge.data import Dataset
 from nasforge.errors import ConfigError, TrainingDiverged
 from nasforge.oneshot import distributed
 from nasforge.oneshot.bn import calibration_batches, recalibrate_bn
+from nasforge.oneshot.budget import choice_passes_per_epoch, supernet_budget_warning
 from nasforge.oneshot.recipe import (
     BoundArch,
     check_recipe,
@@ -92,8 +93,11 @@ class SupernetConfig(BaseModel):
 @dataclass(frozen=True)
 class EpochRecord:
     """One training epoch: mean loss over paths (and ranks), steps, paths run, the learning
-    rate at its end, its wall-clock seconds, its CPU seconds (summed over the ranks) and the
-    number of data-parallel processes that trained it."""
+    rate at its end, its wall-clock seconds, its CPU seconds (summed over the ranks), the
+    number of data-parallel processes that trained it, and ``choice_passes``: the passes over
+    the training split the least-trained op choice has had up to this epoch's end
+    (:func:`~nasforge.oneshot.budget.choice_passes_per_epoch`; 0 in records written before
+    it was kept)."""
 
     epoch: int
     loss: float
@@ -103,6 +107,7 @@ class EpochRecord:
     seconds: float
     cpu_seconds: float = 0.0
     world_size: int = 1
+    choice_passes: float = 0.0
 
 
 class SupernetTrainer:
@@ -127,6 +132,8 @@ class SupernetTrainer:
             params, config.optimizer, config.lr, config.momentum, config.weight_decay
         )
         self.steps_per_epoch = max(1, len(dataset.y_train) // config.batch_size)
+        #: passes over the training split per epoch of the least-trained op choice
+        self.choice_passes_per_epoch = choice_passes_per_epoch(space, config.sampling)
         self.scheduler = cosine_schedule(self.optimizer, config.epochs * self.steps_per_epoch)
         self.loss_fn = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
         self.epoch = 0
@@ -199,6 +206,7 @@ class SupernetTrainer:
             seconds,
             cpu,
             ctx.world_size,
+            (self.epoch + 1) * self.choice_passes_per_epoch,
         )
         self.records.append(record)
         self.epoch += 1
@@ -212,6 +220,15 @@ class SupernetTrainer:
             if checkpoint is not None and distributed.current().is_main:
                 self.save(checkpoint)
         return list(self.records)
+
+    def budget_warning(self, field: str = "oneshot.options.epochs") -> str | None:
+        """A warning when ``config.epochs`` give the least-trained op choice fewer than
+        ~100 passes over the training split (too few for an honest ranking; see
+        :mod:`nasforge.oneshot.budget`), naming ``field`` and the epochs that would be enough;
+        ``None`` when they are enough."""
+        per_epoch = self.choice_passes_per_epoch
+        passes = self.config.epochs * per_epoch
+        return supernet_budget_warning(passes, per_epoch, field, self.config.sampling)
 
     # -- evaluation -----------------------------------------------------------------------------
     def recalibrate(self, arch: Arch) -> None:
