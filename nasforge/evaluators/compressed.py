@@ -187,6 +187,22 @@ def compress_config(
     )
 
 
+def timed_backend_name(option: str | None, latency_backend: str) -> str:
+    """The name of the backend compressed models are timed on, from the config alone:
+    ``evaluator.options.backend`` (``option``), else ``latency.backend`` when it is an
+    onnxruntime backend, else ``onnxruntime`` (:func:`onnx_backend`'s rule, for readers that
+    build no latency model: doctor, the report).
+
+    Raises:
+        BackendError: ``latency.backend`` is not a registered backend."""
+    from nasforge.hardware.backends import BackendSpec, OnnxRuntimeBackend
+
+    if option:
+        return option
+    spec = BackendSpec.parse(latency_backend, threads=1)
+    return latency_backend if isinstance(spec.backend, OnnxRuntimeBackend) else "onnxruntime"
+
+
 def onnx_backend(name: str | None, latency: Any) -> BackendSpec:
     """The onnxruntime backend spec compressed models are timed on: ``name`` (the option),
     else ``latency.backend`` when it is an onnxruntime backend, else ``onnxruntime``; threads

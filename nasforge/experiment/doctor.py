@@ -348,15 +348,13 @@ def compressed_backend_findings(cfg: ExperimentConfig) -> list[Finding]:
     compare."""
     if cfg.evaluator.kind != "compressed":
         return []
-    from nasforge.hardware.backends import BackendSpec, OnnxRuntimeBackend
+    from nasforge.evaluators.compressed import timed_backend_name
 
     backend = cfg.latency.backend
     try:
-        onnx = isinstance(BackendSpec.parse(backend, threads=1).backend, OnnxRuntimeBackend)
+        timed = timed_backend_name(cfg.evaluator.options.get("backend"), backend)
     except NasforgeError:
         return []  # an unknown backend is reported by the pre-run validation
-    option = cfg.evaluator.options.get("backend")
-    timed = str(option) if option else backend if onnx else "onnxruntime"
     if timed == backend:
         return []
     return [
