@@ -29,7 +29,7 @@ import torch
 from nasforge.data import Dataset, load_dataset
 from nasforge.errors import ConfigError
 from nasforge.evaluators.supernet import SupernetEvaluator, remove_lock_file
-from nasforge.experiment.oneshot_config import darts_config
+from nasforge.experiment.oneshot_config import OneshotConfig, darts_config, supernet_findings
 from nasforge.experiment.report_oneshot import (
     META,
     darts_section,
@@ -248,6 +248,17 @@ def test_supernet_records_count_passes_and_warn_naming_the_epochs(small: Dataset
     assert SupernetTrainer(nb201(), small, enough).budget_warning() is None
 
 
+def test_doctor_finding_names_the_epochs_of_a_short_supernet() -> None:
+    space = nb201()
+    [(level, field, message)] = supernet_findings(OneshotConfig(method="spos"), space)
+    assert (level, field) == ("warning", "oneshot.options.epochs")
+    assert "oneshot.options.epochs: 500" in message  # the default 10 uniform epochs: 2 passes
+    fair = OneshotConfig(method="spos", options={"sampling": "fair", "epochs": 100})
+    assert supernet_findings(fair, space) == []
+    assert supernet_findings(OneshotConfig(method="darts"), space) == []
+    assert supernet_findings(None, space) == []
+
+
 @pytest.fixture(scope="module")
 def supernet_records(small: Dataset) -> list[dict[str, Any]]:
     cfg = SupernetConfig(sampling="uniform", epochs=2, batch_size=32, bn_batches=1)
@@ -279,7 +290,7 @@ def test_report_warns_before_the_leaderboard_when_the_supernet_is_short(
             line.startswith("warning: ") and "oneshot.options.epochs: 500" in line
             for line in show_lines(store)
         )
-    # the same records of a run planned for 600 epochs (0.2 a epoch: 120 passes): no warning
+    # the same records of a run planned for 600 epochs (0.2 an epoch: 120 passes): no warning
     with supernet_store(supernet_records, 600) as store:
         section = oneshot_section(store)
         assert section is not None

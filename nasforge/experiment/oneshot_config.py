@@ -35,16 +35,20 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
 
 from nasforge.errors import ConfigError
+from nasforge.oneshot.budget import choice_passes_per_epoch, supernet_budget_warning
 from nasforge.oneshot.darts import DartsConfig
 from nasforge.oneshot.regularizers import RegularizerConfig
 from nasforge.oneshot.spos import SupernetConfig
 from nasforge.oneshot.supernet import supernet_spaces
+from nasforge.space import SearchSpace
 
 #: the spaces whose cells DARTS searches (:func:`nasforge.oneshot.derive.layout_for`)
 DARTS_SPACES = ("nb201", "darts")
 #: the folder of a run that holds the weight-sharing checkpoints
 CHECKPOINT_DIR = "supernet"
 _WHERE = "oneshot.options"
+#: a doctor finding: (level, field, message)
+Finding3 = tuple[str, str, str]
 
 
 def checkpoint_path(run_dir: str | Path, epoch: int) -> Path:
@@ -249,6 +253,23 @@ def darts_findings(oneshot: OneshotConfig | None) -> list[tuple[str, str, str]]:
     return out
 
 
+def supernet_findings(oneshot: OneshotConfig | None, space: SearchSpace) -> list[Finding3]:
+    """``(level, field, message)`` for ``nasforge doctor`` on a ``spos`` section over the built
+    ``space``: a warning naming ``oneshot.options.epochs`` when the planned epochs give the
+    least-trained op choice fewer than ~100 passes over the training split (the supernet's
+    ranking of the candidates is weak; :mod:`nasforge.oneshot.budget`); none otherwise."""
+    if oneshot is None or oneshot.method != "spos":
+        return []
+    cfg = supernet_config(oneshot.options)
+    try:
+        per_epoch = choice_passes_per_epoch(space, cfg.sampling)
+    except ConfigError:  # no finite choices: the run refuses the space with its own message
+        return []
+    field = f"{_WHERE}.epochs"
+    warning = supernet_budget_warning(cfg.epochs * per_epoch, per_epoch, field, cfg.sampling)
+    return [] if warning is None else [("warning", field, warning)]
+
+
 def default_evaluator(data: Any) -> Any:
     """(A ``before`` validator's body) ``oneshot.method: spos`` selects the ``supernet``
     evaluator when the config names no ``evaluator.kind``; anything else is returned as is."""
@@ -274,4 +295,5 @@ __all__ = [
     "darts_findings",
     "default_evaluator",
     "supernet_config",
+    "supernet_findings",
 ]
