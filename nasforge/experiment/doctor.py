@@ -66,7 +66,8 @@ def preflight_findings(cfg: ExperimentConfig) -> list[Finding]:
 
 
 def diagnose(cfg: ExperimentConfig, build: bool = True) -> list[Finding]:
-    """Findings (error / warning / info, each naming the field) for a validated config.
+    """Findings (error / warning / info, each naming the field) for a validated config
+    (for a ``scaling:`` config, those of ``nasforge scale``: :func:`scaling_findings`).
 
     Args:
         cfg: the config (loaded, so its plugins are imported).
