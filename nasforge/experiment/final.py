@@ -361,7 +361,8 @@ def finalize_one(
     stability = card_stability(card)
     msg = final_line(card, train_seconds)
     if "onnx_max_abs_diff" in card:
-        msg += f"; ONNX max abs diff {card['onnx_max_abs_diff']:.2e}"
+        what = "float model.onnx" if "latency_float" in card else "ONNX"
+        msg += f"; {what} max abs diff {card['onnx_max_abs_diff']:.2e}"
     if settings and isinstance(card.get("compression"), dict):
         told = ", ".join(f"{k} {_short(v)}" for k, v in settings.items())
         verdict = card["compression"].get("verdict") or "see the compression report"
