@@ -8,7 +8,8 @@ nothing), then:
    ``ofa.specialize.samples`` subnets, made once per trained supernet and kept in
    ``runs/<name>/ofa/samples.json`` (JSON: arch dicts and accuracies, with the SHA-256 of the
    ``final.pt`` they were measured on, the count and the seed; every later specialisation
-   reuses it, a retrained supernet makes it again);
+   reuses it, a retrained supernet makes it again); the accuracy predictor fitted on them is
+   kept beside them (``ofa/predictor.npz``, data only) and loaded by later targets;
 2. the latency table of the target: ``--table`` when given; else the config's
    ``latency.table`` when it was built for the same backend and batch size on this machine;
    else one built here on the target with :class:`~nasforge.hardware.builder.TableBuilder`,
@@ -65,7 +66,11 @@ from nasforge.experiment.export import export_onnx, onnx_max_abs_diff
 from nasforge.experiment.final import measure_final, training_threads
 from nasforge.experiment.latency_verdict import card_stability, latency_text
 from nasforge.experiment.lock import RunLock
-from nasforge.experiment.ofa_cache import load_or_make_samples, resolve_table
+from nasforge.experiment.ofa_cache import (
+    load_or_fit_predictor,
+    load_or_make_samples,
+    resolve_table,
+)
 from nasforge.experiment.report import write_report
 from nasforge.experiment.report_ofa import CARD_FILE, SPECIALIZED_DIR
 from nasforge.experiment.setup import make_dataset, make_objective, make_space
@@ -304,9 +309,9 @@ def specialize_run(
             run.config.latency.threads,
             console,
         )
-        t0 = time.perf_counter()
-        predictor = AccuracyPredictor.fit(
-            run.space, samples, run.specialize.predictor, run.specialize.seed
+        t0 = time.perf_counter()  # fitted once per sample, kind and seed, then loaded
+        predictor, predictor_info = load_or_fit_predictor(
+            run.run_dir, run.space, samples, spec.predictor, spec.seed, console
         )
         predictor_s = time.perf_counter() - t0
         with warnings.catch_warnings(record=True) as caught:
@@ -353,6 +358,7 @@ def specialize_run(
                 "verdict": latency_model.verdict.status if latency_model.verdict else None,
             },
             samples=samples_info,
+            predictor_cache=predictor_info,
         )
         card["seconds"].update(
             table=table_s,
