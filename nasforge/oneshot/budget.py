@@ -133,11 +133,11 @@ def supernet_budget_warning(
         return None
     need = epochs_for_enough_passes(per_epoch)
     return (
-        f"the supernet trained each op choice on ~{choice_passes:.3g} passes over the training "
-        f"split (fewer than ~{ENOUGH_CHOICE_PASSES:g}), so its inherited-weight ranking of the "
-        f"candidates is weak (benchmarks: 13 passes per choice ranked at Kendall tau 0.31, 120 "
-        f"at 0.65-0.68); set {field}: {need} ({sampling} sampling gives {per_epoch:.3g} passes "
-        "per choice per epoch)"
+        f"each op choice of the supernet gets ~{choice_passes:.3g} passes over the training "
+        f"split in the planned epochs (fewer than ~{ENOUGH_CHOICE_PASSES:g}), so its "
+        "inherited-weight ranking of the candidates is weak (benchmarks: 13 passes per choice "
+        f"ranked at Kendall tau 0.31, 120 at 0.65-0.68); set {field}: {need} ({sampling} "
+        f"sampling gives {per_epoch:.3g} passes per choice per epoch)"
     )
 
 
