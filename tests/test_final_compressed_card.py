@@ -27,35 +27,38 @@ SPACE_OPTIONS = {
 }
 
 
-@pytest.fixture(scope="module")
-def run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any]]:
-    """One trial of a joint search (prune 0.25 + INT8), float latency on torch, retrained."""
-    runs = tmp_path_factory.mktemp("runs")
-    cfg = parse_config(
-        {
-            "name": "joint",
-            "runs_dir": str(runs),
-            "data": {"name": "digits", "limit": 400},
-            "space": {"name": "mobile", "options": SPACE_OPTIONS},
-            "search": {"trials": 1, "executor": "inline"},
-            "strategy": {"name": "random"},
-            "train": {"epochs": 1, "lr": 0.1},
-            "evaluator": {
-                "kind": "compressed",
-                "options": {"round_to": 4, "min_keep": 4, "calibration": 64},
-            },
-            "automl": {"compress": {"prune_ratio": [0.25], "bits": [8]}},
-            # the float model is timed on torch: the card must not show that figure as the
-            # winner's latency
-            "latency": {"backend": "torch", "repeats": 6, "warmup": 1},
-            "compress": {"target": {"batch_sizes": [1], "rounds": 2}},
-            "final": {"epochs": 1},
-            "objective": {"kind": "weighted_product", "target": 1.0},
-        }
-    )
+def joint_run(runs: Path, **over: Any) -> tuple[Path, dict[str, Any]]:
+    """One trial of a joint search (prune 0.25 + INT8; ``over`` replaces sections), float
+    latency on torch, retrained; returns the run directory and the card."""
+    raw: dict[str, Any] = {
+        "name": "joint",
+        "runs_dir": str(runs),
+        "data": {"name": "digits", "limit": 400},
+        "space": {"name": "mobile", "options": SPACE_OPTIONS},
+        "search": {"trials": 1, "executor": "inline"},
+        "strategy": {"name": "random"},
+        "train": {"epochs": 1, "lr": 0.1},
+        "evaluator": {
+            "kind": "compressed",
+            "options": {"round_to": 4, "min_keep": 4, "calibration": 64},
+        },
+        "automl": {"compress": {"prune_ratio": [0.25], "bits": [8]}},
+        # the float model is timed on torch: the card must not show that figure as the
+        # winner's latency
+        "latency": {"backend": "torch", "repeats": 6, "warmup": 1},
+        "compress": {"target": {"batch_sizes": [1], "rounds": 2}},
+        "final": {"epochs": 1},
+        "objective": {"kind": "weighted_product", "target": 1.0},
+    }
+    cfg = parse_config({k: v for k, v in {**raw, **over}.items() if v is not None})
     Experiment(cfg, console=Console(quiet=True), progress=False).run()
     run_dir = runs / "joint"
     return run_dir, json.loads((run_dir / "best" / "card.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any]]:
+    return joint_run(tmp_path_factory.mktemp("runs"))
 
 
 def test_card_latency_is_the_compressed_int8_model_on_onnxruntime(run) -> None:  # type: ignore[no-untyped-def]
@@ -108,3 +111,17 @@ def test_measure_onnx_times_an_onnx_file_in_the_hardware_layer() -> None:
     assert m.median_ms > 0 and m.repeats >= 4 and m.fingerprint
     with pytest.raises(BackendError, match="'torch' cannot run an exported ONNX model"):
         measure_onnx(onnx_bytes, (1, 8, 8), 2, "torch", timing, threads=1)
+
+
+@pytest.mark.slow
+def test_compressed_evaluator_without_searched_settings_times_the_float_export(
+    tmp_path: Path,
+) -> None:
+    """No ``compress/`` dims: the trials timed the exported float model on onnxruntime, and
+    so does the card (not the torch figure)."""
+    _, card = joint_run(tmp_path, automl=None)
+    measured = card["compression"]["measured"]
+    assert measured["artifact"] == "model.fp32.onnx" and measured["row"] == "original"
+    assert card["latency_ms"] == measured["latency_ms"] == card["latency_ms_onnxruntime"]
+    assert card["latency"]["model"] == "exported float model (model.fp32.onnx)"
+    assert card["latency_float"]["backend"] == "torch"

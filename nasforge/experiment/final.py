@@ -265,10 +265,11 @@ def finalize_one(
     the epochs too: a trial's epochs are a search-time budget, the final's are the user's
     (the card keeps both: ``recipe_searched`` and ``final_epochs``). The saved arch is the
     architecture part, so ``nasforge export`` and the model file rebuild it with the plain
-    space; with ``compress/...`` settings, the retrained model is compressed with them
-    (``compression`` on the card), and the card's ``latency_ms`` and ``test_acc`` are the
-    compressed model's, timed as its trial was (:func:`compressed_card`; the float model's
-    under ``latency_float_ms`` and ``test_acc_float``).
+    space; with ``compress/...`` settings (or ``evaluator.kind: compressed``), the retrained
+    model is compressed with them (``compression`` on the card), and the card's ``latency_ms``
+    and ``test_acc`` are the compressed model's, timed as its trial was
+    (:func:`compressed_card`; the float model's under ``latency_float_ms`` and
+    ``test_acc_float``).
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     d = dataset
@@ -344,9 +345,11 @@ def finalize_one(
         onnx_bytes = export_onnx(fused, d.input_shape, out_dir / "model.onnx")
         card["onnx_max_abs_diff"] = onnx_max_abs_diff(fused, onnx_bytes, d.x_test[:64])
         card["onnx_size_bytes"] = len(onnx_bytes)
-    if settings:
+    if settings or cfg.evaluator.kind == "compressed":
         # the joint search scored the trial after compressing it with these settings (the
-        # report holds them); the compress: section's other stages apply as in the trials
+        # report holds them; none searched: the evaluator's defaults, an exported float
+        # model timed on onnxruntime); the compress: section's other stages apply as in the
+        # trials
         from nasforge.evaluators.compressed import compress_final, measure_final_compressed
 
         card["compression"] = compress_final(cfg, model, dataset, dict(settings), out_dir)
@@ -422,7 +425,11 @@ def compressed_card(card: dict[str, Any], measured: dict[str, Any]) -> None:
         "warmup": measured["timing"]["warmup"],
         "repeats": measured["timing"]["repeats"],
         "iqr_ms": m.get("iqr_ms"),
-        "model": f"compressed ({measured['artifact']})",
+        "model": (
+            f"compressed ({measured['artifact']})"
+            if measured.get("row") != "original"
+            else f"exported float model ({measured['artifact']})"
+        ),
     }
     card["latency_stability"] = m.get("stability")
     card["test_acc_float"] = card.get("test_acc")
