@@ -65,7 +65,6 @@ from nasforge.experiment.report import write_report
 from nasforge.experiment.rundir import SCALING_RESULTS, STORE_NAME, RunDir, RunKind
 from nasforge.experiment.setup import make_dataset, make_objective, make_space
 from nasforge.experiment.store import StoreError, TrialStore
-from nasforge.hardware.fingerprint import host_info
 from nasforge.oneshot import distributed
 from nasforge.oneshot.distributed import DistContext
 from nasforge.oneshot.ofa.train import OFAEpochRecord, OFATrainer
@@ -306,18 +305,17 @@ class OFATraining:
             raise ConfigError(
                 f"space.name: Once-for-All trains over the mobile space, not {space.name!r}"
             )
-        store = TrialStore(self.run_dir / "trials.db", create=not resume)
+        store = self.rundir.open_store(resume)
         log = self.rundir.open_log(self.console, self.show_progress)
         t0 = time.time()
         prior = float(store.get_meta("search_seconds", 0.0) or 0.0)
         try:
-            store.set_meta("status", "running")
-            store.set_meta("hardware", host_info())
-            store.set_meta("dataset", dataset.summary())
-            store.set_meta(
-                "input", {"shape": list(dataset.input_shape), "classes": dataset.num_classes}
+            self.rundir.record_start(
+                store,
+                dataset.summary(),
+                {"shape": list(dataset.input_shape), "classes": dataset.num_classes},
+                f"ofa train {'resumed' if resume else 'started'}",
             )
-            store.log_event("start", f"ofa train {'resumed' if resume else 'started'}")
             with training_threads(self.cfg.latency.threads):
                 trainer = self.trainer = OFATrainer(space, dataset, self.ofa)
                 self._set_meta(store, world_size=self.dist.world_size)

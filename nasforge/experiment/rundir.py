@@ -8,9 +8,10 @@ refuse a directory that holds another command's run, a run of this name without
 backups remain (damage, not a fresh start) and, on resume, a config that differs from the one
 the run started with in what the results depend on; refuse a damaged store before any work
 (never rewriting it); then create the directory and write the validated config as run; open
-the progress log. :class:`RunKind` says what differs between the commands (the file that marks
-a run, the part of the config a resume must keep, the words of the messages);
-:class:`RunDir` does the rest, once, so the three commands refuse alike and say it alike.
+the progress log and the store, and record where the run runs. :class:`RunKind` says what
+differs between the commands (the file that marks a run, the part of the config a resume must
+keep, the words of the messages); :class:`RunDir` does the rest, once, so the three commands
+refuse alike and say it alike.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from nasforge.experiment.interrupt import stop_on_signals
 from nasforge.experiment.lock import RunLock
 from nasforge.experiment.progress import LOG_NAME, RunLog
 from nasforge.experiment.store import StoreError, TrialStore, journal_path, read_journal
+from nasforge.hardware.fingerprint import host_info
 
 #: the trial store of a search (and of an OFA training's epoch records)
 STORE_NAME = "trials.db"
@@ -156,6 +158,21 @@ class RunDir:
                 f"{db}: the store is missing but the run's journal or backups are there; "
                 f"recover with `nasforge repair {self.path}`, or choose another run name"
             )
+
+    def open_store(self, resume: bool) -> TrialStore:
+        """The run's trial store: created for a new run, opened (checked) on resume."""
+        return TrialStore(self.path / STORE_NAME, create=not resume)
+
+    @staticmethod
+    def record_start(store: TrialStore, dataset: str, inputs: dict[str, Any], event: str) -> None:
+        """Mark the run running and record where it runs: the host, the data, the networks'
+        real input (``{"shape": [...], "classes": n}``) and a ``start`` event (the report and
+        the dashboard read them)."""
+        store.set_meta("status", "running")
+        store.set_meta("hardware", host_info())
+        store.set_meta("dataset", dataset)
+        store.set_meta("input", inputs)
+        store.log_event("start", event)
 
     def open_log(self, console: Console, show: bool = True) -> RunLog:
         """The run's ``progress.log`` (appended to: a resumed run continues it)."""

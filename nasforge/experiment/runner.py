@@ -50,7 +50,6 @@ from nasforge.experiment.store import (
     TrialStore,
     journal_path,
 )
-from nasforge.hardware.fingerprint import host_info
 from nasforge.hardware.noise import Stability
 from nasforge.objectives import Objective
 from nasforge.space import Arch, SearchSpace
@@ -164,7 +163,7 @@ class Experiment(TrialLoop):
             self.console.print(
                 f"latency filter: only archs predicted under {objective.target:g} ms are asked"
             )
-        store = TrialStore(self.run_dir / "trials.db", create=not resume)
+        store = self.rundir.open_store(resume)
         self.log = self.rundir.open_log(self.console, self.show_progress)
         try:
             rerun: list[Arch] = []
@@ -185,22 +184,17 @@ class Experiment(TrialLoop):
                         f"[yellow]resume:[/] {len(rerun) or stopped} interrupted trial(s) will "
                         + ("be run again first" if rerun else "be asked again by the strategy")
                     )
-            store.set_meta("status", "running")
             finished = store.trials(FINISHED, order="finished")
+            self.rundir.record_start(
+                store,
+                dataset.summary() if dataset is not None else f"table: {self.cfg.evaluator.table}",
+                _input_meta(dataset, space),
+                f"{'resumed' if resume else 'started'} with {len(finished)} finished trials",
+            )
             if fidelity:
                 replay_fidelity(strategy, finished)
             else:
                 strategy.replay(((t.arch, t.score) for t in finished), asked=rerun)
-            store.set_meta("hardware", host_info())
-            store.set_meta(
-                "dataset",
-                dataset.summary() if dataset is not None else f"table: {self.cfg.evaluator.table}",
-            )
-            store.set_meta("input", _input_meta(dataset, space))
-            store.log_event(
-                "start",
-                f"{'resumed' if resume else 'started'} with {len(finished)} finished trials",
-            )
             what = dataset.summary() if dataset is not None else "table benchmark"
             plan = f"strategy {strategy.name}; {self.cfg.search.trials} trials"
             if fidelity:

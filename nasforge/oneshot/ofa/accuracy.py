@@ -15,9 +15,9 @@ from typing import Any
 import numpy as np
 
 from nasforge.errors import ConfigError, NasforgeError
+from nasforge.oneshot.ofa.elastic import extreme_arch
 from nasforge.oneshot.ranking import kendall_tau
-from nasforge.space import Arch, Categorical, Dimension, Float, Int, SearchSpace
-from nasforge.space.arch import Value
+from nasforge.space import Arch, SearchSpace
 from nasforge.strategies.predictor import (
     GPSurrogate,
     MLPEnsembleSurrogate,
@@ -28,37 +28,6 @@ PREDICTORS = ("mlp", "gp")
 #: the MLP ensemble as an accuracy predictor: trained longer than the strategy's per-proposal
 #: surrogate (it is fitted once; wider members did not rank 150 samples better)
 MLP_PREDICTOR = PredictorConfig(ensemble_size=5, mlp_hidden=32, mlp_steps=300)
-
-
-def extreme_arch(space: SearchSpace, largest: bool = True) -> Arch:
-    """The largest (or smallest) arch of ``space``, read off its dimensions.
-
-    Per dimension: the highest (lowest) value of an integer, float or numeric categorical
-    dimension; ``True`` (``False``) where a boolean choice such as squeeze-excitation offers
-    it; an unordered choice (an activation) takes the space's first choice, as Once-for-All's
-    largest network does. Conditional dimensions follow the values chosen before them.
-    """
-    values: dict[str, Value] = {}
-    for d in space.dimensions():
-        if d.active(values):
-            values[d.label] = _extreme(d, largest)
-    return space.make(values)
-
-
-def _extreme(d: Dimension, largest: bool) -> Value:
-    if isinstance(d, Int):
-        vals = range(d.low, d.high + 1, d.step)
-        return int(vals[-1] if largest else vals[0])
-    if isinstance(d, Float):
-        return float(d.high if largest else d.low)
-    if isinstance(d, Categorical):
-        ch = d.choices
-        if all(isinstance(c, bool) for c in ch):
-            return largest if largest in ch else ch[0]
-        if all(isinstance(c, (int, float)) and not isinstance(c, bool) for c in ch):
-            return max(ch) if largest else min(ch)  # type: ignore[type-var]
-        return ch[0]
-    return d.sample(np.random.default_rng(0))  # a dimension kind with no order
 
 
 def sample_subnets(

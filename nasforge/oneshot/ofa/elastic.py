@@ -34,6 +34,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -42,7 +43,8 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from nasforge.errors import ConfigError
 from nasforge.nn.blocks import ConvBNAct, bn_cls, conv_cls, make_divisible, resize
 from nasforge.oneshot.supernet_mobile import DynamicConvBN, DynamicSE, sliced_bn
-from nasforge.space import Arch, Categorical, Dimension, Int, SearchSpace
+from nasforge.space import Arch, Categorical, Dimension, Float, Int, SearchSpace
+from nasforge.space.arch import Value
 from nasforge.spaces.mobile import BlockSpec, MobileSpace
 
 #: The elastic dimensions of the mobile space, in the order progressive shrinking adds them.
@@ -73,15 +75,37 @@ def _values(dim: Dimension) -> tuple[Any, ...]:
     raise ConfigError(f"ofa: {dim.label} must be categorical or an integer, got {type(dim)}")
 
 
-def _largest_value(dim: Dimension) -> Any:
-    """The LARGEST value of ``dim``: max size, first activation, SE on when it is a choice."""
-    values = _values(dim)
-    name = elastic_dim(dim.label)
-    if name == "act":
-        return values[0]
-    if name == "se":
-        return True if True in values else values[0]
-    return max(values)
+def extreme_arch(space: SearchSpace, largest: bool = True) -> Arch:
+    """The largest (or smallest) arch of ``space``, read off its dimensions: the supernet's
+    largest arch (the teacher of progressive shrinking) and the two ends of the space the
+    subnet sample starts from.
+
+    Per dimension: the highest (lowest) value of an integer, float or numeric categorical
+    dimension; ``True`` (``False``) where a boolean choice such as squeeze-excitation offers
+    it; an unordered choice (an activation) takes the space's first choice, as Once-for-All's
+    largest network does. Conditional dimensions follow the values chosen before them.
+    """
+    values: dict[str, Value] = {}
+    for d in space.dimensions():
+        if d.active(values):
+            values[d.label] = _extreme(d, largest)
+    return space.make(values)
+
+
+def _extreme(d: Dimension, largest: bool) -> Value:
+    if isinstance(d, Int):
+        vals = range(d.low, d.high + 1, d.step)
+        return int(vals[-1] if largest else vals[0])
+    if isinstance(d, Float):
+        return float(d.high if largest else d.low)
+    if isinstance(d, Categorical):
+        ch = d.choices
+        if all(isinstance(c, bool) for c in ch):
+            return largest if largest in ch else ch[0]
+        if all(isinstance(c, (int, float)) and not isinstance(c, bool) for c in ch):
+            return max(ch) if largest else min(ch)  # type: ignore[type-var]
+        return ch[0]
+    return d.sample(np.random.default_rng(0))  # a dimension kind with no order
 
 
 def _require_mobile(space: SearchSpace) -> MobileSpace:
@@ -267,11 +291,7 @@ class ElasticMobileSupernet(nn.Module):
     def largest_arch(self) -> Arch:
         """The LARGEST arch: max resolution, depth, width, kernel and expansion, the space's
         first activation, SE on where it is a choice (the teacher of progressive shrinking)."""
-        values: dict[str, Any] = {}
-        for dim in self.space.dimensions():
-            if dim.active(values):
-                values[dim.label] = _largest_value(dim)
-        return self.space.make(values)
+        return extreme_arch(self.space, largest=True)
 
     def _path(self, arch: Mapping[str, Any]) -> list[tuple[ElasticBlock, BlockSpec]]:
         """Per stand-alone block in order: its block position and its spec."""
