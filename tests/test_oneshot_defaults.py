@@ -187,6 +187,13 @@ def test_darts_records_and_plots_name_each_edge_by_its_nodes(
     titles = titles_of({"method": "darts", "darts": section})["weights:cell"]
     assert [t for t in titles if t] == names
     assert not any(t.startswith("edge ") for t in titles)
+    # the page's text names them too: the last epoch's strongest op per edge
+    rows: list[list[Any]] = []
+    render_oneshot({"method": "darts", "darts": section}, {}, lambda r, h: rows.extend(r) or "")
+    weights = darts_records[-1]["cells"]["cell"]["weights"]
+    ops = darts_records[-1]["cells"]["cell"]["ops"]
+    strongest = [[n, ops[max(range(len(w)), key=w.__getitem__)]] for n, w in zip(names, weights)]
+    assert [r[:2] for r in rows if str(r[0]).startswith("node ")] == strongest
 
 
 def test_the_darts_fallback_layout_is_the_darts_spaces() -> None:

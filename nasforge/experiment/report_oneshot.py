@@ -380,6 +380,21 @@ def show_lines(store: TrialStore, run_dir: Path | None = None) -> list[str]:
     return lines
 
 
+def _last_weights(t: Mapping[str, Any]) -> list[list[Any]]:
+    """Rows of a cell's trajectory at its last epoch: each edge by its nodes, its strongest op
+    and that op's probability."""
+    last = t["weights"][-1] if t["weights"] else []
+    names, ops = t.get("edge_names") or [], t["ops"]
+    rows = []
+    for e, row in enumerate(last):
+        if not row:
+            continue
+        best = max(range(len(row)), key=lambda o: row[o])
+        name = names[e] if e < len(names) else f"edge {e}"
+        rows.append([name, ops[best] if best < len(ops) else best, _fmt(row[best], ".3f")])
+    return rows
+
+
 def _fmt(v: Any, fmt: str = ".4f") -> str:
     return format(v, fmt) if isinstance(v, (int, float)) else "-"
 
@@ -435,11 +450,12 @@ def render_oneshot(
             f"{fin['none_count']}):</p>"
             f"<pre>{esc(str(fin['arch_string']))}</pre>"
         )
-        for key, img in plots.items():
-            if key.startswith("weights:"):
-                parts.append(
-                    f"<h3>Architecture weights ({esc(key.split(':', 1)[1])})</h3><img src='{img}'/>"
-                )
+        for cell, t in darts["trajectories"].items():
+            img = plots.get(f"weights:{cell}")
+            parts.append(f"<h3>Architecture weights ({esc(cell)})</h3>")
+            if img:
+                parts.append(f"<img src='{img}'/>")
+            parts.append(table(_last_weights(t), ["edge", "strongest op", "probability"]))
         if "collapse" in plots:
             parts.append(f"<h3>Collapse diagnostics</h3><img src='{plots['collapse']}'/>")
         parts.append("<h3>Derived cell per epoch</h3>")
