@@ -117,6 +117,18 @@ def test_search_takes_auto_alpha_lr_from_its_steps_and_a_number_wins(small: Data
     assert alpha_lr_of(search) == 0.002 and not search.alpha_lr.auto
 
 
+def test_auto_moves_alpha_in_a_short_run_where_darts_rate_barely_does(small: Dataset) -> None:
+    def movement(alpha_lr: float | str) -> float:
+        search = DartsSearch.from_dataset(nb201(), darts_cfg(epochs=1, alpha_lr=alpha_lr), small)
+        before = search.alpha["cell"].detach().clone()
+        search.step_epoch()
+        return float((search.alpha["cell"].detach() - before).abs().max())
+
+    auto, darts = movement("auto"), movement(3e-4)
+    assert auto > 50 * darts  # 0.05 vs 3e-4 a step: Adam moves alpha ~lr per step
+    assert darts < 2e-3  # DARTS' rate: 2 steps move alpha by ~6e-4 (Adam: about lr a step)
+
+
 @pytest.mark.parametrize(
     ("given", "expected"), [("auto", "auto"), (0.01, 0.01), ("3e-4", 3e-4), (1, 1.0)]
 )
