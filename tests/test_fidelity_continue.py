@@ -327,3 +327,27 @@ def test_hyperband_search_continues_promoted_configs_and_resumes_into_its_checkp
 
     assert seen(part) == seen(whole)  # continuation is exact, resumed or not
     assert part[-1].metrics[BUDGET_STARTED_FROM] == 1.0
+
+
+WIRED = "rungs" in {f.name for f in dataclasses.fields(EvaluatorContext)}
+
+
+@pytest.mark.slow  # two tiny successive-halving searches that train
+@pytest.mark.skipif(not WIRED, reason="the experiment does not hand the rung policy yet")
+@pytest.mark.parametrize("continue_rungs", [True, False])
+def test_the_config_switch_reaches_the_train_evaluator(
+    tmp_path: Path, one_thread: None, monkeypatch: pytest.MonkeyPatch, continue_rungs: bool
+) -> None:
+    from nasforge.experiment import report
+
+    monkeypatch.setattr(report, "write_report", lambda *a, **k: None)
+    cfg = _hb(tmp_path, 4).model_dump(mode="json")
+    cfg["evaluator"] = {"kind": "train"}
+    cfg["strategy"] = {"name": "sh", "options": {"n_configs": 3, "min_epochs": 1, "max_epochs": 3}}
+    cfg["automl"] = {"fidelity": {"continue_rungs": continue_rungs}}
+    _run(parse_config(cfg), tmp_path / "sh")
+    rows = _rows(tmp_path / "sh")
+    top = [t for t in rows if t.metrics[RUNG] == 1.0]
+    assert len(top) == 1 and top[0].metrics[BUDGET_STARTED_FROM] == float(continue_rungs)
+    log = (tmp_path / "sh" / "progress.log").read_text()
+    assert ("from epoch 1" in log) == continue_rungs
