@@ -10,7 +10,9 @@ written again after the table file has changed or gone.
 from __future__ import annotations
 
 import json
+import re
 import warnings
+from html import unescape
 from pathlib import Path
 from typing import Any
 
@@ -18,12 +20,13 @@ import pytest
 from typer.testing import CliRunner
 
 from nasforge.cli import app
-from nasforge.experiment.config import load_config
+from nasforge.experiment.config import LatencyConfig, load_config
 from nasforge.experiment.latency_verdict import (
     JUDGED_AT_REPORT,
     JUDGED_AT_START,
     TABLE_VERDICT_META,
     record_table_verdict,
+    run_table_verdict,
     table_verdict_text,
 )
 from nasforge.experiment.report import write_report
@@ -45,7 +48,8 @@ def real_table(tmp_path_factory: pytest.TempPathFactory) -> LatencyTable:
 
     space = create_space("nb201", (1, 8, 8), 10, C=4, N=1)
     path = tmp_path_factory.mktemp("verdict") / "t.json"
-    cfg = BuildConfig(calibration_archs=3, timing=TimingConfig(warmup=1, repeats=3, rounds=3))
+    timing = TimingConfig(warmup=0, repeats=3, rounds=1)
+    cfg = BuildConfig(calibration_archs=1, held_out_archs=0, timing=timing)
     return TableBuilder(
         space, "torch", 1, cfg, space_options={"C": 4, "N": 1}, progress=False
     ).build(path)
@@ -69,7 +73,7 @@ GOOD = {"n": 20.0, "within_10pct": 0.95, "mape": 3.5, "kendall_tau": 0.93}
 POOR = {"n": 20.0, "within_10pct": 0.30, "mape": 25.0, "kendall_tau": 0.50}
 
 
-def search(tmp_path: Path, table: Path, allow: bool = False) -> Path:
+def search(tmp_path: Path, table: Path, allow: bool = False, final: bool = False) -> Path:
     """A one-trial digits search predicting latency from ``table``; returns its run dir."""
     cfg = {
         "name": "verdict",
@@ -85,13 +89,16 @@ def search(tmp_path: Path, table: Path, allow: bool = False) -> Path:
     }
     path = tmp_path / "cfg.yaml"
     path.write_text(json.dumps(cfg))
-    res = runner.invoke(app, ["search", str(path), "--no-final", "--quiet"])
+    args = ["search", str(path), "--quiet"] + ([] if final else ["--no-final"])
+    res = runner.invoke(app, args)
     assert res.exit_code == 0, res.output
     return tmp_path / "runs" / "verdict"
 
 
 def report_of(run: Path) -> tuple[dict[str, Any], str]:
-    html = " ".join((run / "report.html").read_text().split())
+    """report.json, and report.html as its text (tags and runs of spaces made one space)."""
+    text = re.sub(r"<[^>]+>", " ", (run / "report.html").read_text())
+    html = " ".join(unescape(text).split())
     return json.loads((run / "report.json").read_text()), html
 
 
@@ -118,6 +125,7 @@ def test_cannot_tell_is_in_the_report_with_its_table_and_hosts_and_survives_a_re
     assert str(table) in html and "cannot tell (no held-out score" in html
     assert "Every latency the search ranked by was predicted from" in html  # the warning
     assert "nasforge latency validate" in html and here.summary() in html
+    assert "the table's verdict: cannot tell" in html  # under the leaderboard's latency_ms
 
     # the table is rewritten with a perfect score, then deleted: the report keeps the verdict
     # the run was judged by, not today's
@@ -133,8 +141,11 @@ def test_cannot_tell_is_in_the_report_with_its_table_and_hosts_and_survives_a_re
 def test_a_trusted_table_shows_its_figures_and_no_warning(
     real_table: LatencyTable, tmp_path: Path
 ) -> None:
-    run = search(tmp_path, copy_with(real_table, tmp_path / "good.json", GOOD))
+    run = search(tmp_path, copy_with(real_table, tmp_path / "good.json", GOOD), final=True)
     report, html = report_of(run)
+    assert report["final"]  # the best model's table has the verdict beside its latencies
+    assert "the latency table's verdict (the search's) held-out at build: 95%" not in html
+    assert "the latency table's verdict (the search's) trust (held-out at build: 95%" in html
     rec = report["latency_table"]
     assert rec["status"] == "trust" and rec["verdict"]["source"] == "held-out"
     assert rec["verdict"]["n"] == 20 and rec["verdict"]["within_10pct"] == pytest.approx(0.95)
@@ -159,25 +170,6 @@ def test_an_untrusted_table_used_by_override_is_warned_about(
     assert "used because latency.allow_untrusted_table is set" in html
 
 
-def test_a_measuring_search_has_no_table_verdict(tmp_path: Path) -> None:
-    cfg = {
-        "name": "measure",
-        "data": {"name": "digits", "limit": 60},
-        "space": {"name": "nb201", "options": {"C": 4, "N": 1}},
-        "search": {"trials": 1, "executor": "inline"},
-        "train": {"epochs": 1},
-        "latency": {"repeats": 3, "warmup": 0},
-        "final": {"epochs": 0, "export_onnx": False},
-        "runs_dir": str(tmp_path / "runs"),
-    }
-    path = tmp_path / "cfg.yaml"
-    path.write_text(json.dumps(cfg))
-    res = runner.invoke(app, ["search", str(path), "--no-final", "--quiet"])
-    assert res.exit_code == 0, res.output
-    report, html = report_of(tmp_path / "runs" / "measure")
-    assert report["latency_table"] is None and "Latency table" not in html
-
-
 def test_the_verdict_recorded_at_the_start_is_the_one_reported(
     real_table: LatencyTable, tmp_path: Path
 ) -> None:
@@ -188,11 +180,16 @@ def test_the_verdict_recorded_at_the_start_is_the_one_reported(
         warnings.simplefilter("ignore")  # "cannot tell" warns; that is tested elsewhere
         model = LatencyModel("predict", table=str(table))
     with TrialStore(tmp_path / "trials.db") as store:
+        # a run that measures (or has no latency model) has no table verdict
         assert record_table_verdict(store, LatencyModel("measure"), False) is None
+        assert run_table_verdict(store, LatencyConfig(mode="measure")) is None
         assert store.get_meta(TABLE_VERDICT_META) is None
         rec = record_table_verdict(store, model, False)
         assert rec is not None and rec["judged"] == JUDGED_AT_START
         assert store.get_meta(TABLE_VERDICT_META) == rec
         assert any(kind == "latency_table" for _, kind, _ in store.events())
+        # the report reads the stored one, even once the table judges differently
+        copy_with(real_table, table, GOOD)
+        assert run_table_verdict(store, LatencyConfig(mode="predict", table=str(table))) == rec
     assert table_verdict_text(rec).startswith(f"latency table {table}: cannot tell")
     assert JUDGED_AT_REPORT != JUDGED_AT_START

@@ -308,9 +308,9 @@ def _stability_warnings(report: dict[str, Any]) -> list[str]:
     if table is not None and not table_is_trusted(table):
         out.append(
             "<p class='warn'>Every latency the search ranked by was predicted from "
-            f"{html.escape(table_verdict_text(table))}. Check the table with `nasforge latency "
-            "validate` before relying on the search's latencies; the best model's final "
-            "latency is measured.</p>"
+            f"{html.escape(table_verdict_text(table))}: the search's latencies, and the ranking "
+            "they gave, may be off by more than +-10% (the best model's final latency is "
+            "measured).</p>"
         )
     return out
 
@@ -426,7 +426,9 @@ def render_html(report: dict[str, Any], plots: dict[str, str], space: SearchSpac
         _table(rows, ["trial", "score", "val_acc", "latency_ms", "params", "cost s", "key"])
     )
     if sources.get("search"):
-        parts.append(f"<p>latency_ms: {html.escape(sources['search'])}</p>")
+        table = report.get("latency_table")
+        said = f"; the table's verdict: {table.get('label')}" if table is not None else ""
+        parts.append(f"<p>latency_ms: {html.escape(sources['search'] + said)}</p>")
     parts.append("<h2>Search cost</h2>")
     parts.append(
         _table(
