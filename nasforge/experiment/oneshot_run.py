@@ -282,6 +282,9 @@ class OneshotPhase:
             world_size=self.world_size,
         )
         self._resume_from(search.load_state_dict, lambda: search.history)
+        # "auto" is scaled to the run's steps; a resumed search keeps its checkpoint's value
+        self._set_meta(alpha_lr=search.alpha_lr.to_dict())
+        self.log.say(f"darts: {search.alpha_lr.note()}")
         ddp.share_state(search)  # the other ranks start from this state
         with self._progress(config.epochs, search.epoch) as (progress, task):
             while not search.done:
@@ -367,6 +370,9 @@ class OneshotPhase:
             return [asdict(r) | extra for r in trainer.records]
 
         self._resume_from(trainer.load_state_dict, history)
+        warning = trainer.budget_warning()  # too few passes per op choice to rank honestly
+        if warning is not None:
+            self.log.say(f"warning: {warning}")
         ddp.share_state(trainer)  # the other ranks start from this state
         with self._progress(config.epochs, trainer.epoch) as (progress, task):
             while not trainer.done:
