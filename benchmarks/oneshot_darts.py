@@ -3,11 +3,11 @@
 For each variant (``plain``: ``regularization: none``; ``default``: the library's
 :data:`~nasforge.oneshot.regularizers.DEFAULT_REGULARIZATION`) and each seed, a
 :class:`~nasforge.oneshot.DartsSearch` runs on a bundled image data set (CPU-sized supernet:
-``--channels`` 8, one cell per stage, images average-pooled to ``--image-size``), printing per
-epoch the collapse diagnostics of the library (skip / none count of the argmax-derived cell,
-mean entropy of the op weights, dominant Hessian eigenvalue of the validation loss with
-respect to alpha, the derived cell). The final derived cell (argmax) is looked up in the
-shared NB201 CIFAR-10 table as an external reference: ``test_acc`` = ``c10_test_acc_200``.
+``--channels`` 8, ``--cells`` per stage (1), images average-pooled to ``--image-size``),
+printing per epoch the collapse diagnostics of the library (skip / none count of the argmax-
+derived cell, mean entropy of the op weights, dominant Hessian eigenvalue of the validation
+loss with respect to alpha, the derived cell). The final derived cell (argmax) is looked up in
+the shared NB201 CIFAR-10 table as an external reference: ``test_acc`` = ``c10_test_acc_200``.
 Nothing here reads the table before the search has ended; it plays no part in any setting.
 
 Why ``--alpha-lr`` is not the library's 3e-4: Adam moves each alpha by about its learning rate
@@ -100,13 +100,13 @@ def run_one(job: dict[str, Any]) -> dict[str, Any]:
     """One search (``job``: variant, seed, settings); returns its records and derived cell."""
     torch.set_num_threads(1)
     data = load_images(job["dataset"], job["image_size"])
-    space = NB201Space(data.input_shape, data.num_classes, C=job["channels"], N=1)
+    space = NB201Space(data.input_shape, data.num_classes, C=job["channels"], N=job["cells"])
     config = DartsConfig(
         epochs=job["epochs"],
         steps_per_epoch=job["steps"],
         batch_size=job["batch_size"],
         channels=job["channels"],
-        cells_per_stage=1,
+        cells_per_stage=job["cells"],
         alpha_lr=job["alpha_lr"],
         regularization=VARIANTS[job["variant"]],
         hessian_every=job["hessian_every"],
@@ -183,6 +183,12 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--dataset", default="mnist5k", help="mnist5k | digits")
     ap.add_argument("--image-size", type=int, default=14, help="pool images to this (0: keep)")
     ap.add_argument("--channels", type=int, default=8)
+    ap.add_argument(
+        "--cells",
+        type=int,
+        default=1,
+        help="cells per stage N (1; NB201's networks, the table's, have 5)",
+    )
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--alpha-lr", type=float, default=None, help="default: 6 / (epochs*steps)")
     ap.add_argument("--hessian-every", type=int, default=1)
@@ -211,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         data = load_images(args.dataset, args.image_size)
-        for name in ("seeds", "epochs", "steps", "channels", "batch_size", "workers"):
+        for name in ("seeds", "epochs", "steps", "channels", "cells", "batch_size", "workers"):
             if getattr(args, name) < 1:
                 raise DataError(f"--{name.replace('_', '-')}: must be >= 1")
         if not args.alpha_lr > 0:
@@ -221,14 +227,15 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     print(
         f"  data: {data.summary()} (alpha on the validation split); supernet nb201 C="
-        f"{args.channels} N=1; {args.epochs} epochs x {args.steps} steps of {args.batch_size}, "
+        f"{args.channels} N={args.cells}; {args.epochs} epochs x {args.steps} steps of "
+        f"{args.batch_size}, "
         f"first order, alpha Adam lr {args.alpha_lr:.3g}; Hessian every {args.hessian_every} "
         f"epoch(s); default regularisation = {', '.join(DEFAULT_REGULARIZATION)}"
     )
     print(f"  reference: derived cell's c10_test_acc_200 from {table.spec.path}; {PUBLISHED}")
     settings = {
         k: getattr(args, k)
-        for k in ("dataset", "image_size", "channels", "epochs", "steps", "batch_size")
+        for k in ("dataset", "image_size", "channels", "cells", "epochs", "steps", "batch_size")
     }
     settings.update(alpha_lr=args.alpha_lr, hessian_every=args.hessian_every)
     jobs = [
