@@ -197,6 +197,15 @@ def test_damaged_or_mismatched_checkpoints_train_from_scratch_with_a_log_line(
     ev.evaluate(arch, Fidelity(epochs=1))
     assert ev_lr.evaluate(arch, Fidelity(epochs=3)).metrics[BUDGET_STARTED_FROM] == 0.0
     assert "other options or data" in (tmp_path / "run" / RUNGS_DIR / RUNGS_LOG).read_text()
+    # a checkpoint whose weights do not fit the model (the space builds it otherwise now)
+    ev.evaluate(arch, Fidelity(epochs=1))
+    saved = torch.load(store.path(arch.key, 1), weights_only=True)
+    name = next(iter(saved["model"]))
+    saved["model"][name] = torch.zeros(1)
+    torch.save(saved, store.path(arch.key, 1))
+    res = ev.evaluate(arch, Fidelity(epochs=2))
+    assert res.metrics[BUDGET_STARTED_FROM] == 0.0 and len(res.info["curve"]) == 2
+    assert "does not fit the model" in (tmp_path / "run" / RUNGS_DIR / RUNGS_LOG).read_text()
 
 
 def test_continue_rungs_false_and_plain_budgets_train_as_before(

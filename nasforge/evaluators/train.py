@@ -28,6 +28,7 @@ from nasforge.evaluators.rung_checkpoint import (
     BUDGET_STARTED_FROM,
     RungCheckpoints,
     RungPolicy,
+    RungStart,
     fingerprint,
 )
 from nasforge.hardware import count_flops, count_params, model_size_bytes
@@ -179,11 +180,7 @@ class TrainEvaluator(Evaluator):
         d = self.dataset
         x, y = self._train_split(fidelity.data_fraction)
         rung = self._rung(arch, cfg, budget, fidelity, len(y))
-        start = None
-        if rung is not None and rung.store is not None:
-            start = rung.store.find(arch.key, epochs, rung.fingerprint)
-            if start is not None:
-                model.load_state_dict(start.model)
+        start = self._continue(rung, arch, epochs, model) if rung is not None else None
         span = None
         if rung is not None:
             span = TrainSpan(rung.schedule_epochs, None if start is None else start.state)
@@ -234,6 +231,26 @@ class TrainEvaluator(Evaluator):
             return _Rung(cfg.epochs, None, "")  # its own schedule, from scratch
         fp = fingerprint(arch, cfg, policy.max_epochs, fidelity.data_fraction, samples)
         return _Rung(policy.max_epochs, self.checkpoints, fp)
+
+    def _continue(
+        self, rung: _Rung, arch: Arch, epochs: int, model: torch.nn.Module
+    ) -> RungStart | None:
+        """Load the newest usable checkpoint of ``arch`` at ``epochs`` or fewer into
+        ``model`` (its fresh, seeded build); ``None``: train from scratch."""
+        if rung.store is None:
+            return None
+        start = rung.store.find(arch.key, epochs, rung.fingerprint)
+        if start is None:
+            return None
+        fresh = {k: v.clone() for k, v in model.state_dict().items()}
+        try:
+            model.load_state_dict(start.model)
+        except RuntimeError as exc:  # the space builds it otherwise now: scratch, said once
+            model.load_state_dict(fresh)
+            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            rung.store.note(f"{start.path}: does not fit the model ({first}); not continued")
+            return None
+        return start
 
     def _train_split(self, fraction: float) -> tuple[torch.Tensor, torch.Tensor]:
         """The training split, or a seeded class-stratified ``fraction`` of it (cached)."""
