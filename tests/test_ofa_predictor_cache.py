@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import io
 import json
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +19,7 @@ import pytest
 from rich.console import Console
 
 # the tiny trained OFA run of the specialize tests (a module-scoped fixture) and its helper
+from test_ofa_specialize import small_space, stand_in_accuracy
 from test_ofa_specialize_run import specialise, trained  # noqa: F401
 
 from nasforge.experiment import ofa_cache
@@ -29,30 +29,6 @@ from nasforge.space import Arch
 from nasforge.spaces.mobile import MobileSpace
 
 
-def space() -> MobileSpace:
-    return MobileSpace(
-        (1, 24),
-        4,
-        stages=((8, 1, 2), (16, 2, 3)),
-        kernels=(3, 5),
-        expands=(1, 3),
-        widths=(0.5, 1.0),
-        activations=("relu",),
-        se=(False, True),
-    )
-
-
-def stand_in_accuracy(sp: MobileSpace) -> Callable[[Arch], float]:
-    """Deterministic and smooth in the arch's capacity (no network is trained here)."""
-    weights = np.sqrt(np.arange(2, sp.encoding_size + 2)) % 1.0
-
-    def accuracy(arch: Arch) -> float:
-        cap = sum(np.log1p(b.expand * b.out_ch * b.kernel / 50) for b in sp.blocks(arch))
-        return float(0.9 - 0.5 * np.exp(-cap / 6) + 0.01 * sp.encode(arch) @ weights)
-
-    return accuracy
-
-
 def console() -> tuple[Console, io.StringIO]:
     buf = io.StringIO()
     return Console(file=buf, width=300), buf
@@ -60,7 +36,7 @@ def console() -> tuple[Console, io.StringIO]:
 
 @pytest.fixture(scope="module")
 def data() -> tuple[MobileSpace, list[tuple[Arch, float]], list[Arch]]:
-    sp = space()
+    sp = small_space()
     samples = sample_subnets(sp, stand_in_accuracy(sp), 12, seed=0)
     seen = {a.key for a, _ in samples}
     rng = np.random.default_rng(5)

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from test_hardware_trust import write_config
 from typer.testing import CliRunner
 
 from nasforge.cli import app
@@ -74,25 +75,12 @@ POOR = {"n": 20.0, "within_10pct": 0.30, "mape": 25.0, "kendall_tau": 0.50}
 
 
 def search(tmp_path: Path, table: Path, allow: bool = False, final: bool = False) -> Path:
-    """A one-trial digits search predicting latency from ``table``; returns its run dir."""
-    cfg = {
-        "name": "verdict",
-        "data": {"name": "digits", "limit": 60},
-        "space": {"name": "nb201", "options": {"C": 4, "N": 1}},
-        "strategy": {"name": "random"},
-        "search": {"trials": 1, "executor": "inline"},
-        "train": {"epochs": 1},
-        "objective": {"kind": "weighted_product", "target": 1.0, "w": -0.07},
-        "latency": {"mode": "predict", "table": str(table), "allow_untrusted_table": allow},
-        "final": {"epochs": 0, "export_onnx": False},
-        "runs_dir": str(tmp_path / "runs"),
-    }
-    path = tmp_path / "cfg.yaml"
-    path.write_text(json.dumps(cfg))
-    args = ["search", str(path), "--quiet"] + ([] if final else ["--no-final"])
-    res = runner.invoke(app, args)
+    """A one-trial digits search predicting latency from ``table`` (the trust tests' config);
+    returns its run dir."""
+    args = ["search", str(write_config(tmp_path, table, allow)), "--quiet"]
+    res = runner.invoke(app, args + ([] if final else ["--no-final"]))
     assert res.exit_code == 0, res.output
-    return tmp_path / "runs" / "verdict"
+    return tmp_path / "runs" / "trust"
 
 
 def report_of(run: Path) -> tuple[dict[str, Any], str]:
