@@ -7,7 +7,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, Literal
 
 import torch
@@ -116,13 +116,8 @@ class LoopState:
     torch_rng: torch.Tensor
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "epoch": self.epoch,
-            "optimizer": self.optimizer,
-            "scheduler": self.scheduler,
-            "generator": self.generator,
-            "torch_rng": self.torch_rng,
-        }
+        # not dataclasses.asdict: it deep-copies every tensor of the optimizer's state
+        return {f.name: getattr(self, f.name) for f in fields(self)}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> LoopState:
