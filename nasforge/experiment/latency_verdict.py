@@ -25,15 +25,17 @@ import math
 import re
 from collections import Counter
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from nasforge.evaluators.base import UNSTABLE_METRIC
 from nasforge.experiment.store import TrialRecord, TrialStore
 from nasforge.hardware.fingerprint import DeviceFingerprint, device_fingerprint
-from nasforge.hardware.model import LatencyModel
 from nasforge.hardware.noise import UNSTABLE, Stability
 from nasforge.hardware.table import LatencyTable, TableError
 from nasforge.hardware.trust import TRUST, TableVerdict, table_verdict
+
+if TYPE_CHECKING:
+    from nasforge.hardware.model import LatencyModel
 
 #: store meta key: ``{str(trial_id): Stability.to_dict()}`` for each trial whose measured
 #: latency stayed unstable (stable trials are not listed; their metric says 0)

@@ -173,9 +173,12 @@ def _code_hash() -> str:
         parts = [inspect.getsource(_accuracy._fit), inspect.getsource(MLPEnsembleSurrogate)]
         parts.append(inspect.getsource(GPSurrogate))
     except (OSError, TypeError):  # no sources (a frozen install): the package version
-        from nasforge import __version__
+        from importlib.metadata import PackageNotFoundError, version
 
-        parts = [__version__]
+        try:
+            parts = [version("nasforge")]
+        except PackageNotFoundError:
+            parts = ["unknown"]
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
 
 
