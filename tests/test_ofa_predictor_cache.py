@@ -179,6 +179,15 @@ def test_a_damaged_cache_is_fitted_again_with_a_log_line(
     assert load_or_fit_predictor(tmp_path, sp, samples, kind, 3, con)[1]["reused"] is True
 
 
+def test_a_predictor_whose_state_cannot_be_read_is_not_cached(data: Data) -> None:
+    """The state is read off the fitted surrogate's closures; a model of another make (no
+    such closure) gives none, so nothing wrong is ever written (the fit is then redone per
+    target, with a log line)."""
+    sp, _, _ = data
+    plain = AccuracyPredictor(sp, "mlp", lambda x: x.sum(1), 12, (0.5, 0.1, 5))
+    assert ofa_cache._predictor_state(plain) is None
+
+
 # -- through `nasforge ofa specialize` -----------------------------------------------------------
 @pytest.mark.slow  # trains a tiny OFA run (~40 s)
 def test_the_second_target_of_a_run_loads_the_predictor(
