@@ -36,8 +36,11 @@ from nasforge.experiment.fidelity_view import full_fidelity
 from nasforge.experiment.interrupt import SearchInterrupted
 from nasforge.experiment.latency_verdict import (
     UNSTABLE_TRIALS_META,
+    record_table_verdict,
     search_summary,
     summary_text,
+    table_is_trusted,
+    table_verdict_text,
 )
 from nasforge.experiment.loop import TrialLoop, is_multi_fidelity, replay_fidelity
 from nasforge.experiment.oneshot_run import OneshotPhase
@@ -191,6 +194,12 @@ class Experiment(TrialLoop):
                 _input_meta(dataset, space),
                 f"{'resumed' if resume else 'started'} with {len(finished)} finished trials",
             )
+            # the verdict of the table a `mode: predict` search runs under, for its report
+            verdict = record_table_verdict(
+                store, objects.latency, self.cfg.latency.allow_untrusted_table
+            )
+            if verdict is not None and not table_is_trusted(verdict):
+                self.log.say(f"warning: {table_verdict_text(verdict)}")
             if fidelity:
                 replay_fidelity(strategy, finished)
             else:
