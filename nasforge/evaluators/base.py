@@ -10,6 +10,7 @@ from nasforge.space import Arch, SearchSpace
 
 if TYPE_CHECKING:  # annotations only: keeps this module free of torch-heavy imports
     from nasforge.data import Dataset
+    from nasforge.evaluators.rung_checkpoint import RungPolicy
     from nasforge.hardware.model import LatencyModel
     from nasforge.train import TrainConfig
 
@@ -91,6 +92,8 @@ class EvaluatorContext:
         latency: measures or predicts latency; ``None`` for ``latency.mode: flops``.
         run_dir: the run directory (for locks and per-trial files), if any.
         seed: the experiment seed.
+        rungs: how multi-fidelity rungs train (continue lower rungs' checkpoints, on the top
+            budget's schedule); ``None`` for a plain strategy.
     """
 
     space: SearchSpace
@@ -99,6 +102,7 @@ class EvaluatorContext:
     latency: LatencyModel | None
     run_dir: Path | None = None
     seed: int = 0
+    rungs: RungPolicy | None = None
 
 
 class EvaluatorFactory(Protocol):

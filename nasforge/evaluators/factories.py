@@ -18,7 +18,15 @@ def train_evaluator(context: EvaluatorContext, **options: Any) -> TrainEvaluator
     if context.dataset is None:
         raise ConfigError("evaluator.kind: 'train' needs a dataset (data: section)")
     lock = context.run_dir / ".latency.lock" if context.run_dir is not None else None
-    return TrainEvaluator(context.space, context.dataset, context.train, context.latency, lock)
+    return TrainEvaluator(
+        context.space,
+        context.dataset,
+        context.train,
+        context.latency,
+        lock,
+        rungs=context.rungs,
+        run_dir=context.run_dir,
+    )
 
 
 def table_evaluator(

@@ -44,6 +44,8 @@ from nasforge.experiment.fidelity_view import (
     BUDGET_FRACTION,
     CONFIG_ID,
     RUNG,
+    discard_finished_rungs,
+    rung_start_text,
 )
 from nasforge.experiment.interrupt import SearchInterrupted
 from nasforge.experiment.latency_verdict import (
@@ -243,9 +245,10 @@ class FidelityFeed:
         if req is None:
             return ""
         frac = f", {req.data_fraction:g} of the data" if req.data_fraction < 1.0 else ""
+        start = rung_start_text(trial.metrics or {})
         return (
             f" rung {req.rung} (bracket {req.bracket}, config {req.config_id}, "
-            f"{req.epochs} epochs{frac})"
+            f"{req.epochs} epochs{frac}{start})"
         )
 
 
@@ -438,6 +441,8 @@ class TrialLoop:
             if not terminated:
                 executor.shutdown()
         book.save_elapsed(elapsed(), force=True)
+        if isinstance(feed, FidelityFeed):  # keep disk bounded: finished configs' checkpoints
+            discard_finished_rungs(self.run_dir, feed.strategy)
         if feed.stalled and book.finished < budget and not out_of_time():
             store.log_event("stalled", "the strategy asked for nothing more; the search ends")
             self.log.line("the strategy asked for nothing more (its brackets are spent)")

@@ -206,8 +206,16 @@ class RunObjects:
     run_dir: Path | None = None
 
     def evaluator_context(self) -> EvaluatorContext:
+        from nasforge.experiment.fidelity_view import rung_policy
+
         return EvaluatorContext(
-            self.space, self.dataset, self.train, self.latency, self.run_dir, self.config.seed
+            self.space,
+            self.dataset,
+            self.train,
+            self.latency,
+            self.run_dir,
+            self.config.seed,
+            rungs=rung_policy(self.config),
         )
 
 
