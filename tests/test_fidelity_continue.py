@@ -37,10 +37,10 @@ from nasforge.experiment.fidelity_view import (
     BUDGET_EPOCHS,
     RUNG,
     discard_finished_rungs,
-    rung_policy,
     rung_start_text,
 )
 from nasforge.experiment.runner import Experiment
+from nasforge.experiment.setup import rung_policy
 from nasforge.experiment.store import TrialStore
 from nasforge.space import Arch
 from nasforge.spaces import create_space

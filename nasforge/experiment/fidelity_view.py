@@ -8,25 +8,22 @@ whose score is not comparable.
 
 A promoted trial continues its lower rung's checkpoint (:mod:`nasforge.evaluators.
 rung_checkpoint`): its metrics say the epoch it started from (:data:`BUDGET_STARTED_FROM`)
-and its cost is the increment. :func:`rung_policy` turns a config into the train evaluator's
-:class:`~nasforge.evaluators.rung_checkpoint.RungPolicy`; :func:`discard_finished_rungs`
-removes the checkpoints of configurations the strategy has finished with.
+and its cost is the increment. :func:`~nasforge.experiment.setup.rung_policy` turns a config
+into the train evaluator's :class:`~nasforge.evaluators.rung_checkpoint.RungPolicy`;
+:func:`discard_finished_rungs` removes the checkpoints of configurations the strategy has
+finished with.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from nasforge.evaluators.rung_checkpoint import (
     BUDGET_STARTED_FROM,
     RungCheckpoints,
-    RungPolicy,
 )
-
-if TYPE_CHECKING:
-    from nasforge.experiment.config import ExperimentConfig
 
 #: the epochs a trial was trained for (a multi-fidelity trial's budget)
 BUDGET_EPOCHS = "budget_epochs"
@@ -49,7 +46,6 @@ __all__ = [
     "budget_of",
     "discard_finished_rungs",
     "full_fidelity",
-    "rung_policy",
     "rung_start_text",
 ]
 
@@ -70,22 +66,6 @@ def full_fidelity(trials: Sequence[Any]) -> list[Any]:
         return list(trials)
     top = max(known)
     return [t for t, b in zip(trials, budgets, strict=True) if b is None or b == top]
-
-
-def rung_policy(cfg: ExperimentConfig) -> RungPolicy | None:
-    """How the train evaluator trains this run's multi-fidelity trials: ``None`` for a plain
-    strategy; else every rung on the schedule of the strategy's ``max_epochs`` (its option,
-    default ``train.epochs``, as the strategy is built) and continuing lower rungs unless
-    ``automl.fidelity.continue_rungs: false``."""
-    from nasforge.experiment.setup import is_multi_fidelity
-
-    if not is_multi_fidelity(cfg.strategy.name):
-        return None
-    top = cfg.strategy.options.get("max_epochs", cfg.train.epochs)
-    if isinstance(top, bool) or not isinstance(top, int) or top < 1:
-        return None  # the strategy's constructor names the bad option
-    enabled = cfg.automl.fidelity.continue_rungs if cfg.automl is not None else True
-    return RungPolicy(max_epochs=int(top), enabled=enabled)
 
 
 def rung_start_text(metrics: dict[str, Any]) -> str:

@@ -19,6 +19,7 @@ from typing import Any
 from nasforge.data import Dataset, load_dataset
 from nasforge.errors import ConfigError, NasforgeError, SpaceError
 from nasforge.evaluators import Evaluator, EvaluatorContext, create_evaluator
+from nasforge.evaluators.rung_checkpoint import RungPolicy
 from nasforge.evaluators.table import TableEvaluator
 from nasforge.experiment.config import ExperimentConfig
 from nasforge.hardware.model import LatencyModel
@@ -151,6 +152,20 @@ def is_multi_fidelity(strategy_name: str) -> bool:
     return bool(getattr(factory, "multi_fidelity", False))
 
 
+def rung_policy(cfg: ExperimentConfig) -> RungPolicy | None:
+    """How the train evaluator trains this run's multi-fidelity trials: ``None`` for a plain
+    strategy; else every rung on the schedule of the strategy's ``max_epochs`` (its option,
+    default ``train.epochs``, as the strategy is built) and continuing lower rungs unless
+    ``automl.fidelity.continue_rungs: false``."""
+    if not is_multi_fidelity(cfg.strategy.name):
+        return None
+    top = cfg.strategy.options.get("max_epochs", cfg.train.epochs)
+    if isinstance(top, bool) or not isinstance(top, int) or top < 1:
+        return None  # the strategy's constructor names the bad option
+    enabled = cfg.automl.fidelity.continue_rungs if cfg.automl is not None else True
+    return RungPolicy(max_epochs=int(top), enabled=enabled)
+
+
 def uses_data(cfg: ExperimentConfig) -> bool:
     """Whether the configured evaluator trains on the dataset (so the run loads it)."""
     return cfg.evaluator.needs_data
@@ -206,8 +221,6 @@ class RunObjects:
     run_dir: Path | None = None
 
     def evaluator_context(self) -> EvaluatorContext:
-        from nasforge.experiment.fidelity_view import rung_policy
-
         return EvaluatorContext(
             self.space,
             self.dataset,
