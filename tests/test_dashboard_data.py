@@ -367,6 +367,10 @@ def test_darts_run_shows_epochs_and_alpha_trajectories(tmp_path: Path) -> None:
         assert a["ops"] == last[cell]["ops"]
         assert a["epochs"][-1] == last[cell]["weights"][int(edge)]
         assert sum(a["epochs"][-1]) == pytest.approx(1.0, abs=1e-3)
+    # each edge is named by its nodes, as in the report (nb201: 0->1, 0->2, 1->2, ...)
+    names = [a["name"] for a in alphas.values()]
+    assert any(n.endswith("node 0 -> node 1") for n in names)
+    assert any(n.endswith("node 2 -> node 3") for n in names)
 
 
 def test_supernet_and_ofa_runs_are_told_apart(tmp_path: Path) -> None:

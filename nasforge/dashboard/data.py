@@ -273,13 +273,16 @@ def _best_so_far(kept: Sequence[dict[str, Any]], t0: float) -> list[dict[str, An
 
 
 def _alphas(darts: Mapping[str, Any]) -> dict[str, Any]:
-    """DARTS op probabilities per ``<cell>/edge<k>``: the ops and one row per recorded epoch."""
+    """DARTS op probabilities per ``<cell>/edge<k>``: the edge's name (its nodes), the ops and
+    one row per recorded epoch."""
     out: dict[str, Any] = {}
     for cell, t in (darts.get("trajectories") or {}).items():
         weights = t.get("weights") or []
         n_edges = max((len(w) for w in weights), default=0)
+        names = list(t.get("edge_names") or [])  # "node 0 -> node 1" (the report's)
         for e in range(n_edges):
             out[f"{cell}/edge{e}"] = {
+                "name": f"{cell}: {names[e]}" if e < len(names) else f"{cell}/edge{e}",
                 "ops": list(t.get("ops") or []),
                 "epoch_numbers": list(t.get("epochs") or []),
                 "epochs": [list(w[e]) if e < len(w) else [] for w in weights],

@@ -325,7 +325,7 @@
       if (select.options.length !== edges.length) {
         select.replaceChildren(
           ...edges.map((e) => {
-            const o = el("option", e);
+            const o = el("option", alphas[e].name || e);
             o.value = e;
             return o;
           })
