@@ -100,7 +100,11 @@ def test_quickstart(tmp_path: Path) -> None:
 def test_oneshot_examples(tmp_path: Path, name: str, run_name: str, budget: dict) -> None:
     example = EXAMPLES / name
     res = ok(["doctor", str(example)])
-    assert "error" not in res.output and "warning" not in res.output
+    assert "error" not in res.output
+    if name == "spos.yaml":  # a two-minute demo: its supernet is too short to rank honestly
+        assert res.output.count("warning") == 1 and "oneshot.options.epochs" in res.output
+    else:
+        assert "warning" not in res.output
     options = yaml.safe_load(example.read_text())["oneshot"]["options"]
     cfg = small_copy(
         example,

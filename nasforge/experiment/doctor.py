@@ -21,7 +21,7 @@ from pathlib import Path
 from nasforge.errors import ConfigError, NasforgeError
 from nasforge.experiment.config import ExperimentConfig
 from nasforge.experiment.ofa_config import ofa_findings
-from nasforge.experiment.oneshot_config import darts_findings
+from nasforge.experiment.oneshot_config import darts_findings, supernet_findings
 from nasforge.experiment.preflight import budget_findings, latency_trust_findings, prepare_run
 from nasforge.experiment.setup import automl_problems, is_multi_fidelity, uses_data
 from nasforge.hardware.doctor import latency_findings
@@ -62,6 +62,8 @@ def preflight_findings(cfg: ExperimentConfig) -> list[Finding]:
     except NasforgeError as exc:
         return error_findings(exc)
     found = budget_findings(cfg, prepared.strategy) + latency_trust_findings(prepared)
+    # a supernet trained too short ranks the candidates weakly (counted on the built space)
+    found += supernet_findings(cfg.oneshot, prepared.objects.space)
     return [Finding(*f) for f in found]
 
 

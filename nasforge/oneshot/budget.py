@@ -137,7 +137,7 @@ def supernet_budget_warning(
         f"split in the planned epochs (fewer than ~{ENOUGH_CHOICE_PASSES:g}), so its "
         "inherited-weight ranking of the candidates is weak (benchmarks: 13 passes per choice "
         f"ranked at Kendall tau 0.31, 120 at 0.65-0.68); set {field}: {need} ({sampling} "
-        f"sampling gives {per_epoch:.3g} passes per choice per epoch)"
+        f"sampling gives {per_epoch:.3g} pass{'' if per_epoch == 1 else 'es'} per choice per epoch)"
     )
 
 
