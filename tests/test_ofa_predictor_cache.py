@@ -4,7 +4,8 @@
 in ``ofa/predictor.npz`` (arrays and a JSON header; read with ``allow_pickle=False``) keyed by
 what the fit saw and how. The oracle is the fit itself: a loaded predictor must predict
 exactly what the fitted one predicts, for both kinds, on archs it never saw. Another sample,
-kind or seed, or a damaged file, fits again and says so.
+kind or seed, a file of another version, or a damaged file, fits again and says so. The file
+holds ``AccuracyPredictor.state()``, loaded by ``AccuracyPredictor.from_state``.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from test_ofa_specialize_run import specialise, trained  # noqa: F401
 
 from nasforge.experiment import ofa_cache
 from nasforge.experiment.ofa_cache import PREDICTOR_FILE, load_or_fit_predictor
+from nasforge.oneshot.ofa.accuracy import STATE_VERSION
 from nasforge.oneshot.ofa.specialize import AccuracyPredictor, sample_subnets
 from nasforge.space import Arch
 from nasforge.spaces.mobile import MobileSpace
@@ -166,7 +168,7 @@ def test_a_damaged_cache_is_fitted_again_with_a_log_line(
     else:  # a readable file whose state does not fit the surrogate
         with np.load(path, allow_pickle=False) as npz:
             arrays = {k: np.array(npz[k]) for k in npz.files}
-        name = "theta" if kind == "gp" else "p0"
+        name = "theta" if kind == "gp" else "w1"
         arrays[name] = arrays[name][..., :-1]
         with path.open("wb") as f:
             np.savez(f, **arrays)
@@ -179,13 +181,61 @@ def test_a_damaged_cache_is_fitted_again_with_a_log_line(
     assert load_or_fit_predictor(tmp_path, sp, samples, kind, 3, con)[1]["reused"] is True
 
 
-def test_a_predictor_whose_state_cannot_be_read_is_not_cached(data: Data) -> None:
-    """The state is read off the fitted surrogate's closures; a model of another make (no
-    such closure) gives none, so nothing wrong is ever written (the fit is then redone per
-    target, with a log line)."""
+def test_a_cache_of_another_version_is_fitted_again_with_a_log_line(
+    data: Data, cached: dict[str, tuple[Path, AccuracyPredictor, str]], tmp_path: Path
+) -> None:
+    """A file of the earlier format (state read off closures, keyed by a code hash) or of
+    another fit version is not loaded, even when its arrays would fit."""
+    sp, samples, unseen = data
+    path = copy_cache(cached["gp"][0], tmp_path)
+    with np.load(path, allow_pickle=False) as npz:
+        arrays = {k: np.array(npz[k]) for k in npz.files}
+    header = json.loads(str(arrays["header"]))
+    assert header["format"] == ofa_cache.PREDICTOR_FORMAT
+    assert header["state_version"] == STATE_VERSION
+    old = {k: v for k, v in header.items() if k != "state_version"}
+    old.update(format="nasforge-ofa-predictor/1", code="0123456789abcdef")
+    arrays["header"] = np.array(json.dumps(old))
+    with path.open("wb") as f:
+        np.savez(f, **arrays)
+    con, out = console()
+    got, info = load_or_fit_predictor(tmp_path, sp, samples, "gp", 3, con)
+    said = " ".join(out.getvalue().split())
+    assert info["reused"] is False
+    assert "another version of nasforge" in said and "nasforge-ofa-predictor/1" in said
+    np.testing.assert_array_equal(got.predict(unseen), cached["gp"][1].predict(unseen))
+    assert load_or_fit_predictor(tmp_path, sp, samples, "gp", 3, con)[1]["reused"] is True
+
+
+def test_a_predictor_without_a_state_is_not_cached(data: Data) -> None:
+    """Only a predictor made by ``fit`` / ``from_state`` has a state; one built around any
+    other model says so (``None``) instead of giving something wrong to keep."""
     sp, _, _ = data
     plain = AccuracyPredictor(sp, "mlp", lambda x: x.sum(1), 12, (0.5, 0.1, 5))
-    assert ofa_cache._predictor_state(plain) is None
+    assert plain.state() is None
+
+
+@pytest.mark.parametrize("kind", ["mlp", "gp"])
+def test_from_state_is_the_fitted_predictor_and_checks_the_state(
+    data: Data, cached: dict[str, tuple[Path, AccuracyPredictor, str]], kind: str
+) -> None:
+    sp, samples, unseen = data
+    fitted = cached[kind][1]
+    state = fitted.state()
+    assert state is not None and all(a.dtype != object for a in state.values())
+    cv = (fitted.cv_kendall_tau, fitted.cv_mae, fitted.folds)
+    again = AccuracyPredictor.from_state(sp, samples, kind, state, cv)
+    np.testing.assert_array_equal(again.predict(unseen), fitted.predict(unseen))
+    assert again.summary() == fitted.summary()
+    # a state of the other kind, or with an array missing, is refused naming what is wrong
+    other = "gp" if kind == "mlp" else "mlp"
+    with pytest.raises(ValueError, match="state"):
+        AccuracyPredictor.from_state(sp, samples, other, state, cv)
+    first = next(iter(state))
+    with pytest.raises(ValueError, match=first if kind == "gp" else "expected the arrays"):
+        AccuracyPredictor.from_state(
+            sp, samples, kind, {k: state[k] for k in state if k != first}, cv
+        )
 
 
 # -- through `nasforge ofa specialize` -----------------------------------------------------------

@@ -6,11 +6,13 @@
   were measured on, the count and the seed. Every later specialisation reuses it; a retrained
   supernet, another count or seed makes it again (a damaged file too, saying so).
 * ``predictor.npz``: the accuracy predictor fitted on those samples (:func:`load_or_fit_predictor`),
-  so a second target skips the fit (4-8 s with the MLP ensemble's cross-validation). It is
-  data only (arrays and a JSON header in an ``.npz`` read with ``allow_pickle=False``: loading
-  runs no code), keyed by what the fit saw and how: the SHA-256 of the encoded samples and
-  their accuracies, the predictor kind, the seed, the folds and the surrogate code. Anything
-  else (another sample, kind or seed, a damaged file, changed code) is fitted again, saying so.
+  so a second target skips the fit (4-8 s with the MLP ensemble's cross-validation): its
+  ``AccuracyPredictor.state()`` (the GP's hyperparameters or the MLP ensemble's weights) as
+  plain arrays beside a JSON header, in an ``.npz`` read with ``allow_pickle=False`` (loading
+  runs no code), keyed by what the fit saw and how: the file format and the fit's
+  ``STATE_VERSION``, the SHA-256 of the encoded samples and their accuracies, the predictor
+  kind, the seed and the folds. Anything else (another sample, kind or seed, a file of another
+  version, a damaged file) is fitted again, saying so.
 * ``tables/<backend>_t<threads>_b<batch>.json``: the latency table of a target the run's
   config has no table for, built once on the target with
   :class:`~nasforge.hardware.builder.TableBuilder` and reused by every later target on the
@@ -23,16 +25,13 @@ input, backend and batch size; a mismatch is an error naming the file), else the
 
 from __future__ import annotations
 
-import functools
 import hashlib
-import inspect
 import json
 import os
 import time
 import warnings
 import zipfile
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -47,17 +46,16 @@ from nasforge.experiment.final import training_threads
 from nasforge.hardware.backends import BackendSpec, as_backend
 from nasforge.hardware.builder import BuildConfig, TableBuilder
 from nasforge.hardware.table import LatencyTable, TableError
-from nasforge.oneshot.ofa import accuracy as _accuracy
+from nasforge.oneshot.ofa.accuracy import STATE_VERSION, encode_samples
 from nasforge.oneshot.ofa.specialize import AccuracyPredictor, SpecializeConfig, sample_subnets
 from nasforge.space import Arch, SearchSpace
-from nasforge.strategies.predictor import GPSurrogate, MLPEnsembleSurrogate
 
 #: the run's specialisation caches (samples, tables)
 OFA_DIR = "ofa"
 SAMPLES_FILE = "samples.json"
 SAMPLES_FORMAT = "nasforge-ofa-samples/1"
 PREDICTOR_FILE = "predictor.npz"
-PREDICTOR_FORMAT = "nasforge-ofa-predictor/1"
+PREDICTOR_FORMAT = "nasforge-ofa-predictor/2"
 #: the accuracy predictor's cross-validation folds (``AccuracyPredictor.fit``'s default)
 PREDICTOR_FOLDS = 5
 TABLES_DIR = "tables"
@@ -157,98 +155,6 @@ def write_json(path: Path, obj: Any) -> None:
 
 
 # -- the fitted accuracy predictor --------------------------------------------------------------
-# AccuracyPredictor keeps its fitted surrogate as a closure (nasforge.oneshot.ofa.accuracy._fit
-# over the surrogates of nasforge.strategies.predictor) and has no state API, and those modules
-# are not this one's to change. So the fitted state is read off the closures here
-# (inspect.getclosurevars, a public stdlib API) and a loaded predictor is rebuilt with the same
-# surrogate code: the GP from its fitted hyperparameters, the MLP ensemble from its weights.
-# The key holds a hash of that code, and a load is checked against the fit in the tests; if
-# the closures ever change shape, the state is not found and the predictor is simply fitted
-# every time, with a log line. TODO: an AccuracyPredictor.state()/from_state() would remove
-# this (see the session report).
-@functools.cache  # once per process: the code loaded, not a file edited since
-def _code_hash() -> str:
-    """A hash of the surrogate code a cached predictor's state belongs to."""
-    try:
-        parts = [inspect.getsource(_accuracy._fit), inspect.getsource(MLPEnsembleSurrogate)]
-        parts.append(inspect.getsource(GPSurrogate))
-    except (OSError, TypeError):  # no sources (a frozen install): the package version
-        from importlib.metadata import PackageNotFoundError, version
-
-        try:
-            parts = [version("nasforge")]
-        except PackageNotFoundError:
-            parts = ["unknown"]
-    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
-
-
-def _fit_data(
-    space: SearchSpace, samples: Sequence[tuple[Arch, float]]
-) -> tuple[np.ndarray, np.ndarray]:
-    """The fit's input exactly as ``AccuracyPredictor.fit`` builds it: encodings, accuracies."""
-    x = np.stack([space.encode(a) for a, _ in samples]).astype(np.float64)
-    return x, np.array([float(acc) for _, acc in samples])
-
-
-def _predictor_state(predictor: AccuracyPredictor) -> dict[str, np.ndarray] | None:
-    """The fitted surrogate's arrays (``theta`` of the GP; ``p0``.. of the MLP ensemble's
-    weights), or ``None`` when they cannot be found (see the comment above)."""
-    try:
-        post = inspect.getclosurevars(predictor._model).nonlocals["post"]
-        found = inspect.getclosurevars(post).nonlocals
-        if predictor.kind == "gp":
-            return {"theta": np.asarray(found["theta"], dtype=np.float64)}
-        params = inspect.getclosurevars(found["forward"]).nonlocals["params"]
-        return {f"p{i}": p.detach().cpu().numpy() for i, p in enumerate(params)}
-    except (KeyError, TypeError, AttributeError):
-        return None
-
-
-def _rebuild(
-    space: SearchSpace,
-    kind: str,
-    x: np.ndarray,
-    y: np.ndarray,
-    seed: int,
-    state: Mapping[str, np.ndarray],
-) -> Callable[[np.ndarray], np.ndarray]:
-    """The fitted model of ``AccuracyPredictor.fit`` from its state, without fitting: the
-    same standardisation, the GP's posterior at the stored hyperparameters, or an MLP
-    ensemble of the same shape given the stored weights.
-
-    Raises:
-        ValueError: the state does not fit the surrogate (a stale or damaged cache).
-    """
-    mean, scale = float(y.mean()), float(y.std())
-    scale = scale if scale > 0 else 1.0
-    z = (y - mean) / scale
-    if kind == "gp":
-        gp = GPSurrogate([d.width for d in space.dimensions()], ard=True, additive=True)
-        theta = np.asarray(state["theta"], dtype=np.float64)
-        if theta.shape != (gp.n_params,):
-            raise ValueError(f"theta has shape {theta.shape}, the GP takes {gp.n_params}")
-        gp.theta = theta
-        post = gp.posterior(x, z)
-    else:
-        # one step (the fewest the config allows): the weights are overwritten next
-        untrained = MLPEnsembleSurrogate(replace(_accuracy.MLP_PREDICTOR, mlp_steps=1))
-        post = untrained.posterior(x, z, seed)
-        forward = inspect.getclosurevars(post).nonlocals["forward"]
-        params = inspect.getclosurevars(forward).nonlocals["params"]
-        if len(params) != len(state) or any(
-            tuple(p.shape) != state[f"p{i}"].shape for i, p in enumerate(params)
-        ):
-            raise ValueError("the MLP weights do not fit the ensemble")
-        with torch.no_grad():
-            for i, p in enumerate(params):
-                p.copy_(torch.from_numpy(np.asarray(state[f"p{i}"])))
-
-    def predict(xq: np.ndarray) -> np.ndarray:
-        return mean + scale * np.asarray(post(xq)[0], dtype=np.float64)
-
-    return predict
-
-
 def load_or_fit_predictor(
     run_dir: Path,
     space: SearchSpace,
@@ -258,8 +164,9 @@ def load_or_fit_predictor(
     console: Console,
 ) -> tuple[AccuracyPredictor, dict[str, Any]]:
     """The accuracy predictor fitted on ``samples`` (``kind``, ``seed``): from
-    ``ofa/predictor.npz`` when it was fitted on exactly these samples, this way, with this
-    code; else fitted (``AccuracyPredictor.fit``) and kept there.
+    ``ofa/predictor.npz`` when it was fitted on exactly these samples, this way, by a fit of
+    this version (``AccuracyPredictor.from_state``); else fitted (``AccuracyPredictor.fit``)
+    and its ``state()`` kept there.
 
     Returns:
         The predictor and ``{"file", "reused", "fit_seconds"}`` (``fit_seconds``: what the fit
@@ -269,30 +176,25 @@ def load_or_fit_predictor(
         ConfigError, NasforgeError: as ``AccuracyPredictor.fit`` (too few samples, bad kind).
     """
     path = Path(run_dir) / OFA_DIR / PREDICTOR_FILE
-    x, y = _fit_data(space, samples)
+    x, y = encode_samples(space, samples)
     digest = hashlib.sha256(x.tobytes() + y.tobytes() + repr(x.shape).encode()).hexdigest()
     want = {
         "format": PREDICTOR_FORMAT,
+        "state_version": STATE_VERSION,
         "data_sha256": digest,
         "kind": kind,
         "seed": seed,
         "folds": PREDICTOR_FOLDS,
-        "code": _code_hash(),
     }
-    cached = _read_predictor(path, space, x, y, want, console)
+    cached = _read_predictor(path, space, samples, want, console)
     if cached is not None:
         predictor, fit_s = cached
         return predictor, {"file": str(path), "reused": True, "fit_seconds": fit_s}
     t0 = time.perf_counter()
     predictor = AccuracyPredictor.fit(space, samples, kind, seed, PREDICTOR_FOLDS)
     fit_s = time.perf_counter() - t0
-    state = _predictor_state(predictor)
-    if state is None:
-        console.print(
-            "[yellow]warning:[/] the accuracy predictor's fitted state could not be read; it "
-            "is not cached and will be fitted again for every target",
-            highlight=False,
-        )
+    state = predictor.state()
+    if state is None:  # fit() always gives a state; kept for a predictor of another make
         return predictor, {"file": None, "reused": False, "fit_seconds": fit_s}
     header = {**want, "seconds": fit_s, "summary": predictor.summary()}
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -311,19 +213,27 @@ def load_or_fit_predictor(
 def _read_predictor(
     path: Path,
     space: SearchSpace,
-    x: np.ndarray,
-    y: np.ndarray,
+    samples: Sequence[tuple[Arch, float]],
     want: Mapping[str, Any],
     console: Console,
 ) -> tuple[AccuracyPredictor, float] | None:
     """The cached predictor and what its fit cost, or ``None``: missing, or fitted on other
-    data, another way or by other code (then it is fitted again, saying why), or damaged."""
+    data, another way or by another version of the fit (then it is fitted again, saying why),
+    or damaged."""
     if not path.is_file():
         return None
     try:
         with np.load(path, allow_pickle=False) as npz:  # data only: loading runs no code
             header = json.loads(str(npz["header"]))
             state = {k: np.array(npz[k]) for k in npz.files if k != "header"}
+        if any(header.get(k) != want[k] for k in ("format", "state_version")):
+            console.print(
+                f"ofa: {escape(str(path))} was written by another version of nasforge (format "
+                f"{escape(str(header.get('format')))}, state version "
+                f"{header.get('state_version')}); fitting the accuracy predictor again",
+                highlight=False,
+            )
+            return None
         stale = [k for k, v in want.items() if header.get(k) != v]
         if stale:
             console.print(
@@ -332,10 +242,9 @@ def _read_predictor(
                 highlight=False,
             )
             return None
-        model = _rebuild(space, str(want["kind"]), x, y, int(want["seed"]), state)
         s = header["summary"]
         cv = (float(s["cv_kendall_tau"]), float(s["cv_mae"]), int(s["folds"]))
-        predictor = AccuracyPredictor(space, str(want["kind"]), model, len(y), cv)
+        predictor = AccuracyPredictor.from_state(space, samples, str(want["kind"]), state, cv)
         return predictor, float(header.get("seconds") or 0.0)
     except (OSError, EOFError, zipfile.BadZipFile, ValueError, KeyError, TypeError) as exc:
         console.print(
