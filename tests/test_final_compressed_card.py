@@ -125,3 +125,11 @@ def test_compressed_evaluator_without_searched_settings_times_the_float_export(
     assert card["latency_ms"] == measured["latency_ms"] == card["latency_ms_onnxruntime"]
     assert card["latency"]["model"] == "exported float model (model.fp32.onnx)"
     assert card["latency_float"]["backend"] == "torch"
+
+
+def test_report_says_the_latency_is_the_compressed_models_on_onnxruntime(run) -> None:  # type: ignore[no-untyped-def]
+    run_dir, _ = run
+    sources = json.loads((run_dir / "report.json").read_text())["latency_sources"]
+    assert sources["search"].startswith("the compressed, exported ONNX model")
+    assert "on onnxruntime" in sources["search"] and "on torch" not in sources["search"]
+    assert "on onnxruntime" in sources["final"] and "float model's on torch" in sources["final"]

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from nasforge.data import RESIZED
+from nasforge.errors import NasforgeError
 from nasforge.experiment.config import ExperimentConfig
 from nasforge.experiment.fidelity_view import full_fidelity
 from nasforge.experiment.latency_verdict import (
@@ -163,6 +164,26 @@ def latency_sources(cfg: ExperimentConfig) -> dict[str, str]:
         if cfg.evaluator.needs_data
         else search
     )
+    if cfg.evaluator.kind == "compressed":  # its trials and its card time the exported model
+        from nasforge.evaluators.compressed import timed_backend_name
+
+        try:
+            where = timed_backend_name(cfg.evaluator.options.get("backend"), lat.backend)
+        except NasforgeError:
+            where = "onnxruntime"
+        how = (
+            f"{lat.statistic or 'median'} of {lat.repeats} runs on {where}, batch "
+            f"{lat.batch_size}, {lat.threads} thread(s)"
+        )
+        search = (
+            f"the compressed, exported ONNX model of each trial: {how}, measured once per "
+            "trial during the search"
+        )
+        final = (
+            f"the compressed, exported winner: {how}, measured once after the final "
+            f"retraining and compression (the float model's on {lat.backend}: "
+            "latency_float_ms on the card)"
+        )
     return {"search": search, "final": final}
 
 
