@@ -10,11 +10,11 @@ loss with respect to alpha, the derived cell). The final derived cell (argmax) i
 the shared NB201 CIFAR-10 table as an external reference: ``test_acc`` = ``c10_test_acc_200``.
 Nothing here reads the table before the search has ended; it plays no part in any setting.
 
-Why ``--alpha-lr`` is not the library's 3e-4: Adam moves each alpha by about its learning rate
-per step, and DARTS' NB201 search takes 50 epochs x 391 steps (~19,500 alpha steps; 3e-4 x
-19,500 ~ 6 nats). This CPU-sized run takes ``epochs x steps`` (default 30 x 20 = 600), so the
-default scales the rate to the same total movement (6 / 600 = 0.01). Chosen from the step
-budget alone, before any run.
+Why ``--alpha-lr`` is not DARTS' 3e-4: Adam moves each alpha by about its learning rate per
+step, and DARTS' NB201 search takes 50 epochs x 391 steps (~19,500 alpha steps; 3e-4 x 19,500
+~ 6 nats). This CPU-sized run takes ``epochs x steps`` (default 30 x 20 = 600), so the default
+scales the rate to the same total movement (6 / 600 = 0.01). Chosen from the step budget
+alone, before any run; the library's ``alpha_lr: auto`` (its default since) is the same rule.
 
 Collapse signal of plain DARTS (fixed before the runs, from the literature, not from the table):
 a seed shows it when (a) the derived cell ends with >= 3 of its 6 edges ``skip_connect`` or
