@@ -147,20 +147,23 @@ def test_promoted_trial_continues_and_stores_where_it_started(
     rep = Reporter()
     mid = ev.evaluate(arch, Fidelity(epochs=3), rep)
     assert mid.metrics[BUDGET_STARTED_FROM] == 1.0
-    assert mid.info["epochs_trained"] == [1, 3] and len(mid.info["curve"]) == 2
+    assert mid.info["epochs_trained"] == [1, 3]
+    # the model's whole curve from epoch 1: the checkpoint's epoch, then the two trained now
+    assert len(mid.info["curve"]) == 3 and mid.info["curve"][0] == low.info["curve"][0]
     assert [step for step, _ in rep.values] == [1, 2]  # the increment only
     assert mid.metrics["val_acc"] == mid.info["curve"][-1]
     assert store.epochs_saved(arch.key) == [3]  # the lower one was removed
     # the same budget again (a trial re-asked after kill -9 before it was recorded): nothing
     # left to train, the saved weights are scored
     again = ev.evaluate(arch, Fidelity(epochs=3))
-    assert again.metrics[BUDGET_STARTED_FROM] == 3.0 and again.info["curve"] == []
+    assert again.metrics[BUDGET_STARTED_FROM] == 3.0
+    assert again.info["curve"] == mid.info["curve"]  # the checkpoint's epochs, none new
     assert again.metrics["val_acc"] == pytest.approx(mid.metrics["val_acc"])
     # a straight 3-epoch trial of the 9-epoch schedule is the same run
     other = _evaluator(space, digits, tmp_path / "other", RungPolicy(max_epochs=9))
     straight = other.evaluate(arch, Fidelity(epochs=3))
     assert straight.metrics[BUDGET_STARTED_FROM] == 0.0
-    assert straight.info["curve"][1:] == pytest.approx(mid.info["curve"], abs=1e-6)
+    assert straight.info["curve"] == pytest.approx(mid.info["curve"], abs=1e-6)
     # the top rung keeps no checkpoint: nothing continues from it
     ev9 = _evaluator(space, digits, tmp_path / "top", RungPolicy(max_epochs=3))
     ev9.evaluate(arch, Fidelity(epochs=1))

@@ -31,6 +31,7 @@ import os
 import pickle
 import re
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -69,11 +70,13 @@ class RungPolicy:
 
 @dataclass(frozen=True)
 class RungStart:
-    """A checkpoint to continue: the weights, the training loop's state and the file."""
+    """A checkpoint to continue: the weights, the training loop's state, the file and the
+    validation curve of the epochs it holds (empty when it was not kept)."""
 
     model: dict[str, torch.Tensor]
     state: LoopState
     path: Path
+    curve: tuple[float, ...] = ()
 
     @property
     def epoch(self) -> int:
@@ -142,14 +145,26 @@ class RungCheckpoints:
             except (ConfigError, KeyError, TypeError, ValueError) as exc:
                 self.note(f"{_first_line(exc)}; not continued")
                 continue
-            return RungStart(data["model"], state, path)
+            kept = meta.get("curve")
+            curve = (
+                tuple(float(v) for v in kept) if isinstance(kept, list) and len(kept) == e else ()
+            )
+            return RungStart(data["model"], state, path, curve)
         return None
 
     def save(
-        self, key: str, model: torch.nn.Module, state: LoopState, fp: str, keep: bool = True
+        self,
+        key: str,
+        model: torch.nn.Module,
+        state: LoopState,
+        fp: str,
+        keep: bool = True,
+        curve: Sequence[float] = (),
     ) -> Path | None:
-        """Save ``model`` and ``state`` as ``key``'s checkpoint at ``state.epoch`` and remove
-        its lower ones; ``keep=False`` (the top rung) saves nothing and removes them all."""
+        """Save ``model`` and ``state`` as ``key``'s checkpoint at ``state.epoch`` (with the
+        validation ``curve`` of its epochs, so a continued trial's curve starts at epoch 1) and
+        remove its lower ones; ``keep=False`` (the top rung) saves nothing and removes them
+        all."""
         if not keep:
             self.discard(key)
             return None
@@ -158,7 +173,12 @@ class RungCheckpoints:
             "format": FORMAT,
             "model": model.state_dict(),
             "loop": state.to_dict(),
-            "meta": {"fingerprint": fp, "epochs": state.epoch, "saved": time.time()},
+            "meta": {
+                "fingerprint": fp,
+                "epochs": state.epoch,
+                "saved": time.time(),
+                "curve": [float(v) for v in curve],
+            },
         }
         _save(payload, path)
         self.discard(key, below=state.epoch)

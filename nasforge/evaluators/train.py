@@ -61,7 +61,8 @@ class TrainEvaluator(Evaluator):
     A joint arch (:mod:`nasforge.space.joint`) trains its inner network with its recipe
     (``recipe/...`` labels over ``train``); ``compress/...`` labels are refused (the
     ``compressed`` evaluator compresses). :attr:`Result.info` holds the per-epoch validation
-    curve (``curve``), the epochs and data fraction trained with, and the recipe overrides.
+    curve (``curve``, from epoch 1: a continued rung's starts with its checkpoint's epochs),
+    the epochs and data fraction trained with, and the recipe overrides.
 
     Metrics: ``val_acc`` (validation, in [0, 1]), ``latency_ms`` (measured on the target
     backend with the BN-folded model, or predicted from a latency table; absent when
@@ -185,11 +186,13 @@ class TrainEvaluator(Evaluator):
         if rung is not None:
             span = TrainSpan(rung.schedule_epochs, None if start is None else start.state)
         curve, stopped, state = train_span(model, x, y, cfg, (d.x_val, d.y_val), reporter, span)
+        started = start.epoch if start is not None else 0
+        # the model's whole curve from epoch 1: the checkpoint's epochs, then this trial's
+        whole = [*start.curve, *curve] if start is not None and start.curve else curve
         if rung is not None and rung.store is not None and state is not None and not stopped:
             # the top rung keeps nothing: no rung continues from it
             keep = epochs < rung.schedule_epochs
-            rung.store.save(arch.key, model, state, rung.fingerprint, keep=keep)
-        started = start.epoch if start is not None else 0
+            rung.store.save(arch.key, model, state, rung.fingerprint, keep=keep, curve=whole)
         # the last epoch's validation accuracy is this model's (same weights, eval mode)
         full = not stopped and epochs > started and len(curve) == epochs - started
         metrics["val_acc"] = curve[-1] if full else evaluate_accuracy(model, d.x_val, d.y_val)
@@ -199,7 +202,7 @@ class TrainEvaluator(Evaluator):
             "data_fraction": fidelity.data_fraction,
             "train_samples": len(y),
             "stopped_early": stopped,
-            "curve": curve,
+            "curve": whole,
         }
         if rung is not None:
             metrics[BUDGET_STARTED_FROM] = float(started)
