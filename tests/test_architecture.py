@@ -18,7 +18,7 @@ LAYERS: list[set[str]] = [
     {"hardware"},
     {"spaces"},
     {"space"},
-    {"nn", "data", "augment", "train", "objectives", "registry"},
+    {"nn", "data", "augment", "train", "checkpoint", "objectives", "registry"},
     {"errors", "yamlfile", "cliutil"},
 ]
 MAX_LINES = 600

@@ -27,8 +27,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import pickle
 import re
 import time
 from collections.abc import Sequence
@@ -38,6 +36,7 @@ from typing import Any
 
 import torch
 
+from nasforge.checkpoint import load_state, save_state
 from nasforge.errors import ConfigError
 from nasforge.space import Arch
 from nasforge.train import LoopState, TrainConfig
@@ -132,7 +131,7 @@ class RungCheckpoints:
                 continue
             path = self.path(key, e)
             try:
-                data = _load(path)
+                data = load_state(path, "rung checkpoint", ("format", "model", "loop", "meta"))
                 meta = data["meta"]
                 if data["format"] != FORMAT or not isinstance(meta, dict):
                     raise ConfigError(f"rung checkpoint {path}: format {data['format']!r}")
@@ -180,7 +179,7 @@ class RungCheckpoints:
                 "curve": [float(v) for v in curve],
             },
         }
-        _save(payload, path)
+        save_state(payload, path)
         self.discard(key, below=state.epoch)
         return path
 
@@ -232,30 +231,3 @@ class RungCheckpoints:
 def _first_line(exc: BaseException) -> str:
     text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
     return text
-
-
-# oneshot.recipe's save_state/load_state do the same; importing nasforge.oneshot from here
-# would cost every trial worker ~2.5 s (its DARTS and ranking modules) for two small functions
-def _save(state: dict[str, Any], path: Path) -> None:
-    """``torch.save`` to a temporary file, synced, then renamed: a reader, or a resume after
-    ``kill -9``, sees the old file or the whole new one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as fh:
-        torch.save(state, fh)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-
-
-def _load(path: Path) -> dict[str, Any]:
-    """A checkpoint written by :func:`_save` (``weights_only``: runs no code)."""
-    try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
-    except (OSError, RuntimeError, EOFError, ValueError, pickle.UnpicklingError) as exc:
-        raise ConfigError(f"rung checkpoint {path}: cannot be read ({_first_line(exc)})") from None
-    if not isinstance(data, dict) or any(
-        k not in data for k in ("format", "model", "loop", "meta")
-    ):
-        raise ConfigError(f"rung checkpoint {path}: not a rung checkpoint")
-    return data

@@ -49,6 +49,7 @@ import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from nasforge.checkpoint import save_state
 from nasforge.data import Dataset
 from nasforge.errors import ConfigError, NasforgeError
 from nasforge.evaluators.train import TrainEvaluator
@@ -61,7 +62,6 @@ from nasforge.experiment.preflight import PreparedRun
 from nasforge.experiment.progress import RunLog
 from nasforge.experiment.store import TrialStore
 from nasforge.oneshot import distributed
-from nasforge.oneshot.recipe import save_state
 from nasforge.train import TrainConfig
 
 ONESHOT_META = "oneshot"

@@ -11,10 +11,7 @@ checkpoint contract: a dict of tensors and plain values, written atomically, rea
 from __future__ import annotations
 
 import math
-import os
-import pickle
 from collections.abc import Iterable, Mapping
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -61,41 +58,6 @@ def check_recipe(saved: Mapping[str, Any], mine: Mapping[str, Any], what: str) -
     if dict(saved) != dict(mine):
         diff = sorted(k for k in set(mine) | set(saved) if saved.get(k) != mine.get(k))
         raise ConfigError(f"{what}: trained with another recipe (differs in {diff})")
-
-
-def save_state(state: Mapping[str, Any], path: str | Path) -> None:
-    """``torch.save(state)`` to ``path`` atomically (a temporary file, synced, then renamed):
-    a reader, or a resume after ``kill -9``, sees the old file or the whole new one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as fh:
-        torch.save(dict(state), fh)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-
-
-def load_state(path: str | Path, what: str, required: Iterable[str] = ()) -> dict[str, Any]:
-    """A checkpoint written by :func:`save_state` (``weights_only``: runs no code).
-
-    Args:
-        path: the file.
-        what: how errors name it (``"supernet checkpoint"``).
-        required: keys a checkpoint of this kind must have.
-
-    Raises:
-        ConfigError: the file cannot be read, or is not a dict with the ``required`` keys.
-    """
-    try:
-        state = torch.load(Path(path), map_location="cpu", weights_only=True)
-    except (OSError, RuntimeError, EOFError, pickle.UnpicklingError) as exc:
-        why = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise ConfigError(f"{what} {path}: cannot be read ({why})") from None
-    if not isinstance(state, dict) or any(k not in state for k in required):
-        article = "an" if what[:1] in "AEFHILMNORSXaeiou" else "a"  # an OFA, a supernet
-        raise ConfigError(f"{what} {path}: not {article} {what}")
-    return state
 
 
 class BoundArch(nn.Module):

@@ -31,6 +31,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from torch import nn
 
+from nasforge.checkpoint import load_state, save_state
 from nasforge.data import Dataset
 from nasforge.errors import ConfigError, TrainingDiverged
 from nasforge.oneshot import distributed
@@ -40,9 +41,7 @@ from nasforge.oneshot.recipe import (
     BoundArch,
     check_recipe,
     cosine_schedule,
-    load_state,
     make_optimizer,
-    save_state,
 )
 from nasforge.oneshot.sampling import PathSampler, make_sampler
 from nasforge.oneshot.supernet import Supernet

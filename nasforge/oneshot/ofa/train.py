@@ -45,6 +45,7 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from torch import nn
 
+from nasforge.checkpoint import load_state, save_state
 from nasforge.data import Dataset
 from nasforge.errors import ConfigError, TrainingDiverged
 from nasforge.oneshot import distributed
@@ -54,9 +55,7 @@ from nasforge.oneshot.recipe import (
     BoundArch,
     check_recipe,
     cosine_schedule,
-    load_state,
     make_optimizer,
-    save_state,
 )
 from nasforge.oneshot.sampling import choice_values
 from nasforge.space import Arch
