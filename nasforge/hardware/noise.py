@@ -68,6 +68,11 @@ class NoisePolicy:
         max_steal: the hypervisor may steal at most this fraction of the CPU time.
         max_ci_halfwidth: a speed-up whose 95% interval is wider than this fraction of the
             estimate on either side is unstable.
+        max_drift: a table's validation re-measures the table's own calibration models; when
+            their median time now differs from build time by more than this fraction (0.05:
+            5%, half the +-10% window a prediction is judged by), the machine is not in the
+            state the table was built in and the validation compares two states, not the
+            table with the machine: it is unstable.
         retries: whole re-measurements when a pass comes out unstable (the most stable pass
             is kept).
         pause_s: seconds to wait before a retry (lets a burst pass).
@@ -79,6 +84,7 @@ class NoisePolicy:
     max_others_cpus: float = 0.25
     max_steal: float = 0.05
     max_ci_halfwidth: float = 0.10
+    max_drift: float = 0.05
     retries: int = 1
     pause_s: float = 1.0
 

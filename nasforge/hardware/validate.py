@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from nasforge.hardware.calibration import AGGREGATIONS, fit_calibration
-from nasforge.hardware.noise import Stability, pool_verdicts
+from nasforge.hardware.noise import DEFAULT_POLICY, NoisePolicy, Stability, pool_verdicts
 from nasforge.hardware.predictor import LatencyPredictor
 from nasforge.hardware.profile import count_flops, count_params
 from nasforge.hardware.table import MODEL_TIMING, LatencyTable
@@ -226,6 +226,32 @@ def _proxy_fits(
     return f.slope * flops + f.intercept_ms, q.slope * params + q.intercept_ms, where
 
 
+def drift_stability(
+    drift: float | None, n_models: int, policy: NoisePolicy = DEFAULT_POLICY
+) -> Stability:
+    """The verdict on the machine's drift since the table was built: unstable when the
+    re-measured calibration models' median ratio (now / at build) lies further from 1 than
+    ``policy.max_drift``. A uniform slow-down of a few percent passes the reference kernel's
+    check (15%) yet moves every prediction the same way, and at 8% it pushes most of them
+    out of the +-10% window: the figure would then describe the moment, not the table (seen
+    on the Intel AMX host: 83% within +-10% with the machine 1.088x as slow as at build
+    time, 100% with the drift taken out)."""
+    if drift is None or not math.isfinite(drift) or drift <= 0:
+        return Stability()
+    if abs(drift - 1.0) <= policy.max_drift:
+        return Stability()
+    how = "slow" if drift > 1 else "fast"
+    ratio = drift if drift > 1 else 1.0 / drift
+    return Stability(
+        stable=False,
+        reasons=(
+            f"machine {ratio:.2f}x as {how} as when the table was built ({n_models} "
+            f"calibration models re-measured; more than {policy.max_drift:.0%} apart; rebuild "
+            "the table if it lasts)",
+        ),
+    )
+
+
 def validate_table(
     table: LatencyTable,
     space: SearchSpace | None = None,
@@ -310,6 +336,7 @@ def validate_table(
         scores[st].append(score("flops", pf, y))
         scores[st].append(score("params", pp, y))
     stability = pool_verdicts([m.stability for m in all_meas])
+    stability = stability.merge(drift_stability(drift.get(table.statistic), len(ref_meas)))
     report = ValidationReport(
         space=space.name,
         backend=table.backend.label,
