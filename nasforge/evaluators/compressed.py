@@ -43,13 +43,9 @@ from nasforge.evaluators.base import (
     Result,
     StopTrial,
 )
-from nasforge.evaluators.train import (
-    build_seeded,
-    file_lock,
-    stratified_subset,
-    train_with_curve,
-    trial_recipe,
-)
+from nasforge.evaluators.rung_checkpoint import RungCheckpoints, RungPolicy
+from nasforge.evaluators.rung_train import plan_rung, train_rung, training_arch
+from nasforge.evaluators.train import build_seeded, file_lock, stratified_subset, trial_recipe
 from nasforge.space import Arch, SearchSpace
 from nasforge.space.joint import split_arch
 from nasforge.train import TrainConfig, evaluate_accuracy
@@ -258,7 +254,18 @@ class CompressedEvaluator(Evaluator):
         batch_size: the timing batch size.
         timing: the harness settings.
         run_dir: the run directory: its ``.latency.lock`` is held while timing (parallel
-            workers time one at a time); kept artifacts go under its ``compressed/``.
+            workers time one at a time); kept artifacts go under its ``compressed/``, rung
+            checkpoints under its ``rungs/``.
+        rungs: how multi-fidelity rungs train (``None``: each from scratch).
+
+    Multi-fidelity (a :class:`Fidelity` budget with ``rungs``): the training continues the
+    lower rung's checkpoint exactly as :class:`~nasforge.evaluators.train.TrainEvaluator`'s
+    (:func:`~nasforge.evaluators.rung_train.train_rung`; ``budget_started_from``,
+    ``info["epochs_trained"]``, cost = the increment, curve from epoch 1); compression then
+    runs on the continued model as for any trial. The checkpoint is the float model, saved
+    before compression, and is filed under the arch *without* its ``compress/`` labels
+    (:func:`~nasforge.evaluators.rung_train.training_arch`): configurations that differ only
+    in their compression share its training.
     """
 
     def __init__(
@@ -271,6 +278,7 @@ class CompressedEvaluator(Evaluator):
         batch_size: int,
         timing: TimingConfig,
         run_dir: str | Path | None = None,
+        rungs: RungPolicy | None = None,
     ) -> None:
         self.space = space
         self.dataset = dataset
@@ -281,6 +289,8 @@ class CompressedEvaluator(Evaluator):
         self.timing = timing
         self.run_dir = Path(run_dir) if run_dir is not None else None
         self.lock_path = self.run_dir / ".latency.lock" if self.run_dir is not None else None
+        self.rungs = rungs
+        self.checkpoints = RungCheckpoints(self.run_dir) if self.run_dir is not None else None
 
     def produces(self) -> frozenset[str]:
         return frozenset(
@@ -316,9 +326,11 @@ class CompressedEvaluator(Evaluator):
             idx = stratified_subset(ds.y_train, fraction, self.train.seed)
             ds = dataclasses.replace(ds, x_train=ds.x_train[idx], y_train=ds.y_train[idx])
         model = build_seeded(self.space, inner, cfg.seed)
-        curve, stopped = train_with_curve(
-            model, ds.x_train, ds.y_train, cfg, ds.x_val, ds.y_val, reporter
-        )
+        trained = training_arch(self.space, arch)  # its checkpoint: before compression
+        n = len(ds.y_train)
+        rung = plan_rung(self.rungs, self.checkpoints, trained, cfg, budget, fraction, n)
+        val = (ds.x_val, ds.y_val)
+        run = train_rung(model, ds.x_train, ds.y_train, cfg, val, reporter, rung, arch.key)
         model.eval()
         metrics: dict[str, float] = {
             "val_acc_float": evaluate_accuracy(model, ds.x_val, ds.y_val),
@@ -342,9 +354,10 @@ class CompressedEvaluator(Evaluator):
             epochs=cfg.epochs,
             data_fraction=fraction,
             train_samples=len(ds.y_train),
-            stopped_early=stopped,
-            curve=curve,  # the float model's validation accuracy per epoch
+            stopped_early=run.stopped,
+            curve=run.whole,  # the float model's validation accuracy per epoch, from epoch 1
         )
+        run.record(metrics, info)
         if recipe:
             info["recipe"] = dict(recipe)
         info[STABILITY_INFO] = stability
@@ -473,6 +486,7 @@ def compressed_evaluator(context: EvaluatorContext, **options: Any) -> Compresse
         batch_size,
         timing,
         context.run_dir,
+        context.rungs,
     )
 
 

@@ -18,8 +18,17 @@ node, ``kill -9`` mid-write, other options) means training from scratch; the las
 line to ``rungs/rungs.log``. Disk stays bounded: writing a configuration's checkpoint
 removes its lower ones, and its top rung (nothing continues from there) removes them all.
 
+The compressed evaluator files a trial's checkpoint under its *training* configuration (the
+joint arch without its ``compress/`` labels; fingerprint likewise): the checkpoint is the
+float model before compression, the same for every compression setting, so configurations
+that differ only in how they are compressed continue one another's training. Each of them
+claims the key (an empty ``by-<arch key>`` file); a top rung removes a shared key's
+checkpoints only when no other configuration claims them, and a search's end keeps them
+while any claimant is live.
+
 Written here rather than borrowed: Ray Tune and Optuna leave checkpointing of a trial to the
-user's training function; this is that function's part for the train evaluator.
+user's training function; this is that function's part for the train and compressed
+evaluators (:mod:`~nasforge.evaluators.rung_train`).
 """
 
 from __future__ import annotations
@@ -49,6 +58,9 @@ RUNGS_DIR = "rungs"
 RUNGS_LOG = "rungs.log"
 FORMAT = 1
 _NAME = re.compile(r"^e(\d+)\.pt$")
+#: a claim on a shared key's checkpoints: an empty file ``by-<owner arch key>``
+_CLAIM = "by-"
+_OWNER = re.compile(r"^[0-9A-Za-z_.-]{1,128}$")
 _log = logging.getLogger(__name__)
 
 
@@ -194,6 +206,7 @@ class RungCheckpoints:
             stale = p.name.endswith(".tmp") or (
                 m is not None and (below is None or int(m.group(1)) < below)
             )
+            stale = stale or (below is None and p.name.startswith(_CLAIM))
             if stale:
                 p.unlink(missing_ok=True)
         if below is None:
@@ -210,10 +223,38 @@ class RungCheckpoints:
             return 0
         gone = 0
         for folder in self.root.iterdir():
-            if folder.is_dir() and folder.name not in keep:
+            if folder.is_dir() and folder.name not in keep and not self.owners(folder.name) & keep:
                 self.discard(folder.name)
                 gone += 1
         return gone
+
+    def claim(self, key: str, owner: str) -> None:
+        """Mark ``key``'s checkpoints as used by configuration ``owner`` (an arch key): a
+        key several configurations share (the compressed evaluator files its checkpoints
+        under the training configuration, without the compression settings) is kept at a
+        search's end while any of its owners is live (:meth:`discard_except`)."""
+        if not _OWNER.match(owner) or not (self.root / key).is_dir():
+            return
+        try:
+            (self.root / key / f"{_CLAIM}{owner}").touch()
+        except OSError:  # a vanished folder (another owner's top rung): nothing to claim
+            pass
+
+    def owners(self, key: str) -> set[str]:
+        """The configurations that claimed ``key``'s checkpoints (:meth:`claim`)."""
+        try:
+            names = [p.name for p in (self.root / key).iterdir()]
+        except OSError:  # no such folder (or it vanished meanwhile): no claims
+            return set()
+        return {n[len(_CLAIM) :] for n in names if n.startswith(_CLAIM)}
+
+    def release(self, key: str, owner: str) -> None:
+        """``owner`` is done with ``key``'s checkpoints (its top rung): drop its claim, and
+        the checkpoints too when no other configuration claims them."""
+        if _OWNER.match(owner):
+            (self.root / key / f"{_CLAIM}{owner}").unlink(missing_ok=True)
+        if not self.owners(key):
+            self.discard(key)
 
     def note(self, message: str) -> None:
         """One line in ``rungs/rungs.log`` (and Python's log): why a checkpoint was not

@@ -6,7 +6,6 @@ import contextlib
 import fcntl
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,21 +21,15 @@ from nasforge.evaluators.base import (
     Fidelity,
     Reporter,
     Result,
-    StopTrial,
 )
-from nasforge.evaluators.rung_checkpoint import (
-    BUDGET_STARTED_FROM,
-    RungCheckpoints,
-    RungPolicy,
-    RungStart,
-    fingerprint,
-)
+from nasforge.evaluators.rung_checkpoint import RungCheckpoints, RungPolicy
+from nasforge.evaluators.rung_train import plan_rung, train_rung, train_span
 from nasforge.hardware import count_flops, count_params, model_size_bytes
 from nasforge.hardware.model import LatencyModel
 from nasforge.hardware.noise import Stability
 from nasforge.space import Arch, SearchSpace
 from nasforge.space.joint import split_arch
-from nasforge.train import LoopState, TrainConfig, TrainSpan, evaluate_accuracy, train_model
+from nasforge.train import TrainConfig, evaluate_accuracy
 
 
 @contextlib.contextmanager
@@ -180,80 +173,27 @@ class TrainEvaluator(Evaluator):
         metrics, stability = self._costs(arch, model)
         d = self.dataset
         x, y = self._train_split(fidelity.data_fraction)
-        rung = self._rung(arch, cfg, budget, fidelity, len(y))
-        start = self._continue(rung, arch, epochs, model) if rung is not None else None
-        span = None
-        if rung is not None:
-            span = TrainSpan(rung.schedule_epochs, None if start is None else start.state)
-        curve, stopped, state = train_span(model, x, y, cfg, (d.x_val, d.y_val), reporter, span)
-        started = start.epoch if start is not None else 0
-        # the model's whole curve from epoch 1: the checkpoint's epochs, then this trial's
-        whole = [*start.curve, *curve] if start is not None and start.curve else curve
-        if rung is not None and rung.store is not None and state is not None and not stopped:
-            # the top rung keeps nothing: no rung continues from it
-            keep = epochs < rung.schedule_epochs
-            rung.store.save(arch.key, model, state, rung.fingerprint, keep=keep, curve=whole)
+        rung = plan_rung(
+            self.rungs, self.checkpoints, arch, cfg, budget, fidelity.data_fraction, len(y)
+        )
+        run = train_rung(model, x, y, cfg, (d.x_val, d.y_val), reporter, rung)
         # the last epoch's validation accuracy is this model's (same weights, eval mode)
-        full = not stopped and epochs > started and len(curve) == epochs - started
-        metrics["val_acc"] = curve[-1] if full else evaluate_accuracy(model, d.x_val, d.y_val)
+        full = run.trained_all(epochs)
+        metrics["val_acc"] = run.curve[-1] if full else evaluate_accuracy(model, d.x_val, d.y_val)
         metrics["train_seconds"] = time.perf_counter() - t0
         info: dict[str, object] = {
             "epochs": epochs,
             "data_fraction": fidelity.data_fraction,
             "train_samples": len(y),
-            "stopped_early": stopped,
-            "curve": whole,
+            "stopped_early": run.stopped,
+            "curve": run.whole,
         }
-        if rung is not None:
-            metrics[BUDGET_STARTED_FROM] = float(started)
-            info["epochs_trained"] = [started, started + len(curve)]
-            info["schedule_epochs"] = rung.schedule_epochs
-            if start is not None:
-                info["continued_from"] = str(start.path)
+        run.record(metrics, info)
         if recipe:
             info["recipe"] = dict(recipe)
         if stability is not None:
             info[STABILITY_INFO] = stability.to_dict()
         return Result(metrics, cost_seconds=time.perf_counter() - t0, info=info)
-
-    def _rung(
-        self,
-        arch: Arch,
-        cfg: TrainConfig,
-        budget: Fidelity | float | None,
-        fidelity: Fidelity,
-        samples: int,
-    ) -> _Rung | None:
-        """How this trial trains as a rung: ``None`` for a plain budget or no policy (as
-        before); a rung on the top budget's schedule, with a checkpoint store when there is a
-        run directory and continuing is on."""
-        policy = self.rungs
-        if policy is None or not isinstance(budget, Fidelity):
-            return None
-        if not policy.enabled or cfg.epochs > policy.max_epochs:
-            return _Rung(cfg.epochs, None, "")  # its own schedule, from scratch
-        fp = fingerprint(arch, cfg, policy.max_epochs, fidelity.data_fraction, samples)
-        return _Rung(policy.max_epochs, self.checkpoints, fp)
-
-    def _continue(
-        self, rung: _Rung, arch: Arch, epochs: int, model: torch.nn.Module
-    ) -> RungStart | None:
-        """Load the newest usable checkpoint of ``arch`` at ``epochs`` or fewer into
-        ``model`` (its fresh, seeded build); ``None``: train from scratch."""
-        if rung.store is None:
-            return None
-        start = rung.store.find(arch.key, epochs, rung.fingerprint)
-        if start is None:
-            return None
-        fresh = {k: v.clone() for k, v in model.state_dict().items()}
-        try:
-            model.load_state_dict(start.model)
-        except RuntimeError as exc:  # the space builds it otherwise now: scratch, said once
-            model.load_state_dict(fresh)
-            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            rung.store.note(f"{start.path}: does not fit the model ({first}); not continued")
-            return None
-        return start
 
     def _train_split(self, fraction: float) -> tuple[torch.Tensor, torch.Tensor]:
         """The training split, or a seeded class-stratified ``fraction`` of it (cached)."""
@@ -266,16 +206,6 @@ class TrainEvaluator(Evaluator):
             idx = stratified_subset(d.y_train, fraction, self.train.seed)
             self._subsets[fraction] = (d.x_train[idx], d.y_train[idx])
         return self._subsets[fraction]
-
-
-@dataclass(frozen=True)
-class _Rung:
-    """A multi-fidelity trial's training: the schedule's length, where its checkpoints go
-    (``None``: none) and the fingerprint a checkpoint must match."""
-
-    schedule_epochs: int
-    store: RungCheckpoints | None
-    fingerprint: str
 
 
 def trial_recipe(
@@ -316,31 +246,6 @@ def train_with_curve(
     reporter)``. ``reporter`` gets every epoch's ``loss`` and ``val_acc``."""
     curve, stopped, _ = train_span(model, x, y, cfg, (x_val, y_val), reporter)
     return curve, stopped
-
-
-def train_span(
-    model: torch.nn.Module,
-    x: torch.Tensor,
-    y: torch.Tensor,
-    cfg: TrainConfig,
-    val: tuple[torch.Tensor, torch.Tensor],
-    reporter: Reporter | None = None,
-    span: TrainSpan | None = None,
-) -> tuple[list[float], bool, LoopState | None]:
-    """:func:`train_with_curve` for a part of a longer run (:class:`TrainSpan`): also where
-    the run stopped (``None`` without a span, or when the reporter stopped it)."""
-    curve: list[float] = []
-
-    def report(epoch: int, values: dict[str, float]) -> None:
-        curve.append(float(values.get("val_acc", float("nan"))))
-        if reporter is not None:
-            reporter(epoch, values)
-
-    try:
-        hist = train_model(model, x, y, cfg, val[0], val[1], reporter=report, span=span)
-    except StopTrial:
-        return curve, True, None
-    return curve, False, hist.state
 
 
 def stratified_subset(y: torch.Tensor, fraction: float, seed: int) -> torch.Tensor:
