@@ -32,6 +32,13 @@ from typing import Any
 
 from nasforge.errors import NasforgeError
 from nasforge.experiment.fidelity_view import full_fidelity
+from nasforge.experiment.live_curves import (
+    live_curve,
+    live_path,
+    live_series,
+    read_live,
+    read_running,
+)
 from nasforge.experiment.lock import LOCK_NAME
 from nasforge.experiment.store import StoreError, TrialStore
 from nasforge.objectives import Objective
@@ -49,6 +56,8 @@ TOP_CURVES = 5
 #: metrics shown as leaderboard columns after the objective's, when trials have them
 EXTRA_COLUMNS = ("params", "flops", "budget_epochs", "rung")
 STATUSES = ("running", "finished", "interrupted", "failed", "unknown")
+#: running trials whose live curves come with the snapshot (the newest ids)
+MAX_LIVE = 16
 
 
 class UnknownTrial(LookupError):
@@ -385,7 +394,10 @@ def snapshot(run_dir: str | Path) -> dict[str, Any]:
     state, worker, cost_seconds, finished, metrics of ``columns``), ``points`` (id, x, y,
     score, pareto), ``best_so_far`` (t, id, score), ``trials`` (newest first, at most
     :data:`MAX_TRIALS`: id, state, score, error_line, worker, cost_seconds), ``curves``
-    (validation accuracy per epoch of the top :data:`TOP_CURVES`, by id as a string),
+    (validation accuracy per epoch of the top :data:`TOP_CURVES` and of the running trials in
+    ``live``, by id as a string; a running trial's epochs it has not reported are ``None``),
+    ``live`` (running trials' curves so far, at most :data:`MAX_LIVE`, newest ids, by id as a
+    string: epochs, val_acc, loss, updated; :mod:`nasforge.experiment.live_curves`),
     ``oneshot`` (``None`` or method, epochs, alphas ``{"<cell>/edge<k>": {ops, epoch_numbers,
     epochs: [[p per op] per epoch]}}``, epochs_done, epochs_total; DARTS: derived,
     collapse; supernet: sampling) and ``ofa`` (``None`` or epochs, phases, epochs_done,
@@ -395,6 +407,8 @@ def snapshot(run_dir: str | Path) -> dict[str, Any]:
     ``total`` is the config's ``search.trials`` (``None`` for DARTS and OFA runs: their
     progress is in epochs); ``eta_s`` (running runs only) is a phase's epochs left at its
     recorded seconds per epoch while it trains, else the trials left at the pace so far.
+    Live curves are read only while the run is ``running``, of trials the store says run:
+    a file a killed run left behind is never shown as running.
 
     Raises:
         StoreError: no run directory, no store, or a store that cannot be read (naming it).
@@ -447,6 +461,11 @@ def snapshot(run_dir: str | Path) -> dict[str, Any]:
     if status == "running":
         progress["eta_s"] = _eta(progress, phase)
     columns, x = _columns(objective, kept)
+    running_ids = [d["id"] for d in rows if d["state"] == "running"]
+    live = read_running(run, running_ids, MAX_LIVE) if status == "running" else {}
+    shown: dict[int, list[Any]] = {**curves}
+    for tid, records in live.items():
+        shown[tid] = live_curve(records)
     out = {
         "run": {
             "name": str(config.get("name") or run.name),
@@ -487,7 +506,8 @@ def snapshot(run_dir: str | Path) -> dict[str, Any]:
             }
             for d in reversed(rows[-MAX_TRIALS:])
         ],
-        "curves": {str(k): _finite(v) for k, v in curves.items()},
+        "curves": {str(k): _finite(v) for k, v in shown.items()},
+        "live": {str(k): _finite(live_series(v)) for k, v in live.items()},
         "oneshot": _finite(oneshot),
         "ofa": _finite(ofa),
     }
@@ -500,7 +520,9 @@ def trial_detail(run_dir: str | Path, trial_id: int | str) -> dict[str, Any]:
     """One trial of ``run_dir``, JSON-ready: id, key, arch, state, score (the first objective
     of a Pareto score; ``scores``: all of them), metrics, error (in full), worker,
     cost_seconds, curve (validation accuracy per epoch; ``[]`` when none was recorded),
-    created, started, finished.
+    created, started, finished, and ``live``: ``True`` when the trial is running in a run a
+    live process holds and ``curve`` is what it reported so far (its epochs not reported are
+    ``None``), else ``False`` and ``curve`` is the store's.
 
     Raises:
         UnknownTrial: no trial of that id (or ``trial_id`` is not a number).
@@ -517,9 +539,12 @@ def trial_detail(run_dir: str | Path, trial_id: int | str) -> dict[str, Any]:
                 t = store.trial(tid)
             except KeyError:
                 raise UnknownTrial(f"{Path(run_dir)}: no trial {tid}") from None
-            curve = store.curve(tid)
+            curve: list[Any] = store.curve(tid)
     except sqlite3.Error as exc:
         raise StoreError(f"{db}: cannot be read ({exc})") from None
+    running = t.state == "running" and lock_held(run_dir)
+    if running:
+        curve = live_curve(read_live(live_path(run_dir, tid))) or curve
     d = t.to_dict()
     out = {
         "id": t.id,
@@ -536,6 +561,7 @@ def trial_detail(run_dir: str | Path, trial_id: int | str) -> dict[str, Any]:
         "created": t.created,
         "started": t.started,
         "finished": t.finished,
+        "live": running,
     }
     result: dict[str, Any] = _finite(out)
     return result

@@ -58,6 +58,12 @@ def evaluate_payload(payload: dict[str, Any]) -> dict[str, Any]:
     the evaluator as a :class:`~nasforge.evaluators.base.Fidelity`; without it the
     evaluator's own default budget applies.
 
+    ``payload["live"]`` (with ``"trial_id"`` and ``"run_dir"``) gives the evaluator a
+    :class:`~nasforge.experiment.live_curves.LiveCurveReporter`: each finished epoch is
+    appended to ``<run>/live/<trial_id>.jsonl`` while the trial trains, for the dashboard.
+    Where the run directory is not reachable (a Ray worker on another node) nothing is
+    written and the trial's curve shows when it finishes.
+
     The evaluator (dataset, space) is built once per process and cached. Exceptions become
     ``{"ok": False, "error": ...}`` so the search records the trial as failed and goes on.
     """
@@ -65,6 +71,7 @@ def evaluate_payload(payload: dict[str, Any]) -> dict[str, Any]:
 
     from nasforge.evaluators.base import Fidelity
     from nasforge.experiment.config import parse_config
+    from nasforge.experiment.live_curves import evaluate_with, payload_reporter
     from nasforge.experiment.setup import build_run, make_evaluator
     from nasforge.space import Arch
 
@@ -89,7 +96,9 @@ def evaluate_payload(payload: dict[str, Any]) -> dict[str, Any]:
         # a multi-fidelity trial's budget (epochs, data fraction); inline, process and ray alike
         budget = payload.get("budget")
         fidelity: Any = Fidelity(**budget) if budget else None  # Evaluator.evaluate's budget
-        result = ev.evaluate(arch, fidelity)
+        # the loop's "live": each finished epoch goes to <run>/live/<trial>.jsonl for the
+        # dashboard (only where the run directory is reachable from this process)
+        result = evaluate_with(ev, arch, fidelity, payload_reporter(payload))
         return {
             "ok": True,
             "metrics": result.metrics,

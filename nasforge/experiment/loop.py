@@ -53,6 +53,7 @@ from nasforge.experiment.latency_verdict import (
     record_trial_verdict,
     trial_latency_text,
 )
+from nasforge.experiment.live_curves import clear_live, remove_live
 from nasforge.experiment.progress import LOG_NAME, RunLog
 from nasforge.experiment.setup import uses_data
 from nasforge.experiment.store import FINISHED, StoreError, TrialRecord, TrialStore
@@ -348,6 +349,10 @@ class TrialLoop:
             kind, search.workers, self.cfg.latency.threads, search.ray_address, cfg_json, dataset
         )
         pending: dict[Future, tuple[int, Submission]] = {}
+        # live curves of trials that train (a table lookup has no epochs to show); files a
+        # killed run left are stale: no trial runs before this loop submits one
+        live = uses_data(self.cfg)
+        clear_live(self.run_dir)
 
         def elapsed() -> float:
             return prior_seconds + time.time() - t_start
@@ -396,6 +401,7 @@ class TrialLoop:
                             "arch_json": sub.arch.to_json(),
                             "run_dir": str(self.run_dir),
                             "trial_id": tid,
+                            "live": live,
                         }
                         if sub.budget is not None:
                             payload["budget"] = sub.budget
@@ -408,6 +414,7 @@ class TrialLoop:
                         score = self._record(
                             store, fut, tid, sub.arch, objective, executor, sub.extra
                         )
+                        remove_live(self.run_dir, tid)  # the store has its curve now
                         trial = store.trial(tid)
                         cost = trial.cost_seconds if search.cost_budget_s is not None else 0.0
                         book.add(sub.key, score, cost, full=sub.full)
@@ -433,6 +440,7 @@ class TrialLoop:
             terminated = True
             stop = exc if isinstance(exc, SearchInterrupted) else SearchInterrupted(signal.SIGINT)
             stopped = store.mark_interrupted()
+            clear_live(self.run_dir)  # the stopped trials' partial curves end with them
             book.save_elapsed(elapsed(), force=True)
             stop.message = self._interrupt_message(store, stop, stopped)
             self._record_interrupt(store, stop)
@@ -440,6 +448,7 @@ class TrialLoop:
         finally:
             if not terminated:
                 executor.shutdown()
+        clear_live(self.run_dir)  # every trial's finish is recorded: nothing is live now
         book.save_elapsed(elapsed(), force=True)
         if isinstance(feed, FidelityFeed):  # keep disk bounded: finished configs' checkpoints
             discard_finished_rungs(self.run_dir, feed.strategy)

@@ -251,14 +251,20 @@
 
   async function renderCurves(s) {
     const ids = (s.leaderboard || []).slice(0, TOP_CURVES).map((t) => t.id);
+    // running trials' curves so far (epochs reported while they train), drawn dashed
+    const live = s.live || {};
+    for (const k of Object.keys(live)) if (!ids.includes(Number(k))) ids.push(Number(k));
     if (state.selected !== null && !ids.includes(state.selected)) ids.push(state.selected);
     const traces = [];
     const snapCurves = s.curves || {};
     for (const id of ids) {
       let curve = snapCurves[String(id)];
+      let running = String(id) in live;
       if (!curve) {
         try {
-          curve = (await detail(id)).curve || [];
+          const d = await detail(id);
+          curve = d.curve || [];
+          running = running || d.live === true;
         } catch (e) {
           continue; // a trial the store no longer has (a repaired run): skip its curve
         }
@@ -268,8 +274,8 @@
         y: curve,
         mode: "lines+markers",
         type: "scatter",
-        name: "trial " + id,
-        line: { width: id === state.selected ? 4 : 2 },
+        name: "trial " + id + (running ? " (running)" : ""),
+        line: { width: id === state.selected ? 4 : 2, dash: running ? "dash" : "solid" },
       });
     }
     plot(
@@ -301,7 +307,7 @@
       ["worker", d.worker || "-"],
       ["cost", num(d.cost_seconds, 1) + " s"],
       ["created", clock(d.created)],
-      ["finished", clock(d.finished)],
+      ["finished", d.live ? "running (curve so far)" : clock(d.finished)],
     ];
     for (const [k, v] of Object.entries(d.metrics || {})) facts.push([k, num(v)]);
     const dl = $("trial-facts");
