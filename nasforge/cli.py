@@ -3,7 +3,9 @@ latency, compress, ofa."""
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -13,6 +15,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from nasforge.cliutil import check_run_dir, writable_folder_problem
 from nasforge.cliutil import fail as _fail
 from nasforge.compression.cli import compress
 from nasforge.errors import NasforgeError
@@ -60,6 +63,7 @@ def search(
         if cfg.ofa is not None:  # Once-for-All has its own commands
             raise NasforgeError(search_refusal(str(config)))
         run_dir = cfg.run_dir(runs_dir)
+        check_run_dir(run_dir)
         # the first line says where the run goes (runs_dir / --runs-dir accept any path); under
         # torchrun only rank 0, which owns the run, says it
         if _main_rank():
@@ -112,6 +116,7 @@ def scale(
     try:
         cfg = load_config(config, {"name": name} if name else None)
         run_dir = cfg.run_dir(runs_dir)
+        check_run_dir(run_dir)
         err.print(
             f"run directory: {escape(str(run_dir.resolve()))}", highlight=False, soft_wrap=True
         )
@@ -128,7 +133,7 @@ def scale(
 @app.command()
 def show(
     run: Annotated[Path, typer.Argument(help="run directory")],
-    top: Annotated[int, typer.Option(help="rows to show")] = 10,
+    top: Annotated[int, typer.Option(help="rows to show", min=1)] = 10,
 ) -> None:
     """Print the leaderboard of a run."""
     from nasforge.experiment.report import leaderboard
@@ -138,7 +143,7 @@ def show(
 
     db = run / "trials.db"
     if not db.is_file():
-        _fail(NasforgeError(f"{run}: not a run directory (no trials.db)"))
+        _fail(NasforgeError(_not_a_run(run)))
     try:  # a damaged or empty store is refused, never rewritten
         store = TrialStore(db, create=False)
     except NasforgeError as exc:
@@ -211,7 +216,7 @@ def export(
 
     try:
         if not (run / "trials.db").is_file():
-            raise NasforgeError(f"{run}: not a run directory (no trials.db)")
+            raise NasforgeError(_not_a_run(run))
         check_store(run / "trials.db")  # a damaged store is refused with how to recover
         cfg = load_config(run / "config.yaml")
         if not cfg.evaluator.needs_data:
@@ -220,6 +225,9 @@ def export(
                 "to export; its best architecture is in best/card.json"
             )
         best = run / "best"
+        problem = writable_folder_problem(out_dir) if out_dir is not None else None
+        if problem:  # before a retraining, not after it
+            raise NasforgeError(f"--out: {problem}")
         if not (best / WEIGHTS_FILE).is_file():
             _finalize(cfg, run)
         card_file = best / "card.json"
@@ -246,11 +254,24 @@ def repair(run: Annotated[Path, typer.Argument(help="run directory")]) -> None:
     from nasforge.experiment.repair import repair_run
 
     try:
+        if not run.is_dir():  # a typo'd path is refused, not created
+            raise NasforgeError(_not_a_run(run))
         report = repair_run(run)
     except NasforgeError as exc:
         _fail(exc)
         return
     out.print(escape(report.summary()), highlight=False, soft_wrap=True)
+
+
+def _not_a_run(run: Path) -> str:
+    """Why ``run`` is not a run directory, in the user's terms."""
+    if not run.exists():
+        return (
+            f"{run}: no such folder; a run directory is runs/<name>/ as `nasforge search` made it"
+        )
+    if not run.is_dir():
+        return f"{run}: a file, not a run directory (runs/<name>/ as `nasforge search` made it)"
+    return f"{run}: not a run directory (no trials.db)"
 
 
 def _finalize(cfg: ExperimentConfig, run: Path) -> None:
@@ -419,6 +440,65 @@ def main() -> None:
             f"not installed (pip install {missing.split('.')[0]})"
         )
         sys.exit(2)
+    except OSError as exc:  # a path the user named that cannot be read or written
+        where = f"{exc.filename}: " if exc.filename else ""
+        err.print(
+            f"[red]error:[/] {escape(where + (exc.strerror or str(exc)))}",
+            highlight=False,
+            soft_wrap=True,
+        )
+        sys.exit(2 if exc.errno in _USER_PATH_ERRNOS else 1)
+    except Exception as exc:  # noqa: BLE001 - a bug: one line for the user, the trace in a file
+        if os.environ.get("NASFORGE_DEBUG"):  # developers: the traceback in the terminal
+            raise
+        sys.exit(_internal_error(exc))
+
+
+#: errors of a path the user gave (a missing folder, no permission, a file where a folder
+#: goes): bad input, exit 2; others (a full disk, an I/O error) are runtime failures, exit 1
+_USER_PATH_ERRNOS = frozenset(
+    {
+        errno.ENOENT,
+        errno.EACCES,
+        errno.EPERM,
+        errno.EISDIR,
+        errno.ENOTDIR,
+        errno.EEXIST,
+        errno.EROFS,
+        errno.ENAMETOOLONG,
+    }
+)
+
+
+def _internal_error(exc: BaseException) -> int:
+    """Report an unexpected exception as one line naming a file with the full traceback
+    (nothing is lost for the bug report, and the terminal shows no traceback; set
+    ``NASFORGE_DEBUG=1`` to see it there instead); exit code 1."""
+    import tempfile
+    import time
+    import traceback
+
+    text = "".join(traceback.format_exception(exc))
+    where = ""
+    try:
+        with tempfile.NamedTemporaryFile(
+            "w",
+            prefix=f"nasforge-crash-{time.strftime('%Y%m%d-%H%M%S')}-",
+            suffix=".txt",
+            delete=False,
+        ) as fh:
+            fh.write(" ".join(sys.argv) + "\n\n" + text)
+            where = f"; the full traceback is in {fh.name} (attach it to a bug report)"
+    except OSError:
+        where = ""
+    first = str(exc).splitlines()[0] if str(exc) else ""
+    err.print(
+        f"[red]error:[/] internal error: {escape(type(exc).__name__)}: {escape(first[:300])}"
+        f"{escape(where)}",
+        highlight=False,
+        soft_wrap=True,
+    )
+    return 1
 
 
 if __name__ == "__main__":

@@ -153,7 +153,14 @@ def load_exported_program(path: str | Path, what: str = "MODEL") -> nn.Module:
     p = Path(path)
     if not p.is_file():
         raise NasforgeError(f"{what}: {p} does not exist")
+    if not zipfile.is_zipfile(p):
+        raise NasforgeError(
+            f"{what}: {p} is not an exported program (a .pt2 is the zip archive "
+            "torch.export.save writes; this file is not a zip archive)"
+        )
     problem = _pt2_problem(p)
+    if problem is not None and problem.startswith("not a torch.export.save archive"):
+        raise NasforgeError(f"{what}: {p} is {problem}")
     if problem is not None:
         raise UnsafeModelFile(
             f"{what}: {p} is refused: {problem}; torch.export.load would unpickle or import "
@@ -231,29 +238,69 @@ def load_state_dict(path: str | Path, what: str = "MODEL") -> dict[str, torch.Te
             f"torch.save(model)); nasforge does not unpickle them because that can run code; "
             f"{HOW_TO_SAVE}"
         ) from None
-    except (RuntimeError, EOFError, ValueError, OSError) as exc:
+    except Exception as exc:  # noqa: BLE001 - a garbage file breaks the reader in many ways
+        # (KeyError, IndexError, ...); weights_only already refused anything unsafe above
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise NasforgeError(f"{what}: {p} is not a torch.save file ({first})") from None
+        raise NasforgeError(
+            f"{what}: {p} is not a torch.save file ({type(exc).__name__}: {first[:120]})"
+        ) from None
     if isinstance(obj, Mapping) and isinstance(obj.get("state_dict"), Mapping):
         obj = obj["state_dict"]
-    if not (
-        isinstance(obj, Mapping)
-        and obj
-        and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items())
-    ):
+    if isinstance(obj, Mapping) and not _is_state_dict(obj):
+        inner = [k for k, v in obj.items() if isinstance(v, Mapping) and _is_state_dict(v)]
+        if inner:  # a training checkpoint ({"model": state_dict, "epoch": 3, ...})
+            keys = ", ".join(map(repr, list(obj)[:8]))
+            raise NasforgeError(
+                f"{what}: {p} is a checkpoint dict (keys {keys}), not a state dict; the "
+                f"weights look to be under {inner[0]!r}: save them alone with "
+                f"torch.save(checkpoint[{inner[0]!r}], 'weights.pt') and pass that file"
+            )
+    if not (isinstance(obj, Mapping) and _is_state_dict(obj)):
         raise NasforgeError(
             f"{what}: {p} holds a {type(obj).__name__}, not a state dict of tensors; {HOW_TO_SAVE}"
         )
     return dict(obj)
 
 
+def _is_state_dict(obj: Mapping[Any, Any]) -> bool:
+    """Whether ``obj`` is a non-empty mapping of names to tensors."""
+    return bool(obj) and all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()
+    )
+
+
+def _names(keys: Sequence[str]) -> str:
+    shown = ", ".join(keys[:3])
+    return f"{len(keys)} ({shown}{', ...' if len(keys) > 3 else ''})"
+
+
 def _fill(model: nn.Module, state: dict[str, torch.Tensor], what: str, source: str) -> nn.Module:
     try:
         model.load_state_dict(state)
     except RuntimeError as exc:
-        first = str(exc).splitlines()[0]
+        own = model.state_dict()
+        missing = [k for k in own if k not in state]
+        extra = [k for k in state if k not in own]
+        shapes = [
+            f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}"
+            for k, v in own.items()
+            if k in state and tuple(state[k].shape) != tuple(v.shape)
+        ]
+        why = (
+            "; ".join(
+                part
+                for part in (
+                    f"missing from the file: {_names(missing)}" if missing else "",
+                    f"not in the module: {_names(extra)}" if extra else "",
+                    f"shapes differ (file vs module): {_names(shapes)}" if shapes else "",
+                )
+                if part
+            )
+            or str(exc).splitlines()[0]
+        )
         raise NasforgeError(
-            f"{what}: the weights do not fit the module built by {source} ({first})"
+            f"{what}: the weights do not fit the module built by {source}: {why}; is it the "
+            "module these weights were saved from?"
         ) from None
     return model.eval()
 
@@ -276,7 +323,19 @@ def model_from_factory(factory: str, weights: str | Path, what: str = "MODEL") -
         raise ConfigError(f"--model-factory: cannot import {module_name!r} ({exc})") from None
     except AttributeError:
         raise ConfigError(f"--model-factory: {module_name!r} has no {attr!r}") from None
-    model = target()
+    if not callable(target):
+        raise ConfigError(
+            f"--model-factory: {factory} is not callable (a {type(target).__name__} object); "
+            "name a function (or class) that takes no arguments and returns the nn.Module"
+        )
+    try:
+        model = target()
+    except Exception as exc:  # noqa: BLE001 - the user's factory failed: say so, in one line
+        first = str(exc).splitlines()[0] if str(exc) else ""
+        raise ConfigError(
+            f"--model-factory: {factory}() raised {type(exc).__name__}: {first[:200]} (it must "
+            "build the module with no arguments)"
+        ) from None
     if isinstance(model, torch.jit.ScriptModule):
         raise TorchScriptModel(
             f"--model-factory: {factory}() returned a TorchScript module; {TORCHSCRIPT_HELP}"
@@ -295,8 +354,13 @@ def read_description(path: str | Path) -> dict[str, Any]:
         desc = json.loads(p.read_text())
     except (OSError, ValueError) as exc:
         raise NasforgeError(f"{p}: not a readable arch description ({exc})") from None
+    if not isinstance(desc, dict):
+        raise NasforgeError(
+            f"{p}: not a nasforge arch description ({ARCH_FORMAT}; a JSON object), got a "
+            f"JSON {type(desc).__name__}"
+        )
     missing = [k for k in ("space", "arch", "input_shape", "num_classes") if desc.get(k) is None]
-    if not isinstance(desc, dict) or desc.get("format") != ARCH_FORMAT or missing:
+    if desc.get("format") != ARCH_FORMAT or missing:
         raise NasforgeError(
             f"{p}: not a nasforge arch description ({ARCH_FORMAT}; missing: {missing})"
         )
@@ -351,4 +415,8 @@ def load_model(path: str | Path, factory: str | None = None, what: str = "MODEL"
             f"{ARCH_FILE} nasforge writes next to it"
         )
     desc = read_description(arch_file)
-    return _fill(build_described(desc), state, what, str(arch_file))
+    try:
+        model = build_described(desc)
+    except NasforgeError as exc:  # name the file whose description does not build
+        raise NasforgeError(f"{arch_file}: {exc}") from None
+    return _fill(model, state, what, str(arch_file))

@@ -1,9 +1,10 @@
 """The one YAML loader of nasforge: every YAML file the tool reads goes through :func:`read_yaml`.
 
 It has ``yaml.safe_load`` semantics (plain data only: a ``!!python/...`` tag is refused, never
-constructed) and one error path: a missing, unreadable or malformed file is a
-:class:`~nasforge.errors.ConfigError` of one line naming the file and the line, never a
-traceback.
+constructed), except that a key repeated in one mapping is an error (``safe_load`` would keep
+the last one and silently drop the first section a user wrote), and one error path: a missing,
+unreadable or malformed file is a :class:`~nasforge.errors.ConfigError` of one line naming the
+file and the line, never a traceback.
 """
 
 from __future__ import annotations
@@ -14,6 +15,33 @@ from typing import Any
 import yaml
 
 from nasforge.errors import ConfigError
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses a key repeated in one mapping (two ``search:`` blocks
+    in a config would otherwise lose the first without a word). Keys merged in with ``<<:``
+    may be overridden, as YAML intends."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        if isinstance(node, yaml.MappingNode):
+            seen: dict[Any, int] = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    first = seen.setdefault(key, key_node.start_mark.line + 1)
+                except TypeError:  # an unhashable key: the base constructor names it
+                    continue
+                if first != key_node.start_mark.line + 1:
+                    raise yaml.constructor.ConstructorError(
+                        None,
+                        None,
+                        f"duplicate key {key!r}, also on line {first}; YAML would keep only "
+                        "the last one, so merge the two or remove one",
+                        key_node.start_mark,
+                    )
+        return super().construct_mapping(node, deep=deep)  # type: ignore[no-any-return]
 
 
 def _where(exc: yaml.YAMLError) -> str:
@@ -29,7 +57,7 @@ def parse_yaml(text: str, source: str) -> Any:
             error or a tag that safe loading refuses (``!!python/object`` ...).
     """
     try:
-        return yaml.safe_load(text)
+        return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader
     except yaml.YAMLError as exc:
         where = _where(exc)
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
@@ -54,6 +82,8 @@ def read_yaml(path: str | Path, what: str = "file") -> Any:
             file and, for YAML errors, the line).
     """
     p = Path(path)
+    if p.is_dir():
+        raise ConfigError(f"{p}: is a folder, not a {what}; give the path of the YAML file")
     if not p.is_file():
         raise ConfigError(f"{p}: {what} not found")
     try:

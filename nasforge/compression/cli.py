@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 from pydantic import ValidationError
 
+from nasforge.cliutil import writable_folder_problem
 from nasforge.compression.config import CompressConfig
 from nasforge.compression.errors import CompressionError
 from nasforge.compression.report import float_layers_text
@@ -56,6 +57,13 @@ def read_compress_yaml(path: Path) -> tuple[dict[str, Any], str | None]:
     if not isinstance(loaded, dict):
         raise CompressionError(f"--config: {path} is not a YAML mapping")
     factory = loaded.get("model_factory")
+    experiment_keys = sorted(set(loaded) & _EXPERIMENT_SECTIONS)
+    if "compress" not in loaded and experiment_keys:
+        raise CompressionError(
+            f"--config: {path} is an experiment config ({', '.join(experiment_keys)}) with no "
+            "compress: section; add one, or pass a compression config like "
+            "examples/compress.yaml"
+        )
     section = loaded.get("compress", loaded)
     if not isinstance(section, dict):
         raise CompressionError(f"--config: {path}: compress: expected a mapping")
@@ -64,6 +72,57 @@ def read_compress_yaml(path: Path) -> tuple[dict[str, Any], str | None]:
     if factory is not None and not isinstance(factory, str):
         raise CompressionError(f"--config: {path}: model_factory: expected package.module:factory")
     return raw, factory
+
+
+#: top-level keys of a search config (``nasforge search``), none of which a compression
+#: config has: such a file given to ``--config`` is named for what it is
+_EXPERIMENT_SECTIONS = frozenset(
+    {
+        "name",
+        "data",
+        "space",
+        "strategy",
+        "search",
+        "evaluator",
+        "train",
+        "objective",
+        "latency",
+        "final",
+        "oneshot",
+        "ofa",
+        "automl",
+        "scaling",
+        "runs_dir",
+    }
+)
+
+
+def _validation_line(exc: ValidationError) -> str:
+    """The first problem of a ``CompressConfig`` as ``compress.field: message`` (an unknown
+    key with the nearest allowed one, pydantic's ``Value error, `` prefix dropped)."""
+    import difflib
+
+    e = exc.errors()[0]
+    loc = tuple(e.get("loc", ()))
+    field = ".".join(str(x) for x in loc)
+    if e.get("type") == "extra_forbidden":
+        model: Any = CompressConfig
+        for part in loc[:-1]:
+            f = getattr(model, "model_fields", {}).get(part)
+            model = f.annotation if f is not None else None
+        allowed = list(getattr(model, "model_fields", {}))
+        close = difflib.get_close_matches(str(loc[-1]), allowed, n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        return f"compress.{field}: unknown field{hint} (allowed: {', '.join(allowed)})"
+    msg = str(e.get("msg", "")).removeprefix("Value error, ")
+    return f"compress.{field}: {msg}"
+
+
+def _check_out(out: Path) -> None:
+    """Refuse an ``--out`` that cannot be the output folder before anything is trained."""
+    problem = writable_folder_problem(out)
+    if problem:
+        raise CompressionError(f"--out: {problem}")
 
 
 def _parse_prune(spec: str | None) -> dict[str, object]:
@@ -184,9 +243,8 @@ def compress(
         try:
             cfg = CompressConfig.model_validate(raw)
         except ValidationError as exc:  # report the first field on one line
-            e = exc.errors()[0]
-            field = ".".join(str(x) for x in e.get("loc", ()))
-            raise CompressionError(f"compress.{field}: {e.get('msg')}") from None
+            raise CompressionError(_validation_line(exc)) from None
+        _check_out(out)
         load_plugins(cfg.plugins)
         if model.suffix == ".onnx":
             if not model.is_file():

@@ -25,6 +25,7 @@ from pydantic import (
     model_validator,
 )
 
+from nasforge.cliutil import check_options
 from nasforge.compression.config import CompressConfig
 from nasforge.data import GENERATED
 from nasforge.errors import ConfigError, NasforgeError, PluginError
@@ -110,10 +111,36 @@ class SpaceConfig(_Section):
     options: dict[str, Any] = Field(default_factory=dict)
     fixed: dict[str, Any] = Field(default_factory=dict, description="labels pinned to one value")
 
+    @model_validator(mode="after")
+    def _known_options(self) -> SpaceConfig:
+        from nasforge.spaces import space_factory
+
+        check_options(
+            "space.options",
+            f"space {self.name!r}",
+            self.options,
+            lambda: space_factory(self.name),
+            ("input_shape", "num_classes"),
+        )
+        return self
+
 
 class StrategyConfig(_Section):
     name: str = "evolution"
     options: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _known_options(self) -> StrategyConfig:
+        from nasforge.strategies import strategy_factory
+
+        check_options(
+            "strategy.options",
+            f"strategy {self.name!r}",
+            self.options,
+            lambda: strategy_factory(self.name),
+            ("space", "seed", "constraint"),
+        )
+        return self
 
 
 class SearchConfig(_Section):
@@ -357,6 +384,25 @@ def _fields_at(loc: tuple[Any, ...]) -> list[str]:
 _NAMES_ITS_FIELD = re.compile(r"^[a-z_]+\.[a-z_.]+: ")
 
 
+def _not_a_mapping(field: str, loc: tuple[Any, ...], got: Any) -> str:
+    """What to write instead of a section that is not a mapping (``data: mnist5k``, a
+    ``search:`` line whose fields were all commented out, ``search: 5``)."""
+    fields = _fields_at((*loc, "_"))
+    key = field.rsplit(".", 1)[-1]
+    example = f"`{key}: {{{fields[0] if fields else 'key'}: ...}}`"
+    if got is None:
+        return (
+            f"{field}: is empty; give its fields as a mapping ({example}) or remove the line "
+            "to use the defaults"
+        )
+    if isinstance(got, str) and "name" in fields:
+        return (
+            f"{field}: expected a mapping of fields, got the text {got!r}; did you mean "
+            f"`{key}: {{name: {got}}}`?"
+        )
+    return f"{field}: expected a mapping of fields ({example}), got {type(got).__name__} {got!r}"
+
+
 def format_validation_error(exc: ValidationError, source: str) -> str:
     """One line per problem: ``source: field.path: message`` (with "did you mean" for typos)."""
     lines = []
@@ -368,6 +414,8 @@ def format_validation_error(exc: ValidationError, source: str) -> str:
             hint = f"; did you mean {close[0]!r}?" if close else ""
             allowed = ", ".join(_fields_at(loc))
             lines.append(f"{source}: {field}: unknown field{hint} (allowed: {allowed})")
+        elif err["type"] in ("model_type", "dict_type"):
+            lines.append(f"{source}: {_not_a_mapping(field, loc, err.get('input'))}")
         else:
             msg = str(err["msg"])
             if err["type"] == "value_error":  # our validators' messages, minus pydantic's prefix
@@ -383,6 +431,22 @@ def format_validation_error(exc: ValidationError, source: str) -> str:
             got_s = f" (got {got!r})" if not isinstance(got, dict) and got is not None else ""
             lines.append(f"{source}: {field}: {msg}{got_s}")
     return "\n".join(lines)
+
+
+def _plugin_path_hint(plugins: list[str], source: str, exc: PluginError) -> str:
+    """How to make a plugin importable that sits beside the config (the README's
+    ``examples/own_space``) but is not on the Python path, or ``""``."""
+    folder = Path(source).parent
+    for module in plugins:
+        top = module.split(".")[0]
+        if f"No module named '{top}'" not in str(exc):
+            continue
+        if (folder / f"{top}.py").is_file() or (folder / top / "__init__.py").is_file():
+            return (
+                f"; {top} is beside the config but not on the Python path: run with "
+                f"PYTHONPATH={folder} (or install it)"
+            )
+    return ""
 
 
 def parse_config(obj: Any, source: str = "config") -> ExperimentConfig:
@@ -405,7 +469,7 @@ def parse_config(obj: Any, source: str = "config") -> ExperimentConfig:
     try:
         load_plugins(plugins)
     except PluginError as exc:
-        raise PluginError(f"{source}: {exc}") from None
+        raise PluginError(f"{source}: {exc}{_plugin_path_hint(plugins, source, exc)}") from None
     try:
         return ExperimentConfig.model_validate(obj)
     except ValidationError as exc:

@@ -67,6 +67,29 @@ def preflight_findings(cfg: ExperimentConfig) -> list[Finding]:
     return [Finding(*f) for f in found]
 
 
+def _with_build_hint(cfg: ExperimentConfig, f: Finding) -> Finding:
+    """A missing ``latency.table`` finding, with the command that builds the table."""
+    if f.field != "latency.table" or not f.message.endswith("does not exist"):
+        return f
+    lat = cfg.latency
+    shape = ",".join(str(d) for d in data_shape_hint(cfg))
+    return Finding(
+        f.level,
+        f.field,
+        f"{f.message}; build it on the target with `nasforge latency build --space "
+        f"{cfg.space.name} --input-shape {shape} --backend {lat.backend} --threads "
+        f"{lat.threads} --batch-size {lat.batch_size} --out {lat.table}` (add --option for "
+        "space.options)",
+    )
+
+
+def data_shape_hint(cfg: ExperimentConfig) -> tuple[int, ...]:
+    """The per-sample input shape of the bundled data sets (what ``--input-shape`` takes);
+    the configured image size for the others."""
+    bundled = {"digits": (1, 8, 8), "mnist5k": (1, 28, 28), "mnist1d": (1, 40)}
+    return bundled.get(cfg.data.name, (cfg.data.channels, cfg.data.image_size, cfg.data.image_size))
+
+
 def diagnose(cfg: ExperimentConfig, build: bool = True) -> list[Finding]:
     """Findings (error / warning / info, each naming the field) for a validated config
     (for a ``scaling:`` config, those of ``nasforge scale``: :func:`scaling_findings`).
@@ -89,6 +112,15 @@ def diagnose(cfg: ExperimentConfig, build: bool = True) -> list[Finding]:
             )
         )
     out.extend(Finding(level, field, msg) for level, field, msg in latency_findings(cfg))
+    if o.kind == "weighted_product" and o.w > 0:
+        out.append(
+            Finding(
+                "error",
+                "objective.w",
+                f"w = {o.w} is positive, so a slower model scores higher "
+                f"(acc * (latency / target) ** w); MnasNet uses a negative w such as -0.07",
+            )
+        )
     darts = cfg.oneshot is not None and cfg.oneshot.method == "darts"  # objective unused
     if o.kind == "accuracy" and not darts and cfg.ofa is None:  # ofa: specialises per target
         out.append(
@@ -141,7 +173,7 @@ def diagnose(cfg: ExperimentConfig, build: bool = True) -> list[Finding]:
     out.extend(compressed_backend_findings(cfg))
     out.extend(ray_findings(cfg))
     # the pre-run validation and the latency checks may name the same table verdict
-    return list(dict.fromkeys(out))
+    return list(dict.fromkeys(_with_build_hint(cfg, f) for f in out))
 
 
 #: a global channel-pruning ratio from which fine-tuning is needed (the brief: compression

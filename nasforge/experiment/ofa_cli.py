@@ -19,10 +19,12 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from nasforge.cliutil import check_run_dir
 from nasforge.cliutil import fail as _fail
 from nasforge.errors import NasforgeError
 from nasforge.experiment.latency_verdict import card_stability
 from nasforge.experiment.report_ofa import CARD_FILE, SPECIALIZED_DIR
+from nasforge.yamlfile import read_yaml
 
 ofa_app = typer.Typer(
     help="Once-for-All: train one elastic supernet, then specialise a subnet per latency target.",
@@ -58,6 +60,7 @@ def train(
     try:
         cfg = load_config(config, {"name": name} if name else None)
         run_dir = cfg.run_dir(runs_dir)
+        check_run_dir(run_dir)
         try:
             main = from_env().is_main  # under torchrun only rank 0 speaks (others: errors)
         except ValueError as exc:
@@ -145,6 +148,7 @@ def list_specialized(
     """List the run's specialisations (RUN/specialized/*/card.json)."""
     try:
         _check_run(run)
+        _check_ofa_run(run)
         cards = specialized_cards(run)
     except NasforgeError as exc:
         _fail(exc)
@@ -202,6 +206,18 @@ def _check_run(run: Path) -> None:
         raise NasforgeError(
             f"{run}: not a run directory (no trials.db and config.yaml); train one with "
             "`nasforge ofa train CONFIG`"
+        )
+
+
+def _check_ofa_run(run: Path) -> None:
+    """Refuse a run whose config has no ``ofa:`` section (a search run has no
+    specialisations, and ``specialize`` would refuse it too)."""
+    config_file = run / "config.yaml"
+    cfg = read_yaml(config_file, "config")
+    if not isinstance(cfg, dict) or cfg.get("ofa") is None:
+        raise NasforgeError(
+            f"{config_file}: not an OFA run (its config has no ofa: section), so it has no "
+            f"specialisations; `nasforge show {run}` shows a search run's results"
         )
 
 

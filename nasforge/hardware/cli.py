@@ -22,6 +22,7 @@ import yaml
 from rich.console import Console
 from rich.markup import escape
 
+from nasforge.cliutil import check_options, writable_file_problem
 from nasforge.cliutil import fail as _fail
 from nasforge.errors import NasforgeError
 from nasforge.hardware.backends import BackendSpec
@@ -31,7 +32,7 @@ from nasforge.hardware.table import LatencyTable
 from nasforge.hardware.trust import TableVerdict, record_validation, table_verdict
 from nasforge.hardware.validate import plot_validation, validate_table
 from nasforge.plugins import load_plugins
-from nasforge.spaces import create_space
+from nasforge.spaces import create_space, space_factory
 
 app = typer.Typer(
     help="Build, predict and validate latency tables.",
@@ -157,6 +158,20 @@ def build(
             )
         shape = _shape(input_shape)
         opts = _options(option)
+        problem = writable_file_problem(out_path)
+        if problem:  # before the minutes of measuring, not when the table is written
+            raise CliInputError(f"--out: {problem}")
+        try:
+            check_options(
+                "--option",
+                f"space {space!r}",
+                opts,
+                lambda: space_factory(space),
+                ("input_shape", "num_classes"),
+                sep=" ",
+            )
+        except ValueError as exc:
+            raise CliInputError(str(exc)) from None
         sp = create_space(space, shape, num_classes, **opts)
         spec = BackendSpec.parse(backend, threads=threads)
         t0 = time.perf_counter()
