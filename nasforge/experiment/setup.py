@@ -153,10 +153,10 @@ def is_multi_fidelity(strategy_name: str) -> bool:
 
 
 def rung_policy(cfg: ExperimentConfig) -> RungPolicy | None:
-    """How the train evaluator trains this run's multi-fidelity trials: ``None`` for a plain
-    strategy; else every rung on the schedule of the strategy's ``max_epochs`` (its option,
-    default ``train.epochs``, as the strategy is built) and continuing lower rungs unless
-    ``automl.fidelity.continue_rungs: false``."""
+    """How the train and compressed evaluators train this run's multi-fidelity trials:
+    ``None`` for a plain strategy; else every rung on the schedule of the strategy's
+    ``max_epochs`` (its option, default ``train.epochs``, as the strategy is built) and
+    continuing lower rungs unless ``automl.fidelity.continue_rungs: false``."""
     if not is_multi_fidelity(cfg.strategy.name):
         return None
     top = cfg.strategy.options.get("max_epochs", cfg.train.epochs)
