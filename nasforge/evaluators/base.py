@@ -60,6 +60,13 @@ class Reporter:
     def __call__(self, step: int, metrics: dict[str, float]) -> None:
         self.values.append((step, dict(metrics)))
 
+    def replay(self, step: int, metrics: dict[str, float]) -> None:
+        """An epoch this trial did not train: a continued rung's checkpoint holds it (its
+        ``val_acc`` only), handed over before the trial's own epochs so a curve it shows
+        starts at epoch 1. That epoch was judged in the rung that trained it, so by default
+        nothing happens (a stopper must not judge, or stop on, it again); a reporter that
+        only shows curves (the live one) overrides this."""
+
 
 class Evaluator:
     """Base class. ``evaluate`` may raise; the experiment records the trial as failed.

@@ -11,6 +11,7 @@ its own.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -140,7 +141,9 @@ def train_rung(
     (:func:`plan_rung`: continue its newest usable checkpoint, train the difference on the
     top budget's schedule, save where it stopped) or, with ``rung`` ``None``, from scratch
     on its own schedule. The checkpoint is saved as soon as training ends, before the
-    caller changes the model; the top rung keeps none (no rung continues from it).
+    caller changes the model; the top rung keeps none (no rung continues from it). A
+    continued checkpoint's epochs go to ``reporter.replay`` before the new ones
+    (:func:`replay_carried`); only the new ones are judged (``reporter(...)``).
 
     ``owner``: the trial's own arch key when ``rung.key`` is a training configuration that
     several configurations share (the compressed evaluator: the same network and recipe,
@@ -152,6 +155,8 @@ def train_rung(
     span = None
     if rung is not None:
         span = TrainSpan(rung.schedule_epochs, None if start is None else start.state)
+    if start is not None and reporter is not None:
+        replay_carried(reporter, start.curve)
     curve, stopped, state = train_span(model, x, y, cfg, val, reporter, span)
     started = start.epoch if start is not None else 0
     # the model's whole curve from epoch 1: the checkpoint's epochs, then this trial's
@@ -166,6 +171,18 @@ def train_rung(
             else:  # other configurations may still continue the shared checkpoints
                 rung.store.release(rung.key, owner)
     return RungRun(curve, whole, stopped, started, rung, start)
+
+
+def replay_carried(reporter: Any, curve: Sequence[float]) -> None:
+    """Hand a continued checkpoint's curve (epochs ``0..k-1`` from its start, ``val_acc``
+    only) to ``reporter.replay`` before the trial's own epochs: a live curve then starts at
+    epoch 1, while a stopper (whose ``replay`` does nothing) judges only the new epochs. A
+    plugin's reporter without ``replay`` (a plain callable) is not called for them."""
+    replay = getattr(reporter, "replay", None)
+    if not callable(replay):
+        return
+    for step, value in enumerate(curve):
+        replay(step, {"val_acc": float(value)})
 
 
 def train_span(

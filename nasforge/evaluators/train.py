@@ -155,7 +155,9 @@ class TrainEvaluator(Evaluator):
             budget: a :class:`Fidelity` (epochs, fraction of the training split) or a number
                 of epochs; ``None``: the recipe's epochs on the whole split. An explicit
                 budget's epochs override a searched ``recipe/epochs``.
-            reporter: called after each epoch with ``loss`` and ``val_acc``.
+            reporter: called after each epoch with ``loss`` and ``val_acc``; a rung that
+                continues a checkpoint first hands it the checkpoint's epochs through
+                :meth:`Reporter.replay` (``val_acc`` only; a stopper ignores them).
 
         Raises:
             ConfigError: ``arch`` has ``compress/...`` labels (the ``compressed`` evaluator's).

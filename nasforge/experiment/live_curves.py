@@ -22,9 +22,10 @@ A Ray worker writes its trials' lines when the run directory is reachable where 
 driver's host, or a file system shared with it); a worker on another node without the run
 directory writes nothing, and its trials' curves appear when they finish.
 
-A trial that continues a lower rung's checkpoint (multi-fidelity) reports its new epochs only:
-its live curve starts after the checkpoint's epochs (a gap before them), and the store's
-curve, from epoch 1, replaces it when the trial finishes.
+A trial that continues a lower rung's checkpoint (multi-fidelity) first writes the epochs the
+checkpoint holds (:meth:`LiveCurveReporter.replay`: ``val_acc`` only, the checkpoint keeps no
+loss), then its own: its live curve starts at epoch 1, as the store's curve does when the trial
+finishes. A checkpoint saved without its curve leaves the gap (those epochs are ``None``).
 """
 
 from __future__ import annotations
@@ -87,6 +88,17 @@ class LiveCurveReporter(Reporter):
             self._append(step, metrics)
         if self.inner is not None:
             self.inner(step, metrics)
+
+    def replay(self, step: int, metrics: dict[str, float]) -> None:
+        """A continued rung's earlier epoch (its checkpoint's curve): written to the live file
+        like a new one, but not recorded in :attr:`values`, and passed on only to ``inner``'s
+        own ``replay`` (a stopper's does nothing: it judged that epoch in the rung that
+        trained it)."""
+        if not self.broken:
+            self._append(step, metrics)
+        replay = getattr(self.inner, "replay", None)
+        if callable(replay):
+            replay(step, metrics)
 
     def _append(self, step: int, metrics: dict[str, float]) -> None:
         record: dict[str, Any] = {"epoch": int(step) + 1}
