@@ -4,10 +4,11 @@ The timing harness attaches a :class:`~nasforge.hardware.noise.Stability` verdic
 measured latency and re-measures a pass that comes out unstable (issue 10). A figure that
 stays unstable is never shown as a fact: a trial's measured latency carries the metric
 :data:`~nasforge.evaluators.base.UNSTABLE_METRIC` (0/1) in the store, its reasons are kept in
-the run's meta :data:`UNSTABLE_TRIALS_META` (trial id -> ``Stability.to_dict()``), and the
-progress line, the card and the report mark it ``unstable: host busy (<reasons>)``. This
-module holds the wording and the tallies, so the console, the log, the card and the report say
-the same thing.
+the run's meta :data:`UNSTABLE_TRIALS_META` (trial id -> ``Stability.to_dict()``) and in the
+journal of finished trials (:mod:`~nasforge.experiment.store_journal`: a replayed or repaired
+store gets them back), and the progress line, the card and the report mark it
+``unstable: host busy (<reasons>)``. This module holds the wording and the tallies, so the
+console, the log, the card and the report say the same thing.
 
 A search that *predicts* latency ranks every candidate by a latency table, and the table has
 its own verdict (trust / do not trust / cannot tell,
@@ -29,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 from nasforge.evaluators.base import UNSTABLE_METRIC
 from nasforge.experiment.store import TrialRecord, TrialStore
+from nasforge.experiment.store_journal import UNSTABLE_TRIALS_META as UNSTABLE_TRIALS_META
 from nasforge.hardware.fingerprint import DeviceFingerprint, device_fingerprint
 from nasforge.hardware.noise import UNSTABLE, Stability
 from nasforge.hardware.table import LatencyTable, TableError
@@ -37,9 +39,9 @@ from nasforge.hardware.trust import TRUST, TableVerdict, table_verdict
 if TYPE_CHECKING:
     from nasforge.hardware.model import LatencyModel
 
-#: store meta key: ``{str(trial_id): Stability.to_dict()}`` for each trial whose measured
-#: latency stayed unstable (stable trials are not listed; their metric says 0)
-UNSTABLE_TRIALS_META = "latency_unstable_trials"
+# UNSTABLE_TRIALS_META, the store meta key: ``{str(trial_id): Stability.to_dict()}`` for each
+# trial whose measured latency stayed unstable (stable trials are not listed; their metric says
+# 0); defined beside the journal, which carries the same verdicts
 #: store meta key: the verdict of the latency table a ``predict`` search ranked by
 #: (:func:`table_verdict_record`)
 TABLE_VERDICT_META = "latency_table_verdict"
@@ -138,11 +140,14 @@ def card_stability(card: Mapping[str, Any]) -> Stability | None:
 def record_trial_verdict(
     store: TrialStore, trial_id: int, latency_ms: float, verdict: Mapping[str, Any] | None
 ) -> Stability:
-    """Keep an unstable trial's verdict in the store (meta :data:`UNSTABLE_TRIALS_META` and
-    one ``latency_unstable`` event); returns it (reasons unknown: a bare unstable verdict)."""
+    """Keep a finished unstable trial's verdict: in the journal first (with the trial's
+    record, :meth:`TrialStore.journal_stability`), then in the store (meta
+    :data:`UNSTABLE_TRIALS_META` and one ``latency_unstable`` event); returns it (reasons
+    unknown: a bare unstable verdict)."""
     stability = Stability.from_dict(dict(verdict)) if verdict else Stability()
     if stability.stable:  # the metric said unstable but the evaluator gave no verdict
         stability = Stability(stable=False, reasons=("no reasons reported",))
+    store.journal_stability(trial_id, stability.to_dict())
     known = dict(store.get_meta(UNSTABLE_TRIALS_META, None) or {})
     known[str(trial_id)] = stability.to_dict()
     store.set_meta(UNSTABLE_TRIALS_META, known)

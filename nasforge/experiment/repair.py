@@ -10,7 +10,8 @@ Sources, merged by trial id (a finished record wins over an unfinished one):
 The run's other tables come along (:mod:`nasforge.experiment.repair_tables`): every readable
 ``epochs`` row (DARTS/OFA per-epoch records, trials' learning curves) of the store and the backup,
 one per ``(phase, epoch)``; the events; the meta, with each unstable trial's latency reasons
-(read back from the events or the progress log where meta lost them). What could not be read is
+(taken from the journal where meta lost them, or, for an older journal without them, read
+back from the events or the progress log). What could not be read is
 said in the report, never silently dropped.
 
 The new store is written beside the old one, checked, and only then moved into place; the
@@ -47,6 +48,7 @@ from nasforge.experiment.store import (
     read_journal,
     row_from_dict,
 )
+from nasforge.experiment.store_journal import journal_verdicts
 from nasforge.space import Arch
 
 Row = tuple[Any, ...]
@@ -223,7 +225,9 @@ def _repair(run: Path, db_path: Path) -> RepairReport:
         if old is None and any(f.exists() for f in store_files):
             source = "the backup and the journal" if bak is not None else "the journal"
             side.unreadable.insert(0, f"{db_path.name} as a whole (all came from {source})")
-        meta, reasons_lost = recover_reasons(side.meta, unstable_trial_ids(rows), side.events, run)
+        meta, reasons_lost = recover_reasons(
+            side.meta, unstable_trial_ids(rows), side.events, run, journal_verdicts(journal)
+        )
         for conn in (old, bak):
             if conn is not None:
                 conn.close()

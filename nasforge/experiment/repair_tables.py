@@ -8,8 +8,10 @@ backup's (it is newer), keyed by ``(phase, epoch)`` for epochs, by id for events
 meta. A trial's unstable-latency reasons live in the meta
 :data:`~nasforge.experiment.latency_verdict.UNSTABLE_TRIALS_META`; they are merged per trial, and
 for a trial flagged unstable whose reasons neither copy of meta holds (a trial restored from the
-journal, which does not hold them), they are read back from the ``latency_unstable`` events and
-then from the run's progress log, which say them in words (:func:`recover_reasons`).
+journal), they are taken from the journal, which carries the whole verdict
+(:mod:`~nasforge.experiment.store_journal`), else (an older journal, without verdicts) read back
+from the ``latency_unstable`` events and then from the run's progress log, which say them in
+words (:func:`recover_reasons`).
 
 SQLite has no salvage API for a damaged b-tree (``.recover`` is the sqlite3 shell's, not the
 library's), so the row-by-row reading is written here: seeks by rowid past damaged pages.
@@ -217,15 +219,27 @@ def _reasons(text: str) -> tuple[str, ...]:
 
 
 def recover_reasons(
-    meta: list[Row], unstable_ids: Iterable[int], events: Iterable[Row], run: Path
+    meta: list[Row],
+    unstable_ids: Iterable[int],
+    events: Iterable[Row],
+    run: Path,
+    journaled: Mapping[str, Any] | None = None,
 ) -> tuple[list[Row], list[int]]:
     """Meta rows with a verdict for every trial in ``unstable_ids`` that can be found: the
-    merged meta's, else the trial's ``latency_unstable`` event, else its progress-log line
-    (reasons only: the numbers of a verdict are not in its words). Returns the rows and the
-    ids of unstable trials whose reasons were found nowhere."""
+    merged meta's, else the journal's (``journaled``, from
+    :func:`~nasforge.experiment.store_journal.journal_verdicts`: the whole verdict), else the
+    trial's ``latency_unstable`` event, else its progress-log line (reasons only: the numbers
+    of a verdict are not in its words). Returns the rows and the ids of unstable trials whose
+    reasons were found nowhere."""
     known: dict[str, Any] = {str(k): v for k, v in meta}
     verdicts: dict[str, Any] = _json(known.get(UNSTABLE_TRIALS_META), dict) or {}
     missing = [t for t in sorted(set(unstable_ids)) if str(t) not in verdicts]
+    journaled = journaled or {}
+    if any(str(t) in journaled for t in missing):
+        verdicts.update({str(t): journaled[str(t)] for t in missing if str(t) in journaled})
+        missing = [t for t in missing if str(t) not in journaled]
+        known[UNSTABLE_TRIALS_META] = json.dumps(verdicts)
+        meta = [(k, known[k]) for k in sorted(known)]
     if not missing:
         return meta, []
     said: dict[int, tuple[str, ...]] = {}

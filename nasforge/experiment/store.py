@@ -44,6 +44,12 @@ from pathlib import Path
 from typing import Any, Self
 
 from nasforge.experiment.store_epochs import CURVE_PHASE, EpochRecords, _clean
+from nasforge.experiment.store_journal import (
+    JOURNAL_STABILITY,
+    UNSTABLE_TRIALS_META,
+    append_line,
+    journal_verdicts,
+)
 from nasforge.experiment.storefile import (  # re-exported: the store's public file helpers
     _SCHEMA,
     BACKUP_DIR,
@@ -266,19 +272,28 @@ class TrialStore(EpochRecords):
             old.unlink(missing_ok=True)
         return dest
 
-    def _append_journal(self, record: TrialRecord) -> None:
+    def _append_journal(self, record: TrialRecord, extra: dict[str, Any] | None = None) -> None:
         """Append one finished trial to the journal and sync it (before the store write)."""
         self._writable("write its journal")
-        if self._journal is None:
+        if self._journal is not None:
+            append_line(
+                self._journal,
+                record.to_dict() | {"arch_json": record.arch.to_json()} | (extra or {}),
+            )
+
+    def journal_stability(self, trial_id: int, stability: dict[str, Any]) -> None:
+        """Journal a finished trial again with its unstable-latency verdict, so a replay or a
+        repair restores its reasons (:mod:`~nasforge.experiment.store_journal`)."""
+        rows = self._rows(f"SELECT {self._COLS} FROM trials WHERE id=?", (trial_id,))
+        if self._journal is None or not rows or rows[0].state not in FINISHED:
             return
-        entry = record.to_dict() | {"arch_json": record.arch.to_json()}
-        line = (json.dumps(_clean(entry), allow_nan=False) + "\n").encode()
-        fd = os.open(self._journal, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
         try:
-            os.write(fd, line)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+            self._append_journal(rows[0], {JOURNAL_STABILITY: stability})
+        except OSError as exc:
+            raise StoreError(
+                f"{self._journal}: could not save trial {trial_id}'s latency verdict "
+                f"({exc.strerror or exc}); free space, then --resume"
+            ) from None
 
     def journal_gap(self) -> list[int]:
         """Ids of finished trials the journal holds but the store does not show finished."""
@@ -308,6 +323,11 @@ class TrialStore(EpochRecords):
                     f"INSERT OR REPLACE INTO trials({TRIAL_COLUMNS}) VALUES ({','.join('?' * 12)})",
                     row_from_dict(journal[tid]),
                 )
+            carried = journal_verdicts({t: journal[t] for t in gap})  # meta lost them too
+            if carried:
+                known = self.get_meta(UNSTABLE_TRIALS_META, None)
+                known = known if isinstance(known, dict) else {}
+                self.set_meta(UNSTABLE_TRIALS_META, carried | known)
             self._db.execute("COMMIT")
         except BaseException:
             self._db.execute("ROLLBACK")
@@ -481,10 +501,7 @@ class TrialStore(EpochRecords):
             )
         return out
 
-    _COLS = (
-        "id, key, arch, state, score, metrics, error, cost_seconds, created, started, finished, "
-        "worker"
-    )
+    _COLS = TRIAL_COLUMNS
 
     def trials(self, states: tuple[str, ...] | None = None, order: str = "id") -> list[TrialRecord]:
         """All trials (optionally only in ``states``), ordered by ``id`` or ``finished``."""
