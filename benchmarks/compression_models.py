@@ -364,7 +364,7 @@ def run_model(name: str, kwargs: dict[str, Any], ds: Dataset, a: argparse.Namesp
     for bs in BATCHES:
         try:
             runners = {k: arm.make(bs) for k, arm in r.arms.items()}
-            t = timing(runners, bs, a.threads, a.rounds, "ort_fp32")
+            t = timing(runners, bs, a.threads, a.rounds, "ort_fp32", a.wait_quiet)
         except Exception:  # noqa: BLE001
             r.failures[f"timing b{bs}"] = why()
             print(f"  batch {bs}: timing FAILED: {why()}")
@@ -517,7 +517,10 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     )
     ap.add_argument("--no-torchao", dest="torchao", action="store_false")
     ap.add_argument("--log", type=Path, default=None, help="log file (default: results/...)")
+    ap.add_argument("--wait-quiet", type=float, default=0.0, help="s to wait for a quiet host")
     a = ap.parse_args(argv)
+    if not a.wait_quiet >= 0:  # also refuses nan
+        ap.error(f"--wait-quiet: seconds must be >= 0, got {a.wait_quiet}")
     quick = a.quick
     a.epochs = a.epochs if a.epochs is not None else (1 if quick else 3)
     a.finetune_epochs = a.finetune_epochs if a.finetune_epochs is not None else (1 if quick else 2)

@@ -45,6 +45,8 @@ unstable passes are measured again, so it takes longer)::
     .venv/bin/python benchmarks/latency.py --no-burner          # 100 archs, ~25 min
     .venv/bin/python benchmarks/latency.py --only nb201 --n 5   # one part (see PARTS)
     ... --tables DIR (keep / reuse tables) --json F --markdown F (a BENCHMARKS.md block)
+    ... --wait-quiet 300   # on a shared VM: wait up to 5 min for a quiet host before each
+                           # timing pass (NoisePolicy.wait_quiet_s; default 0: measure at once)
 
 The full run includes the burner by default, as it stays well under an hour; ``--quick`` leaves
 it out unless ``--burner`` is given.
@@ -119,6 +121,8 @@ class LatencyRun(Ledger):
     """The run's figures and goals, plus the goal tables the burner part validates again."""
 
     checks: list[Check] = field(default_factory=list)
+    #: seconds each timing pass waits for a quiet host first (``--wait-quiet``; 0: none)
+    wait_quiet_s: float = 0.0
 
 
 # -- helpers ---------------------------------------------------------------------------------------
@@ -131,14 +135,16 @@ def _accuracy_target(s: Score) -> bool:
 
 
 def _build(
-    space: SearchSpace, spec: BackendSpec, batch: int, path: Path
+    space: SearchSpace, spec: BackendSpec, batch: int, path: Path, wait_quiet_s: float = 0.0
 ) -> tuple[LatencyTable, float, HostSample, TimingConfig]:
-    """Build (or complete) the table at ``path`` with the builder's defaults; returns it, the
-    seconds taken, the host sample at the start and how the builder timed whole models (fewer
-    calls at a large batch: :attr:`BuildConfig.large_batch`), which validation then uses."""
+    """Build (or complete) the table at ``path`` with the builder's defaults, each timing
+    pass waiting up to ``wait_quiet_s`` for a quiet host; returns it, the seconds taken, the
+    host sample at the start and how the builder timed whole models (fewer calls at a large
+    batch: :attr:`BuildConfig.large_batch`; with the same wait), which validation then uses."""
     start = HostSample.take()
     t0 = time.perf_counter()
-    builder = TableBuilder(space, spec, batch, BuildConfig(), progress=sys.stderr.isatty())
+    config = BuildConfig(timing=BuildConfig().timing.waiting(wait_quiet_s))
+    builder = TableBuilder(space, spec, batch, config, progress=sys.stderr.isatty())
     table = builder.build(path)
     timing: TimingConfig = getattr(builder, "model_timing", MODEL_TIMING)
     return table, time.perf_counter() - t0, start, timing
@@ -182,7 +188,7 @@ def mobile(
     path = tables / f"mobile_{spec.name}_b{batch}.json"
     name = f"mobile {spec.label} b{batch}"
     fresh = not path.exists()
-    table, seconds, start, model_timing = _build(space, spec, batch, path)
+    table, seconds, start, model_timing = _build(space, spec, batch, path, led.wait_quiet_s)
     built = build_stability(table, start if fresh else None)
     how = f"built in {seconds:.0f} s" if fresh else f"reused from {path} ({seconds:.0f} s)"
     cal = table.calibration.get(f"{table.statistic}/sum")
@@ -250,7 +256,7 @@ def nb201(
     name = f"nb201 {spec.label} {threads}t b{batch}"
     path = tables / f"{key}.json"
     fresh = not path.exists()
-    table, seconds, start, model_timing = _build(space, spec, batch, path)
+    table, seconds, start, model_timing = _build(space, spec, batch, path, led.wait_quiet_s)
     built = build_stability(table, start if fresh else None)
     pred = LatencyPredictor(table, space)
     print(
@@ -294,7 +300,9 @@ def nb201(
             SHAPE,
             batch,
             BackendSpec("torch", threads=1),
-            config=TimingConfig(warmup=3, repeats=15, rounds=3, clock="wall"),
+            config=TimingConfig(warmup=3, repeats=15, rounds=3, clock="wall").waiting(
+                led.wait_quiet_s
+            ),
         )
         ratio = float(np.median([m.min_ms for m in seq]) / np.median(report.measured["min"][:20]))
         led.figure(
@@ -381,7 +389,9 @@ def burner_checks(led: LatencyRun) -> None:
     with burner(cores=1) as cpus:
         print(f"\n== goal 5: the same tables and archs with a busy loop pinned to CPU(s) {cpus}")
         for c in led.checks:
-            report, stab = validate(c.table, c.space, c.n, c.seed, c.timing)
+            # no wait for a quiet host here: the burner keeps it busy on purpose, so every
+            # pass would spend the whole wait and measure anyway
+            report, stab = validate(c.table, c.space, c.n, c.seed, c.timing.waiting(0))
             s = report.score_of(f"table:{c.aggregation}")
             _report(f"burner: {c.name}, {c.n} archs", report, stab, led, f"burner {c.name}")
             led.figure(
@@ -448,7 +458,17 @@ def main() -> None:
         default=None,
         help="re-validate every goal table with one CPU busy (default: on, off with --quick)",
     )
+    ap.add_argument(
+        "--wait-quiet",
+        type=float,
+        default=0.0,
+        metavar="S",
+        help="before each timing pass, wait up to S seconds for a quiet host, then measure "
+        "anyway (default 0: measure at once)",
+    )
     args = ap.parse_args()
+    if not args.wait_quiet >= 0:  # also refuses nan
+        ap.error(f"--wait-quiet: seconds must be >= 0, got {args.wait_quiet}")
     for flag, values in (
         ("--mobile-batch", args.mobile_batch),
         ("--nb201-batch", args.nb201_batch),
@@ -465,13 +485,21 @@ def main() -> None:
     tables.mkdir(parents=True, exist_ok=True)
     if args.plots is not None:
         args.plots.mkdir(parents=True, exist_ok=True)
-    led = LatencyRun()
+    led = LatencyRun(wait_quiet_s=args.wait_quiet)
     rec = host_record()
     load_start = _loads()
     print(f"host: {host()}; allocator {rec['allocator']}, torch {rec['torch']}, ", end="")
     print(f"onnxruntime {rec['onnxruntime']}; {n} archs per check; tables in {tables}")
     print(f"load average {load_start} at start (context only, not a verdict)")
-    led.results.update({"host": rec, "n": n, "load_start": load_start, "burner": use_burner})
+    led.results.update(
+        {
+            "host": rec,
+            "n": n,
+            "load_start": load_start,
+            "burner": use_burner,
+            "wait_quiet_s": args.wait_quiet,
+        }
+    )
     t0 = time.perf_counter()
     _run_parts(led, args, n, tables)
     if use_burner:

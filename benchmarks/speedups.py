@@ -10,6 +10,7 @@ medians. A goal records the harness's own verdict, so an unstable figure prints 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 from pathlib import Path
 
 from nasforge.compression.quantization.runtime import (
@@ -27,13 +28,21 @@ Call = Callable[[], object]
 
 
 def timing(
-    runners: Mapping[str, Call], bs: int, threads: int, rounds: int, baseline: str
+    runners: Mapping[str, Call],
+    bs: int,
+    threads: int,
+    rounds: int,
+    baseline: str,
+    wait_quiet_s: float = 0.0,
 ) -> dict[str, Latency]:
     """All runners in one interleaved pass, each with its paired speed-up over ``baseline``
     (any other pair of the pass: :func:`vs`). ``rounds`` rounds of 10 calls at batch sizes
-    up to 4, else 3 (batch 32 calls are long; keeps a full run under 10 minutes)."""
+    up to 4, else 3 (batch 32 calls are long; keeps a full run under 10 minutes).
+    ``wait_quiet_s`` (``--wait-quiet``): each pass first waits up to that long for a quiet
+    host (:attr:`~nasforge.hardware.noise.NoisePolicy.wait_quiet_s`), its lines printed on
+    stdout (a benchmark's log copies stdout); 0 measures at once."""
     repeats = 10 if bs <= 4 else 3
-    cfg = timing_config(rounds, repeats, warmup=3)
+    cfg = replace(timing_config(rounds, repeats, warmup=3).waiting(wait_quiet_s), notify=print)
     return compare_speedups(runners, baseline, bs, threads, cfg)
 
 
@@ -66,6 +75,7 @@ def burner_check(
     threads: int,
     rounds: int,
     batch_sizes: tuple[int, ...] = (1, 32),
+    wait_quiet_s: float = 0.0,
 ) -> Goal:
     """The speed-ups of every file over ``files[baseline]``, measured on the host as it is,
     then again with ``burner(cores=1)`` keeping one CPU busy (benchmarks/burner.py).
@@ -74,20 +84,22 @@ def burner_check(
     under the burner agrees with the quiet one within their intervals
     (:meth:`Speedup.agrees_with`) or is marked unstable; a stable one that disagrees is
     silently wrong and fails it. The quiet run is the reference, so the goal is unstable
-    when the quiet run itself was.
+    when the quiet run itself was. The run as is waits up to ``wait_quiet_s`` for a quiet
+    host before each pass; the burner run does not (it keeps the host busy on purpose).
     """
     from burner import burner
 
-    def key_speedups() -> dict[tuple[str, int], Speedup]:
+    def key_speedups(wait: float) -> dict[tuple[str, int], Speedup]:
         out: dict[tuple[str, int], Speedup] = {}
         for bs in batch_sizes:
-            t = timing({k: runner(p, bs) for k, p in files.items()}, bs, threads, rounds, baseline)
+            runners = {k: runner(p, bs) for k, p in files.items()}
+            t = timing(runners, bs, threads, rounds, baseline, wait)
             out.update({(k, bs): vs(t, baseline, k) for k in files if k != baseline})
         return out
 
-    quiet = key_speedups()
+    quiet = key_speedups(wait_quiet_s)
     with burner(cores=1) as cpus:
-        busy = key_speedups()
+        busy = key_speedups(0.0)
     print(f"\n[burner] speed-ups vs {baseline}, as is vs one CPU busy (burner on CPU {cpus}):")
     wrong, marked = [], 0
     for k, q in quiet.items():

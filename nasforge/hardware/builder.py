@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from nasforge.hardware.backends import BackendSpec, as_backend
+from nasforge.hardware.backends import BackendSpec, as_backend, pinned_threads
 from nasforge.hardware.calibration import (
     AGGREGATIONS,
     Features,
@@ -40,7 +40,7 @@ from nasforge.hardware.entries import (
     resolve_context,
 )
 from nasforge.hardware.fingerprint import device_fingerprint, fingerprint_mismatches
-from nasforge.hardware.noise import Stability
+from nasforge.hardware.noise import Stability, say_line, wait_for_quiet
 from nasforge.hardware.predictor import LatencyPredictor, check_choice
 from nasforge.hardware.profile import count_flops, count_params
 from nasforge.hardware.table import (
@@ -71,6 +71,9 @@ class BuildConfig:
         context: ``isolated``, ``chained`` or ``auto`` (chained on onnxruntime, whose graph
             optimiser makes lone layers pay layout reorders and unfused ops).
         timing: harness settings for each entry (its clock is resolved for the backend).
+            Its policy's wait for a quiet host (:attr:`NoisePolicy.wait_quiet_s`, with
+            ``timing.notify`` for its lines) applies to the whole build: every pass over
+            entries, the call-overhead probe and the whole-model calibration pass.
         seed: seeds the calibration and held-out archs and the visiting order.
         large_batch: from this batch size on, entries and whole models are timed with
             ``large_batch_repeats`` calls (in the same rounds) instead of ``timing.repeats``
@@ -123,10 +126,10 @@ class TableBuilder:
         self.clock = config.timing.resolve_clock(self.spec)
         timing = replace(config.timing, clock=self.clock)
         #: how whole models are timed (calibration and held-out)
-        self.model_timing = MODEL_TIMING
+        self.model_timing = _same_wait(MODEL_TIMING, config.timing)
         if self.batch_size >= config.large_batch:
             timing = _fewer_repeats(timing, config.large_batch_repeats)
-            self.model_timing = _fewer_repeats(MODEL_TIMING, config.large_batch_repeats)
+            self.model_timing = _fewer_repeats(self.model_timing, config.large_batch_repeats)
         self.config = replace(config, timing=timing)
         self.space_options = dict(space_options or {})
         self.progress = progress
@@ -158,10 +161,12 @@ class TableBuilder:
         title = f"latency table {self.space.name} on {self.spec.label}"
         with _progress(self.progress, visits + models, title) as advance:
             if not table.call_overhead_ms:
+                self._wait_quiet()  # the probe runs its own harness pass, without the wait
                 table.call_overhead_ms = measure_call_overhead(
                     self.spec, self.batch_size, self.clock
                 )
             if self.spec.parallel and table.parallel_speedup is None:
+                self._wait_quiet()
                 table.parallel_speedup = measure_parallel_speedup(self.spec, self.batch_size)
             for chunk in _chunks(pending, 128):
                 measured = measure_entries(
@@ -183,6 +188,20 @@ class TableBuilder:
         if target is not None:
             table.save(target)
         return table
+
+    def _wait_quiet(self) -> None:
+        """Wait for a quiet host (``config.timing.policy.wait_quiet_s``; 0: not at all)
+        before a probe that times itself with the default policy."""
+        timing = self.config.timing
+        if timing.policy.wait_quiet_s > 0:
+            with pinned_threads(self.spec):  # the reference kernel on the build's threads
+                wait_for_quiet(
+                    timing.policy.wait_quiet_s,
+                    self.spec.threads,
+                    self.clock,
+                    timing.policy,
+                    say=timing.notify or say_line,
+                )
 
     def _empty(self) -> LatencyTable:
         return LatencyTable(
@@ -395,6 +414,19 @@ def build_verdict(
         "unstable_models": bad_models,
         "models_stability": merged.to_dict(),
     }
+
+
+def _same_wait(timing: TimingConfig, like: TimingConfig) -> TimingConfig:
+    """``timing`` with ``like``'s wait for a quiet host (seconds, polls, where its lines go);
+    its thresholds stay its own."""
+    p = like.policy
+    policy = replace(
+        timing.policy,
+        wait_quiet_s=p.wait_quiet_s,
+        quiet_poll_s=p.quiet_poll_s,
+        quiet_polls=p.quiet_polls,
+    )
+    return replace(timing, policy=policy, notify=like.notify)
 
 
 def _fewer_repeats(timing: TimingConfig, repeats: int) -> TimingConfig:

@@ -23,6 +23,15 @@ A verdict is *unstable* when any of them says so; the harness then measures agai
 (``unstable: host busy (...)``) to the console, the card and the report instead of being
 printed as a fact.
 
+On shared cloud VMs a noisy neighbour comes and goes in spells of minutes (the reference
+kernel 1.1-1.6x its quiet time for minutes on our AMD and Intel hosts, then quiet); a
+one-second pause before a retry cannot outlast a spell. With
+:attr:`NoisePolicy.wait_quiet_s` > 0 the harness first waits up to that long for a quiet host
+(:func:`wait_for_quiet`: the same thresholds as the verdict, a few polls in a row) before a
+pass and before each retry, then measures either way; the verdict records the wait
+(``waits``, ``waited_s``) and, when the pass came out busy after a wait that ran out, says
+the host stayed busy for the whole wait.
+
 Speed-ups are never two medians taken minutes apart: :func:`paired_speedup` takes the rounds
 of an interleaved pass (A B A B ..., each round visiting every model), forms one ratio per
 round, and gives the geometric mean with a Student-t 95% confidence interval on the log
@@ -36,15 +45,25 @@ measurement or compare two callables round by round.
 
 from __future__ import annotations
 
-import json
+import logging
 import math
 import os
 import statistics
+import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
-from pathlib import Path
 from typing import Any
+
+from nasforge.hardware.hostwatch import (
+    HostActivity,
+    HostSample,
+    quiet_baseline,
+    reference_kernel,
+    stored_baseline,
+)
+
+log = logging.getLogger("nasforge.hardware")
 
 #: the figure a :class:`Stability` prints when its verdict is unstable
 UNSTABLE = "unstable: host busy"
@@ -75,7 +94,15 @@ class NoisePolicy:
             table with the machine: it is unstable.
         retries: whole re-measurements when a pass comes out unstable (the most stable pass
             is kept).
-        pause_s: seconds to wait before a retry (lets a burst pass).
+        pause_s: seconds to wait before a retry (lets a burst pass) when ``wait_quiet_s``
+            is 0.
+        wait_quiet_s: 0 (the default) measures at once and pauses ``pause_s`` before a
+            retry. Above 0, the harness waits up to this many seconds for a quiet host
+            (:func:`wait_for_quiet`) before the first pass and before each retry instead,
+            then measures either way (for hosts whose noisy neighbour comes in spells of
+            minutes).
+        quiet_poll_s: seconds one poll of that wait watches the host.
+        quiet_polls: polls in a row the host must pass to count as quiet.
     """
 
     max_reference_slowdown: float = 0.15
@@ -87,139 +114,20 @@ class NoisePolicy:
     max_drift: float = 0.05
     retries: int = 1
     pause_s: float = 1.0
+    wait_quiet_s: float = 0.0
+    quiet_poll_s: float = 1.0
+    quiet_polls: int = 2
+
+    def __post_init__(self) -> None:
+        for name in ("wait_quiet_s", "quiet_poll_s"):
+            v = getattr(self, name)
+            if not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0):
+                raise ValueError(f"noise policy: {name} must be seconds >= 0, not {v!r}")
+        if self.quiet_polls < 1:
+            raise ValueError(f"noise policy: quiet_polls must be >= 1, not {self.quiet_polls!r}")
 
 
-DEFAULT_POLICY = NoisePolicy()
-
-
-# -- what the host did meanwhile ------------------------------------------------------------------
-def _proc_stat() -> tuple[int, int, int] | None:
-    """(busy, total, steal) jiffies over all CPUs, or ``None`` off Linux."""
-    try:
-        with open("/proc/stat", encoding="ascii") as f:
-            first = f.readline().split()
-    except OSError:
-        return None
-    if not first or first[0] != "cpu":
-        return None
-    v = [int(x) for x in first[1:]]
-    v += [0] * (8 - len(v))
-    user, nice, system, idle, iowait, irq, softirq, steal = v[:8]
-    busy = user + nice + system + irq + softirq
-    return busy, busy + idle + iowait + steal, steal
-
-
-def _load1() -> float:
-    try:
-        return float(os.getloadavg()[0])
-    except OSError:
-        return float("nan")
-
-
-@dataclass(frozen=True)
-class HostSample:
-    """One snapshot of the host's CPU counters and this process's CPU time."""
-
-    wall_s: float
-    own_cpu_s: float
-    stat: tuple[int, int, int] | None
-    load1: float
-
-    @classmethod
-    def take(cls) -> HostSample:
-        t = os.times()
-        return cls(time.monotonic(), t.user + t.system, _proc_stat(), _load1())
-
-
-@dataclass(frozen=True)
-class HostActivity:
-    """What the host did between two :class:`HostSample` snapshots.
-
-    ``others_cpus``: CPUs' worth of time other processes used (0 .. ``cpus``; ``nan`` when
-    the counters are unavailable or the interval is under 0.2 s); ``steal``: fraction of all
-    CPU time the hypervisor gave to other guests; ``load1``: the 1-minute load average at the
-    end (recorded, not used for the verdict).
-    """
-
-    seconds: float
-    cpus: int
-    others_cpus: float
-    steal: float
-    load1: float
-
-    @classmethod
-    def between(cls, a: HostSample, b: HostSample) -> HostActivity:
-        cpus = os.cpu_count() or 1
-        secs = max(b.wall_s - a.wall_s, 0.0)
-        others = steal = float("nan")
-        if a.stat is not None and b.stat is not None and secs >= 0.2:
-            hz = float(os.sysconf("SC_CLK_TCK")) if hasattr(os, "sysconf") else 100.0
-            busy_s = (b.stat[0] - a.stat[0]) / hz
-            total = max(b.stat[1] - a.stat[1], 1)
-            others = min(max(busy_s - (b.own_cpu_s - a.own_cpu_s), 0.0) / secs, float(cpus))
-            steal = (b.stat[2] - a.stat[2]) / total
-        return cls(secs, cpus, others, steal, b.load1)
-
-
-# -- the reference kernel ------------------------------------------------------------------------
-def reference_kernel() -> Any:
-    """A fixed, compute-bound call (a 3x3 convolution, 48 channels, 32x32, batch 1; about
-    0.5 ms on one core) timed between rounds on the measurement's clock and threads; the
-    harness keeps the fastest of a few calls per round (the first call after a model has
-    run pays for cold caches)."""
-    import torch
-
-    gen = torch.Generator().manual_seed(0)
-    x = torch.randn(1, 48, 32, 32, generator=gen)
-    w = torch.randn(48, 48, 3, 3, generator=gen)
-    conv = torch.nn.functional.conv2d
-
-    def call() -> Any:
-        with torch.inference_mode():
-            return conv(x, w, padding=1)
-
-    return call
-
-
-def _cache_path() -> Path:
-    root = os.environ.get("NASFORGE_CACHE_DIR") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "nasforge"
-    )
-    return Path(root) / "reference_kernel.json"
-
-
-def _baseline_key(cpu_model: str, threads: int, clock: str) -> str:
-    import torch
-
-    return f"{cpu_model}|{threads}t|{clock}|torch {torch.__version__}"
-
-
-def quiet_baseline(cpu_model: str, threads: int, clock: str, seen_ms: float) -> float:
-    """This host's quiet reference time: the fastest ever seen for (CPU model, threads,
-    clock), updated with ``seen_ms``. The cache is advisory: an unreadable or unwritable
-    file (read-only home, a bad edit) is ignored and ``seen_ms`` returned."""
-    path = _cache_path()
-    key = _baseline_key(cpu_model, threads, clock)
-    try:
-        data = json.loads(path.read_text()) if path.is_file() else {}
-        if not isinstance(data, dict):
-            data = {}
-    except (OSError, ValueError):
-        data = {}
-    old = data.get(key)
-    best = seen_ms
-    if isinstance(old, (int, float)) and math.isfinite(old) and old > 0:
-        best = min(float(old), seen_ms)
-    if best != old:
-        data[key] = best
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(f".{os.getpid()}.tmp")
-            tmp.write_text(json.dumps(data, indent=1))
-            os.replace(tmp, path)
-        except OSError:
-            pass
-    return best
+DEFAULT_POLICY: NoisePolicy = NoisePolicy()
 
 
 # -- the verdict -----------------------------------------------------------------------------------
@@ -245,6 +153,8 @@ class Stability:
     load1: float = float("nan")
     cpus: int = 0
     attempts: int = 1
+    waits: int = 0
+    waited_s: float = 0.0
 
     @property
     def label(self) -> str:
@@ -281,6 +191,8 @@ class Stability:
             load1=_worst(self.load1, other.load1),
             cpus=max(self.cpus, other.cpus),
             attempts=max(self.attempts, other.attempts),
+            waits=max(self.waits, other.waits),
+            waited_s=max(self.waited_s, other.waited_s),
         )
 
     def badness(self) -> float:
@@ -419,6 +331,132 @@ def assess(
     )
 
 
+# -- waiting for a quiet host -----------------------------------------------------------------
+#: seconds between two progress lines of one wait (the first busy poll is always shown)
+SAY_EVERY_S = 10.0
+
+
+@dataclass(frozen=True)
+class QuietWait:
+    """What one :func:`wait_for_quiet` saw.
+
+    ``quiet``: the host passed the thresholds for the required polls in a row (``False``: the
+    wait was used up); ``waited_s``: seconds spent; ``polls``: polls taken;
+    ``reference_ratio``: the reference kernel's last time over this host's quiet baseline
+    (``nan`` when no baseline exists yet); ``others_cpus`` and ``steal``: the host counters of
+    the last poll; ``reasons``: why the last poll was not quiet (empty when it was);
+    ``max_wait_s``: the wait allowed.
+    """
+
+    quiet: bool
+    waited_s: float
+    polls: int
+    reference_ratio: float = float("nan")
+    others_cpus: float = float("nan")
+    steal: float = float("nan")
+    reasons: tuple[str, ...] = ()
+    max_wait_s: float = 0.0
+
+    @property
+    def reason(self) -> str:
+        """The reason a verdict carries when the wait timed out ("" when it did not)."""
+        if self.quiet:
+            return ""
+        return f"host stayed busy for the whole {self.max_wait_s:g} s wait"
+
+    def status(self) -> str:
+        """``reference kernel 1.27x its quiet time, other processes 0.9 CPUs``."""
+        parts = []
+        if not math.isnan(self.reference_ratio):
+            parts.append(f"reference kernel {self.reference_ratio:.2f}x its quiet time")
+        if not math.isnan(self.others_cpus):
+            parts.append(f"other processes {self.others_cpus:.1f} CPUs")
+        if not math.isnan(self.steal) and self.steal > 0:
+            parts.append(f"steal {100 * self.steal:.0f}%")
+        return ", ".join(parts) or "no host counters"
+
+
+def say_line(message: str) -> None:
+    """The default progress sink: one line on stderr (a rich progress bar keeps it above
+    itself) and the ``nasforge.hardware`` logger (a run's log handler picks it up)."""
+    print(message, file=sys.stderr, flush=True)
+    log.info(message)
+
+
+def wait_for_quiet(
+    max_wait_s: float,
+    threads: int = 1,
+    clock: str = "wall",
+    policy: NoisePolicy = DEFAULT_POLICY,
+    poll_s: float | None = None,
+    consecutive: int | None = None,
+    say: Callable[[str], None] | None = say_line,
+    cpu_model: str | None = None,
+) -> QuietWait:
+    """Poll the host until it is quiet, at most ``max_wait_s`` seconds (plus one poll).
+
+    Each poll sleeps ``poll_s`` (default ``policy.quiet_poll_s``) while the host counters
+    run, and times the reference kernel (fastest of 5 calls, on ``clock`` and torch's current
+    threads). The host is quiet when a poll passes the thresholds the verdict uses
+    (:func:`~nasforge.hardware.noise.assess`: ``max_reference_slowdown`` against the quiet
+    baseline, ``max_others_cpus`` given the ``threads`` the measurement needs, ``max_steal``)
+    ``consecutive`` times in a row (default ``policy.quiet_polls``): so even a quiet host costs
+    that many polls. When this host has no quiet baseline yet (first measurement on this CPU
+    model, thread count and clock), the reference kernel cannot be judged and only the host
+    counters decide; the baseline is read here, never written (the measurement does that).
+
+    While the host is busy, ``say`` gets a line at the first busy poll and then every
+    :data:`SAY_EVERY_S` s (``waiting for a quiet host: reference kernel 1.27x its quiet time,
+    other processes 0.9 CPUs; 40 s of 300 s``) and one at the end; ``None`` keeps it silent.
+    """
+    import torch
+
+    from nasforge.hardware.backend_base import Runner
+    from nasforge.hardware.fingerprint import device_fingerprint
+
+    poll = max(float(policy.quiet_poll_s if poll_s is None else poll_s), 0.0)
+    need = max(int(policy.quiet_polls if consecutive is None else consecutive), 1)
+    max_wait_s = max(float(max_wait_s), 0.0)
+    ref_threads = torch.get_num_threads()
+    model = cpu_model or device_fingerprint(ref_threads).cpu_model
+    baseline = stored_baseline(model, ref_threads, clock)
+    ref = Runner(reference_kernel(), "reference")
+    pick = 1 if clock == "cpu" else 0
+    ref.run(3)  # warm-up
+    start = time.monotonic()
+    polls = in_row = 0
+    said_at = -math.inf
+    busy_seen = False
+    while True:
+        a = HostSample.take()
+        time.sleep(poll)
+        ref_ms = min(ref.run(5)[pick])
+        activity = HostActivity.between(a, HostSample.take())
+        polls += 1
+        v = assess(activity, [ref_ms], baseline, [], threads, policy)
+        waited = time.monotonic() - start
+        ratio, others, steal = v.reference_ratio, v.others_cpus, v.steal
+        seen = QuietWait(v.stable, waited, polls, ratio, others, steal, v.reasons, max_wait_s)
+        in_row = in_row + 1 if v.stable else 0
+        if in_row >= need:
+            if busy_seen and say is not None:
+                say(f"host quiet after {waited:.0f} s ({seen.status()}); measuring")
+            return seen
+        if not v.stable:
+            busy_seen = True
+            if say is not None and waited - said_at >= SAY_EVERY_S:
+                said_at = waited
+                say(
+                    f"waiting for a quiet host: {seen.status()}; "
+                    f"{waited:.0f} s of {max_wait_s:.0f} s"
+                )
+        if waited >= max_wait_s:
+            out = replace(seen, quiet=False)
+            if say is not None:
+                say(f"{out.reason} ({'; '.join(out.reasons) or out.status()}); measuring anyway")
+            return out
+
+
 # -- speed-ups with intervals ---------------------------------------------------------------------
 @dataclass(frozen=True)
 class Speedup:
@@ -508,6 +546,7 @@ __all__ = [
     "HostActivity",
     "HostSample",
     "NoisePolicy",
+    "QuietWait",
     "Speedup",
     "Stability",
     "assess",
@@ -516,4 +555,7 @@ __all__ = [
     "quiet_baseline",
     "reference_kernel",
     "round_spread",
+    "say_line",
+    "stored_baseline",
+    "wait_for_quiet",
 ]

@@ -12,7 +12,7 @@ import math
 import statistics
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
@@ -25,11 +25,14 @@ from nasforge.hardware.noise import (
     HostActivity,
     HostSample,
     NoisePolicy,
+    QuietWait,
     Stability,
     assess,
     quiet_baseline,
     reference_kernel,
     round_spread,
+    say_line,
+    wait_for_quiet,
 )
 
 CLOCKS = ("auto", "wall", "cpu")
@@ -54,7 +57,12 @@ class TimingConfig:
         reference: time the reference kernel once per round (see
             :mod:`nasforge.hardware.noise`); off, the verdict rests on the host counters and
             the round spread alone.
-        policy: when a pass is unstable and how often it is measured again.
+        policy: when a pass is unstable, how often it is measured again, and how long to
+            wait for a quiet host first (:attr:`NoisePolicy.wait_quiet_s`; see
+            :meth:`waiting`).
+        notify: where the lines of such a wait go (``waiting for a quiet host: ...``);
+            default: stderr and the ``nasforge.hardware`` logger. A run passes its log's
+            ``say`` so they reach the terminal and the run's log file.
     """
 
     warmup: int = 5
@@ -66,12 +74,18 @@ class TimingConfig:
     seed: int = 0
     reference: bool = True
     policy: NoisePolicy = DEFAULT_POLICY
+    notify: Callable[[str], None] | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.repeats < 1 or self.rounds < 1 or self.warmup < 0:
             raise ValueError("timing: need repeats >= 1, rounds >= 1, warmup >= 0")
         if self.clock not in CLOCKS:
             raise BackendError(f"timing.clock: {self.clock!r} is not one of {', '.join(CLOCKS)}")
+
+    def waiting(self, seconds: float) -> TimingConfig:
+        """This config with :attr:`NoisePolicy.wait_quiet_s` set to ``seconds`` (0: measure at
+        once, the default): what a ``--wait-quiet S`` option passes on."""
+        return replace(self, policy=replace(self.policy, wait_quiet_s=float(seconds)))
 
     @property
     def per_round(self) -> int:
@@ -277,7 +291,10 @@ def _interleave(
     threads: int | None = None,
 ) -> list[TimingStats]:
     """Interleaved passes with the noise verdict: a pass that comes out unstable is measured
-    again (up to ``config.policy.retries`` times) and the least noisy pass is kept; every
+    again (up to ``config.policy.retries`` times) and the least noisy pass is kept. With
+    ``policy.wait_quiet_s`` > 0, every pass (the first one too) first waits up to that long
+    for a quiet host instead of the fixed ``pause_s`` before a retry; the kept verdicts count
+    the waits and their seconds, and a busy kept pass whose wait ran out says so. Every
     runner's stats carry the pass verdict merged with its own round spread. ``threads``: the
     CPUs the measured work keeps busy (default: torch's intra-op count; a backend that runs
     on an inter-op pool or its own threads passes its own count)."""
@@ -286,9 +303,17 @@ def _interleave(
     ref_threads = torch.get_num_threads()
     threads = int(threads) if threads else ref_threads
     cpu_model = device_fingerprint(threads).cpu_model
-    best: tuple[float, list[TimingStats]] | None = None
+    best: tuple[float, list[TimingStats], QuietWait | None] | None = None
+    waits: list[QuietWait] = []
     for attempt in range(1 + max(policy.retries, 0)):
-        if attempt:
+        wait = None
+        if policy.wait_quiet_s > 0:  # 0: exactly the fixed pause of old
+            say = config.notify or say_line
+            wait = wait_for_quiet(
+                policy.wait_quiet_s, threads, clock, policy, say=say, cpu_model=cpu_model
+            )
+            waits.append(wait)
+        elif attempt:
             time.sleep(policy.pause_s)
         stats, ref_rounds, activity = _one_pass(
             count, visit, config, clock, progress, config.seed + attempt
@@ -305,11 +330,35 @@ def _interleave(
             own = replace(verdict, round_spread=sp, reasons=reasons, stable=not reasons)
             per_runner.append(replace(s, stability=own))
         if best is None or verdict.badness() < best[0]:
-            best = (verdict.badness(), per_runner)
+            best = (verdict.badness(), per_runner, wait)
         if _settled(verdict, spreads, policy):
             break
     assert best is not None
-    return [replace(s, stability=replace(s.stability, attempts=attempt + 1)) for s in best[1]]
+    waited_s = sum((w.waited_s for w in waits), 0.0)
+    kept_wait = best[2]
+    return [
+        replace(
+            s,
+            stability=replace(
+                s.stability,
+                attempts=attempt + 1,
+                reasons=_with_wait(s.stability.reasons, kept_wait),
+                waits=len(waits),
+                waited_s=waited_s,
+            ),
+        )
+        for s in best[1]
+    ]
+
+
+def _with_wait(reasons: tuple[str, ...], wait: QuietWait | None) -> tuple[str, ...]:
+    """A busy pass measured after a wait that timed out says so: the host was not quiet for
+    the whole wait, so the figure is as good as this host gets now. Only where the host
+    itself was found busy (a wide round spread alone is the runner's own)."""
+    host = [r for r in reasons if not r.startswith("round medians spread")]
+    if wait is None or wait.quiet or not host:
+        return reasons
+    return (*reasons, wait.reason)
 
 
 def _settled(verdict: Stability, spreads: Sequence[float], policy: NoisePolicy) -> bool:

@@ -190,7 +190,10 @@ def compare_runners(
     When an interval is wider than ``config.policy.max_ci_halfwidth`` or the pass is
     unstable, the comparison is measured again with twice the rounds (up to
     ``config.policy.retries`` times); a speed-up that stays uncertain is returned with
-    ``stable=False`` and its reasons, never silently. Returns the stats (in the order given)
+    ``stable=False`` and its reasons, never silently. With ``config.policy.wait_quiet_s`` >
+    0, every measurement (the first and each re-measurement) first waits up to that long for
+    a quiet host; the stats' verdicts count all waits (``waits``, ``waited_s``). Returns the
+    stats (in the order given)
     and one :class:`Speedup` per runner (the baseline's own is 1 by construction).
     ``threads``: CPUs the runners keep busy, for the noise verdict.
     """
@@ -199,8 +202,17 @@ def compare_runners(
     names = [r.name or str(i) for i, r in enumerate(runners)]
     cfg = config
     result: tuple[list[TimingStats], list[Speedup]] = ([], [])
+    waits, waited_s = 0, 0.0
     for attempt in range(1 + max(config.policy.retries, 0)):
+        # with policy.wait_quiet_s > 0, time_runners waits for a quiet host before its first
+        # pass: a re-measurement with more rounds waits too, without a wait of its own here
         stats = time_runners(runners, cfg, clock, progress, threads)
+        waits += stats[0].stability.waits
+        waited_s += stats[0].stability.waited_s
+        stats = [
+            replace(s, stability=replace(s.stability, waits=waits, waited_s=waited_s))
+            for s in stats
+        ]
         base = stats[baseline]
         ups = [
             paired_speedup(
