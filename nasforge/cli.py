@@ -63,7 +63,8 @@ def search(
         if cfg.ofa is not None:  # Once-for-All has its own commands
             raise NasforgeError(search_refusal(str(config)))
         run_dir = cfg.run_dir(runs_dir)
-        check_run_dir(run_dir)
+        if _main_rank():  # ranks > 0 of torchrun (maybe on other machines) have no run dir
+            check_run_dir(run_dir, resume)
         # the first line says where the run goes (runs_dir / --runs-dir accept any path); under
         # torchrun only rank 0, which owns the run, says it
         if _main_rank():
@@ -75,6 +76,10 @@ def search(
     except SearchInterrupted as stop:  # the run printed what was saved and how to resume
         raise typer.Exit(stop.exit_code) from None
     except NasforgeError as exc:
+        if str(exc).startswith("latency.table: ") and str(exc).endswith("does not exist"):
+            from nasforge.experiment.doctor import table_build_hint
+
+            _fail(NasforgeError(f"{exc}; {table_build_hint(cfg)}"))
         _fail(exc)
         return
     out.print(
@@ -116,7 +121,7 @@ def scale(
     try:
         cfg = load_config(config, {"name": name} if name else None)
         run_dir = cfg.run_dir(runs_dir)
-        check_run_dir(run_dir)
+        check_run_dir(run_dir, resume)
         err.print(
             f"run directory: {escape(str(run_dir.resolve()))}", highlight=False, soft_wrap=True
         )

@@ -60,9 +60,16 @@ def writable_folder_problem(folder: Path) -> str | None:
     return f"cannot create {folder} in {parent} ({why})" if why else None
 
 
-def check_run_dir(run_dir: Path) -> None:
-    """``NasforgeError`` when the run directory cannot be created or written (``runs_dir`` or
-    ``--runs-dir`` names a file, a read-only or impossible place), before anything runs."""
+def check_run_dir(run_dir: Path, resume: bool = False) -> None:
+    """``NasforgeError`` for a ``--resume`` of a run directory that does not exist (refused
+    before anything, so a mistyped name or ``--runs-dir`` leaves no empty folder behind), and
+    when the run directory cannot be created or written (``runs_dir`` or ``--runs-dir`` names
+    a file, a read-only or impossible place), before anything runs."""
+    if resume and not run_dir.is_dir():
+        raise NasforgeError(
+            f"{run_dir}: nothing to resume (no such run directory); check the config's name, "
+            "--name and --runs-dir, or run without --resume to start it"
+        )
     problem = writable_folder_problem(run_dir)
     if problem:
         raise NasforgeError(

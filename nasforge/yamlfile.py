@@ -64,6 +64,8 @@ def parse_yaml(text: str, source: str) -> Any:
         problem = " ".join(str(problem).split())
         if "python/" in problem or "could not determine a constructor" in problem:
             problem += "; only plain YAML data is read (no Python tags)"
+        if "'\\t'" in problem:
+            problem += "; YAML indents with spaces, not tabs"
         raise ConfigError(
             f"{source}:{' ' + where if where else ''}: not valid YAML ({problem})"
         ) from None

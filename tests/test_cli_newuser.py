@@ -119,6 +119,8 @@ def test_doctor_says_how_to_build_a_missing_table(tmp_path: Path) -> None:
     assert out.count("does not exist") == 1  # one finding, not the same line twice
     assert "nasforge latency build --space mobile --input-shape 1,8,8" in out
     assert f"--out {table}" in out
+    out = refused("search", cfg, "--runs-dir", tmp_path / "runs")  # the search says it too
+    assert "nasforge latency build --space mobile --input-shape 1,8,8" in out
 
 
 # --- run directories ------------------------------------------------------------------------
@@ -325,3 +327,75 @@ def test_a_plugin_beside_the_config_names_the_pythonpath(tmp_path: Path) -> None
     cfg = write(tmp_path / "c.yaml", "plugins: [my_newuser_plugin]\n" + BASE)
     out = refused("doctor", cfg)
     assert f"run with PYTHONPATH={tmp_path}" in out
+
+
+@pytest.mark.parametrize(
+    "command, section",
+    [
+        (["search"], ""),
+        (["scale"], "scaling: {}\n"),
+        (["ofa", "train"], "ofa: {}\n"),
+    ],
+)
+def test_resume_of_a_run_that_does_not_exist_leaves_no_folder(
+    tmp_path: Path, command: list[str], section: str
+) -> None:
+    cfg = write(tmp_path / "c.yaml", BASE + section)
+    runs = tmp_path / "runs"
+    out = refused(*command, cfg, "--runs-dir", runs, "--resume")
+    assert "nothing to resume (no such run directory)" in out
+    assert not runs.exists()  # a .lock in an otherwise empty run folder used to be left
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        (
+            "name: t\nsearch:\n\ttrials: 3\n",
+            "line 3, column 1: not valid YAML (found character "
+            "'\\t' that cannot start any token; YAML indents with spaces, not tabs)",
+        ),
+        (
+            "name: t\nsearch: {trials: 1e3}\n",
+            "search.trials: Input should be a valid integer, "
+            "unable to parse string as an integer (got '1e3'); YAML reads 1e3 as text",
+        ),
+    ],
+)
+def test_yaml_surprises_are_explained(tmp_path: Path, text: str, expected: str) -> None:
+    assert expected in refused("doctor", write(tmp_path / "c.yaml", text))
+
+
+@pytest.fixture(scope="module")
+def tiny_table(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A latency table of a tiny NB201 space (seconds to build)."""
+    path = tmp_path_factory.mktemp("table") / "t.json"
+    tiny = "--space nb201 --input-shape 3,8,8 --option C=4 --option N=1 --calibration 0"
+    res = runner.invoke(app, ["latency", "build", "--out", str(path), *tiny.split(), "--quiet"])
+    assert res.exit_code == 0, res.output
+    return path
+
+
+def test_latency_predict_archs_file_mistakes(tiny_table: Path, tmp_path: Path) -> None:
+    binary = tmp_path / "archs.bin"
+    binary.write_bytes(b"\xff\xfe\x00arch")
+    out = refused("latency", "predict", tiny_table, "--archs", binary)
+    assert "is not a text file (one arch per line)" in out
+    archs = write(tmp_path / "archs.txt", '\n{"x": 1}\n')  # a blank first line
+    out = refused("latency", "predict", tiny_table, "--archs", archs)
+    assert f"{archs}:2: " in out and "unknown label 'x'" in out  # the file's own line number
+    out = refused("latency", "predict", tiny_table, "--arch", '{"x": 1}')
+    assert "--arch #1: " in out and "unknown label 'x'" in out
+
+
+@pytest.mark.parametrize("option", ["--plot", "--json"])
+def test_latency_validate_output_into_a_folder_is_refused_before_measuring(
+    tiny_table: Path, tmp_path: Path, option: str
+) -> None:
+    out = refused("latency", "validate", tiny_table, "--n", "2", option, tmp_path)
+    assert f"{option}: {tmp_path} is a folder" in out and "verdict" not in out
+
+
+def test_latency_diagnose_json_into_a_folder_is_refused_before_measuring(tmp_path: Path) -> None:
+    out = refused("latency", "diagnose", "--json", tmp_path)
+    assert f"--json: {tmp_path} is a folder" in out

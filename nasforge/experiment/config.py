@@ -382,6 +382,8 @@ def _fields_at(loc: tuple[Any, ...]) -> list[str]:
 
 
 _NAMES_ITS_FIELD = re.compile(r"^[a-z_]+\.[a-z_.]+: ")
+#: ``1e3``, ``5e-4``: numbers to a reader, text to YAML 1.1 (PyYAML wants ``1.0e+3``)
+_YAML_TEXT_NUMBER = re.compile(r"^[+-]?\d+(\.\d*)?[eE][+-]?\d+$")
 
 
 def _not_a_mapping(field: str, loc: tuple[Any, ...], got: Any) -> str:
@@ -429,6 +431,11 @@ def format_validation_error(exc: ValidationError, source: str) -> str:
                 continue
             got = err.get("input")
             got_s = f" (got {got!r})" if not isinstance(got, dict) and got is not None else ""
+            if isinstance(got, str) and _YAML_TEXT_NUMBER.match(got):
+                got_s += (
+                    f"; YAML reads {got} as text: write the number in full, or with a dot "
+                    f"and a signed exponent ({float(got):g} or {float(got):.1e})"
+                )
             lines.append(f"{source}: {field}: {msg}{got_s}")
     return "\n".join(lines)
 

@@ -71,15 +71,17 @@ def _with_build_hint(cfg: ExperimentConfig, f: Finding) -> Finding:
     """A missing ``latency.table`` finding, with the command that builds the table."""
     if f.field != "latency.table" or not f.message.endswith("does not exist"):
         return f
+    return Finding(f.level, f.field, f"{f.message}; {table_build_hint(cfg)}")
+
+
+def table_build_hint(cfg: ExperimentConfig) -> str:
+    """The command that builds the config's missing ``latency.table`` on this machine."""
     lat = cfg.latency
     shape = ",".join(str(d) for d in data_shape_hint(cfg))
-    return Finding(
-        f.level,
-        f.field,
-        f"{f.message}; build it on the target with `nasforge latency build --space "
-        f"{cfg.space.name} --input-shape {shape} --backend {lat.backend} --threads "
-        f"{lat.threads} --batch-size {lat.batch_size} --out {lat.table}` (add --option for "
-        "space.options)",
+    return (
+        f"build it on the target with `nasforge latency build --space {cfg.space.name} "
+        f"--input-shape {shape} --backend {lat.backend} --threads {lat.threads} --batch-size "
+        f"{lat.batch_size} --out {lat.table}` (add --option for space.options)"
     )
 
 

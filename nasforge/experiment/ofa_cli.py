@@ -60,12 +60,12 @@ def train(
     try:
         cfg = load_config(config, {"name": name} if name else None)
         run_dir = cfg.run_dir(runs_dir)
-        check_run_dir(run_dir)
         try:
             main = from_env().is_main  # under torchrun only rank 0 speaks (others: errors)
         except ValueError as exc:
             raise NasforgeError(f"torchrun environment: {exc}") from None
-        if main:
+        if main:  # ranks > 0 (maybe on other machines) have no run directory to check
+            check_run_dir(run_dir, resume)
             err.print(
                 f"run directory: {escape(str(run_dir.resolve()))}",
                 highlight=False,

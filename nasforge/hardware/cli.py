@@ -90,9 +90,15 @@ def _parse_arch(space: Any, text: str, where: str) -> Any:
         except json.JSONDecodeError as exc:
             raise CliInputError(f"{where}: not valid JSON ({exc.msg})") from None
         values = obj["values"] if isinstance(obj, dict) and "values" in obj else obj
-        return space.make(values)
+        try:
+            return space.make(values)
+        except NasforgeError as exc:  # name where the arch came from (--arch #2, file:line)
+            raise CliInputError(f"{where}: {exc}") from None
     if hasattr(space, "from_string"):
-        return space.from_string(text)
+        try:
+            return space.from_string(text)
+        except NasforgeError as exc:
+            raise CliInputError(f"{where}: {exc}") from None
     raise CliInputError(
         f"{where}: {text[:40]!r} is not a JSON arch ({space.name} has no string notation)"
     )
@@ -236,8 +242,17 @@ def predict(
         if archs_file is not None:
             if not archs_file.is_file():
                 raise CliInputError(f"--archs: {archs_file} not found")
-            lines = [ln for ln in archs_file.read_text().splitlines() if ln.strip()]
-            archs += [_parse_arch(space, ln, f"{archs_file}:{i + 1}") for i, ln in enumerate(lines)]
+            try:
+                lines = archs_file.read_text().splitlines()
+            except UnicodeDecodeError:
+                raise CliInputError(
+                    f"--archs: {archs_file} is not a text file (one arch per line)"
+                ) from None
+            archs += [
+                _parse_arch(space, ln, f"{archs_file}:{i + 1}")
+                for i, ln in enumerate(lines)
+                if ln.strip()
+            ]
         if sample:
             rng = np.random.default_rng(seed)
             archs += [space.sample(rng) for _ in range(sample)]
@@ -284,6 +299,10 @@ def validate(
         load_plugins(plugin)
         if n < 2:
             raise CliInputError("--n: need at least 2 archs")
+        for option, path in (("--plot", plot), ("--json", json_out)):
+            problem = writable_file_problem(path) if path is not None else None
+            if problem:  # before the measuring, not after it
+                raise CliInputError(f"{option}: {problem}")
         table = _load(table_path)
         report = validate_table(table, n=n, seed=seed)
         recorded: Path | None = None
@@ -337,6 +356,9 @@ def diagnose(
         load_plugins(plugin)
         if batch < 1 or threads < 1 or layers < 1:
             raise CliInputError("--batch, --threads and --layers must be >= 1")
+        problem = writable_file_problem(json_out) if json_out is not None else None
+        if problem:  # before the measuring, not after it
+            raise CliInputError(f"--json: {problem}")
         spec = BackendSpec.parse(backend, threads=threads)
         sp = create_space(space, _shape(input_shape), num_classes, **_options(option))
         report = run_diagnosis(sp, spec, DiagnoseConfig(layers, batch, seed), space)
