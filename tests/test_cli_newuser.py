@@ -399,3 +399,34 @@ def test_latency_validate_output_into_a_folder_is_refused_before_measuring(
 def test_latency_diagnose_json_into_a_folder_is_refused_before_measuring(tmp_path: Path) -> None:
     out = refused("latency", "diagnose", "--json", tmp_path)
     assert f"--json: {tmp_path} is a folder" in out
+
+
+@pytest.mark.slow  # a real build, interrupted once its table file is first saved (~10 s)
+def test_ctrl_c_in_latency_build_says_what_is_kept_and_how_to_continue(tmp_path: Path) -> None:
+    import json
+    import signal
+    import subprocess
+    import time
+
+    table = tmp_path / "t.json"
+    cmd = [sys.executable, "-m", "nasforge.cli", "latency", "build", "--space", "mobile"]
+    proc = subprocess.Popen(
+        [*cmd, "--input-shape", "1,8,8", "--out", str(table), "--quiet"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # as a terminal's
+    )
+    try:
+        deadline = time.time() + 300
+        while not table.is_file() and proc.poll() is None and time.time() < deadline:
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    text = " ".join((out + err).split())
+    assert proc.returncode == 130, text
+    assert "Traceback" not in text
+    assert f"interrupted: the layers measured so far are kept in {table}" in text
+    assert json.loads(table.read_text())["entries"]  # the partial table is whole JSON

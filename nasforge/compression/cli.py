@@ -282,6 +282,14 @@ def compress(
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         console.print(f"[red]error:[/red] {escape(first)}", highlight=False, soft_wrap=True)
         raise typer.Exit(code=2) from None
+    except KeyboardInterrupt:  # Ctrl-C: say that nothing was shipped, not a bare exit
+        console.print(
+            f"interrupted: nothing was shipped; {escape(str(out))} may hold a partial result "
+            "(no report.html); run the command again to compress from the start",
+            highlight=False,
+            soft_wrap=True,
+        )
+        raise typer.Exit(code=130) from None
     for line in table_lines(report):
         typer.echo(line)
     for w in report.warnings:

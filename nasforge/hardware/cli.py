@@ -185,7 +185,19 @@ def build(
             statistic=statistic, calibration_archs=calibration, held_out_archs=held_out, seed=seed
         )
         builder = TableBuilder(sp, spec, batch_size, config, space_options=opts, progress=not quiet)
-        table = builder.build(out_path)
+        try:
+            table = builder.build(out_path)
+        except KeyboardInterrupt:  # Ctrl-C: what was measured is in the file (saved as it goes)
+            kept = (
+                f"the layers measured so far are kept in {out_path}; " if out_path.is_file() else ""
+            )
+            err.print(
+                f"interrupted: {escape(kept)}run the same command again to continue (it "
+                "measures only what the table lacks)",
+                highlight=False,
+                soft_wrap=True,
+            )
+            raise typer.Exit(130) from None
         pred = LatencyPredictor(table, sp)
     except NasforgeError as exc:
         _fail(exc)
