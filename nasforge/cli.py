@@ -276,6 +276,11 @@ def _not_a_run(run: Path) -> str:
         )
     if not run.is_dir():
         return f"{run}: a file, not a run directory (runs/<name>/ as `nasforge search` made it)"
+    if (run / "scaling.json").is_file():
+        return (
+            f"{run}: a `nasforge scale` run (no trials.db): its results are "
+            f"{run / 'scaling.json'} and {run / 'scaling.html'}"
+        )
     return f"{run}: not a run directory (no trials.db)"
 
 

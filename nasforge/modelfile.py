@@ -379,6 +379,26 @@ def build_described(desc: Mapping[str, Any]) -> nn.Module:
     return space.build(space.make(desc["arch"]))
 
 
+def _no_model_in(folder: Path, what: str) -> str:
+    """Why the folder ``folder`` holds no model to load, and which path to give instead."""
+    specialized = sorted(d.name for d in (folder / "specialized").glob("*") if d.is_dir())
+    if specialized:  # a Once-for-All run: its models are the specialisations
+        return (
+            f"{what}: {folder} is a Once-for-All run; give one of its specialisations, e.g. "
+            f"{folder / 'specialized' / specialized[0]} (all: {', '.join(specialized)})"
+        )
+    if (folder / "trials.db").is_file():
+        return (
+            f"{what}: {folder} is a run without a trained best model ({folder / 'best'} has "
+            f"no {WEIGHTS_FILE}): `nasforge export {folder}` retrains the best trial first "
+            "(a run that trains no network, such as a table search, has no model)"
+        )
+    return (
+        f"{what}: {folder} holds no {WEIGHTS_FILE}; give a run's best/ folder, a state-dict "
+        "file (with --model-factory), an exported program (.pt2) or an ONNX model (.onnx)"
+    )
+
+
 def load_model(path: str | Path, factory: str | None = None, what: str = "MODEL") -> nn.Module:
     """A model from ``path`` without running code from it, in evaluation mode.
 
@@ -403,6 +423,8 @@ def load_model(path: str | Path, factory: str | None = None, what: str = "MODEL"
         raise TorchScriptModel(f"{what}: {p} is a TorchScript archive; {TORCHSCRIPT_HELP}")
     if p.is_dir():
         folder = p / "best" if (p / "best" / WEIGHTS_FILE).is_file() else p
+        if not (folder / WEIGHTS_FILE).is_file():
+            raise NasforgeError(_no_model_in(p, what))
         p = folder / WEIGHTS_FILE
     if factory is not None:
         return model_from_factory(factory, p, what)

@@ -430,3 +430,25 @@ def test_ctrl_c_in_latency_build_says_what_is_kept_and_how_to_continue(tmp_path:
     assert "Traceback" not in text
     assert f"interrupted: the layers measured so far are kept in {table}" in text
     assert json.loads(table.read_text())["entries"]  # the partial table is whole JSON
+
+
+def test_compress_a_run_folder_without_a_model_says_what_to_give(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "trials.db").write_bytes(b"")
+    out = compress(tmp_path, run)
+    assert "is a run without a trained best model" in out and f"nasforge export {run}" in out
+    (run / "specialized" / "cpu_1ms").mkdir(parents=True)
+    out = compress(tmp_path, run)
+    assert "is a Once-for-All run; give one of its specialisations" in out
+    assert str(run / "specialized" / "cpu_1ms") in out
+    out = compress(tmp_path, tmp_path / "run" / "specialized")  # a folder with no model at all
+    assert "holds no model.pt; give a run's best/ folder" in out
+
+
+def test_show_of_a_scale_run_points_at_its_results(tmp_path: Path) -> None:
+    run = tmp_path / "scale"
+    run.mkdir()
+    write(run / "scaling.json", "{}")
+    out = refused("show", run)
+    assert "a `nasforge scale` run (no trials.db): its results are" in out
