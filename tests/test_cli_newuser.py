@@ -452,3 +452,12 @@ def test_show_of_a_scale_run_points_at_its_results(tmp_path: Path) -> None:
     write(run / "scaling.json", "{}")
     out = refused("show", run)
     assert "a `nasforge scale` run (no trials.db): its results are" in out
+
+
+def test_the_compress_example_given_to_search_is_not_a_default_search(tmp_path: Path) -> None:
+    example = Path(__file__).parents[1] / "examples" / "compress.yaml"
+    for cmd in (["search", example, "--runs-dir", tmp_path / "runs"], ["doctor", example]):
+        out = refused(*cmd)
+        assert "a compression config (only a compress: section)" in out
+        assert f"nasforge compress MODEL --config {example}" in out
+    assert not (tmp_path / "runs").exists()

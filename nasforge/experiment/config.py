@@ -483,6 +483,27 @@ def parse_config(obj: Any, source: str = "config") -> ExperimentConfig:
         raise ConfigError(format_validation_error(exc, source)) from None
 
 
+#: sections that describe a run; a file with a compress: section and none of these is a
+#: ``nasforge compress --config`` file, not a search
+_RUN_SECTIONS = frozenset(
+    {
+        "data",
+        "space",
+        "strategy",
+        "search",
+        "evaluator",
+        "train",
+        "objective",
+        "latency",
+        "final",
+        "oneshot",
+        "ofa",
+        "automl",
+        "scaling",
+    }
+)
+
+
 def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> ExperimentConfig:
     """Read and validate a YAML config (through :func:`nasforge.yamlfile.read_yaml`, the one
     loader); every problem is a one-line :class:`ConfigError` naming the file or the field.
@@ -495,6 +516,12 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Ex
         raise ConfigError(
             f"{p}: the config file is empty; a run needs at least its data:, space: and "
             "search: sections (start from examples/quickstart.yaml)"
+        )
+    if isinstance(obj, dict) and "compress" in obj and not set(obj) & _RUN_SECTIONS:
+        raise ConfigError(
+            f"{p}: a compression config (only a compress: section): to compress a model, run "
+            f"`nasforge compress MODEL --config {p}`; a search with it would run every other "
+            "section's defaults (add data:, space: and search: for a search that compresses)"
         )
     if overrides:
         if not isinstance(obj, dict):
