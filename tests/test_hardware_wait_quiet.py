@@ -230,3 +230,36 @@ def test_a_real_build_waits_before_each_of_its_harness_passes(tmp_path: Path) ->
     assert len(finals) == 4
     assert table.build_stability["models_stability"]["waits"] == 2
     assert not table.build_stability["stable"]
+
+
+# -- the wiring: CLI options and the search config reach the harness --------------------------
+def test_the_cli_options_refuse_a_negative_wait_by_name(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from nasforge.cli import app
+
+    runner = CliRunner()
+    res = runner.invoke(
+        app,
+        ["latency", "build", "--out", str(tmp_path / "t.json"), "--wait-quiet", "-1", "--quiet"],
+    )
+    assert res.exit_code == 2 and "--wait-quiet" in res.output, res.output
+    model = tmp_path / "m.onnx"
+    model.write_bytes(b"not read: the option is checked first")
+    res = runner.invoke(
+        app, ["compress", str(model), "--wait-quiet", "-1", "--out", str(tmp_path / "o")]
+    )
+    assert res.exit_code == 2 and "--wait-quiet" in res.output, res.output
+
+
+def test_a_search_configs_wait_reaches_the_latency_models_timing() -> None:
+    from pydantic import ValidationError
+
+    from nasforge.experiment.config import LatencyConfig
+    from nasforge.hardware.model import LatencyModel
+
+    lat = LatencyConfig(mode="measure", wait_quiet_s=120)
+    assert LatencyModel.from_config(lat).timing.policy.wait_quiet_s == 120.0
+    assert LatencyModel.from_config(LatencyConfig(mode="measure")).timing.policy.wait_quiet_s == 0
+    with pytest.raises(ValidationError, match="wait_quiet_s"):
+        LatencyConfig(mode="measure", wait_quiet_s=-1)

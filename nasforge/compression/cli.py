@@ -16,6 +16,7 @@ with code 2 and one line.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -193,6 +194,14 @@ def compress(
     ] = None,
     out: Annotated[Path, typer.Option("--out", help="output directory")] = Path("compressed"),
     finetune_epochs: Annotated[int | None, typer.Option("--finetune-epochs")] = None,
+    wait_quiet: Annotated[
+        float,
+        typer.Option(
+            "--wait-quiet",
+            help="before each latency pass, wait up to this many seconds for a quiet host, "
+            "then measure anyway (0: measure at once)",
+        ),
+    ] = 0.0,
     input_shape: Annotated[
         str | None,
         typer.Option(
@@ -215,6 +224,7 @@ def compress(
 
     from nasforge.compression.model_inputs import run_exported_pipeline, run_onnx_pipeline
     from nasforge.compression.pipeline import run_pipeline
+    from nasforge.compression.quantization.runtime import timing_config
     from nasforge.data import load_dataset
     from nasforge.plugins import load_plugins
 
@@ -245,6 +255,10 @@ def compress(
         except ValidationError as exc:  # report the first field on one line
             raise CompressionError(_validation_line(exc)) from None
         _check_out(out)
+        if not wait_quiet >= 0:  # also refuses nan
+            raise CompressionError(f"--wait-quiet: seconds must be >= 0, got {wait_quiet}")
+        # the wait's lines ("waiting for a quiet host: ...") go to the console, above the status
+        timing = replace(timing_config(cfg.target.rounds).waiting(wait_quiet), notify=console.log)
         load_plugins(cfg.plugins)
         if model.suffix == ".onnx":
             if not model.is_file():
@@ -252,14 +266,20 @@ def compress(
             ds = load_dataset(data, data_path)
             with console.status("compressing") as status:
                 report = run_onnx_pipeline(
-                    model, ds, cfg, out, progress=lambda m: _show(status, console, m)
+                    model, ds, cfg, out, progress=lambda m: _show(status, console, m), timing=timing
                 )
         elif model.suffix == ".pt2":
             net = load_model(model)
             ds = load_dataset(data, data_path)
             with console.status("compressing") as status:
                 report = run_exported_pipeline(
-                    net, ds, cfg, out, f"MODEL: {model}", lambda m: _show(status, console, m)
+                    net,
+                    ds,
+                    cfg,
+                    out,
+                    f"MODEL: {model}",
+                    lambda m: _show(status, console, m),
+                    timing,
                 )
         else:
             net = load_model(model, model_factory)
@@ -277,6 +297,7 @@ def compress(
                     out,
                     teacher=teacher,
                     progress=lambda m: _show(status, console, m),
+                    timing=timing,
                 )
     except (NasforgeError, ValueError) as exc:
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__

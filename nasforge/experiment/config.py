@@ -253,6 +253,12 @@ class LatencyConfig(_Section):
     threads: int = Field(1, ge=1)
     warmup: int = Field(5, ge=0)
     repeats: int = Field(30, ge=3)
+    wait_quiet_s: float = Field(
+        0.0,
+        ge=0,
+        description="before each timing pass (mode measure), wait up to this many seconds "
+        "for a quiet host, then measure anyway (0: measure at once)",
+    )
     table: str | None = None
     allow_untrusted_table: bool = Field(
         False,

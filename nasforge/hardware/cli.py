@@ -150,6 +150,14 @@ def build(
         typer.Option(help="further whole models that score the table (its verdict needs >= 5)"),
     ] = _BUILD_DEFAULTS.held_out_archs,
     seed: Annotated[int, typer.Option(help="seeds calibration archs and visiting order")] = 0,
+    wait_quiet: Annotated[
+        float,
+        typer.Option(
+            "--wait-quiet",
+            help="before each timing pass, wait up to this many seconds for a quiet host, "
+            "then measure anyway (0: measure at once)",
+        ),
+    ] = 0.0,
     quiet: Annotated[bool, typer.Option(help="no progress bar")] = False,
     plugin: PluginOption = [],  # noqa: B006
 ) -> None:
@@ -158,6 +166,8 @@ def build(
     Building into an existing table measures only the layers it lacks."""
     try:
         load_plugins(plugin)
+        if not wait_quiet >= 0:  # also refuses nan
+            raise CliInputError(f"--wait-quiet: seconds must be >= 0, got {wait_quiet}")
         if batch_size < 1 or threads < 1 or calibration < 0 or held_out < 0:
             raise CliInputError(
                 "--batch-size and --threads must be >= 1, --calibration and --held-out >= 0"
@@ -182,7 +192,11 @@ def build(
         spec = BackendSpec.parse(backend, threads=threads)
         t0 = time.perf_counter()
         config = BuildConfig(
-            statistic=statistic, calibration_archs=calibration, held_out_archs=held_out, seed=seed
+            statistic=statistic,
+            calibration_archs=calibration,
+            held_out_archs=held_out,
+            seed=seed,
+            timing=_BUILD_DEFAULTS.timing.waiting(wait_quiet),
         )
         builder = TableBuilder(sp, spec, batch_size, config, space_options=opts, progress=not quiet)
         try:

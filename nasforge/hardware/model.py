@@ -99,9 +99,11 @@ class LatencyModel:
     def from_config(cls, latency: Any, space: SearchSpace | None = None) -> LatencyModel:
         """From the experiment's validated ``latency`` section (its fields ``mode``,
         ``backend``, ``threads``, ``batch_size``, ``warmup``, ``repeats``, ``table``,
-        ``statistic`` and ``allow_untrusted_table`` are read as they are: the section is the
-        one source of defaults)."""
-        timing = replace(MODEL_TIMING, warmup=latency.warmup, repeats=latency.repeats)
+        ``statistic``, ``allow_untrusted_table`` and ``wait_quiet_s`` are read as they are:
+        the section is the one source of defaults)."""
+        timing = replace(MODEL_TIMING, warmup=latency.warmup, repeats=latency.repeats).waiting(
+            float(getattr(latency, "wait_quiet_s", 0.0))
+        )
         return cls(
             mode=latency.mode,
             backend=latency.backend,
