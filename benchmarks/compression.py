@@ -52,7 +52,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from goals import goal  # benchmarks/goals.py: one GOAL line format with the host
+from goals import add_wait_quiet, goal  # benchmarks/goals.py: one GOAL line format with the host
 from speedups import Goal, burner_check, iv, speed_goal, timing, vs
 from torch import nn
 
@@ -501,14 +501,7 @@ def main() -> None:
         action="store_true",
         help="then time the key speed-ups again with one CPU kept busy (benchmarks/burner.py)",
     )
-    ap.add_argument(
-        "--wait-quiet",
-        type=float,
-        default=0.0,
-        metavar="S",
-        help="before each timing pass, wait up to S seconds for a quiet host, then measure "
-        "anyway (default 0: measure at once)",
-    )
+    add_wait_quiet(ap)
     args = ap.parse_args()
     if not args.wait_quiet >= 0:  # also refuses nan
         ap.error(f"--wait-quiet: seconds must be >= 0, got {args.wait_quiet}")

@@ -103,3 +103,15 @@ class Tee:
     def flush(self) -> None:
         self.stream.flush()
         self.file.flush()
+
+
+def add_wait_quiet(ap: Any) -> None:
+    """The ``--wait-quiet S`` option every timed benchmark takes (argparse parser ``ap``)."""
+    ap.add_argument(
+        "--wait-quiet",
+        type=float,
+        default=0.0,
+        metavar="S",
+        help="before each timing pass, wait up to S seconds for a quiet host, then measure "
+        "anyway (default 0: measure at once)",
+    )

@@ -79,7 +79,11 @@ from figures import (  # benchmarks/figures.py: figures with their verdict and h
     pooled_stability,
     validate,
 )
-from goals import host, host_record  # benchmarks/goals.py: one GOAL line format with the host
+from goals import (
+    add_wait_quiet,
+    host,
+    host_record,
+)  # benchmarks/goals.py: one GOAL line format with the host
 
 from nasforge.hardware.backends import BackendSpec
 from nasforge.hardware.builder import BuildConfig, TableBuilder
@@ -458,14 +462,7 @@ def main() -> None:
         default=None,
         help="re-validate every goal table with one CPU busy (default: on, off with --quick)",
     )
-    ap.add_argument(
-        "--wait-quiet",
-        type=float,
-        default=0.0,
-        metavar="S",
-        help="before each timing pass, wait up to S seconds for a quiet host, then measure "
-        "anyway (default 0: measure at once)",
-    )
+    add_wait_quiet(ap)
     args = ap.parse_args()
     if not args.wait_quiet >= 0:  # also refuses nan
         ap.error(f"--wait-quiet: seconds must be >= 0, got {args.wait_quiet}")

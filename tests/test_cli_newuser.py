@@ -461,3 +461,13 @@ def test_the_compress_example_given_to_search_is_not_a_default_search(tmp_path: 
         assert "a compression config (only a compress: section)" in out
         assert f"nasforge compress MODEL --config {example}" in out
     assert not (tmp_path / "runs").exists()
+
+
+def test_compress_knows_every_section_of_a_search_config() -> None:
+    """`nasforge compress --config` names a search config for what it is by its sections; the
+    list lives below the experiment layer, so it is pinned to the config's fields here."""
+    from nasforge.compression.cli import _EXPERIMENT_SECTIONS
+    from nasforge.experiment.config import ExperimentConfig
+
+    own = {"compress", "plugins", "seed"}  # keys a compression config may share
+    assert _EXPERIMENT_SECTIONS == frozenset(ExperimentConfig.model_fields) - own

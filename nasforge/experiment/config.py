@@ -491,23 +491,13 @@ def parse_config(obj: Any, source: str = "config") -> ExperimentConfig:
 
 #: sections that describe a run; a file with a compress: section and none of these is a
 #: ``nasforge compress --config`` file, not a search
-_RUN_SECTIONS = frozenset(
-    {
-        "data",
-        "space",
-        "strategy",
-        "search",
-        "evaluator",
-        "train",
-        "objective",
-        "latency",
-        "final",
-        "oneshot",
-        "ofa",
-        "automl",
-        "scaling",
-    }
-)
+_RUN_SECTIONS = frozenset(ExperimentConfig.model_fields) - {
+    "compress",
+    "name",
+    "plugins",
+    "runs_dir",
+    "seed",
+}
 
 
 def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> ExperimentConfig:
