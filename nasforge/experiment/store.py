@@ -284,11 +284,14 @@ class TrialStore(EpochRecords):
     def journal_stability(self, trial_id: int, stability: dict[str, Any]) -> None:
         """Journal a finished trial again with its unstable-latency verdict, so a replay or a
         repair restores its reasons (:mod:`~nasforge.experiment.store_journal`)."""
-        rows = self._rows(f"SELECT {self._COLS} FROM trials WHERE id=?", (trial_id,))
-        if self._journal is None or not rows or rows[0].state not in FINISHED:
+        try:
+            record = self.trial(trial_id)
+        except KeyError:
+            return
+        if self._journal is None or record.state not in FINISHED:
             return
         try:
-            self._append_journal(rows[0], {JOURNAL_STABILITY: stability})
+            self._append_journal(record, {JOURNAL_STABILITY: stability})
         except OSError as exc:
             raise StoreError(
                 f"{self._journal}: could not save trial {trial_id}'s latency verdict "
@@ -501,28 +504,26 @@ class TrialStore(EpochRecords):
             )
         return out
 
-    _COLS = TRIAL_COLUMNS
-
     def trials(self, states: tuple[str, ...] | None = None, order: str = "id") -> list[TrialRecord]:
         """All trials (optionally only in ``states``), ordered by ``id`` or ``finished``."""
         order_sql = "finished, id" if order == "finished" else "id"
         if states:
             marks = ",".join("?" * len(states))
             return self._rows(
-                f"SELECT {self._COLS} FROM trials WHERE state IN ({marks}) ORDER BY {order_sql}",
+                f"SELECT {TRIAL_COLUMNS} FROM trials WHERE state IN ({marks}) ORDER BY {order_sql}",
                 tuple(states),
             )
-        return self._rows(f"SELECT {self._COLS} FROM trials ORDER BY {order_sql}")
+        return self._rows(f"SELECT {TRIAL_COLUMNS} FROM trials ORDER BY {order_sql}")
 
     def trial_dicts(self, states: tuple[str, ...] | None = None) -> list[dict[str, Any]]:
         """Every trial (only those in ``states`` when given) in id order, as JSON-ready dicts
         of :meth:`TrialRecord.to_dict`'s fields but ``arch`` (``key`` is kept; a non-finite
         metric is ``None``): a cheap read for live views, which parses no arch."""
-        sql = f"SELECT {self._COLS.replace('arch, ', '')} FROM trials"
+        sql = f"SELECT {TRIAL_COLUMNS.replace('arch, ', '')} FROM trials"
         args: tuple[Any, ...] = ()
         if states:
             sql, args = sql + f" WHERE state IN ({','.join('?' * len(states))})", tuple(states)
-        names = [c.strip() for c in self._COLS.replace("arch, ", "").split(",")]
+        names = [c.strip() for c in TRIAL_COLUMNS.replace("arch, ", "").split(",")]
         out = []
         for r in self._db.execute(sql + " ORDER BY id", args).fetchall():
             d = dict(zip(names, r, strict=True))
@@ -545,14 +546,14 @@ class TrialStore(EpochRecords):
             self._db.execute("ROLLBACK")  # nothing was written: ending the read is all
 
     def trial(self, trial_id: int) -> TrialRecord:
-        rows = self._rows(f"SELECT {self._COLS} FROM trials WHERE id=?", (trial_id,))
+        rows = self._rows(f"SELECT {TRIAL_COLUMNS} FROM trials WHERE id=?", (trial_id,))
         if not rows:
             raise KeyError(trial_id)
         return rows[0]
 
     def finished_by_key(self, key: str) -> TrialRecord | None:
         rows = self._rows(
-            f"SELECT {self._COLS} FROM trials WHERE key=? AND state IN ('complete','failed') "
+            f"SELECT {TRIAL_COLUMNS} FROM trials WHERE key=? AND state IN ('complete','failed') "
             "ORDER BY id LIMIT 1",
             (key,),
         )
