@@ -284,11 +284,8 @@ class TrialStore(EpochRecords):
     def journal_stability(self, trial_id: int, stability: dict[str, Any]) -> None:
         """Journal a finished trial again with its unstable-latency verdict, so a replay or a
         repair restores its reasons (:mod:`~nasforge.experiment.store_journal`)."""
-        try:
-            record = self.trial(trial_id)
-        except KeyError:
-            return
-        if self._journal is None or record.state not in FINISHED:
+        rows = self._rows(f"SELECT {TRIAL_COLUMNS} FROM trials WHERE id=?", (trial_id,))
+        if self._journal is None or not rows or (record := rows[0]).state not in FINISHED:
             return
         try:
             self._append_journal(record, {JOURNAL_STABILITY: stability})
